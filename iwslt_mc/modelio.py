@@ -1,0 +1,89 @@
+"""Loading and saving Qwen2-Audio model directories (safetensors only, never pickle)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .errors import InputFileError, UserError
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def check_model_dir(model_dir: str | os.PathLike) -> Path:
+    """A local model directory with config.json and safetensors weights, or a clear one-line error."""
+    p = Path(model_dir)
+    if not p.exists():
+        raise InputFileError(p, "model directory not found")
+    if not p.is_dir():
+        raise InputFileError(p, "not a directory (expected a model directory with config.json and *.safetensors)")
+    if not (p / "config.json").exists():
+        raise InputFileError(p, "no config.json: not a model directory")
+    if not any(p.glob("*.safetensors")):
+        pickles = [f.name for f in p.iterdir() if f.suffix in PICKLE_SUFFIXES]
+        if pickles:
+            raise InputFileError(p, f"weights are pickle files ({', '.join(sorted(pickles)[:3])}); convert them to safetensors "
+                                    "(e.g. load and save_pretrained(..., safe_serialization=True)); pickles are never loaded")
+        raise InputFileError(p, "no *.safetensors weight files")
+    return p
+
+
+def is_local(spec: str | os.PathLike) -> bool:
+    s = str(spec)
+    return os.path.exists(s) or s.startswith((".", "/", "~")) or s.count("/") != 1
+
+
+def load_model(model_dir: str | os.PathLike, dtype=None, device: str | None = None, **kwargs):
+    """Load a ``Qwen2AudioForConditionalGeneration`` from a local directory (or a hub id when online).
+
+    ``dtype`` None keeps the checkpoint's dtype ("auto"). ``device`` e.g. "cpu", "cuda", "auto".
+    """
+    import torch
+    from transformers import Qwen2AudioForConditionalGeneration
+
+    if is_local(model_dir):
+        model_dir = check_model_dir(model_dir)
+    if isinstance(dtype, str) and dtype != "auto":
+        dtype = getattr(torch, {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}.get(dtype, dtype))
+    kw = dict(dtype=dtype if dtype is not None else "auto", use_safetensors=True)
+    if device:
+        kw["device_map"] = device
+    kw.update(kwargs)
+    try:
+        model = Qwen2AudioForConditionalGeneration.from_pretrained(str(model_dir), **kw)
+    except OSError as e:
+        raise UserError(f"{model_dir}: cannot load model ({str(e).splitlines()[0]})") from None
+    model.eval()
+    return model
+
+
+def load_processor(model_dir: str | os.PathLike):
+    from transformers import AutoProcessor
+
+    try:
+        return AutoProcessor.from_pretrained(str(model_dir))
+    except OSError as e:
+        raise UserError(f"{model_dir}: cannot load processor ({str(e).splitlines()[0]})") from None
+
+
+def save_model(model, processor, out_dir: str | os.PathLike, *, max_shard_size: str = "5GB") -> Path:
+    """Save weights (safetensors), config, generation config and processor into ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(out), safe_serialization=True, max_shard_size=max_shard_size)
+    if processor is not None:
+        processor.save_pretrained(str(out))
+    return out
+
+
+def copy_processor_files(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Copy processor/tokenizer files unchanged (for stages that do not touch the tokenizer)."""
+    import shutil
+
+    names = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+             "vocab.json", "merges.txt", "preprocessor_config.json", "processor_config.json",
+             "chat_template.json", "chat_template.jinja")
+    for n in names:
+        f = Path(src) / n
+        if f.exists():
+            shutil.copy2(f, Path(dst) / n)

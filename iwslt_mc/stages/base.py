@@ -1,0 +1,263 @@
+"""What every stage shares: strict options, a context, and ``run_stage`` (atomic output + provenance).
+
+A stage is a class with a nested ``Options`` dataclass. Each option field carries its help text in
+``field(metadata={"help": ...})``. Options are validated strictly: an unknown key, a wrong type or
+an invalid value is a one-line ``UserError`` raised before any work is done.
+
+    class PruneLayers(Stage):
+        name = "prune-layers"
+        @dataclass
+        class Options(StageOptions):
+            layers: list[int] | None = field(default=None, metadata={"help": "..."})
+        def check(self, in_dir, ctx): ...        # cheap checks against the input model (config only)
+        def run(self, in_dir, out_dir, ctx): ... # writes a loadable model dir into out_dir; returns extras
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import time
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ClassVar
+
+from ..errors import UserError
+
+
+@dataclass
+class StageOptions:
+    """Base for stage option dataclasses. Subclasses may override ``validate`` and ``smoke``."""
+
+    @classmethod
+    def from_dict(cls, raw: dict | None, *, stage: str = "") -> "StageOptions":
+        raw = dict(raw or {})
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = [k for k in raw if k not in fields]
+        where = f"stage {stage}: " if stage else ""
+        if unknown:
+            raise UserError(f"{where}unknown option {unknown[0]!r} (known: {', '.join(fields) or 'none'})")
+        hints = typing.get_type_hints(cls)
+        values = {k: _coerce(v, hints[k], f"{where}option {k!r}") for k, v in raw.items()}
+        try:
+            opts = cls(**values)
+        except TypeError as e:
+            raise UserError(f"{where}{e}") from None
+        opts.validate()
+        return opts
+
+    def validate(self) -> None:
+        """Model-independent checks (ranges, choices). Raise UserError."""
+
+    def smoke(self) -> "StageOptions":
+        """A scaled-down copy for ``--smoke`` runs (few steps, few held-out segments). Default: unchanged."""
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def help(cls) -> list[tuple[str, str, Any]]:
+        out = []
+        for f in dataclasses.fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else (
+                f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+            out.append((f.name, f.metadata.get("help", ""), default))
+        return out
+
+
+def choice(value, allowed, what: str):
+    if value not in allowed:
+        raise UserError(f"{what} must be one of {', '.join(map(str, allowed))}, not {value!r}")
+    return value
+
+
+def _coerce(value, tp, what: str):
+    """Coerce ``value`` (from YAML or a ``--set key=value`` string) to type ``tp`` or raise UserError."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        if isinstance(value, str) and value.strip().lower() in ("none", "null", "~") and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, what)
+            except UserError as e:
+                errors.append(str(e))
+        raise UserError(errors[0] if errors else f"{what}: invalid value {value!r}")
+    if origin is typing.Literal:
+        return choice(value, args, what)
+    if origin in (list, tuple):
+        if isinstance(value, str):
+            import yaml
+
+            s = value.strip()
+            parsed = yaml.safe_load(s) if s.startswith("[") else [x.strip() for x in s.split(",") if x.strip()]
+            value = parsed
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        inner = args[0] if args else Any
+        return [(_coerce(v, inner, what) if inner is not Any else v) for v in value]
+    if origin is dict:
+        if isinstance(value, str):
+            import yaml
+
+            value = yaml.safe_load(value)
+        if not isinstance(value, dict):
+            raise UserError(f"{what}: expected a mapping, got {value!r}")
+        return value
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on"):
+            return True
+        if isinstance(value, str) and value.lower() in ("false", "no", "0", "off"):
+            return False
+        raise UserError(f"{what}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise UserError(f"{what}: expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value.replace("_", ""))
+            except ValueError:
+                pass
+        raise UserError(f"{what}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, bool):
+            raise UserError(f"{what}: expected a number, got {value!r}")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise UserError(f"{what}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, (dict, list)):
+            raise UserError(f"{what}: expected a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def parse_set(pairs: list[str] | None) -> dict:
+    """``["key=value", ...]`` -> dict; values are YAML scalars/lists (``layers=[3,5]``, ``r=64``)."""
+    import yaml
+
+    out = {}
+    for p in pairs or []:
+        if "=" not in p:
+            raise UserError(f"--set {p!r}: expected key=value")
+        k, v = p.split("=", 1)
+        try:
+            out[k.strip()] = yaml.safe_load(v) if v.strip() else ""
+        except yaml.YAMLError:
+            out[k.strip()] = v
+    return out
+
+
+@dataclass
+class StageContext:
+    """What a stage may need beyond its options. Filled by ``iwslt-mc stage`` or the recipe runner."""
+
+    lang: str = "en-de"
+    data: list[str] = field(default_factory=list)  # data specs (see iwslt_mc.data)
+    condition: str = "constrained"
+    smoke: bool = False
+    seed: int = 0
+    device: str | None = None  # None: cuda if available else cpu
+    work_dir: Path | None = None  # persistent scratch for checkpoints (resume); survives a crash
+    log: Callable[[str], None] = print
+
+    def resolved_device(self) -> str:
+        if self.device:
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class Stage:
+    """Base class: subclasses set ``name``, ``Options`` and ``techniques`` and implement ``run``."""
+
+    name: ClassVar[str] = ""
+    Options: ClassVar[type[StageOptions]] = StageOptions
+    # the description line(s) the packager shows for this stage; may be refined in run()'s extras
+    techniques: ClassVar[list[str]] = []
+
+    def __init__(self, options: dict | StageOptions | None = None):
+        if isinstance(options, StageOptions):
+            self.options = options
+        else:
+            self.options = self.Options.from_dict(options, stage=self.name)
+
+    def check(self, in_dir: Path, ctx: StageContext) -> None:
+        """Cheap checks of the options against the input model (its config): raise UserError."""
+
+    def run(self, in_dir: Path, out_dir: Path, ctx: StageContext) -> dict:
+        """Write the output model directory into ``out_dir``; return extras for the provenance record
+        (``techniques``, ``data``, and anything stage-specific)."""
+        raise NotImplementedError
+
+    def with_smoke(self) -> "Stage":
+        return type(self)(self.options.smoke())
+
+
+def read_config(model_dir: Path) -> dict:
+    p = Path(model_dir) / "config.json"
+    try:
+        return json.loads(p.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{p}: not found (not a model directory)") from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"{p}: invalid JSON ({e})") from None
+
+
+def run_stage(stage: Stage, in_dir, out_dir, ctx: StageContext | None = None, *, overwrite: bool = False) -> dict:
+    """Validate, run ``stage`` from ``in_dir`` to ``out_dir`` atomically, and append provenance.
+
+    ``out_dir`` appears only when the stage finished; a crash leaves it absent (checkpoints, if the
+    stage keeps any, live in ``ctx.work_dir``). Returns the provenance record.
+    """
+    from .. import provenance, sizer
+    from ..fsutil import atomic_directory
+    from ..modelio import check_model_dir
+
+    ctx = ctx or StageContext()
+    in_dir, out_dir = Path(in_dir), Path(out_dir)
+    check_model_dir(in_dir)
+    if out_dir.exists() and not overwrite:
+        raise UserError(f"{out_dir}: already exists (choose another --out or remove it)")
+    stage.check(in_dir, ctx)
+    if ctx.work_dir is None:
+        ctx.work_dir = out_dir.with_name(out_dir.name + ".work")
+    before = sizer.measure(in_dir)
+    started = time.time()
+    with atomic_directory(out_dir, overwrite=overwrite) as tmp:
+        extras = dict(stage.run(in_dir, tmp, ctx) or {})
+        after = sizer.measure(tmp)
+        techniques = extras.pop("techniques", None) or list(stage.techniques)
+        data = extras.pop("data", None) or []
+        record = provenance.make_record(
+            stage.name, stage.options.to_dict(), techniques=techniques, data=data, started=started,
+            params_before=before.params, params_after=after.params,
+            bytes_before=before.bytes, bytes_after=after.bytes, lang=ctx.lang, **extras)
+        provenance.append(in_dir, tmp, record)
+    if ctx.work_dir and Path(ctx.work_dir).exists():
+        shutil.rmtree(ctx.work_dir, ignore_errors=True)
+    return record
