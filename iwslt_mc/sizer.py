@@ -1,0 +1,364 @@
+"""Exact storage size, logical parameter count and size bin of a model directory.
+
+Reads safetensors headers only, with the standard library (``struct``, ``json``): never torch or
+numpy, never tensor data, with one exception: the few hundred bytes of a bitsandbytes 4-bit
+``quant_state`` tensor, which is JSON that carries the shape of the weight the packed bytes stand for.
+
+Storage size S is the total size in bytes of the safetensors weight files, the measure of the track
+("storage size of the model", decimal units). Parameters are *logical*: a bitsandbytes 4-bit weight
+counts as the number of elements of the weight it replaces (as ``model.num_parameters()`` does in
+transformers 5), and its quantization state (absmax, quant_map, nested statistics, the 8-bit ``SCB``
+row scales, ...) is reported as overhead, not as parameters.
+
+A safetensors file is: 8 bytes little-endian header length N, N bytes of JSON header
+(``{"name": {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {...}}``), then the data
+buffer; offsets are relative to the start of the buffer.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import __version__
+from .errors import InputFileError, UserError
+from .layout import COMPONENTS, component_for_key
+from .track import GB, MB, format_size, get_edition, size_bin, size_bin_binary
+
+# Bits per element of every safetensors dtype (sub-byte float formats included).
+DTYPE_BITS = {
+    "BOOL": 8, "U8": 8, "I8": 8, "F8_E5M2": 8, "F8_E4M3": 8, "F8_E8M0": 8,
+    "I16": 16, "U16": 16, "F16": 16, "BF16": 16,
+    "I32": 32, "U32": 32, "F32": 32,
+    "I64": 64, "U64": 64, "F64": 64,
+    "C64": 64,
+    "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6,
+}
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+INDEX_NAME = "model.safetensors.index.json"
+# A header larger than this is not a real model header (the full 7B model's is ~110 kB); refusing it
+# keeps a corrupt length field from making us read gigabytes.
+MAX_HEADER_BYTES = 100 * MB
+
+# Suffixes that bitsandbytes appends to a 4-bit weight's key for its quantization state.
+_BNB4_STATE_SUFFIXES = (".absmax", ".quant_map", ".nested_absmax", ".nested_quant_map")
+_BNB4_QS_MARK = ".quant_state.bitsandbytes__"
+
+
+@dataclass
+class TensorInfo:
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    nbytes: int
+    file: str
+    offset: int  # absolute offset of the data in the file
+
+
+@dataclass
+class SizeReport:
+    """What :func:`measure` found. ``bytes`` is the storage size S, ``params`` the logical count."""
+
+    model_dir: str
+    edition: str
+    bytes: int
+    params: int
+    bin: str | None
+    bin_binary: str | None  # the bin if sizes were read as GiB/MiB (only to warn)
+    components: dict[str, dict[str, int]]  # component -> {"params", "bytes"}
+    dtypes: dict[str, dict[str, int]]  # safetensors dtype -> {"tensors", "elements", "bytes"}
+    overhead: int  # bytes of quantization state (absmax, quant_map, SCB, ...), not parameters
+    header_bytes: int  # bytes of safetensors headers (8-byte length + JSON), part of S
+    files: list[str]  # weight files counted, relative to model_dir
+    file_bytes: dict[str, int]
+    quantized: dict[str, int]  # format -> number of quantized weights ("bnb-nf4", "bnb-int8", ...)
+    tensors: int
+    signature: str
+    warnings: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {
+            "bytes": self.bytes,
+            "params": self.params,
+            "bin": self.bin,
+            "edition": self.edition,
+            "components": self.components,
+            "dtypes": self.dtypes,
+            "overhead_bytes": self.overhead,
+            "header_bytes": self.header_bytes,
+            "quantized": self.quantized,
+            "tensors": self.tensors,
+            "files": self.files,
+            "file_bytes": self.file_bytes,
+            "bin_binary_units": self.bin_binary,
+            "warnings": self.warnings,
+            "signature": self.signature,
+        }
+
+
+# ----------------------------------------------------------------------------- header reading
+
+def read_header(path: str | os.PathLike) -> tuple[dict, int]:
+    """Parse the JSON header of one safetensors file; returns (header, bytes of length field + header).
+
+    Raises :class:`InputFileError` naming the file when it is truncated or not safetensors.
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise InputFileError(path, f"truncated safetensors file ({size} bytes, not even the 8-byte header length)")
+            (n,) = struct.unpack("<Q", head)
+            if n > MAX_HEADER_BYTES or 8 + n > size:
+                raise InputFileError(path, f"truncated or corrupt safetensors header (header length field says {n} bytes, file has {size})")
+            raw = f.read(n)
+    except OSError as e:
+        raise InputFileError(path, f"cannot read: {e.strerror or e}") from None
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InputFileError(path, f"corrupt safetensors header (not valid JSON: {e})") from None
+    if not isinstance(header, dict):
+        raise InputFileError(path, "corrupt safetensors header (not a JSON object)")
+    return header, 8 + n
+
+
+def _tensors_of(path: Path, rel: str) -> tuple[list[TensorInfo], int, int]:
+    """Tensors of one file, header bytes, and the file size; validates offsets against the file."""
+    header, hbytes = read_header(path)
+    size = path.stat().st_size
+    out: list[TensorInfo] = []
+    end_max = 0
+    for name, meta in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype = meta["dtype"]
+            shape = tuple(int(d) for d in meta["shape"])
+            begin, end = (int(x) for x in meta["data_offsets"])
+        except (KeyError, TypeError, ValueError):
+            raise InputFileError(path, f"corrupt safetensors header (bad entry for tensor {name!r})") from None
+        if dtype not in DTYPE_BITS:
+            raise InputFileError(path, f"unknown safetensors dtype {dtype!r} for tensor {name!r}")
+        nbytes = end - begin
+        expected = math.ceil(math.prod(shape) * DTYPE_BITS[dtype] / 8)
+        if begin < 0 or nbytes != expected:
+            raise InputFileError(path, f"corrupt safetensors header (tensor {name!r}: {nbytes} bytes for {dtype} {list(shape)}, expected {expected})")
+        end_max = max(end_max, end)
+        out.append(TensorInfo(name, dtype, shape, nbytes, rel, hbytes + begin))
+    if hbytes + end_max > size:
+        raise InputFileError(path, f"truncated safetensors file (header describes {hbytes + end_max} bytes, file has {size})")
+    return out, hbytes, size
+
+
+# ----------------------------------------------------------------------------- finding weight files
+
+def weight_files(model_dir: str | os.PathLike) -> tuple[Path, list[str], list[str]]:
+    """(base directory, weight files relative to it, warnings). Accepts a directory or one .safetensors file."""
+    p = Path(model_dir)
+    warnings: list[str] = []
+    if not p.exists():
+        raise InputFileError(p, "no such file or directory")
+    if p.is_file():
+        if p.suffix == ".safetensors":
+            return p.parent, [p.name], warnings
+        if p.suffix in PICKLE_SUFFIXES:
+            raise InputFileError(p, _pickle_message())
+        if p.name == INDEX_NAME or p.name.endswith(".safetensors.index.json"):
+            return _from_index(p.parent, p, warnings)
+        raise InputFileError(p, "not a model directory or a .safetensors file")
+    index = p / INDEX_NAME
+    if not index.exists():
+        other = sorted(p.glob("*.safetensors.index.json"))
+        other = [q for q in other if not q.name.startswith("adapter")]
+        index = other[0] if len(other) == 1 else index
+    if index.exists():
+        return _from_index(p, index, warnings)
+    files = sorted(q.name for q in p.glob("*.safetensors") if q.is_file())
+    pickles = sorted(q.name for q in p.iterdir() if q.is_file() and q.suffix in PICKLE_SUFFIXES and q.name != "training_args.bin")
+    if not files:
+        if pickles:
+            raise InputFileError(p / pickles[0], _pickle_message())
+        raise InputFileError(p, "no weight files (*.safetensors) in this directory")
+    if pickles:
+        warnings.append(f"pickle checkpoint files not counted (convert to safetensors or delete them before upload): {', '.join(pickles)}")
+    if any(f.startswith("adapter_model") for f in files):
+        warnings.append("adapter weights (adapter_model*.safetensors) are counted: merge the adapter into the model before sizing a submission")
+    return p, files, warnings
+
+
+def _from_index(base: Path, index: Path, warnings: list[str]) -> tuple[Path, list[str], list[str]]:
+    try:
+        data = json.loads(index.read_text(encoding="utf-8"))
+        weight_map = data["weight_map"]
+        files = sorted(set(weight_map.values()))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+        raise InputFileError(index, f"corrupt safetensors index ({type(e).__name__}: {e})") from None
+    for f in files:
+        if not (base / f).is_file():
+            raise InputFileError(base / f, f"shard listed in {index.name} is missing")
+    unlisted = sorted(q.name for q in base.glob("*.safetensors") if q.name not in files)
+    if unlisted:
+        warnings.append(f"safetensors files not listed in {index.name} are not counted: {', '.join(unlisted)}")
+    return base, files, warnings
+
+
+def _pickle_message() -> str:
+    return ("pickle checkpoint: iwslt-mc never unpickles weights (unpickling runs arbitrary code); "
+            "convert to safetensors, e.g. load the model and call save_pretrained(dir, safe_serialization=True)")
+
+
+# ----------------------------------------------------------------------------- bitsandbytes
+
+def _read_quant_state(ti: TensorInfo, base: Path) -> dict | None:
+    """The JSON a bitsandbytes 4-bit ``quant_state`` tensor holds (shape, dtype, blocksize, ...)."""
+    if ti.dtype != "U8" or ti.nbytes > 64 * 1024:
+        return None
+    try:
+        with open(base / ti.file, "rb") as f:
+            f.seek(ti.offset)
+            return json.loads(f.read(ti.nbytes).decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+
+
+def _classify(tensors: list[TensorInfo], base: Path, warnings: list[str]) -> tuple[dict[str, int], set[str], dict[str, int]]:
+    """Logical element counts of quantized weights, the names that are quant state, and formats seen."""
+    names = {t.name: t for t in tensors}
+    logical: dict[str, int] = {}
+    state: set[str] = set()
+    formats: dict[str, int] = {}
+    for t in tensors:
+        i = t.name.find(_BNB4_QS_MARK)
+        if i < 0:
+            continue
+        wname = t.name[:i]
+        fmt = t.name[i + len(_BNB4_QS_MARK):]
+        if wname not in names:
+            continue
+        state.add(t.name)
+        for suf in _BNB4_STATE_SUFFIXES:
+            if wname + suf in names:
+                state.add(wname + suf)
+        qs = _read_quant_state(t, base)
+        packed = names[wname]
+        if qs and isinstance(qs.get("shape"), list):
+            logical[wname] = math.prod(int(d) for d in qs["shape"])
+        else:
+            # bitsandbytes packs two 4-bit values per byte of the quant storage dtype
+            logical[wname] = math.prod(packed.shape) * DTYPE_BITS[packed.dtype] // 4
+            warnings.append(f"{t.file}: unreadable quant_state for {wname}; its parameter count is estimated from the packed size")
+        formats[f"bnb-{fmt}"] = formats.get(f"bnb-{fmt}", 0) + 1
+    # LLM.int8(): int8 weight with per-row scales SCB (and a weight_format byte) beside it
+    for t in tensors:
+        if t.name.endswith(".SCB"):
+            mod = t.name[: -len(".SCB")]
+            w = names.get(mod + ".weight")
+            if w is not None and w.dtype == "I8":
+                state.add(t.name)
+                for extra in (mod + ".weight_format", mod + ".weight.weight_format"):
+                    if extra in names:
+                        state.add(extra)
+                formats["bnb-int8"] = formats.get("bnb-int8", 0) + 1
+    return logical, state, formats
+
+
+# ----------------------------------------------------------------------------- measure
+
+def measure(model_dir: str | os.PathLike, edition: str = "2025") -> SizeReport:
+    """Size a model directory (or one .safetensors file) from its safetensors headers."""
+    ed = get_edition(edition)
+    base, files, warnings = weight_files(model_dir)
+    tensors: list[TensorInfo] = []
+    file_bytes: dict[str, int] = {}
+    header_bytes = 0
+    seen: dict[str, str] = {}
+    for rel in files:
+        ts, hb, size = _tensors_of(base / rel, rel)
+        file_bytes[rel] = size
+        header_bytes += hb
+        used = hb + sum(t.nbytes for t in ts)
+        if size > used:
+            warnings.append(f"{rel}: {size - used} bytes beyond the tensors described in its header (counted: they are stored)")
+        for t in ts:
+            if t.name in seen:
+                raise InputFileError(base / rel, f"tensor {t.name!r} is also in {seen[t.name]}")
+            seen[t.name] = rel
+        tensors.extend(ts)
+
+    logical, state, formats = _classify(tensors, base, warnings)
+    components = {c: {"params": 0, "bytes": 0} for c in COMPONENTS}
+    dtypes: dict[str, dict[str, int]] = {}
+    params = overhead = 0
+    for t in tensors:
+        comp = components[component_for_key(t.name)]
+        comp["bytes"] += t.nbytes
+        d = dtypes.setdefault(t.dtype, {"tensors": 0, "elements": 0, "bytes": 0})
+        d["tensors"] += 1
+        d["elements"] += math.prod(t.shape)
+        d["bytes"] += t.nbytes
+        if t.name in state:
+            overhead += t.nbytes
+            continue
+        n = logical.get(t.name, math.prod(t.shape))
+        comp["params"] += n
+        params += n
+    components = {c: v for c, v in components.items() if v["bytes"] or c != "other"}
+
+    _check_config(base, formats, warnings)
+    total = sum(file_bytes.values())
+    bin_name = size_bin(total, ed)
+    bin_bin = size_bin_binary(total, ed)
+    if ed.has_bins:
+        if bin_name != bin_bin:
+            warnings.append(
+                f"reading the bin boundaries in binary units (GiB/MiB) would give {bin_bin or 'no bin'} instead of "
+                f"{bin_name or 'no bin'}; the track uses decimal units (1 GB = 10^9 bytes)")
+        if bin_name is None:
+            top = max(b.high for b in ed.bins if b.high is not None)
+            warnings.append(f"{format_size(total)} is not below {format_size(top)}: the model fits no {ed.key} bin and is not eligible")
+    signature = (f"edition:{ed.key}|measure:safetensors-file-bytes|units:decimal|files:{len(files)}"
+                 f"|params:logical-bnb|version:iwslt-mc-{__version__}")
+    return SizeReport(
+        model_dir=str(model_dir), edition=ed.key, bytes=total, params=params, bin=bin_name, bin_binary=bin_bin,
+        components=components, dtypes=dict(sorted(dtypes.items())), overhead=overhead, header_bytes=header_bytes,
+        files=files, file_bytes=file_bytes, quantized=formats, tensors=len(tensors), signature=signature,
+        warnings=warnings,
+    )
+
+
+def _check_config(base: Path, formats: dict[str, int], warnings: list[str]) -> None:
+    cfg = base / "config.json"
+    if not cfg.exists():
+        warnings.append("no config.json: components are assigned from tensor names only")
+        return
+    try:
+        qc = json.loads(cfg.read_text(encoding="utf-8")).get("quantization_config") or {}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        warnings.append(f"{cfg}: unreadable config.json; components are assigned from tensor names only")
+        return
+    method = qc.get("quant_method") if isinstance(qc, dict) else None
+    if method and method != "bitsandbytes":
+        warnings.append(f"quantization method {method!r} is not understood: its packed tensors are counted by stored elements, "
+                        "so the parameter count may be too low")
+
+
+def bin_explanation(nbytes: int, edition: str = "2025") -> str:
+    """One line: the bin and the boundary rule that put the size there."""
+    ed = get_edition(edition)
+    if not ed.has_bins:
+        return f"edition {ed.key} has no size bins ({ed.boundary_rule})"
+    name = size_bin(nbytes, ed)
+    if name is None:
+        return f"no bin: {nbytes:,} bytes >= {format_size(4 * GB)} (not eligible in {ed.key})"
+    b = next(b for b in ed.bins if b.name == name)
+    hi = f" < {format_size(b.high, 'MB' if b.high < GB else 'GB')}" if b.high else ""
+    lo = f"{format_size(b.low, 'MB' if b.low < GB else 'GB')} <= " if b.low else ""
+    return f"{name}: {lo}S{hi} (S = {nbytes:,} bytes; {ed.boundary_rule})"
