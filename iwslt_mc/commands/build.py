@@ -1,0 +1,85 @@
+"""iwslt-mc build: run a recipe, the main job."""
+
+from ..cli import add_command
+
+EXAMPLES = """  iwslt-mc build recipe-b --lang en-de --base models/Qwen2-Audio-7B-Instruct --data data/acl6060
+  iwslt-mc build recipe-b --lang en-zh --base BASE --data ACL --data covost2=data/covost2 --condition unconstrained
+  iwslt-mc build recipe-c --lang en-de --base BASE --data ACL --set prune-layers.remove=20
+  iwslt-mc build recipe-b --lang en-de --base /tmp/kit/model --data /tmp/kit/data --smoke   # try it in minutes
+  iwslt-mc build recipe-b --lang en-de --base BASE --data ACL --out runs/b --resume         # continue after a crash"""
+
+
+def add_parser(sub):
+    p = add_command(sub, "build", help="build a compressed model from a recipe (the main job)",
+                    description="Run a recipe's stages in order from a base model, resumably; print the planner's "
+                                "predicted size and bin first and the measured size and bin at the end.",
+                    examples=EXAMPLES)
+    p.add_argument("recipe", help="recipe name (iwslt-mc ls) or path to a recipe .yaml")
+    p.add_argument("--lang", required=True, choices=["en-de", "en-zh"], help="language pair")
+    p.add_argument("--base", default="Qwen/Qwen2-Audio-7B-Instruct",
+                   help="base model directory (or hub id when online); default %(default)s")
+    p.add_argument("--data", action="append", default=[], metavar="[NAME=]PATH",
+                   help="training/held-out data: PATH is ACL 60/60 (acl6060); NAME=PATH for others, e.g. covost2=DIR")
+    p.add_argument("--condition", default="constrained", choices=["constrained", "unconstrained"])
+    p.add_argument("--out", help="build directory (default runs/RECIPE-LANG-CONDITION)")
+    p.add_argument("--resume", action="store_true", help="continue a build: skip stages that finished unchanged")
+    p.add_argument("--smoke", action="store_true", help="scale training to a few steps and held-out sets to a few segments")
+    p.add_argument("--set", action="append", default=[], metavar="STAGE.KEY=VALUE", help="override a stage option")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
+    p.add_argument("--edition", default="2025", help="track edition for the bin (default %(default)s)")
+    p.add_argument("--dry-run", action="store_true", help="validate the recipe and print the plan, run nothing")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    return p
+
+
+def parse_data(items: list[str]) -> dict:
+    from ..errors import UserError
+    from ..recipes import BUILTIN_DATA
+
+    out = {}
+    for it in items:
+        name, path = (it.split("=", 1) if "=" in it and not it.startswith(("/", ".")) else (BUILTIN_DATA, it))
+        if name in out:
+            raise UserError(f"--data {name} given twice")
+        out[name] = path
+    return out
+
+
+def run(args) -> int:
+    from pathlib import Path
+
+    from .. import build as b
+    from ..output import info, print_json
+    from ..recipes import apply_overrides, load_recipe
+
+    recipe = apply_overrides(load_recipe(args.recipe), args.set)
+    data = parse_data(args.data)
+    out = Path(args.out or f"runs/{recipe.name}-{args.lang}-{args.condition}")
+    if args.dry_run:
+        b.check_data_refs(recipe, data, args.condition)
+        pred = b.predict_recipe(recipe, args.base, condition=args.condition, lang=args.lang, data=data, edition=args.edition)
+        stages = [{"id": s.id, "stage": s.stage, "options": s.options, "data": s.data}
+                  for s in recipe.active_stages(args.condition)]
+        if args.json:
+            print_json({"recipe": recipe.name, "stages": stages, "prediction": pred})
+        else:
+            for i, s in enumerate(stages, 1):
+                print(f"{i:2d}. {s['id']} ({s['stage']}) {s['options']} data={s['data']}")
+            if pred:
+                print(f"predicted: {pred['bytes']:,} bytes, {pred['params']:,} parameters, {pred['bin'] or 'no bin'}")
+        return 0
+    res = b.build(recipe, lang=args.lang, base=args.base, data=data, condition=args.condition, out=out,
+                  resume=args.resume, smoke=args.smoke, seed=args.seed, device=args.device, edition=args.edition,
+                  log=info)
+    s = res.size
+    if args.json:
+        print_json({"out": str(res.out_dir), "model": str(res.model_dir), "stages": res.stages,
+                    "prediction": res.prediction, "size": s, "skipped": res.skipped})
+    else:
+        verdict = s["bin"] or f"NO BIN: {s['bytes']:,} bytes is >= 4 GB, not eligible for the {s['edition']} edition"
+        print(f"model: {res.model_dir}")
+        print(f"size: {s['bytes']:,} bytes, {s['params']:,} parameters, {verdict}")
+        if res.prediction:
+            print(f"planner predicted {res.prediction['bytes']:,} bytes ({100 * s['prediction_error']:+.2f}%)")
+    return 0
