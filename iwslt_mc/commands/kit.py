@@ -1,0 +1,52 @@
+"""``iwslt-mc kit``: write the offline demo kit (tiny random Qwen2-Audio + speech set)."""
+
+from __future__ import annotations
+
+
+def add_parser(sub):
+    from ..cli import add_command
+
+    p = add_command(
+        sub, "kit",
+        help="write the offline demo kit: tiny Qwen2-Audio and a small speech-translation set",
+        description=(
+            "Write a tiny random-weight Qwen2-Audio (float32 safetensors, full processor with a locally "
+            "trained byte-level BPE and a real 128-bin WhisperFeatureExtractor) to OUT_DIR/model, and an "
+            "ACL 60/60-style speech set (English speech, German and Chinese references; splits dev and "
+            "eval; the eval split also as one long talk with a segmentation YAML) to OUT_DIR/data. "
+            "Needs no network. Same seed -> byte-identical weights."
+        ),
+        examples="""
+  iwslt-mc kit /tmp/kit                 # build the kit (a few seconds)
+  iwslt-mc kit /tmp/kit2 --seed 1       # other random weights, same data and tokenizer
+  iwslt-mc kit /tmp/kit3 --json         # machine-readable summary on stdout
+  iwslt-mc size /tmp/kit/model          # then use it like a real model directory
+""",
+    )
+    p.add_argument("out_dir", metavar="OUT_DIR", help="new or empty directory to write the kit into")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights (default: 0)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    return p
+
+
+def run(args) -> int:
+    from ..kit import build_kit
+    from ..output import print_json, print_table
+    from ..track import format_size
+
+    info = build_kit(args.out_dir, seed=args.seed)
+    if args.json:
+        print_json(info.to_json())
+        return 0
+    u = info.utterances
+    print_table([
+        ["model", f"{info.path}/model"],
+        ["parameters", f"{info.params:,}"],
+        ["weights", f"{format_size(info.model_bytes, 'MB')} ({info.model_bytes:,} bytes, float32, seed {info.seed})"],
+        ["tokenizer", f"{info.tokenizer_size:,} tokens (embedding rows {info.vocab_size:,})"],
+        ["data", f"{info.path}/data: " + ", ".join(f"{k} {v}" for k, v in u.items())
+                 + f" utterances, {info.speech_seconds:.1f} s of speech"],
+        ["long form", f"{info.path}/data/long: {info.long_segments} segments, {info.long_seconds:.1f} s"],
+        ["built in", f"{info.seconds:.1f} s"],
+    ], headers=["kit", ""], title="iwslt-mc demo kit")
+    return 0

@@ -1,0 +1,363 @@
+"""The offline demo kit: a tiny random Qwen2-Audio with a full processor, and a small speech set.
+
+``build_kit(out_dir, seed=0)`` writes, with no network and no espeak-ng::
+
+    OUT_DIR/
+      kit.json                      what was built (seed, sizes, counts, sha256 of the weights)
+      model/                        Qwen2AudioForConditionalGeneration, random weights, float32
+        config.json generation_config.json model.safetensors provenance.json
+        tokenizer.json tokenizer_config.json chat_template.jinja processor_config.json ...
+      data/                         ACL 60/60 schema, hub layout: splits "dev" and "eval"
+        README.md                   dataset card whose `configs:` block names the two splits
+        dev.parquet eval.parquet    columns index (int64), audio (Audio: {bytes, path}, 16 kHz WAV),
+                                    text_en, text_de, text_zh
+        long/                       the eval split as one talk, IWSLT long-audio style
+          talk.wav                  the eval utterances in order, with pauses between them
+          talk.yaml                 `- {duration: D, offset: O, speaker_id: spk1, wav: talk.wav}` per segment
+          talk.en talk.de talk.zh   references, one segment per line
+
+Read the data with ``datasets.load_dataset(str(OUT_DIR / "data"))`` (a DatasetDict with "dev" and
+"eval", like the hub's ACL 60/60) and cast ``audio`` to ``Audio(decode=False)``: datasets 5 decodes
+audio with torchcodec, which does not load here; decode the bytes with ``iwslt_mc.audio.load_audio``.
+
+The model: 2 Whisper-style encoder layers (d_model 64, 128 mel bins, 1500 positions as in the real
+model, so 30 s of audio fits), 4 Qwen2 decoder layers (hidden 64, 4 query heads and 2 key/value
+heads, so grouped-query attention is exercised), untied ``lm_head``. The tokenizer is a byte-level
+BPE (the Qwen2 pre-tokenizer) trained here on the shipped English, German and Chinese text, with
+the Qwen2-Audio special tokens appended after the learned vocabulary as in the real tokenizer, and
+the embedding matrix padded past the tokenizer's length as in the real model (156,032 rows for
+151,649 tokens). Same seed -> byte-identical ``model.safetensors`` and tokenizer files.
+
+The speech (``kitdata/audio/*.flac``) was made with espeak-ng by ``tools/make_kit_speech.py``;
+the German and Chinese references were written by the project.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .fsutil import atomic_directory, atomic_write_json, atomic_write_text, prepare_output_dir, sha256_file
+
+KITDATA = Path(__file__).resolve().parent / "kitdata"
+SAMPLE_RATE = 16000
+SPLITS = ("dev", "eval")
+LONG_SPLIT = "eval"
+LANGS = ("en", "de", "zh")
+
+# In the real tokenizer's order (ids 151643..151648 there: appended after the BPE vocabulary).
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>"]
+BPE_VOCAB_SIZE = 1536
+VOCAB_MULTIPLE = 64  # embedding rows are padded to a multiple of this, like the real model's
+
+# Qwen2-Audio-7B-Instruct's chat template (its processor's chat_template).
+CHAT_TEMPLATE = (
+    "{% set audio_count = namespace(value=0) %}"
+    "{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    "{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}"
+    "{{ message['content'] }}<|im_end|>\n"
+    "{% else %}"
+    "{% for content in message['content'] %}"
+    "{% if 'audio' in content or 'audio_url' in content %}"
+    "{% set audio_count.value = audio_count.value + 1 %}"
+    "Audio {{ audio_count.value }}: <|audio_bos|><|AUDIO|><|audio_eos|>\n"
+    "{% elif 'text' in content %}"
+    "{{ content['text'] }}"
+    "{% endif %}"
+    "{% endfor %}"
+    "<|im_end|>\n"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}"
+    "<|im_start|>assistant\n"
+    "{% endif %}"
+)
+
+AUDIO_CONFIG = dict(
+    num_mel_bins=128, encoder_layers=2, encoder_attention_heads=4, encoder_ffn_dim=128, d_model=64,
+    max_source_positions=1500, activation_function="gelu", dropout=0.0, attention_dropout=0.0,
+    activation_dropout=0.0, encoder_layerdrop=0.0,
+)
+TEXT_CONFIG = dict(
+    hidden_size=64, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, intermediate_size=176,
+    max_position_embeddings=8192, rope_theta=10000.0, rms_norm_eps=1e-5, tie_word_embeddings=False,
+    hidden_act="silu", attention_dropout=0.0,
+)
+# Random weights produce no end-of-sequence token on their own: a small default keeps demo decoding fast.
+MAX_NEW_TOKENS = 32
+
+# Pauses of the long-form talk, in seconds (whole 10 ms, so the YAML's offsets are exact).
+LEADING_SILENCE = 0.5
+PAUSES = (0.6, 1.0, 0.8, 1.4, 0.5, 1.2, 0.7, 0.9)
+TRAILING_SILENCE = 1.0
+
+
+@dataclass
+class KitInfo:
+    """What ``build_kit`` wrote (also saved as ``kit.json``)."""
+
+    path: str
+    seed: int
+    params: int
+    model_bytes: int
+    weights_sha256: str
+    vocab_size: int
+    tokenizer_size: int
+    utterances: dict = field(default_factory=dict)
+    speech_seconds: float = 0.0
+    long_segments: int = 0
+    long_seconds: float = 0.0
+    data_bytes: int = 0
+    seconds: float = 0.0
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def utterances() -> list[dict]:
+    """The shipped utterances: index, split, voice, speed, text_en, text_de, text_zh (audio not read)."""
+    rows = [json.loads(line) for line in (KITDATA / "utterances.jsonl").read_text("utf-8").splitlines() if line.strip()]
+    return sorted(rows, key=lambda r: r["index"])
+
+
+def _audio_path(index: int) -> Path:
+    return KITDATA / "audio" / f"{index:03d}.flac"
+
+
+def tokenizer_corpus() -> list[str]:
+    """Training text for the kit's BPE: the references plus ``kitdata/corpus/*.txt``, in a fixed order."""
+    lines = []
+    for row in utterances():
+        lines += [row[f"text_{lang}"] for lang in LANGS]
+    corpus = KITDATA / "corpus"
+    if corpus.is_dir():
+        for p in sorted(corpus.glob("*.txt")):
+            lines += [ln.strip() for ln in p.read_text("utf-8").splitlines() if ln.strip()]
+    return lines
+
+
+def build_tokenizer():
+    """Train the byte-level BPE and wrap it as a ``Qwen2Tokenizer`` with the Qwen2-Audio special tokens."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from transformers import Qwen2Tokenizer
+    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
+    from tokenizers import Regex
+
+    bpe = Tokenizer(models.BPE())
+    bpe.normalizer = normalizers.NFC()
+    # The real Qwen2 pre-tokenizer, so words split as they do in Qwen2-Audio.
+    bpe.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=BPE_VOCAB_SIZE, min_frequency=2, show_progress=False, special_tokens=[],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    bpe.train_from_iterator(tokenizer_corpus(), trainer=trainer)
+    model = json.loads(bpe.to_str())["model"]
+    vocab = dict(model["vocab"])
+    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in model["merges"]]
+    base = len(vocab)
+    for i, tok in enumerate(SPECIAL_TOKENS):
+        vocab[tok] = base + i
+    return Qwen2Tokenizer(
+        vocab=vocab, merges=merges, unk_token=None, bos_token=None, eos_token="<|im_end|>",
+        pad_token="<|endoftext|>", errors="replace", model_max_length=32768, clean_up_tokenization_spaces=False,
+        extra_special_tokens=SPECIAL_TOKENS[1:],
+    )
+
+
+def build_processor():
+    """``Qwen2AudioProcessor``: the kit tokenizer, a real 128-bin ``WhisperFeatureExtractor`` and the chat template."""
+    from transformers import Qwen2AudioProcessor, WhisperFeatureExtractor
+
+    fe = WhisperFeatureExtractor(feature_size=128, sampling_rate=SAMPLE_RATE, hop_length=160, chunk_length=30,
+                                 n_fft=400, padding_value=0.0, return_attention_mask=True)
+    return Qwen2AudioProcessor(feature_extractor=fe, tokenizer=build_tokenizer(), chat_template=CHAT_TEMPLATE)
+
+
+def build_model(tokenizer, seed: int = 0):
+    """The tiny random ``Qwen2AudioForConditionalGeneration`` (float32), ids taken from ``tokenizer``."""
+    import torch
+    from transformers import GenerationConfig, Qwen2AudioConfig, Qwen2AudioForConditionalGeneration
+
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    n = len(tokenizer)
+    vocab_size = -(-n // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
+    text = dict(TEXT_CONFIG, vocab_size=vocab_size, bos_token_id=ids["<|endoftext|>"],
+                eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"])
+    config = Qwen2AudioConfig(audio_config=dict(AUDIO_CONFIG, model_type="qwen2_audio_encoder"),
+                              text_config=dict(text, model_type="qwen2"),
+                              audio_token_index=ids["<|AUDIO|>"], dtype="float32")
+    config.bos_token_id = ids["<|endoftext|>"]
+    config.eos_token_id = ids["<|im_end|>"]
+    config.pad_token_id = ids["<|endoftext|>"]
+    torch.manual_seed(seed)
+    model = Qwen2AudioForConditionalGeneration(config).to(torch.float32).eval()
+    model.generation_config = GenerationConfig(
+        bos_token_id=ids["<|endoftext|>"], eos_token_id=[ids["<|im_end|>"], ids["<|endoftext|>"]],
+        pad_token_id=ids["<|endoftext|>"], do_sample=False, num_beams=1, repetition_penalty=1.0,
+        max_new_tokens=MAX_NEW_TOKENS,
+    )
+    return model
+
+
+def _wav_bytes(wave) -> bytes:
+    import soundfile as sf
+
+    buf = io.BytesIO()
+    sf.write(buf, wave, SAMPLE_RATE, format="WAV", subtype="PCM_16")
+    return buf.getvalue()
+
+
+def _read_pcm16(path: Path):
+    import soundfile as sf
+
+    wave, sr = sf.read(path, dtype="int16")
+    if sr != SAMPLE_RATE or wave.ndim != 1:
+        raise ValueError(f"{path}: expected 16 kHz mono, got {sr} Hz, shape {wave.shape}")
+    return wave
+
+
+DATASET_CARD = """---
+configs:
+- config_name: default
+  data_files:
+  - split: dev
+    path: dev.parquet
+  - split: eval
+    path: eval.parquet
+---
+# iwslt-mc demo speech set (ACL 60/60 schema)
+
+English speech made with espeak-ng; German and Chinese references written by the iwslt-mc project.
+Fields: `index`, `audio` (16 kHz mono WAV bytes), `text_en`, `text_de`, `text_zh`.
+Splits as on the hub's ACL 60/60: `dev` and `eval`. `long/` holds the eval split as one talk
+(`talk.wav`, segmentation `talk.yaml`, references `talk.en`, `talk.de`, `talk.zh`).
+"""
+
+
+def write_data(data_dir: Path) -> dict:
+    """Write the parquet splits and the long-audio form; returns counts and durations."""
+    import numpy as np
+    from datasets import Audio, Dataset, Features, Value
+
+    # The audio column is built as a plain {bytes, path} struct and then cast to Audio: encoding
+    # through the Audio feature directly needs torchcodec, which is not usable here.
+    features = Features({
+        "index": Value("int64"), "audio": {"bytes": Value("binary"), "path": Value("string")},
+        "text_en": Value("string"), "text_de": Value("string"), "text_zh": Value("string"),
+    })
+    rows = utterances()
+    waves = {r["index"]: _read_pcm16(_audio_path(r["index"])) for r in rows}
+    data_dir.mkdir(parents=True)
+    counts = {}
+    for split in SPLITS:
+        part = [r for r in rows if r["split"] == split]
+        counts[split] = len(part)
+        table = {
+            "index": [r["index"] for r in part],
+            "audio": [{"bytes": _wav_bytes(waves[r["index"]]), "path": f"{r['index']:03d}.wav"} for r in part],
+            **{f"text_{lang}": [r[f"text_{lang}"] for r in part] for lang in LANGS},
+        }
+        ds = Dataset.from_dict(table, features=features).cast_column("audio", Audio(sampling_rate=SAMPLE_RATE))
+        ds.to_parquet(str(data_dir / f"{split}.parquet"))
+    atomic_write_text(data_dir / "README.md", DATASET_CARD)
+
+    long_dir = data_dir / "long"
+    long_dir.mkdir()
+    talk = [r for r in rows if r["split"] == LONG_SPLIT]
+    pieces, segments, pos = [np.zeros(round(LEADING_SILENCE * SAMPLE_RATE), np.int16)], [], round(LEADING_SILENCE * SAMPLE_RATE)
+    for i, r in enumerate(talk):
+        w = waves[r["index"]]
+        segments.append((pos, len(w)))
+        pieces.append(w)
+        pos += len(w)
+        gap = round((PAUSES[i % len(PAUSES)] if i + 1 < len(talk) else TRAILING_SILENCE) * SAMPLE_RATE)
+        pieces.append(np.zeros(gap, np.int16))
+        pos += gap
+    (long_dir / "talk.wav").write_bytes(_wav_bytes(np.concatenate(pieces)))
+    yaml_lines = [f"- {{duration: {n / SAMPLE_RATE:.2f}, offset: {start / SAMPLE_RATE:.2f}, speaker_id: spk1, wav: talk.wav}}"
+                  for start, n in segments]
+    atomic_write_text(long_dir / "talk.yaml", "\n".join(yaml_lines) + "\n")
+    for lang in LANGS:
+        atomic_write_text(long_dir / f"talk.{lang}", "".join(r[f"text_{lang}"] + "\n" for r in talk))
+    return {
+        "utterances": counts,
+        "speech_seconds": round(sum(len(w) for w in waves.values()) / SAMPLE_RATE, 2),
+        "long_segments": len(segments),
+        "long_seconds": round(pos / SAMPLE_RATE, 2),
+    }
+
+
+def _publish_modes(root: Path) -> None:
+    """Temporary files and directories are created private (0600/0700); give the kit the usual modes."""
+    mask = os.umask(0)
+    os.umask(mask)
+    for p in [root, *root.rglob("*")]:
+        p.chmod((0o777 if p.is_dir() else 0o666) & ~mask)
+
+
+@contextlib.contextmanager
+def _quiet_progress():
+    """No per-file progress bars from datasets and transformers for a build of a few seconds."""
+    import datasets.utils.logging as ds_logging
+    import transformers.utils.logging as tf_logging
+
+    ds_on, tf_on = ds_logging.is_progress_bar_enabled(), tf_logging.is_progress_bar_enabled()
+    ds_logging.disable_progress_bar()
+    tf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if ds_on:
+            ds_logging.enable_progress_bar()
+        if tf_on:
+            tf_logging.enable_progress_bar()
+
+
+def _dir_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def build_kit(out_dir: str | os.PathLike, seed: int = 0) -> KitInfo:
+    """Write the kit to ``out_dir`` (new or empty; UserError otherwise). All or nothing: built in a
+    temporary sibling directory and renamed into place."""
+    from . import provenance
+
+    started = time.time()
+    out = prepare_output_dir(out_dir)
+    # tokenizers' worker threads are not needed for this corpus and warn after a fork.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    with _quiet_progress(), atomic_directory(out, overwrite=True) as tmp:
+        processor = build_processor()
+        model = build_model(processor.tokenizer, seed=seed)
+        model_dir = tmp / "model"
+        model.save_pretrained(model_dir)
+        processor.save_pretrained(model_dir)
+        params = sum(p.numel() for p in model.parameters())
+        provenance.append(None, model_dir, provenance.make_record(
+            "kit", {"seed": seed}, techniques=["tiny random Qwen2-Audio (demo kit)"], started=started,
+            params_after=params))
+        data = write_data(tmp / "data")
+        weights = model_dir / "model.safetensors"
+        info = KitInfo(
+            path=str(out), seed=seed, params=params, model_bytes=weights.stat().st_size,
+            weights_sha256=sha256_file(weights), vocab_size=model.config.text_config.vocab_size,
+            tokenizer_size=len(processor.tokenizer), data_bytes=_dir_bytes(tmp / "data"), **data,
+        )
+        info.seconds = round(time.time() - started, 2)
+        atomic_write_json(tmp / "kit.json", {k: v for k, v in info.to_json().items() if k not in ("path", "seconds")})
+        _publish_modes(tmp)
+    return info
