@@ -500,6 +500,8 @@ def package(model_dir: str | Path, *, team: str, lp: str, condition: str, submis
     name = track.model_name(team=team, lp=lp, condition=condition, submission_type=submission_type, edition=ed,
                             bin_name=bin_name)
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: --out exists and is not a directory")
     final = out / name
     if final.exists() and not force:
         raise UserError(f"{final}: a submission with this name already exists (use --force to replace it)")
