@@ -456,6 +456,9 @@ def package(model_dir: str | Path, *, team: str, lp: str, condition: str, submis
         for c in h.changes:
             warnings.append(f"{h.source}: {c}")
         hyp_list.append(h)
+    published = ed.test_sets.get(lp)
+    if published and len(hyp_list) < published:
+        warnings.append(f"edition {ed.key} publishes {published} {lp} test set(s); this submission has {len(hyp_list)}")
     digests = {}
     for h in hyp_list:
         if h.data and h.data in digests:
@@ -611,7 +614,11 @@ def check(submission_dirs: list[str | Path], *, model_dir: str | Path | None = N
         if key in seen:
             continue
         seen.add(key)
-        results.append(_check_one(d, model_dir, use_recorded_model))
+        try:
+            results.append(_check_one(d, model_dir, use_recorded_model))
+        except (TypeError, AttributeError, KeyError, ValueError) as e:
+            # a hand-edited manifest with wrong types: report it, keep checking the other folders
+            results.append(SubmissionCheck(dir=d, problems=[f"{d / MANIFEST}: malformed ({type(e).__name__}: {e})"]))
     cross = []
     by_key: dict[tuple, list[SubmissionCheck]] = {}
     for r in results:

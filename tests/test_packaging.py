@@ -319,7 +319,9 @@ def test_second_primary_refused(tmp_path):
     assert pkg(big, tmp_path, submission_type="contrastive").name.endswith("Bin4_constrained_contrastive")
     assert pkg(big, tmp_path, condition="unconstrained", datasets="x").name.endswith("Bin4_unconstrained_primary")
     assert pkg(big, tmp_path, lp="en-zh").name.endswith("en-zh_Bin4_constrained_primary")
-    assert pkg(big, tmp_path, edition="2026").name == "KIT_IWSLT26_ModelCompression_en-de_constrained_primary"
+    res26 = pkg(big, tmp_path, edition="2026")
+    assert res26.name == "KIT_IWSLT26_ModelCompression_en-de_constrained_primary"
+    assert "edition 2026 publishes 6 en-de test set(s); this submission has 1" in res26.warnings
 
 
 def test_out_must_be_a_directory(model, tmp_path):
@@ -444,6 +446,16 @@ def test_check_one_primary_across_dirs_and_missing_things(tmp_path):
     probs = packaging.check([b.dir]).all_problems()
     assert any("manifest.json: missing" in p for p in probs)
     assert any("CR line ends" in p for p in probs) and any("no final newline" in p for p in probs)
+
+
+def test_check_survives_a_malformed_manifest(model, tmp_path):
+    res = pkg(model, tmp_path)
+    man = json.loads((res.dir / "manifest.json").read_text())
+    man["files"] = ["not", "a", "dict"]
+    (res.dir / "manifest.json").write_text(json.dumps(man))
+    r = packaging.check([res.dir, tmp_path / "nope"])
+    assert len(r.submissions) == 2 and not r.ok
+    assert "malformed" in r.submissions[0].problems[0]
 
 
 def test_package_cli_json_and_help(model, tmp_path, capsys):
