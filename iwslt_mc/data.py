@@ -428,12 +428,12 @@ def _rows_to_examples(rows: list[dict], columns: list[str], where: Path, split: 
         raise InputFileError(where, f"no 'audio' column (columns: {', '.join(columns)})")
     if "text_en" not in columns:
         raise InputFileError(where, f"no 'text_en' column (columns: {', '.join(columns)})")
-    has_id = "id" in columns
+    id_col = next((c for c in ("id", "index") if c in columns), None)
     out = []
     for i, r in enumerate(rows):
         src = f"{where}: row {i}"
         out.append(Example(
-            id=str(r["id"]) if has_id and r.get("id") is not None else f"{split}-{start + i}",
+            id=str(r[id_col]) if id_col and r.get(id_col) is not None else f"{split}-{start + i}",
             audio=_audio_ref(r.get("audio"), base, src),
             text_en=r.get("text_en"), text_de=r.get("text_de"), text_zh=r.get("text_zh"),
             source=src, texts={c: r[f"text_{c}"] for c in TEXT_CODES if c not in ("en", "de", "zh") and r.get(f"text_{c}") is not None},
