@@ -1,0 +1,574 @@
+"""Predict the storage size, parameters and bin of a compressed model before building it.
+
+The base architecture (a model directory's ``config.json``, or the built-in Qwen2-Audio-7B-Instruct)
+is instantiated on the meta device with one audio and one LLM layer, so every tensor the real model
+has is enumerated with its exact shape and the module type it belongs to, without allocating weights.
+The compression spec (layers kept, FFN widths, vocabulary, per-component precision) is then applied
+with the on-disk arithmetic of each format, and the safetensors file is laid out exactly as
+``safetensors`` writes it (tensors sorted by dtype then name, JSON header padded to 8 bytes):
+
+- float (bf16/fp16/fp32): one tensor of ``numel * itemsize`` bytes.
+- bitsandbytes int8 (LLM.int8): int8 ``weight`` of the full shape, float32 ``SCB`` per output row and
+  a one-byte ``weight_format``.
+- bitsandbytes nf4/fp4: ``weight`` packed two values per byte (uint8 ``[ceil(n/2), 1]``), float32
+  ``absmax`` per 64-element block, float32 ``quant_map`` (16 values), and a uint8 ``quant_state``
+  tensor holding JSON (shape, dtype, blocksize, ...). With double quantization ("-dq") ``absmax`` is
+  uint8 and two more tensors hold its statistics: float32 ``nested_absmax`` per 256 blocks and a
+  256-value float32 ``nested_quant_map``.
+
+Only Linear weights are quantized (bitsandbytes via transformers replaces ``nn.Linear``); biases,
+norms, convolutions and position embeddings stay in the float dtype. Embeddings and ``lm_head`` stay
+float unless asked (``quantize_embeddings`` or an explicit per-component precision), as
+transformers does by default. Predictions are for one file written by ``save_pretrained`` (its default
+shard size, 50 GB, holds even the full model in fp32).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import struct
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from . import __version__
+from .errors import InputFileError, UserError
+from .layout import COMPONENTS, audio_layer_index, component_for_key, llm_layer_index
+from .track import get_edition, size_bin
+
+FLOAT_PRECISIONS = ("bf16", "fp16", "fp32")
+QUANT_PRECISIONS = ("int8", "nf4", "nf4-dq", "fp4", "fp4-dq")
+PRECISIONS = FLOAT_PRECISIONS + QUANT_PRECISIONS
+# Less to more aggressive; used to order --target tables.
+PRECISION_BITS = {"fp32": 32, "bf16": 16, "fp16": 16, "int8": 8, "nf4": 4, "fp4": 4, "nf4-dq": 4, "fp4-dq": 4}
+_FLOAT_DTYPE = {"bf16": ("BF16", 2, "bfloat16"), "fp16": ("F16", 2, "float16"), "fp32": ("F32", 4, "float32")}
+COMPONENT_ALIASES = {"audio": "audio_encoder", "audio_tower": "audio_encoder", "llm": "llm_layers",
+                     "decoder": "llm_layers", "embeddings": "embed_tokens", "embed": "embed_tokens"}
+# safetensors writes tensors sorted by dtype (its enum order, descending) and then by name.
+_DTYPE_RANK = {d: i for i, d in enumerate(
+    ["BOOL", "F4", "F6_E2M3", "F6_E3M2", "U8", "I8", "F8_E5M2", "F8_E4M3", "F8_E8M0", "I16", "U16", "F16",
+     "BF16", "I32", "U32", "F32", "F64", "I64", "U64"])}
+BNB_BLOCKSIZE = 64  # bitsandbytes 4-bit block size used by transformers
+BNB_NESTED_BLOCKSIZE = 256
+# A float32 value as Python prints it: the nested offset in a double-quantized quant_state varies in
+# length by a few characters, which is the only byte of a prediction that is not exact.
+_TYPICAL_NESTED_OFFSET = 0.0498809814453125
+DEFAULT_MAX_SHARD_BYTES = 50 * 10**9
+
+
+# ----------------------------------------------------------------------------- the base architecture
+
+def qwen2_audio_7b_config_dict() -> dict:
+    """config.json values of Qwen2-Audio-7B-Instruct (the architecture only; see qwen2-audio.md)."""
+    return {
+        "architectures": ["Qwen2AudioForConditionalGeneration"],
+        "model_type": "qwen2_audio",
+        "audio_token_index": 151646,
+        "torch_dtype": "bfloat16",
+        "audio_config": {
+            "model_type": "qwen2_audio_encoder",
+            "num_mel_bins": 128,
+            "encoder_layers": 32,
+            "encoder_attention_heads": 20,
+            "encoder_ffn_dim": 5120,
+            "d_model": 1280,
+            "max_source_positions": 1500,
+            "activation_function": "gelu",
+        },
+        "text_config": {
+            "model_type": "qwen2",
+            "hidden_size": 4096,
+            "num_hidden_layers": 32,
+            "num_attention_heads": 32,
+            "num_key_value_heads": 32,
+            "intermediate_size": 11008,
+            "vocab_size": 156032,
+            "rope_theta": 10000.0,
+            "rms_norm_eps": 1e-5,
+            "max_position_embeddings": 8192,
+            "tie_word_embeddings": False,
+            "bos_token_id": 151643,
+            "eos_token_id": 151645,
+            "torch_dtype": "bfloat16",
+        },
+    }
+
+
+def qwen2_audio_7b_config():
+    """The built-in Qwen2-Audio-7B-Instruct architecture as a transformers ``Qwen2AudioConfig``."""
+    from transformers import Qwen2AudioConfig
+
+    d = qwen2_audio_7b_config_dict()
+    return Qwen2AudioConfig(audio_config=d["audio_config"], text_config=d["text_config"],
+                            audio_token_index=d["audio_token_index"])
+
+
+def load_base_config(model_dir: str | Path):
+    """The transformers config of a model directory (``config.json`` only; no weights are read)."""
+    p = Path(model_dir)
+    cfg_path = p / "config.json" if p.is_dir() else p
+    if not cfg_path.is_file():
+        raise InputFileError(cfg_path, "no config.json: --base needs a model directory with its config")
+    try:
+        json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InputFileError(cfg_path, f"unreadable config ({e})") from None
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(str(cfg_path.parent), local_files_only=True)
+    except (ValueError, KeyError, OSError) as e:
+        raise InputFileError(cfg_path, f"not a config transformers understands ({e})") from None
+
+
+def _text_config(cfg):
+    return getattr(cfg, "text_config", None) or cfg
+
+
+def _audio_config(cfg):
+    return getattr(cfg, "audio_config", None)
+
+
+def base_dims(cfg) -> dict:
+    """Layer counts, FFN widths and vocabulary of a base config (the values a Spec defaults to)."""
+    t, a = _text_config(cfg), _audio_config(cfg)
+    return {
+        "llm_layers": t.num_hidden_layers,
+        "audio_layers": getattr(a, "encoder_layers", None) if a is not None else None,
+        "ffn_dim": t.intermediate_size,
+        "audio_ffn_dim": getattr(a, "encoder_ffn_dim", None) if a is not None else None,
+        "vocab": t.vocab_size,
+    }
+
+
+# ----------------------------------------------------------------------------- the spec
+
+@dataclass
+class Spec:
+    """A compression to predict. ``None`` fields keep the base model's value."""
+
+    llm_layers: int | None = None  # LLM decoder layers kept
+    audio_layers: int | None = None  # audio encoder layers kept
+    ffn_dim: int | None = None  # LLM MLP width (intermediate_size)
+    audio_ffn_dim: int | None = None  # audio encoder MLP width (encoder_ffn_dim)
+    vocab: int | None = None  # vocabulary size (embed_tokens and lm_head rows)
+    precision: str = "bf16"  # default precision of every component (see PRECISIONS)
+    component_precision: dict[str, str] = field(default_factory=dict)  # component -> precision override
+    quantize_embeddings: bool = False  # a quantized default also applies to embed_tokens and lm_head
+    float_dtype: str | None = None  # dtype of tensors not quantized; None: precision if float, else bf16
+
+    def __post_init__(self):
+        self.component_precision = {normalize_component(c): check_precision(p)
+                                    for c, p in dict(self.component_precision).items()}
+        check_precision(self.precision)
+        if self.float_dtype is not None and self.float_dtype not in FLOAT_PRECISIONS:
+            raise UserError(f"float dtype {self.float_dtype!r} must be one of {', '.join(FLOAT_PRECISIONS)}")
+        for name in ("llm_layers", "audio_layers", "ffn_dim", "audio_ffn_dim", "vocab"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, int) or v < 1):
+                raise UserError(f"--{name.replace('_', '-')} must be a positive integer (got {v!r})")
+
+    @property
+    def storage_float(self) -> str:
+        if self.float_dtype:
+            return self.float_dtype
+        return self.precision if self.precision in FLOAT_PRECISIONS else "bf16"
+
+    def precision_of(self, component: str) -> str:
+        """Precision of the quantizable weights of ``component``."""
+        if component in self.component_precision:
+            return self.component_precision[component]
+        if self.precision in QUANT_PRECISIONS:
+            if component in ("embed_tokens", "lm_head") and not self.quantize_embeddings:
+                return self.storage_float
+            if component == "other":
+                return self.storage_float
+        return self.precision
+
+    def label(self) -> str:
+        parts = [self.precision]
+        if self.quantize_embeddings and self.precision in QUANT_PRECISIONS:
+            parts.append("+emb")
+        parts += [f"{c}={p}" for c, p in sorted(self.component_precision.items())]
+        return " ".join(parts)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def normalize_component(c: str) -> str:
+    c = COMPONENT_ALIASES.get(c, c)
+    if c not in COMPONENTS:
+        raise UserError(f"unknown component {c!r} (use one of {', '.join(COMPONENTS)}, or audio/llm/embeddings)")
+    return c
+
+
+def check_precision(p: str) -> str:
+    if p not in PRECISIONS:
+        raise UserError(f"unknown precision {p!r} (use one of {', '.join(PRECISIONS)})")
+    return p
+
+
+# ----------------------------------------------------------------------------- tensor inventory
+
+@dataclass(frozen=True)
+class _Tensor:
+    key: str  # on-disk (safetensors) name
+    shape: tuple[int, ...]
+    component: str
+    linear: bool  # the weight of an nn.Linear (what bitsandbytes replaces)
+    embedding: bool  # the weight of the token embedding
+    llm_layer: int | None
+    audio_layer: int | None
+
+
+_INVENTORY_CACHE: dict[tuple, tuple] = {}
+
+
+def _inventory_for(cfg, ffn_dim, audio_ffn_dim, vocab) -> tuple:
+    """Cached :func:`_inventory`; the key is the config's JSON, so equal configs share one entry."""
+    key = (cfg.to_json_string(use_diff=False), ffn_dim, audio_ffn_dim, vocab)
+    if key not in _INVENTORY_CACHE:
+        if len(_INVENTORY_CACHE) > 32:
+            _INVENTORY_CACHE.clear()
+        _INVENTORY_CACHE[key] = _inventory(cfg, ffn_dim, audio_ffn_dim, vocab)
+    return _INVENTORY_CACHE[key]
+
+
+def _inventory(cfg, ffn_dim, audio_ffn_dim, vocab) -> tuple:
+    """Tensors of the model with one LLM and one audio layer (the templates), on-disk names."""
+    import copy
+
+    import torch
+    import transformers
+    from torch import nn
+
+    cfg = copy.deepcopy(cfg)
+    t, a = _text_config(cfg), _audio_config(cfg)
+    t.num_hidden_layers = 1
+    if getattr(t, "layer_types", None):
+        t.layer_types = list(t.layer_types[:1])
+    if ffn_dim:
+        t.intermediate_size = ffn_dim
+    if vocab:
+        t.vocab_size = vocab
+        if getattr(cfg, "vocab_size", None) is not None and cfg is not t:
+            cfg.vocab_size = vocab
+    if a is not None:
+        a.encoder_layers = 1
+        if audio_ffn_dim:
+            a.encoder_ffn_dim = audio_ffn_dim
+    arch = (getattr(cfg, "architectures", None) or ["Qwen2AudioForConditionalGeneration"])[0]
+    cls = getattr(transformers, arch, None)
+    if cls is None:
+        raise UserError(f"model class {arch!r} (from the base config's architectures) is not in transformers {transformers.__version__}")
+    with torch.device("meta"):
+        model = cls(cfg)
+    linear_ids = {id(m.weight) for m in model.modules() if isinstance(m, nn.Linear)}
+    embed = model.get_input_embeddings()
+    embed_id = id(embed.weight) if embed is not None else None
+    # state_dict() detaches meta tensors; map names back to the parameter objects to learn their kind
+    kind = {}
+    for name, _ in model.state_dict().items():
+        try:
+            obj = model.get_parameter_or_buffer(name)
+        except AttributeError:
+            obj = None
+        kind[name] = (id(obj) in linear_ids, id(obj) == embed_id)
+    sd = model.state_dict()
+    from transformers.modeling_utils import remove_tied_weights_from_state_dict
+
+    sd = remove_tied_weights_from_state_dict(sd, model)
+    marked = {id(v): k for k, v in sd.items()}
+    try:
+        from transformers.core_model_loading import revert_weight_conversion
+
+        disk = revert_weight_conversion(model, dict(sd))
+    except ImportError:  # transformers < 5 writes in-memory names
+        disk = sd
+    out = []
+    for key, tensor in disk.items():
+        orig = marked.get(id(tensor), key)
+        linear, emb = kind.get(orig, (len(tensor.shape) == 2 and key.endswith(".weight"), False))
+        out.append(_Tensor(key, tuple(tensor.shape), component_for_key(key), linear, emb,
+                           llm_layer_index(key), audio_layer_index(key)))
+    return tuple(out)
+
+
+def _layer_key(key: str, index: int, rx: re.Pattern) -> str:
+    return rx.sub(lambda m: f"{m.group(1)}{index}.", key, count=1)
+
+
+_LLM_LAYER_RX = re.compile(r"((?:^|\.)language_model\.(?:model\.)?layers\.)\d+\.")
+_AUDIO_LAYER_RX = re.compile(r"((?:^|\.)audio_tower\.layers\.)\d+\.")
+
+
+def _expand(templates, llm_layers: int, audio_layers: int):
+    for t in templates:
+        if t.llm_layer is not None:
+            for i in range(llm_layers):
+                yield t, _layer_key(t.key, i, _LLM_LAYER_RX)
+        elif t.audio_layer is not None:
+            for i in range(audio_layers):
+                yield t, _layer_key(t.key, i, _AUDIO_LAYER_RX)
+        else:
+            yield t, t.key
+
+
+# ----------------------------------------------------------------------------- on-disk arithmetic
+
+def disk_tensors(key: str, shape: tuple[int, ...], precision: str, float_dtype: str = "bf16"):
+    """The safetensors entries ``(name, dtype, shape, nbytes, content)`` one weight becomes at ``precision``.
+
+    ``content`` is None except for a 4-bit ``quant_state`` tensor, whose bytes are its JSON.
+
+    Returns (entries, logical parameters, overhead bytes).
+    """
+    n = math.prod(shape)
+    if precision in FLOAT_PRECISIONS:
+        dt, size, _ = _FLOAT_DTYPE[precision]
+        return [(key, dt, shape, n * size, None)], n, 0
+    if precision == "int8":
+        rows = shape[0] if shape else 1
+        mod = key[: -len(".weight")] if key.endswith(".weight") else key
+        scb = [(mod + ".SCB", "F32", (rows,), 4 * rows, None), (mod + ".weight_format", "U8", (), 1, None)]
+        return [(key, "I8", shape, n, None)] + scb, n, 4 * rows + 1
+    quant_type = precision.split("-")[0]
+    double = precision.endswith("-dq")
+    blocks = -(-n // BNB_BLOCKSIZE)
+    packed = (n + 1) // 2
+    state = {"quant_type": quant_type, "blocksize": BNB_BLOCKSIZE, "dtype": _FLOAT_DTYPE[float_dtype][2],
+             "shape": list(shape)}
+    entries = [(key, "U8", (packed, 1), packed, None)]
+    if double:
+        nested = -(-blocks // BNB_NESTED_BLOCKSIZE)
+        state.update(nested_blocksize=BNB_NESTED_BLOCKSIZE, nested_dtype="float32", nested_offset=_TYPICAL_NESTED_OFFSET)
+        entries += [(key + ".absmax", "U8", (blocks,), blocks, None),
+                    (key + ".nested_absmax", "F32", (nested,), 4 * nested, None),
+                    (key + ".nested_quant_map", "F32", (256,), 1024, None)]
+    else:
+        entries.append((key + ".absmax", "F32", (blocks,), 4 * blocks, None))
+    entries.append((key + ".quant_map", "F32", (16,), 64, None))
+    qs = json.dumps(state).encode()  # bitsandbytes stores json.dumps of the packed state as uint8
+    entries.append((f"{key}.quant_state.bitsandbytes__{quant_type}", "U8", (len(qs),), len(qs), qs))
+    return entries, n, sum(e[3] for e in entries[1:])
+
+
+def safetensors_header(entries, metadata: dict | None = None) -> tuple[bytes, list]:
+    """The header bytes (8-byte length + padded JSON) safetensors writes for ``entries``, and their order."""
+    order = sorted(entries, key=lambda e: (-_DTYPE_RANK[e[1]], e[0]))
+    parts = []
+    if metadata is not None:
+        parts.append('"__metadata__":' + json.dumps(metadata, separators=(",", ":")))
+    off = 0
+    for name, dt, shape, nb, *_ in order:
+        parts.append(f'{json.dumps(name)}:{{"dtype":"{dt}","shape":[{",".join(map(str, shape))}],"data_offsets":[{off},{off + nb}]}}')
+        off += nb
+    text = ("{" + ",".join(parts) + "}").encode()
+    text += b" " * ((-len(text)) % 8)
+    return struct.pack("<Q", len(text)) + text, order
+
+
+def safetensors_header_bytes(entries, metadata: dict | None = None) -> int:
+    """Bytes of the 8-byte length plus the JSON header safetensors writes for ``entries``."""
+    return len(safetensors_header(entries, metadata)[0])
+
+
+# ----------------------------------------------------------------------------- prediction
+
+@dataclass
+class Prediction:
+    """Predicted size of a spec: ``bytes`` (storage size S), ``params`` (logical), ``bin``."""
+
+    spec: Spec
+    edition: str
+    bytes: int
+    params: int
+    bin: str | None
+    components: dict[str, dict[str, int]]
+    overhead: int
+    header_bytes: int
+    tensors: int
+    dims: dict  # the resolved llm_layers, audio_layers, ffn_dim, audio_ffn_dim, vocab
+    base: str
+    signature: str
+    entries: list = field(default_factory=list, repr=False)  # (name, dtype, shape, nbytes, content)
+    config: object = field(default=None, repr=False)  # the base config with the spec's dims applied
+
+    def to_json(self) -> dict:
+        return {
+            "bytes": self.bytes, "params": self.params, "bin": self.bin, "edition": self.edition,
+            "components": self.components, "overhead_bytes": self.overhead, "header_bytes": self.header_bytes,
+            "tensors": self.tensors, "dims": self.dims, "spec": self.spec.to_json(), "base": self.base,
+            "signature": self.signature,
+        }
+
+
+def resolve_dims(spec: Spec, base_config) -> dict:
+    base = base_dims(base_config)
+    dims = {k: (getattr(spec, k) if getattr(spec, k) is not None else v) for k, v in base.items()}
+    for k in ("llm_layers", "audio_layers"):
+        if base[k] is not None and dims[k] > base[k]:
+            raise UserError(f"--{k.replace('_', '-')} {dims[k]}: the base model has only {base[k]}")
+    return dims
+
+
+def predict(spec: Spec, base_config=None, edition: str = "2025", *, base_name: str | None = None) -> Prediction:
+    """Predict bytes, parameters and bin of ``spec`` applied to ``base_config`` (default: Qwen2-Audio-7B)."""
+    ed = get_edition(edition)
+    if base_config is None:
+        base_config = qwen2_audio_7b_config()
+        base_name = base_name or "built-in Qwen2-Audio-7B-Instruct"
+    dims = resolve_dims(spec, base_config)
+    templates = _inventory_for(base_config, spec.ffn_dim, spec.audio_ffn_dim, spec.vocab)
+    fdt = spec.storage_float
+    entries = []
+    components = {c: {"params": 0, "bytes": 0} for c in COMPONENTS}
+    params = overhead = 0
+    for t, key in _expand(templates, dims["llm_layers"], dims["audio_layers"] or 0):
+        prec = spec.precision_of(t.component)
+        quantizable = t.linear or (t.embedding and t.component == "embed_tokens")
+        if prec in QUANT_PRECISIONS and not quantizable:
+            prec = fdt  # biases, norms, convolutions, position embeddings stay float
+        ents, n, ovh = disk_tensors(key, t.shape, prec, fdt)
+        entries.extend(ents)
+        comp = components[t.component]
+        comp["params"] += n
+        comp["bytes"] += sum(e[3] for e in ents)
+        params += n
+        overhead += ovh
+    header = safetensors_header_bytes(entries, {"format": "pt"})
+    total = header + sum(e[3] for e in entries)
+    components = {c: v for c, v in components.items() if v["bytes"] or c != "other"}
+    signature = (f"predicted|edition:{ed.key}|format:safetensors-1-file|bnb-blocksize:{BNB_BLOCKSIZE}"
+                 f"|units:decimal|version:iwslt-mc-{__version__}")
+    return Prediction(spec=spec, edition=ed.key, bytes=total, params=params, bin=size_bin(total, ed),
+                      components=components, overhead=overhead, header_bytes=header, tensors=len(entries),
+                      dims=dims, base=base_name or "config", signature=signature, entries=entries,
+                      config=_apply_dims(base_config, dims))
+
+
+def _apply_dims(cfg, dims: dict):
+    import copy
+
+    cfg = copy.deepcopy(cfg)
+    t, a = _text_config(cfg), _audio_config(cfg)
+    t.num_hidden_layers = dims["llm_layers"]
+    if getattr(t, "layer_types", None):
+        t.layer_types = list(t.layer_types[: dims["llm_layers"]])
+    t.intermediate_size = dims["ffn_dim"]
+    t.vocab_size = dims["vocab"]
+    if a is not None:
+        a.encoder_layers = dims["audio_layers"]
+        a.encoder_ffn_dim = dims["audio_ffn_dim"]
+    return cfg
+
+
+def write_placeholder(out_dir: str | Path, prediction: Prediction, *, config: bool = True) -> Path:
+    """Write the predicted ``model.safetensors`` with its real header and sparse (all-zero) data.
+
+    For testing sizers, upload limits and benchmarks at full size without the disk space: the data
+    region is a hole (``truncate``), except the small 4-bit ``quant_state`` JSON tensors. Not loadable
+    as a model (the weights are zeros).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    header, order = safetensors_header(prediction.entries, {"format": "pt"})
+    path = out / "model.safetensors"
+    with open(path, "wb") as f:
+        f.write(header)
+        off = len(header)
+        for _, _, _, nb, content in order:
+            if content is not None:
+                f.seek(off)
+                f.write(content)
+            off += nb
+        f.truncate(off)
+    if config and prediction.config is not None:
+        (out / "config.json").write_text(prediction.config.to_json_string(use_diff=False), encoding="utf-8")
+    return path
+
+
+# ----------------------------------------------------------------------------- the inverse: --target
+
+def specs_for_bin(target: str, base_config=None, edition: str = "2025", fixed: Spec | None = None,
+                  limit: int = 8) -> list[Prediction]:
+    """Specs whose predicted size lands in bin ``target``, least to most aggressive.
+
+    Varies precision (and whether embeddings are quantized), vocabulary and audio layers over a small
+    grid, and for each keeps the most LLM layers that fit. Fields set in ``fixed`` are not varied.
+    Aggressiveness is the share of the base's logical parameters removed, then bits per weight.
+    """
+    ed = get_edition(edition)
+    names = {b.name: b for b in ed.bins}
+    if not names:
+        raise UserError(f"edition {ed.key} has no size bins: --target needs an edition with bins (e.g. 2025)")
+    t = target if target in names else target.capitalize()
+    if t not in names:
+        raise UserError(f"unknown bin {target!r} for edition {ed.key} (use one of {', '.join(names)})")
+    b = names[t]
+    if base_config is None:
+        base_config = qwen2_audio_7b_config()
+    fixed = fixed or Spec()
+    base = base_dims(base_config)
+    precisions = [fixed.precision] if fixed.precision != "bf16" else ["bf16", "int8", "nf4", "nf4-dq"]
+    emb_opts = [fixed.quantize_embeddings] if fixed.quantize_embeddings else [False, True]
+    vocabs = [fixed.vocab] if fixed.vocab else _grid(base["vocab"], (1, 65536, 32768, 16384))
+    audio = base["audio_layers"] or 0
+    audios = [fixed.audio_layers] if fixed.audio_layers else sorted({max(1, audio * k // 4) for k in (4, 3, 2, 1)}, reverse=True) if audio else [None]
+    llm_max = fixed.llm_layers or base["llm_layers"]
+    full = predict(Spec(), base_config, edition)
+    found: dict[tuple, Prediction] = {}
+    for prec in precisions:
+        for emb in (emb_opts if prec in QUANT_PRECISIONS else [False]):
+            for vocab in vocabs:
+                for al in audios:
+                    def make(n, prec=prec, emb=emb, vocab=vocab, al=al):
+                        s = Spec(llm_layers=n, audio_layers=al, ffn_dim=fixed.ffn_dim, audio_ffn_dim=fixed.audio_ffn_dim,
+                                 vocab=vocab, precision=prec, component_precision=dict(fixed.component_precision),
+                                 quantize_embeddings=emb, float_dtype=fixed.float_dtype)
+                        return predict(s, base_config, edition)
+                    best = _most_layers_below(make, b.high, 1 if not fixed.llm_layers else llm_max, llm_max)
+                    if best is not None and best.bytes >= b.low:
+                        found[(best.dims["llm_layers"], best.dims["audio_layers"], best.dims["vocab"], prec, emb)] = best
+    ranked = sorted(found.values(), key=lambda p: (_aggressiveness(p, full), p.bytes and -p.bytes))
+    return _prune_dominated(ranked)[:limit]
+
+
+def _grid(base: int, options) -> list[int]:
+    return [base] + [v for v in options[1:] if v < base]
+
+
+def _most_layers_below(make, high: int | None, lo: int, hi: int):
+    """Binary search the largest LLM layer count whose prediction is below ``high`` (size grows with layers)."""
+    if high is None:
+        return make(hi)
+    if make(lo).bytes >= high:
+        return None
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if make(mid).bytes < high:
+            lo = mid
+        else:
+            hi = mid - 1
+    return make(lo)
+
+
+def _aggressiveness(p: Prediction, full: Prediction) -> tuple:
+    removed = 1.0 - p.params / full.params
+    bits = 8.0 * (p.bytes - p.header_bytes) / max(p.params, 1)
+    return (round(removed, 3), -bits)
+
+
+def _prune_dominated(ranked: list[Prediction]) -> list[Prediction]:
+    """Drop a spec when one earlier in the list keeps at least as much of everything at the same precision."""
+    kept: list[Prediction] = []
+    for p in ranked:
+        dominated = any(
+            q.spec.precision == p.spec.precision and q.spec.quantize_embeddings == p.spec.quantize_embeddings
+            and all(q.dims[k] >= p.dims[k] for k in ("llm_layers", "audio_layers", "vocab") if p.dims[k] is not None)
+            for q in kept)
+        if not dominated:
+            kept.append(p)
+    return kept
