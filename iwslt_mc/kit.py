@@ -332,14 +332,28 @@ def _dir_bytes(path: Path) -> int:
 
 
 def build_kit(out_dir: str | os.PathLike, seed: int = 0) -> KitInfo:
-    """Write the kit to ``out_dir`` (new or empty; UserError otherwise). All or nothing: built in a
-    temporary sibling directory and renamed into place."""
-    from . import provenance
+    """Write the kit to ``out_dir`` (new or empty; UserError otherwise) and return its summary.
 
+    All or nothing: built in a temporary sibling directory and renamed into place; on failure or
+    interruption ``out_dir`` is left as it was (absent, or empty).
+    """
     started = time.time()
+    created = not Path(out_dir).exists()
     out = prepare_output_dir(out_dir)
     # tokenizers' worker threads are not needed for this corpus and warn after a fork.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        return _build(out, seed, started)
+    except BaseException:
+        if created:  # prepare_output_dir made it: remove it again
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        raise
+
+
+def _build(out: Path, seed: int, started: float) -> KitInfo:
+    from . import provenance
+
     with _quiet_progress(), atomic_directory(out, overwrite=True) as tmp:
         processor = build_processor()
         model = build_model(processor.tokenizer, seed=seed)
@@ -357,7 +371,8 @@ def build_kit(out_dir: str | os.PathLike, seed: int = 0) -> KitInfo:
             weights_sha256=sha256_file(weights), vocab_size=model.config.text_config.vocab_size,
             tokenizer_size=len(processor.tokenizer), data_bytes=_dir_bytes(tmp / "data"), **data,
         )
-        info.seconds = round(time.time() - started, 2)
+        # kit.json holds only what the seed determines, so two builds compare byte for byte.
         atomic_write_json(tmp / "kit.json", {k: v for k, v in info.to_json().items() if k not in ("path", "seconds")})
         _publish_modes(tmp)
+    info.seconds = round(time.time() - started, 2)
     return info
