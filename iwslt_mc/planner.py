@@ -43,8 +43,9 @@ PRECISIONS = FLOAT_PRECISIONS + QUANT_PRECISIONS
 # Less to more aggressive; used to order --target tables.
 PRECISION_BITS = {"fp32": 32, "bf16": 16, "fp16": 16, "int8": 8, "nf4": 4, "fp4": 4, "nf4-dq": 4, "fp4-dq": 4}
 _FLOAT_DTYPE = {"bf16": ("BF16", 2, "bfloat16"), "fp16": ("F16", 2, "float16"), "fp32": ("F32", 4, "float32")}
+# "embeddings" (both embed_tokens and lm_head) is expanded where precisions are set.
 COMPONENT_ALIASES = {"audio": "audio_encoder", "audio_tower": "audio_encoder", "llm": "llm_layers",
-                     "decoder": "llm_layers", "embeddings": "embed_tokens", "embed": "embed_tokens"}
+                     "decoder": "llm_layers", "embed": "embed_tokens"}
 # safetensors writes tensors sorted by dtype (its enum order, descending) and then by name.
 _DTYPE_RANK = {d: i for i, d in enumerate(
     ["BOOL", "F4", "F6_E2M3", "F6_E3M2", "U8", "I8", "F8_E5M2", "F8_E4M3", "F8_E8M0", "I16", "U16", "F16",
@@ -159,8 +160,11 @@ class Spec:
     float_dtype: str | None = None  # dtype of tensors not quantized; None: precision if float, else bf16
 
     def __post_init__(self):
-        self.component_precision = {normalize_component(c): check_precision(p)
-                                    for c, p in dict(self.component_precision).items()}
+        per = {}
+        for c, p in dict(self.component_precision).items():
+            for comp in (("embed_tokens", "lm_head") if c == "embeddings" else (normalize_component(c),)):
+                per[comp] = check_precision(p)
+        self.component_precision = per
         check_precision(self.precision)
         if self.float_dtype is not None and self.float_dtype not in FLOAT_PRECISIONS:
             raise UserError(f"float dtype {self.float_dtype!r} must be one of {', '.join(FLOAT_PRECISIONS)}")
@@ -492,83 +496,144 @@ def write_placeholder(out_dir: str | Path, prediction: Prediction, *, config: bo
 
 # ----------------------------------------------------------------------------- the inverse: --target
 
-def specs_for_bin(target: str, base_config=None, edition: str = "2025", fixed: Spec | None = None,
+def _digits_sum(n: int) -> int:
+    """Total number of decimal digits of 0, 1, ..., n-1."""
+    total, lo, d = 0, 0, 1
+    while lo < n:
+        hi = min(n, 10**d)
+        total += (hi - lo) * d
+        lo, d = hi, d + 1
+    return total
+
+
+def estimate_bytes(spec: Spec, base_config) -> int:
+    """An upper bound of :func:`predict`'s bytes, exact for the data and within a few kB for the header.
+
+    Costs one pass over the per-layer templates instead of every tensor, for searching many specs.
+    """
+    dims = resolve_dims(spec, base_config)
+    templates = _inventory_for(base_config, spec.ffn_dim, spec.audio_ffn_dim, spec.vocab)
+    fdt = spec.storage_float
+    data = text = entries = 0
+    for t in templates:
+        count = dims["llm_layers"] if t.llm_layer is not None else (dims["audio_layers"] or 0) if t.audio_layer is not None else 1
+        if count == 0:
+            continue
+        extra_digits = _digits_sum(count) - count if (t.llm_layer is not None or t.audio_layer is not None) else 0
+        prec = spec.precision_of(t.component)
+        if prec in QUANT_PRECISIONS and not (t.linear or (t.embedding and t.component == "embed_tokens")):
+            prec = fdt
+        for name, dt, shape, nb, _ in disk_tensors(t.key, t.shape, prec, fdt)[0]:
+            data += nb * count
+            # '"name":{"dtype":"DT","shape":[S],"data_offsets":[A,B]},' has 44 fixed characters
+            entry = len(json.dumps(name)) + len(dt) + len(",".join(map(str, shape))) + 44
+            text += entry * count + extra_digits
+            entries += count
+    text += entries * 2 * len(str(data)) + 40
+    return 8 + text + 8 + data
+
+
+def specs_for_bin(target: str, base_config=None, edition: str = "2025", *, llm_layers: int | None = None,
+                  audio_layers: int | None = None, vocab: int | None = None, precision: str | None = None,
+                  quantize_embeddings: bool | None = None, ffn_dim: int | None = None,
+                  audio_ffn_dim: int | None = None, component_precision: dict | None = None,
                   limit: int = 8) -> list[Prediction]:
     """Specs whose predicted size lands in bin ``target``, least to most aggressive.
 
-    Varies precision (and whether embeddings are quantized), vocabulary and audio layers over a small
-    grid, and for each keeps the most LLM layers that fit. Fields set in ``fixed`` are not varied.
-    Aggressiveness is the share of the base's logical parameters removed, then bits per weight.
+    Arguments left ``None`` are varied over a small grid (precision bf16/int8/nf4-dq, embeddings
+    quantized or not, vocabulary full/64k/32k/16k, audio layers 100/75/50/25/12.5%); for each
+    combination the most LLM layers that fit are kept (all of them when ``llm_layers`` is given, which
+    then must fit). Aggressiveness: fractions of LLM and audio layers removed, plus a quarter of the
+    fraction of vocabulary removed, plus the precision's step away from 16 bits.
     """
     ed = get_edition(edition)
     names = {b.name: b for b in ed.bins}
     if not names:
         raise UserError(f"edition {ed.key} has no size bins: --target needs an edition with bins (e.g. 2025)")
-    t = target if target in names else target.capitalize()
-    if t not in names:
+    key = target if target in names else target.capitalize()
+    if key not in names:
         raise UserError(f"unknown bin {target!r} for edition {ed.key} (use one of {', '.join(names)})")
-    b = names[t]
+    b = names[key]
     if base_config is None:
         base_config = qwen2_audio_7b_config()
-    fixed = fixed or Spec()
     base = base_dims(base_config)
-    precisions = [fixed.precision] if fixed.precision != "bf16" else ["bf16", "int8", "nf4", "nf4-dq"]
-    emb_opts = [fixed.quantize_embeddings] if fixed.quantize_embeddings else [False, True]
-    vocabs = [fixed.vocab] if fixed.vocab else _grid(base["vocab"], (1, 65536, 32768, 16384))
-    audio = base["audio_layers"] or 0
-    audios = [fixed.audio_layers] if fixed.audio_layers else sorted({max(1, audio * k // 4) for k in (4, 3, 2, 1)}, reverse=True) if audio else [None]
-    llm_max = fixed.llm_layers or base["llm_layers"]
-    full = predict(Spec(), base_config, edition)
+    precisions = [precision] if precision else ["bf16", "int8", "nf4-dq"]
+    vocabs = [vocab] if vocab else _grid(base["vocab"], (65536, 32768, 16384))
+    na = base["audio_layers"]
+    audios = [audio_layers] if audio_layers else (sorted({max(1, na * k // 8) for k in (8, 6, 4, 2, 1)}, reverse=True) if na else [None])
+    top = llm_layers or base["llm_layers"]
+    bottom = llm_layers or 1
+    # Narrower MLPs only when nothing else fits (width pruning needs the most retraining).
+    widths = [(ffn_dim, audio_ffn_dim)]
+    if ffn_dim is None and audio_ffn_dim is None and base.get("audio_ffn_dim"):
+        widths += [(base["ffn_dim"] // k, base["audio_ffn_dim"] // k) for k in (2, 4)]
     found: dict[tuple, Prediction] = {}
+    for ffn, affn in widths:
+        if len(found) >= limit:
+            break
+        _search(found, b, base_config, edition, precisions, vocabs, audios, quantize_embeddings, ffn, affn,
+                 component_precision, bottom, top)
+    ranked = sorted(found.values(), key=lambda p: (aggressiveness(p, base), -p.bytes))
+    seen, out = set(), []
+    for p in ranked:
+        dims = tuple(p.dims[k] for k in ("llm_layers", "audio_layers", "vocab", "ffn_dim", "audio_ffn_dim"))
+        if dims not in seen:  # the same shape at a smaller precision adds nothing to the table
+            seen.add(dims)
+            out.append(p)
+    return out[:limit]
+
+
+def _search(found, b, base_config, edition, precisions, vocabs, audios, quantize_embeddings, ffn_dim, audio_ffn_dim,
+            component_precision, bottom, top):
     for prec in precisions:
-        for emb in (emb_opts if prec in QUANT_PRECISIONS else [False]):
-            for vocab in vocabs:
+        embs = [quantize_embeddings] if quantize_embeddings is not None else ([False, True] if prec in QUANT_PRECISIONS else [False])
+        for emb in embs:
+            for v in vocabs:
                 for al in audios:
-                    def make(n, prec=prec, emb=emb, vocab=vocab, al=al):
-                        s = Spec(llm_layers=n, audio_layers=al, ffn_dim=fixed.ffn_dim, audio_ffn_dim=fixed.audio_ffn_dim,
-                                 vocab=vocab, precision=prec, component_precision=dict(fixed.component_precision),
-                                 quantize_embeddings=emb, float_dtype=fixed.float_dtype)
-                        return predict(s, base_config, edition)
-                    best = _most_layers_below(make, b.high, 1 if not fixed.llm_layers else llm_max, llm_max)
-                    if best is not None and best.bytes >= b.low:
-                        found[(best.dims["llm_layers"], best.dims["audio_layers"], best.dims["vocab"], prec, emb)] = best
-    ranked = sorted(found.values(), key=lambda p: (_aggressiveness(p, full), p.bytes and -p.bytes))
-    return _prune_dominated(ranked)[:limit]
+                    def make(n, prec=prec, emb=emb, v=v, al=al):
+                        return Spec(llm_layers=n, audio_layers=al, ffn_dim=ffn_dim, audio_ffn_dim=audio_ffn_dim, vocab=v,
+                                    precision=prec, component_precision=dict(component_precision or {}),
+                                    quantize_embeddings=bool(emb))
+                    n = _most_layers_below(lambda n: estimate_bytes(make(n), base_config), b.high, bottom, top)
+                    if n is None:
+                        continue
+                    pred = predict(make(n), base_config, edition)
+                    # the estimate is an upper bound: one more layer may still fit
+                    if n < top and b.high is not None:
+                        nxt = predict(make(n + 1), base_config, edition)
+                        if nxt.bytes < b.high:
+                            pred = nxt
+                    if pred.bytes >= b.low and (b.high is None or pred.bytes < b.high):
+                        found[tuple(pred.dims.values()) + (prec, emb)] = pred
+
+
+def aggressiveness(p: Prediction, base: dict) -> float:
+    """A rough, documented ordering of how much a spec takes away (0 = nothing)."""
+    def removed(k):
+        return 1.0 - p.dims[k] / base[k] if base.get(k) else 0.0
+    # Quantization costs far less quality than removing layers (the published 4-bit models lose about
+    # a point where removing a quarter of the layers loses several), hence the small weights.
+    quant = {32: 0.0, 16: 0.0, 8: 0.05, 4: 0.15}[PRECISION_BITS[p.spec.precision]]
+    if p.spec.quantize_embeddings and p.spec.precision in QUANT_PRECISIONS:
+        quant += 0.05
+    widths = sum(removed(k) for k in ("ffn_dim", "audio_ffn_dim"))
+    return removed("llm_layers") + removed("audio_layers") + 0.25 * removed("vocab") + widths + quant
 
 
 def _grid(base: int, options) -> list[int]:
-    return [base] + [v for v in options[1:] if v < base]
+    return [base] + [v for v in options if v < base]
 
 
-def _most_layers_below(make, high: int | None, lo: int, hi: int):
-    """Binary search the largest LLM layer count whose prediction is below ``high`` (size grows with layers)."""
+def _most_layers_below(size_of, high: int | None, lo: int, hi: int) -> int | None:
+    """Largest layer count in [lo, hi] whose size is below ``high`` (size grows with layers), or None."""
     if high is None:
-        return make(hi)
-    if make(lo).bytes >= high:
+        return hi
+    if size_of(lo) >= high:
         return None
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        if make(mid).bytes < high:
+        if size_of(mid) < high:
             lo = mid
         else:
             hi = mid - 1
-    return make(lo)
-
-
-def _aggressiveness(p: Prediction, full: Prediction) -> tuple:
-    removed = 1.0 - p.params / full.params
-    bits = 8.0 * (p.bytes - p.header_bytes) / max(p.params, 1)
-    return (round(removed, 3), -bits)
-
-
-def _prune_dominated(ranked: list[Prediction]) -> list[Prediction]:
-    """Drop a spec when one earlier in the list keeps at least as much of everything at the same precision."""
-    kept: list[Prediction] = []
-    for p in ranked:
-        dominated = any(
-            q.spec.precision == p.spec.precision and q.spec.quantize_embeddings == p.spec.quantize_embeddings
-            and all(q.dims[k] >= p.dims[k] for k in ("llm_layers", "audio_layers", "vocab") if p.dims[k] is not None)
-            for q in kept)
-        if not dominated:
-            kept.append(p)
-    return kept
+    return lo

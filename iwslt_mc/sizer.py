@@ -357,8 +357,13 @@ def bin_explanation(nbytes: int, edition: str = "2025") -> str:
         return f"edition {ed.key} has no size bins ({ed.boundary_rule})"
     name = size_bin(nbytes, ed)
     if name is None:
-        return f"no bin: {nbytes:,} bytes >= {format_size(4 * GB)} (not eligible in {ed.key})"
+        top = max(b.high for b in ed.bins if b.high is not None)
+        return f"no bin: S = {nbytes:,} bytes >= {_boundary(top)} (not eligible in {ed.key})"
     b = next(b for b in ed.bins if b.name == name)
-    hi = f" < {format_size(b.high, 'MB' if b.high < GB else 'GB')}" if b.high else ""
-    lo = f"{format_size(b.low, 'MB' if b.low < GB else 'GB')} <= " if b.low else ""
-    return f"{name}: {lo}S{hi} (S = {nbytes:,} bytes; {ed.boundary_rule})"
+    lo = f"{_boundary(b.low)} <= " if b.low else ""
+    hi = f" < {_boundary(b.high)}" if b.high else ""
+    return f"{name} ({lo}S{hi}; S = {nbytes:,} bytes, decimal units; {ed.boundary_rule})"
+
+
+def _boundary(n: int) -> str:
+    return f"{n // GB} GB" if n % GB == 0 else f"{n // MB} MB" if n % MB == 0 else f"{n:,} bytes"
