@@ -1,0 +1,351 @@
+"""Local scores computed the way the organizers compute them.
+
+- BLEU and chrF with sacrebleu, settings per target language (``METRICS``): BLEU ``tok:13a`` and
+  chrF++ for German, BLEU ``tok:zh`` and plain chrF for Chinese; case-sensitive, punctuation kept.
+  Files are read as the sacrebleu command line reads them (split on ``\\n``, trailing whitespace
+  stripped), so corpus scores equal ``sacrebleu REF -i HYP`` exactly.
+- Resegmentation of the hypothesis to the reference segments with mweralign (the mwerSegmenter
+  alignment), offline tokenization only: whitespace for German, characters (mweralign's
+  ``CJSegmenter``) for Chinese, or a local SentencePiece model. AS-WER is recomputed from the
+  resegmented output: edit distance per reference segment on the same tokens the aligner saw,
+  case-insensitive like the aligner, summed over segments / reference tokens.
+- COMET through :mod:`iwslt_mc.comet_env` (its own environment, a separate process).
+
+Everything a score depends on is in its signature string.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import re
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import InputFileError, UserError
+
+RESEGMENT_MODES = ("auto", "always", "never")
+
+
+@dataclass(frozen=True)
+class LanguageMetrics:
+    """sacrebleu settings and resegmentation tokenizer for one target language."""
+
+    bleu_tokenize: str
+    chrf_word_order: int  # 2 = chrF++; 0 = chrF (advised for Chinese by the metric's author)
+    reseg_tokenizer: str  # "whitespace" or "cj" (one token per Han character, Latin runs kept whole)
+
+
+METRICS: dict[str, LanguageMetrics] = {
+    "en-de": LanguageMetrics("13a", 2, "whitespace"),
+    "en-zh": LanguageMetrics("zh", 0, "cj"),
+    "en-ar": LanguageMetrics("13a", 2, "whitespace"),
+}
+
+
+def check_lang(lang: str) -> LanguageMetrics:
+    if lang not in METRICS:
+        raise UserError(f"unknown language pair {lang!r} (expected one of: {', '.join(METRICS)})")
+    return METRICS[lang]
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading input
+
+
+def read_lines(path: str | os.PathLike, *, what: str = "file") -> list[str]:
+    """Lines of a UTF-8 text file, read as the sacrebleu command line reads them.
+
+    Raises InputFileError for a missing file, a directory, or invalid UTF-8 (naming the line).
+    """
+    p = Path(path)
+    if not p.exists():
+        raise InputFileError(p, f"{what} not found")
+    if p.is_dir():
+        raise InputFileError(p, f"{what} is a directory, expected a text file")
+    try:
+        data = p.read_bytes()
+    except OSError as e:
+        raise InputFileError(p, f"cannot read {what} ({e.strerror or e})") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        col = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise InputFileError(p, f"line {line} is not valid UTF-8 (byte 0x{data[e.start]:02x} at byte {col} of the line)") from None
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    if not text:
+        return []
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    return [line.rstrip() for line in lines]
+
+
+def read_reference(path: str | os.PathLike) -> list[str]:
+    lines = read_lines(path, what="reference")
+    if not any(lines):
+        raise InputFileError(path, "reference is empty")
+    return lines
+
+
+# ---------------------------------------------------------------------------------------------
+# sacrebleu
+
+
+def _bleu(spec: LanguageMetrics, sentence: bool = False):
+    from sacrebleu.metrics import BLEU
+
+    return BLEU(tokenize=spec.bleu_tokenize, effective_order=sentence)
+
+
+def _chrf(spec: LanguageMetrics):
+    from sacrebleu.metrics import CHRF
+
+    return CHRF(word_order=spec.chrf_word_order)
+
+
+def corpus_scores(hyps: list[str], refs: list[str], lang: str) -> dict:
+    """Corpus BLEU and chrF/chrF++ with their sacrebleu signatures: ``{"bleu": {...}, "chrf": {...}}``."""
+    spec = check_lang(lang)
+    if len(hyps) != len(refs):
+        raise ValueError(f"{len(hyps)} hypothesis lines for {len(refs)} reference lines")
+    out = {}
+    for key, metric in (("bleu", _bleu(spec)), ("chrf", _chrf(spec))):
+        s = metric.corpus_score(hyps, [refs])
+        out[key] = {"name": s.name, "score": s.score, "signature": str(metric.get_signature()),
+                    "verbose": s.format(signature="", width=1, score_only=False)}
+    return out
+
+
+def segment_scores(hyps: list[str], refs: list[str], lang: str) -> tuple[list[dict], dict]:
+    """Sentence BLEU (effective order, as ``sacrebleu --sentence-level``) and chrF per segment.
+
+    Returns ``(segments, signatures)``; each segment is ``{"bleu": x, "chrf": y}``.
+    """
+    spec = check_lang(lang)
+    bleu, chrf = _bleu(spec, sentence=True), _chrf(spec)
+    segs = [{"bleu": bleu.sentence_score(h, [r]).score, "chrf": chrf.sentence_score(h, [r]).score}
+            for h, r in zip(hyps, refs)]
+    return segs, {"bleu": str(bleu.get_signature()), "chrf": str(chrf.get_signature())}
+
+
+# ---------------------------------------------------------------------------------------------
+# Resegmentation
+
+
+def _mweralign():
+    # mweralign calls logging.basicConfig(level=INFO) when imported, which would turn on every
+    # library's INFO messages in our process: undo exactly what that import added.
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    import mweralign
+
+    for h in root.handlers[:]:
+        if h not in handlers:
+            root.removeHandler(h)
+    root.setLevel(level)
+    return mweralign
+
+
+@contextlib.contextmanager
+def _capture_native_output():
+    """Capture what native code writes to file descriptors 1 and 2 (yields a list, filled on exit).
+
+    mweralign's C++ core prints its progress and AS-WER on stdout, which would corrupt ``--json``.
+    """
+    import ctypes
+
+    libc = ctypes.CDLL(None)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    out: list[str] = []
+    with tempfile.TemporaryFile() as tmp:
+        saved = (os.dup(1), os.dup(2))
+        os.dup2(tmp.fileno(), 1)
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield out
+        finally:
+            libc.fflush(None)  # C stdio buffers the C++ output until flushed
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+            tmp.seek(0)
+            out.append(tmp.read().decode("utf-8", "replace"))
+
+
+_ALIGNER_ASWER = re.compile(r"AS-WER \(automatic segmentation mWER\):\s*(\S+)")
+
+
+@dataclass
+class Resegmentation:
+    lines: list[str]  # one per reference line
+    as_wer: float  # percent, recomputed: errors / ref_tokens
+    errors: int
+    ref_tokens: int
+    tokenizer: str
+    signature: str
+    as_wer_aligner: float | None = None  # the number the aligner itself prints (None when it prints nan)
+
+    def to_json(self) -> dict:
+        return {"as_wer": self.as_wer, "as_wer_aligner": self.as_wer_aligner, "errors": self.errors,
+                "ref_tokens": self.ref_tokens, "tokenizer": self.tokenizer, "signature": self.signature}
+
+
+class _Tokenizer:
+    """The token view the aligner works on: encode a line to tokens, decode an aligned line back."""
+
+    def __init__(self, kind: str, spm_model: str | None = None):
+        segmenter = _mweralign().mweralign
+        self.kind = kind
+        self.seg = None
+        if spm_model:
+            p = Path(spm_model)
+            if not p.is_file():
+                raise InputFileError(p, "SentencePiece model not found")
+            try:
+                self.seg = segmenter.SPSegmenter(str(p))
+            except Exception as e:  # sentencepiece raises RuntimeError/OSError for a bad file
+                raise InputFileError(p, f"not a SentencePiece model ({str(e).splitlines()[0]})") from None
+            self.name = f"spm:{p.name}"
+        elif kind == "cj":
+            self.seg = segmenter.CJSegmenter()
+            self.name = "cj"
+        else:
+            self.name = "whitespace"
+
+    def encode(self, line: str) -> list[str]:
+        return line.split() if self.seg is None else [t for t in self.seg.encode(line.strip()) if t.strip()]
+
+    def decode(self, aligned: str) -> str:
+        return aligned.strip() if self.seg is None else self.seg.decode(aligned)
+
+
+def _join_stream(lines: list[str], kind: str) -> str:
+    """The hypothesis as one stream: lines joined by a space, or for Chinese by nothing.
+
+    Chinese lines are glued without a space (a space would be kept as text by the character
+    tokenizer), except between two Latin letters/digits, which would otherwise merge into a word.
+    """
+    if kind != "cj":
+        return " ".join(lines)
+    out = ""
+    for line in (x.strip() for x in lines):
+        if out and line and out[-1].isascii() and out[-1].isalnum() and line[0].isascii() and line[0].isalnum():
+            out += " "
+        out += line
+    return out
+
+
+def resegment(hyp_lines: list[str], ref_lines: list[str], lang: str, *, spm_model: str | None = None) -> Resegmentation:
+    """Align the hypothesis stream to the reference segments (mweralign); one output line per reference line."""
+    spec = check_lang(lang)
+    mw = _mweralign()
+    tok = _Tokenizer(spec.reseg_tokenizer, spm_model)
+    non_whitespace = spec.reseg_tokenizer == "cj"
+    # As mweralign's CLI: the internal-word penalty only applies to SentencePiece pieces of a
+    # whitespace language.
+    is_tokenized = tok.name.startswith("spm:") and not non_whitespace
+    ref_str = "\n".join(" ".join(tok.encode(r)) for r in ref_lines)
+    hyp_str = " ".join(tok.encode(_join_stream(hyp_lines, spec.reseg_tokenizer)))
+    with _capture_native_output() as native:
+        aligned = mw.align_texts(ref_str, hyp_str, is_tokenized=is_tokenized,
+                                 forbid_midword_boundary=is_tokenized).split("\n")
+    m = _ALIGNER_ASWER.search(native[0])
+    try:
+        aligner_wer = float(m.group(1)) if m else None
+    except ValueError:
+        aligner_wer = None
+    if aligner_wer is not None and not math.isfinite(aligner_wer):
+        aligner_wer = None
+    if len(aligned) != len(ref_lines):
+        raise RuntimeError(f"mweralign returned {len(aligned)} segments for {len(ref_lines)} reference lines")
+    lines = [tok.decode(a) for a in aligned]
+    errors = ref_tokens = 0
+    for ref, a in zip(ref_lines, aligned):
+        r = [t.lower() for t in tok.encode(ref)]
+        h = [t.lower() for t in a.split()]
+        s, i, d = mw.score_tokens(r, h)
+        errors += s + i + d
+        ref_tokens += len(r)
+    as_wer = 100.0 * errors / ref_tokens if ref_tokens else 0.0
+    signature = f"mweralign:{mw.__version__}|tok:{tok.name}|case:insensitive|join:{'none' if non_whitespace else 'space'}"
+    return Resegmentation(lines, as_wer, errors, ref_tokens, tok.name, signature, aligner_wer)
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole job
+
+
+def score_files(hyp: str | os.PathLike, ref: str | os.PathLike, lang: str, *, src: str | os.PathLike | None = None,
+                resegment_mode: str = "auto", spm_model: str | None = None, comet: str | None = None,
+                comet_env: str | os.PathLike | None = None, comet_batch_size: int | None = None,
+                testset: str | None = None) -> dict:
+    """Score a hypothesis file against a reference file; returns the JSON-ready result.
+
+    Every input is checked (files, encodings, line counts, COMET environment) before any scoring.
+    """
+    check_lang(lang)
+    if resegment_mode not in RESEGMENT_MODES:
+        raise UserError(f"--resegment must be one of {', '.join(RESEGMENT_MODES)} (got {resegment_mode!r})")
+    refs = read_reference(ref)
+    hyps = read_lines(hyp, what="hypothesis")
+    srcs = None
+    if src is not None:
+        srcs = read_lines(src, what="source")
+        if len(srcs) != len(refs):
+            raise InputFileError(src, f"{len(srcs)} source lines for {len(refs)} reference lines in {ref}")
+    if len(hyps) != len(refs) and resegment_mode == "never":
+        raise InputFileError(hyp, f"{len(hyps)} lines for {len(refs)} reference lines in {ref} "
+                                  f"(use --resegment auto to align it to the reference segments)")
+    ckpt = None
+    if comet:
+        from . import comet_env as ce
+
+        if srcs is None:
+            raise UserError("--comet needs --src (COMET scores source, hypothesis and reference together)")
+        ckpt = ce.resolve_checkpoint(comet)
+        ce.require_env(comet_env)
+
+    reseg = None
+    if resegment_mode == "always" or (resegment_mode == "auto" and len(hyps) != len(refs)):
+        reseg = resegment(hyps, refs, lang, spm_model=spm_model)
+        scored = reseg.lines
+    else:
+        scored = hyps
+
+    metrics = corpus_scores(scored, refs, lang)
+    segs, seg_sigs = segment_scores(scored, refs, lang)
+    if ckpt is not None:
+        from . import comet_env as ce
+
+        c = ce.run_comet(ckpt, srcs, scored, refs, env_dir=comet_env, batch_size=comet_batch_size)
+        metrics["comet"] = {"name": "COMET", "score": c["system_score"], "model": comet,
+                            "signature": f"model:{c['model']}|comet:{c['versions']['comet']}|"
+                                         f"batch:{c['batch_size']}|device:{c['device']}"}
+        for s, v in zip(segs, c["scores"]):
+            s["comet"] = v
+    for i, s in enumerate(segs):
+        s.update(index=i + 1, hyp=scored[i], ref=refs[i], **({"src": srcs[i]} if srcs else {}))
+    from . import __version__
+
+    return {
+        "format": 1,
+        "tool": f"iwslt-mc {__version__}",
+        "lang": lang,
+        "testset": testset or Path(ref).name,
+        "files": {"hyp": str(hyp), "ref": str(ref), "src": None if src is None else str(src)},
+        "lines": {"hyp": len(hyps), "ref": len(refs)},
+        "resegmentation": {"mode": resegment_mode, "applied": reseg is not None,
+                           **(reseg.to_json() if reseg else {})},
+        "metrics": metrics,
+        "segment_signatures": seg_sigs,
+        "segments": segs,
+    }
