@@ -339,7 +339,7 @@ def build_kit(out_dir: str | os.PathLike, seed: int = 0) -> KitInfo:
     """
     started = time.time()
     created = not Path(out_dir).exists()
-    out = prepare_output_dir(out_dir)
+    out = prepare_output_dir(out_dir).resolve()  # absolute: "." has no name to build a sibling of
     # tokenizers' worker threads are not needed for this corpus and warn after a fork.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
