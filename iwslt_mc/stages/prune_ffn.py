@@ -1,0 +1,196 @@
+"""prune-ffn: structured pruning of MLP intermediate units to a target width.
+
+LLM layers: unit j of a Qwen2 MLP is row j of ``gate_proj`` and ``up_proj`` and column j of
+``down_proj``; audio-encoder layers: row j of ``fc1`` (and its bias) and column j of ``fc2``. Each
+layer keeps its ``width`` most important units (the same width in every layer, because the config
+has one ``intermediate_size`` / ``encoder_ffn_dim``, which are updated).
+
+Importance of a unit (``importance`` option):
+
+- ``weight`` (default, needs no data): the product of the L2 norms of the unit's weights, i.e.
+  ``|gate_j| * |up_j| * |down_:,j|`` in the LLM and ``|fc1_j| * |fc2_:,j|`` in the audio encoder. It
+  bounds how much the unit can add to the layer's output for an input of a given size.
+- ``activation`` (needs ``--data``): ``E|a_j| * |down_:,j|`` (audio: ``E|a_j| * |fc2_:,j|``), where
+  ``a_j`` is the unit's activation (the input of ``down_proj`` / ``fc2``) averaged over every token of
+  ``calibration`` segments (prompt with audio, then the reference translation, teacher-forced): the
+  expected size of the unit's contribution on real inputs, as in activation-aware pruning (Wanda).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from ..errors import UserError
+from .base import Stage, StageContext, StageOptions, read_config
+
+
+@dataclass
+class PruneFFNOptions(StageOptions):
+    llm_width: int | None = field(default=None, metadata={
+        "help": "target LLM MLP width (intermediate_size; 11008 in Qwen2-Audio-7B)"})
+    audio_width: int | None = field(default=None, metadata={
+        "help": "target audio-encoder FFN width (encoder_ffn_dim; 5120 in Qwen2-Audio-7B)"})
+    importance: Literal["weight", "activation"] = field(default="weight", metadata={
+        "help": "unit ranking: weight (product of the unit's weight L2 norms) or activation "
+                "(mean |activation| on calibration data x output-weight norm; needs --data)"})
+    calibration: int = field(default=32, metadata={"help": "activation: calibration segments (seeded sample)"})
+    split: str | None = field(default="train", metadata={
+        "help": "activation: split of the data used for calibration ('train' of the published split; none = all)"})
+
+    def validate(self) -> None:
+        if self.llm_width is None and self.audio_width is None:
+            raise UserError("stage prune-ffn: nothing to do (give llm_width and/or audio_width)")
+        for k in ("llm_width", "audio_width"):
+            v = getattr(self, k)
+            if v is not None and v < 1:
+                raise UserError(f"stage prune-ffn: option {k!r} must be at least 1")
+        if self.calibration < 1:
+            raise UserError("stage prune-ffn: option 'calibration' must be at least 1")
+
+    def smoke(self) -> "PruneFFNOptions":
+        return dataclasses.replace(self, calibration=min(self.calibration, 4))
+
+
+def weight_importance(model) -> tuple[list, list]:
+    """Per layer, the weight-norm importance of each LLM MLP unit and each audio FFN unit."""
+    from ..layout import find_layout
+
+    layout = find_layout(model)
+    llm = []
+    for layer in layout.decoder_layers:
+        m = layer.mlp
+        llm.append((m.gate_proj.weight.float().norm(dim=1) * m.up_proj.weight.float().norm(dim=1)
+                    * m.down_proj.weight.float().norm(dim=0)).cpu())
+    audio = []
+    for layer in layout.audio_layers:
+        audio.append((layer.fc1.weight.float().norm(dim=1) * layer.fc2.weight.float().norm(dim=0)).cpu())
+    return llm, audio
+
+
+def activation_importance(model, processor, segments, lang: str) -> tuple[list, list]:
+    """Per layer, ``E|activation| x output-weight norm`` of each unit over the tokens of ``segments``."""
+    import torch
+
+    from ..layout import find_layout
+    from .importance import encode_prompts
+
+    layout = find_layout(model)
+    llm_sum = [None] * layout.num_llm_layers
+    audio_sum = [None] * layout.num_audio_layers
+    counts = {"llm": 0, "audio": 0}
+    frame_mask = {}  # the encoder always sees 30 s (padded): count only frames of real audio
+
+    def add(store, i, kind):
+        def hook(mod, args):
+            a = args[0].detach().float().abs()
+            if kind == "audio":
+                a = a * frame_mask["mask"][..., None]
+            s = a.reshape(-1, a.shape[-1]).sum(0)
+            store[i] = s if store[i] is None else store[i] + s
+        return hook
+
+    hooks = [layer.mlp.down_proj.register_forward_pre_hook(add(llm_sum, i, "llm"))
+             for i, layer in enumerate(layout.decoder_layers)]
+    hooks += [layer.fc2.register_forward_pre_hook(add(audio_sum, i, "audio"))
+              for i, layer in enumerate(layout.audio_layers)]
+    tok = processor.tokenizer
+    try:
+        with torch.inference_mode():
+            for seg in segments:
+                frames = min(len(seg.wave) // 160, 3000)
+                enc_len = (frames - 1) // 2 + 1  # encoder positions after the stride-2 convolution
+                mask = torch.zeros(1, 1500, device=model.device)
+                mask[0, :enc_len] = 1
+                frame_mask["mask"] = mask
+                counts["audio"] += enc_len
+                embeds = encode_prompts(model, processor, [seg], lang, batch_size=1)[0]
+                ref = tok(seg.reference, add_special_tokens=False)["input_ids"]
+                ids = torch.as_tensor(ref, dtype=torch.long, device=embeds.device)
+                x = torch.cat([embeds, layout.embed_tokens(ids).to(embeds.dtype)])[None]
+                layout.language_model(inputs_embeds=x, use_cache=False)
+                counts["llm"] += x.shape[1]
+    finally:
+        for h in hooks:
+            h.remove()
+    llm = [(s / max(counts["llm"], 1)).cpu() * layer.mlp.down_proj.weight.float().norm(dim=0).cpu()
+           for s, layer in zip(llm_sum, layout.decoder_layers)]
+    audio = [(s / max(counts["audio"], 1)).cpu() * layer.fc2.weight.float().norm(dim=0).cpu()
+             for s, layer in zip(audio_sum, layout.audio_layers)]
+    return llm, audio
+
+
+def top_units(scores, width: int):
+    """Indices (ascending) of the ``width`` highest scores; ties go to the lower index."""
+    import torch
+
+    order = torch.sort(torch.as_tensor(scores).float(), descending=True, stable=True).indices[:width]
+    return order.sort().values
+
+
+class PruneFFN(Stage):
+    name = "prune-ffn"
+    Options = PruneFFNOptions
+    techniques = ["structured FFN pruning"]
+
+    def check(self, in_dir: Path, ctx: StageContext) -> None:
+        o = self.options
+        cfg = read_config(in_dir)
+        cur = {"llm_width": cfg.get("text_config", {}).get("intermediate_size"),
+               "audio_width": cfg.get("audio_config", {}).get("encoder_ffn_dim")}
+        for k in ("llm_width", "audio_width"):
+            v = getattr(o, k)
+            if v is not None and cur[k] is not None and v > int(cur[k]):
+                raise UserError(f"stage prune-ffn: {k}={v} is larger than the current width {cur[k]} of {in_dir}")
+        if o.importance == "activation":
+            from ..prompting import check_lang
+
+            check_lang(ctx.lang)
+            if not ctx.data:
+                raise UserError("stage prune-ffn: importance activation needs calibration data (--data SPEC)")
+
+    def run(self, in_dir: Path, out_dir: Path, ctx: StageContext) -> dict:
+        from .. import modelio, surgery
+        from ..layout import find_layout
+
+        o = self.options
+        model = modelio.load_model(in_dir, device=ctx.resolved_device())
+        processor = modelio.load_processor(in_dir)
+        layout = find_layout(model)
+        before = {"llm": layout.text_config.intermediate_size, "audio": layout.audio_config.encoder_ffn_dim}
+        data = []
+        if o.importance == "activation":
+            import numpy as np
+
+            from ..data import describe_data, load_examples
+            from .importance import heldout_segments
+
+            exs = load_examples(ctx.data, split=o.split, seed=ctx.seed, lang=ctx.lang)
+            if not exs:
+                raise UserError(f"stage prune-ffn: no calibration examples in {ctx.data} (split {o.split})")
+            if len(exs) > o.calibration:
+                pick = sorted(np.random.default_rng(ctx.seed).permutation(len(exs))[: o.calibration].tolist())
+                exs = [exs[i] for i in pick]
+            ctx.log(f"prune-ffn: activation statistics on {len(exs)} segments")
+            llm_imp, audio_imp = activation_importance(model, processor, heldout_segments(exs, ctx.lang), ctx.lang)
+            data = describe_data(ctx.data, o.split)
+            for d in data:
+                d["use"] = f"calibration of FFN unit importance ({len(exs)} segments, seed {ctx.seed})"
+        else:
+            llm_imp, audio_imp = weight_importance(model)
+        techniques = []
+        how = "weight-norm importance" if o.importance == "weight" else f"activation importance on {o.calibration} segments"
+        if o.llm_width is not None and o.llm_width < before["llm"]:
+            surgery.prune_llm_mlp(model, [top_units(s, o.llm_width) for s in llm_imp])
+            techniques.append(f"structured LLM MLP pruning ({before['llm']} -> {o.llm_width} units per layer, {how})")
+        if o.audio_width is not None and o.audio_width < before["audio"]:
+            surgery.prune_audio_ffn(model, [top_units(s, o.audio_width) for s in audio_imp])
+            techniques.append(f"structured audio-encoder FFN pruning ({before['audio']} -> {o.audio_width} units per layer, {how})")
+        if not techniques:
+            ctx.log("prune-ffn: target widths equal the current ones; weights copied unchanged")
+        modelio.save_model(model, processor, out_dir)
+        return {"techniques": techniques or ["FFN pruning (no change)"], "data": data,
+                "llm_width_before": before["llm"], "llm_width_after": layout.text_config.intermediate_size,
+                "audio_width_before": before["audio"], "audio_width_after": layout.audio_config.encoder_ffn_dim}

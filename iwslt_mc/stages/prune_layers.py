@@ -1,0 +1,282 @@
+"""prune-layers: remove LLM decoder layers and/or audio-encoder layers.
+
+Which layers: an explicit list (``llm_layers``, ``audio_layers``; indices of the input model), or a
+strategy with a count (``remove`` LLM layers, ``audio_remove`` audio layers):
+
+- ``middle``: a contiguous block in the middle (``(n - N) // 2`` onwards; 12..19 of 32 for N = 8),
+- ``top``: the top N layers, as in the QE-model compression study,
+- ``iterative``: the greedy importance search of the IWSLT 2025 Qwen2-Audio submission: each round
+  removes the layer whose removal scores best on a held-out set (chrF++ for German, chrF for
+  Chinese by default), never the first or last layer. LLM layers are searched first, then audio
+  layers (with the chosen LLM layers removed). See :mod:`iwslt_mc.stages.importance` for how a
+  round is made cheap without changing the selection, and the ``teacher-forced`` alternative.
+
+The search log (every candidate's score, every round's choice) is written to the work directory as
+it goes, so an interrupted search resumes where it stopped (and a rerun asking for more layers
+continues from the rounds already done); a copy lands in the output as ``prune_search.jsonl``.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from ..errors import UserError
+from .base import Stage, StageContext, StageOptions, read_config
+
+SEARCH_LOG = "prune_search.jsonl"
+
+
+def _fmt_layers(idx) -> str:
+    return ", ".join(str(i) for i in idx)
+
+
+def middle_block(n: int, count: int) -> list[int]:
+    """A contiguous block of ``count`` layers centred in ``n`` (lower middle when it cannot be exact)."""
+    start = (n - count) // 2
+    return list(range(start, start + count))
+
+
+def top_block(n: int, count: int) -> list[int]:
+    return list(range(n - count, n))
+
+
+def model_fingerprint(model_dir) -> dict:
+    """Cheap identity of a model directory for resume checks: config hash and weight file sizes/mtimes."""
+    import hashlib
+
+    p = Path(model_dir)
+    files = sorted(p.glob("*.safetensors"))
+    return {
+        "config_sha256": hashlib.sha256((p / "config.json").read_bytes()).hexdigest(),
+        "weights": [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files],
+    }
+
+
+@dataclass
+class PruneLayersOptions(StageOptions):
+    llm_layers: list[int] | None = field(default=None, metadata={
+        "help": "LLM decoder layers to remove (indices of the input model), e.g. [13, 3, 20]"})
+    audio_layers: list[int] | None = field(default=None, metadata={
+        "help": "audio-encoder layers to remove (indices of the input model)"})
+    strategy: Literal["middle", "top", "iterative"] | None = field(default=None, metadata={
+        "help": "choose the layers instead of listing them: middle (contiguous middle block), top (the top N), "
+                "iterative (greedy importance search on held-out data from --data)"})
+    remove: int = field(default=0, metadata={"help": "number of LLM layers the strategy removes"})
+    audio_remove: int = field(default=0, metadata={"help": "number of audio-encoder layers the strategy removes"})
+    protect_first_last: bool = field(default=True, metadata={
+        "help": "iterative: never remove the first or last layer"})
+    heldout: int = field(default=100, metadata={
+        "help": "iterative: held-out segments scored per candidate (a seeded sample of the data)"})
+    split: str | None = field(default="test", metadata={
+        "help": "iterative: split of the data to draw the held-out set from ('test' = the published held-out split; "
+                "none = all)"})
+    metric: str = field(default="auto", metadata={
+        "help": "iterative: score of a candidate: auto (chrF++ for German, chrF for Chinese), chrf, chrf++, bleu, "
+                "or comet:CHECKPOINT"})
+    scoring: Literal["decode", "teacher-forced"] = field(default="decode", metadata={
+        "help": "iterative: decode (greedy translation scored by the metric, as published) or teacher-forced "
+                "(mean log-probability of the reference: one forward pass per candidate, much cheaper, may rank differently)"})
+    max_new_tokens: int | None = field(default=None, metadata={
+        "help": "iterative: cap on generated tokens per segment (none = only max_length, as published)"})
+    max_length: int = field(default=1024, metadata={
+        "help": "iterative: prompt + output token limit per segment, as in the published decoding"})
+    batch_size: int = field(default=16, metadata={"help": "iterative: segments decoded together"})
+    engine: Literal["cached", "naive"] = field(default="cached", metadata={
+        "help": "iterative: cached (audio encoded once, batched decoding) or naive (the published per-candidate "
+                "batch-1 loop; slow, for checking)"})
+
+    def validate(self) -> None:
+        for k in ("remove", "audio_remove"):
+            if getattr(self, k) < 0:
+                raise UserError(f"stage prune-layers: option {k!r} must be at least 0")
+        for k in ("llm_layers", "audio_layers"):
+            v = getattr(self, k)
+            if v is not None:
+                if any(i < 0 for i in v):
+                    raise UserError(f"stage prune-layers: option {k!r}: layer indices start at 0, got {min(v)}")
+                if len(set(v)) != len(v):
+                    raise UserError(f"stage prune-layers: option {k!r} lists a layer twice")
+        if self.strategy is None:
+            if self.remove or self.audio_remove:
+                raise UserError("stage prune-layers: 'remove'/'audio_remove' need a 'strategy' (middle, top or iterative)")
+            if not self.llm_layers and not self.audio_layers:
+                raise UserError("stage prune-layers: nothing to remove (give llm_layers/audio_layers, or a strategy with remove)")
+        else:
+            if self.llm_layers is not None or self.audio_layers is not None:
+                raise UserError("stage prune-layers: give either explicit layer lists or a strategy, not both")
+            if not self.remove and not self.audio_remove:
+                raise UserError(f"stage prune-layers: strategy {self.strategy} needs remove (LLM) and/or audio_remove > 0")
+        for k in ("heldout", "batch_size", "max_length"):
+            if getattr(self, k) < 1:
+                raise UserError(f"stage prune-layers: option {k!r} must be at least 1")
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
+            raise UserError("stage prune-layers: option 'max_new_tokens' must be at least 1")
+        if self.engine == "naive" and self.scoring == "teacher-forced":
+            raise UserError("stage prune-layers: teacher-forced scoring uses the cached engine (engine: cached)")
+        from .importance import get_metric
+
+        if not self.metric.startswith("comet:"):
+            get_metric(self.metric)
+
+    def smoke(self) -> "PruneLayersOptions":
+        import dataclasses
+
+        return dataclasses.replace(self, heldout=min(self.heldout, 4),
+                                   max_new_tokens=min(self.max_new_tokens or 8, 8))
+
+
+class PruneLayers(Stage):
+    name = "prune-layers"
+    Options = PruneLayersOptions
+    techniques = ["layer pruning"]
+
+    def check(self, in_dir: Path, ctx: StageContext) -> None:
+        o = self.options
+        cfg = read_config(in_dir)
+        n_llm = int(cfg.get("text_config", {}).get("num_hidden_layers", 0))
+        n_audio = int(cfg.get("audio_config", {}).get("encoder_layers", 0))
+        for what, idx, n in (("llm_layers", o.llm_layers, n_llm), ("audio_layers", o.audio_layers, n_audio)):
+            if idx:
+                bad = [i for i in idx if i >= n]
+                if bad:
+                    raise UserError(f"stage prune-layers: {what} index {bad[0]} out of range "
+                                    f"({in_dir} has {n} layers: 0..{n - 1})")
+                if len(set(idx)) >= n:
+                    raise UserError(f"stage prune-layers: {what} would remove all {n} layers of {in_dir}")
+        for what, count, n in (("remove", o.remove, n_llm), ("audio_remove", o.audio_remove, n_audio)):
+            if o.strategy is None or not count:
+                continue
+            limit = n - 2 if (o.strategy == "iterative" and o.protect_first_last) else n - 1
+            if count > limit:
+                why = " (the first and last are protected)" if limit == n - 2 else " (at least one must stay)"
+                raise UserError(f"stage prune-layers: {what}={count} but {in_dir} has {n} layers: "
+                                f"at most {max(limit, 0)} can go{why}")
+        if o.strategy == "iterative":
+            from ..prompting import check_lang
+            from .importance import check_metric
+
+            check_lang(ctx.lang)
+            check_metric(o.metric)
+            if not ctx.data:
+                raise UserError("stage prune-layers: strategy iterative needs held-out data (--data SPEC, or data: in the recipe)")
+
+    # ------------------------------------------------------------------------------------------
+
+    def run(self, in_dir: Path, out_dir: Path, ctx: StageContext) -> dict:
+        from .. import modelio, surgery
+        from ..layout import find_layout
+
+        o = self.options
+        ctx.log(f"prune-layers: loading {in_dir}")
+        model = modelio.load_model(in_dir, device=ctx.resolved_device())
+        processor = modelio.load_processor(in_dir)
+        layout = find_layout(model)
+        n_llm, n_audio = layout.num_llm_layers, layout.num_audio_layers
+        extras: dict = {}
+        search_info = None
+
+        if o.strategy is None:
+            llm = list(o.llm_layers or [])
+            audio = list(o.audio_layers or [])
+            how_llm = how_audio = "given"
+        elif o.strategy in ("middle", "top"):
+            pick = middle_block if o.strategy == "middle" else top_block
+            llm = pick(n_llm, o.remove) if o.remove else []
+            audio = pick(n_audio, o.audio_remove) if o.audio_remove else []
+            how_llm = how_audio = f"{o.strategy} block"
+        else:
+            llm, audio, search_info = self._search(model, processor, in_dir, out_dir, ctx)
+            how_llm = how_audio = "iterative"
+            extras["search"] = search_info
+
+        per_llm = surgery.llm_layer_params(layout)
+        per_audio = surgery.audio_layer_params(layout)
+        if audio:
+            surgery.remove_audio_layers(model, audio)
+        if llm:
+            surgery.remove_llm_layers(model, llm)
+        ctx.log(f"prune-layers: removed LLM layers [{_fmt_layers(llm)}], audio layers [{_fmt_layers(audio)}]; saving")
+        modelio.save_model(model, processor, out_dir)
+
+        techniques = []
+        if llm:
+            techniques.append(self._technique("LLM", llm, how_llm, n_llm, search_info))
+        if audio:
+            techniques.append(self._technique("audio-encoder", audio, how_audio, n_audio, search_info))
+        extras.update(
+            techniques=techniques,
+            removed_llm_layers=llm, removed_audio_layers=audio,
+            llm_layers_before=n_llm, llm_layers_after=n_llm - len(llm),
+            audio_layers_before=n_audio, audio_layers_after=n_audio - len(audio),
+            params_per_llm_layer=per_llm, params_per_audio_layer=per_audio,
+        )
+        if search_info:
+            extras["data"] = search_info.pop("data")
+        return extras
+
+    def _technique(self, what: str, idx: list, how: str, n: int, info: dict | None) -> str:
+        if how == "iterative" and info:
+            return (f"iterative {what} layer pruning (removed layers {_fmt_layers(idx)} of {n}, in that order, "
+                    f"by {info['criterion']} on {info['heldout']} held-out segments)")
+        if how == "middle block":
+            return f"{what} layer pruning (removed the middle block {idx[0]}-{idx[-1]} of {n} layers)"
+        if how == "top block":
+            return f"{what} layer pruning (removed the top {len(idx)} of {n} layers: {idx[0]}-{idx[-1]})"
+        return f"{what} layer pruning (removed layers {_fmt_layers(sorted(idx))} of {n})"
+
+    def _search(self, model, processor, in_dir: Path, out_dir: Path, ctx: StageContext):
+        import numpy as np
+
+        from ..data import describe_data, load_examples
+        from . import importance as imp
+
+        o = self.options
+        examples = load_examples(ctx.data, split=o.split, seed=ctx.seed, lang=ctx.lang)
+        if not examples:
+            raise UserError(f"stage prune-layers: no examples in {ctx.data} (split {o.split})")
+        if len(examples) > o.heldout:
+            pick = sorted(np.random.default_rng(ctx.seed).permutation(len(examples))[: o.heldout].tolist())
+            examples = [examples[i] for i in pick]
+        ctx.log(f"prune-layers: held-out set of {len(examples)} segments; encoding audio once")
+        segments = imp.heldout_segments(examples, ctx.lang)
+        engine_cls = imp.ENGINES[o.engine]
+        engine = engine_cls(model, processor, segments, ctx.lang, max_new_tokens=o.max_new_tokens,
+                            max_length=o.max_length, batch_size=o.batch_size)
+        scorer = imp.CandidateScorer(engine, metric=o.metric, scoring=o.scoring)
+        key = {
+            "model": model_fingerprint(in_dir), "lang": ctx.lang, "metric": o.metric, "scoring": o.scoring,
+            "heldout": [s.id for s in segments], "max_new_tokens": o.max_new_tokens, "max_length": o.max_length,
+            "protect_first_last": o.protect_first_last, "seed": ctx.seed,
+        }
+        work = Path(ctx.work_dir) if ctx.work_dir else out_dir
+        log = imp.SearchLog(work / SEARCH_LOG, key, log=ctx.log)
+        baseline = log.memo.get(("baseline",))
+        if baseline is None:
+            baseline = scorer()
+            log.add({"type": "baseline", "score": baseline})
+        ctx.log(f"prune-layers: baseline {scorer.label} {baseline:.4g}")
+        from ..layout import find_layout
+
+        layout = find_layout(model)
+        llm = imp.iterative_search(scorer, kind="llm", n_layers=layout.num_llm_layers, remove=o.remove,
+                                   protect_first_last=o.protect_first_last, log=log, progress=ctx.log) if o.remove else []
+        audio = imp.iterative_search(scorer, kind="audio", n_layers=layout.num_audio_layers, remove=o.audio_remove,
+                                     protect_first_last=o.protect_first_last, log=log, fixed_llm=llm,
+                                     progress=ctx.log) if o.audio_remove else []
+        shutil.copy2(log.path, out_dir / SEARCH_LOG)
+        rounds = [r for r in log.lines if r.get("type") == "round"
+                  and ((r["kind"] == "llm" and r["round"] <= o.remove) or (r["kind"] == "audio" and r["round"] <= o.audio_remove))]
+        final = rounds[-1]["score"] if rounds else baseline
+        data = describe_data(ctx.data, o.split)
+        for d in data:
+            d["use"] = f"held-out scoring of layer removal ({len(segments)} segments, seed {ctx.seed})"
+        info = {
+            "criterion": scorer.label, "heldout": len(segments), "baseline_score": baseline, "final_score": final,
+            "rounds": [{"kind": r["kind"], "round": r["round"], "chosen": r["chosen"], "score": r["score"]} for r in rounds],
+            "candidates_scored": sum(1 for r in log.lines if r.get("type") == "candidate"),
+            "resumed_candidates": log.resumed, "engine": o.engine, "log": SEARCH_LOG, "data": data,
+        }
+        return llm, audio, info

@@ -1,0 +1,196 @@
+"""quantize: bitsandbytes NF4/FP4 (4-bit, optional double quantization) or LLM.int8 weights.
+
+The input is loaded with a ``BitsAndBytesConfig`` through :func:`iwslt_mc.modelio.load_model` and
+saved as safetensors with the ``quantization_config`` in ``config.json``, so the output reloads
+with ``from_pretrained`` alone. ``skip`` names modules that stay unquantized (``lm_head``,
+``audio_tower``, ``multi_modal_projector``, or any dotted suffix of a module name; ``re:REGEX`` for a
+raw pattern). transformers 5 matches skip patterns from the start of the full module name, so plain
+names are turned into ``(?:.*\\.)?NAME`` (``["audio_tower"]`` alone would match nothing).
+
+Saving after inference: on CPUs with AVX512-bf16/AMX, the first no-grad forward of a 4-bit layer
+repacks its weights in place into a CPU layout (double quantization folded into bf16 absmax), and
+saving afterwards writes a different (lossy) checkpoint. :func:`save_quantized` detects repacked
+layers and then saves a fresh quantization of the same input instead, so the saved checkpoint is
+the same whether or not the model ran before saving.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from ..errors import UserError
+from .base import Stage, StageContext, StageOptions, read_config
+
+DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+_SOURCE_ATTR = "_iwslt_mc_quantized_from"
+
+
+class _DropInt8CastWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "will be cast from" not in record.getMessage()
+
+
+def silence_int8_cast_warning() -> None:
+    """Drop bitsandbytes' "MatMul8bitLt: inputs will be cast ..." line, logged on every int8 forward."""
+    lg = logging.getLogger("bitsandbytes.autograd._functions")
+    if not any(isinstance(f, _DropInt8CastWarning) for f in lg.filters):
+        lg.addFilter(_DropInt8CastWarning())
+
+
+def skip_pattern(name: str) -> str:
+    """A transformers 5 ``llm_int8_skip_modules`` pattern for a module name or dotted suffix (``re:`` = raw)."""
+    if name.startswith("re:"):
+        return name[3:]
+    return r"(?:.*\.)?" + re.escape(name)
+
+
+@dataclass
+class QuantizeOptions(StageOptions):
+    method: Literal["nf4", "fp4", "int8"] = field(default="nf4", metadata={
+        "help": "nf4 or fp4 (bitsandbytes 4-bit) or int8 (LLM.int8)"})
+    double_quant: bool = field(default=True, metadata={
+        "help": "4-bit: also quantize the quantization constants (double quantization, ~0.4 bit/param saved)"})
+    compute_dtype: Literal["bf16", "fp16", "fp32"] = field(default="bf16", metadata={
+        "help": "4-bit: dtype of the matrix multiplications"})
+    skip: list[str] = field(default_factory=lambda: ["lm_head"], metadata={
+        "help": "modules kept unquantized: names or dotted suffixes (lm_head, audio_tower, multi_modal_projector), "
+                "or re:REGEX"})
+    dtype: Literal["auto", "bf16", "fp16", "fp32"] = field(default="auto", metadata={
+        "help": "dtype of the weights that stay unquantized (auto = as in the input)"})
+
+    def validate(self) -> None:
+        for s in self.skip:
+            if not s.strip():
+                raise UserError("stage quantize: empty name in skip")
+            if s.startswith("re:"):
+                try:
+                    re.compile(s[3:])
+                except re.error as e:
+                    raise UserError(f"stage quantize: skip {s!r}: invalid regex ({e})") from None
+
+
+def bnb_config(o: QuantizeOptions):
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    skip = [skip_pattern(s) for s in o.skip]
+    if o.method == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=o.method, bnb_4bit_use_double_quant=o.double_quant,
+                              bnb_4bit_compute_dtype=getattr(torch, DTYPES[o.compute_dtype]),
+                              llm_int8_skip_modules=skip)
+
+
+def quantize_model(in_dir, options: QuantizeOptions | dict | None = None, *, device: str = "cpu"):
+    """Load ``in_dir`` quantized as ``options`` say (no forward is run). Remembers its source for saving."""
+    from .. import modelio
+
+    o = options if isinstance(options, QuantizeOptions) else QuantizeOptions.from_dict(options, stage="quantize")
+    silence_int8_cast_warning()
+    model = modelio.load_model(in_dir, dtype=None if o.dtype == "auto" else o.dtype, device=device,
+                               quantization_config=bnb_config(o))
+    setattr(model, _SOURCE_ATTR, (str(in_dir), o, device))
+    return model
+
+
+def repacked_layers(model) -> list[str]:
+    """Names of 4-bit layers whose weights a CPU forward has repacked in place (saving them would be lossy)."""
+    out = []
+    for name, mod in model.named_modules():
+        qs = getattr(getattr(mod, "weight", None), "quant_state", None)
+        if qs is not None and getattr(qs, "packing_format_for_cpu", False):
+            out.append(name)
+    return out
+
+
+def save_quantized(model, processor, out_dir, *, log=print) -> Path:
+    """Save a quantized model; if inference repacked its 4-bit weights, save a fresh quantization instead."""
+    import gc
+
+    from .. import modelio
+
+    repacked = repacked_layers(model)
+    if repacked:
+        source = getattr(model, _SOURCE_ATTR, None)
+        if source is None:
+            raise UserError(f"{len(repacked)} 4-bit layers were repacked by CPU inference (e.g. {repacked[0]}); "
+                            "saving them would corrupt the checkpoint: quantize again and save before running it")
+        log(f"quantize: {len(repacked)} layers were repacked by CPU inference; saving a fresh quantization instead")
+        in_dir, o, device = source
+        fresh = quantize_model(in_dir, o, device=device)
+        try:
+            return modelio.save_model(fresh, processor, out_dir)
+        finally:
+            del fresh
+            gc.collect()
+    return modelio.save_model(model, processor, out_dir)
+
+
+def _module_names(in_dir: Path) -> list[str]:
+    """Module names of the input model, from its config only (built on the meta device: no weights read)."""
+    import torch
+    from transformers import AutoConfig, Qwen2AudioForConditionalGeneration
+
+    cfg = AutoConfig.from_pretrained(str(in_dir))
+    with torch.device("meta"):
+        model = Qwen2AudioForConditionalGeneration(cfg)
+    return [n for n, _ in model.named_modules()]
+
+
+class Quantize(Stage):
+    name = "quantize"
+    Options = QuantizeOptions
+    techniques = ["bitsandbytes quantization"]
+
+    def check(self, in_dir: Path, ctx: StageContext) -> None:
+        cfg = read_config(in_dir)
+        if cfg.get("quantization_config"):
+            qm = cfg["quantization_config"].get("quant_method", "?")
+            raise UserError(f"stage quantize: {in_dir} is already quantized ({qm}); quantize the unquantized model")
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError:
+            raise UserError("stage quantize: bitsandbytes is not installed (pip install bitsandbytes)") from None
+        names = _module_names(in_dir)
+        from transformers.quantizers.quantizers_utils import should_convert_module
+
+        for s in self.options.skip:
+            if all(should_convert_module(n, [skip_pattern(s)]) for n in names if n):
+                raise UserError(f"stage quantize: skip {s!r} matches no module of {in_dir} "
+                                f"(e.g. lm_head, audio_tower, multi_modal_projector, language_model.layers.0.mlp)")
+
+    def run(self, in_dir: Path, out_dir: Path, ctx: StageContext) -> dict:
+        from .. import modelio
+
+        o = self.options
+        device = ctx.resolved_device()
+        ctx.log(f"quantize: loading {in_dir} as {o.method} on {device}")
+        model = quantize_model(in_dir, o, device=device)
+        processor = modelio.load_processor(in_dir)
+        counts = quantized_counts(model)
+        save_quantized(model, processor, out_dir, log=ctx.log)
+        if o.method == "int8":
+            what = "bitsandbytes LLM.int8 8-bit weight quantization"
+        else:
+            what = (f"bitsandbytes {o.method.upper()} 4-bit weight quantization"
+                    + (" with double quantization" if o.double_quant else "") + f" ({o.compute_dtype} compute)")
+        kept = f"; kept unquantized: {', '.join(o.skip)}" if o.skip else ""
+        return {"techniques": [f"{what}{kept}"], "quantized_linear_layers": counts["quantized"],
+                "unquantized_linear_layers": counts["unquantized"]}
+
+
+def quantized_counts(model) -> dict:
+    import torch.nn as nn
+
+    q = u = 0
+    for mod in model.modules():
+        cls = type(mod).__name__
+        if cls in ("Linear4bit", "Linear8bitLt", "LinearNF4", "LinearFP4"):
+            q += 1
+        elif isinstance(mod, nn.Linear):
+            u += 1
+    return {"quantized": q, "unquantized": u}

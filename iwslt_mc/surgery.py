@@ -1,0 +1,227 @@
+"""Pure model surgery on a loaded Qwen2-Audio model: remove layers, narrow MLPs, select vocabulary rows.
+
+Everything goes through :func:`iwslt_mc.layout.find_layout`, and every change to a shape is mirrored
+in the config (``text_config.num_hidden_layers`` / ``layer_types``, ``audio_config.encoder_layers``,
+``intermediate_size``, ``encoder_ffn_dim``, ``vocab_size``) so that ``save_pretrained`` ->
+``from_pretrained`` rebuilds exactly the same model. Attention modules keep a ``layer_idx`` that
+indexes the KV cache; it is renumbered whenever the decoder stack changes.
+
+torch is imported inside functions so that importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterable, Sequence
+
+from .layout import ModelLayout, find_layout
+
+
+def _layout(model_or_layout) -> ModelLayout:
+    return model_or_layout if isinstance(model_or_layout, ModelLayout) else find_layout(model_or_layout)
+
+
+def num_params(module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def llm_layer_params(model) -> int:
+    """Parameters of one LLM decoder layer (all layers have the same shape)."""
+    return num_params(_layout(model).decoder_layers[0])
+
+
+def audio_layer_params(model) -> int:
+    return num_params(_layout(model).audio_layers[0])
+
+
+def check_indices(indices: Iterable[int], n: int, what: str) -> list[int]:
+    """Sorted unique indices, each in ``range(n)``, leaving at least one layer; ValueError otherwise."""
+    idx = sorted(set(int(i) for i in indices))
+    bad = [i for i in idx if not 0 <= i < n]
+    if bad:
+        raise ValueError(f"{what} index {bad[0]} out of range (the model has {n} {what}s: 0..{n - 1})")
+    if len(idx) >= n:
+        raise ValueError(f"cannot remove all {n} {what}s")
+    return idx
+
+
+def _renumber(layers: Sequence) -> None:
+    # The KV cache is indexed by each attention module's layer_idx, so it must follow the position.
+    for i, layer in enumerate(layers):
+        for mod in layer.modules():
+            if getattr(mod, "layer_idx", None) is not None:
+                mod.layer_idx = i
+
+
+def _install_llm_layers(layout: ModelLayout, layers: list, layer_types: list | None) -> None:
+    stack = layout.decoder_layers
+    del stack[:]
+    stack.extend(layers)
+    tc = layout.text_config
+    tc.num_hidden_layers = len(layers)
+    if layer_types is not None:
+        tc.layer_types = list(layer_types)
+
+
+def _layer_types(layout: ModelLayout) -> list | None:
+    lt = getattr(layout.text_config, "layer_types", None)
+    return list(lt) if isinstance(lt, (list, tuple)) else None
+
+
+def remove_llm_layers(model, indices: Iterable[int]) -> list[int]:
+    """Remove LLM decoder layers ``indices`` (positions in the current stack) in place; return them sorted."""
+    layout = _layout(model)
+    n = layout.num_llm_layers
+    idx = check_indices(indices, n, "LLM layer")
+    keep = [i for i in range(n) if i not in set(idx)]
+    types = _layer_types(layout)
+    layers = list(layout.decoder_layers)
+    _install_llm_layers(layout, [layers[i] for i in keep], [types[i] for i in keep] if types else None)
+    _renumber(layout.decoder_layers)
+    return idx
+
+
+def remove_audio_layers(model, indices: Iterable[int]) -> list[int]:
+    """Remove audio-encoder layers ``indices`` in place; return them sorted."""
+    layout = _layout(model)
+    n = layout.num_audio_layers
+    idx = check_indices(indices, n, "audio layer")
+    layers = list(layout.audio_layers)
+    stack = layout.audio_layers
+    del stack[:]
+    stack.extend(layers[i] for i in range(n) if i not in set(idx))
+    layout.audio_config.encoder_layers = len(stack)
+    _renumber(stack)
+    return idx
+
+
+@contextmanager
+def llm_layers_removed(model, indices: Iterable[int]):
+    """Temporarily run ``model`` without LLM layers ``indices``: no copy, restored on exit.
+
+    The layer objects are moved, not copied, so a candidate in a layer-pruning search costs nothing
+    to set up; config, ``layer_types`` and each attention's ``layer_idx`` follow so the KV cache works.
+    """
+    layout = _layout(model)
+    n = layout.num_llm_layers
+    idx = set(check_indices(indices, n, "LLM layer"))
+    layers = list(layout.decoder_layers)
+    types = _layer_types(layout)
+    saved_idx = [[(m, m.layer_idx) for m in l.modules() if getattr(m, "layer_idx", None) is not None] for l in layers]
+    keep = [i for i in range(n) if i not in idx]
+    _install_llm_layers(layout, [layers[i] for i in keep], [types[i] for i in keep] if types else None)
+    _renumber(layout.decoder_layers)
+    try:
+        yield layout
+    finally:
+        _install_llm_layers(layout, layers, types)
+        layout.text_config.num_hidden_layers = n
+        for pairs in saved_idx:
+            for m, v in pairs:
+                m.layer_idx = v
+
+
+@contextmanager
+def audio_layers_removed(model, indices: Iterable[int]):
+    """Temporarily run ``model`` without audio-encoder layers ``indices`` (restored on exit)."""
+    layout = _layout(model)
+    n = layout.num_audio_layers
+    idx = set(check_indices(indices, n, "audio layer"))
+    layers = list(layout.audio_layers)
+    stack = layout.audio_layers
+    del stack[:]
+    stack.extend(layers[i] for i in range(n) if i not in idx)
+    layout.audio_config.encoder_layers = len(stack)
+    try:
+        yield layout
+    finally:
+        del stack[:]
+        stack.extend(layers)
+        layout.audio_config.encoder_layers = n
+
+
+# ---------------------------------------------------------------------------------------------
+# FFN (MLP) width
+
+
+def _narrow_linear(lin, out_idx=None, in_idx=None):
+    """A new nn.Linear keeping output rows ``out_idx`` and/or input columns ``in_idx`` of ``lin``."""
+    import torch.nn as nn
+
+    w = lin.weight.data
+    if out_idx is not None:
+        w = w.index_select(0, out_idx.to(w.device))
+    if in_idx is not None:
+        w = w.index_select(1, in_idx.to(w.device))
+    b = lin.bias.data if lin.bias is not None else None
+    if b is not None and out_idx is not None:
+        b = b.index_select(0, out_idx.to(b.device))
+    new = nn.Linear(w.shape[1], w.shape[0], bias=b is not None, device=w.device, dtype=w.dtype)
+    new.weight.data.copy_(w)
+    if b is not None:
+        new.bias.data.copy_(b)
+    new.weight.requires_grad_(lin.weight.requires_grad)
+    return new
+
+
+def llm_mlps(model) -> list:
+    """The MLP module (gate_proj, up_proj, down_proj) of each LLM decoder layer."""
+    return [layer.mlp for layer in _layout(model).decoder_layers]
+
+
+def prune_llm_mlp(model, keep: list) -> None:
+    """Keep intermediate units ``keep[l]`` (a LongTensor of equal length for every layer) of each LLM MLP."""
+    layout = _layout(model)
+    widths = {len(k) for k in keep}
+    if len(widths) != 1:
+        raise ValueError("every layer must keep the same number of MLP units (the config has one intermediate_size)")
+    for mlp, idx in zip(llm_mlps(layout), keep):
+        idx = idx.sort().values
+        mlp.gate_proj = _narrow_linear(mlp.gate_proj, out_idx=idx)
+        mlp.up_proj = _narrow_linear(mlp.up_proj, out_idx=idx)
+        mlp.down_proj = _narrow_linear(mlp.down_proj, in_idx=idx)
+        if hasattr(mlp, "intermediate_size"):
+            mlp.intermediate_size = len(idx)
+    layout.text_config.intermediate_size = widths.pop()
+
+
+def prune_audio_ffn(model, keep: list) -> None:
+    """Keep FFN units ``keep[l]`` (equal length for every layer) of each audio-encoder layer (fc1 rows, fc2 columns)."""
+    layout = _layout(model)
+    widths = {len(k) for k in keep}
+    if len(widths) != 1:
+        raise ValueError("every audio layer must keep the same number of FFN units (the config has one encoder_ffn_dim)")
+    for layer, idx in zip(layout.audio_layers, keep):
+        idx = idx.sort().values
+        layer.fc1 = _narrow_linear(layer.fc1, out_idx=idx)
+        layer.fc2 = _narrow_linear(layer.fc2, in_idx=idx)
+    layout.audio_config.encoder_ffn_dim = widths.pop()
+
+
+# ---------------------------------------------------------------------------------------------
+# vocabulary
+
+
+def select_vocab(model, keep_ids: Sequence[int], new_pad_id: int | None = None) -> None:
+    """Keep rows ``keep_ids`` (old ids, in new-id order) of ``embed_tokens`` and ``lm_head``; update vocab_size."""
+    import torch
+    import torch.nn as nn
+
+    layout = _layout(model)
+    idx = torch.as_tensor(list(keep_ids), dtype=torch.long)
+    emb = layout.embed_tokens
+    w = emb.weight.data.index_select(0, idx.to(emb.weight.device))
+    new_emb = nn.Embedding(w.shape[0], w.shape[1], padding_idx=new_pad_id, device=w.device, dtype=w.dtype)
+    new_emb.weight.data.copy_(w)
+    layout.language_model.embed_tokens = new_emb
+    head = layout.lm_head
+    hw = head.weight.data.index_select(0, idx.to(head.weight.device))
+    hb = head.bias.data.index_select(0, idx.to(head.bias.device)) if getattr(head, "bias", None) is not None else None
+    new_head = nn.Linear(hw.shape[1], hw.shape[0], bias=hb is not None, device=hw.device, dtype=hw.dtype)
+    new_head.weight.data.copy_(hw)
+    if hb is not None:
+        new_head.bias.data.copy_(hb)
+    model.set_output_embeddings(new_head)
+    layout.text_config.vocab_size = len(idx)
+    if hasattr(layout.language_model, "vocab_size"):
+        layout.language_model.vocab_size = len(idx)
