@@ -256,9 +256,7 @@ def _inventory(cfg, ffn_dim, audio_ffn_dim, vocab) -> tuple:
     if ffn_dim:
         t.intermediate_size = ffn_dim
     if vocab:
-        t.vocab_size = vocab
-        if getattr(cfg, "vocab_size", None) is not None and cfg is not t:
-            cfg.vocab_size = vocab
+        _set_vocab(cfg, vocab)
     if a is not None:
         a.encoder_layers = 1
         if audio_ffn_dim:
@@ -298,6 +296,17 @@ def _inventory(cfg, ffn_dim, audio_ffn_dim, vocab) -> tuple:
         out.append(_Tensor(key, tuple(tensor.shape), component_for_key(key), linear, emb,
                            llm_layer_index(key), audio_layer_index(key)))
     return tuple(out)
+
+
+def _set_vocab(cfg, vocab: int) -> None:
+    t = _text_config(cfg)
+    t.vocab_size = vocab
+    if cfg is not t and getattr(cfg, "vocab_size", None) is not None:
+        cfg.vocab_size = vocab
+    # A trimmed vocabulary renumbers tokens; an id past its end would make nn.Embedding refuse to build.
+    for c in {id(cfg): cfg, id(t): t}.values():
+        if isinstance(getattr(c, "pad_token_id", None), int) and c.pad_token_id >= vocab:
+            c.pad_token_id = None
 
 
 def _layer_key(key: str, index: int, rx: re.Pattern) -> str:
@@ -462,7 +471,8 @@ def _apply_dims(cfg, dims: dict):
     if getattr(t, "layer_types", None):
         t.layer_types = list(t.layer_types[: dims["llm_layers"]])
     t.intermediate_size = dims["ffn_dim"]
-    t.vocab_size = dims["vocab"]
+    if dims["vocab"] != t.vocab_size:
+        _set_vocab(cfg, dims["vocab"])
     if a is not None:
         a.encoder_layers = dims["audio_layers"]
         a.encoder_ffn_dim = dims["audio_ffn_dim"]
