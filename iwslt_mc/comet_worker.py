@@ -64,7 +64,7 @@ def _load_model(checkpoint: str):
               f"checkpoint", file=sys.stderr, flush=True)
         os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"
         return load_from_checkpoint(str(path), local_files_only=offline)
-    except OSError as e:
+    except (OSError, ValueError) as e:  # transformers: missing files; huggingface_hub: not a repo id
         raise WorkerError(f"{path}: cannot load the COMET model's encoder ({str(e).splitlines()[0]})") from None
 
 
