@@ -196,6 +196,7 @@ def fast_batch(model, processor, waves: list, lang: str, *, max_length: int = 10
     if static_cache:
         # One cache length for every batch, so the compiled decode step is reused instead of recompiled.
         gc.cache_implementation = "static"
+        gc.max_cache_len = max_length
     crit = _RowBudget(padded_len, budgets)
 
     class _Crit(StoppingCriteria):
@@ -307,3 +308,329 @@ class DecodeProgress:
 
     def close(self) -> None:
         self.progress.stop()
+
+
+# ---------------------------------------------------------------- a segment list to a hypothesis file
+
+LOG_FORMAT = "iwslt-mc-decode/1"
+# Header fields that must match for --resume to continue a log (batch size and device may change).
+RESUME_KEYS = ("model_fingerprint", "audio_fingerprint", "segments", "lang", "mode", "prompt", "max_length",
+               "max_new_tokens", "dtype")
+
+
+def log_path(out) -> "Path":
+    """The JSONL log next to the hypothesis file: ``<out>.jsonl``."""
+    from pathlib import Path
+
+    return Path(str(out) + ".jsonl")
+
+
+def rank_log_path(out, rank: int) -> "Path":
+    from pathlib import Path
+
+    return Path(f"{out}.rank{rank}.jsonl")
+
+
+def model_fingerprint(model_dir) -> str:
+    """Identity of a model directory without reading all its weights: its JSON files (minus provenance),
+    and per weight file its size and first and last MiB."""
+    import hashlib
+    from pathlib import Path
+
+    d = Path(model_dir)
+    h = hashlib.sha256()
+    for f in sorted(d.glob("*.json")) + sorted(d.glob("*.jinja")):
+        if f.name != "provenance.json":
+            h.update(f.name.encode() + b"\0" + f.read_bytes())
+    for f in sorted(d.glob("*.safetensors")):
+        size = f.stat().st_size
+        h.update(f"{f.name}\0{size}\0".encode())
+        with f.open("rb") as fh:
+            h.update(fh.read(1 << 20))
+            fh.seek(max(0, size - (1 << 20)))
+            h.update(fh.read(1 << 20))
+    return h.hexdigest()[:16]
+
+
+def read_log(path) -> tuple[dict | None, dict[int, dict]]:
+    """(header, records by index) of a decode log. A torn last line (the process was killed while
+    writing it) is ignored; any other unreadable line is an error naming the line."""
+    import json
+
+    from .errors import InputFileError
+
+    header, records = None, {}
+    data = path.read_bytes()
+    lines = data.split(b"\n")
+    for n, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            if n == len(lines):  # no newline after it: interrupted while writing
+                continue
+            raise InputFileError(path, f"line {n}: not a JSON record (delete the log to start again)") from None
+        kind = rec.get("type")
+        if kind == "header":
+            header = rec
+        elif kind == "segment":
+            records[int(rec["index"])] = rec
+    return header, records
+
+
+def _drop_torn_tail(path) -> None:
+    """Cut a partial last line so appended records start on a line of their own."""
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        with path.open("r+b") as f:
+            f.truncate(data.rfind(b"\n") + 1)
+
+
+@dataclass
+class DecodeSummary:
+    """What a decode run did. ``rtf``: decoding seconds (summed over segments, i.e. one process's
+    time) / seconds of audio; below 1 is faster than real time."""
+
+    out: str
+    log: str
+    segments: int
+    decoded: int  # in this run
+    resumed: int  # taken from an earlier run's log
+    bad: list[str]
+    audio_seconds: float
+    decode_seconds: float
+    wall_seconds: float
+    tokens: int
+    mode: str
+    device: str
+    world_size: int = 1
+
+    @property
+    def rtf(self) -> float:
+        return self.decode_seconds / self.audio_seconds if self.audio_seconds else 0.0
+
+    def to_json(self) -> dict:
+        d = dict(self.__dict__)
+        d.update(rtf=round(self.rtf, 4),
+                 tokens_per_second=round(self.tokens / self.decode_seconds, 2) if self.decode_seconds else 0.0,
+                 segments_per_second=round(self.segments / self.decode_seconds, 3) if self.decode_seconds else 0.0)
+        for k in ("audio_seconds", "decode_seconds", "wall_seconds"):
+            d[k] = round(d[k], 3)
+        return d
+
+
+class _Dist:
+    """Rank, world size, device and barrier: one process, or an ``accelerate launch`` process group."""
+
+    def __init__(self, device: str | None):
+        import os
+
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.state = None
+        if self.world > 1:
+            from accelerate import PartialState
+
+            self.state = PartialState(cpu=(device == "cpu"))
+            self.rank, self.world = self.state.process_index, self.state.num_processes
+            self.device = device if device == "cpu" else str(self.state.device)
+            self.main = self.state.is_local_main_process
+        else:
+            self.rank = 0
+            self.device = device or _default_device()
+            self.main = True
+
+    def barrier(self) -> None:
+        if self.state is not None:
+            self.state.wait_for_everyone()
+
+
+def _default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _bad_message(bad) -> str:
+    first = bad[0].problem
+    more = f" (and {len(bad) - 1} more bad segment{'s' if len(bad) > 2 else ''})" if len(bad) > 1 else ""
+    return f"{first}{more}; pass --skip-bad to decode them as empty lines"
+
+
+def decode_to_file(model_dir, audio, out, *, lang: str, mode: str = "fast", batch_size: int = 8,
+                   max_length: int = 1024, max_new_tokens: int | None = None, prompt: str | None = None,
+                   dtype: str | None = None, device: str | None = None, skip_bad: bool = False,
+                   resume: bool = False, overwrite: bool = False, progress: bool = False,
+                   model=None, processor=None) -> DecodeSummary:
+    """Decode every segment of ``audio`` (an :class:`iwslt_mc.inputs.AudioInput`) into ``out``.
+
+    ``out`` gets one line per segment in input order, written atomically at the end; ``<out>.jsonl``
+    gets a header and one record per segment as it finishes (flushed), so ``resume=True`` continues
+    an interrupted run (refusing a log made with another model, audio, language or setting). Under
+    ``accelerate launch`` each process decodes a share into ``<out>.rankN.jsonl`` and process 0 merges.
+    Segments that cannot be read are an error before decoding starts, or with ``skip_bad`` empty lines
+    (listed in the summary).
+    """
+    import json
+    from pathlib import Path
+
+    import numpy as np
+
+    from .errors import InputFileError, UserError
+    from .fsutil import atomic_write_text
+    from .inputs import check_segments
+    from .modelio import check_model_dir, is_local
+
+    check_lang(lang)
+    if mode not in MODES:
+        raise UserError(f"--mode must be one of {', '.join(MODES)} (got {mode!r})")
+    if batch_size < 1 or max_length < 1 or (max_new_tokens is not None and max_new_tokens < 1):
+        raise UserError("--batch-size, --max-length and --max-new-tokens must be positive")
+    out = Path(out)
+    if out.is_dir():
+        raise InputFileError(out, "is a directory; --out names the hypothesis file")
+    if model is None and is_local(model_dir):
+        check_model_dir(model_dir)
+
+    bad = [s for s in audio.segments if s.problem] or check_segments(audio)
+    if bad and not skip_bad:
+        raise UserError(_bad_message(bad))
+
+    segs = audio.segments
+    n = len(segs)
+    header = {
+        "type": "header", "format": LOG_FORMAT,
+        "model": str(Path(model_dir).resolve()) if is_local(model_dir) else str(model_dir),
+        "model_fingerprint": model_fingerprint(model_dir) if is_local(model_dir) else str(model_dir),
+        "audio": audio.spec, "audio_kind": audio.kind, "audio_fingerprint": audio.fingerprint(), "segments": n,
+        "lang": lang, "mode": mode, "prompt": prompt, "max_length": max_length, "max_new_tokens": max_new_tokens,
+        "dtype": dtype or "auto",
+    }
+
+    dist = _Dist(device)
+    log = log_path(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputFileError(out.parent, f"cannot create the output folder ({e.strerror or e})") from None
+    logs = [p for p in [log] + sorted(out.parent.glob(out.name + ".rank*.jsonl")) if p.exists()]
+    if logs and not (resume or overwrite):
+        raise InputFileError(logs[0], "a decode log already exists: pass --resume to continue it "
+                                      "or --overwrite to start again")
+    dist.barrier()
+    if overwrite and not resume and dist.rank == 0:
+        for p in logs:
+            p.unlink()
+        logs = []
+    dist.barrier()
+    logs = [p for p in [log] + sorted(out.parent.glob(out.name + ".rank*.jsonl")) if p.exists()]
+    done: dict[int, dict] = {}
+    for p in logs:
+        old, recs = read_log(p)
+        if old is None:
+            if recs:
+                raise InputFileError(p, "decode log without a header line: cannot tell what it belongs to")
+            continue
+        diff = [k for k in RESUME_KEYS if old.get(k) != header.get(k)]
+        if diff:
+            what = ", ".join(f"{k} {old.get(k)!r} vs now {header.get(k)!r}" for k in diff)
+            raise InputFileError(p, f"belongs to another decode run ({what}); use another --out or --overwrite")
+        done.update(recs)
+    dist.barrier()  # every process has read the logs before anyone appends to them
+
+    my_log = log if dist.world == 1 else rank_log_path(out, dist.rank)
+    records_now: list[dict] = []
+
+    def write(fh, rec: dict) -> None:
+        fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        fh.flush()
+        records_now.append(rec)
+
+    bad_idx = {i for i, s in enumerate(segs) if s.problem}
+    todo = [i for i in range(n) if i not in done and i not in bad_idx]
+    mine = todo[dist.rank::dist.world]
+    t_start = time.perf_counter()
+    resolved_device = dist.device
+
+    if my_log.exists():
+        _drop_torn_tail(my_log)
+    fresh = not my_log.exists() or my_log.stat().st_size == 0
+    with my_log.open("a", encoding="utf-8") as fh:
+        if fresh:
+            write(fh, header)
+            records_now.clear()
+        if dist.rank == 0:
+            for i in sorted(bad_idx - set(done)):
+                write(fh, dict(type="segment", index=i, **segs[i].record(), text="", n_tokens=0, seconds=0.0,
+                               error=segs[i].problem))
+        if mine:
+            if model is None:
+                from .modelio import load_model, load_processor
+
+                model = load_model(model_dir, dtype=dtype, device=resolved_device)
+                processor = load_processor(model_dir)
+            runtime_bad: dict[int, str] = {}
+
+            def loader(i: int):
+                def load():
+                    try:
+                        return segs[i].waveform()
+                    except InputFileError as e:
+                        if not skip_bad:
+                            raise
+                        runtime_bad[i] = str(e)
+                        return np.zeros(SAMPLE_RATE // 10, dtype=np.float32)  # decoded, then blanked
+
+                return load
+
+            waves = [loader(i) for i in mine]
+            lengths = [min(segs[i].duration or 30.0, 30.0) for i in mine]
+            bar = DecodeProgress(len(mine), sum(lengths), description=f"decoding ({mode})") if progress and dist.main else None
+            try:
+                for j, hyp in iter_translate(model, processor, waves, lang, mode=mode, batch_size=batch_size,
+                                             max_length=max_length, max_new_tokens=max_new_tokens, prompt=prompt,
+                                             lengths=lengths):
+                    i = mine[j]
+                    rec = dict(type="segment", index=i, **segs[i].record(), text=hyp.text, n_tokens=hyp.n_tokens,
+                               seconds=round(hyp.seconds, 4))
+                    if i in runtime_bad:
+                        rec.update(text="", n_tokens=0, error=runtime_bad[i])
+                    write(fh, rec)
+                    if bar:
+                        bar.advance(1, hyp.n_tokens)
+            finally:
+                if bar:
+                    bar.close()
+    wall = time.perf_counter() - t_start
+
+    dist.barrier()
+    decoded_now = sum(1 for r in records_now if "error" not in r)
+    all_recs = dict(done)
+    if dist.rank == 0:
+        for p in [log] + sorted(out.parent.glob(out.name + ".rank*.jsonl")):
+            if p.exists():
+                all_recs.update(read_log(p)[1])
+        missing = [i for i in range(n) if i not in all_recs]
+        if missing:
+            raise UserError(f"{log}: {len(missing)} of {n} segments were not decoded (first: {segs[missing[0]].id}); "
+                            "rerun with --resume")
+        ordered = [all_recs[i] for i in range(n)]
+        errors = [r["error"] for r in ordered if r.get("error")]
+        audio_s = sum(min(r.get("duration") or 0.0, 30.0) for r in ordered if not r.get("error"))
+        summary = DecodeSummary(out=str(out), log=str(log), segments=n, decoded=decoded_now,
+                                resumed=len(done), bad=errors, audio_seconds=audio_s,
+                                decode_seconds=sum(r["seconds"] for r in ordered), wall_seconds=wall,
+                                tokens=sum(r["n_tokens"] for r in ordered), mode=mode, device=resolved_device,
+                                world_size=dist.world)
+        tail = {"type": "summary", **summary.to_json()}
+        atomic_write_text(log, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in [header] + ordered + [tail]))
+        for p in out.parent.glob(out.name + ".rank*.jsonl"):
+            p.unlink()
+        atomic_write_text(out, "".join(one_line(r["text"]) + "\n" for r in ordered))
+    else:
+        summary = DecodeSummary(out=str(out), log=str(my_log), segments=len(mine), decoded=decoded_now, resumed=0,
+                                bad=[], audio_seconds=0.0, decode_seconds=sum(r["seconds"] for r in records_now),
+                                wall_seconds=wall, tokens=sum(r["n_tokens"] for r in records_now), mode=mode,
+                                device=resolved_device, world_size=dist.world)
+    dist.barrier()
+    return summary
