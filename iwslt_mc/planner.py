@@ -479,29 +479,56 @@ def _apply_dims(cfg, dims: dict):
     return cfg
 
 
-def write_placeholder(out_dir: str | Path, prediction: Prediction, *, config: bool = True) -> Path:
-    """Write the predicted ``model.safetensors`` with its real header and sparse (all-zero) data.
+def write_placeholder(out_dir: str | Path, prediction: Prediction, *, config: bool = True, shards: int = 1) -> list[Path]:
+    """Write the predicted checkpoint with real safetensors headers and sparse (all-zero) data.
 
     For testing sizers, upload limits and benchmarks at full size without the disk space: the data
-    region is a hole (``truncate``), except the small 4-bit ``quant_state`` JSON tensors. Not loadable
-    as a model (the weights are zeros).
+    regions are holes (``truncate``), except the small 4-bit ``quant_state`` JSON tensors. Not a usable
+    model (the weights are zeros). ``shards > 1`` splits the tensors into that many files plus a
+    ``model.safetensors.index.json``, as hub checkpoints are.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    header, order = safetensors_header(prediction.entries, {"format": "pt"})
-    path = out / "model.safetensors"
-    with open(path, "wb") as f:
-        f.write(header)
-        off = len(header)
-        for _, _, _, nb, content in order:
-            if content is not None:
-                f.seek(off)
-                f.write(content)
-            off += nb
-        f.truncate(off)
+    groups = _split(prediction.entries, shards)
+    paths = []
+    for i, group in enumerate(groups):
+        name = "model.safetensors" if len(groups) == 1 else f"model-{i + 1:05d}-of-{len(groups):05d}.safetensors"
+        header, order = safetensors_header(group, {"format": "pt"})
+        path = out / name
+        with open(path, "wb") as f:
+            f.write(header)
+            off = len(header)
+            for _, _, _, nb, content in order:
+                if content is not None:
+                    f.seek(off)
+                    f.write(content)
+                off += nb
+            f.truncate(off)
+        paths.append(path)
+    if len(groups) > 1:
+        weight_map = {e[0]: p.name for group, p in zip(groups, paths) for e in group}
+        index = {"metadata": {"total_size": sum(e[3] for e in prediction.entries)}, "weight_map": dict(sorted(weight_map.items()))}
+        (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
     if config and prediction.config is not None:
         (out / "config.json").write_text(prediction.config.to_json_string(use_diff=False), encoding="utf-8")
-    return path
+    return paths
+
+
+def _split(entries: list, shards: int) -> list[list]:
+    """Consecutive groups (by name) of about equal bytes."""
+    if shards <= 1:
+        return [list(entries)]
+    order = sorted(entries, key=lambda e: e[0])
+    per = sum(e[3] for e in order) / shards
+    groups, cur, acc = [], [], 0
+    for e in order:
+        if cur and acc + e[3] > per * (len(groups) + 1) and len(groups) < shards - 1:
+            groups.append(cur)
+            cur = []
+        cur.append(e)
+        acc += e[3]
+    groups.append(cur)
+    return groups
 
 
 # ----------------------------------------------------------------------------- the inverse: --target

@@ -217,20 +217,40 @@ def _pickle_message() -> str:
 
 # ----------------------------------------------------------------------------- bitsandbytes
 
-def _read_quant_state(ti: TensorInfo, base: Path) -> dict | None:
-    """The JSON a bitsandbytes 4-bit ``quant_state`` tensor holds (shape, dtype, blocksize, ...)."""
-    if ti.dtype != "U8" or ti.nbytes > 64 * 1024:
-        return None
-    try:
-        with open(base / ti.file, "rb") as f:
+class _QuantStateReader:
+    """Reads the JSON of bitsandbytes 4-bit ``quant_state`` tensors (shape, dtype, blocksize, ...), one open file each."""
+
+    def __init__(self, base: Path):
+        self.base = base
+        self.handles: dict[str, object] = {}
+
+    def __call__(self, ti: TensorInfo) -> dict | None:
+        if ti.dtype != "U8" or ti.nbytes > 64 * 1024:
+            return None
+        try:
+            f = self.handles.get(ti.file)
+            if f is None:
+                f = self.handles[ti.file] = open(self.base / ti.file, "rb")
             f.seek(ti.offset)
             return json.loads(f.read(ti.nbytes).decode("utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            return None
+
+    def close(self) -> None:
+        for f in self.handles.values():
+            f.close()
 
 
 def _classify(tensors: list[TensorInfo], base: Path, warnings: list[str]) -> tuple[dict[str, int], set[str], dict[str, int]]:
     """Logical element counts of quantized weights, the names that are quant state, and formats seen."""
+    read_quant_state = _QuantStateReader(base)
+    try:
+        return _classify_with(tensors, read_quant_state, warnings)
+    finally:
+        read_quant_state.close()
+
+
+def _classify_with(tensors, read_quant_state, warnings):
     names = {t.name: t for t in tensors}
     logical: dict[str, int] = {}
     state: set[str] = set()
@@ -247,7 +267,7 @@ def _classify(tensors: list[TensorInfo], base: Path, warnings: list[str]) -> tup
         for suf in _BNB4_STATE_SUFFIXES:
             if wname + suf in names:
                 state.add(wname + suf)
-        qs = _read_quant_state(t, base)
+        qs = read_quant_state(t)
         packed = names[wname]
         if qs and isinstance(qs.get("shape"), list):
             logical[wname] = math.prod(int(d) for d in qs["shape"])
@@ -362,7 +382,7 @@ def bin_explanation(nbytes: int, edition: str = "2025") -> str:
     b = next(b for b in ed.bins if b.name == name)
     lo = f"{_boundary(b.low)} <= " if b.low else ""
     hi = f" < {_boundary(b.high)}" if b.high else ""
-    return f"{name} ({lo}S{hi}; S = {nbytes:,} bytes, decimal units; {ed.boundary_rule})"
+    return f"{name} ({lo}S{hi}, decimal units; a size on a boundary goes to the larger bin)"
 
 
 def _boundary(n: int) -> str:
