@@ -78,7 +78,11 @@ def read_lines(path: str | os.PathLike, *, what: str = "file") -> list[str]:
         col = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
         raise InputFileError(p, f"line {line} is not valid UTF-8 (byte 0x{data[e.start]:02x} at byte {col} of the line)") from None
     if text.startswith("\ufeff"):
-        text = text[1:]
+        # Kept, as the sacrebleu command line keeps it (part of the first word), so scores stay
+        # identical to it; but a byte-order mark is almost always an editor's accident.
+        from .output import warn
+
+        warn(f"{p}: starts with a UTF-8 byte-order mark; it is scored as part of the first word (as sacrebleu does)")
     if not text:
         return []
     lines = text.split("\n")
@@ -297,6 +301,8 @@ def score_files(hyp: str | os.PathLike, ref: str | os.PathLike, lang: str, *, sr
         raise UserError(f"--resegment must be one of {', '.join(RESEGMENT_MODES)} (got {resegment_mode!r})")
     refs = read_reference(ref)
     hyps = read_lines(hyp, what="hypothesis")
+    if spm_model is not None and not Path(spm_model).is_file():
+        raise InputFileError(spm_model, "SentencePiece model not found")
     srcs = None
     if src is not None:
         srcs = read_lines(src, what="source")

@@ -56,9 +56,9 @@ def sacrebleu_cli(ref, hyp, *args) -> str:
     ("en-zh", ZH_REF, ZH_HYP, "zh", "0", "chrF2"),
 ])
 def test_corpus_scores_equal_sacrebleu_command_line(tmp_path, lang, ref, hyp, tok, word_order, chrf_name):
-    # CRLF and trailing blanks in the hypothesis: both readers must strip them the same way.
+    # CRLF, trailing blanks and a byte-order mark in the hypothesis: both readers must treat them alike.
     ref_f = write(tmp_path / "ref.txt", ref)
-    hyp_f = write(tmp_path / "hyp.txt", [h + "  " for h in hyp], eol="\r\n")
+    hyp_f = write(tmp_path / "hyp.txt", ["\ufeff" + hyp[0]] + [h + "  " for h in hyp[1:]], eol="\r\n")
     result = scoring.score_files(hyp_f, ref_f, lang)
     assert not result["resegmentation"]["applied"]
     cli_out = json.loads(sacrebleu_cli(ref_f, hyp_f, "-m", "bleu", "chrf", "-tok", tok,
@@ -238,8 +238,10 @@ def test_bad_input_one_line_errors(tmp_path, capsys, monkeypatch):
         capsys, ["--hyp", str(hyp_f), "--ref", str(ref_f), "--spm", str(tmp_path / "spm.model"), *base])
 
 
-def test_read_lines_matches_sacrebleu_reader(tmp_path):
+def test_read_lines_matches_sacrebleu_reader(tmp_path, capsys):
     p = tmp_path / "x.txt"
     p.write_bytes("\ufeffa  \r\n\n b\u2028c\nlast".encode("utf-8"))
-    # BOM dropped, trailing blanks and CR stripped, an empty line kept, U+2028 is not a line break.
-    assert scoring.read_lines(p) == ["a", "", " b\u2028c", "last"]
+    # Trailing blanks and CR stripped, an empty line kept, U+2028 is not a line break, and a BOM is
+    # kept as sacrebleu keeps it, with a warning.
+    assert scoring.read_lines(p) == ["\ufeffa", "", " b\u2028c", "last"]
+    assert "x.txt: starts with a UTF-8 byte-order mark" in capsys.readouterr().err
