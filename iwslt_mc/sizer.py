@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import __version__
-from .errors import InputFileError, UserError
+from .errors import InputFileError
 from .layout import COMPONENTS, component_for_key
 from .track import GB, MB, format_size, get_edition, size_bin, size_bin_binary
 

@@ -74,13 +74,15 @@ def run(args) -> int:
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from .. import planner
-    from ..output import info, print_json, print_table
+    from ..output import info, print_json, print_table, warn
     from ..sizer import bin_explanation
     from ..track import format_size, get_edition
 
     ed = get_edition(args.edition)
     default, per = parse_precisions(args.precision)
     base_config = planner.load_base_config(args.base) if args.base else None
+    if base_config is not None and getattr(base_config, "quantization_config", None):
+        warn(f"{args.base} is already quantized; the plan starts from its architecture, so give --precision for the target")
     base_name = args.base or "built-in Qwen2-Audio-7B-Instruct"
 
     if args.target:
