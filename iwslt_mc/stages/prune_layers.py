@@ -179,8 +179,8 @@ class PruneLayers(Stage):
         search_info = None
 
         if o.strategy is None:
-            llm = list(o.llm_layers or [])
-            audio = list(o.audio_layers or [])
+            llm = sorted(o.llm_layers or [])
+            audio = sorted(o.audio_layers or [])
             how_llm = how_audio = "given"
         elif o.strategy in ("middle", "top"):
             pick = middle_block if o.strategy == "middle" else top_block
