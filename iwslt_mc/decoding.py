@@ -89,6 +89,14 @@ def _budget(prompt_len: int, max_length: int, max_new_tokens: int | None) -> int
     return max(b, 0)
 
 
+def _new_tokens_limit(model, max_new_tokens: int | None) -> int | None:
+    """The caller's limit, else the model's ``generation_config.max_new_tokens`` (which generate() would
+    also apply over ``max_length`` in the published code)."""
+    if max_new_tokens is not None:
+        return max_new_tokens
+    return getattr(model.generation_config, "max_new_tokens", None)
+
+
 def _cut(tokens: list[int], budget: int, eos: set[int]) -> list[int]:
     """Tokens as batch-1 generation would return them: stop after the first end token or the budget."""
     out = []
@@ -133,11 +141,10 @@ def reference_one(model, processor, wave, lang: str, *, max_length: int = 1024, 
     inputs = _to_model(inputs, model)
     gc = greedy_config(model, max_length)
     plen = inputs["input_ids"].shape[1]
-    budget = _budget(plen, max_length, max_new_tokens)
+    budget = _budget(plen, max_length, _new_tokens_limit(model, max_new_tokens))
     if budget == 0:
         return Hyp("", 0, time.perf_counter() - t0, [])
-    if max_new_tokens is not None:
-        gc.max_new_tokens, gc.max_length = budget, None
+    gc.max_new_tokens, gc.max_length = budget, None
     with torch.inference_mode():
         out = model.generate(**inputs, generation_config=gc)
     tokens = out[0, plen:].tolist()
@@ -185,7 +192,8 @@ def fast_batch(model, processor, waves: list, lang: str, *, max_length: int = 10
     eos = _eos_ids(gc)
     padded_len = inputs["input_ids"].shape[1]
     real_lens = inputs["attention_mask"].sum(-1).tolist()
-    budgets = [_budget(int(n), max_length, max_new_tokens) for n in real_lens]
+    limit = _new_tokens_limit(model, max_new_tokens)
+    budgets = [_budget(int(n), max_length, limit) for n in real_lens]
     if max(budgets) == 0:
         dt = (time.perf_counter() - t0) / len(waves)
         return [Hyp("", 0, dt, []) for _ in waves]
@@ -604,7 +612,6 @@ def decode_to_file(model_dir, audio, out, *, lang: str, mode: str = "fast", batc
     wall = time.perf_counter() - t_start
 
     dist.barrier()
-    decoded_now = sum(1 for r in records_now if "error" not in r)
     all_recs = dict(done)
     if dist.rank == 0:
         for p in [log] + sorted(out.parent.glob(out.name + ".rank*.jsonl")):
@@ -615,6 +622,7 @@ def decode_to_file(model_dir, audio, out, *, lang: str, mode: str = "fast", batc
             raise UserError(f"{log}: {len(missing)} of {n} segments were not decoded (first: {segs[missing[0]].id}); "
                             "rerun with --resume")
         ordered = [all_recs[i] for i in range(n)]
+        decoded_now = sum(1 for i in range(n) if i not in done and not all_recs[i].get("error"))
         errors = [r["error"] for r in ordered if r.get("error")]
         audio_s = sum(min(r.get("duration") or 0.0, 30.0) for r in ordered if not r.get("error"))
         summary = DecodeSummary(out=str(out), log=str(log), segments=n, decoded=decoded_now,
@@ -628,6 +636,7 @@ def decode_to_file(model_dir, audio, out, *, lang: str, mode: str = "fast", batc
             p.unlink()
         atomic_write_text(out, "".join(one_line(r["text"]) + "\n" for r in ordered))
     else:
+        decoded_now = sum(1 for r in records_now if "error" not in r)
         summary = DecodeSummary(out=str(out), log=str(my_log), segments=len(mine), decoded=decoded_now, resumed=0,
                                 bad=[], audio_seconds=0.0, decode_seconds=sum(r["seconds"] for r in records_now),
                                 wall_seconds=wall, tokens=sum(r["n_tokens"] for r in records_now), mode=mode,

@@ -142,10 +142,6 @@ def resolve_audio(spec: str, *, segment_long: bool = True, max_seconds: float = 
         segs, notes = _file_segments(Path(raw), str(raw), segment_long=segment_long, max_seconds=max_seconds)
     if not segs:
         raise UserError(f"{spec}: no segments to decode")
-    ids = [s.id for s in segs]
-    if len(set(ids)) != len(ids):
-        dup = next(i for i in ids if ids.count(i) > 1)
-        raise UserError(f"{spec}: segment id {dup!r} occurs more than once")
     return AudioInput(str(spec), kind, segs, notes)
 
 

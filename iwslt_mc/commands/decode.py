@@ -10,7 +10,7 @@ EXAMPLES = """
   iwslt-mc decode MODEL --lang en-zh --audio talk.wav --out talk.zh        # cut at pauses into <= 30 s
   iwslt-mc decode MODEL --lang en-de --audio files.txt --out hyp.de --resume   # continue after a kill
   iwslt-mc decode MODEL --lang en-de --audio SPEC --out hyp.de --mode reference  # the published decoding
-  accelerate launch --num_processes 4 -m iwslt_mc decode MODEL --lang en-de --audio SPEC --out hyp.de
+  accelerate launch --multi_gpu --num_processes 4 -m iwslt_mc decode MODEL --lang en-de --audio SPEC --out hyp.de
 """
 
 DESCRIPTION = """\
