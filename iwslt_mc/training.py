@@ -1,0 +1,361 @@
+"""Supervised speech-translation training of Qwen2-Audio with the HF ``Trainer``.
+
+The ``Trainer`` gives what long runs need without a hand-written loop: checkpoints and exact resume
+(model, optimizer, scheduler, RNG states and the position in the epoch), gradient accumulation,
+the cosine schedule, and multi-process training through accelerate (DDP, FSDP) when started with
+``accelerate launch``. This module adds the data side (the published chat prompt with the
+reference translation as the assistant turn, labels masked up to and including the assistant
+header) and the progress side (a bar with loss, step rate and ETA; ``train.log`` and
+``loss_history.json``).
+
+    examples = data.load_examples("kit/data", "train", lang="en-de")
+    result = train(model, processor, examples, "en-de", TrainSettings(max_steps=300, lr=1e-3),
+                   work_dir=Path("run.work"))
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .data import Example, target_text
+from .errors import UserError
+
+IGNORE_INDEX = -100
+_CHECKPOINTING_ARG = "gradient_checkpointing"
+LOG_NAME = "train.log"
+HISTORY_NAME = "loss_history.json"
+CHECKPOINTS = "checkpoints"
+
+
+# ---------------------------------------------------------------- encoding
+
+def encode_example(processor, wave: np.ndarray, target: str, lang: str) -> dict:
+    """One training example: prompt ids (audio placeholders expanded) + target ids + ``<|im_end|>``.
+
+    Prompt and target are tokenized separately and concatenated, so the label mask ends exactly
+    at the assistant header and the target tokens are the ones generation would produce after
+    the prompt. Returns ``input_ids``, ``labels`` (lists), ``input_features`` and
+    ``feature_attention_mask`` (tensors without a batch axis).
+    """
+    from .prompting import prompt_text
+
+    tok = processor.tokenizer
+    enc = processor(text=prompt_text(processor, lang), audio=wave, sampling_rate=16000, return_tensors="pt")
+    prompt_ids = enc["input_ids"][0].tolist()
+    end_id = tok.convert_tokens_to_ids("<|im_end|>")
+    if end_id is None or end_id == tok.unk_token_id:
+        end_id = tok.eos_token_id
+    target_ids = tok(target.strip(), add_special_tokens=False)["input_ids"] + [end_id]
+    return {
+        "input_ids": prompt_ids + target_ids,
+        "labels": [IGNORE_INDEX] * len(prompt_ids) + target_ids,
+        "input_features": enc["input_features"][0],
+        "feature_attention_mask": enc["feature_attention_mask"][0],
+    }
+
+
+class SpeechTranslationDataset:
+    """A map-style torch dataset over Examples; encodes on first access and keeps small sets in memory."""
+
+    def __init__(self, examples: Sequence[Example], processor, lang: str, *, cache: bool | None = None):
+        self.examples = list(examples)
+        self.processor = processor
+        self.lang = lang
+        # 128 x 3000 float32 features are 1.5 MB an example: cache only sets that fit comfortably
+        self.cache = len(self.examples) <= 2048 if cache is None else cache
+        self._cache: dict[int, dict] = {}
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, i: int) -> dict:
+        if i in self._cache:
+            return self._cache[i]
+        ex = self.examples[i]
+        item = encode_example(self.processor, ex.waveform(), target_text(ex, self.lang), self.lang)
+        if self.cache:
+            self._cache[i] = item
+        return item
+
+
+@dataclass
+class Collator:
+    """Right-pads ``input_ids``/``labels`` and stacks the (fixed 3000-frame) audio features."""
+
+    pad_token_id: int
+
+    def __call__(self, items: list[dict]) -> dict:
+        import torch
+
+        n = max(len(it["input_ids"]) for it in items)
+        ids = torch.full((len(items), n), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(items), n), IGNORE_INDEX, dtype=torch.long)
+        mask = torch.zeros((len(items), n), dtype=torch.long)
+        for b, it in enumerate(items):
+            k = len(it["input_ids"])
+            ids[b, :k] = torch.tensor(it["input_ids"])
+            labels[b, :k] = torch.tensor(it["labels"])
+            mask[b, :k] = 1
+        return {
+            "input_ids": ids, "attention_mask": mask, "labels": labels,
+            "input_features": torch.stack([it["input_features"] for it in items]),
+            "feature_attention_mask": torch.stack([it["feature_attention_mask"] for it in items]),
+        }
+
+
+def pad_token_id(processor, model=None) -> int:
+    tok = processor.tokenizer
+    for v in (tok.pad_token_id, getattr(getattr(model, "config", None), "pad_token_id", None), tok.eos_token_id):
+        if v is not None:
+            return int(v)
+    raise UserError("the tokenizer has no pad or eos token")
+
+
+# ---------------------------------------------------------------- settings
+
+@dataclass
+class TrainSettings:
+    """Trainer settings (the published full fine-tuning: batch 4, lr 1e-5, cosine, 3 epochs, no warm-up)."""
+
+    epochs: float = 3.0
+    max_steps: int | None = None  # overrides epochs
+    batch_size: int = 4  # per process
+    grad_accum: int = 1
+    lr: float = 1e-5
+    scheduler: str = "cosine"
+    warmup_steps: int = 0
+    weight_decay: float = 0.001
+    max_grad_norm: float = 1.0
+    mixed_precision: str = "no"  # "bf16"/"fp16": autocast over the loaded weights
+    gradient_checkpointing: bool = False
+    save_steps: int = 200
+    save_total_limit: int = 2
+    logging_steps: int = 1
+    seed: int = 0
+    device: str | None = None  # "cpu" forces CPU
+    progress: bool = True
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    epochs: float
+    history: list[dict]  # {"step", "epoch", "loss", "lr", "grad_norm"} per logging step
+    first_loss: float | None
+    final_loss: float | None
+    seconds: float
+    resumed_from: str | None = None
+    world_size: int = 1
+    trainer: object = field(default=None, repr=False)
+
+
+# ---------------------------------------------------------------- progress and logs
+
+def _make_progress_callback(log_path: Path | None):
+    from transformers import TrainerCallback
+
+    class ProgressAndLog(TrainerCallback):
+        """tqdm bar with loss, step rate and ETA; ``train.log`` lines; main process only."""
+
+        def __init__(self):
+            self.bar = None
+            self.last_loss = None
+            self.t0 = None
+            self.start_step = 0
+
+        def _log(self, msg: str):
+            if log_path is not None:
+                with open(log_path, "a", encoding="utf-8") as f:
+                    f.write(time.strftime("%Y-%m-%d %H:%M:%S ") + msg + "\n")
+
+        def on_train_begin(self, args, state, control, **kw):
+            if not state.is_world_process_zero:
+                return
+            self.t0 = time.time()
+            self.start_step = state.global_step
+            self._log(f"train begin: {state.max_steps} steps, resumed at step {state.global_step}"
+                      f", {args.world_size} process(es), batch {args.per_device_train_batch_size} x "
+                      f"{args.gradient_accumulation_steps} accumulation x {args.world_size}")
+            if not args.disable_tqdm:
+                from tqdm.auto import tqdm
+
+                self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc="train",
+                                unit="step", dynamic_ncols=True, mininterval=0.5)
+
+        def on_step_end(self, args, state, control, **kw):
+            if self.bar is not None:
+                self.bar.update(state.global_step - self.bar.n)
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if not state.is_world_process_zero or not logs:
+                return
+            if "loss" in logs:
+                self.last_loss = logs["loss"]
+                if self.bar is not None:
+                    self.bar.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{logs.get('learning_rate', 0):.2e}", refresh=False)
+                done = state.global_step - self.start_step
+                rate = done / max(time.time() - self.t0, 1e-9)
+                eta = (state.max_steps - state.global_step) / rate if rate > 0 else float("nan")
+                self._log(f"step {state.global_step}/{state.max_steps} epoch {state.epoch:.3f} "
+                          f"loss {logs['loss']:.6f} lr {logs.get('learning_rate', 0):.3e} "
+                          f"grad_norm {logs.get('grad_norm', float('nan')):.4f} {rate:.2f} step/s eta {eta:.0f}s")
+            elif "train_runtime" in logs:
+                self._log(f"train end: {state.global_step} steps in {logs['train_runtime']:.1f}s "
+                          f"(average loss {logs.get('train_loss', float('nan')):.6f})")
+
+        def on_save(self, args, state, control, **kw):
+            if state.is_world_process_zero:
+                self._log(f"checkpoint at step {state.global_step}")
+
+        def on_train_end(self, args, state, control, **kw):
+            if self.bar is not None:
+                self.bar.close()
+                self.bar = None
+
+    return ProgressAndLog()
+
+
+def loss_history(log_history: list[dict]) -> list[dict]:
+    """The per-step training losses out of ``Trainer.state.log_history``."""
+    out = []
+    for rec in log_history:
+        if "loss" in rec and "step" in rec:
+            out.append({"step": rec["step"], "epoch": rec.get("epoch"), "loss": rec["loss"],
+                        "lr": rec.get("learning_rate"), "grad_norm": rec.get("grad_norm")})
+    return out
+
+
+# ---------------------------------------------------------------- distributed helpers
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main_process() -> bool:
+    """True outside ``accelerate launch``/``torchrun`` and on rank 0 inside it."""
+    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0
+
+
+def last_checkpoint(work_dir: Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    d = Path(work_dir) / CHECKPOINTS
+    return get_last_checkpoint(str(d)) if d.is_dir() else None
+
+
+# ---------------------------------------------------------------- training
+
+def _trainer_class():
+    from transformers import Trainer
+
+    class SpeechTrainer(Trainer):
+        """The HF Trainer with a resume that restores the weights of renamed checkpoints.
+
+        transformers 5 saves Qwen2-Audio with the old key names (``language_model.model.layers...``)
+        and renames them in ``from_pretrained``, but ``Trainer._load_from_checkpoint`` loads the
+        file with ``load_state_dict(strict=False)``: no key matches, nothing is restored and only a
+        warning is logged. Full-model checkpoints are read back through ``from_pretrained`` instead.
+        """
+
+        def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+            model = model if model is not None else self.model
+            ckpt = Path(resume_from_checkpoint)
+            plain = not self.is_fsdp_enabled and not hasattr(model, "peft_config") and (ckpt / "config.json").exists()
+            if not plain or not any(ckpt.glob("*.safetensors")):
+                return super()._load_from_checkpoint(resume_from_checkpoint, model)
+            fresh = type(model).from_pretrained(str(ckpt), dtype="auto", use_safetensors=True)
+            model.load_state_dict(fresh.state_dict(), strict=True)
+            del fresh
+
+    return SpeechTrainer
+
+
+def train(model, processor, examples: Sequence[Example], lang: str, settings: TrainSettings, *,
+          work_dir: Path, resume: bool = True, callbacks: Sequence = (),
+          log: Callable[[str], None] | None = None) -> TrainResult:
+    """Train ``model`` in place on ``examples`` (target = ``lang`` reference) with the HF Trainer.
+
+    Checkpoints go to ``work_dir/checkpoints`` every ``save_steps``; with ``resume`` the run
+    continues from the newest one (same seed -> the same final weights as an uninterrupted run).
+    ``work_dir/train.log`` and ``work_dir/loss_history.json`` record progress.
+    """
+    import torch
+    from transformers import PrinterCallback, ProgressCallback, TrainingArguments
+
+    global _CHECKPOINTING_ARG
+    _CHECKPOINTING_ARG = ("activation_checkpointing" if "activation_checkpointing" in TrainingArguments.__dataclass_fields__
+                          else "gradient_checkpointing")  # renamed in transformers 5.x
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    main = is_main_process()
+    log_path = work_dir / LOG_NAME if main else None
+    on_cpu = settings.device == "cpu" or (settings.device is None and not torch.cuda.is_available())
+    if settings.mixed_precision not in ("no", "bf16", "fp16"):
+        raise UserError(f"mixed_precision must be no, bf16 or fp16, not {settings.mixed_precision!r}")
+    args = TrainingArguments(
+        output_dir=str(work_dir / CHECKPOINTS),
+        per_device_train_batch_size=settings.batch_size,
+        gradient_accumulation_steps=settings.grad_accum,
+        learning_rate=settings.lr,
+        lr_scheduler_type=settings.scheduler,
+        warmup_steps=settings.warmup_steps,
+        weight_decay=settings.weight_decay,
+        max_grad_norm=settings.max_grad_norm,
+        num_train_epochs=settings.epochs,
+        max_steps=settings.max_steps if settings.max_steps else -1,
+        logging_steps=settings.logging_steps,
+        save_strategy="steps",
+        save_steps=settings.save_steps,
+        save_total_limit=settings.save_total_limit,
+        seed=settings.seed,
+        bf16=settings.mixed_precision == "bf16",
+        fp16=settings.mixed_precision == "fp16",
+        **{_CHECKPOINTING_ARG: settings.gradient_checkpointing},
+        use_cpu=on_cpu,
+        ddp_backend="gloo" if on_cpu and world_size() > 1 else None,
+        ddp_find_unused_parameters=False,
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        report_to=[],
+        disable_tqdm=not (settings.progress and main),
+        optim="adamw_torch",
+    )
+    dataset = SpeechTranslationDataset(examples, processor, lang)
+    if getattr(model, "config", None) is not None:
+        model.config.use_cache = False
+    if settings.gradient_checkpointing and hasattr(model, "enable_input_require_grads"):
+        model.enable_input_require_grads()  # frozen embeddings (LoRA) would cut the checkpointed graph
+    trainer = _trainer_class()(model=model, args=args, train_dataset=dataset,
+                      data_collator=Collator(pad_token_id(processor, model)),
+                      callbacks=[_make_progress_callback(log_path), *callbacks])
+    trainer.remove_callback(ProgressCallback)
+    trainer.remove_callback(PrinterCallback)
+    ckpt = last_checkpoint(work_dir) if resume else None
+    if ckpt and log:
+        log(f"resuming from {ckpt}")
+    started = time.time()
+    trainer.train(resume_from_checkpoint=ckpt)
+    history = loss_history(trainer.state.log_history)
+    if main:
+        from .fsutil import atomic_write_json
+
+        atomic_write_json(work_dir / HISTORY_NAME, {"lang": lang, "examples": len(examples),
+                                                    "world_size": args.world_size, "history": history})
+    if getattr(model, "config", None) is not None:
+        model.config.use_cache = True
+    return TrainResult(
+        steps=trainer.state.global_step, epochs=float(trainer.state.epoch or 0.0), history=history,
+        first_loss=history[0]["loss"] if history else None, final_loss=history[-1]["loss"] if history else None,
+        seconds=round(time.time() - started, 3), resumed_from=ckpt, world_size=args.world_size, trainer=trainer)
+
+
+def steps_per_epoch(n_examples: int, settings: TrainSettings, world: int = 1) -> int:
+    return max(1, math.ceil(math.ceil(n_examples / (settings.batch_size * world)) / settings.grad_accum))
