@@ -3,7 +3,7 @@
 A *data spec* names one source, optionally with options after ``?`` (URL query style)::
 
     kit/data                                   # save_to_disk dir, parquet dir, or the kit's data dir
-    ymoslem/acl-6060                           # a hub id (online, or cached with HF_HUB_OFFLINE=1)
+    ymoslem/acl-6060                           # a hub id (online, or cached with HF_HUB_OFFLINE=1); alias acl6060
     acl/dev.parquet                            # one parquet file
     lists/talks.tsv                            # a local list: audio path + text_en/text_de/text_zh
     cv/covost_v2.en_de.train.tsv?clips=cv/clips&size=100000   # CoVoST 2 (tsv + clips dir), sampled
@@ -57,6 +57,8 @@ TEXT_CODES = ("en", "de", "zh", "ar")
 # Split names in the order they are merged when a source has several (dev before eval, as published).
 SPLIT_ORDER = ("train", "dev", "validation", "valid", "eval", "test")
 SPEC_OPTIONS = ("path", "split", "size", "repeat", "holdout", "format", "clips", "lang")
+# Short names for public datasets (used when no local path of that name exists).
+ALIASES = {"acl6060": "ymoslem/acl-6060"}
 
 
 @dataclass
@@ -147,7 +149,10 @@ def parse_spec(spec) -> DataSpec:
         raise UserError(f"data spec {spec!r}: unknown option {unknown[0]!r} (known: {', '.join(SPEC_OPTIONS[1:])})")
     if not raw.get("path"):
         raise UserError(f"data spec {spec!r}: no path or hub id")
-    out = DataSpec(path=os.path.expanduser(str(raw["path"])))
+    path = os.path.expanduser(str(raw["path"]))
+    if path in ALIASES and not os.path.exists(path):
+        path = ALIASES[path]
+    out = DataSpec(path=path)
     for k in ("size", "repeat", "holdout"):
         if raw.get(k) not in (None, ""):
             try:
@@ -267,6 +272,23 @@ def validate_examples(examples: Sequence[Example], lang: str | None = None, *, d
         if progress:
             progress(i + 1, len(examples))
     return DataReport(len(examples), int(truncated), round(seconds, 3), bool(decode))
+
+
+def duration(ex: Example) -> float:
+    """Seconds of audio, from the file header (no decoding)."""
+    return _header_samples(ex) / SAMPLE_RATE
+
+
+def audio_key(ex: Example) -> str:
+    """Identity of the example's audio (sha1 of encoded bytes or samples; the resolved path for files)."""
+    import hashlib
+
+    src = ex.audio() if callable(ex.audio) else ex.audio
+    if isinstance(src, np.ndarray):
+        return "sha1:" + hashlib.sha1(np.ascontiguousarray(src, dtype=np.float32).tobytes()).hexdigest()
+    if isinstance(src, (bytes, bytearray)):
+        return "sha1:" + hashlib.sha1(src).hexdigest()
+    return "path:" + str(Path(src).resolve())
 
 
 def _header_samples(ex: Example) -> int:

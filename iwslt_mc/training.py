@@ -15,7 +15,6 @@ header) and the progress side (a bar with loss, step rate and ETA; ``train.log``
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -263,7 +262,16 @@ def _trainer_class():
         and renames them in ``from_pretrained``, but ``Trainer._load_from_checkpoint`` loads the
         file with ``load_state_dict(strict=False)``: no key matches, nothing is restored and only a
         warning is logged. Full-model checkpoints are read back through ``from_pretrained`` instead.
+
+        Loss scaling: Qwen2-Audio's forward takes ``**kwargs`` but computes a plain mean loss (it
+        ignores ``num_items_in_batch``), so the Trainer's "model normalizes the loss" path would
+        multiply gradients by the number of processes and skip the division by the accumulation
+        steps. ``model_accepts_loss_kwargs = False`` selects the mean-per-micro-batch path instead.
         """
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.model_accepts_loss_kwargs = False
 
         def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
             model = model if model is not None else self.model

@@ -40,7 +40,7 @@ from .base import Stage, StageContext, StageOptions, read_config
 LOAD_DTYPES = {"auto": None, "float32": "float32", "bfloat16": "bfloat16", "float16": "float16",
                "fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 FREEZABLE = ("audio_encoder", "projector", "llm_layers", "embed_tokens", "lm_head")
-ADAPTER_DIR = "adapter"
+ADAPTER_DIR = "adapter"  # same name the merge stage looks for by default
 
 
 @dataclass
@@ -219,7 +219,8 @@ class Finetune(Stage):
         o = self.options
         exs = load_examples(ctx.data, o.split, limit=o.limit, seed=ctx.seed, lang=ctx.lang)
         rep = validate_examples(exs, ctx.lang)
-        msg = f"finetune: {rep.examples} examples, {rep.seconds / 3600:.2f} h of audio"
+        hours = rep.seconds / 3600
+        msg = f"finetune: {rep.examples} examples, " + (f"{hours:.2f} h" if hours >= 1 else f"{rep.seconds / 60:.1f} min") + " of audio"
         if rep.truncated:
             msg += f"; {rep.truncated} clips over 30 s will be truncated to 30 s"
         ctx.log(msg)
@@ -231,6 +232,8 @@ class Finetune(Stage):
 
         o = self.options
         examples = getattr(self, "_examples", None) or self._load_data(ctx)
+        if not training.is_main_process():
+            ctx = dataclasses.replace(ctx, log=lambda msg: None)  # one copy of each message, from process 0
         device = ctx.resolved_device()
         processor = modelio.load_processor(in_dir)
         model, quantized = self._load_model(in_dir, device, ctx)

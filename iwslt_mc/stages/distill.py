@@ -1,0 +1,326 @@
+"""distill: sequence-level knowledge distillation data (Kim and Rush, 2016), as in the published recipes.
+
+A teacher model (``teacher``; default: this stage's input model) translates the training audio
+(``ctx.data``, split ``split``) with :func:`iwslt_mc.decoding.translate` (greedy, the published
+prompt). Its outputs become extra (audio, target) pairs next to the reference pairs; pairs are
+deduplicated on (audio, normalized target text: Unicode NFKC, case-folded, whitespace collapsed),
+and teacher pairs may be filtered by a score threshold (``metric``/``min_score``: sentence chrF/chrF++
+or BLEU against the reference; other scorers, e.g. a quality-estimation model, plug in through
+:func:`register_scorer`).
+
+The stage passes its input model through unchanged (files hard-linked, or copied) and writes the
+dataset alongside, in ``OUT/distill_data/``:
+
+    train.parquet      id, audio ({bytes, path}), text_en, text_<target>, origin (reference|teacher),
+                       score, source_id; readable with ``load_examples(OUT/distill_data)``
+    provenance.json    teacher (path, fingerprint, stage history), data, language, decoding, filter, counts
+
+A following stage reads it through a data reference to this stage (``data: ["@distill"]`` in a
+recipe; the recipe runner resolves it to ``OUT/distill_data``), optionally mixed with other sources
+(``OUT/distill_data?repeat=10``).
+
+Translation is resumable: finished hypotheses are appended to ``ctx.work_dir/teacher.jsonl`` chunk by
+chunk, and a rerun translates only what is missing. The stage runs on one process: under
+``accelerate launch`` the other processes return at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import time
+import unicodedata
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Literal
+
+from ..errors import UserError
+from .base import Stage, StageContext, StageOptions
+
+DATA_DIR = "distill_data"
+TEACHER_LOG = "teacher.jsonl"
+# Files of the input directory that describe how it was made, not what it is: not passed through.
+_NOT_PASSED = {"provenance.json", "train.log", "loss_history.json", DATA_DIR}
+
+# name -> fn(sources_en, hypotheses, references, lang) -> scores (higher is better)
+Scorer = Callable[[list[str], list[str], list[str], str], list[float]]
+_SCORERS: dict[str, Scorer] = {}
+
+
+def register_scorer(name: str, fn: Scorer) -> None:
+    """Make ``metric: NAME`` available for filtering (e.g. a COMET-Kiwi QE model, which ignores references)."""
+    _SCORERS[name] = fn
+
+
+def _sacrebleu_scorer(kind: str) -> Scorer:
+    def score(srcs, hyps, refs, lang):
+        import sacrebleu
+
+        tok = "zh" if lang == "en-zh" else "13a"
+        out = []
+        for h, r in zip(hyps, refs):
+            if kind == "bleu":
+                out.append(sacrebleu.sentence_bleu(h, [r], tokenize=tok).score)
+            else:
+                out.append(sacrebleu.sentence_chrf(h, [r], word_order=2 if kind == "chrf++" else 0).score)
+        return out
+    return score
+
+
+for _k in ("chrf", "chrf++", "bleu"):
+    register_scorer(_k, _sacrebleu_scorer(_k))
+
+
+def resolve_metric(metric: str, lang: str) -> str:
+    """``auto``: chrF++ for German, chrF for Chinese (the published choice)."""
+    if metric == "auto":
+        return "chrf" if lang == "en-zh" else "chrf++"
+    return metric
+
+
+def normalize_text(text: str) -> str:
+    """The text compared for deduplication: NFKC, case-folded, whitespace collapsed and stripped."""
+    return re.sub(r"\s+", " ", unicodedata.normalize("NFKC", text)).strip().casefold()
+
+
+@dataclass
+class DistillOptions(StageOptions):
+    teacher: str | None = field(default=None, metadata={
+        "help": "teacher model directory (default: this stage's input model)"})
+    split: str | None = field(default="train", metadata={
+        "help": "split of the data the teacher translates ('train' = the published training split; none = all)"})
+    limit: int | None = field(default=None, metadata={"help": "translate only the first N utterances"})
+    decode_mode: Literal["fast", "reference"] = field(default="fast", metadata={
+        "help": "decoding path: fast (batched) or reference (batch 1, the published loop)"})
+    batch_size: int = field(default=8, metadata={"help": "fast mode: segments decoded together"})
+    max_length: int = field(default=1024, metadata={"help": "prompt + output token limit (published: 1024)"})
+    max_new_tokens: int | None = field(default=None, metadata={"help": "cap on generated tokens per segment"})
+    keep_references: bool = field(default=True, metadata={
+        "help": "include the reference pairs (the published data: references + teacher outputs)"})
+    dedup: bool = field(default=True, metadata={"help": "drop pairs whose audio and normalized target repeat"})
+    metric: str = field(default="auto", metadata={
+        "help": "score of a teacher pair: auto (chrF++ German, chrF Chinese), chrf, chrf++, bleu, or a registered scorer"})
+    min_score: float | None = field(default=None, metadata={
+        "help": "drop teacher pairs scoring below this (none = keep all, as published)"})
+    chunk: int = field(default=64, metadata={"help": "segments translated between resume points"})
+
+    def validate(self) -> None:
+        for k in ("batch_size", "max_length", "chunk"):
+            if getattr(self, k) < 1:
+                raise UserError(f"stage distill: option {k!r} must be at least 1")
+        for k in ("limit", "max_new_tokens"):
+            if getattr(self, k) is not None and getattr(self, k) < 1:
+                raise UserError(f"stage distill: option {k!r} must be at least 1")
+        if self.metric != "auto" and self.metric not in _SCORERS:
+            raise UserError(f"stage distill: unknown metric {self.metric!r} (known: auto, {', '.join(_SCORERS)})")
+
+    def smoke(self) -> "DistillOptions":
+        import dataclasses
+
+        return dataclasses.replace(self, limit=min(self.limit or 4, 4), max_new_tokens=min(self.max_new_tokens or 8, 8))
+
+
+def _read_teacher_log(path: Path, fingerprint: str) -> dict[int, dict]:
+    """Finished hypotheses of an earlier, interrupted run with the same teacher and settings."""
+    done: dict[int, dict] = {}
+    if not path.exists():
+        return done
+    lines = path.read_text(encoding="utf-8").splitlines()
+    if not lines:
+        return done
+    try:
+        head = json.loads(lines[0])
+    except json.JSONDecodeError:
+        return done
+    if head.get("fingerprint") != fingerprint:
+        return done  # different teacher/data/settings: start over
+    for line in lines[1:]:
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            break  # a torn last line from a crash
+        done[int(rec["i"])] = rec
+    return done
+
+
+def teacher_fingerprint(teacher: Path) -> str:
+    """Identity of the teacher's weights: names, sizes and mtimes of its safetensors files."""
+    items = sorted((f.name, f.stat().st_size, int(f.stat().st_mtime)) for f in Path(teacher).glob("*.safetensors"))
+    return hashlib.sha256(json.dumps(items).encode()).hexdigest()[:16]
+
+
+def pass_through(in_dir: Path, out_dir: Path) -> None:
+    """The input model's files in ``out_dir``: hard links where possible (no copy of GBs), else copies."""
+    for src in Path(in_dir).iterdir():
+        if src.name in _NOT_PASSED:
+            continue
+        dst = Path(out_dir) / src.name
+        if src.is_dir():
+            shutil.copytree(src, dst, copy_function=_link_or_copy)
+        else:
+            _link_or_copy(src, dst)
+
+
+def _link_or_copy(src, dst) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+class Distill(Stage):
+    name = "distill"
+    Options = DistillOptions
+    techniques = ["sequence-level knowledge distillation"]
+
+    def check(self, in_dir: Path, ctx: StageContext) -> None:
+        from ..modelio import check_model_dir
+        from ..prompting import check_lang
+
+        check_lang(ctx.lang)
+        if not ctx.data:
+            raise UserError("stage distill: no data to translate (give --data)")
+        if self.options.teacher:
+            check_model_dir(self.options.teacher)
+        self._examples = self._load_data(ctx)
+
+    def _load_data(self, ctx: StageContext):
+        from ..data import load_examples, validate_examples
+
+        o = self.options
+        exs = load_examples(ctx.data, o.split, limit=o.limit, seed=ctx.seed)
+        validate_examples(exs, None)  # English text and audio; references are optional here
+        return exs
+
+    def run(self, in_dir: Path, out_dir: Path, ctx: StageContext) -> dict:
+        from .. import training
+
+        if not training.is_main_process():
+            return {}
+        pass_through(in_dir, out_dir)
+        from .. import modelio, provenance
+        from ..data import audio_key, describe_data, duration, target_code, write_parquet
+        from ..decoding import translate
+        from ..fsutil import atomic_write_json
+
+        o = self.options
+        examples = getattr(self, "_examples", None) or self._load_data(ctx)
+        teacher = Path(o.teacher) if o.teacher else Path(in_dir)
+        work = Path(ctx.work_dir) if ctx.work_dir else out_dir.with_name(out_dir.name + ".work")
+        work.mkdir(parents=True, exist_ok=True)
+        settings = {"teacher": teacher_fingerprint(teacher), "lang": ctx.lang, "mode": o.decode_mode,
+                    "max_length": o.max_length, "max_new_tokens": o.max_new_tokens,
+                    "examples": [audio_key(ex) for ex in examples]}
+        fp = hashlib.sha256(json.dumps(settings).encode()).hexdigest()[:16]
+        log_path = work / TEACHER_LOG
+        done = _read_teacher_log(log_path, fp)
+        todo = [i for i in range(len(examples)) if i not in done]
+        ctx.log(f"distill: teacher {teacher}; {len(examples)} utterances, {len(done)} already translated")
+        if todo:
+            device = ctx.resolved_device()
+            model = modelio.load_model(teacher, device=device)
+            processor = modelio.load_processor(teacher)
+            if not done:
+                log_path.write_text(json.dumps({"fingerprint": fp, "teacher": str(teacher)}) + "\n", encoding="utf-8")
+            t0 = time.time()
+            for start in range(0, len(todo), o.chunk):
+                part = todo[start:start + o.chunk]
+                hyps = translate(model, processor, [examples[i].waveform for i in part], ctx.lang,
+                                 mode=o.decode_mode, batch_size=o.batch_size, max_length=o.max_length,
+                                 max_new_tokens=o.max_new_tokens, progress=True,
+                                 lengths=[min(duration(examples[i]), 30.0) for i in part])
+                with open(log_path, "a", encoding="utf-8") as f:
+                    for i, h in zip(part, hyps):
+                        rec = {"i": i, "id": examples[i].id, "text": h.text, "n_tokens": h.n_tokens}
+                        f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+                        done[i] = rec
+                    f.flush()
+                    os.fsync(f.fileno())
+                ctx.log(f"distill: {len(done)}/{len(examples)} translated ({time.time() - t0:.0f}s)")
+            del model
+
+        rows, counts = self._pairs(examples, done, ctx.lang)
+        code = target_code(ctx.lang)
+        data_dir = out_dir / DATA_DIR
+        write_parquet(rows, data_dir / "train.parquet", extra_columns=("origin", "score", "source_id"))
+        record = {
+            "format": 1, "kind": "distillation data",
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "lang": ctx.lang, "target_column": f"text_{code}",
+            "teacher": {"path": str(teacher.resolve()), "fingerprint": settings["teacher"],
+                        "stages": [s.get("stage") for s in provenance.read(teacher).get("stages", [])],
+                        "techniques": provenance.techniques(provenance.read(teacher))},
+            "data": describe_data(ctx.data, o.split),
+            "decoding": {"mode": o.decode_mode, "max_length": o.max_length, "max_new_tokens": o.max_new_tokens,
+                         "greedy": True},
+            "filter": {"dedup": o.dedup, "normalization": "NFKC, casefold, whitespace collapsed" if o.dedup else None,
+                       "metric": resolve_metric(o.metric, ctx.lang) if o.min_score is not None else None,
+                       "min_score": o.min_score},
+            "counts": counts, "versions": provenance.versions(), "fingerprint": fp,
+        }
+        atomic_write_json(data_dir / "provenance.json", record)
+        ctx.log(f"distill: {counts['pairs']} pairs ({counts['reference_pairs']} reference, {counts['teacher_pairs']} "
+                f"teacher; dropped: {counts['duplicates']} duplicates, {counts['empty']} empty, "
+                f"{counts['below_min_score']} below min_score) in {DATA_DIR}/")
+        what = (f"sequence-level knowledge distillation: {counts['teacher_pairs']} teacher translations of "
+                f"{counts['utterances']} utterances added to {counts['reference_pairs']} reference pairs"
+                + (", deduplicated" if o.dedup else "")
+                + (f", teacher pairs below {resolve_metric(o.metric, ctx.lang)} {o.min_score:g} dropped"
+                   if o.min_score is not None else ""))
+        return {"techniques": [what], "data": describe_data(ctx.data, o.split),
+                "distill": {"dataset": DATA_DIR, "teacher": str(teacher), **counts}}
+
+    def _pairs(self, examples, done: dict[int, dict], lang: str):
+        """Reference and teacher pairs, scored, filtered and deduplicated (references win ties)."""
+        import dataclasses
+
+        from ..data import audio_key, target_code, target_text
+
+        o = self.options
+        code = target_code(lang)
+        hyps = [done[i]["text"] for i in range(len(examples))]
+        refs = [target_text(ex, lang) for ex in examples]
+        scores: list[float | None] = [None] * len(examples)
+        metric = resolve_metric(o.metric, lang)
+        scorable = [i for i, r in enumerate(refs) if r and r.strip() and hyps[i].strip()]
+        # sacrebleu scores are cheap: always recorded; other scorers (a QE model) only run to filter
+        if scorable and (o.min_score is not None or metric in ("chrf", "chrf++", "bleu")):
+            got = _SCORERS[metric]([examples[i].text_en for i in scorable], [hyps[i] for i in scorable],
+                                   [refs[i] for i in scorable], lang)
+            for i, s in zip(scorable, got):
+                scores[i] = round(float(s), 4)
+        counts = {"utterances": len(examples), "reference_pairs": 0, "teacher_pairs": 0, "duplicates": 0, "empty": 0,
+                  "below_min_score": 0, "pairs": 0, "score_metric": metric}
+        candidates = []
+        for i, ex in enumerate(examples):
+            if o.keep_references and refs[i] and refs[i].strip():
+                candidates.append((ex, refs[i], "reference", None))
+        for i, ex in enumerate(examples):
+            if not hyps[i].strip():
+                counts["empty"] += 1
+                continue
+            if o.min_score is not None and scores[i] is not None and scores[i] < o.min_score:
+                counts["below_min_score"] += 1
+                continue
+            candidates.append((ex, hyps[i], "teacher", scores[i]))
+        seen: set[tuple[str, str]] = set()
+        rows = []
+        for ex, text, origin, score in candidates:
+            key = (audio_key(ex), normalize_text(text))
+            if o.dedup and key in seen:
+                counts["duplicates"] += 1
+                continue
+            seen.add(key)
+            row = dataclasses.replace(ex, id=f"{ex.id}:{'ref' if origin == 'reference' else 'kd'}{len(rows)}", text_de=None, text_zh=None,
+                                      texts={}, meta={"origin": origin, "score": score, "source_id": ex.id})
+            if code in ("de", "zh"):
+                setattr(row, f"text_{code}", text)
+            else:
+                row.texts[code] = text
+            rows.append(row)
+            counts[f"{origin}_pairs"] += 1
+        counts["pairs"] = len(rows)
+        return rows, counts
