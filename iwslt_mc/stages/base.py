@@ -246,6 +246,15 @@ def run_stage(stage: Stage, in_dir, out_dir, ctx: StageContext | None = None, *,
     stage.check(in_dir, ctx)
     if ctx.work_dir is None:
         ctx.work_dir = out_dir.with_name(out_dir.name + ".work")
+    if _distributed_rank() > 0:
+        # Under accelerate launch / torchrun every process runs the stage (training is collective);
+        # only process 0 writes the output directory and its provenance.
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}.rank",
+                                         dir=out_dir.parent if out_dir.parent.is_dir() else None) as tmp:
+            stage.run(in_dir, Path(tmp), ctx)
+        return {}
     before = sizer.measure(in_dir)
     started = time.time()
     with atomic_directory(out_dir, overwrite=overwrite) as tmp:
@@ -261,3 +270,10 @@ def run_stage(stage: Stage, in_dir, out_dir, ctx: StageContext | None = None, *,
     if ctx.work_dir and Path(ctx.work_dir).exists():
         shutil.rmtree(ctx.work_dir, ignore_errors=True)
     return record
+
+
+def _distributed_rank() -> int:
+    """This process's rank under accelerate launch / torchrun (0 otherwise)."""
+    import os
+
+    return int(os.environ.get("RANK", "0")) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else 0
