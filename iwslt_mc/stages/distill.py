@@ -301,11 +301,9 @@ class Distill(Stage):
         for i, ex in enumerate(examples):
             if not hyps[i].strip():
                 counts["empty"] += 1
-                continue
-            if o.min_score is not None and scores[i] is not None and scores[i] < o.min_score:
-                counts["below_min_score"] += 1
-                continue
-            candidates.append((ex, hyps[i], "teacher", scores[i]))
+            else:
+                candidates.append((ex, hyps[i], "teacher", scores[i]))
+        # duplicates first: a teacher output equal to its reference is a duplicate whatever its score
         seen: set[tuple[str, str]] = set()
         rows = []
         for ex, text, origin, score in candidates:
@@ -314,8 +312,12 @@ class Distill(Stage):
                 counts["duplicates"] += 1
                 continue
             seen.add(key)
-            row = dataclasses.replace(ex, id=f"{ex.id}:{'ref' if origin == 'reference' else 'kd'}{len(rows)}", text_de=None, text_zh=None,
-                                      texts={}, meta={"origin": origin, "score": score, "source_id": ex.id})
+            if o.min_score is not None and score is not None and score < o.min_score:
+                counts["below_min_score"] += 1
+                continue
+            row = dataclasses.replace(ex, id=f"{ex.id}:{'ref' if origin == 'reference' else 'kd'}{len(rows)}",
+                                      text_de=None, text_zh=None, texts={},
+                                      meta={"origin": origin, "score": score, "source_id": ex.id})
             if code in ("de", "zh"):
                 setattr(row, f"text_{code}", text)
             else:

@@ -116,6 +116,10 @@ class FinetuneOptions(StageOptions):
 
         if self.scheduler not in [t.value for t in SchedulerType]:
             raise UserError(f"{s}: unknown scheduler {self.scheduler!r} (e.g. cosine, linear, constant)")
+        if isinstance(self.target_modules, str) and self.target_modules.strip().startswith("["):
+            import yaml  # "[q_proj, v_proj]" is a list of names, not a regex character class
+
+            self.target_modules = [str(x) for x in yaml.safe_load(self.target_modules)]
         if isinstance(self.target_modules, str):
             import re
 

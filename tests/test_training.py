@@ -1,0 +1,263 @@
+"""Fine-tuning on the kit: label masking, loss drops (full, LoRA, QLoRA), exact resume, merge, DDP, bad data.
+
+The kit model is random and tiny, so the settings differ from the published ones (lr 5e-3 on 4
+utterances, batch 1): what is tested is that the machinery learns, resumes and merges exactly.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from iwslt_mc import data, training
+from iwslt_mc.errors import InputFileError, UserError
+from iwslt_mc.stages import make_stage
+from iwslt_mc.stages.base import StageContext, run_stage
+
+# constant lr: the cosine decay stalls the tiny random model at its unigram plateau (~4 nats)
+FAST = {"batch_size": 1, "limit": 4, "lr": 5e-3, "scheduler": "constant", "progress": False}
+LLM_LORA = {"lora_r": 16, "lora_alpha": 32, "target_modules": r".*(language_model.*_proj|lm_head)"}
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # the machine is shared; 1 thread is also what makes runs repeatable
+    yield
+    torch.set_num_threads(n)
+
+
+def _finetune(kit, out: Path, options: dict, data_spec=None, lang="en-de"):
+    ctx = StageContext(lang=lang, data=[str(data_spec or kit / "data")], device="cpu", log=lambda m: None)
+    return run_stage(make_stage("finetune", options), kit / "model", out, ctx)
+
+
+def _losses(out: Path) -> list[float]:
+    return [h["loss"] for h in json.loads((out / training.HISTORY_NAME).read_text())["history"]]
+
+
+def _batch(kit, processor, n=2):
+    exs = data.load_examples(kit / "data", "test")[:n]
+    items = [training.encode_example(processor, e.waveform(), e.text_de, "en-de") for e in exs]
+    b = training.Collator(training.pad_token_id(processor))(items)
+    b.pop("labels")
+    return b
+
+
+def _logits(model, batch):
+    import torch
+
+    with torch.no_grad():
+        return model(**batch).logits.float()
+
+
+def test_labels_masked_through_the_assistant_header(kit, kit_processor):
+    from iwslt_mc.prompting import prompt_text
+
+    ex = data.load_examples(kit / "data")[0]
+    item = training.encode_example(kit_processor, ex.waveform(), ex.text_de, "en-de")
+    tok = kit_processor.tokenizer
+    prompt = kit_processor(text=prompt_text(kit_processor, "en-de"), audio=ex.waveform(), sampling_rate=16000,
+                           return_tensors="pt")["input_ids"][0].tolist()
+    n = len(prompt)
+    assert item["input_ids"][:n] == prompt
+    header = len(prompt) - prompt[::-1].index(tok.convert_tokens_to_ids("<|im_start|>")) - 1
+    assert tok.decode(prompt[header:]) == "<|im_start|>assistant\n"  # the prompt ends with the assistant header
+    assert item["labels"][:n] == [training.IGNORE_INDEX] * n
+    assert item["labels"][n:] == item["input_ids"][n:]
+    assert tok.decode(item["labels"][n:]) == ex.text_de + "<|im_end|>"
+    assert item["input_features"].shape == (128, 3000) and int(item["feature_attention_mask"].sum()) == len(ex.waveform()) // 160
+    b = training.Collator(training.pad_token_id(kit_processor))([item, training.encode_example(
+        kit_processor, ex.waveform()[:16000], "Ja.", "en-de")])
+    assert b["input_ids"].shape == b["labels"].shape == b["attention_mask"].shape
+    short = int(b["attention_mask"][1].sum())
+    assert (b["labels"][1, short:] == training.IGNORE_INDEX).all() and (b["input_ids"][1, short:] == tok.pad_token_id).all()
+
+
+def test_full_finetuning_lowers_loss_and_logs(kit, tmp_path):
+    from iwslt_mc.modelio import load_model
+
+    out = tmp_path / "full"
+    rec = _finetune(kit, out, dict(FAST, mode="full", max_steps=60, freeze=["audio_encoder"]))
+    losses = _losses(out)
+    assert len(losses) == 60
+    assert np.mean(losses[-10:]) < 0.5 * losses[0], losses
+    assert rec["train"]["steps"] == 60 and rec["train"]["first_loss"] == losses[0]
+    assert rec["train"]["trainable_params"] < 594_304  # the audio encoder stayed frozen
+    assert rec["techniques"][0].startswith("full fine-tuning (lr 0.005; batch 1; constant; 60 steps")
+    log = (out / training.LOG_NAME).read_text()
+    assert "train begin: 60 steps" in log and "step 60/60" in log and "train end" in log
+    assert not (tmp_path / "full.work").exists()  # checkpoints removed after success
+    trained, base = load_model(out), load_model(kit / "model")
+    sd, sd0 = trained.state_dict(), base.state_dict()
+    changed = [k for k in sd if not (sd[k] == sd0[k]).all()]
+    assert changed and not any("audio_tower" in k for k in changed)
+
+
+def test_lora_lowers_loss_and_merge_gives_the_adapter_logits(kit, kit_processor, tmp_path):
+    import torch
+    from peft import PeftModel
+
+    from iwslt_mc.modelio import load_model
+
+    out = tmp_path / "lora"
+    rec = _finetune(kit, out, dict(FAST, **LLM_LORA, mode="lora", max_steps=80, merge=False))
+    losses = _losses(out)
+    assert np.mean(losses[-10:]) < 0.6 * losses[0], losses
+    assert (out / "adapter" / "adapter_model.safetensors").exists()
+    assert "LoRA fine-tuning (r 16, alpha 32, rsLoRA" in rec["techniques"][0]
+
+    merged_dir = tmp_path / "merged"
+    mrec = run_stage(make_stage("merge", {}), out, merged_dir, StageContext(device="cpu", log=lambda m: None))
+    assert mrec["merged"]["r"] == 16 and not (merged_dir / "adapter").exists()
+    batch = _batch(kit, kit_processor)
+    adapted = PeftModel.from_pretrained(load_model(out), str(out / "adapter")).eval()
+    merged = load_model(merged_dir)
+    base = load_model(kit / "model")
+    la, lm, lb = _logits(adapted, batch), _logits(merged, batch), _logits(base, batch)
+    assert (la - lb).abs().max() > 1e-2  # the adapter really changes the model
+    # equal up to fp32 rounding: x@(W + sBA) vs x@W + s(x@A)@B differ by ~1e-6 relative at |logits| ~ 9
+    torch.testing.assert_close(lm, la, rtol=1e-5, atol=1e-5)
+    assert type(merged).__name__ == "Qwen2AudioForConditionalGeneration"
+
+
+def test_qlora_lowers_loss_and_saves_a_4bit_model(kit, kit_processor, tmp_path):
+    import torch
+
+    from iwslt_mc.modelio import load_model
+
+    out = tmp_path / "qlora"
+    rec = _finetune(kit, out, dict(FAST, **LLM_LORA, mode="qlora", max_steps=80))
+    losses = _losses(out)
+    assert np.mean(losses[-10:]) < 0.6 * losses[0], losses
+    cfg = json.loads((out / "config.json").read_text())["quantization_config"]
+    assert cfg["bnb_4bit_quant_type"] == "nf4" and cfg["bnb_4bit_use_double_quant"] is True
+    assert cfg["bnb_4bit_compute_dtype"] == "float32"  # CPU: no bf16 compute
+    assert rec["bytes_after"] < rec["bytes_before"]
+    model = load_model(out)
+    n4 = sum(type(m).__name__ == "Linear4bit" for m in model.modules())
+    assert n4 > 20 and type(model.lm_head).__name__ == "Linear"
+    assert torch.isfinite(_logits(model, _batch(kit, kit_processor, 1))).all()
+    assert rec["techniques"] == ["QLoRA fine-tuning (4-bit NF4 with double quantization; r 16, alpha 32, rsLoRA, "
+                                 "targets .*(language_model.*_proj|lm_head); lr 0.005; batch 1; constant; 80 steps)",
+                                 "LoRA adapters merged into the base model"]
+
+
+class _Interrupt(Exception):
+    pass
+
+
+@pytest.mark.parametrize("options", [
+    dict(mode="full", freeze=["audio_encoder"]),
+    dict(LLM_LORA, mode="lora", lora_r=4, lora_alpha=8),
+], ids=["full", "lora"])
+def test_interrupted_run_resumes_to_the_same_weights(kit, tmp_path, monkeypatch, options):
+    from safetensors.torch import load_file
+    from transformers import TrainerCallback
+
+    class StopAtStep5(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step == 5:
+                raise _Interrupt()
+
+    opts = dict(FAST, **options, batch_size=2, max_steps=8, save_steps=3, scheduler="cosine")  # scheduler state resumes too
+    _finetune(kit, tmp_path / "straight", opts)
+    orig = training.train
+    monkeypatch.setattr(training, "train", functools.partial(orig, callbacks=[StopAtStep5()]))
+    with pytest.raises(_Interrupt):
+        _finetune(kit, tmp_path / "resumed", opts)
+    assert not (tmp_path / "resumed").exists()
+    assert sorted(p.name for p in (tmp_path / "resumed.work" / "checkpoints").iterdir()) == ["checkpoint-3"]
+    monkeypatch.setattr(training, "train", orig)
+    rec = _finetune(kit, tmp_path / "resumed", opts)
+    assert rec["train"]["resumed_from"].endswith("checkpoint-3")
+    a = load_file(tmp_path / "straight" / "model.safetensors")
+    b = load_file(tmp_path / "resumed" / "model.safetensors")
+    assert a.keys() == b.keys()
+    assert [k for k in a if not (a[k] == b[k]).all()] == []
+    assert _losses(tmp_path / "straight") == _losses(tmp_path / "resumed")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_process_ddp_run_on_cpu(kit, tmp_path):
+    out = tmp_path / "ddp"
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
+               PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "--main_process_port", str(_free_port()),
+           "-m", "iwslt_mc", "stage", "finetune", "--in", str(kit / "model"), "--out", str(out),
+           "--data", str(kit / "data"), "--device", "cpu", "--json",
+           "--set", "max_steps=4", "--set", "batch_size=1", "--set", "limit=4", "--set", "lr=5e-3",
+           "--set", "freeze=[audio_encoder]", "--set", "save_steps=2", "--set", "progress=false"]
+    r = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rec = json.loads((out / "provenance.json").read_text())["stages"][-1]
+    assert rec["train"]["processes"] == 2 and rec["train"]["steps"] == 4 and rec["train"]["epochs"] == 2.0
+    # the loss is a per-token mean, not multiplied by the number of processes
+    assert 6.5 < rec["train"]["first_loss"] < 8.0  # ln(1600) = 7.38 for the random kit model
+    assert "2 process(es)" in (out / training.LOG_NAME).read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ddp"]  # no rank scratch or work dir left
+
+
+def test_bad_data_fails_before_the_model_loads(kit, tmp_path, monkeypatch):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from iwslt_mc import modelio
+
+    table = pq.read_table(kit / "data" / "dev.parquet").to_pylist()
+    table[5]["audio"] = {"bytes": b"\x00" * 100, "path": "x.wav"}
+    (tmp_path / "bad").mkdir()
+    pq.write_table(pa.Table.from_pylist(table), tmp_path / "bad" / "dev.parquet")
+    monkeypatch.setattr(modelio, "load_model", lambda *a, **k: pytest.fail("model loaded before the data check"))
+    with pytest.raises(InputFileError) as e:
+        _finetune(kit, tmp_path / "out", dict(FAST, mode="full", max_steps=2, limit=None, split=None),
+                  data_spec=tmp_path / "bad")
+    assert str(e.value).startswith(f"{tmp_path / 'bad' / 'dev.parquet'}: row 5: cannot decode audio")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.work").exists()
+
+    table[5] = pq.read_table(kit / "data" / "dev.parquet").to_pylist()[5]
+    table[2]["text_de"] = ""
+    pq.write_table(pa.Table.from_pylist(table), tmp_path / "bad" / "dev.parquet")
+    with pytest.raises(InputFileError, match=r"dev\.parquet: row 2: empty text_de"):
+        _finetune(kit, tmp_path / "out", dict(FAST, mode="full", split=None), data_spec=tmp_path / "bad")
+    with pytest.raises(InputFileError, match="no text_zh column"):
+        pq.write_table(pa.Table.from_pylist([{k: v for k, v in r.items() if k != "text_zh"} for r in table]),
+                       tmp_path / "bad" / "dev.parquet")
+        _finetune(kit, tmp_path / "out", dict(FAST, mode="full", split=None), data_spec=tmp_path / "bad", lang="en-zh")
+    with pytest.raises(UserError, match="no training data"):
+        run_stage(make_stage("finetune", {}), kit / "model", tmp_path / "out", StageContext(data=[]))
+
+
+def test_options_defaults_validation_and_smoke():
+    from iwslt_mc.stages.finetune import FinetuneOptions
+
+    o = FinetuneOptions.from_dict({})
+    assert (o.mode, o.batch_size, o.lr, o.scheduler, o.epochs, o.warmup_steps) == ("full", 4, 1e-5, "cosine", 3.0, 0)
+    assert (o.lora_r, o.lora_alpha, o.rslora, o.lora_dropout, o.target_modules) == (64, 128, True, 0.0, "all-linear")
+    assert (o.quant_type, o.double_quant, o.merge, o.split) == ("nf4", True, True, "train")
+    assert FinetuneOptions.from_dict({"target_modules": "[q_proj, v_proj]"}).target_modules == ["q_proj", "v_proj"]
+    s = FinetuneOptions.from_dict({"mode": "qlora"}).smoke()
+    assert (s.max_steps, s.limit, s.lora_r, s.mode) == (2, 4, 8, "qlora")
+    for bad, msg in [({"mode": "dora"}, "mode"), ({"lr": 0}, "lr"), ({"freeze": ["encoder"]}, "cannot freeze"),
+                     ({"mode": "lora", "freeze": ["audio_encoder"]}, "mode full"), ({"scheduler": "cosinus"}, "scheduler"),
+                     ({"target_modules": "("}, "invalid regex"), ({"learning_rate": 1}, "unknown option")]:
+        with pytest.raises(UserError, match=msg):
+            FinetuneOptions.from_dict(bad, stage="finetune")
