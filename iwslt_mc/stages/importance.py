@@ -440,6 +440,8 @@ class SearchLog:
                 if self.resumed:
                     log(f"resuming the layer search from {self.path} ({self.resumed} candidates already scored)")
             else:
+                if old:
+                    log(f"{self.path}: a log of a different search (model, options or held-out set); starting afresh")
                 old = []
             if not old:
                 self.path.unlink()

@@ -1,0 +1,225 @@
+#!/usr/bin/env python3
+"""Benchmark one round of the iterative layer-pruning search: the naive loop against the cached engine.
+
+Same run, same model, same held-out segments, same candidates:
+
+- naive: the published loop. For every candidate layer, every held-out segment is run through the
+  processor and the audio encoder again and decoded alone (batch 1, ``generate``).
+- cached: audio encoded once (prompt embeddings cached, timed separately as "setup": it is paid once
+  per search, not per round), candidates applied by moving layers out of the decoder's ModuleList,
+  greedy decoding in left-padded batches.
+- teacher-forced: the cached engine's cheaper score (one forward pass per candidate).
+
+Per candidate the naive and cached scores must be equal (they are the same hypotheses in fp32); the
+tool checks that and reports the round's choice for each engine.
+
+    python tools/bench_prune_search.py                          # the kit model (4 LLM layers: 2 candidates)
+    python tools/bench_prune_search.py --arch deep              # kit dimensions, 32 LLM layers: 30 candidates
+    python tools/bench_prune_search.py --arch full --device cuda --candidates 4   # Qwen2-Audio-7B shapes, random
+                                                                                  # bf16 weights (GPU only)
+
+``--candidates K`` times only the first K candidates of the round (both engines) and extrapolates the
+full round from the mean time per candidate. Random weights rarely emit an end token, so every
+segment decodes ``--max-new-tokens`` tokens; that is the cost a real model has on long outputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+# Qwen2-Audio-7B-Instruct's config.json values (see ../shared/reference/qwen2-audio.md): 8,397,094,912 parameters.
+FULL_AUDIO = dict(num_mel_bins=128, encoder_layers=32, encoder_attention_heads=20, encoder_ffn_dim=5120, d_model=1280,
+                  max_source_positions=1500, activation_function="gelu")
+FULL_TEXT = dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32,
+                 intermediate_size=11008, vocab_size=156032, rope_theta=10000.0, rms_norm_eps=1e-5,
+                 max_position_embeddings=8192, tie_word_embeddings=False, hidden_act="silu")
+
+
+def arch_config(arch: str, kit_model_dir: Path):
+    """The model config for ``arch``: kit (as built), deep (kit dims, 32 LLM layers), full (7B shapes)."""
+    from transformers import AutoConfig, Qwen2AudioConfig
+
+    kit_cfg = AutoConfig.from_pretrained(str(kit_model_dir))
+    if arch == "kit":
+        return kit_cfg
+    if arch == "deep":
+        cfg = AutoConfig.from_pretrained(str(kit_model_dir))
+        cfg.text_config.num_hidden_layers = 32
+        cfg.text_config.layer_types = ["full_attention"] * 32
+        return cfg
+    t = kit_cfg.text_config
+    text = dict(FULL_TEXT, model_type="qwen2", bos_token_id=t.bos_token_id, eos_token_id=t.eos_token_id,
+                pad_token_id=t.pad_token_id)
+    return Qwen2AudioConfig(audio_config=dict(FULL_AUDIO, model_type="qwen2_audio_encoder"), text_config=text,
+                            audio_token_index=kit_cfg.audio_token_index)
+
+
+def build_model(arch: str, kit_model_dir: Path, device: str, seed: int):
+    import torch
+    from transformers import GenerationConfig, Qwen2AudioForConditionalGeneration
+
+    from iwslt_mc import modelio
+
+    if arch == "kit":
+        return modelio.load_model(kit_model_dir, device=device)
+    cfg = arch_config(arch, kit_model_dir)
+    torch.manual_seed(seed)
+    dtype = torch.bfloat16 if arch == "full" else torch.float32
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model = Qwen2AudioForConditionalGeneration(cfg)
+    finally:
+        torch.set_default_dtype(old)
+    model.generation_config = GenerationConfig.from_pretrained(str(kit_model_dir))
+    return model.eval()
+
+
+def load_segments(kit_dir: Path, n: int, lang: str):
+    from iwslt_mc.data import load_examples
+    from iwslt_mc.stages.importance import heldout_segments
+
+    return heldout_segments(load_examples(str(kit_dir / "data"), seed=0)[:n], lang)
+
+
+def time_candidates(scorers: dict, candidates, sync, repeats: int) -> dict:
+    """Per engine: score and (min over repeats) wall and CPU seconds of each candidate.
+
+    Engines are interleaved candidate by candidate and the minimum of ``repeats`` runs is kept, so
+    load from other processes on a shared machine inflates both sides alike and mostly drops out.
+    """
+    out = {name: {"scores": {}, "wall": {}, "cpu": {}} for name in scorers}
+    for _ in range(repeats):
+        for c in candidates:
+            for name, scorer in scorers.items():
+                w0, c0 = time.perf_counter(), time.process_time()
+                score = scorer(removed_llm=(c,))
+                sync()
+                w, cp = time.perf_counter() - w0, time.process_time() - c0
+                r = out[name]
+                r["scores"][c] = score
+                r["wall"][c] = min(w, r["wall"].get(c, w))
+                r["cpu"][c] = min(cp, r["cpu"].get(c, cp))
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--kit", help="a built kit directory (default: build one in a temporary directory)")
+    ap.add_argument("--arch", default="kit", choices=["kit", "deep", "full"])
+    ap.add_argument("--heldout", type=int, default=8, help="held-out segments (default %(default)s)")
+    ap.add_argument("--max-new-tokens", type=int, default=16)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--candidates", type=int, default=0, help="time only the first K candidates (0: all)")
+    ap.add_argument("--lang", default="en-de")
+    ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    ap.add_argument("--repeats", type=int, default=3, help="timed runs per candidate; the minimum is kept (default %(default)s)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    from iwslt_mc import modelio
+    from iwslt_mc.stages import importance as imp
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.arch == "full" and not device.startswith("cuda"):
+        print("--arch full needs a GPU (16.8 GB of bf16 weights)", file=sys.stderr)
+        return 2
+    tmp = None
+    if args.kit:
+        kit = Path(args.kit)
+    else:
+        from iwslt_mc.kit import build_kit
+
+        tmp = tempfile.TemporaryDirectory(prefix="bench-prune-")
+        kit = Path(tmp.name) / "kit"
+        build_kit(kit, seed=0)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+
+    t0 = time.perf_counter()
+    model = build_model(args.arch, kit / "model", device, args.seed)
+    processor = modelio.load_processor(kit / "model")
+    load_s = time.perf_counter() - t0
+    n_layers = len(model.model.language_model.layers)
+    segments = load_segments(kit, args.heldout, args.lang)
+    allowed = list(range(1, n_layers - 1))  # protect the first and last layer, as published
+    cands = allowed[: args.candidates] if args.candidates else allowed
+    kw = dict(max_new_tokens=args.max_new_tokens, max_length=1024)
+
+    naive = imp.CandidateScorer(imp.NaiveEngine(model, processor, segments, args.lang, **kw))
+    cached_engine = imp.CachedEngine(model, processor, segments, args.lang, batch_size=args.batch_size, **kw)
+    cached = imp.CandidateScorer(cached_engine)
+    tf = imp.CandidateScorer(cached_engine, scoring="teacher-forced")
+
+    # warm-up: first calls pay one-off costs (kernels, allocator) that are not per-candidate work
+    with torch.inference_mode():
+        imp.NaiveEngine(model, processor, segments[:1], args.lang, **kw).translate(())
+        sync()
+    t0 = time.perf_counter()
+    cached_engine.embeds(())
+    sync()
+    setup_s = time.perf_counter() - t0
+    cached_engine.translate(())  # warm-up of batched generate
+    sync()
+
+    timed = time_candidates({"naive": naive, "cached": cached, "teacher-forced": tf}, cands, sync, args.repeats)
+    results = {}
+    for name, r in timed.items():
+        wall, cpu = sum(r["wall"].values()), sum(r["cpu"].values())
+        per = wall / len(cands)
+        results[name] = {"seconds": round(wall, 3), "cpu_seconds": round(cpu, 3), "per_candidate": round(per, 4),
+                         "cpu_per_candidate": round(cpu / len(cands), 4), "round_estimate": round(per * len(allowed), 2),
+                         "chosen": max(cands, key=lambda c: (r["scores"][c], -c)), "scores": r["scores"]}
+    same = all(results["naive"]["scores"][c] == results["cached"]["scores"][c] for c in cands)
+    ratio = results["naive"]["per_candidate"] / results["cached"]["per_candidate"]
+    ratio_tf = results["naive"]["per_candidate"] / results["teacher-forced"]["per_candidate"]
+    ratio_cpu = results["naive"]["cpu_per_candidate"] / results["cached"]["cpu_per_candidate"]
+    report = {
+        "arch": args.arch, "device": device, "torch_threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name(0) if device.startswith("cuda") else None,
+        "llm_layers": n_layers, "params": sum(p.numel() for p in model.parameters()),
+        "heldout": len(segments), "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size,
+        "candidates_per_round": len(allowed), "candidates_timed": len(cands), "model_load_s": round(load_s, 2),
+        "cached_setup_s": round(setup_s, 3), "engines": results,
+        "repeats": args.repeats, "naive_over_cached": round(ratio, 2), "naive_over_cached_cpu": round(ratio_cpu, 2),
+        "naive_over_teacher_forced": round(ratio_tf, 2),
+        "naive_and_cached_scores_equal": same,
+        "versions": {"torch": torch.__version__, "transformers": __import__("transformers").__version__},
+    }
+    if args.json:
+        print(json.dumps(report, indent=2, default=str))
+    else:
+        print(f"{args.arch} model ({n_layers} LLM layers, {report['params']:,} params) on {device}"
+              f"{' (' + report['gpu'] + ')' if report['gpu'] else ''}, {len(segments)} held-out segments, "
+              f"{args.max_new_tokens} new tokens, {len(cands)}/{len(allowed)} candidates timed")
+        print(f"cached engine setup (audio encoded once per search): {setup_s:.3f} s")
+        print(f"times: minimum of {args.repeats} interleaved runs per candidate")
+        print(f"{'engine':<16}{'timed s':>10}{'cpu s':>10}{'s/candidate':>14}{'round (est.) s':>16}  chosen")
+        for name, r in results.items():
+            print(f"{name:<16}{r['seconds']:>10.3f}{r['cpu_seconds']:>10.3f}{r['per_candidate']:>14.4f}"
+                  f"{r['round_estimate']:>16.2f}  {r['chosen']}")
+        print(f"naive / cached per round: {ratio:.1f}x wall ({ratio_cpu:.1f}x CPU time); naive / teacher-forced: "
+              f"{ratio_tf:.1f}x; naive and cached scores equal: {same}")
+    if tmp:
+        tmp.cleanup()
+    return 0 if same else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
