@@ -59,7 +59,7 @@ def _logits(model, batch):
     import torch
 
     with torch.no_grad():
-        return model(**batch).logits.float()
+        return model(**batch).logits
 
 
 def test_labels_masked_through_the_assistant_header(kit, kit_processor):
@@ -106,8 +106,8 @@ def test_full_finetuning_lowers_loss_and_logs(kit, tmp_path):
 
 
 def test_lora_lowers_loss_and_merge_gives_the_adapter_logits(kit, kit_processor, tmp_path):
-    import torch
     from peft import PeftModel
+    from safetensors.torch import load_file
 
     from iwslt_mc.modelio import load_model
 
@@ -127,8 +127,17 @@ def test_lora_lowers_loss_and_merge_gives_the_adapter_logits(kit, kit_processor,
     base = load_model(kit / "model")
     la, lm, lb = _logits(adapted, batch), _logits(merged, batch), _logits(base, batch)
     assert (la - lb).abs().max() > 1e-2  # the adapter really changes the model
-    # equal up to fp32 rounding: x@(W + sBA) vs x@W + s(x@A)@B differ by ~1e-6 relative at |logits| ~ 9
-    torch.testing.assert_close(lm, la, rtol=1e-5, atol=1e-5)
+    # fp32: x@(W + sBA) and x@W + s(x@A)@B round differently; measured mean ~1e-6, max ~5e-5 at |logits| ~ 9
+    assert (la - lm).abs().mean() < 1e-5 and (la - lm).abs().max() < 1e-4
+    # the merged weights are W + (alpha / sqrt(r)) B A (rsLoRA), computed here in fp64 from the adapter file
+    lora = load_file(out / "adapter" / "adapter_model.safetensors")
+    base_sd, merged_sd = base.state_dict(), merged.state_dict()
+    names = [k[len("base_model.model."):-len(".lora_A.weight")] for k in lora if k.endswith(".lora_A.weight")]
+    assert len(names) == 4 * 7 + 1  # q k v o gate up down in 4 layers, and lm_head
+    for n in names:
+        a_, b_ = (lora[f"base_model.model.{n}.lora_{x}.weight"].double() for x in "AB")
+        want = base_sd[f"{n}.weight"].double() + 32 / 16 ** 0.5 * (b_ @ a_)
+        assert (merged_sd[f"{n}.weight"].double() - want).abs().max() < 1e-6, n
     assert type(merged).__name__ == "Qwen2AudioForConditionalGeneration"
 
 
