@@ -15,7 +15,9 @@ them in input order (:func:`translate`).
 
 from __future__ import annotations
 
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence
 
@@ -169,24 +171,56 @@ def _can_compile(model) -> bool:
     return model.device.type == "cuda"
 
 
+# The tokenizer is not safe to use from two threads at once (the Rust side refuses a second borrow):
+# batch preparation in the prefetch thread and detokenization in the main thread take turns.
+_TOKENIZER_LOCK = threading.Lock()
+
+
+@dataclass
+class PreparedBatch:
+    """Processor output for one fast-mode batch (on the CPU), ``real`` rows before padding copies."""
+
+    inputs: dict
+    real: int
+
+
+def prepare_batch(processor, waves: list, lang: str, *, prompt: str | None = None,
+                  pad_to: int | None = None) -> PreparedBatch:
+    """Load the waves and run the processor with left padding (mel features computed here, once)."""
+    waves = [_materialize(w) for w in waves]
+    real = len(waves)
+    if pad_to and real < pad_to:
+        waves = waves + [waves[-1]] * (pad_to - real)
+    with _TOKENIZER_LOCK:
+        text = prompt_text(processor, lang, prompt)
+        tok = processor.tokenizer
+        old_side = tok.padding_side
+        tok.padding_side = "left"
+        try:
+            # Features on the CPU as in reference mode (a GPU STFT differs in the last bits).
+            inputs = processor(text=[text] * len(waves), audio=waves, sampling_rate=SAMPLE_RATE,
+                               return_tensors="pt", padding=True)
+        finally:
+            tok.padding_side = old_side
+    return PreparedBatch(dict(inputs), real)
+
+
 def fast_batch(model, processor, waves: list, lang: str, *, max_length: int = 1024, max_new_tokens: int | None = None,
-               prompt: str | None = None, static_cache: bool | None = None) -> list[Hyp]:
-    """Decode one batch with left padding; every row equals its batch-1 greedy result (up to float rounding)."""
+               prompt: str | None = None, static_cache: bool | None = None, pad_to: int | None = None,
+               prepared: PreparedBatch | None = None) -> list[Hyp]:
+    """Decode one batch with left padding; every row equals its batch-1 greedy result (up to float rounding).
+
+    ``pad_to`` fills a short batch with copies of its last segment (results dropped), so a compiled
+    static-cache step keeps its batch shape instead of compiling again for the last batch.
+    ``prepared``: the batch's :func:`prepare_batch` result when it was made ahead (then ``waves`` is unused).
+    """
     import torch
     from transformers import StoppingCriteria, StoppingCriteriaList
 
     t0 = time.perf_counter()
-    waves = [_materialize(w) for w in waves]
-    text = prompt_text(processor, lang, prompt)
-    tok = processor.tokenizer
-    old_side = tok.padding_side
-    tok.padding_side = "left"
-    try:
-        fe_kw = {"device": str(model.device)} if model.device.type == "cuda" else {}
-        inputs = processor(text=[text] * len(waves), audio=waves, sampling_rate=SAMPLE_RATE, return_tensors="pt",
-                           padding=True, **fe_kw)
-    finally:
-        tok.padding_side = old_side
+    if prepared is None:
+        prepared = prepare_batch(processor, waves, lang, prompt=prompt, pad_to=pad_to)
+    inputs, real = prepared.inputs, prepared.real
     inputs = _to_model(inputs, model)
     gc = greedy_config(model, max_length)
     eos = _eos_ids(gc)
@@ -195,16 +229,17 @@ def fast_batch(model, processor, waves: list, lang: str, *, max_length: int = 10
     limit = _new_tokens_limit(model, max_new_tokens)
     budgets = [_budget(int(n), max_length, limit) for n in real_lens]
     if max(budgets) == 0:
-        dt = (time.perf_counter() - t0) / len(waves)
-        return [Hyp("", 0, dt, []) for _ in waves]
+        dt = (time.perf_counter() - t0) / real
+        return [Hyp("", 0, dt, []) for _ in range(real)]
     gc.max_new_tokens = max(budgets)
     gc.max_length = None
     if static_cache is None:
         static_cache = _can_compile(model)
     if static_cache:
-        # One cache length for every batch, so the compiled decode step is reused instead of recompiled.
+        # generate() never shrinks a static cache it made before (transformers keeps the largest length
+        # so the compiled step is reused); batches come longest first, so the first batch sizes it.
         gc.cache_implementation = "static"
-        gc.max_cache_len = max_length
+        gc.max_cache_len = min(max_length, -(-(padded_len + max(budgets)) // 256) * 256)
     crit = _RowBudget(padded_len, budgets)
 
     class _Crit(StoppingCriteria):
@@ -213,13 +248,12 @@ def fast_batch(model, processor, waves: list, lang: str, *, max_length: int = 10
 
     with torch.inference_mode():
         out = model.generate(**inputs, generation_config=gc, stopping_criteria=StoppingCriteriaList([_Crit()]))
-    gen = out[:, padded_len:].tolist()
-    dt = (time.perf_counter() - t0) / len(waves)
-    hyps = []
-    for row, budget in zip(gen, budgets):
-        tokens = _cut(row, budget, eos)
-        hyps.append(Hyp(_decode_text(processor, tokens), len(tokens), dt, tokens))
-    return hyps
+    gen = out[:real, padded_len:].tolist()
+    rows = [_cut(row, budget, eos) for row, budget in zip(gen, budgets)]
+    with _TOKENIZER_LOCK:
+        texts = [_decode_text(processor, tokens) for tokens in rows]
+    dt = (time.perf_counter() - t0) / real
+    return [Hyp(text, len(tokens), dt, tokens) for text, tokens in zip(texts, rows)]
 
 
 def _length_of(w, given: float | None) -> float:
@@ -243,11 +277,13 @@ def plan_batches(lengths: Sequence[float], batch_size: int) -> list[list[int]]:
 def iter_translate(model, processor, waves: Sequence, lang: str, *, mode: str = "fast", batch_size: int = 8,
                    max_length: int = 1024, max_new_tokens: int | None = None, prompt: str | None = None,
                    lengths: Sequence[float] | None = None, progress: bool = False,
-                   static_cache: bool | None = None) -> Iterator[tuple[int, Hyp]]:
+                   static_cache: bool | None = None, prefetch: bool | None = None) -> Iterator[tuple[int, Hyp]]:
     """Yield ``(index, Hyp)`` as segments finish (input order in reference mode, batch order in fast mode).
 
     ``waves``: 16 kHz mono float32 arrays, or zero-argument callables returning one (loaded when needed).
     ``lengths``: seconds per segment, used to sort fast-mode batches without loading audio first.
+    ``static_cache``/``prefetch`` (preparing the next batch in a thread) default to on where the model
+    is on CUDA.
     """
     check_lang(lang)
     if mode not in MODES:
@@ -265,12 +301,37 @@ def iter_translate(model, processor, waves: Sequence, lang: str, *, mode: str = 
                     bar.advance(1, h.n_tokens)
                 yield i, h
         else:
-            for idx in plan_batches(lengths, max(1, batch_size)):
-                hyps = fast_batch(model, processor, [waves[i] for i in idx], lang, max_length=max_length,
-                                  max_new_tokens=max_new_tokens, prompt=prompt, static_cache=static_cache)
-                if bar:
-                    bar.advance(len(idx), sum(h.n_tokens for h in hyps))
-                yield from zip(idx, hyps)
+            batches = plan_batches(lengths, max(1, batch_size))
+            static = _can_compile(model) if static_cache is None else static_cache
+            pad_to = batch_size if static and len(batches) > 1 else None
+
+            def prep(idx):
+                return prepare_batch(processor, [waves[i] for i in idx], lang, prompt=prompt, pad_to=pad_to)
+
+            # On a GPU the next batch's audio loading and mel features run on the CPU while this one decodes.
+            if prefetch is None:
+                prefetch = _can_compile(model)
+            pool = ThreadPoolExecutor(1) if prefetch and len(batches) > 1 else None
+            ahead = pool.submit(prep, batches[0]) if pool else None
+            t_last = time.perf_counter()
+            try:
+                for b, idx in enumerate(batches):
+                    prepared = ahead.result() if pool else None
+                    if pool and b + 1 < len(batches):
+                        ahead = pool.submit(prep, batches[b + 1])
+                    hyps = fast_batch(model, processor, [waves[i] for i in idx], lang, max_length=max_length,
+                                      max_new_tokens=max_new_tokens, prompt=prompt, static_cache=static,
+                                      pad_to=pad_to, prepared=prepared)
+                    now = time.perf_counter()
+                    for h in hyps:  # wall time since the last batch, shared out: what the run really took
+                        h.seconds = (now - t_last) / len(hyps)
+                    t_last = now
+                    if bar:
+                        bar.advance(len(idx), sum(h.n_tokens for h in hyps))
+                    yield from zip(idx, hyps)
+            finally:
+                if pool:
+                    pool.shutdown(wait=True, cancel_futures=True)
     finally:
         if bar:
             bar.close()
@@ -279,12 +340,12 @@ def iter_translate(model, processor, waves: Sequence, lang: str, *, mode: str = 
 def translate(model, processor, waves: Sequence, lang: str, *, mode: str = "fast", batch_size: int = 8,
               max_length: int = 1024, max_new_tokens: int | None = None, prompt: str | None = None,
               progress: bool = False, lengths: Sequence[float] | None = None,
-              static_cache: bool | None = None) -> list[Hyp]:
+              static_cache: bool | None = None, prefetch: bool | None = None) -> list[Hyp]:
     """Translate every wave; hypotheses in input order. See the module docstring for the two modes."""
     out: list[Hyp | None] = [None] * len(waves)
     for i, h in iter_translate(model, processor, waves, lang, mode=mode, batch_size=batch_size, max_length=max_length,
                                max_new_tokens=max_new_tokens, prompt=prompt, progress=progress, lengths=lengths,
-                               static_cache=static_cache):
+                               static_cache=static_cache, prefetch=prefetch):
         out[i] = h
     return out  # type: ignore[return-value]
 

@@ -6,7 +6,8 @@ A SPEC is recognised by itself as one of:
   ``.tsv``/``.csv``/``.jsonl`` data list, a hub id, with ``?split=...`` options; read with
   :func:`iwslt_mc.data.load_examples`; one segment per example;
 - a **segmentation YAML** (IWSLT test set): ``- {offset: O, duration: D, wav: talk.wav, ...}`` per
-  segment, WAV paths relative to the YAML; a directory holding exactly one such YAML also works;
+  segment, WAV paths relative to the YAML (or in ``wav/`` beside it or beside its folder, as in
+  MuST-C); a directory holding exactly one such YAML also works;
 - a **text list** of audio paths (one per line, relative to the list; ``#`` starts a comment);
 - a **single audio file**.
 
@@ -184,11 +185,24 @@ def _yaml_segments(path: Path) -> list[Segment]:
             raise InputFileError(path, f"segment {k}: offset and duration must be numbers") from None
         if offset < 0 or duration <= 0:
             raise InputFileError(path, f"segment {k}: offset must be >= 0 and duration > 0 (got {offset}, {duration})")
-        wav = (path.parent / str(entry["wav"])).resolve() if not Path(str(entry["wav"])).is_absolute() else Path(str(entry["wav"]))
+        wav = _wav_path(path, str(entry["wav"]))
         n = per_wav[str(entry["wav"])] = per_wav.get(str(entry["wav"]), 0) + 1
         out.append(Segment(id=f"{entry['wav']}#{n}", source=str(wav), offset=offset, duration=duration, where=where,
                            load=(lambda w=wav, o=offset, d=duration, where=where: _load_slice(w, o, d, where))))
     return out
+
+
+def _wav_path(yaml_path: Path, name: str) -> Path:
+    """A YAML's WAV: next to the YAML, else in ``wav/`` beside it or beside its folder (the MuST-C
+    layout ``txt/x.yaml`` + ``wav/*.wav``). A missing file resolves next to the YAML, for the message."""
+    p = Path(name)
+    if p.is_absolute():
+        return p
+    base = yaml_path.parent
+    for cand in (base / p, base / "wav" / p, base.parent / "wav" / p, base / "wavs" / p, base.parent / "wavs" / p):
+        if cand.exists():
+            return cand.resolve()
+    return (base / p).resolve()
 
 
 def _load_slice(wav: Path, offset: float, duration: float, where: str):

@@ -179,3 +179,16 @@ def test_bad_inputs_are_named(tmp_path, kit):
     y.write_text("- {duration: 1.0, wav: good.wav}\n")
     with pytest.raises(InputFileError, match="segment 1: missing offset"):
         resolve_audio(str(y))
+
+
+def test_yaml_finds_wavs_in_the_must_c_layout(tmp_path):
+    (tmp_path / "txt").mkdir()
+    (tmp_path / "wav").mkdir()
+    write_wav(tmp_path / "wav" / "ted_1.wav", 4.0, sr=22050)
+    y = tmp_path / "txt" / "tst.yaml"
+    y.write_text("- {duration: 1.5, offset: 0.5, speaker_id: s, wav: ted_1.wav}\n"
+                 "- {duration: 2.0, offset: 2.0, speaker_id: s, wav: ted_1.wav}\n")
+    inp = resolve_audio(str(y))
+    assert not check_segments(inp)
+    assert [s.source for s in inp.segments] == [str((tmp_path / "wav" / "ted_1.wav").resolve())] * 2
+    assert [len(s.waveform()) for s in inp.segments] == [24000, 32000]
