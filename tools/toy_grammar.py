@@ -15,7 +15,7 @@ Everything is drawn from one ``random.Random(seed)``: the same seed gives the sa
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 # ----------------------------------------------------------------------------- numbers
 

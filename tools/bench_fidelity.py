@@ -1,0 +1,315 @@
+#!/usr/bin/env python3
+"""Recipe-fidelity benchmark: how much of the toy teacher's translation quality each compression keeps.
+
+On the toy teacher (``tools/train_toy_teacher.py``) and its corpus's test split, runs the project's
+own stages and recipes and tabulates chrF++ (German; chrF for Chinese), BLEU, size, parameters and
+time for:
+
+- the teacher;
+- LLM layer pruning by the ``iterative``, ``middle`` and ``top`` strategies at two depths, each
+  before and after a short full fine-tuning on the train split (the recovery step of every
+  pruning recipe);
+- vocabulary trimming to the train split's texts;
+- NF4 (double quantization) and int8 quantization of every linear layer but lm_head;
+- recipe-b and recipe-c end to end (``iwslt_mc.build``), with steps, layer counts and widths scaled
+  to the toy model (``RECIPE_SETS``).
+
+Each variant is a run directory (``OUT/runs/NAME``: the model, its hypotheses, and a scores JSON
+from :func:`iwslt_mc.scoring.score_files`), so ``iwslt-mc report OUT/runs/*`` reads them too.
+Finished variants are reused when the benchmark is run again (delete ``OUT/runs/NAME`` to redo
+one). Writes ``OUT/results.json``, the Markdown table (``--report``) and next to it the report's
+quality-vs-size plot.
+
+    python tools/bench_fidelity.py --teacher toy/run/teacher --corpus toy/corpus --out toy/bench \\
+        --report docs/bench/fidelity.md
+    python tools/bench_fidelity.py ... --only teacher,trim-vocab,nf4    # a subset
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+for _var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
+    os.environ.setdefault(_var, "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+DEFAULT_TEACHER = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "toy" / "teacher"
+STRATEGIES = ("iterative", "middle", "top")
+TESTSET = "toy-test"
+MAX_NEW_TOKENS = 64  # references are at most ~30 tokens
+
+
+def finetune_options(steps: int, lr: float) -> dict:
+    """The recovery fine-tuning after pruning, at toy scale (train split references)."""
+    return {"mode": "full", "dtype": "float32", "split": "train", "max_steps": steps, "batch_size": 8, "lr": lr,
+            "warmup_steps": max(1, steps // 10), "weight_decay": 0.01, "save_steps": max(steps, 1),
+            "logging_steps": 25, "progress": False}
+
+
+def recipe_sets(name: str, *, steps: int, lr: float, distill: int, heldout: int, llm_layers: int, audio_layers: int,
+                llm_ffn: int, audio_ffn: int) -> list[str]:
+    """``--set`` overrides that scale a recipe to the toy model (published values in comments)."""
+    ft = [f"max_steps={steps}", f"lr={lr}", "dtype=float32", "batch_size=8", f"warmup_steps={max(1, steps // 10)}"]
+    search = ["split=dev", f"heldout={heldout}", "batch_size=16", f"max_new_tokens={MAX_NEW_TOKENS}"]
+    out = [f"ft-full.{s}" for s in ft]  # published: 3 epochs at 1e-5 in bf16
+    out += [f"distill.limit={distill}", "distill.batch_size=16", f"distill.max_new_tokens={MAX_NEW_TOKENS}"]
+    out += [f"ft-pruned.{s}" for s in ft]
+    quant = ["quantize.compute_dtype=fp32", "quantize.dtype=fp32"]  # CPU: bf16 matmuls are slow without AMX
+    if name == "recipe-b":
+        # 8 of 32 LLM layers -> a quarter of the toy's layers, rounded up
+        out += [f"prune.remove={max(1, -(-llm_layers // 4))}"] + [f"prune.{s}" for s in search]
+        out += [f"qlora.max_steps={max(1, steps // 2)}", f"qlora.lr={lr}", "qlora.batch_size=8",
+                "qlora.lora_r=16", "qlora.lora_alpha=32"]  # published r 64 / alpha 128 on 4096-wide layers
+        return out + quant
+    if name == "recipe-c":
+        # 24 of 32 LLM layers (keep first and last), 24 of 32 audio layers, FFN widths halved
+        out += [f"prune-llm.remove={max(1, min(llm_layers - 2, round(llm_layers * 24 / 32)))}"]
+        out += [f"prune-llm.{s}" for s in search]
+        out += [f"prune-audio.audio_remove={max(1, min(audio_layers - 1, round(audio_layers * 24 / 32)))}"]
+        out += [f"prune-ffn.llm_width={llm_ffn // 2}", f"prune-ffn.audio_width={audio_ffn // 2}",
+                "prune-ffn.calibration=32"]
+        out += ["trim-vocab.split=train"]  # the test references must not choose the vocabulary
+        return out + quant
+    raise ValueError(name)
+
+
+def plan(args, cfg: dict) -> list[dict]:
+    """Every variant: name, what it is, where it starts, and the stage or recipe that makes it."""
+    n = cfg["text_config"]["num_hidden_layers"]
+    depths = [int(d) for d in args.depths.split(",")] if args.depths else [max(1, n // 6), max(2, n // 3)]
+    ft = finetune_options(args.ft_steps, args.ft_lr)
+    search = {"heldout": args.heldout, "split": "dev", "batch_size": 16, "max_new_tokens": MAX_NEW_TOKENS}
+    out = [{"name": "teacher", "what": "toy teacher", "group": "teacher"}]
+    for d in depths:
+        for s in STRATEGIES:
+            opts = {"strategy": s, "remove": d, **(search if s == "iterative" else {})}
+            out.append({"name": f"prune-{s}-{d}", "what": f"{s} pruning, {d} of {n} LLM layers", "group": "pruning",
+                        "from": "teacher", "stage": "prune-layers", "options": opts, "strategy": s, "depth": d})
+            out.append({"name": f"prune-{s}-{d}-ft", "what": f"{s} pruning, {d} of {n} + fine-tuning", "group": "pruning",
+                        "from": f"prune-{s}-{d}", "stage": "finetune", "options": ft, "strategy": s, "depth": d})
+    out.append({"name": "trim-vocab", "what": "vocabulary trimmed to the train split's texts", "group": "vocabulary",
+                "from": "teacher", "stage": "trim-vocab", "options": {"use_data": True, "split": "train"}})
+    for method in ("nf4", "int8"):
+        opts = {"method": method, "double_quant": True, "skip": ["lm_head"], "compute_dtype": "fp32", "dtype": "fp32"}
+        out.append({"name": method, "what": f"{method.upper()} quantization of every linear layer but lm_head",
+                    "group": "quantization", "from": "teacher", "stage": "quantize", "options": opts})
+    sizes = dict(steps=args.ft_steps, lr=args.ft_lr, distill=args.distill, heldout=args.heldout, llm_layers=n,
+                 audio_layers=cfg["audio_config"]["encoder_layers"], llm_ffn=cfg["text_config"]["intermediate_size"],
+                 audio_ffn=cfg["audio_config"]["encoder_ffn_dim"])
+    for r in ("recipe-b", "recipe-c"):
+        out.append({"name": r, "what": f"{r} end to end (toy scale)", "group": "recipes", "recipe": r,
+                    "sets": recipe_sets(r, **sizes)})
+    if args.only:
+        keep = set(args.only.split(","))
+        out = [v for v in out if v["name"] in keep]
+    return out
+
+
+def stage_ctx(args, work_dir: Path):
+    from iwslt_mc.stages.base import StageContext
+
+    return StageContext(lang=args.lang, data=[str(args.corpus)], seed=args.seed, device="cpu", work_dir=work_dir,
+                        log=lambda msg: print("   ", msg, flush=True))
+
+
+def make_variant(v: dict, args, runs: Path, model_dirs: dict) -> tuple[Path, float]:
+    """Build one variant's model (skipped when it exists); returns (model dir, seconds spent building)."""
+    from iwslt_mc import build, provenance, recipes
+    from iwslt_mc.stages import make_stage
+    from iwslt_mc.stages.base import run_stage
+
+    run = runs / v["name"]
+    if v["name"] == "teacher":
+        # a link, so the teacher is a run directory like the others (iwslt-mc report reads RUN/model)
+        run.mkdir(parents=True, exist_ok=True)
+        if not (run / "model").exists():
+            (run / "model").symlink_to(Path(args.teacher), target_is_directory=True)
+        return Path(args.teacher), 0.0
+    if "recipe" in v:
+        model = run / "model"
+        if not model.exists():
+            recipe = recipes.apply_overrides(recipes.load_recipe(v["recipe"]), v["sets"])
+            build.build(recipe, lang=args.lang, base=str(args.teacher), data={recipes.BUILTIN_DATA: str(args.corpus)},
+                        condition="constrained", out=run, resume=True, seed=args.seed, device="cpu",
+                        log=lambda msg: print("   ", msg, flush=True))
+        prov = provenance.read(model)
+        return model, sum(s.get("seconds") or 0 for s in prov.get("stages", [])[len(provenance.read(args.teacher).get("stages", [])):])
+    model = run / "model"
+    if not model.exists():
+        work = runs / (v["name"] + ".work")
+        logs = sorted(runs.glob("prune-iterative-*/model/prune_search.jsonl"), key=lambda p: p.stat().st_size)
+        if v.get("strategy") == "iterative" and v["stage"] == "prune-layers" and logs:
+            # a deeper search continues the rounds of a shallower one (same model, held-out set and metric)
+            work.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(logs[-1], work / "prune_search.jsonl")
+        run.mkdir(parents=True, exist_ok=True)
+        run_stage(make_stage(v["stage"], v["options"]), model_dirs[v["from"]], model, stage_ctx(args, work))
+    rec = provenance.read(model)["stages"][-1]
+    return model, float(rec.get("seconds") or 0.0)
+
+
+def evaluate(model_dir: Path, run: Path, args, examples) -> dict:
+    """Decode the test split, write hypotheses/references, score them with the project's scorer."""
+    import torch
+
+    from iwslt_mc import data, decoding, modelio, scoring, sizer
+    from iwslt_mc.fsutil import atomic_write_json, atomic_write_text
+
+    cfg = json.loads((model_dir / "config.json").read_text())
+    quantized = bool(cfg.get("quantization_config"))
+    model = modelio.load_model(model_dir, dtype=None if quantized else torch.float32, device="cpu")
+    processor = modelio.load_processor(model_dir)
+    waves = [e.waveform() for e in examples]
+    t0 = time.time()
+    hyps = decoding.translate(model, processor, waves, args.lang, mode="fast", batch_size=16,
+                              max_new_tokens=MAX_NEW_TOKENS)
+    seconds = time.time() - t0
+    run.mkdir(parents=True, exist_ok=True)
+    code = args.lang.split("-")[1]
+    hyp_file, ref_file = run / f"hyp.{code}", run / f"ref.{code}"
+    atomic_write_text(hyp_file, "".join(decoding.one_line(h.text) + "\n" for h in hyps))
+    atomic_write_text(ref_file, "".join(data.target_text(e, args.lang) + "\n" for e in examples))
+    scores = scoring.score_files(hyp_file, ref_file, args.lang, resegment_mode="never", testset=TESTSET)
+    atomic_write_json(run / f"scores-{args.lang}.json", scores)
+    size = sizer.measure(model_dir)
+    m = scores["metrics"]
+    return {"chrf": round(m["chrf"]["score"], 2), "chrf_name": m["chrf"]["name"], "bleu": round(m["bleu"]["score"], 2),
+            "bytes": size.bytes, "params": size.params, "decode_seconds": round(seconds, 1),
+            "tokens": sum(h.n_tokens for h in hyps), "exact": sum(h.text.strip() == r.strip() for h, r in zip(
+                hyps, [data.target_text(e, args.lang) for e in examples])),
+            "signatures": {k: v["signature"] for k, v in m.items()}}
+
+
+def _fmt_bytes(n: int) -> str:
+    return f"{n / 1e6:.2f} MB"
+
+
+def markdown(results: list[dict], args, meta: dict, plot: str | None) -> str:
+    teacher = next((r for r in results if r["name"] == "teacher"), None)
+    base = teacher["chrf"] if teacher else None
+    name = results[0]["chrf_name"] if results else "chrF"
+    lines = [
+        "# Recipe fidelity on the toy teacher",
+        "",
+        f"Quality kept by each compression of the toy teacher (`{meta['teacher']}`), on the {meta['examples']} "
+        f"utterances of the toy corpus's test split (`{meta['corpus']}`), {args.lang}. Greedy decoding "
+        f"(`iwslt_mc.decoding.translate`, fast mode, float32 on CPU), scored with `iwslt_mc.scoring`. "
+        f"Size and parameters by `iwslt_mc.sizer`. Made by `python tools/bench_fidelity.py` "
+        f"({meta['date']}; recovery fine-tuning {args.ft_steps} steps at lr {args.ft_lr:g}, batch 8).",
+        "",
+        f"| variant | what | {name} | % of teacher | BLEU | exact | size | parameters | build s | decode s |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in results:
+        pct = f"{100 * r['chrf'] / base:.1f}" if base else "-"
+        lines.append(f"| {r['name']} | {r['what']} | {r['chrf']:.2f} | {pct} | {r['bleu']:.2f} | {r['exact']} | "
+                     f"{_fmt_bytes(r['bytes'])} | {r['params']:,} | {r['build_seconds']:.0f} | {r['decode_seconds']:.0f} |")
+    lines += ["", "## Targets", ""] + [f"- {t}" for t in targets(results)]
+    if plot:
+        lines += ["", f"![quality against size]({plot})"]
+    sig = results[0]["signatures"] if results else {}
+    lines += ["", "Signatures: " + "; ".join(f"{k} `{v}`" for k, v in sig.items()), ""]
+    return "\n".join(lines)
+
+
+def targets(results: list[dict]) -> list[str]:
+    """The issue's targets, each with its measured figure and whether it is met."""
+    by = {r["name"]: r for r in results}
+    t = by.get("teacher")
+    out = []
+    if not t or t["chrf"] <= 0:
+        return ["(no teacher score: nothing to compare with)"]
+    if "recipe-b" in by:
+        pct = 100 * by["recipe-b"]["chrf"] / t["chrf"]
+        out.append(f"recipe-b keeps >= 95% of the teacher's chrF: {pct:.1f}% -> "
+                   + ("met" if pct >= 95 else f"missed by {95 - pct:.1f} points"))
+    depths = sorted({int(n.split("-")[2]) for n in by if n.startswith("prune-iterative-")})
+    for d in depths:
+        for suffix in ("", "-ft"):
+            it, mid = by.get(f"prune-iterative-{d}{suffix}"), by.get(f"prune-middle-{d}{suffix}")
+            if it and mid:
+                ok = it["chrf"] >= mid["chrf"]
+                out.append(f"iterative >= middle at depth {d}{' after fine-tuning' if suffix else ''}: "
+                           f"{it['chrf']:.2f} vs {mid['chrf']:.2f} -> "
+                           + ("met" if ok else f"missed by {mid['chrf'] - it['chrf']:.2f}"))
+    if "trim-vocab" in by:
+        pct = 100 * by["trim-vocab"]["chrf"] / t["chrf"]
+        out.append(f"vocabulary trimming keeps 100%: {pct:.2f}% -> " + ("met" if pct >= 100 else f"missed by {100 - pct:.2f} points"))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog="\n".join(__doc__.splitlines()[-3:]))
+    ap.add_argument("--teacher", type=Path, default=DEFAULT_TEACHER, help="toy teacher model dir (default: the test fixture)")
+    ap.add_argument("--corpus", type=Path, required=True, help="toy corpus dir with train/dev/test (tools/make_toy_corpus.py)")
+    ap.add_argument("--out", type=Path, required=True, help="benchmark dir (runs/, results.json); reused when rerun")
+    ap.add_argument("--report", type=Path, help="Markdown table to write (default OUT/fidelity.md); the plot goes next to it")
+    ap.add_argument("--lang", default="en-de")
+    ap.add_argument("--test-limit", type=int, default=None, help="score only the first N test utterances")
+    ap.add_argument("--depths", default=None, help="LLM layers removed, comma-separated (default: a sixth and a third)")
+    ap.add_argument("--ft-steps", type=int, default=150, help="recovery fine-tuning steps (and recipe training stages)")
+    ap.add_argument("--ft-lr", type=float, default=5e-4)
+    ap.add_argument("--heldout", type=int, default=100, help="iterative search: dev utterances scored per candidate")
+    ap.add_argument("--distill", type=int, default=400, help="recipes: training utterances the teacher translates")
+    ap.add_argument("--only", default=None, help="comma-separated variant names")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    import torch
+
+    from iwslt_mc import data
+    from iwslt_mc.fsutil import atomic_write_json, atomic_write_text
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
+    args.teacher = args.teacher.resolve()
+    cfg = json.loads((args.teacher / "config.json").read_text())
+    runs = args.out / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    examples = data.load_examples(str(args.corpus), "test", limit=args.test_limit, lang=args.lang)
+    results_path = args.out / "results.json"
+    old = {r["name"]: r for r in json.loads(results_path.read_text())["results"]} if results_path.exists() else {}
+    model_dirs, results = {}, []
+    for v in plan(args, cfg):
+        t0 = time.time()
+        print(f"== {v['name']}: {v['what']}", flush=True)
+        model_dir, build_s = make_variant(v, args, runs, model_dirs)
+        model_dirs[v["name"]] = model_dir
+        prev = old.get(v["name"])
+        if prev and (runs / v["name"] / f"scores-{args.lang}.json").exists() and prev.get("examples") == len(examples):
+            r = prev
+        else:
+            r = {"name": v["name"], "what": v["what"], "group": v["group"], "examples": len(examples),
+                 "build_seconds": round(build_s, 1), **evaluate(model_dir, runs / v["name"], args, examples)}
+        results.append(r)
+        print(f"   {r['chrf_name']} {r['chrf']:.2f}  BLEU {r['bleu']:.2f}  {_fmt_bytes(r['bytes'])}  "
+              f"({time.time() - t0:.0f} s)", flush=True)
+        atomic_write_json(results_path, {"results": results + [o for n, o in old.items() if n not in {x['name'] for x in results}]})
+    report = args.report or args.out / "fidelity.md"
+    plot = None
+    try:
+        from iwslt_mc import report as rep
+
+        rec = rep.write_report([runs / r["name"] for r in results], args.out / "report")
+        if rec.get("plot"):
+            plot = report.with_suffix(".png").name
+            report.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(args.out / "report" / rec["plot"], report.with_suffix(".png"))
+    except Exception as e:  # the table matters more than the plot
+        print(f"report plot not written: {e}", file=sys.stderr)
+    meta = {"teacher": str(args.teacher), "corpus": str(args.corpus), "examples": len(examples),
+            "date": time.strftime("%Y-%m-%d")}
+    report.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(report, markdown(results, args, meta, plot))
+    print(f"wrote {report}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
