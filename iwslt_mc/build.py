@@ -25,7 +25,7 @@ from pathlib import Path
 
 from .errors import UserError
 from .fsutil import atomic_write_json, atomic_write_text
-from .recipes import BUILTIN_DATA, Recipe, StageEntry
+from .recipes import BUILTIN_DATA, Recipe, StageEntry, join_query, split_ref
 
 STATE = "build.json"
 
@@ -56,40 +56,39 @@ def _dir_fingerprint(model_dir: Path) -> str:
 
 def resolve_data(recipe: Recipe, entry: StageEntry, data: dict[str, str], condition: str,
                  stage_dirs: dict[str, Path]) -> list[str]:
-    """Data references of ``entry`` -> paths/specs; refuses non-ACL data under the constrained condition."""
+    """Data references of ``entry`` -> data specs (paths with loader options after ``?``)."""
     out = []
     for ref in entry.data:
-        if ref.startswith("@"):
-            d = stage_dirs[ref[1:]]
+        name, query = split_ref(ref)
+        if name.startswith("@"):
+            d = stage_dirs[name[1:]]
             sub = d / "distill_data"
-            out.append(str(sub if sub.exists() else d))
+            out.append(join_query(str(sub if sub.exists() else d), query))
             continue
-        if condition == "constrained" and ref != BUILTIN_DATA:
-            raise UserError(f"{recipe.path}:{entry.line}: stage {entry.id} asks for data {ref!r}, but under the "
-                            f"constrained condition only ACL 60/60 ({BUILTIN_DATA}) may be used")
-        if ref not in data:
-            flag = "--data PATH" if ref == BUILTIN_DATA else f"--data {ref}=PATH"
-            raise UserError(f"{recipe.path}:{entry.line}: stage {entry.id} needs data {ref!r}: give {flag}")
-        out.append(data[ref])
+        _check_ref(recipe, entry, name, data, condition)
+        out.append(join_query(data[name], query))
     return out
 
 
+def _check_ref(recipe: Recipe, entry: StageEntry, name: str, data: dict[str, str], condition: str) -> None:
+    if condition == "constrained" and name != BUILTIN_DATA:
+        raise UserError(f"{recipe.path}:{entry.line}: stage {entry.id} asks for data {name!r}, but under the "
+                        f"constrained condition only ACL 60/60 ({BUILTIN_DATA}) may be used")
+    if name not in data:
+        flag = "--data PATH" if name == BUILTIN_DATA else f"--data {name}=PATH"
+        raise UserError(f"{recipe.path}:{entry.line}: stage {entry.id} needs data {name!r}: give {flag}")
+
+
 def check_data_refs(recipe: Recipe, data: dict[str, str], condition: str) -> None:
-    """All data problems before any work: constrained violations and missing --data."""
+    """All data problems before any work: constrained violations, missing or absent --data."""
     for entry in recipe.active_stages(condition):
         for ref in entry.data:
-            if ref.startswith("@"):
-                continue
-            if condition == "constrained" and ref != BUILTIN_DATA:
-                raise UserError(f"{recipe.path}:{entry.line}: stage {entry.id} asks for data {ref!r}, but under the "
-                                f"constrained condition only ACL 60/60 ({BUILTIN_DATA}) may be used")
-            if ref not in data:
-                flag = "--data PATH" if ref == BUILTIN_DATA else f"--data {ref}=PATH"
-                raise UserError(f"stage {entry.id} of {recipe.name} needs data {ref!r}: give {flag}")
-    for name, path in data.items():
-        if not Path(path).exists() and "/" not in str(path).strip("/"):
-            continue  # maybe a hub id; the data loader decides
-        if not Path(path).exists():
+            name, _ = split_ref(ref)
+            if not name.startswith("@"):
+                _check_ref(recipe, entry, name, data, condition)
+    for name, spec in data.items():
+        path = split_ref(spec)[0]
+        if not Path(path).exists() and (path.startswith((".", "/", "~")) or path.count("/") != 1):
             raise UserError(f"{path}: data for {name!r} not found")
 
 
@@ -137,7 +136,7 @@ def build(recipe: Recipe, *, lang: str, base: str, data: dict[str, str], conditi
     state = json.loads(state_path.read_text()) if state_path.exists() else {}
     prev = {s["id"]: s for s in state.get("stages", [])}
 
-    prediction = predict_recipe(recipe, base, condition=condition, lang=lang, data=data, edition=edition)
+    prediction = predict_recipe(recipe, base, condition=condition, lang=lang, data=data, edition=edition, smoke=smoke)
     if prediction:
         log(f"planner: predicted {prediction['bytes']:,} bytes, {prediction['params']:,} parameters, "
             f"{prediction['bin'] or 'no bin'} ({edition}){'' if prediction['bin'] else ' - NOT ELIGIBLE for a size bin'}")
@@ -154,7 +153,7 @@ def build(recipe: Recipe, *, lang: str, base: str, data: dict[str, str], conditi
     in_dir = Path(base) if is_local(base) else base
     in_fp = _dir_fingerprint(Path(base)) if is_local(base) else str(base)
     skipped = []
-    active = recipe.active_stages(condition)
+    active = [e for e in scaled_stages(recipe, base, smoke=smoke) if e.when in (None, condition)]
     (out / "stages").mkdir(exist_ok=True)
     for n, entry in enumerate(active, 1):
         sdir = out / "stages" / f"{n:02d}-{entry.id}"
@@ -163,7 +162,8 @@ def build(recipe: Recipe, *, lang: str, base: str, data: dict[str, str], conditi
         fp_options = {k: (f"@{stage_fps[v[1:]]}" if isinstance(v, str) and v.startswith("@") else v)
                       for k, v in entry.options.items()}
         data_specs = resolve_data(recipe, entry, data, condition, stage_dirs)
-        fp_data = [(f"@{stage_fps[r[1:]]}" if r.startswith("@") else data.get(r, r)) for r in entry.data]
+        fp_data = [(f"@{stage_fps[split_ref(r)[0][1:]]}?{split_ref(r)[1]}" if r.startswith("@") else data_specs[i])
+                   for i, r in enumerate(entry.data)]
         fp = _fingerprint({"stage": entry.stage, "options": fp_options, "data": fp_data, "lang": lang,
                            "condition": condition, "smoke": smoke, "seed": seed, "input": in_fp})
         done = prev.get(entry.id)
@@ -209,10 +209,129 @@ def build(recipe: Recipe, *, lang: str, base: str, data: dict[str, str], conditi
                        skipped=skipped)
 
 
-def predict_recipe(recipe: Recipe, base: str, *, condition: str, lang: str, data: dict, edition: str) -> dict | None:
-    """The planner's prediction for the recipe's final model, before any work. None if it cannot say."""
+def predict_recipe(recipe: Recipe, base: str, *, condition: str, lang: str, data: dict, edition: str,
+                   smoke: bool = False) -> dict | None:
+    """The planner's prediction for the recipe's final model, before any work (None if the base has no
+    local config). Layer, width, vocabulary and precision changes are read from the stages' options;
+    the trimmed vocabulary is counted by tokenizing the same text the trim-vocab stage will read."""
+    from .modelio import is_local
+    from .planner import Spec, load_base_config, predict
+
+    if not is_local(base):
+        return None
+    cfg = load_base_config(base)
+    stages = [e for e in scaled_stages(recipe, base, smoke=smoke) if e.when in (None, condition)]
+    spec, notes = spec_for_stages(stages, cfg, base=base, lang=lang, data=data, condition=condition)
+    pred = predict(spec, cfg, edition=edition, base_name=str(base))
+    out = pred.to_json()
+    out["notes"] = notes
+    return out
+
+
+def _base_float(cfg) -> str:
+    dt = str(getattr(cfg, "dtype", None) or getattr(cfg, "torch_dtype", None) or "bfloat16").replace("torch.", "")
+    return {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}.get(dt, "bf16")
+
+
+_SKIP_COMPONENTS = {"lm_head": "lm_head", "audio_tower": "audio_encoder", "multi_modal_projector": "projector",
+                    "embed_tokens": "embed_tokens"}
+
+
+def spec_for_stages(stages: list[StageEntry], cfg, *, base: str, lang: str, data: dict, condition: str):
+    """A planner ``Spec`` equivalent to running ``stages`` on a model with config ``cfg``."""
+    from .planner import Spec, base_dims
+
+    dims = dict(base_dims(cfg))
+    fdt = _base_float(cfg)
+    precision, per = fdt, {}
+    notes: list[str] = []
+    for e in stages:
+        o = e.options
+        if e.stage == "prune-layers":
+            dims["llm_layers"] -= len(o.get("llm_layers") or []) + int(o.get("remove") or 0)
+            if dims.get("audio_layers") is not None:
+                dims["audio_layers"] -= len(o.get("audio_layers") or []) + int(o.get("audio_remove") or 0)
+        elif e.stage == "prune-ffn":
+            dims["ffn_dim"] = o.get("llm_width") or dims["ffn_dim"]
+            dims["audio_ffn_dim"] = o.get("audio_width") or dims["audio_ffn_dim"]
+        elif e.stage == "trim-vocab":
+            n = _trimmed_vocab(e, base, lang, data, condition)
+            if n is None:
+                notes.append("trim-vocab: vocabulary size not predictable before the build; counted untrimmed")
+            else:
+                dims["vocab"] = n
+        elif e.stage == "quantize":
+            method = o.get("method", "nf4")
+            precision = method if method == "int8" else method + ("-dq" if o.get("double_quant", True) else "")
+            per = {}
+            for name in o.get("skip", ["lm_head"]) or []:
+                comp = _SKIP_COMPONENTS.get(str(name).split(".")[-1])
+                if comp is None:
+                    notes.append(f"quantize: skip pattern {name!r} not mapped to a component; predicted as quantized")
+                else:
+                    per[comp] = fdt
+            if o.get("dtype", "auto") not in (None, "auto"):
+                fdt = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}.get(o["dtype"], o["dtype"])
+        elif e.stage in ("finetune", "merge") and o.get("dtype") not in (None, "auto"):
+            fdt = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}.get(o["dtype"], o["dtype"])
+    if precision in ("bf16", "fp16", "fp32"):
+        precision = fdt
+    # embeddings are never quantized by bitsandbytes (nn.Embedding), whatever the default precision
+    per.setdefault("embed_tokens", fdt)
+    quant_lm_head = precision not in ("bf16", "fp16", "fp32") and "lm_head" not in per
+    spec = Spec(llm_layers=dims["llm_layers"], audio_layers=dims.get("audio_layers"), ffn_dim=dims["ffn_dim"],
+                audio_ffn_dim=dims.get("audio_ffn_dim"), vocab=dims["vocab"], precision=precision,
+                component_precision=per, quantize_embeddings=quant_lm_head, float_dtype=fdt)
+    return spec, notes
+
+
+def _trimmed_vocab(entry: StageEntry, base: str, lang: str, data: dict, condition: str) -> int | None:
     try:
-        from .planner import predict_for_stages
+        from .stages.trim_vocab import kept_token_ids
     except ImportError:
         return None
-    return predict_for_stages(recipe.active_stages(condition), base=base, lang=lang, data=data, edition=edition)
+    specs = [join_query(data[split_ref(r)[0]], split_ref(r)[1]) for r in entry.data
+             if not r.startswith("@") and split_ref(r)[0] in data]
+    return len(kept_token_ids(Path(base), entry.options, lang=lang, data=specs))
+
+
+# Architecture-dependent options, scaled under --smoke from the 7B reference to a smaller base.
+def scaled_stages(recipe: Recipe, base: str, *, smoke: bool) -> list[StageEntry]:
+    """The recipe's stages; under ``--smoke`` on a base smaller than Qwen2-Audio-7B, layer counts and
+    widths are scaled by the base's ratio (e.g. remove 8 of 32 LLM layers -> 1 of 4 on the kit)."""
+    import dataclasses
+
+    from .modelio import is_local
+    from .planner import base_dims, load_base_config, qwen2_audio_7b_config_dict
+
+    stages = list(recipe.stages)
+    if not smoke or not is_local(base):
+        return stages
+    ref = qwen2_audio_7b_config_dict()
+    rd = {"llm_layers": ref["text_config"]["num_hidden_layers"], "audio_layers": ref["audio_config"]["encoder_layers"],
+          "ffn_dim": ref["text_config"]["intermediate_size"], "audio_ffn_dim": ref["audio_config"]["encoder_ffn_dim"]}
+    bd = base_dims(load_base_config(base))
+    if all(bd[k] == rd[k] for k in rd):
+        return stages
+
+    def layers(x, key):  # keep at least the first and last layer
+        return 0 if not x else max(1, min(bd[key] - 2, round(x * bd[key] / rd[key])))
+
+    def width(x, key):
+        return None if x is None else max(1, min(bd[key], round(x * bd[key] / rd[key])))
+
+    out = []
+    for e in stages:
+        o = dict(e.options)
+        if e.stage == "prune-layers":
+            if o.get("remove"):
+                o["remove"] = layers(o["remove"], "llm_layers")
+            if o.get("audio_remove"):
+                o["audio_remove"] = layers(o["audio_remove"], "audio_layers")
+        elif e.stage == "prune-ffn":
+            if o.get("llm_width"):
+                o["llm_width"] = width(o["llm_width"], "ffn_dim")
+            if o.get("audio_width"):
+                o["audio_width"] = width(o["audio_width"], "audio_ffn_dim")
+        out.append(dataclasses.replace(e, options=o))
+    return out

@@ -72,6 +72,18 @@ class Recipe:
         return [s for s in self.stages if s.when in (None, condition)]
 
 
+def split_ref(ref: str) -> tuple[str, str]:
+    """``"@distill?repeat=10"`` -> ``("@distill", "repeat=10")``; the query is passed on to the data loader."""
+    name, _, query = str(ref).partition("?")
+    return name, query
+
+
+def join_query(spec: str, query: str) -> str:
+    if not query:
+        return spec
+    return f"{spec}{'&' if '?' in spec else '?'}{query}"
+
+
 def recipe_path(name_or_path: str) -> Path:
     """A shipped recipe by name, or a path to a recipe file."""
     for name, fname, _ in RECIPES:
@@ -141,7 +153,7 @@ def load_recipe(name_or_path: str) -> Recipe:
         if isinstance(data, str):
             data = [data]
         for ref in data:
-            if ref.startswith("@") and ref[1:] not in seen_ids:
+            if ref.startswith("@") and split_ref(ref)[0][1:] not in seen_ids:
                 raise UserError(f"{where}: data reference {ref!r} names no earlier stage")
         for k, v in options.items():
             if isinstance(v, str) and v.startswith("@") and v[1:] not in seen_ids:

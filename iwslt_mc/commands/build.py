@@ -58,7 +58,8 @@ def run(args) -> int:
     out = Path(args.out or f"runs/{recipe.name}-{args.lang}-{args.condition}")
     if args.dry_run:
         b.check_data_refs(recipe, data, args.condition)
-        pred = b.predict_recipe(recipe, args.base, condition=args.condition, lang=args.lang, data=data, edition=args.edition)
+        pred = b.predict_recipe(recipe, args.base, condition=args.condition, lang=args.lang, data=data, edition=args.edition,
+                                smoke=args.smoke)
         stages = [{"id": s.id, "stage": s.stage, "options": s.options, "data": s.data}
                   for s in recipe.active_stages(args.condition)]
         if args.json:

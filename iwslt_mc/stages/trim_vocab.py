@@ -202,6 +202,48 @@ def read_corpus(item: str, languages: list[str], split: str | None, seed: int) -
     return texts, d
 
 
+def keep_set(tok, tok_json: dict, encoded: list[list[int]], configs: list, o: "TrimVocabOptions",
+             rows: int) -> list[int]:
+    """Sorted old ids to keep: the encoded text's tokens, added tokens, config ids, byte alphabet,
+    explicit tokens/ids, closed under merges; only ids the tokenizer knows and the model has rows for."""
+    keep: set[int] = set()
+    for ids in encoded:
+        keep.update(ids)
+    keep.update(t["id"] for t in tok_json.get("added_tokens", []))
+    for c in configs:
+        keep.update(config_token_ids(c))
+    vocab = tok_json["model"]["vocab"]
+    keep.update(vocab[c] for c in byte_alphabet() if c in vocab)
+    keep.update(vocab[t] if t in vocab else tok.convert_tokens_to_ids(t) for t in o.keep_tokens)
+    keep.update(o.keep_ids)
+    keep = merge_closure(tok_json, keep)
+    tokenizer_ids = set(vocab.values()) | {t["id"] for t in tok_json.get("added_tokens", [])}
+    return sorted(i for i in keep if i in tokenizer_ids and i < rows)
+
+
+def kept_token_ids(in_dir, options: dict | None, *, lang: str, data: list[str], seed: int = 0) -> list[int]:
+    """The ids trim-vocab would keep for ``in_dir`` (tokenizer and configs only, no weights): lets the
+    planner predict a recipe's size before any stage runs."""
+    from transformers import AutoConfig, GenerationConfig
+
+    from .. import modelio
+    from ..prompting import TARGET_LANGUAGE, prompt_text
+
+    stage = TrimVocab(options or {})
+    ctx = StageContext(lang=lang, data=list(data), seed=seed, log=lambda *_: None)
+    stage.check(Path(in_dir), ctx)
+    processor = modelio.load_processor(in_dir)
+    tok_json = json.loads((Path(in_dir) / "tokenizer.json").read_text("utf-8"))
+    texts, _ = stage._texts(ctx, stage._languages(ctx))
+    prompts = [prompt_text(processor, lg) for lg in TARGET_LANGUAGE]
+    enc = processor.tokenizer(prompts + texts, add_special_tokens=False)["input_ids"]
+    configs = [AutoConfig.from_pretrained(str(in_dir))]
+    if (Path(in_dir) / "generation_config.json").exists():
+        configs.append(GenerationConfig.from_pretrained(str(in_dir)))
+    rows = int(read_config(in_dir).get("text_config", {}).get("vocab_size", 0))
+    return keep_set(processor.tokenizer, tok_json, enc, configs, stage.options, rows)
+
+
 class TrimVocab(Stage):
     name = "trim-vocab"
     Options = TrimVocabOptions
@@ -213,6 +255,17 @@ class TrimVocab(Stage):
         from ..data import target_code
 
         return ["en", target_code(ctx.lang)]
+
+    def _texts(self, ctx: StageContext, languages: list[str]) -> tuple[list[str], list[dict]]:
+        o = self.options
+        texts: list[str] = []
+        data_used = []
+        for item in list(o.corpora) + (list(ctx.data) if o.use_data else []):
+            t, d = read_corpus(str(item), languages, o.split, ctx.seed)
+            texts += t
+            d["use"] = "vocabulary trimming (tokens seen in this text are kept)"
+            data_used.append(d)
+        return texts, data_used
 
     def check(self, in_dir: Path, ctx: StageContext) -> None:
         o = self.options
@@ -258,31 +311,11 @@ class TrimVocab(Stage):
 
         # --- the text whose tokens stay
         languages = self._languages(ctx)
-        texts: list[str] = []
-        data_used = []
-        sources = list(o.corpora) + (list(ctx.data) if o.use_data else [])
-        for item in sources:
-            t, d = read_corpus(str(item), languages, o.split, ctx.seed)
-            texts += t
-            d["use"] = "vocabulary trimming (tokens seen in this text are kept)"
-            data_used.append(d)
+        texts, data_used = self._texts(ctx, languages)
         prompts = [prompt_text(processor, lang) for lang in TARGET_LANGUAGE]
         ctx.log(f"trim-vocab: tokenizing {len(texts)} segments of text and {len(prompts)} prompts")
         enc = tok(prompts + texts, add_special_tokens=False)["input_ids"] if (prompts or texts) else []
-
-        keep: set[int] = set()
-        for ids in enc:
-            keep.update(ids)
-        keep.update(t["id"] for t in tok_json.get("added_tokens", []))
-        keep.update(config_token_ids(model.config))
-        keep.update(config_token_ids(model.generation_config))
-        vocab = tok_json["model"]["vocab"]
-        keep.update(vocab[c] for c in byte_alphabet() if c in vocab)
-        keep.update(vocab[t] if t in vocab else tok.convert_tokens_to_ids(t) for t in o.keep_tokens)
-        keep.update(o.keep_ids)
-        keep = merge_closure(tok_json, keep)
-        tokenizer_ids = set(vocab.values()) | {t["id"] for t in tok_json.get("added_tokens", [])}
-        keep_ids = sorted(i for i in keep if i in tokenizer_ids and i < rows_before)
+        keep_ids = keep_set(tok, tok_json, enc, [model.config, model.generation_config], o, rows_before)
         new_json, old2new = trim_tokenizer_json(tok_json, keep_ids)
 
         # --- the model: rows, ids, sizes
