@@ -163,8 +163,9 @@ class _RowBudget:
         self.budgets = torch.as_tensor(budgets)
 
     def __call__(self, input_ids, scores, **kwargs):
-        done = (input_ids.shape[1] - self.prompt_len) >= self.budgets.to(input_ids.device)
-        return done
+        if self.budgets.device != input_ids.device:  # once, not a host-to-device copy per step
+            self.budgets = self.budgets.to(input_ids.device)
+        return (input_ids.shape[1] - self.prompt_len) >= self.budgets
 
 
 def _can_compile(model) -> bool:

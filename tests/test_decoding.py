@@ -228,3 +228,12 @@ def test_data_parallel_two_processes(kit, tmp_path, eval_run):
     assert not list(tmp_path.glob("dp.de.rank*.jsonl"))  # merged into dp.de.jsonl
     recs = [json.loads(x) for x in Path(str(out) + ".jsonl").read_text().splitlines()]
     assert recs[-1]["world_size"] == 2 and recs[-1]["decoded"] == 8 and [r["index"] for r in recs if r["type"] == "segment"] == list(range(8))
+
+
+def test_custom_prompt(kit_model, kit_processor, all_waves, reference):
+    waves = all_waves[:3]
+    instr = "Describe the sounds you hear, in one word, loudly and clearly please!"
+    ref = translate(kit_model, kit_processor, waves, "en-de", mode="reference", max_new_tokens=NEW, prompt=instr)
+    fast = translate(kit_model, kit_processor, waves, "en-de", mode="fast", max_new_tokens=NEW, prompt=instr)
+    assert [h.tokens for h in fast] == [h.tokens for h in ref]
+    assert [h.tokens for h in ref] != [h.tokens for h in reference[:3]]  # the prompt reaches the model
