@@ -136,7 +136,7 @@ class TrainSettings:
     mixed_precision: str = "no"  # "bf16"/"fp16": autocast over the loaded weights
     gradient_checkpointing: bool = False
     save_steps: int = 200
-    save_total_limit: int = 2
+    save_total_limit: int = 1
     logging_steps: int = 1
     seed: int = 0
     device: str | None = None  # "cpu" forces CPU
@@ -350,7 +350,15 @@ def train(model, processor, examples: Sequence[Example], lang: str, settings: Tr
     if ckpt and log:
         log(f"resuming from {ckpt}")
     started = time.time()
-    trainer.train(resume_from_checkpoint=ckpt)
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # checkpoint writes would draw their own bars inside ours
+    try:
+        trainer.train(resume_from_checkpoint=ckpt)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     history = loss_history(trainer.state.log_history)
     if main:
         from .fsutil import atomic_write_json

@@ -29,6 +29,7 @@ process 0 writes the output.
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,7 +87,8 @@ class FinetuneOptions(StageOptions):
     merge: bool = field(default=True, metadata={
         "help": "lora/qlora: merge the adapters into the base (a plain model); false keeps them in adapter/"})
     save_steps: int = field(default=200, metadata={"help": "checkpoint every N steps (for resume)"})
-    save_total_limit: int = field(default=2, metadata={"help": "checkpoints kept"})
+    save_total_limit: int = field(default=1, metadata={
+        "help": "checkpoints kept (each holds weights + optimizer state: ~4x the model size for full fine-tuning)"})
     logging_steps: int = field(default=1, metadata={"help": "log the loss every N steps"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
 
@@ -222,6 +224,8 @@ class Finetune(Stage):
 
         o = self.options
         exs = load_examples(ctx.data, o.split, limit=o.limit, seed=ctx.seed, lang=ctx.lang)
+        if len(exs) > 2000:
+            ctx.log(f"finetune: checking {len(exs):,} examples (texts, audio headers)")
         rep = validate_examples(exs, ctx.lang)
         hours = rep.seconds / 3600
         msg = f"finetune: {rep.examples} examples, " + (f"{hours:.2f} h" if hours >= 1 else f"{rep.seconds / 60:.1f} min") + " of audio"
@@ -277,20 +281,18 @@ class Finetune(Stage):
         from . import quantize as q
 
         o = self.options
-        cfg = read_config(in_dir)
-        quantized = bool(cfg.get("quantization_config"))
+        quantized = bool(read_config(in_dir).get("quantization_config"))
+        # bitsandbytes layers cannot move after loading: place each process's copy on its own GPU
+        gpu = int(device.split(":")[1]) if device.startswith("cuda:") else int(os.environ.get("LOCAL_RANK", "0"))
+        dev = {"": gpu} if device.startswith("cuda") else device
         if o.mode == "qlora" and not quantized:
-            import os
-
             compute = qlora_compute_dtype(o.compute_dtype, device)
             qo = q.QuantizeOptions(method=o.quant_type, double_quant=o.double_quant, compute_dtype=compute,
                                    skip=list(o.quant_skip), dtype="auto")
-            # bitsandbytes layers cannot move after loading: place each process's copy on its own GPU
-            dev = {"": int(os.environ.get("LOCAL_RANK", "0"))} if device.startswith("cuda") else device
             model = modelio.load_model(in_dir, dtype=q.DTYPES[compute], device=dev, quantization_config=q.bnb_config(qo))
             quantized = True
-        elif quantized:
-            model = modelio.load_model(in_dir, device=device if device == "cpu" else None)
+        elif quantized:  # already 4-bit/8-bit (a quantize stage ran before): LoRA on top of it as it is
+            model = modelio.load_model(in_dir, device=dev)
         else:
             model = modelio.load_model(in_dir, dtype=load_dtype(o.dtype))
         if o.mode == "full":
@@ -310,6 +312,7 @@ class Finetune(Stage):
 
     def _save(self, model, processor, trainer, out_dir: Path, quantized: bool) -> None:
         from .. import modelio
+        from .merge import drop_irreversible_conversions
         from .quantize import repacked_layers
 
         o = self.options
@@ -330,6 +333,7 @@ class Finetune(Stage):
         base.config.use_cache = True
         if quantized and repacked_layers(base):
             raise UserError("stage finetune: 4-bit layers were repacked by CPU inference; saving would corrupt them")
+        drop_irreversible_conversions(base)
         modelio.save_model(base, processor, out_dir)
 
 

@@ -23,6 +23,27 @@ class MergeOptions(StageOptions):
         "help": "adapter directory (adapter_config.json + adapter_model.safetensors); default: INPUT/adapter"})
 
 
+def drop_irreversible_conversions(model) -> None:
+    """Let ``save_pretrained`` save a model that was loaded from a 4-bit checkpoint.
+
+    transformers 5.23 records the load-time conversions on the model and reverses them when saving;
+    the bitsandbytes 4-bit deserializer has no reverse and saving raises NotImplementedError. The
+    quantizer writes the 4-bit weights and their quant_state itself, so only the key renamings need
+    reversing.
+    """
+    convs = getattr(model, "_weight_conversions", None)
+    if not convs:
+        return
+    keep = []
+    for c in convs:
+        try:
+            c.reverse_transform()
+        except NotImplementedError:
+            continue
+        keep.append(c)
+    model._weight_conversions = keep
+
+
 def adapter_dir(in_dir: Path, option: str | None) -> Path:
     d = Path(option).expanduser() if option else Path(in_dir) / ADAPTER_DIR
     if not d.is_dir():
@@ -69,6 +90,7 @@ class Merge(Stage):
         merged = model.merge_and_unload()
         if quantized and repacked_layers(merged):
             raise UserError("stage merge: 4-bit layers were repacked by CPU inference; saving would corrupt them")
+        drop_irreversible_conversions(merged)
         modelio.save_model(merged, processor, out_dir)
         cfg = model.peft_config["default"] if hasattr(model, "peft_config") else None
         info = {"adapter": str(d)}
