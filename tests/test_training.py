@@ -141,7 +141,7 @@ def test_lora_lowers_loss_and_merge_gives_the_adapter_logits(kit, kit_processor,
     assert type(merged).__name__ == "Qwen2AudioForConditionalGeneration"
 
 
-def test_qlora_lowers_loss_and_saves_a_4bit_model(kit, kit_processor, tmp_path):
+def test_qlora_lowers_loss_and_merges_into_a_plain_model(kit, kit_processor, tmp_path):
     import torch
 
     from iwslt_mc.modelio import load_model
@@ -150,13 +150,12 @@ def test_qlora_lowers_loss_and_saves_a_4bit_model(kit, kit_processor, tmp_path):
     rec = _finetune(kit, out, dict(FAST, **LLM_LORA, mode="qlora", max_steps=80))
     losses = _losses(out)
     assert np.mean(losses[-10:]) < 0.6 * losses[0], losses
-    cfg = json.loads((out / "config.json").read_text())["quantization_config"]
-    assert cfg["bnb_4bit_quant_type"] == "nf4" and cfg["bnb_4bit_use_double_quant"] is True
-    assert cfg["bnb_4bit_compute_dtype"] == "float32"  # CPU: no bf16 compute
-    assert rec["bytes_after"] < rec["bytes_before"]
+    # merged: dequantized NF4 + adapters, in the input's dtype, ready for a quantize stage
+    assert "quantization_config" not in json.loads((out / "config.json").read_text())
+    assert rec["bytes_after"] == rec["bytes_before"]
     model = load_model(out)
-    n4 = sum(type(m).__name__ == "Linear4bit" for m in model.modules())
-    assert n4 > 20 and type(model.lm_head).__name__ == "Linear"
+    assert not any(type(m).__name__ == "Linear4bit" for m in model.modules())
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
     assert torch.isfinite(_logits(model, _batch(kit, kit_processor, 1))).all()
     assert rec["techniques"] == ["QLoRA fine-tuning (4-bit NF4 with double quantization; r 16, alpha 32, rsLoRA, "
                                  "targets .*(language_model.*_proj|lm_head); lr 0.005; batch 1; constant; 80 steps)",
@@ -279,14 +278,16 @@ def test_merge_stage_on_an_unmerged_qlora_output(kit, kit_processor, tmp_path):
 
     out = tmp_path / "q"
     _finetune(kit, out, dict(FAST, **LLM_LORA, mode="qlora", max_steps=6, merge=False))
-    assert json.loads((out / "config.json").read_text())["quantization_config"]["bnb_4bit_quant_type"] == "nf4"
+    cfg = json.loads((out / "config.json").read_text())["quantization_config"]  # the 4-bit base, kept
+    assert cfg["bnb_4bit_quant_type"] == "nf4" and cfg["bnb_4bit_compute_dtype"] == "float32"  # CPU: fp32 compute
     run_stage(make_stage("merge", {}), out, tmp_path / "m", StageContext(device="cpu", log=lambda m: None))
     batch = _batch(kit, kit_processor, 1)
-    base = load_model(out, device="cpu")  # the 4-bit base as the adapter saw it
-    lb = _logits(base, batch)
+    lb = _logits(load_model(out, device="cpu"), batch)
     la = _logits(PeftModel.from_pretrained(load_model(out, device="cpu"), str(out / "adapter")).eval(), batch)
-    merged = load_model(tmp_path / "m", device="cpu")
-    assert sum(type(m).__name__ == "Linear4bit" for m in merged.modules()) > 20  # merged and quantized again
+    merged = load_model(tmp_path / "m")
+    assert "quantization_config" not in json.loads((tmp_path / "m" / "config.json").read_text())
+    assert not any(type(m).__name__ == "Linear4bit" for m in merged.modules())
     lm = _logits(merged, batch)
-    # NF4 requantization of W + sBA moves the logits a little; the adapter's effect must survive it
-    assert (la - lm).abs().mean() < 0.5 * (la - lb).abs().mean()
+    # dequantized NF4 + s*B*A is the model the adapters trained with: equal up to fp32 rounding
+    assert (la - lb).abs().mean() > 1e-3
+    assert (la - lm).abs().mean() < 1e-5 and (la - lm).abs().max() < 1e-4

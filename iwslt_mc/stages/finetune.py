@@ -14,10 +14,12 @@ Modes:
   has it, float32 otherwise) and LoRA adapters train on top. An input that is already quantized is
   used as it is.
 
-With ``merge: true`` (default) adapters are merged and the output is a plain model (for QLoRA a
-4-bit model: peft dequantizes, adds the update and quantizes again). With ``merge: false`` the output
-holds the unmerged base plus ``adapter/`` (adapter_config.json, adapter_model.safetensors); the
-``merge`` stage merges it later.
+With ``merge: true`` (default) adapters are merged and the output is a plain model. For QLoRA the
+4-bit base is dequantized first, so the output holds exactly the weights the adapters trained
+against (dequantized NF4 + adapters), in the input's dtype; a following ``quantize`` stage makes it
+4-bit again (peft's merge into 4-bit layers would round twice). With ``merge: false`` the output
+holds the unmerged base (4-bit for QLoRA) plus ``adapter/`` (adapter_config.json,
+adapter_model.safetensors); the ``merge`` stage merges it later.
 
 Checkpoints go to ``ctx.work_dir/checkpoints`` every ``save_steps`` steps; rerunning the same stage
 with the same work dir resumes from the newest one and reaches the same weights as an uninterrupted
@@ -260,7 +262,7 @@ class Finetune(Stage):
                 if result.history else f"finetune: {result.steps} steps")
         trainer = result.trainer
         if training.is_main_process():
-            self._save(model, processor, trainer, out_dir, quantized)
+            self._save(model, processor, trainer, in_dir, out_dir, quantized)
             for name in (training.LOG_NAME, training.HISTORY_NAME):
                 if (work_dir / name).exists():
                     shutil.copy2(work_dir / name, out_dir / name)
@@ -310,9 +312,9 @@ class Finetune(Stage):
                 raise UserError(f"stage finetune: LoRA target_modules {o.target_modules!r}: {str(e).splitlines()[0]}") from None
         return model, quantized
 
-    def _save(self, model, processor, trainer, out_dir: Path, quantized: bool) -> None:
+    def _save(self, model, processor, trainer, in_dir: Path, out_dir: Path, quantized: bool) -> None:
         from .. import modelio
-        from .merge import drop_irreversible_conversions
+        from .merge import checkpoint_dtype, drop_irreversible_conversions, merge_adapters
         from .quantize import repacked_layers
 
         o = self.options
@@ -325,14 +327,15 @@ class Finetune(Stage):
                 modelio.save_model(trainer.accelerator.unwrap_model(model), processor, out_dir)
             return
         model = trainer.accelerator.unwrap_model(model)
+        if quantized and repacked_layers(model):
+            raise UserError("stage finetune: 4-bit layers were repacked by CPU inference; saving would corrupt them")
         if o.merge:
-            base = model.merge_and_unload()
+            # a 4-bit base is dequantized and stored in the input's dtype: a plain model (quantize it after)
+            base = merge_adapters(model, checkpoint_dtype(in_dir) if quantized else None)
         else:
             model.save_pretrained(str(out_dir / ADAPTER_DIR), safe_serialization=True)
             base = model.unload()  # the base without adapters, as it was loaded
         base.config.use_cache = True
-        if quantized and repacked_layers(base):
-            raise UserError("stage finetune: 4-bit layers were repacked by CPU inference; saving would corrupt them")
         drop_irreversible_conversions(base)
         modelio.save_model(base, processor, out_dir)
 

@@ -3,7 +3,9 @@
 The input is the base model directory; the adapter is ``adapter`` (a directory with
 ``adapter_config.json`` and ``adapter_model.safetensors``), by default ``INPUT/adapter`` as written
 by ``finetune`` with ``merge: false``. peft's ``merge_and_unload`` adds ``B @ A * scaling`` to each
-adapted weight; a 4-bit base is dequantized, updated and quantized again (the output stays 4-bit).
+adapted weight. A 4-bit base is dequantized first (the weights the adapters were trained against),
+so the output is always a plain model, in the dtype the base was saved with; a following quantize
+stage makes it 4-bit again.
 """
 
 from __future__ import annotations
@@ -42,6 +44,40 @@ def drop_irreversible_conversions(model) -> None:
             continue
         keep.append(c)
     model._weight_conversions = keep
+
+
+def checkpoint_dtype(model_dir: Path):
+    """The dtype of the unquantized weights as saved (config ``dtype``/``torch_dtype``), or None."""
+    import torch
+
+    cfg = read_config(model_dir)
+    name = cfg.get("dtype") or cfg.get("torch_dtype") or (cfg.get("text_config") or {}).get("dtype")
+    return getattr(torch, name, None) if isinstance(name, str) else None
+
+
+def merge_adapters(peft_model, dtype=None):
+    """``peft_model`` with its LoRA adapters added into the weights: a plain model.
+
+    A 4-bit (bitsandbytes) base is dequantized first, so the result holds exactly the weights the
+    adapters were trained against (dequantized NF4 + s*B*A) rather than a second rounding to NF4;
+    quantize it again with the quantize stage. ``dtype`` casts the result (e.g. back to bf16).
+    """
+    if not getattr(peft_model.get_base_model(), "is_quantized", False):
+        merged = peft_model.merge_and_unload()
+        return merged.to(dtype) if dtype is not None else merged
+    from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+
+    name = peft_model.active_adapter
+    config = peft_model.peft_config[name]
+    weights = {k: v.detach().clone() for k, v in get_peft_model_state_dict(peft_model, adapter_name=name).items()}
+    base = peft_model.unload().dequantize()
+    if dtype is not None:
+        base = base.to(dtype)
+    plain = get_peft_model(base, config)
+    set_peft_model_state_dict(plain, weights)
+    merged = plain.merge_and_unload()
+    drop_irreversible_conversions(merged)
+    return merged
 
 
 def adapter_dir(in_dir: Path, option: str | None) -> Path:
@@ -87,9 +123,9 @@ class Merge(Stage):
         base = modelio.load_model(in_dir, device=device if quantized else None)
         processor = modelio.load_processor(in_dir)
         model = PeftModel.from_pretrained(base, str(d), is_trainable=False)
-        merged = model.merge_and_unload()
-        if quantized and repacked_layers(merged):
-            raise UserError("stage merge: 4-bit layers were repacked by CPU inference; saving would corrupt them")
+        if quantized and repacked_layers(base):
+            raise UserError("stage merge: 4-bit layers were repacked by CPU inference; dequantizing them is lossy")
+        merged = merge_adapters(model, checkpoint_dtype(in_dir) if quantized else None)
         drop_irreversible_conversions(merged)
         modelio.save_model(merged, processor, out_dir)
         cfg = model.peft_config["default"] if hasattr(model, "peft_config") else None
