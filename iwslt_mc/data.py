@@ -159,7 +159,7 @@ def parse_spec(spec) -> DataSpec:
                 v = int(str(raw[k]).replace("_", ""))
             except ValueError:
                 raise UserError(f"data spec {spec!r}: {k} must be an integer, not {raw[k]!r}") from None
-            if v < (1 if k != "holdout" else 1):
+            if v < 1:
                 raise UserError(f"data spec {spec!r}: {k} must be at least 1")
             setattr(out, k, v)
     for k in ("split", "format", "clips", "lang"):
