@@ -81,6 +81,11 @@ def _check_ref(recipe: Recipe, entry: StageEntry, name: str, data: dict[str, str
 
 def check_data_refs(recipe: Recipe, data: dict[str, str], condition: str) -> None:
     """All data problems before any work: constrained violations, missing or absent --data."""
+    if condition == "constrained":
+        extra = sorted(n for n in data if n != BUILTIN_DATA)
+        if extra:
+            raise UserError(f"--data {extra[0]}: under the constrained condition only ACL 60/60 ({BUILTIN_DATA}) "
+                            "may be used (use --condition unconstrained for other data)")
     for entry in recipe.active_stages(condition):
         for ref in entry.data:
             name, _ = split_ref(ref)

@@ -1,0 +1,148 @@
+"""Recipes and `iwslt-mc build`: strict validation, data rules, planner vs real size, resume after a kill."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from iwslt_mc.build import build
+from iwslt_mc.cli import main
+from iwslt_mc.errors import UserError
+from iwslt_mc.recipes import RECIPES, apply_overrides, load_recipe
+
+# A small recipe with a training stage in the middle, so a kill can land inside it.
+RESUME_RECIPE = """\
+# test recipe
+name: resume-test
+stages:
+  - id: prune
+    stage: prune-layers
+    options: {llm_layers: [1]}
+  - id: ft
+    stage: finetune
+    data: [acl6060]
+    options: {mode: full, max_steps: 6, batch_size: 2, save_steps: 1, lr: 1.0e-3, progress: false, split: none}
+  - id: quantize
+    stage: quantize
+    options: {method: nf4, double_quant: true, skip: [lm_head]}
+"""
+
+
+def weights(d: Path) -> bytes:
+    return b"".join(p.read_bytes() for p in sorted(d.glob("*.safetensors")))
+
+
+def write(tmp_path, text, name="r.yaml"):
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+@pytest.mark.parametrize("name", [n for n, _, _ in RECIPES])
+def test_shipped_recipes_validate(name):
+    r = load_recipe(name)
+    assert r.stages and r.name == name
+    header = r.text.splitlines()[:20]
+    assert any(f"iwslt-mc build {name} " in line for line in header), "header must show how to run it"
+
+
+@pytest.mark.parametrize("text,msg", [
+    ("name: x\nstages:\n  - stage: prune-layers\n    options: {llm_layers: [1], bogus: 3}\n", r"r.yaml:3: stage prune-layers: unknown option 'bogus'"),
+    ("name: x\nstages:\n  - stage: quantize\n  - stage: nonsense\n", r"r.yaml:4: unknown stage 'nonsense'"),
+    ("name: x\nstages:\n  - stage: quantize\n    colour: red\n", r"r.yaml:3: unknown stage key 'colour'"),
+    ("name: x\nfoo: 1\nstages: []\n", r"r.yaml:2: unknown recipe key 'foo'"),
+    ("name: x\nstages:\n  - stage: finetune\n    data: ['@nowhere']\n", r"names no earlier stage"),
+    ("name: x\nstages:\n  - stage: quantize\n  - stage: quantize\n", r"duplicate stage id 'quantize'"),
+    ("name: x\nstages: [\n", r"r.yaml:\d+: invalid YAML"),
+])
+def test_recipe_errors_name_the_line(tmp_path, text, msg):
+    with pytest.raises(UserError, match=msg):
+        load_recipe(str(write(tmp_path, text)))
+
+
+def test_overrides(tmp_path):
+    r = apply_overrides(load_recipe("recipe-b"), ["prune.remove=4", "quantize.method=int8"])
+    opts = {s.id: s.options for s in r.stages}
+    assert opts["prune"]["remove"] == 4 and opts["quantize"]["method"] == "int8"
+    with pytest.raises(UserError, match="no stage 'nope'"):
+        apply_overrides(load_recipe("recipe-b"), ["nope.x=1"])
+    with pytest.raises(UserError, match="unknown option 'colour'"):
+        apply_overrides(load_recipe("recipe-b"), ["prune.colour=1"])
+
+
+def test_constrained_refuses_other_data(kit, tmp_path):
+    r = load_recipe("recipe-b")
+    with pytest.raises(UserError, match="constrained condition only ACL 60/60"):
+        build(r, lang="en-de", base=str(kit / "model"), data={"acl6060": str(kit / "data"), "covost2": str(kit / "data")},
+              condition="constrained", out=tmp_path / "b", smoke=True)
+    assert not (tmp_path / "b").exists()
+    with pytest.raises(UserError, match="needs data 'covost2'"):
+        build(r, lang="en-de", base=str(kit / "model"), data={"acl6060": str(kit / "data")},
+              condition="unconstrained", out=tmp_path / "b2", smoke=True)
+
+
+def test_ls_and_cp(tmp_path, capsys):
+    assert main(["ls", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [r["name"] for r in listed] == [n for n, _, _ in RECIPES]
+    assert main(["cp", "recipe-c", str(tmp_path / "mine.yaml")]) == 0
+    assert (tmp_path / "mine.yaml").read_text() == load_recipe("recipe-c").text
+    assert main(["cp", "recipe-c", str(tmp_path / "mine.yaml")]) == 2  # no overwrite without --force
+
+
+def test_quantize_only_build_matches_planner(kit, tmp_path):
+    res = build(load_recipe("quantize-only"), lang="en-de", base=str(kit / "model"), data={}, condition="constrained",
+                out=tmp_path / "q", smoke=True, log=lambda *_: None)
+    assert res.size["bin"] == "Bin5"
+    assert abs(res.size["prediction_error"]) < 0.005
+    prov = json.loads((res.model_dir / "provenance.json").read_text())
+    assert [s["stage"] for s in prov["stages"]][-1] == "quantize"
+    # the final model reloads and is 4-bit
+    cfg = json.loads((res.model_dir / "config.json").read_text())
+    assert cfg["quantization_config"]["bnb_4bit_quant_type"] == "nf4"
+    # a rerun without --resume is refused; with --resume everything is skipped
+    with pytest.raises(UserError, match="--resume"):
+        build(load_recipe("quantize-only"), lang="en-de", base=str(kit / "model"), data={}, condition="constrained",
+              out=tmp_path / "q", smoke=True)
+    again = build(load_recipe("quantize-only"), lang="en-de", base=str(kit / "model"), data={}, condition="constrained",
+                  out=tmp_path / "q", smoke=True, resume=True, log=lambda *_: None)
+    assert again.skipped == ["quantize"]
+
+
+def test_kill_and_resume_gives_the_same_model(kit, tmp_path):
+    """Kill a build inside its training stage; --resume finishes with the same final model, bit for bit.
+
+    All three runs use one thread in a subprocess: a different thread count changes float reduction order."""
+    recipe = write(tmp_path, RESUME_RECIPE)
+    args = [sys.executable, "-m", "iwslt_mc", "build", str(recipe), "--lang", "en-de", "--base", str(kit / "model"),
+            "--data", str(kit / "data"), "--json"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    ref = json.loads(subprocess.run([*args, "--out", str(tmp_path / "ref")], env=env, check=True,
+                                    capture_output=True, text=True).stdout)
+    # planner prediction before the build matches the final size
+    assert abs(ref["size"]["prediction_error"]) < 0.005
+
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([*args, "--out", str(out)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpts = out / "work" / "02-ft" / "checkpoints"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if ckpts.exists() and any(p.name.startswith("checkpoint-") and int(p.name.split("-")[1]) >= 2 for p in ckpts.iterdir()):
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, "build finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (out / "stages" / "01-prune").exists() and not (out / "stages" / "02-ft").exists()
+    assert not (out / "model").exists()
+
+    res = json.loads(subprocess.run([*args, "--out", str(out), "--resume"], env=env, check=True,
+                                    capture_output=True, text=True).stdout)
+    assert res["skipped"] == ["prune"]
+    assert weights(Path(res["model"])) == weights(Path(ref["model"]))
+    assert res["size"] == ref["size"]
