@@ -70,10 +70,32 @@ def save_model(model, processor, out_dir: str | os.PathLike, *, max_shard_size: 
     """Save weights (safetensors), config, generation config and processor into ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    drop_irreversible_conversions(model)
     model.save_pretrained(str(out), safe_serialization=True, max_shard_size=max_shard_size)
     if processor is not None:
         processor.save_pretrained(str(out))
     return out
+
+
+def drop_irreversible_conversions(model) -> None:
+    """Let ``save_pretrained`` save a model that was loaded from a 4-bit checkpoint.
+
+    transformers 5.23 records the load-time conversions on the model and reverses them when saving;
+    the bitsandbytes 4-bit deserializer has no reverse and saving raises NotImplementedError. The
+    quantizer writes the 4-bit weights and their quant_state itself, so only the key renamings need
+    reversing.
+    """
+    convs = getattr(model, "_weight_conversions", None)
+    if not convs:
+        return
+    keep = []
+    for c in convs:
+        try:
+            c.reverse_transform()
+        except NotImplementedError:
+            continue
+        keep.append(c)
+    model._weight_conversions = keep
 
 
 def copy_processor_files(src: str | os.PathLike, dst: str | os.PathLike) -> None:

@@ -165,7 +165,10 @@ def text_file_problems(path: Path, data: bytes) -> list[str]:
 
 
 def count_log_segments(path: str | Path) -> int:
-    """Segments recorded in a decoder's JSONL log (one JSON object per segment).
+    """Segments of the test set according to a decoder's JSONL log.
+
+    An ``iwslt-mc decode`` log's header states the input's segment count; otherwise one JSON
+    object per segment is counted (header/summary records of other types ignored).
 
     When every record names its segment (``segment_id``/``id``/``index``...), distinct ids are
     counted, so a log that repeats a segment after a resume does not inflate the count.
@@ -188,6 +191,12 @@ def count_log_segments(path: str | Path) -> int:
                 records.append(rec)
     except UnicodeDecodeError:
         raise InputFileError(path, "decoder log is not valid UTF-8") from None
+    # iwslt-mc decode logs start with a header giving the input's segment count, then one
+    # {"type": "segment"} record per decoded segment, and end with a summary.
+    headers = [r for r in records if r.get("type") == "header" and isinstance(r.get("segments"), int)]
+    if headers:
+        return headers[-1]["segments"]
+    records = [r for r in records if r.get("type", "segment") == "segment"]
     for key in _SEGMENT_ID_KEYS:
         if records and all(key in r for r in records):
             return len({json.dumps(r[key], sort_keys=True) for r in records})

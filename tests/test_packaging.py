@@ -486,3 +486,17 @@ def test_parse_name_inverts_model_name():
     assert packaging.parse_name("KIT_IWSLT26_ModelCompression_en-zh_unconstrained_contrastive")["bin"] is None
     assert packaging.parse_name("KIT_IWSLT25_ModelCompression_en-de_Bin9_constrained_primary") is None
     assert packaging.parse_name("a_b_IWSLT25_ModelCompression_en-de_Bin4_constrained_primary") is None
+
+
+def test_decoder_log_header_gives_segment_count(tmp_path):
+    """The real `iwslt-mc decode` log: header (input segment count), segment records, summary."""
+    from iwslt_mc.packaging import count_log_segments
+
+    log = tmp_path / "hyp.de.jsonl"
+    recs = [{"type": "header", "segments": 5, "lang": "en-de"}]
+    recs += [{"type": "segment", "index": i, "id": str(i), "text": "x"} for i in range(3)]
+    recs += [{"type": "summary", "segments": 5, "decoded": 3}]
+    log.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    assert count_log_segments(log) == 5
+    log.write_text("".join(json.dumps(r) + "\n" for r in recs[1:4]))  # no header: count the segment records
+    assert count_log_segments(log) == 3

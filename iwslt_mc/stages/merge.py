@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..modelio import drop_irreversible_conversions  # noqa: F401  (callers import it from here)
 from ..errors import InputFileError, UserError
 from .base import Stage, StageContext, StageOptions, read_config
 
@@ -25,25 +26,6 @@ class MergeOptions(StageOptions):
         "help": "adapter directory (adapter_config.json + adapter_model.safetensors); default: INPUT/adapter"})
 
 
-def drop_irreversible_conversions(model) -> None:
-    """Let ``save_pretrained`` save a model that was loaded from a 4-bit checkpoint.
-
-    transformers 5.23 records the load-time conversions on the model and reverses them when saving;
-    the bitsandbytes 4-bit deserializer has no reverse and saving raises NotImplementedError. The
-    quantizer writes the 4-bit weights and their quant_state itself, so only the key renamings need
-    reversing.
-    """
-    convs = getattr(model, "_weight_conversions", None)
-    if not convs:
-        return
-    keep = []
-    for c in convs:
-        try:
-            c.reverse_transform()
-        except NotImplementedError:
-            continue
-        keep.append(c)
-    model._weight_conversions = keep
 
 
 def checkpoint_dtype(model_dir: Path):

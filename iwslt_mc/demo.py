@@ -1,0 +1,140 @@
+"""``iwslt-mc demo``: the whole job on the built-in tiny kit, offline, on a CPU, in a few minutes.
+
+kit -> build (a recipe with --smoke) -> size -> decode (segmented test set and long-audio form,
+the latter cut by the built-in segmenter) -> package -> check -> score (BLEU/chrF, resegmented
+where the segmentation differs; COMET with a tiny offline checkpoint where its environment exists)
+-> report. The kit model has random weights: its translations and scores mean nothing; the demo
+shows that every step runs and what it writes.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import UserError
+
+TEAM = "DEMO"
+
+
+@dataclass
+class Step:
+    name: str
+    seconds: float
+    result: str
+    paths: list[str] = field(default_factory=list)
+
+
+def run_demo(out: Path, *, recipe: str = "recipe-b", lang: str = "en-de", comet: bool = True, log=print) -> dict:
+    from . import sizer
+    from .build import build
+    from .decoding import decode_to_file
+    from .fsutil import prepare_output_dir
+    from .inputs import resolve_audio
+    from .kit import build_kit
+    from .packaging import check, package
+    from .recipes import load_recipe
+    from .report import write_report
+    from .scoring import score_files
+
+    out = Path(out)
+    prepare_output_dir(out)
+    steps: list[Step] = []
+    t_all = time.time()
+
+    def step(name):
+        log(f"\n== {name}")
+        return time.time()
+
+    t = step("kit: tiny random Qwen2-Audio + English speech set")
+    kit = out / "kit"
+    build_kit(kit, seed=0)
+    steps.append(Step("kit", time.time() - t, "tiny model, 16 utterances, long-audio talk", [str(kit)]))
+
+    t = step(f"build {recipe} --smoke")
+    run_dir = out / "run"
+    res = build(load_recipe(recipe), lang=lang, base=str(kit / "model"), data={"acl6060": str(kit / "data")},
+                condition="constrained", out=run_dir, smoke=True, log=log)
+    pred = res.prediction or {}
+    steps.append(Step("build", time.time() - t,
+                      f"{len(res.stages)} stages; planner {pred.get('bytes', 0):,} B vs real {res.size['bytes']:,} B",
+                      [str(res.model_dir)]))
+
+    t = step("size")
+    rep = sizer.measure(res.model_dir)
+    steps.append(Step("size", time.time() - t, f"{rep.bytes:,} bytes, {rep.params:,} parameters, {rep.bin}"))
+
+    tgt = lang.split("-")[1]
+    hyp_dir = out / "hyp"
+    tests = {
+        # test set name -> (audio spec, reference file)
+        "acl6060-eval": (f"{kit / 'data'}?split=eval", kit / "data" / "long" / f"talk.{tgt}"),
+        "talk-segmented": (str(kit / "data" / "long" / "talk.yaml"), kit / "data" / "long" / f"talk.{tgt}"),
+        "talk-unsegmented": (str(kit / "data" / "long" / "talk.wav"), kit / "data" / "long" / f"talk.{tgt}"),
+    }
+    hyps = {}
+    for name, (spec, _ref) in tests.items():
+        t = step(f"decode {name} ({spec})")
+        hyp = hyp_dir / f"{name}.{tgt}"
+        summ = decode_to_file(res.model_dir, resolve_audio(spec), hyp, lang=lang, mode="fast", batch_size=4,
+                              max_new_tokens=16, progress=False)
+        hyps[name] = hyp
+        steps.append(Step(f"decode {name}", time.time() - t,
+                          f"{summ.segments} segments, RTF {summ.rtf:.2f}", [str(hyp), summ.log]))
+
+    t = step("package + check")
+    sub_root = out / "submissions"
+    pkg = package(res.model_dir, team=TEAM, lp=lang, condition="constrained", submission_type="primary",
+                  hyps={k: str(v) for k, v in hyps.items() if k != "talk-unsegmented"}, out=sub_root)
+    chk = check([pkg.dir])
+    if not chk.ok:
+        raise UserError("demo: the fresh submission failed its check: " + "; ".join(chk.all_problems()))
+    steps.append(Step("package+check", time.time() - t, f"{pkg.name}: check passed", [str(pkg.dir)]))
+
+    comet_ckpt = _tiny_comet(out, log) if comet else None
+    scores_dir = run_dir / "scores"
+    scores_dir.mkdir(parents=True, exist_ok=True)
+    from .fsutil import atomic_write_json
+
+    for name, (_spec, ref) in tests.items():
+        t = step(f"score {name}")
+        r = score_files(hyps[name], ref, lang, src=kit / "data" / "long" / "talk.en", comet=comet_ckpt, testset=name)
+        atomic_write_json(scores_dir / f"scores-{lang}-{name}.json", r)
+        steps.append(Step(f"score {name}", time.time() - t, _score_line(r), [str(scores_dir / f'scores-{lang}-{name}.json')]))
+
+    t = step("report")
+    rep_dir = out / "report"
+    write_report([run_dir], rep_dir)
+    steps.append(Step("report", time.time() - t, "table + quality-vs-size plot",
+                      [str(rep_dir / "report.md"), str(rep_dir / "quality-vs-size.png")]))
+    total = time.time() - t_all
+    return {"out": str(out), "seconds": round(total, 1), "steps": [s.__dict__ for s in steps],
+            "submission": str(pkg.dir), "model": str(res.model_dir)}
+
+
+def _score_line(r: dict) -> str:
+    parts = []
+    for key in ("bleu", "chrf", "comet"):
+        v = r["metrics"].get(key)
+        if v is not None:
+            parts.append(f"{v['name']} {v['score']:.2f}")
+    if r["resegmentation"]["applied"]:
+        parts.append(f"resegmented {r['lines']['hyp']} -> {r['lines']['ref']} lines")
+    return ", ".join(parts) or "scored"
+
+
+def _tiny_comet(out: Path, log) -> str | None:
+    """A tiny offline COMET checkpoint when the COMET environment exists (never built by the demo)."""
+    from . import comet_env
+
+    env = comet_env.default_env_dir()
+    if not comet_env.is_ready(env):
+        log("COMET: no COMET environment (run `iwslt-mc setup-comet` once): skipped")
+        return None
+    ckpt = out / "tiny-comet"
+    try:
+        return str(comet_env.make_tiny_checkpoint(ckpt, env_dir=env))
+    except UserError as e:
+        log(f"COMET: skipped ({e})")
+        return None
