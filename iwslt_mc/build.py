@@ -253,9 +253,15 @@ def spec_for_stages(stages: list[StageEntry], cfg, *, base: str, lang: str, data
     for e in stages:
         o = e.options
         if e.stage == "prune-layers":
-            dims["llm_layers"] -= len(o.get("llm_layers") or []) + int(o.get("remove") or 0)
-            if dims.get("audio_layers") is not None:
-                dims["audio_layers"] -= len(o.get("audio_layers") or []) + int(o.get("audio_remove") or 0)
+            for key, listed, count, what in (("llm_layers", "llm_layers", "remove", "LLM"),
+                                             ("audio_layers", "audio_layers", "audio_remove", "audio-encoder")):
+                if dims.get(key) is None:
+                    continue
+                n = len(o.get(listed) or []) + int(o.get(count) or 0)
+                if n >= dims[key]:
+                    raise UserError(f"stage {e.id} removes {n} {what} layers, but the model has only {dims[key]} there "
+                                    f"(base {base}{'; on a small test model add --smoke' if n > 2 else ''})")
+                dims[key] -= n
         elif e.stage == "prune-ffn":
             dims["ffn_dim"] = o.get("llm_width") or dims["ffn_dim"]
             dims["audio_ffn_dim"] = o.get("audio_width") or dims["audio_ffn_dim"]

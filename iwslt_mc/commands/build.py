@@ -61,7 +61,7 @@ def run(args) -> int:
         pred = b.predict_recipe(recipe, args.base, condition=args.condition, lang=args.lang, data=data, edition=args.edition,
                                 smoke=args.smoke)
         stages = [{"id": s.id, "stage": s.stage, "options": s.options, "data": s.data}
-                  for s in recipe.active_stages(args.condition)]
+                  for s in b.scaled_stages(recipe, args.base, smoke=args.smoke) if s.when in (None, args.condition)]
         if args.json:
             print_json({"recipe": recipe.name, "stages": stages, "prediction": pred})
         else:

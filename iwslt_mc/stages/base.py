@@ -246,7 +246,7 @@ def run_stage(stage: Stage, in_dir, out_dir, ctx: StageContext | None = None, *,
     stage.check(in_dir, ctx)
     if ctx.work_dir is None:
         ctx.work_dir = out_dir.with_name(out_dir.name + ".work")
-    if _distributed_rank() > 0:
+    if distributed_rank() > 0:
         # Under accelerate launch / torchrun every process runs the stage (training is collective);
         # only process 0 writes the output directory and its provenance.
         import tempfile
@@ -272,7 +272,7 @@ def run_stage(stage: Stage, in_dir, out_dir, ctx: StageContext | None = None, *,
     return record
 
 
-def _distributed_rank() -> int:
+def distributed_rank() -> int:
     """This process's rank under accelerate launch / torchrun (0 otherwise)."""
     import os
 
