@@ -44,16 +44,6 @@ def _fingerprint(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _dir_fingerprint(model_dir: Path) -> str:
-    """Identity of a base model directory: names, sizes and mtimes of its files (cheap, no hashing of GBs)."""
-    items = []
-    for f in sorted(Path(model_dir).iterdir()):
-        if f.is_file():
-            st = f.stat()
-            items.append((f.name, st.st_size, int(st.st_mtime)))
-    return _fingerprint(items)
-
-
 def resolve_data(recipe: Recipe, entry: StageEntry, data: dict[str, str], condition: str,
                  stage_dirs: dict[str, Path]) -> list[str]:
     """Data references of ``entry`` -> data specs (paths with loader options after ``?``)."""
@@ -119,7 +109,7 @@ def build(recipe: Recipe, *, lang: str, base: str, data: dict[str, str], conditi
           resume: bool = False, smoke: bool = False, seed: int = 0, device: str | None = None,
           edition: str = "2025", log=print) -> BuildResult:
     from . import sizer
-    from .modelio import check_model_dir, is_local
+    from .modelio import check_model_dir, is_local, model_fingerprint
     from .prompting import check_lang
     from .stages import make_stage
     from .stages.base import StageContext, run_stage
@@ -156,7 +146,7 @@ def build(recipe: Recipe, *, lang: str, base: str, data: dict[str, str], conditi
     stage_dirs: dict[str, Path] = {}
     stage_fps: dict[str, str] = {}
     in_dir = Path(base) if is_local(base) else base
-    in_fp = _dir_fingerprint(Path(base)) if is_local(base) else str(base)
+    in_fp = model_fingerprint(base) if is_local(base) else str(base)
     skipped = []
     active = [e for e in scaled_stages(recipe, base, smoke=smoke) if e.when in (None, condition)]
     (out / "stages").mkdir(exist_ok=True)

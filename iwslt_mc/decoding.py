@@ -401,27 +401,6 @@ def rank_log_path(out, rank: int) -> "Path":
     return Path(f"{out}.rank{rank}.jsonl")
 
 
-def model_fingerprint(model_dir) -> str:
-    """Identity of a model directory without reading all its weights: its JSON files (minus provenance),
-    and per weight file its size and first and last MiB."""
-    import hashlib
-    from pathlib import Path
-
-    d = Path(model_dir)
-    h = hashlib.sha256()
-    for f in sorted(d.glob("*.json")) + sorted(d.glob("*.jinja")):
-        if f.name != "provenance.json":
-            h.update(f.name.encode() + b"\0" + f.read_bytes())
-    for f in sorted(d.glob("*.safetensors")):
-        size = f.stat().st_size
-        h.update(f"{f.name}\0{size}\0".encode())
-        with f.open("rb") as fh:
-            h.update(fh.read(1 << 20))
-            fh.seek(max(0, size - (1 << 20)))
-            h.update(fh.read(1 << 20))
-    return h.hexdigest()[:16]
-
-
 def read_log(path) -> tuple[dict | None, dict[int, dict]]:
     """(header, records by index) of a decode log. A torn last line (the process was killed while
     writing it) is ignored; any other unreadable line is an error naming the line."""
@@ -549,7 +528,7 @@ def decode_to_file(model_dir, audio, out, *, lang: str, mode: str = "fast", batc
     from .errors import InputFileError, UserError
     from .fsutil import atomic_write_text
     from .inputs import check_segments
-    from .modelio import check_model_dir, is_local
+    from .modelio import check_model_dir, is_local, model_fingerprint
 
     check_lang(lang)
     if mode not in MODES:

@@ -6,8 +6,7 @@ import os
 from pathlib import Path
 
 from .errors import InputFileError, UserError
-
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+from .sizer import PICKLE_SUFFIXES
 
 
 def check_model_dir(model_dir: str | os.PathLike) -> Path:
@@ -26,6 +25,26 @@ def check_model_dir(model_dir: str | os.PathLike) -> Path:
                                     "(e.g. load and save_pretrained(..., safe_serialization=True)); pickles are never loaded")
         raise InputFileError(p, "no *.safetensors weight files")
     return p
+
+
+def model_fingerprint(model_dir) -> str:
+    """Identity of a model directory without reading all its weights: its JSON files (minus provenance),
+    and per weight file its size and first and last MiB. Used to refuse resuming against another model."""
+    import hashlib
+
+    d = Path(model_dir)
+    h = hashlib.sha256()
+    for f in sorted(d.glob("*.json")) + sorted(d.glob("*.jinja")):
+        if f.name != "provenance.json":
+            h.update(f.name.encode() + b"\0" + f.read_bytes())
+    for f in sorted(d.glob("*.safetensors")):
+        size = f.stat().st_size
+        h.update(f"{f.name}\0{size}\0".encode())
+        with f.open("rb") as fh:
+            h.update(fh.read(1 << 20))
+            fh.seek(max(0, size - (1 << 20)))
+            h.update(fh.read(1 << 20))
+    return h.hexdigest()[:16]
 
 
 def is_local(spec: str | os.PathLike) -> bool:

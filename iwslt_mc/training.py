@@ -244,10 +244,30 @@ def is_main_process() -> bool:
 
 
 def last_checkpoint(work_dir: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
+    """The newest *complete* checkpoint in ``work_dir``.
+
+    The Trainer writes ``trainer_state.json`` last, so a checkpoint without a readable one was torn by
+    a kill while it was being written: it is discarded (by process 0) and the previous one is used.
+    """
+    import json
+    import shutil
 
     d = Path(work_dir) / CHECKPOINTS
-    return get_last_checkpoint(str(d)) if d.is_dir() else None
+    if not d.is_dir():
+        return None
+    complete = []
+    for c in d.iterdir():
+        name, _, step = c.name.partition("-")
+        if name != "checkpoint" or not step.isdigit() or not c.is_dir():
+            continue
+        try:
+            json.loads((c / "trainer_state.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            if is_main_process():
+                shutil.rmtree(c, ignore_errors=True)
+            continue
+        complete.append((int(step), c))
+    return str(max(complete)[1]) if complete else None
 
 
 # ---------------------------------------------------------------- training

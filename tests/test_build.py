@@ -122,8 +122,12 @@ def test_kill_and_resume_gives_the_same_model(kit, tmp_path):
     args = [sys.executable, "-m", "iwslt_mc", "build", str(recipe), "--lang", "en-de", "--base", str(kit / "model"),
             "--data", str(kit / "data"), "--json"]
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    ref = json.loads(subprocess.run([*args, "--out", str(tmp_path / "ref")], env=env, check=True,
-                                    capture_output=True, text=True).stdout)
+    def run(*extra):
+        r = subprocess.run([*args, *extra], env=env, capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr[-3000:]
+        return json.loads(r.stdout)
+
+    ref = run("--out", str(tmp_path / "ref"))
     # planner prediction before the build matches the final size
     assert abs(ref["size"]["prediction_error"]) < 0.005
 
@@ -141,8 +145,7 @@ def test_kill_and_resume_gives_the_same_model(kit, tmp_path):
     assert (out / "stages" / "01-prune").exists() and not (out / "stages" / "02-ft").exists()
     assert not (out / "model").exists()
 
-    res = json.loads(subprocess.run([*args, "--out", str(out), "--resume"], env=env, check=True,
-                                    capture_output=True, text=True).stdout)
+    res = run("--out", str(out), "--resume")
     assert res["skipped"] == ["prune"]
     assert weights(Path(res["model"])) == weights(Path(ref["model"]))
     assert res["size"] == ref["size"]

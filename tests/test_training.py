@@ -291,3 +291,21 @@ def test_merge_stage_on_an_unmerged_qlora_output(kit, kit_processor, tmp_path):
     # dequantized NF4 + s*B*A is the model the adapters trained with: equal up to fp32 rounding
     assert (la - lb).abs().mean() > 1e-3
     assert (la - lm).abs().mean() < 1e-5 and (la - lm).abs().max() < 1e-4
+
+
+def test_torn_checkpoint_is_skipped(tmp_path):
+    """A kill while a checkpoint is written leaves it without trainer_state.json: resume uses the previous one."""
+    from iwslt_mc.training import CHECKPOINTS, last_checkpoint
+
+    d = tmp_path / CHECKPOINTS
+    for step, complete in ((1, True), (2, True), (3, False)):
+        c = d / f"checkpoint-{step}"
+        c.mkdir(parents=True)
+        (c / "model.safetensors").write_bytes(b"x")
+        if complete:
+            (c / "trainer_state.json").write_text('{"global_step": %d}' % step)
+    (d / "checkpoint-4").mkdir()
+    (d / "checkpoint-4" / "trainer_state.json").write_text('{"global_st')  # torn JSON
+    assert last_checkpoint(tmp_path) == str(d / "checkpoint-2")
+    assert sorted(p.name for p in d.iterdir()) == ["checkpoint-1", "checkpoint-2"]
+    assert last_checkpoint(tmp_path / "none") is None

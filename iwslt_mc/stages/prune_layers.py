@@ -43,18 +43,6 @@ def top_block(n: int, count: int) -> list[int]:
     return list(range(n - count, n))
 
 
-def model_fingerprint(model_dir) -> dict:
-    """Cheap identity of a model directory for resume checks: config hash and weight file sizes/mtimes."""
-    import hashlib
-
-    p = Path(model_dir)
-    files = sorted(p.glob("*.safetensors"))
-    return {
-        "config_sha256": hashlib.sha256((p / "config.json").read_bytes()).hexdigest(),
-        "weights": [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files],
-    }
-
-
 @dataclass
 class PruneLayersOptions(StageOptions):
     llm_layers: list[int] | None = field(default=None, metadata={
@@ -231,6 +219,7 @@ class PruneLayers(Stage):
         import numpy as np
 
         from ..data import describe_data, load_examples
+        from ..modelio import model_fingerprint
         from . import importance as imp
 
         o = self.options
