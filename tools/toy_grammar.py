@@ -480,18 +480,33 @@ SMALL_LEXICON = {
     "places": 8,
     "times": 8,
 }
+# Simple clauses only, fewer words and numbers up to 30: learnable by a small model in well under an
+# hour of CPU training (the small and full levels need a GPU's worth of steps).
+TINY_LEXICON = {
+    "nouns": {"human": 5, "animal": 4, "thing": 8, "food": 4},
+    "verbs": ("see", "buy", "eat", "read", "open", "like", "help", "give", "sleep", "play", "go"),
+    "adjectives": ("big", "small", "old", "new", "hungry", "red", "black"),
+    "places": 5,
+    "times": 6,
+}
+LEVEL_LEXICON = {"small": SMALL_LEXICON, "tiny": TINY_LEXICON}
+LEVEL_MAX_NUMBER = {"full": 999, "small": 999, "tiny": 30}
 LEVEL_WEIGHTS = {
     "full": {"simple": 30, "question": 8, "because": 10, "when": 8, "that": 10, "relative": 10,
              "copula": 10, "age": 4, "cost": 4, "but": 6},
     "small": {"simple": 40, "question": 10, "because": 7, "when": 5, "that": 8, "relative": 8,
               "copula": 12, "age": 4, "cost": 4, "but": 2},
+    # phrases (a noun phrase or a number alone) cannot be guessed from the context: they teach a model
+    # trained from scratch to listen before the clauses do
+    "tiny": {"phrase": 30, "simple": 40, "question": 10, "copula": 14, "age": 3, "cost": 3},
 }
 
 
 @dataclass
 class Grammar:
-    """Sentence generator. ``level`` "full" (every word) or "small" (``SMALL_LEXICON``); ``weights``
-    (default by level) sets how often each sentence type is drawn."""
+    """Sentence generator. ``level`` "full" (every word), "small" (``SMALL_LEXICON``) or "tiny"
+    (``TINY_LEXICON``, simple clauses); ``weights`` (default by level) sets how often each sentence
+    type is drawn."""
 
     seed: int = 0
     level: str = "full"
@@ -507,8 +522,9 @@ class Grammar:
         self.rng = random.Random(self.seed)
         self.weights = dict(self.weights or LEVEL_WEIGHTS[self.level])
         nouns, verbs, adjectives, places, times = NOUNS, VERBS, ADJECTIVES, PLACES, TIMES
-        if self.level == "small":
-            lex = SMALL_LEXICON
+        self.max_number = LEVEL_MAX_NUMBER[self.level]
+        if self.level in LEVEL_LEXICON:
+            lex = LEVEL_LEXICON[self.level]
             nouns = [n for k, m in lex["nouns"].items() for n in [x for x in NOUNS if x.kind == k][:m]]
             adjectives = [a for a in ADJECTIVES if a.en in lex["adjectives"]]
             places, times = PLACES[: lex["places"]], TIMES[: lex["times"]]
@@ -534,11 +550,11 @@ class Grammar:
 
     def count(self) -> int:
         r = self.rng.random()
-        if r < 0.55:
+        if r < 0.55 or self.max_number <= 12:
             return self.rng.randint(2, 12)
-        if r < 0.9:
-            return self.rng.randint(13, 99)
-        return self.rng.randint(100, 999)
+        if r < 0.9 or self.max_number < 100:
+            return self.rng.randint(13, min(99, self.max_number))
+        return self.rng.randint(100, self.max_number)
 
     # -- noun phrases
     def noun_phrase(self, kinds, *, role: str = "obj", allow_every=False, allow_pronoun=True,
@@ -936,6 +952,14 @@ class Grammar:
                 return c
         raise RuntimeError(f"no verb takes a {kind} subject")
 
+    def _s_phrase(self):
+        """A noun phrase alone ('three red apples' -> 'Drei rote Äpfel.' -> '三个红色的苹果。') or a number."""
+        if self.chance(0.15):
+            n = self.rng.randint(1, self.max_number)
+            return number_en(n), number_de(n), number_zh(n)
+        np_ = self.noun_phrase({"human", "animal", "thing", "food"}, role="subj", allow_pronoun=False)
+        return np_.en, np_.de["nom"], np_.zh
+
     def _s_copula(self):
         kinds = self.pick([{"human"}, {"animal"}, {"thing"}, {"food"}])
         self._np_kind = next(iter(kinds))
@@ -949,7 +973,8 @@ class Grammar:
 
     def _s_age(self):
         subj = self.noun_phrase({"human", "animal"}, role="subj", allow_quant=False, allow_every=False)
-        n = self.rng.randint(1, 99) if subj.en_3sg or subj.pronoun else self.rng.randint(2, 99)
+        top = min(99, self.max_number)
+        n = self.rng.randint(1, top) if subj.en_3sg or subj.pronoun else self.rng.randint(2, top)
         be = ("am" if subj.en == "I" else "is" if subj.en_3sg else "are")
         years_en = "year" if n == 1 else "years"
         years_de = "Jahr" if n == 1 else "Jahre"
@@ -961,7 +986,7 @@ class Grammar:
     def _s_cost(self):
         kinds = {"thing", "food"}
         subj = self.noun_phrase(kinds, role="subj", allow_pronoun=False, allow_quant=False, allow_every=False)
-        n = self.rng.randint(2, 999)
+        n = self.rng.randint(2, self.max_number)
         cost_en = "costs" if subj.en_3sg else "cost"
         cost_de = "kostet" if subj.en_3sg else "kosten"
         return (f"{subj.en} {cost_en} {number_en(n)} euros",

@@ -6,19 +6,25 @@ Steps (each resumable: a finished step's output is reused when the script is run
     WORK/init       randomly initialised Qwen2AudioForConditionalGeneration + processor (tokenizer
                     trained on the corpus's train texts), float32
     WORK/teacher    WORK/init trained with the project's own ``finetune`` stage (mode full) on the
-                    corpus's train split, both directions (en-de and en-zh) mixed
+                    corpus's train split (``TRAIN_OPTIONS``, ``--set`` overrides)
     WORK/eval.json  chrF/chrF++/BLEU on the test split (greedy, iwslt_mc.decoding.translate)
-    FIXTURE/        with --fixture: the teacher in float16 (tests/fixtures/toy/teacher) and the first
-                    --slice test utterances (tests/fixtures/toy/data)
+    FIXTURE/        with --fixture: the teacher in float16 (FIXTURE/teacher) and the first 24 test
+                    and 64 train utterances, Opus audio (FIXTURE/data)
 
-The architecture is Qwen2-Audio's, scaled down (see ``ARCH``): Whisper-style audio encoder, average
-pooling, projector, Qwen2 decoder with grouped-query attention and an untied lm_head; 128 mel bins
-with a 6 s feature window (``WhisperFeatureExtractor(chunk_length=6)``: 600 frames, so the encoder's
-``max_source_positions`` is 300), byte-level BPE built by the kit's tokenizer builder.
+The architecture is Qwen2-Audio's, scaled down (see ``make_arch``): Whisper-style audio encoder,
+average pooling, projector, Qwen2 decoder with grouped-query attention and an untied lm_head; 128
+mel bins with a 4 s feature window (``WhisperFeatureExtractor(chunk_length=4)``: 400 frames, so the
+encoder's ``max_source_positions`` is 200); a byte-level BPE built by the kit's tokenizer builder.
+The finetune stage trains one direction (``ctx.lang``), so the teacher is en-de (``--lang``).
 
-Reproduce the committed fixture (CPU, about an hour on 1-2 cores)::
+On CPU (2 shared cores, about an hour) the teacher learns the ``tiny`` grammar level; the ``small``
+and ``full`` levels need far more steps (a GPU): after 1,500 steps on the small level the model
+still wrote the language-model prior (chrF++ 14-20), ignoring the audio.
 
-    python tools/make_toy_corpus.py --out toy/corpus --train 8000 --dev 300 --test 300 --max-seconds 5.8
+Reproduce the committed fixture::
+
+    python tools/make_toy_corpus.py --out toy/corpus --level tiny --voices 4 --max-seconds 3.9 \\
+        --train 8000 --dev 300 --test 300
     OMP_NUM_THREADS=1 python tools/train_toy_teacher.py --corpus toy/corpus --work toy/run \\
         --fixture tests/fixtures/toy
 """
@@ -41,19 +47,27 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 LANGS = ("en-de", "en-zh")
 # Trained on CPU in about an hour (see the module docstring); a GPU run can afford more steps.
-TRAIN_OPTIONS = {"mode": "full", "dtype": "float32", "max_steps": 3000, "batch_size": 8, "lr": 2e-3, "warmup_steps": 150,
+TRAIN_OPTIONS = {"mode": "full", "dtype": "float32", "max_steps": 6000, "batch_size": 8, "lr": 2.5e-3, "warmup_steps": 200,
                  "scheduler": "cosine", "weight_decay": 0.01, "save_steps": 250, "save_total_limit": 2,
                  "logging_steps": 25, "progress": False}
-WINDOW_SECONDS = 6
+WINDOW_SECONDS = 4
 BPE_VOCAB_SIZE = 2000
-ARCH = {
-    "audio": dict(num_mel_bins=128, encoder_layers=2, encoder_attention_heads=4, encoder_ffn_dim=512, d_model=128,
-                  max_source_positions=WINDOW_SECONDS * 50, activation_function="gelu", dropout=0.0,
-                  attention_dropout=0.0, activation_dropout=0.0, encoder_layerdrop=0.0),
-    "text": dict(hidden_size=128, num_hidden_layers=6, num_attention_heads=4, num_key_value_heads=2,
-                 intermediate_size=384, max_position_embeddings=8192, rope_theta=10000.0, rms_norm_eps=1e-5,
-                 tie_word_embeddings=False, hidden_act="silu", attention_dropout=0.0),
-}
+
+
+def make_arch(window_seconds: int = WINDOW_SECONDS) -> dict:
+    """The toy architecture; the encoder sees ``window_seconds`` of audio (50 positions a second after its
+    stride-2 convolution, 25 audio tokens a second after pooling)."""
+    return {
+        "audio": dict(num_mel_bins=128, encoder_layers=2, encoder_attention_heads=4, encoder_ffn_dim=512, d_model=128,
+                      max_source_positions=window_seconds * 50, activation_function="gelu", dropout=0.0,
+                      attention_dropout=0.0, activation_dropout=0.0, encoder_layerdrop=0.0),
+        "text": dict(hidden_size=128, num_hidden_layers=6, num_attention_heads=4, num_key_value_heads=2,
+                     intermediate_size=384, max_position_embeddings=8192, rope_theta=10000.0, rms_norm_eps=1e-5,
+                     tie_word_embeddings=False, hidden_act="silu", attention_dropout=0.0),
+    }
+
+
+ARCH = make_arch()
 MAX_NEW_TOKENS = 96  # the longest reference is about 60 tokens
 
 
@@ -94,19 +108,21 @@ def build_model(tokenizer, *, seed: int = 0, arch: dict | None = None):
         return kit.build_model(tokenizer, seed=seed)
 
 
-def make_init(corpus: Path, out: Path, *, seed: int = 0, vocab_size: int = BPE_VOCAB_SIZE) -> Path:
+def make_init(corpus: Path, out: Path, *, seed: int = 0, vocab_size: int = BPE_VOCAB_SIZE,
+              window_seconds: int = WINDOW_SECONDS) -> Path:
     """Write the random initial model directory (with a provenance record) to ``out``."""
     from iwslt_mc import provenance
     from iwslt_mc.fsutil import atomic_directory
     from iwslt_mc.modelio import save_model
 
     started = time.time()
-    processor = build_processor(tokenizer_lines(corpus), vocab_size=vocab_size)
-    model = build_model(processor.tokenizer, seed=seed)
+    processor = build_processor(tokenizer_lines(corpus), vocab_size=vocab_size, window_seconds=window_seconds)
+    arch = make_arch(window_seconds)
+    model = build_model(processor.tokenizer, seed=seed, arch=arch)
     with atomic_directory(out) as tmp:
         save_model(model, processor, tmp)
         provenance.append(None, tmp, provenance.make_record(
-            "toy-init", {"seed": seed, "bpe_vocab_size": vocab_size, "window_seconds": WINDOW_SECONDS, "arch": ARCH},
+            "toy-init", {"seed": seed, "bpe_vocab_size": vocab_size, "window_seconds": window_seconds, "arch": arch},
             techniques=["small random Qwen2-Audio (toy teacher initialisation)"], data=[str(corpus)],
             started=started, params_after=sum(p.numel() for p in model.parameters())))
     return out
@@ -183,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", type=Path, required=True, help="working dir (init, teacher, eval.json)")
     ap.add_argument("--lang", default="en-de", choices=LANGS, help="direction the teacher learns")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--window", type=int, default=WINDOW_SECONDS, help="feature window in seconds (corpus audio must fit)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help=f"finetune option overriding TRAIN_OPTIONS ({', '.join(f'{k}={v}' for k, v in TRAIN_OPTIONS.items())})")
     ap.add_argument("--eval-limit", type=int, default=None, help="score only the first N test utterances")
@@ -193,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     args.work.mkdir(parents=True, exist_ok=True)
     init, teacher = args.work / "init", args.work / "teacher"
     if not init.exists():
-        make_init(args.corpus, init, seed=args.seed)
+        make_init(args.corpus, init, seed=args.seed, window_seconds=args.window)
         print(f"initial model: {init}", flush=True)
     if not teacher.exists():
         rec = train_teacher(init, teacher, args.corpus, lang=args.lang, options=parse_set(args.set), seed=args.seed,
