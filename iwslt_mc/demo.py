@@ -16,6 +16,7 @@ from pathlib import Path
 from .errors import UserError
 
 TEAM = "DEMO"
+MARKER = ".iwslt-mc-demo"  # marks a directory the demo made, so a rerun may replace it
 
 
 @dataclass
@@ -39,7 +40,13 @@ def run_demo(out: Path, *, recipe: str = "recipe-b", lang: str = "en-de", comet:
     from .scoring import score_files
 
     out = Path(out)
+    if (out / MARKER).exists():
+        import shutil
+
+        log(f"replacing the previous demo in {out}")
+        shutil.rmtree(out)
     prepare_output_dir(out)
+    (out / MARKER).write_text("made by iwslt-mc demo; a rerun replaces this directory\n")
     steps: list[Step] = []
     t_all = time.time()
 

@@ -9,7 +9,7 @@ def add_parser(sub):
                                 "package, check, score and report. The kit model has random weights: the scores "
                                 "mean nothing; the demo shows every step working and what it writes.",
                     examples="  iwslt-mc demo\n  iwslt-mc demo --out /tmp/demo --recipe recipe-c --lang en-zh")
-    p.add_argument("--out", default="demo-out", help="output directory (must be new or empty; default %(default)s)")
+    p.add_argument("--out", default="demo-out", help="output directory: new, empty, or an earlier demo's (replaced); default %(default)s")
     p.add_argument("--recipe", default="recipe-b", help="recipe to run with --smoke (default %(default)s)")
     p.add_argument("--lang", default="en-de", choices=["en-de", "en-zh"])
     p.add_argument("--no-comet", action="store_true", help="skip COMET even if its environment exists")
