@@ -473,9 +473,9 @@ class _Dist:
     """Rank, world size, device and barrier: one process, or an ``accelerate launch`` process group."""
 
     def __init__(self, device: str | None):
-        import os
+        from .distributed import world_size
 
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.world = world_size()
         self.state = None
         if self.world > 1:
             from accelerate import PartialState

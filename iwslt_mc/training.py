@@ -16,7 +16,6 @@ header) and the progress side (a bar with loss, step rate and ETA; ``train.log``
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .data import Example, target_text
+from .distributed import is_main_process, world_size  # noqa: F401  (stages call training.is_main_process)
 from .errors import UserError
 
 IGNORE_INDEX = -100
@@ -232,15 +232,6 @@ def loss_history(log_history: list[dict]) -> list[dict]:
     return out
 
 
-# ---------------------------------------------------------------- distributed helpers
-
-def world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def is_main_process() -> bool:
-    """True outside ``accelerate launch``/``torchrun`` and on rank 0 inside it."""
-    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0
 
 
 def last_checkpoint(work_dir: Path) -> str | None:

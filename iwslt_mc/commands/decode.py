@@ -80,7 +80,9 @@ def run(args) -> int:
         max_length=args.max_length, max_new_tokens=args.max_new_tokens, prompt=args.prompt, dtype=dtype,
         device=args.device, skip_bad=args.skip_bad, resume=args.resume, overwrite=args.overwrite,
         progress=not args.no_progress and not args.json)
-    if int(os.environ.get("RANK", "0")) != 0:
+    from ..distributed import rank
+
+    if rank() != 0:
         return 0
     late = [b for b in summary.bad if b not in {s.problem for s in bad}]
     if late:

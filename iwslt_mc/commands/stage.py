@@ -103,7 +103,8 @@ def run(args) -> int:
         raise UserError("--in DIR and --out DIR are required to run a stage")
 
     from ..stages import make_stage
-    from ..stages.base import StageContext, distributed_rank, parse_set, run_stage
+    from ..distributed import rank
+    from ..stages.base import StageContext, parse_set, run_stage
 
     stage = make_stage(args.name, parse_set(args.set))
     if args.smoke:
@@ -111,7 +112,7 @@ def run(args) -> int:
     ctx = StageContext(lang=args.lang, data=list(args.data), smoke=args.smoke, seed=args.seed, device=args.device,
                        work_dir=Path(args.work_dir) if args.work_dir else None, log=info)
     record = run_stage(stage, Path(args.in_dir), Path(args.out_dir), ctx, overwrite=args.overwrite)
-    if distributed_rank() > 0:
+    if rank() > 0:
         return 0  # under accelerate launch / torchrun only process 0 reports (and wrote the output)
     if args.json:
         print_json(record)

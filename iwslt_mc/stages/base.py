@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
+from .. import distributed
 from ..errors import UserError
 
 
@@ -246,7 +247,7 @@ def run_stage(stage: Stage, in_dir, out_dir, ctx: StageContext | None = None, *,
     stage.check(in_dir, ctx)
     if ctx.work_dir is None:
         ctx.work_dir = out_dir.with_name(out_dir.name + ".work")
-    if distributed_rank() > 0:
+    if distributed.rank() > 0:
         # Under accelerate launch / torchrun every process runs the stage (training is collective);
         # only process 0 writes the output directory and its provenance.
         import tempfile
@@ -270,10 +271,3 @@ def run_stage(stage: Stage, in_dir, out_dir, ctx: StageContext | None = None, *,
     if ctx.work_dir and Path(ctx.work_dir).exists():
         shutil.rmtree(ctx.work_dir, ignore_errors=True)
     return record
-
-
-def distributed_rank() -> int:
-    """This process's rank under accelerate launch / torchrun (0 otherwise)."""
-    import os
-
-    return int(os.environ.get("RANK", "0")) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else 0
