@@ -149,3 +149,17 @@ def test_kill_and_resume_gives_the_same_model(kit, tmp_path):
     assert res["skipped"] == ["prune"]
     assert weights(Path(res["model"])) == weights(Path(ref["model"]))
     assert res["size"] == ref["size"]
+
+
+@pytest.mark.parametrize("quantize", [None, "{method: int8, skip: [lm_head]}", "{method: nf4, double_quant: false, skip: []}"])
+def test_planner_matches_pruned_kit_saved_by_the_stages(kit, tmp_path, quantize):
+    """Issue 3's check with the real surgery stages: prune LLM and audio layers, then save as is
+    (fp32), int8, or NF4 with a 4-bit lm_head; the prediction made before the build is within 0.5%."""
+    text = "name: p\nstages:\n  - stage: prune-layers\n    options: {llm_layers: [1, 2], audio_layers: [0]}\n"
+    if quantize:
+        text += f"  - stage: quantize\n    options: {quantize}\n"
+    res = build(load_recipe(str(write(tmp_path, text))), lang="en-de", base=str(kit / "model"), data={},
+                condition="constrained", out=tmp_path / "b", log=lambda *_: None)
+    assert res.prediction["dims"]["llm_layers"] == 2 and res.prediction["dims"]["audio_layers"] == 1
+    assert res.prediction["params"] == res.size["params"]
+    assert abs(res.size["prediction_error"]) < 0.005, res.size
