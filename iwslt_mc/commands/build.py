@@ -68,7 +68,8 @@ def run(args) -> int:
             for i, s in enumerate(stages, 1):
                 print(f"{i:2d}. {s['id']} ({s['stage']}) {s['options']} data={s['data']}")
             if pred:
-                print(f"predicted: {pred['bytes']:,} bytes, {pred['params']:,} parameters, {pred['bin'] or 'no bin'}")
+                verdict = pred["bin"] or f"no bin: >= 4 GB, NOT ELIGIBLE for a size bin of the {args.edition} edition"
+                print(f"predicted: {pred['bytes']:,} bytes, {pred['params']:,} parameters, {verdict}")
         return 0
     res = b.build(recipe, lang=args.lang, base=args.base, data=data, condition=args.condition, out=out,
                   resume=args.resume, smoke=args.smoke, seed=args.seed, device=args.device, edition=args.edition,
