@@ -114,6 +114,12 @@ def build(recipe: Recipe, *, lang: str, base: str, data: dict[str, str], conditi
     from .stages import make_stage
     from .stages.base import StageContext, run_stage
 
+    from .distributed import world_size
+
+    if world_size() > 1:
+        raise UserError("build runs as one process: under accelerate launch/torchrun every process would run the "
+                        "whole recipe. Run the training stages with `accelerate launch -m iwslt_mc stage finetune ...` "
+                        "(see README, Several GPUs)")
     check_lang(lang)
     if condition not in ("constrained", "unconstrained"):
         raise UserError(f"--condition must be constrained or unconstrained, not {condition!r}")

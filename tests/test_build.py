@@ -163,3 +163,12 @@ def test_planner_matches_pruned_kit_saved_by_the_stages(kit, tmp_path, quantize)
     assert res.prediction["dims"]["llm_layers"] == 2 and res.prediction["dims"]["audio_layers"] == 1
     assert res.prediction["params"] == res.size["params"]
     assert abs(res.size["prediction_error"]) < 0.005, res.size
+
+
+def test_build_refuses_to_run_under_a_multi_process_launcher(kit, tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    with pytest.raises(UserError, match="one process"):
+        build(load_recipe("quantize-only"), lang="en-de", base=str(kit / "model"), data={}, condition="constrained",
+              out=tmp_path / "q")
+    assert not (tmp_path / "q").exists()
