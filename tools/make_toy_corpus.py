@@ -101,7 +101,8 @@ def _render(job: dict) -> dict:
     return {"index": job["index"], "seconds": round(len(wave) / SAMPLE_RATE, 3), "flac": flac_bytes(wave)}
 
 
-def plan_utterances(counts: dict, seed: int, level: str = "full", voices: tuple = VOICES) -> list[dict]:
+def plan_utterances(counts: dict, seed: int, level: str = "full", voices: tuple = VOICES,
+                    speed: tuple = SPEED_RANGE, pitch: tuple = PITCH_RANGE) -> list[dict]:
     """Sentences for each split (distinct English across splits) and how each is spoken."""
     total = sum(counts.values())
     # Draw a margin of extra sentences: the ones too long once spoken are replaced from it.
@@ -112,21 +113,22 @@ def plan_utterances(counts: dict, seed: int, level: str = "full", voices: tuple 
         rows.append({
             "index": i, "kind": t.kind, "text_en": t.en, "text_de": t.de, "text_zh": t.zh,
             "voice": voices[int(rng.integers(len(voices)))],
-            "speed": int(rng.integers(SPEED_RANGE[0], SPEED_RANGE[1] + 1)),
-            "pitch": int(rng.integers(PITCH_RANGE[0], PITCH_RANGE[1] + 1)),
+            "speed": int(rng.integers(speed[0], speed[1] + 1)),
+            "pitch": int(rng.integers(pitch[0], pitch[1] + 1)),
             "noise_seed": int(rng.integers(2 ** 31)),
         })
     return rows
 
 
 def build_corpus(out: Path, *, seed: int = 0, counts: dict | None = None, level: str = "full", noise: float = 0.03,
-                 voices: int = len(VOICES), max_seconds: float = 7.8, jobs: int = 2, argv: str = "", log=print) -> dict:
+                 voices: int = len(VOICES), speed: tuple = SPEED_RANGE, pitch: tuple = PITCH_RANGE,
+                 max_seconds: float = 7.8, jobs: int = 2, argv: str = "", log=print) -> dict:
     """Write the corpus to ``out`` (must not exist); returns the statistics also saved as ``corpus.json``."""
     from iwslt_mc.fsutil import atomic_directory, atomic_write_json, atomic_write_text
 
     counts = counts or {"train": 6000, "dev": 300, "test": 300}
     started = time.time()
-    rows = plan_utterances(counts, seed, level, VOICES[:voices])
+    rows = plan_utterances(counts, seed, level, VOICES[:voices], tuple(speed), tuple(pitch))
     for r in rows:
         r["noise"] = noise
     need = sum(counts.values())
@@ -157,7 +159,7 @@ def build_corpus(out: Path, *, seed: int = 0, counts: dict | None = None, level:
             split_of[r["index"]] = split
         pos += counts[split]
     stats = {"seed": seed, "level": level, "counts": counts, "noise": noise, "max_seconds": max_seconds, "voices": list(VOICES[:voices]),
-             "speed_range": list(SPEED_RANGE), "pitch_range": list(PITCH_RANGE), "dropped_too_long": dropped,
+             "speed_range": list(speed), "pitch_range": list(pitch), "dropped_too_long": dropped,
              "splits": {}}
     with atomic_directory(out) as tmp:
         for split in SPLITS:
@@ -252,6 +254,17 @@ def write_slices(corpus: Path, rows: dict, out: Path, *, opus: bool = False) -> 
     return sizes
 
 
+def _range(text: str) -> tuple[int, int]:
+    a, _, b = text.partition("-")
+    try:
+        lo, hi = int(a), int(b or a)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected A-B or A, not {text!r}") from None
+    if lo > hi:
+        raise argparse.ArgumentTypeError(f"empty range {text!r}")
+    return lo, hi
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -262,9 +275,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dev", type=int, default=300)
     ap.add_argument("--test", type=int, default=300)
     ap.add_argument("--level", choices=sorted(toy_grammar.LEVEL_WEIGHTS), default="full",
-                    help="grammar: full; small (fewer words); tiny (simple clauses, numbers to 30: a CPU-trained teacher)")
+                    help="grammar: full; small (fewer words); tiny (simple clauses, numbers to 30: a CPU-trained teacher); phrases (tiny words, noun phrases only: a first curriculum stage)")
     ap.add_argument("--voices", type=int, default=len(VOICES), choices=range(1, len(VOICES) + 1), metavar="N",
                     help=f"use the first N of the espeak-ng voices ({', '.join(VOICES)})")
+    ap.add_argument("--speed", type=_range, default=SPEED_RANGE, metavar="A-B",
+                    help=f"espeak-ng speed range in words per minute (default {SPEED_RANGE[0]}-{SPEED_RANGE[1]})")
+    ap.add_argument("--pitch", type=_range, default=PITCH_RANGE, metavar="A-B",
+                    help=f"espeak-ng pitch range, 0-99 (default {PITCH_RANGE[0]}-{PITCH_RANGE[1]})")
     ap.add_argument("--noise", type=float, default=0.03, help="white noise RMS relative to the speech RMS (0: none)")
     ap.add_argument("--max-seconds", type=float, default=7.8, help="redraw sentences longer than this once spoken")
     ap.add_argument("--jobs", type=int, default=2, help="espeak-ng worker processes")
@@ -284,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     shown = " ".join(a for a in (argv if argv is not None else sys.argv[1:]))
     stats = build_corpus(args.out, seed=args.seed, counts={"train": args.train, "dev": args.dev, "test": args.test},
-                         level=args.level, noise=args.noise, voices=args.voices, max_seconds=args.max_seconds, jobs=args.jobs, argv=shown)
+                         level=args.level, noise=args.noise, voices=args.voices, speed=args.speed, pitch=args.pitch, max_seconds=args.max_seconds, jobs=args.jobs, argv=shown)
     print(json.dumps(stats, indent=1))
     return 0
 

@@ -489,8 +489,8 @@ TINY_LEXICON = {
     "places": 5,
     "times": 6,
 }
-LEVEL_LEXICON = {"small": SMALL_LEXICON, "tiny": TINY_LEXICON}
-LEVEL_MAX_NUMBER = {"full": 999, "small": 999, "tiny": 30}
+LEVEL_LEXICON = {"small": SMALL_LEXICON, "tiny": TINY_LEXICON, "phrases": TINY_LEXICON}
+LEVEL_MAX_NUMBER = {"full": 999, "small": 999, "tiny": 30, "phrases": 30}
 LEVEL_WEIGHTS = {
     "full": {"simple": 30, "question": 8, "because": 10, "when": 8, "that": 10, "relative": 10,
              "copula": 10, "age": 4, "cost": 4, "but": 6},
@@ -499,6 +499,8 @@ LEVEL_WEIGHTS = {
     # phrases (a noun phrase or a number alone) cannot be guessed from the context: they teach a model
     # trained from scratch to listen before the clauses do
     "tiny": {"phrase": 30, "simple": 40, "question": 10, "copula": 14, "age": 3, "cost": 3},
+    # the first stage of a curriculum for a model trained from scratch: the tiny lexicon, phrases only
+    "phrases": {"phrase": 1},
 }
 
 
