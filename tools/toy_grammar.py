@@ -585,7 +585,6 @@ class Grammar:
         zh_noun = noun.zh
         zh_adj = adj.zh_attr if adj else ""
         negatable, definite = True, True
-        num = 0
         if det == "the":
             en = "the " + en_head
             for c, i in _CASES.items():
@@ -640,7 +639,7 @@ class Grammar:
         return " " + adj.de_stem + ending if adj else ""
 
     # -- clauses
-    def clause(self, *, allow_time=True, allow_question=False, tense=None, allow_negation=True,
+    def clause(self, *, allow_time=True, tense=None, allow_negation=True,
                subject: NP | None = None, allow_every=True) -> Clause:
         """Draw a verbal clause; the caller orders it as a main, subordinate or question clause."""
         verb = self.pick(self.lex_verbs)
@@ -707,10 +706,9 @@ class Grammar:
                    zh_vp_neg=zh_vp_neg, time=time, is_every=subj.is_every, de_nicht=negated_de_nicht)
         return c
 
-    def copula_clause(self, *, tense=None, allow_time=True, subject: NP | None = None) -> Clause:
-        kinds = {"human", "animal", "thing", "food"}
-        subj = subject or self.noun_phrase(kinds, role="subj", allow_quant=False)
-        kind = self._np_kind
+    def copula_clause(self, subject: NP, kind: str | None = None, *, tense=None, allow_time=True) -> Clause:
+        """'The dog is (not) hungry'; the adjective suits ``kind`` (the subject's noun kind) when given."""
+        subj = subject
         adjs = [a for a in self.lex_adjectives if kind in a.kinds] if kind else self.lex_adjectives
         adj = self.pick(adjs)
         tense = tense or self.pick(["present", "present", "past"])
@@ -841,8 +839,6 @@ class Grammar:
         q = kind == "question"
         return Triple(_cap(en + ("?" if q else ".")), _cap(de + ("?" if q else ".")), zh + ("？" if q else "。"), kind)
 
-    _np_kind = None
-
     def _s_simple(self):
         c = self.clause()
         c.time_front = bool(c.time) and self.chance(0.5)
@@ -963,11 +959,9 @@ class Grammar:
         return np_.en, np_.de["nom"], np_.zh
 
     def _s_copula(self):
-        kinds = self.pick([{"human"}, {"animal"}, {"thing"}, {"food"}])
-        self._np_kind = next(iter(kinds))
-        subj = self.noun_phrase(kinds, role="subj", allow_quant=False)
-        c = self.copula_clause(subject=subj)
-        self._np_kind = None
+        kind = self.pick(["human", "animal", "thing", "food"])
+        subj = self.noun_phrase({kind}, role="subj", allow_quant=False)
+        c = self.copula_clause(subj, kind)
         if not c.negated and self.chance(0.25):
             return self.en_clause(c, question=True) + "?", self.de_question(c) + "?", self.zh_clause(c, question=True) + "？"
         c.time_front = bool(c.time) and self.chance(0.5)
