@@ -121,3 +121,19 @@ def test_pruning_two_layers_then_brief_finetuning_recovers(tmp_path, slice_, tea
 # brief recovery fine-tuning: the 64-utterance train slice, 3 epochs, a learning rate for a small model
 FINETUNE = {"mode": "full", "dtype": "float32", "split": "train", "max_steps": 24, "batch_size": 8, "lr": 5e-4,
             "warmup_steps": 2, "weight_decay": 0.0, "save_steps": 1000, "logging_steps": 8, "progress": False}
+
+
+def test_prune_ffn_activation_importance_on_a_short_feature_window(tmp_path):
+    """The toy's feature extractor has a 4 s window (200 encoder positions, not the 30 s / 1,500 of
+    Qwen2-Audio): activation statistics follow the model's window, and the halved FFNs keep units."""
+    from iwslt_mc.stages import make_stage
+    from iwslt_mc.stages.base import run_stage
+
+    cfg = json.loads((TEACHER / "config.json").read_text())
+    llm_w, audio_w = cfg["text_config"]["intermediate_size"] // 2, cfg["audio_config"]["encoder_ffn_dim"] // 2
+    out = tmp_path / "ffn"
+    rec = run_stage(make_stage("prune-ffn", {"llm_width": llm_w, "audio_width": audio_w, "importance": "activation",
+                                             "calibration": 4}), TEACHER, out, _ctx(data=[str(DATA)]))
+    new = json.loads((out / "config.json").read_text())
+    assert new["text_config"]["intermediate_size"] == llm_w and new["audio_config"]["encoder_ffn_dim"] == audio_w
+    assert rec["data"]

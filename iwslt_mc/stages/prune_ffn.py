@@ -81,13 +81,15 @@ def activation_importance(model, processor, segments, lang: str) -> tuple[list, 
     llm_sum = [None] * layout.num_llm_layers
     audio_sum = [None] * layout.num_audio_layers
     counts = {"llm": 0, "audio": 0}
-    frame_mask = {}  # the encoder always sees 30 s (padded): count only frames of real audio
+    real = {}  # the encoder always sees its whole window (30 s, padded): count only frames of real audio
+    fe = processor.feature_extractor
+    max_frames = fe.n_samples // fe.hop_length  # mel frames in the window (3,000 for 30 s)
 
     def add(store, i, kind):
         def hook(mod, args):
             a = args[0].detach().float().abs()
             if kind == "audio":
-                a = a * frame_mask["mask"][..., None]
+                a = a[:, :real["positions"]]
             s = a.reshape(-1, a.shape[-1]).sum(0)
             store[i] = s if store[i] is None else store[i] + s
         return hook
@@ -100,11 +102,9 @@ def activation_importance(model, processor, segments, lang: str) -> tuple[list, 
     try:
         with torch.inference_mode():
             for seg in segments:
-                frames = min(len(seg.wave) // 160, 3000)
+                frames = min(len(seg.wave) // fe.hop_length, max_frames)
                 enc_len = (frames - 1) // 2 + 1  # encoder positions after the stride-2 convolution
-                mask = torch.zeros(1, 1500, device=model.device)
-                mask[0, :enc_len] = 1
-                frame_mask["mask"] = mask
+                real["positions"] = enc_len
                 counts["audio"] += enc_len
                 embeds = encode_prompts(model, processor, [seg], lang, batch_size=1)[0]
                 ref = tok(seg.reference, add_special_tokens=False)["input_ids"]
