@@ -279,8 +279,9 @@ def spec_for_stages(stages: list[StageEntry], cfg, *, base: str, lang: str, data
                     per[comp] = fdt
             if o.get("dtype", "auto") not in (None, "auto"):
                 fdt = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}.get(o["dtype"], o["dtype"])
-        elif e.stage in ("finetune", "merge") and o.get("dtype") not in (None, "auto"):
-            fdt = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}.get(o["dtype"], o["dtype"])
+        elif e.stage == "finetune" and o.get("save_dtype") not in (None, "input"):
+            # the output keeps the input's dtype unless save_dtype says otherwise (not the training dtype)
+            fdt = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}.get(o["save_dtype"], o["save_dtype"])
     if precision in ("bf16", "fp16", "fp32"):
         precision = fdt
     # embeddings are never quantized by bitsandbytes (nn.Embedding), whatever the default precision

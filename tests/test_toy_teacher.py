@@ -74,6 +74,13 @@ def test_teacher_translates_far_above_a_random_model(slice_, teacher_hyps):
     assert exact >= 8, f"only {exact} of {len(refs)} translations exact"
 
 
+def _stored_dtypes(model_dir) -> set[str]:
+    from safetensors import safe_open
+
+    with safe_open(str(model_dir / "model.safetensors"), "pt") as f:
+        return {str(f.get_slice(k).get_dtype()) for k in f.keys()}
+
+
 def _ctx(**kw):
     from iwslt_mc.stages.base import StageContext
 
@@ -113,6 +120,8 @@ def test_pruning_two_layers_then_brief_finetuning_recovers(tmp_path, slice_, tea
     pruned = _chrf(_decode(pruned_dir, waves), refs)
     run_stage(make_stage("finetune", FINETUNE), pruned_dir, tuned_dir, _ctx(data=[str(DATA)]))
     tuned = _chrf(_decode(tuned_dir, waves), refs)
+    # trained in float32, written in the input's float16: fine-tuning does not double the size
+    assert _stored_dtypes(tuned_dir) == _stored_dtypes(pruned_dir) == {"F16"}
     lost = teacher - pruned
     assert lost > 30, f"pruning cost only {lost:.1f} chrF++ ({teacher:.1f} -> {pruned:.1f})"
     assert tuned - pruned > 0.2 * lost, f"fine-tuning recovered {tuned - pruned:.1f} of {lost:.1f} chrF++"

@@ -6,8 +6,8 @@ language ``ctx.lang``. Every example is checked (texts, audio) before the model 
 
 Modes:
 - ``full``: every parameter trains (except components named in ``freeze``); the output is a plain
-  model in the training dtype (``dtype: auto`` keeps the checkpoint's, bf16 for the real model, as
-  published).
+  model in the input checkpoint's dtype (``save_dtype``; bf16 for the real model, as published),
+  whatever ``dtype`` it trained in.
 - ``lora``: peft LoRA adapters (``target_modules``: ``all-linear`` = every linear layer but
   ``lm_head``, a regex matched against full module names, or a list of module-name suffixes).
 - ``qlora``: the base is loaded in 4-bit (NF4, double quantization; compute in bf16 on a GPU that
@@ -62,6 +62,9 @@ class FinetuneOptions(StageOptions):
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping"})
     dtype: Literal["auto", "float32", "bfloat16", "float16", "fp32", "bf16", "fp16"] = field(default="auto", metadata={
         "help": "dtype the model is loaded and trained in (auto = as saved; bf16 for the real model, as published)"})
+    save_dtype: Literal["input", "float32", "bfloat16", "float16", "fp32", "bf16", "fp16"] = field(default="input", metadata={
+        "help": "dtype of the output weights (input = the input checkpoint's, so training in float32 does not "
+                "double a bf16 model's size)"})
     mixed_precision: Literal["no", "bf16", "fp16"] = field(default="no", metadata={
         "help": "autocast on top of the loaded dtype (e.g. dtype float32 + bf16 keeps fp32 master weights)"})
     gradient_checkpointing: bool = field(default=False, metadata={
@@ -318,23 +321,27 @@ class Finetune(Stage):
         from .quantize import repacked_layers
 
         o = self.options
+        out_dtype = checkpoint_dtype(in_dir) if o.save_dtype == "input" else load_dtype(o.save_dtype)
         if o.mode == "full":
-            if getattr(trainer, "is_fsdp_enabled", False):
+            if getattr(trainer, "is_fsdp_enabled", False):  # FSDP gathers and writes the training dtype
                 trainer.save_model(str(out_dir))
                 (out_dir / "training_args.bin").unlink(missing_ok=True)  # a pickle: never shipped
                 processor.save_pretrained(str(out_dir))
             else:
-                modelio.save_model(trainer.accelerator.unwrap_model(model), processor, out_dir)
+                model = trainer.accelerator.unwrap_model(model)
+                modelio.save_model(model.to(out_dtype) if out_dtype is not None else model, processor, out_dir)
             return
         model = trainer.accelerator.unwrap_model(model)
         if quantized and repacked_layers(model):
             raise UserError("stage finetune: 4-bit layers were repacked by CPU inference; saving would corrupt them")
         if o.merge:
             # a 4-bit base is dequantized and stored in the input's dtype: a plain model (quantize it after)
-            base = merge_adapters(model, checkpoint_dtype(in_dir) if quantized else None)
+            base = merge_adapters(model, out_dtype)
         else:
             model.save_pretrained(str(out_dir / ADAPTER_DIR), safe_serialization=True)
             base = model.unload()  # the base without adapters, as it was loaded
+            if not quantized and out_dtype is not None:
+                base = base.to(out_dtype)
         base.config.use_cache = True
         drop_irreversible_conversions(base)
         modelio.save_model(base, processor, out_dir)

@@ -26,8 +26,6 @@ class MergeOptions(StageOptions):
         "help": "adapter directory (adapter_config.json + adapter_model.safetensors); default: INPUT/adapter"})
 
 
-
-
 def checkpoint_dtype(model_dir: Path):
     """The dtype of the unquantized weights as saved (config ``dtype``/``torch_dtype``), or None."""
     import torch
