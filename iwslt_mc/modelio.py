@@ -96,6 +96,28 @@ def save_model(model, processor, out_dir: str | os.PathLike, *, max_shard_size: 
     return out
 
 
+def recast_saved(model_dir: str | os.PathLike, dtype, processor=None) -> None:
+    """Rewrite a saved (unquantized) model directory with its weights in ``dtype``, in place.
+
+    For writers that cannot cast on the way out (FSDP's gathered ``save_model`` writes the training
+    dtype). The new files are written to a sibling directory first, then replace the old ones.
+    """
+    import shutil
+
+    src = Path(model_dir)
+    tmp = src.with_name(src.name + ".recast")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model = load_model(src, dtype=dtype, device="cpu")
+    save_model(model, processor, tmp)
+    del model
+    for f in src.iterdir():  # the old shards (their number may change) and index
+        if f.name.startswith("model") and (f.suffix == ".safetensors" or f.name.endswith(".safetensors.index.json")):
+            f.unlink()
+    for f in tmp.iterdir():
+        os.replace(f, src / f.name)
+    tmp.rmdir()
+
+
 def drop_irreversible_conversions(model) -> None:
     """Let ``save_pretrained`` save a model that was loaded from a 4-bit checkpoint.
 

@@ -146,3 +146,22 @@ def test_prune_ffn_activation_importance_on_a_short_feature_window(tmp_path):
     new = json.loads((out / "config.json").read_text())
     assert new["text_config"]["intermediate_size"] == llm_w and new["audio_config"]["encoder_ffn_dim"] == audio_w
     assert rec["data"]
+
+
+def test_recast_saved_rewrites_a_model_directory_in_another_dtype(tmp_path):
+    """The FSDP writer saves the training dtype; ``recast_saved`` turns it into the wanted one in place."""
+    import shutil
+
+    import torch
+
+    from iwslt_mc import modelio
+    from iwslt_mc.stages.merge import checkpoint_dtype
+
+    d = tmp_path / "m"
+    shutil.copytree(TEACHER, d)
+    modelio.recast_saved(d, torch.float32, modelio.load_processor(d))
+    assert _stored_dtypes(d) == {"F32"} and checkpoint_dtype(d) == torch.float32
+    assert not (tmp_path / "m.recast").exists()
+    a = modelio.load_model(TEACHER, dtype=torch.float32, device="cpu").state_dict()
+    b = modelio.load_model(d, device="cpu").state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -323,10 +323,12 @@ class Finetune(Stage):
         o = self.options
         out_dtype = checkpoint_dtype(in_dir) if o.save_dtype == "input" else load_dtype(o.save_dtype)
         if o.mode == "full":
-            if getattr(trainer, "is_fsdp_enabled", False):  # FSDP gathers and writes the training dtype
+            if getattr(trainer, "is_fsdp_enabled", False):  # FSDP gathers and writes the training dtype: recast
                 trainer.save_model(str(out_dir))
                 (out_dir / "training_args.bin").unlink(missing_ok=True)  # a pickle: never shipped
                 processor.save_pretrained(str(out_dir))
+                if out_dtype is not None and checkpoint_dtype(out_dir) not in (None, out_dtype):
+                    modelio.recast_saved(out_dir, out_dtype, processor)
             else:
                 model = trainer.accelerator.unwrap_model(model)
                 modelio.save_model(model.to(out_dtype) if out_dtype is not None else model, processor, out_dir)
