@@ -117,8 +117,13 @@ def _materialize(w):
 
 
 def _to_model(inputs, model):
-    """Move processor output to the model's device; features in the model's floating dtype."""
-    dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
+    """Move processor output to the model's device; features in the audio encoder's input dtype."""
+    from .layout import find_layout
+
+    try:
+        dtype = find_layout(model).audio_tower.conv1.weight.dtype
+    except AttributeError:
+        dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
     out = {}
     for k, v in inputs.items():
         v = v.to(model.device)

@@ -72,8 +72,27 @@ def load_model(model_dir: str | os.PathLike, dtype=None, device: str | None = No
         model = Qwen2AudioForConditionalGeneration.from_pretrained(str(model_dir), **kw)
     except OSError as e:
         raise UserError(f"{model_dir}: cannot load model ({str(e).splitlines()[0]})") from None
+    if dtype is not None and dtype != "auto" and getattr(model, "is_quantized", False):
+        _uniform_float_dtype(model, dtype)
     model.eval()
     return model
+
+
+def _uniform_float_dtype(model, dtype) -> None:
+    """Cast the unquantized floating weights of a loaded 4/8-bit checkpoint to ``dtype``.
+
+    transformers (5.23) honours ``dtype`` only for some of them when the checkpoint is
+    pre-quantized (biases and projector follow it; norms, convolutions, embeddings and lm_head keep
+    the saved dtype), which leaves a model that fails on mixed dtypes. Quantized tensors (integer
+    storage) are left alone.
+    """
+    for mod in model.modules():
+        for name, p in list(mod.named_parameters(recurse=False)):
+            if p.is_floating_point() and p.dtype != dtype and type(p).__name__ not in ("Params4bit", "Int8Params"):
+                p.data = p.data.to(dtype)
+        for name, b in list(mod.named_buffers(recurse=False)):
+            if b is not None and b.is_floating_point() and b.dtype != dtype and name not in ("SCB",):
+                mod._buffers[name] = b.to(dtype)
 
 
 def load_processor(model_dir: str | os.PathLike):
