@@ -621,7 +621,10 @@ def decode_to_file(model_dir, audio, out, *, lang: str, mode: str = "fast", batc
             if model is None:
                 from .modelio import load_model, load_processor
 
-                model = load_model(model_dir, dtype=dtype, device=resolved_device)
+                from .modelio import runtime_dtype
+
+                model = load_model(model_dir, dtype=dtype or runtime_dtype(model_dir, resolved_device),
+                                   device=resolved_device)
                 processor = load_processor(model_dir)
             runtime_bad: dict[int, str] = {}
 

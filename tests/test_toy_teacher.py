@@ -189,3 +189,22 @@ def test_quantized_teacher_loads_in_one_float_dtype_and_keeps_its_quality(tmp_pa
     waves, refs = slice_
     hyps = _decode(out, waves, model, modelio.load_processor(out))
     assert _chrf(hyps, refs) > _chrf(teacher_hyps, refs) - 5
+
+
+def test_runtime_dtype_runs_half_precision_weights_in_float32_on_cpu(tmp_path):
+    import shutil
+
+    import torch
+
+    from iwslt_mc.modelio import runtime_dtype
+
+    assert runtime_dtype(TEACHER, "cpu") == torch.float32  # the teacher is stored in float16
+    assert runtime_dtype(TEACHER, "cuda:0") is None  # as stored on a GPU
+    q = tmp_path / "q"
+    shutil.copytree(TEACHER, q, ignore=shutil.ignore_patterns("*.safetensors"))
+    cfg = json.loads((q / "config.json").read_text())
+    (q / "config.json").write_text(json.dumps({**cfg, "quantization_config": {"quant_method": "bitsandbytes"}}))
+    assert runtime_dtype(q, "cpu") is None  # quantized checkpoints run as stored
+    cfg["dtype"] = "float32"
+    (q / "config.json").write_text(json.dumps(cfg))
+    assert runtime_dtype(q, "cpu") is None

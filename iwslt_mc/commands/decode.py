@@ -51,7 +51,7 @@ def add_parser(sub):
                    help="decode unreadable segments as empty lines (with a warning) instead of stopping")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     p.add_argument("--dtype", default=None, choices=["auto", "bf16", "fp16", "fp32"],
-                   help="weights dtype (default: as stored)")
+                   help="weights dtype (default: as stored; float32 on a CPU for float16/bf16 weights)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     return p

@@ -221,7 +221,7 @@ class Distill(Stage):
         ctx.log(f"distill: teacher {teacher}; {len(examples)} utterances, {len(done)} already translated")
         if todo:
             device = ctx.resolved_device()
-            model = modelio.load_model(teacher, device=device)
+            model = modelio.load_model(teacher, dtype=modelio.runtime_dtype(teacher, device), device=device)
             processor = modelio.load_processor(teacher)
             if not done:
                 log_path.write_text(json.dumps({"fingerprint": fp, "teacher": str(teacher)}) + "\n", encoding="utf-8")
