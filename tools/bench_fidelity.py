@@ -20,9 +20,11 @@ Finished variants are reused when the benchmark is run again (delete ``OUT/runs/
 one). Writes ``OUT/results.json``, the Markdown table (``--report``) and next to it the report's
 quality-vs-size plot.
 
-    python tools/bench_fidelity.py --teacher toy/run/teacher --corpus toy/corpus --out toy/bench \\
-        --report docs/bench/fidelity.md
+    python tools/bench_fidelity.py --corpus toy/corpus --out toy/bench --report docs/bench/fidelity.md \\
+        --epochs-variant                          # the committed teacher; about 2 hours on 2 CPU cores
     python tools/bench_fidelity.py ... --only teacher,trim-vocab,nf4    # a subset
+
+The corpus is the teacher's (``tools/train_toy_teacher.py`` has the command that makes it).
 """
 
 from __future__ import annotations
@@ -117,6 +119,10 @@ def plan(args, cfg: dict) -> list[dict]:
     if args.epochs_variant:
         out.append({"name": "recipe-b-3ep", "what": "recipe-b, published epochs (3 per full fine-tuning; QLoRA 1,000 steps)",
                     "group": "recipes", "recipe": "recipe-b", "sets": recipe_sets("recipe-b", **{**sizes, "steps": None})})
+    # recipe-b fine-tunes the teacher first (its stage 1) and compresses that: score it too
+    out = [x for v in out for x in [v] + ([{
+        "name": f"{v['name']}.ft-full", "what": f"{v['name']}'s stage 1: the fine-tuned teacher it compresses",
+        "group": "recipes", "stage_of": (v["name"], "01-ft-full")}] if v.get("recipe") == "recipe-b" else [])]
     if args.only:
         keep = set(args.only.split(","))
         out = [v for v in out if v["name"] in keep]
@@ -143,6 +149,12 @@ def make_variant(v: dict, args, runs: Path, model_dirs: dict) -> tuple[Path, flo
         if not (run / "model").exists():
             (run / "model").symlink_to(Path(args.teacher), target_is_directory=True)
         return Path(args.teacher), 0.0
+    if "stage_of" in v:
+        model = runs / v["stage_of"][0] / "stages" / v["stage_of"][1]
+        run.mkdir(parents=True, exist_ok=True)
+        if not (run / "model").exists():
+            (run / "model").symlink_to(model.resolve(), target_is_directory=True)
+        return model, float(provenance.read(model)["stages"][-1].get("seconds") or 0.0)
     if "recipe" in v:
         model = run / "model"
         if not model.exists():
@@ -201,7 +213,7 @@ def _fmt_bytes(n: int) -> str:
     return f"{n / 1e6:.2f} MB"
 
 
-def markdown(results: list[dict], args, meta: dict, plot: str | None) -> str:
+def markdown(results: list[dict], args, meta: dict, plot: str | None, sets: dict | None = None) -> str:
     teacher = next((r for r in results if r["name"] == "teacher"), None)
     base = teacher["chrf"] if teacher else None
     name = results[0]["chrf_name"] if results else "chrF"
@@ -212,7 +224,8 @@ def markdown(results: list[dict], args, meta: dict, plot: str | None) -> str:
         f"utterances of the toy corpus's test split (`{meta['corpus']}`), {args.lang}. Greedy decoding "
         f"(`iwslt_mc.decoding.translate`, fast mode, float32 on CPU), scored with `iwslt_mc.scoring`. "
         f"Size and parameters by `iwslt_mc.sizer`. Made by `python tools/bench_fidelity.py` "
-        f"({meta['date']}; recovery fine-tuning {args.ft_steps} steps at lr {args.ft_lr:g}, batch 8).",
+        f"({meta['date']}, CPU, {meta.get('threads', '?')} threads; recovery fine-tuning {args.ft_steps} steps "
+        f"at lr {args.ft_lr:g}, batch 8, on the train split's references).",
         "",
         f"| variant | what | {name} | % of teacher | BLEU | exact | size | parameters | build s | decode s |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
@@ -222,6 +235,14 @@ def markdown(results: list[dict], args, meta: dict, plot: str | None) -> str:
         lines.append(f"| {r['name']} | {r['what']} | {r['chrf']:.2f} | {pct} | {r['bleu']:.2f} | {r['exact']} | "
                      f"{_fmt_bytes(r['bytes'])} | {r['params']:,} | {r['build_seconds']:.0f} | {r['decode_seconds']:.0f} |")
     lines += ["", "## Targets", ""] + [f"- {t}" for t in targets(results)]
+    if meta.get("corpus_made_by"):
+        lines += ["", "## Reproduce", "", f"The corpus: {meta['corpus_made_by']}", "",
+                  f"The benchmark: `{meta['command']}`"]
+    if sets:
+        lines += ["", "## Recipes at toy scale", "",
+                  "The recipes run unchanged through `iwslt_mc.build` with these `--set` overrides (layer counts, "
+                  "widths and training budgets scaled to the toy model; published values in the recipe files):", ""]
+        lines += [f"- {n}: `{' '.join(v)}`" for n, v in sets.items() if v]
     if plot:
         lines += ["", f"![quality against size]({plot})"]
     sig = results[0]["signatures"] if results else {}
@@ -239,8 +260,12 @@ def targets(results: list[dict]) -> list[str]:
     for name in ("recipe-b", "recipe-b-4x", "recipe-b-3ep"):
         if name in by:
             pct = 100 * by[name]["chrf"] / t["chrf"]
-            out.append(f"{name} keeps >= 95% of the teacher's chrF: {pct:.1f}% -> "
-                       + ("met" if pct >= 95 else f"missed by {95 - pct:.1f} points"))
+            line = (f"{name} keeps >= 95% of the teacher's chrF: {pct:.1f}% -> "
+                    + ("met" if pct >= 95 else f"missed by {95 - pct:.1f} points"))
+            own = by.get(f"{name}.ft-full")
+            if own:
+                line += f" ({100 * by[name]['chrf'] / own['chrf']:.1f}% of its own fine-tuned teacher, {own['chrf']:.2f})"
+            out.append(line)
     depths = sorted({int(n.split("-")[2]) for n in by if n.startswith("prune-iterative-")})
     for d in depths:
         for suffix in ("", "-ft"):
@@ -258,7 +283,7 @@ def targets(results: list[dict]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                                 epilog="\n".join(__doc__.splitlines()[-3:]))
+                                 epilog="\n".join(__doc__.splitlines()[-5:]))
     ap.add_argument("--teacher", type=Path, default=DEFAULT_TEACHER, help="toy teacher model dir (default: the test fixture)")
     ap.add_argument("--corpus", type=Path, required=True, help="toy corpus dir with train/dev/test (tools/make_toy_corpus.py)")
     ap.add_argument("--out", type=Path, required=True, help="benchmark dir (runs/, results.json); reused when rerun")
@@ -317,10 +342,19 @@ def main(argv: list[str] | None = None) -> int:
             shutil.copy2(args.out / "report" / rec["plot"], report.with_suffix(".png"))
     except Exception as e:  # the table matters more than the plot
         print(f"report plot not written: {e}", file=sys.stderr)
-    meta = {"teacher": str(args.teacher), "corpus": str(args.corpus), "examples": len(examples),
-            "date": time.strftime("%Y-%m-%d")}
+    root = Path(__file__).resolve().parent.parent
+    teacher = args.teacher.relative_to(root) if args.teacher.is_relative_to(root) else args.teacher
+    made_by = ""
+    readme = args.corpus / "README.md"
+    if readme.exists():
+        made_by = next((ln.strip() for ln in readme.read_text(encoding="utf-8").splitlines() if ln.startswith("Made by")), "")
+    meta = {"teacher": str(teacher), "corpus": str(args.corpus), "examples": len(examples),
+            "date": time.strftime("%Y-%m-%d"), "corpus_made_by": made_by,
+            "command": "python tools/bench_fidelity.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "threads": torch.get_num_threads()}
     report.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(report, markdown(results, args, meta, plot))
+    sets = {v["name"]: v["sets"] for v in plan(args, cfg) if "sets" in v}
+    atomic_write_text(report, markdown(results, args, meta, plot, sets))
     print(f"wrote {report}")
     return 0
 
