@@ -122,6 +122,8 @@ def test_pruning_two_layers_then_brief_finetuning_recovers(tmp_path, slice_, tea
     tuned = _chrf(_decode(tuned_dir, waves), refs)
     # trained in float32, written in the input's float16: fine-tuning does not double the size
     assert _stored_dtypes(tuned_dir) == _stored_dtypes(pruned_dir) == {"F16"}
+    for d in (pruned_dir, tuned_dir):  # and say so (the next stage keeps the dtype its config names)
+        assert json.loads((d / "config.json").read_text())["dtype"] == "float16"
     lost = teacher - pruned
     assert lost > 30, f"pruning cost only {lost:.1f} chrF++ ({teacher:.1f} -> {pruned:.1f})"
     assert tuned - pruned > 0.2 * lost, f"fine-tuning recovered {tuned - pruned:.1f} of {lost:.1f} chrF++"
@@ -145,6 +147,7 @@ def test_prune_ffn_activation_importance_on_a_short_feature_window(tmp_path):
                                              "calibration": 4}), TEACHER, out, _ctx(data=[str(DATA)]))
     new = json.loads((out / "config.json").read_text())
     assert new["text_config"]["intermediate_size"] == llm_w and new["audio_config"]["encoder_ffn_dim"] == audio_w
+    assert _stored_dtypes(out) == {"F16"} and new["dtype"] == "float16"  # calibrated in float32, saved as stored
     assert rec["data"]
 
 

@@ -156,7 +156,9 @@ class PruneFFN(Stage):
         from ..layout import find_layout
 
         o = self.options
-        model = modelio.load_model(in_dir, device=ctx.resolved_device())
+        # float16/bf16 weights run in float32 on a CPU (the search/calibration passes); saved as stored
+        run_dtype = modelio.runtime_dtype(in_dir, ctx.resolved_device())
+        model = modelio.load_model(in_dir, dtype=run_dtype, device=ctx.resolved_device())
         processor = modelio.load_processor(in_dir)
         layout = find_layout(model)
         before = {"llm": layout.text_config.intermediate_size, "audio": layout.audio_config.encoder_ffn_dim}
@@ -190,6 +192,10 @@ class PruneFFN(Stage):
             techniques.append(f"structured audio-encoder FFN pruning ({before['audio']} -> {o.audio_width} units per layer, {how})")
         if not techniques:
             ctx.log("prune-ffn: target widths equal the current ones; weights copied unchanged")
+        if run_dtype is not None:
+            from .merge import checkpoint_dtype
+
+            model.to(checkpoint_dtype(in_dir))  # exact: the float16/bf16 values went through float32
         modelio.save_model(model, processor, out_dir)
         return {"techniques": techniques or ["FFN pruning (no change)"], "data": data,
                 "llm_width_before": before["llm"], "llm_width_after": layout.text_config.intermediate_size,

@@ -159,7 +159,9 @@ class PruneLayers(Stage):
 
         o = self.options
         ctx.log(f"prune-layers: loading {in_dir}")
-        model = modelio.load_model(in_dir, device=ctx.resolved_device())
+        # float16/bf16 weights run in float32 on a CPU (the search/calibration passes); saved as stored
+        run_dtype = modelio.runtime_dtype(in_dir, ctx.resolved_device())
+        model = modelio.load_model(in_dir, dtype=run_dtype, device=ctx.resolved_device())
         processor = modelio.load_processor(in_dir)
         layout = find_layout(model)
         n_llm, n_audio = layout.num_llm_layers, layout.num_audio_layers
@@ -187,6 +189,10 @@ class PruneLayers(Stage):
         if llm:
             surgery.remove_llm_layers(model, llm)
         ctx.log(f"prune-layers: removed LLM layers [{_fmt_layers(llm)}], audio layers [{_fmt_layers(audio)}]; saving")
+        if run_dtype is not None:
+            from .merge import checkpoint_dtype
+
+            model.to(checkpoint_dtype(in_dir))  # exact: the float16/bf16 values went through float32
         modelio.save_model(model, processor, out_dir)
 
         techniques = []
