@@ -229,9 +229,12 @@ def predict_recipe(recipe: Recipe, base: str, *, condition: str, lang: str, data
     return out
 
 
+_SHORT_DTYPE = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
+
+
 def _base_float(cfg) -> str:
     dt = str(getattr(cfg, "dtype", None) or getattr(cfg, "torch_dtype", None) or "bfloat16").replace("torch.", "")
-    return {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}.get(dt, "bf16")
+    return _SHORT_DTYPE.get(dt, "bf16")
 
 
 _SKIP_COMPONENTS = {"lm_head": "lm_head", "audio_tower": "audio_encoder", "multi_modal_projector": "projector",
@@ -278,10 +281,10 @@ def spec_for_stages(stages: list[StageEntry], cfg, *, base: str, lang: str, data
                 else:
                     per[comp] = fdt
             if o.get("dtype", "auto") not in (None, "auto"):
-                fdt = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}.get(o["dtype"], o["dtype"])
+                fdt = _SHORT_DTYPE.get(o["dtype"], o["dtype"])
         elif e.stage == "finetune" and o.get("save_dtype") not in (None, "input"):
             # the output keeps the input's dtype unless save_dtype says otherwise (not the training dtype)
-            fdt = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}.get(o["save_dtype"], o["save_dtype"])
+            fdt = _SHORT_DTYPE.get(o["save_dtype"], o["save_dtype"])
     if precision in ("bf16", "fp16", "fp32"):
         precision = fdt
     # embeddings are never quantized by bitsandbytes (nn.Embedding), whatever the default precision

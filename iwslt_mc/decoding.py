@@ -117,13 +117,8 @@ def _materialize(w):
 
 
 def _to_model(inputs, model):
-    """Move processor output to the model's device; features in the audio encoder's input dtype."""
-    from .layout import find_layout
-
-    try:
-        dtype = find_layout(model).audio_tower.conv1.weight.dtype
-    except AttributeError:
-        dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
+    """Move processor output to the model's device; features in the model's floating dtype."""
+    dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
     out = {}
     for k, v in inputs.items():
         v = v.to(model.device)
@@ -619,9 +614,7 @@ def decode_to_file(model_dir, audio, out, *, lang: str, mode: str = "fast", batc
                                error=segs[i].problem))
         if mine:
             if model is None:
-                from .modelio import load_model, load_processor
-
-                from .modelio import runtime_dtype
+                from .modelio import load_model, load_processor, runtime_dtype
 
                 model = load_model(model_dir, dtype=dtype or runtime_dtype(model_dir, resolved_device),
                                    device=resolved_device)

@@ -93,8 +93,15 @@ def runtime_dtype(model_dir: str | os.PathLike, device: str | None):
         return None
     if cfg.get("quantization_config"):
         return None
+    return torch.float32 if config_dtype(cfg) in (torch.float16, torch.bfloat16) else None
+
+
+def config_dtype(cfg: dict):
+    """The dtype of the unquantized weights a model config names (``dtype``/``torch_dtype``), or None."""
+    import torch
+
     name = cfg.get("dtype") or cfg.get("torch_dtype") or (cfg.get("text_config") or {}).get("dtype")
-    return torch.float32 if name in ("float16", "bfloat16") else None
+    return getattr(torch, name, None) if isinstance(name, str) else None
 
 
 def _uniform_float_dtype(model, dtype) -> None:
@@ -106,7 +113,7 @@ def _uniform_float_dtype(model, dtype) -> None:
     storage) are left alone.
     """
     for mod in model.modules():
-        for name, p in list(mod.named_parameters(recurse=False)):
+        for p in list(mod.parameters(recurse=False)):
             if p.is_floating_point() and p.dtype != dtype and type(p).__name__ not in ("Params4bit", "Int8Params"):
                 p.data = p.data.to(dtype)
         for name, b in list(mod.named_buffers(recurse=False)):
@@ -123,10 +130,14 @@ def load_processor(model_dir: str | os.PathLike):
         raise UserError(f"{model_dir}: cannot load processor ({str(e).splitlines()[0]})") from None
 
 
-def save_model(model, processor, out_dir: str | os.PathLike, *, max_shard_size: str = "5GB") -> Path:
-    """Save weights (safetensors), config, generation config and processor into ``out_dir``."""
+def save_model(model, processor, out_dir: str | os.PathLike, *, max_shard_size: str = "5GB", dtype=None) -> Path:
+    """Save weights (safetensors), config, generation config and processor into ``out_dir``.
+
+    ``dtype`` casts the (unquantized) model to it first, e.g. back to the dtype it was stored in."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if dtype is not None:
+        model = model.to(dtype)
     drop_irreversible_conversions(model)
     model.save_pretrained(str(out), safe_serialization=True, max_shard_size=max_shard_size)
     if processor is not None:

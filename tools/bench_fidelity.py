@@ -315,7 +315,8 @@ def main(argv: list[str] | None = None) -> int:
     results_path = args.out / "results.json"
     old = {r["name"]: r for r in json.loads(results_path.read_text())["results"]} if results_path.exists() else {}
     model_dirs, results = {}, []
-    for v in plan(args, cfg):
+    variants = plan(args, cfg)
+    for v in variants:
         t0 = time.time()
         print(f"== {v['name']}: {v['what']}", flush=True)
         model_dir, build_s = make_variant(v, args, runs, model_dirs)
@@ -353,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
             "command": "python tools/bench_fidelity.py " + " ".join(argv if argv is not None else sys.argv[1:]),
             "threads": torch.get_num_threads()}
     report.parent.mkdir(parents=True, exist_ok=True)
-    sets = {v["name"]: v["sets"] for v in plan(args, cfg) if "sets" in v}
+    sets = {v["name"]: v["sets"] for v in variants if "sets" in v}
     atomic_write_text(report, markdown(results, args, meta, plot, sets))
     print(f"wrote {report}")
     return 0

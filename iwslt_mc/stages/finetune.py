@@ -330,8 +330,7 @@ class Finetune(Stage):
                 if out_dtype is not None and checkpoint_dtype(out_dir) not in (None, out_dtype):
                     modelio.recast_saved(out_dir, out_dtype, processor)
             else:
-                model = trainer.accelerator.unwrap_model(model)
-                modelio.save_model(model.to(out_dtype) if out_dtype is not None else model, processor, out_dir)
+                modelio.save_model(trainer.accelerator.unwrap_model(model), processor, out_dir, dtype=out_dtype)
             return
         model = trainer.accelerator.unwrap_model(model)
         if quantized and repacked_layers(model):

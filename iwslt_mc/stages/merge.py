@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..modelio import config_dtype
 from ..modelio import drop_irreversible_conversions  # noqa: F401  (callers import it from here)
 from ..errors import InputFileError, UserError
 from .base import Stage, StageContext, StageOptions, read_config
@@ -28,11 +29,7 @@ class MergeOptions(StageOptions):
 
 def checkpoint_dtype(model_dir: Path):
     """The dtype of the unquantized weights as saved (config ``dtype``/``torch_dtype``), or None."""
-    import torch
-
-    cfg = read_config(model_dir)
-    name = cfg.get("dtype") or cfg.get("torch_dtype") or (cfg.get("text_config") or {}).get("dtype")
-    return getattr(torch, name, None) if isinstance(name, str) else None
+    return config_dtype(read_config(model_dir))
 
 
 def merge_adapters(peft_model, dtype=None):

@@ -154,6 +154,7 @@ class PruneFFN(Stage):
     def run(self, in_dir: Path, out_dir: Path, ctx: StageContext) -> dict:
         from .. import modelio, surgery
         from ..layout import find_layout
+        from .merge import checkpoint_dtype
 
         o = self.options
         # float16/bf16 weights run in float32 on a CPU (the search/calibration passes); saved as stored
@@ -192,11 +193,8 @@ class PruneFFN(Stage):
             techniques.append(f"structured audio-encoder FFN pruning ({before['audio']} -> {o.audio_width} units per layer, {how})")
         if not techniques:
             ctx.log("prune-ffn: target widths equal the current ones; weights copied unchanged")
-        if run_dtype is not None:
-            from .merge import checkpoint_dtype
-
-            model.to(checkpoint_dtype(in_dir))  # exact: the float16/bf16 values went through float32
-        modelio.save_model(model, processor, out_dir)
+        # back to the stored dtype: exact, the float16/bf16 values went through float32
+        modelio.save_model(model, processor, out_dir, dtype=checkpoint_dtype(in_dir) if run_dtype else None)
         return {"techniques": techniques or ["FFN pruning (no change)"], "data": data,
                 "llm_width_before": before["llm"], "llm_width_after": layout.text_config.intermediate_size,
                 "audio_width_before": before["audio"], "audio_width_after": layout.audio_config.encoder_ffn_dim}

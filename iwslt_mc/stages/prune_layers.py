@@ -156,6 +156,7 @@ class PruneLayers(Stage):
     def run(self, in_dir: Path, out_dir: Path, ctx: StageContext) -> dict:
         from .. import modelio, surgery
         from ..layout import find_layout
+        from .merge import checkpoint_dtype
 
         o = self.options
         ctx.log(f"prune-layers: loading {in_dir}")
@@ -189,11 +190,8 @@ class PruneLayers(Stage):
         if llm:
             surgery.remove_llm_layers(model, llm)
         ctx.log(f"prune-layers: removed LLM layers [{_fmt_layers(llm)}], audio layers [{_fmt_layers(audio)}]; saving")
-        if run_dtype is not None:
-            from .merge import checkpoint_dtype
-
-            model.to(checkpoint_dtype(in_dir))  # exact: the float16/bf16 values went through float32
-        modelio.save_model(model, processor, out_dir)
+        # back to the stored dtype: exact, the float16/bf16 values went through float32
+        modelio.save_model(model, processor, out_dir, dtype=checkpoint_dtype(in_dir) if run_dtype else None)
 
         techniques = []
         if llm:
