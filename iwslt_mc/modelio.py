@@ -25,7 +25,35 @@ def check_model_dir(model_dir: str | os.PathLike) -> Path:
             raise InputFileError(p, f"weights are pickle files ({', '.join(sorted(pickles)[:3])}); convert them to safetensors "
                                     "(e.g. load and save_pretrained(..., safe_serialization=True)); pickles are never loaded")
         raise InputFileError(p, "no *.safetensors weight files")
+    require_supported_model(p)
     return p
+
+
+SUPPORTED_MODEL_TYPES = ("qwen2_audio",)
+
+
+def read_model_type(model_dir: str | os.PathLike) -> str | None:
+    """``model_type`` from a model directory's config.json (None when it has none)."""
+    f = Path(model_dir) / "config.json"
+    try:
+        cfg = json.loads(f.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise InputFileError(f, "not UTF-8 text") from None
+    except ValueError as e:
+        raise InputFileError(f, f"not valid JSON ({e})") from None
+    if not isinstance(cfg, dict):
+        raise InputFileError(f, "not a JSON object")
+    mt = cfg.get("model_type")
+    return mt if isinstance(mt, str) else None
+
+
+def require_supported_model(model_dir: str | os.PathLike) -> str:
+    """The directory's ``model_type`` if iwslt-mc supports it, else a one-line error before any weight is read."""
+    mt = read_model_type(model_dir)
+    if mt not in SUPPORTED_MODEL_TYPES:
+        raise InputFileError(Path(model_dir), f"not a Qwen2-Audio model (model_type {mt!r} in config.json; "
+                                              f"supported: {', '.join(SUPPORTED_MODEL_TYPES)})")
+    return mt
 
 
 def model_fingerprint(model_dir) -> str:
