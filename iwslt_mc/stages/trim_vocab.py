@@ -49,6 +49,10 @@ class TrimVocabOptions(StageOptions):
     keep_tokens: list[str] = field(default_factory=list, metadata={
         "help": "extra tokens to keep, as spelled in the vocabulary (e.g. 'Ġhello')"})
     keep_ids: list[int] = field(default_factory=list, metadata={"help": "extra token ids to keep"})
+    general_words: int = field(default=0, metadata={
+        "help": "also keep the tokens of the N most frequent words of each non-English language in `languages` "
+                "(wordfreq's general frequency lists, not test data): fewer unseen test words fall back to "
+                "byte pieces, at a size cost the planner predicts (needs pip install 'iwslt-mc[wordlists]'); 0 = off"})
 
     def validate(self) -> None:
         if self.languages is not None:
@@ -57,6 +61,8 @@ class TrimVocabOptions(StageOptions):
                 raise UserError(f"stage trim-vocab: unknown language code {bad[0]!r} (expected en, de, zh, ar)")
         if any(i < 0 for i in self.keep_ids):
             raise UserError("stage trim-vocab: keep_ids must be non-negative")
+        if self.general_words < 0:
+            raise UserError("stage trim-vocab: general_words must be >= 0")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -244,6 +250,29 @@ def kept_token_ids(in_dir, options: dict | None, *, lang: str, data: list[str], 
     return keep_set(processor.tokenizer, tok_json, enc, configs, stage.options, rows)
 
 
+def general_word_list(lang: str, n: int) -> list[str]:
+    """The ``n`` most frequent words of ``lang`` from wordfreq (a general list that does not come from test sets)."""
+    try:
+        import wordfreq
+    except ImportError:
+        raise UserError("stage trim-vocab: general_words needs the wordfreq package: "
+                        "pip install 'iwslt-mc[wordlists]' (or pip install wordfreq)") from None
+    return wordfreq.top_n_list(lang, n)
+
+
+def general_word_texts(lang: str, words: list[str]) -> list[str]:
+    """How the words appear in running text: alone and after a space (a different byte-level BPE token),
+    capitalised too for German (nouns, sentence starts). Chinese is written without spaces."""
+    if lang == "zh":
+        return list(words)
+    out = []
+    for w in words:
+        forms = {w, w[:1].upper() + w[1:]} if lang == "de" else {w}
+        for f in sorted(forms):
+            out += [f, " " + f]
+    return out
+
+
 class TrimVocab(Stage):
     name = "trim-vocab"
     Options = TrimVocabOptions
@@ -265,6 +294,14 @@ class TrimVocab(Stage):
             texts += t
             d["use"] = "vocabulary trimming (tokens seen in this text are kept)"
             data_used.append(d)
+        if o.general_words:
+            for lg in languages:
+                if lg == "en":
+                    continue
+                words = general_word_list(lg, o.general_words)
+                texts += general_word_texts(lg, words)
+                data_used.append({"dataset": f"wordfreq {lg} top {o.general_words:,} words",
+                                  "use": "vocabulary trimming (general target-language word list)"})
         return texts, data_used
 
     def check(self, in_dir: Path, ctx: StageContext) -> None:
@@ -272,7 +309,7 @@ class TrimVocab(Stage):
         from ..prompting import check_lang
 
         check_lang(ctx.lang)
-        if not o.corpora and not (o.use_data and ctx.data) and not o.keep_tokens and not o.keep_ids:
+        if not o.corpora and not (o.use_data and ctx.data) and not o.keep_tokens and not o.keep_ids and not o.general_words:
             raise UserError("stage trim-vocab: no text to keep tokens of (give corpora, --data, keep_tokens or keep_ids); "
                             "trimming to the prompt alone would leave almost nothing to translate with")
         for c in o.corpora:
