@@ -280,3 +280,29 @@ def test_killed_run_resumes_to_identical_files(kit, testsets, both, tmp_path):
         assert (out / name).read_bytes() == (both / name).read_bytes(), name
     tail = json.loads(second.read_text("utf-8").splitlines()[-1])
     assert tail["type"] == "summary" and tail["resumed"] >= 1 and tail["resumed"] + tail["decoded"] == 3
+
+
+def test_unlisted_wavs_and_unused_wavs_are_noted(testsets, tmp_path, monkeypatch):
+    from iwslt_mc.commands.decode import split_name
+
+    d = _copy_testset(testsets, tmp_path, "KITCLIPS")
+    (d / "FILE_ORDER").write_text("clip-b.wav\n")
+    inp = resolve_audio(str(d))  # no YAML: the listed WAV first, then the others by name (as the organizers do)
+    assert [s.id for s in inp.segments] == ["clip-b.wav", "clip-a.wav", "clip-c.wav"]
+    assert inp.notes == ["KITCLIPS: 2 WAV(s) not in FILE_ORDER are decoded after the listed ones, in name order: "
+                         "clip-a.wav, clip-c.wav"]
+
+    t = _copy_testset(testsets, tmp_path, "KITTALKS")
+    (t / "FILE_ORDER").write_text("talk2.wav\ntalk1.wav\nextra.wav\n")
+    shutil.copy(t / "talk2.wav", t / "extra.wav")
+    inp = resolve_audio(str(t))
+    assert len(inp.segments) == 5
+    assert inp.notes == ["KITTALKS: 1 WAV(s) in FILE_ORDER have no segment in KITTALKS.yaml and give no line: extra.wav"]
+    (t / "KITTALKS.de").write_text("one line\n")
+    assert resolve_audio(str(t)).notes[-1] == f"{t / 'KITTALKS.de'}: 1 reference lines for 5 segments"
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a=b.wav").write_bytes(b"")
+    assert split_name("a=b.wav") == (None, "a=b.wav")  # an existing path is never split
+    assert split_name("tst=test/x.wav") == ("tst", "test/x.wav")
+    assert split_name("data?split=eval") == (None, "data?split=eval")
