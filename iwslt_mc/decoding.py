@@ -543,10 +543,12 @@ def check_hub_model(model_id: str) -> None:
         raise UserError(f"{model_id}: cannot read config.json from the Hugging Face hub ({msg})") from None
     from pathlib import Path
 
+    from .errors import InputFileError
+
     try:
         require_supported_model(Path(cfg).parent)
-    except UserError as e:
-        raise UserError(f"{model_id}: {str(e).split(': ', 1)[1]}") from None
+    except InputFileError as e:  # named after the hub id, not the cache folder
+        raise UserError(f"{model_id}: {e.problem}") from None
 
 
 def check_model(model_dir) -> None:
