@@ -280,6 +280,10 @@ def _testset(path: Path, spec: str) -> AudioInput:
     for n, entry in enumerate(order, start=1):
         rel = find(entry)
         if rel is None:
+            several = by_name.get(Path(entry).name, [])
+            if len(several) > 1:
+                raise InputFileError(order_file, f"line {n}: {entry} matches {len(several)} WAVs "
+                                                 f"({', '.join(several[:3])}): write its path inside {folder}")
             raise InputFileError(order_file, f"line {n}: {entry}: no such WAV in {folder}")
         if rel in listed:
             raise InputFileError(order_file, f"line {n}: {entry} is listed twice")
