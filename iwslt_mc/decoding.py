@@ -454,6 +454,9 @@ class DecodeSummary:
     mode: str
     device: str
     world_size: int = 1
+    name: str = ""  # the test set's name
+    split_segments: list[str] = field(default_factory=list)  # ids of segments decoded in pieces (> 30 s)
+    pieces: int = 0  # pieces those segments were cut into
 
     @property
     def rtf(self) -> float:
@@ -500,17 +503,77 @@ def _default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _bad_message(bad) -> str:
+def bad_segments_message(bad) -> str:
     first = bad[0].problem
     more = f" (and {len(bad) - 1} more bad segment{'s' if len(bad) > 2 else ''})" if len(bad) > 1 else ""
     return f"{first}{more}; pass --skip-bad to decode them as empty lines"
+
+
+def check_weight_files(model_dir) -> None:
+    """Every safetensors file of ``model_dir`` holds the bytes its header describes: a truncated or
+    corrupt file is a one-line error naming it, before any weight is loaded (headers only, instant)."""
+    from .errors import InputFileError
+    from .sizer import read_header, weight_files
+
+    base, files, _ = weight_files(model_dir)
+    for rel in files:
+        path = base / rel
+        header, hbytes = read_header(path)
+        try:
+            end = max((int(m["data_offsets"][1]) for k, m in header.items() if k != "__metadata__"), default=0)
+        except (KeyError, TypeError, ValueError, IndexError):
+            raise InputFileError(path, "corrupt safetensors header (a tensor entry has no valid data_offsets)") from None
+        size = path.stat().st_size
+        if hbytes + end > size:
+            raise InputFileError(path, f"truncated safetensors file (its header describes {hbytes + end:,} bytes, "
+                                       f"the file has {size:,}); copy or download it again")
+
+
+def check_hub_model(model_id: str) -> None:
+    """For a hub id: fetch (or find cached) its config.json and refuse another architecture before any weight."""
+    from .errors import UserError
+    from .modelio import require_supported_model
+
+    try:
+        from huggingface_hub import hf_hub_download
+
+        cfg = hf_hub_download(str(model_id), "config.json")
+    except Exception as e:  # offline, unknown repo, no access: one line, not a traceback
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{model_id}: cannot read config.json from the Hugging Face hub ({msg})") from None
+    from pathlib import Path
+
+    from .errors import InputFileError
+
+    try:
+        require_supported_model(Path(cfg).parent)
+    except InputFileError as e:  # named after the hub id, not the cache folder
+        raise UserError(f"{model_id}: {e.problem}") from None
+
+
+def check_model(model_dir) -> None:
+    """What decode checks about the model before decoding: a local directory (config, architecture,
+    weight files complete) or a hub id (architecture, from its config.json)."""
+    from .modelio import check_model_dir, is_local
+
+    if is_local(model_dir):
+        check_model_dir(model_dir)
+        check_weight_files(model_dir)
+    else:
+        check_hub_model(model_dir)
+
+
+def target_joiner(lang: str) -> str:
+    """How the pieces of one split segment join into its line: no space in Chinese, one space otherwise."""
+    return "" if lang.endswith("-zh") else " "
 
 
 def decode_to_file(model_dir, audio, out, *, lang: str, mode: str = "fast", batch_size: int = 8,
                    max_length: int = 1024, max_new_tokens: int | None = None, prompt: str | None = None,
                    dtype: str | None = None, device: str | None = None, skip_bad: bool = False,
                    resume: bool = False, overwrite: bool = False, progress: bool = False,
-                   model=None, processor=None) -> DecodeSummary:
+                   model=None, processor=None, cache: dict | None = None,
+                   checked: bool = False) -> DecodeSummary:
     """Decode every segment of ``audio`` (an :class:`iwslt_mc.inputs.AudioInput`) into ``out``.
 
     ``out`` gets one line per segment in input order, written atomically at the end; ``<out>.jsonl``
@@ -518,7 +581,13 @@ def decode_to_file(model_dir, audio, out, *, lang: str, mode: str = "fast", batc
     an interrupted run (refusing a log made with another model, audio, language or setting). Under
     ``accelerate launch`` each process decodes a share into ``<out>.rankN.jsonl`` and process 0 merges.
     Segments that cannot be read are an error before decoding starts, or with ``skip_bad`` empty lines
-    (listed in the summary).
+    (listed in the summary). A segment longer than the encoder's 30 s window is cut at pauses
+    (:func:`iwslt_mc.inputs.split_long`); its pieces are decoded and joined into its one line, its log
+    record lists them (``pieces``) and the summary names every such segment (``split_segments``).
+
+    An existing ``out`` without a log is refused unless ``overwrite``. ``cache``: a dict that keeps the
+    loaded model and processor for the next call (several test sets, one load). ``checked``: the model
+    was already checked (:func:`check_model`).
     """
     import json
     from pathlib import Path
@@ -527,8 +596,8 @@ def decode_to_file(model_dir, audio, out, *, lang: str, mode: str = "fast", batc
 
     from .errors import InputFileError, UserError
     from .fsutil import atomic_write_text
-    from .inputs import check_segments
-    from .modelio import check_model_dir, is_local, model_fingerprint
+    from .inputs import check_segments, split_long
+    from .modelio import is_local, model_fingerprint
 
     check_lang(lang)
     if mode not in MODES:
@@ -538,12 +607,12 @@ def decode_to_file(model_dir, audio, out, *, lang: str, mode: str = "fast", batc
     out = Path(out)
     if out.is_dir():
         raise InputFileError(out, "is a directory; --out names the hypothesis file")
-    if model is None and is_local(model_dir):
-        check_model_dir(model_dir)
+    if model is None and not checked:
+        check_model(model_dir)
 
     bad = [s for s in audio.segments if s.problem] or check_segments(audio)
     if bad and not skip_bad:
-        raise UserError(_bad_message(bad))
+        raise UserError(bad_segments_message(bad))
 
     segs = audio.segments
     n = len(segs)
@@ -552,6 +621,7 @@ def decode_to_file(model_dir, audio, out, *, lang: str, mode: str = "fast", batc
         "model": str(Path(model_dir).resolve()) if is_local(model_dir) else str(model_dir),
         "model_fingerprint": model_fingerprint(model_dir) if is_local(model_dir) else str(model_dir),
         "audio": audio.spec, "audio_kind": audio.kind, "audio_fingerprint": audio.fingerprint(), "segments": n,
+        "testset": audio.name, "references": audio.references,
         "lang": lang, "mode": mode, "prompt": prompt, "max_length": max_length, "max_new_tokens": max_new_tokens,
         "dtype": dtype or "auto",
     }
@@ -566,6 +636,8 @@ def decode_to_file(model_dir, audio, out, *, lang: str, mode: str = "fast", batc
     if logs and not (resume or overwrite):
         raise InputFileError(logs[0], "a decode log already exists: pass --resume to continue it "
                                       "or --overwrite to start again")
+    if out.exists() and not logs and not overwrite:
+        raise InputFileError(out, f"already exists and has no decode log ({log.name}): pass --overwrite to replace it")
     dist.barrier()
     if overwrite and not resume and dist.rank == 0:
         for p in logs:
@@ -613,41 +685,80 @@ def decode_to_file(model_dir, audio, out, *, lang: str, mode: str = "fast", batc
                 write(fh, dict(type="segment", index=i, **segs[i].record(), text="", n_tokens=0, seconds=0.0,
                                error=segs[i].problem))
         if mine:
+            if model is None and cache:
+                model, processor = cache["model"], cache["processor"]
             if model is None:
                 from .modelio import load_model, load_processor, runtime_dtype
 
                 model = load_model(model_dir, dtype=dtype or runtime_dtype(model_dir, resolved_device),
                                    device=resolved_device)
                 processor = load_processor(model_dir)
+                if cache is not None:
+                    cache.update(model=model, processor=processor)
             runtime_bad: dict[int, str] = {}
 
-            def loader(i: int):
-                def load():
+            def guarded(i: int, load):
+                def run():
                     try:
-                        return segs[i].waveform()
+                        return load()
                     except InputFileError as e:
                         if not skip_bad:
                             raise
                         runtime_bad[i] = str(e)
                         return np.zeros(SAMPLE_RATE // 10, dtype=np.float32)  # decoded, then blanked
 
-                return load
+                return run
 
-            waves = [loader(i) for i in mine]
-            lengths = [min(segs[i].duration or 30.0, 30.0) for i in mine]
-            bar = DecodeProgress(len(mine), sum(lengths), description=f"decoding ({mode})") if progress and dist.main else None
+            # Decoding units: a segment, or the pieces of a segment longer than the encoder's window.
+            units: list[tuple[int, int]] = []  # (segment index, piece number)
+            waves, lengths = [], []
+            spans: dict[int, list[tuple[float, float]]] = {}
+            for i in mine:
+                s = segs[i]
+                cut = None
+                if (s.duration or 0.0) * SAMPLE_RATE > MAX_SAMPLES:
+                    try:
+                        cut = split_long(s, MAX_SAMPLES / SAMPLE_RATE)
+                    except InputFileError as e:
+                        if not skip_bad:
+                            raise
+                        runtime_bad[i] = str(e)
+                if cut:
+                    spans[i] = cut
+                    for k, (a, d) in enumerate(cut):
+                        units.append((i, k))
+                        waves.append(guarded(i, s.piece(a, d)))
+                        lengths.append(d)
+                else:
+                    units.append((i, 0))
+                    waves.append(guarded(i, s.waveform))
+                    lengths.append(min(s.duration or 30.0, 30.0))
+            joiner = target_joiner(lang)
+            pending: dict[int, dict[int, Hyp]] = {}
+            what = f"decoding {audio.name} ({mode})" if audio.name else f"decoding ({mode})"
+            bar = DecodeProgress(len(mine), sum(lengths), description=what) if progress and dist.main else None
             try:
                 for j, hyp in iter_translate(model, processor, waves, lang, mode=mode, batch_size=batch_size,
                                              max_length=max_length, max_new_tokens=max_new_tokens, prompt=prompt,
                                              lengths=lengths):
-                    i = mine[j]
-                    rec = dict(type="segment", index=i, **segs[i].record(), text=hyp.text, n_tokens=hyp.n_tokens,
-                               seconds=round(hyp.seconds, 4))
+                    i, k = units[j]
+                    got = pending.setdefault(i, {})
+                    got[k] = hyp
+                    if len(got) < len(spans.get(i, [None])):
+                        continue  # more pieces of this segment to come
+                    del pending[i]
+                    parts = [got[k] for k in sorted(got)]
+                    text = joiner.join(h.text for h in parts if h.text)
+                    rec = dict(type="segment", index=i, **segs[i].record(), text=text,
+                               n_tokens=sum(h.n_tokens for h in parts), seconds=round(sum(h.seconds for h in parts), 4))
+                    if i in spans:
+                        rec["pieces"] = [dict(start=a, duration=d, text=h.text, n_tokens=h.n_tokens)
+                                         for (a, d), h in zip(spans[i], parts)]
                     if i in runtime_bad:
                         rec.update(text="", n_tokens=0, error=runtime_bad[i])
                     write(fh, rec)
                     if bar:
-                        bar.advance(1, hyp.n_tokens)
+                        bar.advance(1, rec["n_tokens"])
             finally:
                 if bar:
                     bar.close()
@@ -666,12 +777,14 @@ def decode_to_file(model_dir, audio, out, *, lang: str, mode: str = "fast", batc
         ordered = [all_recs[i] for i in range(n)]
         decoded_now = sum(1 for i in range(n) if i not in done and not all_recs[i].get("error"))
         errors = [r["error"] for r in ordered if r.get("error")]
-        audio_s = sum(min(r.get("duration") or 0.0, 30.0) for r in ordered if not r.get("error"))
+        audio_s = sum(r.get("duration") or 0.0 for r in ordered if not r.get("error"))
+        split = [r for r in ordered if r.get("pieces")]
         summary = DecodeSummary(out=str(out), log=str(log), segments=n, decoded=decoded_now,
                                 resumed=len(done), bad=errors, audio_seconds=audio_s,
                                 decode_seconds=sum(r["seconds"] for r in ordered), wall_seconds=wall,
                                 tokens=sum(r["n_tokens"] for r in ordered), mode=mode, device=resolved_device,
-                                world_size=dist.world)
+                                world_size=dist.world, name=audio.name, split_segments=[r["id"] for r in split],
+                                pieces=sum(len(r["pieces"]) for r in split))
         tail = {"type": "summary", **summary.to_json()}
         atomic_write_text(log, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in [header] + ordered + [tail]))
         for p in out.parent.glob(out.name + ".rank*.jsonl"):
@@ -682,6 +795,6 @@ def decode_to_file(model_dir, audio, out, *, lang: str, mode: str = "fast", batc
         summary = DecodeSummary(out=str(out), log=str(my_log), segments=len(mine), decoded=decoded_now, resumed=0,
                                 bad=[], audio_seconds=0.0, decode_seconds=sum(r["seconds"] for r in records_now),
                                 wall_seconds=wall, tokens=sum(r["n_tokens"] for r in records_now), mode=mode,
-                                device=resolved_device, world_size=dist.world)
+                                device=resolved_device, world_size=dist.world, name=audio.name)
     dist.barrier()
     return summary

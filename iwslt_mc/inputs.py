@@ -5,6 +5,12 @@ A SPEC is recognised by itself as one of:
 - a **dataset** (ACL 60/60 style): a ``save_to_disk`` directory, a parquet file or directory, a
   ``.tsv``/``.csv``/``.jsonl`` data list, a hub id, with ``?split=...`` options; read with
   :func:`iwslt_mc.data.load_examples`; one segment per example;
+- an **IWSLT test-set folder** (the organizers' layout): WAVs, a ``FILE_ORDER`` file naming one WAV per
+  line, at most one segmentation YAML covering any number of the WAVs, optional references
+  (``*.en``, ``*.de``, ``*.zh``). Segments come in the organizers' order: WAVs by their position in
+  ``FILE_ORDER``, then segments by their position in the YAML; without a YAML every WAV is one segment,
+  in ``FILE_ORDER`` order. The test set is named after the folder. A YAML given by path with a
+  ``FILE_ORDER`` beside it is read the same way;
 - a **segmentation YAML** (IWSLT test set): ``- {offset: O, duration: D, wav: talk.wav, ...}`` per
   segment, WAV paths relative to the YAML (or in ``wav/`` beside it or beside its folder, as in
   MuST-C); a directory holding exactly one such YAML also works;
@@ -12,7 +18,9 @@ A SPEC is recognised by itself as one of:
 - a **single audio file**.
 
 Files of the list and the single file become one segment when at most 30 s long, and are cut at
-pauses by :mod:`iwslt_mc.segmenter` when longer. Any sample rate or channel count is read as 16 kHz
+pauses by :mod:`iwslt_mc.segmenter` into several segments (lines) when longer. A segment of a YAML, a
+test set or a dataset is one line whatever its length: :func:`split_long` cuts one longer than the
+audio encoder's 30 s window at pauses into pieces that the decoder translates and joins. Any sample rate or channel count is read as 16 kHz
 mono. :func:`check_segments` reads every header (and YAML offsets against WAV durations) before any
 decoding, and names the file and segment of each problem.
 """
@@ -32,6 +40,8 @@ AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".aiff", ".aif", ".a
 DATASET_SUFFIXES = (".parquet", ".tsv", ".csv", ".jsonl", ".json")
 YAML_SUFFIXES = (".yaml", ".yml")
 MAX_SECONDS = 30.0
+FILE_ORDER = "FILE_ORDER"
+REFERENCE_SUFFIXES = (".en", ".de", ".zh", ".ar")
 # Slack for a YAML segment's end against its WAV (offsets are written rounded to 10 ms).
 END_TOLERANCE = 0.01
 
@@ -51,8 +61,13 @@ class Segment:
     example: object | None = field(default=None, repr=False)  # the dataset Example, for dataset inputs
 
     def waveform(self):
-        """16 kHz mono float32 (decoded now)."""
+        """16 kHz mono float32 (decoded now), the whole segment (not cut to 30 s)."""
         return self.load()
+
+    def piece(self, start: float, duration: float) -> Callable[[], object]:
+        """A loader for ``duration`` seconds of this segment from ``start`` (seconds into the segment)."""
+        a, b = int(round(start * 16000)), int(round((start + duration) * 16000))
+        return lambda: self.waveform()[a:b]
 
     def record(self) -> dict:
         return {"id": self.id, "source": self.source, "offset": self.offset, "duration": self.duration}
@@ -63,9 +78,11 @@ class AudioInput:
     """What a SPEC resolved to: its ``kind`` and the segments in output order."""
 
     spec: str
-    kind: str  # dataset | yaml | list | audio
+    kind: str  # testset | dataset | yaml | list | audio
     segments: list[Segment]
     notes: list[str] = field(default_factory=list)
+    name: str = ""  # the test set's name (its folder's name; else the file's stem)
+    references: dict[str, str] = field(default_factory=dict)  # language code -> reference file of a test set
 
     def fingerprint(self) -> str:
         """Identity of the segment list (ids, sources, slices), to tell whether a log belongs to it."""
@@ -76,7 +93,7 @@ class AudioInput:
 
     @property
     def seconds(self) -> float:
-        return sum(min(s.duration or 0.0, MAX_SECONDS) for s in self.segments)
+        return sum(s.duration or 0.0 for s in self.segments)
 
 
 def _split_query(spec: str) -> tuple[str, str]:
@@ -85,18 +102,22 @@ def _split_query(spec: str) -> tuple[str, str]:
 
 
 def detect_kind(spec: str) -> str:
-    """``dataset``, ``yaml``, ``list`` or ``audio`` for a SPEC (UserError when it is none of them)."""
+    """``testset``, ``dataset``, ``yaml``, ``list`` or ``audio`` for a SPEC (UserError when it is none of them)."""
     from .modelio import is_local
 
     raw, query = _split_query(str(spec))
     p = Path(raw)
+    if p.is_dir() and (p / FILE_ORDER).is_file():
+        return "testset"
+    if p.is_file() and p.suffix.lower() in YAML_SUFFIXES and (p.parent / FILE_ORDER).is_file():
+        return "testset"
     if p.is_dir():
         if (p / "dataset_dict.json").exists() or (p / "state.json").exists() or any(p.rglob("*.parquet")):
             return "dataset"
         if len(_yamls_in(p)) == 1:
             return "yaml"
-        raise InputFileError(p, "not an audio input: expected a dataset (save_to_disk or parquet files) "
-                                "or a directory with exactly one segmentation YAML")
+        raise InputFileError(p, "not an audio input: expected a test-set folder (WAVs and FILE_ORDER), a dataset "
+                                "(save_to_disk or parquet files) or a directory with exactly one segmentation YAML")
     if p.is_file():
         suffix = p.suffix.lower()
         if query or suffix in DATASET_SUFFIXES:
@@ -130,6 +151,8 @@ def resolve_audio(spec: str, *, segment_long: bool = True, max_seconds: float = 
     (missing file, malformed YAML or list); per-segment audio problems are left to :func:`check_segments`."""
     kind = detect_kind(spec)
     raw, _ = _split_query(str(spec))
+    if kind == "testset":
+        return _testset(Path(raw), str(spec))
     if kind == "dataset":
         segs = _dataset_segments(spec)
         notes = []
@@ -143,7 +166,16 @@ def resolve_audio(spec: str, *, segment_long: bool = True, max_seconds: float = 
         segs, notes = _file_segments(Path(raw), str(raw), segment_long=segment_long, max_seconds=max_seconds)
     if not segs:
         raise UserError(f"{spec}: no segments to decode")
-    return AudioInput(str(spec), kind, segs, notes)
+    return AudioInput(str(spec), kind, segs, notes, name=default_name(spec))
+
+
+def default_name(spec: str) -> str:
+    """What an input is called when it names an output: a folder's name, a file's stem, a hub id's last part."""
+    raw, _ = _split_query(str(spec))
+    p = Path(raw.rstrip("/"))
+    if p.is_dir() or not p.suffix:
+        return p.name
+    return p.stem
 
 
 # ---------------------------------------------------------------- datasets
@@ -152,13 +184,28 @@ def _dataset_segments(spec: str) -> list[Segment]:
     from .data import decode_audio, load_examples
 
     return [Segment(id=str(ex.id), source=ex.source, where=ex.source, example=ex,
-                    load=(lambda ex=ex: decode_audio(ex)[: int(MAX_SECONDS * 16000)]))
+                    load=(lambda ex=ex: decode_audio(ex)))
             for ex in load_examples(spec)]
 
 
 # ---------------------------------------------------------------- segmentation YAML
 
 def _yaml_segments(path: Path) -> list[Segment]:
+    out, per_wav = [], {}
+    for k, (name, offset, duration) in enumerate(_yaml_entries(path), start=1):
+        wav = _wav_path(path, name)
+        n = per_wav[name] = per_wav.get(name, 0) + 1
+        out.append(_slice_segment(f"{name}#{n}", wav, offset, duration, f"{path}: segment {k}"))
+    return out
+
+
+def _slice_segment(sid: str, wav: Path, offset: float, duration: float, where: str) -> Segment:
+    return Segment(id=sid, source=str(wav), offset=offset, duration=duration, where=where,
+                   load=(lambda w=wav, o=offset, d=duration, where=where: _load_slice(w, o, d, where)))
+
+
+def _yaml_entries(path: Path) -> list[tuple[str, float, float]]:
+    """``(wav, offset, duration)`` per segment of a segmentation YAML, in its order (one-line errors)."""
     import yaml
 
     try:
@@ -171,9 +218,8 @@ def _yaml_segments(path: Path) -> list[Segment]:
         raise InputFileError(path, f"{at}not valid YAML ({getattr(e, 'problem', None) or e})") from None
     if not isinstance(doc, list):
         raise InputFileError(path, "a segmentation YAML is a list of {offset, duration, wav} entries")
-    out, per_wav = [], {}
+    out = []
     for k, entry in enumerate(doc, start=1):
-        where = f"{path}: segment {k}"
         if not isinstance(entry, dict):
             raise InputFileError(path, f"segment {k}: expected a mapping with offset, duration, wav")
         missing = [f for f in ("offset", "duration", "wav") if f not in entry]
@@ -185,10 +231,7 @@ def _yaml_segments(path: Path) -> list[Segment]:
             raise InputFileError(path, f"segment {k}: offset and duration must be numbers") from None
         if offset < 0 or duration <= 0:
             raise InputFileError(path, f"segment {k}: offset must be >= 0 and duration > 0 (got {offset}, {duration})")
-        wav = _wav_path(path, str(entry["wav"]))
-        n = per_wav[str(entry["wav"])] = per_wav.get(str(entry["wav"]), 0) + 1
-        out.append(Segment(id=f"{entry['wav']}#{n}", source=str(wav), offset=offset, duration=duration, where=where,
-                           load=(lambda w=wav, o=offset, d=duration, where=where: _load_slice(w, o, d, where))))
+        out.append((str(entry["wav"]), offset, duration))
     return out
 
 
@@ -212,6 +255,103 @@ def _load_slice(wav: Path, offset: float, duration: float, where: str):
         return load_audio(wav, start=offset, duration=duration)
     except InputFileError as e:
         raise InputFileError(where, f"{wav.name}: {e.problem}") from None
+
+
+# ---------------------------------------------------------------- IWSLT test-set folders
+
+def _testset(path: Path, spec: str) -> AudioInput:
+    """A test-set folder (or its YAML, given by path): segments in the organizers' order (module docstring)."""
+    folder = path if path.is_dir() else path.parent
+    order_file = folder / FILE_ORDER
+    order = _read_file_order(order_file)
+    wavs = {p.relative_to(folder).as_posix(): p for p in sorted(folder.rglob("*"))
+            if p.suffix.lower() == ".wav" and p.is_file()}
+    by_name: dict[str, list[str]] = {}
+    for rel in wavs:
+        by_name.setdefault(Path(rel).name, []).append(rel)
+
+    def find(entry: str) -> str | None:
+        if entry in wavs:
+            return entry
+        hits = by_name.get(Path(entry).name, [])
+        return hits[0] if len(hits) == 1 else None
+
+    listed: list[str] = []  # FILE_ORDER as relative paths of existing WAVs
+    for n, entry in enumerate(order, start=1):
+        rel = find(entry)
+        if rel is None:
+            several = by_name.get(Path(entry).name, [])
+            if len(several) > 1:
+                raise InputFileError(order_file, f"line {n}: {entry} matches {len(several)} WAVs "
+                                                 f"({', '.join(several[:3])}): write its path inside {folder}")
+            raise InputFileError(order_file, f"line {n}: {entry}: no such WAV in {folder}")
+        if rel in listed:
+            raise InputFileError(order_file, f"line {n}: {entry} is listed twice")
+        listed.append(rel)
+
+    if path.is_file():
+        yamls = [path]
+    else:
+        yamls = sorted(p for p in folder.rglob("*") if p.suffix.lower() in YAML_SUFFIXES and p.is_file())
+    if len(yamls) > 1:
+        names = ", ".join(p.relative_to(folder).as_posix() for p in yamls)
+        raise InputFileError(folder, f"{len(yamls)} segmentation YAMLs ({names}): a test set has one; "
+                                     "pass the one to use as --audio FOLDER/NAME.yaml")
+    notes: list[str] = []
+    rank = {rel: k for k, rel in enumerate(listed)}
+    segs: list[Segment] = []
+    if yamls:
+        yaml_path = yamls[0]
+        keyed = []
+        per_wav: dict[str, int] = {}
+        for k, (name, offset, duration) in enumerate(_yaml_entries(yaml_path), start=1):
+            rel = find(name)
+            if rel is None or rel not in rank:
+                raise InputFileError(yaml_path, f"segment {k}: {name} is not listed in {order_file}")
+            n = per_wav[rel] = per_wav.get(rel, 0) + 1
+            keyed.append((rank[rel], k, _slice_segment(f"{name}#{n}", wavs[rel], offset, duration,
+                                                       f"{yaml_path}: segment {k}")))
+        segs = [seg for _, _, seg in sorted(keyed, key=lambda t: t[:2])]
+        unused = [rel for rel in listed if rel not in per_wav]
+        if unused:
+            notes.append(f"{folder.name}: {len(unused)} WAV(s) in FILE_ORDER have no segment in "
+                         f"{yaml_path.name} and give no line: {', '.join(unused[:5])}")
+    else:
+        extra = [rel for rel in wavs if rel not in rank]
+        if extra:  # as the organizers' script: after the listed ones
+            notes.append(f"{folder.name}: {len(extra)} WAV(s) not in FILE_ORDER are decoded after the listed ones, "
+                         f"in name order: {', '.join(extra[:5])}")
+        for rel in listed + extra:
+            segs.append(Segment(id=rel, source=str(wavs[rel]), where=str(wavs[rel]),
+                                load=(lambda a=wavs[rel]: _load_whole(a, str(a)))))
+    if not segs:
+        raise UserError(f"{spec}: no segments to decode")
+    refs = {}
+    for f in sorted(folder.iterdir()):
+        if f.is_file() and f.suffix in REFERENCE_SUFFIXES:
+            refs.setdefault(f.suffix[1:], str(f))
+    for code, ref in refs.items():
+        try:
+            count = len(Path(ref).read_bytes().decode("utf-8").splitlines())
+        except (OSError, UnicodeDecodeError):
+            notes.append(f"{ref}: reference is not readable UTF-8 text")
+            continue
+        if count != len(segs):
+            notes.append(f"{ref}: {count} reference lines for {len(segs)} segments")
+    return AudioInput(spec, "testset", segs, notes, name=folder.name, references=refs)
+
+
+def _read_file_order(path: Path) -> list[str]:
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise InputFileError(path, "not UTF-8 text") from None
+    except OSError as e:
+        raise InputFileError(path, f"cannot read ({e.strerror or e})") from None
+    order = [line.strip() for line in text.splitlines() if line.strip()]
+    if not order:
+        raise InputFileError(path, "empty: it names the test set's WAVs, one per line")
+    return order
 
 
 # ---------------------------------------------------------------- lists and single files
@@ -271,11 +411,25 @@ def _load_whole(audio: Path, where: str):
     from .audio import load_audio
 
     try:
-        return load_audio(audio)[: int(MAX_SECONDS * 16000)]
+        return load_audio(audio)
     except InputFileError as e:
         if where == str(audio):
             raise
         raise InputFileError(where, f"{audio}: {e.problem}") from None
+
+
+# ---------------------------------------------------------------- segments longer than the encoder's window
+
+def split_long(seg: Segment, max_seconds: float = MAX_SECONDS) -> list[tuple[float, float]] | None:
+    """Pieces ``(start, duration)`` in seconds into ``seg``, cut at pauses by :func:`iwslt_mc.segmenter.segment_audio`,
+    when the segment is longer than ``max_seconds`` (the audio encoder hears 30 s and drops the rest);
+    None when it fits. Loads the segment's audio (InputFileError when it cannot be read)."""
+    from .segmenter import segment_audio
+
+    wave = seg.waveform()
+    if len(wave) <= int(max_seconds * 16000):
+        return None
+    return [(sp.start, round(sp.duration, 6)) for sp in segment_audio(wave, max_seconds=max_seconds)]
 
 
 # ---------------------------------------------------------------- checks

@@ -15,6 +15,12 @@
           talk.wav                  the eval utterances in order, with pauses between them
           talk.yaml                 `- {duration: D, offset: O, speaker_id: spk1, wav: talk.wav}` per segment
           talk.en talk.de talk.zh   references, one segment per line
+        testsets/                   two IWSLT test-set folders in the organizers' layout (dev-split speech)
+          KITTALKS/                 talk1.wav talk2.wav, FILE_ORDER (talk2.wav first), KITTALKS.yaml
+                                    (talk1's segments first: the YAML's order is not the output order),
+                                    KITTALKS.en .de .zh (references in the output order)
+          KITCLIPS/                 clip-a.wav clip-b.wav clip-c.wav, one utterance each, no YAML,
+                                    FILE_ORDER clip-c, clip-a, clip-b; KITCLIPS.en .de .zh
 
 Read the data with ``datasets.load_dataset(str(OUT_DIR / "data"))`` (a DatasetDict with "dev" and
 "eval", like the hub's ACL 60/60) and cast ``audio`` to ``Audio(decode=False)``: datasets 5 decodes
@@ -100,6 +106,11 @@ LEADING_SILENCE = 0.5
 PAUSES = (0.6, 1.0, 0.8, 1.4, 0.5, 1.2, 0.7, 0.9)
 TRAILING_SILENCE = 1.0
 
+# The test-set folders (dev utterances by index). TESTSET_TALKS: WAV -> its utterances, in the YAML's
+# order; FILE_ORDER lists the WAVs in another order. TESTSET_CLIPS: one utterance per WAV, no YAML.
+TESTSET_TALKS = ("KITTALKS", {"talk1.wav": (0, 1, 2), "talk2.wav": (3, 4)}, ("talk2.wav", "talk1.wav"))
+TESTSET_CLIPS = ("KITCLIPS", {"clip-a.wav": 5, "clip-b.wav": 6, "clip-c.wav": 7}, ("clip-c.wav", "clip-a.wav", "clip-b.wav"))
+
 
 @dataclass
 class KitInfo:
@@ -116,6 +127,7 @@ class KitInfo:
     speech_seconds: float = 0.0
     long_segments: int = 0
     long_seconds: float = 0.0
+    testsets: dict = field(default_factory=dict)  # name -> segments (output lines)
     data_bytes: int = 0
     seconds: float = 0.0
 
@@ -257,6 +269,8 @@ English speech made with espeak-ng; German and Chinese references written by the
 Fields: `index`, `audio` (16 kHz mono WAV bytes), `text_en`, `text_de`, `text_zh`.
 Splits as on the hub's ACL 60/60: `dev` and `eval`. `long/` holds the eval split as one talk
 (`talk.wav`, segmentation `talk.yaml`, references `talk.en`, `talk.de`, `talk.zh`).
+`testsets/KITTALKS` and `testsets/KITCLIPS` are IWSLT test-set folders in the organizers' layout
+(WAVs, `FILE_ORDER`, at most one segmentation YAML, references in the output order), from dev speech.
 """
 
 
@@ -310,7 +324,54 @@ def write_data(data_dir: Path) -> dict:
         "speech_seconds": round(sum(len(w) for w in waves.values()) / SAMPLE_RATE, 2),
         "long_segments": len(segments),
         "long_seconds": round(pos / SAMPLE_RATE, 2),
+        "testsets": write_testsets(data_dir / "testsets", {r["index"]: r for r in rows}, waves),
     }
+
+
+def _talk(waves: list, pauses) -> tuple:
+    """Utterances joined with silences (leading, between, trailing): (int16 wave, [(start, samples)])."""
+    import numpy as np
+
+    pieces, spans, pos = [], [], 0
+    for w, gap in zip(waves, pauses):
+        n = round(gap * SAMPLE_RATE)
+        pieces += [np.zeros(n, np.int16), w]
+        spans.append((pos + n, len(w)))
+        pos += n + len(w)
+    pieces.append(np.zeros(round(TRAILING_SILENCE * SAMPLE_RATE), np.int16))
+    return np.concatenate(pieces), spans
+
+
+def write_testsets(root: Path, rows: dict, waves: dict) -> dict:
+    """The two test-set folders of the module docstring; returns {name: segments}."""
+    out = {}
+    name, talks, order = TESTSET_TALKS
+    d = root / name
+    d.mkdir(parents=True)
+    yaml_lines, per_wav = [], {}
+    for wav, idx in talks.items():
+        wave, spans = _talk([waves[i] for i in idx], [LEADING_SILENCE, *PAUSES[:len(idx) - 1]])
+        (d / wav).write_bytes(_wav_bytes(wave))
+        per_wav[wav] = idx
+        yaml_lines += [f"- {{duration: {n / SAMPLE_RATE:.2f}, offset: {start / SAMPLE_RATE:.2f}, "
+                       f"speaker_id: {Path(wav).stem}, wav: {wav}}}" for start, n in spans]
+    atomic_write_text(d / f"{name}.yaml", "\n".join(yaml_lines) + "\n")
+    atomic_write_text(d / "FILE_ORDER", "".join(w + "\n" for w in order))
+    ordered = [i for wav in order for i in per_wav[wav]]
+    for lang in LANGS:
+        atomic_write_text(d / f"{name}.{lang}", "".join(rows[i][f"text_{lang}"] + "\n" for i in ordered))
+    out[name] = len(ordered)
+
+    name, clips, order = TESTSET_CLIPS
+    d = root / name
+    d.mkdir(parents=True)
+    for wav, i in clips.items():
+        (d / wav).write_bytes(_wav_bytes(waves[i]))
+    atomic_write_text(d / "FILE_ORDER", "".join(w + "\n" for w in order))
+    for lang in LANGS:
+        atomic_write_text(d / f"{name}.{lang}", "".join(rows[clips[w]][f"text_{lang}"] + "\n" for w in order))
+    out[name] = len(order)
+    return out
 
 
 def _publish_modes(root: Path) -> None:

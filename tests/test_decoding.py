@@ -237,3 +237,88 @@ def test_custom_prompt(kit_model, kit_processor, all_waves, reference):
     fast = translate(kit_model, kit_processor, waves, "en-de", mode="fast", max_new_tokens=NEW, prompt=instr)
     assert [h.tokens for h in fast] == [h.tokens for h in ref]
     assert [h.tokens for h in ref] != [h.tokens for h in reference[:3]]  # the prompt reaches the model
+
+
+# ------------------------------------------------------------- bad models and outputs: one line, exit 2
+
+
+def _error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    return err[0]
+
+
+def _no_weights_loaded(monkeypatch):
+    """Fail the test if any weight is read."""
+    from iwslt_mc import modelio
+
+    def refuse(*a, **k):
+        raise AssertionError("weights were loaded")
+
+    monkeypatch.setattr(modelio, "load_model", refuse)
+    monkeypatch.setattr("transformers.Qwen2AudioForConditionalGeneration.from_pretrained", refuse)
+
+
+def test_decode_refuses_another_architecture_before_loading(kit, tmp_path, monkeypatch, capsys):
+    bert = tmp_path / "bert"
+    bert.mkdir()
+    (bert / "config.json").write_text(json.dumps({"model_type": "bert", "architectures": ["BertModel"]}))
+    shutil.copy(kit / "model" / "model.safetensors", bert / "model.safetensors")
+    _no_weights_loaded(monkeypatch)
+    capsys.readouterr()
+    assert cli.main(["decode", str(bert), "--lang", "en-de", "--audio", str(kit / "data" / "testsets" / "KITCLIPS"),
+                     "--out", str(tmp_path / "hyp.de")]) == 2
+    assert _error_line(capsys).startswith(f"iwslt-mc decode: error: {bert}: not a Qwen2-Audio model (model_type 'bert'")
+    assert not (tmp_path / "hyp.de.jsonl").exists()
+
+    # a hub id: its config.json (fetched or cached) is read first, and no weight
+    import huggingface_hub
+
+    calls = []
+
+    def fake_download(repo, filename, **kw):
+        calls.append((repo, filename))
+        return str(bert / filename)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    assert cli.main(["decode", "google-bert/bert-base-uncased", "--lang", "en-de", "--audio",
+                     str(kit / "data" / "testsets" / "KITCLIPS"), "--out", str(tmp_path / "hyp.de")]) == 2
+    assert _error_line(capsys).startswith("iwslt-mc decode: error: google-bert/bert-base-uncased: not a Qwen2-Audio "
+                                          "model (model_type 'bert'")
+    assert calls == [("google-bert/bert-base-uncased", "config.json")]
+
+
+def test_decode_refuses_a_truncated_safetensors_file(kit, tmp_path, monkeypatch, capsys):
+    model = tmp_path / "model"
+    shutil.copytree(kit / "model", model)
+    weights = model / "model.safetensors"
+    size = weights.stat().st_size
+    with weights.open("r+b") as f:
+        f.truncate(size // 2)
+    _no_weights_loaded(monkeypatch)
+    capsys.readouterr()
+    args = ["decode", str(model), "--lang", "en-de", "--audio", str(kit / "data" / "testsets" / "KITCLIPS"),
+            "--out", str(tmp_path / "hyp.de")]
+    assert cli.main(args) == 2
+    line = _error_line(capsys)
+    assert line.startswith(f"iwslt-mc decode: error: {weights}: truncated safetensors file (its header describes "
+                           f"{size:,} bytes, the file has {size // 2:,})")
+    with weights.open("r+b") as f:
+        f.truncate(4)
+    assert cli.main(args) == 2
+    assert _error_line(capsys) == (f"iwslt-mc decode: error: {weights}: truncated safetensors file (4 bytes, "
+                                   "not even the 8-byte header length)")
+
+
+def test_decode_does_not_overwrite_a_file_without_a_log(kit, tmp_path, eval_run, capsys):
+    out = tmp_path / "hyp.de"
+    out.write_text("my notes\n")
+    capsys.readouterr()
+    assert decode(kit, out) == 2
+    assert _error_line(capsys) == (f"iwslt-mc decode: error: {out}: already exists and has no decode log "
+                                   "(hyp.de.jsonl): pass --overwrite to replace it")
+    assert decode(kit, out, "--resume") == 2
+    assert "already exists and has no decode log" in _error_line(capsys)
+    assert out.read_text() == "my notes\n" and not Path(str(out) + ".jsonl").exists()
+    assert decode(kit, out, "--overwrite") == 0
+    assert out.read_bytes() == eval_run.read_bytes()

@@ -21,7 +21,10 @@ ROOT = Path(__file__).resolve().parent.parent
 DETERMINISTIC_FILES = ["model/model.safetensors", "model/config.json", "model/generation_config.json",
                        "model/tokenizer.json", "model/tokenizer_config.json", "model/chat_template.jinja",
                        "model/processor_config.json", "data/dev.parquet", "data/eval.parquet",
-                       "data/long/talk.wav", "data/long/talk.yaml", "kit.json"]
+                       "data/long/talk.wav", "data/long/talk.yaml", "kit.json",
+                       "data/testsets/KITTALKS/talk1.wav", "data/testsets/KITTALKS/talk2.wav",
+                       "data/testsets/KITTALKS/KITTALKS.yaml", "data/testsets/KITTALKS/FILE_ORDER",
+                       "data/testsets/KITCLIPS/clip-c.wav", "data/testsets/KITCLIPS/FILE_ORDER"]
 
 
 def _segments(kit: Path) -> list[dict]:
@@ -285,3 +288,45 @@ def test_cli_help_has_examples_without_torch():
 def test_user_error_type():
     with pytest.raises(UserError):
         kitmod.build_kit(ROOT / "pyproject.toml")
+
+
+# --- test-set folders in the organizers' layout ---------------------------------------------------
+
+def test_testset_folders(kit, kit_waves):
+    from iwslt_mc.audio import load_audio
+
+    root = kit / "data" / "testsets"
+    assert sorted(p.name for p in root.iterdir()) == ["KITCLIPS", "KITTALKS"]
+    rows = {r["index"]: r for r in kitmod.utterances()}
+    dev = dict(kit_waves["dev"])
+
+    talks = root / "KITTALKS"
+    assert sorted(p.name for p in talks.iterdir()) == ["FILE_ORDER", "KITTALKS.de", "KITTALKS.en", "KITTALKS.yaml",
+                                                       "KITTALKS.zh", "talk1.wav", "talk2.wav"]
+    order = (talks / "FILE_ORDER").read_text().splitlines()
+    segs = yaml.safe_load((talks / "KITTALKS.yaml").read_text())
+    yaml_wavs = list(dict.fromkeys(s["wav"] for s in segs))
+    assert order == ["talk2.wav", "talk1.wav"] and yaml_wavs == ["talk1.wav", "talk2.wav"]  # the orders differ
+    # every YAML slice is its dev utterance, sample for sample (16-bit WAV)
+    expect = {"talk1.wav": [0, 1, 2], "talk2.wav": [3, 4]}
+    for wav in yaml_wavs:
+        mine = [s for s in segs if s["wav"] == wav]
+        assert len(mine) == len(expect[wav])
+        for s, i in zip(mine, expect[wav]):
+            piece = load_audio(talks / wav, start=s["offset"], duration=s["duration"])
+            n = min(len(piece), len(dev[i]))
+            assert abs(len(piece) - len(dev[i])) <= 80 and np.abs(piece[:n] - dev[i][:n]).max() < 0.05
+    # references follow the output order: FILE_ORDER, then the YAML
+    for lang in kitmod.LANGS:
+        got = (talks / f"KITTALKS.{lang}").read_text("utf-8").splitlines()
+        assert got == [rows[i][f"text_{lang}"] for i in (3, 4, 0, 1, 2)]
+
+    clips = root / "KITCLIPS"
+    assert not list(clips.glob("*.yaml"))
+    order = (clips / "FILE_ORDER").read_text().splitlines()
+    assert order == ["clip-c.wav", "clip-a.wav", "clip-b.wav"]
+    ids = {"clip-a.wav": 5, "clip-b.wav": 6, "clip-c.wav": 7}
+    for wav, i in ids.items():
+        assert np.abs(load_audio(clips / wav) - dev[i]).max() < 1e-3
+    assert (clips / "KITCLIPS.de").read_text("utf-8").splitlines() == [rows[ids[w]]["text_de"] for w in order]
+    assert json.loads((kit / "kit.json").read_text())["testsets"] == {"KITTALKS": 5, "KITCLIPS": 3}
