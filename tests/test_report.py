@@ -207,7 +207,7 @@ def test_report_2026_frontier_per_test_set_and_averaged_without_bins(pareto_runs
     assert any("partial (en-de) is not in the average: scored on 1 of 6 test sets" in n for n in rec["notes"])
     md = (out / "report.md").read_text(encoding="utf-8")
     assert "| bin |" not in md and "best in bin" not in md and "Bins (" not in md
-    assert "| mid | en-de | average of 6 | 0.900 GB |" in md and "the 2026 ranking" in md
+    assert "| mid | en-de | average of 6 | 900.0 MB |" in md and "the 2026 ranking" in md
     png = out / report.PLOT_NAME
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert colour_pixels(png, (0.839, 0.153, 0.157)) > 500  # frontier
