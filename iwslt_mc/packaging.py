@@ -467,13 +467,18 @@ def _split_list(value) -> list[str]:
 
 
 def exact_unit(nbytes: int, unit: str) -> str:
-    """``nbytes`` in ``unit`` without rounding: 200000000 -> '0.2 GB', 199999999 -> '0.199999999 GB'."""
+    """``nbytes`` in ``unit``: decimal units without rounding (200000000 -> '0.2 GB', 199999999 ->
+    '0.199999999 GB'); binary units to 9 decimals (1e-9 GiB is about one byte), '≈' when rounded."""
     div = {"GB": track.GB, "MB": track.MB, "KB": track.KB, "GiB": track.GiB, "MiB": track.MiB}[unit]
     q = Decimal(nbytes) / Decimal(div)
+    approx = ""
+    if unit in ("GiB", "MiB"):
+        r = round(q, 9)
+        approx, q = ("" if r == q else "≈"), r
     s = format(q, "f")
     if "." in s:
         s = s.rstrip("0").rstrip(".")
-    return f"{s} {unit}"
+    return f"{approx}{s} {unit}"
 
 
 def _human_params(n: int) -> str:

@@ -782,3 +782,13 @@ def test_real_outside_data_still_warns_under_constrained(tmp_path):
     warn = [w for w in res.warnings if "constrained condition" in w]
     assert len(warn) == 1 and "CoVoST 2 en-de train 100k" in warn[0] and "ACL 60/60 translated" not in warn[0]
     assert str(tmp_path) not in res.description
+
+
+def test_300_character_team_name_cli_one_line(model, tmp_path, capsys):
+    rc = cli.main(["package", str(model), "--team", "T" * 300, "--lang", "en-de", "--condition", "constrained",
+                   "--type", "primary", "--hyp", f"tst={hyp(tmp_path / 'h.de', HYP_DE)}", "--edition", "2025",
+                   "--allow-unlogged", "--out", str(tmp_path / "subs")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1
+    assert err[0].startswith("iwslt-mc package: error: team name is 300 characters") and "at most 32" in err[0]
+    assert "T" * 40 not in err[0] and not (tmp_path / "subs").exists()
