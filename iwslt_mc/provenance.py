@@ -179,6 +179,8 @@ def describe_dataset(record, names: dict[str, str] | None = None, _depth: int = 
         if "/" not in record and os.sep not in record and not Path(record).exists():
             if record in _ACL_HUB_IDS or _ACL_NAME_RE.search(record):
                 return DatasetUse(ACL6060, "acl6060")
+            if record.lower().replace(" ", "").startswith("covost"):
+                return DatasetUse(COVOST2 if record.lower() in ("covost2", "covost") else record, "outside")
             return DatasetUse(record, "outside")  # a name already
         record = {"path": record}
     if not isinstance(record, dict):

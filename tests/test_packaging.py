@@ -237,7 +237,7 @@ def test_provenance_wins_and_typed_facts_only_where_missing(tmp_path):
     with pytest.raises(UserError, match="already records the datasets"):
         pkg(m, tmp_path, condition="unconstrained", datasets="other")
     res = pkg(m, tmp_path, condition="unconstrained")
-    assert res.manifest["techniques"] == ["nf4 quantization"] and res.manifest["datasets"] == ["covost2"]
+    assert res.manifest["techniques"] == ["nf4 quantization"] and res.manifest["datasets"] == ["CoVoST 2"]
     # a constrained package listing non-ACL data is flagged
     res2 = pkg(m, tmp_path, condition="constrained", submission_type="contrastive")
     assert any("constrained condition allows only" in w for w in res2.warnings)
@@ -398,7 +398,7 @@ def test_check_description_fields(tmp_path):
     m = make_model(tmp_path / "m", data=("covost2",))
     res = pkg(m, tmp_path, condition="unconstrained")
     d = res.dir / "description.txt"
-    d.write_text(d.read_text().replace("Datasets used: covost2\n", "").replace("Number of parameters: 80", "Number of parameters: 81"))
+    d.write_text(d.read_text().replace("Datasets used: CoVoST 2\n", "").replace("Number of parameters: 80", "Number of parameters: 81"))
     probs = packaging.check([res.dir]).all_problems()
     assert any("mandatory field 'Datasets used'" in p for p in probs)
     assert any("'Number of parameters' says" in p for p in probs)
