@@ -10,6 +10,11 @@
   resegmented output: edit distance per reference segment on the same tokens the aligner saw,
   case-insensitive like the aligner, summed over segments / reference tokens.
 - COMET through :mod:`iwslt_mc.comet_env` (its own environment, a separate process).
+- Tags such as ``(Applause)``, ``(Laughter)``, ``[Applaus]``, ``(笑声)`` are removed from hypotheses
+  and references before anything is scored, as the organizers ignore them ("Tags such as applause,
+  laughing, etc are not considered during the evaluation"); ``tags="keep"`` scores the lines as
+  they are (then BLEU/chrF equal the sacrebleu command line exactly), ``tag_pattern`` replaces the
+  rule. Only the scorer's copy changes: files are never rewritten.
 
 Everything a score depends on is in its signature string.
 """
@@ -29,6 +34,7 @@ from pathlib import Path
 from .errors import InputFileError, UserError
 
 RESEGMENT_MODES = ("auto", "always", "never")
+TAG_MODES = ("strip", "keep")
 
 
 @dataclass(frozen=True)
@@ -96,6 +102,81 @@ def read_reference(path: str | os.PathLike) -> list[str]:
     if not any(lines):
         raise InputFileError(path, "reference is empty")
     return lines
+
+
+# ---------------------------------------------------------------------------------------------
+# Tags the scorer ignores
+
+# A tag is a parenthesized or bracketed span (ASCII or full-width brackets) whose words are all
+# sound-event words, alone or joined by "and"/"und"/"和"/commas: "(Applause)", "(Laughter and
+# applause)", "[Applaus]", "(Gelächter)", "（笑声）", "(笑声和掌声)". Other parentheticals, e.g.
+# "(siehe Abbildung 3)", are text and stay.
+TAG_WORDS = frozenset("""
+applause laughter laughs laughing laugh music cheering cheers cheer noise silence inaudible crosstalk
+cough coughs coughing sighs sigh audience clapping claps beep video audio singing sings
+applaus beifall gelächter lachen lacht musik jubel publikum husten räuspern unverständlich stille
+笑声 掌声 音乐 笑 鼓掌 欢呼 欢呼声 噪音 咳嗽 听不清 观众 静音
+""".split())
+_TAG_SPAN = re.compile(r"\s*[\(\[（【]([^()\[\]（）【】]{1,60})[\)\]）】]")
+_TAG_SEPARATORS = re.compile(r"[\s,，、;；/&+.!。！]+|和|与|及")
+_TAG_JOINERS = frozenset({"and", "und", "&"})
+
+
+def _is_sound_tag(inner: str) -> bool:
+    words = [w for w in _TAG_SEPARATORS.split(inner.strip().lower()) if w]
+    return bool(words) and all(w in TAG_WORDS or w in _TAG_JOINERS for w in words) \
+        and not all(w in _TAG_JOINERS for w in words)
+
+
+@dataclass(frozen=True)
+class TagFilter:
+    """Removes tags from a line before scoring. ``pattern``: a regular expression whose matches are
+    removed instead of the built-in rule (sound-event words in brackets). ``keep``: remove nothing."""
+
+    keep: bool = False
+    pattern: str | None = None
+
+    def __post_init__(self):
+        if self.pattern is not None:
+            try:
+                re.compile(self.pattern)
+            except re.error as e:
+                raise UserError(f"--tag-pattern {self.pattern!r}: not a regular expression ({e})") from None
+
+    @property
+    def signature(self) -> str:
+        if self.keep:
+            return "tags:kept"
+        return "tags:stripped" + (f"(re:{self.pattern})" if self.pattern else "(sound-events)")
+
+    def strip(self, line: str) -> tuple[str, int]:
+        """(line without tags, number of tags removed); spacing around a removed tag is tidied."""
+        if self.keep:
+            return line, 0
+        n = 0
+        if self.pattern:
+            out, n = re.subn(self.pattern, " ", line)
+        else:
+            def repl(m):
+                nonlocal n
+                if _is_sound_tag(m.group(1)):
+                    n += 1
+                    return " "
+                return m.group(0)
+
+            out = _TAG_SPAN.sub(repl, line)
+        if not n:
+            return line, 0
+        out = re.sub(r"\s+([,.;:!?，。；：！？])", r"\1", re.sub(r"[ \t]{2,}", " ", out)).strip()
+        return out, n
+
+    def apply(self, lines: list[str]) -> tuple[list[str], int]:
+        out, total = [], 0
+        for line in lines:
+            s, n = self.strip(line)
+            out.append(s)
+            total += n
+        return out, total
 
 
 # ---------------------------------------------------------------------------------------------
@@ -291,12 +372,19 @@ def resegment(hyp_lines: list[str], ref_lines: list[str], lang: str, *, spm_mode
 def score_files(hyp: str | os.PathLike, ref: str | os.PathLike, lang: str, *, src: str | os.PathLike | None = None,
                 resegment_mode: str = "auto", spm_model: str | None = None, comet: str | None = None,
                 comet_env: str | os.PathLike | None = None, comet_batch_size: int | None = None,
-                testset: str | None = None) -> dict:
+                testset: str | None = None, tags: str = "strip", tag_pattern: str | None = None) -> dict:
     """Score a hypothesis file against a reference file; returns the JSON-ready result.
 
     Every input is checked (files, encodings, line counts, COMET environment) before any scoring.
+    ``tags``: "strip" (default: applause/laughter-style tags removed from both sides first, as the
+    organizers ignore them) or "keep"; ``tag_pattern``: a regex of what to remove instead.
     """
     check_lang(lang)
+    if tags not in TAG_MODES:
+        raise UserError(f"tags must be one of {', '.join(TAG_MODES)} (got {tags!r})")
+    if tags == "keep" and tag_pattern:
+        raise UserError("--keep-tags and --tag-pattern exclude each other")
+    tag_filter = TagFilter(keep=tags == "keep", pattern=tag_pattern)
     if resegment_mode not in RESEGMENT_MODES:
         raise UserError(f"--resegment must be one of {', '.join(RESEGMENT_MODES)} (got {resegment_mode!r})")
     refs = read_reference(ref)
@@ -320,6 +408,8 @@ def score_files(hyp: str | os.PathLike, ref: str | os.PathLike, lang: str, *, sr
         ckpt = ce.resolve_checkpoint(comet)
         ce.require_env(comet_env)
 
+    refs, ref_tags = tag_filter.apply(refs)
+    hyps, hyp_tags = tag_filter.apply(hyps)
     reseg = None
     if resegment_mode == "always" or (resegment_mode == "auto" and len(hyps) != len(refs)):
         reseg = resegment(hyps, refs, lang, spm_model=spm_model)
@@ -329,13 +419,16 @@ def score_files(hyp: str | os.PathLike, ref: str | os.PathLike, lang: str, *, sr
 
     metrics = corpus_scores(scored, refs, lang)
     segs, seg_sigs = segment_scores(scored, refs, lang)
+    for m in metrics.values():
+        m["signature"] += "|" + tag_filter.signature
+    seg_sigs = {k: v + "|" + tag_filter.signature for k, v in seg_sigs.items()}
     if ckpt is not None:
         from . import comet_env as ce
 
         c = ce.run_comet(ckpt, srcs, scored, refs, env_dir=comet_env, batch_size=comet_batch_size)
         metrics["comet"] = {"name": "COMET", "score": c["system_score"], "model": comet,
                             "signature": f"model:{c['model']}|comet:{c['versions']['comet']}|"
-                                         f"batch:{c['batch_size']}|device:{c['device']}"}
+                                         f"batch:{c['batch_size']}|device:{c['device']}|{tag_filter.signature}"}
         for s, v in zip(segs, c["scores"]):
             s["comet"] = v
     for i, s in enumerate(segs):
@@ -349,6 +442,8 @@ def score_files(hyp: str | os.PathLike, ref: str | os.PathLike, lang: str, *, sr
         "testset": testset or Path(ref).name,
         "files": {"hyp": str(hyp), "ref": str(ref), "src": None if src is None else str(src)},
         "lines": {"hyp": len(hyps), "ref": len(refs)},
+        "tags": {"mode": "keep" if tag_filter.keep else "strip", "pattern": tag_pattern,
+                 "signature": tag_filter.signature, "removed": {"hyp": hyp_tags, "ref": ref_tags}},
         "resegmentation": {"mode": resegment_mode, "applied": reseg is not None,
                            **(reseg.to_json() if reseg else {})},
         "metrics": metrics,

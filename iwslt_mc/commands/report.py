@@ -6,7 +6,8 @@ from .. import cli
 
 EXAMPLES = """
   iwslt-mc score --hyp runs/b3/hyp.de --ref test.de --src test.en --lang en-de --out-json runs/b3/scores-en-de.json
-  iwslt-mc report runs/*/ --out report/
+  iwslt-mc report runs/*/ --out report/                  # 2027: Pareto frontier per test set and averaged
+  iwslt-mc report runs/*/ --out report-2025/ --edition 2025   # 2025: also the bin edges and best per bin
   iwslt-mc report runs/b3 runs/b4 path/to/model_dir --metric bleu --json
 """
 
@@ -14,22 +15,25 @@ EXAMPLES = """
 def add_parser(sub):
     p = cli.add_command(
         sub, "report",
-        help="table (Markdown, JSON) and plot (PNG) of quality against size, bins and Pareto frontier",
+        help="table (Markdown, JSON) and plot (PNG) of quality against size with the Pareto frontier",
         description=(
             "Collect models and their scores into report.md, report.json and quality-vs-size.png in "
             "--out. A RUN_DIR is a build output (RUN_DIR/model/ plus build.json) or a bare model "
             "directory; its scores are RUN_DIR/scores*.json and RUN_DIR/scores/*.json as written by "
-            "'iwslt-mc score --out-json'. Size, parameters and bin are measured now (the sizer); "
-            "recipe and techniques come from build.json and provenance.json. The plot shows quality "
-            "against size (log scale) with the 2025 bin boundaries and the Pareto frontier (2026 "
-            "ranking), one panel per language pair and test set."),
+            "'iwslt-mc score --out-json'. Size (the edition's measure: 2027 torch.save(state_dict) bytes, "
+            "which loads each model once on the CPU; 2025/2026 safetensors bytes), parameters and bin are "
+            "measured now; recipe and techniques come from build.json and provenance.json. The plot shows "
+            "quality against size (log scale) and the Pareto frontier (the 2026/2027 ranking), one panel per "
+            "language pair and test set, plus one per language pair averaged over its test sets when there "
+            "are several; with --edition 2025 also the bin boundaries and the best model of each bin."),
         examples=EXAMPLES,
     )
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="build output or model directory")
     p.add_argument("--out", default="report", metavar="DIR", help="where to write the report (default: report/)")
     p.add_argument("--metric", default="auto", choices=["auto", "comet", "bleu", "chrf"],
                    help="quality axis and frontier metric (auto: COMET when every scored model has it, else BLEU)")
-    p.add_argument("--edition", default="2025", help="edition whose bins are drawn and assigned (default 2025)")
+    p.add_argument("--edition", default=None, metavar="YEAR",
+                   help="track edition: 2027 (default, the newest), 2026 (Pareto, safetensors size), 2025 (bins)")
     p.add_argument("--json", action="store_true", help="print the report record as JSON")
     return p
 
@@ -49,9 +53,13 @@ def run(args) -> int:
     rows = [report.Row(**r) for r in rec["rows"]]
     headers, body = report.table(rows, rec["metric"])
     keep = ["model", "lang", "test set", "size", "bin", label, "Pareto", "best in bin"]
+    if rec["ranking"] != "bins":
+        keep = [k for k in keep if k not in ("bin", "best in bin")]
     idx = [headers.index(h) for h in keep]
     print_table([[row[i] for i in idx] for row in body], keep, title=f"quality ({label}) against size")
     out = Path(args.out)
     written = ["report.md", "report.json"] + ([rec["plot"]] if rec["plot"] else [])
+    for n in rec.get("notes") or []:
+        print(f"note: {n}")
     print("wrote " + ", ".join(str(out / w) for w in written))
     return 0

@@ -24,7 +24,11 @@ def add_parser(sub):
             "When the line counts differ (or with --resegment always) the hypothesis is first "
             "resegmented to the reference segments with mweralign (mwerSegmenter's alignment; "
             "offline tokenization) and the alignment's AS-WER is reported. With --comet the "
-            "segments are also scored by COMET, run in its own environment (iwslt-mc setup-comet)."),
+            "segments are also scored by COMET, run in its own environment (iwslt-mc setup-comet). "
+            "Applause/laughter-style tags ((Applause), [Applaus], (笑声), ...) are removed from hypothesis "
+            "and reference before scoring, as the organizers ignore them (--keep-tags: score the lines "
+            "as they are, identical to the sacrebleu command line; --tag-pattern: your own rule); every "
+            "signature ends with tags:stripped or tags:kept. The files are never changed."),
         examples=EXAMPLES,
     )
     p.add_argument("--hyp", required=True, metavar="FILE", help="hypothesis file, one segment per line")
@@ -37,6 +41,11 @@ def add_parser(sub):
     p.add_argument("--comet", metavar="CHECKPOINT", help="COMET checkpoint (.ckpt, or a model dir with checkpoints/model.ckpt), or a hub id such as Unbabel/wmt22-comet-da when online")
     p.add_argument("--comet-env", metavar="DIR", help="the COMET environment (default: as iwslt-mc setup-comet)")
     p.add_argument("--comet-batch-size", type=int, metavar="N", help="COMET batch size (default 64 on a GPU, 16 on the CPU)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--keep-tags", action="store_true",
+                   help="do not remove applause/laughter-style tags before scoring (default: removed)")
+    g.add_argument("--tag-pattern", metavar="REGEX",
+                   help="remove what this regular expression matches instead of the built-in tag rule")
     p.add_argument("--testset", metavar="NAME", help="label for the report (default: the reference file's name)")
     p.add_argument("--out-json", metavar="FILE", help="also write the full result (with segment scores) here; iwslt-mc report reads RUN_DIR/scores*.json")
     p.add_argument("--json", action="store_true", help="print the full result as JSON (segment scores included)")
@@ -54,7 +63,7 @@ def run(args) -> int:
     result = scoring.score_files(
         args.hyp, args.ref, args.lang, src=args.src, resegment_mode=args.resegment, spm_model=args.spm,
         comet=args.comet, comet_env=args.comet_env, comet_batch_size=args.comet_batch_size,
-        testset=args.testset)
+        testset=args.testset, tags="keep" if args.keep_tags else "strip", tag_pattern=args.tag_pattern)
     if args.out_json:
         atomic_write_json(args.out_json, result)
     if args.json:
@@ -62,8 +71,11 @@ def run(args) -> int:
         return 0
     # Plain lines, not a table: a signature must never be cut to fit the terminal.
     rs, lines = result["resegmentation"], result["lines"]
+    tags = result["tags"]
     print(f"{result['lang']} {result['testset']}: {lines['ref']} segments"
-          + (f" (hypothesis resegmented from {lines['hyp']} lines)" if rs["applied"] else ""))
+          + (f" (hypothesis resegmented from {lines['hyp']} lines)" if rs["applied"] else "")
+          + ("; tags kept" if tags["mode"] == "keep" else
+             f"; tags removed before scoring: {tags['removed']['hyp']} in the hypothesis, {tags['removed']['ref']} in the reference"))
     rows = [(m["name"], f"{m['score']:.4f}" if m["name"] == "COMET" else f"{m['score']:.1f}", m["signature"])
             for m in result["metrics"].values()]
     if rs["applied"]:
