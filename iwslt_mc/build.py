@@ -110,6 +110,13 @@ def _link_tree(src: Path, dst: Path) -> None:
     os.replace(tmp, dst)
 
 
+def _finished_record(running: dict, sdir: Path) -> dict:
+    """The state entry of a stage that finished but was killed before the state said so (from its provenance)."""
+    last = json.loads((sdir / "provenance.json").read_text(encoding="utf-8"))["stages"][-1]
+    return {**running, "status": "done", "seconds": last.get("seconds"), "params_after": last.get("params_after"),
+            "bytes_after": last.get("bytes_after")}
+
+
 def _record_stage(state: dict, state_path: Path, finished: list[dict], rec: dict) -> None:
     """Write ``state`` with ``finished`` stages, then ``rec``, then the older entries of other stages."""
     ids = {x["id"] for x in finished} | {rec["id"]}
@@ -224,10 +231,13 @@ def _run_stages(recipe: Recipe, state: dict, prediction: dict | None, *, lang: s
         fp = _fingerprint({"stage": entry.stage, "options": fp_options, "data": fp_data, "lang": lang,
                            "condition": condition, "smoke": smoke, "seed": seed, "input": in_fp})
         done = prev.get(entry.id)
-        if resume and done and done.get("status") == "done" and done.get("fingerprint") == fp and sdir.exists():
+        # "running" with its directory present: killed between the stage's atomic rename and the state write
+        # (the directory is removed before a stage is marked running, so it is this run's complete output)
+        if (resume and done and done.get("status") in ("done", "running") and done.get("fingerprint") == fp
+                and sdir.exists()):
             log(f"[{n}/{len(active)}] {entry.id} ({entry.stage}): unchanged, skipped")
             skipped.append(entry.id)
-            rec = done
+            rec = done if done["status"] == "done" else _finished_record(done, sdir)
         else:
             if sdir.exists():
                 shutil.rmtree(sdir)  # stale output of a changed stage

@@ -210,7 +210,17 @@ def test_every_build_directory_message_names_what_the_next_command_accepts(kit, 
         f"iwslt-mc build: error: {out}: build directory exists; rerun with --resume to continue it, or choose another --out")
     assert main([*args, "--out", str(out), "--resume", "--set", "prune.llm_layers=[1]", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["size"]["params"] < 594_304
-    assert json.loads((out / "build.json").read_text())["status"] == "done"
+    state = json.loads((out / "build.json").read_text())
+    assert state["status"] == "done"
+
+    # killed after the stage's output was renamed into place, before the state said so: kept, not redone
+    finished = dict(state["stages"][0])
+    state["stages"][0] = {k: finished[k] for k in ("id", "stage", "dir", "fingerprint")} | {"status": "running"}
+    (out / "build.json").write_text(json.dumps(state))
+    assert main([*args, "--out", str(out), "--resume", "--set", "prune.llm_layers=[1]", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["skipped"] == ["prune"]
+    again = json.loads((out / "build.json").read_text())["stages"][0]
+    assert again["status"] == "done" and again["params_after"] == finished["params_after"]
 
     # a directory that is not a build: refused with or without --resume, and left as it was
     other = tmp_path / "other"
