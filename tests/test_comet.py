@@ -201,10 +201,11 @@ def _run_offline(tmp_path, require: bool) -> subprocess.CompletedProcess:
     plugin = tmp_path / "offline_pip.py"
     plugin.write_text("from iwslt_mc import comet_env\nfrom iwslt_mc.errors import UserError\n\n\n"
                       "def _offline(*args, **kwargs):\n"
-                      "    raise UserError('pip install unbabel-comet failed: ERROR: No matching distribution found')\n\n\n"
+                      "    raise UserError('pip install unbabel-comet failed: "
+                      "ERROR: No matching distribution found')\n\n\n"
                       "comet_env.create_env = _offline\n", encoding="utf-8")
     env = {k: v for k, v in os.environ.items() if k != REQUIRE}
-    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), str(ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), str(ROOT)] + [env["PYTHONPATH"]] * bool(env.get("PYTHONPATH")))
     if require:
         env[REQUIRE] = "1"
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "offline_pip", "-p", "no:cacheprovider", str(Path(__file__)),

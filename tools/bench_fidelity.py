@@ -266,7 +266,8 @@ def markdown(results: list[dict], args, meta: dict, plot: str | None, sets: dict
 
 def _changed(r: dict, base: float) -> str:
     c = r["vs_teacher"]
-    return f"{c['changed']} of {c['of']} test hypotheses differ from the teacher's ({r['chrf'] - base:+.2f} {r['chrf_name']})"
+    diff = f"{r['chrf'] - base:+.2f} {r['chrf_name']}"
+    return f"{c['changed']} of {c['of']} test hypotheses differ from the teacher's ({diff})"
 
 
 def targets(results: list[dict]) -> list[str]:
@@ -296,7 +297,8 @@ def targets(results: list[dict]) -> list[str]:
                            + ("met" if ok else f"missed by {mid['chrf'] - it['chrf']:.2f}"))
     if "trim-vocab" in by:
         pct = 100 * by["trim-vocab"]["chrf"] / t["chrf"]
-        line = f"vocabulary trimming keeps 100%: {pct:.2f}% -> " + ("met" if pct >= 100 else f"missed by {100 - pct:.2f} points")
+        line = (f"vocabulary trimming keeps 100%: {pct:.2f}% -> "
+                + ("met" if pct >= 100 else f"missed by {100 - pct:.2f} points"))
         if by["trim-vocab"].get("vs_teacher"):
             line += f"; {_changed(by['trim-vocab'], t['chrf'])}, vocabulary from the train split's texts only"
         out.append(line)
@@ -352,7 +354,8 @@ def main(argv: list[str] | None = None) -> int:
         if v.get("stage") == "trim-vocab":  # held-out text: what trimming to the train split's tokens changed
             r["vs_teacher"] = compare_with_teacher(runs, v["name"], args.lang)
         results.append(r)
-        changed = f"  {r['vs_teacher']['changed']} of {r['vs_teacher']['of']} differ from the teacher" if r.get("vs_teacher") else ""
+        vs = r.get("vs_teacher")
+        changed = f"  {vs['changed']} of {vs['of']} differ from the teacher" if vs else ""
         print(f"   {r['chrf_name']} {r['chrf']:.2f}  BLEU {r['bleu']:.2f}  {_fmt_bytes(r['bytes'])}  "
               f"({time.time() - t0:.0f} s){changed}", flush=True)
         atomic_write_json(results_path, {"results": results + [o for n, o in old.items() if n not in {x['name'] for x in results}]})
