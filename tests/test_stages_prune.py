@@ -122,6 +122,46 @@ def test_strategy_blocks():
     assert top_block(32, 3) == [29, 30, 31]
 
 
+def _layer_state(layer) -> dict:
+    return {k: v.detach().clone() for k, v in layer.state_dict().items()}
+
+
+def _differ(a: dict, b: dict) -> list[str]:
+    """Names of the tensors that differ between two state dicts (or are in only one)."""
+    return sorted(k for k in a.keys() | b.keys() if k not in a or k not in b or not torch.equal(a[k], b[k]))
+
+
+def test_middle_strategy_stage(kit, tmp_path, dev_inputs):
+    """The stage removes the middle block (LLM 1-2 of 0-3, audio 0 of 0-1): every remaining layer is an
+    original layer, unchanged and in order; the config says so and the directory reloads and decodes."""
+    orig = find_layout(_fresh(kit))
+    llm_before = [_layer_state(l) for l in orig.decoder_layers]
+    audio_before = [_layer_state(l) for l in orig.audio_layers]
+    assert len(llm_before) == 4 and len(audio_before) == 2
+    assert _differ(llm_before[1], llm_before[3])  # the layers can be told apart
+    out = tmp_path / "middle"
+    rec = run_stage(make_stage("prune-layers", {"strategy": "middle", "remove": 2, "audio_remove": 1}), kit / "model",
+                    out, StageContext(**QUIET))
+    assert rec["removed_llm_layers"] == [1, 2] and rec["removed_audio_layers"] == [0]
+    assert rec["techniques"][0] == "LLM layer pruning (removed the middle block 1-2 of 4 layers)"
+
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["text_config"]["num_hidden_layers"] == 2 and len(cfg["text_config"]["layer_types"]) == 2
+    assert cfg["audio_config"]["encoder_layers"] == 1
+    reloaded = modelio.load_model(out, device="cpu")
+    new = find_layout(reloaded)
+    assert len(new.decoder_layers) == 2 and len(new.audio_layers) == 1
+    for got, want in zip(new.decoder_layers, [0, 3]):
+        assert not _differ(_layer_state(got), llm_before[want]), f"kept LLM layer {want}"
+    assert not _differ(_layer_state(new.audio_layers[0]), audio_before[1]), "kept audio layer 1"
+    assert [l.self_attn.layer_idx for l in new.decoder_layers] == [0, 1]
+    # the rest of the model (embeddings, norms, head, projector, audio convolutions) is the original's
+    kept = {k: v for k, v in reloaded.state_dict().items() if ".layers." not in k}
+    base = {k: v for k, v in _fresh(kit).state_dict().items() if ".layers." not in k}
+    assert len(kept) > 10 and not _differ(kept, base)
+    assert len(_generate(reloaded, dev_inputs, 4)) == 4
+
+
 def test_top_strategy_stage(kit, tmp_path):
     rec = run_stage(make_stage("prune-layers", {"strategy": "top", "remove": 1, "audio_remove": 1}), kit / "model",
                     tmp_path / "o", StageContext(**QUIET))

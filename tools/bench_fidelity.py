@@ -9,7 +9,8 @@ time for:
 - LLM layer pruning by the ``iterative``, ``middle`` and ``top`` strategies at two depths, each
   before and after a short full fine-tuning on the train split (the recovery step of every
   pruning recipe);
-- vocabulary trimming to the train split's texts;
+- vocabulary trimming to the train split's texts (the test split's texts play no part), with how
+  many test hypotheses differ from the teacher's and the chrF++ difference;
 - NF4 (double quantization) and int8 quantization of every linear layer but lm_head;
 - recipe-b and recipe-c end to end (``iwslt_mc.build``), with steps, layer counts and widths scaled
   to the toy model (``RECIPE_SETS``).
@@ -209,6 +210,18 @@ def evaluate(model_dir: Path, run: Path, args, examples) -> dict:
             "signatures": {k: v["signature"] for k, v in m.items()}}
 
 
+def compare_with_teacher(runs: Path, name: str, lang: str) -> dict | None:
+    """How the variant's test hypotheses differ from the teacher's (both decoded by :func:`evaluate`)."""
+    code = lang.split("-")[1]
+    mine, teacher = runs / name / f"hyp.{code}", runs / "teacher" / f"hyp.{code}"
+    if not (mine.exists() and teacher.exists()):
+        return None
+    a, b = teacher.read_text("utf-8").splitlines(), mine.read_text("utf-8").splitlines()
+    if len(a) != len(b):
+        return None
+    return {"changed": sum(x != y for x, y in zip(a, b)), "of": len(a)}
+
+
 def _fmt_bytes(n: int) -> str:
     return f"{n / 1e6:.2f} MB"
 
@@ -232,7 +245,8 @@ def markdown(results: list[dict], args, meta: dict, plot: str | None, sets: dict
     ]
     for r in results:
         pct = f"{100 * r['chrf'] / base:.1f}" if base else "-"
-        lines.append(f"| {r['name']} | {r['what']} | {r['chrf']:.2f} | {pct} | {r['bleu']:.2f} | {r['exact']} | "
+        what = r["what"] + (f"; {_changed(r, base)}" if r.get("vs_teacher") and base else "")
+        lines.append(f"| {r['name']} | {what} | {r['chrf']:.2f} | {pct} | {r['bleu']:.2f} | {r['exact']} | "
                      f"{_fmt_bytes(r['bytes'])} | {r['params']:,} | {r['build_seconds']:.0f} | {r['decode_seconds']:.0f} |")
     lines += ["", "## Targets", ""] + [f"- {t}" for t in targets(results)]
     if meta.get("corpus_made_by"):
@@ -248,6 +262,12 @@ def markdown(results: list[dict], args, meta: dict, plot: str | None, sets: dict
     sig = results[0]["signatures"] if results else {}
     lines += ["", "Signatures: " + "; ".join(f"{k} `{v}`" for k, v in sig.items()), ""]
     return "\n".join(lines)
+
+
+def _changed(r: dict, base: float) -> str:
+    c = r["vs_teacher"]
+    diff = f"{r['chrf'] - base:+.2f} {r['chrf_name']}"
+    return f"{c['changed']} of {c['of']} test hypotheses differ from the teacher's ({diff})"
 
 
 def targets(results: list[dict]) -> list[str]:
@@ -277,7 +297,11 @@ def targets(results: list[dict]) -> list[str]:
                            + ("met" if ok else f"missed by {mid['chrf'] - it['chrf']:.2f}"))
     if "trim-vocab" in by:
         pct = 100 * by["trim-vocab"]["chrf"] / t["chrf"]
-        out.append(f"vocabulary trimming keeps 100%: {pct:.2f}% -> " + ("met" if pct >= 100 else f"missed by {100 - pct:.2f} points"))
+        line = (f"vocabulary trimming keeps 100%: {pct:.2f}% -> "
+                + ("met" if pct >= 100 else f"missed by {100 - pct:.2f} points"))
+        if by["trim-vocab"].get("vs_teacher"):
+            line += f"; {_changed(by['trim-vocab'], t['chrf'])}, vocabulary from the train split's texts only"
+        out.append(line)
     return out
 
 
@@ -327,9 +351,13 @@ def main(argv: list[str] | None = None) -> int:
         else:
             r = {"name": v["name"], "what": v["what"], "group": v["group"], "examples": len(examples),
                  "build_seconds": round(build_s, 1), **evaluate(model_dir, runs / v["name"], args, examples)}
+        if v.get("stage") == "trim-vocab":  # held-out text: what trimming to the train split's tokens changed
+            r["vs_teacher"] = compare_with_teacher(runs, v["name"], args.lang)
         results.append(r)
+        vs = r.get("vs_teacher")
+        changed = f"  {vs['changed']} of {vs['of']} differ from the teacher" if vs else ""
         print(f"   {r['chrf_name']} {r['chrf']:.2f}  BLEU {r['bleu']:.2f}  {_fmt_bytes(r['bytes'])}  "
-              f"({time.time() - t0:.0f} s)", flush=True)
+              f"({time.time() - t0:.0f} s){changed}", flush=True)
         atomic_write_json(results_path, {"results": results + [o for n, o in old.items() if n not in {x['name'] for x in results}]})
     report = args.report or args.out / "fidelity.md"
     plot = None
