@@ -420,6 +420,10 @@ def objective_model(student, loss_fn: Callable, *, aux=None, frozen: dict | None
         def gradient_checkpointing_enable(self, **kw):
             self.student.gradient_checkpointing_enable(**kw)
 
+        def activation_checkpointing_enable(self, **kw):  # the transformers >= 5.x name
+            fn = getattr(self.student, "activation_checkpointing_enable", None) or self.student.gradient_checkpointing_enable
+            fn(**kw)
+
         def enable_input_require_grads(self):
             self.student.enable_input_require_grads()
 
