@@ -13,6 +13,10 @@ time for:
 - NF4 (double quantization) and int8 quantization of every linear layer but lm_head;
 - recipe-b and recipe-c end to end (``iwslt_mc.build``), with steps, layer counts and widths scaled
   to the toy model (``RECIPE_SETS``).
+- with ``--kd-rows`` (issue 18, :func:`distillation_rows`): recipe-c's cut of the teacher recovered by
+  sequence-level KD only, by word-level + hidden-state KD (stage ``kd``) and by two-step KD, each then
+  NF4 (same total training steps); module replacement of 2 and 3 LLM layers by one (stage
+  ``replace-layers``) against iterative pruning of 1 and 2 layers plus fine-tuning (same steps).
 
 Each variant is a run directory (``OUT/runs/NAME``: the model, its hypotheses, and a scores JSON
 from :func:`iwslt_mc.scoring.score_files`), so ``iwslt-mc report OUT/runs/*`` reads them too.
@@ -23,6 +27,8 @@ quality-vs-size plot.
     python tools/bench_fidelity.py --corpus toy/corpus --out toy/bench --report docs/bench/fidelity.md \\
         --epochs-variant                          # the committed teacher; about 2 hours on 2 CPU cores
     python tools/bench_fidelity.py ... --only teacher,trim-vocab,nf4    # a subset
+    python tools/bench_fidelity.py --corpus tests/fixtures/toy/data --out /tmp/kdb --kd-rows --heldout 64 \
+        --only teacher,kd-distill,kd-c-llm,...   # the distillation rows on the committed slice (names: distillation_rows)
 
 The corpus is the teacher's (``tools/train_toy_teacher.py`` has the command that makes it).
 """
@@ -190,6 +196,10 @@ def distillation_rows(args, cfg: dict) -> list[dict]:
             {"name": f"mr-prune{k - 1}-ft", "what": f"iterative pruning of {k - 1} LLM layers + fine-tuning ({steps} steps)",
              "from": f"mr-prune{k - 1}", "stage": "finetune", "options": {"mode": "full", **train, **warm(steps)}},
         ]
+    # recipe-c ends in NF4 of every linear layer (lm_head included): the same for the three recoveries
+    q = {"method": "nf4", "double_quant": True, "skip": [], "compute_dtype": "fp32"}
+    rows += [{"name": f"{src}-nf4", "what": f"{src} + NF4 of every linear layer (recipe-c's last stage)",
+              "from": src, "stage": "quantize", "options": q} for src in ("kd-c-seq", "kd-c-word-hidden", "kd-2s-step2")]
     for r in rows:
         r["group"] = "distillation"
     return rows
@@ -348,7 +358,7 @@ def targets(results: list[dict]) -> list[str]:
                 out.append(f"iterative >= middle at depth {d}{' after fine-tuning' if suffix else ''}: "
                            f"{it['chrf']:.2f} vs {mid['chrf']:.2f} -> "
                            + ("met" if ok else f"missed by {mid['chrf'] - it['chrf']:.2f}"))
-    for name in ("kd-c-seq", "kd-c-word-hidden", "kd-2s-step2"):
+    for name in ("kd-c-seq-nf4", "kd-c-word-hidden-nf4", "kd-2s-step2-nf4"):
         if name in by:
             r = by[name]
             pct, size = 100 * r["chrf"] / t["chrf"], 100 * r["bytes"] / t["bytes"]
