@@ -367,6 +367,10 @@ def spec_for_stages(stages: list[StageEntry], cfg, *, base: str, lang: str, data
         elif e.stage == "finetune" and o.get("save_dtype") not in (None, "input"):
             # the output keeps the input's dtype unless save_dtype says otherwise (not the training dtype)
             fdt = _SHORT_DTYPE.get(o["save_dtype"], o["save_dtype"])
+        else:
+            from .planner import dims_after_distillation_stage  # kd, replace-layers
+
+            dims = dims_after_distillation_stage(e.stage, o, dims) or dims
     if precision in ("bf16", "fp16", "fp32"):
         precision = fdt
     # embeddings are never quantized by bitsandbytes (nn.Embedding), whatever the default precision
@@ -427,4 +431,6 @@ def scaled_stages(recipe: Recipe, base: str, *, smoke: bool) -> list[StageEntry]
             if o.get("audio_width"):
                 o["audio_width"] = width(o["audio_width"], "audio_ffn_dim")
         out.append(dataclasses.replace(e, options=o))
-    return out
+    from .planner import scale_distillation_stages  # replace-layers blocks the small base has room for
+
+    return scale_distillation_stages(out, bd)

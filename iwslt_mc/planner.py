@@ -674,3 +674,54 @@ def _most_layers_below(size_of, high: int | None, lo: int, hi: int) -> int | Non
         else:
             hi = mid - 1
     return lo
+
+
+# ---------------------------------------------------------------- distillation stages (kd, replace-layers)
+# Kept apart from the rest of the planner: build.spec_for_stages and build.scaled_stages call these for
+# the stages they do not know themselves.
+
+def dims_after_distillation_stage(stage: str, options: dict, dims: dict) -> dict | None:
+    """``dims`` after a ``kd`` (shapes and dtype unchanged) or ``replace-layers`` stage (a block of N
+    layers becomes one: N - 1 fewer); None when ``stage`` is neither."""
+    if stage == "kd":
+        return dims
+    if stage != "replace-layers":
+        return None
+    key = "llm_layers" if options.get("component", "llm") == "llm" else "audio_layers"
+    n = len(options.get("layers") or []) or int(options.get("count") or 0)
+    if dims.get(key) is None or n < 2:
+        return dims
+    if n > dims[key]:
+        what = "LLM" if key == "llm_layers" else "audio-encoder"
+        raise UserError(f"stage replace-layers replaces a block of {n} {what} layers, but the model has only {dims[key]} "
+                        "there at that point")
+    return {**dims, key: dims[key] - (n - 1)}
+
+
+def scale_distillation_stages(stages: list, base: dict) -> list:
+    """``--smoke`` on a base smaller than the 7B model: a ``replace-layers`` block becomes 2 layers (first
+    and last no longer protected), and a replacement the small model has no 2 layers left for is left
+    out. ``stages`` are build StageEntry objects after the other stages were scaled; ``base`` the base's
+    dims (llm_layers, audio_layers)."""
+    import dataclasses
+
+    left = {"llm_layers": base.get("llm_layers") or 0, "audio_layers": base.get("audio_layers") or 0}
+    out = []
+    for e in stages:
+        o = dict(e.options)
+        if e.stage == "prune-layers":
+            left["llm_layers"] -= len(o.get("llm_layers") or []) + int(o.get("remove") or 0)
+            left["audio_layers"] -= len(o.get("audio_layers") or []) + int(o.get("audio_remove") or 0)
+        elif e.stage == "replace-layers":
+            key = "llm_layers" if o.get("component", "llm") == "llm" else "audio_layers"
+            if left[key] < 2:
+                continue
+            if o.get("layers"):
+                o["layers"] = [0, 1]
+            else:
+                o["count"] = 2
+            o["protect_first_last"] = False
+            left[key] -= 1
+            e = dataclasses.replace(e, options=o)
+        out.append(e)
+    return out

@@ -40,6 +40,9 @@ RECIPES: list[tuple[str, str, str]] = [
     ("recipe-b-bin1", "recipe-b-bin1.yaml", "recipe-b plus vocabulary trimming and 4-bit embeddings/lm_head: lands in Bin1"),
     ("recipe-bin2", "recipe-bin2.yaml", "pruning to 16 LLM layers, trimmed vocabulary, everything 4-bit, distillation: lands in Bin2"),
     ("recipe-c", "recipe-c.yaml", "aggressive: LLM and audio layer truncation, FFN pruning, vocabulary trimming, distillation, 4-bit: Bin3"),
+    ("recipe-c-kd", "recipe-c-kd.yaml", "recipe-c with word-level + hidden-state distillation from the fine-tuned teacher: Bin3"),
+    ("recipe-c-2step", "recipe-c-2step.yaml", "two-step KD: same-width 16-layer student, then recipe-c's cuts and KD again: Bin3"),
+    ("recipe-d-replace", "recipe-d-replace.yaml", "deeper cut to 6 LLM layers: pruning + KD, 3 module replacements, cuts, KD: Bin3"),
     ("quantize-only", "quantize-only.yaml", "zero-shot baselines: NF4 (double quantization) of every linear layer, no training"),
     ("quantize-only-int8", "quantize-only-int8.yaml", "zero-shot baseline: int8 (LLM.int8) of every linear layer, no training"),
 ]
