@@ -322,6 +322,16 @@ def require_qe_checkpoint(checkpoint: str, env_dir: str | os.PathLike | None = N
     return resolved
 
 
+def checkpoint_name(checkpoint: str) -> str:
+    """A short name for reports: the model folder of ``MODEL/checkpoints/model.ckpt``, else the path/hub id."""
+    p = Path(checkpoint)
+    if p.name.endswith(".ckpt") and p.parent.name == "checkpoints" and p.parent.parent.name:
+        return p.parent.parent.name
+    if p.is_dir() or (not p.suffix and not p.exists()):
+        return p.name or str(checkpoint)
+    return p.name
+
+
 def run_qe(checkpoint: str, src: list[str], mt: list[str], *, env_dir: str | os.PathLike | None = None,
            batch_size: int | None = None, gpus: int | None = None) -> dict:
     """Reference-free scores (quality estimation) of ``mt`` given ``src``: one worker process, the
