@@ -546,6 +546,7 @@ def score_files(hyp: str | os.PathLike, ref: str | os.PathLike, lang: str, *, sr
             c = ce.run_comet(ckpt, srcs, scored, refs, env_dir=comet_env, batch_size=comet_batch_size)
         metrics["comet"] = {"name": "COMET", "score": c["system_score"], "model": comet,
                             "signature": f"model:{c['model']}|comet:{c['versions']['comet']}|"
+                                         + ("reference-free|" if c.get("kind") == "qe" else "") +
                                          f"batch:{c['batch_size']}|device:{c['device']}|{tag_filter.signature}"}
         for s, v in zip(segs, c["scores"]):
             s["comet"] = v

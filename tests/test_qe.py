@@ -375,6 +375,7 @@ def test_score_command_with_qe_model_and_teacher_in_one_call(tmp_path, qe_ckpt, 
     segs = res["segments"]
     assert [s["comet"] for s in segs] == pytest.approx(direct, abs=1e-4)
     assert [s["teacher_comet"] for s in segs] == pytest.approx(direct_t, abs=1e-4)
+    assert "|reference-free|" in res["metrics"]["comet"]["signature"]
     acc = res["acceptability"]
     assert acc["metric"] == "comet" and acc["thresholds"] == [0.01, 0.5, 0.99]
     expected = scoring.acceptability(direct, [0.01, 0.5, 0.99], direct_t)
