@@ -16,6 +16,12 @@ measure (2025/2026: safetensors bytes from :func:`iwslt_mc.sizer.measure`; 2027:
 pair has several test sets, each run scored on all of them also gets an "average" row (the mean of
 its test-set scores; runs missing a test set are left out of it, not averaged over fewer sets).
 
+Acceptability (papers/000): for every scores file with segment scores, per threshold the share of
+segments whose sentence COMET (sentence chrF when the file has no COMET) is at or above it; with a
+teacher (``teacher``: a RUN_DIR whose scores files cover the same language pair and test set, or
+the teacher scores ``iwslt-mc score --teacher-hyp`` stored in the file), precision, recall and F1 of
+the "acceptable" decisions against the teacher's. Average rows carry none.
+
 The plot has one panel per (language pair, test set) and per language-pair average: quality against
 size (log scale) and the Pareto frontier (the 2026/2027 ranking: models no other model beats in both
 size and quality at once); for 2025 also the bin boundaries and the best model of each bin.
@@ -58,6 +64,7 @@ class Row:
     best_in_bin: bool = False
     size_measure: str = "safetensors_bytes"
     average_of: list[str] = field(default_factory=list)  # test sets averaged (average rows only)
+    acceptability: dict | None = None  # see scoring.segment_acceptability (+ "teacher_run")
 
     def to_json(self) -> dict:
         return dict(self.__dict__)
@@ -101,11 +108,51 @@ def _recipe(run_dir: Path, prov: dict) -> str | None:
     return " > ".join(stages) if stages else None
 
 
-def collect(run_dirs: list[str | os.PathLike], edition: str | None = None) -> tuple[list[Row], dict]:
-    """Rows for every run (checked first, so a bad RUN_DIR fails before any measuring)."""
+def _teacher_segments(teacher: str | os.PathLike) -> dict[tuple[str, str], list[dict]]:
+    """``{(lang, testset): segments}`` of a teacher RUN_DIR's scores files."""
+    p = Path(teacher)
+    if not p.is_dir():
+        raise InputFileError(p, "teacher run directory not found" if not p.exists() else "is not a directory")
+    files = scores_files(p)
+    if not files:
+        raise InputFileError(p, "no scores files for the teacher (RUN_DIR/scores*.json from 'iwslt-mc score --out-json')")
+    out = {}
+    for f in files:
+        s = _load_scores(f)
+        out[(s["lang"], s.get("testset") or f.stem)] = s.get("segments") or []
+    return out
+
+
+def _acceptability(segments: list[dict], accept: dict | None, teacher: list[dict] | None, teacher_run: str | None,
+                   notes: list[str], what: str) -> dict | None:
+    from .scoring import acceptability, segment_acceptability
+
+    rec = segment_acceptability(segments, accept)
+    if rec is None or teacher is None:
+        return rec
+    m = rec["metric"]
+    if len(teacher) != len(segments) or not all(m in t for t in teacher):
+        notes.append(f"{what}: no precision/recall against the teacher {teacher_run} "
+                     f"({len(teacher)} teacher segments for {len(segments)}"
+                     + ("" if len(teacher) != len(segments) else f", the teacher has no sentence {rec['label']}") + ")")
+        return rec
+    rec.update(teacher=True, teacher_run=teacher_run,
+               levels=acceptability([x[m] for x in segments], rec["thresholds"], [t[m] for t in teacher]))
+    return rec
+
+
+def collect(run_dirs: list[str | os.PathLike], edition: str | None = None, *, accept: dict | None = None,
+            teacher: str | os.PathLike | None = None, notes: list[str] | None = None) -> tuple[list[Row], dict]:
+    """Rows for every run (checked first, so a bad RUN_DIR fails before any measuring).
+
+    ``accept``: acceptability thresholds ``{"comet": [...], "chrf": [...]}`` (defaults: scoring's);
+    ``teacher``: a RUN_DIR whose segment scores are the positives for precision/recall/F1.
+    """
     from .sizer import measure
 
     ed = get_edition(edition)
+    notes = notes if notes is not None else []
+    teacher_segs = _teacher_segments(teacher) if teacher is not None else None
     dirs = []
     for d in run_dirs:
         p = Path(d)
@@ -132,10 +179,17 @@ def collect(run_dirs: list[str | os.PathLike], edition: str | None = None) -> tu
             rows.append(Row(**base))
         for f, s in scored:
             m = s["metrics"]
-            row = Row(**base, lang=s["lang"], testset=s.get("testset") or f.stem, scores_file=str(f),
+            testset = s.get("testset") or f.stem
+            tsegs = None if teacher_segs is None else teacher_segs.get((s["lang"], testset))
+            if teacher_segs is not None and tsegs is None:
+                notes.append(f"{name} ({s['lang']} {testset}): the teacher {teacher} has no scores for this test set")
+            row = Row(**base, lang=s["lang"], testset=testset, scores_file=str(f),
                       scores={k: float(v["score"]) for k, v in m.items()},
                       metric_names={k: v.get("name", METRIC_LABELS.get(k, k)) for k, v in m.items()},
-                      as_wer=(s.get("resegmentation") or {}).get("as_wer"))
+                      as_wer=(s.get("resegmentation") or {}).get("as_wer"),
+                      acceptability=_acceptability(s.get("segments") or [], accept, tsegs,
+                                                   None if teacher is None else str(teacher), notes,
+                                                   f"{name} ({s['lang']} {testset})"))
             for k, v in m.items():
                 signatures[f"{s['lang']}:{k}"] = v.get("signature", "")
             rows.append(row)
@@ -274,9 +328,42 @@ def markdown(rows: list[Row], metric: str, signatures: dict, edition: str, plot_
               f"Average: the mean over a language pair's test sets, for models scored on all of them."]
     for n in notes or []:
         lines.append(f"Note: {n}")
+    lines += acceptability_markdown(rows, metric)
     lines += ["", "Signatures:", ""]
     lines += [f"- {k}: `{v}`" for k, v in sorted(signatures.items())]
     return "\n".join(lines) + "\n"
+
+
+def acceptability_markdown(rows: list[Row], metric: str) -> list[str]:
+    """The acceptability section: one line per (model, test set, threshold)."""
+    acc_rows = [r for r in sort_rows(rows, metric) if r.acceptability]
+    if not acc_rows:
+        return []
+
+    def f(x):
+        return "-" if x is None else f"{x:.2f}"
+
+    with_teacher = any(r.acceptability.get("teacher") for r in acc_rows)
+    headers = ["model", "lang", "test set", "metric", "threshold", "acceptable", "share"]
+    if with_teacher:
+        headers += ["teacher acceptable", "precision", "recall", "F1"]
+    lines = ["", "## Acceptability", "",
+             "Share of segments whose sentence score is at or above each threshold (papers/000: quality is used "
+             "for accept/reject decisions)" + ("; precision, recall and F1 of the model's 'acceptable' decisions "
+                                                "against the teacher's (teacher-acceptable segments are the positives)"
+                                                if with_teacher else "") + ".", "",
+             "| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    for r in acc_rows:
+        a = r.acceptability
+        for lv in a["levels"]:
+            cells = [r.run, r.lang or "-", r.testset or "-", f"sentence {a['label']}",
+                     f"{lv['threshold']:.2f}" if a["metric"] == "comet" else f"{lv['threshold']:g}",
+                     f"{lv['acceptable']}/{lv['segments']}", f"{100 * (lv['share'] or 0):.1f}%"]
+            if with_teacher:
+                cells += ([f"{lv['teacher_acceptable']}/{lv['segments']}", f(lv["precision"]), f(lv["recall"]),
+                           f(lv["f1"])] if "precision" in lv else ["-"] * 4)
+            lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return lines
 
 
 def plot_png(rows: list[Row], metric: str, edition: str | None = None) -> bytes:
@@ -371,7 +458,8 @@ def plot_png(rows: list[Row], metric: str, edition: str | None = None) -> bytes:
 
 
 def write_report(run_dirs: list[str | os.PathLike], out_dir: str | os.PathLike, *, metric: str = "auto",
-                 edition: str | None = None) -> dict:
+                 edition: str | None = None, accept: dict | None = None,
+                 teacher: str | os.PathLike | None = None) -> dict:
     """Write ``report.md``, ``report.json`` and the plot to ``out_dir``; returns the JSON record.
 
     Editions with bins (2025) draw the bin edges and mark the best model per bin; Pareto editions
@@ -383,9 +471,11 @@ def write_report(run_dirs: list[str | os.PathLike], out_dir: str | os.PathLike, 
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: exists and is not a directory")
-    rows, signatures = collect(run_dirs, edition=ed.key)
+    accept_notes: list[str] = []
+    rows, signatures = collect(run_dirs, edition=ed.key, accept=accept, teacher=teacher, notes=accept_notes)
     metric = choose_metric(rows, metric)
     averages, notes = add_averages(rows)
+    notes = accept_notes + notes
     rows = rows + averages
     mark(rows, metric)
     png = plot_png(rows, metric, ed.key) if any(metric in r.scores for r in rows) else None
