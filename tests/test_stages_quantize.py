@@ -114,9 +114,9 @@ def test_saved_checkpoint_is_the_same_after_inference(kit, tmp_path, dev_inputs,
     assert changed_by_inference(b) == sorted(biased | set(_expected_repacked(bnb_cpu_path)))
     msgs = []
     save_quantized(b, None, tmp_path / "b", log=msgs.append)
-    assert msgs and "fresh quantization" in msgs[0]
     sums = _sha256s(tmp_path / "a")
     assert "model.safetensors" in sums and sums == _sha256s(tmp_path / "b")
+    assert msgs and "fresh quantization" in msgs[0]
     assert torch.equal(_logits(_plain_reload(tmp_path / "a"), dev_inputs), _logits(_plain_reload(tmp_path / "b"), dev_inputs))
 
 
