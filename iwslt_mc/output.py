@@ -42,6 +42,8 @@ LIBRARY_NOISE = (
     ("bitsandbytes.backends.cpu.ops", "Failed to load CPU gemm_4bit_forward from kernels-community"),
     # bitsandbytes int8: logged on every forward of every Linear8bitLt (hundreds per decoded segment)
     ("bitsandbytes.autograd._functions", "MatMul8bitLt: inputs will be cast from"),
+    # transformers, when merge/finetune dequantize a 4-bit base on purpose (the dtype is chosen there)
+    ("transformers.integrations.bitsandbytes", "The modules are dequantized in"),
 )
 
 
