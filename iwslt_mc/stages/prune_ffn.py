@@ -30,9 +30,11 @@ from .base import Stage, StageContext, StageOptions, read_config
 @dataclass
 class PruneFFNOptions(StageOptions):
     llm_width: int | None = field(default=None, metadata={
-        "help": "target LLM MLP width (intermediate_size; 11008 in Qwen2-Audio-7B)"})
+        "help": "target LLM MLP width (intermediate_size; 11008 in Qwen2-Audio-7B); any width works, a multiple "
+                "of 64 is hardware-friendly (GPU tiles; bitsandbytes' fast CPU 4-bit kernel takes only such layers)"})
     audio_width: int | None = field(default=None, metadata={
-        "help": "target audio-encoder FFN width (encoder_ffn_dim; 5120 in Qwen2-Audio-7B)"})
+        "help": "target audio-encoder FFN width (encoder_ffn_dim; 5120 in Qwen2-Audio-7B); any width works, "
+                "a multiple of 64 is hardware-friendly"})
     importance: Literal["weight", "activation"] = field(default="weight", metadata={
         "help": "unit ranking: weight (product of the unit's weight L2 norms) or activation "
                 "(mean |activation| on calibration data x output-weight norm; needs --data)"})
