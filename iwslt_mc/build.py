@@ -344,8 +344,11 @@ def spec_for_stages(stages: list[StageEntry], cfg, *, base: str, lang: str, data
                                     f"(base {base}{'; on a small test model add --smoke' if n > 2 else ''})")
                 dims[key] -= n
         elif e.stage == "prune-ffn":
-            dims["ffn_dim"] = o.get("llm_width") or dims["ffn_dim"]
-            dims["audio_ffn_dim"] = o.get("audio_width") or dims["audio_ffn_dim"]
+            from .stages.prune_ffn import rounded_width
+
+            m = int(o.get("multiple_of") or 64)
+            dims["ffn_dim"] = rounded_width(o.get("llm_width"), m) or dims["ffn_dim"]
+            dims["audio_ffn_dim"] = rounded_width(o.get("audio_width"), m) or dims["audio_ffn_dim"]
         elif e.stage == "trim-vocab":
             n = _trimmed_vocab(e, base, lang, data, condition)
             if n is None:

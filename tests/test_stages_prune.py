@@ -342,7 +342,8 @@ def test_stage_list_and_help_options(capsys):
 
 def test_prune_ffn_reload_params_and_generate(kit, kit_model, tmp_path, dev_inputs):
     out = tmp_path / "ffn"
-    rec = run_stage(make_stage("prune-ffn", {"llm_width": 128, "audio_width": 96}), kit / "model", out,
+    # multiple_of 1: an exact width that is no multiple of 64 (correctness must not depend on the rounding)
+    rec = run_stage(make_stage("prune-ffn", {"llm_width": 128, "audio_width": 96, "multiple_of": 1}), kit / "model", out,
                     StageContext(**QUIET))
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["text_config"]["intermediate_size"] == 128 and cfg["audio_config"]["encoder_ffn_dim"] == 96
@@ -382,7 +383,7 @@ def test_prune_ffn_removes_dead_units_exactly(kit, tmp_path, dev_inputs, importa
     modelio.save_model(model, modelio.load_processor(kit / "model"), src)
     ref = _logits(model, dev_inputs)
     rec = run_stage(make_stage("prune-ffn", {"llm_width": 128, "audio_width": 96, "importance": importance,
-                                             "calibration": 2}),
+                                             "calibration": 2, "multiple_of": 1}),
                     src, tmp_path / "o", StageContext(lang="en-de", data=[str(kit / "data")], **QUIET))
     pruned = modelio.load_model(tmp_path / "o", device="cpu")
     pl = find_layout(pruned)
@@ -394,3 +395,26 @@ def test_prune_ffn_removes_dead_units_exactly(kit, tmp_path, dev_inputs, importa
         assert torch.equal(layer.fc1.bias, orig.fc1.bias[kept])
     torch.testing.assert_close(_logits(pruned, dev_inputs), ref, rtol=1e-5, atol=1e-5)
     assert bool(rec["data"]) == (importance == "activation")
+
+
+def test_prune_ffn_rounds_target_widths_to_a_multiple_of_64_by_default(kit, tmp_path):
+    """Default multiple_of 64: 150 -> 128 units (LLM), 100 -> 64 (audio); the build's prediction follows the
+    same rounding; a target below one multiple stays as given."""
+    from iwslt_mc.build import spec_for_stages
+    from iwslt_mc.recipes import StageEntry
+    from iwslt_mc.stages.prune_ffn import rounded_width
+
+    assert rounded_width(150, 64) == 128 and rounded_width(100, 64) == 64 and rounded_width(40, 64) == 40
+    assert rounded_width(150, 1) == 150 and rounded_width(None, 64) is None
+    out = tmp_path / "ffn"
+    rec = run_stage(make_stage("prune-ffn", {"llm_width": 150, "audio_width": 100}), kit / "model", out,
+                    StageContext(**QUIET))
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["text_config"]["intermediate_size"] == 128 and cfg["audio_config"]["encoder_ffn_dim"] == 64
+    assert any("176 -> 128 units" in t for t in rec["techniques"])
+    from iwslt_mc.planner import load_base_config
+
+    entry = StageEntry(id="ffn", stage="prune-ffn", options={"llm_width": 150, "audio_width": 100})
+    spec, _ = spec_for_stages([entry], load_base_config(kit / "model"), base=str(kit / "model"), lang="en-de",
+                              data={}, condition="constrained")
+    assert spec.ffn_dim == 128 and spec.audio_ffn_dim == 64
