@@ -89,11 +89,15 @@ class _Pickler:
 
     def __init__(self):
         self.out = bytearray(b"\x80\x02")
-        self.memo: dict[object, int] = {}
+        self.memo: dict[object, int] = {}  # objects referred to again -> memo index
+        self.n = 0  # memo entries so far
 
-    def _put(self, token) -> None:
-        i = len(self.memo)
-        self.memo[token] = i
+    def _put(self, token=None) -> None:
+        """Memoize the object just written; ``token`` when it is referred to again, else None."""
+        i = self.n
+        self.n += 1
+        if token is not None:
+            self.memo[token] = i
         self.out += b"q" + bytes([i]) if i < 256 else b"r" + struct.pack("<I", i)
 
     def _get(self, token) -> bool:
@@ -114,7 +118,7 @@ class _Pickler:
             return
         b = s.encode("utf-8")
         self.out += b"X" + struct.pack("<I", len(b)) + b
-        self._put(object() if token is None else token)
+        self._put(token)
 
     def int_(self, v: int) -> None:
         if 0 <= v < 256:
@@ -138,12 +142,12 @@ class _Pickler:
         for v in items:
             v() if callable(v) else self.int_(v)
         self.out += {1: b"\x85", 2: b"\x86", 3: b"\x87"}.get(len(items), b"t")
-        self._put(object())
+        self._put()
 
     def empty_ordered_dict(self) -> None:
         self.global_("collections", "OrderedDict")
         self.out += b")R"
-        self._put(object())
+        self._put()
 
     def dict_items(self, items: list, save_item) -> None:
         """C pickle's batch_dict over an iterator: MARK ... SETITEMS per 1000, a lone last item as SETITEM."""
@@ -174,7 +178,7 @@ def pickle_state_dict(entries: list[Entry], modules: list[str], location: str = 
     p = _Pickler()
     p.global_("collections", "OrderedDict")
     p.out += b")R"
-    p._put(object())
+    p._put()
     storage_keys: dict[int, str] = {}
     sizes: dict[int, int] = {}
 
@@ -201,7 +205,7 @@ def pickle_state_dict(entries: list[Entry], modules: list[str], location: str = 
             p.str_(location)  # "cuda:" + str(index): a new string object per storage
         p.int_(sizes[e.storage] // itemsize)
         p.out += b"t"
-        p._put(object())
+        p._put()
         p.out += b"Q"  # BINPERSID
         p.int_(0)  # storage offset
         p.tuple_(e.shape)
@@ -209,23 +213,23 @@ def pickle_state_dict(entries: list[Entry], modules: list[str], location: str = 
         p.out += b"\x89"  # requires_grad False
         p.empty_ordered_dict()  # backward hooks
         p.out += b"t"
-        p._put(object())
+        p._put()
         p.out += b"R"
-        p._put(object())
+        p._put()
 
     p.dict_items(entries, save_tensor)
     # state: {"_metadata": OrderedDict((prefix, {"version": 1}), ...)}
     p.out += b"}"
-    p._put(object())
+    p._put()
     p.str_("_metadata")
     p.global_("collections", "OrderedDict")
     p.out += b")R"
-    p._put(object())
+    p._put()
 
     def save_module(prefix: str) -> None:
         p.str_(prefix)
         p.out += b"}"
-        p._put(object())
+        p._put()
         p.str_("version", ("s", "version"))
         p.int_(1)
         p.out += b"s"
