@@ -785,6 +785,8 @@ def build_plan(spec: Spec, base_config=None, *, match_recipe: bool = True) -> Bu
             o["remove"] = remove["llm_layers"]
         if remove.get("audio_layers"):
             o["audio_remove"] = remove["audio_layers"]
+        if any(remove.get(k, 0) > base[k] - 2 for k in remove):
+            o["protect_first_last"] = False  # keeping one layer: the search may remove the first or last too
         steps.append(BuildStep("prune-layers", o, "importance search on held-out data: needs --data"))
     widths = {opt: dims[k] for k, opt in (("ffn_dim", "llm_width"), ("audio_ffn_dim", "audio_width"))
               if base.get(k) and dims[k] != base[k]}
@@ -885,8 +887,10 @@ def _overrides_for(recipe, need: dict) -> list[str] | None:
             e = prunes[0]
             if e.options.get("llm_layers") or e.options.get("audio_layers"):
                 return None
-            for k, v in counts.items():
+            # non-zero counts first: --set is validated one item at a time, and a prune stage must remove something
+            for k, v in sorted(counts.items(), key=lambda kv: kv[1] == 0):
                 setv(e, k, v, 0)
+            setv(e, "protect_first_last", want.get("protect_first_last", True), True)
         else:
             owner = {}
             for e in prunes:
@@ -898,6 +902,8 @@ def _overrides_for(recipe, need: dict) -> list[str] | None:
                 return None
             for k, e in owner.items():
                 setv(e, k, counts[k])
+                if e.options.get("strategy") == "iterative":
+                    setv(e, "protect_first_last", want.get("protect_first_last", True), True)
     for e in size:
         if e.stage == "prune-ffn":
             want = need["prune-ffn"]

@@ -275,11 +275,13 @@ def test_cli_editions(kit, capsys, edition, bins):
     assert (js["bin"] is not None) == bins and js["ranking"] == ("bins" if bins else "pareto")
 
 
-def test_sizer_imports_neither_torch_nor_numpy():
+def test_sizer_imports_neither_torch_nor_numpy(kit):
+    """Sizing, the torch.save measure and the architecture check included (modelio is imported lazily)."""
     code = ("import sys, iwslt_mc.sizer, iwslt_mc.commands.size; "
-            "bad = [m for m in ('torch', 'numpy', 'transformers') if m in sys.modules]; "
+            "rep = iwslt_mc.sizer.measure(sys.argv[1]); assert rep.torch_save.bytes > rep.bytes; "
+            "bad = [m for m in ('torch', 'numpy', 'transformers', 'safetensors') if m in sys.modules]; "
             "sys.exit(f'imported {bad}' if bad else 0)")
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
+    subprocess.run([sys.executable, "-c", code, str(kit / "model")], check=True, cwd=Path(__file__).resolve().parents[1])
 
 
 def test_no_config_json_still_sizes(tmp_path):
