@@ -66,7 +66,7 @@ def qwen2_audio_7b_config_dict() -> dict:
         "architectures": ["Qwen2AudioForConditionalGeneration"],
         "model_type": "qwen2_audio",
         "audio_token_index": 151646,
-        "torch_dtype": "bfloat16",
+        "dtype": "bfloat16",
         "audio_config": {
             "model_type": "qwen2_audio_encoder",
             "num_mel_bins": 128,
@@ -91,7 +91,7 @@ def qwen2_audio_7b_config_dict() -> dict:
             "tie_word_embeddings": False,
             "bos_token_id": 151643,
             "eos_token_id": 151645,
-            "torch_dtype": "bfloat16",
+            "dtype": "bfloat16",
         },
     }
 
@@ -735,9 +735,9 @@ class BuildStep:
     def sets(self) -> list[str]:
         return [f"{k}={_yaml_value(v)}" for k, v in self.options.items()]
 
-    def text(self) -> str:
+    def text(self, notes: bool = True) -> str:
         opts = " ".join(self.sets())
-        return f"{self.stage}{' ' + opts if opts else ''}{f' ({self.note})' if self.note else ''}"
+        return f"{self.stage}{' ' + opts if opts else ''}{f' ({self.note})' if self.note and notes else ''}"
 
 
 @dataclass
@@ -753,8 +753,8 @@ class BuildPlan:
             return None
         return " ".join([f"iwslt-mc build {self.recipe} --lang LP --base BASE --data ACL"] + [f"--set {s}" for s in self.overrides])
 
-    def chain(self) -> str:
-        return " -> ".join(s.text() for s in self.steps) if self.steps else "nothing to do (the base model as it is)"
+    def chain(self, notes: bool = True) -> str:
+        return " -> ".join(s.text(notes) for s in self.steps) if self.steps else "nothing to do (the base model as it is)"
 
     def to_json(self) -> dict:
         return {"stages": [{"stage": s.stage, "options": s.options, "note": s.note} for s in self.steps],

@@ -451,9 +451,9 @@ def test_full_size_torch_save_from_metadata_is_fast(tmp_path):
             rep = sizer.measure(tmp_path / precision)
             cpu.append(time.process_time() - t0)
         assert rep.torch_save is not None and min(cpu) < 1.0, (precision, cpu)
-        # one storage per tensor; the pickle and zip overhead is well under 0.01 % of the data
+        # one storage per tensor; pickle + zip records cost a few hundred bytes a tensor more than safetensors
         assert rep.torch_save.storages == rep.tensors
-        assert 0 < rep.torch_save.bytes - rep.bytes < 1e-4 * rep.bytes
+        assert 100 * rep.tensors < rep.torch_save.bytes - rep.bytes < 400 * rep.tensors
         assert pred.torch_save is not None and pred.torch_save.bytes == rep.torch_save.bytes
 
 

@@ -127,12 +127,19 @@ def run(args) -> int:
                    + ["precision", "MB", "torch.save GiB", "M params"])
         print_table(table, headers, title=f"{base_name}: buildable specs predicted in {rows[0].bin}, least to most aggressive")
         info("precision +lm_head: lm_head quantized too (embed_tokens stays bf16); exact bytes with --json")
-        print("how to build (the stages in order; a shipped recipe with overrides where one fits):")
+        print("how to build (a shipped recipe with --set overrides where one fits, else the stages in order):")
+        notes = {}
         for i, p in enumerate(rows, 1):
             cmd = p.plan.recipe_command()
-            print(f"  {i}. {cmd}" if cmd else f"  {i}. stages: {p.plan.chain()}")
-            if cmd:
-                print(f"     stages: {p.plan.chain()}")
+            print(f"  {i}. {cmd}" if cmd else f"  {i}. iwslt-mc stage ... : {p.plan.chain(notes=False)}")
+            for s in p.plan.steps:
+                if s.note:
+                    notes.setdefault(s.stage, s.note.split(";")[0])
+        for stage, note in notes.items():
+            if stage == "trim-vocab":
+                note += " (the vocab column is assumed; `build --dry-run` counts the tokens of your data)"
+            info(f"{stage}: {note}")
+        info("--json lists each spec's stages and options")
         print(f"signature:  {rows[0].signature}")
         return 0
 
