@@ -300,11 +300,14 @@ def test_each_kind_of_suggestion_built_on_the_kit(kit, tmp_path, kind):
         pred.dims["llm_layers"], pred.dims["audio_layers"])
 
 
-def test_cli_target_prints_how_to_build(capsys):
+def test_cli_target_prints_how_to_build(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")  # the table at full width
     assert main(["plan", "--target", "Bin3"]) == 0  # --target reads the 2025 bins
     out = capsys.readouterr().out
     assert "+emb" not in out and "how to build" in out and "iwslt-mc build recipe-b-bin1" in out
-    assert "torch.save" in out and "GiB" in out
+    assert "torch.save GiB" in out and "nf4-dq+lm_head" in out
+    lines = [ln for ln in out.splitlines() if ln.strip()[:3] in {f"{i}. " for i in range(1, 9)}]
+    assert len(lines) == 8 and all("iwslt-mc build recipe-" in ln or "iwslt-mc stage" in ln for ln in lines)
     assert main(["plan", "--target", "Bin3", "--quantize-embeddings"]) == 2
     assert "use --quantize-lm-head" in capsys.readouterr().err
     assert main(["plan", "--target", "Bin3", "--edition", "2027"]) == 2
