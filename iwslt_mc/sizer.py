@@ -381,9 +381,10 @@ def _read_config(base: Path) -> dict | None:
     """config.json of the model directory (None without one); refuses another architecture."""
     if not (base / "config.json").is_file():
         return None
-    from .modelio import require_supported_model  # modelio imports torch only inside functions
+    from .modelio import read_model_type, require_supported_model  # modelio imports torch only inside functions
 
-    require_supported_model(base)
+    if read_model_type(base) is not None:  # a config naming no model_type is sized, without the torch.save measure
+        require_supported_model(base)
     try:
         cfg = json.loads((base / "config.json").read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):

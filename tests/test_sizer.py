@@ -478,3 +478,11 @@ def test_size_refuses_another_architecture(bert_dir, capsys):
         assert captured.out == ""
         first = captured.err.strip().splitlines()[0]
         assert "not a Qwen2-Audio model (model_type 'bert'" in first and str(bert_dir) in first
+
+
+def test_a_config_without_model_type_is_sized_without_the_torch_save_measure(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    write_exact_size(tmp_path / "model.safetensors", 300 * MB)
+    rep = sizer.measure(tmp_path)
+    assert rep.bytes == 300 * MB and rep.bin == "Bin4"
+    assert rep.torch_save is None and "model_type None" in rep.torch_save_note
