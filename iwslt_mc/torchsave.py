@@ -360,7 +360,7 @@ def state_dict_layout(tensors: list[tuple[str, str, tuple[int, ...]]], config: d
     if float_dtype is None:
         cdt = config.get("dtype") or config.get("torch_dtype")
         float_dtype = _CONFIG_DTYPES.get(str(cdt).replace("torch.", "")) if cdt else None
-    text = config.get("text_config") or {}
+    text = config.get("text_config") if isinstance(config.get("text_config"), dict) else {}
     tied = bool(text.get("tie_word_embeddings", config.get("tie_word_embeddings", False)))
     by_key: dict[str, tuple[str, tuple[int, ...]]] = {}
     for key, dtype, shape in tensors:
