@@ -371,49 +371,24 @@ def read_decode_log(path: str | Path) -> DecodeLog:
 # size measures
 
 
-class _ByteCounter:
-    """A write-only sink that keeps the number of bytes written (torch.save into it writes nothing)."""
+def torch_save_bytes(model_dir: str | Path, report=None) -> tuple[int, str]:
+    """The organizers' 2027 measure: bytes of ``torch.save(model.state_dict())`` of the model loaded as
+    their script loads it (one GPU), and its signature.
 
-    def __init__(self):
-        self.n = 0
-
-    def write(self, b) -> int:
-        self.n += len(b)
-        return len(b)
-
-    def flush(self) -> None:
-        pass
-
-
-def torch_save_bytes(model_dir: str | Path) -> tuple[int, str]:
-    """The organizers' 2027 measure: bytes of ``torch.save(model.state_dict())``, and its signature.
-
-    The model is loaded once on the CPU (no GPU; the state dict shares its tensors, so no second copy)
-    and saved into a byte counter, not to disk. Exact by construction; it costs a model load.
+    From the sizer (:mod:`iwslt_mc.torchsave`: computed exactly from the safetensors headers and
+    config, no weights read); where a checkpoint cannot be laid out exactly, the model is loaded once
+    and a real ``torch.save`` is counted through a pipe (``torchsave.measure_streamed``).
     """
-    import logging
+    from . import sizer, torchsave
 
-    import torch
+    rep = report if report is not None else sizer.measure(model_dir, None)
+    ts = rep.torch_save
+    if ts is None:
+        from .output import hf_progress_bars_off
 
-    from .modelio import load_model
-
-    from transformers.utils import logging as hf_logging
-
-    bars = hf_logging.is_progress_bar_enabled()
-    level = logging.getLogger("transformers").level
-    hf_logging.disable_progress_bar()  # our command's output only, no "Loading weights" bar inside it
-    logging.getLogger("transformers").setLevel(logging.ERROR)
-    try:
-        model = load_model(model_dir, device="cpu")
-        sink = _ByteCounter()
-        torch.save(model.state_dict(), sink)
-        del model
-    finally:
-        logging.getLogger("transformers").setLevel(level)
-        if bars:
-            hf_logging.enable_progress_bar()
-    return sink.n, (f"measure:torch.save(model.state_dict())|method:loaded-on-cpu-saved-to-counter"
-                    f"|torch:{torch.__version__}|version:iwslt-mc-{__version__}")
+        with hf_progress_bars_off():
+            ts = torchsave.measure_streamed(model_dir)
+    return ts.bytes, ts.signature
 
 
 def measure_sizes(model_dir: str | Path, ed: track.Edition):
@@ -424,7 +399,7 @@ def measure_sizes(model_dir: str | Path, ed: track.Edition):
     sizes = {"safetensors_bytes": int(report.bytes)}
     sigs = {"safetensors_bytes": report.signature}
     if "torch_save_bytes" in ed.size_measures:
-        sizes["torch_save_bytes"], sigs["torch_save_bytes"] = torch_save_bytes(model_dir)
+        sizes["torch_save_bytes"], sigs["torch_save_bytes"] = torch_save_bytes(model_dir, report)
     return report, {m: sizes[m] for m in ed.size_measures}, {m: sigs[m] for m in ed.size_measures}
 
 
