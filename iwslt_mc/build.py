@@ -2,12 +2,16 @@
 
 Layout of a build directory::
 
-    OUT/build.json          state: recipe, arguments, prediction, one entry per stage (fingerprint, status)
+    OUT/build.json          state: recipe, arguments, prediction, one entry per stage (fingerprint, status
+                            running/done); written (atomically) before the first stage starts
     OUT/recipe.yaml         the recipe as run (after --set overrides)
     OUT/stages/NN-ID/       each stage's output model directory (appears only when the stage finished)
     OUT/work/NN-ID/         a running stage's checkpoints (removed when it finishes)
     OUT/model/              the final model: hard links to the last stage's files, with full provenance
 
+The directory is created only after the recipe was checked against the base (the planner's
+prediction), and is resumable from then on: killed at any moment, ``--resume`` continues it (a
+training stage from its last checkpoint) and ends with the same bytes as an uninterrupted build.
 A stage is skipped on ``--resume`` when its directory exists and its fingerprint (stage, options,
 data, language, condition, smoke, seed and the fingerprint of its input) matches the one recorded
 when it finished. Anything downstream of a changed stage runs again.
@@ -28,6 +32,7 @@ from .fsutil import atomic_write_json, atomic_write_text
 from .recipes import BUILTIN_DATA, Recipe, StageEntry, join_query, split_ref
 
 STATE = "build.json"
+_BUILD_ENTRIES = {STATE, "recipe.yaml", "stages", "work", "model", ".model.partial"}
 
 
 @dataclass
@@ -105,16 +110,58 @@ def _link_tree(src: Path, dst: Path) -> None:
     os.replace(tmp, dst)
 
 
+def _finished_record(running: dict, sdir: Path) -> dict:
+    """The state entry of a stage that finished but was killed before the state said so (from its provenance)."""
+    last = json.loads((sdir / "provenance.json").read_text(encoding="utf-8"))["stages"][-1]
+    return {**running, "status": "done", "seconds": last.get("seconds"), "params_after": last.get("params_after"),
+            "bytes_after": last.get("bytes_after")}
+
+
+def _record_stage(state: dict, state_path: Path, finished: list[dict], rec: dict) -> None:
+    """Write ``state`` with ``finished`` stages, then ``rec``, then the older entries of other stages."""
+    ids = {x["id"] for x in finished} | {rec["id"]}
+    state["stages"] = finished + [rec] + [s for s in state.get("stages", []) if s["id"] not in ids]
+    atomic_write_json(state_path, state)
+
+
+def check_build_dir(out: Path, *, resume: bool) -> dict:
+    """Check ``out`` for a new build or a resumed one and return its state (empty when new).
+
+    Accepted: a missing or empty directory (a new build, with or without --resume), or a build directory
+    (one with build.json) with --resume. Every refusal names what the next command should be."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: exists and is not a directory; choose another --out")
+    state_path = out / STATE
+    if out.is_dir():
+        # a build.json temporary file is all a build killed within its first write can leave
+        for tmp in out.glob(f".{STATE}.*.tmp"):
+            tmp.unlink(missing_ok=True)
+        entries = {p.name for p in out.iterdir()}
+        if entries:
+            # a build killed in its first stage by an older iwslt-mc has no build.json yet: resumable all the same
+            legacy = STATE not in entries and "recipe.yaml" in entries and entries <= _BUILD_ENTRIES
+            if not state_path.exists() and not legacy:
+                raise UserError(f"{out}: not empty and not a build directory (no {STATE}); choose another --out")
+            if not resume:
+                raise UserError(f"{out}: build directory exists; rerun with --resume to continue it, "
+                                "or choose another --out")
+    if not state_path.exists():
+        return {}
+    try:
+        state = json.loads(state_path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise UserError(f"{state_path}: unreadable build state ({e}); choose another --out") from None
+    if not isinstance(state, dict) or not isinstance(state.get("stages", []), list):
+        raise UserError(f"{state_path}: not a build state; choose another --out")
+    return state
+
+
 def build(recipe: Recipe, *, lang: str, base: str, data: dict[str, str], condition: str, out: Path,
           resume: bool = False, smoke: bool = False, seed: int = 0, device: str | None = None,
           edition: str = "2025", log=print) -> BuildResult:
-    from . import sizer
-    from .modelio import check_model_dir, is_local, model_fingerprint
-    from .prompting import check_lang
-    from .stages import make_stage
-    from .stages.base import StageContext, run_stage
-
     from .distributed import world_size
+    from .modelio import check_model_dir, is_local
+    from .prompting import check_lang
 
     if world_size() > 1:
         raise UserError("build runs as one process: under accelerate launch/torchrun every process would run the "
@@ -128,26 +175,42 @@ def build(recipe: Recipe, *, lang: str, base: str, data: dict[str, str], conditi
     check_data_refs(recipe, data, condition)
     out = Path(out)
     state_path = out / STATE
-    if out.exists() and any(out.iterdir()):
-        if not resume:
-            raise UserError(f"{out}: build directory exists (rerun with --resume to continue it, or choose another --out)")
-        if not state_path.exists():
-            raise UserError(f"{out}: not a build directory (no {STATE}); choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    state = json.loads(state_path.read_text()) if state_path.exists() else {}
-    prev = {s["id"]: s for s in state.get("stages", [])}
-
+    state = check_build_dir(out, resume=resume)
+    # the prediction also validates the recipe against the base: its errors come before the directory exists
     prediction = predict_recipe(recipe, base, condition=condition, lang=lang, data=data, edition=edition, smoke=smoke)
     if prediction:
         log(f"planner: predicted {prediction['bytes']:,} bytes, {prediction['params']:,} parameters, "
             f"{prediction['bin'] or 'no bin'} ({edition}){'' if prediction['bin'] else ' - NOT ELIGIBLE for a size bin'}")
-
+    # The state is on disk before any stage starts: a build killed at any moment after this is resumable.
     state.update({
         "recipe": recipe.name, "recipe_file": str(recipe.path), "lang": lang, "base": str(base),
         "data": data, "condition": condition, "smoke": smoke, "seed": seed, "edition": edition,
-        "prediction": prediction,
+        "prediction": prediction, "status": "running",
     })
+    state.pop("final", None)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(state_path, state)
     atomic_write_text(out / "recipe.yaml", recipe.text)
+    try:
+        return _run_stages(recipe, state, prediction, lang=lang, base=base, data=data, condition=condition, out=out,
+                           resume=resume, smoke=smoke, seed=seed, device=device, edition=edition, log=log)
+    except UserError as e:
+        raise UserError(f"{e} ({out} keeps what finished: fix this, then rerun with --resume)") from None
+    except Exception as e:
+        e.add_note(f"iwslt-mc build: {out} keeps what finished: rerun the same command with --resume to continue")
+        raise
+
+
+def _run_stages(recipe: Recipe, state: dict, prediction: dict | None, *, lang: str, base: str, data: dict[str, str],
+                condition: str, out: Path, resume: bool, smoke: bool, seed: int, device: str | None, edition: str,
+                log) -> BuildResult:
+    from . import sizer
+    from .modelio import is_local, model_fingerprint
+    from .stages import make_stage
+    from .stages.base import StageContext, run_stage
+
+    state_path = out / STATE
+    prev = {s["id"]: s for s in state.get("stages", [])}
     stages_state: list[dict] = []
     stage_dirs: dict[str, Path] = {}
     stage_fps: dict[str, str] = {}
@@ -168,15 +231,21 @@ def build(recipe: Recipe, *, lang: str, base: str, data: dict[str, str], conditi
         fp = _fingerprint({"stage": entry.stage, "options": fp_options, "data": fp_data, "lang": lang,
                            "condition": condition, "smoke": smoke, "seed": seed, "input": in_fp})
         done = prev.get(entry.id)
-        if resume and done and done.get("status") == "done" and done.get("fingerprint") == fp and sdir.exists():
+        # "running" with its directory present: killed between the stage's atomic rename and the state write
+        # (the directory is removed before a stage is marked running, so it is this run's complete output)
+        if (resume and done and done.get("status") in ("done", "running") and done.get("fingerprint") == fp
+                and sdir.exists()):
             log(f"[{n}/{len(active)}] {entry.id} ({entry.stage}): unchanged, skipped")
             skipped.append(entry.id)
-            rec = done
+            rec = done if done["status"] == "done" else _finished_record(done, sdir)
         else:
             if sdir.exists():
                 shutil.rmtree(sdir)  # stale output of a changed stage
             for stale in (out / "stages").glob(f".{sdir.name}.*.partial"):
                 shutil.rmtree(stale, ignore_errors=True)
+            # recorded before the stage starts: a kill inside it leaves a state that --resume continues
+            _record_stage(state, state_path, stages_state, {"id": entry.id, "stage": entry.stage, "dir": str(sdir),
+                                                            "fingerprint": fp, "status": "running"})
             stage = make_stage(entry.stage, options)
             if smoke:
                 stage = stage.with_smoke()
@@ -188,10 +257,9 @@ def build(recipe: Recipe, *, lang: str, base: str, data: dict[str, str], conditi
             rec = {"id": entry.id, "stage": entry.stage, "dir": str(sdir), "fingerprint": fp, "status": "done",
                    "seconds": round(time.time() - t0, 2), "params_after": record.get("params_after"),
                    "bytes_after": record.get("bytes_after")}
-        stages_state.append(rec)
         # record progress after every stage, so a crash later keeps what finished
-        state["stages"] = stages_state + [s for s in state.get("stages", []) if s["id"] not in {x["id"] for x in stages_state}]
-        atomic_write_json(state_path, state)
+        _record_stage(state, state_path, stages_state, rec)
+        stages_state.append(rec)
         stage_dirs[entry.id] = sdir
         stage_fps[entry.id] = fp
         in_dir, in_fp = sdir, fp
@@ -205,7 +273,10 @@ def build(recipe: Recipe, *, lang: str, base: str, data: dict[str, str], conditi
         size["prediction_error"] = round((prediction["bytes"] - rep.bytes) / rep.bytes, 6)
     state["stages"] = stages_state
     state["final"] = {"dir": str(model_dir), **size}
+    state["status"] = "done"
     atomic_write_json(state_path, state)
+    if (out / "work").is_dir() and not any((out / "work").iterdir()):
+        (out / "work").rmdir()  # every stage's checkpoints went when it finished
     return BuildResult(out_dir=out, model_dir=model_dir, stages=stages_state, prediction=prediction, size=size,
                        skipped=skipped)
 
@@ -241,6 +312,17 @@ _SKIP_COMPONENTS = {"lm_head": "lm_head", "audio_tower": "audio_encoder", "multi
                     "embed_tokens": "embed_tokens"}
 
 
+def schema_options(entry: StageEntry, *, smoke: bool = False) -> dict:
+    """Every option of ``entry``'s stage as the stage itself reads it: the stage's option schema applied to
+    the recipe's values (coercion, defaults, and with ``smoke`` its scaled-down values). ``@ID`` values
+    read as placeholders here; the planner never needs them."""
+    from .recipes import _strip_refs
+    from .stages import make_stage
+
+    stage = make_stage(entry.stage, _strip_refs(entry.options))
+    return (stage.with_smoke() if smoke else stage).options.to_dict()
+
+
 def spec_for_stages(stages: list[StageEntry], cfg, *, base: str, lang: str, data: dict, condition: str):
     """A planner ``Spec`` equivalent to running ``stages`` on a model with config ``cfg``."""
     from .planner import Spec, base_dims
@@ -250,7 +332,7 @@ def spec_for_stages(stages: list[StageEntry], cfg, *, base: str, lang: str, data
     precision, per = fdt, {}
     notes: list[str] = []
     for e in stages:
-        o = e.options
+        o = schema_options(e)
         if e.stage == "prune-layers":
             for key, listed, count, what in (("llm_layers", "llm_layers", "remove", "LLM"),
                                              ("audio_layers", "audio_layers", "audio_remove", "audio-encoder")):
@@ -262,8 +344,11 @@ def spec_for_stages(stages: list[StageEntry], cfg, *, base: str, lang: str, data
                                     f"(base {base}{'; on a small test model add --smoke' if n > 2 else ''})")
                 dims[key] -= n
         elif e.stage == "prune-ffn":
-            dims["ffn_dim"] = o.get("llm_width") or dims["ffn_dim"]
-            dims["audio_ffn_dim"] = o.get("audio_width") or dims["audio_ffn_dim"]
+            from .stages.prune_ffn import rounded_width
+
+            m = int(o.get("multiple_of") or 64)
+            dims["ffn_dim"] = rounded_width(o.get("llm_width"), m) or dims["ffn_dim"]
+            dims["audio_ffn_dim"] = rounded_width(o.get("audio_width"), m) or dims["audio_ffn_dim"]
         elif e.stage == "trim-vocab":
             n = _trimmed_vocab(e, base, lang, data, condition)
             if n is None:
@@ -285,6 +370,10 @@ def spec_for_stages(stages: list[StageEntry], cfg, *, base: str, lang: str, data
         elif e.stage == "finetune" and o.get("save_dtype") not in (None, "input"):
             # the output keeps the input's dtype unless save_dtype says otherwise (not the training dtype)
             fdt = _SHORT_DTYPE.get(o["save_dtype"], o["save_dtype"])
+        else:
+            from .planner import dims_after_distillation_stage  # kd, replace-layers
+
+            dims = dims_after_distillation_stage(e.stage, o, dims) or dims
     if precision in ("bf16", "fp16", "fp32"):
         precision = fdt
     # embeddings are never quantized by bitsandbytes (nn.Embedding), whatever the default precision
@@ -345,4 +434,6 @@ def scaled_stages(recipe: Recipe, base: str, *, smoke: bool) -> list[StageEntry]
             if o.get("audio_width"):
                 o["audio_width"] = width(o["audio_width"], "audio_ffn_dim")
         out.append(dataclasses.replace(e, options=o))
-    return out
+    from .planner import scale_distillation_stages  # replace-layers blocks the small base has room for
+
+    return scale_distillation_stages(out, bd)

@@ -14,6 +14,7 @@ import sys
 
 from . import __version__
 from .errors import UserError
+from .output import silence_library_noise
 
 # Order here is the order in --help: the pipeline from kit to report.
 COMMANDS = [
@@ -71,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help()
         return 1
+    silence_library_noise()  # before any command imports bitsandbytes
     try:
         return int(args._run(args) or 0)
     except UserError as e:

@@ -29,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .errors import UserError
+from .errors import InputFileError, UserError
 
 COMET_VERSION = "2.2.7"
 # The pins unbabel-comet declares, written out so pip never has to backtrack, plus two it needs
@@ -241,7 +241,7 @@ def _run_worker(env_dir: Path, mode: str, request: dict) -> dict:
 
 def run_comet(checkpoint: str, src: list[str], mt: list[str], ref: list[str] | None, *,
               env_dir: str | os.PathLike | None = None, batch_size: int | None = None,
-              gpus: int | None = None) -> dict:
+              gpus: int | None = None, qe: bool = False) -> dict:
     """Score segments with a COMET checkpoint in the COMET environment.
 
     ``checkpoint``: a ``.ckpt`` file, a model directory holding ``checkpoints/model.ckpt`` (as
@@ -254,11 +254,137 @@ def run_comet(checkpoint: str, src: list[str], mt: list[str], ref: list[str] | N
     if len(src) != n or (ref is not None and len(ref) != n):
         raise ValueError("src, mt and ref must have the same number of segments")
     request = {"checkpoint": str(checkpoint), "src": src, "mt": mt, "ref": ref,
-               "batch_size": batch_size, "gpus": gpus}
+               "batch_size": batch_size, "gpus": gpus, "qe": qe}
     result = _run_worker(env, "score", request)
     if len(result["scores"]) != n:
         raise UserError(f"COMET worker returned {len(result['scores'])} scores for {n} segments")
     return result
+
+
+# class_identifier values of unbabel-comet 2.2.7 (comet.models.str2model) and whether they need references.
+REFERENCE_FREE_CLASSES = ("referenceless_regression_metric",)
+REFERENCE_CLASSES = ("regression_metric", "ranking_metric")
+UNIFIED_CLASSES = ("unified_metric", "xcomet_metric")  # reference-free when input_segments lacks "ref"
+
+
+def _hparams_file(ckpt: Path) -> Path | None:
+    for p in (ckpt.parent.parent / "hparams.yaml", ckpt.parent / "hparams.yaml"):
+        if p.is_file():
+            return p
+    return None
+
+
+def checkpoint_kind(checkpoint: str) -> str | None:
+    """``"qe"`` (reference-free), ``"reference"`` (needs references), ``"both"`` (a unified model
+    trained on [mt, src, ref]: scores with or without references), or None for a hub id (known only
+    once loaded).
+
+    Read from the checkpoint's ``hparams.yaml`` (``class_identifier``, ``input_segments``), without
+    loading the model. Raises UserError for a local checkpoint whose hparams name no COMET class.
+    """
+    resolved = resolve_checkpoint(checkpoint)
+    p = Path(resolved)
+    if not p.is_file():
+        return None
+    hp_file = _hparams_file(p)
+    import yaml
+
+    try:
+        hp = yaml.safe_load(hp_file.read_text(encoding="utf-8")) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise InputFileError(hp_file, f"not a readable COMET hparams.yaml ({str(e).splitlines()[0]})") from None
+    cls = hp.get("class_identifier") if isinstance(hp, dict) else None
+    if cls in REFERENCE_FREE_CLASSES:
+        return "qe"
+    if cls in REFERENCE_CLASSES:
+        return "reference"
+    if cls in UNIFIED_CLASSES:
+        segments = hp.get("input_segments") or ["mt", "src", "ref"]
+        # as UnifiedMetric.requires_references: only [mt, ref] models cannot do without references
+        return "reference" if list(segments) == ["mt", "ref"] else ("qe" if "ref" not in segments else "both")
+    raise InputFileError(hp_file, f"class_identifier {cls!r} is not a COMET model class "
+                                  f"(known: {', '.join(REFERENCE_FREE_CLASSES + REFERENCE_CLASSES + UNIFIED_CLASSES)})")
+
+
+def require_qe_checkpoint(checkpoint: str, env_dir: str | os.PathLike | None = None) -> str:
+    """Check, before any work, that ``checkpoint`` is a reference-free (QE) COMET model and that the
+    COMET environment is ready; returns the resolved checkpoint. One-line UserError otherwise.
+
+    A unified model trained on [mt, src, ref] (XCOMET, COMET-22 unified) is accepted: it scores
+    without references too. A hub id passes here and is checked by the worker once loaded.
+    """
+    resolved = resolve_checkpoint(checkpoint)
+    kind = checkpoint_kind(resolved)
+    if kind == "reference":
+        raise UserError(f"{checkpoint}: not a quality-estimation (reference-free) COMET model: it needs "
+                        f"references (use a COMET-Kiwi-style checkpoint, e.g. wmt22-cometkiwi-da)")
+    require_env(env_dir)
+    return resolved
+
+
+def checkpoint_name(checkpoint: str) -> str:
+    """A short name for reports: the model folder of ``MODEL/checkpoints/model.ckpt``, else the path/hub id."""
+    p = Path(checkpoint)
+    if p.name.endswith(".ckpt") and p.parent.name == "checkpoints" and p.parent.parent.name:
+        return p.parent.parent.name
+    if p.is_dir() or (not p.suffix and not p.exists()):
+        return p.name or str(checkpoint)
+    return p.name
+
+
+def run_qe(checkpoint: str, src: list[str], mt: list[str], *, env_dir: str | os.PathLike | None = None,
+           batch_size: int | None = None, gpus: int | None = None) -> dict:
+    """Reference-free scores (quality estimation) of ``mt`` given ``src``: one worker process, the
+    model loaded once for all segments. Same result as :func:`run_comet` (``kind`` is "qe"); the
+    worker refuses a model that needs references."""
+    return run_comet(checkpoint, src, mt, None, env_dir=env_dir, batch_size=batch_size, gpus=gpus, qe=True)
+
+
+def score_many(checkpoint: str, src: list[str], candidates: dict[str, list[str]], ref: list[str] | None = None, *,
+               env_dir: str | os.PathLike | None = None, batch_size: int | None = None, gpus: int | None = None,
+               qe: bool = False, details: dict | None = None) -> dict[str, float]:
+    """System scores of many candidates' outputs of the same segments in ONE worker call.
+
+    ``candidates``: ``{name: [mt per segment]}`` (each as long as ``src``); ``ref``: references, or
+    None for a reference-free (QE) model (``qe=True`` also makes the worker refuse a model needing
+    references). The (src, mt, ref) triples all candidates share are scored once: the model is
+    loaded once and predicts the distinct triples in one batched pass, so N candidates cost one
+    load instead of N. Returns ``{name: system score}`` (the mean of its segment scores, as COMET's
+    system score); ``details``, when given, is filled with ``{"scores": {name: [segment scores]},
+    "unique": distinct triples scored, "total": segments asked for, "seconds": worker timings,
+    "model", "kind", "versions", "device", "batch_size"}``.
+    """
+    n = len(src)
+    if ref is not None and len(ref) != n:
+        raise ValueError("src and ref must have the same number of segments")
+    for name, mt in candidates.items():
+        if len(mt) != n:
+            raise ValueError(f"candidate {name!r}: {len(mt)} outputs for {n} segments")
+    index: dict[tuple, int] = {}
+    u_src, u_mt, u_ref = [], [], []
+    where: dict[str, list[int]] = {}
+    for name, mt in candidates.items():
+        pos = []
+        for i, m in enumerate(mt):
+            key = (src[i], m, None if ref is None else ref[i])
+            if key not in index:
+                index[key] = len(u_mt)
+                u_src.append(src[i])
+                u_mt.append(m)
+                u_ref.append(key[2])
+            pos.append(index[key])
+        where[name] = pos
+    if not u_mt:  # nothing to score (no segments): no process
+        require_env(env_dir)
+        return {name: float("nan") for name in candidates}
+    r = run_comet(checkpoint, u_src, u_mt, None if ref is None else u_ref, env_dir=env_dir,
+                  batch_size=batch_size, gpus=gpus, qe=qe)
+    seg = {name: [r["scores"][j] for j in pos] for name, pos in where.items()}
+    out = {name: (sum(v) / len(v) if v else float("nan")) for name, v in seg.items()}
+    if details is not None:
+        details.update(scores=seg, unique=len(u_mt), total=n * len(candidates),
+                       **{k: r.get(k) for k in ("seconds", "model", "kind", "versions", "device", "batch_size")})
+    return out
 
 
 def resolve_checkpoint(checkpoint: str) -> str:
@@ -287,8 +413,9 @@ def resolve_checkpoint(checkpoint: str) -> str:
 
 
 def make_tiny_checkpoint(out_dir: str | os.PathLike, *, env_dir: str | os.PathLike | None = None,
-                         seed: int = 0) -> Path:
-    """Build a tiny random COMET regression checkpoint offline (for tests and the demo).
+                         seed: int = 0, qe: bool = False) -> Path:
+    """Build a tiny random COMET regression checkpoint offline (for tests and the demo); ``qe``: a
+    reference-free COMET-Kiwi-style one (``UnifiedMetric`` on [mt, src]) instead.
 
     Runs inside the COMET environment (its encoder config and tokenizer must be written by
     transformers 4). Layout: ``out/encoder/`` (tiny XLM-R config + SentencePiece tokenizer, the
@@ -296,5 +423,5 @@ def make_tiny_checkpoint(out_dir: str | os.PathLike, *, env_dir: str | os.PathLi
     """
     env = require_env(env_dir)
     out = Path(out_dir).absolute()
-    result = _run_worker(env, "make-tiny", {"out_dir": str(out), "seed": seed})
+    result = _run_worker(env, "make-tiny", {"out_dir": str(out), "seed": seed, "qe": qe})
     return Path(result["checkpoint"])

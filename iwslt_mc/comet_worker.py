@@ -5,11 +5,15 @@ with JSON files in and out. It imports nothing from iwslt_mc (whose modules need
 and only the standard library at top level.
 
 Modes:
-- ``score``: request ``{"checkpoint", "src", "mt", "ref", "batch_size", "gpus"}``; result
-  ``{"scores", "system_score", "model", "device", "batch_size", "versions"}``, scores in input order.
-- ``make-tiny``: request ``{"out_dir", "seed"}``; writes a tiny random COMET regression model
+- ``score``: request ``{"checkpoint", "src", "mt", "ref", "batch_size", "gpus", "qe"}``; result
+  ``{"scores", "system_score", "model", "kind", "device", "batch_size", "versions"}``, scores in
+  input order. ``qe``: the model must be reference-free (quality estimation, e.g. COMET-Kiwi); it is
+  then given no references. ``kind``: "qe" or "reference" (what the loaded model needs).
+- ``make-tiny``: request ``{"out_dir", "seed", "qe"}``; writes a tiny random COMET regression model
   (a tiny XLM-R encoder config and SentencePiece tokenizer in ``out_dir/encoder``, which is the
-  checkpoint's ``pretrained_model``) so the COMET path can be tested offline; result ``{"checkpoint"}``.
+  checkpoint's ``pretrained_model``) so the COMET path can be tested offline; with ``qe`` a
+  COMET-Kiwi-style reference-free model instead (``UnifiedMetric``, inputs ``[mt, src]``, sigmoid
+  output); result ``{"checkpoint"}``.
 
 A failure a user can fix is written as ``{"error": "one line"}`` and exit status 2.
 """
@@ -84,6 +88,15 @@ def score(req: dict) -> dict:
             sample["ref"] = req["ref"][i]
         samples.append(sample)
     load_s = time.time() - t0
+    needs_ref = bool(model.requires_references())
+    if req.get("qe") and needs_ref:
+        raise WorkerError(f"{req['checkpoint']}: not a quality-estimation model: "
+                          f"{type(model).__name__} needs references")
+    if req.get("ref") is None and needs_ref:
+        raise WorkerError(f"{req['checkpoint']}: {type(model).__name__} needs references and none were given")
+    if not needs_ref:
+        for sample in samples:
+            sample.pop("ref", None)
     t1 = time.time()
     out = model.predict(samples, batch_size=batch_size, gpus=gpus, progress_bar=sys.stderr.isatty())
     scores = [float(x) for x in out.scores]
@@ -91,6 +104,8 @@ def score(req: dict) -> dict:
         "scores": scores,
         "system_score": float(out.system_score),
         "model": str(req["checkpoint"]),
+        "kind": "reference" if needs_ref else "qe",
+        "n": len(scores),
         "device": f"cuda x{gpus}" if gpus else "cpu",
         "batch_size": batch_size,
         "seconds": {"load": round(load_s, 2), "predict": round(time.time() - t1, 2)},
@@ -115,6 +130,38 @@ _TINY_CORPUS = [
 ]
 
 
+def _spread_estimator(model, seed: int) -> None:
+    """Make a random QE model's scores differ visibly between segments (tests set thresholds between them).
+
+    A random tiny encoder gives nearly the same sentence embedding for every input, so a random head
+    scores everything about alike (differences near 1e-5). The first layer of the head is set to
+    standardise the embeddings seen on the tiny corpus (centre, scale per feature), the second to
+    random weights of unit scale: scores then spread over (0, 1) while staying a deterministic
+    function of the input.
+    """
+    import torch
+
+    seen = []
+    handle = model.estimator.register_forward_pre_hook(lambda mod, args: seen.append(args[0].detach().clone()))
+    pairs = [{"src": _TINY_CORPUS[i], "mt": _TINY_CORPUS[j]} for i in range(len(_TINY_CORPUS))
+             for j in range(len(_TINY_CORPUS)) if i != j]
+    try:
+        model.predict(pairs, batch_size=32, gpus=0, progress_bar=False)
+    finally:
+        handle.remove()
+    x = torch.cat(seen).float()
+    mu, sigma = x.mean(0), x.std(0).clamp_min(1e-8)
+    linears = [m for m in model.estimator.modules() if isinstance(m, torch.nn.Linear)]
+    first, last = linears[0], linears[-1]
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        w = torch.randn(first.weight.shape, generator=g) / first.weight.shape[1] ** 0.5 / sigma
+        first.weight.copy_(w)
+        first.bias.copy_(-(w @ mu))
+        last.weight.copy_(torch.randn(last.weight.shape, generator=g) * 2.0 / last.weight.shape[1] ** 0.5)
+        last.bias.zero_()
+
+
 def make_tiny(req: dict) -> dict:
     import pytorch_lightning as pl
     import sentencepiece as spm
@@ -122,7 +169,7 @@ def make_tiny(req: dict) -> dict:
     import yaml
     from transformers import XLMRobertaConfig, XLMRobertaTokenizer, XLMRobertaTokenizerFast
 
-    from comet.models import RegressionMetric
+    from comet.models import RegressionMetric, UnifiedMetric
 
     final = Path(req["out_dir"])
     if final.exists() and (not final.is_dir() or any(final.iterdir())):
@@ -155,12 +202,22 @@ def make_tiny(req: dict) -> dict:
     config.save_pretrained(str(enc))
 
     torch.manual_seed(seed)
-    model = RegressionMetric(
-        encoder_model="XLM-RoBERTa", pretrained_model=str(enc), load_pretrained_weights=False,
-        hidden_sizes=[32], layer="mix", pool="avg", layer_transformation="softmax",
-        dropout=0.0, final_activation=None)
+    if req.get("qe"):
+        # COMET-Kiwi's layout (wmt22-cometkiwi-da): a unified metric fed [mt, src], no reference.
+        model = UnifiedMetric(
+            encoder_model="XLM-RoBERTa", pretrained_model=str(enc), load_pretrained_weights=False,
+            hidden_sizes=[32], sent_layer="mix", layer_transformation="softmax", word_layer=2,
+            dropout=0.0, final_activation="sigmoid", input_segments=["mt", "src"])
+        identifier = "unified_metric"
+        _spread_estimator(model, seed)
+    else:
+        model = RegressionMetric(
+            encoder_model="XLM-RoBERTa", pretrained_model=str(enc), load_pretrained_weights=False,
+            hidden_sizes=[32], layer="mix", pool="avg", layer_transformation="softmax",
+            dropout=0.0, final_activation=None)
+        identifier = "regression_metric"
     hparams = dict(model.hparams)
-    hparams["class_identifier"] = "regression_metric"
+    hparams["class_identifier"] = identifier
     hparams["pretrained_model"] = str(final / "encoder")  # where it will be after the rename
     (out / "hparams.yaml").write_text(yaml.safe_dump(hparams, sort_keys=True), encoding="utf-8")
     ckpt = out / "checkpoints" / "model.ckpt"

@@ -35,6 +35,7 @@ columns, :func:`validate_examples` checks texts and audio of every row before tr
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import json
@@ -333,10 +334,54 @@ def _select_split(splits: dict[str, list], split: str | None, ds: DataSpec, *, s
     if split in splits:
         return list(splits[split])
     if split in ("train", "test") and "train" not in splits and "test" not in splits:
+        present = [s for s in PUBLISHED_MERGE if s in splits]
+        if present and len(present) < len(PUBLISHED_MERGE):
+            missing = next(s for s in PUBLISHED_MERGE if s not in splits)
+            _warn(f"{ds.path}: no {missing!r} split: training and held-out examples come from "
+                  f"{' and '.join(repr(s) for s in present)} alone ({len(splits[present[0]])} examples; "
+                  f"ACL 60/60's published split merges dev and eval)")
         merged = [ex for name in _ordered(splits) for ex in splits[name]]
         train, test = heldout_split(merged, ds.holdout, seed)
         return train if split == "train" else test
     raise InputFileError(ds.path, f"no split {split!r} (available: {', '.join(_ordered(splits))})")
+
+
+# ACL 60/60's two splits, merged before holding out the published test split. A source with only
+# one of them (a partial download, or eval kept back on purpose) still works, with a warning: the
+# user may mean it, but training silently on half the data is the surprise we must not give.
+PUBLISHED_MERGE = ("dev", "eval")
+_WARNING_SINKS: list[Callable[[str], None]] = []
+_WARNED: set[str] = set()
+
+
+def _warn(msg: str) -> None:
+    """A data warning: to every collector (a running stage: its log and provenance), else once to stderr."""
+    if _WARNING_SINKS:
+        for sink in list(_WARNING_SINKS):
+            sink(msg)
+    elif msg not in _WARNED:
+        from .output import warn
+
+        _WARNED.add(msg)
+        warn(msg)
+
+
+@contextlib.contextmanager
+def collect_warnings(log: Callable[[str], None] | None = None):
+    """Within the block, data warnings are logged once each (``warning: ...``) and collected in the yielded list."""
+    seen: list[str] = []
+
+    def sink(msg: str) -> None:
+        if msg not in seen:
+            seen.append(msg)
+            if log is not None:
+                log(f"warning: {msg}")
+
+    _WARNING_SINKS.append(sink)
+    try:
+        yield seen
+    finally:
+        _WARNING_SINKS.remove(sink)
 
 
 def _ordered(splits: dict) -> list[str]:

@@ -7,13 +7,22 @@ A submission folder ``<out>/<model name>/`` holds:
   (an empty hypothesis stays an empty line);
 - ``description.txt``: the mandatory description fields (exact storage size in bytes and in the
   edition's unit, number of parameters, compression techniques, datasets), ready to paste;
-- ``manifest.json``: edition, name, sizes, parameter count, sha256 / bytes / line count of every
-  other file, the model directory, tool version and time. :func:`check` re-verifies all of it.
+- ``manifest.json``: edition, name, sizes (every measure of the edition), parameter count, the
+  model's fingerprint, sha256 / bytes / line count of every other file, the model directory, tool
+  version and time. :func:`check` re-verifies all of it.
 
-Sizes come from :func:`iwslt_mc.sizer.measure`, techniques and datasets from the model's
-``provenance.json``; the user types them only where the provenance lacks them. Everything is
-validated before anything is written, and the folder is written to a temporary directory and renamed
-into place.
+Editions with named test sets (2026, 2027: 6 en-de, 5 en-zh) need a hypothesis file for every one
+of them, unless a partial upload is asked for (recorded in the manifest and the description).
+Every hypothesis file must come with the decode log that made it (``FILE.jsonl``), whose model
+fingerprint must be the packaged model's: hypotheses of another model are refused, and hypotheses
+without such a log need ``allow_unlogged`` (recorded as unverified). Hypotheses are never altered
+beyond the file format (encoding, line ends): no tag or word is removed.
+
+Sizes come from :func:`iwslt_mc.sizer.measure` (safetensors bytes) and :func:`torch_save_bytes`
+(the organizers' 2027 measure), techniques and datasets from the model's ``provenance.json``
+(datasets by name, never by path); the user types them only where the provenance lacks them.
+Everything is validated before anything is written, and the folder is written to a temporary
+directory and renamed into place.
 """
 
 from __future__ import annotations
@@ -31,7 +40,8 @@ from .fsutil import atomic_directory, atomic_write_bytes, atomic_write_json, sha
 
 MANIFEST = "manifest.json"
 DESCRIPTION = "description.txt"
-MANIFEST_FORMAT = 1
+MANIFEST_FORMAT = 2
+READABLE_MANIFEST_FORMATS = (1, 2)  # 1: before editions had named test sets and fingerprints
 
 # Test-set names become part of a file name: no separators, no leading dot.
 _TEST_SET_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -56,6 +66,9 @@ D_PARAMS = "Number of parameters"
 D_TECHNIQUES = "Compression techniques"
 D_DATASETS = "Datasets used"
 D_BIN = "Size bin"
+D_OTHER_SIZES = "Other size measures"
+D_PARTIAL = "Partial upload"
+D_UNVERIFIED = "Unverified hypotheses"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -245,7 +258,7 @@ def hypothesis_filename(name: str, test_set: str) -> str:
 def _name_regex(ed: track.Edition) -> re.Pattern:
     alt = lambda xs: "(?:" + "|".join(re.escape(x) for x in xs) + ")"  # noqa: E731
     parts = {
-        "team": "(?P<team>[A-Za-z0-9]+)",
+        "team": "(?P<team>[A-Za-z0-9][A-Za-z0-9-]*)",
         "tag": re.escape(ed.tag),
         "lp": f"(?P<lp>{alt(ed.language_pairs)})",
         "bin": f"(?P<bin>{alt([b.name for b in ed.bins])})",
@@ -271,6 +284,155 @@ def parse_name(name: str) -> dict | None:
     return None
 
 
+def resolve_test_sets(ed: track.Edition, lp: str, hyps: dict[str, str | Path]) -> dict[str, str | Path]:
+    """``--hyp`` names -> the edition's test-set keys (named editions), or the names as given (2025).
+
+    A test set may be named by its key (``tvseries``) or by the name on its upload label
+    (``TVSERIES``), in any case; an unknown name is an error listing the edition's test sets.
+    """
+    sets = ed.test_sets.get(lp) or ()
+    if not sets:
+        for t in hyps:
+            validate_test_set(t)
+        return dict(hyps)
+    lookup = {}
+    for ts in sets:
+        lookup[ts.key.lower()] = ts.key
+        lookup[ts.label.split("/")[0].strip().lower()] = ts.key
+    out: dict[str, str | Path] = {}
+    for name, f in hyps.items():
+        key = lookup.get(str(name).lower())
+        if key is None:
+            raise UserError(f"test set {name!r} is not one of edition {ed.key}'s {lp} test sets: "
+                            + ", ".join(f"{t.key} ({t.label})" for t in sets))
+        if key in out:
+            raise UserError(f"test set {key!r} given twice (as {name!r} too)")
+        out[key] = f
+    return out
+
+
+def find_hypotheses(hyp_dir: str | Path, ed: track.Edition, lp: str) -> dict[str, Path]:
+    """Hypothesis files in ``hyp_dir`` named after the edition's test sets (``<TESTSET>.<de|zh>``,
+    as ``iwslt-mc decode`` names them; the test set by key or label name, in any case)."""
+    d = Path(hyp_dir)
+    if not d.is_dir():
+        raise InputFileError(d, "--hyp-dir is not a directory" if d.exists() else "--hyp-dir does not exist")
+    sets = ed.test_sets.get(lp) or ()
+    if not sets:
+        raise UserError(f"edition {ed.key} names no {lp} test sets: give each file with --hyp TESTSET=FILE")
+    tgt = lp.split("-")[1]
+    found: dict[str, Path] = {}
+    for ts in sets:
+        names = {ts.key.lower(), ts.label.split("/")[0].strip().lower()}
+        hits = [f for f in sorted(d.iterdir()) if f.is_file() and f.suffix == f".{tgt}" and f.stem.lower() in names]
+        if len(hits) > 1:
+            raise UserError(f"{d}: several files for test set {ts.key}: {', '.join(f.name for f in hits)}")
+        if hits:
+            found[ts.key] = hits[0]
+    if not found:
+        raise InputFileError(d, f"no hypothesis file named after a test set of edition {ed.key} {lp} "
+                                f"(expected e.g. {sets[0].key}.{tgt})")
+    return found
+
+
+@dataclass
+class DecodeLog:
+    """What a hypothesis file's decode log says about it."""
+
+    path: Path
+    segments: int
+    model_fingerprint: str | None  # None: a log of another tool, which does not record the model
+    model: str | None
+    lang: str | None
+
+
+def read_decode_log(path: str | Path) -> DecodeLog:
+    """The segment count, and (for an ``iwslt-mc decode`` log) the model fingerprint and language."""
+    path = Path(path)
+    n = count_log_segments(path)
+    header = None
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    break
+                if isinstance(rec, dict) and rec.get("type") == "header":
+                    header = rec
+                break
+    h = header or {}
+    fp = h.get("model_fingerprint")
+    return DecodeLog(path=path, segments=n, model_fingerprint=fp if isinstance(fp, str) and fp else None,
+                     model=h.get("model"), lang=h.get("lang"))
+
+
+# ----------------------------------------------------------------------------------------------
+# size measures
+
+
+def torch_save_bytes(model_dir: str | Path, report=None) -> tuple[int, str]:
+    """The organizers' 2027 measure: bytes of ``torch.save(model.state_dict())`` of the model loaded as
+    their script loads it (one GPU), and its signature.
+
+    From the sizer (:mod:`iwslt_mc.torchsave`: computed exactly from the safetensors headers and
+    config, no weights read); where a checkpoint cannot be laid out exactly, the model is loaded once
+    and a real ``torch.save`` is counted through a pipe (``torchsave.measure_streamed``).
+    """
+    from . import sizer, torchsave
+
+    rep = report if report is not None else sizer.measure(model_dir, None)
+    ts = rep.torch_save
+    if ts is None:
+        from .output import hf_progress_bars_off
+
+        with hf_progress_bars_off():
+            ts = torchsave.measure_streamed(model_dir)
+    return ts.bytes, ts.signature
+
+
+def measure_sizes(model_dir: str | Path, ed: track.Edition):
+    """(sizer report, {measure id: bytes}, {measure id: signature}) for every size measure of ``ed``."""
+    from . import sizer
+
+    report = sizer.measure(model_dir, ed.key)
+    sizes = {"safetensors_bytes": int(report.bytes)}
+    sigs = {"safetensors_bytes": report.signature}
+    if "torch_save_bytes" in ed.size_measures:
+        sizes["torch_save_bytes"], sigs["torch_save_bytes"] = torch_save_bytes(model_dir, report)
+    return report, {m: sizes[m] for m in ed.size_measures}, {m: sigs[m] for m in ed.size_measures}
+
+
+_MEASURE_WORDS = {"safetensors_bytes": "safetensors files", "torch_save_bytes": "torch.save(model.state_dict())"}
+
+
+def _size_text(nbytes: int, measure: str, unit: str) -> str:
+    return f"{nbytes:,} bytes = {exact_unit(nbytes, unit)} ({_MEASURE_WORDS[measure]})"
+
+
+def _other_unit(unit: str) -> str:
+    return {"GB": "GiB", "GiB": "GB", "MB": "MiB", "MiB": "MB"}.get(unit, unit)
+
+
+def _model_base(model_dir: Path, prov: dict, ed: track.Edition) -> str:
+    """The base model in words, never a local path: the recorded base when its folder is named as a
+    Qwen2-Audio model id, else the edition's base model, else the model type."""
+    base = (prov.get("base") or {}).get("path") or ""
+    stages = [s.get("stage") for s in prov.get("stages", [])]
+    if stages[:1] == ["kit"]:
+        return "tiny random Qwen2-Audio (the iwslt-mc demo kit)"
+    name = Path(str(base)).name
+    if name.lower().startswith("qwen2-audio"):
+        return f"Qwen/{name}"
+    if ed.base_model:
+        return ed.base_model
+    try:
+        mt = json.loads((model_dir / "config.json").read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        mt = None
+    return f"a Qwen2-Audio model (model_type {mt})" if mt else "not recorded"
+
+
 def _split_list(value) -> list[str]:
     """``--techniques "a; b"`` or a list -> ``["a", "b"]`` (';' or newlines separate; commas stay)."""
     if value is None:
@@ -280,13 +442,18 @@ def _split_list(value) -> list[str]:
 
 
 def exact_unit(nbytes: int, unit: str) -> str:
-    """``nbytes`` in ``unit`` without rounding: 200000000 -> '0.2 GB', 199999999 -> '0.199999999 GB'."""
+    """``nbytes`` in ``unit``: decimal units without rounding (200000000 -> '0.2 GB', 199999999 ->
+    '0.199999999 GB'); binary units to 9 decimals (1e-9 GiB is about one byte), '≈' when rounded."""
     div = {"GB": track.GB, "MB": track.MB, "KB": track.KB, "GiB": track.GiB, "MiB": track.MiB}[unit]
     q = Decimal(nbytes) / Decimal(div)
+    approx = ""
+    if unit in ("GiB", "MiB"):
+        r = round(q, 9)
+        approx, q = ("" if r == q else "≈"), r
     s = format(q, "f")
     if "." in s:
         s = s.rstrip("0").rstrip(".")
-    return f"{s} {unit}"
+    return f"{approx}{s} {unit}"
 
 
 def _human_params(n: int) -> str:
@@ -306,31 +473,50 @@ def _parse_int(text: str) -> int | None:
 
 
 def describe(*, name: str, team: str, edition: track.Edition, lp: str, condition: str, submission_type: str,
-             nbytes: int, params: int, bin_name: str | None, techniques: list[str], datasets: list[str],
-             test_sets: dict[str, int], signature: str | None = None, notes: list[str] | None = None) -> str:
-    """The text of ``description.txt``: mandatory fields first, one ``Label: value`` per line."""
+             sizes: dict[str, int], params: int, bin_name: str | None, techniques: list[str], datasets: list[str],
+             test_sets: dict[str, int], base_model: str, signatures: dict[str, str] | None = None,
+             notes: list[str] | None = None, missing: list[str] | None = None,
+             unverified: list[str] | None = None) -> str:
+    """The text of ``description.txt``: mandatory fields first, one ``Label: value`` per line.
+
+    ``sizes``: measure id -> bytes, the edition's primary measure first. ``test_sets``: key -> lines.
+    """
+    ed = edition
+    primary = ed.primary_size_measure
+    nbytes = sizes[primary]
     lines = [
         f"{D_NAME}: {name}",
         f"Team: {team}",
-        f"Edition: {edition.tag} ({edition.key})",
+        f"Edition: {ed.tag} ({ed.key})",
         f"Language pair: {lp}",
         f"Condition: {condition}",
         f"Submission type: {submission_type}",
     ]
-    if edition.has_bins:
+    if ed.has_bins:
         lines.append(f"{D_BIN}: {bin_name}")
     lines += [
-        f"{D_STORAGE}: {nbytes:,} bytes = {exact_unit(nbytes, edition.size_unit)}",
+        f"{D_STORAGE}: {_size_text(nbytes, primary, ed.size_unit)}",
         f"{D_PARAMS}: {params:,} ({_human_params(params)})",
         f"{D_TECHNIQUES}: {'; '.join(techniques)}",
         f"{D_DATASETS}: {'; '.join(datasets) if datasets else 'none recorded'}",
-        f"Base model: {edition.base_model}",
-        "Test sets: " + ", ".join(f"{t} ({n:,} segments)" for t, n in test_sets.items()),
     ]
-    if signature:
-        lines.append(f"Size measurement: {signature}")
-    if edition.has_bins:
-        lines.append(f"Size bin rule: {edition.boundary_rule}")
+    others = [m for m in ed.size_measures if m != primary]
+    if others:
+        lines.append(f"{D_OTHER_SIZES}: " + "; ".join(
+            f"{_size_text(sizes[m], m, ed.size_unit)} = {exact_unit(sizes[m], _other_unit(ed.size_unit))}"
+            for m in others))
+    lines.append(f"Base model: {base_model}")
+    labels = {t.key: t.label for t in ed.test_sets.get(lp, ())}
+    lines.append("Test sets: " + ", ".join(f"{labels.get(t, t)} ({n:,} segments)" for t, n in test_sets.items()))
+    if missing:
+        lines.append(f"{D_PARTIAL}: {len(test_sets)} of {len(test_sets) + len(missing)} test sets; not included: "
+                     + ", ".join(labels.get(t, t) for t in missing))
+    if unverified:
+        lines.append(f"{D_UNVERIFIED}: {', '.join(labels.get(t, t) for t in unverified)} (no decode log recording "
+                     "the model; packaged with --allow-unlogged)")
+    for m, sig in (signatures or {}).items():
+        lines.append(f"Size measurement ({_MEASURE_WORDS[m]}): {sig}")
+    lines.append(f"Size rule ({ed.key}): {ed.size_rule}; {ed.boundary_rule}")
     for n in notes or []:
         lines.append(f"Other details: {n}")
     lines.append(f"Packaged by: iwslt-mc {__version__}")
@@ -359,8 +545,8 @@ def read_manifest(sub_dir: str | Path) -> dict:
         raise InputFileError(p, "missing (not a submission packaged by iwslt-mc package)") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise InputFileError(p, f"not valid JSON ({e})") from None
-    if not isinstance(m, dict) or m.get("format") != MANIFEST_FORMAT:
-        raise InputFileError(p, f"not a manifest of format {MANIFEST_FORMAT}")
+    if not isinstance(m, dict) or m.get("format") not in READABLE_MANIFEST_FORMATS:
+        raise InputFileError(p, f"not a manifest of format {' or '.join(map(str, READABLE_MANIFEST_FORMATS))}")
     return m
 
 
@@ -409,14 +595,16 @@ def package(model_dir: str | Path, *, team: str, lp: str, condition: str, submis
             hyps: dict[str, str | Path], edition: str = track.DEFAULT_EDITION, techniques=None, datasets=None,
             segments: dict[str, int] | None = None, logs: dict[str, str | Path] | None = None,
             out: str | Path = "submissions", force: bool = False, notes: list[str] | None = None,
-            auto_logs: bool = True) -> PackageResult:
+            auto_logs: bool = True, partial: bool = False, allow_unlogged: bool = False) -> PackageResult:
     """Validate everything, then write ``out/<model name>/`` atomically. Raises UserError on any problem.
 
-    ``hyps``: test set -> hypothesis file. ``segments``: test set -> known number of segments;
-    ``logs``: test set -> decoder JSONL log (one record per segment). Without either, a log next to
-    the hypothesis file (``FILE.jsonl``) is used when ``auto_logs``.
+    ``hyps``: test set -> hypothesis file (for editions with named test sets, by key or label name,
+    and every test set of the pair unless ``partial``). ``segments``: test set -> known number of
+    segments; ``logs``: test set -> decode JSONL log. Without either, the log next to the hypothesis
+    file (``FILE.jsonl``) is used when ``auto_logs``. A log recording another model's fingerprint is
+    refused; a hypothesis without a log recording the model needs ``allow_unlogged``.
     """
-    from . import sizer  # torch-free
+    from .modelio import model_fingerprint
 
     warnings: list[str] = []
     ed = track.get_edition(edition)
@@ -425,48 +613,82 @@ def package(model_dir: str | Path, *, team: str, lp: str, condition: str, submis
     track.model_name(team=team, lp=lp, condition=condition, submission_type=submission_type, edition=ed,
                      bin_name=ed.bins[0].name if ed.has_bins else None)
     if not hyps:
-        raise UserError("no hypothesis files: give at least one --hyp TESTSET=FILE")
-    segments = dict(segments or {})
-    logs = dict(logs or {})
+        raise UserError("no hypothesis files: give --hyp TESTSET=FILE for each test set (or --hyp-dir DIR)")
+    hyps = resolve_test_sets(ed, lp, hyps)
+    segments = resolve_test_sets(ed, lp, dict(segments or {})) if segments else {}
+    logs = resolve_test_sets(ed, lp, dict(logs or {})) if logs else {}
     for opt, d in (("--segments", segments), ("--log", logs)):
         for t in d:
-            validate_test_set(t)
             if t not in hyps:
                 raise UserError(f"{opt} names test set {t!r}, which has no --hyp (test sets: {', '.join(hyps)})")
     for t in set(segments) & set(logs):
         raise UserError(f"test set {t!r}: give either --segments or --log, not both")
+    named = ed.test_set_keys(lp)
+    missing = [k for k in named if k not in hyps]
+    if missing and not partial:
+        labels = {t.key: t.label for t in ed.test_sets[lp]}
+        raise UserError(f"edition {ed.key} {lp} has {len(named)} test sets and this submission misses "
+                        f"{len(missing)}: " + ", ".join(f"{k} ({labels[k]})" for k in missing)
+                        + "; decode them too, or pass --partial for a deliberate partial upload")
+    if partial and not missing:
+        if named:
+            warnings.append("--partial given, but every test set of the pair is included: packaged as complete")
+        else:
+            raise UserError(f"--partial: edition {ed.key} names no {lp} test sets, so no upload can be partial")
 
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise InputFileError(model_dir, "model directory does not exist" if not model_dir.exists() else "not a directory")
+    fingerprint = model_fingerprint(model_dir)
 
-    # Hypotheses: read, normalize, count, compare with the known number of segments.
+    # Hypotheses: read, normalize, count, compare with the known number of segments and the model.
     hyp_list: list[Hypothesis] = []
+    unverified: list[str] = []
+    checks: dict[str, str] = {}
     for t, f in hyps.items():
-        validate_test_set(t)
         h = read_hypothesis(f, t)
+        if h.lines == 0:
+            raise InputFileError(h.source, f"empty: 0 lines for test set {t!r} (did decoding fail?); "
+                                           "a hypothesis file has one line per segment")
+        log_path = Path(logs[t]) if t in logs else (find_decoder_log(h.source) if auto_logs else None)
+        log = read_decode_log(log_path) if log_path is not None else None
+        if log is not None and log.model_fingerprint is not None and log.model_fingerprint != fingerprint:
+            raise InputFileError(h.source, f"decoded by another model: its log {log.path} records model "
+                                           f"fingerprint {log.model_fingerprint} ({log.model}), but {model_dir} "
+                                           f"has {fingerprint}; package the model that decoded it, or decode again")
+        if log is not None and log.lang and log.lang != lp:
+            raise InputFileError(h.source, f"decoded as {log.lang} (log {log.path}), packaged as {lp}")
         if t in segments:
             n = int(segments[t])
             if n < 0:
                 raise UserError(f"--segments {t}={n}: must be >= 0")
             h.expected, h.expected_from = n, "--segments"
-        else:
-            log = Path(logs[t]) if t in logs else (find_decoder_log(h.source) if auto_logs else None)
-            if log is not None:
-                h.expected, h.expected_from = count_log_segments(log), str(log)
+        elif log is not None:
+            h.expected, h.expected_from = log.segments, str(log.path)
         if h.expected is not None and h.lines != h.expected:
             raise InputFileError(h.source, f"{h.lines:,} lines, but test set {t!r} has {h.expected:,} segments "
                                            f"(from {h.expected_from}); one line per segment is required")
+        if log is not None and log.model_fingerprint is not None:
+            checks[t] = f"model fingerprint {fingerprint} matches {log.path}"
+        else:
+            why = "no decode log found" if log is None else f"its log {log.path} records no model fingerprint"
+            if not allow_unlogged:
+                raise InputFileError(h.source, f"cannot tell which model decoded it ({why}); package it with "
+                                               f"the log 'iwslt-mc decode' wrote ({h.source.name}.jsonl), or pass "
+                                               "--allow-unlogged (recorded in the manifest and description)")
+            unverified.append(t)
+            checks[t] = f"unverified: {why} (--allow-unlogged)"
+            warnings.append(f"{h.source}: packaged without a model check ({why})")
         if h.expected is None:
-            warnings.append(f"{h.source}: line count ({h.lines:,}) not verified: no decoder log found; "
+            warnings.append(f"{h.source}: line count ({h.lines:,}) not verified against the test set: "
                             f"pass --segments {t}=N or --log {t}=LOG.jsonl")
-        if h.lines and not h.data.strip(b"\n"):
+        if not h.data.strip(b"\n"):
             warnings.append(f"{h.source}: every line is empty (did decoding fail?)")
         for c in h.changes:
             warnings.append(f"{h.source}: {c}")
         hyp_list.append(h)
-    published = ed.test_sets.get(lp)
-    if published and len(hyp_list) < published:
+    published = ed.published_test_set_counts.get(lp)
+    if not named and published and len(hyp_list) < published:
         warnings.append(f"edition {ed.key} publishes {published} {lp} test set(s); this submission has {len(hyp_list)}")
     digests = {}
     for h in hyp_list:
@@ -476,7 +698,8 @@ def package(model_dir: str | Path, *, team: str, lp: str, condition: str, submis
 
     # Description facts: provenance first; the user's words only where it has none.
     prov = provenance.read(model_dir)
-    prov_tech, prov_data = provenance.techniques(prov), provenance.datasets_used(prov)
+    uses = provenance.dataset_uses(prov, model_dir)
+    prov_tech, prov_data = provenance.techniques(prov), [u.name for u in uses]
     user_tech, user_data = _split_list(techniques), _split_list(datasets)
     prov_path = model_dir / provenance.FILENAME
     if user_tech and prov_tech:
@@ -494,15 +717,17 @@ def package(model_dir: str | Path, *, team: str, lp: str, condition: str, submis
         raise UserError(f"{model_dir}: datasets are mandatory for an unconstrained submission and the model's "
                         f"provenance ({prov_path.name}) records none: pass --datasets \"...\"")
     if condition == "constrained":
-        allowed = {re.sub(r"[^a-z0-9]", "", a.lower()) for a in track.CONSTRAINED_DATASETS}
-        odd = [d for d in data if not any(a in re.sub(r"[^a-z0-9]", "", d.lower()) for a in allowed)]
+        if uses:
+            odd = [u.name for u in uses if not u.constrained_ok]
+        else:  # typed by the user: judged by name
+            odd = [d for d in user_data if not provenance.describe_dataset(d).constrained_ok]
         if odd:
-            warnings.append(f"constrained condition allows only {', '.join(track.CONSTRAINED_DATASETS)} data, but the "
+            warnings.append(f"constrained condition allows only ACL 60/60 data (and data derived from it), but the "
                             f"description lists: {'; '.join(odd)} (check, or use --condition unconstrained)")
 
     # Size, bin, name.
-    report = sizer.measure(model_dir, ed.key)
-    nbytes, params, bin_name = int(report.bytes), int(report.params), report.bin
+    report, sizes, size_sigs = measure_sizes(model_dir, ed)
+    nbytes, params, bin_name = sizes[ed.primary_size_measure], int(report.params), report.bin
     warnings.extend(f"{model_dir}: {w}" for w in getattr(report, "warnings", []) if "fits no" not in w)
     if ed.has_bins and bin_name is None:
         top = max(b.high for b in ed.bins if b.high is not None)
@@ -517,18 +742,24 @@ def package(model_dir: str | Path, *, team: str, lp: str, condition: str, submis
     final = out / name
     if final.exists() and not force:
         raise UserError(f"{final}: a submission with this name already exists (use --force to replace it)")
+    me = {"edition": ed.key, "team": team, "lp": lp, "condition": condition}
+    others = [(d, ident) for d, ident in existing_submissions(out)
+              if d.name != name and _primary_key(ident) == _primary_key(me)]
     if submission_type == "primary":
-        me = {"edition": ed.key, "team": team, "lp": lp, "condition": condition}
-        for d, ident in existing_submissions(out):
-            if d.name != name and ident.get("type") == "primary" and _primary_key(ident) == _primary_key(me):
+        for d, ident in others:
+            if ident.get("type") == "primary":
                 raise UserError(f"{d}: already a primary submission for {team} {lp} {condition} (edition {ed.key}); "
                                 "only one primary per language pair and condition: package this one with "
                                 f"--type contrastive, or remove {d}")
+    elif not any(ident.get("type") == "primary" for _, ident in others):
+        warnings.append(_no_primary_warning(team, lp, condition, ed.key))
 
+    labels = {t.key: t.label for t in ed.test_sets.get(lp, ())}
     description = describe(name=name, team=team, edition=ed, lp=lp, condition=condition,
-                           submission_type=submission_type, nbytes=nbytes, params=params, bin_name=bin_name,
+                           submission_type=submission_type, sizes=sizes, params=params, bin_name=bin_name,
                            techniques=tech, datasets=data, test_sets={h.test_set: h.lines for h in hyp_list},
-                           signature=getattr(report, "signature", None), notes=notes)
+                           base_model=_model_base(model_dir, prov, ed), signatures=size_sigs, notes=notes,
+                           missing=missing, unverified=unverified)
     manifest = {
         "format": MANIFEST_FORMAT,
         "name": name,
@@ -539,14 +770,21 @@ def package(model_dir: str | Path, *, team: str, lp: str, condition: str, submis
         "type": submission_type,
         "bin": bin_name,
         "bytes": nbytes,
+        "size_measure": ed.primary_size_measure,
+        "sizes": sizes,
+        "size_signatures": size_sigs,
         "params": params,
         "size_unit": ed.size_unit,
         "size": report.to_json(),
         "model_dir": str(model_dir.resolve()),
+        "model_fingerprint": fingerprint,
         "techniques": tech,
         "techniques_from": "provenance" if prov_tech else "--techniques",
         "datasets": data,
         "datasets_from": "provenance" if prov_data else ("--datasets" if user_data else None),
+        "partial": {"missing": missing, "deliberate": True} if missing else None,
+        "allow_unlogged": bool(allow_unlogged),
+        "unverified_hypotheses": unverified,
         "test_sets": {},
         "files": {},
         "warnings": warnings,
@@ -559,8 +797,9 @@ def package(model_dir: str | Path, *, team: str, lp: str, condition: str, submis
         fname = hypothesis_filename(name, h.test_set)
         files[fname] = h.data
         manifest["test_sets"][h.test_set] = {
-            "file": fname, "lines": h.lines, "source": str(h.source.resolve()),
+            "file": fname, "label": labels.get(h.test_set), "lines": h.lines, "source": str(h.source.resolve()),
             "expected_segments": h.expected, "segments_from": h.expected_from, "normalized": h.changes,
+            "model_check": checks[h.test_set],
         }
     files[DESCRIPTION] = description.encode("utf-8")
 
@@ -574,6 +813,11 @@ def package(model_dir: str | Path, *, team: str, lp: str, condition: str, submis
     except FileExistsError:  # appeared between the check above and the rename
         raise UserError(f"{final}: a submission with this name already exists (use --force to replace it)") from None
     return PackageResult(dir=final, name=name, manifest=manifest, description=description, warnings=warnings)
+
+
+def _no_primary_warning(team: str, lp: str, condition: str, edition: str) -> str:
+    return (f"no primary submission for {team} {lp} {condition} (edition {edition}): only contrastive runs, so the "
+            "latest upload will count as primary; package one run with --type primary")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -597,6 +841,7 @@ class SubmissionCheck:
 class CheckResult:
     submissions: list[SubmissionCheck]
     problems: list[str]  # across submissions (e.g. two primaries)
+    warnings: list[str] = field(default_factory=list)  # across submissions, not failures (no primary)
 
     @property
     def ok(self) -> bool:
@@ -606,7 +851,8 @@ class CheckResult:
         return [p for s in self.submissions for p in s.problems] + self.problems
 
     def to_json(self) -> dict:
-        return {"ok": self.ok, "submissions": [s.to_json() for s in self.submissions], "problems": self.problems}
+        return {"ok": self.ok, "submissions": [s.to_json() for s in self.submissions], "problems": self.problems,
+                "warnings": self.warnings}
 
 
 def check(submission_dirs: list[str | Path], *, model_dir: str | Path | None = None,
@@ -628,16 +874,19 @@ def check(submission_dirs: list[str | Path], *, model_dir: str | Path | None = N
         except (TypeError, AttributeError, KeyError, ValueError) as e:
             # a hand-edited manifest with wrong types: report it, keep checking the other folders
             results.append(SubmissionCheck(dir=d, problems=[f"{d / MANIFEST}: malformed ({type(e).__name__}: {e})"]))
-    cross = []
+    cross, warns = [], []
     by_key: dict[tuple, list[SubmissionCheck]] = {}
     for r in results:
-        if r.identity and r.identity.get("type") == "primary":
+        if r.identity:
             by_key.setdefault(_primary_key(r.identity), []).append(r)
     for (ed, team, lp, cond), rs in by_key.items():
-        if len(rs) > 1:
-            cross.append(f"{len(rs)} primary submissions for {team} {lp} {cond} (edition {ed}): "
-                         f"{', '.join(str(r.dir) for r in rs)}; only one primary per language pair and condition")
-    return CheckResult(submissions=results, problems=cross)
+        primaries = [r for r in rs if r.identity.get("type") == "primary"]
+        if len(primaries) > 1:
+            cross.append(f"{len(primaries)} primary submissions for {team} {lp} {cond} (edition {ed}): "
+                         f"{', '.join(str(r.dir) for r in primaries)}; only one primary per language pair and condition")
+        if not primaries:
+            warns.append(_no_primary_warning(team, lp, cond, ed))
+    return CheckResult(submissions=results, problems=cross, warnings=warns)
 
 
 def _check_one(d: Path, model_dir, use_recorded_model: bool) -> SubmissionCheck:
@@ -718,6 +967,24 @@ def _check_one(d: Path, model_dir, use_recorded_model: bool) -> SubmissionCheck:
     test_sets = m.get("test_sets") or {}
     if not test_sets:
         P(f"{d / MANIFEST}: no test sets")
+    lp = m.get("lp")
+    named = ed.test_set_keys(lp) if isinstance(lp, str) else ()
+    if named:
+        unknown = [t for t in test_sets if t not in named]
+        if unknown:
+            P(f"{d / MANIFEST}: test set(s) {', '.join(map(repr, unknown))} are not test sets of edition {ed.key} {lp} "
+              f"({', '.join(named)})")
+        missing = [t for t in named if t not in test_sets]
+        declared = ((m.get("partial") or {}).get("missing") or []) if isinstance(m.get("partial"), dict) else []
+        if missing and sorted(missing) != sorted(declared):
+            P(f"{d}: misses {len(missing)} of edition {ed.key}'s {len(named)} {lp} test sets ({', '.join(missing)})"
+              + (f", but the manifest declares a partial upload missing {', '.join(declared)}" if declared else
+                 " and is not declared a partial upload"))
+        elif missing:
+            r.notes.append(f"partial upload (declared): {len(named) - len(missing)} of {len(named)} test sets; "
+                           f"missing {', '.join(missing)}")
+    for t in m.get("unverified_hypotheses") or []:
+        r.notes.append(f"test set {t}: hypotheses packaged without a model check (no decode log; --allow-unlogged)")
     for t, info in test_sets.items():
         fname = info.get("file")
         if not _TEST_SET_RE.match(t) or fname != f"{name}.{t}.txt":
@@ -728,6 +995,8 @@ def _check_one(d: Path, model_dir, use_recorded_model: bool) -> SubmissionCheck:
         if not f.is_file():
             continue
         n = count_lines(f.read_bytes())
+        if n == 0:
+            P(f"{f}: empty (0 lines): a hypothesis file has one line per segment")
         exp = info.get("expected_segments")
         if exp is not None and n != exp:
             P(f"{f}: {n:,} lines but test set {t!r} has {exp:,} segments (from {info.get('segments_from')})")
@@ -774,6 +1043,7 @@ def _check_one(d: Path, model_dir, use_recorded_model: bool) -> SubmissionCheck:
 
 def _check_model(r: SubmissionCheck, md: Path, m: dict, ed: track.Edition, nbytes) -> None:
     from . import sizer
+    from .modelio import model_fingerprint
 
     P = r.problems.append
     if not md.is_dir():
@@ -784,12 +1054,25 @@ def _check_model(r: SubmissionCheck, md: Path, m: dict, ed: track.Edition, nbyte
     except UserError as e:
         P(f"{md}: cannot measure the model ({e})")
         return
-    r.notes.append(f"model re-measured from {md}: {int(rep.bytes):,} bytes, {int(rep.params):,} parameters, "
-                   f"bin {rep.bin}")
-    if nbytes is not None and int(rep.bytes) != nbytes:
-        P(f"{md}: model is {int(rep.bytes):,} bytes now, the submission says {nbytes:,}")
+    st_bytes = int(rep.bytes)
+    r.notes.append(f"model re-measured from {md}: {st_bytes:,} bytes (safetensors), {int(rep.params):,} parameters"
+                   + (f", bin {rep.bin}" if ed.has_bins else ""))
+    recorded = m.get("sizes") or ({"safetensors_bytes": nbytes} if nbytes is not None else {})
+    if recorded.get("safetensors_bytes") is not None and st_bytes != recorded["safetensors_bytes"]:
+        P(f"{md}: model is {st_bytes:,} bytes (safetensors) now, the submission says {recorded['safetensors_bytes']:,}")
     if int(rep.params) != m.get("params"):
         P(f"{md}: model has {int(rep.params):,} parameters now, the submission says {m.get('params')}")
+    fp_then = m.get("model_fingerprint")
+    if fp_then:
+        fp_now = model_fingerprint(md)
+        if fp_now != fp_then:
+            P(f"{md}: model changed after packaging (fingerprint {fp_then} then, {fp_now} now: rebuilt or replaced); "
+              "these hypotheses and sizes describe the earlier model: decode and package again")
+        elif "torch_save_bytes" in recorded:
+            r.notes.append("torch.save measure not re-run: the model's fingerprint (config, weight-file sizes and "
+                           "headers) is unchanged")
+    else:
+        r.notes.append("no model fingerprint recorded (packaged by an older iwslt-mc): only sizes compared")
     if ed.has_bins and rep.bin != m.get("bin"):
         P(f"{md}: model is in {rep.bin or 'no bin'} now, the submission's name says {m.get('bin')}")
     if ed.has_bins and rep.bin is not None:

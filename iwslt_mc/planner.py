@@ -32,7 +32,7 @@ import struct
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import __version__
+from . import __version__, torchsave
 from .errors import InputFileError, UserError
 from .layout import COMPONENTS, audio_layer_index, component_for_key, llm_layer_index
 from .track import get_edition, size_bin
@@ -66,7 +66,7 @@ def qwen2_audio_7b_config_dict() -> dict:
         "architectures": ["Qwen2AudioForConditionalGeneration"],
         "model_type": "qwen2_audio",
         "audio_token_index": 151646,
-        "torch_dtype": "bfloat16",
+        "dtype": "bfloat16",
         "audio_config": {
             "model_type": "qwen2_audio_encoder",
             "num_mel_bins": 128,
@@ -91,7 +91,7 @@ def qwen2_audio_7b_config_dict() -> dict:
             "tie_word_embeddings": False,
             "bos_token_id": 151643,
             "eos_token_id": 151645,
-            "torch_dtype": "bfloat16",
+            "dtype": "bfloat16",
         },
     }
 
@@ -112,9 +112,16 @@ def load_base_config(model_dir: str | Path):
     if not cfg_path.is_file():
         raise InputFileError(cfg_path, "no config.json: --base needs a model directory with its config")
     try:
-        json.loads(cfg_path.read_text(encoding="utf-8"))
+        raw = json.loads(cfg_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise InputFileError(cfg_path, f"unreadable config ({e})") from None
+    from .modelio import SUPPORTED_MODEL_TYPES, require_supported_model
+
+    if p.is_dir():
+        require_supported_model(p)
+    elif not isinstance(raw, dict) or raw.get("model_type") not in SUPPORTED_MODEL_TYPES:
+        mt = raw.get("model_type") if isinstance(raw, dict) else None
+        raise InputFileError(cfg_path, f"not a Qwen2-Audio model (model_type {mt!r}; supported: {', '.join(SUPPORTED_MODEL_TYPES)})")
     from transformers import AutoConfig
 
     try:
@@ -191,11 +198,16 @@ class Spec:
         return self.precision
 
     def label(self) -> str:
-        parts = [self.precision]
-        if self.quantize_embeddings and self.precision in QUANT_PRECISIONS:
-            parts.append("+emb")
-        parts += [f"{c}={p}" for c, p in sorted(self.component_precision.items())]
+        """``nf4-dq``, ``nf4-dq+lm_head`` (lm_head quantized too), ``nf4-dq+emb`` (embeddings too), overrides."""
+        parts = [self.precision + self.quantized_extra()]
+        parts += [f"{c}={p}" for c, p in sorted(self.component_precision.items())
+                  if not (c == "embed_tokens" and parts[0].endswith("+lm_head"))]
         return " ".join(parts)
+
+    def quantized_extra(self) -> str:
+        if not (self.quantize_embeddings and self.precision in QUANT_PRECISIONS):
+            return ""
+        return "+emb" if self.precision_of("embed_tokens") in QUANT_PRECISIONS else "+lm_head"
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -408,10 +420,16 @@ class Prediction:
     signature: str
     entries: list = field(default_factory=list, repr=False)  # (name, dtype, shape, nbytes, content)
     config: object = field(default=None, repr=False)  # the base config with the spec's dims applied
+    torch_save: object = None  # torchsave.TorchSaveSize: the organizers' torch.save measure of the built model
+    torch_save_note: str | None = None  # why torch_save is None
+    plan: object = None  # BuildPlan: how to build it (set for --target suggestions)
 
     def to_json(self) -> dict:
         return {
             "bytes": self.bytes, "params": self.params, "bin": self.bin, "edition": self.edition,
+            "torch_save": self.torch_save.to_json() if self.torch_save else None,
+            "torch_save_note": self.torch_save_note,
+            "build": self.plan.to_json() if self.plan else None,
             "components": self.components, "overhead_bytes": self.overhead, "header_bytes": self.header_bytes,
             "tensors": self.tensors, "dims": self.dims, "spec": self.spec.to_json(), "base": self.base,
             "signature": self.signature,
@@ -455,11 +473,19 @@ def predict(spec: Spec, base_config=None, edition: str = "2025", *, base_name: s
     total = header + sum(e[3] for e in entries)
     components = {c: v for c, v in components.items() if v["bytes"] or c != "other"}
     signature = (f"predicted|edition:{ed.key}|format:safetensors-1-file|bnb-blocksize:{BNB_BLOCKSIZE}"
-                 f"|units:decimal|version:iwslt-mc-{__version__}")
+                 f"|units:bytes,GB=10^9,GiB=2^30|version:iwslt-mc-{__version__}")
+    config = _apply_dims(base_config, dims)
+    ts = ts_note = None
+    try:
+        ts = torchsave.compute([(e[0], e[1], e[2]) for e in entries], config.to_dict(),
+                               float_dtype=_FLOAT_DTYPE[fdt][0], version=f"iwslt-mc-{__version__}")
+        ts.signature = "predicted|" + ts.signature
+    except torchsave.NotExact as e:
+        ts_note = f"not predictable: {e}"
     return Prediction(spec=spec, edition=ed.key, bytes=total, params=params, bin=size_bin(total, ed),
                       components=components, overhead=overhead, header_bytes=header, tensors=len(entries),
                       dims=dims, base=base_name or "config", signature=signature, entries=entries,
-                      config=_apply_dims(base_config, dims))
+                      config=config, torch_save=ts, torch_save_note=ts_note)
 
 
 def _apply_dims(cfg, dims: dict):
@@ -577,8 +603,10 @@ def specs_for_bin(target: str, base_config=None, edition: str = "2025", *, llm_l
                   limit: int = 8) -> list[Prediction]:
     """Specs whose predicted size lands in bin ``target``, least to most aggressive.
 
-    Arguments left ``None`` are varied over a small grid (precision bf16/int8/nf4-dq, embeddings
-    quantized or not, vocabulary full/64k/32k/16k, audio layers 100/75/50/25/12.5%); for each
+    Only specs the stages can build are returned (see :func:`build_plan`; each row's ``plan``).
+    Arguments left ``None`` are varied over a small grid (precision: the base's float/int8/nf4-dq, lm_head
+    quantized or not (``quantize_embeddings``: lm_head only, as bitsandbytes leaves the token embedding
+    in float), vocabulary full/64k/32k/16k, audio layers 100/75/50/25/12.5%); for each
     combination the most LLM layers that fit are kept (all of them when ``llm_layers`` is given, which
     then must fit). Aggressiveness: fractions of LLM and audio layers removed, plus a quarter of the
     fraction of vocabulary removed, plus the precision's step away from 16 bits.
@@ -594,7 +622,7 @@ def specs_for_bin(target: str, base_config=None, edition: str = "2025", *, llm_l
     if base_config is None:
         base_config = qwen2_audio_7b_config()
     base = base_dims(base_config)
-    precisions = [precision] if precision else ["bf16", "int8", "nf4-dq"]
+    precisions = [precision] if precision else [_config_float(base_config), "int8", "nf4-dq"]
     vocabs = [vocab] if vocab else _grid(base["vocab"], (65536, 32768, 16384))
     na = base["audio_layers"]
     audios = [audio_layers] if audio_layers else (sorted({max(1, na * k // 8) for k in (8, 6, 4, 2, 1)}, reverse=True) if na else [None])
@@ -617,20 +645,32 @@ def specs_for_bin(target: str, base_config=None, edition: str = "2025", *, llm_l
         if dims not in seen:  # the same shape at a smaller precision adds nothing to the table
             seen.add(dims)
             out.append(p)
-    return out[:limit]
+    out = out[:limit]
+    for p in out:
+        p.plan = build_plan(p.spec, base_config)
+    return out
 
 
 def _search(found, b, base_config, edition, precisions, vocabs, audios, quantize_embeddings, ffn_dim, audio_ffn_dim,
             component_precision, bottom, top):
+    fdt = _config_float(base_config)
     for prec in precisions:
         embs = [quantize_embeddings] if quantize_embeddings is not None else ([False, True] if prec in QUANT_PRECISIONS else [False])
         for emb in embs:
             for v in vocabs:
                 for al in audios:
                     def make(n, prec=prec, emb=emb, v=v, al=al):
+                        # emb: lm_head quantized too; embed_tokens stays float (bitsandbytes quantizes Linear only)
+                        per = dict(component_precision or {})
+                        if emb:
+                            per.setdefault("embed_tokens", fdt)
                         return Spec(llm_layers=n, audio_layers=al, ffn_dim=ffn_dim, audio_ffn_dim=audio_ffn_dim, vocab=v,
-                                    precision=prec, component_precision=dict(component_precision or {}),
-                                    quantize_embeddings=bool(emb))
+                                    precision=prec, component_precision=per, quantize_embeddings=bool(emb),
+                                    float_dtype=None if prec in FLOAT_PRECISIONS else fdt)
+                    try:  # only what the stages can build
+                        build_plan(make(top), base_config, match_recipe=False)
+                    except UserError:
+                        continue
                     n = _most_layers_below(lambda n: estimate_bytes(make(n), base_config), b.high, bottom, top)
                     if n is None:
                         continue
@@ -652,7 +692,7 @@ def aggressiveness(p: Prediction, base: dict) -> float:
     # a point where removing a quarter of the layers loses several), hence the small weights.
     quant = {32: 0.0, 16: 0.0, 8: 0.05, 4: 0.15}[PRECISION_BITS[p.spec.precision]]
     if p.spec.quantize_embeddings and p.spec.precision in QUANT_PRECISIONS:
-        quant += 0.05
+        quant += 0.05  # lm_head (and embed_tokens when asked) quantized too
     widths = sum(removed(k) for k in ("ffn_dim", "audio_ffn_dim"))
     return removed("llm_layers") + removed("audio_layers") + 0.25 * removed("vocab") + widths + quant
 
@@ -674,3 +714,262 @@ def _most_layers_below(size_of, high: int | None, lo: int, hi: int) -> int | Non
         else:
             hi = mid - 1
     return lo
+
+
+# ---------------------------------------------------------------- distillation stages (kd, replace-layers)
+# Kept apart from the rest of the planner: build.spec_for_stages and build.scaled_stages call these for
+# the stages they do not know themselves.
+
+def dims_after_distillation_stage(stage: str, options: dict, dims: dict) -> dict | None:
+    """``dims`` after a ``kd`` (shapes and dtype unchanged) or ``replace-layers`` stage (a block of N
+    layers becomes one: N - 1 fewer); None when ``stage`` is neither."""
+    if stage == "kd":
+        return dims
+    if stage != "replace-layers":
+        return None
+    key = "llm_layers" if options.get("component", "llm") == "llm" else "audio_layers"
+    n = len(options.get("layers") or []) or int(options.get("count") or 0)
+    if dims.get(key) is None or n < 2:
+        return dims
+    if n > dims[key]:
+        what = "LLM" if key == "llm_layers" else "audio-encoder"
+        raise UserError(f"stage replace-layers replaces a block of {n} {what} layers, but the model has only {dims[key]} "
+                        "there at that point")
+    return {**dims, key: dims[key] - (n - 1)}
+
+
+def scale_distillation_stages(stages: list, base: dict) -> list:
+    """``--smoke`` on a base smaller than the 7B model: a ``replace-layers`` block becomes 2 layers (first
+    and last no longer protected), and a replacement the small model has no 2 layers left for is left
+    out. ``stages`` are build StageEntry objects after the other stages were scaled; ``base`` the base's
+    dims (llm_layers, audio_layers)."""
+    import dataclasses
+
+    left = {"llm_layers": base.get("llm_layers") or 0, "audio_layers": base.get("audio_layers") or 0}
+    out = []
+    for e in stages:
+        o = dict(e.options)
+        if e.stage == "prune-layers":
+            left["llm_layers"] -= len(o.get("llm_layers") or []) + int(o.get("remove") or 0)
+            left["audio_layers"] -= len(o.get("audio_layers") or []) + int(o.get("audio_remove") or 0)
+        elif e.stage == "replace-layers":
+            key = "llm_layers" if o.get("component", "llm") == "llm" else "audio_layers"
+            if left[key] < 2:
+                continue
+            if o.get("layers"):
+                o["layers"] = [0, 1]
+            else:
+                o["count"] = 2
+            o["protect_first_last"] = False
+            left[key] -= 1
+            e = dataclasses.replace(e, options=o)
+        out.append(e)
+    return out
+
+
+# ----------------------------------------------------------------------------- how to build a spec
+
+# Components a quantize stage can leave unquantized, and the skip name that does it.
+_SKIP_NAMES = {"lm_head": "lm_head", "audio_encoder": "audio_tower", "projector": "multi_modal_projector"}
+# Stages that change a model's size; the training stages of a recipe do not.
+SIZE_STAGES = ("prune-layers", "prune-ffn", "trim-vocab", "quantize")
+
+
+@dataclass
+class BuildStep:
+    """One stage of the chain that builds a spec: ``iwslt-mc stage STAGE --set key=value ...``."""
+
+    stage: str
+    options: dict
+    note: str = ""
+
+    def sets(self) -> list[str]:
+        return [f"{k}={_yaml_value(v)}" for k, v in self.options.items()]
+
+    def text(self, notes: bool = True) -> str:
+        opts = " ".join(self.sets())
+        return f"{self.stage}{' ' + opts if opts else ''}{f' ({self.note})' if self.note and notes else ''}"
+
+
+@dataclass
+class BuildPlan:
+    """How to build a spec: the stage chain, and a shipped recipe with ``--set`` overrides when one fits."""
+
+    steps: list[BuildStep]
+    recipe: str | None = None
+    overrides: list[str] = field(default_factory=list)
+
+    def recipe_command(self) -> str | None:
+        if self.recipe is None:
+            return None
+        return " ".join([f"iwslt-mc build {self.recipe} --lang LP --base BASE --data ACL"] + [f"--set {s}" for s in self.overrides])
+
+    def chain(self, notes: bool = True) -> str:
+        return " -> ".join(s.text(notes) for s in self.steps) if self.steps else "nothing to do (the base model as it is)"
+
+    def to_json(self) -> dict:
+        return {"stages": [{"stage": s.stage, "options": s.options, "note": s.note} for s in self.steps],
+                "recipe": self.recipe, "overrides": self.overrides, "command": self.recipe_command()}
+
+
+def _yaml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (list, tuple)):
+        return "[" + ",".join(_yaml_value(x) for x in v) + "]"
+    return str(v)
+
+
+def build_plan(spec: Spec, base_config=None, *, match_recipe: bool = True) -> BuildPlan:
+    """The stages (and options) that build ``spec`` from the base model; :class:`UserError` saying why
+    when no stage can (e.g. 4-bit token embeddings: bitsandbytes leaves ``nn.Embedding`` in float)."""
+    if base_config is None:
+        base_config = qwen2_audio_7b_config()
+    base = base_dims(base_config)
+    dims = resolve_dims(spec, base_config)
+    base_float = _config_float(base_config)
+    steps: list[BuildStep] = []
+    remove = {k: base[k] - dims[k] for k in ("llm_layers", "audio_layers") if base.get(k)}
+    if remove.get("llm_layers") or remove.get("audio_layers"):
+        o = {"strategy": "iterative"}
+        if remove.get("llm_layers"):
+            o["remove"] = remove["llm_layers"]
+        if remove.get("audio_layers"):
+            o["audio_remove"] = remove["audio_layers"]
+        if any(remove.get(k, 0) > base[k] - 2 for k in remove):
+            o["protect_first_last"] = False  # keeping one layer: the search may remove the first or last too
+        steps.append(BuildStep("prune-layers", o, "importance search on held-out data: needs --data"))
+    widths = {opt: dims[k] for k, opt in (("ffn_dim", "llm_width"), ("audio_ffn_dim", "audio_width"))
+              if base.get(k) and dims[k] != base[k]}
+    if widths:
+        steps.append(BuildStep("prune-ffn", widths))
+    if dims["vocab"] != base["vocab"]:
+        steps.append(BuildStep("trim-vocab", {"use_data": True},
+                               f"keeps the tokens of your data; planned with {dims['vocab']:,}, "
+                               "`build --dry-run` counts yours"))
+    fdt = spec.storage_float
+    if fdt != base_float:
+        raise UserError(f"not buildable: unquantized weights in {fdt} (the base stores {base_float}; "
+                        "no size stage casts a model without quantizing it)")
+    comps = [c for c in COMPONENTS if c != "other"]
+    quant = {c: spec.precision_of(c) for c in comps if spec.precision_of(c) in QUANT_PRECISIONS}
+    if quant.get("embed_tokens"):
+        raise UserError("not buildable: 4-bit/8-bit token embeddings (embed_tokens): bitsandbytes quantizes "
+                        "Linear layers only, the embedding stays in float; quantize lm_head instead")
+    methods = set(quant.values())
+    if len(methods) > 1:
+        raise UserError(f"not buildable: several quantization formats in one model ({', '.join(sorted(methods))}); "
+                        "the quantize stage applies one")
+    if methods:
+        (prec,) = methods
+        floats = {c: p for c, p in ((c, spec.precision_of(c)) for c in comps) if c not in quant}
+        for c, p in floats.items():
+            if p != fdt:
+                raise UserError(f"not buildable: {c} in {p} while the other unquantized weights are {fdt}")
+        skip = [_SKIP_NAMES[c] for c in ("lm_head", "audio_encoder", "projector") if c in floats]
+        o = {"method": prec.split("-")[0]}
+        if prec != "int8":
+            o["double_quant"] = prec.endswith("-dq")
+        o["skip"] = skip
+        steps.append(BuildStep("quantize", o))
+    else:
+        for c in comps:
+            if spec.precision_of(c) != fdt:
+                raise UserError(f"not buildable: {c} in {spec.precision_of(c)} while the model is in {fdt}")
+    plan = BuildPlan(steps)
+    if match_recipe:
+        _match_recipe(plan)
+    return plan
+
+
+def _config_float(cfg) -> str:
+    dt = str(getattr(cfg, "dtype", None) or getattr(cfg, "torch_dtype", None) or "bfloat16").replace("torch.", "")
+    return {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}.get(dt, "bf16")
+
+
+# Shipped recipes, in the order a suggestion prefers them (trained recipes before zero-shot ones).
+_RECIPE_PREFERENCE = ("recipe-b-bin1", "recipe-bin2", "recipe-b", "recipe-c", "recipe-a", "quantize-only",
+                      "quantize-only-int8")
+
+
+def _match_recipe(plan: BuildPlan) -> None:
+    """Set ``plan.recipe``/``overrides`` to the first shipped recipe whose size-changing stages, with
+    ``--set`` overrides, are exactly ``plan.steps`` (training stages do not change the size)."""
+    need = {s.stage: s.options for s in plan.steps}
+    for name in _RECIPE_PREFERENCE:
+        recipe = _recipe(name)
+        if recipe is None:
+            continue
+        overrides = _overrides_for(recipe, need)
+        if overrides is not None:
+            plan.recipe, plan.overrides = name, overrides
+            return
+
+
+_RECIPE_CACHE: dict = {}
+
+
+def _recipe(name: str):
+    if name not in _RECIPE_CACHE:
+        from .recipes import load_recipe
+
+        try:
+            _RECIPE_CACHE[name] = load_recipe(name)
+        except UserError:
+            _RECIPE_CACHE[name] = None
+    return _RECIPE_CACHE[name]
+
+
+def _overrides_for(recipe, need: dict) -> list[str] | None:
+    size = [e for e in recipe.stages if e.stage in SIZE_STAGES and e.when is None]
+    if {e.stage for e in size} != set(need):
+        return None
+    sets: list[str] = []
+
+    def setv(e, key, value, default=None):
+        if e.options.get(key, default) != value:
+            sets.append(f"{e.id}.{key}={_yaml_value(value)}")
+
+    prunes = [e for e in size if e.stage == "prune-layers"]
+    if prunes:
+        want = need["prune-layers"]
+        counts = {"remove": want.get("remove", 0), "audio_remove": want.get("audio_remove", 0)}
+        if len(prunes) == 1:
+            e = prunes[0]
+            if e.options.get("llm_layers") or e.options.get("audio_layers"):
+                return None
+            # non-zero counts first: --set is validated one item at a time, and a prune stage must remove something
+            for k, v in sorted(counts.items(), key=lambda kv: kv[1] == 0):
+                setv(e, k, v, 0)
+            setv(e, "protect_first_last", want.get("protect_first_last", True), True)
+        else:
+            owner = {}
+            for e in prunes:
+                keys = [k for k in counts if e.options.get(k)]
+                if len(keys) != 1 or keys[0] in owner:
+                    return None
+                owner[keys[0]] = e
+            if set(owner) != set(counts) or not all(counts.values()):
+                return None
+            for k, e in owner.items():
+                setv(e, k, counts[k])
+                if e.options.get("strategy") == "iterative":
+                    setv(e, "protect_first_last", want.get("protect_first_last", True), True)
+    for e in size:
+        if e.stage == "prune-ffn":
+            want = need["prune-ffn"]
+            if {k for k in ("llm_width", "audio_width") if e.options.get(k)} != set(want):
+                return None
+            for k, v in want.items():
+                setv(e, k, v)
+        elif e.stage == "trim-vocab":
+            if e.options.get("corpora") or e.options.get("keep_tokens") or e.options.get("keep_ids"):
+                return None
+        elif e.stage == "quantize":
+            want = need["quantize"]
+            setv(e, "method", want["method"], "nf4")
+            if "double_quant" in want:
+                setv(e, "double_quant", want["double_quant"], True)
+            if list(e.options.get("skip", ["lm_head"])) != want["skip"]:
+                sets.append(f"{e.id}.skip={_yaml_value(want['skip'])}")
+    return sets

@@ -14,8 +14,11 @@ prune -> fine-tune -> quantize leaves its whole history (as llm-compressor does 
 from __future__ import annotations
 
 import json
+import os
 import platform
+import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from .fsutil import atomic_write_json
@@ -85,12 +88,151 @@ def techniques(prov: dict) -> list[str]:
     return out
 
 
-def datasets_used(prov: dict) -> list[str]:
+# ---------------------------------------------------------------------------------------------
+# Datasets, by name
+#
+# A stage records the data it read as loader specs ({"path": ..., "split": ..., "size": ...}), which
+# hold local paths. A description names datasets, never paths: a spec is recognized as a public
+# dataset (ACL 60/60 by its hub id or the build's ``acl6060`` name, CoVoST 2 by its tsv or the
+# ``covost2`` name), as data derived by an earlier stage (a distillation output names its own
+# sources and teacher), or by the name the user gave it in ``build --data NAME=PATH``; a spec none
+# of these names is "an unnamed local dataset" (its folder's name only).
+
+ACL6060 = "ACL 60/60"
+COVOST2 = "CoVoST 2"
+_ACL_HUB_IDS = {"ymoslem/acl-6060", "acl6060"}
+_ACL_NAME_RE = re.compile(r"acl[-_ ]?60[-_ /]?60", re.I)
+_COVOST_TSV_RE = re.compile(r"covost_v2\.(\w+)_(\w+)\.(\w+)\.tsv$", re.I)
+
+
+@dataclass(frozen=True)
+class DatasetUse:
+    """A dataset a model was trained or compressed with, as a description names it.
+
+    ``origin``: "acl6060" (the constrained condition's data), "derived" (made by an earlier stage
+    from the sources in ``sources``), "outside" (any other data) or "unknown" (a derived dataset
+    whose record is gone: its sources cannot be verified).
+    """
+
+    name: str
+    origin: str
+    sources: tuple[str, ...] = ()
+
+    @property
+    def constrained_ok(self) -> bool:
+        """Allowed under the constrained condition: ACL 60/60, or data derived only from it."""
+        if self.origin == "acl6060":
+            return True
+        return self.origin == "derived" and bool(self.sources) and all(s == "acl6060" for s in self.sources)
+
+
+def _spec_path(spec: str) -> str:
+    return os.path.expanduser(str(spec).partition("?")[0])
+
+
+def _same_path(a: str, b: str) -> bool:
+    if a == b:
+        return True
+    try:
+        return Path(a).resolve() == Path(b).resolve()
+    except OSError:
+        return False
+
+
+def build_data_names(model_dir: str | Path | None) -> dict[str, str]:
+    """``{path: name}`` from the ``build.json`` of the build a model directory belongs to (RUN/model or
+    RUN/stages/NN-ID), i.e. the names given to ``build --data NAME=PATH``; empty when there is none."""
+    if model_dir is None:
+        return {}
+    d = Path(model_dir).resolve()
+    for cand in (d.parent / "build.json", d.parent.parent / "build.json"):
+        if cand.is_file():
+            try:
+                data = json.loads(cand.read_text(encoding="utf-8")).get("data") or {}
+            except (OSError, ValueError, AttributeError):
+                return {}
+            return {_spec_path(v): str(k) for k, v in data.items() if isinstance(v, str)}
+    return {}
+
+
+def _covost_name(path: str, size) -> str:
+    m = _COVOST_TSV_RE.search(Path(path).name)
+    name = COVOST2 + (f" {m.group(1)}-{m.group(2)} {m.group(3)}" if m else "")
+    if isinstance(size, int):
+        name += f" {size // 1000}k" if size % 1000 == 0 else f" {size:,}"
+    return name
+
+
+def _teacher_words(teacher: dict) -> str:
+    stages = [s for s in teacher.get("stages") or [] if s]
+    if not stages:
+        return "the base model as teacher"
+    if "finetune" in stages:
+        return "the fine-tuned teacher"
+    return "a compressed teacher (" + " > ".join(stages) + ")"
+
+
+def describe_dataset(record, names: dict[str, str] | None = None, _depth: int = 0) -> DatasetUse:
+    """The :class:`DatasetUse` of one provenance data record (a loader spec dict or a string)."""
+    names = names or {}
+    if isinstance(record, str):
+        if "/" not in record and os.sep not in record and not Path(record).exists():
+            if record in _ACL_HUB_IDS or _ACL_NAME_RE.search(record):
+                return DatasetUse(ACL6060, "acl6060")
+            if record.lower().replace(" ", "").startswith("covost"):
+                return DatasetUse(COVOST2 if record.lower() in ("covost2", "covost") else record, "outside")
+            return DatasetUse(record, "outside")  # a name already
+        record = {"path": record}
+    if not isinstance(record, dict):
+        return DatasetUse("an unrecognized data record", "outside")
+    path = str(record.get("name") or record.get("path") or "")
+    size = record.get("size")
+    # Derived: a distillation output (its own provenance says what it was made from).
+    dprov = Path(path) / FILENAME
+    if _depth < 4 and dprov.is_file():
+        try:
+            inner = json.loads(dprov.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            inner = {}
+        if isinstance(inner, dict) and inner.get("kind") == "distillation data":
+            srcs = [describe_dataset(r, names, _depth + 1) for r in inner.get("data") or []]
+            words = " + ".join(dict.fromkeys(s.name for s in srcs)) or "unrecorded data"
+            origins = tuple(o for s in srcs for o in ((s.origin,) if s.origin != "derived" else s.sources))
+            return DatasetUse(f"{words} translated by {_teacher_words(inner.get('teacher') or {})}", "derived",
+                              origins)
+    if Path(path).name == "distill_data":
+        return DatasetUse("distillation output of an earlier stage (its record is no longer available)", "unknown")
+    # Named in the build: --data NAME=PATH.
+    for p, n in names.items():
+        if _same_path(p, path):
+            if n == "acl6060":
+                return DatasetUse(ACL6060, "acl6060")
+            if n.lower().startswith("covost"):
+                return DatasetUse(_covost_name(path, size), "outside")
+            return DatasetUse(n + (f" ({size:,} examples)" if isinstance(size, int) else ""), "outside")
+    # Public datasets recognized by hub id or file name.
+    if path in _ACL_HUB_IDS or _ACL_NAME_RE.search(Path(path).name or path):
+        return DatasetUse(ACL6060, "acl6060")
+    if record.get("format") == "covost2" or "covost" in path.lower():
+        return DatasetUse(_covost_name(path, size), "outside")
+    if path.count("/") == 1 and not Path(path).exists() and not path.startswith((".", "/", "~")):
+        return DatasetUse(path, "outside")  # a hub id is a dataset's public name
+    return DatasetUse(f"an unnamed local dataset ('{Path(path).name or 'data'}')", "outside")
+
+
+def dataset_uses(prov: dict, model_dir: str | Path | None = None) -> list[DatasetUse]:
+    """Every dataset in the stage history, by name, in order, de-duplicated."""
+    names = build_data_names(model_dir)
     seen, out = set(), []
     for rec in prov.get("stages", []):
         for d in rec.get("data", []):
-            name = d if isinstance(d, str) else d.get("name") or d.get("path")
-            if name and name not in seen:
-                seen.add(name)
-                out.append(name)
+            use = describe_dataset(d, names)
+            if use.name not in seen:
+                seen.add(use.name)
+                out.append(use)
     return out
+
+
+def datasets_used(prov: dict, model_dir: str | Path | None = None) -> list[str]:
+    """Names of the datasets in the stage history (never local paths)."""
+    return [u.name for u in dataset_uses(prov, model_dir)]

@@ -29,7 +29,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import UserError
+from .errors import InputFileError, UserError
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 
@@ -40,6 +40,9 @@ RECIPES: list[tuple[str, str, str]] = [
     ("recipe-b-bin1", "recipe-b-bin1.yaml", "recipe-b plus vocabulary trimming and 4-bit embeddings/lm_head: lands in Bin1"),
     ("recipe-bin2", "recipe-bin2.yaml", "pruning to 16 LLM layers, trimmed vocabulary, everything 4-bit, distillation: lands in Bin2"),
     ("recipe-c", "recipe-c.yaml", "aggressive: LLM and audio layer truncation, FFN pruning, vocabulary trimming, distillation, 4-bit: Bin3"),
+    ("recipe-c-kd", "recipe-c-kd.yaml", "recipe-c with word-level + hidden-state distillation from the fine-tuned teacher: Bin3"),
+    ("recipe-c-2step", "recipe-c-2step.yaml", "two-step KD: same-width 16-layer student, then recipe-c's cuts and KD again: Bin3"),
+    ("recipe-d-replace", "recipe-d-replace.yaml", "deeper cut to 6 LLM layers: pruning + KD, 3 module replacements, cuts, KD: Bin3"),
     ("quantize-only", "quantize-only.yaml", "zero-shot baselines: NF4 (double quantization) of every linear layer, no training"),
     ("quantize-only-int8", "quantize-only-int8.yaml", "zero-shot baseline: int8 (LLM.int8) of every linear layer, no training"),
 ]
@@ -93,6 +96,8 @@ def recipe_path(name_or_path: str) -> Path:
     if p.suffix in (".yaml", ".yml") or p.exists():
         if not p.exists():
             raise UserError(f"{p}: recipe file not found")
+        if p.is_dir():
+            raise UserError(f"{p}: is a directory, not a recipe file (give a recipe .yaml or a name from iwslt-mc ls)")
         return p
     raise UserError(f"unknown recipe {name_or_path!r} (shipped: {', '.join(n for n, _, _ in RECIPES)}; or give a path to a .yaml)")
 
@@ -104,7 +109,12 @@ def load_recipe(name_or_path: str) -> Recipe:
     from .stages import REGISTRY, make_stage
 
     path = recipe_path(name_or_path)
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise InputFileError(path, f"not UTF-8 text ({e.reason} at byte {e.start}); save the recipe as UTF-8") from None
+    except OSError as e:
+        raise InputFileError(path, f"cannot read recipe ({e.strerror or e})") from None
     try:
         node = yaml.compose(text)
         doc = yaml.safe_load(text)
@@ -159,12 +169,29 @@ def load_recipe(name_or_path: str) -> Recipe:
             if isinstance(v, str) and v.startswith("@") and v[1:] not in seen_ids:
                 raise UserError(f"{where}: option {k}={v!r} names no earlier stage")
         try:
-            make_stage(name, _strip_refs(options))
+            options = normalized_options(make_stage(name, _strip_refs(options)), options)
         except UserError as e:
             raise UserError(f"{where}: {e}") from None
         entries.append(StageEntry(id=sid, stage=name, options=options, data=list(data), when=when, line=line))
     return Recipe(name=str(doc.get("name") or path.stem), description=str(doc.get("description") or ""),
                   paper=str(doc.get("paper") or ""), stages=entries, path=path, text=text)
+
+
+def normalized_options(stage, raw: dict) -> dict:
+    """The recipe's options as the stage reads them (its option schema's coercion: ``skip: lm_head`` is
+    ``['lm_head']``, ``remove: "8"`` is 8), keeping ``@ID`` references as written. Everything that reads a
+    recipe's options afterwards (the build, the planner, the fingerprints) sees this one reading. A value
+    equal to its reading stays as written (``epochs: 3``, not 3.0), so the stage fingerprints of builds
+    started before this normalization still match on --resume."""
+    out = {}
+    for k, v in raw.items():
+        read = getattr(stage.options, k)
+        out[k] = v if _is_ref(v) or v == read else read
+    return out
+
+
+def _is_ref(v) -> bool:
+    return isinstance(v, str) and v.startswith("@")
 
 
 def _strip_refs(options: dict) -> dict:
@@ -192,7 +219,7 @@ def apply_overrides(recipe: Recipe, sets: list[str]) -> Recipe:
         for m in matches:
             m.options.update(parse_set([kv]))
             try:
-                make_stage(m.stage, _strip_refs(m.options))
+                m.options = normalized_options(make_stage(m.stage, _strip_refs(m.options)), m.options)
             except UserError as e:
                 raise UserError(f"--set {item!r}: {e}") from None
     return dataclasses.replace(recipe, stages=entries)

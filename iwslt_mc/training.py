@@ -386,3 +386,99 @@ def train(model, processor, examples: Sequence[Example], lang: str, settings: Tr
 
 def steps_per_epoch(n_examples: int, settings: TrainSettings, world: int = 1) -> int:
     return max(1, math.ceil(math.ceil(n_examples / (settings.batch_size * world)) / settings.grad_accum))
+
+
+# ---------------------------------------------------------------- objectives beyond the reference CE
+# Used by the kd and replace-layers stages: the Trainer trains an ``ObjectiveModel`` that wraps the
+# student; its forward returns the stage's loss. Everything else (checkpoints, exact resume,
+# accumulation, schedules, DDP) is the plain ``train`` above.
+
+def objective_model(student, loss_fn: Callable, *, aux=None, frozen: dict | None = None):
+    """``student`` wrapped so that ``train`` optimises ``loss_fn(wrapper, batch) -> (loss, parts)``.
+
+    ``aux`` (an ``nn.ModuleDict``, e.g. hidden-state projections) trains with the student and is
+    saved in the checkpoints (so a resumed run restores it too), but not in the output model.
+    ``frozen`` holds modules that are used but never trained nor checkpointed (a teacher, the
+    original layers of a replaced block): they are not registered as submodules, so they are not in
+    the state dict, the optimizer or DDP's gradient buckets. ``wrapper.last_parts`` holds the loss
+    terms of the last step (floats) for logging.
+    """
+    import torch.nn as nn
+
+    class ObjectiveModel(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.student = student
+            self.aux = aux if aux is not None else nn.ModuleDict()
+            object.__setattr__(self, "frozen", dict(frozen or {}))
+            self.last_parts: dict = {}
+
+        @property
+        def config(self):
+            return self.student.config
+
+        def gradient_checkpointing_enable(self, **kw):
+            self.student.gradient_checkpointing_enable(**kw)
+
+        def activation_checkpointing_enable(self, **kw):  # the transformers >= 5.x name
+            fn = getattr(self.student, "activation_checkpointing_enable", None) or self.student.gradient_checkpointing_enable
+            fn(**kw)
+
+        def enable_input_require_grads(self):
+            self.student.enable_input_require_grads()
+
+        def forward(self, **batch):
+            loss, parts = loss_fn(self, batch)
+            self.last_parts = {k: float(v) for k, v in parts.items()}
+            return {"loss": loss}
+
+    return ObjectiveModel()
+
+
+def parts_recorder(wrapper, path: Path | None):
+    """A callback that appends ``wrapper.last_parts`` of every step to ``path`` (JSON lines; main process)."""
+    import json
+
+    from transformers import TrainerCallback
+
+    class RecordParts(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            if path is not None and state.is_world_process_zero and wrapper.last_parts:
+                with open(path, "a", encoding="utf-8") as f:
+                    f.write(json.dumps({"step": state.global_step, **wrapper.last_parts}) + "\n")
+
+    return RecordParts()
+
+
+def label_positions(labels):
+    """Boolean mask (B, L-1) of the positions whose next token is a label (logits[:, :-1] predict labels[:, 1:])."""
+    return labels[:, 1:] != IGNORE_INDEX
+
+
+def word_kd_loss(student_logits, teacher_logits, temperature: float):
+    """KL(teacher || student) of the softened distributions, times T^2 (Hinton et al.), per token.
+
+    Both are (N, V) over the same vocabulary (the caller maps a trimmed student's ids first).
+    """
+    import torch.nn.functional as F
+
+    t = float(temperature)
+    s = F.log_softmax(student_logits.float() / t, dim=-1)
+    p = F.log_softmax(teacher_logits.float() / t, dim=-1)
+    return F.kl_div(s, p, log_target=True, reduction="batchmean") * (t * t)
+
+
+def hidden_kd_loss(student_h, teacher_h, mask=None, kind: str = "mse"):
+    """Distance between student and teacher hidden states (B, L, D) at ``mask`` (B, L) positions.
+
+    ``mse``: the mean squared error relative to the teacher's mean square (scale-free: LLM hidden
+    states grow with depth and have outlier dimensions); ``cosine``: 1 - cosine similarity.
+    """
+    import torch.nn.functional as F
+
+    s, t = student_h.float(), teacher_h.float()
+    if mask is not None:
+        s, t = s[mask.bool()], t[mask.bool()]
+    if kind == "cosine":
+        return (1 - F.cosine_similarity(s, t, dim=-1)).mean()
+    return ((s - t) ** 2).mean() / (t ** 2).mean().clamp_min(1e-12)

@@ -54,3 +54,69 @@ def kit_waves(kit):
         table = pq.read_table(kit / "data" / f"{split}.parquet", columns=["index", "audio"]).to_pylist()
         out[split] = [(r["index"], load_audio(r["audio"]["bytes"], name=f"{split}:{r['index']}")) for r in table]
     return out
+
+
+# ----------------------------------------------------------------------------- bitsandbytes CPU paths
+
+def cpu_has_avx512bf16() -> bool:
+    """What bitsandbytes reports for this CPU (the real answer, whatever a test forces)."""
+    from bitsandbytes.functional import has_avx512bf16
+
+    return bool(has_avx512bf16())
+
+
+def packed_gemv_reference(A, B, out=None, transposed_A=False, transposed_B=False, state=None):
+    """``bitsandbytes.functional.gemv_4bit`` for weights in bitsandbytes' CPU-repacked layout, in torch.
+
+    bitsandbytes' own kernel for that layout (``gemv_4bit_inference_cpu_*_bf16`` in
+    libbitsandbytes_cpu.so) executes AVX512-BF16 instructions (``vdpbf16ps``) with no fallback,
+    and bitsandbytes registers it only on CPUs that have them: elsewhere a repacked layer would be
+    multiplied by the generic kernel as if it were not repacked (wrong numbers, no error). This is
+    the same computation (unpack with bitsandbytes' own inverse, bf16 absmax, bf16 input and output),
+    for forcing the repack path on a CPU without the instruction.
+    """
+    import copy
+
+    import torch
+    from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse, dequantize_4bit
+
+    qs = copy.copy(state)
+    qs.original_nested = False  # keep the unpacked absmax as it is (the inverse would re-quantize it)
+    w, qs = _convert_weight_packed_for_cpu_inverse(B, qs)
+    qs.absmax = state.absmax.T.reshape(-1).float()  # [K/blocksize, N] bf16 -> row-major blocks
+    qs.dtype = torch.float32
+    weight = dequantize_4bit(w, qs)
+    y = (A.to(torch.bfloat16).float() @ weight.to(torch.bfloat16).float().T).to(torch.bfloat16).to(A.dtype)
+    if out is not None:
+        out.copy_(y)
+        return out
+    return y
+
+
+@pytest.fixture(params=["repack", "no-repack"])
+def bnb_cpu_path(request, monkeypatch):
+    """Both bitsandbytes CPU paths for 4-bit layers, on any CPU: True = repack, False = dequantize.
+
+    bitsandbytes decides per ``Linear4bit`` when it is built (``support_avx512bf16_for_cpu`` from
+    ``has_avx512bf16()``): on AVX512-BF16 CPUs the first no-grad eval forward repacks the weight in
+    place for its CPU kernel, elsewhere it dequantizes and multiplies. Tests using this fixture build
+    their 4-bit models inside it, so every layer takes the forced path (where its shape allows the
+    repack: :func:`iwslt_mc.modelio.fit_4bit_cpu_path`). On a CPU without AVX512-BF16 the repacked
+    layers are multiplied by :func:`packed_gemv_reference` instead of bitsandbytes' kernel.
+    """
+    pytest.importorskip("bitsandbytes")
+    import bitsandbytes.functional as bnb_functional
+    import bitsandbytes.nn.modules as bnb_modules
+
+    repack = request.param == "repack"
+    monkeypatch.setattr(bnb_modules, "has_avx512bf16", lambda: repack)
+    if repack and not cpu_has_avx512bf16():
+        original = bnb_functional.gemv_4bit
+
+        def gemv_4bit(A, B, out=None, transposed_A=False, transposed_B=False, state=None):
+            if getattr(state, "packing_format_for_cpu", False):
+                return packed_gemv_reference(A, B, out, transposed_A, transposed_B, state)
+            return original(A, B, out=out, transposed_A=transposed_A, transposed_B=transposed_B, state=state)
+
+        monkeypatch.setattr(bnb_functional, "gemv_4bit", gemv_4bit)
+    return repack

@@ -1,5 +1,6 @@
 """Recipes and `iwslt-mc build`: strict validation, data rules, planner vs real size, resume after a kill."""
 
+import hashlib
 import json
 import os
 import signal
@@ -15,18 +16,18 @@ from iwslt_mc.cli import main
 from iwslt_mc.errors import UserError
 from iwslt_mc.recipes import RECIPES, apply_overrides, load_recipe
 
-# A small recipe with a training stage in the middle, so a kill can land inside it.
+# A small recipe whose FIRST stage trains, as in recipes a/b/c, so a kill can land inside stage 1.
 RESUME_RECIPE = """\
 # test recipe
 name: resume-test
 stages:
-  - id: prune
-    stage: prune-layers
-    options: {llm_layers: [1]}
   - id: ft
     stage: finetune
     data: [acl6060]
-    options: {mode: full, max_steps: 6, batch_size: 2, save_steps: 1, lr: 1.0e-3, progress: false, split: none}
+    options: {mode: full, max_steps: 4, batch_size: 2, save_steps: 1, lr: 1.0e-3, progress: false, split: none}
+  - id: prune
+    stage: prune-layers
+    options: {llm_layers: [1]}
   - id: quantize
     stage: quantize
     options: {method: nf4, double_quant: true, skip: [lm_head]}
@@ -105,23 +106,30 @@ def test_quantize_only_build_matches_planner(kit, tmp_path):
     # the final model reloads and is 4-bit
     cfg = json.loads((res.model_dir / "config.json").read_text())
     assert cfg["quantization_config"]["bnb_4bit_quant_type"] == "nf4"
-    # a rerun without --resume is refused; with --resume everything is skipped
-    with pytest.raises(UserError, match="--resume"):
+    # a rerun without --resume is refused, naming it; with --resume everything is skipped
+    with pytest.raises(UserError) as e:
         build(load_recipe("quantize-only"), lang="en-de", base=str(kit / "model"), data={}, condition="constrained",
               out=tmp_path / "q", smoke=True)
+    assert str(e.value) == f"{tmp_path / 'q'}: build directory exists; rerun with --resume to continue it, or choose another --out"
     again = build(load_recipe("quantize-only"), lang="en-de", base=str(kit / "model"), data={}, condition="constrained",
                   out=tmp_path / "q", smoke=True, resume=True, log=lambda *_: None)
     assert again.skipped == ["quantize"]
 
 
-def test_kill_and_resume_gives_the_same_model(kit, tmp_path):
-    """Kill a build inside its training stage; --resume finishes with the same final model, bit for bit.
+def sha256s(model_dir: Path) -> dict:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(model_dir.glob("*.safetensors"))}
 
-    All three runs use one thread in a subprocess: a different thread count changes float reduction order."""
+
+def test_kill_and_resume_gives_the_same_model(kit, tmp_path):
+    """kill -9 a build inside its FIRST stage, after its first training checkpoint: --resume continues the stage
+    from that checkpoint and the final model has the same sha256 as an uninterrupted build. (Skipping finished
+    stages on --resume: test_quantize_only_build_matches_planner.) All runs use one thread in a subprocess: a
+    different thread count changes float reduction order."""
     recipe = write(tmp_path, RESUME_RECIPE)
     args = [sys.executable, "-m", "iwslt_mc", "build", str(recipe), "--lang", "en-de", "--base", str(kit / "model"),
             "--data", str(kit / "data"), "--json"]
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+
     def run(*extra):
         r = subprocess.run([*args, *extra], env=env, capture_output=True, text=True)
         assert r.returncode == 0, r.stderr[-3000:]
@@ -133,22 +141,25 @@ def test_kill_and_resume_gives_the_same_model(kit, tmp_path):
 
     out = tmp_path / "killed"
     proc = subprocess.Popen([*args, "--out", str(out)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    ckpts = out / "work" / "02-ft" / "checkpoints"
+    ckpts = out / "work" / "01-ft" / "checkpoints"
     deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if ckpts.exists() and any(p.name.startswith("checkpoint-") and int(p.name.split("-")[1]) >= 2 for p in ckpts.iterdir()):
-            break
-        time.sleep(0.2)
+    while time.time() < deadline and proc.poll() is None and not any(ckpts.glob("checkpoint-*/trainer_state.json")):
+        time.sleep(0.05)
     assert proc.poll() is None, "build finished before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert (out / "stages" / "01-prune").exists() and not (out / "stages" / "02-ft").exists()
-    assert not (out / "model").exists()
+    assert not (out / "stages" / "01-ft").exists() and not (out / "model").exists()
+    state = json.loads((out / "build.json").read_text())
+    assert [(s["id"], s["status"]) for s in state["stages"]] == [("ft", "running")]
 
     res = run("--out", str(out), "--resume")
-    assert res["skipped"] == ["prune"]
-    assert weights(Path(res["model"])) == weights(Path(ref["model"]))
+    assert res["skipped"] == []
+    assert len(sha256s(Path(ref["model"]))) == 1
+    assert sha256s(Path(res["model"])) == sha256s(Path(ref["model"]))
     assert res["size"] == ref["size"]
+    prov = json.loads((Path(res["model"]) / "provenance.json").read_text())
+    assert prov["stages"][-3]["stage"] == "finetune" and prov["stages"][-3]["train"]["resumed_from"], "stage 1 restarted"
+    assert json.loads((out / "build.json").read_text())["status"] == "done"
 
 
 @pytest.mark.parametrize("quantize", [None, "{method: int8, skip: [lm_head]}", "{method: nf4, double_quant: false, skip: []}"])
@@ -172,3 +183,71 @@ def test_build_refuses_to_run_under_a_multi_process_launcher(kit, tmp_path, monk
         build(load_recipe("quantize-only"), lang="en-de", base=str(kit / "model"), data={}, condition="constrained",
               out=tmp_path / "q")
     assert not (tmp_path / "q").exists()
+
+
+PRUNE = "name: p\nstages:\n  - id: prune\n    stage: prune-layers\n    options: {llm_layers: [7]}\n"
+
+
+def _err_line(err: str) -> str:
+    assert "Traceback" not in err
+    return next(ln for ln in err.splitlines() if ln.startswith("iwslt-mc "))
+
+
+def test_every_build_directory_message_names_what_the_next_command_accepts(kit, tmp_path, capsys):
+    recipe = write(tmp_path, PRUNE)
+    args = ["build", str(recipe), "--lang", "en-de", "--base", str(kit / "model")]
+
+    # a stage that fails inside the build: the directory is a build directory at once, and --resume continues it
+    out = tmp_path / "b"
+    assert main([*args, "--out", str(out)]) == 2
+    assert _err_line(capsys.readouterr().err) == (
+        f"iwslt-mc build: error: stage prune-layers: llm_layers index 7 out of range ({kit / 'model'} has 4 layers: "
+        f"0..3) ({out} keeps what finished: fix this, then rerun with --resume)")
+    state = json.loads((out / "build.json").read_text())
+    assert state["status"] == "running" and [(s["id"], s["status"]) for s in state["stages"]] == [("prune", "running")]
+    assert main([*args, "--out", str(out)]) == 2
+    assert _err_line(capsys.readouterr().err) == (
+        f"iwslt-mc build: error: {out}: build directory exists; rerun with --resume to continue it, or choose another --out")
+    assert main([*args, "--out", str(out), "--resume", "--set", "prune.llm_layers=[1]", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["size"]["params"] < 594_304
+    state = json.loads((out / "build.json").read_text())
+    assert state["status"] == "done"
+
+    # killed after the stage's output was renamed into place, before the state said so: kept, not redone
+    finished = dict(state["stages"][0])
+    state["stages"][0] = {k: finished[k] for k in ("id", "stage", "dir", "fingerprint")} | {"status": "running"}
+    (out / "build.json").write_text(json.dumps(state))
+    assert main([*args, "--out", str(out), "--resume", "--set", "prune.llm_layers=[1]", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["skipped"] == ["prune"]
+    again = json.loads((out / "build.json").read_text())["stages"][0]
+    assert again["status"] == "done" and again["params_after"] == finished["params_after"]
+
+    # a directory that is not a build: refused with or without --resume, and left as it was
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine\n")
+    for extra in ([], ["--resume"]):
+        assert main([*args, "--out", str(other), *extra]) == 2
+        assert _err_line(capsys.readouterr().err) == (
+            f"iwslt-mc build: error: {other}: not empty and not a build directory (no build.json); choose another --out")
+    assert [p.name for p in other.iterdir()] == ["notes.txt"]
+
+
+@pytest.mark.parametrize("left", ["tmp", "legacy"])
+def test_a_build_killed_before_or_in_its_first_stage_by_any_version_continues(kit, tmp_path, capsys, left):
+    """What a kill can leave: a build.json temporary file (killed in the first write: a new build, no --resume
+    needed), or, from iwslt-mc before build.json was written first, recipe.yaml and a stage-1 work dir (--resume)."""
+    recipe = write(tmp_path, PRUNE.replace("[7]", "[1]"))
+    out = tmp_path / "b"
+    out.mkdir()
+    if left == "tmp":
+        (out / ".build.json.k2j4.tmp").write_text('{"recipe": ')
+        extra = []
+    else:
+        (out / "recipe.yaml").write_text(recipe.read_text())
+        (out / "work" / "01-prune").mkdir(parents=True)
+        extra = ["--resume"]
+    assert main(["build", str(recipe), "--lang", "en-de", "--base", str(kit / "model"), "--out", str(out), *extra]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == f"model: {out / 'model'}"
+    assert sorted(p.name for p in out.iterdir()) == ["build.json", "model", "recipe.yaml", "stages"]  # no junk
+    assert json.loads((out / "build.json").read_text())["status"] == "done"

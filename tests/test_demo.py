@@ -29,3 +29,21 @@ def test_demo_replaces_its_own_previous_output(tmp_path, monkeypatch):
     with pytest.raises(Stop):
         run_demo(out, log=lambda *_: None)
     assert (out / MARKER).exists() and not (out / "old-result").exists()
+
+
+@pytest.mark.parametrize("edition, lang, expect, partial", [
+    ("2025", "en-de", {"acl6060-eval", "talk-segmented"}, False),
+    (None, "en-de", {"acl"}, True),   # 2027, the default
+    ("2026", "en-zh", {"acl"}, True),
+])
+def test_demo_submission_is_honest_about_missing_test_sets(tmp_path, edition, lang, expect, partial):
+    from iwslt_mc.demo import submission_plan
+
+    hyps = {k: tmp_path / f"{k}.de" for k in ("acl6060-eval", "talk-segmented", "talk-unsegmented")}
+    chosen, is_partial, msg = submission_plan(edition, lang, hyps)
+    assert set(chosen) == expect and is_partial is partial
+    if partial:
+        # the kit's talk stands in for ACL talks only; nothing is copied under another test set's name
+        assert chosen["acl"] == hyps["talk-segmented"]
+        assert msg.startswith("PARTIAL upload") and "TVSERIES / " + lang in msg and "ACL / " + lang in msg
+        assert ("ACCENT" in msg) == (lang == "en-de")

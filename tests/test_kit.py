@@ -209,12 +209,52 @@ def test_dataset_loads_with_datasets(kit):
     assert ds["dev"].num_rows >= 6 and ds["eval"].num_rows >= 6
 
 
-def test_load_from_parquet_files_directly(kit):
-    from datasets import Audio, load_dataset
+def _shipped_wave(index: int) -> np.ndarray:
+    wave, sr = sf.read(kitmod.KITDATA / "audio" / f"{index:03d}.flac", dtype="float32")
+    assert sr == 16000
+    return wave
 
-    d = load_dataset("parquet", data_files={"eval": str(kit / "data/eval.parquet")}, split="eval")
-    d = d.cast_column("audio", Audio(decode=False))
-    assert d[0]["audio"]["path"].endswith(".wav") and len(d[0]["audio"]["bytes"]) > 10_000
+
+def _check_examples(exs, rows, where: str):
+    assert [e.id for e in exs] == [str(r["index"]) for r in rows], where
+    for e, r in zip(exs, rows):
+        assert (e.text_en, e.text_de, e.text_zh) == (r["text_en"], r["text_de"], r["text_zh"]), where
+        assert np.array_equal(e.waveform(), _shipped_wave(r["index"])), f"{where}: row {r['index']}"
+
+
+def test_project_reader_loads_the_parquet_files_directly(kit, tmp_path):
+    """``iwslt_mc.data`` reads the kit's parquet (audio as {bytes, path} with a path that names no file
+    on disk), a file of it, and parquet whose audio column holds embedded bytes with no path at all."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from iwslt_mc import data
+
+    rows = {s: [r for r in kitmod.utterances() if r["split"] == s] for s in kitmod.SPLITS}
+    table = pq.read_table(kit / "data/eval.parquet")
+    names = {r["audio"]["path"] for r in table.to_pylist()}
+    assert all(n.endswith(".wav") and not (kit / "data" / n).exists() for n in names)  # bytes are the audio
+    _check_examples(data.load_examples(str(kit / "data/eval.parquet")), rows["eval"], "eval.parquet")
+    _check_examples(data.load_examples(str(kit / "data"), "eval"), rows["eval"], "data dir, split eval")
+    _check_examples(data.load_examples(str(kit / "data")), rows["dev"] + rows["eval"], "data dir, all splits")
+
+    # the same rows with the audio cell rewritten: {bytes, path: null}, {bytes} only, plain binary
+    audio = table.column("audio").to_pylist()
+    blobs = [a["bytes"] for a in audio]
+    variants = {
+        "null-path": pa.array([{"bytes": b, "path": None} for b in blobs],
+                              type=pa.struct([("bytes", pa.binary()), ("path", pa.string())])),
+        "bytes-only": pa.array([{"bytes": b} for b in blobs], type=pa.struct([("bytes", pa.binary())])),
+        "binary": pa.array(blobs, type=pa.binary()),
+    }
+    for name, col in variants.items():
+        f = tmp_path / name / "eval.parquet"
+        f.parent.mkdir()
+        pq.write_table(table.set_column(table.column_names.index("audio"), "audio", col), f)
+        _check_examples(data.load_examples(str(f)), rows["eval"], name)
+        _check_examples(data.load_examples(str(f.parent), "eval"), rows["eval"], f"{name} dir")
+        report = data.validate_examples(data.load_examples(str(f)), "en-de", decode=False)  # headers of the bytes
+        assert report.examples == len(rows["eval"]) and report.seconds > 0
 
 
 def test_long_form_matches_eval_split(kit, kit_waves):

@@ -66,8 +66,10 @@ HYP_DE = "Guten Morgen.\n\nWir übersetzen Sprache.\nEnde — 完\n".encode()  #
 
 
 def pkg(model, tmp_path, **kw):
+    """2025 packaging of hypotheses without a decode log (tests of the 2025 rules and the file format)."""
     args = dict(team="KIT", lp="en-de", condition="constrained", submission_type="primary",
-                hyps={"tst": hyp(tmp_path / "h.de", HYP_DE)}, out=tmp_path / "subs")
+                hyps={"tst": hyp(tmp_path / "h.de", HYP_DE)}, out=tmp_path / "subs", edition="2025",
+                allow_unlogged=True)
     args.update(kw)
     return packaging.package(model, **args)
 
@@ -115,7 +117,8 @@ def test_invalid_utf8_names_line_of_first_bad_byte(tmp_path):
 def test_invalid_utf8_cli_one_line_error_nothing_written(model, tmp_path, capsys):
     f = hyp(tmp_path / "bad.de", b"a\nb\nc\xc3\n")
     rc = cli.main(["package", str(model), "--team", "KIT", "--lang", "en-de", "--condition", "constrained",
-                   "--type", "primary", "--hyp", f"tst={f}", "--out", str(tmp_path / "subs")])
+                   "--type", "primary", "--hyp", f"tst={f}", "--out", str(tmp_path / "subs"), "--edition", "2025",
+                   "--allow-unlogged"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2
     assert len(err) == 1 and str(f) in err[0] and "line 3" in err[0]
@@ -151,10 +154,11 @@ def test_package_writes_normalized_files_description_manifest(model, tmp_path):
 
     desc = packaging.parse_description((res.dir / "description.txt").read_text())
     assert desc["Model name"] == name
-    assert desc["Storage size"] == f"{m['bytes']:,} bytes = " + f"0.{m['bytes']:09d}".rstrip("0") + " GB"
+    assert desc["Storage size"] == (f"{m['bytes']:,} bytes = " + f"0.{m['bytes']:09d}".rstrip("0")
+                                    + " GB (safetensors files)")
     assert desc["Number of parameters"].startswith("80 ")
     assert desc["Compression techniques"] == "layer pruning 32->24"
-    assert desc["Datasets used"] == "acl6060"
+    assert desc["Datasets used"] == "ACL 60/60"  # named, not as the provenance spelled it
     assert desc["Size bin"] == "Bin5"
     assert not list((tmp_path / "subs").glob(".*"))  # no temporary folder left behind
 
@@ -166,17 +170,23 @@ def test_package_writes_normalized_files_description_manifest(model, tmp_path):
     (3_999_999_999, "2025", "KIT_IWSLT25_ModelCompression_en-de_Bin1_constrained_primary"),
     (4_000_000_000, "2026", "KIT_IWSLT26_ModelCompression_en-de_constrained_primary"),
 ])
-def test_boundary_sizes_name_the_right_bin(tmp_path, total, edition, expected):
+def test_boundary_sizes_name_the_right_bin(tmp_path, total, edition, expected, monkeypatch):
     m = make_sized_model(tmp_path / "m", total)
     with safe_open(str(m / "model.safetensors"), framework="numpy") as f:  # a real safetensors file
         assert list(f.keys()) == [LAYER_KEY]
-    res = pkg(m, tmp_path, edition=edition)
+    # 2026 also states the torch.save measure; this sparse placeholder cannot be loaded (measured on the kit below)
+    monkeypatch.setattr(packaging, "torch_save_bytes", lambda d, report=None: (total + 123, "stub"))
+    kw = {"hyps": {"acl": hyp(tmp_path / "h.de", HYP_DE)}, "partial": True} if edition == "2026" else {}
+    res = pkg(m, tmp_path, edition=edition, **kw)
     assert res.name == expected
     assert res.manifest["bytes"] == total
     desc = packaging.parse_description(res.description)
     assert desc["Storage size"].startswith(f"{total:,} bytes = ")
     if total == 200_000_000:
-        assert desc["Storage size"] == "200,000,000 bytes = 0.2 GB"
+        assert desc["Storage size"] == "200,000,000 bytes = 0.2 GB (safetensors files)"
+    if edition == "2026":  # no bins: safetensors first (the page defines no measure), torch.save beside it
+        assert res.manifest["sizes"] == {"safetensors_bytes": total, "torch_save_bytes": total + 123}
+        assert desc["Other size measures"].startswith(f"{total + 123:,} bytes = ")
     assert packaging.check([res.dir]).ok
 
 
@@ -187,16 +197,17 @@ def test_model_of_4gb_cannot_be_packaged_for_2025(tmp_path):
     assert not (tmp_path / "subs").exists()
 
 
-@pytest.mark.parametrize("team", ["../x", "a_b", "a/b", "", "KIT ", "..", "Tëam"])
+@pytest.mark.parametrize("team", ["../x", "a_b", "a/b", "", "KIT ", "..", "Tëam", "-KIT", "x" * 300])
 def test_bad_team_names_refused_and_nothing_escapes(model, tmp_path, team):
-    with pytest.raises(UserError, match="letters and digits"):
+    with pytest.raises(UserError, match="letters, digits|at most 32") as e:
         pkg(model, tmp_path, team=team)
+    assert "\n" not in str(e.value) and len(str(e.value)) < 250  # one line, not the whole 300 characters
     assert not (tmp_path / "subs").exists()
     assert not (tmp_path / "x").exists()
 
 
 @pytest.mark.parametrize("field, value, edition", [
-    ("lp", "en-fr", "2025"), ("lp", "en-ar", "2026"), ("condition", "open", "2025"), ("submission_type", "main", "2025"),
+    ("lp", "en-fr", "2025"), ("lp", "en-ar", "2027"), ("condition", "open", "2025"), ("submission_type", "main", "2025"),
 ])
 def test_lists_of_the_edition(model, tmp_path, field, value, edition):
     with pytest.raises(UserError, match=f"not in edition {edition}"):
@@ -226,7 +237,7 @@ def test_provenance_wins_and_typed_facts_only_where_missing(tmp_path):
     with pytest.raises(UserError, match="already records the datasets"):
         pkg(m, tmp_path, condition="unconstrained", datasets="other")
     res = pkg(m, tmp_path, condition="unconstrained")
-    assert res.manifest["techniques"] == ["nf4 quantization"] and res.manifest["datasets"] == ["covost2"]
+    assert res.manifest["techniques"] == ["nf4 quantization"] and res.manifest["datasets"] == ["CoVoST 2"]
     # a constrained package listing non-ACL data is flagged
     res2 = pkg(m, tmp_path, condition="constrained", submission_type="contrastive")
     assert any("constrained condition allows only" in w for w in res2.warnings)
@@ -319,9 +330,6 @@ def test_second_primary_refused(tmp_path):
     assert pkg(big, tmp_path, submission_type="contrastive").name.endswith("Bin4_constrained_contrastive")
     assert pkg(big, tmp_path, condition="unconstrained", datasets="x").name.endswith("Bin4_unconstrained_primary")
     assert pkg(big, tmp_path, lp="en-zh").name.endswith("en-zh_Bin4_constrained_primary")
-    res26 = pkg(big, tmp_path, edition="2026")
-    assert res26.name == "KIT_IWSLT26_ModelCompression_en-de_constrained_primary"
-    assert "edition 2026 publishes 6 en-de test set(s); this submission has 1" in res26.warnings
 
 
 def test_out_must_be_a_directory(model, tmp_path):
@@ -390,7 +398,7 @@ def test_check_description_fields(tmp_path):
     m = make_model(tmp_path / "m", data=("covost2",))
     res = pkg(m, tmp_path, condition="unconstrained")
     d = res.dir / "description.txt"
-    d.write_text(d.read_text().replace("Datasets used: covost2\n", "").replace("Number of parameters: 80", "Number of parameters: 81"))
+    d.write_text(d.read_text().replace("Datasets used: CoVoST 2\n", "").replace("Number of parameters: 80", "Number of parameters: 81"))
     probs = packaging.check([res.dir]).all_problems()
     assert any("mandatory field 'Datasets used'" in p for p in probs)
     assert any("'Number of parameters' says" in p for p in probs)
@@ -462,7 +470,8 @@ def test_package_cli_json_and_help(model, tmp_path, capsys):
     h = hyp(tmp_path / "h.zh", "你好\n世界\n".encode())
     rc = cli.main(["package", str(model), "--team", "Team1", "--lang", "en-zh", "--condition", "constrained",
                    "--type", "contrastive", "--hyp", f"acl6060={h}", "--segments", "acl6060=2", "--out",
-                   str(tmp_path / "subs"), "--note", "decoding: 1.2x real time on one H100", "--json"])
+                   str(tmp_path / "subs"), "--note", "decoding: 1.2x real time on one H100", "--json",
+                   "--edition", "2025", "--allow-unlogged"])
     assert rc == 0
     j = json.loads(capsys.readouterr().out)
     assert j["name"] == "Team1_IWSLT25_ModelCompression_en-zh_Bin5_constrained_contrastive"
@@ -471,7 +480,7 @@ def test_package_cli_json_and_help(model, tmp_path, capsys):
     assert cli.main(["check", j["dir"]]) == 0
     capsys.readouterr()
     rc = cli.main(["package", str(model), "--team", "Team1", "--lang", "en-zh", "--condition", "constrained",
-                   "--type", "contrastive", "--hyp", f"acl6060={h}", "--segments", "acl6060=two"])
+                   "--type", "contrastive", "--hyp", f"acl6060={h}", "--segments", "acl6060=two", "--edition", "2025"])
     assert rc == 2 and "whole number" in capsys.readouterr().err
     for cmd in ("package", "check"):
         with pytest.raises(SystemExit) as e:
@@ -500,3 +509,292 @@ def test_decoder_log_header_gives_segment_count(tmp_path):
     assert count_log_segments(log) == 5
     log.write_text("".join(json.dumps(r) + "\n" for r in recs[1:4]))  # no header: count the segment records
     assert count_log_segments(log) == 3
+
+
+# ---------------------------------------------------------------------------------------------- 2026/2027 editions
+
+
+TEST_SETS_DE = ("tvseries", "acl", "callcenter", "youtube", "businessnews", "accent")
+
+
+def decode_log(hyp_path: Path, model_dir: Path, n: int, lang: str = "en-de", fingerprint: str | None = None) -> Path:
+    """A decode log as 'iwslt-mc decode' writes it beside its output (header, segments, summary)."""
+    from iwslt_mc.modelio import model_fingerprint
+
+    recs = [{"type": "header", "format": "iwslt-mc-decode/1", "model": str(model_dir),
+             "model_fingerprint": fingerprint or model_fingerprint(model_dir), "segments": n, "lang": lang}]
+    recs += [{"type": "segment", "index": i, "text": "x"} for i in range(n)]
+    recs += [{"type": "summary", "segments": n}]
+    log = Path(str(hyp_path) + ".jsonl")
+    log.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    return log
+
+
+@pytest.fixture
+def kit_copy(kit, tmp_path):
+    """A writable copy of the kit model (a real, loadable Qwen2-Audio) with a constrained-build provenance."""
+    import shutil
+
+    d = tmp_path / "kitmodel"
+    shutil.copytree(kit / "model", d)
+    return d
+
+
+def hyp_set(tmp_path: Path, model_dir: Path, keys=TEST_SETS_DE, tgt="de", logged=True) -> dict[str, Path]:
+    """One hypothesis file per test set (distinct texts) with its decode log, in tmp_path/hyp/."""
+    (tmp_path / "hyp").mkdir(exist_ok=True)
+    out = {}
+    for i, k in enumerate(keys):
+        f = hyp(tmp_path / "hyp" / f"{k}.{tgt}", f"Satz {i} eins.\nSatz {i} zwei.\n(Applaus)\n".encode())
+        if logged:
+            decode_log(f, model_dir, 3, lang=f"en-{tgt}")
+        out[k] = f
+    return out
+
+
+def test_2027_package_names_files_per_test_set_and_check_passes(kit_copy, tmp_path, capsys):
+    import io
+
+    import torch
+
+    from iwslt_mc.modelio import load_model, model_fingerprint
+
+    res = packaging.package(kit_copy, team="HW-TSC", lp="en-de", condition="constrained", submission_type="primary",
+                            hyps=hyp_set(tmp_path, kit_copy), out=tmp_path / "subs")
+    assert "Loading weights" not in capsys.readouterr().err  # the measure loads the model quietly
+    name = "HW-TSC_IWSLT27_ModelCompression_en-de_constrained_primary"
+    assert res.name == name and res.manifest["edition"] == "2027"
+    assert sorted(p.name for p in res.dir.iterdir()) == sorted(
+        [f"{name}.{k}.txt" for k in TEST_SETS_DE] + ["description.txt", "manifest.json"])
+    m = res.manifest
+    assert [m["test_sets"][k]["label"] for k in TEST_SETS_DE] == [
+        "TVSERIES / en-de", "ACL / en-de", "CALLCENTER / en-de", "YOUTUBE / en-de", "BUSINESSNEWS / en-de",
+        "ACCENT / en-de"]
+    # the organizers' measure (the sizer's, computed from metadata; proven equal to real torch.save runs in
+    # test_sizer): the model on one GPU as their script loads it, and on a CPU a real torch.save to a file
+    # named like their temporary file gives the CPU figure byte for byte
+    from iwslt_mc import sizer, torchsave
+
+    ts = sizer.measure(kit_copy, None).torch_save
+    path = tmp_path / f"{torchsave.ORGANIZERS_ARCHIVE}.pt"
+    torch.save(load_model(kit_copy, device="cpu").state_dict(), path)
+    assert m["size_measure"] == "torch_save_bytes" and m["bytes"] == ts.bytes
+    assert ts.bytes_cpu == path.stat().st_size
+    assert m["sizes"]["safetensors_bytes"] == sum(f.stat().st_size for f in kit_copy.glob("*.safetensors"))
+    assert m["bytes"] != m["sizes"]["safetensors_bytes"]
+    assert m["model_fingerprint"] == model_fingerprint(kit_copy)
+    assert m["partial"] is None and m["unverified_hypotheses"] == []
+    assert all(ts["model_check"].startswith("model fingerprint ") for ts in m["test_sets"].values())
+    desc = packaging.parse_description(res.description)
+    gib = packaging.exact_unit(m["bytes"], "GiB")
+    assert desc["Storage size"] == f"{m['bytes']:,} bytes = {gib} (torch.save(model.state_dict()))"
+    assert "Size bin" not in desc and "GiB" in desc["Storage size"]
+    assert desc["Test sets"].startswith("TVSERIES / en-de (3 segments), ACL / en-de (3 segments)")
+    # hypotheses are never altered: the (Applaus) tag is still there
+    assert (res.dir / f"{name}.acl.txt").read_bytes() == (tmp_path / "hyp" / "acl.de").read_bytes()
+    chk = packaging.check([res.dir])
+    assert chk.ok, chk.all_problems()
+    assert any("fingerprint" in n for n in chk.submissions[0].notes)
+
+
+def test_missing_test_set_refused_unless_partial(kit_copy, tmp_path):
+    hyps = hyp_set(tmp_path, kit_copy, keys=("acl", "tvseries"))
+    args = dict(team="KIT", lp="en-de", condition="constrained", submission_type="primary", out=tmp_path / "subs",
+                edition="2026")
+    with pytest.raises(UserError, match=r"misses 4: callcenter \(CALLCENTER / en-de\), youtube .*--partial"):
+        packaging.package(kit_copy, hyps=hyps, **args)
+    assert not (tmp_path / "subs").exists()
+    res = packaging.package(kit_copy, hyps=hyps, partial=True, **args)
+    assert res.name == "KIT_IWSLT26_ModelCompression_en-de_constrained_primary"
+    assert res.manifest["partial"] == {"missing": ["callcenter", "youtube", "businessnews", "accent"], "deliberate": True}
+    desc = packaging.parse_description(res.description)
+    assert desc["Partial upload"].startswith("2 of 6 test sets; not included: CALLCENTER / en-de")
+    # 2026: the safetensors bytes are the stated size (the page defines no measure), torch.save beside it
+    assert res.manifest["size_measure"] == "safetensors_bytes" and "GB" in desc["Storage size"]
+    assert set(res.manifest["sizes"]) == {"safetensors_bytes", "torch_save_bytes"}
+    chk = packaging.check([res.dir])
+    assert chk.ok and any("partial upload (declared)" in n for n in chk.submissions[0].notes)
+    # a manifest whose partial declaration is removed no longer passes
+    man = json.loads((res.dir / "manifest.json").read_text())
+    man["partial"] = None
+    (res.dir / "manifest.json").write_text(json.dumps(man))
+    probs = packaging.check([res.dir], use_recorded_model=False).all_problems()
+    assert any("misses 4 of edition 2026's 6 en-de test sets" in p and "not declared" in p for p in probs)
+
+
+def test_unknown_test_set_names_and_label_names(kit_copy, tmp_path):
+    hyps = hyp_set(tmp_path, kit_copy)
+    hyps["TVSERIES"] = hyps.pop("tvseries")  # the label's name works too, in any case
+    res = packaging.package(kit_copy, team="KIT", lp="en-de", condition="constrained", submission_type="primary",
+                            hyps=hyps, out=tmp_path / "subs")
+    assert "tvseries" in res.manifest["test_sets"]
+    with pytest.raises(UserError, match="'tst' is not one of edition 2027's en-de test sets: tvseries"):
+        packaging.package(kit_copy, team="KIT", lp="en-de", condition="constrained", submission_type="contrastive",
+                          hyps={"tst": hyps["acl"]}, out=tmp_path / "subs", partial=True)
+
+
+def test_hypotheses_of_another_model_are_refused(kit_copy, tmp_path):
+    hyps = hyp_set(tmp_path, kit_copy)
+    decode_log(hyps["youtube"], Path("/models/big-16gb"), 3, fingerprint="0123456789abcdef")
+    with pytest.raises(InputFileError, match="decoded by another model: its log .*youtube.de.jsonl records model "
+                                             "fingerprint 0123456789abcdef"):
+        packaging.package(kit_copy, team="KIT", lp="en-de", condition="constrained", submission_type="primary",
+                          hyps=hyps, out=tmp_path / "subs")
+    # not even --allow-unlogged lets a known mismatch through
+    with pytest.raises(InputFileError, match="decoded by another model"):
+        packaging.package(kit_copy, team="KIT", lp="en-de", condition="constrained", submission_type="primary",
+                          hyps=hyps, out=tmp_path / "subs", allow_unlogged=True)
+    decode_log(hyps["youtube"], kit_copy, 3, lang="en-zh")
+    with pytest.raises(InputFileError, match="decoded as en-zh"):
+        packaging.package(kit_copy, team="KIT", lp="en-de", condition="constrained", submission_type="primary",
+                          hyps=hyps, out=tmp_path / "subs")
+    assert not (tmp_path / "subs").exists()
+
+
+def test_hypotheses_without_log_need_the_flag_and_are_recorded(kit_copy, tmp_path, capsys):
+    hyps = hyp_set(tmp_path, kit_copy)
+    Path(str(hyps["accent"]) + ".jsonl").unlink()
+    args = dict(team="KIT", lp="en-de", condition="constrained", submission_type="primary", out=tmp_path / "subs")
+    with pytest.raises(InputFileError, match="cannot tell which model decoded it \\(no decode log found\\).*--allow-unlogged"):
+        packaging.package(kit_copy, hyps=hyps, **args)
+    res = packaging.package(kit_copy, hyps=hyps, allow_unlogged=True, **args)
+    assert res.manifest["unverified_hypotheses"] == ["accent"] and res.manifest["allow_unlogged"] is True
+    assert res.manifest["test_sets"]["accent"]["model_check"].startswith("unverified: no decode log found")
+    assert packaging.parse_description(res.description)["Unverified hypotheses"].startswith("ACCENT / en-de")
+    chk = packaging.check([res.dir])
+    assert chk.ok and any("without a model check" in n for n in chk.submissions[0].notes)
+    # the CLI: one line, exit 2, without the flag
+    capsys.readouterr()
+    rc = cli.main(["package", str(kit_copy), "--team", "KIT", "--lang", "en-de", "--condition", "constrained",
+                   "--type", "contrastive", "--hyp-dir", str(tmp_path / "hyp"), "--out", str(tmp_path / "s2")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "accent.de" in err[0] and "--allow-unlogged" in err[0]
+
+
+def test_zero_line_hypothesis_is_an_error(kit_copy, tmp_path):
+    hyps = hyp_set(tmp_path, kit_copy)
+    hyps["acl"].write_bytes(b"")
+    decode_log(hyps["acl"], kit_copy, 0)
+    with pytest.raises(InputFileError, match="acl.de: empty: 0 lines for test set 'acl'"):
+        packaging.package(kit_copy, team="KIT", lp="en-de", condition="constrained", submission_type="primary",
+                          hyps=hyps, out=tmp_path / "subs", allow_unlogged=True)
+    # 2025 too: never a warning
+    with pytest.raises(InputFileError, match="empty: 0 lines"):
+        pkg(make_model(tmp_path / "m"), tmp_path, hyps={"tst": hyp(tmp_path / "e.de", b"")})
+
+
+def test_check_catches_a_model_rebuilt_in_place_at_the_same_size(kit_copy, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    res = packaging.package(kit_copy, team="KIT", lp="en-de", condition="constrained", submission_type="primary",
+                            hyps=hyp_set(tmp_path, kit_copy), out=tmp_path / "subs")
+    assert packaging.check([res.dir]).ok
+    st = kit_copy / "model.safetensors"
+    size = st.stat().st_size
+    tensors = load_file(str(st))
+    for k in tensors:  # "rebuilt": every weight changes, shapes and dtypes do not
+        tensors[k] = tensors[k] * 0.5
+    save_file(tensors, str(st), metadata={"format": "pt"})
+    assert st.stat().st_size == size
+    probs = packaging.check([res.dir]).all_problems()
+    assert len(probs) == 1 and "model changed after packaging (fingerprint" in probs[0]
+
+
+def test_hyp_dir_and_2027_cli(kit_copy, tmp_path, capsys):
+    hyp_set(tmp_path, kit_copy)
+    (tmp_path / "hyp" / "accent.de").rename(tmp_path / "hyp" / "ACCENT.de")
+    (tmp_path / "hyp" / "accent.de.jsonl").rename(tmp_path / "hyp" / "ACCENT.de.jsonl")
+    rc = cli.main(["package", str(kit_copy), "--team", "HW-TSC", "--lang", "en-de", "--condition", "constrained",
+                   "--type", "primary", "--hyp-dir", str(tmp_path / "hyp"), "--out", str(tmp_path / "subs")])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    name = "HW-TSC_IWSLT27_ModelCompression_en-de_constrained_primary"
+    assert f"name:        {name}" in out and "upload as 'ACCENT / en-de'" in out
+    assert (tmp_path / "subs" / name / f"{name}.accent.txt").is_file()
+    assert cli.main(["check", str(tmp_path / "subs" / name)]) == 0
+
+
+def test_contrastive_without_primary_warns(kit_copy, tmp_path):
+    args = dict(team="KIT", lp="en-de", condition="constrained", out=tmp_path / "subs", edition="2026")
+    res = packaging.package(kit_copy, hyps=hyp_set(tmp_path, kit_copy), submission_type="contrastive", **args)
+    assert any("only contrastive runs, so the latest upload will count as primary" in w for w in res.warnings)
+    chk = packaging.check([res.dir])
+    assert chk.ok and len(chk.warnings) == 1 and "no primary submission for KIT en-de constrained" in chk.warnings[0]
+    prim = packaging.package(kit_copy, hyps=hyp_set(tmp_path, kit_copy), submission_type="primary", **args)
+    assert not any("primary" in w for w in prim.warnings)
+    assert packaging.check([res.dir, prim.dir]).warnings == []
+
+
+def test_team_names_with_hyphens():
+    from iwslt_mc import track
+
+    n = track.model_name(team="HW-TSC", lp="en-de", condition="constrained", submission_type="primary",
+                         edition="2025", bin_name="Bin3")
+    assert n == "HW-TSC_IWSLT25_ModelCompression_en-de_Bin3_constrained_primary"
+    assert packaging.parse_name(n)["team"] == "HW-TSC"
+    assert packaging.parse_name("HW-TSC_IWSLT27_ModelCompression_en-zh_unconstrained_contrastive") == {
+        "edition": "2027", "team": "HW-TSC", "lp": "en-zh", "condition": "unconstrained", "type": "contrastive",
+        "bin": None}
+
+
+# ---------------------------------------------------------------------------------------------- descriptions name datasets
+
+
+def fake_build(tmp_path: Path, data_dir: Path, extra=()) -> Path:
+    """A build directory as 'iwslt-mc build' leaves it: build.json (data names), a distillation output
+    from the fine-tuned teacher, and a model whose provenance records local paths."""
+    run = tmp_path / "run"
+    dd = run / "stages" / "02-distill" / "distill_data"
+    dd.mkdir(parents=True)
+    (run / "build.json").write_text(json.dumps({"data": {"acl6060": str(data_dir)} | dict(extra)}))
+    (dd / "provenance.json").write_text(json.dumps({
+        "format": 1, "kind": "distillation data", "data": [{"path": str(data_dir), "split": "train"}],
+        "teacher": {"path": str(run / "stages" / "01-ft"), "stages": ["finetune"], "techniques": ["full fine-tuning"]}}))
+    model = make_model(run / "model", techniques=("full fine-tuning",), data=())
+    prov = json.loads((model / "provenance.json").read_text())
+    prov["stages"] = [
+        {"stage": "finetune", "techniques": ["full fine-tuning"], "data": [{"path": str(data_dir), "split": "train"}]},
+        {"stage": "distill", "techniques": ["sequence-level knowledge distillation"],
+         "data": [{"path": str(data_dir), "split": "train"}]},
+        {"stage": "finetune", "techniques": ["QLoRA fine-tuning"],
+         "data": [{"path": str(dd), "split": "train", "repeat": 10}] + [{"path": p, "size": 100000}
+                                                                         for _, p in extra]},
+    ]
+    (model / "provenance.json").write_text(json.dumps(prov))
+    return model
+
+
+def test_datasets_are_named_never_paths_and_derived_data_is_constrained(tmp_path):
+    data = tmp_path / "my" / "local" / "data"
+    data.mkdir(parents=True)
+    model = fake_build(tmp_path, data)
+    res = pkg(model, tmp_path)
+    desc = packaging.parse_description(res.description)
+    assert desc["Datasets used"] == "ACL 60/60; ACL 60/60 translated by the fine-tuned teacher"
+    assert str(tmp_path) not in res.description and "/my/local" not in res.description
+    assert not any("constrained condition" in w for w in res.warnings)  # derived from ACL 60/60: allowed
+
+
+def test_real_outside_data_still_warns_under_constrained(tmp_path):
+    data = tmp_path / "acl"
+    data.mkdir()
+    tsv = tmp_path / "cv" / "covost_v2.en_de.train.tsv"
+    tsv.parent.mkdir()
+    tsv.write_text("")
+    model = fake_build(tmp_path, data, extra=[("covost2", str(tsv))])
+    res = pkg(model, tmp_path)
+    assert packaging.parse_description(res.description)["Datasets used"] == (
+        "ACL 60/60; ACL 60/60 translated by the fine-tuned teacher; CoVoST 2 en-de train 100k")
+    warn = [w for w in res.warnings if "constrained condition" in w]
+    assert len(warn) == 1 and "CoVoST 2 en-de train 100k" in warn[0] and "ACL 60/60 translated" not in warn[0]
+    assert str(tmp_path) not in res.description
+
+
+def test_300_character_team_name_cli_one_line(model, tmp_path, capsys):
+    rc = cli.main(["package", str(model), "--team", "T" * 300, "--lang", "en-de", "--condition", "constrained",
+                   "--type", "primary", "--hyp", f"tst={hyp(tmp_path / 'h.de', HYP_DE)}", "--edition", "2025",
+                   "--allow-unlogged", "--out", str(tmp_path / "subs")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1
+    assert err[0].startswith("iwslt-mc package: error: team name is 300 characters") and "at most 32" in err[0]
+    assert "T" * 40 not in err[0] and not (tmp_path / "subs").exists()

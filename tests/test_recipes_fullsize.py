@@ -32,6 +32,47 @@ def test_published_recipes_land_in_no_bin(full_base, recipe, bytes_, params, cap
     assert "NOT ELIGIBLE" in capsys.readouterr().out
 
 
-def test_recipe_c_without_vocabulary_trimming_data_is_refused_before_work(full_base):
-    # recipe-c trims the vocabulary to the data's tokens: without --data the build refuses at once
-    assert main(["build", "recipe-c", "--lang", "en-de", "--base", str(full_base), "--dry-run"]) == 2
+def _tree(d):
+    return {str(p.relative_to(d)): p.stat().st_mtime_ns for p in sorted(d.rglob("*"))}
+
+
+def _refused(args, out, full_base, capsys) -> str:
+    """Runs ``build`` expecting a refusal: exit 2, one error line, no --out directory, the base untouched."""
+    base_before = _tree(full_base.parent)
+    capsys.readouterr()
+    assert main(["build", *args, "--lang", "en-de", "--base", str(full_base), "--out", str(out)]) == 2
+    assert not out.exists()
+    assert _tree(full_base.parent) == base_before
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    errors = [ln for ln in captured.err.splitlines() if ln.startswith("iwslt-mc build: error: ")]
+    assert len(errors) == 1, captured.err
+    return errors[0].removeprefix("iwslt-mc build: error: ")
+
+
+def test_recipe_c_without_data_is_refused_before_work(full_base, tmp_path, capsys):
+    # a dry run and a real build on the full-size base: the first stage that needs data is named
+    from iwslt_mc.recipes import recipe_path
+
+    path = recipe_path("recipe-c")
+    line = path.read_text("utf-8").splitlines().index("  - id: ft-full") + 1
+    for extra in (["--dry-run"], []):
+        msg = _refused(["recipe-c", *extra], tmp_path / "out", full_base, capsys)
+        assert msg == f"{path}:{line}: stage ft-full needs data 'acl6060': give --data PATH"
+
+
+def test_recipe_c_without_vocabulary_trimming_data_is_refused_before_work(full_base, tmp_path, capsys):
+    # recipe-c with trim-vocab reading its own data set, which is not given: every stage before it has
+    # its data, and the build still refuses before the first of them starts
+    from iwslt_mc.recipes import recipe_path
+
+    text = recipe_path("recipe-c").read_text("utf-8")
+    lines = text.splitlines()
+    line = lines.index("  - id: trim-vocab") + 1
+    assert lines[line + 1] == "    data: [acl6060]"
+    lines[line + 1] = "    data: [vocab]"
+    recipe = tmp_path / "recipe-c-vocab.yaml"
+    recipe.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    msg = _refused([str(recipe), "--condition", "unconstrained", "--data", str(full_base.parent)],
+                   tmp_path / "out", full_base, capsys)
+    assert msg == f"{recipe}:{line}: stage trim-vocab needs data 'vocab': give --data vocab=PATH"

@@ -70,8 +70,8 @@ def colour_pixels(png_path, rgb, tol=0.04) -> int:
 
 def test_report_rows_frontier_bins_and_files(runs, tmp_path):
     out = tmp_path / "report"
-    rec = report.write_report(runs, out)
-    assert rec["metric"] == "comet"
+    rec = report.write_report(runs, out, edition="2025")
+    assert rec["metric"] == "comet" and rec["ranking"] == "bins"
     rows = {r["run"]: r for r in rec["rows"]}
     for name, nbytes, bleu, chrf, comet in RUNS:
         r = rows[name]
@@ -113,7 +113,7 @@ def test_report_reads_score_output_and_falls_back_to_bleu(tmp_path):
     scores_json(other / "scores-en-de.json", "en-de", 20.0, 40.0, comet=0.7, testset="dev")
     unscored = tmp_path / "unscored"
     sparse_model(unscored / "model", 900_000_000)
-    rec = report.write_report([run, other, unscored], tmp_path / "rep")
+    rec = report.write_report([run, other, unscored], tmp_path / "rep", edition="2025")
     assert rec["metric"] == "bleu"  # not every model has COMET
     rows = {r["run"]: r for r in rec["rows"]}
     scored = json.loads((run / "scores-en-de.json").read_text(encoding="utf-8"))
@@ -133,7 +133,8 @@ def test_pareto_front():
 
 
 def test_report_command(runs, tmp_path, capsys):
-    assert cli.main(["report", *map(str, runs), "--out", str(tmp_path / "r"), "--metric", "bleu"]) == 0
+    assert cli.main(["report", *map(str, runs), "--out", str(tmp_path / "r"), "--metric", "bleu",
+                     "--edition", "2025"]) == 0
     out = capsys.readouterr().out
     assert "quality (BLEU) against size" in out and "recipe-a" in out and "Bin1" in out
     rec = json.loads((tmp_path / "r" / "report.json").read_text(encoding="utf-8"))
@@ -148,7 +149,7 @@ def _error(capsys, argv):
 
 
 def test_report_errors(runs, tmp_path, capsys):
-    out = ["--out", str(tmp_path / "r")]
+    out = ["--out", str(tmp_path / "r"), "--edition", "2025"]
     assert "nowhere: run directory not found" in _error(capsys, [str(tmp_path / "nowhere"), *out])
     (tmp_path / "empty").mkdir()
     assert "empty: no model" in _error(capsys, [str(tmp_path / "empty"), *out])
@@ -160,3 +161,114 @@ def test_report_errors(runs, tmp_path, capsys):
     scores_json(runs[1] / "scores-en-de.json", "en-de", 1.0, 2.0)  # no COMET any more
     assert "--metric comet: no COMET score for recipe-c" in _error(capsys, [*map(str, runs), "--metric", "comet", *out])
     assert not (tmp_path / "r").exists()  # nothing written before the inputs were checked
+
+
+# ---------------------------------------------------------------------------------------------- Pareto editions
+
+
+TEST_SETS = ("tvseries", "acl", "callcenter", "youtube", "businessnews", "accent")
+# name, bytes, COMET per test set (6): "mid" beats "big" on average but not on every test set.
+PARETO_RUNS = [("small", 400_000_000, [0.60, 0.70, 0.50, 0.55, 0.65, 0.58]),
+               ("mid", 900_000_000, [0.72, 0.80, 0.62, 0.66, 0.75, 0.70]),
+               ("big", 2_500_000_000, [0.70, 0.82, 0.61, 0.65, 0.74, 0.69]),
+               ("partial", 300_000_000, [0.90, None, None, None, None, None])]
+
+
+@pytest.fixture
+def pareto_runs(tmp_path):
+    dirs = []
+    for name, nbytes, comets in PARETO_RUNS:
+        d = tmp_path / "runs" / name
+        sparse_model(d / "model", nbytes)
+        (d / "scores").mkdir()
+        for t, c in zip(TEST_SETS, comets):
+            if c is not None:
+                scores_json(d / "scores" / f"{t}.json", "en-de", 20 * c, 50 * c, comet=c, testset=t)
+        dirs.append(d)
+    return dirs
+
+
+def test_report_2026_frontier_per_test_set_and_averaged_without_bins(pareto_runs, tmp_path):
+    out = tmp_path / "r26"
+    rec = report.write_report(pareto_runs, out, edition="2026")
+    assert rec["ranking"] == "pareto" and rec["size_measure"] == "safetensors_bytes" and rec["metric"] == "comet"
+    rows = rec["rows"]
+    assert all(r["bin"] is None and not r["best_in_bin"] for r in rows)
+    avg = {r["run"]: r for r in rows if r["testset"] == "average"}
+    assert set(avg) == {"small", "mid", "big"}  # "partial" has 1 of 6 test sets: not averaged
+    for name, _, comets in PARETO_RUNS[:3]:
+        assert avg[name]["scores"]["comet"] == pytest.approx(sum(comets) / 6)
+        assert avg[name]["average_of"] == sorted(TEST_SETS)
+    assert {n for n, r in avg.items() if r["pareto"]} == {"small", "mid"}  # big: larger and worse on average
+    acl = {r["run"]: r for r in rows if r["testset"] == "acl"}
+    assert {n for n, r in acl.items() if r["pareto"]} == {"small", "mid", "big"}  # big is best on acl
+    tv = {r["run"]: r for r in rows if r["testset"] == "tvseries"}
+    assert {n for n, r in tv.items() if r["pareto"]} == {"partial"}  # smaller and better than all on tvseries
+    assert any("partial (en-de) is not in the average: scored on 1 of 6 test sets" in n for n in rec["notes"])
+    md = (out / "report.md").read_text(encoding="utf-8")
+    assert "| bin |" not in md and "best in bin" not in md and "Bins (" not in md
+    assert "| mid | en-de | average of 6 | 900.0 MB |" in md and "the 2026 ranking" in md
+    png = out / report.PLOT_NAME
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert colour_pixels(png, (0.839, 0.153, 0.157)) > 500  # frontier
+    assert colour_pixels(png, (0.855, 0.647, 0.125)) == 0  # no best-in-bin rings
+    from matplotlib.image import imread
+
+    h, w = imread(str(png)).shape[:2]
+    assert w > h * 1.2 and h > 1000  # 7 panels (6 test sets + average) in a 3-column grid
+
+
+def bf16_copy(src, dst):
+    """The kit model stored in bfloat16: a second real model, half the weight bytes."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(src, dst)
+    st = dst / "model.safetensors"
+    save_file({k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in load_file(str(st)).items()},
+              str(st), metadata={"format": "pt"})
+    cfg = json.loads((dst / "config.json").read_text())
+    for c in (cfg, cfg.get("text_config") or {}, cfg.get("audio_config") or {}):
+        for key in ("torch_dtype", "dtype"):
+            if key in c:
+                c[key] = "bfloat16"
+    cfg["dtype"] = "bfloat16"
+    (dst / "config.json").write_text(json.dumps(cfg))
+    return dst
+
+
+def test_report_2027_uses_the_torch_save_measure(kit, tmp_path, capsys):
+    import io
+
+    import torch
+
+    from iwslt_mc.modelio import load_model
+
+    fp32 = tmp_path / "fp32"
+    (fp32 / "model").parent.mkdir(parents=True)
+    import shutil
+
+    shutil.copytree(kit / "model", fp32 / "model")
+    bf16 = tmp_path / "bf16"
+    bf16.mkdir()
+    bf16_copy(kit / "model", bf16 / "model")
+    for d, q in ((fp32, 0.8), (bf16, 0.79)):
+        scores_json(d / "scores-acl.json", "en-de", 30.0, 55.0, comet=q, testset="acl")
+        scores_json(d / "scores-tv.json", "en-de", 20.0, 45.0, comet=q - 0.1, testset="tvseries")
+    assert cli.main(["report", str(fp32), str(bf16), "--out", str(tmp_path / "r27")]) == 0  # default edition: 2027
+    out = capsys.readouterr().out
+    assert "bin" not in out.split("\n", 3)[2].lower()
+    rec = json.loads((tmp_path / "r27" / "report.json").read_text(encoding="utf-8"))
+    assert rec["edition"] == "2027" and rec["size_measure"] == "torch_save_bytes"
+    sizes = {r["run"]: r["bytes"] for r in rec["rows"]}
+    for name, d in (("fp32", fp32), ("bf16", bf16)):
+        buf = io.BytesIO()
+        torch.save(load_model(d / "model", device="cpu").state_dict(), buf)
+        assert sizes[name] == len(buf.getvalue())
+    assert sizes["bf16"] < sizes["fp32"]
+    avg = {r["run"]: r for r in rec["rows"] if r["testset"] == "average"}
+    assert set(avg) == {"fp32", "bf16"} and all(r["pareto"] for r in avg.values())  # smaller vs better
+    assert "GiB" in (tmp_path / "r27" / "report.md").read_text() or "MiB" in (tmp_path / "r27" / "report.md").read_text()
+    assert (tmp_path / "r27" / report.PLOT_NAME).stat().st_size > 10_000

@@ -67,8 +67,10 @@ def test_corpus_scores_equal_sacrebleu_command_line(tmp_path, lang, ref, hyp, to
     bleu, chrf = result["metrics"]["bleu"], result["metrics"]["chrf"]
     assert float(f"{bleu['score']:.10f}") == bleu_cli["score"]
     assert float(f"{chrf['score']:.10f}") == chrf_cli["score"]
-    assert bleu["signature"] == bleu_cli["signature"] and f"tok:{tok}" in bleu["signature"]
-    assert chrf["signature"] == chrf_cli["signature"] and f"nw:{word_order}" in chrf["signature"]
+    tags = "|tags:stripped(sound-events)"  # no tag in these lines: same numbers, and the signature says it
+    assert bleu["signature"] == bleu_cli["signature"] + tags and f"tok:{tok}" in bleu["signature"]
+    assert chrf["signature"] == chrf_cli["signature"] + tags and f"nw:{word_order}" in chrf["signature"]
+    assert result["tags"]["removed"] == {"hyp": 0, "ref": 0}
     assert chrf["name"] == chrf_name == chrf_cli["name"]
     assert 0 < bleu["score"] < 100 and 0 < chrf["score"] < 100
 
@@ -83,7 +85,7 @@ def test_segment_scores_equal_sacrebleu_sentence_level(tmp_path):
         lines = sacrebleu_cli(ref_f, hyp_f, *args, "--sentence-level").strip().splitlines()
         parsed = [re.match(r"^[^|]+\|(\S+) = ([0-9.]+)", line) for line in lines]
         assert [float(f"{s[metric]:.10f}") for s in segs] == [float(m.group(2)) for m in parsed]
-        assert result["segment_signatures"][metric] == parsed[0].group(1)
+        assert result["segment_signatures"][metric] == parsed[0].group(1) + "|tags:stripped(sound-events)"
     assert segs[1]["bleu"] == pytest.approx(100.0)  # the identical line
 
 
@@ -245,3 +247,73 @@ def test_read_lines_matches_sacrebleu_reader(tmp_path, capsys):
     # kept as sacrebleu keeps it, with a warning.
     assert scoring.read_lines(p) == ["\ufeffa", "", " b\u2028c", "last"]
     assert "x.txt: starts with a UTF-8 byte-order mark" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------- tags
+
+
+@pytest.mark.parametrize("line, expected", [
+    ("(Applause) Danke schön.", "Danke schön."),
+    ("Das war's. (Laughter)", "Das war's."),
+    ("[Applaus] Gut (Gelächter) , oder?", "Gut, oder?"),
+    ("谢谢（笑声）。", "谢谢。"),
+    ("(笑声) 好的", "好的"),
+    ("(Laughter and applause) Ja", "Ja"),
+    ("[MUSIK]", ""),
+    ("(siehe Abbildung 3) bleibt", "(siehe Abbildung 3) bleibt"),  # a parenthetical is text, not a tag
+    ("Die Methode (das heißt, Pruning) bleibt", "Die Methode (das heißt, Pruning) bleibt"),
+    ("keine Tags hier", "keine Tags hier"),
+])
+def test_tag_rule(line, expected):
+    out, n = scoring.TagFilter().strip(line)
+    assert out == expected
+    assert (n > 0) == (expected != line)
+
+
+def test_tags_are_stripped_from_both_sides_before_scoring(tmp_path):
+    ref = write(tmp_path / "ref.de", ["(Applaus) " + DE_REF[0], DE_REF[1], DE_REF[2] + " (Lachen)"])
+    hyp = write(tmp_path / "hyp.de", [DE_REF[0] + " (Applause)", "[Laughter] " + DE_REF[1], DE_REF[2]])
+    hyp_before = hyp.read_bytes()
+    stripped = scoring.score_files(hyp, ref, "en-de")
+    assert stripped["metrics"]["bleu"]["score"] == pytest.approx(100.0)
+    assert stripped["metrics"]["chrf"]["score"] == pytest.approx(100.0)
+    assert stripped["tags"]["removed"] == {"hyp": 2, "ref": 2}
+    assert stripped["metrics"]["bleu"]["signature"].endswith("|tags:stripped(sound-events)")
+    assert [s["hyp"] for s in stripped["segments"]] == DE_REF[:3]
+    kept = scoring.score_files(hyp, ref, "en-de", tags="keep")
+    assert kept["metrics"]["bleu"]["score"] < 90
+    assert kept["metrics"]["bleu"]["signature"].endswith("|tags:kept") and kept["tags"]["removed"] == {"hyp": 0, "ref": 0}
+    # kept: exactly the sacrebleu command line
+    cli_bleu = json.loads(sacrebleu_cli(ref, hyp, "-m", "bleu", "-tok", "13a", "-f", "json"))
+    assert float(f"{kept['metrics']['bleu']['score']:.10f}") == cli_bleu["score"]
+    # a pattern of one's own: only [..] removed
+    own = scoring.score_files(hyp, ref, "en-de", tag_pattern=r"\[[^\]]*\]")
+    assert own["tags"]["removed"] == {"hyp": 1, "ref": 0}
+    assert "|tags:stripped(re:" in own["metrics"]["chrf"]["signature"]
+    assert hyp.read_bytes() == hyp_before  # the file is never changed
+
+
+def test_tags_chinese_and_resegmentation(tmp_path):
+    ref = write(tmp_path / "ref.zh", [ZH_REF[0] + "（掌声）", ZH_REF[1]])
+    hyp = write(tmp_path / "hyp.zh", ["（笑声）" + ZH_REF[0] + ZH_REF[1]])  # one line: resegmented after stripping
+    r = scoring.score_files(hyp, ref, "en-zh")
+    assert r["resegmentation"]["applied"] and r["tags"]["removed"] == {"hyp": 1, "ref": 1}
+    assert [s["hyp"] for s in r["segments"]] == [ZH_REF[0], ZH_REF[1]]
+    assert r["metrics"]["bleu"]["score"] == pytest.approx(100.0)
+
+
+def test_tag_options_cli(tmp_path, capsys):
+    ref = write(tmp_path / "ref.de", ["Hallo Welt, wie geht es dir heute? (Applaus)"])
+    hyp = write(tmp_path / "hyp.de", ["Hallo Welt, wie geht es dir heute?"])
+    assert cli.main(["score", "--hyp", str(hyp), "--ref", str(ref), "--lang", "en-de"]) == 0
+    out = capsys.readouterr().out
+    assert "tags removed before scoring: 0 in the hypothesis, 1 in the reference" in out
+    assert re.search(r"^BLEU\s+=\s+100\.0000?\s", out, re.M) or re.search(r"^BLEU\s+=\s+100\.0\s", out, re.M)
+    assert cli.main(["score", "--hyp", str(hyp), "--ref", str(ref), "--lang", "en-de", "--keep-tags", "--json"]) == 0
+    j = json.loads(capsys.readouterr().out)
+    assert j["tags"]["mode"] == "keep" and j["metrics"]["bleu"]["score"] < 100
+    rc = cli.main(["score", "--hyp", str(hyp), "--ref", str(ref), "--lang", "en-de", "--tag-pattern", "("])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "--tag-pattern" in err[0]
+    with pytest.raises(SystemExit):
+        cli.main(["score", "--hyp", str(hyp), "--ref", str(ref), "--lang", "en-de", "--keep-tags", "--tag-pattern", "x"])

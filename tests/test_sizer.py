@@ -236,7 +236,7 @@ def test_missing_and_empty(tmp_path):
 
 
 def test_cli_json_shape(kit, capsys):
-    assert main(["size", str(kit / "model"), "--json"]) == 0
+    assert main(["size", str(kit / "model"), "--json", "--edition", "2025"]) == 0
     out = json.loads(capsys.readouterr().out)
     for key, typ in [("bytes", int), ("params", int), ("bin", str), ("edition", str), ("components", dict),
                      ("files", list), ("signature", str)]:
@@ -247,17 +247,41 @@ def test_cli_json_shape(kit, capsys):
 
 
 def test_cli_table(kit, capsys):
-    assert main(["size", str(kit / "model")]) == 0
+    assert main(["size", str(kit / "model"), "--edition", "2025"]) == 0
     out = capsys.readouterr().out
     rep = sizer.measure(kit / "model")
     assert f"{rep.bytes:,}" in out and f"{rep.params:,}" in out and "Bin5" in out and rep.signature in out
+    ts = rep.torch_save
+    assert f"torch.save:    {ts.bytes:,} bytes ({ts.bytes / 1e9:.3f} GB, {ts.bytes / 2**30:.3f} GiB)" in out
+    assert ts.signature in out and f"{ts.bytes_cpu:,} loaded on a CPU" in out
 
 
-def test_sizer_imports_neither_torch_nor_numpy():
+@pytest.mark.parametrize("edition,bins", [("2025", True), ("2026", False), ("2027", False), (None, False)])
+def test_cli_editions(kit, capsys, edition, bins):
+    """2025 shows the bin; 2026/2027 (the default) have none and name their primary measure: torch.save GiB in 2027."""
+    argv = ["size", str(kit / "model")] + (["--edition", edition] if edition else [])
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    rep = sizer.measure(kit / "model")
+    assert ("bin:           Bin5" in out) == bins and ("Bin" in out) == bins
+    assert f"edition:{edition or '2027'}" in out
+    if edition in ("2027", None):
+        assert f"primary size measure {rep.torch_save.bytes / 2**30:.3f} GiB (torch.save)" in out
+    elif edition == "2026":
+        assert f"primary size measure {rep.bytes / 1e9:.3f} GB (safetensors)" in out
+    assert main(argv + ["--json"]) == 0
+    js = json.loads(capsys.readouterr().out)
+    assert js["torch_save"]["bytes"] == rep.torch_save.bytes and js["gib"] == round(rep.bytes / 2**30, 6)
+    assert (js["bin"] is not None) == bins and js["ranking"] == ("bins" if bins else "pareto")
+
+
+def test_sizer_imports_neither_torch_nor_numpy(kit):
+    """Sizing, the torch.save measure and the architecture check included (modelio is imported lazily)."""
     code = ("import sys, iwslt_mc.sizer, iwslt_mc.commands.size; "
-            "bad = [m for m in ('torch', 'numpy', 'transformers') if m in sys.modules]; "
+            "rep = iwslt_mc.sizer.measure(sys.argv[1]); assert rep.torch_save.bytes > rep.bytes; "
+            "bad = [m for m in ('torch', 'numpy', 'transformers', 'safetensors') if m in sys.modules]; "
             "sys.exit(f'imported {bad}' if bad else 0)")
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
+    subprocess.run([sys.executable, "-c", code, str(kit / "model")], check=True, cwd=Path(__file__).resolve().parents[1])
 
 
 def test_no_config_json_still_sizes(tmp_path):
@@ -267,3 +291,198 @@ def test_no_config_json_still_sizes(tmp_path):
                                                         ("audio_encoder", "projector", "llm_layers", "embed_tokens", "lm_head")},
                                                      "other": {"params": 300 * MB - 136, "bytes": 300 * MB - 136}}
     assert any("config.json" in w for w in rep.warnings)
+
+
+# ----------------------------------------------------------------------------- the organizers' torch.save measure
+
+ARCHIVE = "tmpabcdefgh"  # 11 characters, as tempfile.NamedTemporaryFile's "tmpXXXXXXXX"
+
+
+@pytest.fixture(scope="module")
+def variants(kit, quantized, tmp_path_factory):
+    """Model directories the organizers could be handed: the kit (fp32), bf16, NF4 without and with double
+    quantization, int8, a vocabulary-trimmed kit (stage trim-vocab) and a stage-quantized trimmed kit."""
+    import torch
+    from transformers import BitsAndBytesConfig, Qwen2AudioForConditionalGeneration
+
+    from iwslt_mc.stages import make_stage
+    from iwslt_mc.stages.base import StageContext, run_stage
+
+    root = tmp_path_factory.mktemp("ts_variants")
+    qm = Qwen2AudioForConditionalGeneration.from_pretrained(
+        quantized["bf16"][0], dtype=torch.bfloat16, device_map="cpu",
+        quantization_config=BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4"))
+    qm.save_pretrained(root / "nf4")
+    quiet = dict(log=lambda *a: None)
+    run_stage(make_stage("trim-vocab", {}), kit / "model", root / "trimmed",
+              StageContext(lang="en-de", data=[str(kit / "data")], **quiet))
+    run_stage(make_stage("quantize", {"method": "nf4", "double_quant": True, "skip": []}), root / "trimmed",
+              root / "trimmed-nf4", StageContext(device="cpu", **quiet))
+    return {"kit-fp32": kit / "model", "bf16": quantized["bf16"][0], "nf4": root / "nf4",
+            "nf4-dq": quantized["nf4-dq"][0], "int8": quantized["int8"][0], "trimmed": root / "trimmed",
+            "trimmed-nf4-dq-lm_head": root / "trimmed-nf4"}
+
+
+def real_torch_save(model_dir: Path, out: Path, *, cuda_tags: bool = False) -> tuple[int, bytes]:
+    """Load as the organizers do (transformers, dtype auto) and torch.save the state dict to ``out``/tmpabcdefgh.pt.
+
+    ``cuda_tags``: write the storage locations a model on one GPU gets ("cuda:0", a new string per storage;
+    bitsandbytes' packed quant_state and weight_format tensors are created on the CPU even there), by
+    wrapping torch's location_tag: the pickle and zip are then those of a GPU save (this machine has none).
+    """
+    import zipfile
+
+    import torch
+    from transformers import Qwen2AudioForConditionalGeneration
+
+    model = Qwen2AudioForConditionalGeneration.from_pretrained(model_dir, dtype="auto", device_map="cpu")
+    sd = model.state_dict()
+    path = out / f"{ARCHIVE}.pt"
+    orig = torch.serialization.location_tag
+    if cuda_tags:
+        cpu_born = {v.untyped_storage().data_ptr() for k, v in sd.items()
+                    if ".weight.quant_state." in k or k.endswith(".weight_format")}
+        index = 0
+
+        def tag(storage):
+            return "cpu" if storage.data_ptr() in cpu_born else "cuda:" + str(index)
+        torch.serialization.location_tag = tag
+    try:
+        torch.save(sd, path)
+    finally:
+        torch.serialization.location_tag = orig
+    with zipfile.ZipFile(path) as z:
+        pkl = z.read(f"{ARCHIVE}/data.pkl")
+    return path.stat().st_size, pkl
+
+
+@pytest.mark.parametrize("name", ["kit-fp32", "bf16", "nf4", "nf4-dq", "int8", "trimmed", "trimmed-nf4-dq-lm_head"])
+def test_torch_save_measure_equals_a_real_torch_save(variants, name, tmp_path):
+    from iwslt_mc import torchsave
+
+    d = variants[name]
+    rep = sizer.measure(d, edition="2027")
+    ts = rep.torch_save
+    assert ts is not None and ts.method == "metadata", rep.torch_save_note
+    real_cpu, pkl_cpu = real_torch_save(d, tmp_path)
+    assert ts.bytes_cpu == real_cpu
+    real_gpu, pkl_gpu = real_torch_save(d, tmp_path, cuda_tags=True)
+    assert ts.bytes == real_gpu and real_gpu > real_cpu
+    # the pickle is the same byte for byte, not only its length
+    header = sizer.read_header(Path(d) / "model.safetensors")[0]
+    tensors = [(k, v["dtype"], tuple(v["shape"])) for k, v in header.items() if k != "__metadata__"]
+    entries, modules = torchsave.state_dict_layout(tensors, json.loads((Path(d) / "config.json").read_text()))
+    assert torchsave.pickle_state_dict(entries, modules, "cpu") == pkl_cpu
+    assert torchsave.pickle_state_dict(entries, modules, "cuda:0") == pkl_gpu
+    assert "computed:metadata" in ts.signature and "location:cuda:0" in ts.signature
+    # another archive name length gives another size: the organizers' 11-character temp name matters
+    sizes = torchsave.storage_sizes(entries)
+    assert torchsave.zip_bytes(len(pkl_cpu), sizes, "archive") != real_cpu == torchsave.zip_bytes(len(pkl_cpu), sizes)
+
+
+def test_trimmed_and_quantized_variants_really_differ(variants):
+    reps = {n: sizer.measure(d) for n, d in variants.items()}
+    assert reps["trimmed"].components["embed_tokens"]["params"] < reps["kit-fp32"].components["embed_tokens"]["params"]
+    assert reps["trimmed-nf4-dq-lm_head"].quantized == {"bnb-nf4": 42}  # lm_head quantized too
+    assert len({r.torch_save.bytes for r in reps.values()}) == len(reps)
+
+
+def test_zip64_layout_past_4_gib_and_long_integers(tmp_path):
+    """Storages of 2**32 - 1 and more bytes, and offsets past 4 GiB: torch's own writer in its
+    metadata-only mode (skip_data: the same records and headers, data left as holes) agrees."""
+    import collections
+    import zipfile
+
+    import torch
+
+    from iwslt_mc import torchsave
+
+    sizes = [3 * 2**30, 2**32 + 5, 1000, 2**32 - 1, 7]
+    sd = collections.OrderedDict((f"t{i}", torch.empty(n, dtype=torch.uint8)) for i, n in enumerate(sizes))
+    sd._metadata = collections.OrderedDict([("", {"version": 1})])
+    path = tmp_path / f"{ARCHIVE}.pt"
+    with torch.serialization.skip_data():
+        torch.save(sd, path)
+    with zipfile.ZipFile(path) as z:
+        pkl = z.read(f"{ARCHIVE}/data.pkl")
+    entries = [torchsave.Entry(f"t{i}", "U8", (n,), i) for i, n in enumerate(sizes)]
+    assert torchsave.pickle_state_dict(entries, [""], "cpu") == pkl
+    assert torchsave.zip_bytes(len(pkl), sizes) == path.stat().st_size > 11 * 2**30
+
+
+def test_not_exact_cases_say_why_and_stream_measures_them(kit, tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+
+    d = tmp_path / "extra"
+    shutil_copy_model(kit / "model", d)
+    sd = load_file(d / "model.safetensors")
+    import torch
+
+    sd["audio_tower.not_a_module.weight"] = torch.zeros(3)
+    save_file(sd, d / "model.safetensors", metadata={"format": "pt"})
+    rep = sizer.measure(d)
+    assert rep.torch_save is None and "not_a_module" in rep.torch_save_note and "drop" in rep.torch_save_note
+    # the edition that ranks by torch.save measures it for real (transformers drops the extra tensor)
+    assert main(["size", str(d), "--json", "--edition", "2027"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["torch_save"]["method"] == "streamed" and "computed:streamed" in out["torch_save"]["signature"]
+    assert out["torch_save"]["bytes"] == real_torch_save(kit / "model", tmp_path)[0]
+    # a missing tensor would be initialized by transformers: not exact either
+    del sd["audio_tower.not_a_module.weight"], sd["audio_tower.layer_norm.bias"]
+    save_file(sd, d / "model.safetensors", metadata={"format": "pt"})
+    assert "lacks model.audio_tower.layer_norm.bias" in sizer.measure(d).torch_save_note
+
+
+def shutil_copy_model(src: Path, dst: Path) -> None:
+    import shutil
+
+    shutil.copytree(src, dst)
+
+
+def test_full_size_torch_save_from_metadata_is_fast(tmp_path):
+    from iwslt_mc.planner import Spec, predict, write_placeholder
+
+    for precision in ("bf16", "nf4-dq"):
+        pred = predict(Spec(precision=precision))
+        write_placeholder(tmp_path / precision, pred)
+        cpu = []  # CPU time of this process: the cost of the computation, whatever else the machine runs
+        for _ in range(3):
+            t0 = time.process_time()
+            rep = sizer.measure(tmp_path / precision)
+            cpu.append(time.process_time() - t0)
+        assert rep.torch_save is not None and min(cpu) < 1.0, (precision, cpu)
+        # one storage per tensor; pickle + zip records cost a few hundred bytes a tensor more than safetensors
+        assert rep.torch_save.storages == rep.tensors
+        assert 100 * rep.tensors < rep.torch_save.bytes - rep.bytes < 400 * rep.tensors
+        assert pred.torch_save is not None and pred.torch_save.bytes == rep.torch_save.bytes
+
+
+# ----------------------------------------------------------------------------- another architecture
+
+@pytest.fixture()
+def bert_dir(tmp_path):
+    d = tmp_path / "bert"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps({"model_type": "bert", "architectures": ["BertModel"], "hidden_size": 8}))
+    write_exact_size(d / "model.safetensors", 300 * MB)
+    return d
+
+
+def test_size_refuses_another_architecture(bert_dir, capsys):
+    with pytest.raises(InputFileError, match="not a Qwen2-Audio model"):
+        sizer.measure(bert_dir)
+    for argv in (["size", str(bert_dir)], ["size", str(bert_dir), "--edition", "2025", "--json"],
+                 ["plan", "--base", str(bert_dir)], ["plan", "--base", str(bert_dir), "--target", "Bin3"]):
+        assert main(argv) == 2, argv
+        captured = capsys.readouterr()
+        assert captured.out == ""
+        first = captured.err.strip().splitlines()[0]
+        assert "not a Qwen2-Audio model (model_type 'bert'" in first and str(bert_dir) in first
+
+
+def test_a_config_without_model_type_is_sized_without_the_torch_save_measure(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    write_exact_size(tmp_path / "model.safetensors", 300 * MB)
+    rep = sizer.measure(tmp_path)
+    assert rep.bytes == 300 * MB and rep.bin == "Bin4"
+    assert rep.torch_save is None and "model_type None" in rep.torch_save_note

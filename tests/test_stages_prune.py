@@ -122,6 +122,46 @@ def test_strategy_blocks():
     assert top_block(32, 3) == [29, 30, 31]
 
 
+def _layer_state(layer) -> dict:
+    return {k: v.detach().clone() for k, v in layer.state_dict().items()}
+
+
+def _differ(a: dict, b: dict) -> list[str]:
+    """Names of the tensors that differ between two state dicts (or are in only one)."""
+    return sorted(k for k in a.keys() | b.keys() if k not in a or k not in b or not torch.equal(a[k], b[k]))
+
+
+def test_middle_strategy_stage(kit, tmp_path, dev_inputs):
+    """The stage removes the middle block (LLM 1-2 of 0-3, audio 0 of 0-1): every remaining layer is an
+    original layer, unchanged and in order; the config says so and the directory reloads and decodes."""
+    orig = find_layout(_fresh(kit))
+    llm_before = [_layer_state(l) for l in orig.decoder_layers]
+    audio_before = [_layer_state(l) for l in orig.audio_layers]
+    assert len(llm_before) == 4 and len(audio_before) == 2
+    assert _differ(llm_before[1], llm_before[3])  # the layers can be told apart
+    out = tmp_path / "middle"
+    rec = run_stage(make_stage("prune-layers", {"strategy": "middle", "remove": 2, "audio_remove": 1}), kit / "model",
+                    out, StageContext(**QUIET))
+    assert rec["removed_llm_layers"] == [1, 2] and rec["removed_audio_layers"] == [0]
+    assert rec["techniques"][0] == "LLM layer pruning (removed the middle block 1-2 of 4 layers)"
+
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["text_config"]["num_hidden_layers"] == 2 and len(cfg["text_config"]["layer_types"]) == 2
+    assert cfg["audio_config"]["encoder_layers"] == 1
+    reloaded = modelio.load_model(out, device="cpu")
+    new = find_layout(reloaded)
+    assert len(new.decoder_layers) == 2 and len(new.audio_layers) == 1
+    for got, want in zip(new.decoder_layers, [0, 3]):
+        assert not _differ(_layer_state(got), llm_before[want]), f"kept LLM layer {want}"
+    assert not _differ(_layer_state(new.audio_layers[0]), audio_before[1]), "kept audio layer 1"
+    assert [l.self_attn.layer_idx for l in new.decoder_layers] == [0, 1]
+    # the rest of the model (embeddings, norms, head, projector, audio convolutions) is the original's
+    kept = {k: v for k, v in reloaded.state_dict().items() if ".layers." not in k}
+    base = {k: v for k, v in _fresh(kit).state_dict().items() if ".layers." not in k}
+    assert len(kept) > 10 and not _differ(kept, base)
+    assert len(_generate(reloaded, dev_inputs, 4)) == 4
+
+
 def test_top_strategy_stage(kit, tmp_path):
     rec = run_stage(make_stage("prune-layers", {"strategy": "top", "remove": 1, "audio_remove": 1}), kit / "model",
                     tmp_path / "o", StageContext(**QUIET))
@@ -302,7 +342,8 @@ def test_stage_list_and_help_options(capsys):
 
 def test_prune_ffn_reload_params_and_generate(kit, kit_model, tmp_path, dev_inputs):
     out = tmp_path / "ffn"
-    rec = run_stage(make_stage("prune-ffn", {"llm_width": 128, "audio_width": 96}), kit / "model", out,
+    # multiple_of 1: an exact width that is no multiple of 64 (correctness must not depend on the rounding)
+    rec = run_stage(make_stage("prune-ffn", {"llm_width": 128, "audio_width": 96, "multiple_of": 1}), kit / "model", out,
                     StageContext(**QUIET))
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["text_config"]["intermediate_size"] == 128 and cfg["audio_config"]["encoder_ffn_dim"] == 96
@@ -342,7 +383,7 @@ def test_prune_ffn_removes_dead_units_exactly(kit, tmp_path, dev_inputs, importa
     modelio.save_model(model, modelio.load_processor(kit / "model"), src)
     ref = _logits(model, dev_inputs)
     rec = run_stage(make_stage("prune-ffn", {"llm_width": 128, "audio_width": 96, "importance": importance,
-                                             "calibration": 2}),
+                                             "calibration": 2, "multiple_of": 1}),
                     src, tmp_path / "o", StageContext(lang="en-de", data=[str(kit / "data")], **QUIET))
     pruned = modelio.load_model(tmp_path / "o", device="cpu")
     pl = find_layout(pruned)
@@ -354,3 +395,26 @@ def test_prune_ffn_removes_dead_units_exactly(kit, tmp_path, dev_inputs, importa
         assert torch.equal(layer.fc1.bias, orig.fc1.bias[kept])
     torch.testing.assert_close(_logits(pruned, dev_inputs), ref, rtol=1e-5, atol=1e-5)
     assert bool(rec["data"]) == (importance == "activation")
+
+
+def test_prune_ffn_rounds_target_widths_to_a_multiple_of_64_by_default(kit, tmp_path):
+    """Default multiple_of 64: 150 -> 128 units (LLM), 100 -> 64 (audio); the build's prediction follows the
+    same rounding; a target below one multiple stays as given."""
+    from iwslt_mc.build import spec_for_stages
+    from iwslt_mc.recipes import StageEntry
+    from iwslt_mc.stages.prune_ffn import rounded_width
+
+    assert rounded_width(150, 64) == 128 and rounded_width(100, 64) == 64 and rounded_width(40, 64) == 40
+    assert rounded_width(150, 1) == 150 and rounded_width(None, 64) is None
+    out = tmp_path / "ffn"
+    rec = run_stage(make_stage("prune-ffn", {"llm_width": 150, "audio_width": 100}), kit / "model", out,
+                    StageContext(**QUIET))
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["text_config"]["intermediate_size"] == 128 and cfg["audio_config"]["encoder_ffn_dim"] == 64
+    assert any("176 -> 128 units" in t for t in rec["techniques"])
+    from iwslt_mc.planner import load_base_config
+
+    entry = StageEntry(id="ffn", stage="prune-ffn", options={"llm_width": 150, "audio_width": 100})
+    spec, _ = spec_for_stages([entry], load_base_config(kit / "model"), base=str(kit / "model"), lang="en-de",
+                              data={}, condition="constrained")
+    assert spec.ffn_dim == 128 and spec.audio_ffn_dim == 64

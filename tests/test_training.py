@@ -141,13 +141,48 @@ def test_lora_lowers_loss_and_merge_gives_the_adapter_logits(kit, kit_processor,
     assert type(merged).__name__ == "Qwen2AudioForConditionalGeneration"
 
 
-def test_qlora_lowers_loss_and_merges_into_a_plain_model(kit, kit_processor, tmp_path):
+def _trained_4bit_state(monkeypatch) -> dict:
+    """Wrap ``training.train`` to record the 4-bit state of the model the finetune stage actually trained,
+    right after training (the merge that follows dequantizes it in place)."""
+    from bitsandbytes.nn import Linear4bit
+
+    from iwslt_mc.stages.quantize import repacked_layers
+
+    seen = {}
+    real_train = training.train
+
+    def train(model, *args, **kwargs):
+        result = real_train(model, *args, **kwargs)
+        qc = model.get_base_model().config.quantization_config
+        seen["config"] = qc.to_dict() if hasattr(qc, "to_dict") else dict(qc)
+        seen["layers"] = {n: (m.weight.dtype, m.weight.quant_state) for n, m in model.named_modules()
+                          if isinstance(m, Linear4bit)}
+        seen["repacked"] = repacked_layers(model)
+        return result
+
+    monkeypatch.setattr(training, "train", train)
+    return seen
+
+
+def test_qlora_lowers_loss_and_merges_into_a_plain_model(kit, kit_processor, tmp_path, monkeypatch, bnb_cpu_path):
     import torch
 
     from iwslt_mc.modelio import load_model
 
     out = tmp_path / "qlora"
+    seen = _trained_4bit_state(monkeypatch)
     rec = _finetune(kit, out, dict(FAST, **LLM_LORA, mode="qlora", max_steps=80))
+    # the model that trained (before the merge) was NF4 with double quantization, layer by layer
+    qc = seen["config"]
+    assert qc["load_in_4bit"] and qc["bnb_4bit_quant_type"] == "nf4" and qc["bnb_4bit_use_double_quant"] is True
+    q4 = seen["layers"]
+    assert len(q4) == 2 * 6 + 4 * 7 + 1  # audio q/k/v/out/fc1/fc2, LLM q/k/v/o/gate/up/down, projector (lm_head skipped)
+    for n, (dtype, qs) in q4.items():
+        assert qs.quant_type == "nf4" and qs.blocksize == 64 and dtype == torch.uint8, n
+        assert qs.nested and qs.state2 is not None and qs.state2.blocksize == 256, n  # double quantization:
+        assert qs.absmax.dtype == torch.uint8, n  # the absmax itself 8-bit quantized
+    assert not any("lm_head" in n for n in q4)
+    assert not seen["repacked"]  # training (grad) never takes the CPU repack path, even where forced
     losses = _losses(out)
     assert np.mean(losses[-10:]) < 0.6 * losses[0], losses
     # merged: dequantized NF4 + adapters, in the input's dtype, ready for a quantize stage
@@ -271,10 +306,11 @@ def test_options_defaults_validation_and_smoke():
             FinetuneOptions.from_dict(bad, stage="finetune")
 
 
-def test_merge_stage_on_an_unmerged_qlora_output(kit, kit_processor, tmp_path):
+def test_merge_stage_on_an_unmerged_qlora_output(kit, kit_processor, tmp_path, bnb_cpu_path):
     from peft import PeftModel
 
     from iwslt_mc.modelio import load_model
+    from iwslt_mc.stages.quantize import repacked_layers
 
     out = tmp_path / "q"
     _finetune(kit, out, dict(FAST, **LLM_LORA, mode="qlora", max_steps=6, merge=False))
@@ -282,8 +318,18 @@ def test_merge_stage_on_an_unmerged_qlora_output(kit, kit_processor, tmp_path):
     assert cfg["bnb_4bit_quant_type"] == "nf4" and cfg["bnb_4bit_compute_dtype"] == "float32"  # CPU: fp32 compute
     run_stage(make_stage("merge", {}), out, tmp_path / "m", StageContext(device="cpu", log=lambda m: None))
     batch = _batch(kit, kit_processor, 1)
+
+    def adapted(repack: bool):
+        model = PeftModel.from_pretrained(load_model(out, device="cpu"), str(out / "adapter")).eval()
+        if not repack:  # the numerics the adapters trained with: dequantize, fp32 matmul
+            for m in model.modules():
+                if hasattr(m, "support_avx512bf16_for_cpu"):
+                    m.support_avx512bf16_for_cpu = False
+        return _logits(model, batch), repacked_layers(model)
+
     lb = _logits(load_model(out, device="cpu"), batch)
-    la = _logits(PeftModel.from_pretrained(load_model(out, device="cpu"), str(out / "adapter")).eval(), batch)
+    la, repacked = adapted(repack=False)
+    assert not repacked
     merged = load_model(tmp_path / "m")
     assert "quantization_config" not in json.loads((tmp_path / "m" / "config.json").read_text())
     assert not any(type(m).__name__ == "Linear4bit" for m in merged.modules())
@@ -291,6 +337,11 @@ def test_merge_stage_on_an_unmerged_qlora_output(kit, kit_processor, tmp_path):
     # dequantized NF4 + s*B*A is the model the adapters trained with: equal up to fp32 rounding
     assert (la - lb).abs().mean() > 1e-3
     assert (la - lm).abs().mean() < 1e-5 and (la - lm).abs().max() < 1e-4
+    # the unmerged model on the forced CPU path: the repack (bf16 kernel) takes the layers whose shape allows
+    # it (not the kit's 176-wide MLP) and stays within bf16 rounding of the merged model
+    lp, repacked = adapted(repack=True)
+    assert bool(repacked) == bnb_cpu_path and not any(".mlp." in n for n in repacked)
+    assert (lp - lm).abs().max() < 0.02 * lm.abs().max()
 
 
 def test_torn_checkpoint_is_skipped(tmp_path):

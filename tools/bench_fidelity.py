@@ -9,10 +9,15 @@ time for:
 - LLM layer pruning by the ``iterative``, ``middle`` and ``top`` strategies at two depths, each
   before and after a short full fine-tuning on the train split (the recovery step of every
   pruning recipe);
-- vocabulary trimming to the train split's texts;
+- vocabulary trimming to the train split's texts (the test split's texts play no part), with how
+  many test hypotheses differ from the teacher's and the chrF++ difference;
 - NF4 (double quantization) and int8 quantization of every linear layer but lm_head;
 - recipe-b and recipe-c end to end (``iwslt_mc.build``), with steps, layer counts and widths scaled
   to the toy model (``RECIPE_SETS``).
+- with ``--kd-rows`` (issue 18, :func:`distillation_rows`): recipe-c's cut of the teacher recovered by
+  sequence-level KD only, by word-level + hidden-state KD (stage ``kd``) and by two-step KD, each then
+  NF4 (same total training steps); module replacement of 2 and 3 LLM layers by one (stage
+  ``replace-layers``) against iterative pruning of 1 and 2 layers plus fine-tuning (same steps).
 
 Each variant is a run directory (``OUT/runs/NAME``: the model, its hypotheses, and a scores JSON
 from :func:`iwslt_mc.scoring.score_files`), so ``iwslt-mc report OUT/runs/*`` reads them too.
@@ -23,6 +28,8 @@ quality-vs-size plot.
     python tools/bench_fidelity.py --corpus toy/corpus --out toy/bench --report docs/bench/fidelity.md \\
         --epochs-variant                          # the committed teacher; about 2 hours on 2 CPU cores
     python tools/bench_fidelity.py ... --only teacher,trim-vocab,nf4    # a subset
+    python tools/bench_fidelity.py --corpus tests/fixtures/toy/data --out /tmp/kdb --kd-rows --heldout 64 \
+        --only teacher,kd-distill,kd-c-llm,...   # the distillation rows on the committed slice (names: distillation_rows)
 
 The corpus is the teacher's (``tools/train_toy_teacher.py`` has the command that makes it).
 """
@@ -119,6 +126,8 @@ def plan(args, cfg: dict) -> list[dict]:
     if args.epochs_variant:
         out.append({"name": "recipe-b-3ep", "what": "recipe-b, published epochs (3 per full fine-tuning; QLoRA 1,000 steps)",
                     "group": "recipes", "recipe": "recipe-b", "sets": recipe_sets("recipe-b", **{**sizes, "steps": None})})
+    if args.kd_rows:
+        out += distillation_rows(args, cfg)
     # recipe-b fine-tunes the teacher first (its stage 1) and compresses that: score it too
     out = [x for v in out for x in [v] + ([{
         "name": f"{v['name']}.ft-full", "what": f"{v['name']}'s stage 1: the fine-tuned teacher it compresses",
@@ -129,11 +138,84 @@ def plan(args, cfg: dict) -> list[dict]:
     return out
 
 
-def stage_ctx(args, work_dir: Path):
+def distillation_rows(args, cfg: dict) -> list[dict]:
+    """Issue 18's rows: the recipe-c cut recovered by sequence-level KD only, by word-level + hidden-state
+    KD, and by two-step KD (same total training steps); module replacement (2 -> 1, 3 -> 1 LLM layers)
+    against iterative pruning of as many layers plus fine-tuning (same steps). Every search and every
+    training step uses the train split; nothing is chosen on the test split. ``@NAME`` in options or
+    ``data`` is another row's model (or, for data, its ``distill_data``)."""
+    n = cfg["text_config"]["num_hidden_layers"]
+    na = cfg["audio_config"]["encoder_layers"]
+    steps = args.kd_steps
+    train = {"split": "train", "dtype": "float32", "batch_size": 8, "lr": args.ft_lr, "weight_decay": 0.01,
+             "save_steps": 10_000, "logging_steps": 25, "progress": False}
+    warm = lambda k: {"max_steps": k, "warmup_steps": max(1, k // 10)}  # noqa: E731
+    kd = {"alpha": 0.5, "temperature": 2.0, "hidden_weight": 1.0, "hidden": ["llm", "audio"]}
+    search = {"strategy": "iterative", "split": "train", "heldout": args.heldout, "batch_size": 16,
+              "max_new_tokens": MAX_NEW_TOKENS}
+    remove_c = max(1, min(n - 2, round(n * 24 / 32)))  # recipe-c: 24 of 32 LLM layers
+    first = max(1, remove_c // 2)  # two-step: the same-width student keeps half of what recipe-c removes
+    cut = lambda prefix, src, remove: [  # noqa: E731  recipe-c's cuts after the LLM layers
+        {"name": f"{prefix}-llm", "what": f"iterative pruning, {remove} more LLM layers (train-split search)",
+         "from": src, "stage": "prune-layers", "options": {**search, "remove": remove}},
+        {"name": f"{prefix}-audio", "what": "audio encoder: top layer(s) removed", "from": f"{prefix}-llm",
+         "stage": "prune-layers", "options": {"strategy": "top", "audio_remove": max(1, min(na - 1, round(na * 24 / 32)))}},
+        {"name": f"{prefix}-ffn", "what": "FFN widths halved (activation importance, train split)", "from": f"{prefix}-audio",
+         "stage": "prune-ffn", "options": {"llm_width": cfg["text_config"]["intermediate_size"] // 2,
+                                           "audio_width": cfg["audio_config"]["encoder_ffn_dim"] // 2,
+                                           "importance": "activation", "calibration": 32, "split": "train"}},
+        {"name": f"{prefix}-trim", "what": "vocabulary trimmed to the train split", "from": f"{prefix}-ffn",
+         "stage": "trim-vocab", "options": {"use_data": True, "split": "train"}}]
+    rows = [{"name": "kd-distill", "what": "teacher translations of the train split (sequence-level KD data)",
+             "from": "teacher", "stage": "distill", "options": {"batch_size": 16, "max_new_tokens": MAX_NEW_TOKENS}}]
+    rows += cut("kd-c", "teacher", remove_c)
+    rows += [
+        {"name": "kd-c-seq", "what": f"recipe-c cut + fine-tuning on references + teacher translations ({steps} steps)",
+         "from": "kd-c-trim", "stage": "finetune", "data": "@kd-distill", "options": {"mode": "full", **train, **warm(steps)}},
+        {"name": "kd-c-word-hidden", "what": f"recipe-c cut + word-level + hidden-state KD from the teacher ({steps} steps)",
+         "from": "kd-c-trim", "stage": "kd", "data": "@kd-distill",
+         "options": {"teacher": "@teacher", **kd, **train, **warm(steps)}},
+        {"name": "kd-2s-half", "what": f"two-step KD, step 1: iterative pruning of {first} of {n} LLM layers (same width)",
+         "from": "teacher", "stage": "prune-layers", "options": {**search, "remove": first}},
+        {"name": "kd-2s-step1", "what": f"two-step KD, step 1: word + hidden KD from the teacher ({steps // 2} steps)",
+         "from": "kd-2s-half", "stage": "kd", "data": "@kd-distill",
+         "options": {"teacher": "@teacher", **kd, "hidden": ["llm"], **train, **warm(steps // 2)}},
+    ]
+    rows += cut("kd-2s", "kd-2s-step1", remove_c - first)
+    rows += [{"name": "kd-2s-step2", "what": f"two-step KD, step 2: recipe-c's cuts + word + hidden KD from the step-1 "
+                                             f"student ({steps - steps // 2} steps; {steps} in all)",
+              "from": "kd-2s-trim", "stage": "kd", "data": "@kd-distill",
+              "options": {"teacher": "@kd-2s-step1", **kd, **train, **warm(steps - steps // 2)}}]
+    mr = {"position": "search", "search_examples": 32, "init": "last", "mse_weight": 1.0, "ce_weight": 1.0}
+    for k in (2, 3):
+        rows += [
+            {"name": f"mr-{k}to1", "what": f"module replacement: {k} consecutive LLM layers -> 1 (CE search), "
+                                           f"new layer alone ({steps} steps)",
+             "from": "teacher", "stage": "replace-layers", "options": {**mr, "count": k, **train, **warm(steps)}},
+            {"name": f"mr-prune{k - 1}", "what": f"iterative pruning of {k - 1} LLM layers (train-split search)",
+             "from": "teacher", "stage": "prune-layers", "options": {**search, "remove": k - 1}},
+            {"name": f"mr-prune{k - 1}-ft", "what": f"iterative pruning of {k - 1} LLM layers + fine-tuning ({steps} steps)",
+             "from": f"mr-prune{k - 1}", "stage": "finetune", "options": {"mode": "full", **train, **warm(steps)}},
+        ]
+    # recipe-c ends in NF4 of every linear layer (lm_head included): the same for the three recoveries
+    q = {"method": "nf4", "double_quant": True, "skip": [], "compute_dtype": "fp32"}
+    rows += [{"name": f"{src}-nf4", "what": f"{src} + NF4 of every linear layer (recipe-c's last stage)",
+              "from": src, "stage": "quantize", "options": q} for src in ("kd-c-seq", "kd-c-word-hidden", "kd-2s-step2")]
+    for r in rows:
+        r["group"] = "distillation"
+    return rows
+
+
+def stage_ctx(args, work_dir: Path, data: list[str] | None = None):
     from iwslt_mc.stages.base import StageContext
 
-    return StageContext(lang=args.lang, data=[str(args.corpus)], seed=args.seed, device="cpu", work_dir=work_dir,
+    return StageContext(lang=args.lang, data=data or [str(args.corpus)], seed=args.seed, device="cpu", work_dir=work_dir,
                         log=lambda msg: print("   ", msg, flush=True))
+
+
+def _resolve(value, model_dirs: dict):
+    """``@NAME`` -> that row's model directory."""
+    return str(model_dirs[value[1:]]) if isinstance(value, str) and value.startswith("@") else value
 
 
 def make_variant(v: dict, args, runs: Path, model_dirs: dict) -> tuple[Path, float]:
@@ -173,7 +255,9 @@ def make_variant(v: dict, args, runs: Path, model_dirs: dict) -> tuple[Path, flo
             work.mkdir(parents=True, exist_ok=True)
             shutil.copy2(logs[-1], work / "prune_search.jsonl")
         run.mkdir(parents=True, exist_ok=True)
-        run_stage(make_stage(v["stage"], v["options"]), model_dirs[v["from"]], model, stage_ctx(args, work))
+        options = {k: _resolve(x, model_dirs) for k, x in v["options"].items()}
+        data = [str(Path(_resolve(v["data"], model_dirs)) / "distill_data")] if v.get("data") else None
+        run_stage(make_stage(v["stage"], options), model_dirs[v["from"]], model, stage_ctx(args, work, data))
     rec = provenance.read(model)["stages"][-1]
     return model, float(rec.get("seconds") or 0.0)
 
@@ -209,6 +293,18 @@ def evaluate(model_dir: Path, run: Path, args, examples) -> dict:
             "signatures": {k: v["signature"] for k, v in m.items()}}
 
 
+def compare_with_teacher(runs: Path, name: str, lang: str) -> dict | None:
+    """How the variant's test hypotheses differ from the teacher's (both decoded by :func:`evaluate`)."""
+    code = lang.split("-")[1]
+    mine, teacher = runs / name / f"hyp.{code}", runs / "teacher" / f"hyp.{code}"
+    if not (mine.exists() and teacher.exists()):
+        return None
+    a, b = teacher.read_text("utf-8").splitlines(), mine.read_text("utf-8").splitlines()
+    if len(a) != len(b):
+        return None
+    return {"changed": sum(x != y for x, y in zip(a, b)), "of": len(a)}
+
+
 def _fmt_bytes(n: int) -> str:
     return f"{n / 1e6:.2f} MB"
 
@@ -232,7 +328,8 @@ def markdown(results: list[dict], args, meta: dict, plot: str | None, sets: dict
     ]
     for r in results:
         pct = f"{100 * r['chrf'] / base:.1f}" if base else "-"
-        lines.append(f"| {r['name']} | {r['what']} | {r['chrf']:.2f} | {pct} | {r['bleu']:.2f} | {r['exact']} | "
+        what = r["what"] + (f"; {_changed(r, base)}" if r.get("vs_teacher") and base else "")
+        lines.append(f"| {r['name']} | {what} | {r['chrf']:.2f} | {pct} | {r['bleu']:.2f} | {r['exact']} | "
                      f"{_fmt_bytes(r['bytes'])} | {r['params']:,} | {r['build_seconds']:.0f} | {r['decode_seconds']:.0f} |")
     lines += ["", "## Targets", ""] + [f"- {t}" for t in targets(results)]
     if meta.get("corpus_made_by"):
@@ -248,6 +345,12 @@ def markdown(results: list[dict], args, meta: dict, plot: str | None, sets: dict
     sig = results[0]["signatures"] if results else {}
     lines += ["", "Signatures: " + "; ".join(f"{k} `{v}`" for k, v in sig.items()), ""]
     return "\n".join(lines)
+
+
+def _changed(r: dict, base: float) -> str:
+    c = r["vs_teacher"]
+    diff = f"{r['chrf'] - base:+.2f} {r['chrf_name']}"
+    return f"{c['changed']} of {c['of']} test hypotheses differ from the teacher's ({diff})"
 
 
 def targets(results: list[dict]) -> list[str]:
@@ -275,9 +378,27 @@ def targets(results: list[dict]) -> list[str]:
                 out.append(f"iterative >= middle at depth {d}{' after fine-tuning' if suffix else ''}: "
                            f"{it['chrf']:.2f} vs {mid['chrf']:.2f} -> "
                            + ("met" if ok else f"missed by {mid['chrf'] - it['chrf']:.2f}"))
+    for name in ("kd-c-seq-nf4", "kd-c-word-hidden-nf4", "kd-2s-step2-nf4"):
+        if name in by:
+            r = by[name]
+            pct, size = 100 * r["chrf"] / t["chrf"], 100 * r["bytes"] / t["bytes"]
+            out.append(f"{name} ({size:.0f}% of the teacher's bytes) keeps >= 90% of its chrF: {pct:.1f}% -> "
+                       + ("met" if pct >= 90 and size <= 25 else f"missed by {90 - pct:.1f} points")
+                       + f" (wall time from the teacher: {r.get('chain_seconds', 0):.0f} s)")
+    for k in (2, 3):
+        mr, pr = by.get(f"mr-{k}to1"), by.get(f"mr-prune{k - 1}-ft")
+        if mr and pr:
+            out.append(f"module replacement {k} -> 1 >= iterative pruning of {k - 1} + fine-tuning (same steps): "
+                       f"{mr['chrf']:.2f} vs {pr['chrf']:.2f} -> "
+                       + ("met" if mr["chrf"] >= pr["chrf"] else f"missed by {pr['chrf'] - mr['chrf']:.2f}")
+                       + f" (wall time {mr.get('chain_seconds', 0):.0f} s vs {pr.get('chain_seconds', 0):.0f} s)")
     if "trim-vocab" in by:
         pct = 100 * by["trim-vocab"]["chrf"] / t["chrf"]
-        out.append(f"vocabulary trimming keeps 100%: {pct:.2f}% -> " + ("met" if pct >= 100 else f"missed by {100 - pct:.2f} points"))
+        line = (f"vocabulary trimming keeps 100%: {pct:.2f}% -> "
+                + ("met" if pct >= 100 else f"missed by {100 - pct:.2f} points"))
+        if by["trim-vocab"].get("vs_teacher"):
+            line += f"; {_changed(by['trim-vocab'], t['chrf'])}, vocabulary from the train split's texts only"
+        out.append(line)
     return out
 
 
@@ -299,6 +420,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs-variant", action="store_true",
                     help="also recipe-b with the published epochs (about 40 minutes on 2 CPU cores)")
     ap.add_argument("--only", default=None, help="comma-separated variant names")
+    ap.add_argument("--kd-rows", action="store_true",
+                    help="also issue 18's rows: recipe-c cut with sequence-level KD vs word + hidden KD vs two-step KD; "
+                         "module replacement vs iterative pruning (see distillation_rows)")
+    ap.add_argument("--kd-steps", type=int, default=150, help="training steps of each distillation row's recovery")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     import torch
@@ -327,9 +452,16 @@ def main(argv: list[str] | None = None) -> int:
         else:
             r = {"name": v["name"], "what": v["what"], "group": v["group"], "examples": len(examples),
                  "build_seconds": round(build_s, 1), **evaluate(model_dir, runs / v["name"], args, examples)}
+        if v.get("stage") == "trim-vocab":  # held-out text: what trimming to the train split's tokens changed
+            r["vs_teacher"] = compare_with_teacher(runs, v["name"], args.lang)
+        src = v.get("from")
+        r["chain_seconds"] = round(r["build_seconds"] + next((x.get("chain_seconds", x["build_seconds"]) for x in results
+                                                             if x["name"] == src), 0.0), 1)
         results.append(r)
+        vs = r.get("vs_teacher")
+        changed = f"  {vs['changed']} of {vs['of']} differ from the teacher" if vs else ""
         print(f"   {r['chrf_name']} {r['chrf']:.2f}  BLEU {r['bleu']:.2f}  {_fmt_bytes(r['bytes'])}  "
-              f"({time.time() - t0:.0f} s)", flush=True)
+              f"({time.time() - t0:.0f} s){changed}", flush=True)
         atomic_write_json(results_path, {"results": results + [o for n, o in old.items() if n not in {x['name'] for x in results}]})
     report = args.report or args.out / "fidelity.md"
     plot = None

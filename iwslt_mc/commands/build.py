@@ -46,6 +46,30 @@ def parse_data(items: list[str]) -> dict:
     return out
 
 
+def _check_base_config(base: str) -> None:
+    """A local --base must be a Qwen2-Audio model, checked from its config.json before anything reads it
+    (a dry run needs no weights, so a config-only directory is enough)."""
+    from pathlib import Path
+
+    from ..modelio import check_model_dir, is_local, require_supported_model
+
+    if not is_local(base):
+        return
+    if (Path(base) / "config.json").is_file():
+        require_supported_model(base)
+    else:
+        check_model_dir(base)  # the one-line error for a missing directory or config
+
+
+def _will_run(b, entry, smoke: bool) -> dict:
+    """The recipe's options for ``entry``, plus under ``--smoke`` every option the smoke run changes."""
+    options = dict(entry.options)
+    if smoke:
+        full, scaled = b.schema_options(entry), b.schema_options(entry, smoke=True)
+        options.update({k: v for k, v in scaled.items() if v != full[k]})
+    return options
+
+
 def run(args) -> int:
     from pathlib import Path
 
@@ -57,23 +81,36 @@ def run(args) -> int:
     data = parse_data(args.data)
     out = Path(args.out or f"runs/{recipe.name}-{args.lang}-{args.condition}")
     if args.dry_run:
+        _check_base_config(args.base)
         b.check_data_refs(recipe, data, args.condition)
         pred = b.predict_recipe(recipe, args.base, condition=args.condition, lang=args.lang, data=data, edition=args.edition,
                                 smoke=args.smoke)
-        stages = [{"id": s.id, "stage": s.stage, "options": s.options, "data": s.data}
+        stages = [{"id": s.id, "stage": s.stage, "options": _will_run(b, s, args.smoke), "data": s.data}
                   for s in b.scaled_stages(recipe, args.base, smoke=args.smoke) if s.when in (None, args.condition)]
         if args.json:
-            print_json({"recipe": recipe.name, "stages": stages, "prediction": pred})
+            print_json({"recipe": recipe.name, "smoke": args.smoke, "stages": stages, "prediction": pred})
         else:
+            if args.smoke:
+                print("--smoke: options below are those that will run (steps, segments and layer counts scaled down)")
             for i, s in enumerate(stages, 1):
                 print(f"{i:2d}. {s['id']} ({s['stage']}) {s['options']} data={s['data']}")
             if pred:
                 verdict = pred["bin"] or f"no bin: >= 4 GB, NOT ELIGIBLE for a size bin of the {args.edition} edition"
                 print(f"predicted: {pred['bytes']:,} bytes, {pred['params']:,} parameters, {verdict}")
         return 0
-    res = b.build(recipe, lang=args.lang, base=args.base, data=data, condition=args.condition, out=out,
-                  resume=args.resume, smoke=args.smoke, seed=args.seed, device=args.device, edition=args.edition,
-                  log=info)
+    try:
+        res = b.build(recipe, lang=args.lang, base=args.base, data=data, condition=args.condition, out=out,
+                      resume=args.resume, smoke=args.smoke, seed=args.seed, device=args.device, edition=args.edition,
+                      log=info)
+    except KeyboardInterrupt:
+        import sys
+
+        if (out / b.STATE).exists():
+            print(f"iwslt-mc build: interrupted; {out} keeps what finished: rerun the same command with --resume "
+                  "to continue", file=sys.stderr)
+        else:
+            print("iwslt-mc build: interrupted before the build started; nothing was written", file=sys.stderr)
+        return 130
     s = res.size
     if args.json:
         print_json({"out": str(res.out_dir), "model": str(res.model_dir), "stages": res.stages,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..cli import add_command
 
 EXAMPLES = """
-  iwslt-mc check submissions/KIT_IWSLT25_ModelCompression_en-de_Bin3_constrained_primary
+  iwslt-mc check submissions/KIT_IWSLT27_ModelCompression_en-de_constrained_primary
   iwslt-mc check submissions/*/                    # also: one primary per language pair and condition
   iwslt-mc check submissions/X --model out/recipe-b --json
 """
@@ -14,11 +14,14 @@ DESCRIPTION = """\
 Re-verify submission folders written by 'iwslt-mc package': sha256, byte and line count of every
 file against manifest.json; no unlisted files; hypothesis files valid UTF-8 with LF line ends, no
 BOM and a final newline, with as many lines as their test set has segments (where known); the
-name against the recorded fields and the bin of the recorded size; the mandatory description
-fields and their agreement with the manifest; and one primary per language pair and condition
-across all folders given.
+name against the recorded fields and the bin of the recorded size; every test set of the edition
+present (2026/2027), unless the manifest declares a partial upload; no empty hypothesis file; the
+mandatory description fields and their agreement with the manifest; and one primary per language
+pair and condition across all folders given (only contrastive runs: a warning, the latest upload
+then counts as primary).
 
-The model is re-measured and compared (bytes, parameters, bin, name) when --model is given;
+The model is re-measured and compared (fingerprint, bytes, parameters, bin, name) when --model is
+given; a model rebuilt in place is caught by its fingerprint even at the same size;
 without it, the model directory recorded in the manifest is re-measured if it still exists
 (--no-model skips this). Prints every problem; the exit code is 1 if there is any, 0 if none."""
 
@@ -53,6 +56,8 @@ def run(args) -> int:
             print(f"  note: {n}")
     for p in res.problems:
         print(f"problem: {p}")
+    for w in res.warnings:
+        print(f"warning: {w}")
     n = len(res.all_problems())
     print("all checks passed" if res.ok else f"{n} problem(s) found")
     return 0 if res.ok else 1

@@ -5,17 +5,21 @@ from __future__ import annotations
 from ..cli import add_command
 
 EXAMPLES = """
-  iwslt-mc package out/recipe-b --team KIT --lang en-de --condition constrained --type primary \\
-      --hyp acl6060=hyp/acl6060.de                # -> submissions/KIT_IWSLT25_ModelCompression_en-de_Bin3_constrained_primary/
-  iwslt-mc package out/m --team KIT --lang en-zh --condition unconstrained --type contrastive \\
-      --hyp tst=hyp.zh --datasets "CoVoST 2 en-zh; ACL 60/60 dev" --edition 2026
-  iwslt-mc package out/m --team KIT --lang en-de --condition constrained --type primary \\
-      --hyp tst=hyp.de --segments tst=468 --json  # verify the line count without a decoder log
+  iwslt-mc package runs/b/model --team HW-TSC --lang en-de --condition constrained --type primary \\
+      --hyp-dir hyp/        # 2027: hyp/tvseries.de ... hyp/accent.de (with their .jsonl decode logs)
+                            # -> submissions/HW-TSC_IWSLT27_ModelCompression_en-de_constrained_primary/
+  iwslt-mc package runs/b/model --team KIT --lang en-zh --condition constrained --type contrastive \\
+      --hyp acl=hyp/acl.zh --partial          # a deliberate partial upload: 1 of 5 test sets
+  iwslt-mc package runs/b/model --team KIT --lang en-de --condition constrained --type primary \\
+      --edition 2025 --hyp acl6060=hyp/acl6060.de   # -> KIT_IWSLT25_ModelCompression_en-de_Bin3_constrained_primary
+  iwslt-mc package out/m --team KIT --lang en-de --condition constrained --type primary --edition 2025 \\
+      --hyp tst=other-tool.de --segments tst=468 --allow-unlogged   # hypotheses decoded by another tool
 """
 
 DESCRIPTION = """\
-Size the model with the sizer, build the edition's standardized model name (with the size bin in
-2025), and write OUT/<name>/ atomically:
+Size the model with every size measure of the edition (2027: torch.save(state_dict) bytes in GiB,
+as the organizers' scripts do, plus the safetensors bytes), build the edition's standardized model
+name (with the size bin in 2025), and write OUT/<name>/ atomically:
 
   <name>.<TESTSET>.txt   one hypothesis file per --hyp: UTF-8 without BOM, LF line ends, one
                          segment per line, final newline, line count of the input kept exactly
@@ -24,7 +28,16 @@ Size the model with the sizer, build the edition's standardized model name (with
   manifest.json          edition, name, sizes, parameters, sha256 / bytes / lines of every file,
                          model directory, tool version, time (used by 'iwslt-mc check')
 
-Techniques and datasets come from the model's provenance.json; --techniques/--datasets are only
+Editions 2026 and 2027 name their test sets (en-de: tvseries, acl, callcenter, youtube,
+businessnews, accent; en-zh: the same without accent): a submission covers all of them, or is
+refused unless --partial (a deliberate partial upload, written into the manifest and description).
+Each hypothesis file must come with the decode log 'iwslt-mc decode' wrote beside it (FILE.jsonl):
+a log recording another model's fingerprint is refused (hypotheses of one model are never packaged
+under another's name and size); hypotheses without such a log need --allow-unlogged (recorded as
+unverified). A 0-line hypothesis file is an error. Hypotheses are never altered beyond the file
+format (UTF-8, LF): tags such as (Applause) stay as decoded.
+
+Techniques and datasets (by name, never a local path) come from the model's provenance.json; --techniques/--datasets are only
 accepted where the provenance has none (techniques are always mandatory, datasets for
 unconstrained). Line counts are verified against the number of segments of each test set: from
 --segments, from --log (the decoder's JSONL log, one record per segment), or from a log found next
@@ -37,13 +50,23 @@ def add_parser(sub):
     p = add_command(sub, "package", help="package hypotheses and a description into an upload-ready submission",
                     description=DESCRIPTION, examples=EXAMPLES)
     p.add_argument("model_dir", metavar="MODEL_DIR", help="the model directory the hypotheses were decoded with")
-    p.add_argument("--team", required=True, help="team name: letters and digits only")
+    p.add_argument("--team", required=True, help="team short name: letters, digits and hyphens (e.g. KIT, HW-TSC), at most 32")
     p.add_argument("--lang", required=True, metavar="LP", help="language pair: en-de, en-zh (2025 also en-ar)")
     p.add_argument("--condition", required=True, metavar="COND", help="constrained or unconstrained")
     p.add_argument("--type", required=True, dest="submission_type", metavar="TYPE", help="primary or contrastive")
-    p.add_argument("--hyp", action="append", required=True, metavar="TESTSET=FILE",
-                   help="hypothesis file of a test set, one line per segment (repeat for each test set)")
-    p.add_argument("--edition", default="2025", help="track edition: 2025 (bins in the name) or 2026 (default: 2025)")
+    p.add_argument("--hyp", action="append", metavar="TESTSET=FILE",
+                   help="hypothesis file of a test set, one line per segment (repeat for each test set; "
+                        "2026/2027: TESTSET is a test-set key such as tvseries, or its label name TVSERIES)")
+    p.add_argument("--hyp-dir", metavar="DIR",
+                   help="take every DIR/<TESTSET>.<de|zh> named after one of the edition's test sets (as "
+                        "'iwslt-mc decode' names them); --hyp adds or overrides single files")
+    p.add_argument("--edition", default=None, metavar="YEAR",
+                   help="track edition: 2027 (default, the newest), 2026 (no bins), 2025 (bins in the name)")
+    p.add_argument("--partial", action="store_true",
+                   help="a deliberate partial upload: allow missing test sets (recorded in manifest and description)")
+    p.add_argument("--allow-unlogged", action="store_true",
+                   help="accept hypotheses without a decode log recording the model (marked unverified in the "
+                        "manifest and description)")
     p.add_argument("--techniques", metavar="TEXT", help="compression techniques, ';'-separated; only if provenance lacks them")
     p.add_argument("--datasets", metavar="TEXT", help="datasets used, ';'-separated; only if provenance lacks them")
     p.add_argument("--segments", action="append", metavar="TESTSET=N",
@@ -64,7 +87,16 @@ def run(args) -> int:
     from ..errors import UserError
     from ..output import info, print_json, warn
 
-    hyps = packaging.parse_assignments(args.hyp, "--hyp")
+    from ..track import get_edition
+
+    ed = get_edition(args.edition)
+    hyps = {}
+    if args.hyp_dir:
+        hyps.update(packaging.find_hypotheses(args.hyp_dir, ed, args.lang))
+    explicit = packaging.parse_assignments(args.hyp, "--hyp")
+    hyps.update(packaging.resolve_test_sets(ed, args.lang, explicit) if explicit else {})
+    if not hyps:
+        raise UserError("no hypothesis files: give --hyp TESTSET=FILE (repeatable) or --hyp-dir DIR")
     segs_raw = packaging.parse_assignments(args.segments, "--segments", "N")
     segments = {}
     for t, v in segs_raw.items():
@@ -75,9 +107,9 @@ def run(args) -> int:
     logs = packaging.parse_assignments(args.log, "--log", "FILE.jsonl")
     res = packaging.package(
         args.model_dir, team=args.team, lp=args.lang, condition=args.condition,
-        submission_type=args.submission_type, hyps=hyps, edition=args.edition, techniques=args.techniques,
+        submission_type=args.submission_type, hyps=hyps, edition=ed.key, techniques=args.techniques,
         datasets=args.datasets, segments=segments, logs=logs, out=args.out, force=args.force, notes=args.note,
-        auto_logs=not args.no_auto_log)
+        auto_logs=not args.no_auto_log, partial=args.partial, allow_unlogged=args.allow_unlogged)
     for w in res.warnings:
         warn(w)
     if args.json:
@@ -87,11 +119,16 @@ def run(args) -> int:
     info(f"packaged {res.dir}")
     print(f"name:        {res.name}")
     print(f"folder:      {res.dir}")
-    print(f"size:        {m['bytes']:,} bytes ({packaging.exact_unit(m['bytes'], m['size_unit'])})"
-          + (f", {m['bin']}" if m["bin"] else ""))
+    for measure, n in m["sizes"].items():
+        label = "size:" if measure == m["size_measure"] else "also:"
+        print(f"{label:<13}{n:,} bytes = {packaging.exact_unit(n, m['size_unit'])} ({measure})"
+              + (f", {m['bin']}" if m["bin"] and measure == m["size_measure"] else ""))
     print(f"parameters:  {m['params']:,}")
     for t, ts in m["test_sets"].items():
-        how = f"verified against {ts['segments_from']}" if ts["expected_segments"] is not None else "not verified"
-        print(f"{t}:{' ' * max(1, 12 - len(t))}{ts['file']} ({ts['lines']:,} lines, {how})")
+        how = f"verified against {ts['segments_from']}" if ts["expected_segments"] is not None else "count not verified"
+        upload = f" -> upload as '{ts['label']}'" if ts.get("label") else ""
+        print(f"{t}:{' ' * max(1, 12 - len(t))}{ts['file']} ({ts['lines']:,} lines, {how}; {ts['model_check']}){upload}")
+    if m.get("partial"):
+        print(f"PARTIAL:     test sets not included: {', '.join(m['partial']['missing'])}")
     print(f"description: {res.dir / packaging.DESCRIPTION}")
     return 0

@@ -7,9 +7,9 @@ from ..cli import add_command
 EXAMPLES = """
   iwslt-mc plan                                          # the unmodified Qwen2-Audio-7B-Instruct in bf16
   iwslt-mc plan --llm-layers 24 --precision nf4-dq       # prune 8 decoder layers, 4-bit with double quant
-  iwslt-mc plan --precision nf4-dq --quantize-embeddings --vocab 32768
+  iwslt-mc plan --precision nf4-dq --quantize-lm-head --vocab 32768   # lm_head 4-bit too (embeddings stay bf16)
   iwslt-mc plan --precision int8 --precision lm_head=bf16 --precision audio_encoder=bf16
-  iwslt-mc plan --target Bin3                            # specs that land in Bin3, least aggressive first
+  iwslt-mc plan --target Bin3                            # buildable specs in Bin3 (2025), each with its stages/recipe
   iwslt-mc plan --target Bin2 --precision nf4-dq --vocab 32768   # vary only what is not given
   iwslt-mc plan --base path/to/model --llm-layers 20 --json
 """
@@ -23,8 +23,11 @@ def add_parser(sub):
                      "parameter count and the size bin of a compressed model without building it: the base "
                      "architecture is enumerated on the meta device and each format's on-disk layout is computed "
                      "exactly (bf16/fp16/fp32; bitsandbytes int8 with per-row scales; nf4/fp4 with absmax per 64 "
-                     "values, quant_map and quant_state, plus nested statistics with double quantization '-dq'). "
-                     "With --target BinN: a short table of specs that land in that bin, least to most aggressive."),
+                     "values, quant_map and quant_state, plus nested statistics with double quantization '-dq'), and "
+                     "the organizers' torch.save(model.state_dict()) bytes of the built model. Every spec comes with "
+                     "the stages (or a shipped recipe with --set overrides) that build it, or says why none can. "
+                     "With --target BinN (2025 bins): a short table of buildable specs that land in that bin, least "
+                     "to most aggressive."),
         examples=EXAMPLES,
     )
     p.add_argument("--base", metavar="MODEL_DIR",
@@ -39,12 +42,16 @@ def add_parser(sub):
                          "int8 nf4 nf4-dq fp4 fp4-dq. Components: audio_encoder projector llm_layers embed_tokens "
                          "lm_head other (aliases audio, llm, embeddings = embed_tokens and lm_head). A quantized "
                          "default leaves embed_tokens and lm_head in bf16 unless --quantize-embeddings"))
+    p.add_argument("--quantize-lm-head", action="store_true",
+                   help="apply a quantized default precision to lm_head too (quantize stage skip=[]); buildable")
     p.add_argument("--quantize-embeddings", action="store_true",
-                   help="apply a quantized default precision to embed_tokens and lm_head too")
+                   help=("what-if: apply a quantized default precision to embed_tokens and lm_head; no stage builds "
+                         "this (bitsandbytes leaves the token embedding in float)"))
     p.add_argument("--float-dtype", choices=("bf16", "fp16", "fp32"),
                    help="dtype of the tensors that are not quantized (default bf16)")
     p.add_argument("--target", metavar="BIN", help="list specs whose size lands in this bin (e.g. Bin3)")
-    p.add_argument("--edition", default="2025", help="track edition whose bins apply (default: 2025)")
+    p.add_argument("--edition", default=None,
+                   help="track edition: 2025 (bins), 2026/2027 (Pareto, no bins); default: the newest, 2025 with --target")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     return p
 
@@ -76,19 +83,27 @@ def run(args) -> int:
     from .. import planner
     from ..output import info, print_json, print_table, warn
     from ..sizer import bin_explanation
-    from ..track import format_size, get_edition
+    from ..track import get_edition
 
-    ed = get_edition(args.edition)
+    from ..errors import UserError
+    from ..track import GB, GiB
+
+    ed = get_edition(args.edition if args.edition or not args.target else "2025")
     default, per = parse_precisions(args.precision)
+    if args.quantize_lm_head and args.quantize_embeddings:
+        raise UserError("--quantize-lm-head and --quantize-embeddings: give one (embeddings include lm_head)")
     base_config = planner.load_base_config(args.base) if args.base else None
     if base_config is not None and getattr(base_config, "quantization_config", None):
         warn(f"{args.base} is already quantized; the plan starts from its architecture, so give --precision for the target")
     base_name = args.base or "built-in Qwen2-Audio-7B-Instruct"
 
     if args.target:
+        if args.quantize_embeddings:
+            raise UserError("--target lists buildable specs only, and no stage quantizes embed_tokens "
+                            "(bitsandbytes leaves nn.Embedding in float): use --quantize-lm-head")
         rows = planner.specs_for_bin(
             args.target, base_config, ed.key, llm_layers=args.llm_layers, audio_layers=args.audio_layers,
-            vocab=args.vocab, precision=default, quantize_embeddings=True if args.quantize_embeddings else None,
+            vocab=args.vocab, precision=default, quantize_embeddings=True if args.quantize_lm_head else None,
             ffn_dim=args.ffn_dim, audio_ffn_dim=args.audio_ffn_dim, component_precision=per)
         if args.json:
             print_json({"target": args.target, "edition": ed.key, "base": base_name,
@@ -100,27 +115,48 @@ def run(args) -> int:
         base = planner.base_dims(base_config or planner.qwen2_audio_7b_config())
         widths = any((p.dims["ffn_dim"], p.dims["audio_ffn_dim"]) != (base["ffn_dim"], base["audio_ffn_dim"]) for p in rows)
         table = []
-        for p in rows:
+        for i, p in enumerate(rows, 1):
             d = p.dims
-            row = [d["llm_layers"], d["audio_layers"], f"{d['vocab']:,}"]
+            row = [i, d["llm_layers"], d["audio_layers"], f"{d['vocab']:,}"]
             if widths:
                 row.append(f"{d['ffn_dim']}/{d['audio_ffn_dim']}")
-            emb = p.spec.quantize_embeddings and p.spec.precision in planner.QUANT_PRECISIONS
-            row += [p.spec.precision + ("+emb" if emb else ""), f"{p.bytes / 1e6:,.1f}", f"{p.params / 1e6:,.1f}"]
+            ts = f"{p.torch_save.bytes / GiB:,.3f}" if p.torch_save else "-"
+            row += [p.spec.precision + p.spec.quantized_extra(), f"{p.bytes / 1e6:,.1f}", ts, f"{p.params / 1e6:,.1f}"]
             table.append(row)
-        headers = ["LLM layers", "audio layers", "vocab"] + (["FFN llm/audio"] if widths else []) + ["precision", "MB", "M params"]
-        print_table(table, headers, title=f"{base_name}: specs predicted in {rows[0].bin}, least to most aggressive")
-        info("precision +emb: embed_tokens and lm_head quantized too; exact bytes with --json")
+        headers = (["#", "LLM layers", "audio layers", "vocab"] + (["FFN llm/audio"] if widths else [])
+                   + ["precision", "MB", "torch.save GiB", "M params"])
+        print_table(table, headers, title=f"{base_name}: buildable specs predicted in {rows[0].bin}, least to most aggressive")
+        info("precision +lm_head: lm_head quantized too (embed_tokens stays bf16); exact bytes with --json")
+        print("how to build (a shipped recipe with --set overrides where one fits, else the stages in order):")
+        notes = {}
+        for i, p in enumerate(rows, 1):
+            cmd = p.plan.recipe_command()
+            print(f"  {i}. {cmd}" if cmd else f"  {i}. iwslt-mc stage ... : {p.plan.chain(notes=False)}")
+            for s in p.plan.steps:
+                if s.note:
+                    notes.setdefault(s.stage, s.note.split(";")[0])
+        for stage, note in notes.items():
+            if stage == "trim-vocab":
+                note += " (the vocab column is assumed; `build --dry-run` counts the tokens of your data)"
+            info(f"{stage}: {note}")
+        info("--json lists each spec's stages and options")
         print(f"signature:  {rows[0].signature}")
         return 0
 
+    if args.quantize_lm_head and (default or "bf16") in planner.QUANT_PRECISIONS:
+        per.setdefault("embed_tokens", args.float_dtype or "bf16")
     spec = planner.Spec(llm_layers=args.llm_layers, audio_layers=args.audio_layers, ffn_dim=args.ffn_dim,
                         audio_ffn_dim=args.audio_ffn_dim, vocab=args.vocab, precision=default or "bf16",
-                        component_precision=per, quantize_embeddings=args.quantize_embeddings,
+                        component_precision=per, quantize_embeddings=args.quantize_embeddings or args.quantize_lm_head,
                         float_dtype=args.float_dtype)
     pred = planner.predict(spec, base_config, ed.key, base_name=base_name)
+    try:
+        pred.plan = planner.build_plan(spec, base_config)
+        not_buildable = None
+    except UserError as e:
+        not_buildable = str(e)
     if args.json:
-        print_json(pred.to_json())
+        print_json({**pred.to_json(), "not_buildable": not_buildable})
         return 0
     rows = []
     for comp, v in pred.components.items():
@@ -133,10 +169,26 @@ def run(args) -> int:
     title = (f"{base_name}: {d['llm_layers']} LLM layers, {d['audio_layers']} audio layers, vocab {d['vocab']:,}, "
              f"FFN {d['ffn_dim']}/{d['audio_ffn_dim']}")
     print_table(rows, ["component", "precision", "parameters", "bytes", "share"], title=title)
-    print(f"storage size:  {pred.bytes:,} bytes ({format_size(pred.bytes)}, {format_size(pred.bytes, 'MB')})")
+    print(f"safetensors:   {pred.bytes:,} bytes ({pred.bytes / GB:.3f} GB, {pred.bytes / GiB:.3f} GiB)")
+    print(f"  signature:   {pred.signature}")
+    ts = pred.torch_save
+    if ts is not None:
+        print(f"torch.save:    {ts.bytes:,} bytes ({ts.bytes / GB:.3f} GB, {ts.bytes / GiB:.3f} GiB) "
+              f"(the organizers' measure, model on one GPU; {ts.bytes_cpu:,} loaded on a CPU)")
+        print(f"  signature:   {ts.signature}")
+    else:
+        print(f"torch.save:    {pred.torch_save_note}")
     print(f"parameters:    {pred.params:,}")
     if pred.overhead:
         print(f"quant state:   {pred.overhead:,} bytes (absmax, quant_map, scales; not parameters)")
-    print(f"bin:           {bin_explanation(pred.bytes, ed.key)}")
-    print(f"signature:     {pred.signature}")
+    if ed.has_bins:
+        print(f"bin:           {bin_explanation(pred.bytes, ed.key)}")
+    else:
+        print(f"edition {ed.key}:  no bins (Pareto ranking of quality and size)")
+    if not_buildable:
+        print(f"build:         {not_buildable}")
+    else:
+        cmd = pred.plan.recipe_command()
+        print(f"build:         {cmd}" if cmd else "build:         (no shipped recipe has exactly these size stages)")
+        print(f"  stages:      {pred.plan.chain()}")
     return 0

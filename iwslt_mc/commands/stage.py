@@ -111,7 +111,16 @@ def run(args) -> int:
         stage = stage.with_smoke()
     ctx = StageContext(lang=args.lang, data=list(args.data), smoke=args.smoke, seed=args.seed, device=args.device,
                        work_dir=Path(args.work_dir) if args.work_dir else None, log=info)
-    record = run_stage(stage, Path(args.in_dir), Path(args.out_dir), ctx, overwrite=args.overwrite)
+    try:
+        record = run_stage(stage, Path(args.in_dir), Path(args.out_dir), ctx, overwrite=args.overwrite)
+    except KeyboardInterrupt:
+        import sys
+
+        work = Path(ctx.work_dir or Path(args.out_dir).with_name(Path(args.out_dir).name + ".work"))
+        kept = (f"{work} keeps its checkpoints: rerun the same command to continue" if work.is_dir() and any(work.iterdir())
+                else f"{args.out_dir} was not written")
+        print(f"iwslt-mc stage: interrupted; {kept}", file=sys.stderr)
+        return 130
     if rank() > 0:
         return 0  # under accelerate launch / torchrun only process 0 reports (and wrote the output)
     if args.json:

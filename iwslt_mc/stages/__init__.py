@@ -18,6 +18,8 @@ REGISTRY: dict[str, str] = {
     "finetune": "finetune:Finetune",
     "merge": "merge:Merge",
     "distill": "distill:Distill",
+    "kd": "kd:KD",
+    "replace-layers": "replace_layers:ReplaceLayers",
 }
 
 

@@ -16,6 +16,7 @@ an invalid value is a one-line ``UserError`` raised before any work is done.
 from __future__ import annotations
 
 import dataclasses
+import glob
 import json
 import shutil
 import time
@@ -229,6 +230,23 @@ def read_config(model_dir: Path) -> dict:
         raise UserError(f"{p}: invalid JSON ({e})") from None
 
 
+def remove_stale_partials(out_dir: Path) -> None:
+    """Remove what a killed run left next to ``out_dir``: the temporary ``.NAME.*.partial`` directories of
+    :func:`iwslt_mc.fsutil.atomic_directory` (a finished output is renamed into place, so any left over
+    belong to a run that died). Checkpoints (the work directory) are kept: they are how a rerun resumes."""
+    out_dir = Path(out_dir)
+    if out_dir.parent.is_dir():
+        for stale in out_dir.parent.glob(f".{glob.escape(out_dir.name)}.*.partial"):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def data_warnings(log):
+    """Collect the data readers' warnings while a stage runs (each logged once as it happens)."""
+    from ..data import collect_warnings
+
+    return collect_warnings(log)
+
+
 def run_stage(stage: Stage, in_dir, out_dir, ctx: StageContext | None = None, *, overwrite: bool = False) -> dict:
     """Validate, run ``stage`` from ``in_dir`` to ``out_dir`` atomically, and append provenance.
 
@@ -242,8 +260,10 @@ def run_stage(stage: Stage, in_dir, out_dir, ctx: StageContext | None = None, *,
     ctx = ctx or StageContext()
     in_dir, out_dir = Path(in_dir), Path(out_dir)
     check_model_dir(in_dir)
+    if distributed.rank() == 0:
+        remove_stale_partials(out_dir)  # other processes of a launch never clean: one could be rank 0's own
     if out_dir.exists() and not overwrite:
-        raise UserError(f"{out_dir}: already exists (choose another --out or remove it)")
+        raise UserError(f"{out_dir}: already exists (rerun with --overwrite to replace it, or choose another --out)")
     stage.check(in_dir, ctx)
     if ctx.work_dir is None:
         ctx.work_dir = out_dir.with_name(out_dir.name + ".work")
@@ -253,13 +273,16 @@ def run_stage(stage: Stage, in_dir, out_dir, ctx: StageContext | None = None, *,
         import tempfile
 
         with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}.rank",
-                                         dir=out_dir.parent if out_dir.parent.is_dir() else None) as tmp:
+                                         dir=out_dir.parent if out_dir.parent.is_dir() else None) as tmp, \
+                data_warnings(None):  # process 0 logs and records them
             stage.run(in_dir, Path(tmp), ctx)
         return {}
     before = sizer.measure(in_dir)
     started = time.time()
-    with atomic_directory(out_dir, overwrite=overwrite) as tmp:
+    with atomic_directory(out_dir, overwrite=overwrite) as tmp, data_warnings(ctx.log) as warned:
         extras = dict(stage.run(in_dir, tmp, ctx) or {})
+        if warned:
+            extras["warnings"] = list(warned)
         after = sizer.measure(tmp)
         techniques = extras.pop("techniques", None) or list(stage.techniques)
         data = extras.pop("data", None) or []

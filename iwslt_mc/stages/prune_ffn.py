@@ -30,12 +30,18 @@ from .base import Stage, StageContext, StageOptions, read_config
 @dataclass
 class PruneFFNOptions(StageOptions):
     llm_width: int | None = field(default=None, metadata={
-        "help": "target LLM MLP width (intermediate_size; 11008 in Qwen2-Audio-7B)"})
+        "help": "target LLM MLP width (intermediate_size; 11008 in Qwen2-Audio-7B); any width works, a multiple "
+                "of 64 is hardware-friendly (GPU tiles; bitsandbytes' fast CPU 4-bit kernel takes only such layers)"})
     audio_width: int | None = field(default=None, metadata={
-        "help": "target audio-encoder FFN width (encoder_ffn_dim; 5120 in Qwen2-Audio-7B)"})
+        "help": "target audio-encoder FFN width (encoder_ffn_dim; 5120 in Qwen2-Audio-7B); any width works, "
+                "a multiple of 64 is hardware-friendly"})
     importance: Literal["weight", "activation"] = field(default="weight", metadata={
         "help": "unit ranking: weight (product of the unit's weight L2 norms) or activation "
                 "(mean |activation| on calibration data x output-weight norm; needs --data)"})
+    multiple_of: int = field(default=64, metadata={
+        "help": "round each target width down to a multiple of this (default 64: hardware-friendly GPU tiles, and "
+                "bitsandbytes' fast CPU 4-bit path takes only such widths); correctness does not depend on it: "
+                "1 keeps the exact width; a target below one multiple is kept as given"})
     calibration: int = field(default=32, metadata={"help": "activation: calibration segments (seeded sample)"})
     split: str | None = field(default="train", metadata={
         "help": "activation: split of the data used for calibration ('train' of the published split; none = all)"})
@@ -49,6 +55,19 @@ class PruneFFNOptions(StageOptions):
                 raise UserError(f"stage prune-ffn: option {k!r} must be at least 1")
         if self.calibration < 1:
             raise UserError("stage prune-ffn: option 'calibration' must be at least 1")
+        if self.multiple_of < 1:
+            raise UserError("stage prune-ffn: option 'multiple_of' must be at least 1")
+
+    def widths(self) -> tuple[int | None, int | None]:
+        """The LLM and audio target widths after rounding (what the stage builds and the planner predicts)."""
+        return rounded_width(self.llm_width, self.multiple_of), rounded_width(self.audio_width, self.multiple_of)
+
+
+def rounded_width(width: int | None, multiple_of: int) -> int | None:
+    """``width`` rounded down to a multiple of ``multiple_of``; a width below one multiple stays as given."""
+    if width is None or width < multiple_of:
+        return width
+    return width // multiple_of * multiple_of
 
     def smoke(self) -> "PruneFFNOptions":
         return dataclasses.replace(self, calibration=min(self.calibration, 4))
@@ -185,12 +204,16 @@ class PruneFFN(Stage):
             llm_imp, audio_imp = weight_importance(model)
         techniques = []
         how = "weight-norm importance" if o.importance == "weight" else f"activation importance on {o.calibration} segments"
-        if o.llm_width is not None and o.llm_width < before["llm"]:
-            surgery.prune_llm_mlp(model, [top_units(s, o.llm_width) for s in llm_imp])
-            techniques.append(f"structured LLM MLP pruning ({before['llm']} -> {o.llm_width} units per layer, {how})")
-        if o.audio_width is not None and o.audio_width < before["audio"]:
-            surgery.prune_audio_ffn(model, [top_units(s, o.audio_width) for s in audio_imp])
-            techniques.append(f"structured audio-encoder FFN pruning ({before['audio']} -> {o.audio_width} units per layer, {how})")
+        llm_width, audio_width = o.widths()
+        if llm_width != o.llm_width or audio_width != o.audio_width:
+            ctx.log(f"prune-ffn: target widths rounded down to a multiple of {o.multiple_of}: "
+                    f"LLM {o.llm_width} -> {llm_width}, audio {o.audio_width} -> {audio_width} (multiple_of=1 keeps them)")
+        if llm_width is not None and llm_width < before["llm"]:
+            surgery.prune_llm_mlp(model, [top_units(s, llm_width) for s in llm_imp])
+            techniques.append(f"structured LLM MLP pruning ({before['llm']} -> {llm_width} units per layer, {how})")
+        if audio_width is not None and audio_width < before["audio"]:
+            surgery.prune_audio_ffn(model, [top_units(s, audio_width) for s in audio_imp])
+            techniques.append(f"structured audio-encoder FFN pruning ({before['audio']} -> {audio_width} units per layer, {how})")
         if not techniques:
             ctx.log("prune-ffn: target widths equal the current ones; weights copied unchanged")
         # back to the stored dtype: exact, the float16/bf16 values went through float32

@@ -7,16 +7,18 @@ with ``from_pretrained`` alone. ``skip`` names modules that stay unquantized (``
 raw pattern). transformers 5 matches skip patterns from the start of the full module name, so plain
 names are turned into ``(?:.*\\.)?NAME`` (``["audio_tower"]`` alone would match nothing).
 
-Saving after inference: on CPUs with AVX512-bf16/AMX, the first no-grad forward of a 4-bit layer
+Saving after inference: on CPUs with AVX512-BF16, the first no-grad forward of a 4-bit layer
 repacks its weights in place into a CPU layout (double quantization folded into bf16 absmax), and
-saving afterwards writes a different (lossy) checkpoint. :func:`save_quantized` detects repacked
-layers and then saves a fresh quantization of the same input instead, so the saved checkpoint is
-the same whether or not the model ran before saving.
+saving afterwards writes a different (lossy) checkpoint; on every CPU the first forward also casts
+4-bit layers' biases to the compute dtype. :func:`save_quantized` detects both and then saves a
+fresh quantization of the same input instead, so the saved files are
+byte-identical whether or not the model ran before saving. Layers whose shape the repack cannot take
+(output width not a multiple of 32, input width not a multiple of 64) never repack: see
+:func:`iwslt_mc.modelio.fit_4bit_cpu_path`, applied by ``load_model``.
 """
 
 from __future__ import annotations
 
-import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,18 +29,7 @@ from .base import Stage, StageContext, StageOptions, read_config
 
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 _SOURCE_ATTR = "_iwslt_mc_quantized_from"
-
-
-class _DropInt8CastWarning(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "will be cast from" not in record.getMessage()
-
-
-def silence_int8_cast_warning() -> None:
-    """Drop bitsandbytes' "MatMul8bitLt: inputs will be cast ..." line, logged on every int8 forward."""
-    lg = logging.getLogger("bitsandbytes.autograd._functions")
-    if not any(isinstance(f, _DropInt8CastWarning) for f in lg.filters):
-        lg.addFilter(_DropInt8CastWarning())
+_BIAS_DTYPES_ATTR = "_iwslt_mc_4bit_bias_dtypes"
 
 
 def skip_pattern(name: str) -> str:
@@ -90,11 +81,16 @@ def quantize_model(in_dir, options: QuantizeOptions | dict | None = None, *, dev
     from .. import modelio
 
     o = options if isinstance(options, QuantizeOptions) else QuantizeOptions.from_dict(options, stage="quantize")
-    silence_int8_cast_warning()
     model = modelio.load_model(in_dir, dtype=None if o.dtype == "auto" else o.dtype, device=device,
                                quantization_config=bnb_config(o))
     setattr(model, _SOURCE_ATTR, (str(in_dir), o, device))
+    setattr(model, _BIAS_DTYPES_ATTR, {name: mod.bias.dtype for name, mod in _linear4bit(model) if mod.bias is not None})
     return model
+
+
+def _linear4bit(model):
+    return [(n, m) for n, m in model.named_modules() if hasattr(m, "weight") and hasattr(m.weight, "quant_state")
+            and type(m.weight).__name__ == "Params4bit"]
 
 
 def repacked_layers(model) -> list[str]:
@@ -107,19 +103,38 @@ def repacked_layers(model) -> list[str]:
     return out
 
 
+def changed_by_inference(model) -> list[str]:
+    """4-bit layers that a forward changed in place, so that saving them would not write what was quantized.
+
+    bitsandbytes 0.50 ``Linear4bit.forward`` repacks the weight for its CPU kernel (see
+    :func:`repacked_layers`) and, on every device, casts the layer's bias in place to the compute dtype
+    (``bias.data = bias.data.to(x.dtype)``: an fp32 bias becomes bf16). Bias dtypes are compared with
+    those :func:`quantize_model` recorded.
+    """
+    changed = set(repacked_layers(model))
+    before = getattr(model, _BIAS_DTYPES_ATTR, None) or {}
+    for name, mod in _linear4bit(model):
+        if name in before and mod.bias is not None and mod.bias.dtype != before[name]:
+            changed.add(name)
+    return sorted(changed)
+
+
 def save_quantized(model, processor, out_dir, *, log=print) -> Path:
-    """Save a quantized model; if inference repacked its 4-bit weights, save a fresh quantization instead."""
+    """Save a quantized model; if inference changed its 4-bit layers, save a fresh quantization instead.
+
+    The saved files are byte-identical whether or not the model ran before saving."""
     import gc
 
     from .. import modelio
 
-    repacked = repacked_layers(model)
-    if repacked:
+    changed = changed_by_inference(model)
+    if changed:
         source = getattr(model, _SOURCE_ATTR, None)
         if source is None:
-            raise UserError(f"{len(repacked)} 4-bit layers were repacked by CPU inference (e.g. {repacked[0]}); "
+            raise UserError(f"{len(changed)} 4-bit layers were changed by inference (e.g. {changed[0]}); "
                             "saving them would corrupt the checkpoint: quantize again and save before running it")
-        log(f"quantize: {len(repacked)} layers were repacked by CPU inference; saving a fresh quantization instead")
+        log(f"quantize: {len(changed)} 4-bit layers were changed by inference (CPU repack, bias cast); "
+            "saving a fresh quantization instead")
         in_dir, o, device = source
         fresh = quantize_model(in_dir, o, device=device)
         try:

@@ -1,0 +1,377 @@
+"""replace-layers: module replacement (papers/000): N consecutive layers become one, trained to act as the block.
+
+A block of ``count`` consecutive LLM decoder layers (``component: llm``) or audio-encoder layers
+(``component: audio``) is replaced by a single layer, initialised from one of them (``init``:
+``first``, ``last``, an index inside the block, or ``random``). With every other parameter frozen,
+the new layer trains to reproduce the block's output from the block's input:
+
+    loss = mse_weight * ||h_new - block(h_in)||^2 / ||block(h_in)||^2  +  ce_weight * CE(reference)
+
+where ``block`` is the original layers (kept frozen, outside the model) run on the same input the new
+layer receives, and CE is the original objective (the reference translation after the chat prompt).
+With ``unfreeze_steps`` > 0 a second phase then trains every parameter with the same loss.
+
+The block is given (``layers: [3, 4]``) or chosen: ``position: middle`` / ``top`` (never the first or
+last layer when ``protect_first_last``), or ``search``: every allowed block is scored by the mean
+cross-entropy of the references of ``search_examples`` training utterances (never the held-out or
+test split) with the block collapsed to its ``init`` layer (``last`` when ``init`` is random), and the
+block that loses least is replaced. Scores go to ``replace_search.jsonl`` in the output.
+
+The output is a plain model with one layer fewer per collapsed layer: ``text_config.num_hidden_layers``
+and ``layer_types`` (or ``audio_config.encoder_layers``) follow, so ``from_pretrained`` reloads it
+alone. The block's output error (the relative MSE above, on the search utterances) before and after
+training is in the provenance record (``block_error``). Checkpoints and resume as in ``kd``.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from ..errors import UserError
+from .base import Stage, StageContext, read_config
+from .kd import TrainingOptions, layer_counts, load_training_data
+
+SEARCH_LOG = "replace_search.jsonl"
+PARTS_LOG = "replace_history.jsonl"
+
+
+@dataclass
+class ReplaceLayersOptions(TrainingOptions):
+    component: Literal["llm", "audio"] = field(default="llm", metadata={"help": "llm (decoder layers) or audio (encoder layers)"})
+    layers: list[int] | None = field(default=None, metadata={
+        "help": "the consecutive layers to replace (indices of the input model), e.g. [3, 4, 5]"})
+    count: int = field(default=0, metadata={"help": "size of the block when chosen by position (2 or more)"})
+    position: Literal["middle", "top", "search"] = field(default="middle", metadata={
+        "help": "how the block is chosen when layers is not given: middle, top, or search (least CE loss)"})
+    protect_first_last: bool = field(default=True, metadata={"help": "never replace the first or last layer (chosen blocks)"})
+    init: str = field(default="last", metadata={
+        "help": "the new layer starts as: first, last, an index inside the block, or random"})
+    mse_weight: float = field(default=1.0, metadata={"help": "weight of the block-output MSE"})
+    ce_weight: float = field(default=1.0, metadata={"help": "weight of the original objective (reference CE)"})
+    unfreeze_steps: int = field(default=0, metadata={"help": "then train every parameter for this many steps (0 = no)"})
+    search_examples: int = field(default=16, metadata={
+        "help": "training utterances used to score blocks (search) and to measure the block error"})
+    lr: float = field(default=1e-4, metadata={"help": "peak learning rate"})
+
+    def validate(self) -> None:
+        s = "stage replace-layers"
+        self._check_training(s)
+        if self.layers is not None:
+            if self.count:
+                raise UserError(f"{s}: give either layers or count (with position), not both")
+            if len(self.layers) < 2:
+                raise UserError(f"{s}: option 'layers' must list at least 2 consecutive layers")
+            if min(self.layers) < 0:
+                raise UserError(f"{s}: option 'layers': layer indices start at 0, got {min(self.layers)}")
+            if sorted(self.layers) != list(range(min(self.layers), min(self.layers) + len(self.layers))):
+                raise UserError(f"{s}: option 'layers' {self.layers} is not a block of consecutive layers")
+        elif self.count < 2:
+            raise UserError(f"{s}: nothing to replace (give layers: [i, i+1, ...] or count >= 2)")
+        if self.init not in ("first", "last", "random"):
+            try:
+                int(self.init)
+            except ValueError:
+                raise UserError(f"{s}: option 'init' must be first, last, random or a layer index, not {self.init!r}") from None
+        if self.mse_weight < 0 or self.ce_weight < 0 or self.mse_weight + self.ce_weight == 0:
+            raise UserError(f"{s}: mse_weight and ce_weight must be >= 0 and not both 0")
+        if self.unfreeze_steps < 0 or self.search_examples < 1:
+            raise UserError(f"{s}: unfreeze_steps must be >= 0 and search_examples >= 1")
+
+    def smoke(self):
+        return dataclasses.replace(super().smoke(), unfreeze_steps=min(self.unfreeze_steps, 2),
+                                   search_examples=min(self.search_examples, 2))
+
+
+def candidate_blocks(n: int, count: int, protect: bool) -> list[list[int]]:
+    lo, hi = (1, n - 1) if protect else (0, n)
+    return [list(range(a, a + count)) for a in range(lo, hi - count + 1)]
+
+
+def init_position(block: list[int], init: str) -> int:
+    """The layer of ``block`` the new layer starts from (``last`` for random: it is re-initialised after)."""
+    if init == "first":
+        return block[0]
+    if init in ("last", "random"):
+        return block[-1]
+    return int(init)
+
+
+class BlockTap:
+    """Captures the new layer's input (args, kwargs) and output, to compute the block's target on the same input."""
+
+    def __init__(self, layer):
+        self.args = self.kwargs = self.out = None
+        self.handles = [layer.register_forward_pre_hook(self._pre, with_kwargs=True),
+                        layer.register_forward_hook(self._post)]
+
+    def _pre(self, mod, args, kwargs):
+        self.args, self.kwargs = args, kwargs
+
+    def _post(self, mod, args, output):
+        self.out = output[0] if isinstance(output, tuple) else output
+
+    def target(self, originals):
+        import torch
+
+        with torch.no_grad():
+            args, h = list(self.args), None
+            kwargs = dict(self.kwargs)
+            for k in ("past_key_values", "past_key_value", "cache"):  # the originals never touch the model's cache
+                if k in kwargs:
+                    kwargs[k] = None
+            if "use_cache" in kwargs:
+                kwargs["use_cache"] = False
+            h = args[0] if args else kwargs.pop("hidden_states")
+            rest = args[1:]
+            for layer in originals:
+                o = layer(h, *rest, **kwargs)
+                h = o[0] if isinstance(o, tuple) else o
+        return h
+
+    def remove(self):
+        for h in self.handles:
+            h.remove()
+
+
+class ReplaceLayers(Stage):
+    name = "replace-layers"
+    Options = ReplaceLayersOptions
+    techniques = ["module replacement"]
+
+    def check(self, in_dir: Path, ctx: StageContext) -> None:
+        from ..prompting import check_lang
+
+        o = self.options
+        check_lang(ctx.lang)
+        cfg = read_config(in_dir)
+        if cfg.get("quantization_config"):
+            raise UserError(f"stage replace-layers: {in_dir} is quantized; replace layers in the unquantized model")
+        n = layer_counts(cfg)[o.component]
+        what = "LLM" if o.component == "llm" else "audio-encoder"
+        if o.layers is not None:
+            bad = [i for i in o.layers if i >= n]
+            if bad:
+                raise UserError(f"stage replace-layers: {what} layer {bad[0]} out of range ({in_dir} has {n}: 0..{n - 1})")
+            block = sorted(o.layers)
+        else:
+            if not candidate_blocks(n, o.count, o.protect_first_last):
+                raise UserError(f"stage replace-layers: no block of {o.count} {what} layers in {in_dir} ({n} layers"
+                                + (", the first and last protected)" if o.protect_first_last else ")"))
+            block = None
+        if block is not None and o.init not in ("first", "last", "random") and int(o.init) not in block:
+            raise UserError(f"stage replace-layers: init layer {o.init} is not in the block {block}")
+        if not ctx.data:
+            raise UserError("stage replace-layers: no training data (give --data)")
+        self._examples = load_training_data(ctx, o.split, o.limit, "replace-layers")
+
+    # ------------------------------------------------------------------------------------------
+
+    def run(self, in_dir: Path, out_dir: Path, ctx: StageContext) -> dict:
+        import torch
+
+        from .. import modelio, surgery, training
+        from ..data import describe_data
+        from ..layout import find_layout
+        from .finetune import _count_params, load_dtype
+        from .merge import checkpoint_dtype
+
+        o = self.options
+        if not hasattr(self, "_examples"):
+            self.check(in_dir, ctx)
+        examples = self._examples
+        if not training.is_main_process():
+            ctx = dataclasses.replace(ctx, log=lambda msg: None)
+        device = ctx.resolved_device()
+        work = Path(ctx.work_dir) if ctx.work_dir else out_dir.with_name(out_dir.name + ".work")
+        work.mkdir(parents=True, exist_ok=True)
+        processor = modelio.load_processor(in_dir)
+        dt = load_dtype(o.dtype)
+        if dt is None:
+            dt = modelio.runtime_dtype(in_dir, device)  # half precision trains in float32 on a CPU
+        model = modelio.load_model(in_dir, dtype=dt)
+        layout = find_layout(model)
+        stack = layout.decoder_layers if o.component == "llm" else layout.audio_layers
+        n = len(stack)
+        probe = self._probe_batches(examples, processor, ctx)
+        search = None
+        if o.layers is not None:
+            block = sorted(o.layers)
+        elif o.position == "search":
+            block, search = self._search(model, probe, n, work, out_dir, ctx)
+        else:
+            cands = candidate_blocks(n, o.count, o.protect_first_last)
+            block = cands[len(cands) // 2] if o.position == "middle" else cands[-1]
+        keep = init_position(block, o.init)
+        what = "LLM" if o.component == "llm" else "audio-encoder"
+        ctx.log(f"replace-layers: {what} layers {block[0]}-{block[-1]} -> one layer (from {o.init})")
+
+        originals = [copy.deepcopy(stack[i]).requires_grad_(False).eval() for i in block]
+        remove = [i for i in block if i != keep]
+        (surgery.remove_llm_layers if o.component == "llm" else surgery.remove_audio_layers)(model, remove)
+        new_layer = stack[block[0]]
+        if o.init == "random":
+            from transformers import set_seed
+
+            set_seed(ctx.seed)
+            for m in new_layer.modules():
+                model._init_weights(m)
+        tap = BlockTap(new_layer)
+        loss_fn = self._loss_fn(tap, originals, o.component)
+
+        def measure() -> float:
+            return self._block_error(model, tap, originals, probe)
+
+        error_before = measure()
+        ctx.log(f"replace-layers: block output error (relative MSE) before training {error_before:.4f}")
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for p in new_layer.parameters():
+            p.requires_grad_(True)
+        trainable, total = _count_params(model)
+        wrapper = training.objective_model(model, loss_fn, frozen={"originals": originals})
+        parts_path = work / PARTS_LOG if training.is_main_process() else None
+        settings = o.settings(ctx, device)
+        r1 = training.train(wrapper, processor, examples, ctx.lang, settings, work_dir=work / "replace",
+                            log=ctx.log, callbacks=[training.parts_recorder(wrapper, parts_path)])
+        error_after = measure()
+        ctx.log(f"replace-layers: {r1.steps} steps (new layer only, {trainable:,} parameters); block error "
+                f"{error_before:.4f} -> {error_after:.4f}")
+        r2 = None
+        if o.unfreeze_steps:
+            for p in model.parameters():
+                p.requires_grad_(True)
+            r2 = training.train(wrapper, processor, examples, ctx.lang,
+                                dataclasses.replace(settings, max_steps=o.unfreeze_steps),
+                                work_dir=work / "unfreeze", log=ctx.log,
+                                callbacks=[training.parts_recorder(wrapper, parts_path)])
+            ctx.log(f"replace-layers: {r2.steps} more steps with every parameter training")
+        tap.remove()
+        trainer = (r2 or r1).trainer
+        if training.is_main_process():
+            model.config.use_cache = True
+            modelio.save_model(model, processor, out_dir, dtype=checkpoint_dtype(in_dir))
+            for name in (PARTS_LOG,):
+                if (work / name).exists():
+                    shutil.copy2(work / name, out_dir / name)
+            for sub, r in (("replace", r1), ("unfreeze", r2)):
+                if r is not None and (work / sub / training.LOG_NAME).exists():
+                    shutil.copy2(work / sub / training.LOG_NAME, out_dir / f"train-{sub}.log")
+        trainer.accelerator.wait_for_everyone()
+        technique = (f"module replacement ({what} layers {block[0]}-{block[-1]} of {n} replaced by one layer "
+                     f"initialised {'randomly' if o.init == 'random' else f'from layer {keep}'}, trained alone to "
+                     f"reproduce the block's output (MSE weight {o.mse_weight:g}, reference CE weight {o.ce_weight:g}; "
+                     f"{o.budget()})" + (f", then {o.unfreeze_steps} steps with every parameter" if o.unfreeze_steps else "")
+                     + (f"; block chosen by CE search on {search['examples']} training utterances" if search else "") + ")")
+        key = "replaced_llm_layers" if o.component == "llm" else "replaced_audio_layers"
+        extras = {
+            "techniques": [technique], "data": describe_data(ctx.data, o.split),
+            key: block, "kept_layer": keep, "layers_before": n, "layers_after": n - len(block) + 1,
+            "block_error": {"before": round(error_before, 6), "after": round(error_after, 6),
+                            "utterances": sum(len(b["input_ids"]) for b in probe)},
+            "train": {"examples": len(examples), "steps": r1.steps, "first_loss": r1.first_loss,
+                      "final_loss": r1.final_loss, "seconds": r1.seconds, "trainable_params": trainable,
+                      "resumed_from": r1.resumed_from,
+                      "unfreeze": None if r2 is None else {"steps": r2.steps, "first_loss": r2.first_loss,
+                                                           "final_loss": r2.final_loss, "seconds": r2.seconds}},
+        }
+        if search:
+            extras["search"] = search
+        return extras
+
+    # ------------------------------------------------------------------------------------------
+
+    def _probe_batches(self, examples, processor, ctx):
+        """The first ``search_examples`` training utterances, encoded and collated in batches of 4."""
+        from .. import training
+
+        ds = training.SpeechTranslationDataset(examples[: self.options.search_examples], processor, ctx.lang)
+        coll = training.Collator(training.pad_token_id(processor))
+        items = [ds[i] for i in range(len(ds))]
+        return [coll(items[i:i + 4]) for i in range(0, len(items), 4)]
+
+    def _block_error(self, model, tap, originals, probe) -> float:
+        import torch
+
+        from .. import training
+
+        was = model.training
+        model.eval()
+        num = den = 0.0
+        with torch.no_grad():
+            for b in probe:
+                model(**{k: v.to(model.device) for k, v in b.items() if k != "labels"}, use_cache=False)
+                t = tap.target(originals)
+                mask = b["attention_mask"].to(t.device).bool() if self.options.component == "llm" else None
+                s, tt = (tap.out[mask], t[mask]) if mask is not None else (tap.out, t)
+                num += float(((s.float() - tt.float()) ** 2).sum())
+                den += float((tt.float() ** 2).sum())
+        model.train(was)
+        return num / max(den, 1e-12)
+
+    def _search(self, model, probe, n, work: Path, out_dir: Path, ctx):
+        import torch
+
+        from .. import surgery
+
+        o = self.options
+        removed = surgery.llm_layers_removed if o.component == "llm" else surgery.audio_layers_removed
+        log_path = work / SEARCH_LOG
+        done = {}
+        if log_path.exists():
+            for line in log_path.read_text("utf-8").splitlines():
+                try:
+                    r = json.loads(line)
+                    done[tuple(r["block"])] = r["ce"]
+                except (ValueError, KeyError):
+                    break
+        model.eval()
+        for block in candidate_blocks(n, o.count, o.protect_first_last):
+            if tuple(block) in done:
+                continue
+            keep = init_position(block, "last" if o.init == "random" else o.init)
+            with removed(model, [i for i in block if i != keep]), torch.no_grad():
+                ce = sum(float(model(**{k: v.to(model.device) for k, v in b.items()}, use_cache=False).loss)
+                         for b in probe) / len(probe)
+            done[tuple(block)] = ce
+            with open(log_path, "a", encoding="utf-8") as f:
+                f.write(json.dumps({"block": block, "ce": ce}) + "\n")
+            ctx.log(f"replace-layers: block {block[0]}-{block[-1]}: CE {ce:.4f}")
+        model.train()
+        best = min(done, key=lambda b: (done[b], b))
+        shutil.copy2(log_path, out_dir / SEARCH_LOG)
+        return list(best), {"examples": sum(len(b["input_ids"]) for b in probe), "criterion": "reference CE",
+                            "scores": {f"{b[0]}-{b[-1]}": round(v, 6) for b, v in sorted(done.items())},
+                            "log": SEARCH_LOG}
+
+    def _loss_fn(self, tap, originals, component):
+        import torch
+
+        from .. import training
+
+        o = self.options
+
+        def loss_fn(wrapper, batch):
+            out = wrapper.student(**batch)
+            parts = {}
+            loss = out.loss.new_zeros(())
+            if o.ce_weight:
+                parts["ce"] = out.loss.detach()
+                loss = loss + o.ce_weight * out.loss
+            if o.mse_weight:
+                for m in originals:  # the frozen block follows the model's device (Trainer moved it)
+                    m.to(tap.out.device)
+                target = tap.target(originals)
+                mask = batch["attention_mask"] if component == "llm" else None
+                mse = training.hidden_kd_loss(tap.out, target, mask, "mse")
+                parts["block_mse"] = mse.detach()
+                loss = loss + o.mse_weight * mse
+            parts["loss"] = loss.detach()
+            return loss, parts
+
+        return loss_fn
