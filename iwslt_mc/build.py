@@ -241,6 +241,11 @@ def _run_stages(recipe: Recipe, state: dict, prediction: dict | None, *, lang: s
         else:
             if sdir.exists():
                 shutil.rmtree(sdir)  # stale output of a changed stage
+            wdir = out / "work" / sdir.name
+            if done and done.get("fingerprint") != fp and wdir.exists():
+                log(f"[{n}/{len(active)}] {entry.id}: options, data or input changed since its checkpoints were "
+                    f"written: discarding {wdir}")
+                shutil.rmtree(wdir)
             for stale in (out / "stages").glob(f".{sdir.name}.*.partial"):
                 shutil.rmtree(stale, ignore_errors=True)
             # recorded before the stage starts: a kill inside it leaves a state that --resume continues

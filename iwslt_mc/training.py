@@ -297,13 +297,67 @@ def _trainer_class():
     return SpeechTrainer
 
 
+RUN_ID_NAME = "run.json"
+# Settings that do not change the trained weights (a resume may change them).
+_COSMETIC = ("save_steps", "save_total_limit", "logging_steps", "progress")
+
+
+def run_identity(model, examples: Sequence[Example], lang: str, settings: TrainSettings, identity: dict | None) -> dict:
+    """What determines the trained weights: settings (less cosmetic ones), the examples (ids and targets),
+    the model's class and parameter count, and the caller's ``identity`` (e.g. input fingerprint, options)."""
+    import dataclasses
+    import hashlib
+
+    h = hashlib.sha256()
+    for ex in examples:
+        h.update(f"{ex.id}\0{target_text(ex, lang)}\0".encode())
+    st = {k: v for k, v in dataclasses.asdict(settings).items() if k not in _COSMETIC}
+    return {"settings": st, "lang": lang, "examples": len(examples), "examples_sha256": h.hexdigest()[:16],
+            "model": type(model).__name__, "parameters": sum(p.numel() for p in model.parameters()),
+            **({"identity": identity} if identity else {})}
+
+
+def _check_run_identity(work_dir: Path, ident: dict) -> None:
+    """Refuse to resume checkpoints that another training run (other settings, data or model) left in ``work_dir``."""
+    import json
+
+    from .fsutil import atomic_write_json
+
+    f = work_dir / RUN_ID_NAME
+    has_ckpt = (work_dir / CHECKPOINTS).is_dir() and any((work_dir / CHECKPOINTS).iterdir())
+    if f.exists() and has_ckpt:
+        try:
+            old = json.loads(f.read_text(encoding="utf-8"))
+        except ValueError:
+            old = None
+        if old != json.loads(json.dumps(ident)):
+            changed = _changed_keys(old or {}, json.loads(json.dumps(ident)))
+            raise UserError(f"{work_dir}: holds checkpoints of a training run with other settings or data "
+                            f"(changed: {', '.join(changed[:6]) or 'unknown'}); rerun with the earlier settings to "
+                            "continue it, or remove that directory to start over")
+    if is_main_process():
+        atomic_write_json(f, ident)
+
+
+def _changed_keys(a: dict, b: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k in sorted(set(a) | set(b)):
+        if isinstance(a.get(k), dict) and isinstance(b.get(k), dict):
+            out += _changed_keys(a[k], b[k], f"{prefix}{k}.")
+        elif a.get(k) != b.get(k):
+            out.append(f"{prefix}{k}")
+    return out
+
+
 def train(model, processor, examples: Sequence[Example], lang: str, settings: TrainSettings, *,
           work_dir: Path, resume: bool = True, callbacks: Sequence = (),
-          log: Callable[[str], None] | None = None) -> TrainResult:
+          log: Callable[[str], None] | None = None, identity: dict | None = None) -> TrainResult:
     """Train ``model`` in place on ``examples`` (target = ``lang`` reference) with the HF Trainer.
 
     Checkpoints go to ``work_dir/checkpoints`` every ``save_steps``; with ``resume`` the run
     continues from the newest one (same seed -> the same final weights as an uninterrupted run).
+    ``work_dir/run.json`` records what determines the weights (:func:`run_identity`): checkpoints of a
+    run with other settings, data, model or ``identity`` are refused, never resumed.
     ``work_dir/train.log`` and ``work_dir/loss_history.json`` record progress.
     """
     import torch
@@ -314,6 +368,8 @@ def train(model, processor, examples: Sequence[Example], lang: str, settings: Tr
                           else "gradient_checkpointing")  # renamed in transformers 5.x
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
+    if resume:
+        _check_run_identity(work_dir, run_identity(model, examples, lang, settings, identity))
     main = is_main_process()
     log_path = work_dir / LOG_NAME if main else None
     on_cpu = settings.device == "cpu" or (settings.device is None and not torch.cuda.is_available())

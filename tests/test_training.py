@@ -360,3 +360,33 @@ def test_torn_checkpoint_is_skipped(tmp_path):
     assert last_checkpoint(tmp_path) == str(d / "checkpoint-2")
     assert sorted(p.name for p in d.iterdir()) == ["checkpoint-1", "checkpoint-2"]
     assert last_checkpoint(tmp_path / "none") is None
+
+
+def test_checkpoints_of_another_training_run_are_refused_not_resumed(kit, tmp_path):
+    """Checkpoints left in a work directory (a killed stage) and a rerun with another learning rate:
+    one-line refusal naming the directory and what changed (resuming would mix two runs' weights);
+    the same settings, a cosmetic option changed, resume."""
+    from iwslt_mc import modelio, training
+    from iwslt_mc.data import load_examples
+    from iwslt_mc.errors import UserError
+
+    model = modelio.load_model(kit / "model", dtype="float32", device="cpu")
+    proc = modelio.load_processor(kit / "model")
+    exs = load_examples(str(kit / "data"), limit=4)
+
+    def settings(**kw):
+        return training.TrainSettings(**{**dict(max_steps=2, batch_size=2, save_steps=1, lr=1e-5, device="cpu",
+                                                progress=False), **kw})
+
+    work = tmp_path / "w"
+    training.train(model, proc, exs, "en-de", settings(), work_dir=work)
+    assert (work / "run.json").exists() and training.last_checkpoint(work)
+    with pytest.raises(UserError) as e:
+        training.train(model, proc, exs, "en-de", settings(lr=2e-5), work_dir=work)
+    msg = str(e.value)
+    assert msg.startswith(f"{work}: holds checkpoints of a training run with other settings")
+    assert "settings.lr" in msg and "remove that directory" in msg
+    with pytest.raises(UserError, match="examples_sha256"):
+        training.train(model, proc, exs[:3] + exs[:1], "en-de", settings(), work_dir=work)
+    r = training.train(model, proc, exs, "en-de", settings(logging_steps=5), work_dir=work)
+    assert r.resumed_from

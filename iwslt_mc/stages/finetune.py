@@ -30,6 +30,8 @@ process 0 writes the output.
 
 from __future__ import annotations
 
+import json
+
 import dataclasses
 import os
 import shutil
@@ -260,7 +262,12 @@ class Finetune(Stage):
             save_total_limit=o.save_total_limit, logging_steps=o.logging_steps, seed=ctx.seed,
             device="cpu" if device == "cpu" else None, progress=o.progress)
         work_dir = Path(ctx.work_dir) if ctx.work_dir else out_dir.with_name(out_dir.name + ".work")
-        result = training.train(model, processor, examples, ctx.lang, settings, work_dir=work_dir, log=ctx.log)
+        import dataclasses
+
+        ident = {"input": modelio.model_fingerprint(in_dir), "options": {
+            k: v for k, v in dataclasses.asdict(o).items() if k not in ("save_steps", "save_total_limit", "logging_steps", "progress")}}
+        result = training.train(model, processor, examples, ctx.lang, settings, work_dir=work_dir, log=ctx.log,
+                                identity=json.loads(json.dumps(ident, default=str)))
         ctx.log(f"finetune: {result.steps} steps, loss {result.first_loss:.4f} -> {result.final_loss:.4f}"
                 if result.history else f"finetune: {result.steps} steps")
         trainer = result.trainer
