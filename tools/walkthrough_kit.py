@@ -45,6 +45,13 @@ def main() -> int:
     env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", HF_HUB_OFFLINE="1",
                BASE=str(work / "kit" / "model"), ACL=str(work / "kit" / "data"), TEST=str(work / "kit" / "data" / "long"))
     subprocess.run(["iwslt-mc", "kit", str(work / "kit")], env=env, check=True, stdout=subprocess.DEVNULL)
+    # TESTS: the kit's two test-set folders under two of the edition's test-set names
+    tests = work / "tests"
+    tests.mkdir(exist_ok=True)
+    for name, kit_set in (("acl", "KITTALKS"), ("tvseries", "KITCLIPS")):
+        if not (tests / name).exists():
+            (tests / name).symlink_to(work / "kit" / "data" / "testsets" / kit_set)
+    env["TESTS"] = str(tests)
     from iwslt_mc import comet_env
 
     tiny = None
