@@ -40,6 +40,8 @@ RECIPES: list[tuple[str, str, str]] = [
     ("recipe-b-bin1", "recipe-b-bin1.yaml", "recipe-b plus vocabulary trimming and 4-bit embeddings/lm_head: lands in Bin1"),
     ("recipe-bin2", "recipe-bin2.yaml", "pruning to 16 LLM layers, trimmed vocabulary, everything 4-bit, distillation: lands in Bin2"),
     ("recipe-c", "recipe-c.yaml", "aggressive: LLM and audio layer truncation, FFN pruning, vocabulary trimming, distillation, 4-bit: Bin3"),
+    ("recipe-bin4", "recipe-bin4.yaml", "depth + width: LLM 10 layers, audio 8, half the residual and FFN widths (prune-hidden), trimmed vocabulary, distillation, 4-bit: Bin4"),
+    ("recipe-bin5", "recipe-bin5.yaml", "depth + width: LLM 12 layers, audio 8, a quarter of the residual and FFN widths, trimmed vocabulary, distillation, 4-bit: Bin5"),
     ("quantize-only", "quantize-only.yaml", "zero-shot baselines: NF4 (double quantization) of every linear layer, no training"),
     ("quantize-only-int8", "quantize-only-int8.yaml", "zero-shot baseline: int8 (LLM.int8) of every linear layer, no training"),
 ]

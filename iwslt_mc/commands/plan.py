@@ -12,6 +12,8 @@ EXAMPLES = """
   iwslt-mc plan --target Bin3                            # specs that land in Bin3, least aggressive first
   iwslt-mc plan --target Bin2 --precision nf4-dq --vocab 32768   # vary only what is not given
   iwslt-mc plan --base path/to/model --llm-layers 20 --json
+  iwslt-mc plan --hidden 2048 --heads 16 --audio-hidden 640 --precision nf4-dq   # narrower (prune-hidden)
+  iwslt-mc plan --target Bin5                            # includes narrow specs (prune-hidden) for Bin4/Bin5
 """
 
 
@@ -33,6 +35,11 @@ def add_parser(sub):
     p.add_argument("--audio-layers", type=int, metavar="N", help="audio encoder layers kept")
     p.add_argument("--ffn-dim", type=int, metavar="N", help="LLM MLP width (intermediate_size)")
     p.add_argument("--audio-ffn-dim", type=int, metavar="N", help="audio encoder MLP width (encoder_ffn_dim)")
+    p.add_argument("--hidden", type=int, metavar="N", help="LLM residual width (hidden_size; prune-hidden)")
+    p.add_argument("--heads", type=int, metavar="N",
+                   help="LLM query heads kept (head size kept; key/value heads follow the GQA group size)")
+    p.add_argument("--audio-hidden", type=int, metavar="N",
+                   help="audio encoder width (d_model, a multiple of its head size; prune-hidden)")
     p.add_argument("--vocab", type=int, metavar="N", help="vocabulary size kept (embed_tokens and lm_head rows)")
     p.add_argument("--precision", action="append", default=[], metavar="[COMPONENT=]P",
                    help=("precision of all components (P) or of one (COMPONENT=P); repeatable. P: bf16 fp16 fp32 "
@@ -99,16 +106,20 @@ def run(args) -> int:
             return 1
         base = planner.base_dims(base_config or planner.qwen2_audio_7b_config())
         widths = any((p.dims["ffn_dim"], p.dims["audio_ffn_dim"]) != (base["ffn_dim"], base["audio_ffn_dim"]) for p in rows)
+        hidden = any(p.dims.get("hidden") != base.get("hidden") for p in rows)
         table = []
         for p in rows:
             d = p.dims
             row = [d["llm_layers"], d["audio_layers"], f"{d['vocab']:,}"]
             if widths:
                 row.append(f"{d['ffn_dim']}/{d['audio_ffn_dim']}")
+            if hidden:
+                row.append(f"{d['hidden']}/{d['heads']}/{d['audio_hidden']}")
             emb = p.spec.quantize_embeddings and p.spec.precision in planner.QUANT_PRECISIONS
             row += [p.spec.precision + ("+emb" if emb else ""), f"{p.bytes / 1e6:,.1f}", f"{p.params / 1e6:,.1f}"]
             table.append(row)
-        headers = ["LLM layers", "audio layers", "vocab"] + (["FFN llm/audio"] if widths else []) + ["precision", "MB", "M params"]
+        headers = (["LLM layers", "audio layers", "vocab"] + (["FFN llm/audio"] if widths else [])
+                   + (["width llm/heads/audio"] if hidden else []) + ["precision", "MB", "M params"])
         print_table(table, headers, title=f"{base_name}: specs predicted in {rows[0].bin}, least to most aggressive")
         info("precision +emb: embed_tokens and lm_head quantized too; exact bytes with --json")
         print(f"signature:  {rows[0].signature}")
@@ -117,7 +128,8 @@ def run(args) -> int:
     spec = planner.Spec(llm_layers=args.llm_layers, audio_layers=args.audio_layers, ffn_dim=args.ffn_dim,
                         audio_ffn_dim=args.audio_ffn_dim, vocab=args.vocab, precision=default or "bf16",
                         component_precision=per, quantize_embeddings=args.quantize_embeddings,
-                        float_dtype=args.float_dtype)
+                        float_dtype=args.float_dtype, hidden=args.hidden, heads=args.heads,
+                        audio_hidden=args.audio_hidden)
     pred = planner.predict(spec, base_config, ed.key, base_name=base_name)
     if args.json:
         print_json(pred.to_json())
@@ -132,6 +144,9 @@ def run(args) -> int:
     d = pred.dims
     title = (f"{base_name}: {d['llm_layers']} LLM layers, {d['audio_layers']} audio layers, vocab {d['vocab']:,}, "
              f"FFN {d['ffn_dim']}/{d['audio_ffn_dim']}")
+    base_widths = planner.hidden_base_dims(base_config or planner.qwen2_audio_7b_config())
+    if any(d.get(k) != v for k, v in base_widths.items()):
+        title += f", width {d['hidden']} ({d['heads']} heads)/{d['audio_hidden']}"
     print_table(rows, ["component", "precision", "parameters", "bytes", "share"], title=title)
     print(f"storage size:  {pred.bytes:,} bytes ({format_size(pred.bytes)}, {format_size(pred.bytes, 'MB')})")
     print(f"parameters:    {pred.params:,}")
