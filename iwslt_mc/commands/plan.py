@@ -14,6 +14,8 @@ EXAMPLES = """
   iwslt-mc plan --base path/to/model --llm-layers 20 --json
   iwslt-mc plan --hidden 2048 --heads 16 --audio-hidden 640 --precision nf4-dq   # narrower (prune-hidden)
   iwslt-mc plan --target Bin5                            # includes narrow specs (prune-hidden) for Bin4/Bin5
+  iwslt-mc plan --frontier --base MODEL --write variants/     # depth x width family of recipe-bin4, predicted sizes
+  iwslt-mc plan --frontier --base MODEL --runs runs/*/        # after building and scoring: the Pareto-optimal ones
 """
 
 
@@ -53,7 +55,82 @@ def add_parser(sub):
     p.add_argument("--target", metavar="BIN", help="list specs whose size lands in this bin (e.g. Bin3)")
     p.add_argument("--edition", default="2025", help="track edition whose bins apply (default: 2025)")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    f = p.add_argument_group("frontier (--frontier)")
+    f.add_argument("--frontier", action="store_true",
+                   help="plan a family of depth x width variants of a recipe for --base, smallest first; with --runs, "
+                        "mark the Pareto-optimal ones among the built and scored variants")
+    f.add_argument("--recipe", default=None, metavar="RECIPE",
+                   help="template recipe (default recipe-bin4): its LLM prune-layers, prune-hidden and prune-ffn are varied")
+    f.add_argument("--depths", default=None, metavar="F,F,...",
+                   help="fractions of LLM layers kept (default 1,0.75,0.5,0.375,0.25)")
+    f.add_argument("--widths", default=None, metavar="F,F,...",
+                   help="fractions of the residual/FFN widths kept (default 1,0.75,0.5,0.375,0.25)")
+    f.add_argument("--data", metavar="SPEC", help="count the trimmed vocabulary on this data (else --vocab, default 16000)")
+    f.add_argument("--lang", default="en-de", help="language pair (vocabulary trimming; default en-de)")
+    f.add_argument("--write", metavar="DIR", help="write each variant as DIR/NAME.yaml, to build with iwslt-mc build")
+    f.add_argument("--force", action="store_true", help="overwrite variant files in --write")
+    f.add_argument("--runs", nargs="+", metavar="RUN_DIR", default=[],
+                   help="built variants (build directories with scores*.json) to place on the frontier")
+    f.add_argument("--metric", default="auto", help="quality metric for --runs: auto, comet, bleu, chrf (as in report)")
     return p
+
+
+def _fractions(text: str | None, what: str) -> tuple[float, ...]:
+    from ..errors import UserError
+    from ..frontier import DEFAULT_FRACTIONS
+
+    if text is None:
+        return DEFAULT_FRACTIONS
+    try:
+        vals = tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise UserError(f"--{what} {text!r}: expected comma-separated fractions, e.g. 1,0.5,0.25") from None
+    if not vals or any(not 0 < v <= 1 for v in vals):
+        raise UserError(f"--{what} {text!r}: every fraction must be in (0, 1]")
+    return vals
+
+
+def run_frontier(args) -> int:
+    """``plan --frontier``: the family's predicted sizes, and the measured frontier of its built runs."""
+    from .. import frontier
+    from ..errors import UserError
+    from ..output import info, print_json, print_table
+
+    if not args.base:
+        raise UserError("--frontier needs --base MODEL_DIR (the model the variants start from)")
+    template = args.recipe or frontier.DEFAULT_TEMPLATE
+    variants = frontier.plan_family(template, args.base, depths=_fractions(args.depths, "depths"),
+                                    widths=_fractions(args.widths, "widths"),
+                                    data={"acl6060": args.data} if args.data else None,
+                                    vocab=args.vocab or 16000, lang=args.lang, edition=args.edition)
+    metric = frontier.mark_built(variants, args.runs, metric=args.metric, edition=args.edition) if args.runs else None
+    written = frontier.write_variants(variants, args.write, template=template, base=args.base, force=args.force) if args.write else []
+    if args.json:
+        print_json({"template": template, "base": args.base, "metric": metric,
+                    "variants": [v.to_json() for v in variants], "written": [str(p) for p in written]})
+        return 0
+    keys = sorted({k for v in variants for k in v.measured}, key=str)
+    rows = []
+    for v in variants:
+        p, d = v.prediction, v.prediction["dims"]
+        row = [v.name, v.kind, d["llm_layers"], f"{d['hidden']}/{d['heads']}/{d['audio_hidden']}",
+               f"{p['bytes']:,}", p["bin"] or "none", f"{p['params'] / 1e6:,.1f}"]
+        for k in keys:
+            m = v.measured.get(k)
+            row.append("-" if m is None else f"{m['score']:.2f}{' *' if m['pareto'] else ''}")
+        rows.append(row)
+    headers = ["variant", "kind", "LLM layers", "width llm/heads/audio", "predicted bytes", "bin", "M params"]
+    headers += [f"{metric} {k[0]} {k[1]}" for k in keys]
+    print_table(rows, headers, title=f"{template} on {args.base}: depth x width variants, smallest first")
+    for n in sorted({n for v in variants for n in v.prediction.get("notes", [])}):
+        info(f"note: {n}")
+    if keys:
+        info("*: on the Pareto frontier (no other built variant is both no larger and no worse); size measured")
+    elif args.runs:
+        info("no scores in --runs yet (iwslt-mc score ... --out-json RUN/scores-TESTSET.json)")
+    for pth in written:
+        print(f"wrote {pth}")
+    return 0
 
 
 def parse_precisions(values: list[str]) -> tuple[str | None, dict[str, str]]:
@@ -85,6 +162,8 @@ def run(args) -> int:
     from ..sizer import bin_explanation
     from ..track import format_size, get_edition
 
+    if args.frontier:
+        return run_frontier(args)
     ed = get_edition(args.edition)
     default, per = parse_precisions(args.precision)
     base_config = planner.load_base_config(args.base) if args.base else None
