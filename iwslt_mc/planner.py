@@ -765,7 +765,8 @@ def _search_hidden(b, base_config, edition, *, vocab=None, audio_layers=None, li
     float dtype, as bitsandbytes leaves nn.Embedding), trimmed vocabularies, fewer audio layers; the
     most LLM layers that fit."""
     base = base_dims(base_config)
-    fdt = "bf16"
+    stored = str(getattr(base_config, "dtype", None) or getattr(base_config, "torch_dtype", None) or "bfloat16")
+    fdt = {"float16": "fp16", "float32": "fp32"}.get(stored.replace("torch.", ""), "bf16")  # as saved: the base's dtype
     found = {}
     vocabs = [vocab] if vocab else _grid(base["vocab"], (32768, 16384))
     na = base["audio_layers"]
