@@ -72,6 +72,7 @@ def main(argv=None) -> int:
     ap.add_argument("--lang", default="en-de")
     ap.add_argument("--steps", type=int, default=400, help="recovery fine-tuning steps, the same for every variant")
     ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--no-compact", action="store_true", help="skip the trimmed + NF4 point of each variant")
     ap.add_argument("--points", default="1:0.5,1:0.375,0.5:1,0.34:1,0.67:0.75,0.5:0.5",
                     help="depth:width pairs (fractions of LLM layers and widths kept)")
     ap.add_argument("--test-limit", type=int, default=None, help="score only the first N test utterances")
@@ -110,7 +111,10 @@ def main(argv=None) -> int:
     kd_data, kd_split = (str(kd / "distill_data"), "none") if args.distill else (str(args.corpus), "train")
 
     tmpl = args.out / "toy-template.yaml"
-    atomic_write_text(tmpl, TEMPLATE.format(steps=args.steps, lr=args.lr, warmup=max(1, args.steps // 10), split=kd_split))
+    text = TEMPLATE.format(steps=args.steps, lr=args.lr, warmup=max(1, args.steps // 10), split=kd_split)
+    if args.steps == 0:  # pruning alone: no recovery stage
+        text = text[: text.index("  - id: ft\n")]
+    atomic_write_text(tmpl, text)
     recipe = recipes.load_recipe(str(tmpl))
     cfg = planner.load_base_config(teacher)
     variants = [("teacher", "teacher", 1.0, 1.0, None)]
@@ -147,6 +151,8 @@ def main(argv=None) -> int:
             build_s = sum(s.get("seconds") or 0 for s in state["stages"]) if state.get("stages") else time.time() - t0
             model, steps = out / "model", args.steps
         record(name, kind, d, w, model, build_s, steps, False)
+        if args.no_compact:
+            continue
         # the compact point: trimmed vocabulary + NF4 of every linear layer
         cname = f"{name}-q4"
         cdir = runs / cname / "model"
@@ -184,9 +190,11 @@ def write_markdown(report: Path, results: list[dict], args, kd_seconds: float, a
         f"The toy teacher (`tests/fixtures/toy/teacher`, {t['bytes'] / 1e6:.2f} MB, {t['params']:,} parameters) "
         f"compressed by the `iwslt-mc plan --frontier` family of a toy-scale template: LLM depth (iterative layer "
         f"search, teacher-forced on the dev split) and/or width (`prune-hidden` residual width and heads + "
-        f"`prune-ffn` FFN widths, activation importance on 32 train-split utterances), then the same recovery for "
-        f"every variant: {args.steps} fine-tuning steps (batch 8, lr {args.lr:g}) on "
-        + (f"sequence-level distillation data (the teacher's translations of {args.distill:,} train utterances plus "
+        f"`prune-ffn` FFN widths, activation importance on 32 train-split utterances). Recovery, the same for "
+        + ("every variant: none (pruning alone, no training; the points show what each criterion keeps before "
+           "any recovery)" if not args.steps else
+           f"every variant: {args.steps} fine-tuning steps (batch 8, lr {args.lr:g}) on ")
+        + ("" if not args.steps else f"sequence-level distillation data (the teacher's translations of {args.distill:,} train utterances plus "
            f"their references; made once in {kd_seconds:.0f} s)" if args.distill else
            "the train split's references (no distillation data: translating the train split with the teacher ran at "
            "~1.4 utterances/s on the shared CPU, over 1.5 hours for 8,000)")
