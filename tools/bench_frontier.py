@@ -256,7 +256,7 @@ def plot_png(results, path: Path, t) -> None:
     ax.set_xlabel("size, % of the teacher's bytes (log)")
     ax.set_ylabel("chrF++, % of the teacher's")
     ax.set_title("toy teacher: depth vs width vs both (same training budget)")
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="center left")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
