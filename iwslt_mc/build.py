@@ -354,6 +354,8 @@ def spec_for_stages(stages: list[StageEntry], cfg, *, base: str, lang: str, data
             m = int(o.get("multiple_of") or 64)
             dims["ffn_dim"] = rounded_width(o.get("llm_width"), m) or dims["ffn_dim"]
             dims["audio_ffn_dim"] = rounded_width(o.get("audio_width"), m) or dims["audio_ffn_dim"]
+        elif e.stage == "prune-hidden":
+            dims.update(_hidden_dims(cfg, dims, o, e.id))
         elif e.stage == "trim-vocab":
             n = _trimmed_vocab(e, base, lang, data, condition)
             if n is None:
@@ -386,8 +388,19 @@ def spec_for_stages(stages: list[StageEntry], cfg, *, base: str, lang: str, data
     quant_lm_head = precision not in ("bf16", "fp16", "fp32") and "lm_head" not in per
     spec = Spec(llm_layers=dims["llm_layers"], audio_layers=dims.get("audio_layers"), ffn_dim=dims["ffn_dim"],
                 audio_ffn_dim=dims.get("audio_ffn_dim"), vocab=dims["vocab"], precision=precision,
-                component_precision=per, quantize_embeddings=quant_lm_head, float_dtype=fdt)
+                component_precision=per, quantize_embeddings=quant_lm_head, float_dtype=fdt,
+                hidden=dims.get("hidden"), heads=dims.get("heads"), audio_hidden=dims.get("audio_hidden"))
     return spec, notes
+
+
+def _hidden_dims(cfg, dims: dict, options: dict, stage_id: str) -> dict:
+    """LLM width, heads and audio width after a prune-hidden stage, by the stage's own rule."""
+    from .planner import apply_hidden_dims
+    from .stages.prune_hidden import PruneHiddenOptions, target_shape
+
+    current = json.loads(apply_hidden_dims(cfg, dims).to_json_string(use_diff=False))
+    shape = target_shape(current, PruneHiddenOptions.from_dict(options, stage="prune-hidden"), where=stage_id)
+    return {"hidden": shape["hidden"], "heads": shape["heads"], "audio_hidden": shape["audio_hidden"]}
 
 
 def _trimmed_vocab(entry: StageEntry, base: str, lang: str, data: dict, condition: str) -> int | None:
@@ -433,6 +446,13 @@ def scaled_stages(recipe: Recipe, base: str, *, smoke: bool) -> list[StageEntry]
                 o["remove"] = layers(o["remove"], "llm_layers")
             if o.get("audio_remove"):
                 o["audio_remove"] = layers(o["audio_remove"], "audio_layers")
+        elif e.stage == "prune-hidden":
+            # explicit 7B widths become ratios of the smaller base (heads follow the width by default)
+            if o.get("llm_hidden"):
+                o["llm_ratio"] = o.pop("llm_hidden") / ref["text_config"]["hidden_size"]
+                o.pop("llm_heads", None)
+            if o.get("audio_hidden"):
+                o["audio_ratio"] = o.pop("audio_hidden") / ref["audio_config"]["d_model"]
         elif e.stage == "prune-ffn":
             if o.get("llm_width"):
                 o["llm_width"] = width(o["llm_width"], "ffn_dim")

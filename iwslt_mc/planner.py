@@ -147,6 +147,7 @@ def base_dims(cfg) -> dict:
         "ffn_dim": t.intermediate_size,
         "audio_ffn_dim": getattr(a, "encoder_ffn_dim", None) if a is not None else None,
         "vocab": t.vocab_size,
+        **hidden_base_dims(cfg),
     }
 
 
@@ -165,6 +166,10 @@ class Spec:
     component_precision: dict[str, str] = field(default_factory=dict)  # component -> precision override
     quantize_embeddings: bool = False  # a quantized default also applies to embed_tokens and lm_head
     float_dtype: str | None = None  # dtype of tensors not quantized; None: precision if float, else bf16
+    # prune-hidden (see hidden_base_dims / apply_hidden_dims below)
+    hidden: int | None = None  # LLM residual width (hidden_size)
+    heads: int | None = None  # LLM query heads kept (key/value heads follow the GQA group size; head size kept)
+    audio_hidden: int | None = None  # audio encoder width (d_model; heads = d_model / head size)
 
     def __post_init__(self):
         per = {}
@@ -175,7 +180,7 @@ class Spec:
         check_precision(self.precision)
         if self.float_dtype is not None and self.float_dtype not in FLOAT_PRECISIONS:
             raise UserError(f"float dtype {self.float_dtype!r} must be one of {', '.join(FLOAT_PRECISIONS)}")
-        for name in ("llm_layers", "audio_layers", "ffn_dim", "audio_ffn_dim", "vocab"):
+        for name in ("llm_layers", "audio_layers", "ffn_dim", "audio_ffn_dim", "vocab", "hidden", "heads", "audio_hidden"):
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or v < 1):
                 raise UserError(f"--{name.replace('_', '-')} must be a positive integer (got {v!r})")
@@ -452,7 +457,7 @@ def predict(spec: Spec, base_config=None, edition: str = "2025", *, base_name: s
         base_config = qwen2_audio_7b_config()
         base_name = base_name or "built-in Qwen2-Audio-7B-Instruct"
     dims = resolve_dims(spec, base_config)
-    templates = _inventory_for(base_config, spec.ffn_dim, spec.audio_ffn_dim, spec.vocab)
+    templates = _inventory_for(apply_hidden_dims(base_config, dims), spec.ffn_dim, spec.audio_ffn_dim, spec.vocab)
     fdt = spec.storage_float
     entries = []
     components = {c: {"params": 0, "bytes": 0} for c in COMPONENTS}
@@ -502,7 +507,7 @@ def _apply_dims(cfg, dims: dict):
     if a is not None:
         a.encoder_layers = dims["audio_layers"]
         a.encoder_ffn_dim = dims["audio_ffn_dim"]
-    return cfg
+    return apply_hidden_dims(cfg, dims)
 
 
 def write_placeholder(out_dir: str | Path, prediction: Prediction, *, config: bool = True, shards: int = 1) -> list[Path]:
@@ -575,7 +580,7 @@ def estimate_bytes(spec: Spec, base_config) -> int:
     Costs one pass over the per-layer templates instead of every tensor, for searching many specs.
     """
     dims = resolve_dims(spec, base_config)
-    templates = _inventory_for(base_config, spec.ffn_dim, spec.audio_ffn_dim, spec.vocab)
+    templates = _inventory_for(apply_hidden_dims(base_config, dims), spec.ffn_dim, spec.audio_ffn_dim, spec.vocab)
     fdt = spec.storage_float
     data = text = entries = 0
     for t in templates:
@@ -638,14 +643,16 @@ def specs_for_bin(target: str, base_config=None, edition: str = "2025", *, llm_l
             break
         _search(found, b, base_config, edition, precisions, vocabs, audios, quantize_embeddings, ffn, affn,
                  component_precision, bottom, top)
+    if len(found) < limit or (b.high is not None and b.high <= HIDDEN_SEARCH_BELOW):
+        found.update(_search_hidden(b, base_config, edition, vocab=vocab, audio_layers=audio_layers, limit=limit))
     ranked = sorted(found.values(), key=lambda p: (aggressiveness(p, base), -p.bytes))
     seen, out = set(), []
     for p in ranked:
-        dims = tuple(p.dims[k] for k in ("llm_layers", "audio_layers", "vocab", "ffn_dim", "audio_ffn_dim"))
+        dims = tuple(p.dims.get(k) for k in ("llm_layers", "audio_layers", "vocab", "ffn_dim", "audio_ffn_dim", "hidden", "audio_hidden"))
         if dims not in seen:  # the same shape at a smaller precision adds nothing to the table
             seen.add(dims)
             out.append(p)
-    out = out[:limit]
+    out = _keep_hidden_rows(out, base, limit)
     for p in out:
         p.plan = build_plan(p.spec, base_config)
     return out
@@ -693,7 +700,7 @@ def aggressiveness(p: Prediction, base: dict) -> float:
     quant = {32: 0.0, 16: 0.0, 8: 0.05, 4: 0.15}[PRECISION_BITS[p.spec.precision]]
     if p.spec.quantize_embeddings and p.spec.precision in QUANT_PRECISIONS:
         quant += 0.05  # lm_head (and embed_tokens when asked) quantized too
-    widths = sum(removed(k) for k in ("ffn_dim", "audio_ffn_dim"))
+    widths = sum(removed(k) for k in ("ffn_dim", "audio_ffn_dim", "hidden", "audio_hidden"))
     return removed("llm_layers") + removed("audio_layers") + 0.25 * removed("vocab") + widths + quant
 
 
@@ -772,7 +779,7 @@ def scale_distillation_stages(stages: list, base: dict) -> list:
 # Components a quantize stage can leave unquantized, and the skip name that does it.
 _SKIP_NAMES = {"lm_head": "lm_head", "audio_encoder": "audio_tower", "projector": "multi_modal_projector"}
 # Stages that change a model's size; the training stages of a recipe do not.
-SIZE_STAGES = ("prune-layers", "prune-ffn", "trim-vocab", "quantize")
+SIZE_STAGES = ("prune-layers", "prune-hidden", "prune-ffn", "trim-vocab", "quantize")
 
 
 @dataclass
@@ -839,6 +846,12 @@ def build_plan(spec: Spec, base_config=None, *, match_recipe: bool = True) -> Bu
         if any(remove.get(k, 0) > base[k] - 2 for k in remove):
             o["protect_first_last"] = False  # keeping one layer: the search may remove the first or last too
         steps.append(BuildStep("prune-layers", o, "importance search on held-out data: needs --data"))
+    narrow = {opt: dims[k] for k, opt in (("hidden", "llm_hidden"), ("heads", "llm_heads"), ("audio_hidden", "audio_hidden"))
+              if base.get(k) and dims.get(k) is not None and dims[k] != base[k]}
+    if narrow:
+        if "llm_heads" in narrow and "llm_hidden" not in narrow:
+            narrow["llm_hidden"] = dims["hidden"]
+        steps.append(BuildStep("prune-hidden", narrow, "residual width: activation importance needs --data"))
     widths = {opt: dims[k] for k, opt in (("ffn_dim", "llm_width"), ("audio_ffn_dim", "audio_width"))
               if base.get(k) and dims[k] != base[k]}
     if widths:
@@ -922,8 +935,8 @@ def _recipe(name: str):
 
 def _overrides_for(recipe, need: dict) -> list[str] | None:
     size = [e for e in recipe.stages if e.stage in SIZE_STAGES and e.when is None]
-    if {e.stage for e in size} != set(need):
-        return None
+    if {e.stage for e in size} != set(need) or "prune-hidden" in need:
+        return None  # prune-hidden: shown as its stage chain (recipes give ratios, suggestions widths)
     sets: list[str] = []
 
     def setv(e, key, value, default=None):
@@ -973,3 +986,115 @@ def _overrides_for(recipe, need: dict) -> list[str] | None:
             if list(e.options.get("skip", ["lm_head"])) != want["skip"]:
                 sets.append(f"{e.id}.skip={_yaml_value(want['skip'])}")
     return sets
+
+
+# ----------------------------------------------------------------------------- prune-hidden
+# Everything the planner knows about narrowing the residual width (the prune-hidden stage): the base
+# widths, the narrowed config (so the meta-device inventory has every shape exactly: embeddings,
+# q/k/v/o, gate/up/down, norms, projector, lm_head, convolutions and position embeddings of the audio
+# encoder), and the buildable width specs that ``--target`` adds for the small bins.
+
+# Bins whose upper edge is at most this (Bin4, Bin5) are searched with narrower widths too: there,
+# removing layers alone leaves one LLM layer or none.
+HIDDEN_SEARCH_BELOW = 500 * 10**6
+HIDDEN_RATIOS = (0.75, 0.5, 0.375, 0.25)
+
+
+def _keep_hidden_rows(ranked: list, base: dict, limit: int) -> list:
+    """The first ``limit`` of ``ranked``, with up to half of them narrow (prune-hidden) specs when there are
+    any: the aggressiveness order counts every narrowed width as a whole removed component, so without
+    this a one-layer full-width spec would always push them off the table."""
+    narrow = [p for p in ranked if p.dims.get("hidden") != base.get("hidden")]
+    if not narrow:
+        return ranked[:limit]
+    keep = narrow[: max(1, limit // 2)]
+    rest = [p for p in ranked if p not in keep][: limit - len(keep)]
+    return [p for p in ranked if p in keep or p in rest]
+
+
+def hidden_base_dims(cfg) -> dict:
+    """LLM width and query heads, audio width of a base config (the values a Spec's width fields default to)."""
+    t, a = _text_config(cfg), _audio_config(cfg)
+    return {"hidden": t.hidden_size, "heads": t.num_attention_heads,
+            "audio_hidden": getattr(a, "d_model", None) if a is not None else None}
+
+
+def apply_hidden_dims(cfg, dims: dict):
+    """A copy of ``cfg`` narrowed to ``dims['hidden']``, ``dims['heads']``, ``dims['audio_hidden']`` as
+    prune-hidden narrows a model: whole heads of the original size (``head_dim`` written explicitly),
+    key/value heads following the GQA group size, audio heads = d_model / head size. ``cfg`` itself
+    when nothing changes."""
+    import copy
+
+    t, a = _text_config(cfg), _audio_config(cfg)
+    base = hidden_base_dims(cfg)
+    want = {k: dims.get(k) or base[k] for k in base}
+    if want == base:
+        return cfg
+    heads, kv = t.num_attention_heads, getattr(t, "num_key_value_heads", None) or t.num_attention_heads
+    head_dim = getattr(t, "head_dim", None) or t.hidden_size // heads
+    group = heads // kv
+    if want["hidden"] > base["hidden"] or want["heads"] > heads or want["heads"] % group:
+        raise UserError(f"--hidden {want['hidden']} / --heads {want['heads']}: at most {base['hidden']} and {heads} heads, "
+                        f"heads a multiple of the GQA group size {group}")
+    cfg = copy.deepcopy(cfg)
+    t, a = _text_config(cfg), _audio_config(cfg)
+    t.hidden_size, t.num_attention_heads, t.num_key_value_heads, t.head_dim = (
+        want["hidden"], want["heads"], want["heads"] // group, head_dim)
+    if a is not None and want["audio_hidden"] != base["audio_hidden"]:
+        a_hd = a.d_model // a.encoder_attention_heads
+        if want["audio_hidden"] > base["audio_hidden"] or want["audio_hidden"] % a_hd:
+            raise UserError(f"--audio-hidden {want['audio_hidden']}: at most {base['audio_hidden']} and a multiple of "
+                            f"the audio head size {a_hd}")
+        a.d_model, a.encoder_attention_heads = want["audio_hidden"], want["audio_hidden"] // a_hd
+    return cfg
+
+
+def hidden_dims_for_ratio(cfg, ratio: float, *, audio_ratio: float | None = None) -> dict:
+    """``hidden``/``heads``/``audio_hidden`` of prune-hidden with ``llm_ratio``/``audio_ratio`` (its defaults
+    for the heads): the shared rule is :func:`iwslt_mc.stages.prune_hidden.target_shape`."""
+    from .stages.prune_hidden import PruneHiddenOptions, target_shape
+
+    d = json.loads(cfg.to_json_string(use_diff=False))
+    shape = target_shape(d, PruneHiddenOptions(llm_ratio=ratio, audio_ratio=ratio if audio_ratio is None else audio_ratio))
+    return {"hidden": shape["hidden"], "heads": shape["heads"], "audio_hidden": shape["audio_hidden"]}
+
+
+def _round_width(n: float, multiple: int = 64) -> int:
+    return max(multiple, int(n) // multiple * multiple)
+
+
+def _search_hidden(b, base_config, edition, *, vocab=None, audio_layers=None, limit=8) -> dict:
+    """Buildable narrow specs in bin ``b``: widths (LLM, audio, both FFNs) scaled by each of HIDDEN_RATIOS,
+    NF4 with double quantization of every linear layer including lm_head (embed_tokens stays in the
+    float dtype, as bitsandbytes leaves nn.Embedding), trimmed vocabularies, fewer audio layers; the
+    most LLM layers that fit."""
+    base = base_dims(base_config)
+    stored = str(getattr(base_config, "dtype", None) or getattr(base_config, "torch_dtype", None) or "bfloat16")
+    fdt = {"float16": "fp16", "float32": "fp32"}.get(stored.replace("torch.", ""), "bf16")  # as saved: the base's dtype
+    found = {}
+    vocabs = [vocab] if vocab else _grid(base["vocab"], (32768, 16384))
+    na = base["audio_layers"]
+    audios = [audio_layers] if audio_layers else (sorted({max(1, na * k // 8) for k in (8, 4, 2)}, reverse=True) if na else [None])
+    for r in HIDDEN_RATIOS:
+        widths = hidden_dims_for_ratio(base_config, r)
+        ffn = _round_width(base["ffn_dim"] * r)
+        affn = _round_width(base["audio_ffn_dim"] * r) if base.get("audio_ffn_dim") else None
+        for v in vocabs:
+            for al in audios:
+                def make(n, v=v, al=al):
+                    return Spec(llm_layers=n, audio_layers=al, ffn_dim=ffn, audio_ffn_dim=affn, vocab=v, precision="nf4-dq",
+                                component_precision={"embed_tokens": fdt}, quantize_embeddings=True, float_dtype=fdt,
+                                **widths)
+                n = _most_layers_below(lambda n: estimate_bytes(make(n), base_config), b.high, 1, base["llm_layers"])
+                if n is None:
+                    continue
+                pred = predict(make(n), base_config, edition)
+                if n < base["llm_layers"] and b.high is not None:
+                    nxt = predict(make(n + 1), base_config, edition)
+                    if nxt.bytes < b.high:
+                        pred = nxt
+                # a narrow model with one or two layers is not worth listing: wider and shallower is not the point
+                if pred.dims["llm_layers"] >= 4 and pred.bytes >= b.low and (b.high is None or pred.bytes < b.high):
+                    found[tuple(pred.dims.values()) + ("nf4-dq", "hidden")] = pred
+    return found

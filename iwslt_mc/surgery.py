@@ -225,3 +225,169 @@ def select_vocab(model, keep_ids: Sequence[int], new_pad_id: int | None = None) 
     layout.text_config.vocab_size = len(idx)
     if hasattr(layout.language_model, "vocab_size"):
         layout.language_model.vocab_size = len(idx)
+
+
+# ---------------------------------------------------------------------------------------------
+# hidden (residual) width and attention heads (prune-hidden)
+#
+# The residual stream of the LLM is read and written by every decoder layer, the token embedding,
+# the final norm, lm_head and the projector's output; that of the audio encoder by its convolutions,
+# position embeddings, every encoder layer, its final LayerNorm and the projector's input. Keeping a
+# subset of residual dimensions keeps the same subset everywhere. Attention keeps whole heads of the
+# original head size (so the softmax scaling and the rotary embedding, which act per head, are
+# unchanged); in grouped-query attention whole groups (a key/value head and its query heads) are
+# kept, so the group size stays valid. Norms over the kept dimensions are not the original norms (the
+# mean of squares, and for LayerNorm the mean, are taken over fewer values): the result is exact only
+# when every dimension is kept.
+
+
+def _head_rows(heads, head_dim: int):
+    import torch
+
+    heads = torch.as_tensor(heads, dtype=torch.long)
+    return (heads[:, None] * head_dim + torch.arange(head_dim)[None, :]).reshape(-1)
+
+
+def _narrow_norm(norm, idx):
+    """A copy of an RMSNorm (``weight``) or LayerNorm (``weight``, ``bias``, ``normalized_shape``) over ``idx``."""
+    import torch
+    import torch.nn as nn
+
+    if isinstance(norm, nn.LayerNorm):
+        new = nn.LayerNorm(len(idx), eps=norm.eps, elementwise_affine=norm.elementwise_affine,
+                           bias=norm.bias is not None, device=norm.weight.device, dtype=norm.weight.dtype)
+        with torch.no_grad():
+            new.weight.copy_(norm.weight.index_select(0, idx.to(norm.weight.device)))
+            if norm.bias is not None:
+                new.bias.copy_(norm.bias.index_select(0, idx.to(norm.bias.device)))
+        return new
+    w = norm.weight.data.index_select(0, idx.to(norm.weight.device))
+    norm.weight = nn.Parameter(w, requires_grad=norm.weight.requires_grad)
+    if hasattr(norm, "hidden_size"):
+        norm.hidden_size = len(idx)
+    return norm
+
+
+def _narrow_conv1d(conv, out_idx=None, in_idx=None):
+    import torch.nn as nn
+
+    w = conv.weight.data
+    if out_idx is not None:
+        w = w.index_select(0, out_idx.to(w.device))
+    if in_idx is not None:
+        w = w.index_select(1, in_idx.to(w.device))
+    b = conv.bias.data if conv.bias is not None else None
+    if b is not None and out_idx is not None:
+        b = b.index_select(0, out_idx.to(b.device))
+    new = nn.Conv1d(w.shape[1], w.shape[0], conv.kernel_size, stride=conv.stride, padding=conv.padding,
+                    dilation=conv.dilation, groups=conv.groups, bias=b is not None, device=w.device, dtype=w.dtype)
+    new.weight.data.copy_(w)
+    if b is not None:
+        new.bias.data.copy_(b)
+    return new
+
+
+def llm_attention_shape(model) -> tuple[int, int, int]:
+    """(query heads, key/value heads, head size) of the LLM's attention."""
+    layout = _layout(model)
+    tc = layout.text_config
+    attn = layout.decoder_layers[0].self_attn
+    return tc.num_attention_heads, tc.num_key_value_heads, attn.head_dim
+
+
+def prune_llm_hidden(model, keep_dims, keep_kv_heads=None) -> None:
+    """Keep residual dimensions ``keep_dims`` of the LLM and key/value heads ``keep_kv_heads`` (each with
+    its group of query heads; None keeps every head), in place; the config follows (``hidden_size``,
+    ``num_attention_heads``, ``num_key_value_heads`` and an explicit ``head_dim``)."""
+    import torch
+    import torch.nn as nn
+
+    layout = _layout(model)
+    tc = layout.text_config
+    heads, kv_heads, head_dim = llm_attention_shape(layout)
+    group = heads // kv_heads
+    dims = torch.as_tensor(keep_dims, dtype=torch.long).sort().values
+    kv = torch.arange(kv_heads) if keep_kv_heads is None else torch.as_tensor(keep_kv_heads, dtype=torch.long).sort().values
+    if len(kv) < 1 or int(kv.max()) >= kv_heads or len(set(kv.tolist())) != len(kv):
+        raise ValueError(f"key/value heads to keep must be distinct, in 0..{kv_heads - 1}")
+    if len(dims) < 1 or int(dims.max()) >= tc.hidden_size or len(set(dims.tolist())) != len(dims):
+        raise ValueError(f"hidden dimensions to keep must be distinct, in 0..{tc.hidden_size - 1}")
+    q_heads = (kv[:, None] * group + torch.arange(group)[None, :]).reshape(-1)
+    q_rows, kv_rows = _head_rows(q_heads, head_dim), _head_rows(kv, head_dim)
+    for layer in layout.decoder_layers:
+        attn, mlp = layer.self_attn, layer.mlp
+        layer.input_layernorm = _narrow_norm(layer.input_layernorm, dims)
+        layer.post_attention_layernorm = _narrow_norm(layer.post_attention_layernorm, dims)
+        attn.q_proj = _narrow_linear(attn.q_proj, out_idx=q_rows, in_idx=dims)
+        attn.k_proj = _narrow_linear(attn.k_proj, out_idx=kv_rows, in_idx=dims)
+        attn.v_proj = _narrow_linear(attn.v_proj, out_idx=kv_rows, in_idx=dims)
+        attn.o_proj = _narrow_linear(attn.o_proj, out_idx=dims, in_idx=q_rows)
+        mlp.gate_proj = _narrow_linear(mlp.gate_proj, in_idx=dims)
+        mlp.up_proj = _narrow_linear(mlp.up_proj, in_idx=dims)
+        mlp.down_proj = _narrow_linear(mlp.down_proj, out_idx=dims)
+        if hasattr(mlp, "hidden_size"):
+            mlp.hidden_size = len(dims)
+        if hasattr(layer, "hidden_size"):
+            layer.hidden_size = len(dims)
+    layout.language_model.norm = _narrow_norm(layout.norm, dims)
+    emb = layout.embed_tokens
+    w = emb.weight.data.index_select(1, dims.to(emb.weight.device))
+    new_emb = nn.Embedding(w.shape[0], w.shape[1], padding_idx=emb.padding_idx, device=w.device, dtype=w.dtype)
+    new_emb.weight.data.copy_(w)
+    layout.language_model.embed_tokens = new_emb
+    model.set_output_embeddings(_narrow_linear(layout.lm_head, in_idx=dims))
+    layout.projector.linear = _narrow_linear(layout.projector.linear, out_idx=dims)
+    tc.hidden_size = len(dims)
+    tc.num_attention_heads = len(q_heads)
+    tc.num_key_value_heads = len(kv)
+    tc.head_dim = head_dim  # no longer hidden_size / num_attention_heads
+
+
+def audio_attention_shape(model) -> tuple[int, int]:
+    """(heads, head size) of the audio encoder's attention."""
+    attn = _layout(model).audio_layers[0].self_attn
+    return attn.num_heads, attn.head_dim
+
+
+def prune_audio_hidden(model, keep_dims, keep_heads) -> None:
+    """Keep residual dimensions ``keep_dims`` (d_model) and attention heads ``keep_heads`` of the audio
+    encoder, in place. Its attention width equals d_model, so ``len(keep_heads) * head size`` must
+    equal ``len(keep_dims)``; the config follows (``d_model``, ``encoder_attention_heads``)."""
+    import torch
+
+    layout = _layout(model)
+    ac = layout.audio_config
+    heads, head_dim = audio_attention_shape(layout)
+    dims = torch.as_tensor(keep_dims, dtype=torch.long).sort().values
+    hk = torch.as_tensor(keep_heads, dtype=torch.long).sort().values
+    if len(hk) * head_dim != len(dims):
+        raise ValueError(f"the audio encoder's attention width equals d_model: {len(hk)} heads of {head_dim} "
+                         f"cannot serve {len(dims)} dimensions")
+    if int(hk.max()) >= heads or int(dims.max()) >= ac.d_model:
+        raise ValueError("audio heads or dimensions out of range")
+    rows = _head_rows(hk, head_dim)
+    enc = layout.audio_tower
+    enc.conv1 = _narrow_conv1d(enc.conv1, out_idx=dims)
+    enc.conv2 = _narrow_conv1d(enc.conv2, out_idx=dims, in_idx=dims)
+    pos = enc.embed_positions
+    pw = pos.weight.data.index_select(1, dims.to(pos.weight.device))
+    new_pos = torch.nn.Embedding(pw.shape[0], pw.shape[1], device=pw.device, dtype=pw.dtype)
+    new_pos.weight.data.copy_(pw)
+    new_pos.requires_grad_(pos.weight.requires_grad)
+    enc.embed_positions = new_pos
+    for layer in layout.audio_layers:
+        attn = layer.self_attn
+        layer.self_attn_layer_norm = _narrow_norm(layer.self_attn_layer_norm, dims)
+        layer.final_layer_norm = _narrow_norm(layer.final_layer_norm, dims)
+        attn.q_proj = _narrow_linear(attn.q_proj, out_idx=rows, in_idx=dims)
+        attn.k_proj = _narrow_linear(attn.k_proj, out_idx=rows, in_idx=dims)
+        attn.v_proj = _narrow_linear(attn.v_proj, out_idx=rows, in_idx=dims)
+        attn.out_proj = _narrow_linear(attn.out_proj, out_idx=dims, in_idx=rows)
+        attn.embed_dim, attn.num_heads = len(dims), len(hk)
+        layer.embed_dim = len(dims)
+        layer.fc1 = _narrow_linear(layer.fc1, in_idx=dims)
+        layer.fc2 = _narrow_linear(layer.fc2, out_idx=dims)
+    enc.layer_norm = _narrow_norm(enc.layer_norm, dims)
+    layout.projector.linear = _narrow_linear(layout.projector.linear, in_idx=dims)
+    ac.d_model = len(dims)
+    ac.encoder_attention_heads = len(hk)

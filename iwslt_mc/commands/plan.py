@@ -12,6 +12,10 @@ EXAMPLES = """
   iwslt-mc plan --target Bin3                            # buildable specs in Bin3 (2025), each with its stages/recipe
   iwslt-mc plan --target Bin2 --precision nf4-dq --vocab 32768   # vary only what is not given
   iwslt-mc plan --base path/to/model --llm-layers 20 --json
+  iwslt-mc plan --hidden 2048 --heads 16 --audio-hidden 640 --precision nf4-dq   # narrower (prune-hidden)
+  iwslt-mc plan --target Bin5                            # includes narrow specs (prune-hidden) for Bin4/Bin5
+  iwslt-mc plan --frontier --base MODEL --write variants/     # depth x width family of recipe-bin4, predicted sizes
+  iwslt-mc plan --frontier --base MODEL --runs runs/*/        # after building and scoring: the Pareto-optimal ones
 """
 
 
@@ -36,6 +40,11 @@ def add_parser(sub):
     p.add_argument("--audio-layers", type=int, metavar="N", help="audio encoder layers kept")
     p.add_argument("--ffn-dim", type=int, metavar="N", help="LLM MLP width (intermediate_size)")
     p.add_argument("--audio-ffn-dim", type=int, metavar="N", help="audio encoder MLP width (encoder_ffn_dim)")
+    p.add_argument("--hidden", type=int, metavar="N", help="LLM residual width (hidden_size; prune-hidden)")
+    p.add_argument("--heads", type=int, metavar="N",
+                   help="LLM query heads kept (head size kept; key/value heads follow the GQA group size)")
+    p.add_argument("--audio-hidden", type=int, metavar="N",
+                   help="audio encoder width (d_model, a multiple of its head size; prune-hidden)")
     p.add_argument("--vocab", type=int, metavar="N", help="vocabulary size kept (embed_tokens and lm_head rows)")
     p.add_argument("--precision", action="append", default=[], metavar="[COMPONENT=]P",
                    help=("precision of all components (P) or of one (COMPONENT=P); repeatable. P: bf16 fp16 fp32 "
@@ -53,7 +62,82 @@ def add_parser(sub):
     p.add_argument("--edition", default=None,
                    help="track edition: 2025 (bins), 2026/2027 (Pareto, no bins); default: the newest, 2025 with --target")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    f = p.add_argument_group("frontier (--frontier)")
+    f.add_argument("--frontier", action="store_true",
+                   help="plan a family of depth x width variants of a recipe for --base, smallest first; with --runs, "
+                        "mark the Pareto-optimal ones among the built and scored variants")
+    f.add_argument("--recipe", default=None, metavar="RECIPE",
+                   help="template recipe (default recipe-bin4): its LLM prune-layers, prune-hidden and prune-ffn are varied")
+    f.add_argument("--depths", default=None, metavar="F,F,...",
+                   help="fractions of LLM layers kept (default 1,0.75,0.5,0.375,0.25)")
+    f.add_argument("--widths", default=None, metavar="F,F,...",
+                   help="fractions of the residual/FFN widths kept (default 1,0.75,0.5,0.375,0.25)")
+    f.add_argument("--data", metavar="SPEC", help="count the trimmed vocabulary on this data (else --vocab, default 16000)")
+    f.add_argument("--lang", default="en-de", help="language pair (vocabulary trimming; default en-de)")
+    f.add_argument("--write", metavar="DIR", help="write each variant as DIR/NAME.yaml, to build with iwslt-mc build")
+    f.add_argument("--force", action="store_true", help="overwrite variant files in --write")
+    f.add_argument("--runs", nargs="+", metavar="RUN_DIR", default=[],
+                   help="built variants (build directories with scores*.json) to place on the frontier")
+    f.add_argument("--metric", default="auto", help="quality metric for --runs: auto, comet, bleu, chrf (as in report)")
     return p
+
+
+def _fractions(text: str | None, what: str) -> tuple[float, ...]:
+    from ..errors import UserError
+    from ..frontier import DEFAULT_FRACTIONS
+
+    if text is None:
+        return DEFAULT_FRACTIONS
+    try:
+        vals = tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise UserError(f"--{what} {text!r}: expected comma-separated fractions, e.g. 1,0.5,0.25") from None
+    if not vals or any(not 0 < v <= 1 for v in vals):
+        raise UserError(f"--{what} {text!r}: every fraction must be in (0, 1]")
+    return vals
+
+
+def run_frontier(args) -> int:
+    """``plan --frontier``: the family's predicted sizes, and the measured frontier of its built runs."""
+    from .. import frontier
+    from ..errors import UserError
+    from ..output import info, print_json, print_table
+
+    if not args.base:
+        raise UserError("--frontier needs --base MODEL_DIR (the model the variants start from)")
+    template = args.recipe or frontier.DEFAULT_TEMPLATE
+    variants = frontier.plan_family(template, args.base, depths=_fractions(args.depths, "depths"),
+                                    widths=_fractions(args.widths, "widths"),
+                                    data={"acl6060": args.data} if args.data else None,
+                                    vocab=args.vocab or 16000, lang=args.lang, edition=args.edition)
+    metric = frontier.mark_built(variants, args.runs, metric=args.metric, edition=args.edition) if args.runs else None
+    written = frontier.write_variants(variants, args.write, template=template, base=args.base, force=args.force) if args.write else []
+    if args.json:
+        print_json({"template": template, "base": args.base, "metric": metric,
+                    "variants": [v.to_json() for v in variants], "written": [str(p) for p in written]})
+        return 0
+    keys = sorted({k for v in variants for k in v.measured}, key=str)
+    rows = []
+    for v in variants:
+        p, d = v.prediction, v.prediction["dims"]
+        row = [v.name, v.kind, d["llm_layers"], f"{d['hidden']}/{d['heads']}/{d['audio_hidden']}",
+               f"{p['bytes']:,}", p["bin"] or "none", f"{p['params'] / 1e6:,.1f}"]
+        for k in keys:
+            m = v.measured.get(k)
+            row.append("-" if m is None else f"{m['score']:.2f}{' *' if m['pareto'] else ''}")
+        rows.append(row)
+    headers = ["variant", "kind", "LLM layers", "width llm/heads/audio", "predicted bytes", "bin", "M params"]
+    headers += [f"{metric} {k[0]} {k[1]}" for k in keys]
+    print_table(rows, headers, title=f"{template} on {args.base}: depth x width variants, smallest first")
+    for n in sorted({n for v in variants for n in v.prediction.get("notes", [])}):
+        info(f"note: {n}")
+    if keys:
+        info("*: on the Pareto frontier (no other built variant is both no larger and no worse); size measured")
+    elif args.runs:
+        info("no scores in --runs yet (iwslt-mc score ... --out-json RUN/scores-TESTSET.json)")
+    for pth in written:
+        print(f"wrote {pth}")
+    return 0
 
 
 def parse_precisions(values: list[str]) -> tuple[str | None, dict[str, str]]:
@@ -88,6 +172,8 @@ def run(args) -> int:
     from ..errors import UserError
     from ..track import GB, GiB
 
+    if args.frontier:
+        return run_frontier(args)
     ed = get_edition(args.edition if args.edition or not args.target else "2025")
     default, per = parse_precisions(args.precision)
     if args.quantize_lm_head and args.quantize_embeddings:
@@ -114,17 +200,20 @@ def run(args) -> int:
             return 1
         base = planner.base_dims(base_config or planner.qwen2_audio_7b_config())
         widths = any((p.dims["ffn_dim"], p.dims["audio_ffn_dim"]) != (base["ffn_dim"], base["audio_ffn_dim"]) for p in rows)
+        hidden = any(p.dims.get("hidden") != base.get("hidden") for p in rows)
         table = []
         for i, p in enumerate(rows, 1):
             d = p.dims
             row = [i, d["llm_layers"], d["audio_layers"], f"{d['vocab']:,}"]
             if widths:
                 row.append(f"{d['ffn_dim']}/{d['audio_ffn_dim']}")
+            if hidden:
+                row.append(f"{d['hidden']}/{d['heads']}/{d['audio_hidden']}")
             ts = f"{p.torch_save.bytes / GiB:,.3f}" if p.torch_save else "-"
             row += [p.spec.precision + p.spec.quantized_extra(), f"{p.bytes / 1e6:,.1f}", ts, f"{p.params / 1e6:,.1f}"]
             table.append(row)
         headers = (["#", "LLM layers", "audio layers", "vocab"] + (["FFN llm/audio"] if widths else [])
-                   + ["precision", "MB", "torch.save GiB", "M params"])
+                   + (["width llm/heads/audio"] if hidden else []) + ["precision", "MB", "torch.save GiB", "M params"])
         print_table(table, headers, title=f"{base_name}: buildable specs predicted in {rows[0].bin}, least to most aggressive")
         info("precision +lm_head: lm_head quantized too (embed_tokens stays bf16); exact bytes with --json")
         print("how to build (a shipped recipe with --set overrides where one fits, else the stages in order):")
@@ -148,7 +237,8 @@ def run(args) -> int:
     spec = planner.Spec(llm_layers=args.llm_layers, audio_layers=args.audio_layers, ffn_dim=args.ffn_dim,
                         audio_ffn_dim=args.audio_ffn_dim, vocab=args.vocab, precision=default or "bf16",
                         component_precision=per, quantize_embeddings=args.quantize_embeddings or args.quantize_lm_head,
-                        float_dtype=args.float_dtype)
+                        float_dtype=args.float_dtype, hidden=args.hidden, heads=args.heads,
+                        audio_hidden=args.audio_hidden)
     pred = planner.predict(spec, base_config, ed.key, base_name=base_name)
     try:
         pred.plan = planner.build_plan(spec, base_config)
@@ -168,6 +258,9 @@ def run(args) -> int:
     d = pred.dims
     title = (f"{base_name}: {d['llm_layers']} LLM layers, {d['audio_layers']} audio layers, vocab {d['vocab']:,}, "
              f"FFN {d['ffn_dim']}/{d['audio_ffn_dim']}")
+    base_widths = planner.hidden_base_dims(base_config or planner.qwen2_audio_7b_config())
+    if any(d.get(k) != v for k, v in base_widths.items()):
+        title += f", width {d['hidden']} ({d['heads']} heads)/{d['audio_hidden']}"
     print_table(rows, ["component", "precision", "parameters", "bytes", "share"], title=title)
     print(f"safetensors:   {pred.bytes:,} bytes ({pred.bytes / GB:.3f} GB, {pred.bytes / GiB:.3f} GiB)")
     print(f"  signature:   {pred.signature}")

@@ -13,6 +13,7 @@ from ..errors import UserError
 REGISTRY: dict[str, str] = {
     "prune-layers": "prune_layers:PruneLayers",
     "prune-ffn": "prune_ffn:PruneFFN",
+    "prune-hidden": "prune_hidden:PruneHidden",
     "trim-vocab": "trim_vocab:TrimVocab",
     "quantize": "quantize:Quantize",
     "finetune": "finetune:Finetune",

@@ -1,0 +1,61 @@
+"""Print the recipe catalogue's table (recipes/README.md) from the planner, for Qwen2-Audio-7B-Instruct.
+
+Every shipped recipe's stages are turned into a planner spec by the same code ``build --dry-run``
+uses (:func:`iwslt_mc.build.spec_for_stages`), under the constrained condition. A recipe that trims
+the vocabulary is predicted for a 16,000-token trimmed vocabulary, and for 32,000 in brackets (the
+real count depends on the data; ``build`` counts it before it starts).
+
+    python tools/recipe_catalogue.py            # the Markdown rows
+    python tools/recipe_catalogue.py --json     # the numbers
+
+tests/test_recipe_ladder.py checks that recipes/README.md carries exactly these rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+
+VOCABS = (16000, 32000)
+
+
+def predictions(condition: str = "constrained") -> list[dict]:
+    from iwslt_mc.build import spec_for_stages
+    from iwslt_mc.planner import predict, qwen2_audio_7b_config
+    from iwslt_mc.recipes import RECIPES, load_recipe
+
+    cfg = qwen2_audio_7b_config()
+    out = []
+    for name, _, _ in RECIPES:
+        recipe = load_recipe(name)
+        stages = recipe.active_stages(condition)
+        trims = any(e.stage == "trim-vocab" for e in stages)
+        spec, _ = spec_for_stages([e for e in stages if e.stage != "trim-vocab"], cfg, base="", lang="en-de",
+                                  data={}, condition=condition)
+        preds = [predict(dataclasses.replace(spec, vocab=v), cfg) for v in VOCABS] if trims else [predict(spec, cfg)]
+        out.append({"recipe": name, "trims_vocab": trims,
+                    "bytes": [p.bytes for p in preds], "params": [p.params for p in preds], "bin": [p.bin for p in preds]})
+    return out
+
+
+def rows(preds: list[dict]) -> list[str]:
+    lines = ["| recipe | predicted bytes | parameters | 2025 bin |", "| --- | ---: | ---: | --- |"]
+    for p in preds:
+        def fmt(values, f):
+            return f(values[0]) + (f" ({f(values[1])})" if len(values) > 1 else "")
+        bins = fmt(p["bin"], lambda b: b or "**none** (>= 4 GB)")
+        lines.append(f"| `{p['recipe']}` | {fmt(p['bytes'], lambda n: f'{n:,}')} | {fmt(p['params'], lambda n: f'{n:,}')} | {bins} |")
+    return lines
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    preds = predictions()
+    print(json.dumps(preds, indent=2) if args.json else "\n".join(rows(preds)))
+
+
+if __name__ == "__main__":
+    main()
