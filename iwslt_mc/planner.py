@@ -433,6 +433,10 @@ def predict(spec: Spec, base_config=None, edition: str = "2025", *, base_name: s
     if base_config is None:
         base_config = qwen2_audio_7b_config()
         base_name = base_name or "built-in Qwen2-Audio-7B-Instruct"
+    from .families import family_of_config
+
+    if family_of_config(base_config).name != "qwen2_audio":
+        return family_of_config(base_config).predict(spec, base_config, ed.key, base_name=base_name)
     dims = resolve_dims(spec, base_config)
     templates = _inventory_for(base_config, spec.ffn_dim, spec.audio_ffn_dim, spec.vocab)
     fdt = spec.storage_float
