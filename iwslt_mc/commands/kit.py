@@ -25,16 +25,18 @@ def add_parser(sub):
     )
     p.add_argument("out_dir", metavar="OUT_DIR", help="new or empty directory to write the kit into")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights (default: 0)")
+    p.add_argument("--family", choices=("qwen2_audio", "gemma4"), default="qwen2_audio",
+                   help="base model family of the tiny model (default: qwen2_audio; gemma4: see iwslt_mc/kit_gemma4.py)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     return p
 
 
 def run(args) -> int:
-    from ..kit import build_kit
+    from ..families import family_named
     from ..output import print_json, print_table
     from ..track import format_size
 
-    info = build_kit(args.out_dir, seed=args.seed)
+    info = family_named(getattr(args, "family", "qwen2_audio")).build_kit(args.out_dir, seed=args.seed)
     if args.json:
         print_json(info.to_json())
         return 0
