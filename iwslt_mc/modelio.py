@@ -177,7 +177,10 @@ def save_model(model, processor, out_dir: str | os.PathLike, *, max_shard_size: 
     drop_irreversible_conversions(model)
     model.save_pretrained(str(out), safe_serialization=True, max_shard_size=max_shard_size)
     if processor is not None:
-        processor.save_pretrained(str(out))
+        from .families import family_of_processor
+
+        fam = family_of_processor(processor)
+        fam.save_processor(processor, out) if fam is not None else processor.save_pretrained(str(out))
     return out
 
 

@@ -162,3 +162,77 @@ def test_reference_decode_equals_organizers_logic(gemma_kit, tmp_path):
     assert ours == theirs and len(ours) == 1 and ours[0]
     # random weights run to the organizers' limit (256 new tokens), not the Qwen2-Audio max_length 1024
     assert summary.tokens == 256
+
+
+def _decode_ids(model_dir, wav, max_new_tokens=8):
+    from iwslt_mc import modelio
+    from iwslt_mc.audio import load_audio
+    from iwslt_mc.decoding import reference_one
+
+    model = modelio.load_model(model_dir, device="cpu")
+    proc = modelio.load_processor(model_dir)
+    return reference_one(model, proc, load_audio(str(wav)), "en-de", max_new_tokens=max_new_tokens).tokens
+
+
+def test_drop_vision_stage_keeps_speech_translation(gemma_kit, tmp_path):
+    from transformers import AutoModelForMultimodalLM
+
+    from iwslt_mc import sizer
+    from iwslt_mc.stages import make_stage
+    from iwslt_mc.stages.base import StageContext, run_stage
+
+    model_dir = gemma_kit[0] / "model"
+    out = tmp_path / "novision"
+    run_stage(make_stage("drop-vision"), model_dir, out, StageContext(device="cpu", log=lambda s: None))
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["vision_config"] is None
+    model = AutoModelForMultimodalLM.from_pretrained(str(out))
+    assert model.model.vision_tower is None and model.model.embed_vision is None
+    before, after = sizer.measure(model_dir), sizer.measure(out)
+    assert after.components["vision_encoder"]["bytes"] == 0
+    assert before.params - after.params == before.components["vision_encoder"]["params"] == 18_000
+    wav = gemma_kit[0] / "data" / "testsets" / "KITCLIPS" / "clip-a.wav"
+    ids = _decode_ids(model_dir, wav)
+    assert len(ids) == 8 and _decode_ids(out, wav) == ids
+
+
+def test_drop_vision_refuses_qwen2_audio(kit, tmp_path):
+    from iwslt_mc.errors import UserError
+    from iwslt_mc.stages import make_stage
+    from iwslt_mc.stages.base import StageContext, run_stage
+
+    with pytest.raises(UserError, match="only Gemma 4 has a vision encoder"):
+        run_stage(make_stage("drop-vision"), kit / "model", tmp_path / "x", StageContext(device="cpu"))
+    assert not (tmp_path / "x").exists()
+
+
+def test_prune_layers_gemma4_kv_sharing_and_ple(gemma_kit, tmp_path):
+    import torch
+    from transformers import AutoModelForMultimodalLM
+
+    from iwslt_mc import planner, sizer
+    from iwslt_mc.errors import UserError
+    from iwslt_mc.stages import make_stage
+    from iwslt_mc.stages.base import StageContext, run_stage
+
+    model_dir = gemma_kit[0] / "model"
+    ctx = StageContext(device="cpu", log=lambda s: None)
+    with pytest.raises(UserError, match="cannot remove layer 1: kept layer 3 reads its keys/values"):
+        run_stage(make_stage("prune-layers", {"llm_layers": [1]}), model_dir, tmp_path / "bad", ctx)
+    assert not (tmp_path / "bad").exists()
+    out = tmp_path / "pruned"
+    run_stage(make_stage("prune-layers", {"llm_layers": [2]}), model_dir, out, ctx)
+    old = AutoModelForMultimodalLM.from_pretrained(str(model_dir))
+    new = AutoModelForMultimodalLM.from_pretrained(str(out))
+    t = new.config.text_config
+    assert (t.num_hidden_layers, t.num_kv_shared_layers) == (3, 1)
+    assert t.layer_types == ["sliding_attention", "full_attention", "full_attention"]
+    assert new.model.language_model.layers[2].self_attn.head_dim == 32  # the global layer's own width followed it
+    ids = torch.tensor([[2, 300, 400, 500]])
+    with torch.no_grad():
+        ple_old = old.model.language_model.get_per_layer_inputs(ids, None)
+        ple_new = new.model.language_model.get_per_layer_inputs(ids, None)
+    assert torch.equal(ple_new, ple_old[:, :, [0, 1, 3]])
+    pred = planner.predict(planner.Spec(precision="fp32"), planner.load_base_config(out), "2025")
+    rep = sizer.measure(out)
+    assert (pred.bytes, pred.params) == (rep.bytes, rep.params)

@@ -113,8 +113,6 @@ class Gemma4Family(Family):
     def config_after_layer_removal(self, config, kept: list[int]):
         """Refuses a removal that breaks KV sharing: a kept sharing layer whose source layer is removed,
         or a kept plain layer between sharing layers (sharing layers must stay the last ones)."""
-        import copy
-
         from ..errors import UserError
 
         t = getattr(config, "text_config", config)
@@ -134,12 +132,13 @@ class Gemma4Family(Family):
             if last is None or kept[last] != src[i]:
                 raise UserError(f"removing these layers would make layer {i} read another layer's keys/values "
                                 f"(it reads layer {src[i]})")
-        cfg = copy.deepcopy(config)
-        t = getattr(cfg, "text_config", cfg)
-        t.layer_types = new_types
-        t.num_hidden_layers = len(kept)
-        t.num_kv_shared_layers = n_shared
-        return cfg
+        # rebuilt from its dict: the per-layer overrides (global layers' head width) are keyed by layer index
+        d = config.to_dict()
+        td = d["text_config"] if "text_config" in d else d
+        overrides = {int(k): v for k, v in (td.get("per_layer_config") or {}).items()}
+        td.update(layer_types=new_types, num_hidden_layers=len(kept), num_kv_shared_layers=n_shared,
+                  per_layer_config={new: overrides[old] for new, old in enumerate(kept) if old in overrides})
+        return type(config).from_dict(d)
 
     def messages(self, lang: str, instruction_text: str | None = None, audio=None) -> list[dict]:
         """The organizers' messages: one user turn, the text, then the audio."""

@@ -18,6 +18,7 @@ REGISTRY: dict[str, str] = {
     "finetune": "finetune:Finetune",
     "merge": "merge:Merge",
     "distill": "distill:Distill",
+    "drop-vision": "drop_vision:DropVision",
 }
 
 

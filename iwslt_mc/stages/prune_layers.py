@@ -159,6 +159,12 @@ class PruneLayers(Stage):
         from .merge import checkpoint_dtype
 
         o = self.options
+        from ..families import family_for
+
+        if family_for(in_dir).name == "gemma4":
+            from ..families.gemma4_surgery import run_prune_layers
+
+            return run_prune_layers(self, in_dir, out_dir, ctx)
         ctx.log(f"prune-layers: loading {in_dir}")
         # float16/bf16 weights run in float32 on a CPU (the search/calibration passes); saved as stored
         run_dtype = modelio.runtime_dtype(in_dir, ctx.resolved_device())

@@ -1,0 +1,99 @@
+"""Surgery on a loaded Gemma 4 model: remove decoder layers (with their per-layer-embedding slices, under
+the KV-sharing constraint) and remove the vision encoder. Each returns a model that ``from_pretrained``
+alone loads back once saved: the config is rebuilt first, then a fresh model of that config receives
+the kept weights (``load_state_dict(strict=True)``, so nothing is silently dropped or left random)."""
+
+from __future__ import annotations
+
+import re
+
+_LAYER = re.compile(r"^(.*language_model\.layers\.)(\d+)(\..*)$")
+
+
+def _rebuild(model, config, state_dict):
+    import torch
+
+    dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
+    with torch.device("cpu"):
+        new = type(model)(config)
+    new = new.to(dtype)
+    missing, unexpected = new.load_state_dict(state_dict, strict=False)
+    # tied lm_head is in neither or both; anything else is a bug
+    missing = [k for k in missing if k != "lm_head.weight"]
+    if missing or unexpected:
+        raise RuntimeError(f"Gemma 4 surgery: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    new.generation_config = model.generation_config
+    return new.eval()
+
+
+def remove_llm_layers(model, remove):
+    """A new model without decoder layers ``remove``; refuses (UserError) a removal that breaks KV sharing."""
+    from ..errors import UserError
+    from .gemma4 import Gemma4Family
+
+    t = model.config.text_config
+    n = t.num_hidden_layers
+    remove = sorted(set(remove))
+    if any(i < 0 or i >= n for i in remove) or len(remove) >= n:
+        raise UserError(f"layers to remove {remove}: the model has {n} layers (0..{n - 1}), at least one must stay")
+    kept = [i for i in range(n) if i not in remove]
+    config = Gemma4Family().config_after_layer_removal(model.config, kept)
+    new_index = {old: new for new, old in enumerate(kept)}
+    P = getattr(t, "hidden_size_per_layer_input", 0) or 0
+    sd = {}
+    for k, v in model.state_dict().items():
+        m = _LAYER.match(k)
+        if m:
+            i = int(m.group(2))
+            if i in new_index:
+                sd[f"{m.group(1)}{new_index[i]}{m.group(3)}"] = v
+            continue
+        if P and k.endswith("embed_tokens_per_layer.weight"):  # [V, n*P]: P columns per layer
+            v = v.reshape(v.shape[0], n, P)[:, kept].reshape(v.shape[0], len(kept) * P)
+        elif P and k.endswith("per_layer_model_projection.weight"):  # [n*P, H]: P rows per layer
+            v = v.reshape(n, P, v.shape[1])[kept].reshape(len(kept) * P, v.shape[1])
+        sd[k] = v
+    return _rebuild(model, config, sd), kept
+
+
+def drop_vision(model):
+    """A new model without the vision encoder and its projector (``vision_config`` None)."""
+    from ..errors import UserError
+
+    if getattr(model.config, "vision_config", None) is None:
+        raise UserError("the model has no vision encoder (vision_config is empty)")
+    d = model.config.to_dict()
+    d["vision_config"] = None
+    config = type(model.config).from_dict(d)
+    sd = {k: v for k, v in model.state_dict().items()
+          if not re.search(r"(^|\.)(vision_tower|embed_vision|vision_embedder)\.", k)}
+    return _rebuild(model, config, sd)
+
+
+def run_prune_layers(stage, in_dir, out_dir, ctx) -> dict:
+    """The prune-layers stage for Gemma 4: explicit ``llm_layers``, or the middle/top strategies.
+    Audio-encoder layers and the iterative search are Qwen2-Audio only for now (a one-line refusal)."""
+    from .. import modelio
+    from ..errors import UserError
+    from ..stages.merge import checkpoint_dtype
+    from ..stages.prune_layers import _fmt_layers, middle_block, top_block
+
+    o = stage.options
+    if o.audio_layers or o.audio_remove:
+        raise UserError("stage prune-layers: removing audio-encoder layers is not supported for Gemma 4 yet")
+    if o.strategy == "iterative":
+        raise UserError("stage prune-layers: strategy iterative is not supported for Gemma 4 yet (use llm_layers, middle or top)")
+    run_dtype = modelio.runtime_dtype(in_dir, ctx.resolved_device())
+    model = modelio.load_model(in_dir, dtype=run_dtype, device="cpu")
+    processor = modelio.load_processor(in_dir)
+    n = model.config.text_config.num_hidden_layers
+    if o.strategy is None:
+        llm = sorted(o.llm_layers or [])
+    else:
+        llm = (middle_block if o.strategy == "middle" else top_block)(n, o.remove)
+    new, kept = remove_llm_layers(model, llm)
+    ctx.log(f"prune-layers: removed Gemma 4 LLM layers [{_fmt_layers(llm)}] (PLE slices with them); saving")
+    modelio.save_model(new, processor, out_dir, dtype=checkpoint_dtype(in_dir) if run_dtype else None)
+    how = "given" if o.strategy is None else f"{o.strategy} block"
+    return {"techniques": [f"layer pruning: {len(llm)} of {n} Gemma 4 LLM layers removed ({how}: {_fmt_layers(llm)})"],
+            "removed_llm_layers": llm, "removed_audio_layers": [], "llm_layers_before": n, "llm_layers_after": len(kept)}
