@@ -206,7 +206,7 @@ def test_drop_vision_refuses_qwen2_audio(kit, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
-def test_prune_layers_gemma4_kv_sharing_and_ple(gemma_kit, tmp_path):
+def test_prune_layers_gemma4_kv_sharing_and_ple(gemma_kit, tmp_path, monkeypatch):
     import torch
     from transformers import AutoModelForMultimodalLM
 
@@ -217,8 +217,10 @@ def test_prune_layers_gemma4_kv_sharing_and_ple(gemma_kit, tmp_path):
 
     model_dir = gemma_kit[0] / "model"
     ctx = StageContext(device="cpu", log=lambda s: None)
-    with pytest.raises(UserError, match="cannot remove layer 1: kept layer 3 reads its keys/values"):
-        run_stage(make_stage("prune-layers", {"llm_layers": [1]}), model_dir, tmp_path / "bad", ctx)
+    with monkeypatch.context() as mp:  # refused from the config, before any weight is loaded
+        mp.setattr("iwslt_mc.modelio.load_model", lambda *a, **k: pytest.fail("weights loaded"))
+        with pytest.raises(UserError, match="cannot remove layer 1: kept layer 3 reads its keys/values"):
+            run_stage(make_stage("prune-layers", {"llm_layers": [1]}), model_dir, tmp_path / "bad", ctx)
     assert not (tmp_path / "bad").exists()
     out = tmp_path / "pruned"
     run_stage(make_stage("prune-layers", {"llm_layers": [2]}), model_dir, out, ctx)
@@ -236,3 +238,18 @@ def test_prune_layers_gemma4_kv_sharing_and_ple(gemma_kit, tmp_path):
     pred = planner.predict(planner.Spec(precision="fp32"), planner.load_base_config(out), "2025")
     rep = sizer.measure(out)
     assert (pred.bytes, pred.params) == (rep.bytes, rep.params)
+
+
+def test_fast_mode_equals_reference_on_gemma_kit(gemma_kit):
+    from iwslt_mc import modelio
+    from iwslt_mc.audio import load_audio
+    from iwslt_mc.decoding import translate
+
+    model_dir = gemma_kit[0] / "model"
+    model, proc = modelio.load_model(model_dir, device="cpu"), modelio.load_processor(model_dir)
+    folder = gemma_kit[0] / "data" / "testsets" / "KITCLIPS"
+    waves = [load_audio(folder / n) for n in ("clip-a.wav", "clip-b.wav", "clip-c.wav")]
+    ref = translate(model, proc, waves, "en-de", mode="reference", max_new_tokens=12)
+    fast = translate(model, proc, waves, "en-de", mode="fast", batch_size=3, max_new_tokens=12)
+    assert [h.tokens for h in fast] == [h.tokens for h in ref]
+    assert all(len(h.tokens) == 12 for h in ref)

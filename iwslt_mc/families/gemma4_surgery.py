@@ -97,3 +97,14 @@ def run_prune_layers(stage, in_dir, out_dir, ctx) -> dict:
     how = "given" if o.strategy is None else f"{o.strategy} block"
     return {"techniques": [f"layer pruning: {len(llm)} of {n} Gemma 4 LLM layers removed ({how}: {_fmt_layers(llm)})"],
             "removed_llm_layers": llm, "removed_audio_layers": [], "llm_layers_before": n, "llm_layers_after": len(kept)}
+
+
+def check_removal(model_dir, remove) -> None:
+    """Refuse (UserError) removing ``remove`` from the model in ``model_dir`` when it breaks KV sharing,
+    reading its config only (no weights)."""
+    from ..planner import load_base_config
+    from .gemma4 import Gemma4Family
+
+    cfg = load_base_config(model_dir)
+    n = cfg.text_config.num_hidden_layers
+    Gemma4Family().config_after_layer_removal(cfg, [i for i in range(n) if i not in set(remove)])
