@@ -201,7 +201,7 @@ def test_drop_vision_refuses_qwen2_audio(kit, tmp_path):
     from iwslt_mc.stages import make_stage
     from iwslt_mc.stages.base import StageContext, run_stage
 
-    with pytest.raises(UserError, match="only Gemma 4 has a vision encoder"):
+    with pytest.raises(UserError, match="stage drop-vision: not supported for qwen2_audio models yet"):
         run_stage(make_stage("drop-vision"), kit / "model", tmp_path / "x", StageContext(device="cpu"))
     assert not (tmp_path / "x").exists()
 
@@ -253,3 +253,14 @@ def test_fast_mode_equals_reference_on_gemma_kit(gemma_kit):
     fast = translate(model, proc, waves, "en-de", mode="fast", batch_size=3, max_new_tokens=12)
     assert [h.tokens for h in fast] == [h.tokens for h in ref]
     assert all(len(h.tokens) == 12 for h in ref)
+
+
+def test_stages_without_gemma4_support_refuse_in_one_line(gemma_kit, tmp_path, monkeypatch):
+    from iwslt_mc.errors import UserError
+    from iwslt_mc.stages import make_stage
+    from iwslt_mc.stages.base import StageContext, run_stage
+
+    monkeypatch.setattr("iwslt_mc.modelio.load_model", lambda *a, **k: pytest.fail("weights loaded"))
+    with pytest.raises(UserError, match=r"^stage quantize: not supported for gemma4 models yet \(.*; it handles: qwen2_audio\)$"):
+        run_stage(make_stage("quantize"), gemma_kit[0] / "model", tmp_path / "q", StageContext(device="cpu"))
+    assert not (tmp_path / "q").exists()
