@@ -597,6 +597,10 @@ def specs_for_bin(target: str, base_config=None, edition: str = "2025", *, llm_l
     b = names[key]
     if base_config is None:
         base_config = qwen2_audio_7b_config()
+    from .families import family_of_config
+
+    if family_of_config(base_config).name != "qwen2_audio":
+        raise UserError(f"--target searches Qwen2-Audio bases only for now; plan a {family_of_config(base_config).label} spec by hand")
     base = base_dims(base_config)
     precisions = [precision] if precision else ["bf16", "int8", "nf4-dq"]
     vocabs = [vocab] if vocab else _grid(base["vocab"], (65536, 32768, 16384))

@@ -235,9 +235,27 @@ def test_prune_layers_gemma4_kv_sharing_and_ple(gemma_kit, tmp_path, monkeypatch
         ple_old = old.model.language_model.get_per_layer_inputs(ids, None)
         ple_new = new.model.language_model.get_per_layer_inputs(ids, None)
     assert torch.equal(ple_new, ple_old[:, :, [0, 1, 3]])
-    pred = planner.predict(planner.Spec(precision="fp32"), planner.load_base_config(out), "2025")
     rep = sizer.measure(out)
+    pred = planner.predict(planner.Spec(precision="fp32"), planner.load_base_config(out), "2025")
     assert (pred.bytes, pred.params) == (rep.bytes, rep.params)
+    # planned from the unpruned base: the only removable single layer is 2, so the plan is exact too
+    pred = planner.predict(planner.Spec(precision="fp32", llm_layers=3), planner.load_base_config(model_dir), "2025")
+    assert (pred.bytes, pred.params) == (rep.bytes, rep.params)
+
+
+def test_layer_removal_keeps_a_global_last_layer(gemma_kit):
+    from iwslt_mc.errors import UserError
+    from iwslt_mc.planner import Spec, load_base_config, predict, specs_for_bin
+
+    fam = family_named("gemma4")
+    cfg = load_base_config(gemma_kit[0] / "model")
+    with pytest.raises(UserError, match="the last kept layer \\(2\\) is a sliding_attention layer"):
+        fam.config_after_layer_removal(cfg, [0, 1, 2])
+    assert fam.allowed_removal(cfg, 1) == [2]
+    with pytest.raises(UserError, match="--target searches Qwen2-Audio bases only"):
+        specs_for_bin("Bin5", cfg)
+    with pytest.raises(UserError, match="no block of 3 contiguous layers"):
+        predict(Spec(llm_layers=1), cfg)
 
 
 def test_fast_mode_equals_reference_on_gemma_kit(gemma_kit):

@@ -132,6 +132,9 @@ class Gemma4Family(Family):
             if last is None or kept[last] != src[i]:
                 raise UserError(f"removing these layers would make layer {i} read another layer's keys/values "
                                 f"(it reads layer {src[i]})")
+        if new_types and new_types[-1] != "full_attention":
+            raise UserError(f"the last kept layer ({kept[-1]}) is a {new_types[-1]} layer; Gemma 4's last layer "
+                            "must be a full_attention (global) layer")
         # rebuilt from its dict: the per-layer overrides (global layers' head width) are keyed by layer index
         d = config.to_dict()
         td = d["text_config"] if "text_config" in d else d
@@ -139,6 +142,23 @@ class Gemma4Family(Family):
         td.update(layer_types=new_types, num_hidden_layers=len(kept), num_kv_shared_layers=n_shared,
                   per_layer_config={new: overrides[old] for new, old in enumerate(kept) if old in overrides})
         return type(config).from_dict(d)
+
+    def allowed_removal(self, config, count: int) -> list[int]:
+        """The contiguous block of ``count`` decoder layers nearest the middle whose removal keeps the model
+        valid (KV sharing, a global last layer), for planning ``--llm-layers``; UserError when none is."""
+        from ..errors import UserError
+
+        n = getattr(config, "text_config", config).num_hidden_layers
+        starts = sorted(range(0, n - count + 1), key=lambda s: (abs(s + count / 2 - n / 2), s))
+        for s in starts:
+            block = list(range(s, s + count))
+            try:
+                self.config_after_layer_removal(config, [i for i in range(n) if i not in block])
+            except UserError:
+                continue
+            return block
+        raise UserError(f"no block of {count} contiguous layers can be removed from this Gemma 4 model "
+                        "(KV sharing or the global last layer forbid every one)")
 
     def messages(self, lang: str, instruction_text: str | None = None, audio=None) -> list[dict]:
         """The organizers' messages: one user turn, the text, then the audio."""

@@ -4,8 +4,9 @@ Qwen2-Audio's planner expands one template layer; Gemma 4's layers differ (slidi
 have different head widths, KV-sharing layers, a PLE table whose width is per layer), so the whole model
 is enumerated (on the meta device: no memory). The on-disk arithmetic and the safetensors header are the
 planner's own (:func:`iwslt_mc.planner.disk_tensors`, :func:`iwslt_mc.planner.safetensors_header_bytes`).
-Supported spec dimensions: precision (per component too), ``vocab`` and ``ffn_dim``; fewer layers are
-planned through :meth:`Gemma4Family.config_after_layer_removal` (first N layers kept, KV sharing checked).
+Supported spec dimensions: precision (per component too), ``vocab``, ``ffn_dim`` and ``llm_layers``
+(the removed layers are the contiguous block nearest the middle that KV sharing and the global last
+layer allow: :meth:`Gemma4Family.allowed_removal`). ``--target`` searches are Qwen2-Audio only.
 """
 
 from __future__ import annotations
@@ -37,12 +38,9 @@ def apply_dims(cfg, dims: dict):
     if dims["llm_layers"] != base["llm_layers"]:
         if dims["llm_layers"] > base["llm_layers"]:
             raise UserError(f"--llm-layers {dims['llm_layers']}: the base model has only {base['llm_layers']}")
-        t = _text(cfg)
-        n, keep = dims["llm_layers"], t.num_hidden_layers - (t.num_kv_shared_layers or 0)
-        # drop plain layers from the end of the non-sharing part, keep the sharing tail
-        kept = list(range(min(n, keep))) + list(range(keep, t.num_hidden_layers))[: max(0, n - keep)]
-        if len(kept) != n:
-            raise UserError(f"--llm-layers {n}: cannot keep that many with the KV-sharing layers")
+        fam, n = Gemma4Family(), base["llm_layers"]
+        block = fam.allowed_removal(cfg, n - dims["llm_layers"])
+        kept = [i for i in range(n) if i not in block]
         cfg = Gemma4Family().config_after_layer_removal(cfg, kept)
     cfg = copy.deepcopy(cfg)
     t = _text(cfg)
