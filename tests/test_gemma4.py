@@ -282,3 +282,41 @@ def test_stages_without_gemma4_support_refuse_in_one_line(gemma_kit, tmp_path, m
     with pytest.raises(UserError, match=r"^stage quantize: not supported for gemma4 models yet \(.*; it handles: qwen2_audio\)$"):
         run_stage(make_stage("quantize"), gemma_kit[0] / "model", tmp_path / "q", StageContext(device="cpu"))
     assert not (tmp_path / "q").exists()
+
+
+def test_trim_vocab_gemma4_is_exact_on_kept_tokens(gemma_kit, tmp_path):
+    import numpy as np
+    import torch
+    from transformers import AutoModelForMultimodalLM
+
+    from iwslt_mc import modelio, planner, sizer
+    from iwslt_mc.audio import load_audio
+    from iwslt_mc.prompting import prompt_text
+    from iwslt_mc.stages import make_stage
+    from iwslt_mc.stages.base import StageContext, run_stage
+
+    kit = gemma_kit[0]
+    out = tmp_path / "trimmed"
+    run_stage(make_stage("trim-vocab"), kit / "model", out,
+              StageContext(device="cpu", data=[str(kit / "data")], log=lambda s: None))
+    old_tok = json.loads((kit / "model" / "tokenizer.json").read_text())["model"]["vocab"]
+    new_tok = json.loads((out / "tokenizer.json").read_text())["model"]["vocab"]
+    keep = [old_tok[t] for t, _ in sorted(new_tok.items(), key=lambda kv: kv[1])]
+    assert keep == sorted(keep) and all(old_tok[f"<0x{b:02X}>"] in keep for b in range(256))
+    cfg = json.loads((out / "config.json").read_text())
+    n = len(new_tok)
+    assert cfg["text_config"]["vocab_size"] == cfg["text_config"]["vocab_size_per_layer_input"] == n == 844
+    old_cfg = json.loads((kit / "model" / "config.json").read_text())
+    assert cfg["audio_token_id"] == keep.index(old_cfg["audio_token_id"])
+    old_m = AutoModelForMultimodalLM.from_pretrained(str(kit / "model")).eval()
+    new_m = AutoModelForMultimodalLM.from_pretrained(str(out)).eval()
+    proc_old, proc_new = modelio.load_processor(kit / "model"), modelio.load_processor(out)
+    wave = load_audio(str(kit / "data" / "testsets" / "KITCLIPS" / "clip-a.wav"))
+    a = proc_old(text=prompt_text(proc_old, "en-de"), audio=wave, return_tensors="pt")
+    b = proc_new(text=prompt_text(proc_new, "en-de"), audio=wave, return_tensors="pt")
+    assert b["input_ids"][0].tolist() == [keep.index(i) for i in a["input_ids"][0].tolist()]
+    with torch.no_grad():
+        la, lb = old_m(**a).logits[0, -1], new_m(**b).logits[0, -1]
+    assert np.allclose(lb.numpy(), la[keep].numpy(), atol=1e-5, rtol=0)
+    pred = planner.predict(planner.Spec(precision="fp32", vocab=n), planner.load_base_config(kit / "model"), "2025")
+    assert pred.bytes == sizer.measure(out).bytes
