@@ -37,7 +37,6 @@ FAMILY = "gemma4"
 BPE_VOCAB_SIZE = 1536
 VOCAB_MULTIPLE = 64
 SAMPLE_RATE = 16000
-# Random weights rarely stop on their own; the organizers' limit (256) is the family's decoding default.
 # Gemma 4's control tokens, in the real vocabulary's order of kind (ids here are the kit's own).
 BASE_SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"]
 CONTROL_TOKENS = ["<|turn>", "<turn|>", "<|think|>", "<|channel>", "<channel|>",

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import InputFileError
+from .layout import COMPONENTS, component_for_key
 from .track import GB, MB, format_size, get_edition, size_bin, size_bin_binary
 
 # Bits per element of every safetensors dtype (sub-byte float formats included).

@@ -32,6 +32,9 @@ def test_kit_is_a_gemma4_with_every_part(gemma_kit):
     assert json.loads((out / "kit.json").read_text())["family"] == "gemma4"
     assert sorted(p.name for p in (out / "data").iterdir()) == ["README.md", "dev.parquet", "eval.parquet", "long", "testsets"]
     assert info.tokenizer_size == 1809 and info.vocab_size == 1856
+    # same seed, same bytes (kit.json holds the weights' sha256)
+    assert json.loads((out / "kit.json").read_text())["weights_sha256"] == (
+        "70e58cfee63edc4f3fa89cc6930b7f8b1a5b6a65947720882bb4ebc29d202cff")
 
 
 def test_kit_processor_and_tokenizer(gemma_kit):
