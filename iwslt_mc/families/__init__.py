@@ -66,7 +66,8 @@ class Family:
         raise NotImplementedError
 
     # -- kit
-    def build_kit(self, out_dir, seed: int = 0):
+    def build_kit(self, out_dir, seed: int = 0, **options):
+        """Write the family's demo kit; ``options`` are family-specific (Qwen2-Audio: ``vocab``)."""
         raise NotImplementedError
 
 

@@ -60,7 +60,7 @@ class Qwen2AudioFamily(Family):
 
         return predict(spec, base_config, edition, base_name=base_name)
 
-    def build_kit(self, out_dir, seed: int = 0):
+    def build_kit(self, out_dir, seed: int = 0, **options):
         from ..kit import build_kit
 
-        return build_kit(out_dir, seed=seed)
+        return build_kit(out_dir, seed=seed, **options)
