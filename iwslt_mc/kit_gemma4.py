@@ -17,9 +17,10 @@
   audio ``<|audio>``/``<|audio|>``/``<audio|>``), and a chat template that renders the organizers'
   prompt (user turn: text, then audio) with ``enable_thinking`` honoured.
 
-The token strings are those transformers 5.24 itself uses for Gemma 4 (its response parser reads
-``<|turn>model``, ``<turn|>``, ``<|channel>thought``); the real tokenizer's ids differ (its vocabulary
-has 262,144 entries), the kit's config carries the kit tokenizer's ids. Same seed -> byte-identical
+The turn and channel strings are those transformers 5.24 itself uses for Gemma 4 (its response parser
+reads ``<|turn>model``, ``<turn|>``, ``<|channel>thought``); the image/audio strings follow the same
+pattern but are not in the package (assumed: the real tokenizer could not be read offline). The real
+tokenizer's ids differ (262,144 entries); the kit's config carries the kit tokenizer's ids. Same seed -> byte-identical
 weights. No torchvision here: the processor has no video processor.
 """
 
