@@ -96,7 +96,20 @@ def _new_tokens_limit(model, max_new_tokens: int | None) -> int | None:
     also apply over ``max_length`` in the published code)."""
     if max_new_tokens is not None:
         return max_new_tokens
-    return getattr(model.generation_config, "max_new_tokens", None)
+    fam = _family_default_new_tokens(model)
+    return fam if fam is not None else getattr(model.generation_config, "max_new_tokens", None)
+
+
+def _family_default_new_tokens(model) -> int | None:
+    """The model family's own limit (Gemma 4: the organizers' 256 new tokens, and no ``max_length``)."""
+    from .families import family_of_config
+
+    return family_of_config(getattr(model, "config", None)).default_max_new_tokens
+
+
+def _family_max_length(model, max_length: int) -> int:
+    """``max_length``, except for a family whose reference decoding limits new tokens only (Gemma 4)."""
+    return max_length if _family_default_new_tokens(model) is None else 1 << 30
 
 
 def _cut(tokens: list[int], budget: int, eos: set[int]) -> list[int]:
@@ -141,6 +154,7 @@ def reference_one(model, processor, wave, lang: str, *, max_length: int = 1024, 
     text = prompt_text(processor, lang, prompt)
     inputs = processor(text=text, audio=_materialize(wave), sampling_rate=SAMPLE_RATE, return_tensors="pt")
     inputs = _to_model(inputs, model)
+    max_length = _family_max_length(model, max_length)
     gc = greedy_config(model, max_length)
     plen = inputs["input_ids"].shape[1]
     budget = _budget(plen, max_length, _new_tokens_limit(model, max_new_tokens))
@@ -223,6 +237,7 @@ def fast_batch(model, processor, waves: list, lang: str, *, max_length: int = 10
         prepared = prepare_batch(processor, waves, lang, prompt=prompt, pad_to=pad_to)
     inputs, real = prepared.inputs, prepared.real
     inputs = _to_model(inputs, model)
+    max_length = _family_max_length(model, max_length)
     gc = greedy_config(model, max_length)
     eos = _eos_ids(gc)
     padded_len = inputs["input_ids"].shape[1]

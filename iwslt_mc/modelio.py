@@ -31,7 +31,8 @@ def check_model_dir(model_dir: str | os.PathLike) -> Path:
     return p
 
 
-SUPPORTED_MODEL_TYPES = ("qwen2_audio",)
+# Every model family's model types (iwslt_mc.families; a test keeps the two in step).
+SUPPORTED_MODEL_TYPES = ("qwen2_audio", "gemma4", "gemma4_unified")
 
 
 def read_model_type(model_dir: str | os.PathLike) -> str | None:
@@ -50,11 +51,14 @@ def read_model_type(model_dir: str | os.PathLike) -> str | None:
 
 
 def require_supported_model(model_dir: str | os.PathLike) -> str:
-    """The directory's ``model_type`` if iwslt-mc supports it, else a one-line error before any weight is read."""
+    """The directory's ``model_type`` if a model family supports it (:mod:`iwslt_mc.families`), else a
+    one-line error naming the supported families, before any weight is read."""
+    from .families import family_of_model_type, supported_text
+
     mt = read_model_type(model_dir)
-    if mt not in SUPPORTED_MODEL_TYPES:
+    if family_of_model_type(mt) is None:
         raise InputFileError(Path(model_dir), f"not a Qwen2-Audio model (model_type {mt!r} in config.json; "
-                                              f"supported: {', '.join(SUPPORTED_MODEL_TYPES)})")
+                                              f"supported families: {supported_text()})")
     return mt
 
 
@@ -91,8 +95,12 @@ def load_model(model_dir: str | os.PathLike, dtype=None, device: str | None = No
     import torch
     from transformers import Qwen2AudioForConditionalGeneration
 
+    loader = Qwen2AudioForConditionalGeneration
     if is_local(model_dir):
         model_dir = check_model_dir(model_dir)
+        from .families import family_for
+
+        loader = family_for(model_dir).loader_class()
     if isinstance(dtype, str) and dtype != "auto":
         dtype = getattr(torch, {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}.get(dtype, dtype))
     kw = dict(dtype=dtype if dtype is not None else "auto", use_safetensors=True)
@@ -105,7 +113,7 @@ def load_model(model_dir: str | os.PathLike, dtype=None, device: str | None = No
     quiet = hf_progress_bars_off() if is_local(model_dir) else contextlib.nullcontext()
     try:
         with quiet:
-            model = Qwen2AudioForConditionalGeneration.from_pretrained(str(model_dir), **kw)
+            model = loader.from_pretrained(str(model_dir), **kw)
     except OSError as e:
         raise UserError(f"{model_dir}: cannot load model ({str(e).splitlines()[0]})") from None
     if dtype is not None and dtype != "auto" and getattr(model, "is_quantized", False):
@@ -202,6 +210,10 @@ def load_processor(model_dir: str | os.PathLike):
     from transformers import AutoProcessor
 
     try:
+        if is_local(model_dir) and (Path(model_dir) / "config.json").is_file():
+            from .families import family_for
+
+            return family_for(model_dir).load_processor(model_dir)
         return AutoProcessor.from_pretrained(str(model_dir))
     except OSError as e:
         raise UserError(f"{model_dir}: cannot load processor ({str(e).splitlines()[0]})") from None
@@ -219,7 +231,10 @@ def save_model(model, processor, out_dir: str | os.PathLike, *, max_shard_size: 
     with hf_progress_bars_off():  # "Writing model shards" would draw inside our own displays
         model.save_pretrained(str(out), safe_serialization=True, max_shard_size=max_shard_size)
         if processor is not None:
-            processor.save_pretrained(str(out))
+            from .families import family_of_processor
+
+            fam = family_of_processor(processor)
+            fam.save_processor(processor, out) if fam is not None else processor.save_pretrained(str(out))
     return out
 
 

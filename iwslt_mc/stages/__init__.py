@@ -21,6 +21,7 @@ REGISTRY: dict[str, str] = {
     "distill": "distill:Distill",
     "kd": "kd:KD",
     "replace-layers": "replace_layers:ReplaceLayers",
+    "drop-vision": "drop_vision:DropVision",
 }
 
 

@@ -201,6 +201,8 @@ class Stage:
     Options: ClassVar[type[StageOptions]] = StageOptions
     # the description line(s) the packager shows for this stage; may be refined in run()'s extras
     techniques: ClassVar[list[str]] = []
+    # model families (iwslt_mc.families) the stage handles; run_stage refuses others
+    families: ClassVar[tuple[str, ...]] = ("qwen2_audio",)
 
     def __init__(self, options: dict | StageOptions | None = None):
         if isinstance(options, StageOptions):
@@ -247,6 +249,16 @@ def data_warnings(log):
     return collect_warnings(log)
 
 
+def _check_family(stage: Stage, in_dir: Path) -> None:
+    """A one-line refusal for a model family the stage does not handle (``Stage.families``)."""
+    from ..families import family_for
+
+    fam = family_for(in_dir).name
+    if fam not in stage.families:
+        raise UserError(f"stage {stage.name}: not supported for {fam} models yet ({in_dir}; "
+                        f"it handles: {', '.join(stage.families)})")
+
+
 def run_stage(stage: Stage, in_dir, out_dir, ctx: StageContext | None = None, *, overwrite: bool = False) -> dict:
     """Validate, run ``stage`` from ``in_dir`` to ``out_dir`` atomically, and append provenance.
 
@@ -260,6 +272,7 @@ def run_stage(stage: Stage, in_dir, out_dir, ctx: StageContext | None = None, *,
     ctx = ctx or StageContext()
     in_dir, out_dir = Path(in_dir), Path(out_dir)
     check_model_dir(in_dir)
+    _check_family(stage, in_dir)
     if distributed.rank() == 0:
         remove_stale_partials(out_dir)  # other processes of a launch never clean: one could be rank 0's own
     if out_dir.exists() and not overwrite:

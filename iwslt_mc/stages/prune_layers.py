@@ -119,6 +119,7 @@ class PruneLayersOptions(StageOptions):
 class PruneLayers(Stage):
     name = "prune-layers"
     Options = PruneLayersOptions
+    families = ("qwen2_audio", "gemma4")
     techniques = ["layer pruning"]
 
     def check(self, in_dir: Path, ctx: StageContext) -> None:
@@ -142,6 +143,10 @@ class PruneLayers(Stage):
                 why = " (the first and last are protected)" if limit == n - 2 else " (at least one must stay)"
                 raise UserError(f"stage prune-layers: {what}={count} but {in_dir} has {n} layers: "
                                 f"at most {max(limit, 0)} can go{why}")
+        if o.llm_layers and cfg.get("model_type") in ("gemma4", "gemma4_unified"):
+            from ..families.gemma4_surgery import check_removal  # KV sharing, from the config alone
+
+            check_removal(in_dir, o.llm_layers)
         if o.strategy == "iterative":
             from ..prompting import check_lang
             from .importance import check_metric
@@ -159,6 +164,12 @@ class PruneLayers(Stage):
         from .merge import checkpoint_dtype
 
         o = self.options
+        from ..families import family_for
+
+        if family_for(in_dir).name == "gemma4":
+            from ..families.gemma4_surgery import run_prune_layers
+
+            return run_prune_layers(self, in_dir, out_dir, ctx)
         ctx.log(f"prune-layers: loading {in_dir}")
         # float16/bf16 weights run in float32 on a CPU (the search/calibration passes); saved as stored
         run_dtype = modelio.runtime_dtype(in_dir, ctx.resolved_device())

@@ -276,6 +276,7 @@ def general_word_texts(lang: str, words: list[str]) -> list[str]:
 class TrimVocab(Stage):
     name = "trim-vocab"
     Options = TrimVocabOptions
+    families = ("qwen2_audio", "gemma4")
     techniques = ["vocabulary trimming"]
 
     def _languages(self, ctx: StageContext) -> list[str]:
@@ -339,6 +340,10 @@ class TrimVocab(Stage):
         from ..prompting import TARGET_LANGUAGE, prompt_text
 
         o = self.options
+        if read_config(in_dir).get("model_type") in ("gemma4", "gemma4_unified"):
+            from ..families.gemma4_surgery import run_trim_vocab
+
+            return run_trim_vocab(self, in_dir, out_dir, ctx)
         model = modelio.load_model(in_dir, device=ctx.resolved_device())
         processor = modelio.load_processor(in_dir)
         tok = processor.tokenizer

@@ -1,0 +1,154 @@
+"""Base model families behind one seam (DESIGN.md: "Base models are families behind one seam").
+
+A :class:`Family` says what differs between base models: the ``model_type`` values it accepts, the
+transformers class that loads it, where the parts of a loaded model are, which component a checkpoint
+key belongs to (for the sizer), how the config changes when layers are removed, the prompt and decoding
+defaults, the planner's prediction from a config, and how to make a demo kit. One implementation per
+family; a model directory's family comes from ``model_type`` in its ``config.json``
+(:func:`family_for`). No torch or transformers import at module level.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+class Family:
+    """The interface; see :mod:`iwslt_mc.families.qwen2_audio` and :mod:`iwslt_mc.families.gemma4`."""
+
+    name: str = ""
+    label: str = ""  # human name, e.g. "Qwen2-Audio"
+    model_types: tuple[str, ...] = ()
+    components: tuple[str, ...] = ()  # sizer/planner components, in report order
+
+    # -- loading
+    def loader_class(self):
+        """The transformers class whose ``from_pretrained`` loads a directory of this family."""
+        raise NotImplementedError
+
+    def load_processor(self, model_dir):
+        from transformers import AutoProcessor
+
+        return AutoProcessor.from_pretrained(str(model_dir))
+
+    def save_processor(self, processor, out_dir) -> None:
+        processor.save_pretrained(str(out_dir))
+
+    # -- parts of a loaded model
+    def find_parts(self, model) -> dict:
+        """Qualified module names of the parts of a loaded model (absent parts are None)."""
+        raise NotImplementedError
+
+    # -- checkpoint keys
+    def component_for_key(self, key: str) -> str:
+        raise NotImplementedError
+
+    # -- surgery
+    def config_after_layer_removal(self, config, kept: list[int]):
+        """``config`` (a copy) for a model that keeps decoder layers ``kept`` (sorted old indices)."""
+        raise NotImplementedError
+
+    # -- prompt and decoding
+    def messages(self, lang: str, instruction_text: str | None = None, audio=None) -> list[dict]:
+        raise NotImplementedError
+
+    def prompt_text(self, processor, lang: str, instruction_text: str | None = None) -> str:
+        return processor.apply_chat_template(self.messages(lang, instruction_text), add_generation_prompt=True,
+                                             tokenize=False, **self.chat_template_kwargs)
+
+    chat_template_kwargs: dict = {}
+    # None: the caller's/generation config's limits apply unchanged
+    default_max_new_tokens: int | None = None
+
+    # -- planner
+    def predict(self, spec, base_config, edition: str, *, base_name: str | None = None):
+        raise NotImplementedError
+
+    # -- kit
+    def build_kit(self, out_dir, seed: int = 0, **options):
+        """Write the family's demo kit; ``options`` are family-specific (Qwen2-Audio: ``vocab``)."""
+        raise NotImplementedError
+
+
+def _registry() -> dict[str, Family]:
+    from .gemma4 import Gemma4Family
+    from .qwen2_audio import Qwen2AudioFamily
+
+    fams = [Qwen2AudioFamily(), Gemma4Family()]
+    return {f.name: f for f in fams}
+
+
+FAMILY_NAMES = ("qwen2_audio", "gemma4")  # kept in step with _registry (tested)
+
+
+def families() -> list[Family]:
+    return list(_registry().values())
+
+
+def family_named(name: str) -> Family:
+    from ..errors import UserError
+
+    reg = _registry()
+    if name not in reg:
+        raise UserError(f"unknown model family {name!r} (supported: {', '.join(reg)})")
+    return reg[name]
+
+
+def supported_text() -> str:
+    """``qwen2_audio [qwen2_audio], gemma4 [gemma4, gemma4_unified]``: the families and their model types."""
+    return ", ".join(f"{f.name} [{', '.join(f.model_types)}]" for f in families())
+
+
+def family_of_model_type(model_type: str | None) -> Family | None:
+    for f in families():
+        if model_type in f.model_types:
+            return f
+    return None
+
+
+def family_for(model_dir: str | os.PathLike) -> Family:
+    """The family of a model directory, from ``model_type`` in its config.json; a one-line error otherwise."""
+    from ..errors import InputFileError
+    from ..modelio import read_model_type
+
+    p = Path(model_dir)
+    if not (p / "config.json").is_file():
+        raise InputFileError(p, "no config.json: not a model directory")
+    mt = read_model_type(p)
+    fam = family_of_model_type(mt)
+    if fam is None:
+        raise InputFileError(p, f"unsupported model family (model_type {mt!r} in config.json; "
+                                f"supported families: {supported_text()})")
+    return fam
+
+
+def family_of_config(config) -> Family:
+    """The family of a transformers config object (the Qwen2-Audio family when it names none)."""
+    mt = getattr(config, "model_type", None)
+    return family_of_model_type(mt) or family_named("qwen2_audio")
+
+
+def family_of_processor(processor) -> Family | None:
+    """The family a loaded processor belongs to, from its class name (None: unknown, use the defaults)."""
+    name = type(processor).__name__
+    if name.startswith("Gemma4"):
+        return family_named("gemma4")
+    if name.startswith("Qwen2Audio"):
+        return family_named("qwen2_audio")
+    return None
+
+
+def key_mapping_for(weights_dir) -> tuple[tuple[str, ...], object]:
+    """(components, key -> component) for the weights in ``weights_dir``: its family's when its config.json
+    names a supported one, else the Qwen2-Audio rules (a bare safetensors file has no config)."""
+    from ..modelio import read_model_type
+
+    fam = None
+    if (Path(weights_dir) / "config.json").is_file():
+        try:
+            fam = family_of_model_type(read_model_type(weights_dir))
+        except Exception:  # an unreadable config is the sizer's concern elsewhere, not the key mapping's
+            fam = None
+    fam = fam or family_named("qwen2_audio")
+    return tuple(fam.components), fam.component_for_key

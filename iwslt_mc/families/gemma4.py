@@ -1,0 +1,199 @@
+"""The Gemma 4 family (transformers ``gemma4`` and ``gemma4_unified``), the organizers' 2027 reference.
+
+Two layouts share ``Gemma4*ForConditionalGeneration``'s key names:
+
+- ``gemma4`` (the E2B/E4B kind; the demo kit): a text decoder with per-layer embeddings (PLE: one packed
+  table ``embed_tokens_per_layer`` of width ``num_hidden_layers * hidden_size_per_layer_input`` plus a
+  projection), KV sharing (the last ``num_kv_shared_layers`` layers reuse the keys/values of the last
+  earlier layer of their attention type), sliding/global layers with different head widths, tied
+  ``lm_head``; a conformer audio encoder (``audio_tower``) with projector ``embed_audio``; a vision
+  encoder (``vision_tower``) with projector ``embed_vision``.
+- ``gemma4_unified`` (``google/gemma-4-12B-it`` in transformers 5.24's docstrings): no audio encoder
+  (raw 640-sample frames go through ``embed_audio``), no PLE; vision is a patch embedder ``embed_vision``.
+
+Components: ``audio_encoder`` (audio_tower), ``vision_encoder`` (vision_tower and embed_vision: removed
+together), ``projector`` (embed_audio), ``llm_layers``, ``per_layer_embeddings`` (the PLE table, its
+projection and norm), ``embed_tokens``, ``lm_head`` (absent on disk when tied), ``other``.
+
+The organizers' decoding (gemma_run.py, see track-rules.md): one user turn, text then audio, prompt
+"Translate the following speech into {German|Chinese}. Output only the translation, with no explanation
+or newlines.", ``enable_thinking=False``, greedy, ``max_new_tokens=256``.
+"""
+
+from __future__ import annotations
+
+import re
+
+from . import Family
+
+COMPONENTS = ("audio_encoder", "vision_encoder", "projector", "llm_layers", "per_layer_embeddings",
+              "embed_tokens", "lm_head", "other")
+_KEY_RULES = [
+    (re.compile(r"(^|\.)audio_tower\."), "audio_encoder"),
+    (re.compile(r"(^|\.)(vision_tower|embed_vision|vision_embedder)\."), "vision_encoder"),
+    (re.compile(r"(^|\.)embed_audio\."), "projector"),
+    (re.compile(r"(^|\.)language_model\.(model\.)?layers\.\d+\."), "llm_layers"),
+    (re.compile(r"(^|\.)(embed_tokens_per_layer|per_layer_model_projection|per_layer_projection_norm)\."),
+     "per_layer_embeddings"),
+    (re.compile(r"(^|\.)embed_tokens\."), "embed_tokens"),
+    (re.compile(r"(^|\.)lm_head\."), "lm_head"),
+]
+LANGUAGE = {"en-de": "German", "en-zh": "Chinese", "en-ar": "Arabic"}
+PROMPT = "Translate the following speech into {language}. Output only the translation, with no explanation or newlines."
+MAX_NEW_TOKENS = 256
+
+
+def organizers_prompt(lang: str) -> str:
+    from ..prompting import check_lang
+
+    return PROMPT.format(language=LANGUAGE[check_lang(lang)])
+
+
+class Gemma4Family(Family):
+    name = "gemma4"
+    label = "Gemma 4"
+    model_types = ("gemma4", "gemma4_unified")
+    components = COMPONENTS
+    chat_template_kwargs = {"enable_thinking": False}
+    default_max_new_tokens = MAX_NEW_TOKENS
+
+    def loader_class(self):
+        from transformers import AutoModelForMultimodalLM
+
+        return AutoModelForMultimodalLM
+
+    def load_processor(self, model_dir):
+        from ..kit_gemma4 import load_processor
+
+        return load_processor(model_dir)
+
+    def save_processor(self, processor, out_dir) -> None:
+        from ..kit_gemma4 import save_processor
+
+        save_processor(processor, out_dir)
+
+    def find_parts(self, model) -> dict:
+        names = {id(m): n for n, m in model.named_modules()}
+        inner = getattr(model, "model", model)
+        lm = inner.language_model
+        out_emb = model.get_output_embeddings()
+        tied = out_emb is not None and out_emb.weight is lm.embed_tokens.weight
+
+        def name(mod):
+            return names.get(id(mod)) if mod is not None else None
+
+        return {
+            "llm_layers": name(lm.layers), "embed_tokens": name(lm.embed_tokens),
+            "per_layer_embeddings": name(getattr(lm, "embed_tokens_per_layer", None)),
+            "lm_head": name(out_emb), "lm_head_tied": tied,
+            "audio_encoder": name(getattr(inner, "audio_tower", None)),
+            "vision_encoder": name(getattr(inner, "vision_tower", None)),
+            "vision_projector": name(getattr(inner, "embed_vision", None)),
+            "projector": name(getattr(inner, "embed_audio", None)),
+        }
+
+    def component_for_key(self, key: str) -> str:
+        for rx, comp in _KEY_RULES:
+            if rx.search(key):
+                return comp
+        return "other"
+
+    def kv_sources(self, text_config) -> dict[int, int]:
+        """Layer -> the earlier layer whose keys/values it reuses (KV sharing), for every sharing layer."""
+        n = text_config.num_hidden_layers
+        shared = getattr(text_config, "num_kv_shared_layers", 0) or 0
+        first = n - shared
+        types = text_config.layer_types
+        out = {}
+        for i in range(first, n):
+            src = max((j for j in range(first) if types[j] == types[i]), default=None)
+            out[i] = src
+        return out
+
+    def config_after_layer_removal(self, config, kept: list[int]):
+        """Refuses a removal that breaks KV sharing: a kept sharing layer whose source layer is removed,
+        or a kept plain layer between sharing layers (sharing layers must stay the last ones)."""
+        from ..errors import UserError
+
+        t = getattr(config, "text_config", config)
+        src = self.kv_sources(t)
+        for i in kept:
+            if i in src and src[i] not in kept:
+                raise UserError(f"cannot remove layer {src[i]}: kept layer {i} reads its keys/values from it "
+                                f"(KV sharing, num_kv_shared_layers={t.num_kv_shared_layers})")
+        n_shared = sum(1 for i in kept if i in src)
+        if n_shared and any(i not in src for i in kept[len(kept) - n_shared:]):
+            raise UserError("the KV-sharing layers must stay the last layers")
+        # the source must still be the last earlier layer of its type after removal
+        new_types = [t.layer_types[i] for i in kept]
+        first = len(kept) - n_shared
+        for pos, i in enumerate(kept[first:], start=first):
+            last = max((p for p in range(first) if new_types[p] == new_types[pos]), default=None)
+            if last is None or kept[last] != src[i]:
+                raise UserError(f"removing these layers would make layer {i} read another layer's keys/values "
+                                f"(it reads layer {src[i]})")
+        if new_types and new_types[-1] != "full_attention":
+            raise UserError(f"the last kept layer ({kept[-1]}) is a {new_types[-1]} layer; Gemma 4's last layer "
+                            "must be a full_attention (global) layer")
+        # rebuilt from its dict: the per-layer overrides (global layers' head width) are keyed by layer index
+        d = config.to_dict()
+        td = d["text_config"] if "text_config" in d else d
+        overrides = {int(k): v for k, v in (td.get("per_layer_config") or {}).items()}
+        td.update(layer_types=new_types, num_hidden_layers=len(kept), num_kv_shared_layers=n_shared,
+                  per_layer_config={new: overrides[old] for new, old in enumerate(kept) if old in overrides})
+        return type(config).from_dict(d)
+
+    def allowed_removal(self, config, count: int) -> list[int]:
+        """The contiguous block of ``count`` decoder layers nearest the middle whose removal keeps the model
+        valid (KV sharing, a global last layer), for planning ``--llm-layers``; UserError when none is."""
+        from ..errors import UserError
+
+        n = getattr(config, "text_config", config).num_hidden_layers
+        starts = sorted(range(0, n - count + 1), key=lambda s: (abs(s + count / 2 - n / 2), s))
+        for s in starts:
+            block = list(range(s, s + count))
+            try:
+                self.config_after_layer_removal(config, [i for i in range(n) if i not in block])
+            except UserError:
+                continue
+            return block
+        raise UserError(f"no block of {count} contiguous layers can be removed from this Gemma 4 model "
+                        "(KV sharing or the global last layer forbid every one)")
+
+    def messages(self, lang: str, instruction_text: str | None = None, audio=None) -> list[dict]:
+        """The organizers' messages: one user turn, the text, then the audio."""
+        part = {"type": "audio", "audio": audio} if audio is not None else {"type": "audio"}
+        return [{"role": "user", "content": [{"type": "text", "text": instruction_text or organizers_prompt(lang)}, part]}]
+
+    def predict(self, spec, base_config, edition: str, *, base_name: str | None = None):
+        from .gemma4_plan import predict
+
+        return predict(spec, base_config, edition, base_name=base_name)
+
+    def build_kit(self, out_dir, seed: int = 0):
+        from ..kit_gemma4 import build_kit_gemma4
+
+        return build_kit_gemma4(out_dir, seed=seed)
+
+
+# ------------------------------------------------------------------ the real gemma-4-12B-it layout
+
+# transformers 5.24 names google/gemma-4-12B-it as the checkpoint of ``gemma4_unified`` but ships no
+# config for it. What the package gives: model_type gemma4_unified; the text hidden size 3840 (the
+# vision embedder's mm_embed_dim default, documented as "matches the text model hidden_size"); the
+# vocabulary 262,144, global head width 512, sliding window 1024, 5:1 sliding/global pattern, tied
+# embeddings and the audio (640) and vision (patch 16, pooling 3, 1120 positions) defaults. NOT in the
+# package (assumed here, from Gemma 3 12B's published widths): 48 layers, MLP width 15,360, 16 query
+# heads, 8 key/value heads, head width 256.
+GEMMA4_12B_ASSUMED = {"num_hidden_layers": 48, "intermediate_size": 15360, "num_attention_heads": 16,
+                      "num_key_value_heads": 8, "head_dim": 256}
+
+
+def gemma4_12b_config():
+    """A ``Gemma4UnifiedConfig`` for gemma-4-12B-it: package values plus :data:`GEMMA4_12B_ASSUMED`."""
+    from transformers import Gemma4UnifiedConfig
+
+    text = dict(hidden_size=3840, vocab_size=262144, **GEMMA4_12B_ASSUMED)
+    cfg = Gemma4UnifiedConfig(text_config=text, vision_config={}, audio_config={}, dtype="bfloat16")
+    cfg.architectures = ["Gemma4UnifiedForConditionalGeneration"]
+    return cfg

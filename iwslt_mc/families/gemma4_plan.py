@@ -1,0 +1,124 @@
+"""The planner for the Gemma 4 family: every tensor of the model built on the meta device.
+
+Qwen2-Audio's planner expands one template layer; Gemma 4's layers differ (sliding and global layers
+have different head widths, KV-sharing layers, a PLE table whose width is per layer), so the whole model
+is enumerated (on the meta device: no memory). The on-disk arithmetic and the safetensors header are the
+planner's own (:func:`iwslt_mc.planner.disk_tensors`, :func:`iwslt_mc.planner.safetensors_header_bytes`).
+Supported spec dimensions: precision (per component too), ``vocab``, ``ffn_dim`` and ``llm_layers``
+(the removed layers are the contiguous block nearest the middle that KV sharing and the global last
+layer allow: :meth:`Gemma4Family.allowed_removal`). ``--target`` searches are Qwen2-Audio only.
+"""
+
+from __future__ import annotations
+
+import copy
+
+from .. import __version__
+
+
+def _text(cfg):
+    return getattr(cfg, "text_config", None) or cfg
+
+
+def base_dims(cfg) -> dict:
+    t, a = _text(cfg), getattr(cfg, "audio_config", None)
+    return {"llm_layers": t.num_hidden_layers,
+            "audio_layers": getattr(a, "num_hidden_layers", None) if a is not None else None,
+            "ffn_dim": t.intermediate_size, "audio_ffn_dim": None, "vocab": t.vocab_size}
+
+
+def apply_dims(cfg, dims: dict):
+    """A copy of ``cfg`` with the spec's dimensions."""
+    from ..errors import UserError
+    from .gemma4 import Gemma4Family
+
+    base = base_dims(cfg)
+    if dims["audio_layers"] != base["audio_layers"]:
+        raise UserError("--audio-layers is not supported for Gemma 4 yet")
+    if dims["llm_layers"] != base["llm_layers"]:
+        if dims["llm_layers"] > base["llm_layers"]:
+            raise UserError(f"--llm-layers {dims['llm_layers']}: the base model has only {base['llm_layers']}")
+        fam, n = Gemma4Family(), base["llm_layers"]
+        block = fam.allowed_removal(cfg, n - dims["llm_layers"])
+        kept = [i for i in range(n) if i not in block]
+        cfg = Gemma4Family().config_after_layer_removal(cfg, kept)
+    cfg = copy.deepcopy(cfg)
+    t = _text(cfg)
+    t.intermediate_size = dims["ffn_dim"]
+    if dims["vocab"] != t.vocab_size:
+        t.vocab_size = dims["vocab"]
+        if getattr(t, "vocab_size_per_layer_input", None):
+            t.vocab_size_per_layer_input = dims["vocab"]
+        for c in (cfg, t):
+            if isinstance(getattr(c, "pad_token_id", None), int) and c.pad_token_id >= dims["vocab"]:
+                c.pad_token_id = None
+    return cfg
+
+
+def inventory(cfg) -> list[tuple[str, tuple, str, bool, bool]]:
+    """(on-disk key, shape, component, is a Linear weight, is the token embedding) of every saved tensor."""
+    import torch
+    import transformers
+    from torch import nn
+    from transformers.modeling_utils import remove_tied_weights_from_state_dict
+
+    from .gemma4 import Gemma4Family
+
+    fam = Gemma4Family()
+    arch = (getattr(cfg, "architectures", None) or [None])[0]
+    cls = getattr(transformers, arch, None) if arch else None
+    if cls is None:
+        cls = transformers.AutoModelForMultimodalLM._model_mapping[type(cfg)]
+    with torch.device("meta"):
+        model = cls(cfg)
+    linear_ids = {id(m.weight) for m in model.modules() if isinstance(m, nn.Linear)}
+    embed_id = id(model.get_input_embeddings().weight)
+    sd = remove_tied_weights_from_state_dict(model.state_dict(), model)
+    kind = {}
+    for name in sd:
+        try:
+            obj = model.get_parameter_or_buffer(name)
+        except AttributeError:
+            obj = None
+        kind[name] = (id(obj) in linear_ids, id(obj) == embed_id)
+    marked = {id(v): k for k, v in sd.items()}
+    from transformers.core_model_loading import revert_weight_conversion
+
+    disk = revert_weight_conversion(model, dict(sd))
+    out = []
+    for key, tensor in disk.items():
+        lin, emb = kind.get(marked.get(id(tensor), key), (False, False))
+        out.append((key, tuple(tensor.shape), fam.component_for_key(key), lin, emb))
+    return out
+
+
+def predict(spec, base_config, edition: str, *, base_name: str | None = None):
+    from ..planner import QUANT_PRECISIONS, Prediction, disk_tensors, safetensors_header_bytes
+    from ..track import get_edition, size_bin
+    from .gemma4 import COMPONENTS
+
+    ed = get_edition(edition)
+    base = base_dims(base_config)
+    dims = {k: (getattr(spec, k) if getattr(spec, k) is not None else v) for k, v in base.items()}
+    cfg = apply_dims(base_config, dims)
+    fdt = spec.storage_float
+    entries, params, overhead = [], 0, 0
+    components = {c: {"params": 0, "bytes": 0} for c in COMPONENTS}
+    for key, shape, comp, linear, emb in inventory(cfg):
+        prec = spec.precision_of(comp)
+        if prec in QUANT_PRECISIONS and not (linear or (emb and comp == "embed_tokens")):
+            prec = fdt
+        ents, n, ovh = disk_tensors(key, shape, prec, fdt)
+        entries.extend(ents)
+        components[comp]["params"] += n
+        components[comp]["bytes"] += sum(e[3] for e in ents)
+        params += n
+        overhead += ovh
+    header = safetensors_header_bytes(entries, {"format": "pt"})
+    total = header + sum(e[3] for e in entries)
+    components = {c: v for c, v in components.items() if v["bytes"] or c not in ("other", "lm_head")}
+    signature = (f"predicted|edition:{ed.key}|format:safetensors-1-file|family:gemma4"
+                 f"|units:decimal|version:iwslt-mc-{__version__}")
+    return Prediction(spec=spec, edition=ed.key, bytes=total, params=params, bin=size_bin(total, ed),
+                      components=components, overhead=overhead, header_bytes=header, tensors=len(entries),
+                      dims=dims, base=base_name or "config", signature=signature, entries=entries, config=cfg)

@@ -1,0 +1,215 @@
+"""Surgery on a loaded Gemma 4 model: remove decoder layers (with their per-layer-embedding slices, under
+the KV-sharing constraint) and remove the vision encoder. Each returns a model that ``from_pretrained``
+alone loads back once saved: the config is rebuilt first, then a fresh model of that config receives
+the kept weights (``load_state_dict(strict=True)``, so nothing is silently dropped or left random)."""
+
+from __future__ import annotations
+
+import re
+
+_LAYER = re.compile(r"^(.*language_model\.layers\.)(\d+)(\..*)$")
+
+
+def _rebuild(model, config, state_dict):
+    import torch
+
+    dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
+    with torch.device("cpu"):
+        new = type(model)(config)
+    new = new.to(dtype)
+    missing, unexpected = new.load_state_dict(state_dict, strict=False)
+    # tied lm_head is in neither or both; anything else is a bug
+    missing = [k for k in missing if k != "lm_head.weight"]
+    if missing or unexpected:
+        raise RuntimeError(f"Gemma 4 surgery: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    new.generation_config = model.generation_config
+    return new.eval()
+
+
+def remove_llm_layers(model, remove):
+    """A new model without decoder layers ``remove``; refuses (UserError) a removal that breaks KV sharing."""
+    from ..errors import UserError
+    from .gemma4 import Gemma4Family
+
+    t = model.config.text_config
+    n = t.num_hidden_layers
+    remove = sorted(set(remove))
+    if any(i < 0 or i >= n for i in remove) or len(remove) >= n:
+        raise UserError(f"layers to remove {remove}: the model has {n} layers (0..{n - 1}), at least one must stay")
+    kept = [i for i in range(n) if i not in remove]
+    config = Gemma4Family().config_after_layer_removal(model.config, kept)
+    new_index = {old: new for new, old in enumerate(kept)}
+    P = getattr(t, "hidden_size_per_layer_input", 0) or 0
+    sd = {}
+    for k, v in model.state_dict().items():
+        m = _LAYER.match(k)
+        if m:
+            i = int(m.group(2))
+            if i in new_index:
+                sd[f"{m.group(1)}{new_index[i]}{m.group(3)}"] = v
+            continue
+        if P and k.endswith("embed_tokens_per_layer.weight"):  # [V, n*P]: P columns per layer
+            v = v.reshape(v.shape[0], n, P)[:, kept].reshape(v.shape[0], len(kept) * P)
+        elif P and k.endswith("per_layer_model_projection.weight"):  # [n*P, H]: P rows per layer
+            v = v.reshape(n, P, v.shape[1])[kept].reshape(len(kept) * P, v.shape[1])
+        sd[k] = v
+    return _rebuild(model, config, sd), kept
+
+
+def drop_vision(model):
+    """A new model without the vision encoder and its projector (``vision_config`` None)."""
+    from ..errors import UserError
+
+    if getattr(model.config, "vision_config", None) is None:
+        raise UserError("the model has no vision encoder (vision_config is empty)")
+    d = model.config.to_dict()
+    d["vision_config"] = None
+    config = type(model.config).from_dict(d)
+    sd = {k: v for k, v in model.state_dict().items()
+          if not re.search(r"(^|\.)(vision_tower|embed_vision|vision_embedder)\.", k)}
+    return _rebuild(model, config, sd)
+
+
+def run_prune_layers(stage, in_dir, out_dir, ctx) -> dict:
+    """The prune-layers stage for Gemma 4: explicit ``llm_layers``, or the middle/top strategies.
+    Audio-encoder layers and the iterative search are Qwen2-Audio only for now (a one-line refusal)."""
+    from .. import modelio
+    from ..errors import UserError
+    from ..stages.merge import checkpoint_dtype
+    from ..stages.prune_layers import _fmt_layers, middle_block, top_block
+
+    o = stage.options
+    if o.audio_layers or o.audio_remove:
+        raise UserError("stage prune-layers: removing audio-encoder layers is not supported for Gemma 4 yet")
+    if o.strategy == "iterative":
+        raise UserError("stage prune-layers: strategy iterative is not supported for Gemma 4 yet (use llm_layers, middle or top)")
+    run_dtype = modelio.runtime_dtype(in_dir, ctx.resolved_device())
+    model = modelio.load_model(in_dir, dtype=run_dtype, device="cpu")
+    processor = modelio.load_processor(in_dir)
+    n = model.config.text_config.num_hidden_layers
+    if o.strategy is None:
+        llm = sorted(o.llm_layers or [])
+    else:
+        llm = (middle_block if o.strategy == "middle" else top_block)(n, o.remove)
+    new, kept = remove_llm_layers(model, llm)
+    ctx.log(f"prune-layers: removed Gemma 4 LLM layers [{_fmt_layers(llm)}] (PLE slices with them); saving")
+    modelio.save_model(new, processor, out_dir, dtype=checkpoint_dtype(in_dir) if run_dtype else None)
+    how = "given" if o.strategy is None else f"{o.strategy} block"
+    return {"techniques": [f"layer pruning: {len(llm)} of {n} Gemma 4 LLM layers removed ({how}: {_fmt_layers(llm)})"],
+            "removed_llm_layers": llm, "removed_audio_layers": [], "llm_layers_before": n, "llm_layers_after": len(kept)}
+
+
+def check_removal(model_dir, remove) -> None:
+    """Refuse (UserError) removing ``remove`` from the model in ``model_dir`` when it breaks KV sharing,
+    reading its config only (no weights)."""
+    from ..planner import load_base_config
+    from .gemma4 import Gemma4Family
+
+    cfg = load_base_config(model_dir)
+    n = cfg.text_config.num_hidden_layers
+    Gemma4Family().config_after_layer_removal(cfg, [i for i in range(n) if i not in set(remove)])
+
+
+# Token ids a Gemma 4 config names beyond bos/eos/pad (top level of Gemma4Config).
+_MM_ID_KEYS = ("boi_token_id", "eoi_token_id", "image_token_id", "video_token_id", "boa_token_id",
+               "eoa_token_index", "audio_token_id")
+_TEXT_ID_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id")
+
+
+def _config_ids(d: dict) -> set[int]:
+    ids = set()
+    for part, keys in ((d, _MM_ID_KEYS + _TEXT_ID_KEYS), (d.get("text_config") or {}, _TEXT_ID_KEYS)):
+        for k in keys:
+            v = part.get(k)
+            for x in (v if isinstance(v, list) else [v]):
+                if isinstance(x, int) and x >= 0:
+                    ids.add(x)
+    return ids
+
+
+def _remap_ids(d: dict, old2new: dict) -> None:
+    for part, keys in ((d, _MM_ID_KEYS + _TEXT_ID_KEYS), (d.get("text_config") or {}, _TEXT_ID_KEYS)):
+        for k in keys:
+            v = part.get(k)
+            if isinstance(v, list):
+                part[k] = [old2new[x] for x in v]
+            elif isinstance(v, int) and v >= 0:
+                part[k] = old2new[v]
+
+
+def select_vocab(model, keep_ids: list[int]):
+    """A new model keeping token rows ``keep_ids`` (sorted old ids; new id = position) of the token
+    embeddings, the PLE table and the tied ``lm_head``, with every token id in the config renumbered."""
+    from ..errors import UserError
+
+    t = model.config.text_config
+    ple_rows = getattr(t, "vocab_size_per_layer_input", None) if getattr(t, "hidden_size_per_layer_input", 0) else None
+    if ple_rows is not None and ple_rows != t.vocab_size:
+        raise UserError(f"trim-vocab: the PLE table has {ple_rows} rows and the vocabulary {t.vocab_size}; "
+                        "only equal sizes are handled")
+    old2new = {old: new for new, old in enumerate(keep_ids)}
+    d = model.config.to_dict()
+    _remap_ids(d, old2new)
+    d["text_config"]["vocab_size"] = len(keep_ids)
+    if ple_rows is not None:
+        d["text_config"]["vocab_size_per_layer_input"] = len(keep_ids)
+    config = type(model.config).from_dict(d)
+    import torch
+
+    idx = torch.tensor(keep_ids)
+    sd = {}
+    for k, v in model.state_dict().items():
+        if k.endswith(("embed_tokens.weight", "embed_tokens_per_layer.weight", "lm_head.weight")) and v.shape[0] == t.vocab_size:
+            v = v.index_select(0, idx).clone()
+        sd[k] = v
+    new = _rebuild(model, config, sd)
+    gc = new.generation_config
+    for k in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        v = getattr(gc, k, None)
+        if isinstance(v, list):
+            setattr(gc, k, [old2new[x] for x in v])
+        elif isinstance(v, int):
+            setattr(gc, k, old2new[v])
+    return new, old2new
+
+
+def run_trim_vocab(stage, in_dir, out_dir, ctx) -> dict:
+    """The trim-vocab stage for Gemma 4: the same keep rules as for Qwen2-Audio (prompt, given text,
+    special/added tokens, config ids, explicit tokens, closed under merges), the 256 byte-fallback
+    tokens instead of the byte-level alphabet, and the PLE table trimmed with the token embeddings."""
+    import json
+    from pathlib import Path
+
+    from .. import modelio, sizer
+    from ..prompting import TARGET_LANGUAGE, prompt_text
+    from ..stages.trim_vocab import keep_set, trim_tokenizer_json
+
+    model = modelio.load_model(in_dir, device="cpu")
+    processor = modelio.load_processor(in_dir)
+    tok = processor.tokenizer
+    tok_json = json.loads((Path(in_dir) / "tokenizer.json").read_text("utf-8"))
+    rows_before = model.config.text_config.vocab_size
+    languages = stage._languages(ctx)
+    texts, data_used = stage._texts(ctx, languages)
+    prompts = [prompt_text(processor, lang) for lang in TARGET_LANGUAGE]
+    enc = tok(prompts + texts, add_special_tokens=False)["input_ids"]
+    vocab = tok_json["model"]["vocab"]
+    byte_ids = [vocab[f"<0x{b:02X}>"] for b in range(256) if f"<0x{b:02X}>" in vocab]
+    extra = [byte_ids, sorted(_config_ids(model.config.to_dict())), [tok.unk_token_id] if tok.unk_token_id is not None else []]
+    keep_ids = keep_set(tok, tok_json, enc + extra, [model.generation_config], stage.options, rows_before)
+    new_json, old2new = trim_tokenizer_json(tok_json, keep_ids)
+    new, old2new = select_vocab(model, keep_ids)
+    ctx.log(f"trim-vocab: {rows_before} -> {len(keep_ids)} token rows (embeddings, PLE table, tied lm_head); saving")
+    modelio.save_model(new, processor, out_dir)
+    stage._rewrite_tokenizer_files(Path(out_dir), new_json, old2new)
+    new_proc = modelio.load_processor(out_dir)
+    new_enc = new_proc.tokenizer(prompts + texts, add_special_tokens=False)["input_ids"]
+    for line, old, nw in zip(prompts + texts, enc, new_enc):
+        if [old2new[i] for i in old] != nw:
+            raise RuntimeError(f"trim-vocab: the trimmed tokenizer encodes {line[:60]!r} differently (a bug)")
+    if len(new_proc.tokenizer) != len(keep_ids):
+        raise RuntimeError(f"trim-vocab: tokenizer has {len(new_proc.tokenizer)} tokens, model {len(keep_ids)} rows")
+    saved = sizer.measure(in_dir).bytes - sizer.measure(out_dir).bytes
+    return {"techniques": [f"vocabulary trimming ({rows_before:,} -> {len(keep_ids):,} tokens, PLE table with them; "
+                           f"{saved:,} bytes saved)"], "data": data_used, "vocab_before": rows_before,
+            "vocab_after": len(keep_ids), "bytes_saved": saved, "text_segments": len(texts), "languages": languages}

@@ -1,0 +1,66 @@
+"""The Qwen2-Audio family: delegates to the modules that have always handled it (layout, prompting,
+planner, kit), so behaviour is exactly what it was before families existed."""
+
+from __future__ import annotations
+
+from . import Family
+
+
+class Qwen2AudioFamily(Family):
+    name = "qwen2_audio"
+    label = "Qwen2-Audio"
+    model_types = ("qwen2_audio",)
+
+    @property
+    def components(self):
+        from ..layout import COMPONENTS
+
+        return COMPONENTS
+
+    def loader_class(self):
+        from transformers import Qwen2AudioForConditionalGeneration
+
+        return Qwen2AudioForConditionalGeneration
+
+    def find_parts(self, model) -> dict:
+        from ..layout import find_layout
+
+        lay = find_layout(model)
+        return {"llm_layers": lay.decoder_layers_name, "embed_tokens": lay.embed_tokens_name,
+                "per_layer_embeddings": None, "lm_head": lay.lm_head_name, "lm_head_tied": False,
+                "audio_encoder": lay.audio_tower_name, "vision_encoder": None, "projector": lay.projector_name}
+
+    def component_for_key(self, key: str) -> str:
+        from ..layout import component_for_key
+
+        return component_for_key(key)
+
+    def config_after_layer_removal(self, config, kept: list[int]):
+        import copy
+
+        cfg = copy.deepcopy(config)
+        t = getattr(cfg, "text_config", cfg)
+        if getattr(t, "layer_types", None):
+            t.layer_types = [t.layer_types[i] for i in kept]
+        t.num_hidden_layers = len(kept)
+        return cfg
+
+    def messages(self, lang: str, instruction_text: str | None = None, audio=None) -> list[dict]:
+        from ..prompting import messages
+
+        return messages(lang, instruction_text)
+
+    def prompt_text(self, processor, lang: str, instruction_text: str | None = None) -> str:
+        from ..prompting import _qwen2_audio_prompt_text
+
+        return _qwen2_audio_prompt_text(processor, lang, instruction_text)
+
+    def predict(self, spec, base_config, edition: str, *, base_name: str | None = None):
+        from ..planner import predict
+
+        return predict(spec, base_config, edition, base_name=base_name)
+
+    def build_kit(self, out_dir, seed: int = 0, **options):
+        from ..kit import build_kit
+
+        return build_kit(out_dir, seed=seed, **options)

@@ -1,0 +1,46 @@
+"""drop-vision: remove the vision encoder (and its projector) of a Gemma 4 model.
+
+A speech-translation submission never feeds images, so the vision tower is dead weight. The output's
+config has no ``vision_config`` and loads with ``from_pretrained`` alone; text and audio paths are
+untouched, so speech translation gives the same outputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import UserError
+from .base import Stage, StageContext, StageOptions, read_config
+
+
+@dataclass
+class DropVisionOptions(StageOptions):
+    pass
+
+
+class DropVision(Stage):
+    name = "drop-vision"
+    Options = DropVisionOptions
+    families = ("gemma4",)
+    techniques = ["vision encoder removed (speech translation does not use it)"]
+
+    def check(self, in_dir: Path, ctx: StageContext) -> None:
+        cfg = read_config(in_dir)
+        if cfg.get("model_type") not in ("gemma4", "gemma4_unified"):
+            raise UserError(f"stage drop-vision: {in_dir} is a {cfg.get('model_type')} model; only Gemma 4 has a vision encoder to drop")
+        if not cfg.get("vision_config"):
+            raise UserError(f"stage drop-vision: {in_dir} has no vision encoder (vision_config is empty)")
+
+    def run(self, in_dir: Path, out_dir: Path, ctx: StageContext) -> dict:
+        from .. import modelio
+        from ..families.gemma4_surgery import drop_vision
+
+        model = modelio.load_model(in_dir, device="cpu")
+        processor = modelio.load_processor(in_dir)
+        before = sum(p.numel() for p in model.parameters())
+        new = drop_vision(model)
+        after = sum(p.numel() for p in new.parameters())
+        ctx.log(f"drop-vision: {before - after:,} parameters removed; saving")
+        modelio.save_model(new, processor, out_dir)
+        return {"techniques": list(self.techniques), "params_removed": before - after}

@@ -1,0 +1,94 @@
+"""The model-family seam: detection from config.json, one-line refusals, Qwen2-Audio delegation."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from iwslt_mc import families
+from iwslt_mc.errors import InputFileError
+
+
+def _model_dir(tmp_path, model_type):
+    d = tmp_path / str(model_type)
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps({"model_type": model_type} if model_type else {}), encoding="utf-8")
+    return d
+
+
+def test_registry_names_match():
+    assert tuple(f.name for f in families.families()) == families.FAMILY_NAMES
+    assert families.supported_text() == "qwen2_audio [qwen2_audio], gemma4 [gemma4, gemma4_unified]"
+    from iwslt_mc.modelio import SUPPORTED_MODEL_TYPES
+
+    assert SUPPORTED_MODEL_TYPES == tuple(t for f in families.families() for t in f.model_types)
+
+
+@pytest.mark.parametrize("model_type,name", [("qwen2_audio", "qwen2_audio"), ("gemma4", "gemma4"),
+                                             ("gemma4_unified", "gemma4")])
+def test_family_for_detects_model_type(tmp_path, model_type, name):
+    assert families.family_for(_model_dir(tmp_path, model_type)).name == name
+
+
+@pytest.mark.parametrize("model_type", ["bert", None])
+def test_unsupported_model_type_is_one_line_naming_families(tmp_path, model_type):
+    d = _model_dir(tmp_path, model_type)
+    with pytest.raises(InputFileError) as e:
+        families.family_for(d)
+    msg = str(e.value)
+    assert "\n" not in msg and str(d) in msg
+    assert f"model_type {model_type!r}" in msg and "qwen2_audio" in msg and "gemma4" in msg
+
+
+def test_require_supported_model_consults_registry(tmp_path):
+    from iwslt_mc.modelio import require_supported_model
+
+    assert require_supported_model(_model_dir(tmp_path, "gemma4")) == "gemma4"
+    assert require_supported_model(_model_dir(tmp_path, "qwen2_audio")) == "qwen2_audio"
+    with pytest.raises(InputFileError, match="supported families: qwen2_audio"):
+        require_supported_model(_model_dir(tmp_path, "bert"))
+
+
+def test_unknown_family_name():
+    from iwslt_mc.errors import UserError
+
+    with pytest.raises(UserError, match="unknown model family 'llama' \\(supported: qwen2_audio, gemma4\\)"):
+        families.family_named("llama")
+
+
+def test_qwen2_audio_key_mapping_is_layouts():
+    from iwslt_mc import layout
+
+    q = families.family_named("qwen2_audio")
+    assert q.components == layout.COMPONENTS
+    for key in ("language_model.model.layers.3.mlp.up_proj.weight", "audio_tower.layers.0.fc1.weight",
+                "multi_modal_projector.linear.weight", "language_model.lm_head.weight", "model.norm.weight"):
+        assert q.component_for_key(key) == layout.component_for_key(key)
+
+
+def test_gemma4_key_mapping():
+    g = families.family_named("gemma4")
+    expect = {
+        "model.audio_tower.layers.0.self_attn.q_proj.linear.weight": "audio_encoder",
+        "model.vision_tower.encoder.layers.0.mlp.up_proj.linear.weight": "vision_encoder",
+        "model.embed_vision.embedding_projection.weight": "vision_encoder",
+        "model.vision_embedder.patch_dense.weight": "vision_encoder",
+        "model.embed_audio.embedding_projection.weight": "projector",
+        "model.language_model.layers.7.per_layer_input_gate.weight": "llm_layers",
+        "model.language_model.embed_tokens_per_layer.weight": "per_layer_embeddings",
+        "model.language_model.per_layer_model_projection.weight": "per_layer_embeddings",
+        "model.language_model.embed_tokens.weight": "embed_tokens",
+        "lm_head.weight": "lm_head",
+        "model.language_model.norm.weight": "other",
+    }
+    assert {k: g.component_for_key(k) for k in expect} == expect
+
+
+def test_qwen2_audio_prompt_unchanged(kit_processor):
+    """The Qwen2-Audio prompt still comes from prompting.messages (system + audio + instruction)."""
+    from iwslt_mc.prompting import _qwen2_audio_prompt_text, prompt_text
+
+    text = prompt_text(kit_processor, "en-de")
+    assert text == _qwen2_audio_prompt_text(kit_processor, "en-de")
+    assert "You are a professional translator." in text and "Translate the English speech into German:" in text

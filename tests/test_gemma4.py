@@ -1,0 +1,325 @@
+"""The Gemma 4 family on its kit: kit, size, plan (kit and the real 12B layout), decode vs the organizers' logic."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from iwslt_mc.families import family_for, family_named
+from iwslt_mc.families.gemma4 import organizers_prompt
+
+
+@pytest.fixture(scope="session")
+def gemma_kit(tmp_path_factory):
+    from iwslt_mc.kit_gemma4 import build_kit_gemma4
+
+    out = tmp_path_factory.mktemp("gemma4kit") / "kit"
+    info = build_kit_gemma4(out, seed=0)
+    return out, info
+
+
+def test_kit_is_a_gemma4_with_every_part(gemma_kit):
+    out, info = gemma_kit
+    model_dir = out / "model"
+    cfg = json.loads((model_dir / "config.json").read_text())
+    assert cfg["model_type"] == "gemma4" and family_for(model_dir).name == "gemma4"
+    t = cfg["text_config"]
+    assert t["num_kv_shared_layers"] == 2 and t["hidden_size_per_layer_input"] == 8
+    assert t["layer_types"] == ["sliding_attention", "full_attention"] * 2 and t["tie_word_embeddings"]
+    assert cfg["audio_config"]["model_type"] == "gemma4_audio" and cfg["vision_config"]["model_type"] == "gemma4_vision"
+    assert json.loads((out / "kit.json").read_text())["family"] == "gemma4"
+    assert sorted(p.name for p in (out / "data").iterdir()) == ["README.md", "dev.parquet", "eval.parquet", "long", "testsets"]
+    assert info.tokenizer_size == 1809 and info.vocab_size == 1856
+    # same seed, same bytes (kit.json holds the weights' sha256)
+    assert json.loads((out / "kit.json").read_text())["weights_sha256"] == (
+        "70e58cfee63edc4f3fa89cc6930b7f8b1a5b6a65947720882bb4ebc29d202cff")
+
+
+def test_kit_processor_and_tokenizer(gemma_kit):
+    import numpy as np
+
+    from iwslt_mc.kit_gemma4 import load_processor
+
+    proc = load_processor(gemma_kit[0] / "model")
+    assert type(proc).__name__ == "Gemma4Processor"
+    assert type(proc.feature_extractor).__name__ == "Gemma4AudioFeatureExtractor"
+    tok = proc.tokenizer
+    assert (tok.audio_token, tok.boa_token, tok.eoa_token) == ("<|audio|>", "<|audio>", "<audio|>")
+    for t in ("<|turn>", "<turn|>", "<|channel>", "<channel|>", "<|image|>"):
+        assert tok.tokenize(t) == [t]
+    text = proc.apply_chat_template(family_named("gemma4").messages("en-de"), add_generation_prompt=True,
+                                    tokenize=False, enable_thinking=False)
+    assert text == ("<bos><|turn>user\nTranslate the following speech into German. Output only the translation, "
+                    "with no explanation or newlines.<|audio|><turn|>\n<|turn>model\n")
+    # one second of audio: 25 audio tokens (40 ms each) between boa and eoa
+    ids = proc(text=text, audio=np.zeros(16000, np.float32), return_tensors="pt")["input_ids"][0].tolist()
+    assert ids.count(tok.audio_token_id) == 25 and ids.count(tok.convert_tokens_to_ids("<|audio>")) == 1
+
+
+def test_size_components_sum_to_file(gemma_kit):
+    from iwslt_mc import sizer
+
+    model_dir = gemma_kit[0] / "model"
+    rep = sizer.measure(model_dir)
+    assert rep.bytes == (model_dir / "model.safetensors").stat().st_size
+    assert sum(v["bytes"] for v in rep.components.values()) + rep.header_bytes == rep.bytes
+    c = rep.components
+    assert c["lm_head"]["bytes"] == 0  # tied: not stored
+    assert c["embed_tokens"]["params"] == 1856 * 64
+    assert c["per_layer_embeddings"]["params"] == 1856 * 4 * 8 + 64 * 4 * 8 + 8  # table, projection, norm
+    assert c["audio_encoder"]["params"] > 0 and c["vision_encoder"]["params"] > 0 and c["projector"]["params"] == 32 * 64
+
+
+def test_plan_on_kit_is_exact(gemma_kit):
+    from iwslt_mc import planner, sizer
+
+    model_dir = gemma_kit[0] / "model"
+    pred = planner.predict(planner.Spec(precision="fp32"), planner.load_base_config(model_dir), "2025")
+    rep = sizer.measure(model_dir)
+    assert (pred.bytes, pred.params) == (rep.bytes, rep.params)
+    assert pred.components == {k: v for k, v in rep.components.items() if v["bytes"] or k not in ("other", "lm_head")}
+
+
+def test_plan_real_12b_layout_matches_meta_model(tmp_path):
+    import torch
+    import transformers
+
+    from iwslt_mc import planner
+    from iwslt_mc.families.gemma4 import gemma4_12b_config
+
+    cfg = gemma4_12b_config()
+    d = tmp_path / "gemma-4-12B-it"
+    d.mkdir()
+    (d / "config.json").write_text(cfg.to_json_string(use_diff=False))
+    base = planner.load_base_config(d)
+    pred = planner.predict(planner.Spec(), base, "2025")
+    with torch.device("meta"):
+        model = transformers.Gemma4UnifiedForConditionalGeneration(base)
+    n_params = sum(p.numel() for p in model.parameters())
+    saved_buffers = sum(b.numel() for name, b in model.state_dict().items()
+                        if name.endswith("layer_scalar"))  # one persistent scalar per decoder layer
+    assert saved_buffers == 48
+    assert pred.params == n_params + saved_buffers == 12_195_659_824
+    assert pred.components["audio_encoder"]["params"] == 0  # gemma4_unified: audio enters through embed_audio
+    assert pred.components["embed_tokens"]["params"] == 262144 * 3840
+    assert pred.bytes == pred.header_bytes + 2 * pred.params
+
+
+def test_kv_sharing_constraint_on_layer_removal(gemma_kit):
+    from iwslt_mc.errors import UserError
+    from iwslt_mc.planner import load_base_config
+
+    fam = family_named("gemma4")
+    cfg = load_base_config(gemma_kit[0] / "model")
+    assert fam.kv_sources(cfg.text_config) == {2: 0, 3: 1}
+    with pytest.raises(UserError, match="cannot remove layer 1: kept layer 3 reads its keys/values from it"):
+        fam.config_after_layer_removal(cfg, [0, 2, 3])
+    new = fam.config_after_layer_removal(cfg, [0, 1, 3])
+    assert new.text_config.num_hidden_layers == 3 and new.text_config.num_kv_shared_layers == 1
+    assert new.text_config.layer_types == ["sliding_attention", "full_attention", "full_attention"]
+
+
+def organizers_gemma_run(model_dir, wav_paths, lang):
+    """The organizers' gemma_run.py logic as track-rules.md describes it (test only): librosa at 16 kHz
+    mono, one user turn (text, then audio), chat template with add_generation_prompt and
+    enable_thinking=False, greedy, max_new_tokens=256, each output joined into one line.
+    AutoProcessor needs torchvision for Gemma 4 (absent here), so the processor comes from the family."""
+    import librosa
+    import torch
+    from transformers import AutoModelForMultimodalLM
+
+    processor = family_named("gemma4").load_processor(model_dir)
+    model = AutoModelForMultimodalLM.from_pretrained(str(model_dir), dtype="auto").eval()
+    lines = []
+    for wav in wav_paths:
+        audio, _ = librosa.load(str(wav), sr=16000, mono=True)
+        messages = [{"role": "user", "content": [{"type": "text", "text": organizers_prompt(lang)},
+                                                 {"type": "audio", "audio": audio}]}]
+        inputs = processor.apply_chat_template(messages, add_generation_prompt=True, enable_thinking=False,
+                                               tokenize=True, return_dict=True, return_tensors="pt")
+        with torch.inference_mode():
+            out = model.generate(**inputs, max_new_tokens=256, do_sample=False)
+        text = processor.decode(out[0][inputs["input_ids"].shape[-1]:], skip_special_tokens=True)
+        lines.append(" ".join(text.strip().splitlines()))
+    return lines
+
+
+def test_reference_decode_equals_organizers_logic(gemma_kit, tmp_path):
+    from iwslt_mc.decoding import decode_to_file
+    from iwslt_mc.inputs import resolve_audio
+
+    out, _ = gemma_kit
+    folder = out / "data" / "testsets" / "KITCLIPS"
+    order = (folder / "FILE_ORDER").read_text().split()
+    wavs = [folder / w for w in order][:1]
+    (tmp_path / "two").mkdir()
+    for w in wavs:
+        (tmp_path / "two" / w.name).write_bytes(w.read_bytes())
+    (tmp_path / "two" / "FILE_ORDER").write_text("".join(w.name + "\n" for w in wavs))
+    theirs = organizers_gemma_run(out / "model", wavs, "en-de")
+    hyp = tmp_path / "hyp.de"
+    summary = decode_to_file(out / "model", resolve_audio(str(tmp_path / "two")), hyp, lang="en-de", mode="reference")
+    ours = hyp.read_text(encoding="utf-8").splitlines()
+    assert ours == theirs and len(ours) == 1 and ours[0]
+    # random weights run to the organizers' limit (256 new tokens), not the Qwen2-Audio max_length 1024
+    assert summary.tokens == 256
+
+
+def _decode_ids(model_dir, wav, max_new_tokens=8):
+    from iwslt_mc import modelio
+    from iwslt_mc.audio import load_audio
+    from iwslt_mc.decoding import reference_one
+
+    model = modelio.load_model(model_dir, device="cpu")
+    proc = modelio.load_processor(model_dir)
+    return reference_one(model, proc, load_audio(str(wav)), "en-de", max_new_tokens=max_new_tokens).tokens
+
+
+def test_drop_vision_stage_keeps_speech_translation(gemma_kit, tmp_path):
+    from transformers import AutoModelForMultimodalLM
+
+    from iwslt_mc import sizer
+    from iwslt_mc.stages import make_stage
+    from iwslt_mc.stages.base import StageContext, run_stage
+
+    model_dir = gemma_kit[0] / "model"
+    out = tmp_path / "novision"
+    run_stage(make_stage("drop-vision"), model_dir, out, StageContext(device="cpu", log=lambda s: None))
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["vision_config"] is None
+    model = AutoModelForMultimodalLM.from_pretrained(str(out))
+    assert model.model.vision_tower is None and model.model.embed_vision is None
+    before, after = sizer.measure(model_dir), sizer.measure(out)
+    assert after.components["vision_encoder"]["bytes"] == 0
+    assert before.params - after.params == before.components["vision_encoder"]["params"] == 18_000
+    wav = gemma_kit[0] / "data" / "testsets" / "KITCLIPS" / "clip-a.wav"
+    ids = _decode_ids(model_dir, wav)
+    assert len(ids) == 8 and _decode_ids(out, wav) == ids
+
+
+def test_drop_vision_refuses_qwen2_audio(kit, tmp_path):
+    from iwslt_mc.errors import UserError
+    from iwslt_mc.stages import make_stage
+    from iwslt_mc.stages.base import StageContext, run_stage
+
+    with pytest.raises(UserError, match="stage drop-vision: not supported for qwen2_audio models yet"):
+        run_stage(make_stage("drop-vision"), kit / "model", tmp_path / "x", StageContext(device="cpu"))
+    assert not (tmp_path / "x").exists()
+
+
+def test_prune_layers_gemma4_kv_sharing_and_ple(gemma_kit, tmp_path, monkeypatch):
+    import torch
+    from transformers import AutoModelForMultimodalLM
+
+    from iwslt_mc import planner, sizer
+    from iwslt_mc.errors import UserError
+    from iwslt_mc.stages import make_stage
+    from iwslt_mc.stages.base import StageContext, run_stage
+
+    model_dir = gemma_kit[0] / "model"
+    ctx = StageContext(device="cpu", log=lambda s: None)
+    with monkeypatch.context() as mp:  # refused from the config, before any weight is loaded
+        mp.setattr("iwslt_mc.modelio.load_model", lambda *a, **k: pytest.fail("weights loaded"))
+        with pytest.raises(UserError, match="cannot remove layer 1: kept layer 3 reads its keys/values"):
+            run_stage(make_stage("prune-layers", {"llm_layers": [1]}), model_dir, tmp_path / "bad", ctx)
+    assert not (tmp_path / "bad").exists()
+    out = tmp_path / "pruned"
+    run_stage(make_stage("prune-layers", {"llm_layers": [2]}), model_dir, out, ctx)
+    old = AutoModelForMultimodalLM.from_pretrained(str(model_dir))
+    new = AutoModelForMultimodalLM.from_pretrained(str(out))
+    t = new.config.text_config
+    assert (t.num_hidden_layers, t.num_kv_shared_layers) == (3, 1)
+    assert t.layer_types == ["sliding_attention", "full_attention", "full_attention"]
+    assert new.model.language_model.layers[2].self_attn.head_dim == 32  # the global layer's own width followed it
+    ids = torch.tensor([[2, 300, 400, 500]])
+    with torch.no_grad():
+        ple_old = old.model.language_model.get_per_layer_inputs(ids, None)
+        ple_new = new.model.language_model.get_per_layer_inputs(ids, None)
+    assert torch.equal(ple_new, ple_old[:, :, [0, 1, 3]])
+    rep = sizer.measure(out)
+    pred = planner.predict(planner.Spec(precision="fp32"), planner.load_base_config(out), "2025")
+    assert (pred.bytes, pred.params) == (rep.bytes, rep.params)
+    # planned from the unpruned base: the only removable single layer is 2, so the plan is exact too
+    pred = planner.predict(planner.Spec(precision="fp32", llm_layers=3), planner.load_base_config(model_dir), "2025")
+    assert (pred.bytes, pred.params) == (rep.bytes, rep.params)
+
+
+def test_layer_removal_keeps_a_global_last_layer(gemma_kit):
+    from iwslt_mc.errors import UserError
+    from iwslt_mc.planner import Spec, load_base_config, predict, specs_for_bin
+
+    fam = family_named("gemma4")
+    cfg = load_base_config(gemma_kit[0] / "model")
+    with pytest.raises(UserError, match="the last kept layer \\(2\\) is a sliding_attention layer"):
+        fam.config_after_layer_removal(cfg, [0, 1, 2])
+    assert fam.allowed_removal(cfg, 1) == [2]
+    with pytest.raises(UserError, match="--target searches Qwen2-Audio bases only"):
+        specs_for_bin("Bin5", cfg)
+    with pytest.raises(UserError, match="no block of 3 contiguous layers"):
+        predict(Spec(llm_layers=1), cfg)
+
+
+def test_fast_mode_equals_reference_on_gemma_kit(gemma_kit):
+    from iwslt_mc import modelio
+    from iwslt_mc.audio import load_audio
+    from iwslt_mc.decoding import translate
+
+    model_dir = gemma_kit[0] / "model"
+    model, proc = modelio.load_model(model_dir, device="cpu"), modelio.load_processor(model_dir)
+    folder = gemma_kit[0] / "data" / "testsets" / "KITCLIPS"
+    waves = [load_audio(folder / n) for n in ("clip-a.wav", "clip-b.wav", "clip-c.wav")]
+    ref = translate(model, proc, waves, "en-de", mode="reference", max_new_tokens=12)
+    fast = translate(model, proc, waves, "en-de", mode="fast", batch_size=3, max_new_tokens=12)
+    assert [h.tokens for h in fast] == [h.tokens for h in ref]
+    assert all(len(h.tokens) == 12 for h in ref)
+
+
+def test_stages_without_gemma4_support_refuse_in_one_line(gemma_kit, tmp_path, monkeypatch):
+    from iwslt_mc.errors import UserError
+    from iwslt_mc.stages import make_stage
+    from iwslt_mc.stages.base import StageContext, run_stage
+
+    monkeypatch.setattr("iwslt_mc.modelio.load_model", lambda *a, **k: pytest.fail("weights loaded"))
+    with pytest.raises(UserError, match=r"^stage quantize: not supported for gemma4 models yet \(.*; it handles: qwen2_audio\)$"):
+        run_stage(make_stage("quantize"), gemma_kit[0] / "model", tmp_path / "q", StageContext(device="cpu"))
+    assert not (tmp_path / "q").exists()
+
+
+def test_trim_vocab_gemma4_is_exact_on_kept_tokens(gemma_kit, tmp_path):
+    import numpy as np
+    import torch
+    from transformers import AutoModelForMultimodalLM
+
+    from iwslt_mc import modelio, planner, sizer
+    from iwslt_mc.audio import load_audio
+    from iwslt_mc.prompting import prompt_text
+    from iwslt_mc.stages import make_stage
+    from iwslt_mc.stages.base import StageContext, run_stage
+
+    kit = gemma_kit[0]
+    out = tmp_path / "trimmed"
+    run_stage(make_stage("trim-vocab"), kit / "model", out,
+              StageContext(device="cpu", data=[str(kit / "data")], log=lambda s: None))
+    old_tok = json.loads((kit / "model" / "tokenizer.json").read_text())["model"]["vocab"]
+    new_tok = json.loads((out / "tokenizer.json").read_text())["model"]["vocab"]
+    keep = [old_tok[t] for t, _ in sorted(new_tok.items(), key=lambda kv: kv[1])]
+    assert keep == sorted(keep) and all(old_tok[f"<0x{b:02X}>"] in keep for b in range(256))
+    cfg = json.loads((out / "config.json").read_text())
+    n = len(new_tok)
+    assert cfg["text_config"]["vocab_size"] == cfg["text_config"]["vocab_size_per_layer_input"] == n == 844
+    old_cfg = json.loads((kit / "model" / "config.json").read_text())
+    assert cfg["audio_token_id"] == keep.index(old_cfg["audio_token_id"])
+    old_m = AutoModelForMultimodalLM.from_pretrained(str(kit / "model")).eval()
+    new_m = AutoModelForMultimodalLM.from_pretrained(str(out)).eval()
+    proc_old, proc_new = modelio.load_processor(kit / "model"), modelio.load_processor(out)
+    wave = load_audio(str(kit / "data" / "testsets" / "KITCLIPS" / "clip-a.wav"))
+    a = proc_old(text=prompt_text(proc_old, "en-de"), audio=wave, return_tensors="pt")
+    b = proc_new(text=prompt_text(proc_new, "en-de"), audio=wave, return_tensors="pt")
+    assert b["input_ids"][0].tolist() == [keep.index(i) for i in a["input_ids"][0].tolist()]
+    with torch.no_grad():
+        la, lb = old_m(**a).logits[0, -1], new_m(**b).logits[0, -1]
+    assert np.allclose(lb.numpy(), la[keep].numpy(), atol=1e-5, rtol=0)
+    pred = planner.predict(planner.Spec(precision="fp32", vocab=n), planner.load_base_config(kit / "model"), "2025")
+    assert pred.bytes == sizer.measure(out).bytes
