@@ -123,6 +123,7 @@ def plan_family(template: str, base: str, *, depths=DEFAULT_FRACTIONS, widths=DE
     base's vocabulary; None: untrimmed)."""
     from .build import spec_for_stages
     from .planner import base_dims, load_base_config, predict
+    from .track import get_edition
     from .recipes import load_recipe
 
     recipe = load_recipe(template)
@@ -144,6 +145,11 @@ def plan_family(template: str, base: str, *, depths=DEFAULT_FRACTIONS, widths=DE
                     notes = notes + [f"trim-vocab: assumed {min(vocab, base_vocab):,} tokens kept (give --data to count)"]
             pred = predict(spec, cfg, edition=edition, base_name=str(base)).to_json()
             pred["notes"] = notes
+            # sizes in the edition's primary measure, as the report measures built runs (2027: torch.save)
+            pred["size_measure"] = get_edition(edition).primary_size_measure
+            pred["safetensors_bytes"] = pred["bytes"]
+            if pred["size_measure"] == "torch_save_bytes" and pred.get("torch_save"):
+                pred["bytes"] = pred["torch_save"]["bytes"]
             out.append(Variant(var.name, kind, d, w, var, pred))
     return sorted(out, key=lambda v: v.prediction["bytes"])
 

@@ -48,7 +48,7 @@ def test_family_kinds_sizes_and_written_recipes(kit, template, tmp_path, capsys)
     for w in (1, 0.5, 0.25):
         assert by[(1, w)].prediction["bytes"] > by[(0.5, w)].prediction["bytes"]
     dims = by[(0.5, 0.5)].prediction["dims"]
-    assert (dims["llm_layers"], dims["hidden"], dims["heads"], dims["audio_hidden"], dims["ffn_dim"]) == (2, 32, 2, 32, 88)
+    assert (dims["llm_layers"], dims["hidden"], dims["heads"], dims["audio_hidden"], dims["ffn_dim"]) == (2, 32, 2, 32, 64)  # 88 rounded down to a multiple of 64 (prune-ffn multiple_of)
     assert [e.stage for e in by[(1, 1)].recipe.stages] == []  # nothing varied is left: the base itself
     paths = frontier.write_variants(fam, tmp_path / "v", template="tmpl", base=str(kit / "model"))
     with pytest.raises(Exception, match="already exists"):
@@ -84,9 +84,12 @@ def test_built_and_scored_variants_are_marked_on_the_frontier(kit, template, tmp
     got = {v["name"]: v for v in json.loads(capsys.readouterr().out)["variants"]}
     marks = {n: v["measured"][0]["pareto"] for n, v in got.items()}
     assert marks == {"tmpl-d50-w25": True, "tmpl-d100-w25": True, "tmpl-d50-w50": False, "tmpl-d100-w50": True}
-    for v in got.values():  # unquantized: the measured size is the predicted one, exactly
+    for v in got.values():  # unquantized: the measured size is the predicted one, exactly, in the edition's measure
         m = v["measured"][0]
-        assert m["bytes"] == v["prediction"]["bytes"] == sizer.measure(f"{tmp_path}/runs/{v['name']}/model").bytes
+        rep = sizer.measure(f"{tmp_path}/runs/{v['name']}/model")
+        assert v["prediction"]["size_measure"] == "torch_save_bytes"  # the default edition, 2027
+        assert m["bytes"] == v["prediction"]["bytes"] == rep.torch_save.bytes
+        assert v["prediction"]["safetensors_bytes"] == rep.bytes
     assert main([*common, "--runs", *runs, "--metric", "chrf"]) == 0
     text = capsys.readouterr().out
     assert "60.00 *" in text and "40.00 *" not in text and "40.00" in text
