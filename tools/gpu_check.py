@@ -114,7 +114,8 @@ def _steps(run: Run, work: Path, a, cuda: bool) -> None:
     pl = work / "pruned"
     run.cli("prune-layers, 1 round of the iterative search, 16 segments",
             ["stage", "prune-layers", "--in", str(base), "--out", str(pl), *d, "--set", "strategy=iterative",
-             "--set", "remove=1", "--set", "heldout=16", "--set", "split=none", "--set", "max_new_tokens=32"],
+             "--set", "remove=1", "--set", "heldout=16", "--set", "split=none", "--set", "max_new_tokens=32",
+             *(["--set", "protect_first_last=false"] if L < 3 else [])],  # 2 layers: no middle one to remove
             model_out=pl, predicted=predict(base, llm_layers=L - 1))
     src, L2 = (pl, L - 1) if run.steps[-1].ok else (base, L)
     tv = work / "trimmed"
