@@ -164,3 +164,14 @@ def test_interrupted_search_resumes_to_the_same_layers(tmp_path, monkeypatch):
     assert resumed["removed_llm_layers"] == whole["removed_llm_layers"] and len(whole["removed_llm_layers"]) == 3
     assert resumed["search"]["rounds"] == whole["search"]["rounds"]
     assert resumed["search"]["resumed_candidates"] == 8 and resumed["search"]["engine"] == "shared"
+
+
+def test_eager_attention_gives_the_same_hypotheses(kit):
+    model = modelio.load_model(kit / "model", device="cpu")
+    model.set_attn_implementation("eager")
+    assert model.model.language_model.config._attn_implementation == "eager"
+    proc = modelio.load_processor(kit / "model")
+    segs = _segments(kit / "data", 3)
+    got = imp.SharedEngine(model, proc, segs, "en-de", max_new_tokens=6).translate_round([], [1, 2, 3])
+    ref = imp.CachedEngine(model, proc, segs, "en-de", max_new_tokens=6)
+    assert all(got[c] == ref.translate((c,)) for c in (1, 2, 3))
