@@ -9,7 +9,9 @@ strategy with a count (``remove`` LLM layers, ``audio_remove`` audio layers):
   removes the layer whose removal scores best on a held-out set (chrF++ for German, chrF for
   Chinese by default), never the first or last layer. LLM layers are searched first, then audio
   layers (with the chosen LLM layers removed). See :mod:`iwslt_mc.stages.importance` for how a
-  round is made cheap without changing the selection, and the ``teacher-forced`` alternative.
+  round is made cheap without changing the selection (engine ``shared``: all candidates of a round
+  in one batched loop, the prefill below each candidate's layer shared), and the ``teacher-forced``
+  alternative.
 
 The search log (every candidate's score, every round's choice) is written to the work directory as
 it goes, so an interrupted search resumes where it stopped (and a rerun asking for more layers
@@ -72,9 +74,14 @@ class PruneLayersOptions(StageOptions):
     max_length: int = field(default=1024, metadata={
         "help": "iterative: prompt + output token limit per segment, as in the published decoding"})
     batch_size: int = field(default=16, metadata={"help": "iterative: segments decoded together"})
-    engine: Literal["cached", "naive"] = field(default="cached", metadata={
-        "help": "iterative: cached (audio encoded once, batched decoding) or naive (the published per-candidate "
-                "batch-1 loop; slow, for checking)"})
+    engine: Literal["shared", "cached", "naive"] = field(default="shared", metadata={
+        "help": "iterative: shared (a whole round decoded in one batched loop, audio encoded once, the prompt prefill "
+                "below each candidate's layer computed once; same choices as naive), cached (audio encoded once, one "
+                "candidate at a time, batched decoding) or naive (the published per-candidate batch-1 loop; slow, "
+                "for checking)"})
+    round_rows: int = field(default=256, metadata={
+        "help": "iterative, shared engine: (candidate, segment) rows decoded together; lower it if a round runs "
+                "out of GPU memory (each row holds a KV cache)"})
 
     def validate(self) -> None:
         for k in ("remove", "audio_remove"):
@@ -97,13 +104,14 @@ class PruneLayersOptions(StageOptions):
                 raise UserError("stage prune-layers: give either explicit layer lists or a strategy, not both")
             if not self.remove and not self.audio_remove:
                 raise UserError(f"stage prune-layers: strategy {self.strategy} needs remove (LLM) and/or audio_remove > 0")
-        for k in ("heldout", "batch_size", "max_length"):
+        for k in ("heldout", "batch_size", "max_length", "round_rows"):
             if getattr(self, k) < 1:
                 raise UserError(f"stage prune-layers: option {k!r} must be at least 1")
         if self.max_new_tokens is not None and self.max_new_tokens < 1:
             raise UserError("stage prune-layers: option 'max_new_tokens' must be at least 1")
         if self.engine == "naive" and self.scoring == "teacher-forced":
-            raise UserError("stage prune-layers: teacher-forced scoring uses the cached engine (engine: cached)")
+            raise UserError("stage prune-layers: teacher-forced scoring needs the cached or shared engine "
+                            "(engine: shared)")
         from .importance import get_metric
 
         if not self.metric.startswith("comet:"):
@@ -247,8 +255,11 @@ class PruneLayers(Stage):
         ctx.log(f"prune-layers: held-out set of {len(examples)} segments; encoding audio once")
         segments = imp.heldout_segments(examples, ctx.lang)
         engine_cls = imp.ENGINES[o.engine]
+        extra = {"round_rows": o.round_rows} if o.engine == "shared" else {}
         engine = engine_cls(model, processor, segments, ctx.lang, max_new_tokens=o.max_new_tokens,
-                            max_length=o.max_length, batch_size=o.batch_size)
+                            max_length=o.max_length, batch_size=o.batch_size, **extra)
+        if getattr(engine, "fallback", None):
+            ctx.log(f"prune-layers: decoding candidates one at a time ({engine.fallback})")
         scorer = imp.CandidateScorer(engine, metric=o.metric, scoring=o.scoring)
         key = {
             "model": model_fingerprint(in_dir), "lang": ctx.lang, "metric": o.metric, "scoring": o.scoring,
