@@ -36,7 +36,8 @@ def add_parser(sub):
     p.add_argument("--vocab", type=int, metavar="N", help="vocabulary size kept (embed_tokens and lm_head rows)")
     p.add_argument("--precision", action="append", default=[], metavar="[COMPONENT=]P",
                    help=("precision of all components (P) or of one (COMPONENT=P); repeatable. P: bf16 fp16 fp32 "
-                         "int8 nf4 nf4-dq fp4 fp4-dq. Components: audio_encoder projector llm_layers embed_tokens "
+                         "int8 nf4 nf4-dq fp4 fp4-dq, or ctB[-gG][-sym] (compressed-tensors pack-quantized, B = 2-8 bits, "
+                         "groups of G weights, default 128, e.g. ct4 ct3-g64 ct4-sym). Components: audio_encoder projector llm_layers embed_tokens "
                          "lm_head other (aliases audio, llm, embeddings = embed_tokens and lm_head). A quantized "
                          "default leaves embed_tokens and lm_head in bf16 unless --quantize-embeddings"))
     p.add_argument("--quantize-embeddings", action="store_true",
@@ -105,7 +106,7 @@ def run(args) -> int:
             row = [d["llm_layers"], d["audio_layers"], f"{d['vocab']:,}"]
             if widths:
                 row.append(f"{d['ffn_dim']}/{d['audio_ffn_dim']}")
-            emb = p.spec.quantize_embeddings and p.spec.precision in planner.QUANT_PRECISIONS
+            emb = p.spec.quantize_embeddings and planner.is_quant_precision(p.spec.precision)
             row += [p.spec.precision + ("+emb" if emb else ""), f"{p.bytes / 1e6:,.1f}", f"{p.params / 1e6:,.1f}"]
             table.append(row)
         headers = ["LLM layers", "audio layers", "vocab"] + (["FFN llm/audio"] if widths else []) + ["precision", "MB", "M params"]
