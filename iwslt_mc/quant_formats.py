@@ -20,7 +20,8 @@ Loading: the saved ``quantization_config`` has ``dequantize: true``, so ``from_p
 the weights into the float dtype at load time. transformers 5.24 can keep only symmetric, Linear-only
 packed weights compressed in memory (packed asymmetric zero points and packed embeddings fail its
 compressed load path), and it unpacks the whole model on the first forward pass anyway, so running is
-the same; the bytes on disk are the format's. vLLM reads the same ``config_groups``.
+the same; the bytes on disk are the format's. vLLM serves compressed-tensors checkpoints (its
+WNA16 kernels cover 4 and 8 bits); that path is not tested here (no vLLM in this environment).
 
 On-disk tensors of one quantized weight ``W [out, in]`` (what :func:`ct_disk_entries` predicts):
 ``weight_packed`` int32 ``[out, ceil(in*bits/32)]``, ``weight_scale`` float ``[out, in/group]``,
