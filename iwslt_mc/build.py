@@ -294,7 +294,9 @@ def spec_for_stages(stages: list[StageEntry], cfg, *, base: str, lang: str, data
     if precision in ("bf16", "fp16", "fp32"):
         precision = fdt
     # embeddings are never quantized by bitsandbytes (nn.Embedding), whatever the default precision
-    if not ct_embeddings:
+    if ct_embeddings:
+        per["embed_tokens"] = precision  # compressed-tensors quantizes nn.Embedding too
+    else:
         per.setdefault("embed_tokens", fdt)
     quant_lm_head = precision not in ("bf16", "fp16", "fp32") and "lm_head" not in per
     spec = Spec(llm_layers=dims["llm_layers"], audio_layers=dims.get("audio_layers"), ffn_dim=dims["ffn_dim"],

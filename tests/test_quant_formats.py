@@ -94,7 +94,7 @@ def test_ct3_with_embeddings_reloads_with_from_pretrained_alone_with_the_logits_
 def test_planner_predicts_the_ct_bytes_exactly(kit, ct3_dir, tmp_path):
     out, _ = ct3_dir
     spec, pred = _predicted(kit, CT3)
-    assert spec.label() == "ct3-g16 +emb"
+    assert spec.label() == "ct3-g16 +emb embed_tokens=ct3-g16"
     real = sizer.measure(out)
     assert pred.bytes == real.bytes and pred.params == real.params and pred.tensors == real.tensors
     assert real.quantized == {"ct-int3": 43} and real.overhead > 0
@@ -106,6 +106,13 @@ def test_planner_predicts_the_ct_bytes_exactly(kit, ct3_dir, tmp_path):
     real4 = sizer.measure(out4)
     assert pred4.bytes == real4.bytes and real4.quantized == {"ct-int4": 41}
     assert not any(k.endswith("weight_zero_point") for k in _header(out4 / "model.safetensors"))
+    # embeddings quantized, lm_head kept float (the default skip)
+    out5 = tmp_path / "ct5"
+    opts5 = {"method": "ct", "bits": 5, "group_size": 32, "quantize_embeddings": True, "scales": "minmax"}
+    run_stage(make_stage("quantize", opts5), kit / "model", out5, StageContext(**QUIET))
+    spec5, pred5 = _predicted(kit, opts5)
+    assert spec5.precision_of("embed_tokens") == "ct5-g32" and spec5.precision_of("lm_head") == "fp32"
+    assert pred5.bytes == sizer.measure(out5).bytes
     assert json.loads((out4 / "config.json").read_text())["quantization_config"]["ignore"] == [r"re:(?:.*\.)?lm_head"]
 
 
