@@ -108,10 +108,10 @@ def test_planner_predicts_the_ct_bytes_exactly(kit, ct3_dir, tmp_path):
     assert not any(k.endswith("weight_zero_point") for k in _header(out4 / "model.safetensors"))
     # embeddings quantized, lm_head kept float (the default skip)
     out5 = tmp_path / "ct5"
-    opts5 = {"method": "ct", "bits": 5, "group_size": 32, "quantize_embeddings": True, "scales": "minmax"}
+    opts5 = {"method": "ct", "bits": 5, "group_size": 16, "quantize_embeddings": True, "scales": "minmax"}
     run_stage(make_stage("quantize", opts5), kit / "model", out5, StageContext(**QUIET))
     spec5, pred5 = _predicted(kit, opts5)
-    assert spec5.precision_of("embed_tokens") == "ct5-g32" and spec5.precision_of("lm_head") == "fp32"
+    assert spec5.precision_of("embed_tokens") == "ct5-g16" and spec5.precision_of("lm_head") == "fp32"
     assert pred5.bytes == sizer.measure(out5).bytes
     assert json.loads((out4 / "config.json").read_text())["quantization_config"]["ignore"] == [r"re:(?:.*\.)?lm_head"]
 
