@@ -179,6 +179,7 @@ def test_decode_runs_a_ct_model_on_cpu(kit, ct3_dir, tmp_path):
     (["method=ct", "group_size=0"], "group_size must be a positive integer"),
     (["method=ct", "skip=[audio_towr]"], "matches no module"),
     (["method=ct", "scales=absmax"], "must be one of"),
+    (["scales=mse"], "option scales is for method ct only"),
 ])
 def test_bad_ct_options_fail_with_one_line_before_loading(kit, tmp_path, monkeypatch, capsys, sets, msg):
     from iwslt_mc import cli
