@@ -211,3 +211,16 @@ def test_ct_models_run_in_float32_on_a_cpu(tmp_path):
         (tmp_path / "config.json").write_text(json.dumps({"dtype": "bfloat16", "quantization_config": method}))
         assert modelio.runtime_dtype(tmp_path, "cpu") is want
         assert modelio.runtime_dtype(tmp_path, "cuda") is None
+
+
+def test_missing_compressed_tensors_is_one_line_before_loading(kit, tmp_path, monkeypatch, capsys):
+    import sys
+
+    from iwslt_mc import cli
+
+    monkeypatch.setitem(sys.modules, "compressed_tensors", None)  # import raises ImportError
+    monkeypatch.setattr(modelio, "load_model", lambda *a, **k: (_ for _ in ()).throw(AssertionError("loaded")))
+    assert cli.main(["stage", "quantize", "--in", str(kit / "model"), "--out", str(tmp_path / "o"), "--set", "method=ct",
+                     "--set", "group_size=16"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "compressed-tensors" in err and "iwslt-mc[ct]" in err
