@@ -335,6 +335,7 @@ def spec_for_stages(stages: list[StageEntry], cfg, *, base: str, lang: str, data
     dims = dict(base_dims(cfg))
     fdt = _base_float(cfg)
     precision, per = fdt, {}
+    ct_embeddings = False
     notes: list[str] = []
     for e in stages:
         o = schema_options(e)
@@ -365,6 +366,11 @@ def spec_for_stages(stages: list[StageEntry], cfg, *, base: str, lang: str, data
         elif e.stage == "quantize":
             method = o.get("method", "nf4")
             precision = method if method == "int8" else method + ("-dq" if o.get("double_quant", True) else "")
+            if method == "ct":
+                from .quant_formats import ct_precision
+
+                precision = ct_precision(int(o.get("bits") or 4), int(o.get("group_size", 128)), bool(o.get("symmetric", False)))
+                ct_embeddings = bool(o.get("quantize_embeddings", False))
             per = {}
             for name in o.get("skip", ["lm_head"]) or []:
                 comp = _SKIP_COMPONENTS.get(str(name).split(".")[-1])
@@ -384,7 +390,10 @@ def spec_for_stages(stages: list[StageEntry], cfg, *, base: str, lang: str, data
     if precision in ("bf16", "fp16", "fp32"):
         precision = fdt
     # embeddings are never quantized by bitsandbytes (nn.Embedding), whatever the default precision
-    per.setdefault("embed_tokens", fdt)
+    if ct_embeddings:
+        per["embed_tokens"] = precision  # compressed-tensors quantizes nn.Embedding too
+    else:
+        per.setdefault("embed_tokens", fdt)
     quant_lm_head = precision not in ("bf16", "fp16", "fp32") and "lm_head" not in per
     spec = Spec(llm_layers=dims["llm_layers"], audio_layers=dims.get("audio_layers"), ffn_dim=dims["ffn_dim"],
                 audio_ffn_dim=dims.get("audio_ffn_dim"), vocab=dims["vocab"], precision=precision,

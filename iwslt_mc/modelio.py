@@ -176,8 +176,9 @@ def runtime_dtype(model_dir: str | os.PathLike, device: str | None):
         cfg = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    if cfg.get("quantization_config"):
-        return None
+    q = cfg.get("quantization_config")
+    if q and not (q.get("quant_method") == "compressed-tensors" and q.get("dequantize")):
+        return None  # compressed-tensors with dequantize unpacks to floats at load: run those as floats
     return torch.float32 if config_dtype(cfg) in (torch.float16, torch.bfloat16) else None
 
 

@@ -10,6 +10,11 @@ with the on-disk arithmetic of each format, and the safetensors file is laid out
 - float (bf16/fp16/fp32): one tensor of ``numel * itemsize`` bytes.
 - bitsandbytes int8 (LLM.int8): int8 ``weight`` of the full shape, float32 ``SCB`` per output row and
   a one-byte ``weight_format``.
+- compressed-tensors pack-quantized (``ctB[-gG][-sym]``: B = 2-8 bits, groups of G input weights,
+  default 128, asymmetric unless ``-sym``): int32 ``weight_packed`` (B values per word), a
+  ``weight_scale`` per group in the float dtype, an int64 ``weight_shape`` and, if asymmetric, int32
+  ``weight_zero_point`` packed along the output rows (:func:`iwslt_mc.quant_formats.ct_disk_entries`).
+  These quantize embeddings too.
 - bitsandbytes nf4/fp4: ``weight`` packed two values per byte (uint8 ``[ceil(n/2), 1]``), float32
   ``absmax`` per 64-element block, float32 ``quant_map`` (16 values), and a uint8 ``quant_state``
   tensor holding JSON (shape, dtype, blocksize, ...). With double quantization ("-dq") ``absmax`` is
@@ -34,6 +39,7 @@ from pathlib import Path
 
 from . import __version__, torchsave
 from .errors import InputFileError, UserError
+from .quant_formats import ct_disk_entries, parse_ct_precision
 from .layout import COMPONENTS, audio_layer_index, component_for_key, llm_layer_index
 from .track import get_edition, size_bin
 
@@ -195,7 +201,7 @@ class Spec:
         """Precision of the quantizable weights of ``component``."""
         if component in self.component_precision:
             return self.component_precision[component]
-        if self.precision in QUANT_PRECISIONS:
+        if is_quant_precision(self.precision):
             if component in ("embed_tokens", "lm_head") and not self.quantize_embeddings:
                 return self.storage_float
             if component == "other":
@@ -210,9 +216,9 @@ class Spec:
         return " ".join(parts)
 
     def quantized_extra(self) -> str:
-        if not (self.quantize_embeddings and self.precision in QUANT_PRECISIONS):
+        if not (self.quantize_embeddings and is_quant_precision(self.precision)):
             return ""
-        return "+emb" if self.precision_of("embed_tokens") in QUANT_PRECISIONS else "+lm_head"
+        return "+emb" if is_quant_precision(self.precision_of("embed_tokens")) else "+lm_head"
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -226,9 +232,20 @@ def normalize_component(c: str) -> str:
 
 
 def check_precision(p: str) -> str:
-    if p not in PRECISIONS:
-        raise UserError(f"unknown precision {p!r} (use one of {', '.join(PRECISIONS)})")
+    if p not in PRECISIONS and parse_ct_precision(p) is None:
+        raise UserError(f"unknown precision {p!r} (use one of {', '.join(PRECISIONS)}, "
+                        "or ctB[-gG][-sym]: compressed-tensors B = 2-8 bits, groups of G (default 128), e.g. ct4, ct3-g64)")
     return p
+
+
+def is_quant_precision(p: str) -> bool:
+    """A quantized precision: bitsandbytes (``QUANT_PRECISIONS``) or compressed-tensors (``ct4``, ``ct3-g64``, ...)."""
+    return p in QUANT_PRECISIONS or parse_ct_precision(p) is not None
+
+
+def precision_bits(p: str) -> int:
+    ct = parse_ct_precision(p)
+    return ct[0] if ct else PRECISION_BITS[p]
 
 
 # ----------------------------------------------------------------------------- tensor inventory
@@ -359,6 +376,11 @@ def disk_tensors(key: str, shape: tuple[int, ...], precision: str, float_dtype: 
     if precision in FLOAT_PRECISIONS:
         dt, size, _ = _FLOAT_DTYPE[precision]
         return [(key, dt, shape, n * size, None)], n, 0
+    ct = parse_ct_precision(precision)
+    if ct is not None:
+        dt, size, _ = _FLOAT_DTYPE[float_dtype]
+        entries = ct_disk_entries(key, shape, *ct, dt, size)
+        return entries, n, sum(e[3] for e in entries[1:])
     if precision == "int8":
         rows = shape[0] if shape else 1
         mod = key[: -len(".weight")] if key.endswith(".weight") else key
@@ -469,7 +491,7 @@ def predict(spec: Spec, base_config=None, edition: str = "2025", *, base_name: s
     for t, key in _expand(templates, dims["llm_layers"], dims["audio_layers"] or 0):
         prec = spec.precision_of(t.component)
         quantizable = t.linear or (t.embedding and t.component == "embed_tokens")
-        if prec in QUANT_PRECISIONS and not quantizable:
+        if is_quant_precision(prec) and not quantizable:
             prec = fdt  # biases, norms, convolutions, position embeddings stay float
         ents, n, ovh = disk_tensors(key, t.shape, prec, fdt)
         entries.extend(ents)
@@ -593,7 +615,7 @@ def estimate_bytes(spec: Spec, base_config) -> int:
             continue
         extra_digits = _digits_sum(count) - count if (t.llm_layer is not None or t.audio_layer is not None) else 0
         prec = spec.precision_of(t.component)
-        if prec in QUANT_PRECISIONS and not (t.linear or (t.embedding and t.component == "embed_tokens")):
+        if is_quant_precision(prec) and not (t.linear or (t.embedding and t.component == "embed_tokens")):
             prec = fdt
         for name, dt, shape, nb, _ in disk_tensors(t.key, t.shape, prec, fdt)[0]:
             data += nb * count
@@ -670,7 +692,7 @@ def _search(found, b, base_config, edition, precisions, vocabs, audios, quantize
             component_precision, bottom, top):
     fdt = _config_float(base_config)
     for prec in precisions:
-        embs = [quantize_embeddings] if quantize_embeddings is not None else ([False, True] if prec in QUANT_PRECISIONS else [False])
+        embs = [quantize_embeddings] if quantize_embeddings is not None else ([False, True] if is_quant_precision(prec) else [False])
         for emb in embs:
             for v in vocabs:
                 for al in audios:
@@ -705,8 +727,8 @@ def aggressiveness(p: Prediction, base: dict) -> float:
         return 1.0 - p.dims[k] / base[k] if base.get(k) else 0.0
     # Quantization costs far less quality than removing layers (the published 4-bit models lose about
     # a point where removing a quarter of the layers loses several), hence the small weights.
-    quant = {32: 0.0, 16: 0.0, 8: 0.05, 4: 0.15}[PRECISION_BITS[p.spec.precision]]
-    if p.spec.quantize_embeddings and p.spec.precision in QUANT_PRECISIONS:
+    quant = {32: 0.0, 16: 0.0, 8: 0.05, 7: 0.07, 6: 0.1, 5: 0.12, 4: 0.15, 3: 0.25, 2: 0.4}[precision_bits(p.spec.precision)]
+    if p.spec.quantize_embeddings and is_quant_precision(p.spec.precision):
         quant += 0.05  # lm_head (and embed_tokens when asked) quantized too
     widths = sum(removed(k) for k in ("ffn_dim", "audio_ffn_dim", "hidden", "audio_hidden"))
     return removed("llm_layers") + removed("audio_layers") + 0.25 * removed("vocab") + widths + quant
@@ -873,8 +895,8 @@ def build_plan(spec: Spec, base_config=None, *, match_recipe: bool = True) -> Bu
         raise UserError(f"not buildable: unquantized weights in {fdt} (the base stores {base_float}; "
                         "no size stage casts a model without quantizing it)")
     comps = [c for c in COMPONENTS if c != "other"]
-    quant = {c: spec.precision_of(c) for c in comps if spec.precision_of(c) in QUANT_PRECISIONS}
-    if quant.get("embed_tokens"):
+    quant = {c: spec.precision_of(c) for c in comps if is_quant_precision(spec.precision_of(c))}
+    if quant.get("embed_tokens") and parse_ct_precision(quant["embed_tokens"]) is None:
         raise UserError("not buildable: 4-bit/8-bit token embeddings (embed_tokens): bitsandbytes quantizes "
                         "Linear layers only, the embedding stays in float; quantize lm_head instead")
     methods = set(quant.values())
@@ -888,9 +910,15 @@ def build_plan(spec: Spec, base_config=None, *, match_recipe: bool = True) -> Bu
             if p != fdt:
                 raise UserError(f"not buildable: {c} in {p} while the other unquantized weights are {fdt}")
         skip = [_SKIP_NAMES[c] for c in ("lm_head", "audio_encoder", "projector") if c in floats]
-        o = {"method": prec.split("-")[0]}
-        if prec != "int8":
-            o["double_quant"] = prec.endswith("-dq")
+        ct = parse_ct_precision(prec)
+        if ct is not None:  # compressed-tensors (quantize method ct): token embeddings can be quantized too
+            bits, group, sym = ct
+            o = {"method": "ct", "bits": bits, "group_size": group, "symmetric": sym,
+                 "quantize_embeddings": "embed_tokens" in quant}
+        else:
+            o = {"method": prec.split("-")[0]}
+            if prec != "int8":
+                o["double_quant"] = prec.endswith("-dq")
         o["skip"] = skip
         steps.append(BuildStep("quantize", o))
     else:
@@ -988,6 +1016,8 @@ def _overrides_for(recipe, need: dict) -> list[str] | None:
                 return None
         elif e.stage == "quantize":
             want = need["quantize"]
+            if want["method"] == "ct":
+                return None  # shown as its stage chain: the shipped recipes quantize with bitsandbytes
             setv(e, "method", want["method"], "nf4")
             if "double_quant" in want:
                 setv(e, "double_quant", want["double_quant"], True)

@@ -244,6 +244,20 @@ class _QuantStateReader:
         except (OSError, UnicodeDecodeError, json.JSONDecodeError):
             return None
 
+    def raw(self, ti: TensorInfo) -> bytes | None:
+        """The data bytes of a small tensor (a compressed-tensors ``weight_shape``), or None."""
+        if ti.nbytes > 64:
+            return None
+        try:
+            f = self.handles.get(ti.file)
+            if f is None:
+                f = self.handles[ti.file] = open(self.base / ti.file, "rb")
+            f.seek(ti.offset)
+            data = f.read(ti.nbytes)
+        except OSError:
+            return None
+        return data if len(data) == ti.nbytes else None
+
     def close(self) -> None:
         for f in self.handles.values():
             f.close()
@@ -295,7 +309,37 @@ def _classify_with(tensors, read_quant_state, warnings):
                     if extra in names:
                         state.add(extra)
                 formats["bnb-int8"] = formats.get("bnb-int8", 0) + 1
+    _classify_compressed_tensors(names, read_quant_state, logical, state, formats, warnings)
     return logical, state, formats
+
+
+def _classify_compressed_tensors(names, reader, logical, state, formats, warnings) -> None:
+    """compressed-tensors pack-quantized: ``X.weight_packed`` (int32, ``bits`` values per word along
+    the input width) with ``X.weight_shape`` (int64 [out, in]), ``X.weight_scale`` and, if asymmetric,
+    ``X.weight_zero_point`` beside it. The logical count is the product of ``weight_shape``."""
+    for name, t in names.items():
+        if not name.endswith(".weight_packed") or t.dtype != "I32" or len(t.shape) != 2:
+            continue
+        base = name[: -len("weight_packed")]
+        shape_t = names.get(base + "weight_shape")
+        if shape_t is None or base + "weight_scale" not in names:
+            continue
+        raw = reader.raw(shape_t) if hasattr(reader, "raw") else None
+        dims = None
+        if raw is not None and shape_t.dtype == "I64" and len(raw) == 16:
+            dims = struct.unpack("<2q", raw)
+        if dims and dims[0] == t.shape[0] and dims[1] > 0:
+            logical[name] = dims[0] * dims[1]
+            bits = next((b for b in range(1, 9) if math.ceil(dims[1] * b / 32) == t.shape[1]), None)
+        else:
+            logical[name] = t.shape[0] * t.shape[1] * 8  # as if 4-bit
+            bits = None
+            warnings.append(f"{t.file}: unreadable weight_shape for {base}weight_packed; its parameter count is estimated as 4-bit")
+        for suf in ("weight_scale", "weight_shape", "weight_zero_point"):
+            if base + suf in names:
+                state.add(base + suf)
+        key = f"ct-int{bits}" if bits else "ct-int?"
+        formats[key] = formats.get(key, 0) + 1
 
 
 # ----------------------------------------------------------------------------- measure
@@ -406,7 +450,7 @@ def _check_config(base: Path, formats: dict[str, int], warnings: list[str]) -> N
         warnings.append(f"{cfg}: unreadable config.json; components are assigned from tensor names only")
         return
     method = qc.get("quant_method") if isinstance(qc, dict) else None
-    if method and method != "bitsandbytes":
+    if method and method not in ("bitsandbytes", "compressed-tensors"):
         warnings.append(f"quantization method {method!r} is not understood: its packed tensors are counted by stored elements, "
                         "so the parameter count may be too low")
 

@@ -48,7 +48,8 @@ def add_parser(sub):
     p.add_argument("--vocab", type=int, metavar="N", help="vocabulary size kept (embed_tokens and lm_head rows)")
     p.add_argument("--precision", action="append", default=[], metavar="[COMPONENT=]P",
                    help=("precision of all components (P) or of one (COMPONENT=P); repeatable. P: bf16 fp16 fp32 "
-                         "int8 nf4 nf4-dq fp4 fp4-dq. Components: audio_encoder projector llm_layers embed_tokens "
+                         "int8 nf4 nf4-dq fp4 fp4-dq, or ctB[-gG][-sym] (compressed-tensors pack-quantized, B = 2-8 bits, "
+                         "groups of G weights, default 128, e.g. ct4 ct3-g64 ct4-sym). Components: audio_encoder projector llm_layers embed_tokens "
                          "lm_head other (aliases audio, llm, embeddings = embed_tokens and lm_head). A quantized "
                          "default leaves embed_tokens and lm_head in bf16 unless --quantize-embeddings"))
     p.add_argument("--quantize-lm-head", action="store_true",

@@ -21,7 +21,8 @@ STAGE_HELP = {
     "prune-layers": "remove LLM/audio layers: explicit list, middle/top block, or iterative importance search",
     "prune-ffn": "structured pruning of MLP units (LLM gate/up/down, audio fc1/fc2) to a target width",
     "trim-vocab": "keep only the tokens needed (special, prompt, byte alphabet, tokens of given text)",
-    "quantize": "bitsandbytes NF4/FP4 (double quantization) or int8, with modules kept unquantized",
+    "quantize": "bitsandbytes NF4/FP4 (double quantization) or int8, or compressed-tensors 2-8-bit integers with "
+                "embeddings (method ct), with modules kept unquantized",
     "finetune": "full fine-tuning or QLoRA on speech translation data",
     "merge": "merge LoRA adapters into the base weights",
     "distill": "sequence-level knowledge distillation from a teacher model",

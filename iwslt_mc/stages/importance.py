@@ -95,6 +95,8 @@ def metric_label(name: str, lang: str) -> str:
         return "chrF++" if check_lang(lang).chrf_word_order == 2 else "chrF"
     if name.startswith("comet:"):
         return "COMET"
+    if name.startswith("qe:"):
+        return "COMET QE (reference-free)"
     return {"chrf": "chrF", "chrf++": "chrF++", "bleu": "BLEU"}.get(name, name)
 
 
@@ -106,22 +108,43 @@ def _comet(checkpoint: str) -> MetricFn:
     return fn
 
 
+def _qe(checkpoint: str) -> MetricFn:
+    def fn(hyps, refs, sources, lang):
+        from .. import comet_env
+
+        return float(comet_env.run_qe(checkpoint, list(sources), list(hyps))["system_score"])
+    return fn
+
+
 def get_metric(name: str) -> MetricFn:
-    """A registered metric, or ``comet:CHECKPOINT`` (COMET in its own environment, see ``iwslt-mc setup-comet``)."""
+    """A registered metric, ``comet:CHECKPOINT`` or ``qe:CHECKPOINT`` (a reference-free COMET model), both
+    scored in COMET's own environment (see ``iwslt-mc setup-comet``)."""
     if name.startswith("comet:"):
         return _comet(name.split(":", 1)[1])
+    if name.startswith("qe:"):
+        return _qe(name.split(":", 1)[1])
     if name not in _METRICS:
-        raise UserError(f"unknown metric {name!r} (known: {', '.join(_METRICS)}, comet:CHECKPOINT)")
+        raise UserError(f"unknown metric {name!r} (known: {', '.join(_METRICS)}, comet:CHECKPOINT, qe:CHECKPOINT)")
     return _METRICS[name]
 
 
+def is_comet_metric(name: str) -> bool:
+    """A metric scored by the COMET worker: a search scores a round's candidates in one worker call."""
+    return name.startswith(("comet:", "qe:"))
+
+
 def check_metric(name: str) -> None:
-    """Fail early (before any work) on an unknown metric or a COMET checkpoint/environment that is missing."""
+    """Fail early (before any work) on an unknown metric or a COMET checkpoint/environment that is missing
+    (for ``qe:``, also a checkpoint that is not a reference-free model)."""
     if name.startswith("comet:"):
         from .. import comet_env
 
         comet_env.resolve_checkpoint(name.split(":", 1)[1])
         comet_env.require_env()
+    elif name.startswith("qe:"):
+        from .. import comet_env
+
+        comet_env.require_qe_checkpoint(comet_env.resolve_checkpoint(name.split(":", 1)[1]))
     else:
         get_metric(name)
 
@@ -715,21 +738,47 @@ class CandidateScorer:
 
     def prepare(self, kind: str, removed, candidates, fixed_llm=()) -> int:
         """Decode a round's ``candidates`` together when the engine can (LLM layers, decode scoring);
-        their hypotheses wait for :meth:`__call__`. Returns how many were decoded together."""
-        self._ready = {}
-        if self.scoring != "decode" or kind != "llm" or not hasattr(self.engine, "translate_round"):
+        their hypotheses wait for :meth:`__call__`. With a COMET/QE metric, every candidate's hypotheses
+        are then scored in ONE worker call (the model loaded once per round, not once per candidate).
+        Returns how many were decoded together."""
+        self._ready, self._scored = {}, {}
+        if self.scoring != "decode":
             return 0
-        got = self.engine.translate_round(tuple(removed), list(candidates))
-        if got is None:
-            return 0
-        for c, hyps in got.items():
-            self._ready[(tuple(sorted(list(removed) + [c])), ())] = hyps
-        return len(got)
+        together = 0
+        if kind == "llm" and hasattr(self.engine, "translate_round"):
+            got = self.engine.translate_round(tuple(removed), list(candidates))
+            if got is not None:
+                for c, hyps in got.items():
+                    self._ready[(tuple(sorted(list(removed) + [c])), ())] = hyps
+                together = len(got)
+        if is_comet_metric(self.metric_name) and candidates:
+            keys = []
+            for c in candidates:
+                key = ((tuple(sorted(list(removed) + [c])), ()) if kind == "llm"
+                       else (tuple(sorted(fixed_llm)), tuple(sorted(list(removed) + [c]))))
+                if key not in self._ready:
+                    self._ready[key] = self.engine.translate(*key)
+                keys.append(key)
+            self._scored.update(self._score_many({k: self._ready.pop(k) for k in keys}))
+        return together
+
+    def _score_many(self, hyps_by_key: dict) -> dict:
+        from .. import comet_env
+
+        qe = self.metric_name.startswith("qe:")
+        ckpt = comet_env.resolve_checkpoint(self.metric_name.split(":", 1)[1])
+        names = {f"{k}": k for k in hyps_by_key}
+        scores = comet_env.score_many(ckpt, list(self.sources), {n: list(hyps_by_key[k]) for n, k in names.items()},
+                                      None if qe else list(self.refs), qe=qe)
+        return {names[n]: float(v) for n, v in scores.items()}
 
     def __call__(self, removed_llm=(), removed_audio=()) -> float:
         if self.scoring == "teacher-forced":
             return self.engine.logprob(tuple(removed_llm), tuple(removed_audio))
-        hyps = getattr(self, "_ready", {}).pop((tuple(sorted(removed_llm)), tuple(sorted(removed_audio))), None)
+        key = (tuple(sorted(removed_llm)), tuple(sorted(removed_audio)))
+        if key in getattr(self, "_scored", {}):
+            return self._scored.pop(key)
+        hyps = getattr(self, "_ready", {}).pop(key, None)
         if hyps is None:
             hyps = self.engine.translate(tuple(removed_llm), tuple(removed_audio))
         return float(self.metric(hyps, self.refs, self.sources, self.engine.lang))
@@ -829,7 +878,7 @@ def iterative_search(scorer: CandidateScorer, *, kind: str, n_layers: int, remov
         if missing and hasattr(scorer, "prepare"):
             t0 = time.perf_counter()
             together = scorer.prepare(kind, removed, missing, fixed_llm)
-            share = (time.perf_counter() - t0) / len(missing) if together else 0.0
+            share = (time.perf_counter() - t0) / len(missing)  # batched decoding / one COMET call, spread
         for c in cands:
             score = log.lookup(kind, removed, c)
             if score is None:

@@ -65,7 +65,8 @@ class PruneLayersOptions(StageOptions):
                 "none = all)"})
     metric: str = field(default="auto", metadata={
         "help": "iterative: score of a candidate: auto (chrF++ for German, chrF for Chinese), chrf, chrf++, bleu, "
-                "or comet:CHECKPOINT"})
+                "comet:CHECKPOINT or qe:CHECKPOINT (a reference-free COMET model); COMET/QE score a round's candidates "
+                "in one COMET process"})
     scoring: Literal["decode", "teacher-forced"] = field(default="decode", metadata={
         "help": "iterative: decode (greedy translation scored by the metric, as published) or teacher-forced "
                 "(mean log-probability of the reference: one forward pass per candidate, much cheaper, may rank differently)"})
@@ -114,7 +115,7 @@ class PruneLayersOptions(StageOptions):
                             "(engine: shared)")
         from .importance import get_metric
 
-        if not self.metric.startswith("comet:"):
+        if not self.metric.startswith(("comet:", "qe:")):
             get_metric(self.metric)
 
     def smoke(self) -> "PruneLayersOptions":

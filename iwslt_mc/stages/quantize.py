@@ -15,6 +15,9 @@ fresh quantization of the same input instead, so the saved files are
 byte-identical whether or not the model ran before saving. Layers whose shape the repack cannot take
 (output width not a multiple of 32, input width not a multiple of 64) never repack: see
 :func:`iwslt_mc.modelio.fit_4bit_cpu_path`, applied by ``load_model``.
+
+``method: ct`` (2-8 bits, token embeddings too) is compressed-tensors' pack-quantized format, made by
+:mod:`iwslt_mc.quant_formats` (why that library, and the measured alternatives, are there).
 """
 
 from __future__ import annotations
@@ -41,8 +44,10 @@ def skip_pattern(name: str) -> str:
 
 @dataclass
 class QuantizeOptions(StageOptions):
-    method: Literal["nf4", "fp4", "int8"] = field(default="nf4", metadata={
-        "help": "nf4 or fp4 (bitsandbytes 4-bit) or int8 (LLM.int8)"})
+    method: Literal["nf4", "fp4", "int8", "ct"] = field(default="nf4", metadata={
+        "help": "nf4 or fp4 (bitsandbytes 4-bit) or int8 (LLM.int8); ct: compressed-tensors pack-quantized integers "
+                "of 2-8 bits (bits, group_size, symmetric, scales, quantize_embeddings), packed in safetensors, "
+                "embeddings too, reloads with from_pretrained alone; vLLM's format (needs iwslt-mc[ct])"})
     double_quant: bool = field(default=True, metadata={
         "help": "4-bit: also quantize the quantization constants (double quantization, ~0.4 bit/param saved)"})
     compute_dtype: Literal["bf16", "fp16", "fp32"] = field(default="bf16", metadata={
@@ -51,9 +56,41 @@ class QuantizeOptions(StageOptions):
         "help": "modules kept unquantized: names or dotted suffixes (lm_head, audio_tower, multi_modal_projector), "
                 "or re:REGEX"})
     dtype: Literal["auto", "bf16", "fp16", "fp32"] = field(default="auto", metadata={
-        "help": "dtype of the weights that stay unquantized (auto = as in the input)"})
+        "help": "dtype of the weights that stay unquantized (auto = as in the input); ct: also of the scales"})
+    bits: int | None = field(default=None, metadata={
+        "help": "bits per weight: ct 2-8 (default 4); nf4/fp4 are 4-bit and int8 8-bit only"})
+    group_size: int = field(default=128, metadata={
+        "help": "ct: weights per scale (and zero point), along the input width; must divide the input width "
+                "of every quantized layer"})
+    symmetric: bool = field(default=False, metadata={
+        "help": "ct: symmetric ranges without zero points (less accurate below 4 bits) instead of asymmetric"})
+    scales: Literal["auto", "mse", "minmax"] = field(default="auto", metadata={
+        "help": "ct: each group's range: mse = the clipping (100% down to 50% of min/max) with the least squared "
+                "weight error; minmax = plain round-to-nearest over min/max; auto = mse at 4+ bits, minmax below "
+                "(measured on the toy teacher: clipping lowers the KL to the teacher at 4 bits, raises it at 2-3)"})
+    quantize_embeddings: bool = field(default=False, metadata={
+        "help": "ct: also quantize the token embeddings (embed_tokens); lm_head is quantized unless in skip"})
 
     def validate(self) -> None:
+        if self.method == "ct":
+            if self.bits is None:
+                self.bits = 4
+            from ..quant_formats import CT_BITS
+
+            if self.bits not in CT_BITS:
+                raise UserError(f"stage quantize: method ct has {CT_BITS[0]}-{CT_BITS[-1]} bits, not bits={self.bits}")
+            if self.group_size < 1:
+                raise UserError(f"stage quantize: group_size must be a positive integer, not {self.group_size}")
+        else:
+            own = 8 if self.method == "int8" else 4
+            if self.bits is not None and self.bits != own:
+                raise UserError(f"stage quantize: method {self.method} is {own}-bit only, not bits={self.bits} "
+                                "(method ct has 2-8 bits)")
+            ct_only = [k for k, v in (("group_size", self.group_size != 128), ("symmetric", self.symmetric),
+                                      ("scales", self.scales != "auto"), ("quantize_embeddings", self.quantize_embeddings)) if v]
+            if ct_only:
+                raise UserError(f"stage quantize: option {ct_only[0]} is for method ct only "
+                                f"(bitsandbytes {self.method} {'cannot quantize embeddings' if ct_only[0] == 'quantize_embeddings' else 'has no such setting'})")
         for s in self.skip:
             if not s.strip():
                 raise UserError("stage quantize: empty name in skip")
@@ -166,10 +203,19 @@ class Quantize(Stage):
         if cfg.get("quantization_config"):
             qm = cfg["quantization_config"].get("quant_method", "?")
             raise UserError(f"stage quantize: {in_dir} is already quantized ({qm}); quantize the unquantized model")
+        if self.options.method == "ct":
+            self._check_skip(in_dir)
+            from ..quant_formats import check_ct
+
+            check_ct(in_dir, self.options)
+            return
         try:
             import bitsandbytes  # noqa: F401
         except ImportError:
             raise UserError("stage quantize: bitsandbytes is not installed (pip install bitsandbytes)") from None
+        self._check_skip(in_dir)
+
+    def _check_skip(self, in_dir: Path) -> None:
         names = _module_names(in_dir)
         from transformers.quantizers.quantizers_utils import should_convert_module
 
@@ -183,6 +229,8 @@ class Quantize(Stage):
 
         o = self.options
         device = ctx.resolved_device()
+        if o.method == "ct":
+            return self._run_ct(in_dir, out_dir, ctx, device)
         ctx.log(f"quantize: loading {in_dir} as {o.method} on {device}")
         model = quantize_model(in_dir, o, device=device)
         processor = modelio.load_processor(in_dir)
@@ -195,6 +243,19 @@ class Quantize(Stage):
                     + (" with double quantization" if o.double_quant else "") + f" ({o.compute_dtype} compute)")
         kept = f"; kept unquantized: {', '.join(o.skip)}" if o.skip else ""
         return {"techniques": [f"{what}{kept}"], "quantized_linear_layers": counts["quantized"],
+                "unquantized_linear_layers": counts["unquantized"]}
+
+
+    def _run_ct(self, in_dir: Path, out_dir: Path, ctx: StageContext, device: str) -> dict:
+        from .. import modelio, quant_formats
+
+        o = self.options
+        ctx.log(f"quantize: {in_dir} to compressed-tensors {o.bits}-bit on {device}")
+        model, _ = quant_formats.ct_quantize(in_dir, o, device=device, log=ctx.log)
+        counts = quant_formats.ct_counts(model)
+        quant_formats.ct_save(model, modelio.load_processor(in_dir), out_dir)
+        kept = f"; kept unquantized: {', '.join(o.skip)}" if o.skip else ""
+        return {"techniques": [f"{quant_formats.describe(o)}{kept}"], "quantized_linear_layers": counts["quantized"],
                 "unquantized_linear_layers": counts["unquantized"]}
 
 

@@ -1,0 +1,293 @@
+"""Low-bit weight formats beyond bitsandbytes: compressed-tensors ``pack-quantized`` integers (2-8 bits).
+
+Why this library (measured on the kit and the toy teacher, transformers 5.24; docs/bench/quantization.md):
+of the maintained libraries whose checkpoints reload with ``from_pretrained`` alone, only
+compressed-tensors stores sub-4-bit weights *packed* in safetensors (``num_bits`` values per 32-bit
+word, no padding), quantizes ``nn.Embedding`` as well as ``nn.Linear``, and is vLLM's format.
+torchao 0.18's CPU low-bit format (``IntxWeightOnlyConfig``, int1-int8) saves one int8 per weight
+whatever the bit width (int2 and int4 saves of the kit are the same 1,026,176 bytes) and its packed
+int4 needs CUDA (mslk); hqq cannot quantize on load in transformers 5.24; optimum-quanto's
+checkpoints are not serializable through transformers; sinq pulls in torchaudio/torchvision/lm_eval.
+
+The method here is calibration-free round-to-nearest per group of ``group_size`` input weights,
+asymmetric by default (a scale in the model's float dtype and a zero point per group, both stored),
+with the range of each group chosen either as its min/max (``minmax``) or as the shrunken range that
+minimises the group's squared error (``mse``: a grid of shrink factors, as llm-compressor's MSE
+observer); ``auto`` takes mse at 4+ bits and minmax below, as measured on the toy teacher (weight-MSE
+clipping lowered the KL to the teacher at 4 bits and raised it at 2 and 3 bits). Quantization and packing are compressed-tensors' own (``calculate_qparams``,
+``fake_quantize``, ``ModelCompressor.compress_model``); nothing of the format is written by hand.
+
+Loading: the saved ``quantization_config`` has ``dequantize: true``, so ``from_pretrained`` unpacks
+the weights into the float dtype at load time. transformers 5.24 can keep only symmetric, Linear-only
+packed weights compressed in memory (packed asymmetric zero points and packed embeddings fail its
+compressed load path), and it unpacks the whole model on the first forward pass anyway, so running is
+the same; the bytes on disk are the format's. vLLM serves compressed-tensors checkpoints (its
+WNA16 kernels cover 4 and 8 bits); that path is not tested here (no vLLM in this environment).
+
+On-disk tensors of one quantized weight ``W [out, in]`` (what :func:`ct_disk_entries` predicts):
+``weight_packed`` int32 ``[out, ceil(in*bits/32)]``, ``weight_scale`` float ``[out, in/group]``,
+``weight_shape`` int64 ``[2]`` and, when asymmetric, ``weight_zero_point`` int32 packed along the
+output dimension ``[ceil(out*bits/32), in/group]``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+from .errors import UserError
+
+CT_METHOD = "ct"
+CT_BITS = (2, 3, 4, 5, 6, 7, 8)
+CT_DEFAULT_GROUP = 128
+CT_SCALES = ("mse", "minmax")
+# compressed-tensors' MSE observer grid: shrink factors of the [min, max] range, 1.0 first.
+MSE_GRID = tuple(round(1.0 - 0.02 * i, 2) for i in range(26))  # 1.00 .. 0.50
+_PRECISION_RX = re.compile(r"^ct([2-8])(?:-g(\d+))?(-sym)?$")
+# Suffixes compressed-tensors gives the tensors of one quantized weight.
+CT_SUFFIXES = ("weight_packed", "weight_scale", "weight_shape", "weight_zero_point")
+CT_PIP = "pip install 'iwslt-mc[ct]' (compressed-tensors)"
+
+
+# ----------------------------------------------------------------------------- precision names (planner)
+
+def ct_precision(bits: int, group_size: int = CT_DEFAULT_GROUP, symmetric: bool = False) -> str:
+    """The planner's precision name of a ct quantization: ``ct4``, ``ct3-g64``, ``ct4-sym``, ..."""
+    return f"ct{bits}" + (f"-g{group_size}" if group_size != CT_DEFAULT_GROUP else "") + ("-sym" if symmetric else "")
+
+
+def parse_ct_precision(p: str) -> tuple[int, int, bool] | None:
+    """(bits, group_size, symmetric) of a ct precision name, or None if ``p`` is not one."""
+    m = _PRECISION_RX.match(p or "")
+    if not m:
+        return None
+    return int(m.group(1)), int(m.group(2) or CT_DEFAULT_GROUP), bool(m.group(3))
+
+
+def ct_precisions() -> tuple[str, ...]:
+    """The ct precision names the planner lists: 2/3/4/8 bits, groups of 128/64/32, asymmetric or symmetric."""
+    return tuple(ct_precision(b, g, s) for b in (8, 4, 3, 2) for g in (128, 64, 32) for s in (False, True))
+
+
+def ct_disk_entries(key: str, shape: tuple[int, ...], bits: int, group_size: int, symmetric: bool, float_dt: str,
+                    float_size: int):
+    """The safetensors entries ``(name, dtype, shape, nbytes, None)`` of one weight ``key`` (``...weight``)."""
+    if len(shape) != 2:
+        raise UserError(f"{key}: compressed-tensors quantizes 2-D weights only (shape {list(shape)})")
+    out, inp = shape
+    if inp % group_size:
+        raise UserError(f"{key}: group size {group_size} does not divide its input width {inp}")
+    base = key[: -len("weight")] if key.endswith("weight") else key + "."
+    groups = inp // group_size
+    cols = math.ceil(inp * bits / 32)
+    entries = [(base + "weight_packed", "I32", (out, cols), out * cols * 4, None),
+               (base + "weight_scale", float_dt, (out, groups), out * groups * float_size, None),
+               (base + "weight_shape", "I64", (2,), 16, None)]
+    if not symmetric:
+        rows = math.ceil(out * bits / 32)
+        entries.append((base + "weight_zero_point", "I32", (rows, groups), rows * groups * 4, None))
+    return entries
+
+
+# ----------------------------------------------------------------------------- checks (no weights read)
+
+def require_compressed_tensors() -> None:
+    try:
+        import compressed_tensors  # noqa: F401
+    except ImportError:
+        raise UserError(f"stage quantize: method ct needs compressed-tensors ({CT_PIP})") from None
+
+
+def ignore_patterns(skip: list[str]) -> list[str]:
+    """compressed-tensors ``ignore`` entries (``re:`` + a pattern matched from the start of a module name)."""
+    from .stages.quantize import skip_pattern
+
+    return ["re:" + skip_pattern(s) for s in skip]
+
+
+def quantized_module_shapes(in_dir: Path, skip: list[str], quantize_embeddings: bool) -> dict[str, tuple[int, int]]:
+    """Module name -> weight shape of what ct would quantize, from the config only (meta device)."""
+    import torch
+    from torch import nn
+    from transformers import AutoConfig, Qwen2AudioForConditionalGeneration
+
+    cfg = AutoConfig.from_pretrained(str(in_dir))
+    with torch.device("meta"):
+        model = Qwen2AudioForConditionalGeneration(cfg)
+    rx = [re.compile(p[3:]) for p in ignore_patterns(skip)]
+    emb = model.get_input_embeddings()
+    out = {}
+    for name, mod in model.named_modules():
+        if any(r.match(name) for r in rx):
+            continue
+        if isinstance(mod, nn.Linear) or (quantize_embeddings and mod is emb):
+            out[name] = tuple(mod.weight.shape)
+    return out
+
+
+def check_ct(in_dir: Path, o) -> None:
+    """Everything about a ct quantization of ``in_dir`` that can fail, checked before any weight is read."""
+    require_compressed_tensors()
+    import json
+
+    cfg = json.loads((Path(in_dir) / "config.json").read_text(encoding="utf-8"))
+    tied = (cfg.get("text_config") or {}).get("tie_word_embeddings", cfg.get("tie_word_embeddings", False))
+    shapes = quantized_module_shapes(in_dir, o.skip, o.quantize_embeddings)
+    if tied and (o.quantize_embeddings or any(n.endswith("lm_head") for n in shapes)):
+        raise UserError(f"stage quantize: {in_dir} ties lm_head to the token embeddings; method ct cannot quantize "
+                        "tied embeddings (add lm_head to skip and leave quantize_embeddings off)")
+    bad = [(n, s) for n, s in shapes.items() if s[1] % o.group_size]
+    if bad:
+        n, s = bad[0]
+        raise UserError(f"stage quantize: group_size {o.group_size} does not divide the input width {s[1]} of {n} "
+                        f"({len(bad)} such layers in {in_dir}; choose a divisor or skip them)")
+
+
+# ----------------------------------------------------------------------------- quantizing
+
+def weight_args(o):
+    from compressed_tensors.quantization import QuantizationArgs
+
+    return QuantizationArgs(num_bits=o.bits, type="int", strategy="group", group_size=o.group_size,
+                            symmetric=o.symmetric)
+
+
+def quantization_config(o):
+    """The compressed-tensors ``QuantizationConfig`` of the options: Linear layers (and embed_tokens) minus skip."""
+    from compressed_tensors.quantization import QuantizationConfig, QuantizationScheme
+
+    groups = {"group_0": QuantizationScheme(targets=["Linear"], weights=weight_args(o))}
+    if o.quantize_embeddings:
+        groups["group_1"] = QuantizationScheme(targets=[r"re:(?:.*\.)?embed_tokens$"], weights=weight_args(o))
+    return QuantizationConfig(config_groups=groups, ignore=ignore_patterns(o.skip))
+
+
+def choose_qparams(weight, args, scale_dtype, scales: str = "mse"):
+    """Scale and zero point per group of ``weight`` [out, in]: the min/max range, or the shrunken range
+    (``MSE_GRID``) with the least squared error after quantization, scales rounded to ``scale_dtype`` first."""
+    import torch
+    from compressed_tensors.quantization.lifecycle.forward import fake_quantize
+    from compressed_tensors.quantization.utils import calculate_qparams
+
+    w = weight.detach().float()
+    out, inp = w.shape
+    g = args.group_size
+    grouped = w.view(out, inp // g, g)
+    lo, hi = grouped.amin(-1), grouped.amax(-1)
+    best = None
+    for shrink in (MSE_GRID if scales == "mse" else (1.0,)):
+        scale, zp = calculate_qparams(lo * shrink, hi * shrink, args)
+        scale = scale.to(scale_dtype)
+        if best is None and scales != "mse":
+            return scale, zp
+        q = fake_quantize(w, scale.float(), zp, args)
+        err = (q - w).pow(2).view(out, inp // g, g).sum(-1)
+        if best is None:
+            best = [err, scale, zp]
+            continue
+        better = err < best[0]
+        best[0] = torch.where(better, err, best[0])
+        best[1] = torch.where(better, scale, best[1])
+        best[2] = torch.where(better, zp, best[2])
+    return best[1], best[2]
+
+
+def resolved_scales(o) -> str:
+    """``scales: auto`` is ``mse`` at 4 bits and more, ``minmax`` below (docs/bench/quantization.md)."""
+    return o.scales if o.scales != "auto" else ("mse" if o.bits >= 4 else "minmax")
+
+
+def ct_quantize(in_dir, o, *, device: str = "cpu", log=print):
+    """Load ``in_dir`` as float, quantize it as ``o`` says and pack it in memory (compressed-tensors).
+
+    Returns ``(model, compressor)``; the model runs (it unpacks itself on the first forward) and
+    :func:`ct_save` writes it. No forward is run here.
+    """
+    import torch
+    from compressed_tensors.compressors import ModelCompressor
+    from compressed_tensors.quantization import apply_quantization_config
+
+    from . import modelio
+
+    model = modelio.load_model(in_dir, dtype=None if o.dtype == "auto" else o.dtype, device=device)
+    qcfg = quantization_config(o)
+    apply_quantization_config(model, qcfg, show_progress=False)
+    n = 0
+    with torch.no_grad():
+        for name, mod in model.named_modules():
+            scheme = getattr(mod, "quantization_scheme", None)
+            if scheme is None or scheme.weights is None:
+                continue
+            scale, zp = choose_qparams(mod.weight, scheme.weights, mod.weight_scale.dtype, resolved_scales(o))
+            mod.weight_scale.data.copy_(scale)
+            mod.weight_zero_point.data.copy_(zp)
+            n += 1
+    log(f"quantize: {n} weights quantized to {o.bits}-bit groups of {o.group_size} ({resolved_scales(o)} ranges)")
+    compressor = ModelCompressor.from_pretrained_model(model, quantization_format="pack-quantized")
+    # from_pretrained_model rewrites ignore as names without the top-level prefix, which the loader
+    # does not match again: keep the patterns the options gave.
+    compressor.quantization_config.ignore = list(qcfg.ignore)
+    _quiet_tqdm(compressor.compress_model, model)
+    model._iwslt_mc_ct_compressor = compressor
+    model._iwslt_mc_ct_source = (str(in_dir), o, device)
+    return model, compressor
+
+
+def _quiet_tqdm(fn, *args):
+    import os
+
+    old = os.environ.get("TQDM_DISABLE")
+    os.environ["TQDM_DISABLE"] = "1"
+    try:
+        return fn(*args)
+    finally:
+        if old is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = old
+
+
+def ct_save(model, processor, out_dir) -> Path:
+    """Save a :func:`ct_quantize` model: packed safetensors and a config that ``from_pretrained`` loads alone."""
+    import json
+
+    from . import modelio
+
+    compressor = getattr(model, "_iwslt_mc_ct_compressor", None)
+    if compressor is None:
+        raise UserError("not a model quantized by method ct (use quant_formats.ct_quantize)")
+    if not hasattr(model, "ct_decompress_hook"):
+        # A forward unpacked the weights to floats; packing those again could round differently,
+        # so save a fresh quantization of the same input (deterministic) instead.
+        in_dir, o, device = model._iwslt_mc_ct_source
+        model, compressor = ct_quantize(in_dir, o, device=device, log=lambda *a: None)
+    out = modelio.save_model(model, processor, out_dir)
+    compressor.update_config(str(out))
+    path = Path(out) / "config.json"
+    cfg = json.loads(path.read_text(encoding="utf-8"))
+    cfg["quantization_config"]["dequantize"] = True
+    path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return Path(out)
+
+
+def ct_counts(model) -> dict:
+    """Quantized / unquantized Linear (and Embedding) weights of a ct model."""
+    from torch import nn
+
+    q = u = 0
+    for mod in model.modules():
+        if getattr(mod, "quantization_scheme", None) is not None:
+            q += 1
+        elif isinstance(mod, nn.Linear):
+            u += 1
+    return {"quantized": q, "unquantized": u}
+
+
+def describe(o) -> str:
+    what = (f"compressed-tensors pack-quantized {o.bits}-bit integer weights, groups of {o.group_size}, "
+            f"{'symmetric' if o.symmetric else 'asymmetric (zero points)'}, calibration-free "
+            f"{'MSE-clipped' if resolved_scales(o) == 'mse' else 'min/max'} round-to-nearest")
+    if o.quantize_embeddings:
+        what += "; token embeddings quantized"
+    return what
