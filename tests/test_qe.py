@@ -381,3 +381,75 @@ def test_score_command_with_qe_model_and_teacher_in_one_call(tmp_path, qe_ckpt, 
     expected = scoring.acceptability(direct, [0.01, 0.5, 0.99], direct_t)
     assert [(lv["acceptable"], lv["tp"], lv["fp"], lv["fn"]) for lv in acc["levels"]] == [
         (lv["acceptable"], lv["tp"], lv["fp"], lv["fn"]) for lv in expected]
+
+
+# ---------------------------------------------------------------------------------------------
+# COMET/QE-guided layer search: one COMET process per round, the same choice as per-candidate scoring
+
+
+@pytest.mark.parametrize("kind", ["qe", "comet"])
+def test_comet_guided_search_scores_a_round_in_one_call_and_chooses_as_the_naive_loop(
+        kind, kit, qe_ckpt, qe_env, tmp_path, monkeypatch):
+    """The kit's 4-layer search (2 rounds, first/last not protected) with a COMET metric: each round's
+    candidates are scored in ONE worker call (counted), and the chosen layers and every candidate's score
+    equal the naive loop's, whose candidates are scored one worker process each."""
+    from iwslt_mc import modelio
+    from iwslt_mc.data import load_examples
+    from iwslt_mc.stages import importance as imp
+
+    if kind == "comet":
+        ckpt = str(comet_env.make_tiny_checkpoint(tmp_path / "tiny-comet", env_dir=qe_env))
+    else:
+        ckpt = qe_ckpt
+    metric = f"{kind}:{ckpt}"
+    imp.check_metric(metric)
+    calls = {"many": 0, "single": 0}
+    real_many, real_run = comet_env.score_many, comet_env.run_comet
+
+    def many(*a, **k):
+        calls["many"] += 1
+        return real_many(*a, **k)
+
+    def single(*a, **k):
+        calls["single"] += 1
+        return real_run(*a, **k)
+
+    monkeypatch.setattr(comet_env, "score_many", many)
+    monkeypatch.setattr(comet_env, "run_comet", single)
+    model = modelio.load_model(kit / "model", device="cpu")
+    proc = modelio.load_processor(kit / "model")
+    segs = imp.heldout_segments(load_examples(str(kit / "data"), split="test", seed=0)[:3], "en-de")
+    kw = dict(max_new_tokens=6, max_length=1024)
+
+    def search(engine, name):
+        scorer = imp.CandidateScorer(engine, metric=metric)
+        log = imp.SearchLog(tmp_path / f"{name}.jsonl", {"k": name}, log=lambda *a: None)
+        chosen = imp.iterative_search(scorer, kind="llm", n_layers=4, remove=2, protect_first_last=False, log=log,
+                                      progress=lambda *a: None)
+        return chosen, {(tuple(r["removed"]), r["candidate"]): r["score"] for r in log.lines if r["type"] == "candidate"}
+
+    fast = search(imp.SharedEngine(model, proc, segs, "en-de", **kw), "shared")
+    assert calls == {"many": 2, "single": 0}  # one COMET process per round
+    scored_one_by_one = {}
+    naive_scorer = imp.CandidateScorer(imp.NaiveEngine(model, proc, segs, "en-de", **kw), metric=metric)
+    for (removed, c) in fast[1]:
+        scored_one_by_one[(removed, c)] = naive_scorer(removed_llm=list(removed) + [c])
+    assert calls["single"] == len(fast[1]) == 4 + 3
+    for k, v in fast[1].items():
+        assert v == pytest.approx(scored_one_by_one[k], abs=1e-6), k
+    # the naive loop's choice, from the per-candidate scores: the best of each round, ties to the lower index
+    removed = []
+    for _ in range(2):
+        cands = [c for c in range(4) if c not in removed]
+        best = max(cands, key=lambda c: (scored_one_by_one[(tuple(removed), c)], -c))
+        removed.append(best)
+    assert fast[0] == removed
+    assert imp.metric_label(metric, "en-de").startswith("COMET")
+
+
+def test_qe_search_metric_with_a_reference_model_is_refused_before_work(qe_env, tmp_path):
+    from iwslt_mc.stages import importance as imp
+
+    ref_ckpt = str(comet_env.make_tiny_checkpoint(tmp_path / "tiny-comet", env_dir=qe_env))
+    with pytest.raises(UserError, match="reference"):
+        imp.check_metric(f"qe:{ref_ckpt}")
