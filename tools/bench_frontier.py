@@ -123,7 +123,7 @@ def main(argv=None) -> int:
         var, kind = frontier.make_variant(recipe, cfg, d, w, base=str(teacher))
         variants.append((var.name, kind, d, w, var))
 
-    def record(name, kind, d, w, model_dir, build_s, steps, compact):
+    def record(name, kind, d, w, model_dir, build_s, steps, compact, train_s=0.0):
         prev = old.get(name)
         if prev and (runs / name / f"scores-{args.lang}.json").exists() and prev.get("examples") == len(examples):
             r = prev
@@ -131,6 +131,7 @@ def main(argv=None) -> int:
             r = {"name": name, "kind": kind, "depth": d, "width": w, "compact": compact, "steps": steps,
                  "examples": len(examples), "build_seconds": round(build_s, 1),
                  **bench_fidelity.evaluate(model_dir, runs / name, args, examples)}
+        r["train_seconds"] = round(train_s, 1)  # read from build.json every time: reused rows have it too
         results.append(r)
         print(f"== {name}: chrF++ {r['chrf']:.2f}  {r['bytes'] / 1e6:.3f} MB  ({r['build_seconds']:.0f} s build)", flush=True)
         atomic_write_json(results_path, {"results": results, "_kd": {"seconds": kd_seconds}})
@@ -140,7 +141,7 @@ def main(argv=None) -> int:
             (runs / name).mkdir(parents=True, exist_ok=True)
             if not (runs / name / "model").exists():
                 (runs / name / "model").symlink_to(teacher, target_is_directory=True)
-            model, build_s, steps = teacher, 0.0, 0
+            model, build_s, steps, train_s = teacher, 0.0, 0, 0.0
         else:
             out = runs / name
             t0 = time.time()
@@ -149,8 +150,9 @@ def main(argv=None) -> int:
                             condition="unconstrained", out=out, resume=True, device="cpu", log=log)
             state = json.loads((out / "build.json").read_text())
             build_s = sum(s.get("seconds") or 0 for s in state["stages"]) if state.get("stages") else time.time() - t0
+            train_s = sum(s.get("seconds") or 0 for s in state.get("stages", []) if s.get("id") == "ft")
             model, steps = out / "model", args.steps
-        record(name, kind, d, w, model, build_s, steps, False)
+        record(name, kind, d, w, model, build_s, steps, False, train_s)
         if args.no_compact:
             continue
         # the compact point: trimmed vocabulary + NF4 of every linear layer
@@ -166,7 +168,7 @@ def main(argv=None) -> int:
             run_stage(make_stage("quantize", {"method": "nf4", "double_quant": True, "skip": ["lm_head"],
                                               "compute_dtype": "fp32"}),
                       trimmed, cdir, ctx(None))
-        record(cname, kind, d, w, cdir, build_s + (time.time() - t0), steps, True)
+        record(cname, kind, d, w, cdir, build_s + (time.time() - t0), steps, True, train_s)
 
     report = args.report or args.out / "frontier.md"
     write_markdown(report, results, args, kd_seconds, argv)
@@ -206,13 +208,13 @@ def write_markdown(report: Path, results: list[dict], args, kd_seconds: float, a
         f"({time.strftime('%Y-%m-%d')}, 2 shared CPU cores).",
         "",
         "| variant | kind | LLM layers kept | width kept | chrF++ | % of teacher | size | % of teacher bytes | parameters | "
-        "training steps | build s | frontier |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        "training steps | train s | build s | frontier |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for r in sorted(results, key=lambda r: -r["bytes"]):
         lines.append(f"| {r['name']} | {r['kind']} | {r['depth']:.0%} | {r['width']:.0%} | {r['chrf']:.2f} | "
                      f"{100 * r['chrf'] / t['chrf']:.1f} | {r['bytes'] / 1e6:.3f} MB | {100 * r['bytes'] / t['bytes']:.1f} | "
-                     f"{r['params']:,} | {r['steps']} | {r['build_seconds']:.0f} | {'yes' if r['pareto'] else ''} |")
+                     f"{r['params']:,} | {r['steps']} | {r.get('train_seconds', 0):.0f} | {r['build_seconds']:.0f} | {'yes' if r['pareto'] else ''} |")
     small = [r for r in results if r["bytes"] <= 0.10 * t["bytes"]]
     best = max(small, key=lambda r: r["chrf"]) if small else None
     lines += ["", "## Target: at <= 10% of the teacher's bytes keep >= 75% of its chrF++", ""]
