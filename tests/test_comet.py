@@ -205,7 +205,7 @@ def _run_offline(tmp_path, require: bool) -> subprocess.CompletedProcess:
                       "ERROR: No matching distribution found')\n\n\n"
                       "comet_env.create_env = _offline\n", encoding="utf-8")
     env = {k: v for k, v in os.environ.items() if k != REQUIRE}
-    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), str(ROOT)] + [env["PYTHONPATH"]] * bool(env.get("PYTHONPATH")))
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), str(ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     if require:
         env[REQUIRE] = "1"
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "offline_pip", "-p", "no:cacheprovider", str(Path(__file__)),

@@ -94,7 +94,7 @@ def test_ct3_with_embeddings_reloads_with_from_pretrained_alone_with_the_logits_
 def test_planner_predicts_the_ct_bytes_exactly(kit, ct3_dir, tmp_path):
     out, _ = ct3_dir
     spec, pred = _predicted(kit, CT3)
-    assert spec.label() == "ct3-g16 +emb embed_tokens=ct3-g16"
+    assert spec.label() == "ct3-g16+emb embed_tokens=ct3-g16"
     real = sizer.measure(out)
     assert pred.bytes == real.bytes and pred.params == real.params and pred.tensors == real.tensors
     assert real.quantized == {"ct-int3": 43} and real.overhead > 0

@@ -262,7 +262,6 @@ class Finetune(Stage):
             save_total_limit=o.save_total_limit, logging_steps=o.logging_steps, seed=ctx.seed,
             device="cpu" if device == "cpu" else None, progress=o.progress)
         work_dir = Path(ctx.work_dir) if ctx.work_dir else out_dir.with_name(out_dir.name + ".work")
-        import dataclasses
 
         ident = {"input": modelio.model_fingerprint(in_dir), "options": {
             k: v for k, v in dataclasses.asdict(o).items() if k not in ("save_steps", "save_total_limit", "logging_steps", "progress")}}
