@@ -161,6 +161,26 @@ class HeldoutSegment:
     source: str = ""
 
 
+def calibration_segments(ctx, split: str | None, n: int, *, stage: str, use: str) -> tuple[list, list[dict]]:
+    """A seeded sample of ``n`` segments of ``ctx.data`` (split ``split``) for activation statistics, and the
+    data records for provenance (``use`` + the count and seed). One line naming the stage if there are none."""
+    import numpy as np
+
+    from ..data import describe_data, load_examples
+
+    exs = load_examples(ctx.data, split=split, seed=ctx.seed, lang=ctx.lang)
+    if not exs:
+        raise UserError(f"stage {stage}: no calibration examples in {ctx.data} (split {split})")
+    if len(exs) > n:
+        pick = sorted(np.random.default_rng(ctx.seed).permutation(len(exs))[:n].tolist())
+        exs = [exs[i] for i in pick]
+    ctx.log(f"{stage}: activation statistics on {len(exs)} segments")
+    data = describe_data(ctx.data, split)
+    for d in data:
+        d["use"] = f"{use} ({len(exs)} segments, seed {ctx.seed})"
+    return heldout_segments(exs, ctx.lang), data
+
+
 def heldout_segments(examples, lang: str) -> list[HeldoutSegment]:
     """Held-out segments (audio decoded once) with the ``lang`` reference; examples without one are an error."""
     from ..data import target_text

@@ -184,22 +184,11 @@ class PruneFFN(Stage):
         before = {"llm": layout.text_config.intermediate_size, "audio": layout.audio_config.encoder_ffn_dim}
         data = []
         if o.importance == "activation":
-            import numpy as np
+            from .importance import calibration_segments
 
-            from ..data import describe_data, load_examples
-            from .importance import heldout_segments
-
-            exs = load_examples(ctx.data, split=o.split, seed=ctx.seed, lang=ctx.lang)
-            if not exs:
-                raise UserError(f"stage prune-ffn: no calibration examples in {ctx.data} (split {o.split})")
-            if len(exs) > o.calibration:
-                pick = sorted(np.random.default_rng(ctx.seed).permutation(len(exs))[: o.calibration].tolist())
-                exs = [exs[i] for i in pick]
-            ctx.log(f"prune-ffn: activation statistics on {len(exs)} segments")
-            llm_imp, audio_imp = activation_importance(model, processor, heldout_segments(exs, ctx.lang), ctx.lang)
-            data = describe_data(ctx.data, o.split)
-            for d in data:
-                d["use"] = f"calibration of FFN unit importance ({len(exs)} segments, seed {ctx.seed})"
+            segs, data = calibration_segments(ctx, o.split, o.calibration, stage="prune-ffn",
+                                              use="calibration of FFN unit importance")
+            llm_imp, audio_imp = activation_importance(model, processor, segs, ctx.lang)
         else:
             llm_imp, audio_imp = weight_importance(model)
         techniques = []

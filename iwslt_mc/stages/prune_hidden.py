@@ -312,23 +312,12 @@ class PruneHidden(Stage):
         processor = modelio.load_processor(in_dir)
         data = []
         if o.importance == "activation":
-            import numpy as np
+            from .importance import calibration_segments
 
-            from ..data import describe_data, load_examples
-            from .importance import heldout_segments
-
-            exs = load_examples(ctx.data, split=o.split, seed=ctx.seed, lang=ctx.lang)
-            if not exs:
-                raise UserError(f"stage prune-hidden: no calibration examples in {ctx.data} (split {o.split})")
-            if len(exs) > o.calibration:
-                pick = sorted(np.random.default_rng(ctx.seed).permutation(len(exs))[: o.calibration].tolist())
-                exs = [exs[i] for i in pick]
-            ctx.log(f"prune-hidden: activation statistics on {len(exs)} segments")
-            scores = activation_importance(model, processor, heldout_segments(exs, ctx.lang), ctx.lang)
-            data = describe_data(ctx.data, o.split)
-            for d in data:
-                d["use"] = f"calibration of hidden-dimension and head importance ({len(exs)} segments, seed {ctx.seed})"
-            how = f"activation importance on {len(exs)} segments"
+            segs, data = calibration_segments(ctx, o.split, o.calibration, stage="prune-hidden",
+                                              use="calibration of hidden-dimension and head importance")
+            scores = activation_importance(model, processor, segs, ctx.lang)
+            how = f"activation importance on {len(segs)} segments"
         else:
             scores = weight_importance(model)
             how = "weight-norm importance"
