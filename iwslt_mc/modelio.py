@@ -31,10 +31,6 @@ def check_model_dir(model_dir: str | os.PathLike) -> Path:
     return p
 
 
-# Every model family's model types (iwslt_mc.families; a test keeps the two in step).
-SUPPORTED_MODEL_TYPES = ("qwen2_audio", "gemma4", "gemma4_unified")
-
-
 def read_model_type(model_dir: str | os.PathLike) -> str | None:
     """``model_type`` from a model directory's config.json (None when it has none)."""
     f = Path(model_dir) / "config.json"

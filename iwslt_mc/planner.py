@@ -121,13 +121,16 @@ def load_base_config(model_dir: str | Path):
         raw = json.loads(cfg_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise InputFileError(cfg_path, f"unreadable config ({e})") from None
-    from .modelio import SUPPORTED_MODEL_TYPES, require_supported_model
+    from .families import family_of_model_type, supported_text
+    from .modelio import require_supported_model
 
     if p.is_dir():
         require_supported_model(p)
-    elif not isinstance(raw, dict) or raw.get("model_type") not in SUPPORTED_MODEL_TYPES:
+    else:
         mt = raw.get("model_type") if isinstance(raw, dict) else None
-        raise InputFileError(cfg_path, f"not a Qwen2-Audio model (model_type {mt!r}; supported: {', '.join(SUPPORTED_MODEL_TYPES)})")
+        if family_of_model_type(mt) is None:
+            raise InputFileError(cfg_path, f"not a Qwen2-Audio model (model_type {mt!r}; "
+                                           f"supported families: {supported_text()})")
     from transformers import AutoConfig
 
     try:

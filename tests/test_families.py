@@ -20,9 +20,8 @@ def _model_dir(tmp_path, model_type):
 def test_registry_names_match():
     assert tuple(f.name for f in families.families()) == families.FAMILY_NAMES
     assert families.supported_text() == "qwen2_audio [qwen2_audio], gemma4 [gemma4, gemma4_unified]"
-    from iwslt_mc.modelio import SUPPORTED_MODEL_TYPES
-
-    assert SUPPORTED_MODEL_TYPES == tuple(t for f in families.families() for t in f.model_types)
+    # modelio and the planner refuse by the registry itself (no second list to keep in step)
+    assert tuple(t for f in families.families() for t in f.model_types) == ("qwen2_audio", "gemma4", "gemma4_unified")
 
 
 @pytest.mark.parametrize("model_type,name", [("qwen2_audio", "qwen2_audio"), ("gemma4", "gemma4"),
