@@ -143,9 +143,16 @@ def fit_4bit_cpu_path(model) -> int:
     says (outputs differ by ~0.5% of the largest logit from the dequantized path).
 
     Returns the number of layers switched to the generic path. Never turns the repack on: a CPU
-    without AVX512-BF16 must not take it (the kernel uses the instruction).
+    without AVX512-BF16 must not take it (the kernel uses the instruction). Any CPU model with 4-bit
+    layers also gets :func:`iwslt_mc.bnb_cpu.fix_cpu_dequantize` (bitsandbytes' native dequantization
+    is wrong for widths that are not a multiple of the block size, on every CPU).
     """
     n = 0
+    if any(getattr(getattr(m, "weight", None), "quant_state", None) is not None
+           and m.weight.device.type == "cpu" for m in model.modules()):
+        from .bnb_cpu import fix_cpu_dequantize
+
+        fix_cpu_dequantize()
     for mod in model.modules():
         if not getattr(mod, "support_avx512bf16_for_cpu", False):
             continue
