@@ -206,6 +206,11 @@ def test_full_finetune_lowers_loss_keeps_frozen_vision_and_reloads(gkit, tmp_pat
     assert rec["train"]["trainable_params"] == total - sum(old[k].numel() for k in vision)
     assert model.lm_head.weight is model.model.language_model.embed_tokens.weight
     assert _decodes(out, gkit)
+    # the tied lm_head is the token embeddings' tensor: freezing lm_head freezes it (named once, as embed_tokens)
+    from iwslt_mc.stages.finetune import freeze_components
+
+    assert freeze_components(model, ["lm_head"]) == 1856 * 64
+    assert not model.model.language_model.embed_tokens.weight.requires_grad
     with pytest.raises(UserError, match=r"^stage finetune: cannot freeze 'vision_encoder': Qwen2-Audio models have no"):
         make_stage("finetune", {"freeze": ["vision_encoder"]}).check(
             Path(__file__).parent / "fixtures" / "toy" / "teacher", StageContext(lang="en-de", data=["x"]))

@@ -195,10 +195,14 @@ def lora_config(o: FinetuneOptions):
 
 def freeze_components(model, components: list[str]) -> int:
     """Stop gradients for parameters of the named components (the model family's component_for_key);
-    returns how many. Gemma 4's tied lm_head is its token embeddings: freezing either freezes both."""
+    returns how many. A tied lm_head (Gemma 4) is the token embeddings' tensor: freezing either freezes both."""
     from ..families import family_of_config
 
     component_for_key = family_of_config(model.config).component_for_key
+    components = set(components)
+    head, emb = model.get_output_embeddings(), model.get_input_embeddings()
+    if head is not None and emb is not None and head.weight is emb.weight and components & {"lm_head", "embed_tokens"}:
+        components |= {"lm_head", "embed_tokens"}
     n = 0
     for name, p in model.named_parameters():
         if component_for_key(name) in components:
