@@ -1,9 +1,9 @@
-"""Supervised speech-translation training of Qwen2-Audio with the HF ``Trainer``.
+"""Supervised speech-translation training (Qwen2-Audio, Gemma 4) with the HF ``Trainer``.
 
 The ``Trainer`` gives what long runs need without a hand-written loop: checkpoints and exact resume
 (model, optimizer, scheduler, RNG states and the position in the epoch), gradient accumulation,
 the cosine schedule, and multi-process training through accelerate (DDP, FSDP) when started with
-``accelerate launch``. This module adds the data side (the published chat prompt with the
+``accelerate launch``. This module adds the data side (the model family's prompt, with the
 reference translation as the assistant turn, labels masked up to and including the assistant
 header) and the progress side (a bar with loss, step rate and ETA; ``train.log`` and
 ``loss_history.json``).

@@ -2,9 +2,11 @@
 
 The input is loaded with a ``BitsAndBytesConfig`` through :func:`iwslt_mc.modelio.load_model` and
 saved as safetensors with the ``quantization_config`` in ``config.json``, so the output reloads
-with ``from_pretrained`` alone. ``skip`` names modules that stay unquantized (``lm_head``,
-``audio_tower``, ``multi_modal_projector``, or any dotted suffix of a module name; ``re:REGEX`` for a
-raw pattern). transformers 5 matches skip patterns from the start of the full module name, so plain
+with ``from_pretrained`` alone (the family's class: Gemma 4 through ``AutoModelForMultimodalLM``).
+``skip`` names modules that stay unquantized (``lm_head``, ``audio_tower``, ``multi_modal_projector``;
+Gemma 4: ``vision_tower``, ``embed_audio``, ``embed_vision``; or any dotted suffix of a module name;
+``re:REGEX`` for a raw pattern). Embedding tables are never bitsandbytes-quantized: Gemma 4's token
+and per-layer embeddings, and its ``lm_head`` tied to the former, stay as stored. transformers 5 matches skip patterns from the start of the full module name, so plain
 names are turned into ``(?:.*\\.)?NAME`` (``["audio_tower"]`` alone would match nothing).
 
 Saving after inference: on CPUs with AVX512-BF16, the first no-grad forward of a 4-bit layer
