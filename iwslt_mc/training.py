@@ -503,12 +503,40 @@ def objective_model(student, loss_fn: Callable, *, aux=None, frozen: dict | None
         def enable_input_require_grads(self):
             self.student.enable_input_require_grads()
 
+        def state_dict(self, *args, **kwargs):
+            """Each tensor once: a tied ``lm_head`` (Gemma 4) is the token embeddings' tensor under a second
+            name, which the checkpoint's safetensors file refuses; loading the first name restores both."""
+            sd = super().state_dict(*args, **kwargs)
+            for k in _alias_keys(sd):
+                del sd[k]
+            return sd
+
+        def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+            result = super().load_state_dict(state_dict, strict=False, assign=assign)
+            aliases = set(_alias_keys(super().state_dict()))
+            missing = [k for k in result.missing_keys if k not in aliases]
+            if strict and (missing or result.unexpected_keys):
+                raise RuntimeError(f"state dict mismatch: missing {missing[:3]}, unexpected {result.unexpected_keys[:3]}")
+            return type(result)(missing, result.unexpected_keys)
+
         def forward(self, **batch):
             loss, parts = loss_fn(self, batch)
             self.last_parts = {k: float(v) for k, v in parts.items()}
             return {"loss": loss}
 
     return ObjectiveModel()
+
+
+def _alias_keys(sd: dict) -> list[str]:
+    """Keys of ``sd`` whose tensor is one an earlier key already names (tied weights)."""
+    seen, out = set(), []
+    for k, v in sd.items():
+        if getattr(v, "numel", lambda: 0)():
+            key = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape), tuple(v.stride()))
+            if key in seen:
+                out.append(k)
+            seen.add(key)
+    return out
 
 
 def parts_recorder(wrapper, path: Path | None):

@@ -190,9 +190,15 @@ def _decodes(model_dir, gkit, n=6) -> bool:
     return len(toks) == n or (0 < len(toks) < n and toks[-1] == proc.tokenizer.convert_tokens_to_ids("<turn|>"))
 
 
-def test_full_finetune_lowers_loss_keeps_frozen_vision_and_reloads(gkit, tmp_path):
-    out = tmp_path / "full"
-    rec = _finetune(gkit, out, dict(FAST, mode="full", lr=5e-3, max_steps=30, freeze=["vision_encoder"]))
+@pytest.fixture(scope="module")
+def full_ft(gkit, tmp_path_factory):
+    """The kit fully fine-tuned for 30 steps with its vision encoder frozen: (output dir, provenance record)."""
+    out = tmp_path_factory.mktemp("gemma4full") / "full"
+    return out, _finetune(gkit, out, dict(FAST, mode="full", lr=5e-3, max_steps=30, freeze=["vision_encoder"]))
+
+
+def test_full_finetune_lowers_loss_keeps_frozen_vision_and_reloads(gkit, full_ft):
+    out, rec = full_ft
     losses = _losses(out)
     assert len(losses) == 30 and np.mean(losses[-5:]) < 0.6 * losses[0], losses
     assert losses[0] == pytest.approx(np.log(1856), abs=0.1)  # a random model starts at the uniform distribution
@@ -258,6 +264,51 @@ def test_distill_with_a_gemma_teacher_then_finetune_on_its_pairs(gkit, tmp_path)
     losses = _losses(ft)
     assert len(losses) == 30 and np.mean(losses[-5:]) < 0.7 * losses[0], losses
     assert _decodes(ft, gkit)
+
+
+# ---------------------------------------------------------------------------------------- kd (word level)
+
+def test_word_level_kd_lowers_kl_resumes_and_refuses_what_it_cannot(gkit, full_ft, tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+    from transformers import TrainerCallback
+
+    teacher = full_ft[0]
+    opts = dict(FAST, teacher=str(teacher), alpha=1.0, temperature=1.0, lr=5e-3, max_steps=8, save_steps=3)
+
+    def kd(out):
+        return run_stage(make_stage("kd", opts), gkit / "model", out,
+                         StageContext(lang="en-de", data=[str(gkit / "data")], **QUIET))
+
+    rec = kd(tmp_path / "straight")
+    kl = [json.loads(line)["kl"] for line in (tmp_path / "straight" / "kd_history.jsonl").read_text().splitlines()]
+    assert len(kl) == 8 and kl[-1] < 0.5 * kl[0], kl  # the random student moves toward the fine-tuned teacher
+    assert rec["techniques"][0].startswith("knowledge distillation from a teacher in the same process (word-level KL")
+
+    class _Interrupt(Exception):
+        pass
+
+    class StopAtStep5(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step == 5:
+                raise _Interrupt()
+
+    orig = training.parts_recorder
+    monkeypatch.setattr(training, "parts_recorder", lambda w, p: StopAtStep5())
+    with pytest.raises(_Interrupt):
+        kd(tmp_path / "resumed")
+    # the checkpoint holds the tied embeddings once (safetensors refuses a tensor under two names)
+    assert sorted(p.name for p in (tmp_path / "resumed.work" / "checkpoints").iterdir()) == ["checkpoint-3"]
+    monkeypatch.setattr(training, "parts_recorder", orig)
+    assert kd(tmp_path / "resumed")["train"]["resumed_from"].endswith("checkpoint-3")
+    a, b = load_file(tmp_path / "straight" / "model.safetensors"), load_file(tmp_path / "resumed" / "model.safetensors")
+    assert a.keys() == b.keys() and [k for k in a if not torch.equal(a[k], b[k])] == []
+    ctx = StageContext(lang="en-de", data=[str(gkit / "data")], **QUIET)
+    with pytest.raises(UserError, match=r"^stage kd: hidden-state KD \(hidden_weight > 0\) is not supported for Gemma 4 "):
+        run_stage(make_stage("kd", dict(opts, hidden_weight=0.5)), gkit / "model", tmp_path / "h", ctx)
+    qwen = Path(__file__).parent / "fixtures" / "toy" / "teacher"
+    with pytest.raises(UserError, match=r"^stage kd: teacher .* is a Qwen2-Audio model and the student .* a Gemma 4 model"):
+        run_stage(make_stage("kd", dict(opts, teacher=str(qwen))), gkit / "model", tmp_path / "q", ctx)
+    assert not (tmp_path / "h").exists() and not (tmp_path / "q").exists()
 
 
 # ---------------------------------------------------------------------------------------- package

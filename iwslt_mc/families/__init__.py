@@ -68,6 +68,9 @@ class Family:
     # processor outputs aligned with ``input_ids`` (training extends them over the target tokens with 0)
     token_aligned_inputs: tuple[str, ...] = ()
 
+    # kd's hidden-state term (layer taps through iwslt_mc.layout); word-level KD works for every family
+    hidden_state_kd: bool = False
+
     def turn_end_id(self, tokenizer) -> int:
         """Id of :attr:`turn_end_token` in ``tokenizer``; its eos when it has no such token."""
         i = tokenizer.convert_tokens_to_ids(self.turn_end_token)
