@@ -8,8 +8,10 @@ with
          + (1 - alpha) * CE(student, reference)
          + hidden_weight * mean over mapped layers of d(P(h_student), h_teacher)   hidden-state KD
 
-The teacher (``teacher``, a Qwen2-Audio directory) sees the same chat prompt and audio, token for
-token, is frozen and runs without gradients. KL and CE are taken at the target positions only.
+The teacher (``teacher``, a model directory of the student's family: Qwen2-Audio, or Gemma 4 with the
+organizers' prompt) sees the same chat prompt and audio, token for token, is frozen and runs without
+gradients. KL and CE are taken at the target positions only. Gemma 4: word-level KD only (the
+hidden-state term is refused in one line).
 
 Vocabularies: when the student's vocabulary was trimmed (``trim-vocab``) its ids differ from the
 teacher's. Ids are mapped through the two ``tokenizer.json`` files (same token string = same token):
