@@ -361,3 +361,17 @@ def test_package_iwslt27_of_a_gemma_decode(gkit, tmp_path):
     assert "Size bin" not in desc
     chk = packaging.check([res.dir])
     assert chk.ok, chk.all_problems()
+
+
+def test_package_names_the_base_model_by_family(gkit, tmp_path):
+    from iwslt_mc import packaging, track
+
+    ed = track.get_edition("2027")
+    stages = [{"stage": "quantize"}]
+    base = packaging._model_base
+    assert base(gkit / "model", {"stages": [{"stage": "kit"}]}, ed) == "tiny random Gemma 4 (the iwslt-mc demo kit)"
+    assert base(gkit / "model", {"base": {"path": "/models/gemma-4-12B-it"}, "stages": stages}, ed) == "google/gemma-4-12B-it"
+    # a Gemma 4 model is never named after a Qwen2-Audio folder, nor the other way round
+    assert base(gkit / "model", {"base": {"path": "/m/Qwen2-Audio-7B-Instruct"}, "stages": stages}, ed) == "a Gemma 4 model (model_type gemma4)"
+    qwen = Path(__file__).parent / "fixtures" / "toy" / "teacher"
+    assert base(qwen, {"base": {"path": "/m/Qwen2-Audio-7B-Instruct"}, "stages": stages}, ed) == "Qwen/Qwen2-Audio-7B-Instruct"
