@@ -492,10 +492,12 @@ def measure_streamed(model_dir, *, device: str | None = None, version: str = "")
     import threading
 
     import torch
-    from transformers import Qwen2AudioForConditionalGeneration
+
+    from .families import family_for
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = Qwen2AudioForConditionalGeneration.from_pretrained(str(model_dir), dtype="auto", device_map=device)
+    loader = family_for(model_dir).loader_class()  # Gemma 4: AutoModelForMultimodalLM, as the organizers load it
+    model = loader.from_pretrained(str(model_dir), dtype="auto", device_map=device)
     model.eval()
     counted = [0]
     with tempfile.TemporaryDirectory(prefix="iwslt-mc-torchsave.") as tmp:

@@ -27,6 +27,11 @@ class Family:
         """The transformers class whose ``from_pretrained`` loads a directory of this family."""
         raise NotImplementedError
 
+    def model_from_config(self, config):
+        """A model of this family built from ``config`` (random or, under ``torch.device("meta")``, empty)."""
+        cls = self.loader_class()
+        return cls.from_config(config) if hasattr(cls, "from_config") else cls(config)
+
     def load_processor(self, model_dir):
         from transformers import AutoProcessor
 
@@ -58,8 +63,30 @@ class Family:
                                              tokenize=False, **self.chat_template_kwargs)
 
     chat_template_kwargs: dict = {}
+    # the token that ends an assistant turn (training targets end with it; generation stops at it)
+    turn_end_token: str = "<|im_end|>"
+    # processor outputs aligned with ``input_ids`` (training extends them over the target tokens with 0)
+    token_aligned_inputs: tuple[str, ...] = ()
+
+    # kd's hidden-state term (layer taps through iwslt_mc.layout); word-level KD works for every family
+    hidden_state_kd: bool = False
+
+    def turn_end_id(self, tokenizer) -> int:
+        """Id of :attr:`turn_end_token` in ``tokenizer``; its eos when it has no such token."""
+        i = tokenizer.convert_tokens_to_ids(self.turn_end_token)
+        return tokenizer.eos_token_id if i is None or i == tokenizer.unk_token_id else i
     # None: the caller's/generation config's limits apply unchanged
     default_max_new_tokens: int | None = None
+
+    # hub organisation and the folder-name prefix of its model ids (``Qwen``, ``qwen2-audio``)
+    hub_org: str = ""
+    hub_name_prefix: str = ""
+
+    def hub_id(self, folder_name: str) -> str | None:
+        """``ORG/NAME`` when a folder is named as one of the family's hub models (``Qwen2-Audio-7B-Instruct``)."""
+        if self.hub_org and folder_name.lower().startswith(self.hub_name_prefix):
+            return f"{self.hub_org}/{folder_name}"
+        return None
 
     # -- planner
     def predict(self, spec, base_config, edition: str, *, base_name: str | None = None):

@@ -53,9 +53,12 @@ class Gemma4Family(Family):
     name = "gemma4"
     label = "Gemma 4"
     model_types = ("gemma4", "gemma4_unified")
+    hub_org, hub_name_prefix = "google", "gemma-4"
     components = COMPONENTS
     chat_template_kwargs = {"enable_thinking": False}
     default_max_new_tokens = MAX_NEW_TOKENS
+    turn_end_token = "<turn|>"  # the chat template closes every turn, the model's too, with it
+    token_aligned_inputs = ("mm_token_type_ids",)
 
     def loader_class(self):
         from transformers import AutoModelForMultimodalLM

@@ -8,8 +8,10 @@ with
          + (1 - alpha) * CE(student, reference)
          + hidden_weight * mean over mapped layers of d(P(h_student), h_teacher)   hidden-state KD
 
-The teacher (``teacher``, a Qwen2-Audio directory) sees the same chat prompt and audio, token for
-token, is frozen and runs without gradients. KL and CE are taken at the target positions only.
+The teacher (``teacher``, a model directory of the student's family: Qwen2-Audio, or Gemma 4 with the
+organizers' prompt) sees the same chat prompt and audio, token for token, is frozen and runs without
+gradients. KL and CE are taken at the target positions only. Gemma 4: word-level KD only (the
+hidden-state term is refused in one line).
 
 Vocabularies: when the student's vocabulary was trimmed (``trim-vocab``) its ids differ from the
 teacher's. Ids are mapped through the two ``tokenizer.json`` files (same token string = same token):
@@ -287,7 +289,7 @@ def vocab_map(student_dir: Path, teacher_dir: Path, n_student: int, n_teacher: i
 
 
 def check_teacher(student_dir: Path, teacher_dir: Path, what: str = "stage kd") -> tuple[dict, dict]:
-    """Configs of a usable teacher (Qwen2-Audio, same audio front end), or a one-line error."""
+    """Configs of a usable teacher (same audio front end as the student), or a one-line error."""
     from ..modelio import check_model_dir
 
     check_model_dir(teacher_dir)
@@ -356,6 +358,7 @@ class KD(Stage):
     name = "kd"
     Options = KDOptions
     techniques = ["knowledge distillation"]
+    families = ("qwen2_audio", "gemma4")  # Gemma 4: word-level KD (hidden-state KD: Family.hidden_state_kd)
 
     def check(self, in_dir: Path, ctx: StageContext) -> None:
         from ..prompting import check_lang
@@ -365,6 +368,9 @@ class KD(Stage):
         if not o.teacher:
             raise UserError("stage kd: no teacher (set teacher: a model directory, or @ID of an earlier stage)")
         teacher = Path(o.teacher)
+        from ..modelio import check_model_dir
+
+        self._check_families(Path(in_dir), check_model_dir(teacher))
         s_cfg, t_cfg = check_teacher(Path(in_dir), teacher)
         if s_cfg.get("quantization_config"):
             raise UserError(f"stage kd: {in_dir} is quantized; distil into an unquantized student (quantize after)")
@@ -379,6 +385,19 @@ class KD(Stage):
         if not ctx.data:
             raise UserError("stage kd: no training data (give --data)")
         self._examples = load_training_data(ctx, o.split, o.limit, "kd")
+
+    def _check_families(self, student: Path, teacher: Path) -> None:
+        """Teacher and student of one family (the same prompt, turn format and tokenizer kind); hidden-state
+        KD only where the family has it."""
+        from ..families import family_for
+
+        fam, t_fam = family_for(student), family_for(teacher)
+        if t_fam.name != fam.name:
+            raise UserError(f"stage kd: teacher {teacher} is a {t_fam.label} model and the student {student} a "
+                            f"{fam.label} model; kd needs both of one family (their prompts and tokens must match)")
+        if self.options.hidden_weight > 0 and not fam.hidden_state_kd:
+            raise UserError(f"stage kd: hidden-state KD (hidden_weight > 0) is not supported for {fam.label} models "
+                            f"yet ({student}); word-level KD (hidden_weight 0) is")
 
     def _layer_maps(self, student: Path, teacher: Path, s_cfg: dict, t_cfg: dict) -> dict:
         o = self.options
@@ -421,9 +440,12 @@ class KD(Stage):
         if o.freeze:
             freeze_components(student, o.freeze)
         teacher = self._load_teacher(teacher_dir, device, student)
-        s_lay, t_lay = find_layout(student), find_layout(teacher)
-        s_w = {"llm": s_lay.text_config.hidden_size, "audio": s_lay.audio_config.d_model}
-        t_w = {"llm": t_lay.text_config.hidden_size, "audio": t_lay.audio_config.d_model}
+        s_lay = t_lay = None
+        s_w = t_w = {}
+        if self._maps:  # hidden-state KD (a family with hidden_state_kd): layers and widths of both models
+            s_lay, t_lay = find_layout(student), find_layout(teacher)
+            s_w = {"llm": s_lay.text_config.hidden_size, "audio": s_lay.audio_config.d_model}
+            t_w = {"llm": t_lay.text_config.hidden_size, "audio": t_lay.audio_config.d_model}
 
         from transformers import set_seed
 
@@ -511,7 +533,7 @@ class KD(Stage):
         def loss_fn(wrapper, batch):
             student = wrapper.student
             labels = batch["labels"]
-            inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "input_features", "feature_attention_mask")}
+            inputs = {k: v for k, v in batch.items() if k != "labels"}  # the family's processor outputs
             out_s = student(**inputs)
             sel = training.label_positions(labels)
             ls = out_s.logits[:, :-1][sel]

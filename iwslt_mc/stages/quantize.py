@@ -2,9 +2,11 @@
 
 The input is loaded with a ``BitsAndBytesConfig`` through :func:`iwslt_mc.modelio.load_model` and
 saved as safetensors with the ``quantization_config`` in ``config.json``, so the output reloads
-with ``from_pretrained`` alone. ``skip`` names modules that stay unquantized (``lm_head``,
-``audio_tower``, ``multi_modal_projector``, or any dotted suffix of a module name; ``re:REGEX`` for a
-raw pattern). transformers 5 matches skip patterns from the start of the full module name, so plain
+with ``from_pretrained`` alone (the family's class: Gemma 4 through ``AutoModelForMultimodalLM``).
+``skip`` names modules that stay unquantized (``lm_head``, ``audio_tower``, ``multi_modal_projector``;
+Gemma 4: ``vision_tower``, ``embed_audio``, ``embed_vision``; or any dotted suffix of a module name;
+``re:REGEX`` for a raw pattern). Embedding tables are never bitsandbytes-quantized: Gemma 4's token
+and per-layer embeddings, and its ``lm_head`` tied to the former, stay as stored. transformers 5 matches skip patterns from the start of the full module name, so plain
 names are turned into ``(?:.*\\.)?NAME`` (``["audio_tower"]`` alone would match nothing).
 
 Saving after inference: on CPUs with AVX512-BF16, the first no-grad forward of a 4-bit layer
@@ -184,19 +186,16 @@ def save_quantized(model, processor, out_dir, *, log=print) -> Path:
 
 def _module_names(in_dir: Path) -> list[str]:
     """Module names of the input model, from its config only (built on the meta device: no weights read)."""
-    import torch
-    from transformers import AutoConfig, Qwen2AudioForConditionalGeneration
+    from ..modelio import meta_model
 
-    cfg = AutoConfig.from_pretrained(str(in_dir))
-    with torch.device("meta"):
-        model = Qwen2AudioForConditionalGeneration(cfg)
-    return [n for n, _ in model.named_modules()]
+    return [n for n, _ in meta_model(in_dir).named_modules()]
 
 
 class Quantize(Stage):
     name = "quantize"
     Options = QuantizeOptions
     techniques = ["bitsandbytes quantization"]
+    families = ("qwen2_audio", "gemma4")
 
     def check(self, in_dir: Path, ctx: StageContext) -> None:
         cfg = read_config(in_dir)
