@@ -51,7 +51,8 @@ PRECISION_BITS = {"fp32": 32, "bf16": 16, "fp16": 16, "int8": 8, "nf4": 4, "fp4"
 _FLOAT_DTYPE = {"bf16": ("BF16", 2, "bfloat16"), "fp16": ("F16", 2, "float16"), "fp32": ("F32", 4, "float32")}
 # "embeddings" (both embed_tokens and lm_head) is expanded where precisions are set.
 COMPONENT_ALIASES = {"audio": "audio_encoder", "audio_tower": "audio_encoder", "llm": "llm_layers",
-                     "decoder": "llm_layers", "embed": "embed_tokens"}
+                     "decoder": "llm_layers", "embed": "embed_tokens", "vision": "vision_encoder",
+                     "vision_tower": "vision_encoder", "ple": "per_layer_embeddings"}
 # safetensors writes tensors sorted by dtype (its enum order, descending) and then by name.
 _DTYPE_RANK = {d: i for i, d in enumerate(
     ["BOOL", "F4", "F6_E2M3", "F6_E3M2", "U8", "I8", "F8_E5M2", "F8_E4M3", "F8_E8M0", "I16", "U16", "F16",
@@ -149,6 +150,12 @@ def _audio_config(cfg):
 
 def base_dims(cfg) -> dict:
     """Layer counts, FFN widths and vocabulary of a base config (the values a Spec defaults to)."""
+    from .families import family_of_config
+
+    if family_of_config(cfg).name == "gemma4":
+        from .families.gemma4_plan import base_dims as gemma4_base_dims
+
+        return gemma4_base_dims(cfg)
     t, a = _text_config(cfg), _audio_config(cfg)
     return {
         "llm_layers": t.num_hidden_layers,
@@ -179,6 +186,7 @@ class Spec:
     hidden: int | None = None  # LLM residual width (hidden_size)
     heads: int | None = None  # LLM query heads kept (key/value heads follow the GQA group size; head size kept)
     audio_hidden: int | None = None  # audio encoder width (d_model; heads = d_model / head size)
+    drop_vision: bool = False  # the vision encoder removed (drop-vision; bases that have one: Gemma 4)
 
     def __post_init__(self):
         per = {}
@@ -227,11 +235,30 @@ class Spec:
         return asdict(self)
 
 
+def all_components() -> tuple[str, ...]:
+    """Every component any family names (Qwen2-Audio's first), in report order."""
+    from .families import families
+
+    out = list(COMPONENTS)
+    for fam in families():
+        out += [c for c in fam.components if c not in out]
+    return tuple(out)
+
+
 def normalize_component(c: str) -> str:
     c = COMPONENT_ALIASES.get(c, c)
-    if c not in COMPONENTS:
-        raise UserError(f"unknown component {c!r} (use one of {', '.join(COMPONENTS)}, or audio/llm/embeddings)")
+    if c not in all_components():
+        raise UserError(f"unknown component {c!r} (use one of {', '.join(all_components())}, "
+                        "or audio/llm/embeddings/vision/ple)")
     return c
+
+
+def check_components(spec: "Spec", components, family_label: str) -> None:
+    """Refuse per-component precisions for components the base's family does not have."""
+    extra = [c for c in spec.component_precision if c not in components]
+    if extra:
+        raise UserError(f"--precision {extra[0]}=...: a {family_label} model has no {extra[0]} "
+                        f"(its components: {', '.join(c for c in components if c != 'other')})")
 
 
 def check_precision(p: str) -> str:
@@ -485,6 +512,9 @@ def predict(spec: Spec, base_config=None, edition: str = "2025", *, base_name: s
 
     if family_of_config(base_config).name != "qwen2_audio":
         return family_of_config(base_config).predict(spec, base_config, ed.key, base_name=base_name)
+    check_components(spec, COMPONENTS, "Qwen2-Audio")
+    if spec.drop_vision:
+        raise UserError("a Qwen2-Audio model has no vision encoder to remove (drop-vision is for Gemma 4)")
     dims = resolve_dims(spec, base_config)
     templates = _inventory_for(apply_hidden_dims(base_config, dims), spec.ffn_dim, spec.audio_ffn_dim, spec.vocab)
     fdt = spec.storage_float

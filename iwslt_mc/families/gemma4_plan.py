@@ -21,10 +21,14 @@ def _text(cfg):
 
 
 def base_dims(cfg) -> dict:
-    t, a = _text(cfg), getattr(cfg, "audio_config", None)
-    return {"llm_layers": t.num_hidden_layers,
-            "audio_layers": getattr(a, "num_hidden_layers", None) if a is not None else None,
-            "ffn_dim": t.intermediate_size, "audio_ffn_dim": None, "vocab": t.vocab_size}
+    """LLM and audio layers (None: no audio encoder, as in ``gemma4_unified``), FFN width, vocabulary, and
+    whether a vision encoder is there."""
+    from .gemma4_surgery import audio_layer_count
+
+    t = _text(cfg)
+    return {"llm_layers": t.num_hidden_layers, "audio_layers": audio_layer_count(cfg) or None,
+            "ffn_dim": t.intermediate_size, "audio_ffn_dim": None, "vocab": t.vocab_size,
+            "vision": getattr(cfg, "vision_config", None) is not None}
 
 
 def apply_dims(cfg, dims: dict):
@@ -34,7 +38,17 @@ def apply_dims(cfg, dims: dict):
 
     base = base_dims(cfg)
     if dims["audio_layers"] != base["audio_layers"]:
-        raise UserError("--audio-layers is not supported for Gemma 4 yet")
+        if base["audio_layers"] is None:
+            raise UserError("--audio-layers: this Gemma 4 model has no audio-encoder layers (gemma4_unified)")
+        if dims["audio_layers"] > base["audio_layers"]:
+            raise UserError(f"--audio-layers {dims['audio_layers']}: the base model has only {base['audio_layers']}")
+        from .gemma4 import Gemma4Family
+
+        cfg = Gemma4Family().config_after_audio_layer_removal(cfg, list(range(dims["audio_layers"])))
+    if not dims["vision"] and base["vision"]:
+        d = cfg.to_dict()
+        d["vision_config"] = None
+        cfg = type(cfg).from_dict(d)
     if dims["llm_layers"] != base["llm_layers"]:
         if dims["llm_layers"] > base["llm_layers"]:
             raise UserError(f"--llm-layers {dims['llm_layers']}: the base model has only {base['llm_layers']}")
@@ -93,20 +107,30 @@ def inventory(cfg) -> list[tuple[str, tuple, str, bool, bool]]:
 
 
 def predict(spec, base_config, edition: str, *, base_name: str | None = None):
-    from ..planner import QUANT_PRECISIONS, Prediction, disk_tensors, safetensors_header_bytes
+    from .. import torchsave
+    from ..planner import _FLOAT_DTYPE, Prediction, disk_tensors, is_quant_precision, safetensors_header_bytes
     from ..track import get_edition, size_bin
     from .gemma4 import COMPONENTS
 
+    from ..errors import UserError
+    from ..planner import check_components
+
     ed = get_edition(edition)
+    check_components(spec, COMPONENTS, "Gemma 4")
+    if any(getattr(spec, k) is not None for k in ("hidden", "heads", "audio_hidden", "audio_ffn_dim")):
+        raise UserError("--hidden/--heads/--audio-hidden/--audio-ffn-dim: width changes are not supported for Gemma 4 yet")
     base = base_dims(base_config)
-    dims = {k: (getattr(spec, k) if getattr(spec, k) is not None else v) for k, v in base.items()}
+    if spec.drop_vision and not base["vision"]:
+        raise UserError("--drop-vision: this Gemma 4 model has no vision encoder (vision_config is empty)")
+    dims = {k: (getattr(spec, k, None) if getattr(spec, k, None) is not None else v) for k, v in base.items()}
+    dims["vision"] = base["vision"] and not spec.drop_vision
     cfg = apply_dims(base_config, dims)
     fdt = spec.storage_float
     entries, params, overhead = [], 0, 0
     components = {c: {"params": 0, "bytes": 0} for c in COMPONENTS}
     for key, shape, comp, linear, emb in inventory(cfg):
         prec = spec.precision_of(comp)
-        if prec in QUANT_PRECISIONS and not (linear or (emb and comp == "embed_tokens")):
+        if is_quant_precision(prec) and not (linear or (emb and comp == "embed_tokens")):
             prec = fdt
         ents, n, ovh = disk_tensors(key, shape, prec, fdt)
         entries.extend(ents)
@@ -119,6 +143,14 @@ def predict(spec, base_config, edition: str, *, base_name: str | None = None):
     components = {c: v for c, v in components.items() if v["bytes"] or c not in ("other", "lm_head")}
     signature = (f"predicted|edition:{ed.key}|format:safetensors-1-file|family:gemma4"
                  f"|units:decimal|version:iwslt-mc-{__version__}")
+    ts = ts_note = None
+    try:
+        ts = torchsave.compute([(e[0], e[1], e[2]) for e in entries], cfg.to_dict(),
+                               float_dtype=_FLOAT_DTYPE[fdt][0], version=f"iwslt-mc-{__version__}")
+        ts.signature = "predicted|" + ts.signature
+    except torchsave.NotExact as e:
+        ts_note = f"not predictable: {e}"
     return Prediction(spec=spec, edition=ed.key, bytes=total, params=params, bin=size_bin(total, ed),
                       components=components, overhead=overhead, header_bytes=header, tensors=len(entries),
-                      dims=dims, base=base_name or "config", signature=signature, entries=entries, config=cfg)
+                      dims=dims, base=base_name or "config", signature=signature, entries=entries, config=cfg,
+                      torch_save=ts, torch_save_note=ts_note)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 
 _LAYER = re.compile(r"^(.*language_model\.layers\.)(\d+)(\..*)$")
+_AUDIO_LAYER = re.compile(r"^(.*audio_tower\.layers\.)(\d+)(\..*)$")
 
 
 def _rebuild(model, config, state_dict):
@@ -56,6 +57,41 @@ def remove_llm_layers(model, remove):
     return _rebuild(model, config, sd), kept
 
 
+def audio_layer_count(config) -> int:
+    """Conformer layers of the audio encoder (0 for ``gemma4_unified``, whose audio has no encoder)."""
+    a = getattr(config, "audio_config", None)
+    return int(getattr(a, "num_hidden_layers", 0) or 0) if a is not None else 0
+
+
+def remove_audio_layers(model, remove):
+    """A new model without audio-encoder (conformer) layers ``remove``; ``audio_config.num_hidden_layers``
+    edited through the family (:meth:`Gemma4Family.config_after_audio_layer_removal`)."""
+    from ..errors import UserError
+    from .gemma4 import Gemma4Family
+
+    n = audio_layer_count(model.config)
+    remove = sorted(set(remove))
+    if not n:
+        raise UserError("this Gemma 4 model has no audio-encoder layers to remove (gemma4_unified: raw audio frames "
+                        "enter through embed_audio)")
+    if any(i < 0 or i >= n for i in remove) or len(remove) >= n:
+        raise UserError(f"audio layers to remove {remove}: the audio encoder has {n} layers (0..{n - 1}), "
+                        "at least one must stay")
+    kept = [i for i in range(n) if i not in remove]
+    config = Gemma4Family().config_after_audio_layer_removal(model.config, kept)
+    new_index = {old: new for new, old in enumerate(kept)}
+    sd = {}
+    for k, v in model.state_dict().items():
+        m = _AUDIO_LAYER.match(k)
+        if m:
+            i = int(m.group(2))
+            if i in new_index:
+                sd[f"{m.group(1)}{new_index[i]}{m.group(3)}"] = v
+            continue
+        sd[k] = v
+    return _rebuild(model, config, sd), kept
+
+
 def drop_vision(model):
     """A new model without the vision encoder and its projector (``vision_config`` None)."""
     from ..errors import UserError
@@ -71,32 +107,52 @@ def drop_vision(model):
 
 
 def run_prune_layers(stage, in_dir, out_dir, ctx) -> dict:
-    """The prune-layers stage for Gemma 4: explicit ``llm_layers``, or the middle/top strategies.
-    Audio-encoder layers and the iterative search are Qwen2-Audio only for now (a one-line refusal)."""
+    """The prune-layers stage for Gemma 4: explicit ``llm_layers``/``audio_layers``, or the middle/top
+    strategies (``remove``/``audio_remove``). The iterative search is Qwen2-Audio only for now (a one-line
+    refusal)."""
     from .. import modelio
     from ..errors import UserError
     from ..stages.merge import checkpoint_dtype
     from ..stages.prune_layers import _fmt_layers, middle_block, top_block
 
     o = stage.options
-    if o.audio_layers or o.audio_remove:
-        raise UserError("stage prune-layers: removing audio-encoder layers is not supported for Gemma 4 yet")
     if o.strategy == "iterative":
         raise UserError("stage prune-layers: strategy iterative is not supported for Gemma 4 yet (use llm_layers, middle or top)")
     run_dtype = modelio.runtime_dtype(in_dir, ctx.resolved_device())
     model = modelio.load_model(in_dir, dtype=run_dtype, device="cpu")
     processor = modelio.load_processor(in_dir)
     n = model.config.text_config.num_hidden_layers
+    n_audio = audio_layer_count(model.config)
     if o.strategy is None:
-        llm = sorted(o.llm_layers or [])
+        llm, audio = sorted(o.llm_layers or []), sorted(o.audio_layers or [])
+    elif o.strategy == "middle":
+        # the planner's rule: the valid block (KV sharing, a global last layer) nearest the middle
+        from .gemma4 import Gemma4Family
+
+        llm = Gemma4Family().allowed_removal(model.config, o.remove) if o.remove else []
+        audio = middle_block(n_audio, o.audio_remove) if o.audio_remove else []
     else:
-        llm = (middle_block if o.strategy == "middle" else top_block)(n, o.remove)
-    new, kept = remove_llm_layers(model, llm)
-    ctx.log(f"prune-layers: removed Gemma 4 LLM layers [{_fmt_layers(llm)}] (PLE slices with them); saving")
-    modelio.save_model(new, processor, out_dir, dtype=checkpoint_dtype(in_dir) if run_dtype else None)
+        llm = top_block(n, o.remove) if o.remove else []
+        audio = top_block(n_audio, o.audio_remove) if o.audio_remove else []
+    new, techniques = model, []
     how = "given" if o.strategy is None else f"{o.strategy} block"
-    return {"techniques": [f"layer pruning: {len(llm)} of {n} Gemma 4 LLM layers removed ({how}: {_fmt_layers(llm)})"],
-            "removed_llm_layers": llm, "removed_audio_layers": [], "llm_layers_before": n, "llm_layers_after": len(kept)}
+    kept = list(range(n))
+    if llm:
+        new, kept = remove_llm_layers(new, llm)
+        ctx.log(f"prune-layers: removed Gemma 4 LLM layers [{_fmt_layers(llm)}] (PLE slices with them)")
+        techniques.append(f"layer pruning: {len(llm)} of {n} Gemma 4 LLM layers removed ({how}: {_fmt_layers(llm)})")
+    if audio:
+        new, _ = remove_audio_layers(new, audio)
+        ctx.log(f"prune-layers: removed Gemma 4 audio-encoder layers [{_fmt_layers(audio)}]")
+        techniques.append(f"audio encoder layer pruning: {len(audio)} of {n_audio} conformer layers removed "
+                          f"({how}: {_fmt_layers(audio)})")
+    if not techniques:
+        raise UserError("stage prune-layers: nothing to remove (give llm_layers/audio_layers, or remove/audio_remove)")
+    ctx.log("prune-layers: saving")
+    modelio.save_model(new, processor, out_dir, dtype=checkpoint_dtype(in_dir) if run_dtype else None)
+    return {"techniques": techniques, "removed_llm_layers": llm, "removed_audio_layers": audio,
+            "llm_layers_before": n, "llm_layers_after": len(kept),
+            "audio_layers_before": n_audio, "audio_layers_after": n_audio - len(audio)}
 
 
 def check_removal(model_dir, remove) -> None:

@@ -135,7 +135,12 @@ class PruneLayers(Stage):
         o = self.options
         cfg = read_config(in_dir)
         n_llm = int(cfg.get("text_config", {}).get("num_hidden_layers", 0))
-        n_audio = int(cfg.get("audio_config", {}).get("encoder_layers", 0))
+        audio_cfg = cfg.get("audio_config") or {}
+        # Qwen2-Audio's encoder_layers, Gemma 4's conformer num_hidden_layers (none in gemma4_unified)
+        n_audio = int(audio_cfg.get("encoder_layers", audio_cfg.get("num_hidden_layers", 0)) or 0)
+        if (o.audio_layers or o.audio_remove) and not n_audio:
+            raise UserError(f"stage prune-layers: {in_dir} has no audio-encoder layers to remove "
+                            f"(model_type {cfg.get('model_type')!r})")
         for what, idx, n in (("llm_layers", o.llm_layers, n_llm), ("audio_layers", o.audio_layers, n_audio)):
             if idx:
                 bad = [i for i in idx if i >= n]
