@@ -495,7 +495,9 @@ class Prediction:
 
 def resolve_dims(spec: Spec, base_config) -> dict:
     base = base_dims(base_config)
-    dims = {k: (getattr(spec, k) if getattr(spec, k) is not None else v) for k, v in base.items()}
+    dims = {k: (getattr(spec, k, None) if getattr(spec, k, None) is not None else v) for k, v in base.items()}
+    if "vision" in base:
+        dims["vision"] = base["vision"] and not spec.drop_vision
     for k in ("llm_layers", "audio_layers"):
         if base[k] is not None and dims[k] > base[k]:
             raise UserError(f"--{k.replace('_', '-')} {dims[k]}: the base model has only {base[k]}")
@@ -842,7 +844,7 @@ def scale_distillation_stages(stages: list, base: dict) -> list:
 # Components a quantize stage can leave unquantized, and the skip name that does it.
 _SKIP_NAMES = {"lm_head": "lm_head", "audio_encoder": "audio_tower", "projector": "multi_modal_projector"}
 # Stages that change a model's size; the training stages of a recipe do not.
-SIZE_STAGES = ("prune-layers", "prune-hidden", "prune-ffn", "trim-vocab", "quantize")
+SIZE_STAGES = ("drop-vision", "prune-layers", "prune-hidden", "prune-ffn", "trim-vocab", "quantize")
 
 
 @dataclass
@@ -898,17 +900,24 @@ def build_plan(spec: Spec, base_config=None, *, match_recipe: bool = True) -> Bu
     base = base_dims(base_config)
     dims = resolve_dims(spec, base_config)
     base_float = _config_float(base_config)
+    from .families import family_of_config
+
+    family = family_of_config(base_config).name
     steps: list[BuildStep] = []
+    if spec.drop_vision:
+        steps.append(BuildStep("drop-vision", {}))
     remove = {k: base[k] - dims[k] for k in ("llm_layers", "audio_layers") if base.get(k)}
     if remove.get("llm_layers") or remove.get("audio_layers"):
-        o = {"strategy": "iterative"}
+        # Gemma 4: the planner's block (the valid one nearest the middle) is what strategy middle removes
+        search = family == "qwen2_audio"
+        o = {"strategy": "iterative" if search else "middle"}
         if remove.get("llm_layers"):
             o["remove"] = remove["llm_layers"]
         if remove.get("audio_layers"):
             o["audio_remove"] = remove["audio_layers"]
-        if any(remove.get(k, 0) > base[k] - 2 for k in remove):
+        if search and any(remove.get(k, 0) > base[k] - 2 for k in remove):
             o["protect_first_last"] = False  # keeping one layer: the search may remove the first or last too
-        steps.append(BuildStep("prune-layers", o, "importance search on held-out data: needs --data"))
+        steps.append(BuildStep("prune-layers", o, "importance search on held-out data: needs --data" if search else ""))
     narrow = {opt: dims[k] for k, opt in (("hidden", "llm_hidden"), ("heads", "llm_heads"), ("audio_hidden", "audio_hidden"))
               if base.get(k) and dims.get(k) is not None and dims[k] != base[k]}
     if narrow:
@@ -960,7 +969,7 @@ def build_plan(spec: Spec, base_config=None, *, match_recipe: bool = True) -> Bu
                 raise UserError(f"not buildable: {c} in {spec.precision_of(c)} while the model is in {fdt}")
     plan = BuildPlan(steps)
     if match_recipe:
-        _match_recipe(plan)
+        _match_recipe(plan, family)
     return plan
 
 
@@ -971,16 +980,17 @@ def _config_float(cfg) -> str:
 
 # Shipped recipes, in the order a suggestion prefers them (trained recipes before zero-shot ones).
 _RECIPE_PREFERENCE = ("recipe-b-bin1", "recipe-bin2", "recipe-b", "recipe-c", "recipe-a", "quantize-only",
-                      "quantize-only-int8")
+                      "quantize-only-int8", "gemma4-medium", "gemma4-small", "gemma4-large")
 
 
-def _match_recipe(plan: BuildPlan) -> None:
-    """Set ``plan.recipe``/``overrides`` to the first shipped recipe whose size-changing stages, with
-    ``--set`` overrides, are exactly ``plan.steps`` (training stages do not change the size)."""
+def _match_recipe(plan: BuildPlan, family: str = "qwen2_audio") -> None:
+    """Set ``plan.recipe``/``overrides`` to the first shipped recipe of the base's ``family`` whose
+    size-changing stages, with ``--set`` overrides, are exactly ``plan.steps`` (training stages do not
+    change the size)."""
     need = {s.stage: s.options for s in plan.steps}
     for name in _RECIPE_PREFERENCE:
         recipe = _recipe(name)
-        if recipe is None:
+        if recipe is None or recipe.family != family:
             continue
         overrides = _overrides_for(recipe, need)
         if overrides is not None:

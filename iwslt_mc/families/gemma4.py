@@ -176,6 +176,22 @@ class Gemma4Family(Family):
 
         return predict(spec, base_config, edition, base_name=base_name)
 
+    def torch_save_layout(self, tensors, config: dict, float_dtype: str | None):
+        """The organizers' ``torch.save(model.state_dict())`` layout of a Gemma 4 checkpoint (see
+        :func:`iwslt_mc.torchsave.meta_state_dict_layout`)."""
+        from ..torchsave import meta_state_dict_layout
+
+        def build(cfg_dict, torch_dtype):
+            from transformers import AutoConfig
+
+            from .gemma4_plan import meta_model
+
+            d = {k: v for k, v in cfg_dict.items() if k != "quantization_config"}
+            cfg = AutoConfig.for_model(**d)
+            return meta_model(cfg, dtype=torch_dtype)
+
+        return meta_state_dict_layout(tensors, config, float_dtype, build)
+
     def reference_dims(self) -> dict:
         """gemma-4-12B-it (:func:`gemma4_12b_config`): 48 LLM layers, no audio-encoder layers."""
         return {"llm_layers": GEMMA4_12B_ASSUMED["num_hidden_layers"], "audio_layers": None,

@@ -69,22 +69,29 @@ def apply_dims(cfg, dims: dict):
     return cfg
 
 
-def inventory(cfg) -> list[tuple[str, tuple, str, bool, bool]]:
-    """(on-disk key, shape, component, is a Linear weight, is the token embedding) of every saved tensor."""
+def meta_model(cfg, dtype=None):
+    """The model ``from_pretrained`` would build for ``cfg`` (its ``architectures`` class, else the
+    ``AutoModelForMultimodalLM`` one), on the meta device: shapes, names and order, no memory."""
     import torch
     import transformers
+
+    arch = (getattr(cfg, "architectures", None) or [None])[0]
+    cls = getattr(transformers, arch, None) if arch else None
+    if cls is None:
+        cls = transformers.AutoModelForMultimodalLM._model_mapping[type(cfg)]
+    with torch.device("meta"):
+        return cls._from_config(cfg, dtype=dtype) if dtype is not None else cls(cfg)
+
+
+def inventory(cfg) -> list[tuple[str, tuple, str, bool, bool]]:
+    """(on-disk key, shape, component, is a Linear weight, is the token embedding) of every saved tensor."""
     from torch import nn
     from transformers.modeling_utils import remove_tied_weights_from_state_dict
 
     from .gemma4 import Gemma4Family
 
     fam = Gemma4Family()
-    arch = (getattr(cfg, "architectures", None) or [None])[0]
-    cls = getattr(transformers, arch, None) if arch else None
-    if cls is None:
-        cls = transformers.AutoModelForMultimodalLM._model_mapping[type(cfg)]
-    with torch.device("meta"):
-        model = cls(cfg)
+    model = meta_model(cfg)
     linear_ids = {id(m.weight) for m in model.modules() if isinstance(m, nn.Linear)}
     embed_id = id(model.get_input_embeddings().weight)
     sd = remove_tied_weights_from_state_dict(model.state_dict(), model)
