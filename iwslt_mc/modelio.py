@@ -119,6 +119,20 @@ def load_model(model_dir: str | os.PathLike, dtype=None, device: str | None = No
     return model
 
 
+def meta_model(model_dir: str | os.PathLike):
+    """The model of a local directory built from its config alone on the meta device (no weight read):
+    its family's class, for module names and weight shapes."""
+    import torch
+    from transformers import AutoConfig
+
+    from .families import family_for
+
+    fam = family_for(model_dir)
+    cfg = AutoConfig.from_pretrained(str(model_dir))
+    with torch.device("meta"):
+        return fam.model_from_config(cfg)
+
+
 # bitsandbytes 0.50's CPU repack (``_convert_weight_packed_for_cpu``, block_n 32) and its absmax
 # layout ([K / blocksize, N]) need both of these; other layers must take the dequantize-and-matmul path.
 CPU_REPACK_BLOCK_N = 32

@@ -108,13 +108,11 @@ def ignore_patterns(skip: list[str]) -> list[str]:
 
 def quantized_module_shapes(in_dir: Path, skip: list[str], quantize_embeddings: bool) -> dict[str, tuple[int, int]]:
     """Module name -> weight shape of what ct would quantize, from the config only (meta device)."""
-    import torch
     from torch import nn
-    from transformers import AutoConfig, Qwen2AudioForConditionalGeneration
 
-    cfg = AutoConfig.from_pretrained(str(in_dir))
-    with torch.device("meta"):
-        model = Qwen2AudioForConditionalGeneration(cfg)
+    from .modelio import meta_model
+
+    model = meta_model(in_dir)
     rx = [re.compile(p[3:]) for p in ignore_patterns(skip)]
     emb = model.get_input_embeddings()
     out = {}

@@ -37,28 +37,30 @@ CHECKPOINTS = "checkpoints"
 # ---------------------------------------------------------------- encoding
 
 def encode_example(processor, wave: np.ndarray, target: str, lang: str) -> dict:
-    """One training example: prompt ids (audio placeholders expanded) + target ids + ``<|im_end|>``.
+    """One training example: prompt ids (audio placeholders expanded) + target ids + the end-of-turn token.
 
+    The prompt is the model family's (Qwen2-Audio: the published chat prompt; Gemma 4: the organizers'
+    prompt with ``enable_thinking=False``), the end of turn its own (``<|im_end|>``, ``<turn|>``).
     Prompt and target are tokenized separately and concatenated, so the label mask ends exactly
     at the assistant header and the target tokens are the ones generation would produce after
-    the prompt. Returns ``input_ids``, ``labels`` (lists), ``input_features`` and
-    ``feature_attention_mask`` (tensors without a batch axis).
+    the prompt. Returns ``input_ids``, ``labels`` (lists) and the processor's other outputs without a
+    batch axis (Qwen2-Audio: ``input_features``, ``feature_attention_mask``; Gemma 4: ``input_features``,
+    ``input_features_mask`` as tensors, ``mm_token_type_ids`` as a list over the whole sequence).
     """
+    from .families import family_named, family_of_processor
     from .prompting import prompt_text
 
+    fam = family_of_processor(processor) or family_named("qwen2_audio")
     tok = processor.tokenizer
     enc = processor(text=prompt_text(processor, lang), audio=wave, sampling_rate=16000, return_tensors="pt")
     prompt_ids = enc["input_ids"][0].tolist()
-    end_id = tok.convert_tokens_to_ids("<|im_end|>")
-    if end_id is None or end_id == tok.unk_token_id:
-        end_id = tok.eos_token_id
-    target_ids = tok(target.strip(), add_special_tokens=False)["input_ids"] + [end_id]
-    return {
-        "input_ids": prompt_ids + target_ids,
-        "labels": [IGNORE_INDEX] * len(prompt_ids) + target_ids,
-        "input_features": enc["input_features"][0],
-        "feature_attention_mask": enc["feature_attention_mask"][0],
-    }
+    target_ids = tok(target.strip(), add_special_tokens=False)["input_ids"] + [fam.turn_end_id(tok)]
+    item = {"input_ids": prompt_ids + target_ids, "labels": [IGNORE_INDEX] * len(prompt_ids) + target_ids}
+    for k, v in enc.items():
+        if k in ("input_ids", "attention_mask"):
+            continue
+        item[k] = v[0].tolist() + [0] * len(target_ids) if k in fam.token_aligned_inputs else v[0]
+    return item
 
 
 class SpeechTranslationDataset:
@@ -87,12 +89,15 @@ class SpeechTranslationDataset:
 
 @dataclass
 class Collator:
-    """Right-pads ``input_ids``/``labels`` and stacks the (fixed 3000-frame) audio features."""
+    """Right-pads ``input_ids``/``labels`` (and other per-token lists, with 0) and stacks the audio features,
+    zero-padded to the longest (Qwen2-Audio's are a fixed 3000 frames; Gemma 4's follow the audio, and
+    their ``input_features_mask`` marks the padding, as the processor's own batching does)."""
 
     pad_token_id: int
 
     def __call__(self, items: list[dict]) -> dict:
         import torch
+        import torch.nn.functional as F
 
         n = max(len(it["input_ids"]) for it in items)
         ids = torch.full((len(items), n), self.pad_token_id, dtype=torch.long)
@@ -103,11 +108,26 @@ class Collator:
             ids[b, :k] = torch.tensor(it["input_ids"])
             labels[b, :k] = torch.tensor(it["labels"])
             mask[b, :k] = 1
-        return {
-            "input_ids": ids, "attention_mask": mask, "labels": labels,
-            "input_features": torch.stack([it["input_features"] for it in items]),
-            "feature_attention_mask": torch.stack([it["feature_attention_mask"] for it in items]),
-        }
+        out = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+        for key in items[0]:
+            if key in out:
+                continue
+            vals = [it[key] for it in items]
+            if isinstance(vals[0], list):  # aligned with input_ids
+                t = torch.zeros((len(items), n), dtype=torch.long)
+                for b, v in enumerate(vals):
+                    t[b, :len(v)] = torch.tensor(v)
+                out[key] = t
+                continue
+            shape = [max(v.shape[d] for v in vals) for d in range(vals[0].dim())]
+            padded = []
+            for v in vals:
+                pads = []
+                for d in reversed(range(v.dim())):
+                    pads += [0, shape[d] - v.shape[d]]
+                padded.append(F.pad(v, pads) if any(pads) else v)
+            out[key] = torch.stack(padded)
+        return out
 
 
 def pad_token_id(processor, model=None) -> int:

@@ -27,6 +27,11 @@ class Family:
         """The transformers class whose ``from_pretrained`` loads a directory of this family."""
         raise NotImplementedError
 
+    def model_from_config(self, config):
+        """A model of this family built from ``config`` (random or, under ``torch.device("meta")``, empty)."""
+        cls = self.loader_class()
+        return cls.from_config(config) if hasattr(cls, "from_config") else cls(config)
+
     def load_processor(self, model_dir):
         from transformers import AutoProcessor
 
@@ -58,6 +63,15 @@ class Family:
                                              tokenize=False, **self.chat_template_kwargs)
 
     chat_template_kwargs: dict = {}
+    # the token that ends an assistant turn (training targets end with it; generation stops at it)
+    turn_end_token: str = "<|im_end|>"
+    # processor outputs aligned with ``input_ids`` (training extends them over the target tokens with 0)
+    token_aligned_inputs: tuple[str, ...] = ()
+
+    def turn_end_id(self, tokenizer) -> int:
+        """Id of :attr:`turn_end_token` in ``tokenizer``; its eos when it has no such token."""
+        i = tokenizer.convert_tokens_to_ids(self.turn_end_token)
+        return tokenizer.eos_token_id if i is None or i == tokenizer.unk_token_id else i
     # None: the caller's/generation config's limits apply unchanged
     default_max_new_tokens: int | None = None
 

@@ -56,6 +56,8 @@ class Gemma4Family(Family):
     components = COMPONENTS
     chat_template_kwargs = {"enable_thinking": False}
     default_max_new_tokens = MAX_NEW_TOKENS
+    turn_end_token = "<turn|>"  # the chat template closes every turn, the model's too, with it
+    token_aligned_inputs = ("mm_token_type_ids",)
 
     def loader_class(self):
         from transformers import AutoModelForMultimodalLM

@@ -44,7 +44,10 @@ from .base import Stage, StageContext, StageOptions, read_config
 
 LOAD_DTYPES = {"auto": None, "float32": "float32", "bfloat16": "bfloat16", "float16": "float16",
                "fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
-FREEZABLE = ("audio_encoder", "projector", "llm_layers", "embed_tokens", "lm_head")
+# components of either family (Gemma 4 adds vision_encoder and per_layer_embeddings); check() refuses
+# one the input model's family does not have
+FREEZABLE = ("audio_encoder", "projector", "llm_layers", "embed_tokens", "lm_head", "vision_encoder",
+             "per_layer_embeddings")
 ADAPTER_DIR = "adapter"  # same name the merge stage looks for by default
 
 
@@ -191,9 +194,11 @@ def lora_config(o: FinetuneOptions):
 
 
 def freeze_components(model, components: list[str]) -> int:
-    """Stop gradients for parameters of the named components (layout.component_for_key); returns how many."""
-    from ..layout import component_for_key
+    """Stop gradients for parameters of the named components (the model family's component_for_key);
+    returns how many. Gemma 4's tied lm_head is its token embeddings: freezing either freezes both."""
+    from ..families import family_of_config
 
+    component_for_key = family_of_config(model.config).component_for_key
     n = 0
     for name, p in model.named_parameters():
         if component_for_key(name) in components:
@@ -206,12 +211,19 @@ class Finetune(Stage):
     name = "finetune"
     Options = FinetuneOptions
     techniques = ["fine-tuning"]
+    families = ("qwen2_audio", "gemma4")
 
     def check(self, in_dir: Path, ctx: StageContext) -> None:
+        from ..families import family_for
         from ..prompting import check_lang
 
         o = self.options
         check_lang(ctx.lang)
+        fam = family_for(in_dir)
+        missing = [c for c in o.freeze if c not in fam.components]
+        if missing:
+            raise UserError(f"stage finetune: cannot freeze {missing[0]!r}: {fam.label} models have no such component "
+                            f"({in_dir})")
         if not ctx.data:
             raise UserError("stage finetune: no training data (give --data)")
         cfg = read_config(in_dir)
@@ -319,6 +331,7 @@ class Finetune(Stage):
                 model = get_peft_model(model, lora_config(o))
             except ValueError as e:
                 raise UserError(f"stage finetune: LoRA target_modules {o.target_modules!r}: {str(e).splitlines()[0]}") from None
+            _refuse_tied_lm_head_adapter(model, in_dir)
         return model, quantized
 
     def _save(self, model, processor, trainer, in_dir: Path, out_dir: Path, quantized: bool) -> None:
@@ -352,6 +365,19 @@ class Finetune(Stage):
         base.config.use_cache = True
         drop_irreversible_conversions(base)
         modelio.save_model(base, processor, out_dir)
+
+
+def _refuse_tied_lm_head_adapter(peft_model, in_dir: Path) -> None:
+    """An adapter on an ``lm_head`` tied to the token embeddings (Gemma 4) would, once merged, change the
+    input embeddings too (one shared tensor): a model other than the one trained. Refused."""
+    base = peft_model.get_base_model()
+    head, emb = base.get_output_embeddings(), base.get_input_embeddings()
+    if head is None or not hasattr(head, "lora_A"):
+        return
+    if getattr(head, "base_layer", head).weight is getattr(emb, "weight", None):
+        raise UserError(f"stage finetune: LoRA target_modules {peft_model.peft_config['default'].target_modules!r} "
+                        f"adapt lm_head, which {in_dir} ties to the token embeddings (merging would change both); "
+                        "leave lm_head out")
 
 
 def _count_params(model) -> tuple[int, int]:

@@ -184,19 +184,16 @@ def save_quantized(model, processor, out_dir, *, log=print) -> Path:
 
 def _module_names(in_dir: Path) -> list[str]:
     """Module names of the input model, from its config only (built on the meta device: no weights read)."""
-    import torch
-    from transformers import AutoConfig, Qwen2AudioForConditionalGeneration
+    from ..modelio import meta_model
 
-    cfg = AutoConfig.from_pretrained(str(in_dir))
-    with torch.device("meta"):
-        model = Qwen2AudioForConditionalGeneration(cfg)
-    return [n for n, _ in model.named_modules()]
+    return [n for n, _ in meta_model(in_dir).named_modules()]
 
 
 class Quantize(Stage):
     name = "quantize"
     Options = QuantizeOptions
     techniques = ["bitsandbytes quantization"]
+    families = ("qwen2_audio", "gemma4")
 
     def check(self, in_dir: Path, ctx: StageContext) -> None:
         cfg = read_config(in_dir)
