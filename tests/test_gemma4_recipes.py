@@ -203,39 +203,43 @@ def test_prune_audio_layers_gemma4(gemma_kit, gemma_unified_kit, tmp_path, monke
 
 # ------------------------------------------------------------------ recipes built on the kits
 
-def _without_quantize(recipe):
-    """The recipe's size stages up to quantize: quantize for Gemma 4 is another branch's work (gemma-train);
-    the stages before it are built and compared with the planner here."""
-    from iwslt_mc.stages.quantize import Quantize
-
-    if "gemma4" in Quantize.families:
-        return recipe
-    return dataclasses.replace(recipe, stages=[s for s in recipe.stages if s.stage != "quantize"])
-
-
 @pytest.mark.parametrize("name,which", [("gemma4-medium", "gemma4"), ("gemma4-small", "unified")])
 def test_smoke_build_planner_equals_real_bytes(gemma_kit, gemma_unified_kit, tmp_path, name, which):
+    """The whole recipe (drop-vision, prune, trim-vocab, NF4 + double quantization) with --smoke on a kit:
+    the planner's tensors are the built model's; only the digits of each 4-bit quant_state JSON (the nested
+    offset) differ, as for Qwen2-Audio. The torch.save measure equals a real torch.save of the NF4 model."""
     from transformers import AutoModelForMultimodalLM
 
-    from iwslt_mc import sizer
-    from iwslt_mc.build import build
+    from iwslt_mc import planner, sizer
+    from iwslt_mc.build import build, scaled_stages, spec_for_stages
     from iwslt_mc.recipes import load_recipe
 
     kit = gemma_kit[0] if which == "gemma4" else gemma_unified_kit
-    res = build(_without_quantize(load_recipe(name)), lang="en-de", base=str(kit / "model"),
-                data={"acl6060": str(kit / "data")}, condition="constrained", out=tmp_path / "b", smoke=True,
-                log=lambda *a: None)
+    res = build(load_recipe(name), lang="en-de", base=str(kit / "model"), data={"acl6060": str(kit / "data")},
+                condition="constrained", out=tmp_path / "b", smoke=True, log=lambda *a: None)
+    assert [s["stage"] for s in res.stages] == ["drop-vision", "prune-layers", "trim-vocab", "quantize"]
     cfg = json.loads((res.model_dir / "config.json").read_text())
     t = cfg["text_config"]
     assert cfg["vision_config"] is None and t["layer_types"][-1] == "full_attention"
     # smoke: 12 of 48 layers -> 1 of 4 (the valid block nearest the middle: layer 2); 24 of 48 -> 2 of 4 ([2, 3])
     assert t["num_hidden_layers"] == {"gemma4-medium": 3, "gemma4-small": 2}[name]
-    assert t["vocab_size"] < 1856
-    assert res.size["bytes"] == res.prediction["bytes"] and res.size["params"] == res.prediction["params"]
+    assert t["vocab_size"] < 1856 and cfg["quantization_config"]["bnb_4bit_use_double_quant"]
     rep = sizer.measure(res.model_dir, "2027")
-    assert rep.torch_save.bytes == res.prediction["torch_save"]["bytes"]
-    model = AutoModelForMultimodalLM.from_pretrained(str(res.model_dir))
-    assert sum(t.numel() for k, t in model.state_dict().items() if k != "lm_head.weight") == rep.params  # tied
+    base = planner.load_base_config(kit / "model")
+    stages = scaled_stages(load_recipe(name), str(kit / "model"), smoke=True)
+    spec, _ = spec_for_stages(stages, base, base=str(kit / "model"), lang="en-de",
+                              data={"acl6060": str(kit / "data")}, condition="constrained")
+    pred = planner.predict(spec, base, "2027")
+    assert pred.bytes == res.prediction["bytes"] and pred.params == res.size["params"] == rep.params
+    real = {t.name: (t.dtype, list(t.shape)) for t in sizer._tensors_of(res.model_dir / "model.safetensors",
+                                                                          "model.safetensors")[0]}
+    planned = {e[0]: (e[1], list(e[2])) for e in pred.entries}
+    assert real.keys() == planned.keys()
+    assert {k: v for k, v in real.items() if ".quant_state." not in k} == {
+        k: v for k, v in planned.items() if ".quant_state." not in k}
+    assert 0 <= res.size["bytes"] - pred.bytes < 100
+    assert rep.torch_save.bytes_cpu == _real_torch_save_bytes(res.model_dir)
+    assert AutoModelForMultimodalLM.from_pretrained(str(res.model_dir)).config.text_config.vocab_size == t["vocab_size"]
 
 
 # ------------------------------------------------------------------ the gemma4_unified kit
