@@ -343,8 +343,19 @@ def spec_for_stages(stages: list[StageEntry], cfg, *, base: str, lang: str, data
     precision, per = fdt, {}
     ct_embeddings = drop_vision = False
     notes: list[str] = []
+    from .families import family_of_config
+
+    # Gemma 4's layers differ in size (sliding/global): which ones stay is part of the prediction
+    llm_kept = list(range(dims["llm_layers"])) if family_of_config(cfg).name == "gemma4" else None
     for e in stages:
         o = schema_options(e)
+        if e.stage == "prune-layers" and llm_kept is not None:
+            from .families.gemma4_plan import kept_after_prune
+
+            llm_kept = kept_after_prune(cfg, llm_kept, o)
+            if llm_kept is None:
+                notes.append(f"stage {e.id}: the searched layers are not known before the build; planned as the "
+                             "valid block nearest the middle")
         if e.stage == "prune-layers":
             for key, listed, count, what in (("llm_layers", "llm_layers", "remove", "LLM"),
                                              ("audio_layers", "audio_layers", "audio_remove", "audio-encoder")):
@@ -407,7 +418,8 @@ def spec_for_stages(stages: list[StageEntry], cfg, *, base: str, lang: str, data
                 audio_ffn_dim=dims.get("audio_ffn_dim"), vocab=dims["vocab"], precision=precision,
                 component_precision=per, quantize_embeddings=quant_lm_head, float_dtype=fdt,
                 hidden=dims.get("hidden"), heads=dims.get("heads"), audio_hidden=dims.get("audio_hidden"),
-                drop_vision=drop_vision)
+                drop_vision=drop_vision, llm_kept=llm_kept if llm_kept is not None and
+                len(llm_kept) != base_dims(cfg)["llm_layers"] else None)
     return spec, notes
 
 

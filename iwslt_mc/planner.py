@@ -187,6 +187,9 @@ class Spec:
     heads: int | None = None  # LLM query heads kept (key/value heads follow the GQA group size; head size kept)
     audio_hidden: int | None = None  # audio encoder width (d_model; heads = d_model / head size)
     drop_vision: bool = False  # the vision encoder removed (drop-vision; bases that have one: Gemma 4)
+    # which LLM layers stay (indices of the base) where layers differ in size (Gemma 4: sliding and global
+    # layers); None: the planner's choice (Gemma 4: the valid block nearest the middle)
+    llm_kept: list[int] | None = None
 
     def __post_init__(self):
         per = {}

@@ -324,3 +324,33 @@ def test_unified_kit_prune_and_drop_vision(gemma_unified_kit, tmp_path):
                            planner.load_base_config(model_dir), "2025")
     assert (pred.bytes, pred.params) == (rep2.bytes, rep2.params)
     assert getattr(AutoModelForMultimodalLM.from_pretrained(str(nv)).model, "vision_embedder", None) is None
+
+
+def test_planner_follows_the_layers_a_recipe_names(gemma_kit, g12, tmp_path):
+    """Gemma 4's sliding and global layers differ in size: a recipe that names its layers is planned with
+    those layers (not the middle block), and two prune stages chain on the current model's indices."""
+    from iwslt_mc import planner, sizer
+    from iwslt_mc.build import build, predict_recipe
+    from iwslt_mc.recipes import load_recipe
+
+    p = tmp_path / "r.yaml"
+    p.write_text("name: r\nfamily: gemma4\nstages:\n  - {id: a, stage: prune-layers, options: {llm_layers: [5]}}\n")
+    pred = predict_recipe(load_recipe(str(p)), str(g12), condition="constrained", lang="en-de", data={}, edition="2027")
+    assert pred["dims"]["llm_kept"] == [i for i in range(48) if i != 5]
+    base = planner.load_base_config(g12)
+    named = planner.predict(planner.Spec(llm_layers=47, llm_kept=pred["dims"]["llm_kept"]), base, "2027")
+    sliding = planner.predict(planner.Spec(llm_layers=47, llm_kept=[i for i in range(48) if i != 4]), base, "2027")
+    assert named.bytes == pred["bytes"] and named.config.text_config.layer_types.count("full_attention") == 7
+    assert sliding.config.text_config.layer_types.count("full_attention") == 8
+    # layer 5 is global: head width 512 instead of 256 in q/k/v/o (16 + 8 + 8 + 16 heads) and q/k norms
+    assert sliding.params - named.params == (16 + 8 + 8 + 16) * 256 * 3840 + 2 * 256
+    kit = gemma_kit[0]
+    p.write_text("name: r\nfamily: gemma4\nstages:\n"
+                 "  - {id: a, stage: prune-layers, options: {llm_layers: [2]}}\n"
+                 "  - {id: b, stage: prune-layers, options: {llm_layers: [2]}}\n")  # the old layer 3 next
+    recipe = load_recipe(str(p))
+    pred = predict_recipe(recipe, str(kit / "model"), condition="constrained", lang="en-de", data={}, edition="2025")
+    assert pred["dims"]["llm_kept"] == [0, 1]
+    res = build(recipe, lang="en-de", base=str(kit / "model"), data={}, condition="constrained", out=tmp_path / "b",
+                log=lambda *a: None)
+    assert res.size["bytes"] == pred["bytes"] == sizer.measure(res.model_dir).bytes

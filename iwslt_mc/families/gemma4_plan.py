@@ -53,9 +53,13 @@ def apply_dims(cfg, dims: dict):
         if dims["llm_layers"] > base["llm_layers"]:
             raise UserError(f"--llm-layers {dims['llm_layers']}: the base model has only {base['llm_layers']}")
         fam, n = Gemma4Family(), base["llm_layers"]
-        block = fam.allowed_removal(cfg, n - dims["llm_layers"])
-        kept = [i for i in range(n) if i not in block]
-        cfg = Gemma4Family().config_after_layer_removal(cfg, kept)
+        kept = dims.get("llm_kept")
+        if kept is None:
+            block = fam.allowed_removal(cfg, n - dims["llm_layers"])
+            kept = [i for i in range(n) if i not in block]
+        elif len(kept) != dims["llm_layers"] or any(not 0 <= i < n for i in kept):
+            raise UserError(f"LLM layers kept {kept}: expected {dims['llm_layers']} distinct indices of 0..{n - 1}")
+        cfg = Gemma4Family().config_after_layer_removal(cfg, sorted(kept))
     cfg = copy.deepcopy(cfg)
     t = _text(cfg)
     t.intermediate_size = dims["ffn_dim"]
@@ -67,6 +71,29 @@ def apply_dims(cfg, dims: dict):
             if isinstance(getattr(c, "pad_token_id", None), int) and c.pad_token_id >= dims["vocab"]:
                 c.pad_token_id = None
     return cfg
+
+
+def kept_after_prune(cfg, kept: list[int], options: dict) -> list[int] | None:
+    """The base's LLM layers still there after a prune-layers stage with ``options`` (the stage's own rules:
+    explicit ``llm_layers`` of the current model, the ``middle`` block the family allows, the ``top``
+    block), given ``kept`` before it; None when the stage searches (``iterative``: not known in advance)."""
+    from ..stages.prune_layers import top_block
+    from .gemma4 import Gemma4Family
+
+    n = len(kept)
+    if options.get("llm_layers"):
+        removed = set(options["llm_layers"])
+    elif not options.get("remove"):
+        return kept
+    elif options.get("strategy") == "middle":
+        fam = Gemma4Family()
+        current = fam.config_after_layer_removal(cfg, kept) if n != _text(cfg).num_hidden_layers else cfg
+        removed = set(fam.allowed_removal(current, int(options["remove"])))
+    elif options.get("strategy") == "top":
+        removed = set(top_block(n, int(options["remove"])))
+    else:
+        return None
+    return [k for i, k in enumerate(kept) if i not in removed]
 
 
 def meta_model(cfg, dtype=None):
@@ -131,6 +158,8 @@ def predict(spec, base_config, edition: str, *, base_name: str | None = None):
         raise UserError("--drop-vision: this Gemma 4 model has no vision encoder (vision_config is empty)")
     dims = {k: (getattr(spec, k, None) if getattr(spec, k, None) is not None else v) for k, v in base.items()}
     dims["vision"] = base["vision"] and not spec.drop_vision
+    if spec.llm_kept is not None:
+        dims["llm_kept"] = sorted(spec.llm_kept)
     cfg = apply_dims(base_config, dims)
     fdt = spec.storage_float
     entries, params, overhead = [], 0, 0

@@ -155,15 +155,18 @@ def run_prune_layers(stage, in_dir, out_dir, ctx) -> dict:
             "audio_layers_before": n_audio, "audio_layers_after": n_audio - len(audio)}
 
 
-def check_removal(model_dir, remove) -> None:
-    """Refuse (UserError) removing ``remove`` from the model in ``model_dir`` when it breaks KV sharing,
-    reading its config only (no weights)."""
+def check_removal(model_dir, remove, middle: int = 0) -> None:
+    """Refuse (UserError) removing ``remove`` (or, with ``middle``, a block of that many layers nearest the
+    middle) from the model in ``model_dir`` when it breaks KV sharing, reading its config only (no weights)."""
     from ..planner import load_base_config
     from .gemma4 import Gemma4Family
 
     cfg = load_base_config(model_dir)
     n = cfg.text_config.num_hidden_layers
-    Gemma4Family().config_after_layer_removal(cfg, [i for i in range(n) if i not in set(remove)])
+    if middle:
+        Gemma4Family().allowed_removal(cfg, middle)
+        return
+    Gemma4Family().config_after_layer_removal(cfg, [i for i in range(n) if i not in set(remove or [])])
 
 
 # Token ids a Gemma 4 config names beyond bos/eos/pad (top level of Gemma4Config).

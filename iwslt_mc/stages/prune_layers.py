@@ -157,10 +157,10 @@ class PruneLayers(Stage):
                 why = " (the first and last are protected)" if limit == n - 2 else " (at least one must stay)"
                 raise UserError(f"stage prune-layers: {what}={count} but {in_dir} has {n} layers: "
                                 f"at most {max(limit, 0)} can go{why}")
-        if o.llm_layers and cfg.get("model_type") in ("gemma4", "gemma4_unified"):
+        if cfg.get("model_type") in ("gemma4", "gemma4_unified") and (o.llm_layers or (o.strategy == "middle" and o.remove)):
             from ..families.gemma4_surgery import check_removal  # KV sharing, from the config alone
 
-            check_removal(in_dir, o.llm_layers)
+            check_removal(in_dir, o.llm_layers, middle=o.remove if o.strategy == "middle" else 0)
         if o.strategy == "iterative":
             from ..prompting import check_lang
             from .importance import check_metric
