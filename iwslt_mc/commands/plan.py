@@ -36,7 +36,7 @@ def add_parser(sub):
                      "to most aggressive."),
         examples=EXAMPLES,
     )
-    p.add_argument("recipe", nargs="?", metavar="RECIPE",
+    p.add_argument("plan_recipe", nargs="?", metavar="RECIPE",
                    help=("a recipe (iwslt-mc ls, or a .yaml): predict its final model on --base (a config-only "
                          "directory is enough; a trimmed vocabulary is --vocab, default 16000, unless --data and a "
                          "tokenizer let it be counted)"))
@@ -189,7 +189,7 @@ def run_recipe(args, ed) -> int:
     if sized:
         raise UserError(f"plan RECIPE: the recipe's stages set the size; --{sized[0].replace('_', '-')} does not apply "
                         "(iwslt-mc build RECIPE --set ID.key=value changes a stage)")
-    recipe = load_recipe(args.recipe)
+    recipe = load_recipe(args.plan_recipe)
     if args.base:
         check_recipe_family(recipe, args.base)
         base_config = planner.load_base_config(args.base)
@@ -285,10 +285,12 @@ def run(args) -> int:
     from ..errors import UserError
     from ..track import GB, GiB
 
+    if args.plan_recipe and args.frontier:
+        raise UserError("give RECIPE or --frontier (with --recipe TEMPLATE), not both")
     if args.frontier:
         return run_frontier(args)
     ed = get_edition(args.edition if args.edition or not args.target else "2025")
-    if args.recipe:
+    if args.plan_recipe:
         return run_recipe(args, ed)
     default, per = parse_precisions(args.precision)
     if args.quantize_lm_head and args.quantize_embeddings:
