@@ -273,8 +273,9 @@ def test_stages_without_gemma4_support_refuse_in_one_line(gemma_kit, tmp_path, m
     from iwslt_mc.stages.base import StageContext, run_stage
 
     monkeypatch.setattr("iwslt_mc.modelio.load_model", lambda *a, **k: pytest.fail("weights loaded"))
-    with pytest.raises(UserError, match=r"^stage quantize: not supported for gemma4 models yet \(.*; it handles: qwen2_audio\)$"):
-        run_stage(make_stage("quantize"), gemma_kit[0] / "model", tmp_path / "q", StageContext(device="cpu"))
+    with pytest.raises(UserError, match=r"^stage kd: not supported for gemma4 models yet \(.*; it handles: qwen2_audio\)$"):
+        run_stage(make_stage("kd", {"teacher": str(gemma_kit[0] / "model")}), gemma_kit[0] / "model", tmp_path / "q",
+                  StageContext(device="cpu"))
     assert not (tmp_path / "q").exists()
 
 

@@ -1,0 +1,307 @@
+"""Gemma 4 through quantize, finetune (full, LoRA), distill and package (IWSLT27), on the Gemma 4 kit.
+
+The kit is random and tiny: what is tested is that the machinery is right for this family (the
+organizers' prompt in the training examples, labels masked on it, the tied lm_head left alone, a
+quantized or trained output that reloads with ``from_pretrained`` alone and decodes), not quality.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from iwslt_mc import data, modelio, sizer, training
+from iwslt_mc.errors import UserError
+from iwslt_mc.stages import make_stage
+from iwslt_mc.stages.base import StageContext, run_stage
+
+QUIET = dict(device="cpu", log=lambda *a: None)
+FAST = {"batch_size": 1, "limit": 4, "scheduler": "constant", "progress": False}
+
+
+@pytest.fixture(scope="module")
+def gkit(tmp_path_factory):
+    from iwslt_mc.kit_gemma4 import build_kit_gemma4
+
+    out = tmp_path_factory.mktemp("gemma4train") / "kit"
+    build_kit_gemma4(out, seed=0)
+    return out
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # the machine is shared; 1 thread also makes training runs repeatable
+    yield
+    torch.set_num_threads(n)
+
+
+def _plain_reload(path):
+    """``from_pretrained`` alone (the family's class, as the organizers load Gemma 4); for 4-bit layers the
+    per-layer CPU path is then fitted as ``load_model`` does (the kit's narrow layers cannot take the repack)."""
+    from transformers import AutoModelForMultimodalLM
+
+    model = AutoModelForMultimodalLM.from_pretrained(str(path)).eval()
+    modelio.fit_4bit_cpu_path(model)
+    return model
+
+
+@pytest.fixture(scope="module")
+def inputs(gkit):
+    from iwslt_mc.audio import load_audio
+    from iwslt_mc.prompting import prompt_text
+
+    proc = modelio.load_processor(gkit / "model")
+    wave = load_audio(str(gkit / "data" / "testsets" / "KITCLIPS" / "clip-a.wav"))
+    return proc(text=prompt_text(proc, "en-de"), audio=wave, sampling_rate=16000, return_tensors="pt")
+
+
+def _logits(model, inputs):
+    with torch.inference_mode():
+        return model(**inputs).logits
+
+
+def _weights(path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(path / "model.safetensors"))
+
+
+# ---------------------------------------------------------------------------------------- quantize
+
+@pytest.mark.parametrize("method,skip,quantized", [("nf4", ["lm_head"], 67), ("int8", ["lm_head", "audio_tower"], 43)])
+def test_quantize_bnb_reloads_with_from_pretrained_alone(gkit, tmp_path, inputs, method, skip, quantized):
+    from iwslt_mc.stages.quantize import quantize_model
+
+    pytest.importorskip("bitsandbytes")
+    out = tmp_path / method
+    rec = run_stage(make_stage("quantize", {"method": method, "skip": skip}), gkit / "model", out, StageContext(**QUIET))
+    q = json.loads((out / "config.json").read_text())["quantization_config"]
+    assert q["quant_method"] == "bitsandbytes" and q["load_in_4bit" if method == "nf4" else "load_in_8bit"]
+    reloaded = _plain_reload(out)
+    lm = reloaded.model.language_model
+    kind = "Linear4bit" if method == "nf4" else "Linear8bitLt"
+    assert type(lm.layers[0].mlp.up_proj).__name__ == kind and type(lm.layers[0].per_layer_projection).__name__ == kind
+    assert type(reloaded.model.vision_tower.encoder.layers[0].mlp.up_proj.linear).__name__ == kind
+    audio_linear = type(reloaded.model.audio_tower.layers[0].feed_forward1.ffw_layer_1.linear).__name__
+    assert audio_linear == (kind if "audio_tower" not in skip else "Linear")
+    assert reloaded.lm_head.weight is lm.embed_tokens.weight  # still tied, not quantized
+    assert rec["quantized_linear_layers"] == quantized
+    # reloaded == a fresh quantization of the same input; close to the float model, not equal
+    fresh = quantize_model(gkit / "model", {"method": method, "skip": skip})
+    assert torch.equal(_logits(reloaded, inputs), _logits(fresh, inputs))
+    diff = (_logits(reloaded, inputs) - _logits(_plain_reload(gkit / "model"), inputs)).abs().max().item()
+    assert 0 < diff < 1.0
+    # sizes: the sizer sums to the file; the embedding tables (token, per-layer) are stored as they were
+    before, after = sizer.measure(gkit / "model"), sizer.measure(out)
+    assert after.bytes == (out / "model.safetensors").stat().st_size == rec["bytes_after"]
+    assert sum(c["bytes"] for c in after.components.values()) + after.header_bytes == after.bytes
+    for comp in ("embed_tokens", "per_layer_embeddings"):
+        assert after.components[comp]["params"] == before.components[comp]["params"]
+    assert after.components["embed_tokens"]["bytes"] == before.components["embed_tokens"]["bytes"]
+    assert after.components["lm_head"]["bytes"] == 0
+    assert after.components["llm_layers"]["bytes"] < before.components["llm_layers"]["bytes"] / 2
+    assert after.params == before.params
+    with torch.inference_mode():
+        gen = reloaded.generate(**inputs, max_new_tokens=4, do_sample=False)
+    assert gen.shape[1] == inputs["input_ids"].shape[1] + 4
+
+
+def test_quantize_ct_reloads_and_refuses_tied_embeddings(gkit, tmp_path, inputs):
+    from iwslt_mc import quant_formats
+    from iwslt_mc.stages.quantize import QuantizeOptions
+
+    pytest.importorskip("compressed_tensors")
+    ct = {"method": "ct", "bits": 4, "group_size": 8, "symmetric": True}
+    out = tmp_path / "ct4"
+    rec = run_stage(make_stage("quantize", ct), gkit / "model", out, StageContext(**QUIET))
+    q = json.loads((out / "config.json").read_text())["quantization_config"]
+    assert q["quant_method"] == "compressed-tensors" and q["config_groups"]["group_0"]["weights"]["num_bits"] == 4
+    w = _weights(out)
+    up = "model.language_model.layers.0.mlp.up_proj."
+    assert w[up + "weight_packed"].dtype == torch.int32 and tuple(w[up + "weight_packed"].shape) == (128, 64 * 4 // 32)
+    assert "model.language_model.embed_tokens.weight" in w and not any(k.startswith("lm_head") for k in w)
+    before, _ = quant_formats.ct_quantize(gkit / "model", QuantizeOptions.from_dict(ct), log=lambda *a: None)
+    reloaded = _plain_reload(out)
+    assert torch.equal(_logits(reloaded, inputs), _logits(before, inputs))
+    assert rec["quantized_linear_layers"] == 67
+    assert sizer.measure(out).bytes == (out / "model.safetensors").stat().st_size
+    # the token embeddings are lm_head (tied): ct refuses them in one line, before any weight is read
+    with pytest.raises(UserError, match=r"^stage quantize: .* ties lm_head to the token embeddings; method ct cannot"):
+        run_stage(make_stage("quantize", dict(ct, quantize_embeddings=True)), gkit / "model", tmp_path / "e",
+                  StageContext(**QUIET))
+    assert not (tmp_path / "e").exists()
+
+
+# ---------------------------------------------------------------------------------------- training data
+
+def test_training_examples_use_the_organizers_prompt_and_mask_it(gkit):
+    from iwslt_mc.families.gemma4 import organizers_prompt
+
+    proc = modelio.load_processor(gkit / "model")
+    tok = proc.tokenizer
+    exs = data.load_examples(gkit / "data", "test")[:3]
+    items = [training.encode_example(proc, e.waveform(), e.text_de, "en-de") for e in exs]
+    it = items[0]
+    n = it["labels"].count(training.IGNORE_INDEX)
+    prompt = tok.decode(it["input_ids"][:n])
+    assert prompt.startswith("<bos><|turn>user\n" + organizers_prompt("en-de") + "<|audio>")
+    assert prompt.endswith("<audio|><turn|>\n<|turn>model\n")  # enable_thinking=False: no thinking turn
+    assert "<|think|>" not in prompt and it["labels"][:n] == [training.IGNORE_INDEX] * n
+    assert tok.decode(it["labels"][n:]) == exs[0].text_de + "<turn|>"  # ends the model's turn, as the template does
+    assert it["input_ids"][n:] == it["labels"][n:]
+    assert len(it["mm_token_type_ids"]) == len(it["input_ids"]) and it["mm_token_type_ids"][n:] == [0] * (len(it["input_ids"]) - n)
+    assert it["input_features"].shape[1] == 128 and it["input_features_mask"].shape == it["input_features"].shape[:1]
+    # a padded batch (audio of different lengths) gives each example its own logits
+    model = modelio.load_model(gkit / "model", device="cpu")
+    batch = training.Collator(training.pad_token_id(proc))(items)
+    assert len({int(x["input_features"].shape[0]) for x in items}) == 3
+    with torch.no_grad():
+        together = model(**batch).logits
+        for b, x in enumerate(items):
+            alone = model(**training.Collator(0)([x])).logits[0]
+            assert torch.allclose(together[b, :len(x["input_ids"])], alone, atol=1e-4, rtol=0)
+
+
+# ---------------------------------------------------------------------------------------- finetune
+
+def _losses(out) -> list[float]:
+    return [h["loss"] for h in json.loads((out / training.HISTORY_NAME).read_text())["history"]]
+
+
+def _finetune(gkit, out, options, data_spec=None):
+    ctx = StageContext(lang="en-de", data=[str(data_spec or gkit / "data")], **QUIET)
+    return run_stage(make_stage("finetune", options), gkit / "model", out, ctx)
+
+
+def _decodes(model_dir, gkit, n=6) -> bool:
+    """The model decodes a clip: ``n`` new tokens, or fewer ending with the end of the model's turn (which a
+    model trained on targets ending with ``<turn|>`` soon learns to emit)."""
+    from iwslt_mc.audio import load_audio
+    from iwslt_mc.decoding import reference_one
+
+    model, proc = modelio.load_model(model_dir, device="cpu"), modelio.load_processor(model_dir)
+    wave = load_audio(str(gkit / "data" / "testsets" / "KITCLIPS" / "clip-b.wav"))
+    toks = reference_one(model, proc, wave, "en-de", max_new_tokens=n).tokens
+    return len(toks) == n or (0 < len(toks) < n and toks[-1] == proc.tokenizer.convert_tokens_to_ids("<turn|>"))
+
+
+def test_full_finetune_lowers_loss_keeps_frozen_vision_and_reloads(gkit, tmp_path):
+    out = tmp_path / "full"
+    rec = _finetune(gkit, out, dict(FAST, mode="full", lr=5e-3, max_steps=30, freeze=["vision_encoder"]))
+    losses = _losses(out)
+    assert len(losses) == 30 and np.mean(losses[-5:]) < 0.6 * losses[0], losses
+    assert losses[0] == pytest.approx(np.log(1856), abs=0.1)  # a random model starts at the uniform distribution
+    old, new = _weights(gkit / "model"), _weights(out)
+    assert sorted(old) == sorted(new) and not any(k.startswith("lm_head") for k in new)  # tied: not stored
+    vision = [k for k in old if ".vision_tower." in k or ".embed_vision." in k]
+    assert vision and all(torch.equal(old[k], new[k]) for k in vision)  # frozen
+    assert not torch.equal(old["model.language_model.embed_tokens.weight"], new["model.language_model.embed_tokens.weight"])
+    model = _plain_reload(out)
+    total = sum(p.numel() for p in model.parameters())
+    assert rec["train"]["trainable_params"] == total - sum(old[k].numel() for k in vision)
+    assert model.lm_head.weight is model.model.language_model.embed_tokens.weight
+    assert _decodes(out, gkit)
+    with pytest.raises(UserError, match=r"^stage finetune: cannot freeze 'vision_encoder': Qwen2-Audio models have no"):
+        make_stage("finetune", {"freeze": ["vision_encoder"]}).check(
+            Path(__file__).parent / "fixtures" / "toy" / "teacher", StageContext(lang="en-de", data=["x"]))
+
+
+def test_lora_lowers_loss_leaves_embeddings_and_refuses_a_tied_lm_head(gkit, tmp_path):
+    lora = dict(FAST, mode="lora", lr=5e-2, max_steps=30, lora_r=16, lora_alpha=32, target_modules=".*language_model.*_proj")
+    out = tmp_path / "lora"
+    rec = _finetune(gkit, out, lora)
+    losses = _losses(out)
+    assert np.mean(losses[-10:]) < np.mean(losses[:5]) - 0.1, losses
+    assert rec["techniques"] == ["LoRA fine-tuning (r 16, alpha 32, rsLoRA, targets .*language_model.*_proj; lr 0.05; "
+                                 "batch 1; constant; 30 steps)", "LoRA adapters merged into the base model"]
+    old, new = _weights(gkit / "model"), _weights(out)
+    changed = sorted(k for k in old if not torch.equal(old[k], new[k]))
+    assert changed and all(".language_model.layers." in k or "per_layer_model_projection" in k for k in changed)
+    assert "model.language_model.layers.0.mlp.down_proj.weight" in changed
+    assert _decodes(out, gkit)
+    with pytest.raises(UserError, match=r"^stage finetune: LoRA target_modules .* adapt lm_head, which .* ties to the "
+                                        r"token embeddings \(merging would change both\); leave lm_head out$"):
+        _finetune(gkit, tmp_path / "tied", dict(lora, max_steps=1, target_modules=".*(language_model.*_proj|lm_head)"))
+    assert not (tmp_path / "tied").exists()
+
+
+# ---------------------------------------------------------------------------------------- distill
+
+def test_distill_with_a_gemma_teacher_then_finetune_on_its_pairs(gkit, tmp_path):
+    from iwslt_mc.decoding import translate
+
+    out = tmp_path / "distilled"
+    rec = run_stage(make_stage("distill", {"limit": 4, "max_new_tokens": 6, "batch_size": 4}), gkit / "model", out,
+                    StageContext(lang="en-de", data=[str(gkit / "data")], **QUIET))
+    rows = data.load_examples(out / "distill_data")
+    teacher_rows = [r for r in rows if r.meta["origin"] == "teacher"]
+    assert len(teacher_rows) == 4 and rec["distill"]["teacher_pairs"] == 4
+    # the teacher's pairs are what the Gemma model itself decodes (the organizers' prompt, greedy)
+    model, proc = modelio.load_model(gkit / "model", device="cpu"), modelio.load_processor(gkit / "model")
+    hyps = translate(model, proc, [r.waveform() for r in teacher_rows], "en-de", max_new_tokens=6)
+    assert [data.target_text(r, "en-de") for r in teacher_rows] == [h.text for h in hyps]
+    assert all(len(h.tokens) == 6 for h in hyps)
+    ft = tmp_path / "student"
+    frec = _finetune(gkit, ft, dict(FAST, mode="full", lr=5e-3, max_steps=30, split=None, limit=None),
+                     data_spec=out / "distill_data")
+    assert frec["train"]["examples"] == len(rows)
+    losses = _losses(ft)
+    assert len(losses) == 30 and np.mean(losses[-5:]) < 0.7 * losses[0], losses
+    assert _decodes(ft, gkit)
+
+
+# ---------------------------------------------------------------------------------------- package
+
+TEST_SETS_DE = ("tvseries", "acl", "callcenter", "youtube", "businessnews", "accent")
+
+
+def test_package_iwslt27_of_a_gemma_decode(gkit, tmp_path):
+    import shutil
+
+    from transformers import AutoModelForMultimodalLM
+
+    from iwslt_mc import packaging
+    from iwslt_mc.decoding import decode_to_file
+    from iwslt_mc.inputs import resolve_audio
+
+    model_dir = gkit / "model"
+    hyp = tmp_path / "dec" / "tvseries.de"
+    hyp.parent.mkdir()
+    decode_to_file(model_dir, resolve_audio(str(gkit / "data" / "testsets" / "KITCLIPS")), hyp, lang="en-de",
+                   max_new_tokens=4)
+    for k in TEST_SETS_DE[1:]:  # the same decode stands for every test set here (one real decode, its log kept)
+        shutil.copy(hyp, hyp.with_name(f"{k}.de"))
+        shutil.copy(str(hyp) + ".jsonl", str(hyp.with_name(f"{k}.de")) + ".jsonl")
+    res = packaging.package(model_dir, team="KIT", lp="en-de", condition="constrained", submission_type="primary",
+                            hyps=packaging.find_hypotheses(hyp.parent, packaging.track.get_edition("2027"), "en-de"),
+                            out=tmp_path / "subs")
+    name = "KIT_IWSLT27_ModelCompression_en-de_constrained_primary"
+    assert res.name == name and res.manifest["edition"] == "2027"
+    assert sorted(p.name for p in res.dir.iterdir()) == sorted(
+        [f"{name}.{k}.txt" for k in TEST_SETS_DE] + ["description.txt", "manifest.json"])
+    assert (res.dir / f"{name}.acl.txt").read_bytes() == hyp.read_bytes()
+    assert len(hyp.read_text(encoding="utf-8").splitlines()) == 3
+    m = res.manifest
+    assert m["model_fingerprint"] == modelio.model_fingerprint(model_dir) and m["unverified_hypotheses"] == []
+    assert m["size_measure"] == "torch_save_bytes"
+    # the organizers' measure: torch.save of the state dict of the model loaded as their script loads it
+    real = tmp_path / "tmpabcdefgh.pt"
+    torch.save(AutoModelForMultimodalLM.from_pretrained(str(model_dir), dtype="auto").state_dict(), real)
+    ts = sizer.measure(model_dir, None).torch_save
+    if ts is None:  # measured by a real torch.save of the model loaded on this CPU
+        assert m["bytes"] == real.stat().st_size
+    else:  # computed from metadata (the GPU load); its CPU figure is the real file's
+        assert m["bytes"] == ts.bytes and ts.bytes_cpu == real.stat().st_size
+    assert m["sizes"]["safetensors_bytes"] == (model_dir / "model.safetensors").stat().st_size
+    desc = packaging.parse_description(res.description)
+    assert desc["Base model"] == "tiny random Gemma 4 (the iwslt-mc demo kit)"
+    assert desc["Storage size"] == f"{m['bytes']:,} bytes = {packaging.exact_unit(m['bytes'], 'GiB')} (torch.save(model.state_dict()))"
+    assert desc["Test sets"].startswith("TVSERIES / en-de (3 segments), ACL / en-de (3 segments)")
+    assert "Size bin" not in desc
+    chk = packaging.check([res.dir])
+    assert chk.ok, chk.all_problems()
