@@ -416,21 +416,26 @@ def _other_unit(unit: str) -> str:
 
 def _model_base(model_dir: Path, prov: dict, ed: track.Edition) -> str:
     """The base model in words, never a local path: the recorded base when its folder is named as a
-    Qwen2-Audio model id, else the edition's base model, else the model type."""
-    base = (prov.get("base") or {}).get("path") or ""
-    stages = [s.get("stage") for s in prov.get("stages", [])]
-    if stages[:1] == ["kit"]:
-        return "tiny random Qwen2-Audio (the iwslt-mc demo kit)"
-    name = Path(str(base)).name
-    if name.lower().startswith("qwen2-audio"):
-        return f"Qwen/{name}"
-    if ed.base_model:
-        return ed.base_model
+    hub model id of the model's family (``Qwen2-Audio-7B-Instruct``, ``gemma-4-12B-it``), else the
+    edition's base model, else the family and model type."""
+    from .families import family_of_model_type
+
     try:
         mt = json.loads((model_dir / "config.json").read_text(encoding="utf-8")).get("model_type")
     except (OSError, ValueError, AttributeError):
         mt = None
-    return f"a Qwen2-Audio model (model_type {mt})" if mt else "not recorded"
+    fam = family_of_model_type(mt)
+    label = fam.label if fam is not None else "Qwen2-Audio"
+    base = (prov.get("base") or {}).get("path") or ""
+    stages = [s.get("stage") for s in prov.get("stages", [])]
+    if stages[:1] == ["kit"]:
+        return f"tiny random {label} (the iwslt-mc demo kit)"
+    hub_id = fam.hub_id(Path(str(base)).name) if fam is not None else None
+    if hub_id:
+        return hub_id
+    if ed.base_model:
+        return ed.base_model
+    return f"a {label} model (model_type {mt})" if mt else "not recorded"
 
 
 def _split_list(value) -> list[str]:

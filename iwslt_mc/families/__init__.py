@@ -75,6 +75,16 @@ class Family:
     # None: the caller's/generation config's limits apply unchanged
     default_max_new_tokens: int | None = None
 
+    # hub organisation and the folder-name prefix of its model ids (``Qwen``, ``qwen2-audio``)
+    hub_org: str = ""
+    hub_name_prefix: str = ""
+
+    def hub_id(self, folder_name: str) -> str | None:
+        """``ORG/NAME`` when a folder is named as one of the family's hub models (``Qwen2-Audio-7B-Instruct``)."""
+        if self.hub_org and folder_name.lower().startswith(self.hub_name_prefix):
+            return f"{self.hub_org}/{folder_name}"
+        return None
+
     # -- planner
     def predict(self, spec, base_config, edition: str, *, base_name: str | None = None):
         raise NotImplementedError

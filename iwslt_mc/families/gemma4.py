@@ -53,6 +53,7 @@ class Gemma4Family(Family):
     name = "gemma4"
     label = "Gemma 4"
     model_types = ("gemma4", "gemma4_unified")
+    hub_org, hub_name_prefix = "google", "gemma-4"
     components = COMPONENTS
     chat_template_kwargs = {"enable_thinking": False}
     default_max_new_tokens = MAX_NEW_TOKENS

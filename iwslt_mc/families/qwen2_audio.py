@@ -10,6 +10,7 @@ class Qwen2AudioFamily(Family):
     name = "qwen2_audio"
     label = "Qwen2-Audio"
     model_types = ("qwen2_audio",)
+    hub_org, hub_name_prefix = "Qwen", "qwen2-audio"
 
     @property
     def components(self):
