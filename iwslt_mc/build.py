@@ -172,6 +172,9 @@ def build(recipe: Recipe, *, lang: str, base: str, data: dict[str, str], conditi
         raise UserError(f"--condition must be constrained or unconstrained, not {condition!r}")
     if is_local(base):
         check_model_dir(base)
+    from .recipes import check_recipe_family
+
+    check_recipe_family(recipe, base)
     check_data_refs(recipe, data, condition)
     out = Path(out)
     state_path = out / STATE
@@ -314,7 +317,10 @@ def _base_float(cfg) -> str:
 
 
 _SKIP_COMPONENTS = {"lm_head": "lm_head", "audio_tower": "audio_encoder", "multi_modal_projector": "projector",
-                    "embed_tokens": "embed_tokens"}
+                    "embed_tokens": "embed_tokens",
+                    # Gemma 4's module names
+                    "embed_audio": "projector", "vision_tower": "vision_encoder", "embed_vision": "vision_encoder",
+                    "embed_tokens_per_layer": "per_layer_embeddings", "per_layer_model_projection": "per_layer_embeddings"}
 
 
 def schema_options(entry: StageEntry, *, smoke: bool = False) -> dict:
@@ -335,10 +341,21 @@ def spec_for_stages(stages: list[StageEntry], cfg, *, base: str, lang: str, data
     dims = dict(base_dims(cfg))
     fdt = _base_float(cfg)
     precision, per = fdt, {}
-    ct_embeddings = False
+    ct_embeddings = drop_vision = False
     notes: list[str] = []
+    from .families import family_of_config
+
+    # Gemma 4's layers differ in size (sliding/global): which ones stay is part of the prediction
+    llm_kept = list(range(dims["llm_layers"])) if family_of_config(cfg).name == "gemma4" else None
     for e in stages:
         o = schema_options(e)
+        if e.stage == "prune-layers" and llm_kept is not None:
+            from .families.gemma4_plan import kept_after_prune
+
+            llm_kept = kept_after_prune(cfg, llm_kept, o)
+            if llm_kept is None:
+                notes.append(f"stage {e.id}: the searched layers are not known before the build; planned as the "
+                             "valid block nearest the middle")
         if e.stage == "prune-layers":
             for key, listed, count, what in (("llm_layers", "llm_layers", "remove", "LLM"),
                                              ("audio_layers", "audio_layers", "audio_remove", "audio-encoder")):
@@ -349,6 +366,8 @@ def spec_for_stages(stages: list[StageEntry], cfg, *, base: str, lang: str, data
                     raise UserError(f"stage {e.id} removes {n} {what} layers, but the model has only {dims[key]} there "
                                     f"(base {base}{'; on a small test model add --smoke' if n > 2 else ''})")
                 dims[key] -= n
+        elif e.stage == "drop-vision":
+            drop_vision = True
         elif e.stage == "prune-ffn":
             from .stages.prune_ffn import rounded_width
 
@@ -398,7 +417,9 @@ def spec_for_stages(stages: list[StageEntry], cfg, *, base: str, lang: str, data
     spec = Spec(llm_layers=dims["llm_layers"], audio_layers=dims.get("audio_layers"), ffn_dim=dims["ffn_dim"],
                 audio_ffn_dim=dims.get("audio_ffn_dim"), vocab=dims["vocab"], precision=precision,
                 component_precision=per, quantize_embeddings=quant_lm_head, float_dtype=fdt,
-                hidden=dims.get("hidden"), heads=dims.get("heads"), audio_hidden=dims.get("audio_hidden"))
+                hidden=dims.get("hidden"), heads=dims.get("heads"), audio_hidden=dims.get("audio_hidden"),
+                drop_vision=drop_vision, llm_kept=llm_kept if llm_kept is not None and
+                len(llm_kept) != base_dims(cfg)["llm_layers"] else None)
     return spec, notes
 
 
@@ -428,6 +449,7 @@ def scaled_stages(recipe: Recipe, base: str, *, smoke: bool) -> list[StageEntry]
     widths are scaled by the base's ratio (e.g. remove 8 of 32 LLM layers -> 1 of 4 on the kit)."""
     import dataclasses
 
+    from .families import family_of_config
     from .modelio import is_local
     from .planner import base_dims, load_base_config, qwen2_audio_7b_config_dict
 
@@ -435,14 +457,18 @@ def scaled_stages(recipe: Recipe, base: str, *, smoke: bool) -> list[StageEntry]
     if not smoke or not is_local(base):
         return stages
     ref = qwen2_audio_7b_config_dict()
-    rd = {"llm_layers": ref["text_config"]["num_hidden_layers"], "audio_layers": ref["audio_config"]["encoder_layers"],
-          "ffn_dim": ref["text_config"]["intermediate_size"], "audio_ffn_dim": ref["audio_config"]["encoder_ffn_dim"]}
-    bd = base_dims(load_base_config(base))
+    cfg = load_base_config(base)
+    # the family's full-size reference (Qwen2-Audio-7B, Gemma 4 12B): what the recipe's counts are written for
+    rd = family_of_config(cfg).reference_dims()
+    bd = base_dims(cfg)
     if all(bd[k] == rd[k] for k in rd):
         return stages
 
     def layers(x, key):  # keep at least the first and last layer
-        return 0 if not x else max(1, min(bd[key] - 2, round(x * bd[key] / rd[key])))
+        if not x:
+            return 0
+        scaled = round(x * bd[key] / rd[key]) if rd.get(key) else x
+        return max(1, min(bd[key] - 2, scaled))
 
     def width(x, key):
         return None if x is None else max(1, min(bd[key], round(x * bd[key] / rd[key])))

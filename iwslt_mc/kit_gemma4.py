@@ -81,6 +81,18 @@ VISION_CONFIG = dict(
 )
 
 
+# gemma4_unified (``--unified``): the 12B's layout at kit size. No audio encoder: each 40 ms of raw
+# audio (640 samples) is one soft token through embed_audio; no PLE; a patch-embedder vision part.
+UNIFIED_TEXT_CONFIG = dict(
+    hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+    head_dim=16, global_head_dim=32, layer_types=["sliding_attention", "full_attention"] * 2, sliding_window=16,
+    num_kv_shared_layers=2, max_position_embeddings=4096, rms_norm_eps=1e-6, tie_word_embeddings=True,
+    final_logit_softcapping=30.0, attention_dropout=0.0, hidden_activation="gelu_pytorch_tanh",
+)
+UNIFIED_AUDIO_CONFIG = dict(audio_embed_dim=640)
+UNIFIED_VISION_CONFIG = dict(patch_size=8, pooling_kernel_size=2, mm_embed_dim=64, mm_posemb_size=16, output_proj_dims=64)
+
+
 def tokenizer_corpus() -> list[str]:
     from .kit import tokenizer_corpus as corpus
 
@@ -111,10 +123,17 @@ def build_tokenizer():
     return tok
 
 
-def build_processor():
-    """``Gemma4Processor``: real feature extractor and image processor, the kit tokenizer, the chat template."""
+def build_processor(unified: bool = False):
+    """``Gemma4Processor``: real feature extractor and image processor, the kit tokenizer, the chat template.
+    ``unified``: ``Gemma4UnifiedProcessor`` with its raw-frame ``Gemma4UnifiedAudioFeatureExtractor`` (its
+    image processor needs torchvision; without it the processor has none: speech never needs it)."""
     from transformers import Gemma4AudioFeatureExtractor, Gemma4ImageProcessorPil
 
+    if unified:
+        from transformers import Gemma4UnifiedAudioFeatureExtractor
+
+        fe = Gemma4UnifiedAudioFeatureExtractor(sampling_rate=SAMPLE_RATE)
+        return make_processor(fe, None, build_tokenizer(), CHAT_TEMPLATE, unified=True, image_seq_length=70)
     fe = Gemma4AudioFeatureExtractor(feature_size=128, sampling_rate=SAMPLE_RATE)
     ip = Gemma4ImageProcessorPil(patch_size=VISION_CONFIG["patch_size"],
                                  pooling_kernel_size=VISION_CONFIG["pooling_kernel_size"], max_soft_tokens=70)
@@ -131,38 +150,42 @@ def _video_processor_available() -> bool:
     return True
 
 
-def make_processor(feature_extractor, image_processor, tokenizer, chat_template, **kwargs):
-    """A ``Gemma4Processor`` from its parts. transformers 5.24 cannot build one without torchvision (its
-    video processor needs it, and the class check of every part fails while the video mapping is a
-    placeholder); speech translation never uses video, so without torchvision the processor gets none."""
+def make_processor(feature_extractor, image_processor, tokenizer, chat_template, unified: bool = False, **kwargs):
+    """A ``Gemma4Processor`` (``Gemma4UnifiedProcessor`` when ``unified``) from its parts. transformers 5.24
+    cannot build one without torchvision (its video processor, and the unified image processor, need it,
+    and the class check of every part fails while their mapping is a placeholder); speech translation
+    never uses video or images, so without torchvision the processor goes without those parts."""
     from unittest import mock
 
-    from transformers import Gemma4Processor
+    import transformers
 
+    cls = transformers.Gemma4UnifiedProcessor if unified else transformers.Gemma4Processor
     if _video_processor_available():
-        from transformers import Gemma4VideoProcessor
-
-        return Gemma4Processor(feature_extractor=feature_extractor, image_processor=image_processor, tokenizer=tokenizer,
-                               video_processor=Gemma4VideoProcessor(), chat_template=chat_template, **kwargs)
-    real = Gemma4Processor.check_argument_for_proper_class
+        video = (transformers.Gemma4UnifiedVideoProcessor if unified else transformers.Gemma4VideoProcessor)()
+        if unified and image_processor is None:
+            image_processor = transformers.Gemma4UnifiedImageProcessor()
+        return cls(feature_extractor=feature_extractor, image_processor=image_processor, tokenizer=tokenizer,
+                   video_processor=video, chat_template=chat_template, **kwargs)
+    real = cls.check_argument_for_proper_class
 
     def check(self, name, arg):
-        return None if name == "video_processor" and arg is None else real(self, name, arg)
+        return None if name in ("video_processor", "image_processor") and arg is None else real(self, name, arg)
 
-    with mock.patch.object(Gemma4Processor, "check_argument_for_proper_class", check):
-        return Gemma4Processor(feature_extractor=feature_extractor, image_processor=image_processor, tokenizer=tokenizer,
-                               video_processor=None, chat_template=chat_template, **kwargs)
+    with mock.patch.object(cls, "check_argument_for_proper_class", check):
+        return cls(feature_extractor=feature_extractor, image_processor=image_processor, tokenizer=tokenizer,
+                   video_processor=None, chat_template=chat_template, **kwargs)
 
 
 def save_processor(processor, out_dir) -> None:
     """``processor.save_pretrained(out_dir)``; without a video processor (no torchvision) that part is left out."""
     from unittest import mock
 
-    if getattr(processor, "video_processor", None) is not None:
+    missing = [a for a in ("video_processor", "image_processor") if getattr(processor, a, "") is None]
+    if not missing:
         processor.save_pretrained(str(out_dir))
         return
     cls = type(processor)
-    parts = [a for a in cls.get_attributes() if a != "video_processor"]
+    parts = [a for a in cls.get_attributes() if a not in missing]
     with mock.patch.object(cls, "get_attributes", classmethod(lambda c: list(parts))):
         processor.save_pretrained(str(out_dir))
 
@@ -177,29 +200,40 @@ def load_processor(model_dir):
     cfg = {}
     if (d / "processor_config.json").exists():
         cfg = json.loads((d / "processor_config.json").read_text(encoding="utf-8"))
-    fe = Gemma4AudioFeatureExtractor(**{k: v for k, v in cfg.get("feature_extractor", {}).items()
-                                        if k not in ("feature_extractor_type", "processor_class")})
-    ip = Gemma4ImageProcessorPil(**{k: v for k, v in cfg.get("image_processor", {}).items()
-                                    if k not in ("image_processor_type", "processor_class")})
+    unified = cfg.get("processor_class") == "Gemma4UnifiedProcessor"
+    fe_cls = Gemma4AudioFeatureExtractor
+    if unified:
+        from transformers import Gemma4UnifiedAudioFeatureExtractor as fe_cls
+    fe = fe_cls(**{k: v for k, v in cfg.get("feature_extractor", {}).items()
+                   if k not in ("feature_extractor_type", "processor_class")})
+    ip = None
+    if cfg.get("image_processor"):
+        ip = Gemma4ImageProcessorPil(**{k: v for k, v in cfg["image_processor"].items()
+                                        if k not in ("image_processor_type", "processor_class")})
     tok = AutoTokenizer.from_pretrained(str(d))
     for k in ("max_length", "pad_to_multiple_of"):  # loading adds them as None, which the audio padding rejects
         if k in tok.init_kwargs and tok.init_kwargs[k] is None:
             del tok.init_kwargs[k]
     template = (d / "chat_template.jinja").read_text(encoding="utf-8") if (d / "chat_template.jinja").exists() else None
     extra = {k: cfg[k] for k in ("image_seq_length", "audio_seq_length", "audio_ms_per_token") if k in cfg}
-    return make_processor(fe, ip, tok, template, **extra)
+    return make_processor(fe, ip, tok, template, unified=unified, **extra)
 
 
-def build_config(tokenizer):
-    from transformers import Gemma4Config
+def build_config(tokenizer, unified: bool = False):
+    from transformers import Gemma4Config, Gemma4UnifiedConfig
 
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in BASE_SPECIALS + CONTROL_TOKENS}
     n = len(tokenizer)
     vocab_size = -(-n // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
-    text = dict(TEXT_CONFIG, vocab_size=vocab_size, vocab_size_per_layer_input=vocab_size,
-                pad_token_id=ids["<pad>"], eos_token_id=ids["<eos>"], bos_token_id=ids["<bos>"])
-    config = Gemma4Config(
-        text_config=text, audio_config=dict(AUDIO_CONFIG), vision_config=dict(VISION_CONFIG),
+    special = dict(pad_token_id=ids["<pad>"], eos_token_id=ids["<eos>"], bos_token_id=ids["<bos>"])
+    if unified:
+        text = dict(UNIFIED_TEXT_CONFIG, vocab_size=vocab_size, **special)
+        cls, audio, vision = Gemma4UnifiedConfig, dict(UNIFIED_AUDIO_CONFIG), dict(UNIFIED_VISION_CONFIG)
+    else:
+        text = dict(TEXT_CONFIG, vocab_size=vocab_size, vocab_size_per_layer_input=vocab_size, **special)
+        cls, audio, vision = Gemma4Config, dict(AUDIO_CONFIG), dict(VISION_CONFIG)
+    config = cls(
+        text_config=text, audio_config=audio, vision_config=vision,
         boi_token_id=ids["<|image>"], eoi_token_id=ids["<image|>"], image_token_id=ids["<|image|>"],
         video_token_id=ids["<|video|>"], boa_token_id=ids["<|audio>"], eoa_token_index=ids["<audio|>"],
         audio_token_id=ids["<|audio|>"], tie_word_embeddings=True, dtype="float32",
@@ -208,14 +242,18 @@ def build_config(tokenizer):
     return config, ids
 
 
-def build_model(tokenizer, seed: int = 0):
-    """The tiny random ``Gemma4ForConditionalGeneration`` (float32), ids taken from ``tokenizer``."""
+def build_model(tokenizer, seed: int = 0, unified: bool = False):
+    """The tiny random ``Gemma4ForConditionalGeneration`` (``Gemma4UnifiedForConditionalGeneration`` when
+    ``unified``), float32, ids taken from ``tokenizer``."""
     import torch
-    from transformers import Gemma4ForConditionalGeneration, GenerationConfig
+    from transformers import Gemma4ForConditionalGeneration, Gemma4UnifiedForConditionalGeneration, GenerationConfig
 
-    config, ids = build_config(tokenizer)
+    config, ids = build_config(tokenizer, unified=unified)
+    if unified:
+        config.architectures = ["Gemma4UnifiedForConditionalGeneration"]
     torch.manual_seed(seed)
-    model = Gemma4ForConditionalGeneration(config).to(torch.float32).eval()
+    cls = Gemma4UnifiedForConditionalGeneration if unified else Gemma4ForConditionalGeneration
+    model = cls(config).to(torch.float32).eval()
     with torch.no_grad():  # random clipping bounds of the clipped linears would be +-inf: keep them, but finite
         for name, buf in model.named_buffers():
             if name.endswith(("input_min", "output_min")):
@@ -229,8 +267,9 @@ def build_model(tokenizer, seed: int = 0):
     return model
 
 
-def build_kit_gemma4(out_dir: str | os.PathLike, seed: int = 0):
-    """Write the Gemma 4 kit to ``out_dir`` (new or empty) and return its :class:`iwslt_mc.kit.KitInfo`."""
+def build_kit_gemma4(out_dir: str | os.PathLike, seed: int = 0, unified: bool = False):
+    """Write the Gemma 4 kit to ``out_dir`` (new or empty) and return its :class:`iwslt_mc.kit.KitInfo`;
+    ``unified``: the ``gemma4_unified`` layout (see ``UNIFIED_TEXT_CONFIG``)."""
     from .kit import KitInfo, _dir_bytes, _publish_modes, _quiet_progress, write_data
     from . import provenance
 
@@ -240,14 +279,15 @@ def build_kit_gemma4(out_dir: str | os.PathLike, seed: int = 0):
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         with _quiet_progress(), atomic_directory(out, overwrite=True) as tmp:
-            processor = build_processor()
-            model = build_model(processor.tokenizer, seed=seed)
+            processor = build_processor(unified=unified)
+            model = build_model(processor.tokenizer, seed=seed, unified=unified)
             model_dir = tmp / "model"
             model.save_pretrained(model_dir)
             save_processor(processor, model_dir)
             params = sum(p.numel() for p in model.parameters())
             provenance.append(None, model_dir, provenance.make_record(
-                "kit", {"seed": seed, "family": FAMILY}, techniques=["tiny random Gemma 4 (demo kit)"],
+                "kit", {"seed": seed, "family": FAMILY, "model_type": model.config.model_type},
+                techniques=[f"tiny random Gemma 4 ({model.config.model_type}; demo kit)"],
                 started=started, params_after=params))
             data = write_data(tmp / "data")
             weights = model_dir / "model.safetensors"
@@ -256,7 +296,8 @@ def build_kit_gemma4(out_dir: str | os.PathLike, seed: int = 0):
                 weights_sha256=sha256_file(weights), vocab_size=model.config.text_config.vocab_size,
                 tokenizer_size=len(processor.tokenizer), data_bytes=_dir_bytes(tmp / "data"), **data,
             )
-            atomic_write_json(tmp / "kit.json", {"family": FAMILY, **{k: v for k, v in info.to_json().items()
+            atomic_write_json(tmp / "kit.json", {"family": FAMILY, "model_type": model.config.model_type,
+                                                 **{k: v for k, v in info.to_json().items()
                                                                       if k not in ("path", "seconds")}})
             _publish_modes(tmp)
     except BaseException:

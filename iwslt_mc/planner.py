@@ -51,7 +51,8 @@ PRECISION_BITS = {"fp32": 32, "bf16": 16, "fp16": 16, "int8": 8, "nf4": 4, "fp4"
 _FLOAT_DTYPE = {"bf16": ("BF16", 2, "bfloat16"), "fp16": ("F16", 2, "float16"), "fp32": ("F32", 4, "float32")}
 # "embeddings" (both embed_tokens and lm_head) is expanded where precisions are set.
 COMPONENT_ALIASES = {"audio": "audio_encoder", "audio_tower": "audio_encoder", "llm": "llm_layers",
-                     "decoder": "llm_layers", "embed": "embed_tokens"}
+                     "decoder": "llm_layers", "embed": "embed_tokens", "vision": "vision_encoder",
+                     "vision_tower": "vision_encoder", "ple": "per_layer_embeddings"}
 # safetensors writes tensors sorted by dtype (its enum order, descending) and then by name.
 _DTYPE_RANK = {d: i for i, d in enumerate(
     ["BOOL", "F4", "F6_E2M3", "F6_E3M2", "U8", "I8", "F8_E5M2", "F8_E4M3", "F8_E8M0", "I16", "U16", "F16",
@@ -149,6 +150,12 @@ def _audio_config(cfg):
 
 def base_dims(cfg) -> dict:
     """Layer counts, FFN widths and vocabulary of a base config (the values a Spec defaults to)."""
+    from .families import family_of_config
+
+    if family_of_config(cfg).name == "gemma4":
+        from .families.gemma4_plan import base_dims as gemma4_base_dims
+
+        return gemma4_base_dims(cfg)
     t, a = _text_config(cfg), _audio_config(cfg)
     return {
         "llm_layers": t.num_hidden_layers,
@@ -179,6 +186,10 @@ class Spec:
     hidden: int | None = None  # LLM residual width (hidden_size)
     heads: int | None = None  # LLM query heads kept (key/value heads follow the GQA group size; head size kept)
     audio_hidden: int | None = None  # audio encoder width (d_model; heads = d_model / head size)
+    drop_vision: bool = False  # the vision encoder removed (drop-vision; bases that have one: Gemma 4)
+    # which LLM layers stay (indices of the base) where layers differ in size (Gemma 4: sliding and global
+    # layers); None: the planner's choice (Gemma 4: the valid block nearest the middle)
+    llm_kept: list[int] | None = None
 
     def __post_init__(self):
         per = {}
@@ -227,11 +238,30 @@ class Spec:
         return asdict(self)
 
 
+def all_components() -> tuple[str, ...]:
+    """Every component any family names (Qwen2-Audio's first), in report order."""
+    from .families import families
+
+    out = list(COMPONENTS)
+    for fam in families():
+        out += [c for c in fam.components if c not in out]
+    return tuple(out)
+
+
 def normalize_component(c: str) -> str:
     c = COMPONENT_ALIASES.get(c, c)
-    if c not in COMPONENTS:
-        raise UserError(f"unknown component {c!r} (use one of {', '.join(COMPONENTS)}, or audio/llm/embeddings)")
+    if c not in all_components():
+        raise UserError(f"unknown component {c!r} (use one of {', '.join(all_components())}, "
+                        "or audio/llm/embeddings/vision/ple)")
     return c
+
+
+def check_components(spec: "Spec", components, family_label: str) -> None:
+    """Refuse per-component precisions for components the base's family does not have."""
+    extra = [c for c in spec.component_precision if c not in components]
+    if extra:
+        raise UserError(f"--precision {extra[0]}=...: a {family_label} model has no {extra[0]} "
+                        f"(its components: {', '.join(c for c in components if c != 'other')})")
 
 
 def check_precision(p: str) -> str:
@@ -468,7 +498,9 @@ class Prediction:
 
 def resolve_dims(spec: Spec, base_config) -> dict:
     base = base_dims(base_config)
-    dims = {k: (getattr(spec, k) if getattr(spec, k) is not None else v) for k, v in base.items()}
+    dims = {k: (getattr(spec, k, None) if getattr(spec, k, None) is not None else v) for k, v in base.items()}
+    if "vision" in base:
+        dims["vision"] = base["vision"] and not spec.drop_vision
     for k in ("llm_layers", "audio_layers"):
         if base[k] is not None and dims[k] > base[k]:
             raise UserError(f"--{k.replace('_', '-')} {dims[k]}: the base model has only {base[k]}")
@@ -485,6 +517,9 @@ def predict(spec: Spec, base_config=None, edition: str = "2025", *, base_name: s
 
     if family_of_config(base_config).name != "qwen2_audio":
         return family_of_config(base_config).predict(spec, base_config, ed.key, base_name=base_name)
+    check_components(spec, COMPONENTS, "Qwen2-Audio")
+    if spec.drop_vision:
+        raise UserError("a Qwen2-Audio model has no vision encoder to remove (drop-vision is for Gemma 4)")
     dims = resolve_dims(spec, base_config)
     templates = _inventory_for(apply_hidden_dims(base_config, dims), spec.ffn_dim, spec.audio_ffn_dim, spec.vocab)
     fdt = spec.storage_float
@@ -812,7 +847,7 @@ def scale_distillation_stages(stages: list, base: dict) -> list:
 # Components a quantize stage can leave unquantized, and the skip name that does it.
 _SKIP_NAMES = {"lm_head": "lm_head", "audio_encoder": "audio_tower", "projector": "multi_modal_projector"}
 # Stages that change a model's size; the training stages of a recipe do not.
-SIZE_STAGES = ("prune-layers", "prune-hidden", "prune-ffn", "trim-vocab", "quantize")
+SIZE_STAGES = ("drop-vision", "prune-layers", "prune-hidden", "prune-ffn", "trim-vocab", "quantize")
 
 
 @dataclass
@@ -868,17 +903,24 @@ def build_plan(spec: Spec, base_config=None, *, match_recipe: bool = True) -> Bu
     base = base_dims(base_config)
     dims = resolve_dims(spec, base_config)
     base_float = _config_float(base_config)
+    from .families import family_of_config
+
+    family = family_of_config(base_config).name
     steps: list[BuildStep] = []
+    if spec.drop_vision:
+        steps.append(BuildStep("drop-vision", {}))
     remove = {k: base[k] - dims[k] for k in ("llm_layers", "audio_layers") if base.get(k)}
     if remove.get("llm_layers") or remove.get("audio_layers"):
-        o = {"strategy": "iterative"}
+        # Gemma 4: the planner's block (the valid one nearest the middle) is what strategy middle removes
+        search = family == "qwen2_audio"
+        o = {"strategy": "iterative" if search else "middle"}
         if remove.get("llm_layers"):
             o["remove"] = remove["llm_layers"]
         if remove.get("audio_layers"):
             o["audio_remove"] = remove["audio_layers"]
-        if any(remove.get(k, 0) > base[k] - 2 for k in remove):
+        if search and any(remove.get(k, 0) > base[k] - 2 for k in remove):
             o["protect_first_last"] = False  # keeping one layer: the search may remove the first or last too
-        steps.append(BuildStep("prune-layers", o, "importance search on held-out data: needs --data"))
+        steps.append(BuildStep("prune-layers", o, "importance search on held-out data: needs --data" if search else ""))
     narrow = {opt: dims[k] for k, opt in (("hidden", "llm_hidden"), ("heads", "llm_heads"), ("audio_hidden", "audio_hidden"))
               if base.get(k) and dims.get(k) is not None and dims[k] != base[k]}
     if narrow:
@@ -930,7 +972,7 @@ def build_plan(spec: Spec, base_config=None, *, match_recipe: bool = True) -> Bu
                 raise UserError(f"not buildable: {c} in {spec.precision_of(c)} while the model is in {fdt}")
     plan = BuildPlan(steps)
     if match_recipe:
-        _match_recipe(plan)
+        _match_recipe(plan, family)
     return plan
 
 
@@ -941,16 +983,17 @@ def _config_float(cfg) -> str:
 
 # Shipped recipes, in the order a suggestion prefers them (trained recipes before zero-shot ones).
 _RECIPE_PREFERENCE = ("recipe-b-bin1", "recipe-bin2", "recipe-b", "recipe-c", "recipe-a", "quantize-only",
-                      "quantize-only-int8")
+                      "quantize-only-int8", "gemma4-medium", "gemma4-small", "gemma4-large")
 
 
-def _match_recipe(plan: BuildPlan) -> None:
-    """Set ``plan.recipe``/``overrides`` to the first shipped recipe whose size-changing stages, with
-    ``--set`` overrides, are exactly ``plan.steps`` (training stages do not change the size)."""
+def _match_recipe(plan: BuildPlan, family: str = "qwen2_audio") -> None:
+    """Set ``plan.recipe``/``overrides`` to the first shipped recipe of the base's ``family`` whose
+    size-changing stages, with ``--set`` overrides, are exactly ``plan.steps`` (training stages do not
+    change the size)."""
     need = {s.stage: s.options for s in plan.steps}
     for name in _RECIPE_PREFERENCE:
         recipe = _recipe(name)
-        if recipe is None:
+        if recipe is None or recipe.family != family:
             continue
         overrides = _overrides_for(recipe, need)
         if overrides is not None:

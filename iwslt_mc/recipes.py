@@ -47,7 +47,12 @@ RECIPES: list[tuple[str, str, str]] = [
     ("recipe-bin5", "recipe-bin5.yaml", "depth + width: LLM 12 layers, audio 8, a quarter of the residual and FFN widths, trimmed vocabulary, distillation, 4-bit: Bin5"),
     ("quantize-only", "quantize-only.yaml", "zero-shot baselines: NF4 (double quantization) of every linear layer, no training"),
     ("quantize-only-int8", "quantize-only-int8.yaml", "zero-shot baseline: int8 (LLM.int8) of every linear layer, no training"),
+    # Gemma 4 (family: gemma4 in the file), largest first
+    ("gemma4-large", "gemma4-large.yaml", "Gemma 4: vision encoder removed, vocabulary trimmed, NF4 (all layers kept)"),
+    ("gemma4-medium", "gemma4-medium.yaml", "Gemma 4: vision encoder removed, a quarter of the LLM layers removed (middle block), vocabulary trimmed, NF4"),
+    ("gemma4-small", "gemma4-small.yaml", "Gemma 4: vision encoder removed, half the LLM layers removed (middle block), vocabulary trimmed, NF4"),
 ]
+DEFAULT_FAMILY = "qwen2_audio"  # a recipe without a family: line
 
 CONDITIONS = ("constrained", "unconstrained")
 BUILTIN_DATA = "acl6060"
@@ -72,6 +77,7 @@ class Recipe:
     stages: list[StageEntry]
     path: Path
     text: str  # the file's text, kept for provenance and `cp`
+    family: str = DEFAULT_FAMILY  # the model family (iwslt_mc.families) the recipe is written for
 
     def active_stages(self, condition: str) -> list[StageEntry]:
         return [s for s in self.stages if s.when in (None, condition)]
@@ -126,11 +132,16 @@ def load_recipe(name_or_path: str) -> Recipe:
         raise UserError(f"{where}: invalid YAML ({getattr(e, 'problem', e)})") from None
     if not isinstance(doc, dict):
         raise UserError(f"{path}: a recipe is a mapping with 'name' and 'stages'")
-    top_allowed = {"name", "description", "paper", "stages"}
+    top_allowed = {"name", "description", "paper", "family", "stages"}
     lines = _key_lines(node)
     for k in doc:
         if k not in top_allowed:
             raise UserError(f"{path}:{lines.get(k, 0)}: unknown recipe key {k!r} (allowed: {', '.join(sorted(top_allowed))})")
+    from .families import FAMILY_NAMES
+
+    family = doc.get("family", DEFAULT_FAMILY)
+    if family not in FAMILY_NAMES:
+        raise UserError(f"{path}:{lines.get('family', 0)}: unknown family {family!r} (known: {', '.join(FAMILY_NAMES)})")
     stages_raw = doc.get("stages")
     if not isinstance(stages_raw, list) or not stages_raw:
         raise UserError(f"{path}: 'stages' must be a non-empty list")
@@ -176,7 +187,7 @@ def load_recipe(name_or_path: str) -> Recipe:
             raise UserError(f"{where}: {e}") from None
         entries.append(StageEntry(id=sid, stage=name, options=options, data=list(data), when=when, line=line))
     return Recipe(name=str(doc.get("name") or path.stem), description=str(doc.get("description") or ""),
-                  paper=str(doc.get("paper") or ""), stages=entries, path=path, text=text)
+                  paper=str(doc.get("paper") or ""), stages=entries, path=path, text=text, family=family)
 
 
 def normalized_options(stage, raw: dict) -> dict:
@@ -227,8 +238,34 @@ def apply_overrides(recipe: Recipe, sets: list[str]) -> Recipe:
     return dataclasses.replace(recipe, stages=entries)
 
 
+def recipe_family(path: Path) -> str:
+    """The ``family:`` of a recipe file (read without validating the stages: ``ls`` stays light)."""
+    import yaml
+
+    try:
+        doc = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return DEFAULT_FAMILY
+    return str(doc.get("family", DEFAULT_FAMILY)) if isinstance(doc, dict) else DEFAULT_FAMILY
+
+
 def list_recipes() -> list[dict]:
-    return [{"name": n, "file": str(RECIPES_DIR / f), "description": d} for n, f, d in RECIPES]
+    return [{"name": n, "family": recipe_family(RECIPES_DIR / f), "file": str(RECIPES_DIR / f), "description": d}
+            for n, f, d in RECIPES]
+
+
+def check_recipe_family(recipe: Recipe, base) -> None:
+    """One line, before any work, when a local ``base`` is of another family than the recipe's."""
+    from .families import family_for, family_named
+    from .modelio import is_local, read_model_type
+
+    if not is_local(base) or not (Path(base) / "config.json").is_file():
+        return
+    fam = family_for(base)
+    if fam.name != recipe.family:
+        raise UserError(f"recipe {recipe.name} is for {family_named(recipe.family).label} models (family: {recipe.family}), "
+                        f"but {base} is a {fam.label} model (model_type {read_model_type(base)!r}); "
+                        f"pick a {fam.name} recipe (iwslt-mc ls)")
 
 
 def copy_recipe(name: str, dest: str | Path, *, force: bool = False) -> Path:

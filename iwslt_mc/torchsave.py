@@ -356,7 +356,12 @@ def state_dict_layout(tensors: list[tuple[str, str, tuple[int, ...]]], config: d
     tensors the layout does not place, or lacks tensors the model would create.
     """
     if config.get("model_type") != "qwen2_audio":
-        raise NotExact(f"model_type {config.get('model_type')!r}: the exact layout is known for qwen2_audio only")
+        from .families import family_of_model_type
+
+        fam = family_of_model_type(config.get("model_type"))
+        if fam is None or not hasattr(fam, "torch_save_layout"):
+            raise NotExact(f"model_type {config.get('model_type')!r}: no exact layout known for it")
+        return fam.torch_save_layout(tensors, config, float_dtype)
     if float_dtype is None:
         cdt = config.get("dtype") or config.get("torch_dtype")
         float_dtype = _CONFIG_DTYPES.get(str(cdt).replace("torch.", "")) if cdt else None
@@ -436,6 +441,104 @@ def state_dict_layout(tensors: list[tuple[str, str, tuple[int, ...]]], config: d
     return entries, modules
 
 
+# ----------------------------------------------------------------------------- any family, from a meta model
+
+def meta_state_dict_layout(tensors: list[tuple[str, str, tuple[int, ...]]], config: dict, float_dtype: str | None,
+                           build_meta) -> tuple[list[Entry], list[str]]:
+    """The in-memory state dict of a checkpoint, laid out from the model transformers builds for its config
+    (``build_meta(config_dict, torch_dtype)``: on the meta device, no weights): the model's own key order,
+    ``_metadata`` modules and tied parameters (one storage), float tensors in the load dtype, and
+    bitsandbytes state placed as its modules save it (after the module's weight and bias, in
+    ``_LEAF_ORDER``). Needs torch and transformers (Gemma 4: tens of modules types; a hand-written tree
+    would have to follow every one). :class:`NotExact` for a tensor the model would drop or create."""
+    import torch
+    from transformers.core_model_loading import revert_weight_conversion
+
+    by_disk: dict[str, tuple[str, tuple[int, ...]]] = {}
+    for key, dtype, shape in tensors:
+        if dtype not in STORAGE_TYPES:
+            raise NotExact(f"tensor {key!r} has dtype {dtype}, not sized here")
+        by_disk[key] = (dtype, tuple(shape))
+    if float_dtype is None:  # dtype="auto": the config's dtype, else the checkpoint's first float dtype
+        cdt = config.get("dtype") or config.get("torch_dtype")
+        float_dtype = _CONFIG_DTYPES.get(str(cdt).replace("torch.", "")) if cdt else None
+        if float_dtype is None:
+            float_dtype = next((d for d, _ in by_disk.values() if d in _FLOATS), "F32")
+    torch_dtype = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}[float_dtype]
+    model = build_meta(config, torch_dtype)
+    sd = model.state_dict(keep_vars=True)
+    metadata = sd._metadata
+    if any(v != {"version": 1} for v in metadata.values()):
+        raise NotExact("a module saves metadata other than {'version': 1}")
+    disk_of: dict[int, list[str]] = {}
+    for k, t in revert_weight_conversion(model, dict(sd)).items():
+        disk_of.setdefault(id(t), []).append(k)
+    seen: set[int] = set()
+    mem_to_disk = {}
+    for k, t in sd.items():
+        names = disk_of.get(id(t), [k])
+        # a tied parameter: its first name in memory stands for the name the checkpoint stores
+        mem_to_disk[k] = next((n for n in names if n in by_disk), names[0]) if id(t) not in seen else k
+        seen.add(id(t))
+    # bitsandbytes state saved beside a module's weight: memory prefix -> extra suffixes present
+    extras: dict[str, list[str]] = {}
+    for mk, dk in mem_to_disk.items():
+        if mk.endswith(".weight"):
+            found = [s for s in _LEAF_ORDER if s not in ("weight", "bias") and dk[: -len("weight")] + s in by_disk]
+            if found:
+                extras[mk[: -len("weight")]] = found
+    last_own: dict[str, str] = {}  # module prefix -> its last own tensor key, where its state follows
+    for mk in sd:
+        last_own[mk.rsplit(".", 1)[0] + "."] = mk
+    entries: list[Entry] = []
+    used: set[str] = set()
+    storage_of: dict[int, int] = {}  # id(parameter) -> storage index
+
+    def add(key, dtype, shape, sid, *, cpu=False):
+        entries.append(Entry(key, dtype, shape, sid, cpu=cpu))
+
+    for mk, t in sd.items():
+        dk = mem_to_disk[mk]
+        prefix = mk.rsplit(".", 1)[0] + "."
+        if id(t) in storage_of:  # tied: the same parameter under a second name (lm_head -> embed_tokens)
+            if dk in by_disk:
+                raise NotExact(f"{dk} is tied to another tensor but the checkpoint also stores it")
+            first = next(e for e in entries if e.storage == storage_of[id(t)])
+            add(mk, first.dtype, first.shape, first.storage)
+            continue
+        if dk not in by_disk:
+            raise NotExact(f"the checkpoint lacks {dk} (transformers would initialize it)")
+        dtype, shape = by_disk[dk]
+        used.add(dk)
+        quantized = prefix in extras
+        if not quantized and shape != tuple(t.shape):
+            raise NotExact(f"{dk} has shape {list(shape)}, the model built from config.json {list(t.shape)}")
+        if dtype in _FLOATS and t.is_floating_point():
+            dtype = float_dtype
+        elif not quantized:
+            dtype = _TORCH_TO_ST.get(str(t.dtype), dtype)
+        storage_of[id(t)] = len(storage_of)
+        add(mk, dtype, shape, storage_of[id(t)])
+        if quantized and last_own[prefix] == mk:
+            dprefix = dk.rsplit(".", 1)[0] + "."
+            for suf in extras[prefix]:
+                edtype, eshape = by_disk[dprefix + suf]
+                used.add(dprefix + suf)
+                storage_of[("x", mk, suf)] = len(storage_of)
+                add(prefix + suf, edtype, eshape, storage_of[("x", mk, suf)],
+                    cpu=".weight.quant_state." in "." + suf or suf == "weight_format")
+    unused = sorted(set(by_disk) - used)
+    if unused:
+        raise NotExact(f"the checkpoint has {len(unused)} tensor(s) the model does not place, e.g. {unused[0]!r} "
+                       "(transformers would drop them)")
+    return entries, list(metadata)
+
+
+_TORCH_TO_ST = {"torch.float32": "F32", "torch.float16": "F16", "torch.bfloat16": "BF16", "torch.float64": "F64",
+                "torch.int64": "I64", "torch.int32": "I32", "torch.int16": "I16", "torch.int8": "I8",
+                "torch.uint8": "U8", "torch.bool": "BOOL"}
+
+
 def _tied_source(by_key):
     src = by_key.get("model.language_model.embed_tokens.weight")
     if src is None:
@@ -462,20 +565,26 @@ class TorchSaveSize:
                 "method": self.method, "signature": self.signature}
 
 
-def signature(method: str, location: str, *, version: str, extra: str = "") -> str:
+def signature(method: str, location: str, *, version: str, extra: str = "", layout: str | None = None) -> str:
     return (f"measure:torch-save-state-dict|computed:{method}|file:{ORGANIZERS_ARCHIVE}.pt|location:{location}"
-            f"|layout:{LAYOUT}|container:{CONTAINER}{extra}|units:bytes,GiB|version:{version}")
+            f"|layout:{layout or LAYOUT}|container:{CONTAINER}{extra}|units:bytes,GiB|version:{version}")
 
 
 def compute(tensors, config: dict, *, float_dtype: str | None = None, version: str = "") -> TorchSaveSize:
-    """The exact torch.save bytes of a checkpoint's in-memory state dict, from metadata only."""
+    """The exact torch.save bytes of a checkpoint's in-memory state dict, from metadata only (for a family
+    other than Qwen2-Audio the layout comes from a meta-device model: torch and transformers, no weights)."""
     entries, modules = state_dict_layout(tensors, config, float_dtype)
     sizes = storage_sizes(entries)
     gpu = pickle_state_dict(entries, modules, ORGANIZERS_LOCATION)
     cpu = pickle_state_dict(entries, modules, "cpu")
+    layout = None
+    if config.get("model_type") != "qwen2_audio":
+        import transformers
+
+        layout = f"{config.get('model_type')}/meta-model(transformers-{transformers.__version__})"
     return TorchSaveSize(bytes=zip_bytes(len(gpu), sizes), bytes_cpu=zip_bytes(len(cpu), sizes),
                          pickle_bytes=len(gpu), storages=len(sizes), method="metadata",
-                         signature=signature("metadata", ORGANIZERS_LOCATION, version=version))
+                         signature=signature("metadata", ORGANIZERS_LOCATION, version=version, layout=layout))
 
 
 # ----------------------------------------------------------------------------- a real torch.save

@@ -25,6 +25,25 @@ def kit(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def gemma_kit(tmp_path_factory):
+    """(path, KitInfo) of the Gemma 4 kit (``gemma4``: audio conformer, vision, PLE, KV sharing), seed 0. Read-only."""
+    from iwslt_mc.kit_gemma4 import build_kit_gemma4
+
+    out = tmp_path_factory.mktemp("gemma4kit") / "kit"
+    return out, build_kit_gemma4(out, seed=0)
+
+
+@pytest.fixture(scope="session")
+def gemma_unified_kit(tmp_path_factory):
+    """Path of the ``gemma4_unified`` kit (the 12B's layout at kit size), seed 0. Read-only."""
+    from iwslt_mc.kit_gemma4 import build_kit_gemma4
+
+    out = tmp_path_factory.mktemp("gemma4ukit") / "kit"
+    build_kit_gemma4(out, seed=0, unified=True)
+    return out
+
+
+@pytest.fixture(scope="session")
 def kit_processor(kit):
     """The kit's ``Qwen2AudioProcessor`` (shared: do not mutate)."""
     from transformers import AutoProcessor

@@ -11,15 +11,6 @@ from iwslt_mc.families import family_for, family_named
 from iwslt_mc.families.gemma4 import organizers_prompt
 
 
-@pytest.fixture(scope="session")
-def gemma_kit(tmp_path_factory):
-    from iwslt_mc.kit_gemma4 import build_kit_gemma4
-
-    out = tmp_path_factory.mktemp("gemma4kit") / "kit"
-    info = build_kit_gemma4(out, seed=0)
-    return out, info
-
-
 def test_kit_is_a_gemma4_with_every_part(gemma_kit):
     out, info = gemma_kit
     model_dir = out / "model"

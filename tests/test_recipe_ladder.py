@@ -86,10 +86,13 @@ def test_catalogue_table_is_the_planners():
     text = (ROOT / "recipes" / "README.md").read_text(encoding="utf-8")
     block = text.split("<!-- catalogue:begin -->\n", 1)[1].split("\n<!-- catalogue:end -->", 1)[0]
     assert block.splitlines() == cat.rows(preds)
+    gemma = cat.predictions(family="gemma4")
+    block = text.split("<!-- gemma4-catalogue:begin -->\n", 1)[1].split("\n<!-- gemma4-catalogue:end -->", 1)[0]
+    assert block.splitlines() == cat.gemma4_rows(gemma)
     by = {p["recipe"]: p for p in preds}
     from iwslt_mc.recipes import RECIPES
 
-    assert set(by) == {n for n, _, _ in RECIPES}  # every recipe is in the table
+    assert set(by) | {p["recipe"] for p in gemma} == {n for n, _, _ in RECIPES}  # every recipe is in a table
     for name, bin_ in LADDER:  # in the bin at 16k and at 32k tokens
         assert by[name]["bin"] == [bin_, bin_]
 

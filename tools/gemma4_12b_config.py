@@ -4,6 +4,7 @@
     python tools/gemma4_12b_config.py /tmp/gemma-4-12B-it
     iwslt-mc plan --base /tmp/gemma-4-12B-it
     iwslt-mc plan --base /tmp/gemma-4-12B-it --precision nf4-dq
+    iwslt-mc plan gemma4-small --base /tmp/gemma-4-12B-it      # a Gemma 4 recipe's final model
 
 transformers 5.24 ships no config for google/gemma-4-12B-it (model_type gemma4_unified): the widths it
 does not give are assumptions, listed in iwslt_mc.families.gemma4.GEMMA4_12B_ASSUMED and printed here.

@@ -7,6 +7,7 @@ real count depends on the data; ``build`` counts it before it starts).
 
     python tools/recipe_catalogue.py            # the Markdown rows
     python tools/recipe_catalogue.py --json     # the numbers
+    python tools/recipe_catalogue.py --family gemma4   # the Gemma 4 recipes on the gemma-4-12B-it layout
 
 tests/test_recipe_ladder.py checks that recipes/README.md carries exactly these rows.
 """
@@ -20,23 +21,46 @@ import json
 VOCABS = (16000, 32000)
 
 
-def predictions(condition: str = "constrained") -> list[dict]:
+def predictions(condition: str = "constrained", family: str = "qwen2_audio") -> list[dict]:
+    """The shipped recipes of ``family``, predicted on its reference: Qwen2-Audio-7B-Instruct (built in), or
+    gemma-4-12B-it (iwslt_mc.families.gemma4.gemma4_12b_config, the layout tools/gemma4_12b_config.py writes)."""
     from iwslt_mc.build import spec_for_stages
     from iwslt_mc.planner import predict, qwen2_audio_7b_config
     from iwslt_mc.recipes import RECIPES, load_recipe
 
-    cfg = qwen2_audio_7b_config()
+    if family == "gemma4":
+        from iwslt_mc.families.gemma4 import gemma4_12b_config
+
+        cfg = gemma4_12b_config()
+    else:
+        cfg = qwen2_audio_7b_config()
     out = []
     for name, _, _ in RECIPES:
         recipe = load_recipe(name)
+        if recipe.family != family:
+            continue
         stages = recipe.active_stages(condition)
         trims = any(e.stage == "trim-vocab" for e in stages)
         spec, _ = spec_for_stages([e for e in stages if e.stage != "trim-vocab"], cfg, base="", lang="en-de",
                                   data={}, condition=condition)
         preds = [predict(dataclasses.replace(spec, vocab=v), cfg) for v in VOCABS] if trims else [predict(spec, cfg)]
         out.append({"recipe": name, "trims_vocab": trims,
-                    "bytes": [p.bytes for p in preds], "params": [p.params for p in preds], "bin": [p.bin for p in preds]})
+                    "bytes": [p.bytes for p in preds], "params": [p.params for p in preds], "bin": [p.bin for p in preds],
+                    "torch_save": [p.torch_save.bytes if p.torch_save else None for p in preds]})
     return out
+
+
+def gemma4_rows(preds: list[dict]) -> list[str]:
+    """The Gemma 4 table: the 2027 edition's measure (torch.save bytes, GiB) first, then safetensors bytes."""
+    lines = ["| recipe | torch.save GiB (2027 measure) | torch.save bytes | safetensors bytes | parameters |",
+             "| --- | ---: | ---: | ---: | ---: |"]
+    for p in preds:
+        def fmt(values, f):
+            return f(values[0]) + (f" ({f(values[1])})" if len(values) > 1 else "")
+        lines.append(f"| `{p['recipe']}` | {fmt(p['torch_save'], lambda n: f'{n / 2**30:.3f}')} | "
+                     f"{fmt(p['torch_save'], lambda n: f'{n:,}')} | {fmt(p['bytes'], lambda n: f'{n:,}')} | "
+                     f"{fmt(p['params'], lambda n: f'{n:,}')} |")
+    return lines
 
 
 def rows(preds: list[dict]) -> list[str]:
@@ -52,9 +76,12 @@ def rows(preds: list[dict]) -> list[str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--family", choices=("qwen2_audio", "gemma4"), default="qwen2_audio",
+                    help="which recipes (and reference model): qwen2_audio (default) or gemma4 (the 12B layout)")
     args = ap.parse_args()
-    preds = predictions()
-    print(json.dumps(preds, indent=2) if args.json else "\n".join(rows(preds)))
+    preds = predictions(family=args.family)
+    table = gemma4_rows(preds) if args.family == "gemma4" else rows(preds)
+    print(json.dumps(preds, indent=2) if args.json else "\n".join(table))
 
 
 if __name__ == "__main__":

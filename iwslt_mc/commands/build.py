@@ -81,7 +81,10 @@ def run(args) -> int:
     data = parse_data(args.data)
     out = Path(args.out or f"runs/{recipe.name}-{args.lang}-{args.condition}")
     if args.dry_run:
+        from ..recipes import check_recipe_family
+
         _check_base_config(args.base)
+        check_recipe_family(recipe, args.base)
         b.check_data_refs(recipe, data, args.condition)
         pred = b.predict_recipe(recipe, args.base, condition=args.condition, lang=args.lang, data=data, edition=args.edition,
                                 smoke=args.smoke)

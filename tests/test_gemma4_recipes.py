@@ -1,0 +1,356 @@
+"""Gemma 4 recipes and what they rest on: recipe families (ls, refusal across families), `plan RECIPE` on
+the 12B layout, the planner's title and component names, the organizers' torch.save measure, audio-layer
+removal, and the gemma4_unified kit through plan/size/decode/prune."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import pytest
+
+from iwslt_mc.cli import main
+
+GEMMA_RECIPES = ("gemma4-large", "gemma4-medium", "gemma4-small")
+
+
+@pytest.fixture(scope="module")
+def g12(tmp_path_factory):
+    """A config-only directory of the gemma-4-12B-it layout (tools/gemma4_12b_config.py)."""
+    from iwslt_mc.families.gemma4 import gemma4_12b_config
+
+    d = tmp_path_factory.mktemp("g12") / "gemma-4-12B-it"
+    d.mkdir()
+    (d / "config.json").write_text(gemma4_12b_config().to_json_string(use_diff=False))
+    return d
+
+
+def _real_torch_save_bytes(model_dir) -> int:
+    """Bytes of torch.save(model.state_dict()) of the model loaded as the organizers load it (on the CPU)."""
+    import tempfile
+
+    import torch
+    from transformers import AutoModelForMultimodalLM
+
+    model = AutoModelForMultimodalLM.from_pretrained(str(model_dir), dtype="auto")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "tmpXXXXXXXX.pt")
+        torch.save(model.state_dict(), path)
+        return os.path.getsize(path)
+
+
+# ------------------------------------------------------------------ recipes and families
+
+def test_ls_shows_each_recipes_family(capsys):
+    assert main(["ls", "--json"]) == 0
+    fams = {r["name"]: r["family"] for r in json.loads(capsys.readouterr().out)}
+    assert {n: fams[n] for n in GEMMA_RECIPES} == dict.fromkeys(GEMMA_RECIPES, "gemma4")
+    assert fams["recipe-b"] == fams["quantize-only"] == "qwen2_audio"
+    assert main(["ls"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("gemma4-small "))
+    assert line.split()[1] == "gemma4"
+
+
+def test_recipe_of_another_family_fails_in_one_line_before_any_work(kit, gemma_kit, tmp_path, monkeypatch):
+    from iwslt_mc.build import build
+    from iwslt_mc.errors import UserError
+    from iwslt_mc.recipes import load_recipe
+
+    monkeypatch.setattr("iwslt_mc.modelio.load_model", lambda *a, **k: pytest.fail("weights loaded"))
+    cases = [("gemma4-small", kit / "model", r"^recipe gemma4-small is for Gemma 4 models \(family: gemma4\), but .* is a "
+                                             r"Qwen2-Audio model \(model_type 'qwen2_audio'\); pick a qwen2_audio recipe"),
+             ("recipe-b", gemma_kit[0] / "model", r"^recipe recipe-b is for Qwen2-Audio models \(family: qwen2_audio\), "
+                                                  r"but .* is a Gemma 4 model \(model_type 'gemma4'\)")]
+    for name, base, msg in cases:
+        with pytest.raises(UserError, match=msg) as e:
+            build(load_recipe(name), lang="en-de", base=str(base), data={"acl6060": str(kit / "data")},
+                  condition="constrained", out=tmp_path / name, smoke=True, log=lambda *a: None)
+        assert "\n" not in str(e.value)
+        assert not (tmp_path / name).exists()
+    # the CLI: dry run and plan refuse the same way, exit 2
+    assert main(["build", "gemma4-small", "--lang", "en-de", "--base", str(kit / "model"), "--data", str(kit / "data"),
+                 "--dry-run"]) == 2
+    assert main(["plan", "recipe-b", "--base", str(gemma_kit[0] / "model")]) == 2
+
+
+def test_recipe_family_field_is_validated(tmp_path):
+    from iwslt_mc.errors import UserError
+    from iwslt_mc.recipes import load_recipe
+
+    p = tmp_path / "r.yaml"
+    p.write_text("name: x\nfamily: llama\nstages:\n  - stage: quantize\n")
+    with pytest.raises(UserError, match=r"r.yaml:2: unknown family 'llama' \(known: qwen2_audio, gemma4\)"):
+        load_recipe(str(p))
+    assert load_recipe("gemma4-medium").family == "gemma4" and load_recipe("recipe-b").family == "qwen2_audio"
+
+
+def test_plan_recipes_on_the_12b_layout_exactly(g12, capsys):
+    """`plan RECIPE --base DIR` on the config-only 12B layout: dims as the recipe says, and every parameter of
+    the predicted model equals the parameters of the model transformers builds from the predicted config."""
+    import torch
+
+    from iwslt_mc.families.gemma4_plan import meta_model
+
+    preds = {}
+    for name in GEMMA_RECIPES:
+        assert main(["plan", name, "--base", str(g12), "--json"]) == 0
+        preds[name] = json.loads(capsys.readouterr().out)
+    d = {n: p["dims"] for n, p in preds.items()}
+    assert [d[n]["llm_layers"] for n in GEMMA_RECIPES] == [48, 36, 24]
+    assert all(not d[n]["vision"] and d[n]["vocab"] == 16000 and p["family"] == "gemma4" for n, p in preds.items())
+    assert all(p["components"]["vision_encoder"]["params"] == 0 for p in preds.values())
+    assert preds["gemma4-large"]["bytes"] > preds["gemma4-medium"]["bytes"] > preds["gemma4-small"]["bytes"]
+    # the torch.save measure is predicted too, and a little larger than the safetensors bytes
+    for p in preds.values():
+        assert p["torch_save"]["bytes"] > p["bytes"] and "layout:gemma4_unified/meta-model" in p["torch_save"]["signature"]
+    from iwslt_mc import planner
+
+    spec = planner.Spec(llm_layers=24, vocab=16000, drop_vision=True, precision="bf16")
+    pred = planner.predict(spec, planner.load_base_config(g12), "2027")
+    model = meta_model(pred.config)
+    n = sum(p.numel() for p in model.parameters()) + sum(
+        b.numel() for k, b in model.state_dict().items() if k.endswith("layer_scalar"))
+    assert pred.params == n == preds["gemma4-small"]["params"]
+    assert model.config.text_config.layer_types[-1] == "full_attention" and getattr(model.model, "vision_embedder", None) is None
+    assert pred.bytes == pred.header_bytes + 2 * n
+    del torch
+
+
+def test_plan_title_and_component_names(g12, kit, capsys):
+    from iwslt_mc import planner
+    from iwslt_mc.errors import UserError
+
+    assert main(["plan", "--base", str(g12)]) == 0
+    out = capsys.readouterr().out
+    flat = " ".join(out.split())
+    assert "None" not in out and "48 LLM layers, vision encoder, vocab 262,144, FFN 15360" in flat
+    assert "audio layers" not in out  # gemma4_unified has no audio encoder
+    base = planner.load_base_config(g12)
+    spec = planner.Spec(precision="nf4", component_precision={"vision": "fp32", "ple": "bf16"})
+    assert spec.component_precision == {"vision_encoder": "fp32", "per_layer_embeddings": "bf16"}
+    pred = planner.predict(spec, base, "2027")
+    v = pred.components["vision_encoder"]
+    assert v["bytes"] == 4 * v["params"] == 4 * 49_922_304
+    with pytest.raises(UserError, match="a Qwen2-Audio model has no vision_encoder"):
+        planner.predict(planner.Spec(component_precision={"vision_encoder": "fp32"}))
+    with pytest.raises(UserError, match="a Qwen2-Audio model has no vision encoder to remove"):
+        planner.predict(planner.Spec(drop_vision=True))
+    assert main(["plan", "--base", str(g12), "--precision", "vision=int8", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["spec"]["component_precision"] == {"vision_encoder": "int8"}
+
+
+# ------------------------------------------------------------------ the organizers' torch.save measure
+
+def test_torch_save_measure_exact_for_gemma4(gemma_kit, gemma_unified_kit, tmp_path):
+    """The 2027 measure (track-rules.md: torch.save(model.state_dict()) of the model loaded with
+    AutoModelForMultimodalLM) is computed from metadata for both Gemma 4 layouts, fp32 and bf16, equal to
+    a real torch.save; the planner predicts the same figure."""
+    import torch
+    from transformers import AutoModelForMultimodalLM
+
+    from iwslt_mc import planner, sizer
+
+    bf16 = tmp_path / "bf16"
+    AutoModelForMultimodalLM.from_pretrained(str(gemma_kit[0] / "model")).to(torch.bfloat16).save_pretrained(bf16)
+    for d in (gemma_kit[0] / "model", bf16, gemma_unified_kit / "model"):
+        rep = sizer.measure(d, "2027")
+        assert rep.torch_save is not None, rep.torch_save_note
+        assert rep.torch_save.bytes_cpu == _real_torch_save_bytes(d)
+        # on one GPU every storage's location is a new "cuda:0" string: a few bytes more per storage
+        assert rep.torch_save.bytes > rep.torch_save.bytes_cpu
+        fdt = "fp32" if d != bf16 else "bf16"
+        pred = planner.predict(planner.Spec(precision=fdt), planner.load_base_config(d), "2027")
+        assert pred.torch_save.bytes == rep.torch_save.bytes
+
+
+# ------------------------------------------------------------------ audio-layer removal
+
+def test_prune_audio_layers_gemma4(gemma_kit, gemma_unified_kit, tmp_path, monkeypatch):
+    import torch
+    from transformers import AutoModelForMultimodalLM
+
+    from iwslt_mc import planner, sizer
+    from iwslt_mc.errors import UserError
+    from iwslt_mc.stages import make_stage
+    from iwslt_mc.stages.base import StageContext, run_stage
+
+    model_dir = gemma_kit[0] / "model"
+    ctx = StageContext(device="cpu", log=lambda s: None)
+    out = tmp_path / "a"
+    run_stage(make_stage("prune-layers", {"audio_layers": [0]}), model_dir, out, ctx)
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["audio_config"]["num_hidden_layers"] == 1 and cfg["text_config"]["num_hidden_layers"] == 4
+    old = AutoModelForMultimodalLM.from_pretrained(str(model_dir))
+    new = AutoModelForMultimodalLM.from_pretrained(str(out))  # from_pretrained alone, nothing missing
+    assert len(new.model.audio_tower.layers) == 1
+    o, n = old.model.audio_tower.layers[1].state_dict(), new.model.audio_tower.layers[0].state_dict()
+    assert o.keys() == n.keys() and all(torch.equal(o[k], n[k]) for k in o)
+    rep = sizer.measure(out)
+    assert rep.params == sizer.measure(model_dir).params - sum(t.numel() for t in o.values())  # its buffers too
+    pred = planner.predict(planner.Spec(precision="fp32", audio_layers=1), planner.load_base_config(model_dir), "2025")
+    assert (pred.bytes, pred.params) == (rep.bytes, rep.params)
+    assert rep.torch_save.bytes_cpu == _real_torch_save_bytes(out)
+    prov = json.loads((out / "provenance.json").read_text())["stages"][-1]
+    assert "1 of 2 conformer layers removed" in " ".join(prov["techniques"])
+    # gemma4_unified has no audio encoder: refused from the config, before any weight is read
+    monkeypatch.setattr("iwslt_mc.modelio.load_model", lambda *a, **k: pytest.fail("weights loaded"))
+    with pytest.raises(UserError, match="has no audio-encoder layers to remove \\(model_type 'gemma4_unified'\\)"):
+        run_stage(make_stage("prune-layers", {"strategy": "top", "remove": 0, "audio_remove": 1}),
+                  gemma_unified_kit / "model", tmp_path / "u", ctx)
+    assert not (tmp_path / "u").exists()
+
+
+# ------------------------------------------------------------------ recipes built on the kits
+
+@pytest.mark.parametrize("name,which", [("gemma4-medium", "gemma4"), ("gemma4-small", "unified")])
+def test_smoke_build_planner_equals_real_bytes(gemma_kit, gemma_unified_kit, tmp_path, name, which):
+    """The whole recipe (drop-vision, prune, trim-vocab, NF4 + double quantization) with --smoke on a kit:
+    the planner's tensors are the built model's; only the digits of each 4-bit quant_state JSON (the nested
+    offset) differ, as for Qwen2-Audio. The torch.save measure equals a real torch.save of the NF4 model."""
+    from transformers import AutoModelForMultimodalLM
+
+    from iwslt_mc import planner, sizer
+    from iwslt_mc.build import build, scaled_stages, spec_for_stages
+    from iwslt_mc.recipes import load_recipe
+
+    kit = gemma_kit[0] if which == "gemma4" else gemma_unified_kit
+    res = build(load_recipe(name), lang="en-de", base=str(kit / "model"), data={"acl6060": str(kit / "data")},
+                condition="constrained", out=tmp_path / "b", smoke=True, log=lambda *a: None)
+    assert [s["stage"] for s in res.stages] == ["drop-vision", "prune-layers", "trim-vocab", "quantize"]
+    cfg = json.loads((res.model_dir / "config.json").read_text())
+    t = cfg["text_config"]
+    assert cfg["vision_config"] is None and t["layer_types"][-1] == "full_attention"
+    # smoke: 12 of 48 layers -> 1 of 4 (the valid block nearest the middle: layer 2); 24 of 48 -> 2 of 4 ([2, 3])
+    assert t["num_hidden_layers"] == {"gemma4-medium": 3, "gemma4-small": 2}[name]
+    assert t["vocab_size"] < 1856 and cfg["quantization_config"]["bnb_4bit_use_double_quant"]
+    rep = sizer.measure(res.model_dir, "2027")
+    base = planner.load_base_config(kit / "model")
+    stages = scaled_stages(load_recipe(name), str(kit / "model"), smoke=True)
+    spec, _ = spec_for_stages(stages, base, base=str(kit / "model"), lang="en-de",
+                              data={"acl6060": str(kit / "data")}, condition="constrained")
+    pred = planner.predict(spec, base, "2027")
+    assert pred.bytes == res.prediction["bytes"] and pred.params == res.size["params"] == rep.params
+    real = {t.name: (t.dtype, list(t.shape)) for t in sizer._tensors_of(res.model_dir / "model.safetensors",
+                                                                          "model.safetensors")[0]}
+    planned = {e[0]: (e[1], list(e[2])) for e in pred.entries}
+    assert real.keys() == planned.keys()
+    assert {k: v for k, v in real.items() if ".quant_state." not in k} == {
+        k: v for k, v in planned.items() if ".quant_state." not in k}
+    assert 0 <= res.size["bytes"] - pred.bytes < 100
+    assert rep.torch_save.bytes_cpu == _real_torch_save_bytes(res.model_dir)
+    assert AutoModelForMultimodalLM.from_pretrained(str(res.model_dir)).config.text_config.vocab_size == t["vocab_size"]
+
+
+# ------------------------------------------------------------------ the gemma4_unified kit
+
+def test_unified_kit_layout_and_plan(gemma_unified_kit):
+    from iwslt_mc import planner, sizer
+    from iwslt_mc.families import family_for
+
+    model_dir = gemma_unified_kit / "model"
+    cfg = json.loads((model_dir / "config.json").read_text())
+    assert cfg["model_type"] == "gemma4_unified" and family_for(model_dir).name == "gemma4"
+    assert cfg["architectures"] == ["Gemma4UnifiedForConditionalGeneration"]
+    assert cfg["audio_config"] == {**cfg["audio_config"], "audio_embed_dim": 640}
+    assert json.loads((gemma_unified_kit / "kit.json").read_text())["model_type"] == "gemma4_unified"
+    assert json.loads((model_dir / "processor_config.json").read_text())["processor_class"] == "Gemma4UnifiedProcessor"
+    rep = sizer.measure(model_dir)
+    c = rep.components
+    assert c["audio_encoder"]["params"] == c["per_layer_embeddings"]["params"] == 0
+    assert c["projector"]["params"] == 640 * 64  # embed_audio: a weightless RMSNorm over the 640-sample frame, then Linear
+    pred = planner.predict(planner.Spec(precision="fp32"), planner.load_base_config(model_dir), "2025")
+    assert (pred.bytes, pred.params) == (rep.bytes, rep.params)
+    assert pred.components == {k: v for k, v in rep.components.items() if v["bytes"] or k not in ("other", "lm_head")}
+
+
+def test_unified_kit_decode_equals_generate(gemma_unified_kit):
+    """Reference mode on the unified kit: the organizers' steps (chat template with enable_thinking=False, one
+    user turn text then audio, greedy) with transformers' generate give the same tokens."""
+    import librosa
+    import torch
+    from transformers import AutoModelForMultimodalLM
+
+    from iwslt_mc import modelio
+    from iwslt_mc.audio import load_audio
+    from iwslt_mc.decoding import reference_one
+    from iwslt_mc.families import family_named
+    from iwslt_mc.families.gemma4 import organizers_prompt
+
+    model_dir = gemma_unified_kit / "model"
+    wav = gemma_unified_kit / "data" / "testsets" / "KITCLIPS" / "clip-a.wav"
+    ours = reference_one(modelio.load_model(model_dir, device="cpu"), modelio.load_processor(model_dir),
+                         load_audio(str(wav)), "en-de", max_new_tokens=8).tokens
+    processor = family_named("gemma4").load_processor(model_dir)
+    assert type(processor).__name__ == "Gemma4UnifiedProcessor"
+    model = AutoModelForMultimodalLM.from_pretrained(str(model_dir), dtype="auto").eval()
+    audio, _ = librosa.load(str(wav), sr=16000, mono=True)
+    messages = [{"role": "user", "content": [{"type": "text", "text": organizers_prompt("en-de")},
+                                             {"type": "audio", "audio": audio}]}]
+    inputs = processor.apply_chat_template(messages, add_generation_prompt=True, enable_thinking=False, tokenize=True,
+                                           return_dict=True, return_tensors="pt")
+    # one soft token per 40 ms frame (no encoder downsampling)
+    assert inputs["input_ids"][0].tolist().count(processor.tokenizer.audio_token_id) == -(-len(audio) // 640)
+    with torch.inference_mode():
+        out = model.generate(**inputs, max_new_tokens=8, do_sample=False)
+    assert len(ours) == 8 and out[0][inputs["input_ids"].shape[-1]:].tolist() == ours
+
+
+def test_unified_kit_prune_and_drop_vision(gemma_unified_kit, tmp_path):
+    from transformers import AutoModelForMultimodalLM
+
+    from iwslt_mc import planner, sizer
+    from iwslt_mc.errors import UserError
+    from iwslt_mc.stages import make_stage
+    from iwslt_mc.stages.base import StageContext, run_stage
+
+    model_dir = gemma_unified_kit / "model"
+    ctx = StageContext(device="cpu", log=lambda s: None)
+    with pytest.raises(UserError, match="cannot remove layer 1: kept layer 3 reads its keys/values from it"):
+        run_stage(make_stage("prune-layers", {"llm_layers": [1]}), model_dir, tmp_path / "bad", ctx)
+    out = tmp_path / "p"
+    run_stage(make_stage("prune-layers", {"llm_layers": [2]}), model_dir, out, ctx)
+    new = AutoModelForMultimodalLM.from_pretrained(str(out))
+    t = new.config.text_config
+    assert (t.num_hidden_layers, t.num_kv_shared_layers) == (3, 1)
+    rep = sizer.measure(out)
+    pred = planner.predict(planner.Spec(precision="fp32", llm_layers=3), planner.load_base_config(model_dir), "2025")
+    assert (pred.bytes, pred.params) == (rep.bytes, rep.params)
+    nv = tmp_path / "nv"
+    run_stage(make_stage("drop-vision"), out, nv, ctx)
+    rep2 = sizer.measure(nv)
+    assert rep.params - rep2.params == rep.components["vision_encoder"]["params"] > 0
+    pred = planner.predict(planner.Spec(precision="fp32", llm_layers=3, drop_vision=True),
+                           planner.load_base_config(model_dir), "2025")
+    assert (pred.bytes, pred.params) == (rep2.bytes, rep2.params)
+    assert getattr(AutoModelForMultimodalLM.from_pretrained(str(nv)).model, "vision_embedder", None) is None
+
+
+def test_planner_follows_the_layers_a_recipe_names(gemma_kit, g12, tmp_path):
+    """Gemma 4's sliding and global layers differ in size: a recipe that names its layers is planned with
+    those layers (not the middle block), and two prune stages chain on the current model's indices."""
+    from iwslt_mc import planner, sizer
+    from iwslt_mc.build import build, predict_recipe
+    from iwslt_mc.recipes import load_recipe
+
+    p = tmp_path / "r.yaml"
+    p.write_text("name: r\nfamily: gemma4\nstages:\n  - {id: a, stage: prune-layers, options: {llm_layers: [5]}}\n")
+    pred = predict_recipe(load_recipe(str(p)), str(g12), condition="constrained", lang="en-de", data={}, edition="2027")
+    assert pred["dims"]["llm_kept"] == [i for i in range(48) if i != 5]
+    base = planner.load_base_config(g12)
+    named = planner.predict(planner.Spec(llm_layers=47, llm_kept=pred["dims"]["llm_kept"]), base, "2027")
+    sliding = planner.predict(planner.Spec(llm_layers=47, llm_kept=[i for i in range(48) if i != 4]), base, "2027")
+    assert named.bytes == pred["bytes"] and named.config.text_config.layer_types.count("full_attention") == 7
+    assert sliding.config.text_config.layer_types.count("full_attention") == 8
+    # layer 5 is global: head width 512 instead of 256 in q/k/v/o (16 + 8 + 8 + 16 heads) and q/k norms
+    assert sliding.params - named.params == (16 + 8 + 8 + 16) * 256 * 3840 + 2 * 256
+    kit = gemma_kit[0]
+    p.write_text("name: r\nfamily: gemma4\nstages:\n"
+                 "  - {id: a, stage: prune-layers, options: {llm_layers: [2]}}\n"
+                 "  - {id: b, stage: prune-layers, options: {llm_layers: [2]}}\n")  # the old layer 3 next
+    recipe = load_recipe(str(p))
+    pred = predict_recipe(recipe, str(kit / "model"), condition="constrained", lang="en-de", data={}, edition="2025")
+    assert pred["dims"]["llm_kept"] == [0, 1]
+    res = build(recipe, lang="en-de", base=str(kit / "model"), data={}, condition="constrained", out=tmp_path / "b",
+                log=lambda *a: None)
+    assert res.size["bytes"] == pred["bytes"] == sizer.measure(res.model_dir).bytes
