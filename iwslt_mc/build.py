@@ -475,10 +475,11 @@ def scaled_stages(recipe: Recipe, base: str, *, smoke: bool) -> list[StageEntry]
 
 
 def fit_ct_group_sizes(stages: list[StageEntry], cfg) -> list[StageEntry]:
-    """A ``ct`` quantize stage's group size made the largest divisor of every input width of the model it
-    quantizes (``stages`` applied to a model with config ``cfg``) that is at most the recipe's: for
-    ``--smoke`` on a smaller base (groups of 64 cannot divide the kit's scaled widths, e.g. 20 or 55) and
-    for the frontier's width variants. Widths the recipe's group size divides are left alone."""
+    """A ``ct`` quantize stage's group size, where it does not divide every input width of the model it
+    quantizes (``stages`` applied to a model with config ``cfg``), made the largest power of two that does
+    and is at most the recipe's: for ``--smoke`` on a smaller base (groups of 64 cannot divide the kit's
+    scaled widths, e.g. 20 or 55) and for the frontier's width variants (audio 960 wide at 3/4 width).
+    Where the recipe's group size divides every width it is left alone."""
     import dataclasses
     import math
 
@@ -491,8 +492,8 @@ def fit_ct_group_sizes(stages: list[StageEntry], cfg) -> list[StageEntry]:
             spec, _ = spec_for_stages(before, cfg, base="", lang="", data={}, condition="")
             widths = {ent[2][1] for ent in predict(spec, cfg).entries if len(ent[2]) == 2}
             g, common = int(e.options.get("group_size", 128)), math.gcd(*widths)
-            fitted = max(d for d in range(1, g + 1) if common % d == 0)
-            if fitted != g:
+            if common % g:  # powers of two: the group sizes vLLM's kernels take (32, 64, 128)
+                fitted = max(2 ** k for k in range(g.bit_length()) if 2 ** k <= g and common % 2 ** k == 0)
                 e = dataclasses.replace(e, options={**e.options, "group_size": fitted})
         out.append(e)
     return out

@@ -81,6 +81,18 @@ def test_full_size_dry_run_predicts_the_bin(full_base, kit, name, bin_, capsys):
     assert d["vocab"] < 2000  # the kit's tokenizer and data: the catalogue covers 16k and 32k
 
 
+def test_frontier_of_the_ct_template_fits_its_group_size(full_base):
+    # recipe-bin4 quantizes with ct in groups of 128; the frontier's narrower variants get the largest
+    # power of two that divides their widths (3/8: audio 448 -> 64; 3/4: audio 960, FFN 8256 -> 64)
+    from iwslt_mc import frontier
+
+    fam = frontier.plan_family("recipe-bin4", str(full_base), depths=(0.5,), widths=(0.75, 0.5, 0.375))
+    groups = {v.width: [e.options["group_size"] for e in v.recipe.stages if e.stage == "quantize"] for v in fam}
+    assert groups == {0.75: [64], 0.5: [128], 0.375: [64]}
+    for v in fam:
+        assert v.prediction["bin"] is not None and v.prediction["bytes"] > 0
+
+
 def _catalogue_module():
     spec = importlib.util.spec_from_file_location("recipe_catalogue", ROOT / "tools" / "recipe_catalogue.py")
     mod = importlib.util.module_from_spec(spec)
