@@ -296,7 +296,10 @@ def main(argv=None) -> int:
             print(f"   chrF++ {r['chrf']:.2f}  KL {r['kl']:.4f}  bytes {r['bytes']:,}  7B {r['bytes_7b']:,}", flush=True)
     meta = {"corpus": str(args.corpus), "examples": len(examples), "date": time.strftime("%Y-%m-%d"),
             "threads": torch.get_num_threads(), "order": order, "models_text": args.models_text,
-            "command": "python tools/bench_quant_small.py " + " ".join(sys.argv[1:] if argv is None else argv)}
+            "command": "python tools/bench_quant_small.py " + " ".join(
+                [f"--corpus {args.corpus}"] + ([f"--test-limit {args.test_limit}"] if args.test_limit else [])
+                + [f"--model {m}" for m in args.model] + ["--out OUT"]
+                + ([f"--report {args.report}"] if args.report else []) + ['--models-text "..."'])}
     atomic_write_json(args.out / "results.json", {"meta": meta, "results": results})
     report = args.report or args.out / "quantization-small.md"
     atomic_write_text(report, markdown(results, meta))
