@@ -446,7 +446,8 @@ def _trimmed_vocab(entry: StageEntry, base: str, lang: str, data: dict, conditio
 # Architecture-dependent options, scaled under --smoke from the 7B reference to a smaller base.
 def scaled_stages(recipe: Recipe, base: str, *, smoke: bool) -> list[StageEntry]:
     """The recipe's stages; under ``--smoke`` on a base smaller than Qwen2-Audio-7B, layer counts and
-    widths are scaled by the base's ratio (e.g. remove 8 of 32 LLM layers -> 1 of 4 on the kit)."""
+    widths are scaled by the base's ratio (e.g. remove 8 of 32 LLM layers -> 1 of 4 on the kit), and a
+    ``ct`` quantization's group size fitted to the scaled widths (:func:`fit_ct_group_sizes`)."""
     import dataclasses
 
     from .families import family_of_config
@@ -496,4 +497,29 @@ def scaled_stages(recipe: Recipe, base: str, *, smoke: bool) -> list[StageEntry]
         out.append(dataclasses.replace(e, options=o))
     from .planner import scale_distillation_stages  # replace-layers blocks the small base has room for
 
-    return scale_distillation_stages(out, bd)
+    return fit_ct_group_sizes(scale_distillation_stages(out, bd), load_base_config(base))
+
+
+def fit_ct_group_sizes(stages: list[StageEntry], cfg) -> list[StageEntry]:
+    """A ``ct`` quantize stage's group size, where it does not divide every input width of the model it
+    quantizes (``stages`` applied to a model with config ``cfg``), made the largest power of two that does
+    and is at most the recipe's: for ``--smoke`` on a smaller base (groups of 64 cannot divide the kit's
+    scaled widths, e.g. 20 or 55) and for the frontier's width variants (audio 960 wide at 3/4 width).
+    Where the recipe's group size divides every width it is left alone."""
+    import dataclasses
+    import math
+
+    from .planner import predict
+
+    out = []
+    for i, e in enumerate(stages):
+        if e.stage == "quantize" and e.options.get("method") == "ct":
+            before = [x for x in stages[:i] if x.stage != "trim-vocab"]  # the vocabulary is no input width
+            spec, _ = spec_for_stages(before, cfg, base="", lang="", data={}, condition="")
+            widths = {ent[2][1] for ent in predict(spec, cfg).entries if len(ent[2]) == 2}
+            g, common = int(e.options.get("group_size", 128)), math.gcd(*widths)
+            if common % g:  # powers of two: the group sizes vLLM's kernels take (32, 64, 128)
+                fitted = max(2 ** k for k in range(g.bit_length()) if 2 ** k <= g and common % 2 ** k == 0)
+                e = dataclasses.replace(e, options={**e.options, "group_size": fitted})
+        out.append(e)
+    return out

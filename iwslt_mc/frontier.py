@@ -93,6 +93,9 @@ def make_variant(recipe, base_cfg, depth: float, width: float, *, base: str):
             if dims.get("audio_ffn_dim"):
                 o["audio_width"] = max(1, round(dims["audio_ffn_dim"] * width))
         out.append(dataclasses.replace(e, options=o))
+    from .build import fit_ct_group_sizes  # a ct group size must divide the variant's narrower widths
+
+    out = fit_ct_group_sizes(out, base_cfg)
     kind = "base" if depth == 1 and width == 1 else "depth" if width == 1 else "width" if depth == 1 else "both"
     name = variant_name(recipe.name, depth, width)
     return dataclasses.replace(recipe, name=name, stages=out), kind

@@ -43,8 +43,8 @@ RECIPES: list[tuple[str, str, str]] = [
     ("recipe-c-kd", "recipe-c-kd.yaml", "recipe-c with word-level + hidden-state distillation from the fine-tuned teacher: Bin3"),
     ("recipe-c-2step", "recipe-c-2step.yaml", "two-step KD: same-width 16-layer student, then recipe-c's cuts and KD again: Bin3"),
     ("recipe-d-replace", "recipe-d-replace.yaml", "deeper cut to 6 LLM layers: pruning + KD, 3 module replacements, cuts, KD: Bin3"),
-    ("recipe-bin4", "recipe-bin4.yaml", "depth + width: LLM 10 layers, audio 8, half the residual and FFN widths (prune-hidden), trimmed vocabulary, distillation, 4-bit: Bin4"),
-    ("recipe-bin5", "recipe-bin5.yaml", "depth + width: LLM 12 layers, audio 8, a quarter of the residual and FFN widths, trimmed vocabulary, distillation, 4-bit: Bin5"),
+    ("recipe-bin4", "recipe-bin4.yaml", "depth + width: LLM 14 layers, audio 8, half the residual and FFN widths (prune-hidden), trimmed vocabulary, distillation, 4-bit incl. embeddings (ct): Bin4"),
+    ("recipe-bin5", "recipe-bin5.yaml", "depth + width: LLM 12 layers, audio 8, 5/16 of the residual and FFN widths, trimmed vocabulary, distillation, 4-bit incl. embeddings (ct): Bin5"),
     ("quantize-only", "quantize-only.yaml", "zero-shot baselines: NF4 (double quantization) of every linear layer, no training"),
     ("quantize-only-int8", "quantize-only-int8.yaml", "zero-shot baseline: int8 (LLM.int8) of every linear layer, no training"),
     # Gemma 4 (family: gemma4 in the file), largest first

@@ -35,12 +35,20 @@ def test_smoke_build_on_the_kit_reloads(kit, tmp_path, name, _bin):
     assert ids == ["ft-full", "distill", "prune-llm", "prune-audio", "ft-depth", "prune-width", "prune-ffn",
                    "trim-vocab", "ft-pruned", "quantize"]
     cfg = json.loads((res.model_dir / "config.json").read_text())
-    ratio = {"recipe-bin4": 0.5, "recipe-bin5": 0.25}[name]
+    ratio = {"recipe-bin4": 0.5, "recipe-bin5": 0.3125}[name]
     assert cfg["text_config"]["hidden_size"] == round(64 * ratio)
     assert cfg["audio_config"]["d_model"] == int(64 * ratio) // 16 * 16
     assert cfg["text_config"]["num_hidden_layers"] == 2 and cfg["audio_config"]["encoder_layers"] == 1
-    # the 4-bit header's nested offset is the only byte the planner cannot know exactly
-    assert abs(res.size["bytes"] - res.prediction["bytes"]) < 100
+    # compressed-tensors 4-bit of every linear layer, lm_head and the embeddings, in groups that divide the
+    # kit's scaled widths (bin4: 32, 64 and 32 -> 32; bin5: 20, 32, 16, 55 and 40 -> 1)
+    q = cfg["quantization_config"]
+    assert q["quant_method"] == "compressed-tensors"
+    groups = q["config_groups"].values()
+    assert {(g["weights"]["num_bits"], g["weights"]["group_size"]) for g in groups} == {
+        (4, {"recipe-bin4": 32, "recipe-bin5": 1}[name])}
+    targets = [t for g in groups for t in g["targets"]]
+    assert "Linear" in targets and any("embed_tokens" in t for t in targets) and q["ignore"] == []  # lm_head too
+    assert res.size["bytes"] == res.prediction["bytes"]  # the planner is exact for ct
     model = modelio.load_model(res.model_dir, device="cpu")
     assert model.num_parameters() == sizer.measure(res.model_dir).params == res.size["params"]
     prov = json.loads((res.model_dir / "provenance.json").read_text())
@@ -67,10 +75,22 @@ def test_full_size_dry_run_predicts_the_bin(full_base, kit, name, bin_, capsys):
     pred = json.loads(capsys.readouterr().out)["prediction"]
     assert pred["bin"] == bin_
     d = pred["dims"]
-    want = {"recipe-bin4": (10, 8, 2048, 16, 640, 5504, 2560), "recipe-bin5": (12, 8, 1024, 8, 320, 2752, 1280)}[name]
+    want = {"recipe-bin4": (14, 8, 2048, 16, 640, 5504, 2560), "recipe-bin5": (12, 8, 1280, 10, 384, 3456, 1600)}[name]
     assert (d["llm_layers"], d["audio_layers"], d["hidden"], d["heads"], d["audio_hidden"], d["ffn_dim"],
             d["audio_ffn_dim"]) == want
     assert d["vocab"] < 2000  # the kit's tokenizer and data: the catalogue covers 16k and 32k
+
+
+def test_frontier_of_the_ct_template_fits_its_group_size(full_base):
+    # recipe-bin4 quantizes with ct in groups of 128; the frontier's narrower variants get the largest
+    # power of two that divides their widths (3/8: audio 448 -> 64; 3/4: audio 960, FFN 8256 -> 64)
+    from iwslt_mc import frontier
+
+    fam = frontier.plan_family("recipe-bin4", str(full_base), depths=(0.5,), widths=(0.75, 0.5, 0.375))
+    groups = {v.width: [e.options["group_size"] for e in v.recipe.stages if e.stage == "quantize"] for v in fam}
+    assert groups == {0.75: [64], 0.5: [128], 0.375: [64]}
+    for v in fam:
+        assert v.prediction["bin"] is not None and v.prediction["bytes"] > 0
 
 
 def _catalogue_module():
