@@ -181,6 +181,11 @@ def test_decode_runs_a_ct_model_on_cpu(kit, ct3_dir, tmp_path):
     (["method=ct", "skip=[audio_towr]"], "matches no module"),
     (["method=ct", "scales=absmax"], "must be one of"),
     (["scales=mse"], "option scales is for method ct only"),
+    (["symmetric=true"], "option symmetric is for method ct only"),
+    (["method=gptq"], "must be one of"),
+    (["method=ct", "skip=[re:(]"], "invalid regex"),
+    (["method=ct", "skip=[lm_head,'']"], "empty name in skip"),
+    (["method=ct", "bits=4", "group_size=16", "skip=[re:.*audio_tower.layers.0.fc2]"], None),  # valid: fails later only
 ])
 def test_bad_ct_options_fail_with_one_line_before_loading(kit, tmp_path, monkeypatch, capsys, sets, msg):
     from iwslt_mc import cli
@@ -189,6 +194,10 @@ def test_bad_ct_options_fail_with_one_line_before_loading(kit, tmp_path, monkeyp
     argv = ["stage", "quantize", "--in", str(kit / "model"), "--out", str(tmp_path / "o")]
     for s in sets:
         argv += ["--set", s]
+    if msg is None:  # the control: good options pass every check and get as far as loading the model
+        with pytest.raises(AssertionError, match="loaded"):
+            cli.main(argv)
+        return
     assert cli.main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and msg in err
