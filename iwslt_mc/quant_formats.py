@@ -278,17 +278,18 @@ def ct_quantize(in_dir, o, *, device: str = "cpu", log=print):
 
 
 def _quiet_tqdm(fn, *args):
-    import os
+    """Call ``fn`` without compressed-tensors' "Compressing model" progress bar (tqdm reads TQDM_DISABLE when
+    it is imported, so the bar is switched off where the compressor looks tqdm up)."""
+    import functools
 
-    old = os.environ.get("TQDM_DISABLE")
-    os.environ["TQDM_DISABLE"] = "1"
+    from compressed_tensors.compressors.model_compressors import model_compressor as mc
+
+    old = mc.tqdm
+    mc.tqdm = functools.partial(old, disable=True)
     try:
         return fn(*args)
     finally:
-        if old is None:
-            os.environ.pop("TQDM_DISABLE", None)
-        else:
-            os.environ["TQDM_DISABLE"] = old
+        mc.tqdm = old
 
 
 def ct_save(model, processor, out_dir) -> Path:
