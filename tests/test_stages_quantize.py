@@ -278,7 +278,8 @@ def test_cli_quantize_and_decode_print_only_our_lines(kit, tmp_path, few_wavs, m
     runs = [["decode", str(q), "--lang", "en-de", "--audio", str(few_wavs[0]), "--out", str(tmp_path / "hyp.de"),
              "--max-new-tokens", "4", "--no-progress"]]
     if method in ("nf4", "ct"):  # the stage's own load and save too
-        sets = ["method=ct", "group_size=16", "quantize_embeddings=true"] if method == "ct"  # lm_head skipped else [f"method={method}"]
+        # ct: lm_head skipped (the default), the embeddings quantized
+        sets = ["method=ct", "group_size=16", "quantize_embeddings=true"] if method == "ct" else [f"method={method}"]
         runs.insert(0, ["stage", "quantize", "--in", str(kit / "model"), "--out", str(q)] + [x for v in sets for x in ("--set", v)])
     else:
         run_stage(make_stage("quantize", {"method": method}), kit / "model", q, StageContext(**QUIET))
