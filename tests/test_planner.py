@@ -193,6 +193,43 @@ def test_target_searches_the_ct_formats_with_and_without_embeddings():
         planner.specs_for_bin("Bin4", base, precision="nf4-dq", quantize_embeddings="all")
 
 
+@pytest.mark.parametrize("recipe_quantize", [
+    {"method": "nf4", "double_quant": True, "skip": []},
+    {"method": "ct", "bits": 3, "group_size": 64, "symmetric": True, "scales": "minmax", "quantize_embeddings": True,
+     "skip": []},
+])
+def test_recipe_overrides_turn_either_quantize_method_into_the_other(recipe_quantize):
+    """--set overrides from a bitsandbytes recipe stage to ct and from a ct one back to NF4/int8: every item is
+    valid when applied (apply_overrides checks each), and the result is the wanted stage."""
+    import dataclasses
+
+    from iwslt_mc.recipes import apply_overrides, load_recipe
+
+    base = load_recipe("quantize-only")
+    recipe = dataclasses.replace(base, stages=[dataclasses.replace(e, options=dict(recipe_quantize))
+                                               if e.stage == "quantize" else e for e in base.stages])
+    wants = [{"method": "ct", "bits": 2, "group_size": 128, "symmetric": False, "quantize_embeddings": False,
+              "skip": ["lm_head"]},
+             {"method": "ct", "bits": 4, "group_size": 32, "symmetric": True, "quantize_embeddings": True, "skip": []},
+             {"method": "nf4", "double_quant": False, "skip": ["lm_head"]},
+             {"method": "int8", "skip": []}]
+    for want in wants:
+        sets = planner._overrides_for(recipe, {"quantize": want})
+        (q,) = [e for e in apply_overrides(recipe, sets).stages if e.stage == "quantize"]
+        o = make_stage_options(q.options)
+        got = {k: getattr(o, k) for k in want}
+        assert got == want, (sets, got)
+        if want["method"] != "ct":
+            assert (o.bits in (None, 4, 8), o.group_size, o.symmetric, o.quantize_embeddings, o.scales) == (
+                True, 128, False, False, "auto"), sets
+
+
+def make_stage_options(options: dict):
+    from iwslt_mc.stages.quantize import QuantizeOptions
+
+    return QuantizeOptions.from_dict(options, stage="quantize")
+
+
 def test_target_ct_suggestion_built_on_the_kit(kit, tmp_path):
     """A --target ct suggestion with quantized embeddings (groups of 16: 128 does not divide the kit's widths,
     which --target says) built by its own stages on the kit: the bytes are the prediction's, exactly."""
