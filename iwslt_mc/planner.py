@@ -44,6 +44,8 @@ from .layout import COMPONENTS, audio_layer_index, component_for_key, llm_layer_
 from .track import get_edition, size_bin
 
 FLOAT_PRECISIONS = ("bf16", "fp16", "fp32")
+# compressed-tensors precisions `plan --target` searches (groups of 128, asymmetric: quantize method ct's defaults)
+TARGET_CT_PRECISIONS = ("ct4", "ct3", "ct2")
 QUANT_PRECISIONS = ("int8", "nf4", "nf4-dq", "fp4", "fp4-dq")
 PRECISIONS = FLOAT_PRECISIONS + QUANT_PRECISIONS
 # Less to more aggressive; used to order --target tables.
@@ -673,12 +675,15 @@ def specs_for_bin(target: str, base_config=None, edition: str = "2025", *, llm_l
     """Specs whose predicted size lands in bin ``target``, least to most aggressive.
 
     Only specs the stages can build are returned (see :func:`build_plan`; each row's ``plan``).
-    Arguments left ``None`` are varied over a small grid (precision: the base's float/int8/nf4-dq, lm_head
-    quantized or not (``quantize_embeddings``: lm_head only, as bitsandbytes leaves the token embedding
-    in float), vocabulary full/64k/32k/16k, audio layers 100/75/50/25/12.5%); for each
-    combination the most LLM layers that fit are kept (all of them when ``llm_layers`` is given, which
-    then must fit). Aggressiveness: fractions of LLM and audio layers removed, plus a quarter of the
-    fraction of vocabulary removed, plus the precision's step away from 16 bits.
+    Arguments left ``None`` are varied over a small grid (precision: the base's float, int8, nf4-dq and
+    compressed-tensors ct4/ct3/ct2 (``TARGET_CT_PRECISIONS``); bitsandbytes with lm_head quantized or not,
+    ct with the token embeddings and lm_head quantized or not; vocabulary full/64k/32k/16k, audio layers
+    100/75/50/25/12.5%); for each combination the most LLM layers that fit are kept (all of them when
+    ``llm_layers`` is given, which then must fit). ``quantize_embeddings``: False (neither), True or
+    ``"lm_head"`` (lm_head only), ``"all"`` (embed_tokens and lm_head: ct precisions only). Aggressiveness:
+    fractions of LLM and audio layers removed, plus a quarter of the fraction of vocabulary removed, plus
+    the precision's step away from 16 bits; at equal aggressiveness a bitsandbytes spec comes before a ct
+    one (the shipped recipes use it, and it stays 4-bit in memory where ct unpacks to floats at load).
     """
     ed = get_edition(edition)
     names = {b.name: b for b in ed.bins}
@@ -695,7 +700,17 @@ def specs_for_bin(target: str, base_config=None, edition: str = "2025", *, llm_l
     if family_of_config(base_config).name != "qwen2_audio":
         raise UserError(f"--target searches Qwen2-Audio bases only for now; plan a {family_of_config(base_config).label} spec by hand")
     base = base_dims(base_config)
-    precisions = [precision] if precision else [_config_float(base_config), "int8", "nf4-dq"]
+    if quantize_embeddings is True:
+        quantize_embeddings = "lm_head"
+    if quantize_embeddings not in (None, False, "lm_head", "all"):
+        raise UserError(f"quantize_embeddings {quantize_embeddings!r}: False, 'lm_head' or 'all'")
+    if quantize_embeddings == "all" and precision and parse_ct_precision(precision) is None:
+        raise UserError(f"quantized token embeddings need a ct precision (compressed-tensors); {precision} "
+                        "(bitsandbytes) leaves nn.Embedding in float: quantize lm_head only")
+    precisions = ([precision] if precision else
+                  [_config_float(base_config), "int8", "nf4-dq", *TARGET_CT_PRECISIONS])
+    if quantize_embeddings == "all":
+        precisions = [p for p in precisions if parse_ct_precision(p) is not None]
     vocabs = [vocab] if vocab else _grid(base["vocab"], (65536, 32768, 16384))
     na = base["audio_layers"]
     audios = [audio_layers] if audio_layers else (sorted({max(1, na * k // 8) for k in (8, 6, 4, 2, 1)}, reverse=True) if na else [None])
@@ -706,14 +721,19 @@ def specs_for_bin(target: str, base_config=None, edition: str = "2025", *, llm_l
     if ffn_dim is None and audio_ffn_dim is None and base.get("audio_ffn_dim"):
         widths += [(base["ffn_dim"] // k, base["audio_ffn_dim"] // k) for k in (2, 4)]
     found: dict[tuple, Prediction] = {}
+    skipped: dict[str, str] = {}
     for ffn, affn in widths:
         if len(found) >= limit:
             break
         _search(found, b, base_config, edition, precisions, vocabs, audios, quantize_embeddings, ffn, affn,
-                 component_precision, bottom, top)
+                component_precision, bottom, top, skipped)
+    if precision and not found and precision in skipped:
+        raise UserError(f"--target {target} with precision {precision}: {skipped[precision]}")
     if len(found) < limit or (b.high is not None and b.high <= HIDDEN_SEARCH_BELOW):
-        found.update(_search_hidden(b, base_config, edition, vocab=vocab, audio_layers=audio_layers, limit=limit))
-    ranked = sorted(found.values(), key=lambda p: (aggressiveness(p, base), -p.bytes))
+        found.update(_search_hidden(b, base_config, edition, vocab=vocab, audio_layers=audio_layers, limit=limit,
+                                    precision=precision, embeddings=quantize_embeddings == "all"))
+    ranked = sorted(found.values(), key=lambda p: (aggressiveness(p, base), parse_ct_precision(p.spec.precision) is not None,
+                                                   -p.bytes))
     seen, out = set(), []
     for p in ranked:
         dims = tuple(p.dims.get(k) for k in ("llm_layers", "audio_layers", "vocab", "ffn_dim", "audio_ffn_dim", "hidden", "audio_hidden"))
@@ -727,24 +747,32 @@ def specs_for_bin(target: str, base_config=None, edition: str = "2025", *, llm_l
 
 
 def _search(found, b, base_config, edition, precisions, vocabs, audios, quantize_embeddings, ffn_dim, audio_ffn_dim,
-            component_precision, bottom, top):
+            component_precision, bottom, top, skipped: dict):
+    """Add the specs of the grid that land in bin ``b`` to ``found``; ``skipped``: precision -> why none could be built."""
     fdt = _config_float(base_config)
     for prec in precisions:
-        embs = [quantize_embeddings] if quantize_embeddings is not None else ([False, True] if is_quant_precision(prec) else [False])
+        if quantize_embeddings is not None:
+            embs = [quantize_embeddings]
+        elif not is_quant_precision(prec):
+            embs = [False]
+        else:  # bitsandbytes quantizes Linear layers only (lm_head); compressed-tensors the embeddings too
+            embs = [False, "all"] if parse_ct_precision(prec) is not None else [False, "lm_head"]
         for emb in embs:
             for v in vocabs:
                 for al in audios:
                     def make(n, prec=prec, emb=emb, v=v, al=al):
-                        # emb: lm_head quantized too; embed_tokens stays float (bitsandbytes quantizes Linear only)
+                        # emb "lm_head": lm_head quantized too, embed_tokens stays float; "all": both quantized
                         per = dict(component_precision or {})
-                        if emb:
+                        if emb == "lm_head":
                             per.setdefault("embed_tokens", fdt)
                         return Spec(llm_layers=n, audio_layers=al, ffn_dim=ffn_dim, audio_ffn_dim=audio_ffn_dim, vocab=v,
                                     precision=prec, component_precision=per, quantize_embeddings=bool(emb),
                                     float_dtype=None if prec in FLOAT_PRECISIONS else fdt)
-                    try:  # only what the stages can build
+                    try:  # only what the stages can build (and a ct group size that divides every width)
                         build_plan(make(top), base_config, match_recipe=False)
-                    except UserError:
+                        estimate_bytes(make(top), base_config)
+                    except UserError as e:
+                        skipped.setdefault(prec, str(e))
                         continue
                     n = _most_layers_below(lambda n: estimate_bytes(make(n), base_config), b.high, bottom, top)
                     if n is None:
@@ -765,9 +793,14 @@ def aggressiveness(p: Prediction, base: dict) -> float:
         return 1.0 - p.dims[k] / base[k] if base.get(k) else 0.0
     # Quantization costs far less quality than removing layers (the published 4-bit models lose about
     # a point where removing a quarter of the layers loses several), hence the small weights.
-    quant = {32: 0.0, 16: 0.0, 8: 0.05, 7: 0.07, 6: 0.1, 5: 0.12, 4: 0.15, 3: 0.25, 2: 0.4}[precision_bits(p.spec.precision)]
+    # 2 bits (ct2, round-to-nearest without calibration) weighs like removing most of the layers: on the
+    # toy teacher its KL to the teacher is 0.09-0.17 against ct3's 0.014-0.02 and ct4's 0.007
+    # (docs/bench/quantization.md), and calibration-free 2-bit weights are known to break 7B LLMs.
+    quant = {32: 0.0, 16: 0.0, 8: 0.05, 7: 0.07, 6: 0.1, 5: 0.12, 4: 0.15, 3: 0.25, 2: 0.8}[precision_bits(p.spec.precision)]
     if p.spec.quantize_embeddings and is_quant_precision(p.spec.precision):
-        quant += 0.05  # lm_head (and embed_tokens when asked) quantized too
+        quant += 0.05  # lm_head quantized too
+    if is_quant_precision(p.spec.precision_of("embed_tokens")):
+        quant += 0.05  # and the token embeddings (ct4+emb: KL to the toy teacher 0.014, between ct4's 0.007 and ct3's 0.02)
     widths = sum(removed(k) for k in ("ffn_dim", "audio_ffn_dim", "hidden", "audio_hidden"))
     return removed("llm_layers") + removed("audio_layers") + 0.25 * removed("vocab") + widths + quant
 
@@ -1061,15 +1094,35 @@ def _overrides_for(recipe, need: dict) -> list[str] | None:
             if e.options.get("corpora") or e.options.get("keep_tokens") or e.options.get("keep_ids"):
                 return None
         elif e.stage == "quantize":
-            want = need["quantize"]
-            if want["method"] == "ct":
-                return None  # shown as its stage chain: the shipped recipes quantize with bitsandbytes
-            setv(e, "method", want["method"], "nf4")
-            if "double_quant" in want:
-                setv(e, "double_quant", want["double_quant"], True)
-            if list(e.options.get("skip", ["lm_head"])) != want["skip"]:
-                sets.append(f"{e.id}.skip={_yaml_value(want['skip'])}")
+            _quantize_sets(e, need["quantize"], setv, sets)
     return sets
+
+
+_CT_OPTION_DEFAULTS = {"group_size": 128, "symmetric": False, "scales": "auto", "quantize_embeddings": False}
+
+
+def _quantize_sets(e, want: dict, setv, sets: list) -> None:
+    """``--set`` items turning recipe quantize stage ``e`` into ``want`` (bitsandbytes or ct, either way).
+
+    Each item is validated as it is applied, so the order keeps every intermediate state valid: a ct
+    stage's own options go back to their defaults (and bits to the bitsandbytes width) before the method
+    changes to bitsandbytes; the method changes to ct before the ct options are set."""
+    have_ct = e.options.get("method", "nf4") == "ct"
+    if want["method"] == "ct":
+        setv(e, "method", "ct", "nf4")
+        setv(e, "bits", want["bits"], None if not have_ct else 4)
+        for k in ("group_size", "symmetric", "quantize_embeddings"):
+            setv(e, k, want[k], _CT_OPTION_DEFAULTS[k])
+    else:
+        if have_ct:
+            for k, default in _CT_OPTION_DEFAULTS.items():
+                setv(e, k, default, default)
+            setv(e, "bits", 8 if want["method"] == "int8" else 4, 4)
+        setv(e, "method", want["method"], "nf4")
+        if "double_quant" in want:
+            setv(e, "double_quant", want["double_quant"], True)
+    if list(e.options.get("skip", ["lm_head"])) != want["skip"]:
+        sets.append(f"{e.id}.skip={_yaml_value(want['skip'])}")
 
 
 # ----------------------------------------------------------------------------- prune-hidden
@@ -1148,11 +1201,16 @@ def _round_width(n: float, multiple: int = 64) -> int:
     return max(multiple, int(n) // multiple * multiple)
 
 
-def _search_hidden(b, base_config, edition, *, vocab=None, audio_layers=None, limit=8) -> dict:
+def _search_hidden(b, base_config, edition, *, vocab=None, audio_layers=None, limit=8, precision=None,
+                   embeddings=False) -> dict:
     """Buildable narrow specs in bin ``b``: widths (LLM, audio, both FFNs) scaled by each of HIDDEN_RATIOS,
-    NF4 with double quantization of every linear layer including lm_head (embed_tokens stays in the
-    float dtype, as bitsandbytes leaves nn.Embedding), trimmed vocabularies, fewer audio layers; the
-    most LLM layers that fit."""
+    NF4 with double quantization (or ``precision`` when it is a quantized one) of every linear layer
+    including lm_head (embed_tokens stays in the float dtype, as bitsandbytes leaves nn.Embedding, unless
+    ``embeddings`` with a ct precision), trimmed vocabularies, fewer audio layers; the most LLM layers
+    that fit. Widths a ct group size does not divide are left out."""
+    prec = precision if precision and is_quant_precision(precision) else "nf4-dq"
+    if precision and not is_quant_precision(precision):
+        return {}
     base = base_dims(base_config)
     stored = str(getattr(base_config, "dtype", None) or getattr(base_config, "torch_dtype", None) or "bfloat16")
     fdt = {"float16": "fp16", "float32": "fp32"}.get(stored.replace("torch.", ""), "bf16")  # as saved: the base's dtype
@@ -1167,9 +1225,14 @@ def _search_hidden(b, base_config, edition, *, vocab=None, audio_layers=None, li
         for v in vocabs:
             for al in audios:
                 def make(n, v=v, al=al):
-                    return Spec(llm_layers=n, audio_layers=al, ffn_dim=ffn, audio_ffn_dim=affn, vocab=v, precision="nf4-dq",
-                                component_precision={"embed_tokens": fdt}, quantize_embeddings=True, float_dtype=fdt,
-                                **widths)
+                    return Spec(llm_layers=n, audio_layers=al, ffn_dim=ffn, audio_ffn_dim=affn, vocab=v, precision=prec,
+                                component_precision={} if embeddings else {"embed_tokens": fdt}, quantize_embeddings=True,
+                                float_dtype=fdt, **widths)
+                try:
+                    build_plan(make(1), base_config, match_recipe=False)
+                    estimate_bytes(make(1), base_config)
+                except UserError:
+                    continue
                 n = _most_layers_below(lambda n: estimate_bytes(make(n), base_config), b.high, 1, base["llm_layers"])
                 if n is None:
                     continue
@@ -1180,5 +1243,5 @@ def _search_hidden(b, base_config, edition, *, vocab=None, audio_layers=None, li
                         pred = nxt
                 # a narrow model with one or two layers is not worth listing: wider and shallower is not the point
                 if pred.dims["llm_layers"] >= 4 and pred.bytes >= b.low and (b.high is None or pred.bytes < b.high):
-                    found[tuple(pred.dims.values()) + ("nf4-dq", "hidden")] = pred
+                    found[tuple(pred.dims.values()) + (prec, "hidden")] = pred
     return found

@@ -106,13 +106,35 @@ def ignore_patterns(skip: list[str]) -> list[str]:
     return ["re:" + skip_pattern(s) for s in skip]
 
 
-def quantized_module_shapes(in_dir: Path, skip: list[str], quantize_embeddings: bool) -> dict[str, tuple[int, int]]:
+def tied_output(model) -> str | None:
+    """Module name of the output projection when it shares its weight with the token embeddings (tied), else None."""
+    out, emb = model.get_output_embeddings(), model.get_input_embeddings()
+    if out is None or emb is None or out.weight is not emb.weight:
+        return None
+    return next(n for n, m in model.named_modules() if m is out)
+
+
+def effective_skip(o, tied: str | None) -> list[str]:
+    """The skip list applied to a model whose output projection ``tied`` (a module name, or None) is the
+    token embedding matrix: that one matrix is quantized when ``quantize_embeddings`` is on (so a skip
+    entry naming the output projection, like the default ``lm_head``, is dropped) and kept float
+    otherwise (the output projection is added to skip)."""
+    if tied is None:
+        return list(o.skip)
+    from .stages.quantize import skip_pattern
+
+    if o.quantize_embeddings:
+        return [s for s in o.skip if not re.match(skip_pattern(s) + "$", tied)]
+    return list(o.skip) + [f"re:{re.escape(tied)}$"]
+
+
+def quantized_module_shapes(in_dir: Path, skip: list[str], quantize_embeddings: bool, model=None) -> dict[str, tuple[int, int]]:
     """Module name -> weight shape of what ct would quantize, from the config only (meta device)."""
     from torch import nn
 
     from .modelio import meta_model
 
-    model = meta_model(in_dir)
+    model = meta_model(in_dir) if model is None else model
     rx = [re.compile(p[3:]) for p in ignore_patterns(skip)]
     emb = model.get_input_embeddings()
     out = {}
@@ -127,19 +149,22 @@ def quantized_module_shapes(in_dir: Path, skip: list[str], quantize_embeddings: 
 def check_ct(in_dir: Path, o) -> None:
     """Everything about a ct quantization of ``in_dir`` that can fail, checked before any weight is read."""
     require_compressed_tensors()
-    import json
-
-    cfg = json.loads((Path(in_dir) / "config.json").read_text(encoding="utf-8"))
-    tied = (cfg.get("text_config") or {}).get("tie_word_embeddings", cfg.get("tie_word_embeddings", False))
-    shapes = quantized_module_shapes(in_dir, o.skip, o.quantize_embeddings)
-    if tied and (o.quantize_embeddings or any(n.endswith("lm_head") for n in shapes)):
-        raise UserError(f"stage quantize: {in_dir} ties lm_head to the token embeddings; method ct cannot quantize "
-                        "tied embeddings (add lm_head to skip and leave quantize_embeddings off)")
+    model = meta_model(in_dir)
+    shapes = quantized_module_shapes(in_dir, effective_skip(o, tied_output(model)), o.quantize_embeddings, model)
     bad = [(n, s) for n, s in shapes.items() if s[1] % o.group_size]
     if bad:
         n, s = bad[0]
         raise UserError(f"stage quantize: group_size {o.group_size} does not divide the input width {s[1]} of {n} "
                         f"({len(bad)} such layers in {in_dir}; choose a divisor or skip them)")
+    if not o.symmetric and o.bits == 4:
+        # compressed-tensors 0.20 cannot unpack 4-bit zero points packed into one int32 row of several groups
+        # (8 outputs or fewer): the reload fails (measured for 2-8 bits, outputs 1-33, 1-8 groups: only this case)
+        few = [(n, s) for n, s in shapes.items() if s[0] <= 8 and s[1] // o.group_size > 1]
+        if few:
+            n, s = few[0]
+            raise UserError(f"stage quantize: {n} has {s[0]} outputs: compressed-tensors cannot reload asymmetric "
+                            f"{o.bits}-bit zero points of so few rows ({len(few)} such layers in {in_dir}; skip them "
+                            "or set symmetric: true)")
 
 
 # ----------------------------------------------------------------------------- quantizing
@@ -151,14 +176,15 @@ def weight_args(o):
                             symmetric=o.symmetric)
 
 
-def quantization_config(o):
-    """The compressed-tensors ``QuantizationConfig`` of the options: Linear layers (and embed_tokens) minus skip."""
+def quantization_config(o, tied: str | None = None):
+    """The compressed-tensors ``QuantizationConfig`` of the options: Linear layers (and embed_tokens) minus skip
+    (:func:`effective_skip` when the output projection ``tied`` shares the embedding matrix)."""
     from compressed_tensors.quantization import QuantizationConfig, QuantizationScheme
 
     groups = {"group_0": QuantizationScheme(targets=["Linear"], weights=weight_args(o))}
     if o.quantize_embeddings:
         groups["group_1"] = QuantizationScheme(targets=[r"re:(?:.*\.)?embed_tokens$"], weights=weight_args(o))
-    return QuantizationConfig(config_groups=groups, ignore=ignore_patterns(o.skip))
+    return QuantizationConfig(config_groups=groups, ignore=ignore_patterns(effective_skip(o, tied)))
 
 
 def choose_qparams(weight, args, scale_dtype, scales: str = "mse"):
@@ -209,7 +235,8 @@ def ct_quantize(in_dir, o, *, device: str = "cpu", log=print):
     from . import modelio
 
     model = modelio.load_model(in_dir, dtype=None if o.dtype == "auto" else o.dtype, device=device)
-    qcfg = quantization_config(o)
+    tied = tied_output(model)
+    qcfg = quantization_config(o, tied)
     apply_quantization_config(model, qcfg, show_progress=False)
     n = 0
     with torch.no_grad():
@@ -222,6 +249,10 @@ def ct_quantize(in_dir, o, *, device: str = "cpu", log=print):
             mod.weight_zero_point.data.copy_(zp)
             n += 1
     log(f"quantize: {n} weights quantized to {o.bits}-bit groups of {o.group_size} ({resolved_scales(o)} ranges)")
+    if tied:
+        log(f"quantize: {tied} is tied to the token embeddings: "
+            + ("quantized with them and saved once (the checkpoint stays tied)" if o.quantize_embeddings
+               else "kept float with them (quantize_embeddings quantizes both)"))
     compressor = ModelCompressor.from_pretrained_model(model, quantization_format="pack-quantized")
     # from_pretrained_model rewrites ignore as names without the top-level prefix, which the loader
     # does not match again: keep the patterns the options gave.
@@ -229,21 +260,25 @@ def ct_quantize(in_dir, o, *, device: str = "cpu", log=print):
     _quiet_tqdm(compressor.compress_model, model)
     model._iwslt_mc_ct_compressor = compressor
     model._iwslt_mc_ct_source = (str(in_dir), o, device)
+    # tied and quantized: the output projection holds a second packed copy of the embedding matrix (the same
+    # scales and integers: one matrix, one quantization), which runs in memory and is left out of the save
+    model._iwslt_mc_ct_tied = tied if tied and o.quantize_embeddings else None
     return model, compressor
 
 
 def _quiet_tqdm(fn, *args):
-    import os
+    """Call ``fn`` without compressed-tensors' "Compressing model" progress bar (tqdm reads TQDM_DISABLE when
+    it is imported, so the bar is switched off where the compressor looks tqdm up)."""
+    import functools
 
-    old = os.environ.get("TQDM_DISABLE")
-    os.environ["TQDM_DISABLE"] = "1"
+    from compressed_tensors.compressors.model_compressors import model_compressor as mc
+
+    old = mc.tqdm
+    mc.tqdm = functools.partial(old, disable=True)
     try:
         return fn(*args)
     finally:
-        if old is None:
-            os.environ.pop("TQDM_DISABLE", None)
-        else:
-            os.environ["TQDM_DISABLE"] = old
+        mc.tqdm = old
 
 
 def ct_save(model, processor, out_dir) -> Path:
@@ -260,7 +295,17 @@ def ct_save(model, processor, out_dir) -> Path:
         # so save a fresh quantization of the same input (deterministic) instead.
         in_dir, o, device = model._iwslt_mc_ct_source
         model, compressor = ct_quantize(in_dir, o, device=device, log=lambda *a: None)
-    out = modelio.save_model(model, processor, out_dir)
+    tied = getattr(model, "_iwslt_mc_ct_tied", None)
+    held = {}
+    if tied:  # save the shared matrix once: the config keeps tie_word_embeddings, the loader ties it again
+        mod = model.get_submodule(tied)
+        held = dict(mod._parameters)
+        mod._parameters.clear()
+    try:
+        out = modelio.save_model(model, processor, out_dir)
+    finally:
+        if tied:
+            mod._parameters.update(held)
     compressor.update_config(str(out))
     path = Path(out) / "config.json"
     cfg = json.loads(path.read_text(encoding="utf-8"))

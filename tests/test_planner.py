@@ -161,6 +161,98 @@ def test_target_bin_specs_land_in_the_bin_least_aggressive_first():
         planner.specs_for_bin("Bin3", base, edition="2026")
 
 
+def test_target_searches_the_ct_formats_with_and_without_embeddings():
+    """--target considers ct4/ct3/ct2 (embeddings and lm_head quantized or not): each row fits its bin with the
+    most layers that fit, its bytes are predict()'s (exact: tests/test_quant_formats.py), and its plan quantizes
+    with method ct as the spec says. At equal bits a quantized embedding buys LLM layers."""
+    base = planner.qwen2_audio_7b_config()
+    rows = planner.specs_for_bin("Bin2", base, vocab=156032, audio_layers=32)
+    got = {}
+    for p in rows:  # the full-width row of each precision (narrower FFNs come after)
+        got.setdefault(p.spec.label(), p)
+    assert {"ct3+emb", "ct4+emb", "nf4-dq+lm_head"} <= set(got), sorted(got)
+    for p in rows:
+        assert 1e9 <= p.bytes < 2e9 and predict(p.spec, base).bytes == p.bytes
+        more = Spec(**{**p.spec.to_json(), "llm_layers": p.dims["llm_layers"] + 1})
+        assert p.dims["llm_layers"] == 32 or predict(more, base).bytes >= 2e9
+        q = [s for s in p.plan.steps if s.stage == "quantize"][0].options
+        ct = planner.parse_ct_precision(p.spec.precision)
+        if ct:
+            emb = planner.is_quant_precision(p.spec.precision_of("embed_tokens"))
+            assert (q["method"], q["bits"], q["group_size"], q["symmetric"], q["quantize_embeddings"]) == (
+                "ct", ct[0], 128, False, emb)
+            assert q["skip"] == ([] if emb else ["lm_head"])
+    # at full vocabulary, 4-bit with quantized embeddings keeps 9 full-width layers in Bin2; NF4 with bf16
+    # embeddings (1.28 GB) only 2 of half the FFN width
+    assert (got["ct4+emb"].dims["llm_layers"], got["ct4+emb"].dims["ffn_dim"]) == (9, 11008)
+    assert (got["nf4-dq+lm_head"].dims["llm_layers"], got["nf4-dq+lm_head"].dims["ffn_dim"]) == (2, 5504)
+    assert got["ct3+emb"].dims["llm_layers"] > got["ct4+emb"].dims["llm_layers"]
+    only = planner.specs_for_bin("Bin4", base, precision="ct3", quantize_embeddings="all")
+    assert only and all(p.spec.label() == "ct3+emb" and 200e6 <= p.bytes < 500e6 for p in only)
+    with pytest.raises(UserError, match="need a ct precision"):
+        planner.specs_for_bin("Bin4", base, precision="nf4-dq", quantize_embeddings="all")
+
+
+@pytest.mark.parametrize("recipe_quantize", [
+    {"method": "nf4", "double_quant": True, "skip": []},
+    {"method": "ct", "bits": 3, "group_size": 64, "symmetric": True, "scales": "minmax", "quantize_embeddings": True,
+     "skip": []},
+])
+def test_recipe_overrides_turn_either_quantize_method_into_the_other(recipe_quantize):
+    """--set overrides from a bitsandbytes recipe stage to ct and from a ct one back to NF4/int8: every item is
+    valid when applied (apply_overrides checks each), and the result is the wanted stage."""
+    import dataclasses
+
+    from iwslt_mc.recipes import apply_overrides, load_recipe
+
+    base = load_recipe("quantize-only")
+    recipe = dataclasses.replace(base, stages=[dataclasses.replace(e, options=dict(recipe_quantize))
+                                               if e.stage == "quantize" else e for e in base.stages])
+    wants = [{"method": "ct", "bits": 2, "group_size": 128, "symmetric": False, "quantize_embeddings": False,
+              "skip": ["lm_head"]},
+             {"method": "ct", "bits": 4, "group_size": 32, "symmetric": True, "quantize_embeddings": True, "skip": []},
+             {"method": "nf4", "double_quant": False, "skip": ["lm_head"]},
+             {"method": "int8", "skip": []}]
+    for want in wants:
+        sets = planner._overrides_for(recipe, {"quantize": want})
+        (q,) = [e for e in apply_overrides(recipe, sets).stages if e.stage == "quantize"]
+        o = make_stage_options(q.options)
+        got = {k: getattr(o, k) for k in want}
+        assert got == want, (sets, got)
+        if want["method"] != "ct":
+            assert (o.bits in (None, 4, 8), o.group_size, o.symmetric, o.quantize_embeddings, o.scales) == (
+                True, 128, False, False, "auto"), sets
+
+
+def make_stage_options(options: dict):
+    from iwslt_mc.stages.quantize import QuantizeOptions
+
+    return QuantizeOptions.from_dict(options, stage="quantize")
+
+
+def test_target_ct_suggestion_built_on_the_kit(kit, tmp_path):
+    """A --target ct suggestion with quantized embeddings (groups of 16: 128 does not divide the kit's widths,
+    which --target says) built by its own stages on the kit: the bytes are the prediction's, exactly."""
+    from iwslt_mc.stages import make_stage
+    from iwslt_mc.stages.base import StageContext, run_stage
+
+    base = planner.load_base_config(kit / "model")
+    with pytest.raises(UserError, match="group size 128 does not divide"):
+        planner.specs_for_bin("Bin5", base, precision="ct3")
+    rows = planner.specs_for_bin("Bin5", base, precision="ct3-g16", quantize_embeddings="all")
+    (p,) = [p for p in rows if [s.stage for s in p.plan.steps] == ["prune-layers", "quantize"]]
+    src = kit / "model"
+    for i, step in enumerate(p.plan.steps):
+        out = tmp_path / f"{i}-{step.stage}"
+        run_stage(make_stage(step.stage, step.options).with_smoke(), src, out,
+                  StageContext(lang="en-de", data=[str(kit / "data")], smoke=True, device="cpu", log=lambda *a: None))
+        src = out
+    real = sizer.measure(src)
+    assert (real.bytes, real.params) == (p.bytes, p.params) == (838_696, 560_896)
+    assert real.quantized == {"ct-int3": 37}  # one audio layer (6 Linear) less than the kit's 43
+    assert json.loads((src / "config.json").read_text())["audio_config"]["encoder_layers"] == p.dims["audio_layers"] == 1
+
+
 def test_spec_validation():
     with pytest.raises(UserError, match="unknown precision"):
         Spec(precision="nf5")
@@ -243,7 +335,8 @@ def test_every_target_suggestion_builds_to_its_prediction(target, monkeypatch):
     assert rows and all(p.bin == target for p in rows)
     kinds = set()
     for p in rows:
-        assert p.spec.precision_of("embed_tokens") == "bf16", p.spec.label()  # never 4-bit embeddings
+        emb = p.spec.precision_of("embed_tokens")  # quantized token embeddings only where ct builds them
+        assert emb == "bf16" or emb == p.spec.precision and planner.parse_ct_precision(emb), p.spec.label()
         # trim-vocab keeps the tokens of the data: the build counts them; here the planned count
         monkeypatch.setattr(build, "_trimmed_vocab", lambda *a, v=p.dims["vocab"], **k: v)
         chain = [StageEntry(id=f"s{i}", stage=s.stage, options=dict(s.options)) for i, s in enumerate(p.plan.steps)]
@@ -303,13 +396,19 @@ def test_each_kind_of_suggestion_built_on_the_kit(kit, tmp_path, kind):
 def test_cli_target_prints_how_to_build(capsys, monkeypatch):
     monkeypatch.setenv("COLUMNS", "200")  # the table at full width
     assert main(["plan", "--target", "Bin3"]) == 0  # --target reads the 2025 bins
-    out = capsys.readouterr().out
-    assert "+emb" not in out and "how to build" in out and "iwslt-mc build recipe-b-bin1" in out
-    assert "torch.save GiB" in out and "nf4-dq+lm_head" in out
+    out, err = capsys.readouterr()
+    assert "how to build" in out and "iwslt-mc build recipe-b-bin1" in out
+    assert "torch.save GiB" in out and "nf4-dq+lm_head" in out and "ct3+emb" in out and "ct4+emb" in out
+    assert "quantize.method=ct --set quantize.bits=3 --set quantize.quantize_embeddings=true" in out
+    assert "ctB: compressed-tensors" in err and "torch.save measure is not the bytes on disk" in err
     lines = [ln for ln in out.splitlines() if ln.strip()[:3] in {f"{i}. " for i in range(1, 9)}]
     assert len(lines) == 8 and all("iwslt-mc build recipe-" in ln or "iwslt-mc stage" in ln for ln in lines)
-    assert main(["plan", "--target", "Bin3", "--quantize-embeddings"]) == 2
-    assert "use --quantize-lm-head" in capsys.readouterr().err
+    assert main(["plan", "--target", "Bin3", "--precision", "nf4-dq", "--quantize-embeddings"]) == 2
+    assert "use --quantize-lm-head, or a ct precision" in capsys.readouterr().err
+    assert main(["plan", "--target", "Bin3", "--quantize-embeddings", "--json"]) == 0
+    specs = json.loads(capsys.readouterr().out)["specs"]
+    assert specs and all(planner.parse_ct_precision(p["spec"]["precision"]) and p["spec"]["quantize_embeddings"]
+                         and not p["spec"]["component_precision"] for p in specs)
     assert main(["plan", "--target", "Bin3", "--edition", "2027"]) == 2
     assert "no size bins" in capsys.readouterr().err
     assert main(["plan", "--precision", "nf4-dq", "--quantize-embeddings"]) == 0

@@ -265,18 +265,22 @@ def test_bad_options(kit, tmp_path, monkeypatch, capsys, sets, msg):
     assert not (tmp_path / "o").exists()
 
 
-NOISE = ("kernels-community", "MatMul8bitLt", "will be cast", "Loading weights", "Writing model shards", "it/s]")
+NOISE = ("kernels-community", "MatMul8bitLt", "will be cast", "Loading weights", "Writing model shards", "it/s]",
+         "Compressing model", "Decompressing")
 
 
-@pytest.mark.parametrize("method", ["int8", "nf4"])
+@pytest.mark.parametrize("method", ["int8", "nf4", "ct"])
 def test_cli_quantize_and_decode_print_only_our_lines(kit, tmp_path, few_wavs, method):
-    """No bitsandbytes kernel hint, no int8 cast warnings, no transformers bars: CLI subprocesses, output captured."""
+    """No bitsandbytes kernel hint, no int8 cast warnings, no transformers or compressed-tensors bars ("Compressing
+    model"): CLI subprocesses, output captured."""
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
     q = tmp_path / method
     runs = [["decode", str(q), "--lang", "en-de", "--audio", str(few_wavs[0]), "--out", str(tmp_path / "hyp.de"),
              "--max-new-tokens", "4", "--no-progress"]]
-    if method == "nf4":  # the stage's own load and save too
-        runs.insert(0, ["stage", "quantize", "--in", str(kit / "model"), "--out", str(q), "--set", f"method={method}"])
+    if method in ("nf4", "ct"):  # the stage's own load and save too
+        # ct: lm_head skipped (the default), the embeddings quantized
+        sets = ["method=ct", "group_size=16", "quantize_embeddings=true"] if method == "ct" else [f"method={method}"]
+        runs.insert(0, ["stage", "quantize", "--in", str(kit / "model"), "--out", str(q)] + [x for v in sets for x in ("--set", v)])
     else:
         run_stage(make_stage("quantize", {"method": method}), kit / "model", q, StageContext(**QUIET))
     outs = []
@@ -289,6 +293,8 @@ def test_cli_quantize_and_decode_print_only_our_lines(kit, tmp_path, few_wavs, m
         assert "Traceback" not in text
     if method == "nf4":
         assert "quantize: loading" in outs[0] and "written:" in outs[0]
+    if method == "ct":
+        assert "quantize: 42 weights quantized to 4-bit" in outs[0] and "written:" in outs[0]
     assert len((tmp_path / "hyp.de").read_text(encoding="utf-8").splitlines()) == 3
 
 

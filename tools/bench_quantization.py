@@ -107,6 +107,8 @@ def markdown(results: list[dict], meta: dict) -> str:
               "double quantization's 6.242 GB (bf16 scale and zero point per 128 weights: 4.16 bits against 4.13); "
               "`ct4-sym` is 6.240 GB. Quantizing lm_head and the embeddings too (`--quantize-embeddings`) gives "
               "4.375 GB at ct4 and 3.319 GB at ct3, which bitsandbytes cannot (it leaves the 1.28 GB embeddings in bf16).",
+              "- Why compressed-tensors: the other libraries measured on the kit (torchao, hqq, optimum-quanto) in "
+              "[quant_libraries.md](quant_libraries.md).",
               "- (The reading above is of the 2026-11-28 run; rerunning the tool rewrites the table, not this text.)"]
     lines += ["", "Signatures: " + "; ".join(f"{k} `{v}`" for k, v in base["signatures"].items()), ""]
     return "\n".join(lines)

@@ -11,6 +11,7 @@ EXAMPLES = """
   iwslt-mc plan --precision int8 --precision lm_head=bf16 --precision audio_encoder=bf16
   iwslt-mc plan --target Bin3                            # buildable specs in Bin3 (2025), each with its stages/recipe
   iwslt-mc plan --target Bin2 --precision nf4-dq --vocab 32768   # vary only what is not given
+  iwslt-mc plan --target Bin4 --precision ct3 --quantize-embeddings  # 3-bit compressed-tensors, embeddings too
   iwslt-mc plan --base path/to/model --llm-layers 20 --json
   iwslt-mc plan --hidden 2048 --heads 16 --audio-hidden 640 --precision nf4-dq   # narrower (prune-hidden)
   iwslt-mc plan --target Bin5                            # includes narrow specs (prune-hidden) for Bin4/Bin5
@@ -29,11 +30,13 @@ def add_parser(sub):
                      "parameter count and the size bin of a compressed model without building it: the base "
                      "architecture is enumerated on the meta device and each format's on-disk layout is computed "
                      "exactly (bf16/fp16/fp32; bitsandbytes int8 with per-row scales; nf4/fp4 with absmax per 64 "
-                     "values, quant_map and quant_state, plus nested statistics with double quantization '-dq'), and "
+                     "values, quant_map and quant_state, plus nested statistics with double quantization '-dq'; "
+                     "compressed-tensors ctB packed integers with a scale and zero point per group), and "
                      "the organizers' torch.save(model.state_dict()) bytes of the built model. Every spec comes with "
                      "the stages (or a shipped recipe with --set overrides) that build it, or says why none can. "
                      "With --target BinN (2025 bins): a short table of buildable specs that land in that bin, least "
-                     "to most aggressive."),
+                     "to most aggressive, searched over the float, int8, nf4-dq and ct4/ct3/ct2 precisions (ct also "
+                     "with quantized embeddings)."),
         examples=EXAMPLES,
     )
     p.add_argument("plan_recipe", nargs="?", metavar="RECIPE",
@@ -64,8 +67,9 @@ def add_parser(sub):
     p.add_argument("--quantize-lm-head", action="store_true",
                    help="apply a quantized default precision to lm_head too (quantize stage skip=[]); buildable")
     p.add_argument("--quantize-embeddings", action="store_true",
-                   help=("what-if: apply a quantized default precision to embed_tokens and lm_head; no stage builds "
-                         "this (bitsandbytes leaves the token embedding in float)"))
+                   help=("apply a quantized default precision to embed_tokens and lm_head: buildable with ct precisions "
+                         "(quantize method ct); a what-if with bitsandbytes ones (it leaves the token embedding in float). "
+                         "With --target: search ct precisions with quantized embeddings only"))
     p.add_argument("--float-dtype", choices=("bf16", "fp16", "fp32"),
                    help="dtype of the tensors that are not quantized (default bf16)")
     p.add_argument("--target", metavar="BIN", help="list specs whose size lands in this bin (e.g. Bin3)")
@@ -301,12 +305,13 @@ def run(args) -> int:
     base_name = args.base or "built-in Qwen2-Audio-7B-Instruct"
 
     if args.target:
-        if args.quantize_embeddings:
-            raise UserError("--target lists buildable specs only, and no stage quantizes embed_tokens "
-                            "(bitsandbytes leaves nn.Embedding in float): use --quantize-lm-head")
+        if args.quantize_embeddings and default and not planner.parse_ct_precision(default):
+            raise UserError(f"--target lists buildable specs only, and bitsandbytes ({default}) leaves the token "
+                            "embeddings in float: use --quantize-lm-head, or a ct precision (e.g. ct4) to quantize them")
+        emb = "all" if args.quantize_embeddings else "lm_head" if args.quantize_lm_head else None
         rows = planner.specs_for_bin(
             args.target, base_config, ed.key, llm_layers=args.llm_layers, audio_layers=args.audio_layers,
-            vocab=args.vocab, precision=default, quantize_embeddings=True if args.quantize_lm_head else None,
+            vocab=args.vocab, precision=default, quantize_embeddings=emb,
             ffn_dim=args.ffn_dim, audio_ffn_dim=args.audio_ffn_dim, component_precision=per)
         if args.json:
             print_json({"target": args.target, "edition": ed.key, "base": base_name,
@@ -333,6 +338,9 @@ def run(args) -> int:
                    + (["width llm/heads/audio"] if hidden else []) + ["precision", "MB", "torch.save GiB", "M params"])
         print_table(table, headers, title=f"{base_name}: buildable specs predicted in {rows[0].bin}, least to most aggressive")
         info("precision +lm_head: lm_head quantized too (embed_tokens stays bf16); exact bytes with --json")
+        if any(planner.parse_ct_precision(p.spec.precision) for p in rows):
+            info("ctB: compressed-tensors B-bit (quantize method ct), +emb: embed_tokens and lm_head quantized too; "
+                 "transformers unpacks ct weights to floats at load, so their torch.save measure is not the bytes on disk")
         print("how to build (a shipped recipe with --set overrides where one fits, else the stages in order):")
         notes = {}
         for i, p in enumerate(rows, 1):

@@ -71,7 +71,9 @@ class QuantizeOptions(StageOptions):
                 "weight error; minmax = plain round-to-nearest over min/max; auto = mse at 4+ bits, minmax below "
                 "(measured on the toy teacher: clipping lowers the KL to the teacher at 4 bits, raises it at 2-3)"})
     quantize_embeddings: bool = field(default=False, metadata={
-        "help": "ct: also quantize the token embeddings (embed_tokens); lm_head is quantized unless in skip"})
+        "help": "ct: also quantize the token embeddings (embed_tokens); lm_head is quantized unless in skip. A tied "
+                "lm_head (one matrix with the embeddings, e.g. Gemma 4) follows this option whatever skip says, and "
+                "is stored once (the checkpoint stays tied)"})
 
     def validate(self) -> None:
         if self.method == "ct":
