@@ -92,6 +92,11 @@ class Family:
     def predict(self, spec, base_config, edition: str, *, base_name: str | None = None):
         raise NotImplementedError
 
+    def reference_dims(self) -> dict:
+        """Layer counts and FFN widths of the family's full-size reference model (recipes' counts are written
+        for it; ``build --smoke`` scales them to a smaller base by these)."""
+        raise NotImplementedError
+
     # -- kit
     def build_kit(self, out_dir, seed: int = 0, **options):
         """Write the family's demo kit; ``options`` are family-specific (Qwen2-Audio: ``vocab``)."""

@@ -62,6 +62,13 @@ class Qwen2AudioFamily(Family):
 
         return predict(spec, base_config, edition, base_name=base_name)
 
+    def reference_dims(self) -> dict:
+        from ..planner import qwen2_audio_7b_config_dict
+
+        ref = qwen2_audio_7b_config_dict()
+        return {"llm_layers": ref["text_config"]["num_hidden_layers"], "audio_layers": ref["audio_config"]["encoder_layers"],
+                "ffn_dim": ref["text_config"]["intermediate_size"], "audio_ffn_dim": ref["audio_config"]["encoder_ffn_dim"]}
+
     def build_kit(self, out_dir, seed: int = 0, **options):
         from ..kit import build_kit
 
