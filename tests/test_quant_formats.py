@@ -304,9 +304,6 @@ def test_4bit_zero_points_of_eight_outputs_are_refused_before_loading(gemma_mode
     quant_formats.check_ct(gemma_model, QuantizeOptions.from_dict({**TIED, "skip": [], "bits": 3}))
 
 
-@pytest.mark.xfail(strict=True, raises=UserError,
-                   reason="families/gemma4_plan.py predicts bitsandbytes precisions only (QUANT_PRECISIONS, not "
-                          "planner.is_quant_precision): gemma-recipes' area")
 def test_planner_predicts_a_tied_ct_checkpoint_exactly(gemma_model, tmp_path):
     o = QuantizeOptions.from_dict({**TIED, "skip": [], "symmetric": True})
     model, _ = quant_formats.ct_quantize(gemma_model, o, log=lambda *a: None)
