@@ -51,6 +51,9 @@ def fix_cpu_dequantize() -> bool:
     except ImportError:
         return False
     native = _native_kernel()
+    # bitsandbytes wraps the reference in torch.compile(dynamic=False): one inductor compilation per layer
+    # shape (seconds each, a C++ compiler needed, a recompile limit of 8 shapes): run it eagerly
+    reference = getattr(_dequantize_4bit_compute, "__wrapped__", _dequantize_4bit_compute)
 
     def dequantize_4bit_cpu(A, absmax, blocksize, quant_type, shape, dtype):
         if native is not None and len(shape) > 0 and shape[-1] % blocksize == 0:
@@ -60,7 +63,7 @@ def fix_cpu_dequantize() -> bool:
         if absmax.dtype != torch.float32:
             absmax = absmax.float()
         code = _get_4bit_code(quant_type, A.device)
-        return _dequantize_4bit_compute(A.reshape(-1), absmax, code, blocksize, shape, dtype)
+        return reference(A.reshape(-1), absmax, code, blocksize, shape, dtype)
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "overriding a previously registered kernel"

@@ -148,6 +148,8 @@ def quantized_module_shapes(in_dir: Path, skip: list[str], quantize_embeddings: 
 
 def check_ct(in_dir: Path, o) -> None:
     """Everything about a ct quantization of ``in_dir`` that can fail, checked before any weight is read."""
+    from .modelio import meta_model
+
     require_compressed_tensors()
     model = meta_model(in_dir)
     shapes = quantized_module_shapes(in_dir, effective_skip(o, tied_output(model)), o.quantize_embeddings, model)
