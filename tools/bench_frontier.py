@@ -76,6 +76,9 @@ def main(argv=None) -> int:
     ap.add_argument("--points", default="1:0.5,1:0.375,0.5:1,0.34:1,0.67:0.75,0.5:0.5",
                     help="depth:width pairs (fractions of LLM layers and widths kept)")
     ap.add_argument("--test-limit", type=int, default=None, help="score only the first N test utterances")
+    ap.add_argument("--rescore-compact", action="store_true",
+                    help="decode and score the existing -q4 points again (their builds and build times are kept), "
+                         "e.g. after a fix to 4-bit CPU inference; every other point is reused as it is")
     ap.add_argument("--distill", type=int, default=8000,
                     help="train utterances the teacher translates for the distillation data (0: fine-tune on the "
                          "train split's references only)")
@@ -125,12 +128,18 @@ def main(argv=None) -> int:
 
     def record(name, kind, d, w, model_dir, build_s, steps, compact, train_s=0.0):
         prev = old.get(name)
-        if prev and (runs / name / f"scores-{args.lang}.json").exists() and prev.get("examples") == len(examples):
+        rescore = compact and args.rescore_compact
+        if prev and not rescore and (runs / name / f"scores-{args.lang}.json").exists() \
+                and prev.get("examples") == len(examples):
             r = prev
         else:
+            if rescore and prev:  # the build is the one timed then: keep its time, note the old score
+                build_s = prev["build_seconds"]
             r = {"name": name, "kind": kind, "depth": d, "width": w, "compact": compact, "steps": steps,
                  "examples": len(examples), "build_seconds": round(build_s, 1),
                  **bench_fidelity.evaluate(model_dir, runs / name, args, examples)}
+            if rescore and prev:
+                r["rescored"] = {"date": time.strftime("%Y-%m-%d"), "chrf_before": prev["chrf"]}
         r["train_seconds"] = round(train_s, 1)  # read from build.json every time: reused rows have it too
         results.append(r)
         print(f"== {name}: chrF++ {r['chrf']:.2f}  {r['bytes'] / 1e6:.3f} MB  ({r['build_seconds']:.0f} s build)", flush=True)
