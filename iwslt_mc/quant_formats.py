@@ -47,7 +47,7 @@ MSE_GRID = tuple(round(1.0 - 0.02 * i, 2) for i in range(26))  # 1.00 .. 0.50
 _PRECISION_RX = re.compile(r"^ct([2-8])(?:-g(\d+))?(-sym)?$")
 # Suffixes compressed-tensors gives the tensors of one quantized weight.
 CT_SUFFIXES = ("weight_packed", "weight_scale", "weight_shape", "weight_zero_point")
-CT_PIP = "pip install 'iwslt-mc[ct]' (compressed-tensors)"
+CT_PIP = "pip install 'compressed-tensors>=0.20,<0.21' (an iwslt-mc dependency)"
 
 
 # ----------------------------------------------------------------------------- precision names (planner)

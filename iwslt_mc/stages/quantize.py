@@ -49,7 +49,7 @@ class QuantizeOptions(StageOptions):
     method: Literal["nf4", "fp4", "int8", "ct"] = field(default="nf4", metadata={
         "help": "nf4 or fp4 (bitsandbytes 4-bit) or int8 (LLM.int8); ct: compressed-tensors pack-quantized integers "
                 "of 2-8 bits (bits, group_size, symmetric, scales, quantize_embeddings), packed in safetensors, "
-                "embeddings too, reloads with from_pretrained alone; vLLM's format (needs iwslt-mc[ct])"})
+                "embeddings too, reloads with from_pretrained alone; vLLM's format (compressed-tensors)"})
     double_quant: bool = field(default=True, metadata={
         "help": "4-bit: also quantize the quantization constants (double quantization, ~0.4 bit/param saved)"})
     compute_dtype: Literal["bf16", "fp16", "fp32"] = field(default="bf16", metadata={
