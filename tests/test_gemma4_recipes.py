@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -205,9 +206,15 @@ def test_prune_audio_layers_gemma4(gemma_kit, gemma_unified_kit, tmp_path, monke
 
 @pytest.mark.parametrize("name,which", [("gemma4-medium", "gemma4"), ("gemma4-small", "unified")])
 def test_smoke_build_planner_equals_real_bytes(gemma_kit, gemma_unified_kit, tmp_path, name, which):
-    """The whole recipe (drop-vision, prune, trim-vocab, NF4 + double quantization) with --smoke on a kit:
-    the planner's tensors are the built model's; only the digits of each 4-bit quant_state JSON (the nested
-    offset) differ, as for Qwen2-Audio. The torch.save measure equals a real torch.save of the NF4 model."""
+    """The whole recipe (drop-vision, distillation data from the unpruned model, prune, LoRA recovery on the
+    LLM projections merged, trim-vocab, NF4 + double quantization) with --smoke on a kit: the recovery
+    trains and merges exactly the LLM projections; the planner's tensors are the built model's; only the
+    digits of each 4-bit quant_state JSON (the nested offset) differ, as for Qwen2-Audio. The torch.save
+    measure equals a real torch.save of the NF4 model."""
+    import re
+
+    import torch
+    from safetensors.torch import load_file
     from transformers import AutoModelForMultimodalLM
 
     from iwslt_mc import planner, sizer
@@ -217,7 +224,24 @@ def test_smoke_build_planner_equals_real_bytes(gemma_kit, gemma_unified_kit, tmp
     kit = gemma_kit[0] if which == "gemma4" else gemma_unified_kit
     res = build(load_recipe(name), lang="en-de", base=str(kit / "model"), data={"acl6060": str(kit / "data")},
                 condition="constrained", out=tmp_path / "b", smoke=True, log=lambda *a: None)
-    assert [s["stage"] for s in res.stages] == ["drop-vision", "prune-layers", "trim-vocab", "quantize"]
+    assert [s["stage"] for s in res.stages] == ["drop-vision", "distill", "prune-layers", "finetune", "trim-vocab",
+                                                "quantize"]
+    prov = {s["stage"]: s for s in json.loads((res.model_dir / "provenance.json").read_text())["stages"]}
+    # the teacher is the unpruned model (vision removed): it translated the 4 smoke utterances (a translation
+    # equal to its reference, or empty, is dropped) and its pairs are next to the 4 references
+    d = prov["distill"]["distill"]
+    assert d["teacher"] == res.stages[0]["dir"] and (d["utterances"], d["reference_pairs"]) == (4, 4)
+    assert d["teacher_pairs"] >= 1 and d["teacher_pairs"] + d["duplicates"] + d["empty"] == 4
+    assert d["pairs"] == d["teacher_pairs"] + 4
+    # the recovery: LoRA on exactly the LLM projections of the pruned model (not the tied lm_head, the audio
+    # path or the PLE projections), merged; every other tensor is the input's (rounded to the bf16 it trained in)
+    target = next(e for e in load_recipe(name).stages if e.stage == "finetune").options["target_modules"]
+    pruned, merged = (load_file(str(Path(res.stages[i]["dir"]) / "model.safetensors")) for i in (2, 3))
+    projections = sorted(k for k in pruned if re.fullmatch(target + r"\.weight", k))
+    assert len(projections) >= 7 and pruned.keys() == merged.keys()
+    assert prov["finetune"]["train"]["trainable_params"] == sum(8 * sum(pruned[k].shape) for k in projections)  # r 8
+    assert prov["finetune"]["techniques"][1] == "LoRA adapters merged into the base model"
+    assert sorted(k for k in pruned if not torch.equal(merged[k], pruned[k].bfloat16().to(pruned[k].dtype))) == projections
     cfg = json.loads((res.model_dir / "config.json").read_text())
     t = cfg["text_config"]
     assert cfg["vision_config"] is None and t["layer_types"][-1] == "full_attention"
