@@ -297,8 +297,8 @@ def test_options_defaults_validation_and_smoke():
     assert (o.lora_r, o.lora_alpha, o.rslora, o.lora_dropout, o.target_modules) == (64, 128, True, 0.0, "all-linear")
     assert (o.quant_type, o.double_quant, o.merge, o.split) == ("nf4", True, True, "train")
     assert FinetuneOptions.from_dict({"target_modules": "[q_proj, v_proj]"}).target_modules == ["q_proj", "v_proj"]
-    s = FinetuneOptions.from_dict({"mode": "qlora"}).smoke()
-    assert (s.max_steps, s.limit, s.lora_r, s.mode) == (2, 4, 8, "qlora")
+    s = FinetuneOptions.from_dict({"mode": "qlora", "warmup_steps": 50}).smoke()
+    assert (s.max_steps, s.limit, s.lora_r, s.mode, s.warmup_steps) == (2, 4, 8, "qlora", 0)
     for bad, msg in [({"mode": "dora"}, "mode"), ({"lr": 0}, "lr"), ({"freeze": ["encoder"]}, "cannot freeze"),
                      ({"mode": "lora", "freeze": ["audio_encoder"]}, "mode full"), ({"scheduler": "cosinus"}, "scheduler"),
                      ({"target_modules": "("}, "invalid regex"), ({"learning_rate": 1}, "unknown option")]:

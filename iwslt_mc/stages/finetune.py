@@ -146,7 +146,8 @@ class FinetuneOptions(StageOptions):
     def smoke(self) -> "FinetuneOptions":
         return dataclasses.replace(self, max_steps=min(self.max_steps or 2, 2), limit=min(self.limit or 4, 4),
                                    batch_size=min(self.batch_size, 2), save_steps=max(self.save_steps, 1),
-                                   lora_r=min(self.lora_r, 8), lora_alpha=min(self.lora_alpha, 16))
+                                   lora_r=min(self.lora_r, 8), lora_alpha=min(self.lora_alpha, 16),
+                                   warmup_steps=0)  # a 2-step run inside a 50-step warm-up would not train
 
     def techniques(self) -> list[str]:
         what = {"full": "full fine-tuning", "lora": "LoRA fine-tuning", "qlora": "QLoRA fine-tuning"}[self.mode]

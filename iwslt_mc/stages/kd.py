@@ -114,7 +114,8 @@ class TrainingOptions(StageOptions):
 
     def smoke(self):
         return dataclasses.replace(self, max_steps=min(self.max_steps or 2, 2), limit=min(self.limit or 4, 4),
-                                   batch_size=min(self.batch_size, 2), save_steps=max(self.save_steps, 1))
+                                   batch_size=min(self.batch_size, 2), save_steps=max(self.save_steps, 1),
+                                   warmup_steps=0)  # a 2-step run inside a warm-up would not train
 
     def settings(self, ctx: StageContext, device: str):
         from .. import training
