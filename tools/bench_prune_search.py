@@ -13,6 +13,11 @@ Same run, same model, same held-out segments, same candidates:
   whole round (it cannot be split per candidate).
 - teacher-forced: the cached engine's cheaper score (one forward pass per candidate; a different
   criterion, it may choose differently).
+- screened (``screen: segments``, :class:`iwslt_mc.stages.importance.ScreenPlan` defaults): every
+  candidate on a few segments, the close ones on more, the finalists on all; its choice is reported
+  next to the naive loop's (equal is measured, not guaranteed). Needs more held-out segments than
+  the first stage (8): ``--heldout 100 --heldout-data kit --heldout-data tests/fixtures/toy/data``.
+- ``--comet CKPT``: a COMET-metric round, one COMET worker for the round against one per candidate.
 
 Per candidate the naive, cached and shared scores must be equal (the same hypotheses in fp32); the
 tool checks that and reports each engine's choice. Exit status 1 if they differ.
