@@ -123,11 +123,22 @@ def toy():
     return model, modelio.load_processor(TOY / "teacher"), _segments(TOY / "data", 8)
 
 
-def test_toy_teacher_four_rounds_choose_what_the_naive_loop_chooses(toy, tmp_path):
+TOY_KW = dict(max_new_tokens=40, max_length=1024)
+
+
+@pytest.fixture(scope="module")
+def toy_naive(toy, tmp_path_factory):
+    """The published loop's four rounds on the toy teacher (computed once for the tests below)."""
     model, proc, segs = toy
-    kw = dict(max_new_tokens=40, max_length=1024)
+    return _search(imp.NaiveEngine(model, proc, segs, "en-de", **TOY_KW), tmp_path_factory.mktemp("naive") / "n.jsonl",
+                   n_layers=6, remove=4)
+
+
+def test_toy_teacher_four_rounds_choose_what_the_naive_loop_chooses(toy, toy_naive, tmp_path):
+    model, proc, segs = toy
+    kw = TOY_KW
     fast = _search(imp.SharedEngine(model, proc, segs, "en-de", **kw), tmp_path / "f.jsonl", n_layers=6, remove=4)
-    naive = _search(imp.NaiveEngine(model, proc, segs, "en-de", **kw), tmp_path / "n.jsonl", n_layers=6, remove=4)
+    naive = toy_naive
     _same_search(fast, naive, 6 + 5 + 4 + 3)
     # a trained model: the candidates are told apart and outputs end on their own (rows leave the batch)
     first = [v for k, v in fast[1].items() if not k[0]]
@@ -304,13 +315,12 @@ def test_tied_margins_make_the_screen_fall_back_to_every_candidate(kit, tmp_path
     assert chosen == exact[0] == [1]  # ties go to the lower layer
 
 
-def test_toy_teacher_screened_search_chooses_what_the_naive_loop_chooses(toy, tmp_path):
+def test_toy_teacher_screened_search_chooses_what_the_naive_loop_chooses(toy, toy_naive, tmp_path):
     """Four rounds on the trained toy teacher (8 test utterances, the screen's first stage on 4 of them; its z and
     fallback share are the defaults, fixed before any toy outcome was looked at)."""
     model, proc, segs = toy
-    kw = dict(max_new_tokens=40, max_length=1024)
-    naive = _search(imp.NaiveEngine(model, proc, segs, "en-de", **kw), tmp_path / "n.jsonl", n_layers=6, remove=4)
-    chosen, lines = _screened_search(imp.SharedEngine(model, proc, segs, "en-de", **kw), tmp_path / "s.jsonl",
+    naive = toy_naive
+    chosen, lines = _screened_search(imp.SharedEngine(model, proc, segs, "en-de", **TOY_KW), tmp_path / "s.jsonl",
                                      n_layers=6, remove=4, plan=imp.ScreenPlan(stages=(4,)))
     assert chosen == naive[0]
     _check_screen_log(lines, naive[1])
