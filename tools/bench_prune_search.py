@@ -13,6 +13,11 @@ Same run, same model, same held-out segments, same candidates:
   whole round (it cannot be split per candidate).
 - teacher-forced: the cached engine's cheaper score (one forward pass per candidate; a different
   criterion, it may choose differently).
+- screened (``screen: segments``, :class:`iwslt_mc.stages.importance.ScreenPlan` defaults): every
+  candidate on a few segments, the close ones on more, the finalists on all; its choice is reported
+  next to the naive loop's (equal is measured, not guaranteed). Needs more held-out segments than
+  the first stage (8): ``--heldout 100 --heldout-data kit --heldout-data tests/fixtures/toy/data``.
+- ``--comet CKPT``: a COMET-metric round, one COMET worker for the round against one per candidate.
 
 Per candidate the naive, cached and shared scores must be equal (the same hypotheses in fp32); the
 tool checks that and reports each engine's choice. Exit status 1 if they differ.
@@ -91,11 +96,29 @@ def build_model(arch: str, kit_model_dir: Path, device: str, seed: int):
     return model.eval()
 
 
-def load_segments(kit_dir: Path, n: int, lang: str):
+def load_segments(kit_dir: Path, n: int, lang: str, specs=None):
+    """The first ``n`` utterances of the kit's data, or of the data specs ``specs`` (all splits, in order)."""
     from iwslt_mc.data import load_examples
     from iwslt_mc.stages.importance import heldout_segments
 
-    return heldout_segments(load_examples(str(kit_dir / "data"), seed=0)[:n], lang)
+    specs = [str(kit_dir / "data") if s == "kit" else s for s in (specs or ["kit"])]
+    return heldout_segments(load_examples(specs, seed=0)[:n], lang)
+
+
+def time_screened_round(scorer, removed, cands, plan, sync) -> dict:
+    """A screened round (``screen: segments``): CPU/wall seconds, the finalists' exact scores, the choice."""
+    w0, c0 = time.perf_counter(), time.process_time()
+    info = scorer.screen_round(removed, cands, plan)
+    exact = {c: scorer(removed_llm=tuple(removed) + (c,)) for c in info["finalists"]} if info else {}
+    sync()
+    w, cp = time.perf_counter() - w0, time.process_time() - c0
+    if info is None:
+        return {"screened": False}
+    chosen = max(exact, key=lambda c: (exact[c], -c))
+    return {"screened": True, "wall": w, "cpu": cp, "chosen": chosen, "exact": exact, "fallback": info["fallback"],
+            "finalists": info["finalists"], "proxy_ranking": info["proxy_ranking"],
+            "stages": [{"segments": st["segments"], "kept": len(st["kept"])} for st in info["stages"]],
+            "proxy_rank_of_chosen": info["proxy_ranking"].index(chosen) + 1}
 
 
 def time_candidates(scorers: dict, candidates, sync, repeats: int) -> dict:
@@ -139,8 +162,10 @@ def time_round(engine, removed, cands, sync, repeats: int) -> dict:
 TOY = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "toy"
 
 
-def toy_search(rounds: int, heldout: int, max_new_tokens: int, protect: bool) -> dict:
-    """A full ``rounds``-round LLM-layer search on the toy teacher with the naive and the shared engine."""
+def toy_search(rounds: int, heldout: int, max_new_tokens: int, protect: bool, data=None, split="test",
+               plan=None) -> dict:
+    """A full ``rounds``-round LLM-layer search on the toy teacher with the naive engine, the shared engine and
+    (``plan``) the shared engine with the screen; ``data``: held-out data spec (default: the test fixture)."""
     import torch
 
     from iwslt_mc import modelio
@@ -149,27 +174,94 @@ def toy_search(rounds: int, heldout: int, max_new_tokens: int, protect: bool) ->
 
     model = modelio.load_model(TOY / "teacher", dtype=torch.float32, device="cpu")
     proc = modelio.load_processor(TOY / "teacher")
-    segs = imp.heldout_segments(load_examples(str(TOY / "data"), split="test", seed=0)[:heldout], "en-de")
+    segs = imp.heldout_segments(load_examples(data or str(TOY / "data"), split=split, seed=0)[:heldout], "en-de")
     n = len(model.model.language_model.layers)
     out = {"heldout": len(segs), "rounds": rounds, "llm_layers": n, "protect_first_last": protect,
            "max_new_tokens": max_new_tokens}
     with tempfile.TemporaryDirectory(prefix="toy-search-") as tmp:
-        for name in ("naive", "shared"):
-            eng = imp.ENGINES[name](model, proc, segs, "en-de", max_new_tokens=max_new_tokens, max_length=1024)
+        for name in ("naive", "shared") + (("screened",) if plan else ()):
+            eng = imp.ENGINES["shared" if name == "screened" else name](model, proc, segs, "en-de",
+                                                                         max_new_tokens=max_new_tokens, max_length=1024)
             scorer = imp.CandidateScorer(eng)
             log = imp.SearchLog(Path(tmp) / f"{name}.jsonl", {"engine": name}, log=lambda *a: None)
             w0, c0 = time.perf_counter(), time.process_time()
             chosen = imp.iterative_search(scorer, kind="llm", n_layers=n, remove=rounds, protect_first_last=protect,
-                                          log=log, progress=lambda *a: None)
+                                          log=log, progress=lambda *a: None,
+                                          screen=plan if name == "screened" else None)
             out[name] = {"chosen": chosen, "seconds": round(time.perf_counter() - w0, 2),
                          "cpu_seconds": round(time.process_time() - c0, 2),
                          "scores": {f"{r['removed']}+{r['candidate']}": r["score"] for r in log.lines
                                     if r["type"] == "candidate"}}
+            if name == "screened":
+                out[name]["rounds"] = [{"chosen": r["chosen"], **r.get("screen", {"screened": False})}
+                                       for r in log.lines if r["type"] == "round"]
     out["same_choice"] = out["naive"]["chosen"] == out["shared"]["chosen"]
     out["same_scores"] = out["naive"]["scores"] == out["shared"]["scores"]
     out["naive_over_shared"] = round(out["naive"]["seconds"] / out["shared"]["seconds"], 2)
     out["naive_over_shared_cpu"] = round(out["naive"]["cpu_seconds"] / out["shared"]["cpu_seconds"], 2)
+    if plan:
+        sc = out["screened"]
+        out["screened_same_choice"] = sc["chosen"] == out["naive"]["chosen"]
+        # every exact score the screened search computed equals the naive loop's
+        out["screened_scores_equal"] = all(out["naive"]["scores"].get(k) == v for k, v in sc["scores"].items())
+        out["naive_over_screened_cpu"] = round(out["naive"]["cpu_seconds"] / sc["cpu_seconds"], 2)
+        out["shared_over_screened_cpu"] = round(out["shared"]["cpu_seconds"] / sc["cpu_seconds"], 2)
+        out["naive_over_screened"] = round(out["naive"]["seconds"] / sc["seconds"], 2)
     return out
+
+
+def _clock():
+    import resource
+
+    ch = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.perf_counter(), time.process_time() + ch.ru_utime + ch.ru_stime
+
+
+def comet_round(checkpoint: str, shared_engine, rr: dict, allowed, k: int, lang: str, sync) -> dict:
+    """A COMET-metric round two ways (issue 21): the stage's way (the round decoded together, every
+    candidate's hypotheses scored in ONE COMET worker: ``CandidateScorer.prepare``) against the earlier
+    per-candidate way (one COMET worker, one model load, per candidate: the ``comet:`` metric function),
+    the latter on the shared engine's hypotheses of the same round (``rr``) plus that round's decode time.
+    Wall seconds and CPU seconds including the worker processes."""
+    from iwslt_mc import comet_env
+    from iwslt_mc.stages import importance as imp
+
+    ckpt = comet_env.resolve_checkpoint(checkpoint)
+    metric = f"comet:{ckpt}"
+    w0, c0 = _clock()
+    one = imp.CandidateScorer(shared_engine, metric=metric)
+    one.prepare("llm", [], allowed)
+    one_scores = {c: one(removed_llm=(c,)) for c in allowed}
+    sync()
+    w1, c1 = _clock()
+    fn = imp.get_metric(metric)
+    refs = [s.reference for s in shared_engine.segments]
+    srcs = [s.source for s in shared_engine.segments]
+    timed = allowed[:k] if k else allowed
+    per, per_cpu, sep = [], [], {}
+    for c in timed:
+        a, b = _clock()
+        sep[c] = float(fn(rr["hyps"][c], refs, srcs, lang))
+        a2, b2 = _clock()
+        per.append(a2 - a)
+        per_cpu.append(b2 - b)
+    mean, mean_cpu = sum(per) / len(per), sum(per_cpu) / len(per_cpu)
+    round_wall = rr["wall"] + mean * len(allowed)
+    round_cpu = rr["cpu"] + mean_cpu * len(allowed)
+    chosen_one = max(allowed, key=lambda c: (one_scores[c], -c))
+    chosen_sep = max(timed, key=lambda c: (sep[c], -c))
+    return {"checkpoint": ckpt, "segments": len(refs), "candidates": len(allowed),
+            "decode_wall_s": round(rr["wall"], 2), "decode_cpu_s": round(rr["cpu"], 2),
+            "one_worker": {"wall_s": round(w1 - w0, 2), "cpu_s": round(c1 - c0, 2), "chosen": chosen_one},
+            "per_candidate": {"timed": len(timed), "extrapolated": len(timed) < len(allowed),
+                              "worker_wall_s": [round(x, 2) for x in per], "mean_worker_s": round(mean, 2),
+                              "min_worker_s": round(min(per), 2), "max_worker_s": round(max(per), 2),
+                              "round_wall_s": round(round_wall, 2), "round_cpu_s": round(round_cpu, 2),
+                              "chosen": chosen_sep},
+            "per_candidate_over_one_worker": round(round_wall / (w1 - w0), 2),
+            "per_candidate_over_one_worker_cpu": round(round_cpu / (c1 - c0), 2),
+            "max_abs_difference": max(abs(one_scores[c] - sep[c]) for c in timed),
+            "same_choice": chosen_one == chosen_sep if len(timed) == len(allowed) else None}
 
 
 def main(argv=None) -> int:
@@ -192,6 +284,15 @@ def main(argv=None) -> int:
                     help="also run a ROUNDS-round search on the toy teacher with the naive and the shared engine")
     ap.add_argument("--toy-heldout", type=int, default=8, help="toy search: held-out segments (default %(default)s)")
     ap.add_argument("--toy-protect", action="store_true", help="toy search: protect the first and last layer")
+    ap.add_argument("--toy-data", default=None, help="toy search: held-out data spec (default: the test fixture)")
+    ap.add_argument("--toy-split", default="test", help="toy search: split of --toy-data (default %(default)s)")
+    ap.add_argument("--heldout-data", action="append", default=None, metavar="SPEC",
+                    help="held-out utterances for the round (repeatable; all splits, in order; 'kit': the kit's data, the default)")
+    ap.add_argument("--no-screen", action="store_true", help="skip the screened round (screen: segments)")
+    ap.add_argument("--comet", default=None, metavar="CHECKPOINT",
+                    help="also time a COMET-metric round: one COMET worker for the round vs one worker per candidate")
+    ap.add_argument("--comet-candidates", type=int, default=0,
+                    help="COMET: time the one-worker-per-candidate way on the first K candidates and extrapolate (0: all)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
 
@@ -222,7 +323,7 @@ def main(argv=None) -> int:
     processor = modelio.load_processor(kit / "model")
     load_s = time.perf_counter() - t0
     n_layers = len(model.model.language_model.layers)
-    segments = load_segments(kit, args.heldout, args.lang)
+    segments = load_segments(kit, args.heldout, args.lang, args.heldout_data)
     allowed = list(range(1, n_layers - 1))  # protect the first and last layer, as published
     cands = allowed[: args.candidates] if args.candidates else allowed
     kw = dict(max_new_tokens=args.max_new_tokens, max_length=1024)
@@ -274,11 +375,40 @@ def main(argv=None) -> int:
                          "chosen": max(cands, key=lambda c: (sh_scores[c], -c)),
                          "chosen_full_round": max(allowed, key=lambda c: (sh_scores[c], -c)), "scores": sh_scores,
                          "where": {k: round(v, 3) if isinstance(v, float) else v for k, v in rr["stats"].items()}}
+    plan = None if args.no_screen else imp.ScreenPlan(seed=args.seed)
+    screened = None
+    if plan:
+        sc_scorer = imp.CandidateScorer(shared_engine)
+        best = None
+        for _ in range(args.repeats):
+            got = time_screened_round(sc_scorer, [], allowed, plan, sync)
+            if not got["screened"]:
+                break
+            best = got if best is None or got["cpu"] < best["cpu"] else best
+        if best:
+            screened = best
+            results["screened"] = {
+                "seconds": round(best["wall"], 3), "cpu_seconds": round(best["cpu"], 3),
+                "per_candidate": round(best["wall"] / len(allowed), 4),
+                "cpu_per_candidate": round(best["cpu"] / len(allowed), 4),
+                "round_estimate": round(best["wall"], 2), "cpu_round_estimate": round(best["cpu"], 2),
+                "chosen": best["chosen"], "fallback": best["fallback"], "finalists": best["finalists"],
+                "stages": best["stages"], "proxy_rank_of_chosen": best["proxy_rank_of_chosen"],
+                "proxy_ranking": best["proxy_ranking"],
+                # the finalists' exact scores must be the shared engine's (the same hypotheses)
+                "exact_equal_shared": all(best["exact"][c] == sh_scores[c] for c in best["finalists"]),
+                "scores": best["exact"]}
     others = [n for n in ("cached", "shared") if n in results]
     same = all(results["naive"]["scores"][c] == results[n]["scores"][c] for n in others for c in cands)
     same_choice = all(results[n]["chosen"] == results["naive"]["chosen"] for n in others)
     base = results["naive"]["round_estimate"]
     base_cpu = results["naive"]["cpu_round_estimate"]
+    naive_full = max(allowed, key=lambda c: (results["naive"]["scores"][c], -c)) if cands == allowed else None
+    if screened:
+        results["screened"]["same_choice_as_naive"] = (screened["chosen"] == naive_full if naive_full is not None
+                                                       else screened["chosen"] == results["shared"]["chosen_full_round"])
+        results["screened"]["shared_over"] = round(results["shared"]["cpu_round_estimate"] / screened["cpu"], 2)
+        results["screened"]["shared_over_wall"] = round(results["shared"]["round_estimate"] / screened["wall"], 2)
     ratios = {n: round(base / r["round_estimate"], 2) for n, r in results.items() if n != "naive"}
     ratios_cpu = {n: round(base_cpu / r["cpu_round_estimate"], 2) for n, r in results.items() if n != "naive"}
     report = {
@@ -293,10 +423,14 @@ def main(argv=None) -> int:
         "scores_equal_to_naive": same, "same_choice_as_naive": same_choice,
         "versions": {"torch": torch.__version__, "transformers": __import__("transformers").__version__},
     }
+    if args.comet:
+        report["comet"] = comet_round(args.comet, shared_engine, rr, allowed, args.comet_candidates, args.lang, sync)
     if args.toy_search:
-        report["toy_search"] = toy_search(args.toy_search, args.toy_heldout, 64, args.toy_protect)
+        report["toy_search"] = toy_search(args.toy_search, args.toy_heldout, 64, args.toy_protect,
+                                          data=args.toy_data, split=args.toy_split, plan=plan)
     ok = same and same_choice and (not args.toy_search or (report["toy_search"]["same_choice"]
                                                            and report["toy_search"]["same_scores"]))
+    # the screen's choice is reported, not required: a miss is a finding, not a broken tool
     if args.json:
         print(json.dumps(report, indent=2, default=str))
     else:
@@ -317,12 +451,38 @@ def main(argv=None) -> int:
               f"decoding {w.get('decode_s', 0):.2f} s ({w.get('decode_rows', 0):,} token-layers)")
         print(f"scores equal to naive (cached, shared): {same}; same choice: {same_choice}"
               f" (shared over the full round: layer {results['shared']['chosen_full_round']})")
+        if screened:
+            r = results["screened"]
+            print(f"screened round (stages {list(plan.stages)}, z {plan.z}): {r['cpu_seconds']:.2f} CPU s, "
+                  f"{ratios_cpu['screened']}x naive CPU ({ratios['screened']}x wall), {r['shared_over']}x the shared "
+                  f"engine CPU; segments/survivors per stage {[(st['segments'], st['kept']) for st in r['stages']]}, "
+                  f"finalists {r['finalists']}, fallback {r['fallback']}; chooses {r['chosen']} (proxy rank "
+                  f"{r['proxy_rank_of_chosen']}), same as naive: {r['same_choice_as_naive']}; finalists' scores "
+                  f"equal the shared engine's: {r['exact_equal_shared']}")
+        if args.comet:
+            c = report["comet"]
+            print(f"COMET round ({len(allowed)} candidates): one worker {c['one_worker']['wall_s']} s wall "
+                  f"(decode + scoring; {c['one_worker']['cpu_s']} CPU s incl. the worker), one worker per candidate "
+                  f"{c['per_candidate']['round_wall_s']} s wall (decode {c['decode_wall_s']} s + "
+                  f"{c['per_candidate']['timed']} workers timed, mean {c['per_candidate']['mean_worker_s']} s, "
+                  f"min {c['per_candidate']['min_worker_s']}, max {c['per_candidate']['max_worker_s']}"
+                  f"{', extrapolated to ' + str(len(allowed)) if c['per_candidate']['extrapolated'] else ''}): "
+                  f"{c['per_candidate_over_one_worker']}x; chosen {c['one_worker']['chosen']} vs "
+                  f"{c['per_candidate']['chosen']}; largest score difference {c['max_abs_difference']:.1e}")
         if args.toy_search:
             t = report["toy_search"]
             print(f"toy teacher, {t['rounds']}-round search, {t['heldout']} segments: naive {t['naive']['chosen']} "
                   f"in {t['naive']['seconds']} s, shared {t['shared']['chosen']} in {t['shared']['seconds']} s "
                   f"({t['naive_over_shared']}x wall, {t['naive_over_shared_cpu']}x CPU); same choice "
                   f"{t['same_choice']}, same scores {t['same_scores']}")
+            if "screened" in t:
+                sc = t["screened"]
+                print(f"toy teacher, screened: {sc['chosen']} in {sc['seconds']} s ({sc['cpu_seconds']} CPU s): "
+                      f"{t['naive_over_screened_cpu']}x naive CPU ({t['naive_over_screened']}x wall), "
+                      f"{t['shared_over_screened_cpu']}x shared CPU; same choice as naive {t['screened_same_choice']}; "
+                      f"exact scores equal naive's {t['screened_scores_equal']}; per round (decoded in full / "
+                      f"candidates, fallback, proxy rank of the choice): "
+                      f"{[(r.get('decoded_in_full'), r.get('candidates'), r.get('fallback'), r.get('proxy_rank_of_chosen')) for r in sc['rounds']]}")
     if tmp:
         tmp.cleanup()
     return 0 if ok else 1

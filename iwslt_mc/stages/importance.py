@@ -149,6 +149,35 @@ def check_metric(name: str) -> None:
         get_metric(name)
 
 
+def segment_statistics(name: str, lang: str):
+    """For a corpus metric that sums per-segment statistics (chrF, chrF++, BLEU: sacrebleu's sufficient
+    statistics), ``(stats, score)``: ``stats(hyps, refs)`` an int array ``[segments, d]`` and ``score(total)``
+    the corpus score of summed statistics (equal to the metric on those segments). None for other metrics."""
+    import numpy as np
+
+    from ..scoring import check_lang
+
+    if name in ("auto", "chrf", "chrf++"):
+        from sacrebleu.metrics import CHRF
+
+        wo = {"auto": check_lang(lang).chrf_word_order, "chrf": 0, "chrf++": 2}[name]
+        m = CHRF(word_order=wo)
+    elif name == "bleu":
+        from sacrebleu.metrics import BLEU
+
+        m = BLEU(tokenize=check_lang(lang).bleu_tokenize)
+    else:
+        return None
+
+    def stats(hyps, refs):
+        return np.asarray(m._extract_corpus_statistics(list(hyps), [list(refs)]), dtype=np.int64)
+
+    def score(total) -> float:
+        return float(m._compute_score_from_stats([int(x) for x in total]).score)
+
+    return stats, score
+
+
 # ---------------------------------------------------------------------------------------------
 # held-out set
 
@@ -697,8 +726,13 @@ class SharedEngine(CachedEngine):
         self.round_rows = round_rows
         self.fallback = round_decoding_supported(model, max_length)
 
-    def translate_round(self, removed_llm, candidates, stats: dict | None = None) -> dict | None:
-        """``{c: hypotheses with LLM layers removed_llm + [c]}`` for every candidate; None if unsupported."""
+    def translate_round(self, removed_llm, candidates, stats: dict | None = None,
+                        segments: Sequence[int] | None = None) -> dict | None:
+        """``{c: hypotheses with LLM layers removed_llm + [c]}`` for every candidate; None if unsupported.
+
+        ``segments``: indices of the held-out segments to decode (default: all), the hypotheses in that order.
+        A segment's hypothesis does not depend on which others are decoded with it.
+        """
         from ..surgery import llm_layers_removed
 
         if self.fallback:
@@ -707,6 +741,8 @@ class SharedEngine(CachedEngine):
         if any(c in removed for c in candidates):
             raise ValueError(f"candidates {list(candidates)} overlap the removed layers {removed}")
         embeds = self.embeds(())
+        if segments is not None:
+            embeds = [embeds[i] for i in segments]
         at = {c: c - sum(1 for r in removed if r < c) for c in candidates}  # position in the pruned stack
         with llm_layers_removed(self.model, removed):
             toks = round_greedy(self.model, embeds, list(at.values()), max_new_tokens=self.max_new_tokens,
@@ -737,6 +773,65 @@ class NaiveEngine:
 
 
 ENGINES = {"shared": SharedEngine, "cached": CachedEngine, "naive": NaiveEngine}
+
+
+# ---------------------------------------------------------------------------------------------
+# the screen: decode every candidate on a few segments, only the close ones on all
+
+
+@dataclass(frozen=True)
+class ScreenPlan:
+    """How a round is screened (``prune-layers`` option ``screen: segments``).
+
+    Every candidate is decoded exactly (the shared engine) on the first ``stages[0]`` segments of a
+    seeded order of the held-out set, the survivors on the first ``stages[1]``, ..., and the finalists
+    on all segments; the round's choice is the best full-set score among the finalists. After each
+    stage, with ``L`` the leader on the segments decoded so far (corpus score, ties to the lower
+    layer), candidate ``c`` survives when ``score_L - score_c <= z * se * sqrt(1 - n / N)``: ``se`` is
+    the jackknife standard error (over the ``n`` segments) of the corpus-score difference of the pair,
+    ``sqrt(1 - n / N)`` the finite-population factor for the full set of ``N`` it has to predict.
+    **Fallback**: when more than ``fallback_share`` of the candidates survive the last stage the margins
+    are too small to trust and every candidate is decoded on all segments (then the choice is the exact
+    one). The choice equals the exact search's whenever the exact winner is among the finalists.
+    """
+
+    stages: tuple = (8, 24)
+    z: float = 3.0
+    fallback_share: float = 0.5
+    seed: int = 0
+
+    def as_dict(self) -> dict:
+        return {"stages": list(self.stages), "z": self.z, "fallback_share": self.fallback_share, "seed": self.seed}
+
+
+def _ranked(scores: dict) -> list:
+    return sorted(scores, key=lambda c: (-scores[c], c))
+
+
+def screen_stage(stats: dict, score_fn, n_total: int, z: float) -> dict:
+    """One screening stage: ``stats`` ``{candidate: int array [n, d]}`` of the same ``n`` segments.
+    Returns ``{"scores", "gap", "se", "kept", "leader"}`` (see :class:`ScreenPlan` for the rule)."""
+    import numpy as np
+
+    cands = list(stats)
+    n = next(iter(stats.values())).shape[0]
+    tot = {c: stats[c].sum(0) for c in cands}
+    scores = {c: score_fn(tot[c]) for c in cands}
+    leader = _ranked(scores)[0]
+    loo = {c: np.array([score_fn(tot[c] - stats[c][i]) for i in range(n)]) for c in cands} if n > 1 else {}
+    fpc = (max(0.0, 1.0 - n / n_total)) ** 0.5
+    gap, se, kept = {}, {}, []
+    for c in cands:
+        gap[c] = scores[leader] - scores[c]
+        if n > 1:
+            d = loo[leader] - loo[c]
+            se[c] = float(((n - 1) / n * ((d - d.mean()) ** 2).sum()) ** 0.5)
+        else:
+            se[c] = float("inf")
+        if c == leader or gap[c] <= z * se[c] * fpc:
+            kept.append(c)
+    return {"segments": n, "scores": scores, "gap": gap, "se": se, "kept": _ranked({c: scores[c] for c in kept}),
+            "leader": leader}
 
 
 class CandidateScorer:
@@ -782,6 +877,66 @@ class CandidateScorer:
             self._scored.update(self._score_many({k: self._ready.pop(k) for k in keys}))
         return together
 
+    def screen_reason(self, kind: str) -> str | None:
+        """Why a round of ``kind`` cannot be screened (None: it can)."""
+        if self.scoring != "decode":
+            return "teacher-forced scoring"
+        if kind != "llm" or not hasattr(self.engine, "translate_round") or getattr(self.engine, "fallback", None):
+            return "only LLM rounds of the shared engine are screened"
+        if segment_statistics(self.metric_name, self.engine.lang) is None:
+            return f"metric {self.metric_name} has no per-segment statistics"
+        return None
+
+    def screen_round(self, removed, candidates, plan: ScreenPlan) -> dict | None:
+        """Screen a round of LLM ``candidates`` (see :class:`ScreenPlan`): returns ``{"stages": [...],
+        "finalists", "fallback", "proxy_ranking"}`` with every finalist's full-set hypotheses
+        waiting for :meth:`__call__`; None when the round cannot be screened (the caller decodes exactly)."""
+        import numpy as np
+
+        if self.screen_reason("llm"):
+            return None
+        stats_fn, score_fn = segment_statistics(self.metric_name, self.engine.lang)
+        N = len(self.refs)
+        sizes = [n for n in sorted(set(plan.stages)) if 0 < n < N]
+        if not sizes or not candidates:
+            return None
+        self._ready, self._scored = {}, {}
+        order = np.random.default_rng(plan.seed).permutation(N).tolist()
+        hyps = {c: {} for c in candidates}
+        stats = {c: {} for c in candidates}
+        alive, stages, done = list(candidates), [], 0
+
+        def decode(cands, idx):
+            got = self.engine.translate_round(tuple(removed), list(cands), segments=idx)
+            if got is None:
+                raise RuntimeError("the shared engine refused a round it accepted before")
+            for c in cands:
+                hyps[c].update(zip(idx, got[c]))
+                for i, row in zip(idx, stats_fn(got[c], [self.refs[i] for i in idx])):
+                    stats[c][i] = row
+
+        for n in sizes:
+            decode(alive, order[done:n])
+            done = n
+            st = screen_stage({c: np.stack([stats[c][i] for i in order[:n]]) for c in alive}, score_fn, N, plan.z)
+            # per candidate, best first: [layer, score on these segments, gap to the leader, its standard error]
+            stages.append({"segments": n, "candidates": [[c, round(st["scores"][c], 6), round(st["gap"][c], 6),
+                                                          round(st["se"][c], 6)] for c in _ranked(st["scores"])],
+                           "kept": st["kept"]})
+            alive = st["kept"]
+        fallback = len(alive) > plan.fallback_share * len(candidates)
+        finalists = list(candidates) if fallback else alive
+        groups: dict = {}  # candidates missing the same segments are decoded together
+        for c in finalists:
+            groups.setdefault(tuple(i for i in range(N) if i not in hyps[c]), []).append(c)
+        for idx, cands in groups.items():
+            if idx:
+                decode(cands, list(idx))
+        for c in finalists:
+            self._ready[(tuple(sorted(list(removed) + [c])), ())] = [hyps[c][i] for i in range(N)]
+        return {"stages": stages, "finalists": sorted(finalists), "fallback": fallback,
+                "proxy_ranking": [row[0] for row in stages[0]["candidates"]]}
+
     def _score_many(self, hyps_by_key: dict) -> dict:
         from .. import comet_env
 
@@ -812,8 +967,11 @@ class SearchLog:
     """JSONL log of every evaluated candidate and every round; rereading it resumes a search.
 
     Lines: ``{"type": "header", "key": {...}}``, ``{"type": "baseline", "score"}``,
+    ``{"type": "screen", "kind", "round", "removed", "stages", "finalists", "fallback", "proxy_ranking"}``
+    (a screened round, before its finalists' exact scores),
     ``{"type": "candidate", "kind", "round", "removed", "candidate", "score", "seconds"}``,
-    ``{"type": "round", "kind", "round", "chosen", "score", "removed"}``. A log whose header key
+    ``{"type": "round", "kind", "round", "chosen", "score", "removed"}`` (with ``screen``: the proxy
+    ranking, the exact scores of the candidates decoded in full, whether the fallback fired). A log whose header key
     differs from the current search (other model, options or held-out set) is started afresh.
     """
 
@@ -856,6 +1014,8 @@ class SearchLog:
             self.memo[self._mkey(rec["kind"], rec["removed"], rec["candidate"])] = rec["score"]
         elif rec.get("type") == "baseline":
             self.memo[("baseline",)] = rec["score"]
+        elif rec.get("type") == "screen":
+            self.memo[("screen",) + self._mkey(rec["kind"], rec["removed"], None)[:2]] = rec
 
     def _write(self, rec: dict) -> None:
         import json
@@ -869,6 +1029,10 @@ class SearchLog:
     def lookup(self, kind, removed, candidate):
         return self.memo.get(self._mkey(kind, removed, candidate))
 
+    def screen(self, kind, removed) -> dict | None:
+        """The screen record of the round that starts from ``removed`` (resume), if logged."""
+        return self.memo.get(("screen",) + self._mkey(kind, removed, None)[:2])
+
     def add(self, rec: dict) -> None:
         if rec.get("type") == "round" and any(r.get("type") == "round" and r.get("kind") == rec["kind"]
                                                and r.get("round") == rec["round"] for r in self.lines):
@@ -880,26 +1044,45 @@ class SearchLog:
 
 
 def iterative_search(scorer: CandidateScorer, *, kind: str, n_layers: int, remove: int, protect_first_last: bool,
-                     log: SearchLog, fixed_llm: Sequence[int] = (), progress: Callable[[str], None] = print) -> list[int]:
+                     log: SearchLog, fixed_llm: Sequence[int] = (), progress: Callable[[str], None] = print,
+                     screen: ScreenPlan | None = None) -> list[int]:
     """Greedy importance search: ``remove`` rounds, each removing the layer whose removal scores best.
 
     ``kind`` is ``llm`` or ``audio``; indices are positions in the input model. ``fixed_llm`` are LLM
     layers already chosen (kept removed while searching audio layers). Ties go to the lower index.
+    ``screen``: screen each round (:class:`ScreenPlan`; only the finalists are scored on the whole
+    held-out set) where the scorer can (:meth:`CandidateScorer.screen_reason`), else every candidate.
     Returns the removed layers in the order they were chosen.
     """
     removed: list[int] = []
     allowed = [i for i in range(n_layers) if not (protect_first_last and i in (0, n_layers - 1))]
+    why_not = scorer.screen_reason(kind) if screen is not None and hasattr(scorer, "screen_reason") else None
+    if screen is not None and why_not:
+        progress(f"{kind} rounds are not screened ({why_not}): every candidate is decoded")
     for rnd in range(1, remove + 1):
         best, best_score = None, None
         t_round = time.perf_counter()
         cands = [c for c in allowed if c not in removed]
-        missing = [c for c in cands if log.lookup(kind, removed, c) is None]
-        together, share = 0, 0.0
-        if missing and hasattr(scorer, "prepare"):
+        together, share, screened = 0, 0.0, None
+        if screen is not None and not why_not:
+            screened = log.screen(kind, removed)
+            fresh = screened is None and any(log.lookup(kind, removed, c) is None for c in cands)
+            if fresh:
+                t0 = time.perf_counter()
+                got = scorer.screen_round(removed, cands, screen)
+                if got is not None:
+                    screened = {"type": "screen", "kind": kind, "round": rnd, "removed": sorted(removed), **got}
+                    log.add(screened)
+                    share = (time.perf_counter() - t0) / len(got["finalists"])
+                    together = len(cands)
+        scored = [c for c in cands if c in screened["finalists"]] if screened else cands
+        missing = [c for c in scored if log.lookup(kind, removed, c) is None]
+        if missing and hasattr(scorer, "prepare") and not together:
             t0 = time.perf_counter()
             together = scorer.prepare(kind, removed, missing, fixed_llm)
             share = (time.perf_counter() - t0) / len(missing)  # batched decoding / one COMET call, spread
-        for c in cands:
+        exact = {}
+        for c in scored:
             score = log.lookup(kind, removed, c)
             if score is None:
                 t0 = time.perf_counter()
@@ -911,12 +1094,25 @@ def iterative_search(scorer: CandidateScorer, *, kind: str, n_layers: int, remov
                 # decoded together with the round: its share of that loop, plus its own scoring
                 log.add({"type": "candidate", "kind": kind, "round": rnd, "removed": sorted(removed), "candidate": c,
                          "score": score, "seconds": round(time.perf_counter() - t0 + share, 3)})
+            exact[c] = score
             if best_score is None or score > best_score:
                 best, best_score = c, score
         removed.append(best)
-        log.add({"type": "round", "kind": kind, "round": rnd, "chosen": best, "score": best_score,
-                 "removed": list(removed), "seconds": round(time.perf_counter() - t_round, 3),
-                 "decoded_together": together})
+        rec = {"type": "round", "kind": kind, "round": rnd, "chosen": best, "score": best_score,
+               "removed": list(removed), "seconds": round(time.perf_counter() - t_round, 3),
+               "decoded_together": together}
+        if screened:
+            rec["screen"] = {"proxy_ranking": [[row[0], row[1]] for row in screened["stages"][0]["candidates"]],
+                             "proxy_segments": screened["stages"][0]["segments"],
+                             "exact_scores": [[c, exact[c]] for c in _ranked(exact)],
+                             "fallback": screened["fallback"], "decoded_in_full": len(scored), "candidates": len(cands),
+                             "proxy_rank_of_chosen": screened["proxy_ranking"].index(best) + 1}
+        log.add(rec)
+        how = ""
+        if screened:
+            how = (f"; screen: fallback, all decoded" if screened["fallback"] else
+                   f"; screen: {len(scored)} of {len(cands)} decoded in full, proxy rank "
+                   f"{rec['screen']['proxy_rank_of_chosen']}")
         progress(f"{kind} round {rnd}/{remove}: removed layer {best} ({scorer.label} {best_score:.4g}; "
-                 f"{len(cands)} candidates)")
+                 f"{len(cands)} candidates{how})")
     return removed

@@ -11,7 +11,9 @@ strategy with a count (``remove`` LLM layers, ``audio_remove`` audio layers):
   layers (with the chosen LLM layers removed). See :mod:`iwslt_mc.stages.importance` for how a
   round is made cheap without changing the selection (engine ``shared``: all candidates of a round
   in one batched loop, the prefill below each candidate's layer shared), and the ``teacher-forced``
-  alternative.
+  alternative. ``screen: segments`` (off by default) decodes every candidate on a few segments and only
+  those within a few standard errors of the leader on all (:class:`iwslt_mc.stages.importance.ScreenPlan`),
+  falling back to every candidate when too many are close; its choice is measured, not guaranteed, equal.
 
 The search log (every candidate's score, every round's choice) is written to the work directory as
 it goes, so an interrupted search resumes where it stopped (and a rerun asking for more layers
@@ -80,6 +82,16 @@ class PruneLayersOptions(StageOptions):
                 "below each candidate's layer computed once; same choices as naive), cached (audio encoded once, one "
                 "candidate at a time, batched decoding) or naive (the published per-candidate batch-1 loop; slow, "
                 "for checking)"})
+    screen: Literal["off", "segments"] = field(default="off", metadata={
+        "help": "iterative, shared engine, chrF/chrF++/BLEU: off (every candidate decoded on every held-out segment: the "
+                "exact search) or segments (every candidate decoded on the first screen_segments[0] segments of a seeded "
+                "order, those within screen_z standard errors of the leader on more, the finalists on all; falls back "
+                "to decoding every candidate when more than half survive; cheaper, the choice is only measured equal)"})
+    screen_segments: list[int] = field(default_factory=lambda: [8, 24], metadata={
+        "help": "iterative, screen segments: held-out segments of each screening stage, increasing"})
+    screen_z: float = field(default=3.0, metadata={
+        "help": "iterative, screen segments: a candidate is dropped when it trails the leader by more than this many "
+                "standard errors of the pair's score difference"})
     round_rows: int = field(default=256, metadata={
         "help": "iterative, shared engine: (candidate, segment) rows decoded together; lower it if a round runs "
                 "out of GPU memory (each row holds a KV cache)"})
@@ -117,6 +129,18 @@ class PruneLayersOptions(StageOptions):
 
         if not self.metric.startswith(("comet:", "qe:")):
             get_metric(self.metric)
+        if self.screen != "off":
+            st = self.screen_segments
+            if not st or any(n < 1 for n in st) or sorted(set(st)) != list(st):
+                raise UserError(f"stage prune-layers: option 'screen_segments' must be increasing counts of at least 1, "
+                                f"got {st}")
+            if not self.screen_z > 0:
+                raise UserError(f"stage prune-layers: option 'screen_z' must be above 0, got {self.screen_z}")
+            if self.engine != "shared" or self.scoring != "decode":
+                raise UserError("stage prune-layers: screen needs engine shared and scoring decode")
+            if self.metric not in ("auto", "chrf", "chrf++", "bleu"):
+                raise UserError(f"stage prune-layers: screen needs a metric with per-segment statistics (auto, chrf, "
+                                f"chrf++, bleu), not {self.metric}")
 
     def smoke(self) -> "PruneLayersOptions":
         import dataclasses
@@ -236,8 +260,9 @@ class PruneLayers(Stage):
 
     def _technique(self, what: str, idx: list, how: str, n: int, info: dict | None) -> str:
         if how == "iterative" and info:
+            scr = ", candidates screened on fewer segments first" if info.get("screen", "off") != "off" else ""
             return (f"iterative {what} layer pruning (removed layers {_fmt_layers(idx)} of {n}, in that order, "
-                    f"by {info['criterion']} on {info['heldout']} held-out segments)")
+                    f"by {info['criterion']} on {info['heldout']} held-out segments{scr})")
         if how == "middle block":
             return f"{what} layer pruning (removed the middle block {idx[0]}-{idx[-1]} of {n} layers)"
         if how == "top block":
@@ -272,6 +297,10 @@ class PruneLayers(Stage):
             "heldout": [s.id for s in segments], "max_new_tokens": o.max_new_tokens, "max_length": o.max_length,
             "protect_first_last": o.protect_first_last, "seed": ctx.seed,
         }
+        screen = None
+        if o.screen != "off":
+            screen = imp.ScreenPlan(stages=tuple(o.screen_segments), z=o.screen_z, seed=ctx.seed)
+            key["screen"] = screen.as_dict()  # a screened search's rounds are not an exact search's
         work = Path(ctx.work_dir) if ctx.work_dir else out_dir
         log = imp.SearchLog(work / SEARCH_LOG, key, log=ctx.log)
         baseline = log.memo.get(("baseline",))
@@ -283,7 +312,8 @@ class PruneLayers(Stage):
 
         layout = find_layout(model)
         llm = imp.iterative_search(scorer, kind="llm", n_layers=layout.num_llm_layers, remove=o.remove,
-                                   protect_first_last=o.protect_first_last, log=log, progress=ctx.log) if o.remove else []
+                                   protect_first_last=o.protect_first_last, log=log, progress=ctx.log,
+                                   screen=screen) if o.remove else []
         audio = imp.iterative_search(scorer, kind="audio", n_layers=layout.num_audio_layers, remove=o.audio_remove,
                                      protect_first_last=o.protect_first_last, log=log, fixed_llm=llm,
                                      progress=ctx.log) if o.audio_remove else []
@@ -296,7 +326,11 @@ class PruneLayers(Stage):
             d["use"] = f"held-out scoring of layer removal ({len(segments)} segments, seed {ctx.seed})"
         info = {
             "criterion": scorer.label, "heldout": len(segments), "baseline_score": baseline, "final_score": final,
-            "rounds": [{"kind": r["kind"], "round": r["round"], "chosen": r["chosen"], "score": r["score"]} for r in rounds],
+            "rounds": [{"kind": r["kind"], "round": r["round"], "chosen": r["chosen"], "score": r["score"],
+                        **({"screen": {k: r["screen"][k] for k in ("fallback", "decoded_in_full", "candidates",
+                                                                      "proxy_rank_of_chosen")}} if "screen" in r else {})}
+                       for r in rounds],
+            "screen": screen.as_dict() if screen else "off",
             "candidates_scored": sum(1 for r in log.lines if r.get("type") == "candidate"),
             "resumed_candidates": log.resumed, "engine": o.engine, "log": SEARCH_LOG, "data": data,
         }
