@@ -111,7 +111,7 @@ def test_quantize_bnb_reloads_with_from_pretrained_alone(gkit, tmp_path, inputs,
     assert gen.shape[1] == inputs["input_ids"].shape[1] + 4
 
 
-def test_quantize_ct_reloads_and_refuses_tied_embeddings(gkit, tmp_path, inputs):
+def test_quantize_ct_reloads_and_quantizes_tied_embeddings_once(gkit, tmp_path, inputs):
     from iwslt_mc import quant_formats
     from iwslt_mc.stages.quantize import QuantizeOptions
 
@@ -130,11 +130,16 @@ def test_quantize_ct_reloads_and_refuses_tied_embeddings(gkit, tmp_path, inputs)
     assert torch.equal(_logits(reloaded, inputs), _logits(before, inputs))
     assert rec["quantized_linear_layers"] == 67
     assert sizer.measure(out).bytes == (out / "model.safetensors").stat().st_size
-    # the token embeddings are lm_head (tied): ct refuses them in one line, before any weight is read
-    with pytest.raises(UserError, match=r"^stage quantize: .* ties lm_head to the token embeddings; method ct cannot"):
-        run_stage(make_stage("quantize", dict(ct, quantize_embeddings=True)), gkit / "model", tmp_path / "e",
-                  StageContext(**QUIET))
-    assert not (tmp_path / "e").exists()
+    # the token embeddings are lm_head (tied): with quantize_embeddings the one matrix is packed once, and the
+    # checkpoint stays tied (no lm_head key) and reloads with from_pretrained alone to the same logits
+    emb = dict(ct, quantize_embeddings=True)
+    run_stage(make_stage("quantize", emb), gkit / "model", tmp_path / "e", StageContext(**QUIET))
+    we = _weights(tmp_path / "e")
+    assert "model.language_model.embed_tokens.weight_packed" in we and not any(k.startswith("lm_head") for k in we)
+    assert "model.language_model.embed_tokens.weight" not in we
+    before_e, _ = quant_formats.ct_quantize(gkit / "model", QuantizeOptions.from_dict(emb), log=lambda *a: None)
+    assert torch.equal(_logits(_plain_reload(tmp_path / "e"), inputs), _logits(before_e, inputs))
+    assert sizer.measure(tmp_path / "e").bytes < sizer.measure(out).bytes
 
 
 # ---------------------------------------------------------------------------------------- training data
