@@ -57,3 +57,18 @@ def test_generic_path_linear_matches_the_dequantized_weight():
     w_dq = reference(q4.weight.data, q4.weight.quant_state)
     torch.testing.assert_close(out, x @ w_dq.t(), rtol=1e-4, atol=1e-4)
     assert float((w_dq - lin.weight.detach()).abs().mean()) < 0.1
+
+
+def test_native_kernel_lookup_survives_dead_weak_proxies():
+    """gc.get_objects() can hold weak proxies whose referent is gone (seen in `decode` of a long file)."""
+    import weakref
+
+    class T:
+        pass
+
+    t = T()
+    p = weakref.proxy(t)
+    holder = [p]  # a live list holding a proxy that is about to die
+    del t
+    assert bnb_cpu._native_kernel() is not None
+    assert len(holder) == 1
