@@ -233,20 +233,18 @@ class _QuantStateReader:
         self.handles: dict[str, object] = {}
 
     def __call__(self, ti: TensorInfo) -> dict | None:
-        if ti.dtype != "U8" or ti.nbytes > 64 * 1024:
+        if ti.dtype != "U8":
             return None
+        data = self.raw(ti, limit=64 * 1024)
         try:
-            f = self.handles.get(ti.file)
-            if f is None:
-                f = self.handles[ti.file] = open(self.base / ti.file, "rb")
-            f.seek(ti.offset)
-            return json.loads(f.read(ti.nbytes).decode("utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            return None if data is None else json.loads(data.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
             return None
 
-    def raw(self, ti: TensorInfo) -> bytes | None:
-        """The data bytes of a small tensor (a compressed-tensors ``weight_shape``), or None."""
-        if ti.nbytes > 64:
+    def raw(self, ti: TensorInfo, limit: int = 64) -> bytes | None:
+        """The data bytes of a small tensor (at most ``limit`` bytes: a compressed-tensors ``weight_shape``,
+        a quant_state record), or None."""
+        if ti.nbytes > limit:
             return None
         try:
             f = self.handles.get(ti.file)
