@@ -273,6 +273,18 @@ def check_precision(p: str) -> str:
     return p
 
 
+def predicted_torch_save(entries, config_dict: dict, fdt: str):
+    """The organizers' torch.save measure of a planned checkpoint (``entries``: name, dtype, shape, bytes),
+    laid out from its tensors and config: (result, None), or (None, why it is not predictable)."""
+    try:
+        ts = torchsave.compute([(e[0], e[1], e[2]) for e in entries], config_dict,
+                               float_dtype=_FLOAT_DTYPE[fdt][0], version=f"iwslt-mc-{__version__}")
+    except torchsave.NotExact as e:
+        return None, f"not predictable: {e}"
+    ts.signature = "predicted|" + ts.signature
+    return ts, None
+
+
 def is_quant_precision(p: str) -> bool:
     """A quantized precision: bitsandbytes (``QUANT_PRECISIONS``) or compressed-tensors (``ct4``, ``ct3-g64``, ...)."""
     return p in QUANT_PRECISIONS or parse_ct_precision(p) is not None
@@ -546,13 +558,7 @@ def predict(spec: Spec, base_config=None, edition: str = "2025", *, base_name: s
     signature = (f"predicted|edition:{ed.key}|format:safetensors-1-file|bnb-blocksize:{BNB_BLOCKSIZE}"
                  f"|units:bytes,GB=10^9,GiB=2^30|version:iwslt-mc-{__version__}")
     config = _apply_dims(base_config, dims)
-    ts = ts_note = None
-    try:
-        ts = torchsave.compute([(e[0], e[1], e[2]) for e in entries], config.to_dict(),
-                               float_dtype=_FLOAT_DTYPE[fdt][0], version=f"iwslt-mc-{__version__}")
-        ts.signature = "predicted|" + ts.signature
-    except torchsave.NotExact as e:
-        ts_note = f"not predictable: {e}"
+    ts, ts_note = predicted_torch_save(entries, config.to_dict(), fdt)
     return Prediction(spec=spec, edition=ed.key, bytes=total, params=params, bin=size_bin(total, ed),
                       components=components, overhead=overhead, header_bytes=header, tensors=len(entries),
                       dims=dims, base=base_name or "config", signature=signature, entries=entries,

@@ -141,8 +141,8 @@ def inventory(cfg) -> list[tuple[str, tuple, str, bool, bool]]:
 
 
 def predict(spec, base_config, edition: str, *, base_name: str | None = None):
-    from .. import torchsave
-    from ..planner import _FLOAT_DTYPE, Prediction, disk_tensors, is_quant_precision, safetensors_header_bytes
+    from ..planner import (Prediction, disk_tensors, is_quant_precision, predicted_torch_save,
+                           safetensors_header_bytes)
     from ..track import get_edition, size_bin
     from .gemma4 import COMPONENTS
 
@@ -179,13 +179,7 @@ def predict(spec, base_config, edition: str, *, base_name: str | None = None):
     components = {c: v for c, v in components.items() if v["bytes"] or c not in ("other", "lm_head")}
     signature = (f"predicted|edition:{ed.key}|format:safetensors-1-file|family:gemma4"
                  f"|units:decimal|version:iwslt-mc-{__version__}")
-    ts = ts_note = None
-    try:
-        ts = torchsave.compute([(e[0], e[1], e[2]) for e in entries], cfg.to_dict(),
-                               float_dtype=_FLOAT_DTYPE[fdt][0], version=f"iwslt-mc-{__version__}")
-        ts.signature = "predicted|" + ts.signature
-    except torchsave.NotExact as e:
-        ts_note = f"not predictable: {e}"
+    ts, ts_note = predicted_torch_save(entries, cfg.to_dict(), fdt)
     return Prediction(spec=spec, edition=ed.key, bytes=total, params=params, bin=size_bin(total, ed),
                       components=components, overhead=overhead, header_bytes=header, tensors=len(entries),
                       dims=dims, base=base_name or "config", signature=signature, entries=entries, config=cfg,
