@@ -275,13 +275,7 @@ def run_trim_vocab(stage, in_dir, out_dir, ctx) -> dict:
     ctx.log(f"trim-vocab: {rows_before} -> {len(keep_ids)} token rows (embeddings, PLE table, tied lm_head); saving")
     modelio.save_model(new, processor, out_dir)
     stage._rewrite_tokenizer_files(Path(out_dir), new_json, old2new)
-    new_proc = modelio.load_processor(out_dir)
-    new_enc = new_proc.tokenizer(prompts + texts, add_special_tokens=False)["input_ids"]
-    for line, old, nw in zip(prompts + texts, enc, new_enc):
-        if [old2new[i] for i in old] != nw:
-            raise RuntimeError(f"trim-vocab: the trimmed tokenizer encodes {line[:60]!r} differently (a bug)")
-    if len(new_proc.tokenizer) != len(keep_ids):
-        raise RuntimeError(f"trim-vocab: tokenizer has {len(new_proc.tokenizer)} tokens, model {len(keep_ids)} rows")
+    stage._check_trimmed(Path(out_dir), prompts + texts, enc, old2new, len(keep_ids))
     saved = sizer.measure(in_dir).bytes - sizer.measure(out_dir).bytes
     return {"techniques": [f"vocabulary trimming ({rows_before:,} -> {len(keep_ids):,} tokens, PLE table with them; "
                            f"{saved:,} bytes saved)"], "data": data_used, "vocab_before": rows_before,

@@ -383,14 +383,7 @@ class TrimVocab(Stage):
         modelio.save_model(model, processor, out_dir)
         self._rewrite_tokenizer_files(Path(out_dir), new_json, old2new)
 
-        # --- the new tokenizer must give the old tokens, renumbered, for everything we promised
-        new_proc = modelio.load_processor(out_dir)
-        new_enc = new_proc.tokenizer(prompts + texts, add_special_tokens=False)["input_ids"]
-        for line, old, new in zip(prompts + texts, enc, new_enc):
-            if [old2new[i] for i in old] != new:
-                raise RuntimeError(f"trim-vocab: the trimmed tokenizer encodes {line[:60]!r} differently (a bug)")
-        if len(new_proc.tokenizer) != len(keep_ids):
-            raise RuntimeError(f"trim-vocab: tokenizer has {len(new_proc.tokenizer)} tokens, model {len(keep_ids)} rows")
+        self._check_trimmed(Path(out_dir), prompts + texts, enc, old2new, len(keep_ids))
 
         before = sizer.measure(in_dir)
         after = sizer.measure(out_dir)
@@ -401,6 +394,20 @@ class TrimVocab(Stage):
         return {"techniques": techniques, "data": data_used, "vocab_before": rows_before,
                 "vocab_after": len(keep_ids), "bytes_saved": saved, "text_segments": len(texts),
                 "languages": languages}
+
+    @staticmethod
+    def _check_trimmed(out: Path, lines: list[str], enc: list[list[int]], old2new: dict, rows: int) -> None:
+        """The saved tokenizer must give the old tokens (``enc``), renumbered, for everything we promised,
+        and have as many tokens as the model has rows."""
+        from .. import modelio
+
+        new_proc = modelio.load_processor(out)
+        new_enc = new_proc.tokenizer(lines, add_special_tokens=False)["input_ids"]
+        for line, old, new in zip(lines, enc, new_enc):
+            if [old2new[i] for i in old] != new:
+                raise RuntimeError(f"trim-vocab: the trimmed tokenizer encodes {line[:60]!r} differently (a bug)")
+        if len(new_proc.tokenizer) != rows:
+            raise RuntimeError(f"trim-vocab: tokenizer has {len(new_proc.tokenizer)} tokens, model {rows} rows")
 
     @staticmethod
     def _rewrite_tokenizer_files(out: Path, new_json: dict, old2new: dict) -> None:
