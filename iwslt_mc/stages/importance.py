@@ -275,6 +275,38 @@ def _model_inputs(processor, waves, lang, model):
     return {k: (v.to(model.device, dtype) if k == "input_features" else v.to(model.device)) for k, v in inputs.items()}
 
 
+def calibration_pass(model, processor, layout, segments, lang: str, hooks: list, real: dict) -> dict:
+    """Run each calibration segment (its prompt and its reference) through the LLM, with ``hooks`` (forward
+    hooks the caller registered; removed afterwards, also on error) accumulating activations. Before each
+    segment ``real`` gets the encoder positions that hold real audio ("positions", after the stride-2
+    convolution; the encoder always sees its whole padded window) and those left after the average pooling
+    ("pooled"). Returns the counts the sums are divided by: LLM positions, audio positions, pooled positions."""
+    import torch
+
+    counts = {"llm": 0, "audio": 0, "audio_pooled": 0}
+    fe = processor.feature_extractor
+    max_frames = fe.n_samples // fe.hop_length  # mel frames in the window (3,000 for 30 s)
+    tok = processor.tokenizer
+    try:
+        with torch.inference_mode():
+            for seg in segments:
+                frames = min(len(seg.wave) // fe.hop_length, max_frames)
+                real["positions"] = (frames - 1) // 2 + 1  # after the stride-2 convolution
+                real["pooled"] = (real["positions"] - 2) // 2 + 1  # after the average pooling
+                counts["audio"] += real["positions"]
+                counts["audio_pooled"] += real["pooled"]
+                embeds = encode_prompts(model, processor, [seg], lang, batch_size=1)[0]
+                ref = tok(seg.reference, add_special_tokens=False)["input_ids"]
+                ids = torch.as_tensor(ref, dtype=torch.long, device=embeds.device)
+                x = torch.cat([embeds, layout.embed_tokens(ids).to(embeds.dtype)])[None]
+                layout.language_model(inputs_embeds=x, use_cache=False)
+                counts["llm"] += x.shape[1]
+    finally:
+        for h in hooks:
+            h.remove()
+    return counts
+
+
 def encode_prompts(model, processor, segments: Sequence[HeldoutSegment], lang: str, *, batch_size: int = 8) -> list:
     """Per segment, the prompt embeddings ``[T_i, hidden]`` the LLM sees (audio encoded once, batched)."""
     import torch

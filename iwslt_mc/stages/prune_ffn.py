@@ -91,18 +91,13 @@ def weight_importance(model) -> tuple[list, list]:
 
 def activation_importance(model, processor, segments, lang: str) -> tuple[list, list]:
     """Per layer, ``E|activation| x output-weight norm`` of each unit over the tokens of ``segments``."""
-    import torch
-
     from ..layout import find_layout
-    from .importance import encode_prompts
+    from .importance import calibration_pass
 
     layout = find_layout(model)
     llm_sum = [None] * layout.num_llm_layers
     audio_sum = [None] * layout.num_audio_layers
-    counts = {"llm": 0, "audio": 0}
     real = {}  # the encoder always sees its whole window (30 s, padded): count only frames of real audio
-    fe = processor.feature_extractor
-    max_frames = fe.n_samples // fe.hop_length  # mel frames in the window (3,000 for 30 s)
 
     def add(store, i, kind):
         def hook(mod, args):
@@ -117,23 +112,7 @@ def activation_importance(model, processor, segments, lang: str) -> tuple[list, 
              for i, layer in enumerate(layout.decoder_layers)]
     hooks += [layer.fc2.register_forward_pre_hook(add(audio_sum, i, "audio"))
               for i, layer in enumerate(layout.audio_layers)]
-    tok = processor.tokenizer
-    try:
-        with torch.inference_mode():
-            for seg in segments:
-                frames = min(len(seg.wave) // fe.hop_length, max_frames)
-                enc_len = (frames - 1) // 2 + 1  # encoder positions after the stride-2 convolution
-                real["positions"] = enc_len
-                counts["audio"] += enc_len
-                embeds = encode_prompts(model, processor, [seg], lang, batch_size=1)[0]
-                ref = tok(seg.reference, add_special_tokens=False)["input_ids"]
-                ids = torch.as_tensor(ref, dtype=torch.long, device=embeds.device)
-                x = torch.cat([embeds, layout.embed_tokens(ids).to(embeds.dtype)])[None]
-                layout.language_model(inputs_embeds=x, use_cache=False)
-                counts["llm"] += x.shape[1]
-    finally:
-        for h in hooks:
-            h.remove()
+    counts = calibration_pass(model, processor, layout, segments, lang, hooks, real)
     llm = [(s / max(counts["llm"], 1)).cpu() * layer.mlp.down_proj.weight.float().norm(dim=0).cpu()
            for s, layer in zip(llm_sum, layout.decoder_layers)]
     audio = [(s / max(counts["audio"], 1)).cpu() * layer.fc2.weight.float().norm(dim=0).cpu()

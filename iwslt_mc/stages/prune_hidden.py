@@ -202,7 +202,7 @@ def activation_importance(model, processor, segments, lang: str) -> dict:
 
     from .. import surgery
     from ..layout import find_layout
-    from .importance import encode_prompts
+    from .importance import calibration_pass
 
     layout = find_layout(model)
     llm_r, audio_r = _readers(layout)
@@ -210,10 +210,7 @@ def activation_importance(model, processor, segments, lang: str) -> dict:
     a_heads, a_hd = surgery.audio_attention_shape(layout)
     sums = {"llm_norm": [None] * len(llm_r), "audio_norm": [None] * len(audio_r),
             "llm_heads": torch.zeros(heads), "audio_heads": torch.zeros(a_heads)}
-    counts = {"llm": 0, "audio": 0, "audio_pooled": 0}
     real = {}
-    fe = processor.feature_extractor
-    max_frames = fe.n_samples // fe.hop_length
     final_audio_norm = layout.audio_tower.layer_norm
 
     def norm_hook(store, i, kind):
@@ -242,24 +239,7 @@ def activation_importance(model, processor, segments, lang: str) -> dict:
               for l in layout.decoder_layers]
     hooks += [l.self_attn.out_proj.register_forward_pre_hook(head_hook("audio_heads", a_heads, a_hd, "audio"))
               for l in layout.audio_layers]
-    tok = processor.tokenizer
-    try:
-        with torch.inference_mode():
-            for seg in segments:
-                frames = min(len(seg.wave) // fe.hop_length, max_frames)
-                real["positions"] = (frames - 1) // 2 + 1  # after the stride-2 convolution
-                real["pooled"] = (real["positions"] - 2) // 2 + 1  # after the average pooling
-                counts["audio"] += real["positions"]
-                counts["audio_pooled"] += real["pooled"]
-                embeds = encode_prompts(model, processor, [seg], lang, batch_size=1)[0]
-                ref = tok(seg.reference, add_special_tokens=False)["input_ids"]
-                ids = torch.as_tensor(ref, dtype=torch.long, device=embeds.device)
-                x = torch.cat([embeds, layout.embed_tokens(ids).to(embeds.dtype)])[None]
-                layout.language_model(inputs_embeds=x, use_cache=False)
-                counts["llm"] += x.shape[1]
-    finally:
-        for h in hooks:
-            h.remove()
+    counts = calibration_pass(model, processor, layout, segments, lang, hooks, real)
     n_llm, n_audio = max(counts["llm"], 1), max(counts["audio"], 1)
     llm_dims = sum(s / n_llm * _read_norm(*ls) for s, (_, ls) in zip(sums["llm_norm"], llm_r))
     audio_dims = sum(s / (max(counts["audio_pooled"], 1) if n is final_audio_norm else n_audio) * _read_norm(*ls)
