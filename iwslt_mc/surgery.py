@@ -144,22 +144,33 @@ def audio_layers_removed(model, indices: Iterable[int]):
 # FFN (MLP) width
 
 
-def _narrow_linear(lin, out_idx=None, in_idx=None):
-    """A new nn.Linear keeping output rows ``out_idx`` and/or input columns ``in_idx`` of ``lin``."""
-    import torch.nn as nn
-
-    w = lin.weight.data
+def _sliced(mod, out_idx=None, in_idx=None):
+    """``mod``'s weight with output rows ``out_idx`` and/or input columns ``in_idx`` kept, and its bias (or None)
+    with the same output rows."""
+    w = mod.weight.data
     if out_idx is not None:
         w = w.index_select(0, out_idx.to(w.device))
     if in_idx is not None:
         w = w.index_select(1, in_idx.to(w.device))
-    b = lin.bias.data if lin.bias is not None else None
+    b = mod.bias.data if mod.bias is not None else None
     if b is not None and out_idx is not None:
         b = b.index_select(0, out_idx.to(b.device))
-    new = nn.Linear(w.shape[1], w.shape[0], bias=b is not None, device=w.device, dtype=w.dtype)
+    return w, b
+
+
+def _filled(new, w, b):
     new.weight.data.copy_(w)
     if b is not None:
         new.bias.data.copy_(b)
+    return new
+
+
+def _narrow_linear(lin, out_idx=None, in_idx=None):
+    """A new nn.Linear keeping output rows ``out_idx`` and/or input columns ``in_idx`` of ``lin``."""
+    import torch.nn as nn
+
+    w, b = _sliced(lin, out_idx, in_idx)
+    new = _filled(nn.Linear(w.shape[1], w.shape[0], bias=b is not None, device=w.device, dtype=w.dtype), w, b)
     new.weight.requires_grad_(lin.weight.requires_grad)
     return new
 
@@ -271,20 +282,10 @@ def _narrow_norm(norm, idx):
 def _narrow_conv1d(conv, out_idx=None, in_idx=None):
     import torch.nn as nn
 
-    w = conv.weight.data
-    if out_idx is not None:
-        w = w.index_select(0, out_idx.to(w.device))
-    if in_idx is not None:
-        w = w.index_select(1, in_idx.to(w.device))
-    b = conv.bias.data if conv.bias is not None else None
-    if b is not None and out_idx is not None:
-        b = b.index_select(0, out_idx.to(b.device))
-    new = nn.Conv1d(w.shape[1], w.shape[0], conv.kernel_size, stride=conv.stride, padding=conv.padding,
-                    dilation=conv.dilation, groups=conv.groups, bias=b is not None, device=w.device, dtype=w.dtype)
-    new.weight.data.copy_(w)
-    if b is not None:
-        new.bias.data.copy_(b)
-    return new
+    w, b = _sliced(conv, out_idx, in_idx)
+    return _filled(nn.Conv1d(w.shape[1], w.shape[0], conv.kernel_size, stride=conv.stride, padding=conv.padding,
+                             dilation=conv.dilation, groups=conv.groups, bias=b is not None, device=w.device,
+                             dtype=w.dtype), w, b)
 
 
 def llm_attention_shape(model) -> tuple[int, int, int]:
