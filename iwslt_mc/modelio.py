@@ -161,16 +161,15 @@ def fit_4bit_cpu_path(model) -> int:
     layers also gets :func:`iwslt_mc.bnb_cpu.fix_cpu_dequantize` (bitsandbytes' native dequantization
     is wrong for widths that are not a multiple of the block size, on every CPU).
     """
-    n = 0
-    if any(getattr(getattr(m, "weight", None), "quant_state", None) is not None
-           and m.weight.device.type == "cpu" for m in model.modules()):
-        from .bnb_cpu import fix_cpu_dequantize
+    from .bnb_cpu import fix_cpu_dequantize
 
-        fix_cpu_dequantize()
+    n = 0
     for mod in model.modules():
+        qs = getattr(getattr(mod, "weight", None), "quant_state", None)
+        if qs is not None and mod.weight.device.type == "cpu":
+            fix_cpu_dequantize()  # installs once; a no-op afterwards
         if not getattr(mod, "support_avx512bf16_for_cpu", False):
             continue
-        qs = getattr(getattr(mod, "weight", None), "quant_state", None)
         if qs is not None and getattr(qs, "packing_format_for_cpu", False):
             continue  # already repacked: its shape allowed it
         out_f, in_f = (tuple(qs.shape) if qs is not None else (mod.out_features, mod.in_features))
