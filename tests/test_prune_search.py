@@ -228,6 +228,13 @@ def test_screen_stage_drops_only_candidates_behind_by_more_than_z_standard_error
     assert np.isfinite(list(got["se"].values())).all()
 
 
+def test_screen_looks_every_few_segments_or_at_given_counts():
+    assert imp.ScreenPlan().looks(100) == [8, 16, 24, 32, 40, 48, 56, 64, 72, 80, 88, 96]
+    assert imp.ScreenPlan().looks(8) == [] and imp.ScreenPlan().looks(9) == [8]
+    assert imp.ScreenPlan(every=3).looks(10) == [3, 6, 9]
+    assert imp.ScreenPlan(stages=(24, 8, 200)).looks(100) == [8, 24]  # sorted, only counts below the set
+
+
 def _screened_search(engine, log_path, *, n_layers, remove, plan, protect=False):
     scorer = imp.CandidateScorer(engine, metric="auto")
     log = imp.SearchLog(log_path, {"k": 1}, log=lambda *a: None)
@@ -335,7 +342,7 @@ def test_interrupted_screened_search_resumes_to_the_same_layers(tmp_path, monkey
         return StageContext(lang="en-de", data=data, work_dir=tmp_path / work, **QUIET)
 
     whole = run_stage(make_stage("prune-layers", opts), TOY / "teacher", tmp_path / "whole", ctx("w1"))
-    assert whole["search"]["screen"] == {"stages": [3], "z": 3.0, "fallback_share": 0.5, "seed": 0}
+    assert whole["search"]["screen"] == {"stages": [3], "every": 8, "z": 3.0, "fallback_share": 0.5, "seed": 0}
     assert all("screen" in r for r in whole["search"]["rounds"])
     lines = [json.loads(l) for l in (tmp_path / "whole" / "prune_search.jsonl").read_text().splitlines()]
     finalists = [r["screen"]["decoded_in_full"] for r in lines if r["type"] == "round"]
@@ -376,6 +383,6 @@ def test_screen_options_are_checked_before_work():
     for extra, msg in (({"metric": "comet:/x/model.ckpt"}, "per-segment statistics"),
                        ({"engine": "cached"}, "engine shared"), ({"scoring": "teacher-forced"}, "engine shared"),
                        ({"screen_segments": [24, 8]}, "increasing"), ({"screen_segments": [0]}, "increasing"),
-                       ({"screen_z": 0}, "above 0")):
+                       ({"screen_z": 0}, "above 0"), ({"screen_every": 0}, "screen_every")):
         with pytest.raises(UserError, match=msg):
             make_stage("prune-layers", {**base, **extra})

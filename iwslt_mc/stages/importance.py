@@ -41,6 +41,7 @@ Metrics are a registry (:func:`register_metric`): ``auto`` is the track's choice
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -504,17 +505,65 @@ def round_greedy(model, embeds: list, positions: Sequence[int], *, max_new_token
 
     cache_kw = "cache" if "cache" in inspect.signature(layers[0].forward).parameters else "past_key_values"
     out = {p: [[] for _ in embeds] for p in positions}
-    with torch.inference_mode():
+    live = [i for i in order if budgets[i] > 0]
+    with torch.inference_mode(), _sdpa_gqa(embeds[0].device):
+        prefix = None
+        n_prefix = common_prefix([embeds[i] for i in live]) if len(live) > 1 else 0
+        if n_prefix:  # the chat template up to the audio: computed once for the round, not once per segment
+            st = stats if stats is not None else {}
+            t0 = time.process_time()
+            kvs, _ = _prefill_stack(layers, positions, embeds[live[0]][:n_prefix][None], 0, layout.language_model,
+                                    _layer_caller(cache_kw, st), eager=impl == "eager")
+            prefix = _Prefix(n_prefix, kvs)
+            st["prefill_s"] = st.get("prefill_s", 0.0) + time.process_time() - t0
+            st["prefix_positions"] = n_prefix
         for b in range(0, len(order), per):
             idx = [i for i in order[b:b + per] if budgets[i] > 0]
             if not idx:
                 continue
             toks = _round_chunk(layout, layers, [embeds[i] for i in idx], [budgets[i] for i in idx], positions, eos,
-                                eager=impl == "eager", cache_kw=cache_kw, stats=stats)
+                                eager=impl == "eager", cache_kw=cache_kw, stats=stats, prefix=prefix)
             for k, p in enumerate(positions):
                 for j, i in enumerate(idx):
                     out[p][i] = toks[k][j]
     return out
+
+
+@contextmanager
+def _sdpa_gqa(device):
+    """On CPU, let transformers' sdpa attention run on the key/value heads (``enable_gqa``) also when
+    a mask is given: torch's CPU kernel takes it, and the output equals the ``repeat_kv`` copy's (the
+    copy of every cache per decoding step cost more than the attention itself). Batch-1 decoding
+    (no mask) already takes this path. transformers' own switch, set for the round and restored."""
+    import os
+
+    if device.type != "cpu":
+        yield
+        return
+    old = os.environ.get("TRANSFORMERS_SDPA_FORCE_GQA")
+    os.environ["TRANSFORMERS_SDPA_FORCE_GQA"] = "1"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("TRANSFORMERS_SDPA_FORCE_GQA", None)
+        else:
+            os.environ["TRANSFORMERS_SDPA_FORCE_GQA"] = old
+
+
+def _layer_caller(cache_kw: str, st: dict):
+    """``call(layer, h, kv, mask, pos_ids, cos, sin)``: one decoder layer on rows ``h`` with cache ``kv``
+    (position ids and rotary tables given for one row are repeated), counting layer-rows into ``st``."""
+
+    def call(layer, h, kv, mask, pos_ids, c, s):
+        n = h.shape[0]
+        key = "prefill_rows" if h.shape[1] > 1 else "decode_rows"
+        st[key] = st.get(key, 0) + n * h.shape[1]
+        return layer(h, attention_mask=mask, position_ids=_rep(pos_ids, n) if pos_ids.shape[0] != n else pos_ids,
+                     position_embeddings=(c if c.shape[0] == n else _rep(c, n), s if s.shape[0] == n else _rep(s, n)),
+                     use_cache=True, **{cache_kw: kv})
+
+    return call
 
 
 def _rep(t, n: int):
@@ -540,7 +589,74 @@ def _mask_for(valid, q_len: int, eager: bool, dtype):
     return m
 
 
-def _round_chunk(layout, layers, embeds, budgets, positions, eos, *, eager: bool, cache_kw: str, stats=None):
+class _Prefix:
+    """The prompt prefix every segment of a round starts with (the chat template up to the audio): its
+    length and, per decoder layer, the key/value cache of each row group :func:`_prefill_stack` keeps
+    there (the candidates that branched off below the layer, then the full model's row)."""
+
+    def __init__(self, length: int, kv: list):
+        self.length, self.kv = length, kv
+
+
+def common_prefix(embeds: list) -> int:
+    """How many leading prompt positions every embedding in ``embeds`` shares exactly (at most the
+    shortest prompt's length minus one: every segment keeps its own last position)."""
+    import torch
+
+    first = embeds[0]
+    n = min(e.shape[0] for e in embeds) - 1
+    if n <= 0:
+        return 0
+    same = torch.ones(n, dtype=torch.bool, device=first.device)
+    for e in embeds[1:]:
+        same &= (e[:n] == first[:n]).all(-1)
+    off = (~same).nonzero()
+    return int(off[0]) if off.numel() else n
+
+
+def _prefill_stack(layers, positions, x, start: int, lm, call, *, eager: bool, past=None):
+    """Run prompt positions ``start .. start + x.shape[1] - 1`` (``x``: [1, t, hidden]) through the
+    decoder stack once for the full model and once per candidate from its layer on (candidate ``p``
+    skips layer ``p``; below it its state is the full model's, computed once). ``past``: per layer,
+    the key/value cache of the earlier positions for the same row groups (a :class:`_Prefix`'s).
+
+    Returns, per layer, the cache after these positions (a :class:`_LayerKV` whose rows are the
+    candidates that branched off below the layer, in position order, then the full model's row if a
+    candidate lies above; None where no row ran) and the final hidden states, a row per candidate.
+    """
+    import torch
+
+    t, dev, dtype = x.shape[1], x.device, x.dtype
+    pos = torch.arange(start, start + t, device=dev)[None]
+    cos, sin = lm.rotary_emb(x, pos)
+    if start or eager:  # the queries are the last t of start + t keys: causal with an offset
+        mask = _mask_for(torch.ones(1, start + t, dtype=torch.bool, device=dev), t, eager, dtype)
+    else:
+        mask = None  # sdpa's own causal kernel, as batch-1 decoding runs it
+    cand = set(positions)
+    kvs: list = []
+    shared, div, nd = x, None, 0
+    for l, layer in enumerate(layers):
+        n_above = sum(1 for p in positions if p > l)
+        parts = ([div] if nd else []) + ([shared] if n_above else [])
+        new_div = new_shared = None
+        kv = None
+        if parts:
+            kv = _LayerKV(*(past[l].k, past[l].v) if past is not None else ())
+            h = torch.cat(parts) if len(parts) > 1 else parts[0]
+            h = call(layer, h, kv, None if mask is None else mask.expand(h.shape[0], -1, -1, -1), pos, cos, sin)
+            new_div = h[:nd] if nd else None
+            new_shared = h[nd:] if n_above else None
+        kvs.append(kv)
+        if l in cand:  # this candidate skips layer l: its state is the shared one before it
+            new_div = shared if new_div is None else torch.cat([new_div, shared])
+            nd += 1
+        div, shared = new_div, new_shared
+    return kvs, div
+
+
+def _round_chunk(layout, layers, embeds, budgets, positions, eos, *, eager: bool, cache_kw: str, stats=None,
+                 prefix=None):
     import torch
 
     st = stats if stats is not None else {}
@@ -554,49 +670,32 @@ def _round_chunk(layout, layers, embeds, budgets, positions, eos, *, eager: bool
     dtype, dev = embeds[0].dtype, embeds[0].device
     H = embeds[0].shape[-1]
 
-    def call(layer, h, kv, mask, pos_ids, c, s):
-        n = h.shape[0]
-        key = "prefill_rows" if h.shape[1] > 1 else "decode_rows"
-        st[key] = st.get(key, 0) + n * h.shape[1]
-        return layer(h, attention_mask=mask, position_ids=_rep(pos_ids, n) if pos_ids.shape[0] != n else pos_ids,
-                     position_embeddings=(c if c.shape[0] == n else _rep(c, n), s if s.shape[0] == n else _rep(s, n)),
-                     use_cache=True, **{cache_kw: kv})
+    call = _layer_caller(cache_kw, st)
 
     # prefill, one segment at a time (unpadded: the kernels of batch-1 decoding), shared below each
-    # candidate's layer; the KV caches go into left-padded per-layer buffers with room for the output
+    # candidate's layer; the KV caches go into left-padded per-layer buffers with room for the output.
+    # The round's common prompt prefix (``prefix``: its KV per layer and row group) is not computed again.
+    P = 0 if prefix is None else prefix.length
     bufs: list = [None] * L  # per layer: [k, v] buffers [slots * B, kv_heads, T + steps, head_dim]
     last = torch.empty(K * B, H, dtype=dtype, device=dev)  # last prompt position's hidden state per row
     for b, e in enumerate(embeds):
-        x = e[None]
-        t = x.shape[1]
-        pos = torch.arange(t, device=dev)[None]
-        cos, sin = lm.rotary_emb(x, pos)
-        mask = _mask_for(torch.ones(1, t, dtype=torch.bool, device=dev), t, True, dtype) if eager else None
-        shared, div, nd = x, None, 0
-        for l, layer in enumerate(layers):
-            n_above = sum(1 for p in positions if p > l)
-            parts = ([div] if nd else []) + ([shared] if n_above else [])
-            new_div = new_shared = None
-            if parts:
-                kv = _LayerKV()
-                h = torch.cat(parts) if len(parts) > 1 else parts[0]
-                h = call(layer, h, kv, None if mask is None else mask.expand(h.shape[0], -1, -1, -1), pos, cos, sin)
-                slots = nd + n_above
-                if bufs[l] is None:
-                    shape = (slots * B, kv.k.shape[1], T + steps, kv.k.shape[3])
-                    bufs[l] = [kv.k.new_zeros(shape), kv.v.new_zeros(shape)]
-                for buf, new in zip(bufs[l], (kv.k, kv.v)):
-                    view = buf.view(slots, B, *buf.shape[1:])[:, b, :, T - t:T]
-                    if nd:
-                        view[:nd] = new[:nd]
-                    if n_above:
-                        view[nd:] = new[nd:nd + 1]  # the full model's cache, the same for every candidate above
-                new_div = h[:nd] if nd else None
-                new_shared = h[nd:] if n_above else None
-            if l in cand_at:  # this candidate skips layer l: its state is the shared one before it
-                new_div = shared if new_div is None else torch.cat([new_div, shared])
-                nd += 1
-            div, shared = new_div, new_shared
+        t = e.shape[0]
+        kvs, div = _prefill_stack(layers, positions, e[P:][None], P, lm, call, eager=eager,
+                                  past=None if prefix is None else prefix.kv)
+        for l, kv in enumerate(kvs):
+            if kv is None:
+                continue
+            nd = sum(1 for p in positions if p < l)
+            slots = K - (1 if l in cand_at else 0)
+            if bufs[l] is None:
+                shape = (slots * B, kv.k.shape[1], T + steps, kv.k.shape[3])
+                bufs[l] = [kv.k.new_zeros(shape), kv.v.new_zeros(shape)]
+            for buf, new in zip(bufs[l], (kv.k, kv.v)):
+                view = buf.view(slots, B, *buf.shape[1:])[:, b, :, T - t:T]
+                if nd:
+                    view[:nd] = new[:nd]
+                if slots > nd:
+                    view[nd:] = new[nd:nd + 1]  # the full model's cache, the same for every candidate above
         last.view(K, B, H)[:, b] = div[:, -1]
 
     def next_tokens(h):
@@ -813,27 +912,37 @@ ENGINES = {"shared": SharedEngine, "cached": CachedEngine, "naive": NaiveEngine}
 
 @dataclass(frozen=True)
 class ScreenPlan:
-    """How a round is screened (``prune-layers`` option ``screen: segments``).
+    """How a round is screened (``prune-layers`` option ``screen: segments``): a race.
 
-    Every candidate is decoded exactly (the shared engine) on the first ``stages[0]`` segments of a
-    seeded order of the held-out set, the survivors on the first ``stages[1]``, ..., and the finalists
-    on all segments; the round's choice is the best full-set score among the finalists. After each
-    stage, with ``L`` the leader on the segments decoded so far (corpus score, ties to the lower
-    layer), candidate ``c`` survives when ``score_L - score_c <= z * se * sqrt(1 - n / N)``: ``se`` is
-    the jackknife standard error (over the ``n`` segments) of the corpus-score difference of the pair,
-    ``sqrt(1 - n / N)`` the finite-population factor for the full set of ``N`` it has to predict.
-    **Fallback**: when more than ``fallback_share`` of the candidates survive the last stage the margins
-    are too small to trust and every candidate is decoded on all segments (then the choice is the exact
-    one). The choice equals the exact search's whenever the exact winner is among the finalists.
+    Every candidate is decoded exactly (the shared engine) on the first ``every`` segments of a seeded
+    order of the held-out set; after each look the survivors are decoded on the next ``every``, and
+    so on (or at the explicit segment counts ``stages``, increasing); the finalists, the survivors of
+    the last look, are decoded on all segments, and the round's choice is the best full-set score
+    among them. At each look, with ``L`` the leader on the segments decoded so far (corpus score, ties
+    to the lower layer), candidate ``c`` survives when ``score_L - score_c <= z * se * sqrt(1 - n / N)``:
+    ``se`` is the jackknife standard error (over the ``n`` segments) of the corpus-score difference of
+    the pair, ``sqrt(1 - n / N)`` the finite-population factor for the full set of ``N`` it has to
+    predict. **Fallback**: when more than ``fallback_share`` of the candidates survive the last look
+    the margins are too small to trust and every candidate is decoded on all segments (then the choice
+    is the exact one). The choice equals the exact search's whenever the exact winner is among the
+    finalists.
     """
 
-    stages: tuple = (8, 24)
+    stages: tuple = ()
+    every: int = 8
     z: float = 3.0
     fallback_share: float = 0.5
     seed: int = 0
 
+    def looks(self, n_total: int) -> list[int]:
+        """The segment counts after which the candidates are compared, for a held-out set of ``n_total``."""
+        if self.stages:
+            return [n for n in sorted(set(self.stages)) if 0 < n < n_total]
+        return list(range(self.every, n_total, self.every))
+
     def as_dict(self) -> dict:
-        return {"stages": list(self.stages), "z": self.z, "fallback_share": self.fallback_share, "seed": self.seed}
+        return {"stages": list(self.stages), "every": self.every, "z": self.z, "fallback_share": self.fallback_share,
+                "seed": self.seed}
 
 
 def _ranked(scores: dict) -> list:
@@ -929,7 +1038,7 @@ class CandidateScorer:
             return None
         stats_fn, score_fn = segment_statistics(self.metric_name, self.engine.lang)
         N = len(self.refs)
-        sizes = [n for n in sorted(set(plan.stages)) if 0 < n < N]
+        sizes = plan.looks(N)
         if not sizes or not candidates:
             return None
         self._ready, self._scored = {}, {}

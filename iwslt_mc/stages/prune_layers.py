@@ -84,11 +84,15 @@ class PruneLayersOptions(StageOptions):
                 "for checking)"})
     screen: Literal["off", "segments"] = field(default="off", metadata={
         "help": "iterative, shared engine, chrF/chrF++/BLEU: off (every candidate decoded on every held-out segment: the "
-                "exact search) or segments (every candidate decoded on the first screen_segments[0] segments of a seeded "
-                "order, those within screen_z standard errors of the leader on more, the finalists on all; falls back "
-                "to decoding every candidate when more than half survive; cheaper, the choice is only measured equal)"})
-    screen_segments: list[int] = field(default_factory=lambda: [8, 24], metadata={
-        "help": "iterative, screen segments: held-out segments of each screening stage, increasing"})
+                "exact search) or segments (a race: every candidate decoded on the first screen_every segments of a "
+                "seeded order, those within screen_z standard errors of the leader on the next screen_every, and so "
+                "on, the finalists on all; falls back to decoding every candidate when more than half survive; "
+                "cheaper, the choice is only measured equal)"})
+    screen_every: int = field(default=8, metadata={
+        "help": "iterative, screen segments: held-out segments decoded between two comparisons"})
+    screen_segments: list[int] = field(default_factory=list, metadata={
+        "help": "iterative, screen segments: explicit segment counts of the comparisons, increasing (instead of "
+                "every screen_every)"})
     screen_z: float = field(default=3.0, metadata={
         "help": "iterative, screen segments: a candidate is dropped when it trails the leader by more than this many "
                 "standard errors of the pair's score difference"})
@@ -131,7 +135,9 @@ class PruneLayersOptions(StageOptions):
             get_metric(self.metric)
         if self.screen != "off":
             st = self.screen_segments
-            if not st or any(n < 1 for n in st) or sorted(set(st)) != list(st):
+            if self.screen_every < 1:
+                raise UserError(f"stage prune-layers: option 'screen_every' must be at least 1, got {self.screen_every}")
+            if st and (any(n < 1 for n in st) or sorted(set(st)) != list(st)):
                 raise UserError(f"stage prune-layers: option 'screen_segments' must be increasing counts of at least 1, "
                                 f"got {st}")
             if not self.screen_z > 0:
@@ -299,7 +305,8 @@ class PruneLayers(Stage):
         }
         screen = None
         if o.screen != "off":
-            screen = imp.ScreenPlan(stages=tuple(o.screen_segments), z=o.screen_z, seed=ctx.seed)
+            screen = imp.ScreenPlan(stages=tuple(o.screen_segments), every=o.screen_every, z=o.screen_z,
+                                    seed=ctx.seed)
             key["screen"] = screen.as_dict()  # a screened search's rounds are not an exact search's
         work = Path(ctx.work_dir) if ctx.work_dir else out_dir
         log = imp.SearchLog(work / SEARCH_LOG, key, log=ctx.log)
