@@ -279,7 +279,7 @@ def test_kit_screened_search_chooses_what_the_naive_loop_chooses(kit, tmp_path):
 
 def test_deep_screened_round_drops_candidates_and_keeps_the_exact_choice(kit, deep):
     """30 candidates on the 32-layer kit, 30 segments (the kit's 16 and 14 of the toy fixture's audio): the
-    screen decodes most candidates on 8 segments only (finalists: several row chunks), and its choice is the
+    race decodes most candidates on 8-24 segments only (finalists: several row chunks), and its choice is the
     exact round's (whose scores equal the naive loop's: the tests above)."""
     from iwslt_mc.data import load_examples
 
@@ -291,7 +291,11 @@ def test_deep_screened_round_drops_candidates_and_keeps_the_exact_choice(kit, de
     exact.prepare("llm", [], cands)
     full = {c: exact(removed_llm=[c]) for c in cands}
     scr = imp.CandidateScorer(imp.SharedEngine(model, proc, segs, "en-de", **kw))
-    info = scr.screen_round([], cands, imp.ScreenPlan(stages=(8,)))
+    info = scr.screen_round([], cands, imp.ScreenPlan())  # looks after 8, 16 and 24 segments
+    assert [st["segments"] for st in info["stages"]] == [8, 16, 24]
+    assert [st["critical"] for st in info["stages"]] == [pytest.approx(v, abs=0.01) for v in (4.53, 3.59, 3.36)]
+    kept = [len(st["kept"]) for st in info["stages"]]
+    assert kept == sorted(kept, reverse=True) and kept[-1] == len(info["finalists"])
     assert not info["fallback"] and len(info["finalists"]) < 15 and sorted(info["proxy_ranking"]) == cands
     got = {c: scr(removed_llm=[c]) for c in info["finalists"]}
     assert all(got[c] == full[c] for c in got)  # finalists' hypotheses pieced from two stages: still exact

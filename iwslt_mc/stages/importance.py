@@ -919,10 +919,11 @@ class ScreenPlan:
     so on (or at the explicit segment counts ``stages``, increasing); the finalists, the survivors of
     the last look, are decoded on all segments, and the round's choice is the best full-set score
     among them. At each look, with ``L`` the leader on the segments decoded so far (corpus score, ties
-    to the lower layer), candidate ``c`` survives when ``score_L - score_c <= z * se * sqrt(1 - n / N)``:
+    to the lower layer), candidate ``c`` survives when ``score_L - score_c <= t * se * sqrt(1 - n / N)``:
     ``se`` is the jackknife standard error (over the ``n`` segments) of the corpus-score difference of
-    the pair, ``sqrt(1 - n / N)`` the finite-population factor for the full set of ``N`` it has to
-    predict. **Fallback**: when more than ``fallback_share`` of the candidates survive the last look
+    the pair, ``t`` the Student-t quantile for ``n - 1`` degrees of freedom at the normal tail of ``z``
+    (:func:`critical_value`), ``sqrt(1 - n / N)`` the finite-population factor for the full set of ``N``
+    it has to predict. **Fallback**: when more than ``fallback_share`` of the candidates survive the last look
     the margins are too small to trust and every candidate is decoded on all segments (then the choice
     is the exact one). The choice equals the exact search's whenever the exact winner is among the
     finalists.
@@ -951,11 +952,12 @@ def _ranked(scores: dict) -> list:
 
 def screen_stage(stats: dict, score_fn, n_total: int, z: float) -> dict:
     """One screening stage: ``stats`` ``{candidate: int array [n, d]}`` of the same ``n`` segments.
-    Returns ``{"scores", "gap", "se", "kept", "leader"}`` (see :class:`ScreenPlan` for the rule)."""
+    Returns ``{"scores", "gap", "se", "kept", "leader", "critical"}`` (see :class:`ScreenPlan` for the rule)."""
     import numpy as np
 
     cands = list(stats)
     n = next(iter(stats.values())).shape[0]
+    crit = critical_value(z, n)
     tot = {c: stats[c].sum(0) for c in cands}
     scores = {c: score_fn(tot[c]) for c in cands}
     leader = _ranked(scores)[0]
@@ -969,10 +971,19 @@ def screen_stage(stats: dict, score_fn, n_total: int, z: float) -> dict:
             se[c] = float(((n - 1) / n * ((d - d.mean()) ** 2).sum()) ** 0.5)
         else:
             se[c] = float("inf")
-        if c == leader or gap[c] <= z * se[c] * fpc:
+        if c == leader or gap[c] <= crit * se[c] * fpc:
             kept.append(c)
     return {"segments": n, "scores": scores, "gap": gap, "se": se, "kept": _ranked({c: scores[c] for c in kept}),
-            "leader": leader}
+            "leader": leader, "critical": crit}
+
+
+def critical_value(z: float, n: int) -> float:
+    """How many standard errors a gap must exceed when the standard error comes from ``n`` segments: the
+    Student-t quantile with ``n - 1`` degrees of freedom at the normal tail probability of ``z`` (4.53 for
+    z = 3 at 8 segments, 3.26 at 32, 3.08 at 96): a jackknife error from a few segments is itself uncertain."""
+    from scipy.stats import norm, t
+
+    return float(t.isf(norm.sf(z), n - 1)) if n > 1 else float("inf")
 
 
 class CandidateScorer:
@@ -1063,7 +1074,7 @@ class CandidateScorer:
             # per candidate, best first: [layer, score on these segments, gap to the leader, its standard error]
             stages.append({"segments": n, "candidates": [[c, round(st["scores"][c], 6), round(st["gap"][c], 6),
                                                           round(st["se"][c], 6)] for c in _ranked(st["scores"])],
-                           "kept": st["kept"]})
+                           "critical": round(st["critical"], 4), "kept": st["kept"]})
             alive = st["kept"]
         fallback = len(alive) > plan.fallback_share * len(candidates)
         finalists = list(candidates) if fallback else alive
