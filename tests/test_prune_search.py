@@ -296,6 +296,7 @@ def test_deep_screened_round_drops_candidates_and_keeps_the_exact_choice(kit, de
     assert [st["critical"] for st in info["stages"]] == [pytest.approx(v, abs=0.01) for v in (4.53, 3.59, 3.36)]
     kept = [len(st["kept"]) for st in info["stages"]]
     assert kept == sorted(kept, reverse=True) and kept[-1] == len(info["finalists"])
+    assert all(k > 1 for k in kept[:-1])  # a lone survivor ends the race
     assert not info["fallback"] and len(info["finalists"]) < 15 and sorted(info["proxy_ranking"]) == cands
     got = {c: scr(removed_llm=[c]) for c in info["finalists"]}
     assert all(got[c] == full[c] for c in got)  # finalists' hypotheses pieced from two stages: still exact

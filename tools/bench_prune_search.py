@@ -349,6 +349,7 @@ def main(argv=None) -> int:
     cached_engine.translate(())  # warm-up of batched generate
     shared_engine.embeds(())
     shared_engine.translate_round([], allowed[:2])  # warm-up of the round loop
+    imp.critical_value(3.0, 8), imp.segment_statistics("auto", args.lang)  # the screen's one-off imports
     sync()
 
     per_cand = {"naive": naive, "cached": cached, "teacher-forced": tf}

@@ -981,9 +981,9 @@ def critical_value(z: float, n: int) -> float:
     """How many standard errors a gap must exceed when the standard error comes from ``n`` segments: the
     Student-t quantile with ``n - 1`` degrees of freedom at the normal tail probability of ``z`` (4.53 for
     z = 3 at 8 segments, 3.26 at 32, 3.08 at 96): a jackknife error from a few segments is itself uncertain."""
-    from scipy.stats import norm, t
+    from scipy.special import ndtr, stdtrit
 
-    return float(t.isf(norm.sf(z), n - 1)) if n > 1 else float("inf")
+    return float(stdtrit(n - 1, ndtr(z))) if n > 1 else float("inf")
 
 
 class CandidateScorer:
@@ -1076,6 +1076,8 @@ class CandidateScorer:
                                                           round(st["se"][c], 6)] for c in _ranked(st["scores"])],
                            "critical": round(st["critical"], 4), "kept": st["kept"]})
             alive = st["kept"]
+            if len(alive) == 1:  # a lone survivor is the finalist: nothing is left to compare it with
+                break
         fallback = len(alive) > plan.fallback_share * len(candidates)
         finalists = list(candidates) if fallback else alive
         groups: dict = {}  # candidates missing the same segments are decoded together
