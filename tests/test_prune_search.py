@@ -82,10 +82,24 @@ def test_deep_round_hypotheses_equal_per_candidate_decoding(kit, deep, max_rows)
     assert len({e.shape[0] for e in emb}) > 1  # rows of different prompt lengths: left padding is exercised
     removed = [13, 3]
     cands = [1, 2, 12, 14, 29, 30, 31]  # below, between and above the removed layers, and the last one
-    got = eng.translate_round(removed, cands)
+    st: dict = {}
+    got = eng.translate_round(removed, cands, stats=st)
+    assert st["prefix_positions"] == imp.common_prefix(emb) > 20  # the chat template's start, prefilled once
     for c in cands:
         assert got[c] == ref.translate(tuple(removed + [c])), c
     assert len({tuple(v) for v in got.values()}) > 2
+
+
+def test_common_prefix_counts_equal_leading_positions_and_leaves_each_prompt_its_last():
+    a = torch.arange(12.0).view(6, 2)
+    b = a.clone()
+    b[4] += 1
+    assert imp.common_prefix([a, b]) == 4
+    assert imp.common_prefix([a, a.clone()]) == 5  # identical prompts: every one keeps its last position
+    assert imp.common_prefix([a, a[:3].clone()]) == 2
+    c = a.clone()
+    c[0, 1] = -1
+    assert imp.common_prefix([a, b, c]) == 0
 
 
 def test_deep_round_scores_and_choice_equal_the_naive_loop(kit, deep):

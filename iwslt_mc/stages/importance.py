@@ -22,10 +22,14 @@ This module makes one round much cheaper without changing what it selects:
 - **a round is one loop** (engine ``shared``, the default: :func:`round_greedy`): every (candidate,
   segment) pair is a row of one batch. The prompt prefill of the layers below a candidate's layer
   is the full model's, so it is computed once and shared (a round of K candidates costs about K/2
-  full prefills, not K); each row then decodes with every layer but its candidate's. Same
+  full prefills, not K), and the prompt prefix every segment shares (the chat template up to the
+  audio) is prefilled once per round; each row then decodes with every layer but its candidate's. Same
   hypotheses as the per-candidate engines in fp32 (tests/test_prune_search.py holds it to the naive
   loop on the kit, a 32-layer kit-width model and the toy teacher). What is left is compute: the
   prefill above each candidate's layer cannot be shared without changing the hypotheses.
+- **the race** (``screen: segments``, off by default; :class:`ScreenPlan`): every candidate decoded
+  exactly on a few segments, the ones still within a few standard errors of the leader on a few
+  more, and so on; the finalists on all. Cheaper; its choice is measured equal, not guaranteed.
 - **teacher forcing** (``scoring: teacher-forced``) is an optional, much cheaper score: one forward
   pass per candidate over prompt + reference, scored as the mean log-probability per reference
   token (the reference followed by ``<|im_end|>``, so stopping is scored too). It needs no
@@ -471,7 +475,8 @@ def round_greedy(model, embeds: list, positions: Sequence[int], *, max_new_token
       once and shared: at layer ``l`` the rows of every candidate above ``l`` are one shared group of
       segment rows, a candidate branches off (with the shared hidden state and KV cache) at its own
       layer and from there on has its own rows. A round of ``K`` candidates costs about ``K/2``
-      full-model prefills instead of ``K``;
+      full-model prefills instead of ``K``; the prompt positions every segment shares at the start (the
+      chat template up to the audio: 29 of 106 on the kit) are prefilled once for the round;
     - after the prompt every row decodes its own tokens with every layer but its candidate's (rows of
       that candidate pass the layer by), finished rows leave the batch;
     - each row stops as batch-1 ``generate`` does: after the first end token, after ``max_new_tokens``,
