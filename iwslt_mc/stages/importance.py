@@ -45,7 +45,6 @@ Metrics are a registry (:func:`register_metric`): ``auto`` is the track's choice
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -511,7 +510,7 @@ def round_greedy(model, embeds: list, positions: Sequence[int], *, max_new_token
     cache_kw = "cache" if "cache" in inspect.signature(layers[0].forward).parameters else "past_key_values"
     out = {p: [[] for _ in embeds] for p in positions}
     live = [i for i in order if budgets[i] > 0]
-    with torch.inference_mode(), _sdpa_gqa(embeds[0].device):
+    with torch.inference_mode():
         prefix = None
         n_prefix = common_prefix([embeds[i] for i in live]) if len(live) > 1 else 0
         if n_prefix:  # the chat template up to the audio: computed once for the round, not once per segment
@@ -532,28 +531,6 @@ def round_greedy(model, embeds: list, positions: Sequence[int], *, max_new_token
                 for j, i in enumerate(idx):
                     out[p][i] = toks[k][j]
     return out
-
-
-@contextmanager
-def _sdpa_gqa(device):
-    """On CPU, let transformers' sdpa attention run on the key/value heads (``enable_gqa``) also when
-    a mask is given: torch's CPU kernel takes it, and the output equals the ``repeat_kv`` copy's (the
-    copy of every cache per decoding step cost more than the attention itself). Batch-1 decoding
-    (no mask) already takes this path. transformers' own switch, set for the round and restored."""
-    import os
-
-    if device.type != "cpu":
-        yield
-        return
-    old = os.environ.get("TRANSFORMERS_SDPA_FORCE_GQA")
-    os.environ["TRANSFORMERS_SDPA_FORCE_GQA"] = "1"
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("TRANSFORMERS_SDPA_FORCE_GQA", None)
-        else:
-            os.environ["TRANSFORMERS_SDPA_FORCE_GQA"] = old
 
 
 def _layer_caller(cache_kw: str, st: dict):
