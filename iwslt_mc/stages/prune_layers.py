@@ -11,9 +11,10 @@ strategy with a count (``remove`` LLM layers, ``audio_remove`` audio layers):
   layers (with the chosen LLM layers removed). See :mod:`iwslt_mc.stages.importance` for how a
   round is made cheap without changing the selection (engine ``shared``: all candidates of a round
   in one batched loop, the prefill below each candidate's layer shared), and the ``teacher-forced``
-  alternative. ``screen: segments`` (off by default) decodes every candidate on a few segments and only
-  those within a few standard errors of the leader on all (:class:`iwslt_mc.stages.importance.ScreenPlan`),
-  falling back to every candidate when too many are close; its choice is measured, not guaranteed, equal.
+  alternative. ``screen: segments`` (off by default) races the candidates: every one decoded on a few
+  segments, those still within a few standard errors of the leader on a few more, and so on, the
+  finalists on all (:class:`iwslt_mc.stages.importance.ScreenPlan`), falling back to every candidate when
+  too many are close; its choice is not guaranteed equal (docs/bench/prune_search.md measures how often).
 
 The search log (every candidate's score, every round's choice) is written to the work directory as
 it goes, so an interrupted search resumes where it stopped (and a rerun asking for more layers
@@ -87,7 +88,7 @@ class PruneLayersOptions(StageOptions):
                 "exact search) or segments (a race: every candidate decoded on the first screen_every segments of a "
                 "seeded order, those within screen_z standard errors of the leader on the next screen_every, and so "
                 "on, the finalists on all; falls back to decoding every candidate when more than half survive; "
-                "cheaper, the choice is only measured equal)"})
+                "cheaper, the choice is not guaranteed equal)"})
     screen_every: int = field(default=8, metadata={
         "help": "iterative, screen segments: held-out segments decoded between two comparisons"})
     screen_segments: list[int] = field(default_factory=list, metadata={
