@@ -10,6 +10,7 @@ trained toy teacher, and check that an interrupted search resumes to the same la
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -64,8 +65,6 @@ def test_kit_search_chooses_what_the_naive_loop_chooses(kit, tmp_path):
 @pytest.fixture(scope="module")
 def deep(kit):
     """Kit widths, 32 LLM layers, random weights (as ``tools/bench_prune_search.py --arch deep``)."""
-    import sys
-
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
     from bench_prune_search import build_model
 
@@ -405,3 +404,20 @@ def test_screen_options_are_checked_before_work():
                        ({"screen_z": 0}, "above 0"), ({"screen_every": 0}, "screen_every")):
         with pytest.raises(UserError, match=msg):
             make_stage("prune-layers", {**base, **extra})
+
+
+def test_replay_tool_runs_the_real_race_on_exact_hypotheses(toy, toy_naive):
+    """tools/replay_screen.py: the race replayed through screen_round on one exact decode of the round; the exact
+    winner is the naive loop's first choice and the race decodes no more rows than the exact round."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+    from replay_screen import replay_round
+
+    model, proc, segs = toy
+    eng = imp.SharedEngine(model, proc, segs, "en-de", **TOY_KW)
+    got, winner = replay_round(eng, [], list(range(6)), [0, 1], {"every": 2, "z": 3.0})
+    assert winner == toy_naive[0][0]
+    assert [g["order_seed"] for g in got] == [0, 1]
+    for g in got:
+        assert g["exact_winner"] == winner and 0 < g["rows_share"] <= 1.0
+        assert g["same"] == (g["race_choice"] == winner) and g["kept"][0] <= 6
+        assert g["fallback"] or g["rows_share"] < 1.0
