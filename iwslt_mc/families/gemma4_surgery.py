@@ -27,34 +27,48 @@ def _rebuild(model, config, state_dict):
     return new.eval()
 
 
+def _kept_layers(remove, n: int, what: str, owner: str) -> list[int]:
+    """The layers left of ``n`` after removing ``remove`` (UserError when one is out of range or none is left)."""
+    from ..errors import UserError
+
+    remove = sorted(set(remove))
+    if any(i < 0 or i >= n for i in remove) or len(remove) >= n:
+        raise UserError(f"{what} to remove {remove}: {owner} has {n} layers (0..{n - 1}), at least one must stay")
+    return [i for i in range(n) if i not in remove]
+
+
+def _renumbered_state(model, pattern, kept: list[int], other=lambda k, v: v) -> dict:
+    """``model``'s state dict without the layers ``pattern`` numbers (group 2) that are not in ``kept``, the kept
+    ones renumbered 0, 1, ...; every other tensor passed through ``other(key, tensor)``."""
+    new_index = {old: new for new, old in enumerate(kept)}
+    sd = {}
+    for k, v in model.state_dict().items():
+        m = pattern.match(k)
+        if m is None:
+            sd[k] = other(k, v)
+        elif int(m.group(2)) in new_index:
+            sd[f"{m.group(1)}{new_index[int(m.group(2))]}{m.group(3)}"] = v
+    return sd
+
+
 def remove_llm_layers(model, remove):
     """A new model without decoder layers ``remove``; refuses (UserError) a removal that breaks KV sharing."""
-    from ..errors import UserError
     from .gemma4 import Gemma4Family
 
     t = model.config.text_config
     n = t.num_hidden_layers
-    remove = sorted(set(remove))
-    if any(i < 0 or i >= n for i in remove) or len(remove) >= n:
-        raise UserError(f"layers to remove {remove}: the model has {n} layers (0..{n - 1}), at least one must stay")
-    kept = [i for i in range(n) if i not in remove]
+    kept = _kept_layers(remove, n, "layers", "the model")
     config = Gemma4Family().config_after_layer_removal(model.config, kept)
-    new_index = {old: new for new, old in enumerate(kept)}
     P = getattr(t, "hidden_size_per_layer_input", 0) or 0
-    sd = {}
-    for k, v in model.state_dict().items():
-        m = _LAYER.match(k)
-        if m:
-            i = int(m.group(2))
-            if i in new_index:
-                sd[f"{m.group(1)}{new_index[i]}{m.group(3)}"] = v
-            continue
+
+    def per_layer_slices(k, v):
         if P and k.endswith("embed_tokens_per_layer.weight"):  # [V, n*P]: P columns per layer
-            v = v.reshape(v.shape[0], n, P)[:, kept].reshape(v.shape[0], len(kept) * P)
-        elif P and k.endswith("per_layer_model_projection.weight"):  # [n*P, H]: P rows per layer
-            v = v.reshape(n, P, v.shape[1])[kept].reshape(len(kept) * P, v.shape[1])
-        sd[k] = v
-    return _rebuild(model, config, sd), kept
+            return v.reshape(v.shape[0], n, P)[:, kept].reshape(v.shape[0], len(kept) * P)
+        if P and k.endswith("per_layer_model_projection.weight"):  # [n*P, H]: P rows per layer
+            return v.reshape(n, P, v.shape[1])[kept].reshape(len(kept) * P, v.shape[1])
+        return v
+
+    return _rebuild(model, config, _renumbered_state(model, _LAYER, kept, per_layer_slices)), kept
 
 
 def audio_layer_count(config) -> int:
@@ -70,26 +84,12 @@ def remove_audio_layers(model, remove):
     from .gemma4 import Gemma4Family
 
     n = audio_layer_count(model.config)
-    remove = sorted(set(remove))
     if not n:
         raise UserError("this Gemma 4 model has no audio-encoder layers to remove (gemma4_unified: raw audio frames "
                         "enter through embed_audio)")
-    if any(i < 0 or i >= n for i in remove) or len(remove) >= n:
-        raise UserError(f"audio layers to remove {remove}: the audio encoder has {n} layers (0..{n - 1}), "
-                        "at least one must stay")
-    kept = [i for i in range(n) if i not in remove]
+    kept = _kept_layers(remove, n, "audio layers", "the audio encoder")
     config = Gemma4Family().config_after_audio_layer_removal(model.config, kept)
-    new_index = {old: new for new, old in enumerate(kept)}
-    sd = {}
-    for k, v in model.state_dict().items():
-        m = _AUDIO_LAYER.match(k)
-        if m:
-            i = int(m.group(2))
-            if i in new_index:
-                sd[f"{m.group(1)}{new_index[i]}{m.group(3)}"] = v
-            continue
-        sd[k] = v
-    return _rebuild(model, config, sd), kept
+    return _rebuild(model, config, _renumbered_state(model, _AUDIO_LAYER, kept)), kept
 
 
 def drop_vision(model):
