@@ -660,6 +660,7 @@ def _round_chunk(layout, layers, embeds, budgets, positions, eos, *, eager: bool
     P = 0 if prefix is None else prefix.length
     bufs: list = [None] * L  # per layer: [k, v] buffers [slots * B, kv_heads, T + steps, head_dim]
     last = torch.empty(K * B, H, dtype=dtype, device=dev)  # last prompt position's hidden state per row
+    below = [sum(1 for p in positions if p < l) for l in range(L)]  # candidates branched off below layer l
     for b, e in enumerate(embeds):
         t = e.shape[0]
         kvs, div = _prefill_stack(layers, positions, e[P:][None], P, lm, call, eager=eager,
@@ -667,7 +668,7 @@ def _round_chunk(layout, layers, embeds, budgets, positions, eos, *, eager: bool
         for l, kv in enumerate(kvs):
             if kv is None:
                 continue
-            nd = sum(1 for p in positions if p < l)
+            nd = below[l]
             slots = K - (1 if l in cand_at else 0)
             if bufs[l] is None:
                 shape = (slots * B, kv.k.shape[1], T + steps, kv.k.shape[3])
@@ -1246,7 +1247,7 @@ def iterative_search(scorer: CandidateScorer, *, kind: str, n_layers: int, remov
         log.add(rec)
         how = ""
         if screened:
-            how = (f"; screen: fallback, all decoded" if screened["fallback"] else
+            how = ("; screen: fallback, all decoded" if screened["fallback"] else
                    f"; screen: {len(scored)} of {len(cands)} decoded in full, proxy rank "
                    f"{rec['screen']['proxy_rank_of_chosen']}")
         progress(f"{kind} round {rnd}/{remove}: removed layer {best} ({scorer.label} {best_score:.4g}; "
