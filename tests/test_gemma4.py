@@ -315,3 +315,21 @@ def test_trim_vocab_gemma4_is_exact_on_kept_tokens(gemma_kit, tmp_path):
     assert np.allclose(lb.numpy(), la[keep].numpy(), atol=1e-5, rtol=0)
     pred = planner.predict(planner.Spec(precision="fp32", vocab=n), planner.load_base_config(kit / "model"), "2025")
     assert pred.bytes == sizer.measure(out).bytes
+
+
+def test_layer_removal_out_of_range_or_of_every_layer_is_refused(gemma_kit):
+    from iwslt_mc import modelio
+    from iwslt_mc.errors import UserError
+    from iwslt_mc.families import gemma4_surgery as gs
+
+    model = modelio.load_model(gemma_kit[0] / "model", device="cpu")
+    n = model.config.text_config.num_hidden_layers
+    with pytest.raises(UserError, match=rf"^layers to remove \[{n}\]: the model has {n} layers \(0..{n - 1}\)"):
+        gs.remove_llm_layers(model, [n])
+    a = gs.audio_layer_count(model.config)
+    assert a > 0
+    with pytest.raises(UserError, match=rf"^audio layers to remove .*: the audio encoder has {a} layers \(0..{a - 1}\), "
+                                        "at least one must stay$"):
+        gs.remove_audio_layers(model, list(range(a)))
+    _, kept = gs.remove_audio_layers(model, [0])
+    assert kept == list(range(1, a))
