@@ -252,7 +252,7 @@ def main(argv=None) -> int:
     import torch
 
     from iwslt_mc import data
-    from iwslt_mc.fsutil import atomic_write_json, atomic_write_text
+    from iwslt_mc.fsutil import atomic_write_json
     from iwslt_mc.stages import make_stage
     from iwslt_mc.stages.base import StageContext, run_stage
 
@@ -306,10 +306,7 @@ def main(argv=None) -> int:
                 [f"--corpus {args.corpus}"] + ([f"--test-limit {args.test_limit}"] if args.test_limit else [])
                 + [f"--model {m}" for m in args.model] + ["--out OUT"]
                 + ([f"--report {args.report}"] if args.report else []) + ['--models-text "..."'])}
-    atomic_write_json(args.out / "results.json", {"meta": meta, "results": results})
-    report = args.report or args.out / "quantization-small.md"
-    atomic_write_text(report, markdown(results, meta))
-    print(f"wrote {report}")
+    qb.write_outputs(args.out, args.report, "quantization-small.md", results, meta, markdown)
     return 0
 
 

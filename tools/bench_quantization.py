@@ -164,8 +164,6 @@ def teacher_forced_logprobs(model_dir: Path, examples, lang: str) -> list:
 
 def kl_to(teacher: list, student: list) -> float:
     """Mean KL(teacher || student) per reference token, in nats."""
-    import torch
-
     tot = sum(float((t.exp() * (t - s)).sum()) for t, s in zip(teacher, student))
     return tot / sum(t.shape[0] for t in teacher)
 
@@ -191,7 +189,7 @@ def main(argv=None) -> int:
     import torch
 
     from iwslt_mc import data
-    from iwslt_mc.fsutil import atomic_write_json, atomic_write_text
+    from iwslt_mc.fsutil import atomic_write_json
     from iwslt_mc.stages import make_stage
     from iwslt_mc.stages.base import StageContext, run_stage
 
@@ -228,11 +226,20 @@ def main(argv=None) -> int:
             "date": time.strftime("%Y-%m-%d"), "threads": torch.get_num_threads(),
             "command": "python tools/bench_quantization.py --corpus tests/fixtures/toy/data --out OUT "
                        "--report docs/bench/quantization.md"}
-    atomic_write_json(args.out / "results.json", {"meta": meta, "results": results})
-    report = args.report or args.out / "quantization.md"
-    atomic_write_text(report, markdown(results, meta))
-    print(f"wrote {report}")
+    write_outputs(args.out, args.report, "quantization.md", results, meta, markdown)
     return 0
+
+
+def write_outputs(out: Path, report, default_name: str, results: list, meta: dict, to_markdown) -> Path:
+    """``results.json`` (meta and results) in ``out`` and the markdown report at ``report`` (default
+    ``out / default_name``), both written atomically; also used by tools/bench_quant_small.py."""
+    from iwslt_mc.fsutil import atomic_write_json, atomic_write_text
+
+    atomic_write_json(out / "results.json", {"meta": meta, "results": results})
+    report = report or out / default_name
+    atomic_write_text(report, to_markdown(results, meta))
+    print(f"wrote {report}")
+    return report
 
 
 if __name__ == "__main__":
