@@ -78,7 +78,7 @@ def test_plan_real_12b_layout_matches_meta_model(tmp_path):
     import transformers
 
     from iwslt_mc import planner
-    from iwslt_mc.families.gemma4 import gemma4_12b_config
+    from iwslt_mc.families.gemma4 import GEMMA4_12B_PARAMS, gemma4_12b_config
 
     cfg = gemma4_12b_config()
     d = tmp_path / "gemma-4-12B-it"
@@ -92,7 +92,14 @@ def test_plan_real_12b_layout_matches_meta_model(tmp_path):
     saved_buffers = sum(b.numel() for name, b in model.state_dict().items()
                         if name.endswith("layer_scalar"))  # one persistent scalar per decoder layer
     assert saved_buffers == 48
-    assert pred.params == n_params + saved_buffers == 12_195_659_824
+    # the Hugging Face API's parameter count of google/gemma-4-12B-it, to the parameter
+    assert pred.params == n_params + saved_buffers == GEMMA4_12B_PARAMS == 11_959_730_224
+    # global layers: one key head of width 512 and no v_proj (attention_k_eq_v); sliding: 8 KV heads of 256
+    attn = model.model.language_model.layers
+    assert (attn[5].self_attn.k_proj.out_features, attn[5].self_attn.v_proj) == (512, None)
+    assert (attn[0].self_attn.k_proj.out_features, attn[0].self_attn.v_proj.out_features) == (2048, 2048)
+    assert [i for i, t in enumerate(base.text_config.layer_types) if t == "full_attention"] == list(range(5, 48, 6))
+    assert pred.components["llm_layers"]["params"] == 10_900_713_520
     assert pred.components["audio_encoder"]["params"] == 0  # gemma4_unified: audio enters through embed_audio
     assert pred.components["embed_tokens"]["params"] == 262144 * 3840
     assert pred.bytes == pred.header_bytes + 2 * pred.params
