@@ -340,3 +340,38 @@ def test_layer_removal_out_of_range_or_of_every_layer_is_refused(gemma_kit):
         gs.remove_audio_layers(model, list(range(a)))
     _, kept = gs.remove_audio_layers(model, [0])
     assert kept == list(range(1, a))
+
+
+def test_12b_config_tool_and_reduced_depth_layout(tmp_path, capsys):
+    """tools/gemma4_12b_config.py writes the 12B layout (with and without the vision embedder, never over an
+    existing config), and tools/check_fullwidth_gemma4.py's 2-layer model keeps the real widths: one sliding
+    and one global layer, 1,525,009,922 parameters (docs/bench/fullwidth-gemma4.md)."""
+    import importlib.util
+    from pathlib import Path
+
+    from iwslt_mc import planner
+
+    tools = Path(__file__).resolve().parents[1] / "tools"
+
+    def load(name):
+        spec = importlib.util.spec_from_file_location(name, tools / f"{name}.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+
+    tool = load("gemma4_12b_config")
+    assert tool.main([str(tmp_path / "g12")]) == 0 and tool.main([str(tmp_path / "nv"), "--no-vision"]) == 0
+    assert "11,959,730,224 parameters" in capsys.readouterr().out
+    assert tool.main([str(tmp_path / "g12")]) == 2
+    assert "g12/config.json: already exists" in capsys.readouterr().err
+    full = planner.predict(planner.Spec(), planner.load_base_config(tmp_path / "g12"), "2027")
+    nv = planner.predict(planner.Spec(), planner.load_base_config(tmp_path / "nv"), "2027")
+    assert full.params - nv.params == full.components["vision_encoder"]["params"] == 49_922_304
+    assert full.torch_save.bytes == 23_919_765_073  # README: 22.277 GiB, the organizers' measure on one GPU
+
+    cfg = load("check_fullwidth_gemma4").reduced_config(2)
+    t = cfg.text_config
+    assert t.layer_types == ["sliding_attention", "full_attention"] and t.attention_k_eq_v
+    assert [(t.per_layer_config[i].head_dim, t.per_layer_config[i].num_key_value_heads) for i in (0, 1)] == [(256, 8), (512, 1)]
+    small = planner.predict(planner.Spec(), cfg, "2027")
+    assert small.params == 1_525_009_922 and small.torch_save.bytes_cpu == 3_050_037_091

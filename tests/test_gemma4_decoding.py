@@ -93,3 +93,25 @@ def test_unified_decode_cuts_segments_longer_than_18s_into_pieces(gemma_unified_
     assert recs[-1]["max_segment_seconds"] == 18.0 and recs[-1]["split_segments"] == [seg["id"]]
     assert f"1 segment(s) longer than 18 s were cut at pauses into {len(pieces)} pieces" in " ".join(err.split())
 
+
+
+def test_quantize_computes_in_bf16_on_gemma4_unless_told(gemma_unified_kit, tmp_path):
+    """Gemma advises bf16 (the organizers' nf4-2q computes in fp16): a Gemma 4 model quantized to NF4 without a
+    compute dtype computes in bf16 (its config.json, read back by from_pretrained), and the provenance says so;
+    fp16 only when asked. The compute dtype leaves the torch.save size unchanged."""
+    from iwslt_mc import sizer
+    from iwslt_mc.stages import make_stage
+    from iwslt_mc.stages.base import StageContext, run_stage
+
+    ctx = StageContext(device="cpu", log=lambda s: None)
+    sizes = {}
+    for name, opts in (("default", {"method": "nf4"}), ("fp16", {"method": "nf4", "compute_dtype": "fp16"})):
+        out = tmp_path / name
+        run_stage(make_stage("quantize", opts), gemma_unified_kit / "model", out, ctx)
+        q = json.loads((out / "config.json").read_text())["quantization_config"]
+        prov = json.loads((out / "provenance.json").read_text())["stages"][-1]
+        short, full = {"default": ("bf16", "bfloat16"), "fp16": ("fp16", "float16")}[name]
+        assert (q["bnb_4bit_compute_dtype"], q["bnb_4bit_use_double_quant"]) == (full, True)
+        assert f"({short} compute)" in prov["techniques"][0]
+        sizes[name] = sizer.measure(out, "2027").torch_save.bytes
+    assert sizes["default"] == sizes["fp16"]
