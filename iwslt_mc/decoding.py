@@ -470,8 +470,9 @@ class DecodeSummary:
     device: str
     world_size: int = 1
     name: str = ""  # the test set's name
-    split_segments: list[str] = field(default_factory=list)  # ids of segments decoded in pieces (> 30 s)
+    split_segments: list[str] = field(default_factory=list)  # ids of segments decoded in pieces (> max_segment_seconds)
     pieces: int = 0  # pieces those segments were cut into
+    max_segment_seconds: float = 30.0  # the longest piece the model got (its family's Family.max_segment_seconds)
 
     @property
     def rtf(self) -> float:
@@ -687,6 +688,7 @@ def decode_to_file(model_dir, audio, out, *, lang: str, mode: str = "fast", batc
     mine = todo[dist.rank::dist.world]
     t_start = time.perf_counter()
     resolved_device = dist.device
+    max_seconds = 30.0  # set from the model's family once it is loaded
 
     if my_log.exists():
         _drop_torn_tail(my_log)
@@ -724,16 +726,20 @@ def decode_to_file(model_dir, audio, out, *, lang: str, mode: str = "fast", batc
 
                 return run
 
-            # Decoding units: a segment, or the pieces of a segment longer than the encoder's window.
+            # Decoding units: a segment, or the pieces of a segment longer than the model family's longest
+            # audio piece (Qwen2-Audio: the encoder's 30 s window; Family.max_segment_seconds).
+            from .families import family_of_config
+
+            max_seconds = family_of_config(model.config).max_segment_seconds(model.config)
             units: list[tuple[int, int]] = []  # (segment index, piece number)
             waves, lengths = [], []
             spans: dict[int, list[tuple[float, float]]] = {}
             for i in mine:
                 s = segs[i]
                 cut = None
-                if (s.duration or 0.0) * SAMPLE_RATE > MAX_SAMPLES:
+                if (s.duration or 0.0) > max_seconds:
                     try:
-                        cut = split_long(s, MAX_SAMPLES / SAMPLE_RATE)
+                        cut = split_long(s, max_seconds)
                     except InputFileError as e:
                         if not skip_bad:
                             raise
@@ -747,7 +753,7 @@ def decode_to_file(model_dir, audio, out, *, lang: str, mode: str = "fast", batc
                 else:
                     units.append((i, 0))
                     waves.append(guarded(i, s.waveform))
-                    lengths.append(min(s.duration or 30.0, 30.0))
+                    lengths.append(min(s.duration or max_seconds, max_seconds))
             joiner = target_joiner(lang)
             pending: dict[int, dict[int, Hyp]] = {}
             what = f"decoding {audio.name} ({mode})" if audio.name else f"decoding ({mode})"
@@ -799,7 +805,7 @@ def decode_to_file(model_dir, audio, out, *, lang: str, mode: str = "fast", batc
                                 decode_seconds=sum(r["seconds"] for r in ordered), wall_seconds=wall,
                                 tokens=sum(r["n_tokens"] for r in ordered), mode=mode, device=resolved_device,
                                 world_size=dist.world, name=audio.name, split_segments=[r["id"] for r in split],
-                                pieces=sum(len(r["pieces"]) for r in split))
+                                pieces=sum(len(r["pieces"]) for r in split), max_segment_seconds=max_seconds)
         tail = {"type": "summary", **summary.to_json()}
         atomic_write_text(log, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in [header] + ordered + [tail]))
         for p in out.parent.glob(out.name + ".rank*.jsonl"):

@@ -78,7 +78,7 @@ def test_plan_real_12b_layout_matches_meta_model(tmp_path):
     import transformers
 
     from iwslt_mc import planner
-    from iwslt_mc.families.gemma4 import gemma4_12b_config
+    from iwslt_mc.families.gemma4 import GEMMA4_12B_PARAMS, gemma4_12b_config
 
     cfg = gemma4_12b_config()
     d = tmp_path / "gemma-4-12B-it"
@@ -92,7 +92,14 @@ def test_plan_real_12b_layout_matches_meta_model(tmp_path):
     saved_buffers = sum(b.numel() for name, b in model.state_dict().items()
                         if name.endswith("layer_scalar"))  # one persistent scalar per decoder layer
     assert saved_buffers == 48
-    assert pred.params == n_params + saved_buffers == 12_195_659_824
+    # the Hugging Face API's parameter count of google/gemma-4-12B-it, to the parameter
+    assert pred.params == n_params + saved_buffers == GEMMA4_12B_PARAMS == 11_959_730_224
+    # global layers: one key head of width 512 and no v_proj (attention_k_eq_v); sliding: 8 KV heads of 256
+    attn = model.model.language_model.layers
+    assert (attn[5].self_attn.k_proj.out_features, attn[5].self_attn.v_proj) == (512, None)
+    assert (attn[0].self_attn.k_proj.out_features, attn[0].self_attn.v_proj.out_features) == (2048, 2048)
+    assert [i for i, t in enumerate(base.text_config.layer_types) if t == "full_attention"] == list(range(5, 48, 6))
+    assert pred.components["llm_layers"]["params"] == 10_900_713_520
     assert pred.components["audio_encoder"]["params"] == 0  # gemma4_unified: audio enters through embed_audio
     assert pred.components["embed_tokens"]["params"] == 262144 * 3840
     assert pred.bytes == pred.header_bytes + 2 * pred.params
@@ -333,3 +340,38 @@ def test_layer_removal_out_of_range_or_of_every_layer_is_refused(gemma_kit):
         gs.remove_audio_layers(model, list(range(a)))
     _, kept = gs.remove_audio_layers(model, [0])
     assert kept == list(range(1, a))
+
+
+def test_12b_config_tool_and_reduced_depth_layout(tmp_path, capsys):
+    """tools/gemma4_12b_config.py writes the 12B layout (with and without the vision embedder, never over an
+    existing config), and tools/check_fullwidth_gemma4.py's 2-layer model keeps the real widths: one sliding
+    and one global layer, 1,525,009,922 parameters (docs/bench/fullwidth-gemma4.md)."""
+    import importlib.util
+    from pathlib import Path
+
+    from iwslt_mc import planner
+
+    tools = Path(__file__).resolve().parents[1] / "tools"
+
+    def load(name):
+        spec = importlib.util.spec_from_file_location(name, tools / f"{name}.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+
+    tool = load("gemma4_12b_config")
+    assert tool.main([str(tmp_path / "g12")]) == 0 and tool.main([str(tmp_path / "nv"), "--no-vision"]) == 0
+    assert "11,959,730,224 parameters" in capsys.readouterr().out
+    assert tool.main([str(tmp_path / "g12")]) == 2
+    assert "g12/config.json: already exists" in capsys.readouterr().err
+    full = planner.predict(planner.Spec(), planner.load_base_config(tmp_path / "g12"), "2027")
+    nv = planner.predict(planner.Spec(), planner.load_base_config(tmp_path / "nv"), "2027")
+    assert full.params - nv.params == full.components["vision_encoder"]["params"] == 49_922_304
+    assert full.torch_save.bytes == 23_919_765_073  # README: 22.277 GiB, the organizers' measure on one GPU
+
+    cfg = load("check_fullwidth_gemma4").reduced_config(2)
+    t = cfg.text_config
+    assert t.layer_types == ["sliding_attention", "full_attention"] and t.attention_k_eq_v
+    assert [(t.per_layer_config[i].head_dim, t.per_layer_config[i].num_key_value_heads) for i in (0, 1)] == [(256, 8), (512, 1)]
+    small = planner.predict(planner.Spec(), cfg, "2027")
+    assert small.params == 1_525_009_922 and small.torch_save.bytes_cpu == 3_050_037_091

@@ -366,8 +366,9 @@ def test_planner_follows_the_layers_a_recipe_names(gemma_kit, g12, tmp_path):
     sliding = planner.predict(planner.Spec(llm_layers=47, llm_kept=[i for i in range(48) if i != 4]), base, "2027")
     assert named.bytes == pred["bytes"] and named.config.text_config.layer_types.count("full_attention") == 7
     assert sliding.config.text_config.layer_types.count("full_attention") == 8
-    # layer 5 is global: head width 512 instead of 256 in q/k/v/o (16 + 8 + 8 + 16 heads) and q/k norms
-    assert sliding.params - named.params == (16 + 8 + 8 + 16) * 256 * 3840 + 2 * 256
+    # layer 5 is global: q and o of 16 heads of width 512 and one key head of 512 that is also the value (no
+    # v_proj), where a sliding layer has 16 + 8 + 8 + 16 heads of 256 in q/k/v/o; q/k norms 512 instead of 256
+    assert sliding.params - named.params == (16 * 512 + 512 + 16 * 512 - (16 + 8 + 8 + 16) * 256) * 3840 + 2 * 256
     kit = gemma_kit[0]
     p.write_text("name: r\nfamily: gemma4\nstages:\n"
                  "  - {id: a, stage: prune-layers, options: {llm_layers: [2]}}\n"

@@ -37,9 +37,10 @@ file's stem for other inputs; NAME=SPEC names it yourself). --resume continues t
 Every input and the model are checked before anything is decoded.
 
 Audio longer than 30 s from a list or a single file is cut at pauses into segments (lines) of at
-most 30 s. A segment of a test set, YAML or dataset longer than the audio encoder's 30 s window is
-cut at pauses into pieces that are decoded and joined into its one line; the log records the pieces
-and the summary names those segments.
+most 30 s. A segment of a test set, YAML or dataset longer than the longest audio piece the model
+takes (Qwen2-Audio: its audio encoder's 30 s window; gemma-4-12B-it: 18 s, 450 audio tokens, beyond
+which its encoder-free audio fades) is cut at pauses into pieces that are decoded and joined into its
+one line; the log records the pieces and the summary names those segments.
 
 --mode reference is the published decoding (chat prompt, greedy, batch 1, max_length 1024).
 --mode fast (default) gives the same tokens with length-sorted batches, left padding and, on CUDA,
@@ -159,7 +160,8 @@ def run(args) -> int:
             warn(f"{summary.out}: {len(late)} segment(s) could not be decoded and are empty lines: " + "; ".join(late))
         if summary.split_segments:
             ids = summary.split_segments
-            info(f"{summary.out}: {len(ids)} segment(s) longer than 30 s were cut at pauses into {summary.pieces} "
+            info(f"{summary.out}: {len(ids)} segment(s) longer than {summary.max_segment_seconds:g} s were cut at "
+                 f"pauses into {summary.pieces} "
                  f"pieces, decoded and joined into one line each (see {summary.log}): "
                  + ", ".join(ids[:10]) + (f" and {len(ids) - 10} more" if len(ids) > 10 else ""))
     if args.json:

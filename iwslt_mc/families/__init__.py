@@ -78,6 +78,11 @@ class Family:
     # None: the caller's/generation config's limits apply unchanged
     default_max_new_tokens: int | None = None
 
+    def max_segment_seconds(self, config) -> float:
+        """The longest audio piece decode gives the model at once (longer segments are cut at pauses into
+        pieces of at most this, decoded and joined into one line): Qwen2-Audio's encoder hears 30 s."""
+        return 30.0
+
     # hub organisation and the folder-name prefix of its model ids (``Qwen``, ``qwen2-audio``)
     hub_org: str = ""
     hub_name_prefix: str = ""

@@ -9,7 +9,8 @@ Two layouts share ``Gemma4*ForConditionalGeneration``'s key names:
   ``lm_head``; a conformer audio encoder (``audio_tower``) with projector ``embed_audio``; a vision
   encoder (``vision_tower``) with projector ``embed_vision``.
 - ``gemma4_unified`` (``google/gemma-4-12B-it`` in transformers 5.24's docstrings): no audio encoder
-  (raw 640-sample frames go through ``embed_audio``), no PLE; vision is a patch embedder ``embed_vision``.
+  (raw 640-sample frames go through ``embed_audio``), no PLE; vision is a patch embedder ``embed_vision``;
+  in the 12B the full-attention layers have one key head and no ``v_proj`` (``attention_k_eq_v``).
 
 Components: ``audio_encoder`` (audio_tower), ``vision_encoder`` (vision_tower and embed_vision: removed
 together), ``projector`` (embed_audio), ``llm_layers``, ``per_layer_embeddings`` (the PLE table, its
@@ -59,6 +60,21 @@ class Gemma4Family(Family):
     default_max_new_tokens = MAX_NEW_TOKENS
     turn_end_token = "<turn|>"  # the chat template closes every turn, the model's too, with it
     token_aligned_inputs = ("mm_token_type_ids",)
+
+    # Audio tokens per second of either layout: one soft token per 40 ms (both processors'
+    # audio_ms_per_token; gemma4_unified: one 640-sample frame at 16 kHz, Gemma4UnifiedAudioConfig).
+    AUDIO_TOKENS_PER_SECOND = 25
+    # gemma4_unified (the 12B) loses audio understanding beyond ~450-500 audio tokens in the sequence (user
+    # reports, track-rules.md); its processor does not cap the count (40 s -> 1,000 tokens), and decode's 30 s
+    # window gave it 750. 18 s is 450 tokens, the low end of that range.
+    UNIFIED_MAX_AUDIO_TOKENS = 450
+
+    def max_segment_seconds(self, config) -> float:
+        """gemma4_unified (google/gemma-4-12B-it): 18 s (450 audio tokens). gemma4 with its conformer
+        encoder: 30 s, where its processor caps the audio at 750 tokens and drops the rest."""
+        if getattr(config, "model_type", None) == "gemma4_unified":
+            return self.UNIFIED_MAX_AUDIO_TOKENS / self.AUDIO_TOKENS_PER_SECOND
+        return 30.0
 
     def loader_class(self):
         from transformers import AutoModelForMultimodalLM
@@ -197,8 +213,8 @@ class Gemma4Family(Family):
 
     def reference_dims(self) -> dict:
         """gemma-4-12B-it (:func:`gemma4_12b_config`): 48 LLM layers, no audio-encoder layers."""
-        return {"llm_layers": GEMMA4_12B_ASSUMED["num_hidden_layers"], "audio_layers": None,
-                "ffn_dim": GEMMA4_12B_ASSUMED["intermediate_size"], "audio_ffn_dim": None}
+        return {"llm_layers": GEMMA4_12B_TEXT["num_hidden_layers"], "audio_layers": None,
+                "ffn_dim": GEMMA4_12B_TEXT["intermediate_size"], "audio_ffn_dim": None}
 
     def build_kit(self, out_dir, seed: int = 0, unified: bool = False):
         from ..kit_gemma4 import build_kit_gemma4
@@ -208,22 +224,37 @@ class Gemma4Family(Family):
 
 # ------------------------------------------------------------------ the real gemma-4-12B-it layout
 
-# transformers 5.24 names google/gemma-4-12B-it as the checkpoint of ``gemma4_unified`` but ships no
-# config for it. What the package gives: model_type gemma4_unified; the text hidden size 3840 (the
-# vision embedder's mm_embed_dim default, documented as "matches the text model hidden_size"); the
-# vocabulary 262,144, global head width 512, sliding window 1024, 5:1 sliding/global pattern, tied
-# embeddings and the audio (640) and vision (patch 16, pooling 3, 1120 positions) defaults. NOT in the
-# package (assumed here, from Gemma 3 12B's published widths): 48 layers, MLP width 15,360, 16 query
-# heads, 8 key/value heads, head width 256.
-GEMMA4_12B_ASSUMED = {"num_hidden_layers": 48, "intermediate_size": 15360, "num_attention_heads": 16,
-                      "num_key_value_heads": 8, "head_dim": 256}
+# google/gemma-4-12B-it's text decoder (``gemma4_unified_text``). transformers 5.25 names the checkpoint
+# (``@auto_docstring(checkpoint="google/gemma-4-12B-it")`` on every Gemma4Unified*Config) but its text
+# defaults are another model's (hidden 2304, 30 layers); the values here, each with its source:
+# - hidden_size 3840: the package's Gemma4UnifiedVisionConfig.mm_embed_dim/output_proj_dims default
+#   ("matches the text model hidden_size") and Gemma4UnifiedAssistantConfig.backbone_hidden_size, whose
+#   docstring cites google/gemma-4-12b-it; track-rules.md ("hidden 3840").
+# - num_hidden_layers 48, vocab_size 262,144: track-rules.md; vocab also the package's text default.
+# - head_dim 256, global_head_dim 512 (full-attention layers), sliding_window 1024, the 5:1 sliding/global
+#   layer_types, num_kv_shared_layers 0, no double-wide MLP: the package's Gemma4UnifiedTextConfig defaults.
+# - intermediate_size 15360, num_attention_heads 16, num_key_value_heads 8, num_global_key_value_heads 1,
+#   attention_k_eq_v true (full-attention layers: one key head, no v_proj): the published config.json of
+#   google/gemma-4-12B-it as public code quotes it (cofin/mogemma,
+#   src/py/tests/unit/test_gemma4_12b_config.py, "the official Gemma 4 12B nested config shape", which
+#   also agrees on hidden 3840, 48 layers, head widths 256/512, window 1024 and the 5:1 pattern).
+# - audio: 640-sample frames (40 ms at 16 kHz) -> RMSNorm -> Linear, and the vision patch embedder
+#   (patch 16, pooling 3, 1120 positions): the package's Gemma4UnifiedAudioConfig/VisionConfig defaults.
+# Check: this layout has 11,959,730,224 parameters (48 ``layer_scalar`` buffers included, as on disk),
+# exactly the BF16 parameter count the Hugging Face model API reports for google/gemma-4-12B(-it) (quoted
+# in public notes as "safetensors.parameters.BF16 = 11959730224 (11.96B)"); track-rules.md's "~11.95 B"
+# is that number truncated. Test: tests/test_gemma4.py::test_plan_real_12b_layout_matches_meta_model.
+GEMMA4_12B_TEXT = {"hidden_size": 3840, "num_hidden_layers": 48, "vocab_size": 262144, "intermediate_size": 15360,
+                   "num_attention_heads": 16, "num_key_value_heads": 8, "head_dim": 256, "global_head_dim": 512,
+                   "num_global_key_value_heads": 1, "attention_k_eq_v": True, "sliding_window": 1024,
+                   "num_kv_shared_layers": 0}
+GEMMA4_12B_PARAMS = 11_959_730_224  # the Hugging Face API's count for google/gemma-4-12B-it (see above)
 
 
 def gemma4_12b_config():
-    """A ``Gemma4UnifiedConfig`` for gemma-4-12B-it: package values plus :data:`GEMMA4_12B_ASSUMED`."""
+    """A ``Gemma4UnifiedConfig`` with google/gemma-4-12B-it's layout (:data:`GEMMA4_12B_TEXT`), bf16."""
     from transformers import Gemma4UnifiedConfig
 
-    text = dict(hidden_size=3840, vocab_size=262144, **GEMMA4_12B_ASSUMED)
-    cfg = Gemma4UnifiedConfig(text_config=text, vision_config={}, audio_config={}, dtype="bfloat16")
+    cfg = Gemma4UnifiedConfig(text_config=dict(GEMMA4_12B_TEXT), vision_config={}, audio_config={}, dtype="bfloat16")
     cfg.architectures = ["Gemma4UnifiedForConditionalGeneration"]
     return cfg

@@ -1,0 +1,117 @@
+"""Gemma 4 decoding defaults that fit the model: audio tokens per second on the kits' processors, the
+family's longest audio piece (18 s, 450 audio tokens, for gemma4_unified / gemma-4-12B-it; 30 s for the
+conformer layout), and decode cutting a longer segment at pauses into such pieces."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import soundfile as sf
+
+from iwslt_mc.families import family_named
+
+
+def _audio_tokens(processor, seconds: float) -> int:
+    fam = family_named("gemma4")
+    text = fam.prompt_text(processor, "en-de")
+    inp = processor(text=text, audio=[np.zeros(int(seconds * 16000), np.float32)], sampling_rate=16000,
+                    return_tensors="pt")
+    return int((inp["input_ids"] == processor.audio_token_id).sum())
+
+
+def test_audio_tokens_per_second_and_longest_piece_on_the_kits(gemma_kit, gemma_unified_kit):
+    """Both layouts make 25 audio tokens per second (40 ms each); the unified processor does not cap them
+    (decode's old 30 s window gave the 12B 750, past the ~450-500 where its audio fades), the conformer's caps
+    at 750 (30 s). The family's longest piece: 18 s = 450 tokens for gemma4_unified, 30 s for gemma4."""
+    from iwslt_mc.planner import load_base_config, qwen2_audio_7b_config
+
+    fam = family_named("gemma4")
+    uni, conf = gemma_unified_kit / "model", gemma_kit[0] / "model"
+    pu, pc = fam.load_processor(uni), fam.load_processor(conf)
+    assert [_audio_tokens(pu, s) for s in (1, 18, 30, 40)] == [25, 450, 750, 1000]
+    assert [_audio_tokens(pc, s) for s in (1, 18, 30, 40)] == [25, 450, 750, 750]
+    cu, cc = load_base_config(uni), load_base_config(conf)
+    assert fam.max_segment_seconds(cu) == 18.0 and fam.max_segment_seconds(cc) == 30.0
+    assert _audio_tokens(pu, fam.max_segment_seconds(cu)) == fam.UNIFIED_MAX_AUDIO_TOKENS == 450
+    assert _audio_tokens(pc, fam.max_segment_seconds(cc)) == 750  # its processor's cap: nothing dropped
+    # the 12B layout is gemma4_unified: 18 s
+    from iwslt_mc.families.gemma4 import gemma4_12b_config
+
+    assert fam.max_segment_seconds(gemma4_12b_config()) == 18.0
+    qwen = family_named("qwen2_audio")
+    assert qwen.max_segment_seconds(qwen2_audio_7b_config()) == 30.0  # unchanged: Qwen2-Audio's encoder window
+
+
+def _kit_waves(kit_dir):
+    import pyarrow.parquet as pq
+
+    from iwslt_mc.audio import load_audio
+
+    rows = []
+    for split in ("dev", "eval"):
+        table = pq.read_table(kit_dir / "data" / f"{split}.parquet", columns=["index", "audio"]).to_pylist()
+        rows += [load_audio(r["audio"]["bytes"], name=f"{split}:{r['index']}") for r in table]
+    return rows
+
+
+def test_unified_decode_cuts_segments_longer_than_18s_into_pieces(gemma_unified_kit, tmp_path, capsys):
+    """A 20-30 s segment: one piece of up to 30 s before; now pieces of at most 18 s, cut in pauses, decoded and
+    joined into the segment's one line, and the message names the 18 s."""
+    from iwslt_mc.cli import main
+
+    waves = _kit_waves(gemma_unified_kit)
+    gap = np.zeros(int(0.7 * 16000), np.float32)
+    parts, total, spans = [gap], len(gap), []
+    for w in waves:
+        if (total + len(w) + len(gap)) / 16000 > 29.0:
+            break
+        parts += [w, gap]
+        spans.append((total / 16000, (total + len(w)) / 16000))
+        total += len(w) + len(gap)
+    wave = np.concatenate(parts)
+    seconds = len(wave) / 16000
+    assert 18.0 < seconds <= 30.0  # one piece under the old 30 s window
+    d = tmp_path / "LONGSEG"
+    d.mkdir()
+    sf.write(str(d / "a.wav"), wave, 16000, subtype="FLOAT")
+    (d / "FILE_ORDER").write_text("a.wav\n")
+    (d / "LONGSEG.yaml").write_text(f"- {{wav: a.wav, offset: 0.0, duration: {seconds:.3f}}}\n")
+    out = tmp_path / "hyp.de"
+    capsys.readouterr()
+    assert main(["decode", str(gemma_unified_kit / "model"), "--lang", "en-de", "--audio", str(d), "--out", str(out),
+                 "--max-new-tokens", "4", "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    recs = [json.loads(x) for x in (out.parent / (out.name + ".jsonl")).read_text().splitlines()]
+    seg = next(r for r in recs if r["type"] == "segment")
+    pieces = seg["pieces"]
+    assert len(pieces) >= 2 and all(p["duration"] <= 18.0 for p in pieces)
+    for p in pieces:  # cut in pauses: no utterance split between two pieces
+        inside = [s for s in spans if s[0] < p["start"] + p["duration"] and s[1] > p["start"]]
+        assert all(p["start"] <= a and b <= p["start"] + p["duration"] for a, b in inside)
+    assert len(out.read_text().splitlines()) == 1
+    assert recs[-1]["max_segment_seconds"] == 18.0 and recs[-1]["split_segments"] == [seg["id"]]
+    assert f"1 segment(s) longer than 18 s were cut at pauses into {len(pieces)} pieces" in " ".join(err.split())
+
+
+
+def test_quantize_computes_in_bf16_on_gemma4_unless_told(gemma_unified_kit, tmp_path):
+    """Gemma advises bf16 (the organizers' nf4-2q computes in fp16): a Gemma 4 model quantized to NF4 without a
+    compute dtype computes in bf16 (its config.json, read back by from_pretrained), and the provenance says so;
+    fp16 only when asked. The compute dtype leaves the torch.save size unchanged."""
+    from iwslt_mc import sizer
+    from iwslt_mc.stages import make_stage
+    from iwslt_mc.stages.base import StageContext, run_stage
+
+    ctx = StageContext(device="cpu", log=lambda s: None)
+    sizes = {}
+    for name, opts in (("default", {"method": "nf4"}), ("fp16", {"method": "nf4", "compute_dtype": "fp16"})):
+        out = tmp_path / name
+        run_stage(make_stage("quantize", opts), gemma_unified_kit / "model", out, ctx)
+        q = json.loads((out / "config.json").read_text())["quantization_config"]
+        prov = json.loads((out / "provenance.json").read_text())["stages"][-1]
+        short, full = {"default": ("bf16", "bfloat16"), "fp16": ("fp16", "float16")}[name]
+        assert (q["bnb_4bit_compute_dtype"], q["bnb_4bit_use_double_quant"]) == (full, True)
+        assert f"({short} compute)" in prov["techniques"][0]
+        sizes[name] = sizer.measure(out, "2027").torch_save.bytes
+    assert sizes["default"] == sizes["fp16"]
