@@ -255,6 +255,7 @@ class Quantize(Stage):
         model, _ = quant_formats.ct_quantize(in_dir, o, device=device, log=ctx.log)
         counts = quant_formats.ct_counts(model)
         quant_formats.ct_save(model, modelio.load_processor(in_dir), out_dir)
+        ctx.log(f"quantize: {quant_formats.loading_note(o)}")
         kept = f"; kept unquantized: {', '.join(o.skip)}" if o.skip else ""
         return {"techniques": [f"{quant_formats.describe(o)}{kept}"], "quantized_linear_layers": counts["quantized"],
                 "unquantized_linear_layers": counts["unquantized"]}
