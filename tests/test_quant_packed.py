@@ -166,3 +166,25 @@ def test_plan_2027_predicts_every_format_the_tool_writes_at_7b():
     emb = planner.predict(planner.Spec(precision="ct4-sym", quantize_embeddings=True,
                                        component_precision={"embed_tokens": "ct4-sym"}), edition="2027")
     assert emb.torch_save.bytes == ts["ct4"]
+
+
+def test_gemma4_ct_is_sized_as_it_loads_packed_and_unpacked(gemma_kit, tmp_path):
+    """The meta-model layout (Gemma 4): packed symmetric Linear layers and an unpacked (embeddings quantized)
+    checkpoint, against a real torch.save of the organizers' load (AutoModelForMultimodalLM)."""
+    from iwslt_mc.families import family_for
+
+    kit_dir, _ = gemma_kit
+    skip = ["lm_head", "per_layer_input_gate"]  # 8 outputs: see test_quant_formats
+    for name, opts in (("sym", {"method": "ct", "bits": 4, "group_size": 8, "symmetric": True, "skip": skip}),
+                       ("emb", {"method": "ct", "bits": 4, "group_size": 8, "quantize_embeddings": True, "skip": skip})):
+        o = QuantizeOptions.from_dict(opts)
+        o.validate()
+        model, _ = quant_formats.ct_quantize(kit_dir / "model", o, log=lambda *a: None)
+        out = tmp_path / name
+        quant_formats.ct_save(model, None, out)
+        loaded = family_for(out).loader_class().from_pretrained(str(out), dtype="auto", device_map="cpu")
+        sd = loaded.state_dict()
+        assert any(k.endswith("weight_packed") for k in sd) is (name == "sym")
+        path = tmp_path / f"{ARCHIVE}.pt"
+        torch.save(sd, path)
+        assert sizer.measure(out, edition="2027").torch_save.bytes_cpu == path.stat().st_size
