@@ -188,3 +188,21 @@ def test_gemma4_ct_is_sized_as_it_loads_packed_and_unpacked(gemma_kit, tmp_path)
         path = tmp_path / f"{ARCHIVE}.pt"
         torch.save(sd, path)
         assert sizer.measure(out, edition="2027").torch_save.bytes_cpu == path.stat().st_size
+
+
+@pytest.mark.parametrize("name", ["recipe-bin4", "recipe-bin5"])
+def test_ladder_smoke_build_under_2027_measures_what_the_planner_says(kit, tmp_path, name):
+    """recipe-bin4/bin5 end with asymmetric ct4 with embeddings: saved with dequantize: true, they count at float
+    size under the torch.save measure, and the planner says so (the same bytes as a real torch.save)."""
+    from iwslt_mc.build import build
+    from iwslt_mc.recipes import load_recipe
+
+    res = build(load_recipe(name), lang="en-de", base=str(kit / "model"), data={"acl6060": str(kit / "data")},
+                condition="constrained", out=tmp_path / "b", smoke=True, edition="2027", log=lambda *a: None)
+    assert json.loads((res.model_dir / "config.json").read_text())["quantization_config"]["dequantize"] is True
+    predicted = res.prediction["torch_save"]
+    assert predicted is not None, res.prediction["torch_save_note"]
+    measured = sizer.measure(res.model_dir, edition="2027").torch_save
+    real, sd = organizers_torch_save(res.model_dir, tmp_path)
+    assert predicted["bytes"] == measured.bytes and predicted["bytes_cpu_load"] == measured.bytes_cpu == real
+    assert not any(k.endswith("weight_packed") for k in sd) and res.size["bytes"] == res.prediction["bytes"]
