@@ -206,3 +206,21 @@ def test_ladder_smoke_build_under_2027_measures_what_the_planner_says(kit, tmp_p
     real, sd = organizers_torch_save(res.model_dir, tmp_path)
     assert predicted["bytes"] == measured.bytes and predicted["bytes_cpu_load"] == measured.bytes_cpu == real
     assert not any(k.endswith("weight_packed") for k in sd) and res.size["bytes"] == res.prediction["bytes"]
+
+
+def test_the_gpu_figure_of_a_packed_checkpoint_equals_a_save_with_gpu_storage_tags(builds, tmp_path):
+    """The organizers' model is on one GPU ("cuda:0", a new string per storage in the pickle): torch's location tag
+    is switched so that this CPU writes the GPU's pickle; every packed ct tensor is a parameter, so all are GPU."""
+    from transformers import Qwen2AudioForConditionalGeneration
+
+    sd = Qwen2AudioForConditionalGeneration.from_pretrained(str(builds / "ct4-sym-lm_head"), dtype="auto",
+                                                            device_map="cpu").state_dict()
+    orig = torch.serialization.location_tag
+    index = 0
+    torch.serialization.location_tag = lambda storage: "cuda:" + str(index)  # a new string per storage, as on a GPU
+    try:
+        torch.save(sd, tmp_path / f"{ARCHIVE}.pt")
+    finally:
+        torch.serialization.location_tag = orig
+    measured = sizer.measure(builds / "ct4-sym-lm_head", edition="2027").torch_save
+    assert measured.bytes == (tmp_path / f"{ARCHIVE}.pt").stat().st_size > measured.bytes_cpu
