@@ -39,7 +39,7 @@ from pathlib import Path
 
 from . import __version__, torchsave
 from .errors import InputFileError, UserError
-from .quant_formats import ct_disk_entries, parse_ct_precision
+from .quant_formats import ct_disk_entries, parse_ct_precision, planned_quantization_config, shapes_of_entries
 from .layout import COMPONENTS, audio_layer_index, component_for_key, llm_layer_index
 from .track import get_edition, size_bin
 
@@ -276,9 +276,13 @@ def check_precision(p: str) -> str:
 def predicted_torch_save(entries, config_dict: dict, fdt: str):
     """The organizers' torch.save measure of a planned checkpoint (``entries``: name, dtype, shape, bytes),
     laid out from its tensors and config: (result, None), or (None, why it is not predictable)."""
+    qc = planned_quantization_config(entries)  # compressed-tensors: saved as the quantize stage saves it
+    if qc is not None:
+        config_dict = {**config_dict, "quantization_config": qc}
     try:
         ts = torchsave.compute([(e[0], e[1], e[2]) for e in entries], config_dict,
-                               float_dtype=_FLOAT_DTYPE[fdt][0], version=f"iwslt-mc-{__version__}")
+                               float_dtype=_FLOAT_DTYPE[fdt][0], version=f"iwslt-mc-{__version__}",
+                               ct_shapes=shapes_of_entries(entries))
     except torchsave.NotExact as e:
         return None, f"not predictable: {e}"
     ts.signature = "predicted|" + ts.signature
@@ -415,7 +419,8 @@ def _expand(templates, llm_layers: int, audio_layers: int):
 def disk_tensors(key: str, shape: tuple[int, ...], precision: str, float_dtype: str = "bf16"):
     """The safetensors entries ``(name, dtype, shape, nbytes, content)`` one weight becomes at ``precision``.
 
-    ``content`` is None except for a 4-bit ``quant_state`` tensor, whose bytes are its JSON.
+    ``content`` is None except for a 4-bit ``quant_state`` tensor, whose bytes are its JSON, and a ct
+    ``weight_shape`` (its two int64 values).
 
     Returns (entries, logical parameters, overhead bytes).
     """

@@ -261,16 +261,18 @@ class _QuantStateReader:
             f.close()
 
 
-def _classify(tensors: list[TensorInfo], base: Path, warnings: list[str]) -> tuple[dict[str, int], set[str], dict[str, int]]:
-    """Logical element counts of quantized weights, the names that are quant state, and formats seen."""
+def _classify(tensors: list[TensorInfo], base: Path, warnings: list[str],
+              ct_shapes: dict | None = None) -> tuple[dict[str, int], set[str], dict[str, int]]:
+    """Logical element counts of quantized weights, the names that are quant state, and formats seen
+    (``ct_shapes``, when given, receives the compressed-tensors weight shapes: ``"X."`` -> (out, in))."""
     read_quant_state = _QuantStateReader(base)
     try:
-        return _classify_with(tensors, read_quant_state, warnings)
+        return _classify_with(tensors, read_quant_state, warnings, ct_shapes)
     finally:
         read_quant_state.close()
 
 
-def _classify_with(tensors, read_quant_state, warnings):
+def _classify_with(tensors, read_quant_state, warnings, ct_shapes=None):
     names = {t.name: t for t in tensors}
     logical: dict[str, int] = {}
     state: set[str] = set()
@@ -307,11 +309,11 @@ def _classify_with(tensors, read_quant_state, warnings):
                     if extra in names:
                         state.add(extra)
                 formats["bnb-int8"] = formats.get("bnb-int8", 0) + 1
-    _classify_compressed_tensors(names, read_quant_state, logical, state, formats, warnings)
+    _classify_compressed_tensors(names, read_quant_state, logical, state, formats, warnings, ct_shapes)
     return logical, state, formats
 
 
-def _classify_compressed_tensors(names, reader, logical, state, formats, warnings) -> None:
+def _classify_compressed_tensors(names, reader, logical, state, formats, warnings, ct_shapes=None) -> None:
     """compressed-tensors pack-quantized: ``X.weight_packed`` (int32, ``bits`` values per word along
     the input width) with ``X.weight_shape`` (int64 [out, in]), ``X.weight_scale`` and, if asymmetric,
     ``X.weight_zero_point`` beside it. The logical count is the product of ``weight_shape``."""
@@ -328,6 +330,8 @@ def _classify_compressed_tensors(names, reader, logical, state, formats, warning
             dims = struct.unpack("<2q", raw)
         if dims and dims[0] == t.shape[0] and dims[1] > 0:
             logical[name] = dims[0] * dims[1]
+            if ct_shapes is not None:
+                ct_shapes[base] = (dims[0], dims[1])
             bits = next((b for b in range(1, 9) if math.ceil(dims[1] * b / 32) == t.shape[1]), None)
         else:
             logical[name] = t.shape[0] * t.shape[1] * 8  # as if 4-bit
@@ -368,7 +372,8 @@ def measure(model_dir: str | os.PathLike, edition: str | None = "2025", *, torch
             seen[t.name] = rel
         tensors.extend(ts)
 
-    logical, state, formats = _classify(tensors, base, warnings)
+    ct_shapes: dict[str, tuple[int, int]] = {}
+    logical, state, formats = _classify(tensors, base, warnings, ct_shapes)
     from .families import key_mapping_for
 
     comp_names, component_for_key = key_mapping_for(base)
@@ -399,9 +404,13 @@ def measure(model_dir: str | os.PathLike, edition: str | None = "2025", *, torch
         else:
             try:
                 ts = torchsave.compute([(t.name, t.dtype, t.shape) for t in tensors], config,
-                                       version=f"iwslt-mc-{__version__}")
+                                       version=f"iwslt-mc-{__version__}", ct_shapes=ct_shapes)
             except torchsave.NotExact as e:
                 ts_note = f"not computable from metadata: {e}"
+        if config is not None and any(k.startswith("ct-") for k in formats) and torchsave.ct_quantization_config(config) \
+                and not torchsave.ct_loads_packed(config):
+            warnings.append("compressed-tensors saved with dequantize: true: from_pretrained unpacks the weights to floats, "
+                            "so the torch.save measure counts them at float size")
     bin_name = size_bin(total, ed)
     bin_bin = size_bin_binary(total, ed)
     if ed.has_bins:

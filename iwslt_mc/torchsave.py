@@ -346,15 +346,78 @@ def _cfg_get(cfg: dict, path: tuple[str, ...]):
     return v
 
 
+# ----------------------------------------------------------------------------- compressed-tensors after loading
+
+# The tensors one packed compressed-tensors weight keeps in memory when it loads packed, in the order the
+# module holds them (the float ``weight`` is deleted, so the bias comes first, then these).
+CT_PACKED = ("weight_scale", "weight_packed", "weight_shape")
+_CT_ALL = ("weight_packed", "weight_scale", "weight_shape", "weight_zero_point")
+
+
+def ct_quantization_config(config: dict) -> dict | None:
+    """config.json's ``quantization_config`` when it is compressed-tensors', else None."""
+    qc = config.get("quantization_config")
+    return qc if isinstance(qc, dict) and qc.get("quant_method") == "compressed-tensors" else None
+
+
+def ct_loads_packed(config: dict) -> bool:
+    """Whether ``from_pretrained`` keeps compressed-tensors weights packed: ``dequantize`` false (transformers'
+    default when the key is absent); ``dequantize: true`` unpacks every weight into the float dtype at load."""
+    qc = ct_quantization_config(config)
+    return qc is not None and not qc.get("dequantize", False)
+
+
+def ct_in_memory(tensors, config: dict, ct_shapes: dict | None = None):
+    """The checkpoint's tensors as transformers holds them after ``from_pretrained(dtype="auto")`` of a
+    compressed-tensors ``pack-quantized`` checkpoint.
+
+    ``dequantize: true``: each packed weight (``X.weight_packed``, ``X.weight_scale``, ``X.weight_shape``,
+    ``X.weight_zero_point``) becomes one float ``X.weight`` of its logical shape (``ct_shapes``: ``"X."`` ->
+    (out, in), the values of the ``weight_shape`` tensors). ``dequantize: false``: the packed tensors stay
+    (laid out by the caller: :data:`CT_PACKED` after the module's bias); zero points (asymmetric) and packed
+    embeddings do not load packed in transformers 5.25 / compressed-tensors 0.20 (a size mismatch; an
+    AttributeError), so those raise :class:`NotExact`. Other checkpoints are returned unchanged.
+    """
+    if ct_quantization_config(config) is None:
+        return list(tensors)
+    tensors = list(tensors)
+    packed = {k[: -len("weight_packed")] for k, _, _ in tensors if k.endswith(".weight_packed")}
+    if ct_loads_packed(config):
+        zp = next((k for k, _, _ in tensors if k.endswith(".weight_zero_point")), None)
+        if zp is not None:
+            raise NotExact(f"{zp}: asymmetric compressed-tensors weights do not load packed (dequantize: false): "
+                           "transformers fails on the packed zero points")
+        emb = next((b for b in packed if b.rstrip(".").endswith("embed_tokens")), None)
+        if emb is not None:
+            raise NotExact(f"{emb}weight_packed: a packed embedding does not load with dequantize: false "
+                           "(compressed-tensors raises AttributeError)")
+        return tensors
+    out = []
+    for key, dtype, shape in tensors:
+        base, _, suffix = key.rpartition(".")
+        base += "."
+        if base not in packed or suffix not in _CT_ALL:
+            out.append((key, dtype, shape))
+        elif suffix == "weight_packed":
+            dims = (ct_shapes or {}).get(base)
+            if dims is None:
+                raise NotExact(f"{key}: its weight_shape is unknown (the logical shape of the unpacked weight)")
+            scale = next((d for k, d, _ in tensors if k == base + "weight_scale"), "F32")
+            out.append((base + "weight", scale, tuple(dims)))
+    return out
+
+
 def state_dict_layout(tensors: list[tuple[str, str, tuple[int, ...]]], config: dict,
-                      float_dtype: str | None = None) -> tuple[list[Entry], list[str]]:
+                      float_dtype: str | None = None, ct_shapes: dict | None = None) -> tuple[list[Entry], list[str]]:
     """The in-memory state dict (entries in order) and its ``_metadata`` module list, for a Qwen2-Audio
     checkpoint given as ``(disk key, safetensors dtype, shape)`` and its config.json dict.
 
     ``float_dtype`` (a safetensors dtype) overrides the dtype float parameters get (default: the
     config's ``dtype``, as ``dtype="auto"`` does). Raises :class:`NotExact` when the checkpoint holds
     tensors the layout does not place, or lacks tensors the model would create.
+    compressed-tensors checkpoints as they load (:func:`ct_in_memory`; ``ct_shapes``: their weight shapes).
     """
+    tensors = ct_in_memory(tensors, config, ct_shapes)
     if config.get("model_type") != "qwen2_audio":
         from .families import family_of_model_type
 
@@ -400,6 +463,16 @@ def state_dict_layout(tensors: list[tuple[str, str, tuple[int, ...]]], config: d
         extra = set(present) - {"weight", "bias"}
         if prefix == "lm_head." and tied and not present:
             add("lm_head.weight", *_tied_source(by_key), quant_state=False, share="model.language_model.embed_tokens.weight")
+            return
+        if what == "lin" and prefix + "weight_packed" in by_key:  # compressed-tensors, loaded packed
+            own = [p for p in params if p != "weight"] + list(CT_PACKED)
+            missing = [p for p in own if prefix + p not in by_key]
+            if missing:
+                raise NotExact(f"the checkpoint lacks {prefix}{missing[0]} (a packed compressed-tensors weight)")
+            for s in own:
+                dtype, shape = by_key[prefix + s]
+                add(prefix + s, dtype, shape, quant_state=s in ("weight_packed", "weight_shape"))
+                used.add(prefix + s)
             return
         if tuple(base) != params:
             missing = [p for p in params if p not in base]
@@ -480,9 +553,15 @@ def meta_state_dict_layout(tensors: list[tuple[str, str, tuple[int, ...]]], conf
         # a tied parameter: its first name in memory stands for the name the checkpoint stores
         mem_to_disk[k] = next((n for n in names if n in by_disk), names[0]) if id(t) not in seen else k
         seen.add(id(t))
-    # bitsandbytes state saved beside a module's weight: memory prefix -> extra suffixes present
+    # bitsandbytes state saved beside a module's weight: memory prefix -> extra suffixes present;
+    # a compressed-tensors weight loaded packed: its weight replaced by CT_PACKED after the module's bias
     extras: dict[str, list[str]] = {}
+    ct_packed: set[str] = set()
     for mk, dk in mem_to_disk.items():
+        if mk.endswith(".weight") and dk not in by_disk and dk[: -len("weight")] + "weight_packed" in by_disk:
+            extras[mk[: -len("weight")]] = list(CT_PACKED)
+            ct_packed.add(mk)
+            continue
         if mk.endswith(".weight"):
             found = [s for s in _LEAF_ORDER if s not in ("weight", "bias") and dk[: -len("weight")] + s in by_disk]
             if found:
@@ -497,6 +576,19 @@ def meta_state_dict_layout(tensors: list[tuple[str, str, tuple[int, ...]]], conf
     def add(key, dtype, shape, sid, *, cpu=False):
         entries.append(Entry(key, dtype, shape, sid, cpu=cpu))
 
+    def _add_extras(mk, prefix):
+        dprefix = mem_to_disk[mk].rsplit(".", 1)[0] + "."
+        for suf in extras[prefix]:
+            edtype, eshape = by_disk[dprefix + suf]
+            used.add(dprefix + suf)
+            if suf in CT_PACKED:
+                used.add(dprefix + "weight_packed")
+                if edtype in _FLOATS:
+                    edtype = float_dtype
+            storage_of[("x", mk, suf)] = len(storage_of)
+            add(prefix + suf, edtype, eshape, storage_of[("x", mk, suf)],
+                cpu=".weight.quant_state." in "." + suf or suf == "weight_format")
+
     for mk, t in sd.items():
         dk = mem_to_disk[mk]
         prefix = mk.rsplit(".", 1)[0] + "."
@@ -505,6 +597,10 @@ def meta_state_dict_layout(tensors: list[tuple[str, str, tuple[int, ...]]], conf
                 raise NotExact(f"{dk} is tied to another tensor but the checkpoint also stores it")
             first = next(e for e in entries if e.storage == storage_of[id(t)])
             add(mk, first.dtype, first.shape, first.storage)
+            continue
+        if mk in ct_packed:
+            if last_own[prefix] == mk:
+                _add_extras(mk, prefix)
             continue
         if dk not in by_disk:
             raise NotExact(f"the checkpoint lacks {dk} (transformers would initialize it)")
@@ -520,13 +616,7 @@ def meta_state_dict_layout(tensors: list[tuple[str, str, tuple[int, ...]]], conf
         storage_of[id(t)] = len(storage_of)
         add(mk, dtype, shape, storage_of[id(t)])
         if quantized and last_own[prefix] == mk:
-            dprefix = dk.rsplit(".", 1)[0] + "."
-            for suf in extras[prefix]:
-                edtype, eshape = by_disk[dprefix + suf]
-                used.add(dprefix + suf)
-                storage_of[("x", mk, suf)] = len(storage_of)
-                add(prefix + suf, edtype, eshape, storage_of[("x", mk, suf)],
-                    cpu=".weight.quant_state." in "." + suf or suf == "weight_format")
+            _add_extras(mk, prefix)
     unused = sorted(set(by_disk) - used)
     if unused:
         raise NotExact(f"the checkpoint has {len(unused)} tensor(s) the model does not place, e.g. {unused[0]!r} "
@@ -570,10 +660,12 @@ def signature(method: str, location: str, *, version: str, extra: str = "", layo
             f"|layout:{layout or LAYOUT}|container:{CONTAINER}{extra}|units:bytes,GiB|version:{version}")
 
 
-def compute(tensors, config: dict, *, float_dtype: str | None = None, version: str = "") -> TorchSaveSize:
+def compute(tensors, config: dict, *, float_dtype: str | None = None, version: str = "",
+            ct_shapes: dict | None = None) -> TorchSaveSize:
     """The exact torch.save bytes of a checkpoint's in-memory state dict, from metadata only (for a family
-    other than Qwen2-Audio the layout comes from a meta-device model: torch and transformers, no weights)."""
-    entries, modules = state_dict_layout(tensors, config, float_dtype)
+    other than Qwen2-Audio the layout comes from a meta-device model: torch and transformers, no weights).
+    ``ct_shapes``: ``"X."`` -> (out, in) of each compressed-tensors weight (its ``weight_shape`` values)."""
+    entries, modules = state_dict_layout(tensors, config, float_dtype, ct_shapes)
     sizes = storage_sizes(entries)
     gpu = pickle_state_dict(entries, modules, ORGANIZERS_LOCATION)
     cpu = pickle_state_dict(entries, modules, "cpu")

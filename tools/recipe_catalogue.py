@@ -64,12 +64,15 @@ def gemma4_rows(preds: list[dict]) -> list[str]:
 
 
 def rows(preds: list[dict]) -> list[str]:
-    lines = ["| recipe | predicted bytes | parameters | 2025 bin |", "| --- | ---: | ---: | --- |"]
+    lines = ["| recipe | predicted bytes | parameters | 2025 bin | torch.save GiB (2027 measure) |",
+             "| --- | ---: | ---: | --- | ---: |"]
     for p in preds:
         def fmt(values, f):
             return f(values[0]) + (f" ({f(values[1])})" if len(values) > 1 else "")
         bins = fmt(p["bin"], lambda b: b or "**none** (>= 4 GB)")
-        lines.append(f"| `{p['recipe']}` | {fmt(p['bytes'], lambda n: f'{n:,}')} | {fmt(p['params'], lambda n: f'{n:,}')} | {bins} |")
+        ts = fmt(p["torch_save"], lambda n: f"{n / 2**30:.3f}" if n is not None else "not predictable")
+        lines.append(f"| `{p['recipe']}` | {fmt(p['bytes'], lambda n: f'{n:,}')} | {fmt(p['params'], lambda n: f'{n:,}')} | "
+                     f"{bins} | {ts} |")
     return lines
 
 

@@ -19,7 +19,8 @@ byte-identical whether or not the model ran before saving. Layers whose shape th
 :func:`iwslt_mc.modelio.fit_4bit_cpu_path`, applied by ``load_model``.
 
 ``method: ct`` (2-8 bits, token embeddings too) is compressed-tensors' pack-quantized format, made by
-:mod:`iwslt_mc.quant_formats` (why that library, and the measured alternatives, are there).
+:mod:`iwslt_mc.quant_formats` (why that library, the measured alternatives, and which ct checkpoints
+stay packed after ``from_pretrained``, are there).
 """
 
 from __future__ import annotations
@@ -49,7 +50,11 @@ class QuantizeOptions(StageOptions):
     method: Literal["nf4", "fp4", "int8", "ct"] = field(default="nf4", metadata={
         "help": "nf4 or fp4 (bitsandbytes 4-bit) or int8 (LLM.int8); ct: compressed-tensors pack-quantized integers "
                 "of 2-8 bits (bits, group_size, symmetric, scales, quantize_embeddings), packed in safetensors, "
-                "embeddings too, reloads with from_pretrained alone; vLLM's format (compressed-tensors)"})
+                "embeddings too, reloads with from_pretrained alone; vLLM's format (compressed-tensors). How each loads "
+                "and what the torch.save measure (2026/2027) counts: nf4/fp4/int8 stay packed after from_pretrained "
+                "(embeddings always float; lm_head packed unless in skip); ct symmetric with float embeddings stays "
+                "packed (saved with dequantize: false; lm_head packed unless in skip); ct asymmetric or with "
+                "quantize_embeddings is unpacked to floats at load (dequantize: true) and counts at float size"})
     double_quant: bool = field(default=True, metadata={
         "help": "4-bit: also quantize the quantization constants (double quantization, ~0.4 bit/param saved)"})
     compute_dtype: Literal["bf16", "fp16", "fp32"] = field(default="bf16", metadata={
@@ -65,7 +70,9 @@ class QuantizeOptions(StageOptions):
         "help": "ct: weights per scale (and zero point), along the input width; must divide the input width "
                 "of every quantized layer"})
     symmetric: bool = field(default=False, metadata={
-        "help": "ct: symmetric ranges without zero points (less accurate below 4 bits) instead of asymmetric"})
+        "help": "ct: symmetric ranges without zero points (less accurate below 4 bits) instead of asymmetric; "
+                "symmetric without quantize_embeddings is the ct checkpoint transformers loads packed (torch.save "
+                "counts packed bytes); asymmetric zero points fail its packed load, so those load as floats"})
     scales: Literal["auto", "mse", "minmax"] = field(default="auto", metadata={
         "help": "ct: each group's range: mse = the clipping (100% down to 50% of min/max) with the least squared "
                 "weight error; minmax = plain round-to-nearest over min/max; auto = mse at 4+ bits, minmax below "
@@ -255,6 +262,7 @@ class Quantize(Stage):
         model, _ = quant_formats.ct_quantize(in_dir, o, device=device, log=ctx.log)
         counts = quant_formats.ct_counts(model)
         quant_formats.ct_save(model, modelio.load_processor(in_dir), out_dir)
+        ctx.log(f"quantize: {quant_formats.loading_note(o)}")
         kept = f"; kept unquantized: {', '.join(o.skip)}" if o.skip else ""
         return {"techniques": [f"{quant_formats.describe(o)}{kept}"], "quantized_linear_layers": counts["quantized"],
                 "unquantized_linear_layers": counts["unquantized"]}
