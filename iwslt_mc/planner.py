@@ -114,8 +114,20 @@ def qwen2_audio_7b_config():
                             audio_token_index=d["audio_token_index"])
 
 
-def load_base_config(model_dir: str | Path):
-    """The transformers config of a model directory (``config.json`` only; no weights are read)."""
+def qwen2_audio_7b_plain_config():
+    """The built-in Qwen2-Audio-7B-Instruct architecture as a :class:`~iwslt_mc.configjson.PlainConfig`:
+    the same widths and predictions as :func:`qwen2_audio_7b_config`, without importing transformers."""
+    from .families import family_named
+
+    return family_named("qwen2_audio").plain_config(qwen2_audio_7b_config_dict())
+
+
+def load_base_config(model_dir: str | Path, *, plain: bool = False):
+    """The transformers config of a model directory (``config.json`` only; no weights are read).
+
+    ``plain``: a :class:`~iwslt_mc.configjson.PlainConfig` instead where the directory's family reads its
+    config without transformers (:meth:`iwslt_mc.families.Family.plain_config`; Qwen2-Audio), for the
+    planner's arithmetic (``plan`` starts in well under a second that way)."""
     p = Path(model_dir)
     cfg_path = p / "config.json" if p.is_dir() else p
     if not cfg_path.is_file():
@@ -134,6 +146,13 @@ def load_base_config(model_dir: str | Path):
         if family_of_model_type(mt) is None:
             raise InputFileError(cfg_path, f"not a Qwen2-Audio model (model_type {mt!r}; "
                                            f"supported families: {supported_text()})")
+    if plain:
+        try:
+            cfg = family_of_model_type(raw.get("model_type")).plain_config(raw)
+        except (ValueError, TypeError, AttributeError) as e:
+            raise InputFileError(cfg_path, f"not a usable config ({e})") from None
+        if cfg is not None:
+            return cfg
     from transformers import AutoConfig
 
     try:
@@ -322,7 +341,21 @@ def _inventory_for(cfg, ffn_dim, audio_ffn_dim, vocab) -> tuple:
 
 
 def _inventory(cfg, ffn_dim, audio_ffn_dim, vocab) -> tuple:
-    """Tensors of the model with one LLM and one audio layer (the templates), on-disk names."""
+    """Tensors of the model with one LLM and one audio layer (the templates), on-disk names: computed by
+    the base's family from the config's widths (:meth:`iwslt_mc.families.Family.plan_inventory`), else
+    enumerated from the model built on the meta device (:func:`_meta_inventory`)."""
+    from .families import family_of_config
+
+    shapes = family_of_config(cfg).plan_inventory(cfg, ffn_dim=ffn_dim, audio_ffn_dim=audio_ffn_dim, vocab=vocab)
+    if shapes is None:
+        return _meta_inventory(cfg, ffn_dim, audio_ffn_dim, vocab)
+    return tuple(_Tensor(key, shape, component_for_key(key), linear, emb, llm_layer_index(key), audio_layer_index(key))
+                 for key, shape, linear, emb in shapes)
+
+
+def _meta_inventory(cfg, ffn_dim, audio_ffn_dim, vocab) -> tuple:
+    """:func:`_inventory` from the model transformers builds for ``cfg`` on the meta device (seconds: the
+    import and the build); the reference the families' arithmetic is tested against."""
     import copy
 
     import torch
