@@ -554,8 +554,12 @@ def resolve_dims(spec: Spec, base_config) -> dict:
     return dims
 
 
-def predict(spec: Spec, base_config=None, edition: str = "2025", *, base_name: str | None = None) -> Prediction:
-    """Predict bytes, parameters and bin of ``spec`` applied to ``base_config`` (default: Qwen2-Audio-7B)."""
+def predict(spec: Spec, base_config=None, edition: str = "2025", *, base_name: str | None = None,
+            torch_save: bool = True) -> Prediction:
+    """Predict bytes, parameters and bin of ``spec`` applied to ``base_config`` (default: Qwen2-Audio-7B).
+
+    ``torch_save=False`` leaves the torch.save measure out (``--target`` sizes many candidates and shows a
+    few: :func:`with_torch_save` adds it to those)."""
     ed = get_edition(edition)
     if base_config is None:
         base_config = qwen2_audio_7b_config()
@@ -591,11 +595,18 @@ def predict(spec: Spec, base_config=None, edition: str = "2025", *, base_name: s
     signature = (f"predicted|edition:{ed.key}|format:safetensors-1-file|bnb-blocksize:{BNB_BLOCKSIZE}"
                  f"|units:bytes,GB=10^9,GiB=2^30|version:iwslt-mc-{__version__}")
     config = _apply_dims(base_config, dims)
-    ts, ts_note = predicted_torch_save(entries, config.to_dict(), fdt)
-    return Prediction(spec=spec, edition=ed.key, bytes=total, params=params, bin=size_bin(total, ed),
+    pred = Prediction(spec=spec, edition=ed.key, bytes=total, params=params, bin=size_bin(total, ed),
                       components=components, overhead=overhead, header_bytes=header, tensors=len(entries),
-                      dims=dims, base=base_name or "config", signature=signature, entries=entries,
-                      config=config, torch_save=ts, torch_save_note=ts_note)
+                      dims=dims, base=base_name or "config", signature=signature, entries=entries, config=config)
+    return with_torch_save(pred) if torch_save else pred
+
+
+def with_torch_save(pred: Prediction) -> Prediction:
+    """``pred`` with its torch.save measure (or the note why there is none), computed once."""
+    if pred.torch_save is None and pred.torch_save_note is None:
+        pred.torch_save, pred.torch_save_note = predicted_torch_save(pred.entries, pred.config.to_dict(),
+                                                                     pred.spec.storage_float)
+    return pred
 
 
 def _apply_dims(cfg, dims: dict):
@@ -782,6 +793,7 @@ def specs_for_bin(target: str, base_config=None, edition: str = "2025", *, llm_l
     out = _keep_hidden_rows(out, base, limit)
     for p in out:
         p.plan = build_plan(p.spec, base_config)
+        with_torch_save(p)
     return out
 
 
@@ -816,10 +828,10 @@ def _search(found, b, base_config, edition, precisions, vocabs, audios, quantize
                     n = _most_layers_below(lambda n: estimate_bytes(make(n), base_config), b.high, bottom, top)
                     if n is None:
                         continue
-                    pred = predict(make(n), base_config, edition)
+                    pred = predict(make(n), base_config, edition, torch_save=False)
                     # the estimate is an upper bound: one more layer may still fit
                     if n < top and b.high is not None:
-                        nxt = predict(make(n + 1), base_config, edition)
+                        nxt = predict(make(n + 1), base_config, edition, torch_save=False)
                         if nxt.bytes < b.high:
                             pred = nxt
                     if pred.bytes >= b.low and (b.high is None or pred.bytes < b.high):
@@ -1275,9 +1287,9 @@ def _search_hidden(b, base_config, edition, *, vocab=None, audio_layers=None, li
                 n = _most_layers_below(lambda n: estimate_bytes(make(n), base_config), b.high, 1, base["llm_layers"])
                 if n is None:
                     continue
-                pred = predict(make(n), base_config, edition)
+                pred = predict(make(n), base_config, edition, torch_save=False)
                 if n < base["llm_layers"] and b.high is not None:
-                    nxt = predict(make(n + 1), base_config, edition)
+                    nxt = predict(make(n + 1), base_config, edition, torch_save=False)
                     if nxt.bytes < b.high:
                         pred = nxt
                 # a narrow model with one or two layers is not worth listing: wider and shallower is not the point
