@@ -3,7 +3,7 @@
 :func:`inventory` lists every tensor ``save_pretrained`` writes for a Qwen2-Audio config, with one LLM and
 one audio layer (the planner repeats the layer templates), with the on-disk names and the shapes the
 transformers modules give them; tests/test_planner.py checks it against the model transformers builds on
-the meta device for the 7B, narrowed, trimmed and tied configs. :func:`plain_config` reads a config.json
+the meta device for the 7B, narrowed, trimmed and small configs (tie_word_embeddings set too). :func:`plain_config` reads a config.json
 dict into a :class:`~iwslt_mc.configjson.PlainConfig`, filling the fields a saved config may leave out
 with the defaults of transformers' ``Qwen2Config`` / ``Qwen2AudioEncoderConfig`` (tested against them).
 """
@@ -11,9 +11,9 @@ with the defaults of transformers' ``Qwen2Config`` / ``Qwen2AudioEncoderConfig``
 from __future__ import annotations
 
 # transformers' defaults for the fields the planner and the torch.save layout read (Qwen2Config,
-# Qwen2AudioEncoderConfig); num_key_value_heads defaults to num_attention_heads (see plain_config)
+# Qwen2AudioEncoderConfig); a num_key_value_heads given as null is num_attention_heads (see plain_config)
 TEXT_DEFAULTS = {"vocab_size": 151936, "hidden_size": 4096, "intermediate_size": 22016, "num_hidden_layers": 32,
-                 "num_attention_heads": 32, "tie_word_embeddings": False}
+                 "num_attention_heads": 32, "num_key_value_heads": 32, "tie_word_embeddings": False}
 AUDIO_DEFAULTS = {"num_mel_bins": 128, "encoder_layers": 32, "encoder_attention_heads": 20, "encoder_ffn_dim": 5120,
                   "d_model": 1280, "max_source_positions": 1500}
 _POSITIVE = {"text_config": ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
@@ -77,11 +77,8 @@ def inventory(cfg, *, ffn_dim: int | None = None, audio_ffn_dim: int | None = No
     add(layer + "input_layernorm.weight", (h,))
     add(layer + "post_attention_layernorm.weight", (h,))
     add(lm + "norm.weight", (h,))
-    tied = getattr(t, "tie_word_embeddings", None)
-    if tied is None:
-        tied = getattr(cfg, "tie_word_embeddings", False)
-    if not tied:
-        linear("language_model.lm_head", v, h, False)
+    # transformers (5.x) builds and saves Qwen2-Audio's lm_head whatever tie_word_embeddings says (tested)
+    linear("language_model.lm_head", v, h, False)
     if a is not None:
         d, affn = a.d_model, audio_ffn_dim or a.encoder_ffn_dim
         at = "audio_tower."
