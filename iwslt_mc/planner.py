@@ -1,8 +1,10 @@
 """Predict the storage size, parameters and bin of a compressed model before building it.
 
 The base architecture (a model directory's ``config.json``, or the built-in Qwen2-Audio-7B-Instruct)
-is instantiated on the meta device with one audio and one LLM layer, so every tensor the real model
-has is enumerated with its exact shape and the module type it belongs to, without allocating weights.
+gives every tensor the real model has, with its exact shape and whether it is a Linear weight: its
+family computes them from the config's widths (Qwen2-Audio: :mod:`iwslt_mc.families.qwen2_audio_plan`,
+on a plain config, no transformers import), else the model is instantiated on the meta device (one audio
+and one LLM layer; Gemma 4 builds its own, :mod:`iwslt_mc.families.gemma4_plan`), without allocating weights.
 The compression spec (layers kept, FFN widths, vocabulary, per-component precision) is then applied
 with the on-disk arithmetic of each format, and the safetensors file is laid out exactly as
 ``safetensors`` writes it (tensors sorted by dtype then name, JSON header padded to 8 bytes):
