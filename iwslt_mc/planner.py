@@ -32,6 +32,7 @@ shard size, 50 GB, holds even the full model in fp32).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -308,7 +309,11 @@ def predicted_torch_save(entries, config_dict: dict, fdt: str):
 
 def is_quant_precision(p: str) -> bool:
     """A quantized precision: bitsandbytes (``QUANT_PRECISIONS``) or compressed-tensors (``ct4``, ``ct3-g64``, ...)."""
-    return p in QUANT_PRECISIONS or parse_ct_precision(p) is not None
+    return p in QUANT_PRECISIONS or _ct_precision(p) is not None
+
+
+# parse_ct_precision, remembered: --target sizes hundreds of specs of hundreds of tensors each
+_ct_precision = functools.lru_cache(maxsize=256)(parse_ct_precision)
 
 
 def precision_bits(p: str) -> int:
@@ -436,13 +441,22 @@ _AUDIO_LAYER_RX = re.compile(r"((?:^|\.)audio_tower\.layers\.)\d+\.")
 def _expand(templates, llm_layers: int, audio_layers: int):
     for t in templates:
         if t.llm_layer is not None:
+            head, tail = _layer_key_parts(t.key, _LLM_LAYER_RX)
             for i in range(llm_layers):
-                yield t, _layer_key(t.key, i, _LLM_LAYER_RX)
+                yield t, f"{head}{i}.{tail}"
         elif t.audio_layer is not None:
+            head, tail = _layer_key_parts(t.key, _AUDIO_LAYER_RX)
             for i in range(audio_layers):
-                yield t, _layer_key(t.key, i, _AUDIO_LAYER_RX)
+                yield t, f"{head}{i}.{tail}"
         else:
             yield t, t.key
+
+
+@functools.lru_cache(maxsize=1024)
+def _layer_key_parts(key: str, rx: re.Pattern) -> tuple[str, str]:
+    """``key`` split around its layer index: ``_layer_key(key, i, rx) == f"{head}{i}.{tail}"``."""
+    m = rx.search(key)
+    return key[:m.end(1)], key[m.end():]
 
 
 # ----------------------------------------------------------------------------- on-disk arithmetic
@@ -458,7 +472,7 @@ def disk_tensors(key: str, shape: tuple[int, ...], precision: str, float_dtype: 
     if precision in FLOAT_PRECISIONS:
         dt, size, _ = _FLOAT_DTYPE[precision]
         return [(key, dt, shape, n * size, None)], n, 0
-    ct = parse_ct_precision(precision)
+    ct = _ct_precision(precision)
     if ct is not None:
         dt, size, _ = _FLOAT_DTYPE[float_dtype]
         entries = ct_disk_entries(key, shape, *ct, dt, size)
@@ -505,8 +519,20 @@ def safetensors_header(entries, metadata: dict | None = None) -> tuple[bytes, li
 
 
 def safetensors_header_bytes(entries, metadata: dict | None = None) -> int:
-    """Bytes of the 8-byte length plus the JSON header safetensors writes for ``entries``."""
-    return len(safetensors_header(entries, metadata)[0])
+    """Bytes of the 8-byte length plus the JSON header safetensors writes for ``entries``: the length of
+    :func:`safetensors_header`, counted without writing the text (tests/test_plan_fast.py compares them)."""
+    order = sorted(entries, key=lambda e: (-_DTYPE_RANK[e[1]], e[0]))
+    n = 2 + max(0, len(order) - 1 + (metadata is not None))  # braces and the commas between entries
+    if metadata is not None:
+        n += len('"__metadata__":' + json.dumps(metadata, separators=(",", ":")))
+    off = 0
+    for name, dt, shape, nb, *_ in order:
+        # '"NAME":{"dtype":"DT","shape":[S],"data_offsets":[A,B]}': 43 characters besides NAME, DT, S, A and B
+        quoted = len(name) + 2 if name.isascii() and name.isprintable() and '"' not in name and "\\" not in name \
+            else len(json.dumps(name))
+        n += quoted + 43 + len(dt) + len(",".join(map(str, shape))) + len(str(off)) + len(str(off + nb))
+        off += nb
+    return 8 + n + (-n) % 8
 
 
 # ----------------------------------------------------------------------------- prediction

@@ -182,3 +182,29 @@ def test_cli_plan_bad_config_is_one_line(tmp_path, capsys):
     assert main(["plan", "--base", str(tmp_path)]) != 0
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "config.json" in err[0] and "text_config.hidden_size is 'wide'" in err[0]
+
+
+@pytest.mark.parametrize("precision", ["bf16", "int8", "nf4-dq", "fp4", "ct3-g64"])
+def test_header_length_counted_is_the_header_written(precision):
+    pred = predict(Spec(precision=precision, llm_layers=11, vocab=32768), planner.qwen2_audio_7b_plain_config())
+    for meta in ({"format": "pt"}, None, {"a": "é\"\\"}):
+        assert planner.safetensors_header_bytes(pred.entries, meta) == len(planner.safetensors_header(pred.entries, meta)[0])
+    odd = [("quote\"d", "F32", (3,), 12, None), ("ünï\\code", "BF16", (2, 2), 8, None), ("tab\tx", "U8", (), 1, None),
+           ("del\x7f", "I64", (1,), 8, None)]
+    for entries in (odd, odd[:1], []):
+        for meta in ({"format": "pt"}, None):
+            assert planner.safetensors_header_bytes(entries, meta) == len(planner.safetensors_header(entries, meta)[0])
+
+
+def test_layer_keys_expand_as_the_regex_renames_them():
+    templates = planner._inventory(planner.qwen2_audio_7b_plain_config(), None, None, None)
+    got = [key for _, key in planner._expand(templates, 3, 2)]
+    want = []
+    for t in templates:
+        if t.llm_layer is not None:
+            want += [planner._layer_key(t.key, i, planner._LLM_LAYER_RX) for i in range(3)]
+        elif t.audio_layer is not None:
+            want += [planner._layer_key(t.key, i, planner._AUDIO_LAYER_RX) for i in range(2)]
+        else:
+            want.append(t.key)
+    assert got == want and "language_model.model.layers.2.mlp.up_proj.weight" in got and len(got) == 12 + 12 * 3 + 15 * 2
