@@ -48,7 +48,7 @@ def inventory(cfg, *, ffn_dim: int | None = None, audio_ffn_dim: int | None = No
               vocab: int | None = None) -> list[tuple[str, tuple[int, ...], bool, bool]]:
     """(on-disk key, shape, is a Linear weight, is the token embedding) of every tensor of ``cfg``'s model with
     one LLM layer (``language_model.model.layers.0.``) and one audio layer (``audio_tower.layers.0.``),
-    sorted by key; ``ffn_dim``/``audio_ffn_dim``/``vocab`` replace the config's widths."""
+    lm_head first, then sorted by key; ``ffn_dim``/``audio_ffn_dim``/``vocab`` replace the config's widths."""
     t, a = getattr(cfg, "text_config", None) or cfg, getattr(cfg, "audio_config", None)
     h, heads = t.hidden_size, t.num_attention_heads
     kv = getattr(t, "num_key_value_heads", None) or heads
@@ -98,4 +98,6 @@ def inventory(cfg, *, ffn_dim: int | None = None, audio_ffn_dim: int | None = No
         linear(layer + "fc1", affn, d, True)
         linear(layer + "fc2", d, affn, True)
         linear("multi_modal_projector.linear", h, d, True)
-    return sorted(out)
+    # in the order transformers' state dict comes out of revert_weight_conversion: lm_head, then by key
+    # (the planner reports the first tensor a precision cannot quantize, so the order shows in messages)
+    return sorted(out, key=lambda e: (e[0] != "language_model.lm_head.weight", e[0]))
