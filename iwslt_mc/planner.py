@@ -120,9 +120,10 @@ def qwen2_audio_7b_config():
 def qwen2_audio_7b_plain_config():
     """The built-in Qwen2-Audio-7B-Instruct architecture as a :class:`~iwslt_mc.configjson.PlainConfig`:
     the same widths and predictions as :func:`qwen2_audio_7b_config`, without importing transformers."""
-    from .families import family_named
+    from .families import family_of_model_type
 
-    return family_named("qwen2_audio").plain_config(qwen2_audio_7b_config_dict())
+    d = qwen2_audio_7b_config_dict()
+    return family_of_model_type(d["model_type"]).plain_config(d)
 
 
 def load_base_config(model_dir: str | Path, *, plain: bool = False):
