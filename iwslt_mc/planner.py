@@ -1,8 +1,10 @@
 """Predict the storage size, parameters and bin of a compressed model before building it.
 
 The base architecture (a model directory's ``config.json``, or the built-in Qwen2-Audio-7B-Instruct)
-is instantiated on the meta device with one audio and one LLM layer, so every tensor the real model
-has is enumerated with its exact shape and the module type it belongs to, without allocating weights.
+gives every tensor the real model has, with its exact shape and whether it is a Linear weight: its
+family computes them from the config's widths (Qwen2-Audio: :mod:`iwslt_mc.families.qwen2_audio_plan`,
+on a plain config, no transformers import), else the model is instantiated on the meta device (one audio
+and one LLM layer; Gemma 4 builds its own, :mod:`iwslt_mc.families.gemma4_plan`), without allocating weights.
 The compression spec (layers kept, FFN widths, vocabulary, per-component precision) is then applied
 with the on-disk arithmetic of each format, and the safetensors file is laid out exactly as
 ``safetensors`` writes it (tensors sorted by dtype then name, JSON header padded to 8 bytes):
@@ -30,6 +32,7 @@ shard size, 50 GB, holds even the full model in fp32).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -114,8 +117,21 @@ def qwen2_audio_7b_config():
                             audio_token_index=d["audio_token_index"])
 
 
-def load_base_config(model_dir: str | Path):
-    """The transformers config of a model directory (``config.json`` only; no weights are read)."""
+def qwen2_audio_7b_plain_config():
+    """The built-in Qwen2-Audio-7B-Instruct architecture as a :class:`~iwslt_mc.configjson.PlainConfig`:
+    the same widths and predictions as :func:`qwen2_audio_7b_config`, without importing transformers."""
+    from .families import family_of_model_type
+
+    d = qwen2_audio_7b_config_dict()
+    return family_of_model_type(d["model_type"]).plain_config(d)
+
+
+def load_base_config(model_dir: str | Path, *, plain: bool = False):
+    """The transformers config of a model directory (``config.json`` only; no weights are read).
+
+    ``plain``: a :class:`~iwslt_mc.configjson.PlainConfig` instead where the directory's family reads its
+    config without transformers (:meth:`iwslt_mc.families.Family.plain_config`; Qwen2-Audio), for the
+    planner's arithmetic (``plan`` starts in well under a second that way)."""
     p = Path(model_dir)
     cfg_path = p / "config.json" if p.is_dir() else p
     if not cfg_path.is_file():
@@ -134,6 +150,13 @@ def load_base_config(model_dir: str | Path):
         if family_of_model_type(mt) is None:
             raise InputFileError(cfg_path, f"not a Qwen2-Audio model (model_type {mt!r}; "
                                            f"supported families: {supported_text()})")
+    if plain:
+        try:
+            cfg = family_of_model_type(raw.get("model_type")).plain_config(raw)
+        except (ValueError, TypeError, AttributeError) as e:
+            raise InputFileError(cfg_path, f"not a usable config ({e})") from None
+        if cfg is not None:
+            return cfg
     from transformers import AutoConfig
 
     try:
@@ -291,7 +314,11 @@ def predicted_torch_save(entries, config_dict: dict, fdt: str):
 
 def is_quant_precision(p: str) -> bool:
     """A quantized precision: bitsandbytes (``QUANT_PRECISIONS``) or compressed-tensors (``ct4``, ``ct3-g64``, ...)."""
-    return p in QUANT_PRECISIONS or parse_ct_precision(p) is not None
+    return p in QUANT_PRECISIONS or _ct_precision(p) is not None
+
+
+# parse_ct_precision, remembered: --target sizes hundreds of specs of hundreds of tensors each
+_ct_precision = functools.lru_cache(maxsize=256)(parse_ct_precision)
 
 
 def precision_bits(p: str) -> int:
@@ -326,7 +353,21 @@ def _inventory_for(cfg, ffn_dim, audio_ffn_dim, vocab) -> tuple:
 
 
 def _inventory(cfg, ffn_dim, audio_ffn_dim, vocab) -> tuple:
-    """Tensors of the model with one LLM and one audio layer (the templates), on-disk names."""
+    """Tensors of the model with one LLM and one audio layer (the templates), on-disk names: computed by
+    the base's family from the config's widths (:meth:`iwslt_mc.families.Family.plan_inventory`), else
+    enumerated from the model built on the meta device (:func:`_meta_inventory`)."""
+    from .families import family_of_config
+
+    shapes = family_of_config(cfg).plan_inventory(cfg, ffn_dim=ffn_dim, audio_ffn_dim=audio_ffn_dim, vocab=vocab)
+    if shapes is None:
+        return _meta_inventory(cfg, ffn_dim, audio_ffn_dim, vocab)
+    return tuple(_Tensor(key, shape, component_for_key(key), linear, emb, llm_layer_index(key), audio_layer_index(key))
+                 for key, shape, linear, emb in shapes)
+
+
+def _meta_inventory(cfg, ffn_dim, audio_ffn_dim, vocab) -> tuple:
+    """:func:`_inventory` from the model transformers builds for ``cfg`` on the meta device (seconds: the
+    import and the build); the reference the families' arithmetic is tested against."""
     import copy
 
     import torch
@@ -405,13 +446,22 @@ _AUDIO_LAYER_RX = re.compile(r"((?:^|\.)audio_tower\.layers\.)\d+\.")
 def _expand(templates, llm_layers: int, audio_layers: int):
     for t in templates:
         if t.llm_layer is not None:
+            head, tail = _layer_key_parts(t.key, _LLM_LAYER_RX)
             for i in range(llm_layers):
-                yield t, _layer_key(t.key, i, _LLM_LAYER_RX)
+                yield t, f"{head}{i}.{tail}"
         elif t.audio_layer is not None:
+            head, tail = _layer_key_parts(t.key, _AUDIO_LAYER_RX)
             for i in range(audio_layers):
-                yield t, _layer_key(t.key, i, _AUDIO_LAYER_RX)
+                yield t, f"{head}{i}.{tail}"
         else:
             yield t, t.key
+
+
+@functools.lru_cache(maxsize=1024)
+def _layer_key_parts(key: str, rx: re.Pattern) -> tuple[str, str]:
+    """``key`` split around its layer index: ``_layer_key(key, i, rx) == f"{head}{i}.{tail}"``."""
+    m = rx.search(key)
+    return key[:m.end(1)], key[m.end():]
 
 
 # ----------------------------------------------------------------------------- on-disk arithmetic
@@ -428,7 +478,7 @@ def disk_tensors(key: str, shape: tuple[int, ...], precision: str, float_dtype: 
     if precision in FLOAT_PRECISIONS:
         dt, size, _ = _FLOAT_DTYPE[precision]
         return [(key, dt, shape, n * size, None)], n, 0
-    ct = parse_ct_precision(precision)
+    ct = _ct_precision(precision)
     if ct is not None:
         dt, size, _ = _FLOAT_DTYPE[float_dtype]
         entries = ct_disk_entries(key, shape, *ct, dt, size)
@@ -475,8 +525,20 @@ def safetensors_header(entries, metadata: dict | None = None) -> tuple[bytes, li
 
 
 def safetensors_header_bytes(entries, metadata: dict | None = None) -> int:
-    """Bytes of the 8-byte length plus the JSON header safetensors writes for ``entries``."""
-    return len(safetensors_header(entries, metadata)[0])
+    """Bytes of the 8-byte length plus the JSON header safetensors writes for ``entries``: the length of
+    :func:`safetensors_header`, counted without writing the text (tests/test_plan_fast.py compares them)."""
+    order = sorted(entries, key=lambda e: (-_DTYPE_RANK[e[1]], e[0]))
+    n = 2 + max(0, len(order) - 1 + (metadata is not None))  # braces and the commas between entries
+    if metadata is not None:
+        n += len('"__metadata__":' + json.dumps(metadata, separators=(",", ":")))
+    off = 0
+    for name, dt, shape, nb, *_ in order:
+        # '"NAME":{"dtype":"DT","shape":[S],"data_offsets":[A,B]}': 43 characters besides NAME, DT, S, A and B
+        quoted = len(name) + 2 if name.isascii() and name.isprintable() and '"' not in name and "\\" not in name \
+            else len(json.dumps(name))
+        n += quoted + 43 + len(dt) + len(",".join(map(str, shape))) + len(str(off)) + len(str(off + nb))
+        off += nb
+    return 8 + n + (-n) % 8
 
 
 # ----------------------------------------------------------------------------- prediction
@@ -526,8 +588,12 @@ def resolve_dims(spec: Spec, base_config) -> dict:
     return dims
 
 
-def predict(spec: Spec, base_config=None, edition: str = "2025", *, base_name: str | None = None) -> Prediction:
-    """Predict bytes, parameters and bin of ``spec`` applied to ``base_config`` (default: Qwen2-Audio-7B)."""
+def predict(spec: Spec, base_config=None, edition: str = "2025", *, base_name: str | None = None,
+            torch_save: bool = True) -> Prediction:
+    """Predict bytes, parameters and bin of ``spec`` applied to ``base_config`` (default: Qwen2-Audio-7B).
+
+    ``torch_save=False`` leaves the torch.save measure out (``--target`` sizes many candidates and shows a
+    few: :func:`with_torch_save` adds it to those)."""
     ed = get_edition(edition)
     if base_config is None:
         base_config = qwen2_audio_7b_config()
@@ -563,11 +629,18 @@ def predict(spec: Spec, base_config=None, edition: str = "2025", *, base_name: s
     signature = (f"predicted|edition:{ed.key}|format:safetensors-1-file|bnb-blocksize:{BNB_BLOCKSIZE}"
                  f"|units:bytes,GB=10^9,GiB=2^30|version:iwslt-mc-{__version__}")
     config = _apply_dims(base_config, dims)
-    ts, ts_note = predicted_torch_save(entries, config.to_dict(), fdt)
-    return Prediction(spec=spec, edition=ed.key, bytes=total, params=params, bin=size_bin(total, ed),
+    pred = Prediction(spec=spec, edition=ed.key, bytes=total, params=params, bin=size_bin(total, ed),
                       components=components, overhead=overhead, header_bytes=header, tensors=len(entries),
-                      dims=dims, base=base_name or "config", signature=signature, entries=entries,
-                      config=config, torch_save=ts, torch_save_note=ts_note)
+                      dims=dims, base=base_name or "config", signature=signature, entries=entries, config=config)
+    return with_torch_save(pred) if torch_save else pred
+
+
+def with_torch_save(pred: Prediction) -> Prediction:
+    """``pred`` with its torch.save measure (or the note why there is none), computed once."""
+    if pred.torch_save is None and pred.torch_save_note is None:
+        pred.torch_save, pred.torch_save_note = predicted_torch_save(pred.entries, pred.config.to_dict(),
+                                                                     pred.spec.storage_float)
+    return pred
 
 
 def _apply_dims(cfg, dims: dict):
@@ -754,6 +827,7 @@ def specs_for_bin(target: str, base_config=None, edition: str = "2025", *, llm_l
     out = _keep_hidden_rows(out, base, limit)
     for p in out:
         p.plan = build_plan(p.spec, base_config)
+        with_torch_save(p)
     return out
 
 
@@ -788,10 +862,10 @@ def _search(found, b, base_config, edition, precisions, vocabs, audios, quantize
                     n = _most_layers_below(lambda n: estimate_bytes(make(n), base_config), b.high, bottom, top)
                     if n is None:
                         continue
-                    pred = predict(make(n), base_config, edition)
+                    pred = predict(make(n), base_config, edition, torch_save=False)
                     # the estimate is an upper bound: one more layer may still fit
                     if n < top and b.high is not None:
-                        nxt = predict(make(n + 1), base_config, edition)
+                        nxt = predict(make(n + 1), base_config, edition, torch_save=False)
                         if nxt.bytes < b.high:
                             pred = nxt
                     if pred.bytes >= b.low and (b.high is None or pred.bytes < b.high):
@@ -1247,9 +1321,9 @@ def _search_hidden(b, base_config, edition, *, vocab=None, audio_layers=None, li
                 n = _most_layers_below(lambda n: estimate_bytes(make(n), base_config), b.high, 1, base["llm_layers"])
                 if n is None:
                     continue
-                pred = predict(make(n), base_config, edition)
+                pred = predict(make(n), base_config, edition, torch_save=False)
                 if n < base["llm_layers"] and b.high is not None:
-                    nxt = predict(make(n + 1), base_config, edition)
+                    nxt = predict(make(n + 1), base_config, edition, torch_save=False)
                     if nxt.bytes < b.high:
                         pred = nxt
                 # a narrow model with one or two layers is not worth listing: wider and shallower is not the point

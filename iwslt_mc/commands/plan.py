@@ -27,8 +27,9 @@ def add_parser(sub):
         sub, "plan",
         help="predict bytes, parameters and bin of a compression (or list specs that fit a bin)",
         description=("Predict the storage size (bytes of the safetensors file save_pretrained writes), the logical "
-                     "parameter count and the size bin of a compressed model without building it: the base "
-                     "architecture is enumerated on the meta device and each format's on-disk layout is computed "
+                     "parameter count and the size bin of a compressed model without building it: every tensor of the base "
+                     "architecture is computed from its config.json (Qwen2-Audio; Gemma 4: enumerated from a model "
+                     "built on the meta device) and each format's on-disk layout is computed "
                      "exactly (bf16/fp16/fp32; bitsandbytes int8 with per-row scales; nf4/fp4 with absmax per 64 "
                      "values, quant_map and quant_state, plus nested statistics with double quantization '-dq'; "
                      "compressed-tensors ctB packed integers with a scale and zero point per group), and "
@@ -196,10 +197,10 @@ def run_recipe(args, ed) -> int:
     recipe = load_recipe(args.plan_recipe)
     if args.base:
         check_recipe_family(recipe, args.base)
-        base_config = planner.load_base_config(args.base)
+        base_config = planner.load_base_config(args.base, plain=True)
         base_name = args.base
     elif recipe.family == "qwen2_audio":
-        base_config, base_name = planner.qwen2_audio_7b_config(), "built-in Qwen2-Audio-7B-Instruct"
+        base_config, base_name = planner.qwen2_audio_7b_plain_config(), "built-in Qwen2-Audio-7B-Instruct"
     else:
         raise UserError(f"plan {recipe.name}: a {recipe.family} recipe needs --base MODEL_DIR "
                         "(for the 12B layout: python tools/gemma4_12b_config.py DIR)")
@@ -271,7 +272,7 @@ def plan_title(base_name: str, d: dict, base_config) -> str:
     parts.append(f"vocab {d['vocab']:,}")
     parts.append(f"FFN {d['ffn_dim']}" + (f"/{d['audio_ffn_dim']}" if d.get("audio_ffn_dim") is not None else ""))
     if "hidden" in d:
-        base_widths = planner.hidden_base_dims(base_config or planner.qwen2_audio_7b_config())
+        base_widths = planner.hidden_base_dims(base_config or planner.qwen2_audio_7b_plain_config())
         if any(d.get(k) != v for k, v in base_widths.items()):
             parts.append(f"width {d['hidden']} ({d['heads']} heads)/{d['audio_hidden']}")
     return f"{base_name}: " + ", ".join(parts)
@@ -299,7 +300,8 @@ def run(args) -> int:
     default, per = parse_precisions(args.precision)
     if args.quantize_lm_head and args.quantize_embeddings:
         raise UserError("--quantize-lm-head and --quantize-embeddings: give one (embeddings include lm_head)")
-    base_config = planner.load_base_config(args.base) if args.base else None
+    # plain configs (no transformers import) where the base's family computes its shapes; same numbers
+    base_config = planner.load_base_config(args.base, plain=True) if args.base else planner.qwen2_audio_7b_plain_config()
     if base_config is not None and getattr(base_config, "quantization_config", None):
         warn(f"{args.base} is already quantized; the plan starts from its architecture, so give --precision for the target")
     base_name = args.base or "built-in Qwen2-Audio-7B-Instruct"
@@ -320,7 +322,7 @@ def run(args) -> int:
         if not rows:
             info(f"no spec in the search grid lands in {args.target} (fix fewer options, or plan one spec by hand)")
             return 1
-        base = planner.base_dims(base_config or planner.qwen2_audio_7b_config())
+        base = planner.base_dims(base_config or planner.qwen2_audio_7b_plain_config())
         widths = any((p.dims["ffn_dim"], p.dims["audio_ffn_dim"]) != (base["ffn_dim"], base["audio_ffn_dim"]) for p in rows)
         hidden = any(p.dims.get("hidden") != base.get("hidden") for p in rows)
         table = []

@@ -97,6 +97,18 @@ class Family:
     def predict(self, spec, base_config, edition: str, *, base_name: str | None = None):
         raise NotImplementedError
 
+    def plain_config(self, raw: dict):
+        """``raw`` (a config.json dict) as a :class:`~iwslt_mc.configjson.PlainConfig` the planner reads
+        without importing transformers (ValueError when a field is unusable); None: the planner loads the
+        transformers config instead."""
+        return None
+
+    def plan_inventory(self, config, *, ffn_dim=None, audio_ffn_dim=None, vocab=None):
+        """The planner's tensor templates of ``config`` computed from its widths: (on-disk key, shape, is a
+        Linear weight, is the token embedding) with one layer per repeated stack; None: the planner builds
+        the model on the meta device to enumerate them."""
+        return None
+
     def reference_dims(self) -> dict:
         """Layer counts and FFN widths of the family's full-size reference model (recipes' counts are written
         for it; ``build --smoke`` scales them to a smaller base by these)."""

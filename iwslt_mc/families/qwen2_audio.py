@@ -62,6 +62,16 @@ class Qwen2AudioFamily(Family):
 
         return predict(spec, base_config, edition, base_name=base_name)
 
+    def plain_config(self, raw: dict):
+        from .qwen2_audio_plan import plain_config
+
+        return plain_config(raw)
+
+    def plan_inventory(self, config, *, ffn_dim=None, audio_ffn_dim=None, vocab=None):
+        from .qwen2_audio_plan import inventory
+
+        return inventory(config, ffn_dim=ffn_dim, audio_ffn_dim=audio_ffn_dim, vocab=vocab)
+
     def reference_dims(self) -> dict:
         from ..planner import qwen2_audio_7b_config_dict
 

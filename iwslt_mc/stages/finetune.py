@@ -124,9 +124,9 @@ class FinetuneOptions(StageOptions):
             raise UserError(f"{s}: cannot freeze {bad[0]!r} (components: {', '.join(FREEZABLE)})")
         if self.freeze and self.mode != "full":
             raise UserError(f"{s}: freeze applies to mode full (LoRA trains only its adapters)")
-        from transformers.trainer_utils import SchedulerType
+        from .base import LR_SCHEDULERS
 
-        if self.scheduler not in [t.value for t in SchedulerType]:
+        if self.scheduler not in LR_SCHEDULERS:
             raise UserError(f"{s}: unknown scheduler {self.scheduler!r} (e.g. cosine, linear, constant)")
         if isinstance(self.target_modules, str) and self.target_modules.strip().startswith("["):
             import yaml  # "[q_proj, v_proj]" is a list of names, not a regex character class

@@ -107,9 +107,9 @@ class TrainingOptions(StageOptions):
             raise UserError(f"{s}: options 'epochs' and 'lr' must be positive")
         if self.warmup_steps < 0:
             raise UserError(f"{s}: option 'warmup_steps' must be at least 0")
-        from transformers.trainer_utils import SchedulerType
+        from .base import LR_SCHEDULERS
 
-        if self.scheduler not in [t.value for t in SchedulerType]:
+        if self.scheduler not in LR_SCHEDULERS:
             raise UserError(f"{s}: unknown scheduler {self.scheduler!r} (e.g. cosine, linear, constant)")
 
     def smoke(self):

@@ -1,0 +1,103 @@
+"""The planner's shape knowledge of Qwen2-Audio, as arithmetic on its config (no transformers, no model).
+
+:func:`inventory` lists every tensor ``save_pretrained`` writes for a Qwen2-Audio config, with one LLM and
+one audio layer (the planner repeats the layer templates), with the on-disk names and the shapes the
+transformers modules give them; tests/test_planner.py checks it against the model transformers builds on
+the meta device for the 7B, narrowed, trimmed and small configs (tie_word_embeddings set too). :func:`plain_config` reads a config.json
+dict into a :class:`~iwslt_mc.configjson.PlainConfig`, filling the fields a saved config may leave out
+with the defaults of transformers' ``Qwen2Config`` / ``Qwen2AudioEncoderConfig`` (tested against them).
+"""
+
+from __future__ import annotations
+
+# transformers' defaults for the fields the planner and the torch.save layout read (Qwen2Config,
+# Qwen2AudioEncoderConfig); a num_key_value_heads given as null is num_attention_heads (see plain_config)
+TEXT_DEFAULTS = {"vocab_size": 151936, "hidden_size": 4096, "intermediate_size": 22016, "num_hidden_layers": 32,
+                 "num_attention_heads": 32, "num_key_value_heads": 32, "tie_word_embeddings": False}
+AUDIO_DEFAULTS = {"num_mel_bins": 128, "encoder_layers": 32, "encoder_attention_heads": 20, "encoder_ffn_dim": 5120,
+                  "d_model": 1280, "max_source_positions": 1500}
+_POSITIVE = {"text_config": ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                             "num_key_value_heads"),
+             "audio_config": ("num_mel_bins", "encoder_layers", "encoder_attention_heads", "encoder_ffn_dim", "d_model",
+                              "max_source_positions")}
+
+
+def plain_config(raw: dict):
+    """``raw`` (a Qwen2-Audio config.json dict) as a PlainConfig with transformers' defaults filled in;
+    ValueError naming the first field that is not a positive integer."""
+    from ..configjson import PlainConfig
+
+    cfg = PlainConfig.from_dict(raw, {"text_config": TEXT_DEFAULTS, "audio_config": AUDIO_DEFAULTS})
+    t = cfg.text_config
+    if getattr(t, "num_key_value_heads", None) is None:
+        t.num_key_value_heads = t.num_attention_heads
+    for sub, names in _POSITIVE.items():
+        c = getattr(cfg, sub)
+        for n in names:
+            v = getattr(c, n, None)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{sub}.{n} is {v!r}, not a positive integer")
+    for n in ("head_dim",):
+        v = getattr(t, n, None)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise ValueError(f"text_config.{n} is {v!r}, not a positive integer")
+    return cfg
+
+
+def inventory(cfg, *, ffn_dim: int | None = None, audio_ffn_dim: int | None = None,
+              vocab: int | None = None) -> list[tuple[str, tuple[int, ...], bool, bool]]:
+    """(on-disk key, shape, is a Linear weight, is the token embedding) of every tensor of ``cfg``'s model with
+    one LLM layer (``language_model.model.layers.0.``) and one audio layer (``audio_tower.layers.0.``),
+    lm_head first, then sorted by key; ``ffn_dim``/``audio_ffn_dim``/``vocab`` replace the config's widths."""
+    t, a = getattr(cfg, "text_config", None) or cfg, getattr(cfg, "audio_config", None)
+    h, heads = t.hidden_size, t.num_attention_heads
+    kv = getattr(t, "num_key_value_heads", None) or heads
+    hd = getattr(t, "head_dim", None) or h // heads
+    ffn, v = ffn_dim or t.intermediate_size, vocab or t.vocab_size
+    out = []
+
+    def add(key, shape, linear=False, embedding=False):
+        out.append((key, tuple(shape), linear, embedding))
+
+    def linear(prefix, rows, cols, bias):
+        add(prefix + ".weight", (rows, cols), linear=True)
+        if bias:
+            add(prefix + ".bias", (rows,))
+
+    lm = "language_model.model."
+    add(lm + "embed_tokens.weight", (v, h), embedding=True)
+    layer = lm + "layers.0."
+    linear(layer + "self_attn.q_proj", heads * hd, h, True)
+    linear(layer + "self_attn.k_proj", kv * hd, h, True)
+    linear(layer + "self_attn.v_proj", kv * hd, h, True)
+    linear(layer + "self_attn.o_proj", h, heads * hd, False)
+    linear(layer + "mlp.gate_proj", ffn, h, False)
+    linear(layer + "mlp.up_proj", ffn, h, False)
+    linear(layer + "mlp.down_proj", h, ffn, False)
+    add(layer + "input_layernorm.weight", (h,))
+    add(layer + "post_attention_layernorm.weight", (h,))
+    add(lm + "norm.weight", (h,))
+    # transformers (5.x) builds and saves Qwen2-Audio's lm_head whatever tie_word_embeddings says (tested)
+    linear("language_model.lm_head", v, h, False)
+    if a is not None:
+        d, affn = a.d_model, audio_ffn_dim or a.encoder_ffn_dim
+        at = "audio_tower."
+        add(at + "conv1.weight", (d, a.num_mel_bins, 3))
+        add(at + "conv1.bias", (d,))
+        add(at + "conv2.weight", (d, d, 3))
+        add(at + "conv2.bias", (d,))
+        add(at + "embed_positions.weight", (a.max_source_positions, d))
+        add(at + "layer_norm.weight", (d,))
+        add(at + "layer_norm.bias", (d,))
+        layer = at + "layers.0."
+        for name, bias in (("q_proj", True), ("k_proj", False), ("v_proj", True), ("out_proj", True)):
+            linear(layer + "self_attn." + name, d, d, bias)
+        for name in ("self_attn_layer_norm", "final_layer_norm"):
+            add(layer + name + ".weight", (d,))
+            add(layer + name + ".bias", (d,))
+        linear(layer + "fc1", affn, d, True)
+        linear(layer + "fc2", d, affn, True)
+        linear("multi_modal_projector.linear", h, d, True)
+    # in the order transformers' state dict comes out of revert_weight_conversion: lm_head, then by key
+    # (the planner reports the first tensor a precision cannot quantize, so the order shows in messages)
+    return sorted(out, key=lambda e: (e[0] != "language_model.lm_head.weight", e[0]))
