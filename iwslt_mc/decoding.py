@@ -612,7 +612,7 @@ def decode_to_file(model_dir, audio, out, *, lang: str, mode: str = "fast", batc
     from .errors import InputFileError, UserError
     from .fsutil import atomic_write_text
     from .inputs import check_segments, split_long
-    from .modelio import is_local, model_fingerprint
+    from .modelio import is_local, legacy_model_fingerprint, model_fingerprint
 
     check_lang(lang)
     if mode not in MODES:
@@ -668,6 +668,9 @@ def decode_to_file(model_dir, audio, out, *, lang: str, mode: str = "fast", batc
                 raise InputFileError(p, "decode log without a header line: cannot tell what it belongs to")
             continue
         diff = [k for k in RESUME_KEYS if old.get(k) != header.get(k)]
+        if diff == ["model_fingerprint"] and is_local(model_dir) \
+                and old.get("model_fingerprint") == legacy_model_fingerprint(model_dir):
+            diff = []  # written by an older iwslt-mc (partial fingerprint) for this model: resume it
         if diff:
             what = ", ".join(f"{k} {old.get(k)!r} vs now {header.get(k)!r}" for k in diff)
             raise InputFileError(p, f"belongs to another decode run ({what}); use another --out or --overwrite")

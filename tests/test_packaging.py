@@ -798,3 +798,46 @@ def test_300_character_team_name_cli_one_line(model, tmp_path, capsys):
     assert rc == 2 and len(err) == 1
     assert err[0].startswith("iwslt-mc package: error: team name is 300 characters") and "at most 32" in err[0]
     assert "T" * 40 not in err[0] and not (tmp_path / "subs").exists()
+
+
+def test_a_tensor_changed_in_the_middle_refuses_the_old_hypotheses(kit_copy, tmp_path, capsys):
+    """The fingerprint covers every weight byte: 'package' refuses hypotheses decoded before a same-shape change in
+    the middle of the weight file (which the old first-and-last-MiB fingerprint missed) and 'check' reports it."""
+    from test_fingerprint import change_middle_tensor
+
+    from iwslt_mc.modelio import legacy_model_fingerprint, model_fingerprint
+
+    hyps = hyp_set(tmp_path, kit_copy)
+    res = packaging.package(kit_copy, team="KIT", lp="en-de", condition="constrained", submission_type="primary",
+                            hyps=hyps, out=tmp_path / "subs")
+    fp, legacy = model_fingerprint(kit_copy), legacy_model_fingerprint(kit_copy)
+    change_middle_tensor(kit_copy)
+    assert legacy_model_fingerprint(kit_copy) == legacy and model_fingerprint(kit_copy) != fp
+    probs = packaging.check([res.dir]).all_problems()
+    assert len(probs) == 1 and f"model changed after packaging (fingerprint {fp} then" in probs[0]
+    capsys.readouterr()
+    rc = cli.main(["package", str(kit_copy), "--team", "KIT", "--lang", "en-de", "--condition", "constrained",
+                   "--type", "primary", "--hyp-dir", str(tmp_path / "hyp"), "--out", str(tmp_path / "subs"), "--force"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "decoded by another model" in err[0] and f"fingerprint {fp}" in err[0], err
+    assert cli.main(["check", str(res.dir)]) == 1
+
+
+def test_logs_and_manifests_of_the_older_partial_fingerprint_still_match(kit_copy, tmp_path):
+    """Decode logs and manifests written before the full-content fingerprint record the old one: accepted with a
+    warning/note saying so, never reported as another model."""
+    from iwslt_mc.modelio import legacy_model_fingerprint
+
+    old = legacy_model_fingerprint(kit_copy)
+    hyps = hyp_set(tmp_path, kit_copy)
+    decode_log(hyps["acl"], kit_copy, 3, fingerprint=old)
+    res = packaging.package(kit_copy, team="KIT", lp="en-de", condition="constrained", submission_type="primary",
+                            hyps=hyps, out=tmp_path / "subs")
+    assert res.manifest["test_sets"]["acl"]["model_check"].startswith(f"older partial model fingerprint {old}")
+    assert any("written by an older iwslt-mc" in w and "acl.de" in w for w in res.warnings)
+    man = json.loads((res.dir / "manifest.json").read_text())
+    man["model_fingerprint"] = old
+    (res.dir / "manifest.json").write_text(json.dumps(man))
+    chk = packaging.check([res.dir])
+    assert chk.ok, chk.all_problems()
+    assert any(f"model fingerprint {old} recorded by an older iwslt-mc" in n for n in chk.submissions[0].notes)
