@@ -775,6 +775,48 @@ def test_datasets_are_named_never_paths_and_derived_data_is_constrained(tmp_path
     assert not any("constrained condition" in w for w in res.warnings)  # derived from ACL 60/60: allowed
 
 
+def _relative_records(tmp_path: Path, model: Path) -> None:
+    """Rewrite fake_build's records as an older iwslt-mc wrote them for a build run from tmp_path: relative paths."""
+    def rel(v):
+        return str(Path(v).relative_to(tmp_path)) if isinstance(v, str) and v.startswith(str(tmp_path)) else v
+
+    for f in (model / "provenance.json", tmp_path / "run" / "stages" / "02-distill" / "distill_data" / "provenance.json"):
+        prov = json.loads(f.read_text())
+        for rec in prov.get("stages", [prov]):
+            rec["data"] = [dict(d, path=rel(d["path"])) for d in rec.get("data", [])]
+        f.write_text(json.dumps(prov))
+    b = tmp_path / "run" / "build.json"
+    b.write_text(json.dumps({"data": {k: rel(v) for k, v in json.loads(b.read_text())["data"].items()}}))
+
+
+def test_relative_provenance_paths_read_the_same_from_any_directory(tmp_path, monkeypatch):
+    """Records of an older build hold paths relative to where it ran: package reads them relative to the model's
+    directories (and a record's cwd), so another working directory gives the same description, no false warning."""
+    data = tmp_path / "my" / "local" / "data"
+    data.mkdir(parents=True)
+    model = fake_build(tmp_path, data)
+    _relative_records(tmp_path, model)
+    assert json.loads((model / "provenance.json").read_text())["stages"][2]["data"][0]["path"] == \
+        "run/stages/02-distill/distill_data"
+    descs = []
+    for cwd in (tmp_path, tmp_path / "my", model):
+        monkeypatch.chdir(cwd)
+        res = pkg(model, tmp_path, out=tmp_path / f"subs-{len(descs)}")
+        descs.append(packaging.parse_description(res.description)["Datasets used"])
+        assert not any("constrained condition" in w for w in res.warnings), (cwd, res.warnings)
+    assert descs == ["ACL 60/60; ACL 60/60 translated by the fine-tuned teacher"] * 3
+
+
+def test_new_records_store_absolute_paths_and_their_cwd(tmp_path, monkeypatch):
+    (tmp_path / "my" / "data").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    rec = provenance.make_record("finetune", {}, data=[{"path": "my/data?split=train", "size": 3}, {"path": "my/nothing"},
+                                                       "ymoslem/acl-6060", "my/data"])
+    assert rec["data"] == [{"path": f"{tmp_path / 'my' / 'data'}?split=train", "size": 3}, {"path": "my/nothing"},
+                           "ymoslem/acl-6060", str(tmp_path / "my" / "data")]
+    assert rec["cwd"] == str(tmp_path)
+
+
 def test_real_outside_data_still_warns_under_constrained(tmp_path):
     data = tmp_path / "acl"
     data.mkdir()
