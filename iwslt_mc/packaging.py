@@ -756,6 +756,8 @@ def package(model_dir: str | Path, *, team: str, lp: str, condition: str, submis
     final = out / name
     if final.exists() and not force:
         raise UserError(f"{final}: a submission with this name already exists (use --force to replace it)")
+    if final.exists():
+        _replaceable(final)
     me = {"edition": ed.key, "team": team, "lp": lp, "condition": condition}
     others = [(d, ident) for d, ident in existing_submissions(out)
               if d.name != name and _primary_key(ident) == _primary_key(me)]
@@ -827,6 +829,22 @@ def package(model_dir: str | Path, *, team: str, lp: str, condition: str, submis
     except FileExistsError:  # appeared between the check above and the rename
         raise UserError(f"{final}: a submission with this name already exists (use --force to replace it)") from None
     return PackageResult(dir=final, name=name, manifest=manifest, description=description, warnings=warnings)
+
+
+def _replaceable(final: Path) -> None:
+    """``--force`` replaces (deletes) only a submission folder iwslt-mc wrote, or an empty folder."""
+    if not final.is_dir() or final.is_symlink():
+        raise UserError(f"{final}: exists and is not a folder; --force replaces only a submission folder: "
+                        "move it away or choose another --out")
+    if not any(final.iterdir()):
+        return
+    try:
+        m = read_manifest(final)
+    except UserError:
+        m = None
+    if m is None:
+        raise UserError(f"{final}: not a submission folder written by iwslt-mc package (no valid {MANIFEST}); "
+                        "--force would delete its files: move it away or choose another --out")
 
 
 def _legacy_fingerprint(model_dir) -> str | None:

@@ -883,3 +883,33 @@ def test_logs_and_manifests_of_the_older_partial_fingerprint_still_match(kit_cop
     chk = packaging.check([res.dir])
     assert chk.ok, chk.all_problems()
     assert any(f"model fingerprint {old} recorded by an older iwslt-mc" in n for n in chk.submissions[0].notes)
+
+
+def test_force_replaces_only_a_submission_folder_or_an_empty_one(model, tmp_path, capsys):
+    """--force deletes the old folder's files: refused (one line, nothing deleted) for a folder that is not one
+    iwslt-mc packaged; allowed for an earlier submission and for an empty folder."""
+    res = pkg(model, tmp_path)
+    name = res.name
+    assert pkg(model, tmp_path, force=True).dir == res.dir  # an earlier submission: replaced
+    other = tmp_path / "o" / name
+    other.mkdir(parents=True)
+    (other / "thesis.tex").write_text("years of work\n")
+    with pytest.raises(UserError, match=rf"{other}: not a submission folder written by iwslt-mc package \(no valid "
+                                        r"manifest.json\); --force would delete its files"):
+        pkg(model, tmp_path, out=tmp_path / "o", force=True)
+    assert [p.name for p in other.iterdir()] == ["thesis.tex"]
+    capsys.readouterr()
+    rc = cli.main(["package", str(model), "--team", "KIT", "--lang", "en-de", "--condition", "constrained", "--type",
+                   "primary", "--edition", "2025", "--hyp", f"tst={tmp_path / 'h.de'}", "--allow-unlogged",
+                   "--out", str(tmp_path / "o"), "--force"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "not a submission folder written by iwslt-mc" in err[0]
+    assert (other / "thesis.tex").read_text() == "years of work\n"
+    (other / "thesis.tex").unlink()
+    assert pkg(model, tmp_path, out=tmp_path / "o", force=True).dir == other  # empty: fine
+    f = tmp_path / "f" / name
+    f.parent.mkdir()
+    f.write_text("a file")
+    with pytest.raises(UserError, match="exists and is not a folder"):
+        pkg(model, tmp_path, out=tmp_path / "f", force=True)
+    assert f.read_text() == "a file"
