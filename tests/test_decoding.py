@@ -322,3 +322,27 @@ def test_decode_does_not_overwrite_a_file_without_a_log(kit, tmp_path, eval_run,
     assert out.read_text() == "my notes\n" and not Path(str(out) + ".jsonl").exists()
     assert decode(kit, out, "--overwrite") == 0
     assert out.read_bytes() == eval_run.read_bytes()
+
+
+def test_a_truncated_wav_is_refused_not_decoded_as_a_short_clip(kit, tmp_path, capsys):
+    """A 5 s WAV cut to 0.1 s (interrupted copy): libsndfile reads what is there as 0.1 s of audio; its header
+    says 5 s. One line naming the file, before any decoding; --skip-bad makes it an empty line."""
+    from iwslt_mc.audio import load_audio
+    from iwslt_mc.errors import InputFileError
+
+    sf.write(str(tmp_path / "ok.wav"), np.zeros(16000, np.float32) + 0.01, 16000, subtype="PCM_16")
+    sf.write(str(tmp_path / "full.wav"), np.zeros(5 * 16000, np.float32) + 0.01, 16000, subtype="PCM_16")
+    (tmp_path / "cut.wav").write_bytes((tmp_path / "full.wav").read_bytes()[:44 + 3200])
+    assert sf.info(str(tmp_path / "cut.wav")).frames == 1600  # what soundfile alone says: 0.1 s
+    with pytest.raises(InputFileError, match=r"cut.wav: truncated: its header declares 5.00 s of audio, the file "
+                                             r"holds 0.10 s \(3,200 of 160,000 data bytes\)"):
+        load_audio(tmp_path / "cut.wav")
+    assert len(load_audio(tmp_path / "full.wav")) == 5 * 16000
+    lst = tmp_path / "list.txt"
+    lst.write_text("ok.wav\ncut.wav\n")
+    out = tmp_path / "hyp.de"
+    capsys.readouterr()
+    assert decode(kit, out, audio=lst) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "line 2: cut.wav: truncated: its header declares 5.00 s" in err[0], err
+    assert not out.exists() and not Path(str(out) + ".jsonl").exists()
