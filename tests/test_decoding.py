@@ -346,3 +346,40 @@ def test_a_truncated_wav_is_refused_not_decoded_as_a_short_clip(kit, tmp_path, c
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "line 2: cut.wav: truncated: its header declares 5.00 s" in err[0], err
     assert not out.exists() and not Path(str(out) + ".jsonl").exists()
+
+
+def test_a_second_decode_of_the_same_output_is_refused_while_the_first_runs(kit, tmp_path, eval_run, capsys):
+    """Two `decode --resume` on one output would append to one log at once: the second is refused in one line
+    while the first holds the output's lock (fcntl.flock), and nothing of the first run's files changes."""
+    out = tmp_path / "hyp.de"
+    log = Path(str(out) + ".jsonl")
+    shutil.copy(eval_run, out)
+    shutil.copy(str(eval_run) + ".jsonl", log)
+    before = (out.read_bytes(), log.read_bytes())
+    with decoding.output_lock(out):  # what a running decode holds (another open file description: a real conflict)
+        assert (tmp_path / ".hyp.de.lock").read_text() == str(os.getpid())
+        capsys.readouterr()
+        assert decode(kit, out, "--batch-size", "3", "--resume") == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == [f"iwslt-mc decode: error: {out}: another iwslt-mc decode (pid {os.getpid()}) is writing it now "
+                       "(lock .hyp.de.lock): wait for it to finish, or choose another --out"]
+        assert (out.read_bytes(), log.read_bytes()) == before
+    assert not (tmp_path / ".hyp.de.lock").exists()
+    # released: the resume runs (everything was done: the same file), and leaves no lock file
+    assert decode(kit, out, "--batch-size", "3", "--resume") == 0
+    assert out.read_bytes() == before[0] and not (tmp_path / ".hyp.de.lock").exists()
+
+
+def test_resume_accepts_a_log_of_the_older_partial_fingerprint(kit, tmp_path, eval_run):
+    from iwslt_mc.modelio import legacy_model_fingerprint
+
+    out = tmp_path / "hyp.de"
+    log = Path(str(out) + ".jsonl")
+    recs = [json.loads(x) for x in Path(str(eval_run) + ".jsonl").read_text().splitlines()]
+    recs[0]["model_fingerprint"] = legacy_model_fingerprint(kit / "model")
+    log.write_text("".join(json.dumps(r) + "\n" for r in recs[:4]))  # header + 3 segments: interrupted
+    assert decode(kit, out, "--batch-size", "3", "--resume") == 0
+    assert out.read_bytes() == eval_run.read_bytes()
+    recs[0]["model_fingerprint"] = "0123456789abcdef"
+    log.write_text("".join(json.dumps(r) + "\n" for r in recs[:4]))
+    assert decode(kit, out, "--batch-size", "3", "--resume") == 2
