@@ -108,6 +108,7 @@ def test_unwritable_model_dir_falls_back_to_the_user_cache_then_to_none(kit, tmp
     d = tmp_path / "m"
     shutil.copytree(kit / "model", d)
     _old_mtimes(d)
+    (d / FINGERPRINT_CACHE).unlink(missing_ok=True)  # the kit's own cache, if a test fingerprinted it already
     (d / FINGERPRINT_CACHE).mkdir()  # cannot be written as a file, even by root
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     fp = model_fingerprint(d)
