@@ -96,7 +96,10 @@ def _disk_full_line(args, path: str | None) -> str:
     """The one line for a full disk: the path written (else the command's output), what to do next."""
     if path is None:
         out = next((getattr(args, k) for k in ("out", "out_dir", "output") if getattr(args, k, None)), None)
-        path = f"writing under {out}" if out else f"writing under {os.getcwd()}"
+        if out and not os.path.isdir(str(out)):
+            path = f"writing {out} (or its log)"
+        else:
+            path = f"writing under {out or os.getcwd()}"
     again = "rerun with --resume (what finished is kept)" if hasattr(args, "resume") else "rerun"
     return f"{path}: no space left on device; free space (or write elsewhere), then {again}"
 

@@ -77,3 +77,19 @@ def test_disk_full_is_found_through_wrapping_errors_and_nothing_else_is():
         == (True, None)
     assert disk_full(OSError(errno.EACCES, "Permission denied", "/x")) == (False, None)
     assert disk_full(ValueError("bad")) == (False, None)
+
+
+def test_a_write_error_without_a_path_names_the_output(monkeypatch, capsys, tmp_path):
+    """A full disk noticed inside a file write (OSError without a file name): the line names --out."""
+    from iwslt_mc.commands import decode
+
+    def full(args):
+        with open(tmp_path / "x", "w") as fh:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(decode, "run", full)
+    out = tmp_path / "hyp.de"
+    rc = cli.main(["decode", str(tmp_path), "--audio", "x", "--lang", "en-de", "--out", str(out)])
+    assert rc == 1 and capsys.readouterr().err.strip().splitlines() == [
+        f"iwslt-mc decode: error: writing {out} (or its log): no space left on device; free space (or write "
+        "elsewhere), then rerun with --resume (what finished is kept)"]
