@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,28 @@ def to_mono_16k(wave: np.ndarray, sr: int) -> np.ndarray:
     return np.ascontiguousarray(wave, dtype=np.float32)
 
 
+# libsndfile's log for a WAV whose data chunk is longer than the file: "data : 160000 (should be 3200)".
+_DATA_SHOULD_BE = re.compile(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", re.M)
+# Sizes streaming writers put in a header they cannot go back to fill in (not a truncation).
+_UNKNOWN_SIZES = {0, 0xFFFFFFFF, 0x7FFFFFFF, 0xFFFFFFFF - 1}
+
+
+def truncation(f) -> str | None:
+    """Why an open ``soundfile.SoundFile`` is a truncated file, or None. libsndfile clamps a WAV whose header
+    declares more audio than the file holds to what is there (a 5 s recording cut to 0.1 s reads as 0.1 s,
+    silently); its header log says so, and that is read here."""
+    m = _DATA_SHOULD_BE.search(getattr(f, "extra_info", "") or "")
+    if not m:
+        return None
+    declared, present = int(m.group(1)), int(m.group(2))
+    if declared <= present or declared in _UNKNOWN_SIZES or present <= 0:
+        return None
+    sr = f.samplerate
+    want = f.frames * declared / present / sr
+    return (f"truncated: its header declares {want:.2f} s of audio, the file holds {f.frames / sr:.2f} s "
+            f"({present:,} of {declared:,} data bytes); copy or convert it again from the original")
+
+
 def load_audio(src: str | Path | bytes, *, name: str | None = None, start: float | None = None,
                duration: float | None = None) -> np.ndarray:
     """Decode ``src`` (path or encoded bytes) to 16 kHz mono float32.
@@ -42,6 +65,9 @@ def load_audio(src: str | Path | bytes, *, name: str | None = None, start: float
         raise InputFileError(label, f"cannot decode audio ({str(e).strip() or type(e).__name__})") from None
     with f:
         sr, total = f.samplerate, f.frames
+        cut = truncation(f)
+        if cut:
+            raise InputFileError(label, cut)
         first = 0 if start is None else int(round(start * sr))
         count = -1 if duration is None else int(round(duration * sr))
         if first < 0 or (start is not None and first >= total and total > 0) or (

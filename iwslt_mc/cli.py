@@ -13,7 +13,7 @@ import os
 import sys
 
 from . import __version__
-from .errors import UserError
+from .errors import UserError, disk_full
 from .output import silence_library_noise
 
 # Order here is the order in --help: the pipeline from kit to report.
@@ -80,10 +80,28 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"iwslt-mc {args.command}: error: {e}", file=sys.stderr)
         return e.exit_code
+    except Exception as e:  # a full disk, whichever library noticed it: one line, not a traceback
+        full, path = disk_full(e)
+        if not full or os.environ.get("IWSLT_MC_DEBUG"):
+            raise
+        print(f"iwslt-mc {args.command}: error: {_disk_full_line(args, path)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"iwslt-mc {args.command}: interrupted (outputs written so far are kept; rerun with --resume where supported)",
               file=sys.stderr)
         return 130
+
+
+def _disk_full_line(args, path: str | None) -> str:
+    """The one line for a full disk: the path written (else the command's output), what to do next."""
+    if path is None:
+        out = next((getattr(args, k) for k in ("out", "out_dir", "output") if getattr(args, k, None)), None)
+        if out and not os.path.isdir(str(out)):
+            path = f"writing {out} (or its log)"
+        else:
+            path = f"writing under {out or os.getcwd()}"
+    again = "rerun with --resume (what finished is kept)" if hasattr(args, "resume") else "rerun"
+    return f"{path}: no space left on device; free space (or write elsewhere), then {again}"
 
 
 def add_command(sub, name: str, *, help: str, description: str, examples: str) -> argparse.ArgumentParser:

@@ -584,12 +584,85 @@ def target_joiner(lang: str) -> str:
     return "" if lang.endswith("-zh") else " "
 
 
-def decode_to_file(model_dir, audio, out, *, lang: str, mode: str = "fast", batch_size: int = 8,
+def output_lock_path(out, rank: int = 0) -> "Path":
+    """The lock file of a decode output (one per process of a data-parallel run)."""
+    from pathlib import Path
+
+    out = Path(out)
+    return out.with_name(f".{out.name}.lock" if rank == 0 else f".{out.name}.rank{rank}.lock")
+
+
+class output_lock:
+    """An exclusive ``fcntl.flock`` on ``.<out>.lock`` beside the output for the whole decode: a second decode of
+    the same output (e.g. two ``--resume`` at once, which would interleave their appends to one log) is refused in
+    one line. The lock dies with its process (no stale lock after a kill); the file is removed on release."""
+
+    def __init__(self, out, rank: int = 0):
+        self.out = out
+        self.path = output_lock_path(out, rank)
+        self.fd = None
+
+    def __enter__(self):
+        import fcntl
+        import os
+
+        from .errors import InputFileError
+
+        while True:
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            except OSError:
+                return self  # the folder cannot be written: the decode reports that itself
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 64).decode("ascii", "replace").strip()
+                os.close(fd)
+                raise InputFileError(self.out, f"another iwslt-mc decode{f' (pid {holder})' if holder else ''} is "
+                                               f"writing it now (lock {self.path.name}): wait for it to finish, or "
+                                               "choose another --out") from None
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:  # not a lock file its last holder removed just after we opened it
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc):
+        import os
+
+        if self.fd is not None:
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
+            os.close(self.fd)
+            self.fd = None
+        return False
+
+
+def decode_to_file(model_dir, audio, out, **kw) -> DecodeSummary:
+    """:func:`_decode_to_file` holding :class:`output_lock` on ``out`` (one decode per output at a time)."""
+    import os
+
+    lock = output_lock(out, int(os.environ.get("RANK", "0") or 0))
+    try:
+        return _decode_to_file(model_dir, audio, out, _lock=lock, **kw)
+    finally:
+        lock.__exit__(None, None, None)
+
+
+def _decode_to_file(model_dir, audio, out, *, lang: str, mode: str = "fast", batch_size: int = 8,
                    max_length: int = 1024, max_new_tokens: int | None = None, prompt: str | None = None,
                    dtype: str | None = None, device: str | None = None, skip_bad: bool = False,
                    resume: bool = False, overwrite: bool = False, progress: bool = False,
                    model=None, processor=None, cache: dict | None = None,
-                   checked: bool = False) -> DecodeSummary:
+                   checked: bool = False, _lock: output_lock | None = None) -> DecodeSummary:
     """Decode every segment of ``audio`` (an :class:`iwslt_mc.inputs.AudioInput`) into ``out``.
 
     ``out`` gets one line per segment in input order, written atomically at the end; ``<out>.jsonl``
@@ -613,7 +686,7 @@ def decode_to_file(model_dir, audio, out, *, lang: str, mode: str = "fast", batc
     from .errors import InputFileError, UserError
     from .fsutil import atomic_write_text
     from .inputs import check_segments, split_long
-    from .modelio import is_local, model_fingerprint
+    from .modelio import is_local, legacy_model_fingerprint, model_fingerprint
 
     check_lang(lang)
     if mode not in MODES:
@@ -648,6 +721,8 @@ def decode_to_file(model_dir, audio, out, *, lang: str, mode: str = "fast", batc
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise InputFileError(out.parent, f"cannot create the output folder ({e.strerror or e})") from None
+    if _lock is not None:
+        _lock.__enter__()  # before any log is read: a second decode of this output stops here
     logs = [p for p in [log] + sorted(out.parent.glob(out.name + ".rank*.jsonl")) if p.exists()]
     if logs and not (resume or overwrite):
         raise InputFileError(logs[0], "a decode log already exists: pass --resume to continue it "
@@ -669,6 +744,9 @@ def decode_to_file(model_dir, audio, out, *, lang: str, mode: str = "fast", batc
                 raise InputFileError(p, "decode log without a header line: cannot tell what it belongs to")
             continue
         diff = [k for k in RESUME_KEYS if old.get(k) != header.get(k)]
+        if diff == ["model_fingerprint"] and is_local(model_dir) \
+                and old.get("model_fingerprint") == legacy_model_fingerprint(model_dir):
+            diff = []  # written by an older iwslt-mc (partial fingerprint) for this model: resume it
         if diff:
             what = ", ".join(f"{k} {old.get(k)!r} vs now {header.get(k)!r}" for k in diff)
             raise InputFileError(p, f"belongs to another decode run ({what}); use another --out or --overwrite")

@@ -480,7 +480,9 @@ def _info(path: Path, sf):
         return f"cannot decode audio ({msg})"
     if info.frames <= 0:
         return "audio is empty (0 samples)"
-    return info
+    from .audio import truncation
+
+    return truncation(info) or info
 
 
 def _example_seconds(ex, sf) -> float:

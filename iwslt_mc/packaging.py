@@ -657,7 +657,14 @@ def package(model_dir: str | Path, *, team: str, lp: str, condition: str, submis
                                            "a hypothesis file has one line per segment")
         log_path = Path(logs[t]) if t in logs else (find_decoder_log(h.source) if auto_logs else None)
         log = read_decode_log(log_path) if log_path is not None else None
+        legacy = False
         if log is not None and log.model_fingerprint is not None and log.model_fingerprint != fingerprint:
+            legacy = log.model_fingerprint == _legacy_fingerprint(model_dir)
+        if legacy:
+            warnings.append(f"{h.source}: its log {log.path} was written by an older iwslt-mc, whose model fingerprint "
+                            "covers only the first and last MiB of each weight file (it matches); decode again for a "
+                            "full-content check")
+        elif log is not None and log.model_fingerprint is not None and log.model_fingerprint != fingerprint:
             raise InputFileError(h.source, f"decoded by another model: its log {log.path} records model "
                                            f"fingerprint {log.model_fingerprint} ({log.model}), but {model_dir} "
                                            f"has {fingerprint}; package the model that decoded it, or decode again")
@@ -673,7 +680,9 @@ def package(model_dir: str | Path, *, team: str, lp: str, condition: str, submis
         if h.expected is not None and h.lines != h.expected:
             raise InputFileError(h.source, f"{h.lines:,} lines, but test set {t!r} has {h.expected:,} segments "
                                            f"(from {h.expected_from}); one line per segment is required")
-        if log is not None and log.model_fingerprint is not None:
+        if legacy:
+            checks[t] = f"older partial model fingerprint {log.model_fingerprint} (first and last MiB of each weight file) matches {log.path}"
+        elif log is not None and log.model_fingerprint is not None:
             checks[t] = f"model fingerprint {fingerprint} matches {log.path}"
         else:
             why = "no decode log found" if log is None else f"its log {log.path} records no model fingerprint"
@@ -747,6 +756,8 @@ def package(model_dir: str | Path, *, team: str, lp: str, condition: str, submis
     final = out / name
     if final.exists() and not force:
         raise UserError(f"{final}: a submission with this name already exists (use --force to replace it)")
+    if final.exists():
+        _replaceable(final)
     me = {"edition": ed.key, "team": team, "lp": lp, "condition": condition}
     others = [(d, ident) for d, ident in existing_submissions(out)
               if d.name != name and _primary_key(ident) == _primary_key(me)]
@@ -818,6 +829,31 @@ def package(model_dir: str | Path, *, team: str, lp: str, condition: str, submis
     except FileExistsError:  # appeared between the check above and the rename
         raise UserError(f"{final}: a submission with this name already exists (use --force to replace it)") from None
     return PackageResult(dir=final, name=name, manifest=manifest, description=description, warnings=warnings)
+
+
+def _replaceable(final: Path) -> None:
+    """``--force`` replaces (deletes) only a submission folder iwslt-mc wrote, or an empty folder."""
+    if not final.is_dir() or final.is_symlink():
+        raise UserError(f"{final}: exists and is not a folder; --force replaces only a submission folder: "
+                        "move it away or choose another --out")
+    if not any(final.iterdir()):
+        return
+    try:
+        m = read_manifest(final)
+    except UserError:
+        m = None
+    if m is None:
+        raise UserError(f"{final}: not a submission folder written by iwslt-mc package (no valid {MANIFEST}); "
+                        "--force would delete its files: move it away or choose another --out")
+
+
+def _legacy_fingerprint(model_dir) -> str | None:
+    from .modelio import legacy_model_fingerprint
+
+    try:
+        return legacy_model_fingerprint(model_dir)
+    except OSError:
+        return None
 
 
 def _no_primary_warning(team: str, lp: str, condition: str, edition: str) -> str:
@@ -1070,12 +1106,15 @@ def _check_model(r: SubmissionCheck, md: Path, m: dict, ed: track.Edition, nbyte
     fp_then = m.get("model_fingerprint")
     if fp_then:
         fp_now = model_fingerprint(md)
-        if fp_now != fp_then:
+        if fp_now != fp_then and fp_then == _legacy_fingerprint(md):
+            r.notes.append(f"model fingerprint {fp_then} recorded by an older iwslt-mc (first and last MiB of each weight "
+                           "file) matches; package again for a full-content check")
+        elif fp_now != fp_then:
             P(f"{md}: model changed after packaging (fingerprint {fp_then} then, {fp_now} now: rebuilt or replaced); "
               "these hypotheses and sizes describe the earlier model: decode and package again")
         elif "torch_save_bytes" in recorded:
-            r.notes.append("torch.save measure not re-run: the model's fingerprint (config, weight-file sizes and "
-                           "headers) is unchanged")
+            r.notes.append("torch.save measure not re-run: the model's fingerprint (config and every byte of its weight "
+                           "files) is unchanged")
     else:
         r.notes.append("no model fingerprint recorded (packaged by an older iwslt-mc): only sizes compared")
     if ed.has_bins and rep.bin != m.get("bin"):

@@ -52,13 +52,35 @@ def versions() -> dict:
     return out
 
 
+def absolute_data(records: list | None) -> list:
+    """Data records with each local path made absolute (resolved against the current directory), so that the
+    record means the same whatever directory it is read from later; hub ids and missing paths stay as written."""
+    out = []
+    for r in records or []:
+        if isinstance(r, dict) and isinstance(r.get("path"), str):
+            r = dict(r, path=_absolute_spec(r["path"]))
+        elif isinstance(r, str):
+            r = _absolute_spec(r)
+        out.append(r)
+    return out
+
+
+def _absolute_spec(spec: str) -> str:
+    path, q, query = spec.partition("?")
+    p = os.path.expanduser(path)
+    if not p or os.path.isabs(p) or not os.path.exists(p):
+        return spec
+    return str(Path(p).resolve()) + q + query
+
+
 def make_record(stage: str, options: dict, *, techniques: list[str] | None = None, data: list | None = None,
                 started: float | None = None, **extra) -> dict:
     rec = {
         "stage": stage,
         "options": options,
         "techniques": techniques or [],
-        "data": data or [],
+        "data": absolute_data(data),
+        "cwd": os.getcwd(),  # what relative paths in this record (if any) were relative to
         "versions": versions(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started or time.time())),
         "seconds": round(time.time() - started, 3) if started else None,
@@ -151,7 +173,8 @@ def build_data_names(model_dir: str | Path | None) -> dict[str, str]:
                 data = json.loads(cand.read_text(encoding="utf-8")).get("data") or {}
             except (OSError, ValueError, AttributeError):
                 return {}
-            return {_spec_path(v): str(k) for k, v in data.items() if isinstance(v, str)}
+            anchors = anchors_of(cand.parent)
+            return {_anchored(_spec_path(v), anchors): str(k) for k, v in data.items() if isinstance(v, str)}
     return {}
 
 
@@ -172,8 +195,41 @@ def _teacher_words(teacher: dict) -> str:
     return "a compressed teacher (" + " > ".join(stages) + ")"
 
 
-def describe_dataset(record, names: dict[str, str] | None = None, _depth: int = 0) -> DatasetUse:
-    """The :class:`DatasetUse` of one provenance data record (a loader spec dict or a string)."""
+def _anchored(path: str, anchors) -> str:
+    """A relative ``path`` of a record written before paths were stored absolute: resolved against the first
+    anchor directory (the record's ``cwd``, then the model directory and its parents) under which it exists;
+    unchanged when absolute or found under none (then it is read relative to the current directory)."""
+    p = os.path.expanduser(path)
+    if not p or os.path.isabs(p):
+        return path
+    for a in anchors:
+        try:
+            cand = Path(a) / p
+            if cand.exists():
+                return str(cand.resolve())
+        except (OSError, TypeError):
+            continue
+    return path
+
+
+def anchors_of(model_dir: str | Path | None, record: dict | None = None) -> list[Path]:
+    """Directories a relative path of ``record`` may be relative to: its recorded ``cwd``, then ``model_dir``
+    and each of its parents (a build run from PROJECT wrote PROJECT-relative paths; its models live below)."""
+    out: list[Path] = []
+    if isinstance(record, dict) and isinstance(record.get("cwd"), str):
+        out.append(Path(record["cwd"]))
+    if model_dir is not None:
+        try:
+            d = Path(model_dir).resolve()
+        except OSError:
+            return out
+        out += [d, *d.parents]
+    return out
+
+
+def describe_dataset(record, names: dict[str, str] | None = None, _depth: int = 0, anchors=()) -> DatasetUse:
+    """The :class:`DatasetUse` of one provenance data record (a loader spec dict or a string). ``anchors``:
+    directories a relative path in it may be relative to (:func:`anchors_of`)."""
     names = names or {}
     if isinstance(record, str):
         if "/" not in record and os.sep not in record and not Path(record).exists():
@@ -186,6 +242,8 @@ def describe_dataset(record, names: dict[str, str] | None = None, _depth: int = 
     if not isinstance(record, dict):
         return DatasetUse("an unrecognized data record", "outside")
     path = str(record.get("name") or record.get("path") or "")
+    if not record.get("name") and path:
+        path = _anchored(path, anchors)
     size = record.get("size")
     # Derived: a distillation output (its own provenance says what it was made from).
     dprov = Path(path) / FILENAME
@@ -195,7 +253,8 @@ def describe_dataset(record, names: dict[str, str] | None = None, _depth: int = 
         except (OSError, ValueError):
             inner = {}
         if isinstance(inner, dict) and inner.get("kind") == "distillation data":
-            srcs = [describe_dataset(r, names, _depth + 1) for r in inner.get("data") or []]
+            inner_anchors = anchors_of(Path(path), None) + list(anchors)
+            srcs = [describe_dataset(r, names, _depth + 1, inner_anchors) for r in inner.get("data") or []]
             words = " + ".join(dict.fromkeys(s.name for s in srcs)) or "unrecorded data"
             origins = tuple(o for s in srcs for o in ((s.origin,) if s.origin != "derived" else s.sources))
             return DatasetUse(f"{words} translated by {_teacher_words(inner.get('teacher') or {})}", "derived",
@@ -225,8 +284,9 @@ def dataset_uses(prov: dict, model_dir: str | Path | None = None) -> list[Datase
     names = build_data_names(model_dir)
     seen, out = set(), []
     for rec in prov.get("stages", []):
+        anchors = anchors_of(model_dir, rec)
         for d in rec.get("data", []):
-            use = describe_dataset(d, names)
+            use = describe_dataset(d, names, anchors=anchors)
             if use.name not in seen:
                 seen.add(use.name)
                 out.append(use)

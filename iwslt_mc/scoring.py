@@ -103,11 +103,57 @@ def read_lines(path: str | os.PathLike, *, what: str = "file") -> list[str]:
     return [line.rstrip() for line in lines]
 
 
-def read_reference(path: str | os.PathLike) -> list[str]:
+def read_reference(path: str | os.PathLike, lang: str | None = None) -> list[str]:
     lines = read_lines(path, what="reference")
     if not any(lines):
         raise InputFileError(path, "reference is empty")
+    if lang is not None:
+        check_reference_language(lines, lang, path)
     return lines
+
+
+_TARGET_NAMES = {"de": "German", "zh": "Chinese", "ar": "Arabic"}
+_EN_WORDS = frozenset("the and of to is that it in for you this was with are be have not they we on".split())
+_DE_WORDS = frozenset("der die das und ist nicht ich es sie ein eine zu den mit sich auf für wir von dass".split())
+
+
+def text_language(lines: list[str]) -> str | None:
+    """The language the text reads as, by script (Chinese, Arabic, Latin) and, for Latin script, by the most
+    frequent function words (English or German); None when there is too little text to tell."""
+    import re as _re
+
+    text = "".join(lines)
+    cjk = sum(1 for c in text if "\u4e00" <= c <= "\u9fff" or "\u3400" <= c <= "\u4dbf")
+    arabic = sum(1 for c in text if "\u0600" <= c <= "\u06ff")
+    latin = sum(1 for c in text if c.isascii() and c.isalpha() or "\u00c0" <= c <= "\u024f")
+    letters = cjk + arabic + latin
+    if letters < 20:
+        return None
+    if cjk / letters > 0.5:
+        return "zh"
+    if arabic / letters > 0.5:
+        return "ar"
+    if latin / letters > 0.5:
+        words = _re.findall(r"[^\W\d_]+", " ".join(lines).lower())
+        en, de = sum(w in _EN_WORDS for w in words), sum(w in _DE_WORDS for w in words)
+        if en >= 8 and en > 4 * de:
+            return "en"
+        if de >= 8 and de > 4 * en:
+            return "de"
+        return "latin"
+    return None
+
+
+def check_reference_language(lines: list[str], lang: str, path) -> None:
+    """A one-line error when the reference plainly is not in the target language of ``lang`` (e.g. the English
+    source, or the other pair's reference): scores against it would be meaningless, not an error."""
+    tgt = lang.split("-")[1]
+    got = text_language(lines)
+    if got is None or got == tgt or (got == "latin" and tgt == "de"):
+        return
+    name = {"en": "English", "latin": "Latin-script"}.get(got) or _TARGET_NAMES.get(got, got)
+    raise InputFileError(path, f"reference reads as {name} text, not {_TARGET_NAMES.get(tgt, tgt)} (--lang {lang}): "
+                               f"pass the {_TARGET_NAMES.get(tgt, tgt)} reference, or the right --lang")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -478,8 +524,11 @@ def score_files(hyp: str | os.PathLike, ref: str | os.PathLike, lang: str, *, sr
     tag_filter = TagFilter(keep=tags == "keep", pattern=tag_pattern)
     if resegment_mode not in RESEGMENT_MODES:
         raise UserError(f"--resegment must be one of {', '.join(RESEGMENT_MODES)} (got {resegment_mode!r})")
-    refs = read_reference(ref)
+    refs = read_reference(ref, lang)
     hyps = read_lines(hyp, what="hypothesis")
+    if not hyps:
+        raise InputFileError(hyp, f"hypothesis is empty (0 lines) for {len(refs)} reference lines in {ref}: did "
+                                  "decoding fail? a hypothesis file has one line per segment")
     if spm_model is not None and not Path(spm_model).is_file():
         raise InputFileError(spm_model, "SentencePiece model not found")
     srcs = None
@@ -494,6 +543,9 @@ def score_files(hyp: str | os.PathLike, ref: str | os.PathLike, lang: str, *, sr
     teacher_lines = None
     if teacher_hyp is not None:
         teacher_lines = read_lines(teacher_hyp, what="teacher hypothesis")
+        if not teacher_lines:
+            raise InputFileError(teacher_hyp, f"teacher hypothesis is empty (0 lines) for {len(refs)} reference lines "
+                                              f"in {ref}: a hypothesis file has one line per segment")
         if len(teacher_lines) != len(refs) and resegment_mode == "never":
             raise InputFileError(teacher_hyp, f"{len(teacher_lines)} lines for {len(refs)} reference lines in {ref} "
                                               f"(use --resegment auto to align it to the reference segments)")

@@ -35,8 +35,8 @@ on the CPU.
 When the checkpoint is not one this module can lay out exactly (an architecture other than
 Qwen2-Audio in the transformers >= 5.10 layout, tensors transformers would drop or add, another
 quantization method), :class:`NotExact` says why; :func:`measure_streamed` then measures a real
-``torch.save`` (needs torch; one copy of the model in memory; the file is a pipe, nothing is written
-to disk).
+``torch.save`` (needs torch; one copy of the model in memory; the file is a pipe counted by a reader
+process, nothing is written to disk).
 """
 
 from __future__ import annotations
@@ -686,12 +686,8 @@ def measure_streamed(model_dir, *, device: str | None = None, version: str = "")
 
     Needs torch and transformers; holds one copy of the model (on ``device``: "cuda" when a GPU is
     there, else "cpu"). The file is a named pipe called ``tmpXXXXXXXX.pt`` (the organizers' archive
-    name length), read and counted by a thread: nothing is written to disk.
+    name length) counted by a reader process (:func:`torch_save_bytes`): nothing is written to disk.
     """
-    import os
-    import tempfile
-    import threading
-
     import torch
 
     from .families import family_for
@@ -700,30 +696,68 @@ def measure_streamed(model_dir, *, device: str | None = None, version: str = "")
     loader = family_for(model_dir).loader_class()  # Gemma 4: AutoModelForMultimodalLM, as the organizers load it
     model = loader.from_pretrained(str(model_dir), dtype="auto", device_map=device)
     model.eval()
-    counted = [0]
-    with tempfile.TemporaryDirectory(prefix="iwslt-mc-torchsave.") as tmp:
-        path = os.path.join(tmp, ORGANIZERS_ARCHIVE + ".pt")
-        os.mkfifo(path)
-
-        def reader():
-            with open(path, "rb") as f:
-                while chunk := f.read(1 << 20):
-                    counted[0] += len(chunk)
-
-        t = threading.Thread(target=reader, daemon=True)
-        t.start()
-        try:
-            torch.save(model.state_dict(), path)
-        finally:
-            if t.is_alive() and counted[0] == 0:
-                try:  # torch.save failed before opening the pipe: release the reader
-                    os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
-                except OSError:
-                    pass
-            t.join()
+    n = torch_save_bytes(model.state_dict())
     location = "cpu" if str(device).startswith("cpu") else f"cuda:{torch.device(device).index or 0}"
     sig = signature("streamed", location, version=version,
                     extra=f"|torch:{torch.__version__}|loaded:from_pretrained(dtype=auto,device_map={device})")
-    n = counted[0]
     return TorchSaveSize(bytes=n, bytes_cpu=n if location == "cpu" else -1, pickle_bytes=-1, storages=-1,
                          method="streamed", signature=sig)
+
+
+# The reader: a separate process, so torch.save (which may hold the GIL while it blocks on a full pipe)
+# never waits for a thread of its own process (the deadlock of a reader thread).
+_COUNTER = ("import os, sys\nfd = os.open(sys.argv[1], os.O_RDONLY)\nn = 0\n"
+            "while True:\n    b = os.read(fd, 1 << 20)\n    if not b:\n        break\n    n += len(b)\nprint(n)\n")
+
+
+def torch_save_bytes(obj, *, timeout: float = 60.0) -> int:
+    """The size of the file ``torch.save(obj, ".../tmpXXXXXXXX.pt")`` writes, counted without writing it.
+
+    The path is a named pipe read by a child process that only counts. Before torch.save opens it, this
+    process holds a write end of its own (opened once the reader is there, so neither side can block on
+    an absent peer); it is closed after torch.save, which gives the reader its end of file. A reader that
+    dies makes torch.save fail (broken pipe) instead of blocking; one that never opens the pipe within
+    ``timeout`` seconds is an error. (``torch.save`` to a file object would need no pipe, but names its
+    archive "archive" instead of the file's base name, which changes the byte count.)
+    """
+    import errno
+    import os
+    import subprocess
+    import sys
+    import tempfile
+    import time
+
+    import torch
+
+    with tempfile.TemporaryDirectory(prefix="iwslt-mc-torchsave.") as tmp:
+        path = os.path.join(tmp, ORGANIZERS_ARCHIVE + ".pt")
+        os.mkfifo(path)
+        reader = subprocess.Popen([sys.executable, "-I", "-S", "-c", _COUNTER, path], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+        guard = None
+        try:
+            deadline = time.monotonic() + timeout
+            while guard is None:
+                try:
+                    guard = os.open(path, os.O_WRONLY | os.O_NONBLOCK)  # ENXIO until the reader has it open
+                except OSError as e:
+                    if e.errno != errno.ENXIO:
+                        raise
+                    if reader.poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError(f"torch.save byte counter did not start: {reader.stderr.read().strip()}") from None
+                    time.sleep(0.002)
+            torch.save(obj, path)
+            os.close(guard)
+            guard = None
+            out, err = reader.communicate(timeout=timeout)
+            if reader.returncode != 0:
+                raise RuntimeError(f"torch.save byte counter failed: {err.strip()}")
+            return int(out)
+        finally:
+            if guard is not None:
+                os.close(guard)
+            if reader.poll() is None:
+                reader.kill()
+                reader.wait()
+            for f in (reader.stdout, reader.stderr):
+                f.close()

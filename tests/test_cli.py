@@ -3,6 +3,8 @@
 import subprocess
 import sys
 
+import pytest
+
 from iwslt_mc import cli
 
 
@@ -57,3 +59,24 @@ def test_interrupted_build_and_stage_name_the_command_that_continues(kit, tmp_pa
     assert cli.main(["stage", "quantize", "--in", str(kit / "model"), "--out", str(out)]) == 130
     assert capsys.readouterr().err.splitlines()[-1] == (
         f"iwslt-mc stage: interrupted; {tmp_path / 's.work'} keeps its checkpoints: rerun the same command to continue")
+
+
+def test_help_examples_continue_lines_with_a_visible_backslash(capsys):
+    """An example split over lines shows its backslash, and the next line is the indented rest of it (a single
+    backslash at a line end in the source joined the lines into one with a run of spaces)."""
+    import re
+
+    from iwslt_mc import cli as cli_mod
+
+    for name in cli_mod.COMMANDS:
+        with pytest.raises(SystemExit):
+            cli_mod.main([name.replace("_", "-"), "--help"])
+        text = capsys.readouterr().out
+        ex = text.split("examples:\n", 1)[1].splitlines() if "examples:\n" in text else []
+        for i, line in enumerate(ex):
+            assert not re.search(r"\S {5,}--", line), f"{name} --help: two lines joined: {line!r}"
+            if line.endswith("\\"):
+                assert i + 1 < len(ex) and ex[i + 1].startswith("      "), f"{name} --help: {line!r} continues nowhere"
+    with pytest.raises(SystemExit):
+        cli_mod.main(["decode", "--help"])
+    assert "--audio kit/data/testsets/KITCLIPS \\\n      --out-dir hyp/" in capsys.readouterr().out

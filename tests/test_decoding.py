@@ -322,3 +322,64 @@ def test_decode_does_not_overwrite_a_file_without_a_log(kit, tmp_path, eval_run,
     assert out.read_text() == "my notes\n" and not Path(str(out) + ".jsonl").exists()
     assert decode(kit, out, "--overwrite") == 0
     assert out.read_bytes() == eval_run.read_bytes()
+
+
+def test_a_truncated_wav_is_refused_not_decoded_as_a_short_clip(kit, tmp_path, capsys):
+    """A 5 s WAV cut to 0.1 s (interrupted copy): libsndfile reads what is there as 0.1 s of audio; its header
+    says 5 s. One line naming the file, before any decoding; --skip-bad makes it an empty line."""
+    from iwslt_mc.audio import load_audio
+    from iwslt_mc.errors import InputFileError
+
+    sf.write(str(tmp_path / "ok.wav"), np.zeros(16000, np.float32) + 0.01, 16000, subtype="PCM_16")
+    sf.write(str(tmp_path / "full.wav"), np.zeros(5 * 16000, np.float32) + 0.01, 16000, subtype="PCM_16")
+    (tmp_path / "cut.wav").write_bytes((tmp_path / "full.wav").read_bytes()[:44 + 3200])
+    assert sf.info(str(tmp_path / "cut.wav")).frames == 1600  # what soundfile alone says: 0.1 s
+    with pytest.raises(InputFileError, match=r"cut.wav: truncated: its header declares 5.00 s of audio, the file "
+                                             r"holds 0.10 s \(3,200 of 160,000 data bytes\)"):
+        load_audio(tmp_path / "cut.wav")
+    assert len(load_audio(tmp_path / "full.wav")) == 5 * 16000
+    lst = tmp_path / "list.txt"
+    lst.write_text("ok.wav\ncut.wav\n")
+    out = tmp_path / "hyp.de"
+    capsys.readouterr()
+    assert decode(kit, out, audio=lst) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "line 2: cut.wav: truncated: its header declares 5.00 s" in err[0], err
+    assert not out.exists() and not Path(str(out) + ".jsonl").exists()
+
+
+def test_a_second_decode_of_the_same_output_is_refused_while_the_first_runs(kit, tmp_path, eval_run, capsys):
+    """Two `decode --resume` on one output would append to one log at once: the second is refused in one line
+    while the first holds the output's lock (fcntl.flock), and nothing of the first run's files changes."""
+    out = tmp_path / "hyp.de"
+    log = Path(str(out) + ".jsonl")
+    shutil.copy(eval_run, out)
+    shutil.copy(str(eval_run) + ".jsonl", log)
+    before = (out.read_bytes(), log.read_bytes())
+    with decoding.output_lock(out):  # what a running decode holds (another open file description: a real conflict)
+        assert (tmp_path / ".hyp.de.lock").read_text() == str(os.getpid())
+        capsys.readouterr()
+        assert decode(kit, out, "--batch-size", "3", "--resume") == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == [f"iwslt-mc decode: error: {out}: another iwslt-mc decode (pid {os.getpid()}) is writing it now "
+                       "(lock .hyp.de.lock): wait for it to finish, or choose another --out"]
+        assert (out.read_bytes(), log.read_bytes()) == before
+    assert not (tmp_path / ".hyp.de.lock").exists()
+    # released: the resume runs (everything was done: the same file), and leaves no lock file
+    assert decode(kit, out, "--batch-size", "3", "--resume") == 0
+    assert out.read_bytes() == before[0] and not (tmp_path / ".hyp.de.lock").exists()
+
+
+def test_resume_accepts_a_log_of_the_older_partial_fingerprint(kit, tmp_path, eval_run):
+    from iwslt_mc.modelio import legacy_model_fingerprint
+
+    out = tmp_path / "hyp.de"
+    log = Path(str(out) + ".jsonl")
+    recs = [json.loads(x) for x in Path(str(eval_run) + ".jsonl").read_text().splitlines()]
+    recs[0]["model_fingerprint"] = legacy_model_fingerprint(kit / "model")
+    log.write_text("".join(json.dumps(r) + "\n" for r in recs[:4]))  # header + 3 segments: interrupted
+    assert decode(kit, out, "--batch-size", "3", "--resume") == 0
+    assert out.read_bytes() == eval_run.read_bytes()
+    recs[0]["model_fingerprint"] = "0123456789abcdef"
+    log.write_text("".join(json.dumps(r) + "\n" for r in recs[:4]))
+    assert decode(kit, out, "--batch-size", "3", "--resume") == 2

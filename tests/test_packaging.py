@@ -775,6 +775,48 @@ def test_datasets_are_named_never_paths_and_derived_data_is_constrained(tmp_path
     assert not any("constrained condition" in w for w in res.warnings)  # derived from ACL 60/60: allowed
 
 
+def _relative_records(tmp_path: Path, model: Path) -> None:
+    """Rewrite fake_build's records as an older iwslt-mc wrote them for a build run from tmp_path: relative paths."""
+    def rel(v):
+        return str(Path(v).relative_to(tmp_path)) if isinstance(v, str) and v.startswith(str(tmp_path)) else v
+
+    for f in (model / "provenance.json", tmp_path / "run" / "stages" / "02-distill" / "distill_data" / "provenance.json"):
+        prov = json.loads(f.read_text())
+        for rec in prov.get("stages", [prov]):
+            rec["data"] = [dict(d, path=rel(d["path"])) for d in rec.get("data", [])]
+        f.write_text(json.dumps(prov))
+    b = tmp_path / "run" / "build.json"
+    b.write_text(json.dumps({"data": {k: rel(v) for k, v in json.loads(b.read_text())["data"].items()}}))
+
+
+def test_relative_provenance_paths_read_the_same_from_any_directory(tmp_path, monkeypatch):
+    """Records of an older build hold paths relative to where it ran: package reads them relative to the model's
+    directories (and a record's cwd), so another working directory gives the same description, no false warning."""
+    data = tmp_path / "my" / "local" / "data"
+    data.mkdir(parents=True)
+    model = fake_build(tmp_path, data)
+    _relative_records(tmp_path, model)
+    assert json.loads((model / "provenance.json").read_text())["stages"][2]["data"][0]["path"] == \
+        "run/stages/02-distill/distill_data"
+    descs = []
+    for cwd in (tmp_path, tmp_path / "my", model):
+        monkeypatch.chdir(cwd)
+        res = pkg(model, tmp_path, out=tmp_path / f"subs-{len(descs)}")
+        descs.append(packaging.parse_description(res.description)["Datasets used"])
+        assert not any("constrained condition" in w for w in res.warnings), (cwd, res.warnings)
+    assert descs == ["ACL 60/60; ACL 60/60 translated by the fine-tuned teacher"] * 3
+
+
+def test_new_records_store_absolute_paths_and_their_cwd(tmp_path, monkeypatch):
+    (tmp_path / "my" / "data").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    rec = provenance.make_record("finetune", {}, data=[{"path": "my/data?split=train", "size": 3}, {"path": "my/nothing"},
+                                                       "ymoslem/acl-6060", "my/data"])
+    assert rec["data"] == [{"path": f"{tmp_path / 'my' / 'data'}?split=train", "size": 3}, {"path": "my/nothing"},
+                           "ymoslem/acl-6060", str(tmp_path / "my" / "data")]
+    assert rec["cwd"] == str(tmp_path)
+
+
 def test_real_outside_data_still_warns_under_constrained(tmp_path):
     data = tmp_path / "acl"
     data.mkdir()
@@ -798,3 +840,76 @@ def test_300_character_team_name_cli_one_line(model, tmp_path, capsys):
     assert rc == 2 and len(err) == 1
     assert err[0].startswith("iwslt-mc package: error: team name is 300 characters") and "at most 32" in err[0]
     assert "T" * 40 not in err[0] and not (tmp_path / "subs").exists()
+
+
+def test_a_tensor_changed_in_the_middle_refuses_the_old_hypotheses(kit_copy, tmp_path, capsys):
+    """The fingerprint covers every weight byte: 'package' refuses hypotheses decoded before a same-shape change in
+    the middle of the weight file (which the old first-and-last-MiB fingerprint missed) and 'check' reports it."""
+    from test_fingerprint import change_middle_tensor
+
+    from iwslt_mc.modelio import legacy_model_fingerprint, model_fingerprint
+
+    hyps = hyp_set(tmp_path, kit_copy)
+    res = packaging.package(kit_copy, team="KIT", lp="en-de", condition="constrained", submission_type="primary",
+                            hyps=hyps, out=tmp_path / "subs")
+    fp, legacy = model_fingerprint(kit_copy), legacy_model_fingerprint(kit_copy)
+    change_middle_tensor(kit_copy)
+    assert legacy_model_fingerprint(kit_copy) == legacy and model_fingerprint(kit_copy) != fp
+    probs = packaging.check([res.dir]).all_problems()
+    assert len(probs) == 1 and f"model changed after packaging (fingerprint {fp} then" in probs[0]
+    capsys.readouterr()
+    rc = cli.main(["package", str(kit_copy), "--team", "KIT", "--lang", "en-de", "--condition", "constrained",
+                   "--type", "primary", "--hyp-dir", str(tmp_path / "hyp"), "--out", str(tmp_path / "subs"), "--force"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "decoded by another model" in err[0] and f"fingerprint {fp}" in err[0], err
+    assert cli.main(["check", str(res.dir)]) == 1
+
+
+def test_logs_and_manifests_of_the_older_partial_fingerprint_still_match(kit_copy, tmp_path):
+    """Decode logs and manifests written before the full-content fingerprint record the old one: accepted with a
+    warning/note saying so, never reported as another model."""
+    from iwslt_mc.modelio import legacy_model_fingerprint
+
+    old = legacy_model_fingerprint(kit_copy)
+    hyps = hyp_set(tmp_path, kit_copy)
+    decode_log(hyps["acl"], kit_copy, 3, fingerprint=old)
+    res = packaging.package(kit_copy, team="KIT", lp="en-de", condition="constrained", submission_type="primary",
+                            hyps=hyps, out=tmp_path / "subs")
+    assert res.manifest["test_sets"]["acl"]["model_check"].startswith(f"older partial model fingerprint {old}")
+    assert any("written by an older iwslt-mc" in w and "acl.de" in w for w in res.warnings)
+    man = json.loads((res.dir / "manifest.json").read_text())
+    man["model_fingerprint"] = old
+    (res.dir / "manifest.json").write_text(json.dumps(man))
+    chk = packaging.check([res.dir])
+    assert chk.ok, chk.all_problems()
+    assert any(f"model fingerprint {old} recorded by an older iwslt-mc" in n for n in chk.submissions[0].notes)
+
+
+def test_force_replaces_only_a_submission_folder_or_an_empty_one(model, tmp_path, capsys):
+    """--force deletes the old folder's files: refused (one line, nothing deleted) for a folder that is not one
+    iwslt-mc packaged; allowed for an earlier submission and for an empty folder."""
+    res = pkg(model, tmp_path)
+    name = res.name
+    assert pkg(model, tmp_path, force=True).dir == res.dir  # an earlier submission: replaced
+    other = tmp_path / "o" / name
+    other.mkdir(parents=True)
+    (other / "thesis.tex").write_text("years of work\n")
+    with pytest.raises(UserError, match=rf"{other}: not a submission folder written by iwslt-mc package \(no valid "
+                                        r"manifest.json\); --force would delete its files"):
+        pkg(model, tmp_path, out=tmp_path / "o", force=True)
+    assert [p.name for p in other.iterdir()] == ["thesis.tex"]
+    capsys.readouterr()
+    rc = cli.main(["package", str(model), "--team", "KIT", "--lang", "en-de", "--condition", "constrained", "--type",
+                   "primary", "--edition", "2025", "--hyp", f"tst={tmp_path / 'h.de'}", "--allow-unlogged",
+                   "--out", str(tmp_path / "o"), "--force"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "not a submission folder written by iwslt-mc" in err[0]
+    assert (other / "thesis.tex").read_text() == "years of work\n"
+    (other / "thesis.tex").unlink()
+    assert pkg(model, tmp_path, out=tmp_path / "o", force=True).dir == other  # empty: fine
+    f = tmp_path / "f" / name
+    f.parent.mkdir()
+    f.write_text("a file")
+    with pytest.raises(UserError, match="exists and is not a folder"):
+        pkg(model, tmp_path, out=tmp_path / "f", force=True)
+    assert f.read_text() == "a file"

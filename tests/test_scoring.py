@@ -317,3 +317,37 @@ def test_tag_options_cli(tmp_path, capsys):
     assert rc == 2 and len(err) == 1 and "--tag-pattern" in err[0]
     with pytest.raises(SystemExit):
         cli.main(["score", "--hyp", str(hyp), "--ref", str(ref), "--lang", "en-de", "--keep-tags", "--tag-pattern", "x"])
+
+
+EN_SRC = [
+    "Today we talk about the compression of large language models.",
+    "The model has to fit in less than 500 MB.",
+    "We removed three layers and quantized the rest of it.",
+    "\"Does that work?\", she asked, and it was not clear to them.",
+    "Yes, but the translation is a little worse for you and for us.",
+]
+
+
+def test_zero_line_hypothesis_and_a_reference_of_another_language_are_one_line_errors(tmp_path, capsys):
+    ref_de, ref_zh = write(tmp_path / "ref.de", DE_REF), write(tmp_path / "ref.zh", ZH_REF)
+    hyp_de = write(tmp_path / "hyp.de", DE_HYP)
+    empty = tmp_path / "hyp0.de"
+    empty.write_bytes(b"")
+    err = _error(capsys, ["--hyp", str(empty), "--ref", str(ref_de), "--lang", "en-de"])
+    assert err == (f"iwslt-mc score: error: {empty}: hypothesis is empty (0 lines) for 5 reference lines in {ref_de}: "
+                   "did decoding fail? a hypothesis file has one line per segment")
+    err = _error(capsys, ["--hyp", str(hyp_de), "--ref", str(ref_de), "--teacher-hyp", str(empty), "--lang", "en-de"])
+    assert f"{empty}: teacher hypothesis is empty (0 lines)" in err
+    # the other pair's reference, the English source as reference
+    err = _error(capsys, ["--hyp", str(hyp_de), "--ref", str(ref_zh), "--lang", "en-de"])
+    assert err == (f"iwslt-mc score: error: {ref_zh}: reference reads as Chinese text, not German (--lang en-de): "
+                   "pass the German reference, or the right --lang")
+    err = _error(capsys, ["--hyp", str(hyp_de), "--ref", str(ref_de), "--lang", "en-zh"])
+    assert f"{ref_de}: reference reads as German text, not Chinese (--lang en-zh)" in err
+    src = write(tmp_path / "src.en", EN_SRC)
+    err = _error(capsys, ["--hyp", str(hyp_de), "--ref", str(src), "--lang", "en-de"])
+    assert f"{src}: reference reads as English text, not German (--lang en-de)" in err
+    # the right reference still scores; too little text to tell is never refused
+    assert cli.main(["score", "--hyp", str(hyp_de), "--ref", str(ref_de), "--lang", "en-de"]) == 0
+    assert scoring.text_language(["ok", "yes"]) is None
+    assert scoring.text_language(ZH_REF) == "zh" and scoring.text_language(DE_REF) == "de"

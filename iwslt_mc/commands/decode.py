@@ -6,7 +6,7 @@ from ..cli import add_command
 
 EXAMPLES = """
   iwslt-mc decode kit/model --lang en-de --audio kit/data?split=eval --out hyp.de --max-new-tokens 32
-  iwslt-mc decode kit/model --lang en-de --audio kit/data/testsets/KITTALKS --audio kit/data/testsets/KITCLIPS \
+  iwslt-mc decode kit/model --lang en-de --audio kit/data/testsets/KITTALKS --audio kit/data/testsets/KITCLIPS \\
       --out-dir hyp/                  # IWSLT test-set folders -> hyp/KITTALKS.de, hyp/KITCLIPS.de (+ .jsonl logs)
   iwslt-mc decode MODEL --lang en-zh --audio test/ACL6060 --audio test/TVSERIES --out-dir hyp/ --resume
   iwslt-mc decode MODEL --lang en-de --audio acl=data/acl6060?split=eval --out-dir hyp/   # NAME=SPEC: hyp/acl.de
