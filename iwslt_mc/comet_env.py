@@ -94,14 +94,16 @@ def locked() -> bool:
 
 
 def lock_digest() -> str | None:
-    """sha256 of the lock files in force (None: unlocked); a finished environment records it."""
+    """sha256 of the pins in force (the lock files without their comments; None: unlocked); a finished
+    environment records it."""
     if not locked():
         return None
     import hashlib
 
     h = hashlib.sha256()
     for p in (COMET_LOCK, TORCH_LOCK):
-        h.update(p.read_bytes() if p.is_file() else b"")
+        text = p.read_text(encoding="utf-8") if p.is_file() else ""
+        h.update("".join(f"{ln.strip()}\n" for ln in text.splitlines() if ln.strip() and not ln.startswith("#")).encode())
     return h.hexdigest()
 
 
