@@ -312,7 +312,7 @@ _SHORT_DTYPE = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 
 
 def _base_float(cfg) -> str:
-    dt = str(getattr(cfg, "dtype", None) or getattr(cfg, "torch_dtype", None) or "bfloat16").replace("torch.", "")
+    dt = str(getattr(cfg, "dtype", None) or "bfloat16").replace("torch.", "")
     return _SHORT_DTYPE.get(dt, "bf16")
 
 

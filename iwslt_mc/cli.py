@@ -42,7 +42,8 @@ EPILOG = """examples:
   iwslt-mc build recipe-b --lang en-de --base path/to/Qwen2-Audio-7B-Instruct
 
 run 'iwslt-mc COMMAND --help' for a command's options and examples.
-set IWSLT_MC_DEBUG=1 to see tracebacks."""
+set IWSLT_MC_DEBUG=1 to see tracebacks (and the libraries' info lines);
+IWSLT_MC_LIBRARY_LOG=warning|info|debug shows the libraries' lines from that level (default: errors only)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,8 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help()
         return 1
-    silence_library_noise()  # before any command imports bitsandbytes
     try:
+        silence_library_noise()  # before any command imports a library it quiets
         return int(args._run(args) or 0)
     except UserError as e:
         if os.environ.get("IWSLT_MC_DEBUG"):

@@ -13,8 +13,12 @@ Where the environment lives (first that applies):
 3. ``.venv-comet/`` in the source checkout, when iwslt-mc runs from one (next to ``.venv/``);
 4. ``$XDG_CACHE_HOME/iwslt-mc/comet-venv`` (default ``~/.cache/iwslt-mc/comet-venv``).
 
-A finished environment holds ``iwslt-mc-comet.json`` (requirements, versions, timings); a
-directory without it is an unfinished build and is rebuilt. Stdlib only at import time.
+Versions: the exact ones of ``lock/comet.txt`` (and ``lock/torch.txt`` when torch is installed here), as
+pip constraints, unless ``IWSLT_MC_UNLOCKED=1`` (see ``tools/refresh_lock.sh``).
+
+A finished environment holds ``iwslt-mc-comet.json`` (requirements, lock digest, versions, timings); a
+directory without it is an unfinished build and is rebuilt, and so is one made under another lock.
+Stdlib only at import time.
 """
 
 from __future__ import annotations
@@ -48,6 +52,12 @@ REQUIREMENTS = (
 )
 # The CPU build of torch lies on local disk on the project's machines (as in setup.sh).
 CPU_TORCH = "torch==2.13.0"
+# The lock (tools/refresh_lock.sh): the exact versions of the COMET environment the suite passed with, and
+# torch's (used when this environment installs torch itself). Installed as pip constraints unless
+# IWSLT_MC_UNLOCKED is set, or when iwslt-mc does not run from a checkout that has them.
+LOCK_DIR = Path(__file__).resolve().parent.parent / "lock"
+COMET_LOCK = LOCK_DIR / "comet.txt"
+TORCH_LOCK = LOCK_DIR / "torch.txt"
 CPU_TORCH_INDEX = "https://download.pytorch.org/whl/cpu"
 MARKER = "iwslt-mc-comet.json"
 BUILDING = ".iwslt-mc-comet-building"
@@ -78,11 +88,34 @@ def read_marker(env_dir: str | os.PathLike) -> dict | None:
         return None
 
 
+def locked() -> bool:
+    """Whether installs follow the lock (:data:`COMET_LOCK`): yes unless ``IWSLT_MC_UNLOCKED`` is set or there is none."""
+    return os.environ.get("IWSLT_MC_UNLOCKED", "0") in ("", "0") and COMET_LOCK.is_file()
+
+
+def lock_digest() -> str | None:
+    """sha256 of the pins in force (the lock files without their comments; None: unlocked); a finished
+    environment records it."""
+    if not locked():
+        return None
+    import hashlib
+
+    h = hashlib.sha256()
+    for p in (COMET_LOCK, TORCH_LOCK):
+        text = p.read_text(encoding="utf-8") if p.is_file() else ""
+        h.update("".join(f"{ln.strip()}\n" for ln in text.splitlines() if ln.strip() and not ln.startswith("#")).encode())
+    return h.hexdigest()
+
+
+def _constraints(path: Path) -> list[str]:
+    return ["-c", str(path)] if locked() and path.is_file() else []
+
+
 def is_ready(env_dir: str | os.PathLike) -> bool:
-    """True when ``env_dir`` is a finished COMET environment made with the current requirements."""
+    """True when ``env_dir`` is a finished COMET environment made with the current requirements and lock."""
     marker = read_marker(env_dir)
     return (marker is not None and marker.get("requirements") == list(REQUIREMENTS)
-            and env_python(env_dir).exists())
+            and marker.get("lock") == lock_digest() and env_python(env_dir).exists())
 
 
 def has_gpu() -> bool:
@@ -162,7 +195,8 @@ def create_env(env_dir: str | os.PathLike | None = None, *, python: str | None =
         env_dir.mkdir(parents=True)
         (env_dir / BUILDING).write_text("")
         venv_cmd = [base, "-m", "venv", *(["--system-site-packages"] if reuse_torch else []), str(env_dir)]
-        log(f"setup-comet: creating {env_dir} ({'reusing the base interpreter torch' if reuse_torch else 'own torch'})")
+        log(f"setup-comet: creating {env_dir} ({'reusing the base interpreter torch' if reuse_torch else 'own torch'}; "
+            f"{f'locked: {COMET_LOCK}' if locked() else 'unlocked'})")
         r = subprocess.run(venv_cmd, capture_output=True, text=True)
         if r.returncode != 0:
             raise UserError(f"{env_dir}: python -m venv failed: {r.stderr.strip().splitlines()[-1:]}")
@@ -172,19 +206,20 @@ def create_env(env_dir: str | os.PathLike | None = None, *, python: str | None =
         t = time.time()
         if not _imports(str(py), "torch"):
             req = torch_requirement or os.environ.get("IWSLT_MC_TORCH")
+            locked_torch = _locked_torch()
             if req:
                 _pip(py, req, log=log)
             elif has_gpu():
-                _pip(py, "torch", log=log)
+                _pip(py, locked_torch or "torch", *_constraints(TORCH_LOCK), log=log)
             else:
                 try:
-                    _pip(py, CPU_TORCH, log=log)
+                    _pip(py, locked_torch or CPU_TORCH, *_constraints(TORCH_LOCK), log=log)
                 except UserError:
-                    _pip(py, "torch", "--index-url", CPU_TORCH_INDEX, log=log)
+                    _pip(py, locked_torch or "torch", *_constraints(TORCH_LOCK), "--index-url", CPU_TORCH_INDEX, log=log)
         timings["torch"] = round(time.time() - t, 1)
 
         t = time.time()
-        _pip(py, *REQUIREMENTS, log=log)
+        _pip(py, *REQUIREMENTS, *_constraints(COMET_LOCK), log=log)
         timings["comet"] = round(time.time() - t, 1)
 
         probe = ("import json, comet, torch, transformers, numpy, pytorch_lightning as pl; "
@@ -198,6 +233,7 @@ def create_env(env_dir: str | os.PathLike | None = None, *, python: str | None =
         timings["total"] = round(time.time() - t0, 1)
         rec = {
             "requirements": list(REQUIREMENTS),
+            "lock": lock_digest(),
             "versions": json.loads(r.stdout.strip().splitlines()[-1]),
             "base_python": base,
             "system_site_packages": reuse_torch,
@@ -212,6 +248,16 @@ def create_env(env_dir: str | os.PathLike | None = None, *, python: str | None =
         log(f"setup-comet: ready in {timings['total']:.0f} s (comet {rec['versions']['comet']}, "
             f"torch {rec['versions']['torch']}, transformers {rec['versions']['transformers']})")
         return rec
+
+
+def _locked_torch() -> str | None:
+    """The ``torch==X`` line of :data:`TORCH_LOCK` when locked, else None."""
+    if not (locked() and TORCH_LOCK.is_file()):
+        return None
+    for line in TORCH_LOCK.read_text(encoding="utf-8").splitlines():
+        if line.startswith("torch=="):
+            return line.strip()
+    return None
 
 
 def require_env(env_dir: str | os.PathLike | None = None) -> Path:

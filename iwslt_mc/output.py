@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import sys
+import warnings
 
 
 def print_json(obj) -> None:
@@ -34,34 +36,69 @@ def warn(msg: str) -> None:
     print(f"warning: {msg}", file=sys.stderr, flush=True)
 
 
-# Library log lines that bury our messages, by logger: (logger name, start of the message). Only these
-# exact lines are dropped; every other warning or error of those libraries still shows.
-LIBRARY_NOISE = (
-    # bitsandbytes, at import on AVX512-BF16 CPUs: an optional faster kernel it would fetch from the
-    # hub (offline here); the built-in kernel is used instead
-    ("bitsandbytes.backends.cpu.ops", "Failed to load CPU gemm_4bit_forward from kernels-community"),
-    # bitsandbytes int8: logged on every forward of every Linear8bitLt (hundreds per decoded segment)
-    ("bitsandbytes.autograd._functions", "MatMul8bitLt: inputs will be cast from"),
-    # transformers, when merge/finetune dequantize a 4-bit base on purpose (the dtype is chosen there)
-    ("transformers.integrations.bitsandbytes", "The modules are dequantized in"),
-)
+# The libraries whose log records and Python warnings go through :func:`silence_library_noise`: their
+# informational lines and warnings (a kernel hint, a deprecation inside the library, a trust-check note
+# that a new release adds) would bury our own messages, and they change with every release. Their
+# errors still show.
+LIBRARIES = ("transformers", "bitsandbytes", "kernels", "peft", "accelerate", "compressed_tensors", "huggingface_hub")
+# The switch: a level name (debug, info, warning, error); IWSLT_MC_DEBUG=1 alone means info.
+LIBRARY_LOG_ENV = "IWSLT_MC_LIBRARY_LOG"
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR,
+           "critical": logging.CRITICAL}
 
 
-class _DropLines(logging.Filter):
-    def __init__(self, prefix: str):
-        super().__init__()
-        self.prefix = prefix
+def library_log_level() -> int:
+    """The level from which the :data:`LIBRARIES`' records show: ``$IWSLT_MC_LIBRARY_LOG``, else info with
+    ``IWSLT_MC_DEBUG``, else error. An unknown name is an error naming the variable."""
+    from .errors import UserError
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith(self.prefix)
+    name = os.environ.get(LIBRARY_LOG_ENV, "").strip().lower()
+    if not name:
+        return logging.INFO if os.environ.get("IWSLT_MC_DEBUG") else logging.ERROR
+    if name not in _LEVELS:
+        raise UserError(f"{LIBRARY_LOG_ENV}={name!r}: not a level (use one of {', '.join(_LEVELS)})")
+    return _LEVELS[name]
+
+
+def _library_of(filename: str) -> str | None:
+    """The :data:`LIBRARIES` package a source file belongs to (it is imported, as it warned), or None."""
+    for name in LIBRARIES:
+        path = getattr(sys.modules.get(name), "__file__", None)
+        if path and filename.startswith(os.path.dirname(path) + os.sep):
+            return name
+    return None
+
+
+_shown_by_python = warnings.showwarning
+
+
+def _showwarning(message, category, filename, lineno, file=None, line=None):
+    lib = _library_of(str(filename))
+    if lib is None:  # ours, or another library's: as Python shows it
+        return _shown_by_python(message, category, filename, lineno, file, line)
+    logging.getLogger(lib).warning("%s:%s: %s: %s", filename, lineno, category.__name__, message)
 
 
 def silence_library_noise() -> None:
-    """Drop the known noise lines of :data:`LIBRARY_NOISE` (stdlib only: call it before the library is imported)."""
-    for name, prefix in LIBRARY_NOISE:
-        lg = logging.getLogger(name)
-        if not any(isinstance(f, _DropLines) and f.prefix == prefix for f in lg.filters):
-            lg.addFilter(_DropLines(prefix))
+    """Route the :data:`LIBRARIES`' logging and Python warnings through one level (stdlib only: call it
+    before the libraries are imported; again after is harmless).
+
+    Their loggers get :func:`library_log_level` (error unless the switch says otherwise), transformers
+    through its own ``TRANSFORMERS_VERBOSITY`` as well (it resets its logger's level when imported), and a
+    ``warnings.warn`` raised in their source files becomes a warning record of their logger, so it obeys
+    the same level. Errors always show; so do warnings raised in our own code or in any other package.
+    """
+    global _shown_by_python
+    level = library_log_level()
+    for name in LIBRARIES:
+        logging.getLogger(name).setLevel(level)
+    os.environ["TRANSFORMERS_VERBOSITY"] = logging.getLevelName(level).lower()
+    tf_logging = sys.modules.get("transformers.utils.logging")
+    if tf_logging is not None:
+        tf_logging.set_verbosity(level)
+    if warnings.showwarning is not _showwarning:
+        _shown_by_python = warnings.showwarning
+        warnings.showwarning = _showwarning
 
 
 @contextlib.contextmanager

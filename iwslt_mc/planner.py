@@ -1095,7 +1095,7 @@ def build_plan(spec: Spec, base_config=None, *, match_recipe: bool = True) -> Bu
 
 
 def _config_float(cfg) -> str:
-    dt = str(getattr(cfg, "dtype", None) or getattr(cfg, "torch_dtype", None) or "bfloat16").replace("torch.", "")
+    dt = str(getattr(cfg, "dtype", None) or "bfloat16").replace("torch.", "")
     return {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}.get(dt, "bf16")
 
 
@@ -1297,7 +1297,7 @@ def _search_hidden(b, base_config, edition, *, vocab=None, audio_layers=None, li
     if precision and not is_quant_precision(precision):
         return {}
     base = base_dims(base_config)
-    stored = str(getattr(base_config, "dtype", None) or getattr(base_config, "torch_dtype", None) or "bfloat16")
+    stored = str(getattr(base_config, "dtype", None) or "bfloat16")
     fdt = {"float16": "fp16", "float32": "fp32"}.get(stored.replace("torch.", ""), "bf16")  # as saved: the base's dtype
     found = {}
     vocabs = [vocab] if vocab else _grid(base["vocab"], (32768, 16384))

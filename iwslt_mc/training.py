@@ -424,8 +424,7 @@ def train(model, processor, examples: Sequence[Example], lang: str, settings: Tr
         optim="adamw_torch",
     )
     dataset = SpeechTranslationDataset(examples, processor, lang)
-    if getattr(model, "config", None) is not None:
-        model.config.use_cache = False
+    cache_was = _cache_off(model)
     if settings.gradient_checkpointing and hasattr(model, "enable_input_require_grads"):
         model.enable_input_require_grads()  # frozen embeddings (LoRA) would cut the checkpointed graph
     trainer = _trainer_class()(model=model, args=args, train_dataset=dataset,
@@ -452,12 +451,35 @@ def train(model, processor, examples: Sequence[Example], lang: str, settings: Tr
 
         atomic_write_json(work_dir / HISTORY_NAME, {"lang": lang, "examples": len(examples),
                                                     "world_size": args.world_size, "history": history})
-    if getattr(model, "config", None) is not None:
-        model.config.use_cache = True
+    _cache_restore(cache_was)
     return TrainResult(
         steps=trainer.state.global_step, epochs=float(trainer.state.epoch or 0.0), history=history,
         first_loss=history[0]["loss"] if history else None, final_loss=history[-1]["loss"] if history else None,
         seconds=round(time.time() - started, 3), resumed_from=ckpt, world_size=args.world_size, trainer=trainer)
+
+
+def _cache_off(model) -> list:
+    """``use_cache`` off while training (no generation; with activation checkpointing transformers would
+    turn it off itself, with a warning), on the model's config and on its text config, which the language
+    model reads (a multimodal config such as Qwen2-Audio's has no ``use_cache`` of its own). Returns what
+    :func:`_cache_restore` puts back."""
+    cfg = getattr(model, "config", None)
+    if cfg is None:
+        return []
+    configs = [cfg]
+    text = cfg.get_text_config(decoder=True) if hasattr(cfg, "get_text_config") else cfg
+    if text is not cfg:
+        configs.append(text)
+    was = [(c, getattr(c, "use_cache", None)) for c in configs]
+    for c in configs:
+        c.use_cache = False
+    return was
+
+
+def _cache_restore(was: list) -> None:
+    """After training: the model config's ``use_cache`` on (as saved for decoding), the text config's as before."""
+    for i, (c, value) in enumerate(was):
+        c.use_cache = True if i == 0 else value
 
 
 def steps_per_epoch(n_examples: int, settings: TrainSettings, world: int = 1) -> int:

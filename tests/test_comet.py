@@ -89,6 +89,19 @@ def test_environment_has_the_pins(comet_env_dir):
     assert comet_env.create_env(comet_env_dir)["status"] == "present"
 
 
+def test_environment_holds_the_locked_versions(comet_env_dir):
+    """setup-comet installs lock/comet.txt's versions (unless IWSLT_MC_UNLOCKED), and records under which lock."""
+    marker = comet_env.read_marker(comet_env_dir)
+    assert marker["lock"] == comet_env.lock_digest()
+    if not comet_env.locked():
+        pytest.skip("IWSLT_MC_UNLOCKED: the COMET environment is not locked")
+    pins = dict(line.split("==") for line in comet_env.COMET_LOCK.read_text(encoding="utf-8").splitlines()
+                if line and not line.startswith("#"))
+    v = marker["versions"]
+    assert (v["comet"], v["transformers"], v["numpy"], v["pytorch_lightning"]) == (
+        pins["unbabel-comet"], pins["transformers"], pins["numpy"], pins["pytorch-lightning"])
+
+
 def test_setup_comet_command_reuses_environment(comet_env_dir, capsys):
     assert cli.main(["setup-comet", "--env", str(comet_env_dir), "--json"]) == 0
     rec = json.loads(capsys.readouterr().out)

@@ -345,7 +345,7 @@ def test_cli_lists_the_new_stages_and_refuses_a_bad_temperature(tmp_path):
     r = subprocess.run([sys.executable, "-m", "iwslt_mc", "stage", "kd", "--in", str(TEACHER), "--out", str(tmp_path / "o"),
                         "--data", str(DATA), "--set", "teacher=" + str(TEACHER), "--set", "temperature=0"],
                        capture_output=True, text=True, env=env)
-    # bitsandbytes' own start-up warning on this CPU (no 'kernels' package) is not ours
-    lines = [x for x in r.stderr.strip().splitlines() if not x.startswith("Failed to load CPU gemm_4bit")]
+    # the libraries' warnings (bitsandbytes' kernel hint on AVX512-BF16 CPUs, kernels' trust-check note) stay out
+    lines = r.stderr.strip().splitlines()
     assert r.returncode != 0 and len(lines) == 1 and "'temperature' must be > 0" in lines[0], r.stderr
     assert not (tmp_path / "o").exists()

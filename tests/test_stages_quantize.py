@@ -298,6 +298,58 @@ def test_cli_quantize_and_decode_print_only_our_lines(kit, tmp_path, few_wavs, m
     assert len((tmp_path / "hyp.de").read_text(encoding="utf-8").splitlines()) == 3
 
 
+# Run as `python -c DRIVER ARGV...`: the CLI, with every model load followed by lines a library release
+# could add (an INFO, a WARNING and a FutureWarning raised in the kernels package, none known to us) and
+# one real ERROR, so the test does not depend on what the installed versions happen to print.
+NEW_LIBRARY_LINES_DRIVER = """
+import logging, os, sys, warnings
+import iwslt_mc.modelio as modelio
+loaded = modelio.load_model
+def load_and_log(*a, **k):
+    model = loaded(*a, **k)
+    import kernels
+    where = os.path.join(os.path.dirname(kernels.__file__), "_new_module.py")
+    logging.getLogger("kernels._internals.hf_hub").info("kernels INFO: a line this release added")
+    logging.getLogger("kernels._internals.hf_hub").warning("kernels WARNING: a notice this release added")
+    warnings.warn_explicit("kernels FutureWarning: this will change", FutureWarning, where, 1)
+    logging.getLogger("kernels._internals.hf_hub").error("kernels ERROR: a real failure")
+    return model
+modelio.load_model = load_and_log
+from iwslt_mc.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("library_log", [None, "warning"])
+def test_new_library_lines_stay_out_of_a_quantize_and_decode_but_errors_show(kit, tmp_path, few_wavs, library_log):
+    """A line a new library release adds (logging or a Python warning, any wording) does not reach the output of
+    ``stage quantize`` or ``decode``; an ERROR of the same logger does. ``IWSLT_MC_LIBRARY_LOG=warning`` shows them."""
+    pytest.importorskip("kernels")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    env.pop("IWSLT_MC_DEBUG", None)
+    env.pop("IWSLT_MC_LIBRARY_LOG", None)
+    if library_log:
+        env["IWSLT_MC_LIBRARY_LOG"] = library_log
+    q = tmp_path / "int8"
+    runs = [["stage", "quantize", "--in", str(kit / "model"), "--out", str(q), "--set", "method=int8"],
+            ["decode", str(q), "--lang", "en-de", "--audio", str(few_wavs[0]), "--out", str(tmp_path / "hyp.de"),
+             "--max-new-tokens", "2", "--no-progress"]]
+    for argv in runs:
+        r = subprocess.run([sys.executable, "-c", NEW_LIBRARY_LINES_DRIVER, *argv], capture_output=True, text=True,
+                           env=env, timeout=300)
+        assert r.returncode == 0, r.stderr[-2000:]
+        lines = (r.stdout + r.stderr).splitlines()
+        assert [ln for ln in lines if "kernels ERROR: a real failure" in ln] == ["kernels ERROR: a real failure"]
+        added = [ln for ln in lines if "this release added" in ln or "this will change" in ln]
+        if library_log is None:
+            assert added == [], "\n".join(added)
+        else:  # the INFO stays below the chosen level
+            assert len(added) == 2, added
+            assert added[0] == "kernels WARNING: a notice this release added"
+            assert added[1].endswith("_new_module.py:1: FutureWarning: kernels FutureWarning: this will change")
+    assert len((tmp_path / "hyp.de").read_text(encoding="utf-8").splitlines()) == 3
+
+
 def test_real_errors_of_the_silenced_loggers_still_show(caplog):
     from iwslt_mc.output import silence_library_noise
 

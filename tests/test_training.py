@@ -390,3 +390,29 @@ def test_checkpoints_of_another_training_run_are_refused_not_resumed(kit, tmp_pa
         training.train(model, proc, exs[:3] + exs[:1], "en-de", settings(), work_dir=work)
     r = training.train(model, proc, exs, "en-de", settings(logging_steps=5), work_dir=work)
     assert r.resumed_from
+
+
+def test_checkpointed_training_turns_the_text_configs_cache_off_and_back(kit, kit_processor, tmp_path):
+    """With activation checkpointing, ``use_cache`` is off on the config the language model reads (Qwen2-Audio's
+    text config; the top config has none), so transformers has nothing to switch off (and warn about); after
+    training both are as before (the text config's True again, for decoding)."""
+    from transformers import TrainerCallback
+
+    from iwslt_mc.modelio import load_model
+
+    model = load_model(kit / "model", dtype="fp32")
+    text = model.config.get_text_config(decoder=True)
+    assert text is not model.config and text.use_cache is True
+    seen = []
+
+    class Record(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kw):
+            seen.append((text.use_cache, model.config.use_cache, model.is_activation_checkpointing))
+
+    exs = data.load_examples(kit / "data", "test")[:2]
+    settings = training.TrainSettings(max_steps=2, batch_size=1, gradient_checkpointing=True, progress=False,
+                                      device="cpu", save_steps=100)
+    r = training.train(model, kit_processor, exs, "en-de", settings, work_dir=tmp_path / "w", callbacks=[Record()])
+    assert r.steps == 2
+    assert seen == [(False, False, True)] * 2
+    assert (text.use_cache, model.config.use_cache) == (True, True)
