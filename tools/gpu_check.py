@@ -200,6 +200,9 @@ class Report:
             self.result = "FAIL (" + "; ".join(
                 ([f"not run: {', '.join(missing)}"] if missing else []) + ([f"failed: {', '.join(failed)}"] if failed else [])) + ")"
         self.write()
+        print(self.text().split("\n## ")[0], flush=True)  # the table and result (figures: in the files)
+        if self.path:
+            print(f"gpu_check: report {self.path} (+ {self.path.with_suffix('.json').name})", flush=True)
         return ok
 
 
