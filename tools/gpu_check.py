@@ -293,7 +293,9 @@ def _run(parts: list[str], a, report: Report, cuda: bool) -> bool:
         free = shutil.disk_usage(work).free
         report.meta["free disk at start GiB"] = f"{free / 2**30:.1f}"
     report.write()
-    run = Run(work=work, device=a.device, log=work / "steps.log")
+    # the steps' output next to the report (it comes back from the device even when the call is killed)
+    log = report.path.with_name(report.path.stem + "_steps.log") if report.path else work / "steps.log"
+    run = Run(work=work, device=a.device, log=log)
     run.steps = _LiveSteps(report)
     ctx = _Ctx(run=run, work=work, base=base, a=a, cuda=cuda, report=report)
     try:
@@ -311,8 +313,6 @@ def _run(parts: list[str], a, report: Report, cuda: bool) -> bool:
         if a.work is None or not a.keep:
             shutil.rmtree(base, ignore_errors=True)
         if a.work is None:
-            if report.path:  # the steps' log next to the report
-                shutil.copy(run.log, report.path.with_name(report.path.stem + "_steps.log")) if run.log.exists() else None
             shutil.rmtree(work, ignore_errors=True)
     return report.finish(parts)
 
