@@ -199,6 +199,10 @@ class Report:
             failed = [f"{p}: {s.name}" for p, s in self.rows if not s.ok]
             self.result = "FAIL (" + "; ".join(
                 ([f"not run: {', '.join(missing)}"] if missing else []) + ([f"failed: {', '.join(failed)}"] if failed else [])) + ")"
+        sized = [s for _, s in self.rows if s.predicted is not None and s.measured is not None]
+        if sized:
+            self.meta["planner vs measured"] = (f"{sum(s.predicted == s.measured for s in sized)} of {len(sized)} rows "
+                                                "exact (a difference is a finding, not a failure)")
         self.write()
         print(self.text().split("\n## ")[0], flush=True)  # the table and result (figures: in the files)
         if self.path:
@@ -269,7 +273,10 @@ def _run(parts: list[str], a, report: Report, cuda: bool) -> bool:
     base = work / "base"
     base_ready = (base / ".complete").exists()
     est = estimates(parts, base_ready=base_ready)
+    import transformers
+
     report.meta.update(device=torch.cuda.get_device_name(0) if cuda else "cpu", torch=torch.__version__,
+                       transformers=transformers.__version__,
                        model="reduced (hidden 256, FFN 768, 4+2 layers, real vocabulary)" if a.reduced
                        else "Qwen2-Audio-7B-Instruct architecture, random bf16 weights",
                        **{"H200 estimate s": ", ".join(f"{p} {s}" for p, s in est.items()) + f" (total {sum(est.values())})"})
