@@ -397,6 +397,7 @@ def write_kit_parquet(out: Path) -> None:
 def part_decode(c: _Ctx) -> None:
     segs = c.a.segments or (32 if not c.a.reduced else 4)
     js = c.work / "bench_decode.json"
+    js.unlink(missing_ok=True)  # a --work folder reused from an earlier call must not lend its figures
     cmd = ["tools/bench_decode.py", "--arch", "full", "--device", c.a.device, "--segments", str(segs),
            "--baseline-segments", str(min(8, segs)), "--json", str(js)]
     cmd += ["--reduced", "--max-new-tokens", "8", "--repeats", "1"] if c.a.reduced else ["--max-new-tokens", "64"]
@@ -431,7 +432,7 @@ def part_quantize(c: _Ctx) -> None:
             hyp = c.work / f"hyp-{method}.de"
             d = c.run.cli(f"reload {method} + decode fast (eval utterances, 32 tokens)",
                           ["decode", str(out), "--lang", "en-de", "--audio", f"{data}?split=eval", "--out", str(hyp),
-                           "--max-new-tokens", "32", *c.dev])
+                           "--max-new-tokens", "32", "--overwrite", *c.dev])  # --overwrite: a reused --work
             if d.ok:
                 lines = hyp.read_text(encoding="utf-8").splitlines() if hyp.exists() else []
                 d.note = f"{len(lines)} lines"
@@ -453,6 +454,7 @@ def _torchsave(c: _Ctx, model: Path, name: str, *, precision: str) -> Step:
     pred = predict(Spec(precision=precision), load_base_config(c.base)).torch_save
     expected = None if pred is None else (pred.bytes if c.cuda else pred.bytes_cpu)
     js = c.work / "torchsave.json"
+    js.unlink(missing_ok=True)
     st = _child(c, name, ["tools/gpu_check.py", "--child-torchsave", str(model), str(js), c.a.device])
     st.predicted = expected
     if st.ok:

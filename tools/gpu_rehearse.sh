@@ -4,8 +4,10 @@
 # (pip install --no-index --no-deps --target, PYTHONPATH), then every part of tools/gpu_check.py on the CPU
 # with the reduced model. Wheels: this machine's Python (cp311 here; the device's is cp312) at the versions of
 # tools/gpu_wheels.txt, from tools/gpu_prepare.sh --cpu.
-#   tools/gpu_rehearse.sh [REPORT.md]     (default /tmp/gpu-rehearsal/gpu_check.md); exit status: the check's
-# Environment: GC_VENV (default /tmp/gpu-rehearsal/venv, made once and reused), GC_ONLY (default all).
+#   tools/gpu_rehearse.sh [REPORT.md]   the README's three device calls in turn (decode,torchsave --keep;
+#                                       quantize on the same work folder; train,search), reports REPORT_1/2/3.md
+#                                       (default /tmp/gpu-rehearsal/gpu_check_N.md); exit 0 only if all three PASS
+# Environment: GC_VENV (default /tmp/gpu-rehearsal/venv, made once and reused), GC_ONLY (one call of those parts).
 set -euo pipefail
 SRC=$(cd "$(dirname "$0")/.." && pwd)
 TOP=/tmp/gpu-rehearsal
@@ -32,7 +34,7 @@ print("gpu_rehearse: the clean environment lacks " + ", ".join(missing_there))
 PY
 )
 CLONE=$TOP/clone
-rm -rf "$CLONE" "$TOP/site"
+rm -rf "$CLONE" "$TOP/site" "$TOP/work"
 git clone -q "$SRC" "$CLONE"
 mkdir -p "$CLONE/.whl"
 cp "$SRC"/.whl-cpu/*.whl "$CLONE/.whl/"
@@ -41,4 +43,16 @@ echo "gpu_rehearse: clone of $(git rev-parse --short HEAD) in $CLONE, venv $VENV
 # --- the device command's own lines, with python3 -> the clean venv's python and --device cpu --reduced ---
 "$VENV/bin/python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$TOP/site" .whl/*.whl
 export PYTHONPATH=$TOP/site:$CLONE PYTHONUNBUFFERED=1
-"$VENV/bin/python" tools/gpu_check.py --device cpu --reduced --only "${GC_ONLY:-all}" --work "$TOP/work" --report "$REPORT"
+GC=("$VENV/bin/python" tools/gpu_check.py --device cpu --reduced --work "$TOP/work")
+if [ -n "${GC_ONLY:-}" ]; then
+  "${GC[@]}" --only "$GC_ONLY" --report "$REPORT"
+  exit
+fi
+# the README's three device calls, in order, on one work folder (call 2 reuses call 1's base and folder)
+R=${REPORT%.md}
+rc=0
+"${GC[@]}" --only decode,torchsave --keep --report "${R}_1.md" || rc=1
+"${GC[@]}" --only quantize --report "${R}_2.md" || rc=1
+"${GC[@]}" --only train,search --report "${R}_3.md" || rc=1
+echo "gpu_rehearse: $([ $rc = 0 ] && echo PASS || echo FAIL): ${R}_1.md ${R}_2.md ${R}_3.md"
+exit $rc
