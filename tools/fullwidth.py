@@ -28,6 +28,10 @@ REAL_AUDIO = dict(num_mel_bins=128, encoder_layers=32, encoder_attention_heads=2
 REAL_TEXT = dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32,
                  intermediate_size=11008, vocab_size=156032, rope_theta=10000.0, rms_norm_eps=1e-5,
                  max_position_embeddings=8192, tie_word_embeddings=False)
+# tools/gpu_check.py --reduced (its CPU rehearsal): real vocabulary, small widths that keep bitsandbytes' CPU
+# path (input width % 64, output width % 32) and compressed-tensors' groups of 128 valid
+REDUCED_TEXT_WIDTHS = dict(hidden_size=256, num_attention_heads=4, num_key_value_heads=4, intermediate_size=768)
+REDUCED_AUDIO_WIDTHS = dict(d_model=128, encoder_attention_heads=4, encoder_ffn_dim=512)
 
 # The child wrapper: runs the CLI in-process and reports peak GPU memory to a JSON file.
 _CHILD = r"""
@@ -112,10 +116,14 @@ class Run:
             st.note = st.note or "failed"
         return st
 
-    def build(self, out: Path, *, llm_layers: int, audio_layers: int, predicted_from_base: bool = True) -> Step:
-        """build_fullwidth in a child process (its memory is then measured like every other step's)."""
-        st = self.cli(f"build random bf16 model ({llm_layers} LLM + {audio_layers} audio layers, real tokenizer)",
-                      [], model_out=out, script=["build", str(out), str(llm_layers), str(audio_layers)])
+    def build(self, out: Path, *, llm_layers: int, audio_layers: int, predicted_from_base: bool = True,
+              widths: str = "real") -> Step:
+        """build_fullwidth in a child process (its memory is then measured like every other step's).
+        ``widths="reduced"``: tools/gpu_check.py's small widths (its CPU rehearsal)."""
+        st = self.cli(f"build random bf16 model ({llm_layers} LLM + {audio_layers} audio layers, "
+                      f"{'reduced widths, ' if widths == 'reduced' else ''}real tokenizer)",
+                      [], model_out=out, script=["build", str(out), str(llm_layers), str(audio_layers),
+                                                 *([widths] if widths != "real" else [])])
         if st.ok and predicted_from_base:
             st.predicted = predict(out)
         return st
@@ -151,7 +159,8 @@ def _watch_peak_rss(proc) -> int:
     return peak
 
 
-def build_fullwidth(out: Path, *, llm_layers: int, audio_layers: int, device: str = "cpu", seed: int = 0) -> Step:
+def build_fullwidth(out: Path, *, llm_layers: int, audio_layers: int, device: str = "cpu", seed: int = 0,
+                    text_widths: dict | None = None, audio_widths: dict | None = None) -> Step:
     """A random bf16 Qwen2-Audio at the real widths and vocabulary with the given depth, saved to ``out``
     with the real tokenizer and the kit's processor settings. Built on the meta device and filled in
     place (one copy in memory)."""
@@ -167,11 +176,11 @@ def build_fullwidth(out: Path, *, llm_layers: int, audio_layers: int, device: st
     t0 = time.time()
     processor = build_processor("real")
     ids = SPECIAL_TOKEN_IDS
-    text = dict(REAL_TEXT, num_hidden_layers=llm_layers)
+    text = dict(REAL_TEXT, **(text_widths or {}), num_hidden_layers=llm_layers)
     rope = text.pop("rope_theta")
     text.update(model_type="qwen2", bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
                 pad_token_id=ids["<|endoftext|>"], rope_parameters={"rope_type": "default", "rope_theta": rope})
-    config = Qwen2AudioConfig(audio_config=dict(REAL_AUDIO, encoder_layers=audio_layers, model_type="qwen2_audio_encoder"),
+    config = Qwen2AudioConfig(audio_config=dict(REAL_AUDIO, **(audio_widths or {}), encoder_layers=audio_layers, model_type="qwen2_audio_encoder"),
                               text_config=text, audio_token_index=ids["<|AUDIO|>"], dtype="bfloat16")
     with torch.device("meta"):
         model = Qwen2AudioForConditionalGeneration(config)
@@ -210,5 +219,8 @@ def write_report(run: Run, out_md: Path | None, title: str, meta: dict) -> None:
 
 if __name__ == "__main__":  # the build step, run in its own process by Run.build
     if sys.argv[1:2] == ["build"]:
-        _, _, out, llm, audio = sys.argv
-        build_fullwidth(Path(out), llm_layers=int(llm), audio_layers=int(audio))
+        _, _, out, llm, audio, *widths = sys.argv
+        kw = {}
+        if widths == ["reduced"]:
+            kw = dict(text_widths=REDUCED_TEXT_WIDTHS, audio_widths=REDUCED_AUDIO_WIDTHS)
+        build_fullwidth(Path(out), llm_layers=int(llm), audio_layers=int(audio), **kw)
