@@ -158,7 +158,7 @@ def check_build_dir(out: Path, *, resume: bool) -> dict:
 
 def build(recipe: Recipe, *, lang: str, base: str, data: dict[str, str], condition: str, out: Path,
           resume: bool = False, smoke: bool = False, seed: int = 0, device: str | None = None,
-          edition: str = "2025", log=print) -> BuildResult:
+          edition: str | None = None, log=print) -> BuildResult:
     from .distributed import world_size
     from .modelio import check_model_dir, is_local
     from .prompting import check_lang
@@ -167,6 +167,9 @@ def build(recipe: Recipe, *, lang: str, base: str, data: dict[str, str], conditi
         raise UserError("build runs as one process: under accelerate launch/torchrun every process would run the "
                         "whole recipe. Run the training stages with `accelerate launch -m iwslt_mc stage finetune ...` "
                         "(see README, Several GPUs)")
+    from .track import get_edition
+
+    edition = get_edition(edition).key  # None: the newest, as every other command
     check_lang(lang)
     if condition not in ("constrained", "unconstrained"):
         raise UserError(f"--condition must be constrained or unconstrained, not {condition!r}")
@@ -183,7 +186,7 @@ def build(recipe: Recipe, *, lang: str, base: str, data: dict[str, str], conditi
     prediction = predict_recipe(recipe, base, condition=condition, lang=lang, data=data, edition=edition, smoke=smoke)
     if prediction:
         log(f"planner: predicted {prediction['bytes']:,} bytes, {prediction['params']:,} parameters, "
-            f"{prediction['bin'] or 'no bin'} ({edition}){'' if prediction['bin'] else ' - NOT ELIGIBLE for a size bin'}")
+            f"{size_verdict(edition, prediction['bin'], prediction.get('torch_save'), predicted=True)}")
     # The state is on disk before any stage starts: a build killed at any moment after this is resumable.
     state.update({
         "recipe": recipe.name, "recipe_file": str(recipe.path), "lang": lang, "base": str(base),
@@ -275,7 +278,8 @@ def _run_stages(recipe: Recipe, state: dict, prediction: dict | None, *, lang: s
     model_dir = out / "model"
     _link_tree(Path(in_dir), model_dir)
     rep = sizer.measure(model_dir, edition=edition)
-    size = {"bytes": rep.bytes, "params": rep.params, "bin": rep.bin, "edition": edition}
+    size = {"bytes": rep.bytes, "params": rep.params, "bin": rep.bin, "edition": edition,
+            "torch_save": rep.torch_save.to_json() if rep.torch_save else None}
     if prediction:
         size["predicted_bytes"] = prediction["bytes"]
         size["prediction_error"] = round((prediction["bytes"] - rep.bytes) / rep.bytes, 6)
@@ -287,6 +291,24 @@ def _run_stages(recipe: Recipe, state: dict, prediction: dict | None, *, lang: s
         (out / "work").rmdir()  # every stage's checkpoints went when it finished
     return BuildResult(out_dir=out, model_dir=model_dir, stages=stages_state, prediction=prediction, size=size,
                        skipped=skipped)
+
+
+def size_verdict(edition: str | None, bin_name: str | None, torch_save: dict | None, *, predicted: bool = False) -> str:
+    """What a size means for ``edition``, in words: the bin (2025), or for an edition without bins (2026,
+    2027) that it is ranked on the quality-size Pareto frontier, with its primary size measure."""
+    from .track import get_edition
+
+    ed = get_edition(edition)
+    if ed.has_bins:
+        return bin_name or f"NO BIN: >= 4 GB, NOT ELIGIBLE for a size bin of the {ed.key} edition"
+    if ed.primary_size_measure != "torch_save_bytes":
+        measure = "size measure: the safetensors bytes"
+    elif torch_save:
+        measure = (f"{'predicted ' if predicted else ''}torch.save {torch_save['bytes'] / 2**30:.3f} GiB "
+                   f"({torch_save['bytes']:,} bytes)")
+    else:
+        measure = "torch.save size not exact from the headers (iwslt-mc size MODEL --torch-save stream measures it)"
+    return f"edition {ed.key}: no size bins, ranked on the Pareto frontier of quality and size; {measure}"
 
 
 def predict_recipe(recipe: Recipe, base: str, *, condition: str, lang: str, data: dict, edition: str,

@@ -98,7 +98,7 @@ def test_ls_and_cp(tmp_path, capsys):
 
 def test_quantize_only_build_matches_planner(kit, tmp_path):
     res = build(load_recipe("quantize-only"), lang="en-de", base=str(kit / "model"), data={}, condition="constrained",
-                out=tmp_path / "q", smoke=True, log=lambda *_: None)
+                out=tmp_path / "q", smoke=True, log=lambda *_: None, edition="2025")
     assert res.size["bin"] == "Bin5"
     assert abs(res.size["prediction_error"]) < 0.005
     prov = json.loads((res.model_dir / "provenance.json").read_text())

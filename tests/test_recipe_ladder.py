@@ -70,7 +70,8 @@ def full_base(tmp_path_factory, kit):
 
 @pytest.mark.parametrize("name,bin_", LADDER)
 def test_full_size_dry_run_predicts_the_bin(full_base, kit, name, bin_, capsys):
-    argv = ["build", name, "--lang", "en-de", "--base", str(full_base), "--data", str(kit / "data"), "--dry-run"]
+    argv = ["build", name, "--lang", "en-de", "--base", str(full_base), "--data", str(kit / "data"), "--dry-run",
+            "--edition", "2025"]
     assert main([*argv, "--json"]) == 0
     pred = json.loads(capsys.readouterr().out)["prediction"]
     assert pred["bin"] == bin_

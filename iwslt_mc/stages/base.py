@@ -102,17 +102,15 @@ def _coerce(value, tp, what: str):
             import yaml
 
             s = value.strip()
-            parsed = yaml.safe_load(s) if s.startswith("[") else [x.strip() for x in s.split(",") if x.strip()]
-            value = parsed
+            value = _yaml_value(s, what, "a list, e.g. [lm_head, audio_tower]") if s.startswith("[") else \
+                [x.strip() for x in s.split(",") if x.strip()]
         if not isinstance(value, (list, tuple)):
             value = [value]
         inner = args[0] if args else Any
         return [(_coerce(v, inner, what) if inner is not Any else v) for v in value]
     if origin is dict:
         if isinstance(value, str):
-            import yaml
-
-            value = yaml.safe_load(value)
+            value = _yaml_value(value, what, "a mapping, e.g. {key: value}")
         if not isinstance(value, dict):
             raise UserError(f"{what}: expected a mapping, got {value!r}")
         return value
@@ -155,6 +153,17 @@ def _coerce(value, tp, what: str):
             raise UserError(f"{what}: expected a string, got {value!r}")
         return str(value)
     return value
+
+
+def _yaml_value(text: str, what: str, expected: str):
+    """``text`` read as YAML, or a one-line UserError naming the option (an unclosed ``[`` is the usual cause)."""
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise UserError(f"{what}: {text!r} is not valid YAML ({problem}); write {expected}") from None
 
 
 def parse_set(pairs: list[str] | None) -> dict:

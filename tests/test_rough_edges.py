@@ -1,0 +1,83 @@
+"""Issue 29's last rough edges of the CLI: one line for an unclosed --set list, demo options checked before any
+work, build's edition default (2027, what it means), `ls`/`stage --list` text from one source, and a full-width
+check that reports PASS only when every step ran."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from iwslt_mc.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def cli(capsys, *argv) -> tuple[int, str, str]:
+    rc = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err
+    return rc, out, err
+
+
+# ---------------------------------------------------------------- --set with an unclosed list
+
+@pytest.mark.parametrize("argv,prefix", [
+    (["build", "quantize-only", "--lang", "en-de", "--dry-run", "--set", "quantize.skip=[lm_head"],
+     "iwslt-mc build: error: --set 'quantize.skip=[lm_head': stage quantize: "),
+    (["stage", "quantize", "--in", "x", "--out", "y", "--set", "skip=[lm_head"],
+     "iwslt-mc stage: error: stage quantize: "),
+])
+def test_unclosed_list_in_set_is_one_line(capsys, argv, prefix):
+    rc, out, err = cli(capsys, *argv)
+    assert rc == 2 and out == ""
+    assert err.strip() == (prefix + "option 'skip': '[lm_head' is not valid YAML (expected ',' or ']', but got "
+                           "'<stream end>'); write a list, e.g. [lm_head, audio_tower]")
+
+
+# ---------------------------------------------------------------- demo checks its options first
+
+@pytest.mark.parametrize("extra,msg", [
+    (["--edition", "1999"], "iwslt-mc demo: error: unknown edition '1999' (known: 2025, 2026, 2027)"),
+    (["--recipe", "nope"], "iwslt-mc demo: error: unknown recipe 'nope' (shipped: recipe-a, "),
+    (["--recipe", "gemma4-large"], "iwslt-mc demo: error: demo --recipe gemma4-large: the recipe is for Gemma 4 "
+                                   "models, the demo kit is a Qwen2-Audio model; pick one of its recipes (iwslt-mc ls)"),
+])
+def test_demo_checks_its_options_before_any_work(tmp_path, capsys, monkeypatch, extra, msg):
+    def no_kit(*a, **k):
+        raise AssertionError("the kit was built before the options were checked")
+
+    monkeypatch.setattr("iwslt_mc.kit.build_kit", no_kit)
+    rc, out, err = cli(capsys, "demo", "--out", tmp_path / "demo", *extra)
+    assert rc == 2 and err.startswith(msg) and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "demo").exists()  # nothing written
+
+
+# ---------------------------------------------------------------- build's edition
+
+def test_build_edition_default_is_the_newest_and_says_what_it_means(kit, tmp_path, capsys):
+    base = ["build", "quantize-only", "--lang", "en-de", "--base", kit / "model", "--smoke"]
+    rc, out, _ = cli(capsys, *base, "--dry-run")
+    assert rc == 0
+    assert out.splitlines()[-1] == ("predicted: 1,580,194 bytes, 594,304 parameters, edition 2027: no size bins, "
+                                    "ranked on the Pareto frontier of quality and size; predicted torch.save 0.002 GiB "
+                                    "(1,650,469 bytes)")
+    rc, out, _ = cli(capsys, *base, "--dry-run", "--edition", "2025")
+    assert rc == 0 and out.splitlines()[-1] == "predicted: 1,580,194 bytes, 594,304 parameters, Bin5"
+    rc, out, _ = cli(capsys, *base, "--dry-run", "--edition", "2026")
+    assert rc == 0 and out.splitlines()[-1].endswith("edition 2026: no size bins, ranked on the Pareto frontier of "
+                                                     "quality and size; size measure: the safetensors bytes")
+    rc, _, err = cli(capsys, *base, "--dry-run", "--edition", "1999")
+    assert rc == 2 and err.strip() == "iwslt-mc build: error: unknown edition '1999' (known: 2025, 2026, 2027)"
+    rc, out, _ = cli(capsys, *base, "--out", tmp_path / "q")
+    assert rc == 0
+    size = next(ln for ln in out.splitlines() if ln.startswith("size: "))
+    assert size == ("size: 1,580,245 bytes, 594,304 parameters, edition 2027: no size bins, ranked on the Pareto "
+                    "frontier of quality and size; torch.save 0.002 GiB (1,650,469 bytes)")
+    assert "NO BIN" not in out and "4 GB" not in out
+    state = json.loads((tmp_path / "q" / "build.json").read_text())
+    assert state["edition"] == "2027" and state["final"]["torch_save"]["bytes"] == 1_650_469
