@@ -44,7 +44,7 @@ def write(tmp_path, text, name="r.yaml"):
     return p
 
 
-@pytest.mark.parametrize("name", [n for n, _, _ in RECIPES])
+@pytest.mark.parametrize("name", [n for n, _ in RECIPES])
 def test_shipped_recipes_validate(name):
     r = load_recipe(name)
     assert r.stages and r.name == name
@@ -90,7 +90,7 @@ def test_constrained_refuses_other_data(kit, tmp_path):
 def test_ls_and_cp(tmp_path, capsys):
     assert main(["ls", "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
-    assert [r["name"] for r in listed] == [n for n, _, _ in RECIPES]
+    assert [r["name"] for r in listed] == [n for n, _ in RECIPES]
     assert main(["cp", "recipe-c", str(tmp_path / "mine.yaml")]) == 0
     assert (tmp_path / "mine.yaml").read_text() == load_recipe("recipe-c").text
     assert main(["cp", "recipe-c", str(tmp_path / "mine.yaml")]) == 2  # no overwrite without --force

@@ -81,3 +81,49 @@ def test_build_edition_default_is_the_newest_and_says_what_it_means(kit, tmp_pat
     assert "NO BIN" not in out and "4 GB" not in out
     state = json.loads((tmp_path / "q" / "build.json").read_text())
     assert state["edition"] == "2027" and state["final"]["torch_save"]["bytes"] == 1_650_469
+
+
+# ---------------------------------------------------------------- one source for ls and stage --list
+
+def test_ls_descriptions_are_the_recipe_files_own(capsys):
+    import yaml
+
+    from iwslt_mc.recipes import RECIPES, RECIPES_DIR
+
+    rc, out, _ = cli(capsys, "ls", "--json")
+    assert rc == 0
+    rows = json.loads(out)
+    assert [r["name"] for r in rows] == [n for n, _ in RECIPES]
+    for r in rows:
+        doc = yaml.safe_load((RECIPES_DIR / Path(r["file"]).name).read_text(encoding="utf-8"))
+        assert r["description"] == doc["description"] and r["description"], r["name"]
+        assert r["family"] == doc.get("family", "qwen2_audio")
+    by = {r["name"]: r["description"] for r in rows}
+    # the two the hand-written list contradicted: recipe-bin2 keeps 12 LLM layers, recipe-b-bin1's embeddings stay bf16
+    assert "12 LLM layers" in by["recipe-bin2"] and "embeddings" not in by["recipe-b-bin1"]
+
+
+def test_stage_list_takes_each_stages_docstring(capsys):
+    import importlib
+
+    from iwslt_mc.stages import REGISTRY
+
+    rc, out, _ = cli(capsys, "stage", "--list", "--json")
+    assert rc == 0
+    rows = {r["name"]: r["help"] for r in json.loads(out)}
+    assert list(rows) == list(REGISTRY)
+    for name, spec in REGISTRY.items():
+        doc = importlib.import_module(f"iwslt_mc.stages.{spec.split(':')[0]}").__doc__
+        first = " ".join(doc.split("\n\n")[0].split())
+        assert rows[name] and first == f"{name}: {rows[name]}", name
+    assert rows["drop-vision"] == "remove the vision encoder (and its projector) of a Gemma 4 model."
+    rc, out, _ = cli(capsys, "stage", "kd", "--help-options")
+    assert out.splitlines()[0] == f"kd: {rows['kd']}"
+
+
+def test_ls_and_stage_list_import_no_torch():
+    code = ("import sys; from iwslt_mc.cli import main\n"
+            "assert main(['ls']) == 0 and main(['stage', '--list']) == 0\n"
+            "print('HEAVY=' + ','.join(m for m in ('torch', 'transformers', 'numpy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "HEAVY=", out

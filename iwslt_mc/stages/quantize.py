@@ -1,4 +1,5 @@
-"""quantize: bitsandbytes NF4/FP4 (4-bit, optional double quantization) or LLM.int8 weights.
+"""quantize: bitsandbytes NF4/FP4 (4-bit, optional double quantization) or LLM.int8 weights, or
+compressed-tensors 2-8-bit integers with the token embeddings (method ct); modules in skip stay unquantized.
 
 The input is loaded with a ``BitsAndBytesConfig`` through :func:`iwslt_mc.modelio.load_model` and
 saved as safetensors with the ``quantization_config`` in ``config.json``, so the output reloads
