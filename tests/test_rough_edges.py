@@ -127,3 +127,42 @@ def test_ls_and_stage_list_import_no_torch():
             "print('HEAVY=' + ','.join(m for m in ('torch', 'transformers', 'numpy') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().splitlines()[-1] == "HEAVY=", out
+
+
+# ---------------------------------------------------------------- tools/check_fullwidth.py
+
+def _check_fullwidth():
+    sys.path.insert(0, str(ROOT / "tools"))
+    spec = importlib.util.spec_from_file_location("check_fullwidth_t", ROOT / "tools" / "check_fullwidth.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("case", ["crash-before-any-step", "crash-after-a-step", "no-step", "a-step-failed", "all-ok"])
+def test_check_fullwidth_passes_only_when_every_step_ran_and_passed(tmp_path, monkeypatch, capsys, case):
+    mod = _check_fullwidth()
+    from fullwidth import Step
+
+    def steps(run, work, a):
+        if case == "crash-before-any-step":
+            raise FileNotFoundError("no such file: base/config.json")
+        if case != "no-step":
+            run.steps.append(Step("size base"))
+        if case == "a-step-failed":
+            run.steps.append(Step("decode", ok=False))
+        if case == "crash-after-a-step":
+            raise RuntimeError("driver bug")
+
+    monkeypatch.setattr(mod, "_steps", steps)
+    report = tmp_path / "r.md"
+    rc = mod.main(["--out", str(report)])
+    meta = json.loads(report.with_suffix(".json").read_text())["meta"]
+    want = {"crash-before-any-step": "FAIL: the driver stopped after 0 step(s) (FileNotFoundError: no such file: "
+                                     "base/config.json)",
+            "crash-after-a-step": "FAIL: the driver stopped after 1 step(s) (RuntimeError: driver bug)",
+            "no-step": "FAIL: no step ran",
+            "a-step-failed": "FAIL: 1 of 2 steps failed (decode, ...)",
+            "all-ok": "PASS"}[case]
+    assert meta["result"] == want and f"- result: {want}\n" in report.read_text()
+    assert rc == (0 if case == "all-ok" else 1)
