@@ -92,6 +92,7 @@ def run(args) -> int:
         _check_base_config(args.base)
         check_recipe_family(recipe, args.base)
         b.check_data_refs(recipe, data, args.condition)
+        b.validate_stages(recipe, args.base, condition=args.condition, lang=args.lang, data=data, smoke=args.smoke)
         pred = b.predict_recipe(recipe, args.base, condition=args.condition, lang=args.lang, data=data, edition=edition,
                                 smoke=args.smoke)
         stages = [{"id": s.id, "stage": s.stage, "options": _will_run(b, s, args.smoke), "data": s.data}

@@ -222,6 +222,13 @@ class Stage:
     def check(self, in_dir: Path, ctx: StageContext) -> None:
         """Cheap checks of the options against the input model (its config): raise UserError."""
 
+    def plan(self, cfg: dict, ctx: StageContext, where: str) -> dict | None:
+        """The checks of :meth:`check` that need only the input's config, run by ``build --dry-run`` and at the
+        start of every build before any stage runs. ``cfg`` is the base's ``config.json`` with the earlier
+        stages' changes applied (their ``plan``), ``where`` names that input in messages. Returns the output's
+        config (None: unchanged). Raise UserError."""
+        return None
+
     def run(self, in_dir: Path, out_dir: Path, ctx: StageContext) -> dict:
         """Write the output model directory into ``out_dir``; return extras for the provenance record
         (``techniques``, ``data``, and anything stage-specific)."""
@@ -229,6 +236,26 @@ class Stage:
 
     def with_smoke(self) -> "Stage":
         return type(self)(self.options.smoke())
+
+
+def config_without_layers(cfg: dict, llm: list[int], audio: int = 0) -> dict:
+    """A copy of ``cfg`` (a config.json dict) with the LLM layers ``llm`` and ``audio`` audio-encoder layers
+    removed: the layer counts and per-layer lists (``layer_types``) follow, as the surgery writes them."""
+    import copy
+
+    out = copy.deepcopy(cfg)
+    t = out.get("text_config") or {}
+    if llm and "num_hidden_layers" in t:
+        gone = set(llm)
+        if isinstance(t.get("layer_types"), list):
+            t["layer_types"] = [x for i, x in enumerate(t["layer_types"]) if i not in gone]
+        t["num_hidden_layers"] = int(t["num_hidden_layers"]) - len(gone)
+    a = out.get("audio_config") or {}
+    if audio:
+        key = "encoder_layers" if "encoder_layers" in a else "num_hidden_layers"
+        if key in a:
+            a[key] = int(a[key]) - audio
+    return out
 
 
 def read_config(model_dir: Path) -> dict:

@@ -217,13 +217,28 @@ class Quantize(Stage):
             raise UserError("stage quantize: bitsandbytes is not installed (pip install bitsandbytes)") from None
         self._check_skip(in_dir)
 
-    def _check_skip(self, in_dir: Path) -> None:
+    def plan(self, cfg: dict, ctx: StageContext, where: str) -> dict:
+        import copy
+        import json
+        import tempfile
+
+        if cfg.get("quantization_config"):
+            qm = cfg["quantization_config"].get("quant_method", "?")
+            raise UserError(f"stage quantize: {where} is already quantized ({qm}); quantize the unquantized model")
+        with tempfile.TemporaryDirectory(prefix="iwslt-mc-plan-") as tmp:  # the module names of that config
+            (Path(tmp) / "config.json").write_text(json.dumps(cfg), encoding="utf-8")
+            self._check_skip(Path(tmp), where=where)
+        out = copy.deepcopy(cfg)
+        out["quantization_config"] = {"quant_method": "planned", "method": self.options.method}
+        return out
+
+    def _check_skip(self, in_dir: Path, *, where: str | None = None) -> None:
         names = _module_names(in_dir)
         from transformers.quantizers.quantizers_utils import should_convert_module
 
         for s in self.options.skip:
             if all(should_convert_module(n, [skip_pattern(s)]) for n in names if n):
-                raise UserError(f"stage quantize: skip {s!r} matches no module of {in_dir} "
+                raise UserError(f"stage quantize: skip {s!r} matches no module of {where or in_dir} "
                                 f"(e.g. lm_head, audio_tower, multi_modal_projector, language_model.layers.0.mlp)")
 
     def run(self, in_dir: Path, out_dir: Path, ctx: StageContext) -> dict:
