@@ -166,3 +166,138 @@ def test_check_fullwidth_passes_only_when_every_step_ran_and_passed(tmp_path, mo
             "all-ok": "PASS"}[case]
     assert meta["result"] == want and f"- result: {want}\n" in report.read_text()
     assert rc == (0 if case == "all-ok" else 1)
+
+
+# ---------------------------------------------------------------- --dry-run checks what the run would refuse
+
+def _recipe(tmp_path, stages: str) -> Path:
+    p = tmp_path / "r.yaml"
+    p.write_text("name: r\nstages:\n" + stages, encoding="utf-8")
+    return p
+
+
+@pytest.mark.parametrize("stages,line", [
+    ("  - id: prune\n    stage: prune-layers\n    options: {llm_layers: [7]}\n",
+     "{r}:3: stage prune-layers: llm_layers index 7 out of range (the input of stage prune ({m}) has 4 layers: 0..3)"),
+    # the second stage sees the layers the first one left
+    ("  - id: p1\n    stage: prune-layers\n    options: {llm_layers: [3]}\n"
+     "  - id: p2\n    stage: prune-layers\n    options: {llm_layers: [3]}\n",
+     "{r}:6: stage prune-layers: llm_layers index 3 out of range (the input of stage p2 ({m} after 1 earlier stage) "
+     "has 3 layers: 0..2)"),
+    ("  - id: p1\n    stage: prune-layers\n    options: {strategy: middle, remove: 2}\n"
+     "  - id: p2\n    stage: prune-layers\n    options: {strategy: top, remove: 2}\n",
+     "{r}:6: stage prune-layers: remove=2 but the input of stage p2 ({m} after 1 earlier stage) has 2 layers: "
+     "at most 1 can go (at least one must stay)"),
+    ("  - id: ffn\n    stage: prune-ffn\n    options: {llm_width: 64}\n"
+     "  - id: ffn2\n    stage: prune-ffn\n    options: {llm_width: 128}\n",
+     "{r}:6: stage prune-ffn: llm_width=128 is larger than the current width 64 of the input of stage ffn2 ({m} "
+     "after 1 earlier stage)"),
+    ("  - id: q\n    stage: quantize\n  - id: ft\n    stage: finetune\n    data: [acl6060]\n    options: {mode: full}\n",
+     "{r}:5: stage finetune: the input of stage ft ({m} after 1 earlier stage) is quantized; full fine-tuning needs "
+     "an unquantized model (use mode lora or qlora)"),
+    ("  - id: q\n    stage: quantize\n    options: {skip: [lm_haed]}\n",
+     "{r}:3: stage quantize: skip 'lm_haed' matches no module of the input of stage q ({m}) (e.g. lm_head, "
+     "audio_tower, multi_modal_projector, language_model.layers.0.mlp)"),
+])
+def test_dry_run_runs_every_config_check_of_every_stage(kit, tmp_path, capsys, stages, line):
+    r = _recipe(tmp_path, stages)
+    m = kit / "model"
+    want = "iwslt-mc build: error: " + line.format(r=r, m=m)
+    for extra in (["--dry-run"], ["--out", tmp_path / "out"]):  # a real build refuses it before any work too
+        rc, out, err = cli(capsys, "build", r, "--lang", "en-de", "--base", m, "--data", kit / "data", *extra)
+        assert rc == 2 and err.strip() == want
+    assert not (tmp_path / "out").exists()
+
+
+def test_dry_run_refuses_a_misspelt_skip_of_a_shipped_recipe(kit, capsys):
+    rc, _, err = cli(capsys, "build", "recipe-b", "--lang", "en-de", "--base", kit / "model", "--data", kit / "data",
+                     "--smoke", "--dry-run", "--set", "quantize.skip=[lm_haed]")
+    from iwslt_mc.recipes import RECIPES_DIR
+
+    assert rc == 2 and err.strip() == (
+        f"iwslt-mc build: error: {RECIPES_DIR / 'recipe-b.yaml'}:43: stage quantize: skip 'lm_haed' matches no module "
+        f"of the input of stage quantize ({kit / 'model'} after 5 earlier stages) (e.g. lm_head, audio_tower, "
+        "multi_modal_projector, language_model.layers.0.mlp)")
+
+
+# ---------------------------------------------------------------- every recipe's header command builds
+
+# recipes whose --smoke build on their kit another test runs (with more assertions about the result)
+BUILT_ELSEWHERE = {"recipe-bin4": "test_recipe_ladder.py", "recipe-bin5": "test_recipe_ladder.py",
+                   "quantize-only": "test_build.py", "gemma4-medium": "test_gemma4_recipes.py",
+                   "gemma4-small": "test_gemma4_recipes.py"}
+# ordered so that each shares the longest run of finished stages with one built before it (see _seed)
+BUILT_HERE = ["recipe-b", "recipe-b-bin1", "recipe-a", "recipe-bin2", "recipe-d-replace", "recipe-c", "recipe-c-kd",
+              "recipe-c-2step", "quantize-only-int8", "gemma4-large"]
+
+
+def _header_command(name: str) -> list[str]:
+    """The `iwslt-mc build ...` of the recipe file's `# Try:` line, as arguments."""
+    import shlex
+
+    from iwslt_mc.recipes import recipe_path
+
+    try_line = next(ln for ln in recipe_path(name).read_text(encoding="utf-8").splitlines() if ln.startswith("# Try:"))
+    cmd = try_line[len("# Try:"):].split("&&")[-1].split()
+    assert cmd[:2] == ["iwslt-mc", "build"] and cmd[2] == name and "--smoke" in cmd, try_line
+    return shlex.split(" ".join(cmd[2:]))
+
+
+def test_every_listed_recipe_has_a_smoke_build_test():
+    from iwslt_mc.recipes import list_recipes
+
+    assert sorted(r["name"] for r in list_recipes()) == sorted([*BUILT_HERE, *BUILT_ELSEWHERE])
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory):
+    """Build directories of this module's recipes: a later recipe starts from the stages an earlier one finished
+    with the same stages before them (all Qwen2-Audio recipes but two start with the same fine-tuning and
+    distillation), continued with --resume, which reruns any stage whose fingerprint differs."""
+    return {"dir": tmp_path_factory.mktemp("recipes"), "built": {}}
+
+
+def _active_keys(name: str, base: Path) -> list[str]:
+    from iwslt_mc.build import scaled_stages
+    from iwslt_mc.recipes import load_recipe
+
+    return [json.dumps([e.id, e.stage, e.options, e.data], sort_keys=True, default=str)
+            for e in scaled_stages(load_recipe(name), str(base), smoke=True) if e.when in (None, "constrained")]
+
+
+def _seed(pool: dict, keys: list[str], out: Path) -> int:
+    import shutil
+
+    best, src = 0, None
+    for other_keys, other_out in pool["built"].values():
+        n = next((i for i, (a, b) in enumerate(zip(keys, other_keys)) if a != b), min(len(keys), len(other_keys)))
+        if n > best:
+            best, src = n, other_out
+    if src is None:
+        return 0
+    out.mkdir(parents=True)
+    shutil.copy2(src / "build.json", out / "build.json")
+    for d in sorted((src / "stages").iterdir())[:best]:
+        shutil.copytree(d, out / "stages" / d.name)
+    return best
+
+
+@pytest.mark.parametrize("name", BUILT_HERE)
+def test_recipe_header_command_builds_with_smoke_on_its_kit(kit, gemma_kit, pool, capsys, name):
+    args = _header_command(name)
+    kits = {"/tmp/kit/": f"{kit}/", "/tmp/gkit/": f"{gemma_kit[0]}/"}
+    for i, a in enumerate(args):
+        for k, v in kits.items():
+            args[i] = a.replace(k, v)
+    base = Path(args[args.index("--base") + 1])
+    assert base.is_dir(), args
+    keys = _active_keys(name, base)
+    out = pool["dir"] / name
+    reused = _seed(pool, keys, out)
+    rc, stdout, _ = cli(capsys, *args, "--out", out, *(["--resume"] if reused else []))
+    assert rc == 0
+    state = json.loads((out / "build.json").read_text())
+    assert state["status"] == "done" and len(state["stages"]) == len(keys)
+    assert (out / "model" / "config.json").is_file()
+    assert next(ln for ln in stdout.splitlines() if ln.startswith("size: ")).endswith(")")
+    pool["built"][name] = (keys, out)
