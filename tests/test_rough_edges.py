@@ -286,9 +286,8 @@ def _seed(pool: dict, keys: list[str], out: Path) -> int:
 def test_recipe_header_command_builds_with_smoke_on_its_kit(kit, gemma_kit, pool, capsys, name):
     args = _header_command(name)
     kits = {"/tmp/kit/": f"{kit}/", "/tmp/gkit/": f"{gemma_kit[0]}/"}
-    for i, a in enumerate(args):
-        for k, v in kits.items():
-            args[i] = a.replace(k, v)
+    for k, v in kits.items():
+        args = [a.replace(k, v) for a in args]
     base = Path(args[args.index("--base") + 1])
     assert base.is_dir(), args
     keys = _active_keys(name, base)

@@ -31,7 +31,9 @@ def add_parser(sub):
                    help="track edition the size is judged by: 2027 (default, the newest: no size bins, a Pareto "
                         "ranking of quality and size, the size being torch.save(model.state_dict()) in GiB), 2026 "
                         "(no bins), 2025 (size bins Bin1-Bin5 on the safetensors bytes, < 4 GB)")
-    p.add_argument("--dry-run", action="store_true", help="validate the recipe and print the plan, run nothing")
+    p.add_argument("--dry-run", action="store_true", help="check every stage against the base's config (the layers, widths and modules each stage "
+                        "gets) and the data given, print the plan and the predicted size, run nothing (a build runs "
+                        "the same checks before its first stage)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     return p
 
