@@ -240,7 +240,7 @@ def _header_command(name: str) -> list[str]:
     try_line = next(ln for ln in recipe_path(name).read_text(encoding="utf-8").splitlines() if ln.startswith("# Try:"))
     cmd = try_line[len("# Try:"):].split("&&")[-1].split()
     assert cmd[:2] == ["iwslt-mc", "build"] and cmd[2] == name and "--smoke" in cmd, try_line
-    return shlex.split(" ".join(cmd[2:]))
+    return shlex.split(" ".join(cmd[1:]))
 
 
 def test_every_listed_recipe_has_a_smoke_build_test():
