@@ -158,7 +158,7 @@ def check_build_dir(out: Path, *, resume: bool) -> dict:
 
 def build(recipe: Recipe, *, lang: str, base: str, data: dict[str, str], condition: str, out: Path,
           resume: bool = False, smoke: bool = False, seed: int = 0, device: str | None = None,
-          edition: str = "2025", log=print) -> BuildResult:
+          edition: str | None = None, log=print) -> BuildResult:
     from .distributed import world_size
     from .modelio import check_model_dir, is_local
     from .prompting import check_lang
@@ -167,6 +167,9 @@ def build(recipe: Recipe, *, lang: str, base: str, data: dict[str, str], conditi
         raise UserError("build runs as one process: under accelerate launch/torchrun every process would run the "
                         "whole recipe. Run the training stages with `accelerate launch -m iwslt_mc stage finetune ...` "
                         "(see README, Several GPUs)")
+    from .track import get_edition
+
+    edition = get_edition(edition).key  # None: the newest, as every other command
     check_lang(lang)
     if condition not in ("constrained", "unconstrained"):
         raise UserError(f"--condition must be constrained or unconstrained, not {condition!r}")
@@ -179,11 +182,12 @@ def build(recipe: Recipe, *, lang: str, base: str, data: dict[str, str], conditi
     out = Path(out)
     state_path = out / STATE
     state = check_build_dir(out, resume=resume)
-    # the prediction also validates the recipe against the base: its errors come before the directory exists
+    # the stages' own checks and the prediction validate the recipe against the base before the directory exists
+    validate_stages(recipe, base, condition=condition, lang=lang, data=data, smoke=smoke)
     prediction = predict_recipe(recipe, base, condition=condition, lang=lang, data=data, edition=edition, smoke=smoke)
     if prediction:
         log(f"planner: predicted {prediction['bytes']:,} bytes, {prediction['params']:,} parameters, "
-            f"{prediction['bin'] or 'no bin'} ({edition}){'' if prediction['bin'] else ' - NOT ELIGIBLE for a size bin'}")
+            f"{size_verdict(edition, prediction['bin'], prediction.get('torch_save'), predicted=True)}")
     # The state is on disk before any stage starts: a build killed at any moment after this is resumable.
     state.update({
         "recipe": recipe.name, "recipe_file": str(recipe.path), "lang": lang, "base": str(base),
@@ -275,7 +279,8 @@ def _run_stages(recipe: Recipe, state: dict, prediction: dict | None, *, lang: s
     model_dir = out / "model"
     _link_tree(Path(in_dir), model_dir)
     rep = sizer.measure(model_dir, edition=edition)
-    size = {"bytes": rep.bytes, "params": rep.params, "bin": rep.bin, "edition": edition}
+    size = {"bytes": rep.bytes, "params": rep.params, "bin": rep.bin, "edition": edition,
+            "torch_save": rep.torch_save.to_json() if rep.torch_save else None}
     if prediction:
         size["predicted_bytes"] = prediction["bytes"]
         size["prediction_error"] = round((prediction["bytes"] - rep.bytes) / rep.bytes, 6)
@@ -287,6 +292,57 @@ def _run_stages(recipe: Recipe, state: dict, prediction: dict | None, *, lang: s
         (out / "work").rmdir()  # every stage's checkpoints went when it finished
     return BuildResult(out_dir=out, model_dir=model_dir, stages=stages_state, prediction=prediction, size=size,
                        skipped=skipped)
+
+
+def validate_stages(recipe: Recipe, base: str, *, condition: str, lang: str, data: dict, smoke: bool = False) -> None:
+    """Every check of the recipe's stages that needs only the base's config.json (and the module names it
+    builds on the meta device), before any work: each stage's :meth:`~iwslt_mc.stages.base.Stage.plan` on the
+    config the earlier stages leave (layer indices against the layers left at that point, module patterns
+    against the modules that exist then, widths against the current widths, a quantized input where the stage
+    needs an unquantized one). Run by ``build --dry-run`` and by ``build`` before its directory exists; errors
+    name the recipe file, the stage's line and its id."""
+    from .families import family_of_model_type
+    from .modelio import is_local
+    from .stages import make_stage
+    from .stages.base import StageContext, read_config
+
+    if not is_local(base) or not (Path(base) / "config.json").is_file():
+        return
+    cfg = read_config(Path(base))
+    ctx = StageContext(lang=lang, condition=condition, smoke=smoke, log=lambda *a: None)
+    for n, entry in enumerate(e for e in scaled_stages(recipe, base, smoke=smoke) if e.when in (None, condition)):
+        from .recipes import _strip_refs
+
+        stage = make_stage(entry.stage, _strip_refs(entry.options))
+        if smoke:
+            stage = stage.with_smoke()
+        where = (f"the input of stage {entry.id} ({base}" + (f" after {n} earlier stage{'s' * (n > 1)})" if n else ")"))
+        try:
+            fam = family_of_model_type(cfg.get("model_type"))
+            if fam is not None and fam.name not in stage.families:
+                raise UserError(f"stage {stage.name}: not supported for {fam.name} models yet (it handles: "
+                                f"{', '.join(stage.families)})")
+            cfg = stage.plan(cfg, ctx, where) or cfg
+        except UserError as e:
+            raise UserError(f"{recipe.path}:{entry.line}: {e}") from None
+
+
+def size_verdict(edition: str | None, bin_name: str | None, torch_save: dict | None, *, predicted: bool = False) -> str:
+    """What a size means for ``edition``, in words: the bin (2025), or for an edition without bins (2026,
+    2027) that it is ranked on the quality-size Pareto frontier, with its primary size measure."""
+    from .track import get_edition
+
+    ed = get_edition(edition)
+    if ed.has_bins:
+        return bin_name or f"NO BIN: >= 4 GB, NOT ELIGIBLE for a size bin of the {ed.key} edition"
+    if ed.primary_size_measure != "torch_save_bytes":
+        measure = "size measure: the safetensors bytes"
+    elif torch_save:
+        measure = (f"{'predicted ' if predicted else ''}torch.save {torch_save['bytes'] / 2**30:.3f} GiB "
+                   f"({torch_save['bytes']:,} bytes)")
+    else:
+        measure = "torch.save size not exact from the headers (iwslt-mc size MODEL --torch-save stream measures it)"
+    return f"edition {ed.key}: no size bins, ranked on the Pareto frontier of quality and size; {measure}"
 
 
 def predict_recipe(recipe: Recipe, base: str, *, condition: str, lang: str, data: dict, edition: str,
@@ -465,23 +521,34 @@ def scaled_stages(recipe: Recipe, base: str, *, smoke: bool) -> list[StageEntry]
     if all(bd[k] == rd[k] for k in rd):
         return stages
 
-    def layers(x, key):  # keep at least the first and last layer
+    # layers left at each point (a later prune-layers stage removes from what the earlier ones left)
+    left = {k: bd.get(k) or 0 for k in ("llm_layers", "audio_layers")}
+    counts = {"llm_layers": ("remove", "llm_layers"), "audio_layers": ("audio_remove", "audio_layers")}
+
+    def min_keep(o) -> int:  # what a strategy leaves at least: an iterative search never removes the first or last
+        return 2 if o.get("strategy") == "iterative" and o.get("protect_first_last", True) else 1
+
+    def layers(x, key, i):
+        """``x`` of the reference's layers scaled to the base, at most what leaves the first and last layer and
+        room for the later prune-layers stages (one layer each, each keeping what its strategy keeps)."""
         if not x:
             return 0
         scaled = round(x * bd[key] / rd[key]) if rd.get(key) else x
-        return max(1, min(bd[key] - 2, scaled))
+        later = [dict(f.options) for f in stages[i + 1:] if f.stage == "prune-layers" and f.options.get(counts[key][0])]
+        keep = max([min_keep(dict(stages[i].options))] + [min_keep(o) for o in later])
+        return max(1, min(left[key] - 2, left[key] - len(later) - keep, scaled))
 
     def width(x, key):
         return None if x is None else max(1, min(bd[key], round(x * bd[key] / rd[key])))
 
     out = []
-    for e in stages:
+    for i, e in enumerate(stages):
         o = dict(e.options)
         if e.stage == "prune-layers":
-            if o.get("remove"):
-                o["remove"] = layers(o["remove"], "llm_layers")
-            if o.get("audio_remove"):
-                o["audio_remove"] = layers(o["audio_remove"], "audio_layers")
+            for key, (count, listed) in counts.items():
+                if o.get(count):
+                    o[count] = layers(o[count], key, i)
+                left[key] -= int(o.get(count) or 0) + len(o.get(listed) or [])
         elif e.stage == "prune-hidden":
             # explicit 7B widths become ratios of the smaller base (heads follow the width by default)
             if o.get("llm_hidden"):

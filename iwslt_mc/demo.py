@@ -52,6 +52,17 @@ def submission_plan(edition: str | None, lang: str, hyps: dict[str, Path]) -> tu
     return {"acl": hyps["talk-segmented"]}, True, msg
 
 
+def check_kit_recipe(recipe) -> None:
+    """The demo's kit is a Qwen2-Audio model: a recipe for another family is refused before any work."""
+    from .families import family_named
+    from .recipes import DEFAULT_FAMILY
+
+    if recipe.family != DEFAULT_FAMILY:
+        raise UserError(f"demo --recipe {recipe.name}: the recipe is for {family_named(recipe.family).label} models, "
+                        f"the demo kit is a {family_named(DEFAULT_FAMILY).label} model; pick one of its recipes "
+                        "(iwslt-mc ls)")
+
+
 def run_demo(out: Path, *, recipe: str = "recipe-b", lang: str = "en-de", comet: bool = True, log=print,
              edition: str | None = None) -> dict:
     from . import sizer
@@ -65,6 +76,15 @@ def run_demo(out: Path, *, recipe: str = "recipe-b", lang: str = "en-de", comet:
     from .report import write_report
     from .scoring import score_files
 
+    from .track import get_edition
+
+    # every option checked before any work (the kit and the build take minutes)
+    ed = get_edition(edition)
+    rec = load_recipe(recipe)
+    check_kit_recipe(rec)
+    from .prompting import check_lang
+
+    check_lang(lang)
     out = Path(out)
     if (out / MARKER).exists():
         import shutil
@@ -87,17 +107,14 @@ def run_demo(out: Path, *, recipe: str = "recipe-b", lang: str = "en-de", comet:
 
     t = step(f"build {recipe} --smoke")
     run_dir = out / "run"
-    res = build(load_recipe(recipe), lang=lang, base=str(kit / "model"), data={"acl6060": str(kit / "data")},
-                condition="constrained", out=run_dir, smoke=True, log=log)
+    res = build(rec, lang=lang, base=str(kit / "model"), data={"acl6060": str(kit / "data")},
+                condition="constrained", out=run_dir, smoke=True, log=log, edition=ed.key)
     pred = res.prediction or {}
     steps.append(Step("build", time.time() - t,
                       f"{len(res.stages)} stages; planner {pred.get('bytes', 0):,} B vs real {res.size['bytes']:,} B",
                       [str(res.model_dir)]))
 
     t = step("size")
-    from .track import get_edition
-
-    ed = get_edition(edition)
     rep = sizer.measure(res.model_dir, ed.key)
     steps.append(Step("size", time.time() - t, f"{rep.bytes:,} bytes (safetensors), {rep.params:,} parameters"
                       + (f", {rep.bin}" if ed.has_bins else f"; edition {ed.key} has no bins")))

@@ -50,16 +50,38 @@ def main(argv=None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     run = Run(work=work, device="cpu", threads=a.threads, log=work / "steps.log")
     started = time.time()
+    crash = None
     try:
         _steps(run, work, a)
+    except BaseException as e:  # the driver itself failed (or was interrupted): the report must not say PASS
+        crash = e
     finally:
+        verdict = result(run, crash)
         meta = {"command": "python tools/check_fullwidth.py " + " ".join(argv if argv is not None else sys.argv[1:]),
                 "model": f"real widths, {a.llm_layers} LLM + {a.audio_layers} audio layers, real vocabulary, random bf16",
-                "device": "cpu", "total wall s": f"{time.time() - started:.0f}", "result": "PASS" if run.ok else "FAIL"}
+                "device": "cpu", "total wall s": f"{time.time() - started:.0f}", "result": verdict}
         write_report(run, a.out, "Full-width check (CPU)", meta)
         if not a.keep and not a.work:
             shutil.rmtree(work, ignore_errors=True)
-    return 0 if run.ok else 1
+    if crash is not None and not isinstance(crash, Exception):
+        raise crash  # KeyboardInterrupt, SystemExit: after the FAIL report
+    if crash is not None:
+        import traceback
+
+        traceback.print_exception(crash)
+        print(f"check_fullwidth: {verdict}", file=sys.stderr)
+    return 0 if verdict == "PASS" else 1
+
+
+def result(run: Run, crash: BaseException | None) -> str:
+    """PASS only when the driver ran to its end, ran at least one step and every step passed."""
+    if crash is not None:
+        return (f"FAIL: the driver stopped after {len(run.steps)} step(s) "
+                f"({type(crash).__name__}: {str(crash).splitlines()[0] if str(crash) else ''})")
+    if not run.steps:
+        return "FAIL: no step ran"
+    failed = [s.name for s in run.steps if not s.ok]
+    return f"FAIL: {len(failed)} of {len(run.steps)} steps failed ({failed[0]}, ...)" if failed else "PASS"
 
 
 def _steps(run: Run, work: Path, a) -> None:

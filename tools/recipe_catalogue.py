@@ -35,7 +35,7 @@ def predictions(condition: str = "constrained", family: str = "qwen2_audio") -> 
     else:
         cfg = qwen2_audio_7b_config()
     out = []
-    for name, _, _ in RECIPES:
+    for name, _ in RECIPES:
         recipe = load_recipe(name)
         if recipe.family != family:
             continue

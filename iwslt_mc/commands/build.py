@@ -27,8 +27,13 @@ def add_parser(sub):
     p.add_argument("--set", action="append", default=[], metavar="STAGE.KEY=VALUE", help="override a stage option")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
-    p.add_argument("--edition", default="2025", help="track edition for the bin (default %(default)s)")
-    p.add_argument("--dry-run", action="store_true", help="validate the recipe and print the plan, run nothing")
+    p.add_argument("--edition", default=None, metavar="YEAR",
+                   help="track edition the size is judged by: 2027 (default, the newest: no size bins, a Pareto "
+                        "ranking of quality and size, the size being torch.save(model.state_dict()) in GiB), 2026 "
+                        "(no bins), 2025 (size bins Bin1-Bin5 on the safetensors bytes, < 4 GB)")
+    p.add_argument("--dry-run", action="store_true", help="check every stage against the base's config (the layers, widths and modules each stage "
+                        "gets) and the data given, print the plan and the predicted size, run nothing (a build runs "
+                        "the same checks before its first stage)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     return p
 
@@ -77,6 +82,9 @@ def run(args) -> int:
     from ..output import info, print_json
     from ..recipes import apply_overrides, load_recipe
 
+    from ..track import get_edition
+
+    edition = get_edition(args.edition).key  # checked before any work
     recipe = apply_overrides(load_recipe(args.recipe), args.set)
     data = parse_data(args.data)
     out = Path(args.out or f"runs/{recipe.name}-{args.lang}-{args.condition}")
@@ -86,7 +94,8 @@ def run(args) -> int:
         _check_base_config(args.base)
         check_recipe_family(recipe, args.base)
         b.check_data_refs(recipe, data, args.condition)
-        pred = b.predict_recipe(recipe, args.base, condition=args.condition, lang=args.lang, data=data, edition=args.edition,
+        b.validate_stages(recipe, args.base, condition=args.condition, lang=args.lang, data=data, smoke=args.smoke)
+        pred = b.predict_recipe(recipe, args.base, condition=args.condition, lang=args.lang, data=data, edition=edition,
                                 smoke=args.smoke)
         stages = [{"id": s.id, "stage": s.stage, "options": _will_run(b, s, args.smoke), "data": s.data}
                   for s in b.scaled_stages(recipe, args.base, smoke=args.smoke) if s.when in (None, args.condition)]
@@ -98,12 +107,12 @@ def run(args) -> int:
             for i, s in enumerate(stages, 1):
                 print(f"{i:2d}. {s['id']} ({s['stage']}) {s['options']} data={s['data']}")
             if pred:
-                verdict = pred["bin"] or f"no bin: >= 4 GB, NOT ELIGIBLE for a size bin of the {args.edition} edition"
-                print(f"predicted: {pred['bytes']:,} bytes, {pred['params']:,} parameters, {verdict}")
+                print(f"predicted: {pred['bytes']:,} bytes, {pred['params']:,} parameters, "
+                      f"{b.size_verdict(edition, pred['bin'], pred.get('torch_save'), predicted=True)}")
         return 0
     try:
         res = b.build(recipe, lang=args.lang, base=args.base, data=data, condition=args.condition, out=out,
-                      resume=args.resume, smoke=args.smoke, seed=args.seed, device=args.device, edition=args.edition,
+                      resume=args.resume, smoke=args.smoke, seed=args.seed, device=args.device, edition=edition,
                       log=info)
     except KeyboardInterrupt:
         import sys
@@ -119,9 +128,9 @@ def run(args) -> int:
         print_json({"out": str(res.out_dir), "model": str(res.model_dir), "stages": res.stages,
                     "prediction": res.prediction, "size": s, "skipped": res.skipped})
     else:
-        verdict = s["bin"] or f"NO BIN: {s['bytes']:,} bytes is >= 4 GB, not eligible for the {s['edition']} edition"
         print(f"model: {res.model_dir}")
-        print(f"size: {s['bytes']:,} bytes, {s['params']:,} parameters, {verdict}")
+        print(f"size: {s['bytes']:,} bytes, {s['params']:,} parameters, "
+              f"{b.size_verdict(s['edition'], s['bin'], s.get('torch_save'))}")
         if res.prediction:
             print(f"planner predicted {res.prediction['bytes']:,} bytes ({100 * s['prediction_error']:+.2f}%)")
     return 0

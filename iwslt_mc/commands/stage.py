@@ -17,16 +17,19 @@ EXAMPLES = """
       --set strategy=iterative --set remove=2 --set max_new_tokens=8 --json   # on the demo kit
 """
 
-STAGE_HELP = {
-    "prune-layers": "remove LLM/audio layers: explicit list, middle/top block, or iterative importance search",
-    "prune-ffn": "structured pruning of MLP units (LLM gate/up/down, audio fc1/fc2) to a target width",
-    "trim-vocab": "keep only the tokens needed (special, prompt, byte alphabet, tokens of given text)",
-    "quantize": "bitsandbytes NF4/FP4 (double quantization) or int8, or compressed-tensors 2-8-bit integers with "
-                "embeddings (method ct), with modules kept unquantized",
-    "finetune": "full fine-tuning or QLoRA on speech translation data",
-    "merge": "merge LoRA adapters into the base weights",
-    "distill": "sequence-level knowledge distillation from a teacher model",
-}
+def stage_summary(name: str) -> str:
+    """What stage ``name`` does, in one line: the first paragraph of its module's docstring (``NAME: text``),
+    read from the source without importing it (the stage modules import torch). One source for
+    ``stage --list``, ``--help-options`` and the docs."""
+    import ast
+    from pathlib import Path
+
+    from .. import stages
+
+    mod = stages.REGISTRY[name].split(":")[0]
+    doc = ast.get_docstring(ast.parse((Path(stages.__file__).parent / f"{mod}.py").read_text(encoding="utf-8"))) or ""
+    first = " ".join(doc.split("\n\n")[0].split())
+    return first[len(name) + 1:].strip() if first.startswith(f"{name}:") else first
 
 
 def add_parser(sub):
@@ -63,12 +66,7 @@ def _print_options(name: str) -> None:
     from ..stages import get_stage_class
 
     cls = get_stage_class(name)
-    print(f"{name}: {STAGE_HELP.get(name, '')}")
-    import sys
-
-    doc = (sys.modules[cls.__module__].__doc__ or "").strip().splitlines()
-    if doc:
-        print(f"  {doc[0]}")
+    print(f"{name}: {stage_summary(name)}")
     print("options (--set key=value):")
     for key, help_text, default in cls.Options.help():
         print(f"  {key} (default: {default!r})")
@@ -85,11 +83,11 @@ def run(args) -> int:
 
     if args.list:
         if args.json:
-            print_json([{"name": n, "help": STAGE_HELP.get(n, "")} for n in REGISTRY])
+            print_json([{"name": n, "help": stage_summary(n)} for n in REGISTRY])
         else:
             width = max(len(n) for n in REGISTRY)
             for n in REGISTRY:
-                print(f"{n:<{width}}  {STAGE_HELP.get(n, '')}")
+                print(f"{n:<{width}}  {stage_summary(n)}")
         return 0
     if not args.name:
         raise UserError("give a stage name (iwslt-mc stage --list shows them)")

@@ -110,17 +110,15 @@ def _coerce(value, tp, what: str):
             import yaml
 
             s = value.strip()
-            parsed = yaml.safe_load(s) if s.startswith("[") else [x.strip() for x in s.split(",") if x.strip()]
-            value = parsed
+            value = _yaml_value(s, what, "a list, e.g. [lm_head, audio_tower]") if s.startswith("[") else \
+                [x.strip() for x in s.split(",") if x.strip()]
         if not isinstance(value, (list, tuple)):
             value = [value]
         inner = args[0] if args else Any
         return [(_coerce(v, inner, what) if inner is not Any else v) for v in value]
     if origin is dict:
         if isinstance(value, str):
-            import yaml
-
-            value = yaml.safe_load(value)
+            value = _yaml_value(value, what, "a mapping, e.g. {key: value}")
         if not isinstance(value, dict):
             raise UserError(f"{what}: expected a mapping, got {value!r}")
         return value
@@ -163,6 +161,17 @@ def _coerce(value, tp, what: str):
             raise UserError(f"{what}: expected a string, got {value!r}")
         return str(value)
     return value
+
+
+def _yaml_value(text: str, what: str, expected: str):
+    """``text`` read as YAML, or a one-line UserError naming the option (an unclosed ``[`` is the usual cause)."""
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise UserError(f"{what}: {text!r} is not valid YAML ({problem}); write {expected}") from None
 
 
 def parse_set(pairs: list[str] | None) -> dict:
@@ -221,6 +230,13 @@ class Stage:
     def check(self, in_dir: Path, ctx: StageContext) -> None:
         """Cheap checks of the options against the input model (its config): raise UserError."""
 
+    def plan(self, cfg: dict, ctx: StageContext, where: str) -> dict | None:
+        """The checks of :meth:`check` that need only the input's config, run by ``build --dry-run`` and at the
+        start of every build before any stage runs. ``cfg`` is the base's ``config.json`` with the earlier
+        stages' changes applied (their ``plan``), ``where`` names that input in messages. Returns the output's
+        config (None: unchanged). Raise UserError."""
+        return None
+
     def run(self, in_dir: Path, out_dir: Path, ctx: StageContext) -> dict:
         """Write the output model directory into ``out_dir``; return extras for the provenance record
         (``techniques``, ``data``, and anything stage-specific)."""
@@ -228,6 +244,26 @@ class Stage:
 
     def with_smoke(self) -> "Stage":
         return type(self)(self.options.smoke())
+
+
+def config_without_layers(cfg: dict, llm: list[int], audio: int = 0) -> dict:
+    """A copy of ``cfg`` (a config.json dict) with the LLM layers ``llm`` and ``audio`` audio-encoder layers
+    removed: the layer counts and per-layer lists (``layer_types``) follow, as the surgery writes them."""
+    import copy
+
+    out = copy.deepcopy(cfg)
+    t = out.get("text_config") or {}
+    if llm and "num_hidden_layers" in t:
+        gone = set(llm)
+        if isinstance(t.get("layer_types"), list):
+            t["layer_types"] = [x for i, x in enumerate(t["layer_types"]) if i not in gone]
+        t["num_hidden_layers"] = int(t["num_hidden_layers"]) - len(gone)
+    a = out.get("audio_config") or {}
+    if audio:
+        key = "encoder_layers" if "encoder_layers" in a else "num_hidden_layers"
+        if key in a:
+            a[key] = int(a[key]) - audio
+    return out
 
 
 def read_config(model_dir: Path) -> dict:

@@ -26,11 +26,15 @@ class DropVision(Stage):
     techniques = ["vision encoder removed (speech translation does not use it)"]
 
     def check(self, in_dir: Path, ctx: StageContext) -> None:
-        cfg = read_config(in_dir)
+        self.plan(read_config(in_dir), ctx, str(in_dir))
+
+    def plan(self, cfg: dict, ctx: StageContext, where: str) -> dict:
+        in_dir = where
         if cfg.get("model_type") not in ("gemma4", "gemma4_unified"):
             raise UserError(f"stage drop-vision: {in_dir} is a {cfg.get('model_type')} model; only Gemma 4 has a vision encoder to drop")
         if not cfg.get("vision_config"):
             raise UserError(f"stage drop-vision: {in_dir} has no vision encoder (vision_config is empty)")
+        return {**cfg, "vision_config": None}
 
     def run(self, in_dir: Path, out_dir: Path, ctx: StageContext) -> dict:
         from .. import modelio

@@ -218,6 +218,20 @@ class Finetune(Stage):
     techniques = ["fine-tuning"]
     families = ("qwen2_audio", "gemma4")
 
+    def plan(self, cfg: dict, ctx: StageContext, where: str) -> dict | None:
+        from ..families import family_of_model_type
+
+        o = self.options
+        fam = family_of_model_type(cfg.get("model_type"))
+        missing = [c for c in o.freeze if fam is not None and c not in fam.components]
+        if missing:
+            raise UserError(f"stage finetune: cannot freeze {missing[0]!r}: {fam.label} models have no such component "
+                            f"({where})")
+        if cfg.get("quantization_config") and o.mode == "full":
+            raise UserError(f"stage finetune: {where} is quantized; full fine-tuning needs an unquantized model "
+                            "(use mode lora or qlora)")
+        return None
+
     def check(self, in_dir: Path, ctx: StageContext) -> None:
         from ..families import family_for
         from ..prompting import check_lang

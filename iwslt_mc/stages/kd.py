@@ -387,6 +387,13 @@ class KD(Stage):
             raise UserError("stage kd: no training data (give --data)")
         self._examples = load_training_data(ctx, o.split, o.limit, "kd")
 
+    def plan(self, cfg: dict, ctx: StageContext, where: str) -> None:
+        if not self.options.teacher:
+            raise UserError("stage kd: no teacher (set teacher: a model directory, or @ID of an earlier stage)")
+        if cfg.get("quantization_config"):
+            raise UserError(f"stage kd: {where} is quantized; distil into an unquantized student (quantize after)")
+        return None
+
     def _check_families(self, student: Path, teacher: Path) -> None:
         """Teacher and student of one family (the same prompt, turn format and tokenizer kind); hidden-state
         KD only where the family has it."""

@@ -135,19 +135,35 @@ class PruneFFN(Stage):
 
     def check(self, in_dir: Path, ctx: StageContext) -> None:
         o = self.options
-        cfg = read_config(in_dir)
-        cur = {"llm_width": cfg.get("text_config", {}).get("intermediate_size"),
-               "audio_width": cfg.get("audio_config", {}).get("encoder_ffn_dim")}
-        for k in ("llm_width", "audio_width"):
-            v = getattr(o, k)
-            if v is not None and cur[k] is not None and v > int(cur[k]):
-                raise UserError(f"stage prune-ffn: {k}={v} is larger than the current width {cur[k]} of {in_dir}")
+        self._check_config(read_config(in_dir), str(in_dir))
         if o.importance == "activation":
             from ..prompting import check_lang
 
             check_lang(ctx.lang)
             if not ctx.data:
                 raise UserError("stage prune-ffn: importance activation needs calibration data (--data SPEC)")
+
+    def plan(self, cfg: dict, ctx: StageContext, where: str) -> dict:
+        import copy
+
+        o = self.options
+        self._check_config(cfg, where)
+        out = copy.deepcopy(cfg)
+        for k, section, key in (("llm_width", "text_config", "intermediate_size"),
+                                ("audio_width", "audio_config", "encoder_ffn_dim")):
+            width = rounded_width(getattr(o, k), o.multiple_of)
+            if width is not None and key in (out.get(section) or {}):
+                out[section][key] = width
+        return out
+
+    def _check_config(self, cfg: dict, in_dir: str) -> None:
+        o = self.options
+        cur = {"llm_width": cfg.get("text_config", {}).get("intermediate_size"),
+               "audio_width": cfg.get("audio_config", {}).get("encoder_ffn_dim")}
+        for k in ("llm_width", "audio_width"):
+            v = getattr(o, k)
+            if v is not None and cur[k] is not None and v > int(cur[k]):
+                raise UserError(f"stage prune-ffn: {k}={v} is larger than the current width {cur[k]} of {in_dir}")
 
     def run(self, in_dir: Path, out_dir: Path, ctx: StageContext) -> dict:
         from .. import modelio, surgery

@@ -268,6 +268,21 @@ class PruneHidden(Stage):
     Options = PruneHiddenOptions
     techniques = ["hidden-size (residual width) pruning"]
 
+    def plan(self, cfg: dict, ctx: StageContext, where: str) -> dict:
+        import copy
+
+        if cfg.get("quantization_config"):
+            raise UserError(f"stage prune-hidden: {where} is quantized; narrow the model before quantizing it")
+        shape = target_shape(cfg, self.options, where=where)
+        out = copy.deepcopy(cfg)
+        t = out["text_config"]
+        head_dim = current_shape(cfg)["head_dim"]
+        t.update(hidden_size=shape["hidden"], num_attention_heads=shape["heads"], num_key_value_heads=shape["kv_heads"],
+                 head_dim=head_dim)
+        if shape["audio_hidden"] is not None:
+            out["audio_config"].update(d_model=shape["audio_hidden"], encoder_attention_heads=shape["audio_heads"])
+        return out
+
     def check(self, in_dir: Path, ctx: StageContext) -> None:
         cfg = read_config(in_dir)
         if cfg.get("quantization_config"):

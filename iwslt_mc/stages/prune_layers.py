@@ -166,6 +166,34 @@ class PruneLayers(Stage):
     def check(self, in_dir: Path, ctx: StageContext) -> None:
         o = self.options
         cfg = read_config(in_dir)
+        self._check_config(cfg, str(in_dir))
+        if cfg.get("model_type") in ("gemma4", "gemma4_unified") and (o.llm_layers or (o.strategy == "middle" and o.remove)):
+            from ..families.gemma4_surgery import check_removal  # KV sharing, from the config alone
+
+            check_removal(in_dir, o.llm_layers, middle=o.remove if o.strategy == "middle" else 0)
+        if o.strategy == "iterative":
+            from ..prompting import check_lang
+            from .importance import check_metric
+
+            check_lang(ctx.lang)
+            check_metric(o.metric)
+            if not ctx.data:
+                raise UserError("stage prune-layers: strategy iterative needs held-out data (--data SPEC, or data: in the recipe)")
+
+    def plan(self, cfg: dict, ctx: StageContext, where: str) -> dict:
+        from .base import config_without_layers
+
+        o = self.options
+        n_llm = self._check_config(cfg, where)
+        if o.strategy is None:
+            llm = list(o.llm_layers or [])
+        else:  # the searched layers are not known before the run: the count is what later stages see
+            llm = (top_block if o.strategy == "top" else middle_block)(n_llm, o.remove) if o.remove else []
+        return config_without_layers(cfg, llm, len(o.audio_layers or []) + o.audio_remove)
+
+    def _check_config(self, cfg: dict, in_dir: str) -> int:
+        """The checks against the input's layer counts; returns its number of LLM layers."""
+        o = self.options
         n_llm = int(cfg.get("text_config", {}).get("num_hidden_layers", 0))
         audio_cfg = cfg.get("audio_config") or {}
         # Qwen2-Audio's encoder_layers, Gemma 4's conformer num_hidden_layers (none in gemma4_unified)
@@ -189,18 +217,7 @@ class PruneLayers(Stage):
                 why = " (the first and last are protected)" if limit == n - 2 else " (at least one must stay)"
                 raise UserError(f"stage prune-layers: {what}={count} but {in_dir} has {n} layers: "
                                 f"at most {max(limit, 0)} can go{why}")
-        if cfg.get("model_type") in ("gemma4", "gemma4_unified") and (o.llm_layers or (o.strategy == "middle" and o.remove)):
-            from ..families.gemma4_surgery import check_removal  # KV sharing, from the config alone
-
-            check_removal(in_dir, o.llm_layers, middle=o.remove if o.strategy == "middle" else 0)
-        if o.strategy == "iterative":
-            from ..prompting import check_lang
-            from .importance import check_metric
-
-            check_lang(ctx.lang)
-            check_metric(o.metric)
-            if not ctx.data:
-                raise UserError("stage prune-layers: strategy iterative needs held-out data (--data SPEC, or data: in the recipe)")
+        return n_llm
 
     # ------------------------------------------------------------------------------------------
 

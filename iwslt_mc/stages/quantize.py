@@ -1,4 +1,5 @@
-"""quantize: bitsandbytes NF4/FP4 (4-bit, optional double quantization) or LLM.int8 weights.
+"""quantize: bitsandbytes NF4/FP4 (4-bit, optional double quantization) or LLM.int8 weights, or
+compressed-tensors 2-8-bit integers with the token embeddings (method ct); modules in skip stay unquantized.
 
 The input is loaded with a ``BitsAndBytesConfig`` through :func:`iwslt_mc.modelio.load_model` and
 saved as safetensors with the ``quantization_config`` in ``config.json``, so the output reloads
@@ -223,13 +224,33 @@ class Quantize(Stage):
             raise UserError("stage quantize: bitsandbytes is not installed (pip install bitsandbytes)") from None
         self._check_skip(in_dir)
 
-    def _check_skip(self, in_dir: Path) -> None:
+    def plan(self, cfg: dict, ctx: StageContext, where: str) -> dict:
+        import copy
+        import json
+        import tempfile
+
+        if cfg.get("quantization_config"):
+            qm = cfg["quantization_config"].get("quant_method", "?")
+            raise UserError(f"stage quantize: {where} is already quantized ({qm}); quantize the unquantized model")
+        with tempfile.TemporaryDirectory(prefix="iwslt-mc-plan-") as tmp:  # the module names of that config
+            (Path(tmp) / "config.json").write_text(json.dumps(cfg), encoding="utf-8")
+            try:
+                self._check_skip(Path(tmp), where=where)
+            except UserError:
+                raise
+            except Exception:  # a planned config transformers cannot build: the stage's own check runs at its turn
+                pass
+        out = copy.deepcopy(cfg)
+        out["quantization_config"] = {"quant_method": "planned", "method": self.options.method}
+        return out
+
+    def _check_skip(self, in_dir: Path, *, where: str | None = None) -> None:
         names = _module_names(in_dir)
         from transformers.quantizers.quantizers_utils import should_convert_module
 
         for s in self.options.skip:
             if all(should_convert_module(n, [skip_pattern(s)]) for n in names if n):
-                raise UserError(f"stage quantize: skip {s!r} matches no module of {in_dir} "
+                raise UserError(f"stage quantize: skip {s!r} matches no module of {where or in_dir} "
                                 f"(e.g. lm_head, audio_tower, multi_modal_projector, language_model.layers.0.mlp)")
 
     def run(self, in_dir: Path, out_dir: Path, ctx: StageContext) -> dict:

@@ -149,7 +149,23 @@ class ReplaceLayers(Stage):
 
         o = self.options
         check_lang(ctx.lang)
-        cfg = read_config(in_dir)
+        self._check_config(read_config(in_dir), str(in_dir))
+        if not ctx.data:
+            raise UserError("stage replace-layers: no training data (give --data)")
+        self._examples = load_training_data(ctx, o.split, o.limit, "replace-layers")
+
+    def plan(self, cfg: dict, ctx: StageContext, where: str) -> dict:
+        from .base import config_without_layers
+
+        o = self.options
+        n, block = self._check_config(cfg, where)
+        block = block or candidate_blocks(n, o.count, o.protect_first_last)[0]
+        gone = block[1:]  # the block becomes one layer
+        return config_without_layers(cfg, gone, 0) if o.component == "llm" else config_without_layers(cfg, [], len(gone))
+
+    def _check_config(self, cfg: dict, in_dir: str):
+        """The checks against the input's config; returns (its layer count, the given block or None)."""
+        o = self.options
         if cfg.get("quantization_config"):
             raise UserError(f"stage replace-layers: {in_dir} is quantized; replace layers in the unquantized model")
         n = layer_counts(cfg)[o.component]
@@ -166,9 +182,7 @@ class ReplaceLayers(Stage):
             block = None
         if block is not None and o.init not in ("first", "last", "random") and int(o.init) not in block:
             raise UserError(f"stage replace-layers: init layer {o.init} is not in the block {block}")
-        if not ctx.data:
-            raise UserError("stage replace-layers: no training data (give --data)")
-        self._examples = load_training_data(ctx, o.split, o.limit, "replace-layers")
+        return n, block
 
     # ------------------------------------------------------------------------------------------
 
