@@ -45,6 +45,11 @@ RECIPES: list[tuple[str, str, str]] = [
     ("recipe-d-replace", "recipe-d-replace.yaml", "deeper cut to 6 LLM layers: pruning + KD, 3 module replacements, cuts, KD: Bin3"),
     ("recipe-bin4", "recipe-bin4.yaml", "depth + width: LLM 14 layers, audio 8, half the residual and FFN widths (prune-hidden), trimmed vocabulary, distillation, 4-bit incl. embeddings (ct): Bin4"),
     ("recipe-bin5", "recipe-bin5.yaml", "depth + width: LLM 12 layers, audio 8, 5/16 of the residual and FFN widths, trimmed vocabulary, distillation, 4-bit incl. embeddings (ct): Bin5"),
+    # the 2027 ladder: stated in GiB under the torch.save measure after loading, largest first
+    ("recipe-2027-4gib", "recipe-2027-4gib.yaml", "2027 ladder ~4 GiB (torch.save): fine-tuned, full depth, trimmed vocabulary, symmetric ct4 packed incl. lm_head"),
+    ("recipe-2027-2gib", "recipe-2027-2gib.yaml", "2027 ladder ~2 GiB (torch.save): LLM 16 layers, distillation, trimmed vocabulary, symmetric ct4 packed incl. lm_head"),
+    ("recipe-2027-1gib", "recipe-2027-1gib.yaml", "2027 ladder ~1 GiB (torch.save): LLM 12 layers, audio 8, FFN halved, trimmed vocabulary, distillation, symmetric ct4 packed"),
+    ("recipe-2027-05gib", "recipe-2027-05gib.yaml", "2027 ladder ~0.5 GiB (torch.save): recipe-bin4's cuts, symmetric ct4 packed incl. lm_head, embeddings bf16"),
     ("quantize-only", "quantize-only.yaml", "zero-shot baselines: NF4 (double quantization) of every linear layer, no training"),
     ("quantize-only-int8", "quantize-only-int8.yaml", "zero-shot baseline: int8 (LLM.int8) of every linear layer, no training"),
     # Gemma 4 (family: gemma4 in the file), largest first
