@@ -46,6 +46,11 @@ RECIPES: list[tuple[str, str]] = [
     ("recipe-d-replace", "recipe-d-replace.yaml"),
     ("recipe-bin4", "recipe-bin4.yaml"),
     ("recipe-bin5", "recipe-bin5.yaml"),
+    # the 2027 ladder: stated in GiB under the torch.save measure after loading, largest first
+    ("recipe-2027-4gib", "recipe-2027-4gib.yaml"),
+    ("recipe-2027-2gib", "recipe-2027-2gib.yaml"),
+    ("recipe-2027-1gib", "recipe-2027-1gib.yaml"),
+    ("recipe-2027-05gib", "recipe-2027-05gib.yaml"),
     ("quantize-only", "quantize-only.yaml"),
     ("quantize-only-int8", "quantize-only-int8.yaml"),
     # Gemma 4 (family: gemma4 in the file), largest first

@@ -190,15 +190,27 @@ def test_gemma4_ct_is_sized_as_it_loads_packed_and_unpacked(gemma_kit, tmp_path)
         assert sizer.measure(out, edition="2027").torch_save.bytes_cpu == path.stat().st_size
 
 
-@pytest.mark.parametrize("name", ["recipe-bin4", "recipe-bin5"])
-def test_ladder_smoke_build_under_2027_measures_what_the_planner_says(kit, tmp_path, name):
-    """recipe-bin4/bin5 end with asymmetric ct4 with embeddings: saved with dequantize: true, they count at float
-    size under the torch.save measure, and the planner says so (the same bytes as a real torch.save)."""
+def _smoke_build_2027(kit, name, out, resume=False):
     from iwslt_mc.build import build
     from iwslt_mc.recipes import load_recipe
 
-    res = build(load_recipe(name), lang="en-de", base=str(kit / "model"), data={"acl6060": str(kit / "data")},
-                condition="constrained", out=tmp_path / "b", smoke=True, edition="2027", log=lambda *a: None)
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    return build(load_recipe(name), lang="en-de", base=str(kit / "model"), data={"acl6060": str(kit / "data")},
+                 condition="constrained", out=out, smoke=True, edition="2027", resume=resume, log=lambda *a: None)
+
+
+@pytest.fixture(scope="module")
+def bin4_2027(kit, tmp_path_factory):
+    """recipe-bin4 built with --smoke --edition 2027 once (recipe-2027-05gib resumes a copy of it)."""
+    out = tmp_path_factory.mktemp("bin4-2027") / "b"
+    return _smoke_build_2027(kit, "recipe-bin4", out)
+
+
+@pytest.mark.parametrize("name", ["recipe-bin4", "recipe-bin5"])
+def test_ladder_smoke_build_under_2027_measures_what_the_planner_says(kit, tmp_path, name, request):
+    """recipe-bin4/bin5 end with asymmetric ct4 with embeddings: saved with dequantize: true, they count at float
+    size under the torch.save measure, and the planner says so (the same bytes as a real torch.save)."""
+    res = request.getfixturevalue("bin4_2027") if name == "recipe-bin4" else _smoke_build_2027(kit, name, tmp_path / "b")
     assert json.loads((res.model_dir / "config.json").read_text())["quantization_config"]["dequantize"] is True
     predicted = res.prediction["torch_save"]
     assert predicted is not None, res.prediction["torch_save_note"]
@@ -224,3 +236,37 @@ def test_the_gpu_figure_of_a_packed_checkpoint_equals_a_save_with_gpu_storage_ta
         torch.serialization.location_tag = orig
     measured = sizer.measure(builds / "ct4-sym-lm_head", edition="2027").torch_save
     assert measured.bytes == (tmp_path / f"{ARCHIVE}.pt").stat().st_size > measured.bytes_cpu
+
+
+@pytest.mark.parametrize("name", ["recipe-2027-4gib", "recipe-2027-2gib", "recipe-2027-1gib", "recipe-2027-05gib"])
+def test_the_2027_ladder_builds_packed_and_measures_what_the_planner_says(kit, tmp_path, name, request):
+    """The 2027 ladder (stated in torch.save GiB after loading) ends with symmetric ct4 of every linear layer and
+    lm_head, saved packed: its --smoke build stays packed after from_pretrained and a real torch.save of it is the
+    planner's figure. recipe-2027-05gib has recipe-bin4's stages but the last: it resumes a copy of that build."""
+    import shutil
+
+    if name == "recipe-2027-05gib":
+        shutil.copytree(request.getfixturevalue("bin4_2027").out_dir, tmp_path / "b")
+        res = _smoke_build_2027(kit, name, tmp_path / "b", resume=True)
+        assert [s["id"] for s in res.stages if s["id"] not in res.skipped] == ["quantize"]
+    else:
+        res = _smoke_build_2027(kit, name, tmp_path / "b")
+    q = json.loads((res.model_dir / "config.json").read_text())["quantization_config"]
+    assert q["dequantize"] is False and q["ignore"] == []
+    predicted = res.prediction["torch_save"]
+    assert predicted is not None, res.prediction["torch_save_note"]
+    measured = sizer.measure(res.model_dir, edition="2027").torch_save
+    real, sd = organizers_torch_save(res.model_dir, tmp_path)
+    assert predicted["bytes"] == measured.bytes and predicted["bytes_cpu_load"] == measured.bytes_cpu == real
+    assert sd["lm_head.weight_packed"][0] == torch.int32 and "lm_head.weight" not in sd
+    assert sd["model.language_model.embed_tokens.weight"][0] == torch.float32  # the kit is float32
+    assert not any(k.endswith("weight_zero_point") for k in sd) and res.size["bytes"] == res.prediction["bytes"]
+
+
+@pytest.mark.parametrize("precision,unpacks", [("ct4", True), ("ct3-g64", True), ("ct4-sym", False), ("nf4", False)])
+def test_plan_notes_a_precision_that_unpacks_at_load(precision, unpacks, capsys):
+    from iwslt_mc.cli import main
+
+    assert main(["plan", "--precision", precision, "--edition", "2027"]) == 0
+    err = capsys.readouterr().err
+    assert ("unpacks to floats at load, so torch.save counts it at float size" in err) is unpacks

@@ -229,7 +229,8 @@ def run_recipe(args, ed) -> int:
 
 def print_prediction(pred, spec, base_config, base_name: str, ed, *, title_prefix: str = "") -> None:
     """The component table, both size measures, parameters and bin of a prediction."""
-    from ..output import print_table
+    from ..output import info, print_table
+    from ..quant_formats import planned_quantization_config
     from ..sizer import bin_explanation
     from ..track import GB, GiB
 
@@ -250,6 +251,10 @@ def print_prediction(pred, spec, base_config, base_name: str, ed, *, title_prefi
         print(f"  signature:   {ts.signature}")
     else:
         print(f"torch.save:    {pred.torch_save_note}")
+    qc = planned_quantization_config(pred.entries or [])
+    if ts is not None and qc and qc["dequantize"]:
+        info("note: compressed-tensors with zero points (asymmetric) or quantized embeddings unpacks to floats at load, "
+             "so torch.save counts it at float size (symmetric ct of linear layers and lm_head stays packed)")
     print(f"parameters:    {pred.params:,}")
     if pred.overhead:
         print(f"quant state:   {pred.overhead:,} bytes (absmax, quant_map, scales; not parameters)")
