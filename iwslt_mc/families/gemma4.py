@@ -230,7 +230,7 @@ class Gemma4Family(Family):
         from ..configjson import PlainConfig
 
         if not isinstance(raw.get("text_config"), dict):
-            raise ValueError("text_config is not an object")
+            return None  # transformers' defaults fill it in: the planner loads its config object instead
         return PlainConfig.from_dict(raw)
 
     def reference_dims(self) -> dict:

@@ -7,6 +7,9 @@ planner's own (:func:`iwslt_mc.planner.disk_tensors`, :func:`iwslt_mc.planner.sa
 Supported spec dimensions: precision (per component too), ``vocab``, ``ffn_dim`` and ``llm_layers``
 (the removed layers are the contiguous block nearest the middle that KV sharing and the global last
 layer allow: :meth:`Gemma4Family.allowed_removal`). ``--target`` searches are Qwen2-Audio only.
+A plain config (``plan --base DIR`` reads config.json without transformers) is converted to transformers'
+config only when :mod:`iwslt_mc.plancache` does not yet hold what the meta model says about it (the planned
+config, its tensors, the torch.save skeleton): the first plan of a config takes seconds, a repeat does not.
 """
 
 from __future__ import annotations
