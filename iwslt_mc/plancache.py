@@ -2,7 +2,7 @@
 
 Gemma 4's planner enumerates its tensors and the organizers' torch.save layout from the model
 transformers builds for a config (seconds: importing transformers and torch, building the model).
-What it learns depends only on the config, this package's version and transformers': each answer is
+What it learns depends only on the config, this package's code and transformers' version: each answer is
 stored as JSON under ``$XDG_CACHE_HOME/iwslt-mc/plan/`` (``~/.cache/...``; ``IWSLT_MC_PLAN_CACHE``
 overrides the folder, ``off`` turns the cache off) named by the SHA-256 of that key, so the next
 ``plan`` of the same base reads it instead (no transformers import). A missing, unreadable or
@@ -11,6 +11,7 @@ unwritable cache is only slower: nothing here raises.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -31,6 +32,21 @@ def transformers_version() -> str:
         return transformers.__version__
 
 
+@functools.lru_cache(maxsize=1)
+def _code_digest() -> str:
+    """SHA-256 of the code that computes what is stored (the families' modules, torchsave, configjson, this
+    module): a change to it, not only a new release, makes earlier entries misses."""
+    here = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for f in sorted([*(here / "families").glob("*.py"), here / "torchsave.py", here / "configjson.py",
+                     here / "quant_formats.py", Path(__file__).resolve()]):
+        try:
+            h.update(f.name.encode() + b"\0" + f.read_bytes())
+        except OSError:
+            h.update(f.name.encode() + b"\0?")
+    return h.hexdigest()
+
+
 def _folder() -> Path | None:
     env = os.environ.get("IWSLT_MC_PLAN_CACHE")
     if env == "off":
@@ -44,7 +60,7 @@ def _path(kind: str, key) -> Path | None:
     folder = _folder()
     if folder is None:
         return None
-    text = json.dumps([kind, key, __version__, transformers_version()], sort_keys=True, separators=(",", ":"), default=str)
+    text = json.dumps([kind, key, __version__, _code_digest(), transformers_version()], sort_keys=True, separators=(",", ":"), default=str)
     return folder / f"{kind}-{hashlib.sha256(text.encode()).hexdigest()[:32]}.json"
 
 

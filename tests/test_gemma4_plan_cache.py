@@ -77,6 +77,11 @@ def test_cache_key_changes_with_the_config(tmp_path, monkeypatch):
     plancache.put("k", {"a": 1}, {"x": 2})
     assert plancache.get("k", {"a": 1}) == {"x": 2}
     assert plancache.get("k", {"a": 2}) is None
+    monkeypatch.setattr(plancache, "_code_digest", lambda: "changed code")
+    assert plancache.get("k", {"a": 1}) is None  # entries of other code are misses
+    monkeypatch.undo()
+    monkeypatch.setenv("IWSLT_MC_PLAN_CACHE", str(tmp_path))
+    assert plancache.get("k", {"a": 1}) == {"x": 2}
     (next(tmp_path.iterdir())).write_text("{not json", encoding="utf-8")
     assert plancache.get("k", {"a": 1}) is None  # a damaged entry is a miss
     monkeypatch.setenv("IWSLT_MC_PLAN_CACHE", "off")
