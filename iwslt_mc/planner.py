@@ -4,7 +4,8 @@ The base architecture (a model directory's ``config.json``, or the built-in Qwen
 gives every tensor the real model has, with its exact shape and whether it is a Linear weight: its
 family computes them from the config's widths (Qwen2-Audio: :mod:`iwslt_mc.families.qwen2_audio_plan`,
 on a plain config, no transformers import), else the model is instantiated on the meta device (one audio
-and one LLM layer; Gemma 4 builds its own, :mod:`iwslt_mc.families.gemma4_plan`), without allocating weights.
+and one LLM layer; Gemma 4 builds its own, :mod:`iwslt_mc.families.gemma4_plan`, once per config: what
+it says is kept in :mod:`iwslt_mc.plancache`), without allocating weights.
 The compression spec (layers kept, FFN widths, vocabulary, per-component precision) is then applied
 with the on-disk arithmetic of each format, and the safetensors file is laid out exactly as
 ``safetensors`` writes it (tensors sorted by dtype then name, JSON header padded to 8 bytes):
@@ -130,7 +131,7 @@ def load_base_config(model_dir: str | Path, *, plain: bool = False):
     """The transformers config of a model directory (``config.json`` only; no weights are read).
 
     ``plain``: a :class:`~iwslt_mc.configjson.PlainConfig` instead where the directory's family reads its
-    config without transformers (:meth:`iwslt_mc.families.Family.plain_config`; Qwen2-Audio), for the
+    config without transformers (:meth:`iwslt_mc.families.Family.plain_config`; Qwen2-Audio, Gemma 4), for the
     planner's arithmetic (``plan`` starts in well under a second that way)."""
     p = Path(model_dir)
     cfg_path = p / "config.json" if p.is_dir() else p

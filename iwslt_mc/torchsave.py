@@ -516,17 +516,36 @@ def state_dict_layout(tensors: list[tuple[str, str, tuple[int, ...]]], config: d
 
 # ----------------------------------------------------------------------------- any family, from a meta model
 
+def meta_skeleton(model) -> dict:
+    """What :func:`meta_state_dict_layout` reads of a model built on the meta device, as JSON: per state-dict
+    entry [in-memory key, shape, is floating point, safetensors dtype or None, index of the entry that first
+    holds the same tensor (tied), its on-disk names], the ``_metadata`` modules, and whether every module's
+    metadata is ``{'version': 1}`` (:mod:`iwslt_mc.plancache` keeps it per config)."""
+    from transformers.core_model_loading import revert_weight_conversion
+
+    sd = model.state_dict(keep_vars=True)
+    disk_of: dict[int, list[str]] = {}
+    for k, t in revert_weight_conversion(model, dict(sd)).items():
+        disk_of.setdefault(id(t), []).append(k)
+    first: dict[int, int] = {}
+    rows = []
+    for k, t in sd.items():
+        first.setdefault(id(t), len(rows))
+        rows.append([k, list(t.shape), bool(t.is_floating_point()), _TORCH_TO_ST.get(str(t.dtype)), first[id(t)],
+                     disk_of.get(id(t), [k])])
+    return {"tensors": rows, "modules": list(sd._metadata),
+            "metadata_ok": all(v == {"version": 1} for v in sd._metadata.values())}
+
+
 def meta_state_dict_layout(tensors: list[tuple[str, str, tuple[int, ...]]], config: dict, float_dtype: str | None,
-                           build_meta) -> tuple[list[Entry], list[str]]:
+                           build_meta=None, skeleton=None) -> tuple[list[Entry], list[str]]:
     """The in-memory state dict of a checkpoint, laid out from the model transformers builds for its config
-    (``build_meta(config_dict, torch_dtype)``: on the meta device, no weights): the model's own key order,
-    ``_metadata`` modules and tied parameters (one storage), float tensors in the load dtype, and
+    (``build_meta(config_dict, torch_dtype)``: on the meta device, no weights; or ``skeleton(config_dict,
+    float_dtype)``: that model's :func:`meta_skeleton`, which may come from a cache): the model's own key
+    order, ``_metadata`` modules and tied parameters (one storage), float tensors in the load dtype, and
     bitsandbytes state placed as its modules save it (after the module's weight and bias, in
     ``_LEAF_ORDER``). Needs torch and transformers (Gemma 4: tens of modules types; a hand-written tree
     would have to follow every one). :class:`NotExact` for a tensor the model would drop or create."""
-    import torch
-    from transformers.core_model_loading import revert_weight_conversion
-
     by_disk: dict[str, tuple[str, tuple[int, ...]]] = {}
     for key, dtype, shape in tensors:
         if dtype not in STORAGE_TYPES:
@@ -537,22 +556,24 @@ def meta_state_dict_layout(tensors: list[tuple[str, str, tuple[int, ...]]], conf
         float_dtype = _CONFIG_DTYPES.get(str(cdt).replace("torch.", "")) if cdt else None
         if float_dtype is None:
             float_dtype = next((d for d, _ in by_disk.values() if d in _FLOATS), "F32")
-    torch_dtype = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}[float_dtype]
-    model = build_meta(config, torch_dtype)
-    sd = model.state_dict(keep_vars=True)
-    metadata = sd._metadata
-    if any(v != {"version": 1} for v in metadata.values()):
+    if skeleton is not None:
+        skel = skeleton(config, float_dtype)
+    else:
+        import torch
+
+        torch_dtype = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                       "F64": torch.float64}[float_dtype]
+        skel = meta_skeleton(build_meta(config, torch_dtype))
+    if not skel["metadata_ok"]:
         raise NotExact("a module saves metadata other than {'version': 1}")
-    disk_of: dict[int, list[str]] = {}
-    for k, t in revert_weight_conversion(model, dict(sd)).items():
-        disk_of.setdefault(id(t), []).append(k)
+    rows = skel["tensors"]
+    sd = {r[0]: r for r in rows}
     seen: set[int] = set()
     mem_to_disk = {}
-    for k, t in sd.items():
-        names = disk_of.get(id(t), [k])
+    for k, _, _, _, tid, names in rows:
         # a tied parameter: its first name in memory stands for the name the checkpoint stores
-        mem_to_disk[k] = next((n for n in names if n in by_disk), names[0]) if id(t) not in seen else k
-        seen.add(id(t))
+        mem_to_disk[k] = next((n for n in names if n in by_disk), names[0]) if tid not in seen else k
+        seen.add(tid)
     # bitsandbytes state saved beside a module's weight: memory prefix -> extra suffixes present;
     # a compressed-tensors weight loaded packed: its weight replaced by CT_PACKED after the module's bias
     extras: dict[str, list[str]] = {}
@@ -571,7 +592,7 @@ def meta_state_dict_layout(tensors: list[tuple[str, str, tuple[int, ...]]], conf
         last_own[mk.rsplit(".", 1)[0] + "."] = mk
     entries: list[Entry] = []
     used: set[str] = set()
-    storage_of: dict[int, int] = {}  # id(parameter) -> storage index
+    storage_of: dict = {}  # tensor (its first row) -> storage index
 
     def add(key, dtype, shape, sid, *, cpu=False):
         entries.append(Entry(key, dtype, shape, sid, cpu=cpu))
@@ -589,13 +610,13 @@ def meta_state_dict_layout(tensors: list[tuple[str, str, tuple[int, ...]]], conf
             add(prefix + suf, edtype, eshape, storage_of[("x", mk, suf)],
                 cpu=".weight.quant_state." in "." + suf or suf == "weight_format")
 
-    for mk, t in sd.items():
+    for mk, _, t_float, t_dtype, tid, _ in rows:
         dk = mem_to_disk[mk]
         prefix = mk.rsplit(".", 1)[0] + "."
-        if id(t) in storage_of:  # tied: the same parameter under a second name (lm_head -> embed_tokens)
+        if tid in storage_of:  # tied: the same parameter under a second name (lm_head -> embed_tokens)
             if dk in by_disk:
                 raise NotExact(f"{dk} is tied to another tensor but the checkpoint also stores it")
-            first = next(e for e in entries if e.storage == storage_of[id(t)])
+            first = next(e for e in entries if e.storage == storage_of[tid])
             add(mk, first.dtype, first.shape, first.storage)
             continue
         if mk in ct_packed:
@@ -607,21 +628,21 @@ def meta_state_dict_layout(tensors: list[tuple[str, str, tuple[int, ...]]], conf
         dtype, shape = by_disk[dk]
         used.add(dk)
         quantized = prefix in extras
-        if not quantized and shape != tuple(t.shape):
-            raise NotExact(f"{dk} has shape {list(shape)}, the model built from config.json {list(t.shape)}")
-        if dtype in _FLOATS and t.is_floating_point():
+        if not quantized and shape != tuple(sd[mk][1]):
+            raise NotExact(f"{dk} has shape {list(shape)}, the model built from config.json {list(sd[mk][1])}")
+        if dtype in _FLOATS and t_float:
             dtype = float_dtype
         elif not quantized:
-            dtype = _TORCH_TO_ST.get(str(t.dtype), dtype)
-        storage_of[id(t)] = len(storage_of)
-        add(mk, dtype, shape, storage_of[id(t)])
+            dtype = t_dtype or dtype
+        storage_of[tid] = len(storage_of)
+        add(mk, dtype, shape, storage_of[tid])
         if quantized and last_own[prefix] == mk:
             _add_extras(mk, prefix)
     unused = sorted(set(by_disk) - used)
     if unused:
         raise NotExact(f"the checkpoint has {len(unused)} tensor(s) the model does not place, e.g. {unused[0]!r} "
                        "(transformers would drop them)")
-    return entries, list(metadata)
+    return entries, list(skel["modules"])
 
 
 _TORCH_TO_ST = {"torch.float32": "F32", "torch.float16": "F16", "torch.bfloat16": "BF16", "torch.float64": "F64",
@@ -671,9 +692,9 @@ def compute(tensors, config: dict, *, float_dtype: str | None = None, version: s
     cpu = pickle_state_dict(entries, modules, "cpu")
     layout = None
     if config.get("model_type") != "qwen2_audio":
-        import transformers
+        from .plancache import transformers_version
 
-        layout = f"{config.get('model_type')}/meta-model(transformers-{transformers.__version__})"
+        layout = f"{config.get('model_type')}/meta-model(transformers-{transformers_version()})"
     return TorchSaveSize(bytes=zip_bytes(len(gpu), sizes), bytes_cpu=zip_bytes(len(cpu), sizes),
                          pickle_bytes=len(gpu), storages=len(sizes), method="metadata",
                          signature=signature("metadata", ORGANIZERS_LOCATION, version=version, layout=layout))

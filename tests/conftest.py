@@ -10,6 +10,10 @@ import os
 for _var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
     os.environ[_var] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# plan's per-config cache (iwslt_mc.plancache): a fresh folder per session, not the user's
+import tempfile  # noqa: E402
+
+os.environ.setdefault("IWSLT_MC_PLAN_CACHE", tempfile.mkdtemp(prefix="iwslt-mc-plancache."))
 
 import pytest  # noqa: E402
 

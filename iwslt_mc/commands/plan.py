@@ -29,7 +29,7 @@ def add_parser(sub):
         description=("Predict the storage size (bytes of the safetensors file save_pretrained writes), the logical "
                      "parameter count and the size bin of a compressed model without building it: every tensor of the base "
                      "architecture is computed from its config.json (Qwen2-Audio; Gemma 4: enumerated from a model "
-                     "built on the meta device) and each format's on-disk layout is computed "
+                     "built on the meta device, once per config: a repeat reads ~/.cache/iwslt-mc/plan) and each format's on-disk layout is computed "
                      "exactly (bf16/fp16/fp32; bitsandbytes int8 with per-row scales; nf4/fp4 with absmax per 64 "
                      "values, quant_map and quant_state, plus nested statistics with double quantization '-dq'; "
                      "compressed-tensors ctB packed integers with a scale and zero point per group), and "

@@ -198,7 +198,20 @@ class Gemma4Family(Family):
     def torch_save_layout(self, tensors, config: dict, float_dtype: str | None):
         """The organizers' ``torch.save(model.state_dict())`` layout of a Gemma 4 checkpoint (see
         :func:`iwslt_mc.torchsave.meta_state_dict_layout`)."""
-        from ..torchsave import meta_state_dict_layout
+        from .. import plancache
+        from ..torchsave import meta_skeleton, meta_state_dict_layout
+
+        def skeleton(cfg_dict, float_dtype):  # remembered per config (plan reads it without transformers)
+            key = [{k: v for k, v in cfg_dict.items() if k not in ("quantization_config", "_name_or_path")}, float_dtype]
+            got = plancache.get("gemma4-torchsave", key)
+            if got is None:
+                import torch
+
+                torch_dtype = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                               "F64": torch.float64}[float_dtype]
+                got = meta_skeleton(build(cfg_dict, torch_dtype))
+                plancache.put("gemma4-torchsave", key, got)
+            return got
 
         def build(cfg_dict, torch_dtype):
             from transformers import AutoConfig
@@ -209,7 +222,16 @@ class Gemma4Family(Family):
             cfg = AutoConfig.for_model(**d)
             return meta_model(cfg, dtype=torch_dtype)
 
-        return meta_state_dict_layout(tensors, config, float_dtype, build)
+        return meta_state_dict_layout(tensors, config, float_dtype, skeleton=skeleton)
+
+    def plain_config(self, raw: dict):
+        """``raw`` as a PlainConfig: the planner's facts about it come from transformers once, then from
+        :mod:`iwslt_mc.plancache` (``gemma4_plan.transformers_config`` converts it where needed)."""
+        from ..configjson import PlainConfig
+
+        if not isinstance(raw.get("text_config"), dict):
+            return None  # transformers' defaults fill it in: the planner loads its config object instead
+        return PlainConfig.from_dict(raw)
 
     def reference_dims(self) -> dict:
         """gemma-4-12B-it (:func:`gemma4_12b_config`): 48 LLM layers, no audio-encoder layers."""

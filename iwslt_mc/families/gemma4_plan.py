@@ -7,6 +7,9 @@ planner's own (:func:`iwslt_mc.planner.disk_tensors`, :func:`iwslt_mc.planner.sa
 Supported spec dimensions: precision (per component too), ``vocab``, ``ffn_dim`` and ``llm_layers``
 (the removed layers are the contiguous block nearest the middle that KV sharing and the global last
 layer allow: :meth:`Gemma4Family.allowed_removal`). ``--target`` searches are Qwen2-Audio only.
+A plain config (``plan --base DIR`` reads config.json without transformers) is converted to transformers'
+config only when :mod:`iwslt_mc.plancache` does not yet hold what the meta model says about it (the planned
+config, its tensors, the torch.save skeleton): the first plan of a config takes seconds, a repeat does not.
 """
 
 from __future__ import annotations
@@ -20,9 +23,40 @@ def _text(cfg):
     return getattr(cfg, "text_config", None) or cfg
 
 
+def _is_plain(cfg) -> bool:
+    from ..configjson import PlainConfig
+
+    return isinstance(cfg, PlainConfig)
+
+
+def _raw(cfg) -> dict:
+    """A plain config's JSON dict (the cache key of what the meta model says about it)."""
+    return {k: v for k, v in cfg.to_dict().items() if k != "_name_or_path"}
+
+
+def transformers_config(cfg):
+    """``cfg`` as transformers' config object (a :class:`~iwslt_mc.configjson.PlainConfig` read from a
+    config.json is converted as ``AutoConfig.from_pretrained`` reads that file); ``cfg`` itself otherwise."""
+    if not _is_plain(cfg):
+        return cfg
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    d = cfg.to_dict()
+    return CONFIG_MAPPING[d["model_type"]].from_dict(d)
+
+
 def base_dims(cfg) -> dict:
     """LLM and audio layers (None: no audio encoder, as in ``gemma4_unified``), FFN width, vocabulary, and
-    whether a vision encoder is there."""
+    whether a vision encoder is there (a plain config: remembered by :mod:`iwslt_mc.plancache`)."""
+    if _is_plain(cfg):
+        from .. import plancache
+
+        key = _raw(cfg)
+        got = plancache.get("gemma4-base", key)
+        if got is None:
+            got = base_dims(transformers_config(cfg))
+            plancache.put("gemma4-base", key, got)
+        return got
     from .gemma4_surgery import audio_layer_count
 
     t = _text(cfg)
@@ -77,6 +111,15 @@ def kept_after_prune(cfg, kept: list[int], options: dict) -> list[int] | None:
     """The base's LLM layers still there after a prune-layers stage with ``options`` (the stage's own rules:
     explicit ``llm_layers`` of the current model, the ``middle`` block the family allows, the ``top``
     block), given ``kept`` before it; None when the stage searches (``iterative``: not known in advance)."""
+    if _is_plain(cfg):
+        from .. import plancache
+
+        key = [_raw(cfg), kept, options]
+        got = plancache.get("gemma4-kept", key)
+        if got is None:
+            got = {"kept": kept_after_prune(transformers_config(cfg), kept, options)}
+            plancache.put("gemma4-kept", key, got)
+        return got["kept"]
     from ..stages.prune_layers import top_block
     from .gemma4 import Gemma4Family
 
@@ -140,6 +183,25 @@ def inventory(cfg) -> list[tuple[str, tuple, str, bool, bool]]:
     return out
 
 
+def planned(base_config, dims: dict):
+    """(the config with ``dims``, its :func:`inventory`); for a plain base config both come from
+    :mod:`iwslt_mc.plancache` when an earlier plan computed them (the config then is a PlainConfig of
+    transformers' ``to_dict()``), else from transformers (and are stored there)."""
+    if not _is_plain(base_config):
+        cfg = apply_dims(base_config, dims)
+        return cfg, inventory(cfg)
+    from .. import plancache
+    from ..configjson import PlainConfig
+
+    key = [_raw(base_config), dims]
+    got = plancache.get("gemma4-planned", key)
+    if got is None:
+        cfg = apply_dims(transformers_config(base_config), dims)
+        got = {"config": cfg.to_dict(), "inventory": [[k, list(sh), c, lin, emb] for k, sh, c, lin, emb in inventory(cfg)]}
+        plancache.put("gemma4-planned", key, got)
+    return PlainConfig.from_dict(got["config"]), [(k, tuple(sh), c, lin, emb) for k, sh, c, lin, emb in got["inventory"]]
+
+
 def predict(spec, base_config, edition: str, *, base_name: str | None = None):
     from ..planner import (Prediction, disk_tensors, is_quant_precision, predicted_torch_save,
                            safetensors_header_bytes)
@@ -160,11 +222,11 @@ def predict(spec, base_config, edition: str, *, base_name: str | None = None):
     dims["vision"] = base["vision"] and not spec.drop_vision
     if spec.llm_kept is not None:
         dims["llm_kept"] = sorted(spec.llm_kept)
-    cfg = apply_dims(base_config, dims)
+    cfg, tensors = planned(base_config, dims)
     fdt = spec.storage_float
     entries, params, overhead = [], 0, 0
     components = {c: {"params": 0, "bytes": 0} for c in COMPONENTS}
-    for key, shape, comp, linear, emb in inventory(cfg):
+    for key, shape, comp, linear, emb in tensors:
         prec = spec.precision_of(comp)
         if is_quant_precision(prec) and not (linear or (emb and comp == "embed_tokens")):
             prec = fdt
