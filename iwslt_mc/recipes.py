@@ -49,8 +49,9 @@ RECIPES: list[tuple[str, str, str]] = [
     ("quantize-only-int8", "quantize-only-int8.yaml", "zero-shot baseline: int8 (LLM.int8) of every linear layer, no training"),
     # Gemma 4 (family: gemma4 in the file), largest first
     ("gemma4-large", "gemma4-large.yaml", "Gemma 4: vision encoder removed, vocabulary trimmed, NF4 (all layers kept)"),
-    ("gemma4-medium", "gemma4-medium.yaml", "Gemma 4: vision encoder removed, distillation data, a quarter of the LLM layers removed (middle block), LoRA recovery (merged), vocabulary trimmed, NF4"),
-    ("gemma4-small", "gemma4-small.yaml", "Gemma 4: vision encoder removed, distillation data, half the LLM layers removed (middle block), LoRA recovery (merged), vocabulary trimmed, NF4"),
+    ("gemma4-medium", "gemma4-medium.yaml", "Gemma 4, ~4 GiB: vision encoder removed, distillation data, a quarter of the LLM layers removed (middle block), LoRA recovery (merged), vocabulary trimmed, NF4"),
+    ("gemma4-small", "gemma4-small.yaml", "Gemma 4, ~2 GiB: vision encoder removed, distillation data, 31 of 48 LLM layers removed (middle block), vocabulary trimmed, full fine-tuning, NF4"),
+    ("gemma4-tiny", "gemma4-tiny.yaml", "Gemma 4, ~1 GiB: vision encoder removed, distillation data, 40 of 48 LLM layers removed (middle block), vocabulary trimmed, full fine-tuning, NF4"),
 ]
 DEFAULT_FAMILY = "qwen2_audio"  # a recipe without a family: line
 
