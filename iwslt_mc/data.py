@@ -239,13 +239,14 @@ def describe_data(spec, split: str | None = None) -> list[dict]:
 @dataclass
 class DataReport:
     examples: int
-    truncated: int  # clips over 30 s (truncated when read)
+    truncated: int  # clips over max_seconds (30 s unless told; truncated when read)
     seconds: float  # total audio duration
     decoded: bool  # whether every clip was fully decoded (otherwise headers were checked)
 
 
 def validate_examples(examples: Sequence[Example], lang: str | None = None, *, decode: bool | None = None,
-                      progress: Callable[[int, int], None] | None = None) -> DataReport:
+                      progress: Callable[[int, int], None] | None = None,
+                      max_seconds: float = MAX_SECONDS) -> DataReport:
     """Check every example before training: non-empty English and target text, readable non-empty audio.
 
     ``decode`` None decodes every clip for small sets (<= 2000) and reads only headers
@@ -270,7 +271,7 @@ def validate_examples(examples: Sequence[Example], lang: str | None = None, *, d
         seen.add(id(ex))
         n = decode_audio(ex).shape[0] if decode else _header_samples(ex)
         seconds += n / SAMPLE_RATE
-        truncated += n > MAX_SAMPLES
+        truncated += n > int(max_seconds * SAMPLE_RATE)
         if progress:
             progress(i + 1, len(examples))
     return DataReport(len(examples), int(truncated), round(seconds, 3), bool(decode))

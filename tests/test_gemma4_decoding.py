@@ -158,9 +158,12 @@ def test_unified_distill_and_training_hear_at_most_18s(gemma_unified_kit, kit, t
         return item
 
     monkeypatch.setattr(training, "encode_example", enc)
-    ctx = StageContext(device="cpu", log=lambda s: None, lang="en-de", data=[str(data)], work_dir=tmp_path / "w2")
+    logs = []
+    ctx = StageContext(device="cpu", log=logs.append, lang="en-de", data=[str(data)], work_dir=tmp_path / "w2")
     run_stage(make_stage("finetune", {"mode": "full", "max_steps": 1, "batch_size": 2}), gemma_unified_kit / "model",
               tmp_path / "ft", ctx)
     assert sorted(set(tokens)) == [125, 450]  # 5 s and 18 s at 25 tokens a second
+    assert any(m.endswith("; 1 clips over 18 s will be truncated to 18 s") for m in logs)
+    assert max_audio_seconds(gemma_unified_kit / "model") == 18.0 and max_audio_seconds(kit / "model") == 30.0
     assert max_audio_seconds(SimpleNamespace(config=load_base_config(kit / "model"))) == 30.0
     assert max_audio_seconds(SimpleNamespace()) == 30.0

@@ -167,9 +167,14 @@ def family_of_config(config) -> Family:
 
 
 def max_audio_seconds(model) -> float:
-    """The longest audio ``model`` is given at once, training and distillation included: its family's
-    :meth:`Family.max_segment_seconds` for its config (30 s for a model without one)."""
-    config = getattr(model, "config", None)
+    """The longest audio ``model`` (a loaded model, or a model directory) is given at once, training and
+    distillation included: its family's :meth:`Family.max_segment_seconds` for its config (30 s without one)."""
+    if isinstance(model, (str, os.PathLike)):
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(str(model))
+    else:
+        config = getattr(model, "config", None)
     return 30.0 if config is None else family_of_config(config).max_segment_seconds(config)
 
 
