@@ -27,8 +27,8 @@ seed=0)`` does (a quarter of the data when there are fewer than 400 examples).
 Audio is kept encoded (bytes or a path) and decoded on demand by ``Example.waveform()`` to 16 kHz
 mono float32 with :func:`iwslt_mc.audio.load_audio`; clips over 30 s are truncated (the Whisper
 feature extractor sees 30 s at most), or over the model family's ``max_segment_seconds`` where the caller
-passes it (gemma4_unified: 18 s, see :meth:`iwslt_mc.families.Family.max_segment_seconds`). ``datasets`` 5 decodes Audio columns with torchcodec, which
-does not load here, so the audio column is always read undecoded.
+passes it (gemma4_unified: 18 s, see :meth:`iwslt_mc.families.Family.max_segment_seconds`). ``datasets`` 5
+decodes Audio columns with torchcodec, which does not load here, so the audio column is always read undecoded.
 
 Bad data becomes one ``InputFileError`` naming the file and row: :func:`load_examples` checks
 columns, :func:`validate_examples` checks texts and audio of every row before training starts.
