@@ -26,8 +26,9 @@ seed=0)`` does (a quarter of the data when there are fewer than 400 examples).
 
 Audio is kept encoded (bytes or a path) and decoded on demand by ``Example.waveform()`` to 16 kHz
 mono float32 with :func:`iwslt_mc.audio.load_audio`; clips over 30 s are truncated (the Whisper
-feature extractor sees 30 s at most). ``datasets`` 5 decodes Audio columns with torchcodec, which
-does not load here, so the audio column is always read undecoded.
+feature extractor sees 30 s at most), or over the model family's ``max_segment_seconds`` where the caller
+passes it (gemma4_unified: 18 s, see :meth:`iwslt_mc.families.Family.max_segment_seconds`). ``datasets`` 5
+decodes Audio columns with torchcodec, which does not load here, so the audio column is always read undecoded.
 
 Bad data becomes one ``InputFileError`` naming the file and row: :func:`load_examples` checks
 columns, :func:`validate_examples` checks texts and audio of every row before training starts.
@@ -75,9 +76,9 @@ class Example:
     texts: dict = field(default_factory=dict)  # other target languages by code ("ar": ...)
     meta: dict = field(default_factory=dict)  # e.g. origin/score of distilled pairs
 
-    def waveform(self) -> np.ndarray:
-        """16 kHz mono float32, truncated to 30 s."""
-        return decode_audio(self)[:MAX_SAMPLES]
+    def waveform(self, max_seconds: float = MAX_SECONDS) -> np.ndarray:
+        """16 kHz mono float32, truncated to ``max_seconds`` (30 s unless the model's family says less)."""
+        return decode_audio(self)[:int(max_seconds * SAMPLE_RATE)]
 
     def text(self, code: str) -> str | None:
         if code in ("en", "de", "zh"):
@@ -238,13 +239,14 @@ def describe_data(spec, split: str | None = None) -> list[dict]:
 @dataclass
 class DataReport:
     examples: int
-    truncated: int  # clips over 30 s (truncated when read)
+    truncated: int  # clips over max_seconds (30 s unless told; truncated when read)
     seconds: float  # total audio duration
     decoded: bool  # whether every clip was fully decoded (otherwise headers were checked)
 
 
 def validate_examples(examples: Sequence[Example], lang: str | None = None, *, decode: bool | None = None,
-                      progress: Callable[[int, int], None] | None = None) -> DataReport:
+                      progress: Callable[[int, int], None] | None = None,
+                      max_seconds: float = MAX_SECONDS) -> DataReport:
     """Check every example before training: non-empty English and target text, readable non-empty audio.
 
     ``decode`` None decodes every clip for small sets (<= 2000) and reads only headers
@@ -269,7 +271,7 @@ def validate_examples(examples: Sequence[Example], lang: str | None = None, *, d
         seen.add(id(ex))
         n = decode_audio(ex).shape[0] if decode else _header_samples(ex)
         seconds += n / SAMPLE_RATE
-        truncated += n > MAX_SAMPLES
+        truncated += n > int(max_seconds * SAMPLE_RATE)
         if progress:
             progress(i + 1, len(examples))
     return DataReport(len(examples), int(truncated), round(seconds, 3), bool(decode))

@@ -1102,7 +1102,7 @@ def _config_float(cfg) -> str:
 
 # Shipped recipes, in the order a suggestion prefers them (trained recipes before zero-shot ones).
 _RECIPE_PREFERENCE = ("recipe-b-bin1", "recipe-bin2", "recipe-b", "recipe-c", "recipe-a", "quantize-only",
-                      "quantize-only-int8", "gemma4-medium", "gemma4-small", "gemma4-large")
+                      "quantize-only-int8", "gemma4-medium", "gemma4-small", "gemma4-tiny", "gemma4-large")
 
 
 def _match_recipe(plan: BuildPlan, family: str = "qwen2_audio") -> None:

@@ -57,6 +57,7 @@ RECIPES: list[tuple[str, str]] = [
     ("gemma4-large", "gemma4-large.yaml"),
     ("gemma4-medium", "gemma4-medium.yaml"),
     ("gemma4-small", "gemma4-small.yaml"),
+    ("gemma4-tiny", "gemma4-tiny.yaml"),
 ]
 DEFAULT_FAMILY = "qwen2_audio"  # a recipe without a family: line
 

@@ -23,7 +23,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .data import Example, target_text
+from .data import MAX_SECONDS, Example, target_text
 from .distributed import is_main_process, world_size  # noqa: F401  (stages call training.is_main_process)
 from .errors import UserError
 
@@ -66,8 +66,10 @@ def encode_example(processor, wave: np.ndarray, target: str, lang: str) -> dict:
 class SpeechTranslationDataset:
     """A map-style torch dataset over Examples; encodes on first access and keeps small sets in memory."""
 
-    def __init__(self, examples: Sequence[Example], processor, lang: str, *, cache: bool | None = None):
+    def __init__(self, examples: Sequence[Example], processor, lang: str, *, cache: bool | None = None,
+                 max_seconds: float = MAX_SECONDS):
         self.examples = list(examples)
+        self.max_seconds = max_seconds  # audio past it is cut (the model family's max_segment_seconds)
         self.processor = processor
         self.lang = lang
         # 128 x 3000 float32 features are 1.5 MB an example: cache only sets that fit comfortably
@@ -81,7 +83,7 @@ class SpeechTranslationDataset:
         if i in self._cache:
             return self._cache[i]
         ex = self.examples[i]
-        item = encode_example(self.processor, ex.waveform(), target_text(ex, self.lang), self.lang)
+        item = encode_example(self.processor, ex.waveform(self.max_seconds), target_text(ex, self.lang), self.lang)
         if self.cache:
             self._cache[i] = item
         return item
@@ -423,7 +425,9 @@ def train(model, processor, examples: Sequence[Example], lang: str, settings: Tr
         disable_tqdm=not (settings.progress and main),
         optim="adamw_torch",
     )
-    dataset = SpeechTranslationDataset(examples, processor, lang)
+    from .families import max_audio_seconds
+
+    dataset = SpeechTranslationDataset(examples, processor, lang, max_seconds=max_audio_seconds(model))
     cache_was = _cache_off(model)
     if settings.gradient_checkpointing and hasattr(model, "enable_input_require_grads"):
         model.enable_input_require_grads()  # frozen embeddings (LoRA) would cut the checkpointed graph

@@ -71,7 +71,9 @@ def test_normalized_dedup_score_filter_and_resume(kit, tmp_path, monkeypatch):
     calls = []
 
     def fake_translate(model, processor, waves, lang, **kw):
-        ids = [order[w.__self__.id] for w in waves]  # waves are the examples' bound waveform methods
+        # waves are the examples' waveform methods, with the family's cut (30 s for Qwen2-Audio) bound
+        assert all(w.args == (30.0,) for w in waves)
+        ids = [order[w.func.__self__.id] for w in waves]
         calls.append(ids)
         if len(calls) == 2 and fail["now"]:
             raise KeyboardInterrupt

@@ -115,3 +115,55 @@ def test_quantize_computes_in_bf16_on_gemma4_unless_told(gemma_unified_kit, tmp_
         assert f"({short} compute)" in prov["techniques"][0]
         sizes[name] = sizer.measure(out, "2027").torch_save.bytes
     assert sizes["default"] == sizes["fp16"]
+
+
+def test_unified_distill_and_training_hear_at_most_18s(gemma_unified_kit, kit, tmp_path, monkeypatch):
+    """The 18 s of decode hold in distillation and training too (Family.max_segment_seconds through
+    families.max_audio_seconds): the unified teacher translates a 25 s clip's first 18 s (450 audio tokens,
+    not 750), and fine-tuning encodes the same 18 s; a 5 s clip is untouched. Qwen2-Audio keeps 30 s."""
+    from types import SimpleNamespace
+
+    from iwslt_mc import decoding, training
+    from iwslt_mc.data import Example, write_parquet
+    from iwslt_mc.families import max_audio_seconds
+    from iwslt_mc.planner import load_base_config
+    from iwslt_mc.stages import make_stage
+    from iwslt_mc.stages.base import StageContext, run_stage
+
+    rng = np.random.default_rng(0)
+    long_wave = (0.1 * rng.standard_normal(25 * 16000)).astype(np.float32)
+    short_wave = long_wave[: 5 * 16000]
+    exs = [Example("long", long_wave, "a long talk", "ein langer Vortrag"),
+           Example("short", short_wave, "a short one", "ein kurzer")]
+    data = tmp_path / "data"
+    write_parquet(exs, data / "train.parquet")
+
+    heard, real_translate = [], decoding.translate
+
+    def spy(model, processor, waves, *a, **k):
+        heard.extend(len(w()) / 16000 for w in waves)
+        return real_translate(model, processor, waves, *a, **k)
+
+    monkeypatch.setattr(decoding, "translate", spy)
+    ctx = StageContext(device="cpu", log=lambda s: None, lang="en-de", data=[str(data)], work_dir=tmp_path / "w1")
+    run_stage(make_stage("distill", {"max_new_tokens": 4, "keep_references": True}), gemma_unified_kit / "model",
+              tmp_path / "distilled", ctx)
+    assert sorted(heard) == [5.0, 18.0]
+
+    tokens, real_encode = [], training.encode_example
+
+    def enc(processor, wave, *a, **k):
+        item = real_encode(processor, wave, *a, **k)
+        tokens.append(sum(t == processor.audio_token_id for t in item["input_ids"]))
+        return item
+
+    monkeypatch.setattr(training, "encode_example", enc)
+    logs = []
+    ctx = StageContext(device="cpu", log=logs.append, lang="en-de", data=[str(data)], work_dir=tmp_path / "w2")
+    run_stage(make_stage("finetune", {"mode": "full", "max_steps": 1, "batch_size": 2}), gemma_unified_kit / "model",
+              tmp_path / "ft", ctx)
+    assert sorted(set(tokens)) == [125, 450]  # 5 s and 18 s at 25 tokens a second
+    assert any(m.endswith("; 1 clips over 18 s will be truncated to 18 s") for m in logs)
+    assert max_audio_seconds(gemma_unified_kit / "model") == 18.0 and max_audio_seconds(kit / "model") == 30.0
+    assert max_audio_seconds(SimpleNamespace(config=load_base_config(kit / "model"))) == 30.0
+    assert max_audio_seconds(SimpleNamespace()) == 30.0

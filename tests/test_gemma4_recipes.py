@@ -13,7 +13,9 @@ import pytest
 
 from iwslt_mc.cli import main
 
-GEMMA_RECIPES = ("gemma4-large", "gemma4-medium", "gemma4-small")
+GEMMA_RECIPES = ("gemma4-large", "gemma4-medium", "gemma4-small", "gemma4-tiny")
+# the 2027 ladder at 12B (torch.save GiB, 16k-token vocabulary): recipe -> (rung, LLM layers kept)
+LADDER = {"gemma4-medium": (4, 36), "gemma4-small": (2, 17), "gemma4-tiny": (1, 8)}
 
 
 @pytest.fixture(scope="module")
@@ -98,16 +100,17 @@ def test_plan_recipes_on_the_12b_layout_exactly(g12, capsys):
         assert main(["plan", name, "--base", str(g12), "--json"]) == 0
         preds[name] = json.loads(capsys.readouterr().out)
     d = {n: p["dims"] for n, p in preds.items()}
-    assert [d[n]["llm_layers"] for n in GEMMA_RECIPES] == [48, 36, 24]
+    assert [d[n]["llm_layers"] for n in GEMMA_RECIPES] == [48, 36, 17, 8]
     assert all(not d[n]["vision"] and d[n]["vocab"] == 16000 and p["family"] == "gemma4" for n, p in preds.items())
     assert all(p["components"]["vision_encoder"]["params"] == 0 for p in preds.values())
-    assert preds["gemma4-large"]["bytes"] > preds["gemma4-medium"]["bytes"] > preds["gemma4-small"]["bytes"]
+    sizes = [preds[n]["bytes"] for n in GEMMA_RECIPES]
+    assert sizes == sorted(sizes, reverse=True)
     # the torch.save measure is predicted too, and a little larger than the safetensors bytes
     for p in preds.values():
         assert p["torch_save"]["bytes"] > p["bytes"] and "layout:gemma4_unified/meta-model" in p["torch_save"]["signature"]
     from iwslt_mc import planner
 
-    spec = planner.Spec(llm_layers=24, vocab=16000, drop_vision=True, precision="bf16")
+    spec = planner.Spec(llm_layers=17, vocab=16000, drop_vision=True, precision="bf16")
     pred = planner.predict(spec, planner.load_base_config(g12), "2027")
     model = meta_model(pred.config)
     n = sum(p.numel() for p in model.parameters()) + sum(
@@ -204,13 +207,46 @@ def test_prune_audio_layers_gemma4(gemma_kit, gemma_unified_kit, tmp_path, monke
 
 # ------------------------------------------------------------------ recipes built on the kits
 
-@pytest.mark.parametrize("name,which", [("gemma4-medium", "gemma4"), ("gemma4-small", "unified")])
+def test_ladder_headers_and_sizes_on_the_12b_layout(g12):
+    """The 2027 ladder: gemma4-medium / -small / -tiny land just at or under ~4 / ~2 / ~1 GiB torch.save on the
+    12B layout (16k tokens), with as many layers as the rung allows, and each header states the planner's
+    figure to the byte and to the GiB's third decimal."""
+    import re
+
+    from iwslt_mc import planner
+    from iwslt_mc.build import spec_for_stages
+    from iwslt_mc.recipes import RECIPES, load_recipe
+
+    base = planner.load_base_config(g12)
+    for name, (rung, layers) in LADDER.items():
+        recipe = load_recipe(name)
+        stages = [e for e in recipe.active_stages("constrained") if e.stage != "trim-vocab"]
+        spec, _ = spec_for_stages(stages, base, base=str(g12), lang="en-de", data={}, condition="constrained")
+        spec = dataclasses.replace(spec, vocab=16000)
+        ts = planner.predict(spec, base, "2027").torch_save.bytes
+        assert spec.llm_layers == layers and abs(ts / 2**30 - rung) < 0.05 * rung
+        if rung < 4:  # as many layers as stay under the rung
+            more = planner.predict(dataclasses.replace(spec, llm_layers=layers + 1, llm_kept=None), base,
+                                   "2027").torch_save.bytes
+            assert ts < rung * 2**30 < more
+        header = Path(recipe.path).read_text().split("\nname:")[0]
+        assert f"torch.save {ts / 2**30:.3f} GiB" in header and (rung == 4 or f"{ts:,} bytes" in header)
+        assert re.search(rf"~{rung} GiB rung", header)
+        assert next(d for n, _, d in RECIPES if n == name).startswith(f"Gemma 4, ~{rung} GiB:")
+
+
+# (recipe, kit) pairs: every rung on both kits; the first of each recipe's pairs is checked in depth
+SMOKE_BUILDS = [("gemma4-medium", "gemma4"), ("gemma4-small", "unified"), ("gemma4-tiny", "gemma4"),
+                ("gemma4-medium", "unified"), ("gemma4-small", "gemma4"), ("gemma4-tiny", "unified")]
+
+
+@pytest.mark.parametrize("name,which", SMOKE_BUILDS)
 def test_smoke_build_planner_equals_real_bytes(gemma_kit, gemma_unified_kit, tmp_path, name, which):
-    """The whole recipe (drop-vision, distillation data from the unpruned model, prune, LoRA recovery on the
-    LLM projections merged, trim-vocab, NF4 + double quantization) with --smoke on a kit: the recovery
-    trains and merges exactly the LLM projections; the planner's tensors are the built model's; only the
-    digits of each 4-bit quant_state JSON (the nested offset) differ, as for Qwen2-Audio. The torch.save
-    measure equals a real torch.save of the NF4 model."""
+    """The whole recipe (drop-vision, distillation data from the unpruned model, prune, recovery: LoRA on the
+    LLM projections merged (gemma4-medium) or full fine-tuning of the trimmed model (-small, -tiny), trim-vocab,
+    NF4 + double quantization) with --smoke on each kit: the planner's tensors are the built model's; only the
+    digits of each 4-bit quant_state JSON (the nested offset) differ, as for Qwen2-Audio; the torch.save
+    measure is the planner's. In depth on one kit per recipe: what the recovery trained, and a real torch.save."""
     import re
 
     import torch
@@ -221,11 +257,14 @@ def test_smoke_build_planner_equals_real_bytes(gemma_kit, gemma_unified_kit, tmp
     from iwslt_mc.build import build, scaled_stages, spec_for_stages
     from iwslt_mc.recipes import load_recipe
 
+    deep = next(p for p in SMOKE_BUILDS if p[0] == name) == (name, which)
     kit = gemma_kit[0] if which == "gemma4" else gemma_unified_kit
-    res = build(load_recipe(name), lang="en-de", base=str(kit / "model"), data={"acl6060": str(kit / "data")},
+    recipe = load_recipe(name)
+    res = build(recipe, lang="en-de", base=str(kit / "model"), data={"acl6060": str(kit / "data")},
                 condition="constrained", out=tmp_path / "b", smoke=True, log=lambda *a: None)
-    assert [s["stage"] for s in res.stages] == ["drop-vision", "distill", "prune-layers", "finetune", "trim-vocab",
-                                                "quantize"]
+    order = [s["stage"] for s in res.stages]
+    assert order == [e.stage for e in recipe.stages] and order[:3] == ["drop-vision", "distill", "prune-layers"]
+    assert order[-1] == "quantize" and {"finetune", "trim-vocab"} <= set(order)
     prov = {s["stage"]: s for s in json.loads((res.model_dir / "provenance.json").read_text())["stages"]}
     # the teacher is the unpruned model (vision removed): it translated the 4 smoke utterances (a translation
     # equal to its reference, or empty, is dropped) and its pairs are next to the 4 references
@@ -233,24 +272,39 @@ def test_smoke_build_planner_equals_real_bytes(gemma_kit, gemma_unified_kit, tmp
     assert d["teacher"] == res.stages[0]["dir"] and (d["utterances"], d["reference_pairs"]) == (4, 4)
     assert d["teacher_pairs"] >= 1 and d["teacher_pairs"] + d["duplicates"] + d["empty"] == 4
     assert d["pairs"] == d["teacher_pairs"] + 4
-    # the recovery: LoRA on exactly the LLM projections of the pruned model (not the tied lm_head, the audio
-    # path or the PLE projections), merged; every other tensor is the input's (rounded to the bf16 it trained in)
-    target = next(e for e in load_recipe(name).stages if e.stage == "finetune").options["target_modules"]
-    pruned, merged = (load_file(str(Path(res.stages[i]["dir"]) / "model.safetensors")) for i in (2, 3))
-    projections = sorted(k for k in pruned if re.fullmatch(target + r"\.weight", k))
-    assert len(projections) >= 7 and pruned.keys() == merged.keys()
-    assert prov["finetune"]["train"]["trainable_params"] == sum(8 * sum(pruned[k].shape) for k in projections)  # r 8
-    assert prov["finetune"]["techniques"][1] == "LoRA adapters merged into the base model"
-    assert sorted(k for k in pruned if not torch.equal(merged[k], pruned[k].bfloat16().to(pruned[k].dtype))) == projections
+    ft = next(e for e in recipe.stages if e.stage == "finetune").options
+    i = order.index("finetune")
+    before, after = (load_file(str(Path(res.stages[j]["dir"]) / "model.safetensors")) for j in (i - 1, i))
+    assert before.keys() == after.keys()
+    if deep and ft["mode"] == "lora":
+        # LoRA on exactly the LLM projections of the pruned model (not the tied lm_head, the audio path or the
+        # PLE projections), merged; every other tensor is the input's (rounded to the bf16 it trained in)
+        projections = sorted(k for k in before if re.fullmatch(ft["target_modules"] + r"\.weight", k))
+        assert len(projections) >= 7
+        assert prov["finetune"]["train"]["trainable_params"] == sum(8 * sum(before[k].shape) for k in projections)
+        assert prov["finetune"]["techniques"][1] == "LoRA adapters merged into the base model"
+        assert sorted(k for k in before if not torch.equal(after[k], before[k].bfloat16().to(before[k].dtype))) == projections
+    elif deep:
+        # full fine-tuning of the pruned model after trim-vocab: every parameter trains (the tied embedding
+        # counted once), on the trimmed vocabulary (16k-wide logits at 12B)
+        assert order.index("trim-vocab") == i - 1
+        model = AutoModelForMultimodalLM.from_pretrained(str(Path(res.stages[i - 1]["dir"])))
+        assert prov["finetune"]["train"]["trainable_params"] == sum(p.numel() for p in model.parameters())
+        # every LLM projection moved (norm weights near 1.0 may not, by a bf16 step, in the smoke's 2 steps)
+        changed = {k for k in before if not torch.equal(after[k], before[k].bfloat16().to(before[k].dtype))}
+        projections = [k for k in before if re.search(
+            r"language_model\.layers\.\d+\.(self_attn\.[qkvo]_proj|mlp\.(gate|up|down)_proj)\.weight$", k)]
+        assert len(projections) >= 13 and set(projections) <= changed
     cfg = json.loads((res.model_dir / "config.json").read_text())
     t = cfg["text_config"]
     assert cfg["vision_config"] is None and t["layer_types"][-1] == "full_attention"
-    # smoke: 12 of 48 layers -> 1 of 4 (the valid block nearest the middle: layer 2); 24 of 48 -> 2 of 4 ([2, 3])
-    assert t["num_hidden_layers"] == {"gemma4-medium": 3, "gemma4-small": 2}[name]
+    # smoke: 12 of 48 layers -> 1 of 4 (the valid block nearest the middle); 31 or 40 of 48 -> 2 of 4 (the first
+    # and last layers stay)
+    assert t["num_hidden_layers"] == {"gemma4-medium": 3, "gemma4-small": 2, "gemma4-tiny": 2}[name]
     assert t["vocab_size"] < 1856 and cfg["quantization_config"]["bnb_4bit_use_double_quant"]
     rep = sizer.measure(res.model_dir, "2027")
     base = planner.load_base_config(kit / "model")
-    stages = scaled_stages(load_recipe(name), str(kit / "model"), smoke=True)
+    stages = scaled_stages(recipe, str(kit / "model"), smoke=True)
     spec, _ = spec_for_stages(stages, base, base=str(kit / "model"), lang="en-de",
                               data={"acl6060": str(kit / "data")}, condition="constrained")
     pred = planner.predict(spec, base, "2027")
@@ -262,8 +316,10 @@ def test_smoke_build_planner_equals_real_bytes(gemma_kit, gemma_unified_kit, tmp
     assert {k: v for k, v in real.items() if ".quant_state." not in k} == {
         k: v for k, v in planned.items() if ".quant_state." not in k}
     assert 0 <= res.size["bytes"] - pred.bytes < 100
-    assert rep.torch_save.bytes_cpu == _real_torch_save_bytes(res.model_dir)
-    assert AutoModelForMultimodalLM.from_pretrained(str(res.model_dir)).config.text_config.vocab_size == t["vocab_size"]
+    assert 0 <= rep.torch_save.bytes - pred.torch_save.bytes < 100  # the quant_state digits again
+    if deep:
+        assert rep.torch_save.bytes_cpu == _real_torch_save_bytes(res.model_dir)
+        assert AutoModelForMultimodalLM.from_pretrained(str(res.model_dir)).config.text_config.vocab_size == t["vocab_size"]
 
 
 # ------------------------------------------------------------------ the gemma4_unified kit

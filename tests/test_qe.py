@@ -311,7 +311,7 @@ def _distill_with_teacher(kit, out, options, texts, monkeypatch):
     order = {e.id: i for i, e in enumerate(train)}
 
     def fake_translate(model, processor, waves, lang, **kw):
-        return [decoding.Hyp(texts[order[w.__self__.id]], 5, 0.0) for w in waves]
+        return [decoding.Hyp(texts[order[w.func.__self__.id]], 5, 0.0) for w in waves]  # waveform, cut bound
 
     monkeypatch.setattr(decoding, "translate", fake_translate)
     ctx = StageContext(lang="en-de", data=[str(kit / "data")], device="cpu", log=lambda m: None)

@@ -225,7 +225,7 @@ def test_dry_run_refuses_a_misspelt_skip_of_a_shipped_recipe(kit, capsys):
 # recipes whose --smoke build on their kit another test runs (with more assertions about the result)
 BUILT_ELSEWHERE = {"recipe-bin4": "test_recipe_ladder.py", "recipe-bin5": "test_recipe_ladder.py",
                    "quantize-only": "test_build.py", "gemma4-medium": "test_gemma4_recipes.py",
-                   "gemma4-small": "test_gemma4_recipes.py",
+                   "gemma4-small": "test_gemma4_recipes.py", "gemma4-tiny": "test_gemma4_recipes.py",
                    **{f"recipe-2027-{r}": "test_quant_packed.py" for r in ("4gib", "2gib", "1gib", "05gib")}}
 # ordered so that each shares the longest run of finished stages with one built before it (see _seed)
 BUILT_HERE = ["recipe-b", "recipe-b-bin1", "recipe-a", "recipe-bin2", "recipe-d-replace", "recipe-c", "recipe-c-kd",

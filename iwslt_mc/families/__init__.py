@@ -178,6 +178,18 @@ def family_of_config(config) -> Family:
     return family_of_model_type(mt) or family_named("qwen2_audio")
 
 
+def max_audio_seconds(model) -> float:
+    """The longest audio ``model`` (a loaded model, or a model directory) is given at once, training and
+    distillation included: its family's :meth:`Family.max_segment_seconds` for its config (30 s without one)."""
+    if isinstance(model, (str, os.PathLike)):
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(str(model))
+    else:
+        config = getattr(model, "config", None)
+    return 30.0 if config is None else family_of_config(config).max_segment_seconds(config)
+
+
 def family_of_processor(processor) -> Family | None:
     """The family a loaded processor belongs to, from its class name (None: unknown, use the defaults)."""
     name = type(processor).__name__

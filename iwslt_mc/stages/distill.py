@@ -30,6 +30,7 @@ chunk, and a rerun translates only what is missing. The stage runs on one proces
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -274,6 +275,7 @@ class Distill(Stage):
         from .. import modelio, provenance
         from ..data import audio_key, describe_data, duration, target_code, write_parquet
         from ..decoding import translate
+        from ..families import max_audio_seconds
         from ..fsutil import atomic_write_json
 
         o = self.options
@@ -293,15 +295,19 @@ class Distill(Stage):
             device = ctx.resolved_device()
             model = modelio.load_model(teacher, dtype=modelio.runtime_dtype(teacher, device), device=device)
             processor = modelio.load_processor(teacher)
+            # the teacher hears what the student will train on: audio cut at the family's longest piece
+            # (30 s; gemma4_unified 18 s = 450 audio tokens), so a teacher pair matches its cut audio
+            max_s = max_audio_seconds(model)
             if not done:
                 log_path.write_text(json.dumps({"fingerprint": fp, "teacher": str(teacher)}) + "\n", encoding="utf-8")
             t0 = time.time()
             for start in range(0, len(todo), o.chunk):
                 part = todo[start:start + o.chunk]
-                hyps = translate(model, processor, [examples[i].waveform for i in part], ctx.lang,
+                waves = [functools.partial(examples[i].waveform, max_s) for i in part]
+                hyps = translate(model, processor, waves, ctx.lang,
                                  mode=o.decode_mode, batch_size=o.batch_size, max_length=o.max_length,
                                  max_new_tokens=o.max_new_tokens, progress=True,
-                                 lengths=[min(duration(examples[i]), 30.0) for i in part])
+                                 lengths=[min(duration(examples[i]), max_s) for i in part])
                 with open(log_path, "a", encoding="utf-8") as f:
                     for i, h in zip(part, hyps):
                         rec = {"i": i, "id": examples[i].id, "text": h.text, "n_tokens": h.n_tokens}

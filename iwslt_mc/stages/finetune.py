@@ -255,6 +255,9 @@ class Finetune(Stage):
                 import bitsandbytes  # noqa: F401
             except ImportError:
                 raise UserError("stage finetune: qlora needs bitsandbytes (pip install bitsandbytes)") from None
+        from ..families import max_audio_seconds
+
+        self._max_seconds = max_audio_seconds(in_dir)  # training cuts clips there (gemma4_unified: 18 s)
         self._examples = self._load_data(ctx)
 
     def _load_data(self, ctx: StageContext):
@@ -264,11 +267,12 @@ class Finetune(Stage):
         exs = load_examples(ctx.data, o.split, limit=o.limit, seed=ctx.seed, lang=ctx.lang)
         if len(exs) > 2000:
             ctx.log(f"finetune: checking {len(exs):,} examples (texts, audio headers)")
-        rep = validate_examples(exs, ctx.lang)
+        m = getattr(self, "_max_seconds", 30.0)
+        rep = validate_examples(exs, ctx.lang, max_seconds=m)
         hours = rep.seconds / 3600
         msg = f"finetune: {rep.examples} examples, " + (f"{hours:.2f} h" if hours >= 1 else f"{rep.seconds / 60:.1f} min") + " of audio"
         if rep.truncated:
-            msg += f"; {rep.truncated} clips over 30 s will be truncated to 30 s"
+            msg += f"; {rep.truncated} clips over {m:g} s will be truncated to {m:g} s"
         ctx.log(msg)
         return exs
 
