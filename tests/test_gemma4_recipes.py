@@ -215,7 +215,7 @@ def test_ladder_headers_and_sizes_on_the_12b_layout(g12):
 
     from iwslt_mc import planner
     from iwslt_mc.build import spec_for_stages
-    from iwslt_mc.recipes import RECIPES, load_recipe
+    from iwslt_mc.recipes import load_recipe
 
     base = planner.load_base_config(g12)
     for name, (rung, layers) in LADDER.items():
@@ -232,7 +232,7 @@ def test_ladder_headers_and_sizes_on_the_12b_layout(g12):
         header = Path(recipe.path).read_text().split("\nname:")[0]
         assert f"torch.save {ts / 2**30:.3f} GiB" in header and (rung == 4 or f"{ts:,} bytes" in header)
         assert re.search(rf"~{rung} GiB rung", header)
-        assert next(d for n, _, d in RECIPES if n == name).startswith(f"Gemma 4, ~{rung} GiB:")
+        assert recipe.description.startswith(f"Gemma 4, ~{rung} GiB:")
 
 
 # (recipe, kit) pairs: every rung on both kits; the first of each recipe's pairs is checked in depth
