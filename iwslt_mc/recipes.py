@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import InputFileError, UserError
+from .families import default_family
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 
@@ -59,7 +60,7 @@ RECIPES: list[tuple[str, str]] = [
     ("gemma4-small", "gemma4-small.yaml"),
     ("gemma4-tiny", "gemma4-tiny.yaml"),
 ]
-DEFAULT_FAMILY = "qwen2_audio"  # a recipe without a family: line
+DEFAULT_FAMILY = default_family().name  # a recipe without a family: line (the registry's first family)
 
 CONDITIONS = ("constrained", "unconstrained")
 BUILTIN_DATA = "acl6060"
@@ -144,11 +145,11 @@ def load_recipe(name_or_path: str) -> Recipe:
     for k in doc:
         if k not in top_allowed:
             raise UserError(f"{path}:{lines.get(k, 0)}: unknown recipe key {k!r} (allowed: {', '.join(sorted(top_allowed))})")
-    from .families import FAMILY_NAMES
+    from .families import family_names
 
     family = doc.get("family", DEFAULT_FAMILY)
-    if family not in FAMILY_NAMES:
-        raise UserError(f"{path}:{lines.get('family', 0)}: unknown family {family!r} (known: {', '.join(FAMILY_NAMES)})")
+    if family not in family_names():
+        raise UserError(f"{path}:{lines.get('family', 0)}: unknown family {family!r} (known: {', '.join(family_names())})")
     stages_raw = doc.get("stages")
     if not isinstance(stages_raw, list) or not stages_raw:
         raise UserError(f"{path}: 'stages' must be a non-empty list")

@@ -18,7 +18,9 @@ def _model_dir(tmp_path, model_type):
 
 
 def test_registry_names_match():
-    assert tuple(f.name for f in families.families()) == families.FAMILY_NAMES
+    assert families.family_names() == ("qwen2_audio", "gemma4") == tuple(f.name for f in families.families())
+    assert families.REGISTRY == ("qwen2_audio:Qwen2AudioFamily", "gemma4:Gemma4Family")
+    assert families.default_family().name == "qwen2_audio"
     assert families.supported_text() == "qwen2_audio [qwen2_audio], gemma4 [gemma4, gemma4_unified]"
     # modelio and the planner refuse by the registry itself (no second list to keep in step)
     assert tuple(t for f in families.families() for t in f.model_types) == ("qwen2_audio", "gemma4", "gemma4_unified")
@@ -91,3 +93,54 @@ def test_qwen2_audio_prompt_unchanged(kit_processor):
     text = prompt_text(kit_processor, "en-de")
     assert text == _qwen2_audio_prompt_text(kit_processor, "en-de")
     assert "You are a professional translator." in text and "Translate the English speech into German:" in text
+
+
+def test_family_of_config_unknown_model_type_is_one_line_naming_config(tmp_path):
+    """An unknown model_type is an error naming the config file (it used to fall back to Qwen2-Audio);
+    a config that names no model type is the default family's."""
+    from types import SimpleNamespace
+
+    from iwslt_mc.errors import UserError
+
+    cfg = SimpleNamespace(model_type="bert", _name_or_path=str(tmp_path / "m"))
+    with pytest.raises(UserError) as e:
+        families.family_of_config(cfg)
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert msg.startswith(f"{tmp_path / 'm' / 'config.json'}: unsupported model family (model_type 'bert'")
+    assert "qwen2_audio [qwen2_audio]" in msg
+    assert families.family_of_config(None).name == "qwen2_audio"
+    assert families.family_of_config(SimpleNamespace(model_type="gemma4_unified")).name == "gemma4"
+
+
+@pytest.mark.parametrize("stage,qwen,gemma", [("prune-ffn", True, False), ("prune-hidden", True, False),
+                                              ("replace-layers", True, False), ("drop-vision", False, True),
+                                              ("prune-layers", True, True), ("trim-vocab", True, True),
+                                              ("quantize", True, True), ("kd", True, True)])
+def test_families_declare_supported_stages(stage, qwen, gemma):
+    from iwslt_mc.families.base import ALL_STAGES
+    from iwslt_mc.stages import stage_names
+
+    assert tuple(stage_names()) == ALL_STAGES
+    assert families.family_named("qwen2_audio").supports(stage) is qwen
+    assert families.family_named("gemma4").supports(stage) is gemma
+
+
+def test_stage_refuses_unsupported_family_by_declaration(tmp_path):
+    from iwslt_mc.errors import UserError
+    from iwslt_mc.stages import make_stage
+    from iwslt_mc.stages.base import _check_family
+
+    d = _model_dir(tmp_path, "gemma4")
+    with pytest.raises(UserError, match=r"stage prune-ffn: not supported for gemma4 models yet \(.*; it handles: qwen2_audio\)"):
+        _check_family(make_stage("prune-ffn", {"llm_width": 64}), d)
+
+
+def test_family_of_processor_by_declared_prefix():
+    class Qwen2AudioProcessor: ...
+    class Gemma4UnifiedProcessor: ...
+    class WhisperProcessor: ...
+
+    assert families.family_of_processor(Qwen2AudioProcessor()).name == "qwen2_audio"
+    assert families.family_of_processor(Gemma4UnifiedProcessor()).name == "gemma4"
+    assert families.family_of_processor(WhisperProcessor()) is None

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import re
 
-from . import Family
+from .base import Family
 
 COMPONENTS = ("audio_encoder", "vision_encoder", "projector", "llm_layers", "per_layer_embeddings",
               "embed_tokens", "lm_head", "other")
@@ -60,6 +60,10 @@ class Gemma4Family(Family):
     default_max_new_tokens = MAX_NEW_TOKENS
     turn_end_token = "<turn|>"  # the chat template closes every turn, the model's too, with it
     token_aligned_inputs = ("mm_token_type_ids",)
+    processor_prefixes = ("Gemma4",)
+    stages = ("prune-layers", "trim-vocab", "quantize", "finetune", "merge", "distill", "kd", "drop-vision")
+    kit_options = ("unified",)
+    tracks_kept_layers = True  # sliding/global layers differ in size: which stay is part of a prediction
 
     # Audio tokens per second of either layout: one soft token per 40 ms (both processors'
     # audio_ms_per_token; gemma4_unified: one 640-sample frame at 16 kHz, Gemma4UnifiedAudioConfig).

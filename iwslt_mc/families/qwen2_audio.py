@@ -3,7 +3,7 @@ planner, kit), so behaviour is exactly what it was before families existed."""
 
 from __future__ import annotations
 
-from . import Family
+from .base import ALL_STAGES, Family
 
 
 class Qwen2AudioFamily(Family):
@@ -12,6 +12,9 @@ class Qwen2AudioFamily(Family):
     model_types = ("qwen2_audio",)
     hub_org, hub_name_prefix = "Qwen", "qwen2-audio"
     hidden_state_kd = True
+    processor_prefixes = ("Qwen2Audio",)
+    stages = tuple(s for s in ALL_STAGES if s != "drop-vision")
+    kit_options = ("vocab",)
 
     @property
     def components(self):

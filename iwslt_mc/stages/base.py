@@ -218,8 +218,6 @@ class Stage:
     Options: ClassVar[type[StageOptions]] = StageOptions
     # the description line(s) the packager shows for this stage; may be refined in run()'s extras
     techniques: ClassVar[list[str]] = []
-    # model families (iwslt_mc.families) the stage handles; run_stage refuses others
-    families: ClassVar[tuple[str, ...]] = ("qwen2_audio",)
 
     def __init__(self, options: dict | StageOptions | None = None):
         if isinstance(options, StageOptions):
@@ -294,13 +292,14 @@ def data_warnings(log):
 
 
 def _check_family(stage: Stage, in_dir: Path) -> None:
-    """A one-line refusal for a model family the stage does not handle (``Stage.families``)."""
-    from ..families import family_for
+    """A one-line refusal for a model family the stage does not handle (:meth:`Family.supports`)."""
+    from ..families import families, family_for
 
-    fam = family_for(in_dir).name
-    if fam not in stage.families:
-        raise UserError(f"stage {stage.name}: not supported for {fam} models yet ({in_dir}; "
-                        f"it handles: {', '.join(stage.families)})")
+    fam = family_for(in_dir)
+    if not fam.supports(stage.name):
+        handled = [f.name for f in families() if f.supports(stage.name)]
+        raise UserError(f"stage {stage.name}: not supported for {fam.name} models yet ({in_dir}; "
+                        f"it handles: {', '.join(handled)})")
 
 
 def run_stage(stage: Stage, in_dir, out_dir, ctx: StageContext | None = None, *, overwrite: bool = False) -> dict:

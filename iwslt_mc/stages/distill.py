@@ -245,7 +245,6 @@ class Distill(Stage):
     name = "distill"
     Options = DistillOptions
     techniques = ["sequence-level knowledge distillation"]
-    families = ("qwen2_audio", "gemma4")
 
     def check(self, in_dir: Path, ctx: StageContext) -> None:
         from ..modelio import check_model_dir

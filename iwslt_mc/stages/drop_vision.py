@@ -22,7 +22,6 @@ class DropVisionOptions(StageOptions):
 class DropVision(Stage):
     name = "drop-vision"
     Options = DropVisionOptions
-    families = ("gemma4",)
     techniques = ["vision encoder removed (speech translation does not use it)"]
 
     def check(self, in_dir: Path, ctx: StageContext) -> None:

@@ -216,7 +216,6 @@ class Finetune(Stage):
     name = "finetune"
     Options = FinetuneOptions
     techniques = ["fine-tuning"]
-    families = ("qwen2_audio", "gemma4")
 
     def plan(self, cfg: dict, ctx: StageContext, where: str) -> dict | None:
         from ..families import family_of_model_type

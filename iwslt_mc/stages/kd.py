@@ -359,7 +359,6 @@ class KD(Stage):
     name = "kd"
     Options = KDOptions
     techniques = ["knowledge distillation"]
-    families = ("qwen2_audio", "gemma4")  # Gemma 4: word-level KD (hidden-state KD: Family.hidden_state_kd)
 
     def check(self, in_dir: Path, ctx: StageContext) -> None:
         from ..prompting import check_lang

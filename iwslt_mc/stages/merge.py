@@ -75,7 +75,6 @@ class Merge(Stage):
     name = "merge"
     Options = MergeOptions
     techniques = ["LoRA adapters merged into the base model"]
-    families = ("qwen2_audio", "gemma4")
 
     def check(self, in_dir: Path, ctx: StageContext) -> None:
         read_config(in_dir)

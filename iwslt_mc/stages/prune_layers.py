@@ -160,7 +160,6 @@ class PruneLayersOptions(StageOptions):
 class PruneLayers(Stage):
     name = "prune-layers"
     Options = PruneLayersOptions
-    families = ("qwen2_audio", "gemma4")
     techniques = ["layer pruning"]
 
     def check(self, in_dir: Path, ctx: StageContext) -> None:

@@ -205,7 +205,6 @@ class Quantize(Stage):
     name = "quantize"
     Options = QuantizeOptions
     techniques = ["bitsandbytes quantization"]
-    families = ("qwen2_audio", "gemma4")
 
     def check(self, in_dir: Path, ctx: StageContext) -> None:
         cfg = read_config(in_dir)

@@ -282,7 +282,6 @@ def general_word_texts(lang: str, words: list[str]) -> list[str]:
 class TrimVocab(Stage):
     name = "trim-vocab"
     Options = TrimVocabOptions
-    families = ("qwen2_audio", "gemma4")
     techniques = ["vocabulary trimming"]
 
     def _languages(self, ctx: StageContext) -> list[str]:
