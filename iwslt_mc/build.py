@@ -401,14 +401,13 @@ def spec_for_stages(stages: list[StageEntry], cfg, *, base: str, lang: str, data
     notes: list[str] = []
     from .families import family_of_config
 
-    # Gemma 4's layers differ in size (sliding/global): which ones stay is part of the prediction
-    llm_kept = list(range(dims["llm_layers"])) if family_of_config(cfg).name == "gemma4" else None
+    # a family whose layers differ in size (Gemma 4: sliding/global): which ones stay is part of the prediction
+    fam = family_of_config(cfg)
+    llm_kept = list(range(dims["llm_layers"])) if fam.tracks_kept_layers else None
     for e in stages:
         o = schema_options(e)
         if e.stage == "prune-layers" and llm_kept is not None:
-            from .families.gemma4_plan import kept_after_prune
-
-            llm_kept = kept_after_prune(cfg, llm_kept, o)
+            llm_kept = fam.kept_after_prune(cfg, llm_kept, o)
             if llm_kept is None:
                 notes.append(f"stage {e.id}: the searched layers are not known before the build; planned as the "
                              "valid block nearest the middle")
@@ -508,15 +507,15 @@ def scaled_stages(recipe: Recipe, base: str, *, smoke: bool) -> list[StageEntry]
 
     from .families import family_of_config
     from .modelio import is_local
-    from .planner import base_dims, load_base_config, qwen2_audio_7b_config_dict
+    from .planner import base_dims, load_base_config
 
     stages = list(recipe.stages)
     if not smoke or not is_local(base):
         return stages
-    ref = qwen2_audio_7b_config_dict()
     cfg = load_base_config(base)
     # the family's full-size reference (Qwen2-Audio-7B, Gemma 4 12B): what the recipe's counts are written for
-    rd = family_of_config(cfg).reference_dims()
+    fam = family_of_config(cfg)
+    rd = fam.reference_dims()
     bd = base_dims(cfg)
     if all(bd[k] == rd[k] for k in rd):
         return stages
@@ -551,11 +550,12 @@ def scaled_stages(recipe: Recipe, base: str, *, smoke: bool) -> list[StageEntry]
                 left[key] -= int(o.get(count) or 0) + len(o.get(listed) or [])
         elif e.stage == "prune-hidden":
             # explicit 7B widths become ratios of the smaller base (heads follow the width by default)
+            ref = fam.reference_config(plain=True)
             if o.get("llm_hidden"):
-                o["llm_ratio"] = o.pop("llm_hidden") / ref["text_config"]["hidden_size"]
+                o["llm_ratio"] = o.pop("llm_hidden") / ref.text_config.hidden_size
                 o.pop("llm_heads", None)
             if o.get("audio_hidden"):
-                o["audio_ratio"] = o.pop("audio_hidden") / ref["audio_config"]["d_model"]
+                o["audio_ratio"] = o.pop("audio_hidden") / ref.audio_config.d_model
         elif e.stage == "prune-ffn":
             if o.get("llm_width"):
                 o["llm_width"] = width(o["llm_width"], "ffn_dim")

@@ -70,7 +70,7 @@ def run_demo(out: Path, *, recipe: str = "recipe-b", lang: str = "en-de", comet:
     from .decoding import decode_to_file
     from .fsutil import prepare_output_dir
     from .inputs import resolve_audio
-    from .kit import build_kit
+    from .families import default_family
     from .packaging import check, package
     from .recipes import load_recipe
     from .report import write_report
@@ -102,7 +102,7 @@ def run_demo(out: Path, *, recipe: str = "recipe-b", lang: str = "en-de", comet:
 
     t = step("kit: tiny random Qwen2-Audio + English speech set")
     kit = out / "kit"
-    build_kit(kit, seed=0)
+    default_family().build_kit(kit, seed=0)
     steps.append(Step("kit", time.time() - t, "tiny model, 16 utterances, long-audio talk", [str(kit)]))
 
     t = step(f"build {recipe} --smoke")

@@ -202,19 +202,20 @@ def is_local(spec: str | os.PathLike) -> bool:
 
 
 def load_model(model_dir: str | os.PathLike, dtype=None, device: str | None = None, **kwargs):
-    """Load a ``Qwen2AudioForConditionalGeneration`` from a local directory (or a hub id when online).
+    """Load a model from a local directory (its family's loader class) or a hub id when online (the default
+    family's: ``Qwen2AudioForConditionalGeneration``).
 
     ``dtype`` None keeps the checkpoint's dtype ("auto"). ``device`` e.g. "cpu", "cuda", "auto".
     """
     import torch
-    from transformers import Qwen2AudioForConditionalGeneration
 
-    loader = Qwen2AudioForConditionalGeneration
+    from .families import default_family, family_for
+
     if is_local(model_dir):
         model_dir = check_model_dir(model_dir)
-        from .families import family_for
-
         loader = family_for(model_dir).loader_class()
+    else:
+        loader = default_family().loader_class()
     if isinstance(dtype, str) and dtype != "auto":
         dtype = getattr(torch, {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}.get(dtype, dtype))
     kw = dict(dtype=dtype if dtype is not None else "auto", use_safetensors=True)

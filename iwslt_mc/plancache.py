@@ -38,12 +38,13 @@ def _code_digest() -> str:
     module): a change to it, not only a new release, makes earlier entries misses."""
     here = Path(__file__).resolve().parent
     h = hashlib.sha256()
-    for f in sorted([*(here / "families").glob("*.py"), here / "torchsave.py", here / "configjson.py",
+    for f in sorted([*(here / "families").rglob("*.py"), here / "torchsave.py", here / "configjson.py",
                      here / "quant_formats.py", Path(__file__).resolve()]):
+        name = f.relative_to(here).as_posix()  # two families' plan.py are two entries
         try:
-            h.update(f.name.encode() + b"\0" + f.read_bytes())
+            h.update(name.encode() + b"\0" + f.read_bytes())
         except OSError:
-            h.update(f.name.encode() + b"\0?")
+            h.update(name.encode() + b"\0?")
     return h.hexdigest()
 
 

@@ -2,9 +2,9 @@
 
 The base architecture (a model directory's ``config.json``, or the built-in Qwen2-Audio-7B-Instruct)
 gives every tensor the real model has, with its exact shape and whether it is a Linear weight: its
-family computes them from the config's widths (Qwen2-Audio: :mod:`iwslt_mc.families.qwen2_audio_plan`,
+family computes them from the config's widths (Qwen2-Audio: :mod:`iwslt_mc.families.qwen2_audio.plan`,
 on a plain config, no transformers import), else the model is instantiated on the meta device (one audio
-and one LLM layer; Gemma 4 builds its own, :mod:`iwslt_mc.families.gemma4_plan`, once per config: what
+and one LLM layer; Gemma 4 builds its own, :mod:`iwslt_mc.families.gemma4.plan`, once per config: what
 it says is kept in :mod:`iwslt_mc.plancache`), without allocating weights.
 The compression spec (layers kept, FFN widths, vocabulary, per-component precision) is then applied
 with the on-disk arithmetic of each format, and the safetensors file is laid out exactly as
@@ -44,7 +44,6 @@ from pathlib import Path
 from . import __version__, torchsave
 from .errors import InputFileError, UserError
 from .quant_formats import ct_disk_entries, parse_ct_precision, planned_quantization_config, shapes_of_entries
-from .layout import COMPONENTS, audio_layer_index, component_for_key, llm_layer_index
 from .track import get_edition, size_bin
 
 FLOAT_PRECISIONS = ("bf16", "fp16", "fp32")
@@ -73,58 +72,19 @@ DEFAULT_MAX_SHARD_BYTES = 50 * 10**9
 
 # ----------------------------------------------------------------------------- the base architecture
 
-def qwen2_audio_7b_config_dict() -> dict:
-    """config.json values of Qwen2-Audio-7B-Instruct (the architecture only; see qwen2-audio.md)."""
-    return {
-        "architectures": ["Qwen2AudioForConditionalGeneration"],
-        "model_type": "qwen2_audio",
-        "audio_token_index": 151646,
-        "dtype": "bfloat16",
-        "audio_config": {
-            "model_type": "qwen2_audio_encoder",
-            "num_mel_bins": 128,
-            "encoder_layers": 32,
-            "encoder_attention_heads": 20,
-            "encoder_ffn_dim": 5120,
-            "d_model": 1280,
-            "max_source_positions": 1500,
-            "activation_function": "gelu",
-        },
-        "text_config": {
-            "model_type": "qwen2",
-            "hidden_size": 4096,
-            "num_hidden_layers": 32,
-            "num_attention_heads": 32,
-            "num_key_value_heads": 32,
-            "intermediate_size": 11008,
-            "vocab_size": 156032,
-            "rope_theta": 10000.0,
-            "rms_norm_eps": 1e-5,
-            "max_position_embeddings": 8192,
-            "tie_word_embeddings": False,
-            "bos_token_id": 151643,
-            "eos_token_id": 151645,
-            "dtype": "bfloat16",
-        },
-    }
+def reference_config(plain: bool = False):
+    """The default family's built-in full-size reference architecture (``plain``: a
+    :class:`~iwslt_mc.configjson.PlainConfig`, no transformers import; else a transformers config)."""
+    from .families import default_family
+
+    return default_family().reference_config(plain=plain)
 
 
-def qwen2_audio_7b_config():
-    """The built-in Qwen2-Audio-7B-Instruct architecture as a transformers ``Qwen2AudioConfig``."""
-    from transformers import Qwen2AudioConfig
+def reference_label() -> str:
+    """How plan output names :func:`reference_config` (``built-in ...``)."""
+    from .families import default_family
 
-    d = qwen2_audio_7b_config_dict()
-    return Qwen2AudioConfig(audio_config=d["audio_config"], text_config=d["text_config"],
-                            audio_token_index=d["audio_token_index"])
-
-
-def qwen2_audio_7b_plain_config():
-    """The built-in Qwen2-Audio-7B-Instruct architecture as a :class:`~iwslt_mc.configjson.PlainConfig`:
-    the same widths and predictions as :func:`qwen2_audio_7b_config`, without importing transformers."""
-    from .families import family_of_model_type
-
-    d = qwen2_audio_7b_config_dict()
-    return family_of_model_type(d["model_type"]).plain_config(d)
+    return default_family().reference_label()
 
 
 def load_base_config(model_dir: str | Path, *, plain: bool = False):
@@ -178,10 +138,9 @@ def base_dims(cfg) -> dict:
     """Layer counts, FFN widths and vocabulary of a base config (the values a Spec defaults to)."""
     from .families import family_of_config
 
-    if family_of_config(cfg).name == "gemma4":
-        from .families.gemma4_plan import base_dims as gemma4_base_dims
-
-        return gemma4_base_dims(cfg)
+    own = family_of_config(cfg).base_dims(cfg)  # a family that reads its own (Gemma 4)
+    if own is not None:
+        return own
     t, a = _text_config(cfg), _audio_config(cfg)
     return {
         "llm_layers": t.num_hidden_layers,
@@ -266,9 +225,9 @@ class Spec:
 
 def all_components() -> tuple[str, ...]:
     """Every component any family names (Qwen2-Audio's first), in report order."""
-    from .families import families
+    from .families import default_family, families
 
-    out = list(COMPONENTS)
+    out = list(default_family().components)
     for fam in families():
         out += [c for c in fam.components if c not in out]
     return tuple(out)
@@ -359,11 +318,12 @@ def _inventory(cfg, ffn_dim, audio_ffn_dim, vocab) -> tuple:
     enumerated from the model built on the meta device (:func:`_meta_inventory`)."""
     from .families import family_of_config
 
-    shapes = family_of_config(cfg).plan_inventory(cfg, ffn_dim=ffn_dim, audio_ffn_dim=audio_ffn_dim, vocab=vocab)
+    fam = family_of_config(cfg)
+    shapes = fam.plan_inventory(cfg, ffn_dim=ffn_dim, audio_ffn_dim=audio_ffn_dim, vocab=vocab)
     if shapes is None:
         return _meta_inventory(cfg, ffn_dim, audio_ffn_dim, vocab)
-    return tuple(_Tensor(key, shape, component_for_key(key), linear, emb, llm_layer_index(key), audio_layer_index(key))
-                 for key, shape, linear, emb in shapes)
+    return tuple(_Tensor(key, shape, fam.component_for_key(key), linear, emb, fam.llm_layer_index(key),
+                         fam.audio_layer_index(key)) for key, shape, linear, emb in shapes)
 
 
 def _meta_inventory(cfg, ffn_dim, audio_ffn_dim, vocab) -> tuple:
@@ -388,7 +348,10 @@ def _meta_inventory(cfg, ffn_dim, audio_ffn_dim, vocab) -> tuple:
         a.encoder_layers = 1
         if audio_ffn_dim:
             a.encoder_ffn_dim = audio_ffn_dim
-    arch = (getattr(cfg, "architectures", None) or ["Qwen2AudioForConditionalGeneration"])[0]
+    from .families import family_of_config
+
+    fam = family_of_config(cfg)
+    arch = (getattr(cfg, "architectures", None) or [fam.loader_class().__name__])[0]
     cls = getattr(transformers, arch, None)
     if cls is None:
         raise UserError(f"model class {arch!r} (from the base config's architectures) is not in transformers {transformers.__version__}")
@@ -420,8 +383,8 @@ def _meta_inventory(cfg, ffn_dim, audio_ffn_dim, vocab) -> tuple:
     for key, tensor in disk.items():
         orig = marked.get(id(tensor), key)
         linear, emb = kind.get(orig, (len(tensor.shape) == 2 and key.endswith(".weight"), False))
-        out.append(_Tensor(key, tuple(tensor.shape), component_for_key(key), linear, emb,
-                           llm_layer_index(key), audio_layer_index(key)))
+        out.append(_Tensor(key, tuple(tensor.shape), fam.component_for_key(key), linear, emb,
+                           fam.llm_layer_index(key), fam.audio_layer_index(key)))
     return tuple(out)
 
 
@@ -591,26 +554,31 @@ def resolve_dims(spec: Spec, base_config) -> dict:
 
 def predict(spec: Spec, base_config=None, edition: str = "2025", *, base_name: str | None = None,
             torch_save: bool = True) -> Prediction:
-    """Predict bytes, parameters and bin of ``spec`` applied to ``base_config`` (default: Qwen2-Audio-7B).
+    """Predict bytes, parameters and bin of ``spec`` applied to ``base_config`` (default: the default family's
+    built-in reference, Qwen2-Audio-7B): the base family's own prediction (:meth:`Family.predict`), else
+    this generic one from its inventory.
 
     ``torch_save=False`` leaves the torch.save measure out (``--target`` sizes many candidates and shows a
     few: :func:`with_torch_save` adds it to those)."""
     ed = get_edition(edition)
     if base_config is None:
-        base_config = qwen2_audio_7b_config()
-        base_name = base_name or "built-in Qwen2-Audio-7B-Instruct"
-    from .families import family_of_config
+        base_config = reference_config()
+        base_name = base_name or reference_label()
+    from .families import families, family_of_config
 
-    if family_of_config(base_config).name != "qwen2_audio":
-        return family_of_config(base_config).predict(spec, base_config, ed.key, base_name=base_name)
-    check_components(spec, COMPONENTS, "Qwen2-Audio")
+    fam = family_of_config(base_config)
+    own = fam.predict(spec, base_config, ed.key, base_name=base_name)
+    if own is not None:
+        return own
+    check_components(spec, fam.components, fam.label)
     if spec.drop_vision:
-        raise UserError("a Qwen2-Audio model has no vision encoder to remove (drop-vision is for Gemma 4)")
+        having = " or ".join(f.label for f in families() if f.supports("drop-vision"))
+        raise UserError(f"a {fam.label} model has no vision encoder to remove (drop-vision is for {having})")
     dims = resolve_dims(spec, base_config)
     templates = _inventory_for(apply_hidden_dims(base_config, dims), spec.ffn_dim, spec.audio_ffn_dim, spec.vocab)
     fdt = spec.storage_float
     entries = []
-    components = {c: {"params": 0, "bytes": 0} for c in COMPONENTS}
+    components = {c: {"params": 0, "bytes": 0} for c in fam.components}
     params = overhead = 0
     for t, key in _expand(templates, dims["llm_layers"], dims["audio_layers"] or 0):
         prec = spec.precision_of(t.component)
@@ -779,11 +747,13 @@ def specs_for_bin(target: str, base_config=None, edition: str = "2025", *, llm_l
         raise UserError(f"unknown bin {target!r} for edition {ed.key} (use one of {', '.join(names)})")
     b = names[key]
     if base_config is None:
-        base_config = qwen2_audio_7b_config()
-    from .families import family_of_config
+        base_config = reference_config()
+    from .families import families, family_of_config
 
-    if family_of_config(base_config).name != "qwen2_audio":
-        raise UserError(f"--target searches Qwen2-Audio bases only for now; plan a {family_of_config(base_config).label} spec by hand")
+    fam = family_of_config(base_config)
+    if not fam.target_search:
+        searched = " or ".join(f.label for f in families() if f.target_search)
+        raise UserError(f"--target searches {searched} bases only for now; plan a {fam.label} spec by hand")
     base = base_dims(base_config)
     if quantize_embeddings is True:
         quantize_embeddings = "lm_head"
@@ -964,6 +934,8 @@ def scale_distillation_stages(stages: list, base: dict) -> list:
 # ----------------------------------------------------------------------------- how to build a spec
 
 # Components a quantize stage can leave unquantized, and the skip name that does it.
+# the components a build plan gives precisions to (what the quantize stage can tell apart)
+_BUILD_COMPONENTS = ("audio_encoder", "projector", "llm_layers", "embed_tokens", "lm_head")
 _SKIP_NAMES = {"lm_head": "lm_head", "audio_encoder": "audio_tower", "projector": "multi_modal_projector"}
 # Stages that change a model's size; the training stages of a recipe do not.
 SIZE_STAGES = ("drop-vision", "prune-layers", "prune-hidden", "prune-ffn", "trim-vocab", "quantize")
@@ -1018,20 +990,21 @@ def build_plan(spec: Spec, base_config=None, *, match_recipe: bool = True) -> Bu
     """The stages (and options) that build ``spec`` from the base model; :class:`UserError` saying why
     when no stage can (e.g. 4-bit token embeddings: bitsandbytes leaves ``nn.Embedding`` in float)."""
     if base_config is None:
-        base_config = qwen2_audio_7b_config()
+        base_config = reference_config()
     base = base_dims(base_config)
     dims = resolve_dims(spec, base_config)
     base_float = _config_float(base_config)
     from .families import family_of_config
 
-    family = family_of_config(base_config).name
+    family = family_of_config(base_config)
     steps: list[BuildStep] = []
     if spec.drop_vision:
         steps.append(BuildStep("drop-vision", {}))
     remove = {k: base[k] - dims[k] for k in ("llm_layers", "audio_layers") if base.get(k)}
     if remove.get("llm_layers") or remove.get("audio_layers"):
-        # Gemma 4: the planner's block (the valid one nearest the middle) is what strategy middle removes
-        search = family == "qwen2_audio"
+        # a family without the iterative search (Gemma 4): the planner's block (the valid one nearest the
+        # middle) is what strategy middle removes
+        search = family.supports("prune-layers", "iterative")
         o = {"strategy": "iterative" if search else "middle"}
         if remove.get("llm_layers"):
             o["remove"] = remove["llm_layers"]
@@ -1058,7 +1031,7 @@ def build_plan(spec: Spec, base_config=None, *, match_recipe: bool = True) -> Bu
     if fdt != base_float:
         raise UserError(f"not buildable: unquantized weights in {fdt} (the base stores {base_float}; "
                         "no size stage casts a model without quantizing it)")
-    comps = [c for c in COMPONENTS if c != "other"]
+    comps = list(_BUILD_COMPONENTS)
     quant = {c: spec.precision_of(c) for c in comps if is_quant_precision(spec.precision_of(c))}
     if quant.get("embed_tokens") and parse_ct_precision(quant["embed_tokens"]) is None:
         raise UserError("not buildable: 4-bit/8-bit token embeddings (embed_tokens): bitsandbytes quantizes "
@@ -1100,19 +1073,18 @@ def _config_float(cfg) -> str:
     return {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}.get(dt, "bf16")
 
 
-# Shipped recipes, in the order a suggestion prefers them (trained recipes before zero-shot ones).
-_RECIPE_PREFERENCE = ("recipe-b-bin1", "recipe-bin2", "recipe-b", "recipe-c", "recipe-a", "quantize-only",
-                      "quantize-only-int8", "gemma4-medium", "gemma4-small", "gemma4-tiny", "gemma4-large")
+def _match_recipe(plan: BuildPlan, family=None) -> None:
+    """Set ``plan.recipe``/``overrides`` to the first shipped recipe of the base's ``family`` (a Family;
+    default: the default family) whose size-changing stages, with ``--set`` overrides, are exactly
+    ``plan.steps`` (training stages do not change the size); recipes in the family's
+    :attr:`~iwslt_mc.families.base.Family.recipe_preference` order."""
+    from .families import default_family
 
-
-def _match_recipe(plan: BuildPlan, family: str = "qwen2_audio") -> None:
-    """Set ``plan.recipe``/``overrides`` to the first shipped recipe of the base's ``family`` whose
-    size-changing stages, with ``--set`` overrides, are exactly ``plan.steps`` (training stages do not
-    change the size)."""
+    family = family or default_family()
     need = {s.stage: s.options for s in plan.steps}
-    for name in _RECIPE_PREFERENCE:
+    for name in family.recipe_preference:
         recipe = _recipe(name)
-        if recipe is None or recipe.family != family:
+        if recipe is None or recipe.family != family.name:
             continue
         overrides = _overrides_for(recipe, need)
         if overrides is not None:

@@ -1,4 +1,4 @@
-"""Recipes: YAML lists of stages. The literal ``RECIPES`` list is the registry ``iwslt-mc ls`` prints.
+"""Recipes: YAML lists of stages. ``RECIPES`` (every family's shipped recipes, in registry order) is what ``iwslt-mc ls`` prints.
 
 A recipe file::
 
@@ -30,36 +30,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import InputFileError, UserError
-from .families import default_family
+from .families import default_family, families
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 
-# name, file. Order: the published recipes, then the bin-targeted ones, then Gemma 4's. What each does is
-# written once, in the file (its ``description:``, read by ``iwslt-mc ls``).
-RECIPES: list[tuple[str, str]] = [
-    ("recipe-a", "recipe-a.yaml"),
-    ("recipe-b", "recipe-b.yaml"),
-    ("recipe-b-bin1", "recipe-b-bin1.yaml"),
-    ("recipe-bin2", "recipe-bin2.yaml"),
-    ("recipe-c", "recipe-c.yaml"),
-    ("recipe-c-kd", "recipe-c-kd.yaml"),
-    ("recipe-c-2step", "recipe-c-2step.yaml"),
-    ("recipe-d-replace", "recipe-d-replace.yaml"),
-    ("recipe-bin4", "recipe-bin4.yaml"),
-    ("recipe-bin5", "recipe-bin5.yaml"),
-    # the 2027 ladder: stated in GiB under the torch.save measure after loading, largest first
-    ("recipe-2027-4gib", "recipe-2027-4gib.yaml"),
-    ("recipe-2027-2gib", "recipe-2027-2gib.yaml"),
-    ("recipe-2027-1gib", "recipe-2027-1gib.yaml"),
-    ("recipe-2027-05gib", "recipe-2027-05gib.yaml"),
-    ("quantize-only", "quantize-only.yaml"),
-    ("quantize-only-int8", "quantize-only-int8.yaml"),
-    # Gemma 4 (family: gemma4 in the file), largest first
-    ("gemma4-large", "gemma4-large.yaml"),
-    ("gemma4-medium", "gemma4-medium.yaml"),
-    ("gemma4-small", "gemma4-small.yaml"),
-    ("gemma4-tiny", "gemma4-tiny.yaml"),
-]
+# name, file: every family's shipped recipes (:attr:`iwslt_mc.families.base.Family.recipes`), in registry
+# order. What each does is written once, in the file (its ``description:``, read by ``iwslt-mc ls``).
+RECIPES: list[tuple[str, str]] = [entry for fam in families() for entry in fam.recipes]
 DEFAULT_FAMILY = default_family().name  # a recipe without a family: line (the registry's first family)
 
 CONDITIONS = ("constrained", "unconstrained")

@@ -28,7 +28,6 @@ from pathlib import Path
 
 from . import __version__, torchsave
 from .errors import InputFileError
-from .layout import COMPONENTS, component_for_key
 from .track import GB, GiB, MB, format_size, get_edition, size_bin, size_bin_binary
 
 # Bits per element of every safetensors dtype (sub-byte float formats included).

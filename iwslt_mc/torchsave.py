@@ -42,7 +42,6 @@ process, nothing is written to disk).
 from __future__ import annotations
 
 import json
-import re
 import struct
 from dataclasses import dataclass
 
@@ -52,7 +51,6 @@ ORGANIZERS_ARCHIVE = "tmpXXXXXXXX"
 ORGANIZERS_LOCATION = "cuda:0"
 STORAGE_ALIGNMENT = 64
 # What the sized layout assumes; part of every signature.
-LAYOUT = "qwen2_audio/transformers>=5.10"
 CONTAINER = "torch-zip(format_version 1, storage_alignment 64, zip64 end records)"
 
 # safetensors dtype -> (torch storage class name, itemsize)
@@ -299,44 +297,6 @@ class Layers:
         self.children = children
 
 
-_ENCODER_LAYER = (("self_attn", (("k_proj", LIN), ("v_proj", LINB), ("q_proj", LINB), ("out_proj", LINB))),
-                  ("self_attn_layer_norm", NORM), ("activation_fn", NONE), ("fc1", LINB), ("fc2", LINB),
-                  ("final_layer_norm", NORM))
-_DECODER_LAYER = (("self_attn", (("q_proj", LINB), ("k_proj", LINB), ("v_proj", LINB), ("o_proj", LIN))),
-                  ("mlp", (("gate_proj", LIN), ("up_proj", LIN), ("down_proj", LIN), ("act_fn", NONE))),
-                  ("input_layernorm", RMS), ("post_attention_layernorm", RMS))
-# Qwen2AudioForConditionalGeneration's modules in registration order (transformers >= 5.10).
-QWEN2_AUDIO_TREE = (
-    ("model", (
-        ("audio_tower", (("conv1", CONV), ("conv2", CONV), ("embed_positions", EMB),
-                         ("layers", Layers(("audio_config", "encoder_layers"), _ENCODER_LAYER)),
-                         ("layer_norm", NORM), ("avg_pooler", NONE))),
-        ("multi_modal_projector", (("linear", LINB),)),
-        ("language_model", (("embed_tokens", EMB),
-                            ("layers", Layers(("text_config", "num_hidden_layers"), _DECODER_LAYER)),
-                            ("norm", RMS), ("rotary_emb", NONE))),
-    )),
-    ("lm_head", LIN),
-)
-
-# transformers' load-time renames for qwen2_audio (conversion_mapping.py), first match wins.
-_RENAMES = (
-    (re.compile(r"^language_model\.lm_head\."), "lm_head."),
-    (re.compile(r"^language_model\.model\."), "model.language_model."),
-    (re.compile(r"^language_model\."), "model.language_model."),
-    (re.compile(r"^audio_tower\."), "model.audio_tower."),
-    (re.compile(r"^multi_modal_projector\."), "model.multi_modal_projector."),
-)
-
-
-def memory_key(disk_key: str) -> str:
-    """The state-dict key transformers gives a checkpoint key when it loads a Qwen2-Audio model."""
-    for rx, repl in _RENAMES:
-        if rx.match(disk_key):
-            return rx.sub(repl, disk_key, count=1)
-    return disk_key
-
-
 def _cfg_get(cfg: dict, path: tuple[str, ...]):
     v = cfg
     for k in path:
@@ -409,8 +369,9 @@ def ct_in_memory(tensors, config: dict, ct_shapes: dict | None = None):
 
 def state_dict_layout(tensors: list[tuple[str, str, tuple[int, ...]]], config: dict,
                       float_dtype: str | None = None, ct_shapes: dict | None = None) -> tuple[list[Entry], list[str]]:
-    """The in-memory state dict (entries in order) and its ``_metadata`` module list, for a Qwen2-Audio
-    checkpoint given as ``(disk key, safetensors dtype, shape)`` and its config.json dict.
+    """The in-memory state dict (entries in order) and its ``_metadata`` module list, for a checkpoint given
+    as ``(disk key, safetensors dtype, shape)`` and its config.json dict: its family's layout
+    (:meth:`iwslt_mc.families.base.Family.torch_save_layout`).
 
     ``float_dtype`` (a safetensors dtype) overrides the dtype float parameters get (default: the
     config's ``dtype``, as ``dtype="auto"`` does). Raises :class:`NotExact` when the checkpoint holds
@@ -418,13 +379,19 @@ def state_dict_layout(tensors: list[tuple[str, str, tuple[int, ...]]], config: d
     compressed-tensors checkpoints as they load (:func:`ct_in_memory`; ``ct_shapes``: their weight shapes).
     """
     tensors = ct_in_memory(tensors, config, ct_shapes)
-    if config.get("model_type") != "qwen2_audio":
-        from .families import family_of_model_type
+    from .families import family_of_model_type
 
-        fam = family_of_model_type(config.get("model_type"))
-        if fam is None or not hasattr(fam, "torch_save_layout"):
-            raise NotExact(f"model_type {config.get('model_type')!r}: no exact layout known for it")
-        return fam.torch_save_layout(tensors, config, float_dtype)
+    fam = family_of_model_type(config.get("model_type"))
+    if fam is None:
+        raise NotExact(f"model_type {config.get('model_type')!r}: no exact layout known for it")
+    return fam.torch_save_layout(tensors, config, float_dtype)
+
+
+def tree_state_dict_layout(tensors: list[tuple[str, str, tuple[int, ...]]], config: dict, float_dtype: str | None,
+                           *, tree, memory_key, tied_source: str) -> tuple[list[Entry], list[str]]:
+    """:func:`state_dict_layout` from a module tree written out by hand (a family's registration order:
+    ``(name, children)`` pairs, leaf kinds such as :data:`LIN`, :class:`Layers` for repeated stacks);
+    ``memory_key`` maps an on-disk key to its in-memory name; a tied ``lm_head`` shares ``tied_source``."""
     if float_dtype is None:
         cdt = config.get("dtype") or config.get("torch_dtype")
         float_dtype = _CONFIG_DTYPES.get(str(cdt).replace("torch.", "")) if cdt else None
@@ -462,7 +429,7 @@ def state_dict_layout(tensors: list[tuple[str, str, tuple[int, ...]]], config: d
         base = [s for s in present if s in ("weight", "bias")]
         extra = set(present) - {"weight", "bias"}
         if prefix == "lm_head." and tied and not present:
-            add("lm_head.weight", *_tied_source(by_key), quant_state=False, share="model.language_model.embed_tokens.weight")
+            add("lm_head.weight", *_tied_source(by_key), quant_state=False, share=tied_source)
             return
         if what == "lin" and prefix + "weight_packed" in by_key:  # compressed-tensors, loaded packed
             own = [p for p in params if p != "weight"] + list(CT_PACKED)
@@ -506,7 +473,7 @@ def state_dict_layout(tensors: list[tuple[str, str, tuple[int, ...]]], config: d
             else:
                 walk(f"{prefix}{name}.", sub)
 
-    walk("", QWEN2_AUDIO_TREE)
+    walk("", tree)
     unused = sorted(set(by_key) - used)
     if unused:
         raise NotExact(f"the checkpoint has {len(unused)} tensor(s) the model does not place, e.g. {unused[0]!r} "
@@ -677,8 +644,13 @@ class TorchSaveSize:
 
 
 def signature(method: str, location: str, *, version: str, extra: str = "", layout: str | None = None) -> str:
+    """The measure's signature; ``layout``: the family's layout name (default: the default family's)."""
+    if layout is None:
+        from .families import default_family
+
+        layout = default_family().torch_save_layout_name({})
     return (f"measure:torch-save-state-dict|computed:{method}|file:{ORGANIZERS_ARCHIVE}.pt|location:{location}"
-            f"|layout:{layout or LAYOUT}|container:{CONTAINER}{extra}|units:bytes,GiB|version:{version}")
+            f"|layout:{layout}|container:{CONTAINER}{extra}|units:bytes,GiB|version:{version}")
 
 
 def compute(tensors, config: dict, *, float_dtype: str | None = None, version: str = "",
@@ -690,11 +662,9 @@ def compute(tensors, config: dict, *, float_dtype: str | None = None, version: s
     sizes = storage_sizes(entries)
     gpu = pickle_state_dict(entries, modules, ORGANIZERS_LOCATION)
     cpu = pickle_state_dict(entries, modules, "cpu")
-    layout = None
-    if config.get("model_type") != "qwen2_audio":
-        from .plancache import transformers_version
+    from .families import family_of_model_type
 
-        layout = f"{config.get('model_type')}/meta-model(transformers-{transformers_version()})"
+    layout = family_of_model_type(config.get("model_type")).torch_save_layout_name(config)
     return TorchSaveSize(bytes=zip_bytes(len(gpu), sizes), bytes_cpu=zip_bytes(len(cpu), sizes),
                          pickle_bytes=len(gpu), storages=len(sizes), method="metadata",
                          signature=signature("metadata", ORGANIZERS_LOCATION, version=version, layout=layout))

@@ -47,10 +47,10 @@ def encode_example(processor, wave: np.ndarray, target: str, lang: str) -> dict:
     batch axis (Qwen2-Audio: ``input_features``, ``feature_attention_mask``; Gemma 4: ``input_features``,
     ``input_features_mask`` as tensors, ``mm_token_type_ids`` as a list over the whole sequence).
     """
-    from .families import family_named, family_of_processor
+    from .families import default_family, family_of_processor
     from .prompting import prompt_text
 
-    fam = family_of_processor(processor) or family_named("qwen2_audio")
+    fam = family_of_processor(processor) or default_family()
     tok = processor.tokenizer
     enc = processor(text=prompt_text(processor, lang), audio=wave, sampling_rate=16000, return_tensors="pt")
     prompt_ids = enc["input_ids"][0].tolist()

@@ -21,7 +21,7 @@ import pytest  # noqa: E402
 @pytest.fixture(scope="session")
 def kit(tmp_path_factory):
     """Path of a built demo kit (``kit/model``, ``kit/data``, ``kit/data/long``), seed 0. Read-only: copy before changing."""
-    from iwslt_mc.kit import build_kit
+    from iwslt_mc.families.qwen2_audio.kit import build_kit
 
     path = tmp_path_factory.mktemp("kit") / "kit"
     build_kit(path, seed=0)
@@ -31,7 +31,7 @@ def kit(tmp_path_factory):
 @pytest.fixture(scope="session")
 def gemma_kit(tmp_path_factory):
     """(path, KitInfo) of the Gemma 4 kit (``gemma4``: audio conformer, vision, PLE, KV sharing), seed 0. Read-only."""
-    from iwslt_mc.kit_gemma4 import build_kit_gemma4
+    from iwslt_mc.families.gemma4.kit import build_kit_gemma4
 
     out = tmp_path_factory.mktemp("gemma4kit") / "kit"
     return out, build_kit_gemma4(out, seed=0)
@@ -40,7 +40,7 @@ def gemma_kit(tmp_path_factory):
 @pytest.fixture(scope="session")
 def gemma_unified_kit(tmp_path_factory):
     """Path of the ``gemma4_unified`` kit (the 12B's layout at kit size), seed 0. Read-only."""
-    from iwslt_mc.kit_gemma4 import build_kit_gemma4
+    from iwslt_mc.families.gemma4.kit import build_kit_gemma4
 
     out = tmp_path_factory.mktemp("gemma4ukit") / "kit"
     build_kit_gemma4(out, seed=0, unified=True)

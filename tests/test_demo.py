@@ -25,7 +25,7 @@ def test_demo_replaces_its_own_previous_output(tmp_path, monkeypatch):
     def stop(*a, **k):
         raise Stop
 
-    monkeypatch.setattr("iwslt_mc.kit.build_kit", stop)  # stop right after the directory is prepared
+    monkeypatch.setattr("iwslt_mc.families.qwen2_audio.kit.build_kit", stop)  # stop right after the directory is prepared
     with pytest.raises(Stop):
         run_demo(out, log=lambda *_: None)
     assert (out / MARKER).exists() and not (out / "old-result").exists()

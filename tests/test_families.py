@@ -59,7 +59,7 @@ def test_unknown_family_name():
 
 
 def test_qwen2_audio_key_mapping_is_layouts():
-    from iwslt_mc import layout
+    from iwslt_mc.families.qwen2_audio import layout
 
     q = families.family_named("qwen2_audio")
     assert q.components == layout.COMPONENTS
@@ -87,11 +87,12 @@ def test_gemma4_key_mapping():
 
 
 def test_qwen2_audio_prompt_unchanged(kit_processor):
-    """The Qwen2-Audio prompt still comes from prompting.messages (system + audio + instruction)."""
-    from iwslt_mc.prompting import _qwen2_audio_prompt_text, prompt_text
+    """The Qwen2-Audio prompt comes from its family's messages (system + audio + instruction)."""
+    from iwslt_mc.families.qwen2_audio.prompt import messages
+    from iwslt_mc.prompting import prompt_text
 
     text = prompt_text(kit_processor, "en-de")
-    assert text == _qwen2_audio_prompt_text(kit_processor, "en-de")
+    assert text == kit_processor.apply_chat_template(messages("en-de"), add_generation_prompt=True, tokenize=False)
     assert "You are a professional translator." in text and "Translate the English speech into German:" in text
 
 

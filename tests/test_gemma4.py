@@ -31,7 +31,7 @@ def test_kit_is_a_gemma4_with_every_part(gemma_kit):
 def test_kit_processor_and_tokenizer(gemma_kit):
     import numpy as np
 
-    from iwslt_mc.kit_gemma4 import load_processor
+    from iwslt_mc.families.gemma4.kit import load_processor
 
     proc = load_processor(gemma_kit[0] / "model")
     assert type(proc).__name__ == "Gemma4Processor"
@@ -327,7 +327,7 @@ def test_trim_vocab_gemma4_is_exact_on_kept_tokens(gemma_kit, tmp_path):
 def test_layer_removal_out_of_range_or_of_every_layer_is_refused(gemma_kit):
     from iwslt_mc import modelio
     from iwslt_mc.errors import UserError
-    from iwslt_mc.families import gemma4_surgery as gs
+    from iwslt_mc.families.gemma4 import surgery as gs
 
     model = modelio.load_model(gemma_kit[0] / "model", device="cpu")
     n = model.config.text_config.num_hidden_layers

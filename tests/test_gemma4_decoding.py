@@ -24,7 +24,8 @@ def test_audio_tokens_per_second_and_longest_piece_on_the_kits(gemma_kit, gemma_
     """Both layouts make 25 audio tokens per second (40 ms each); the unified processor does not cap them
     (decode's old 30 s window gave the 12B 750, past the ~450-500 where its audio fades), the conformer's caps
     at 750 (30 s). The family's longest piece: 18 s = 450 tokens for gemma4_unified, 30 s for gemma4."""
-    from iwslt_mc.planner import load_base_config, qwen2_audio_7b_config
+    from iwslt_mc.planner import load_base_config
+    from iwslt_mc.families.qwen2_audio.plan import qwen2_audio_7b_config
 
     fam = family_named("gemma4")
     uni, conf = gemma_unified_kit / "model", gemma_kit[0] / "model"

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from iwslt_mc import planner, plancache, torchsave
-from iwslt_mc.families import gemma4_plan
+from iwslt_mc.families.gemma4 import plan as gemma4_plan
 from iwslt_mc.planner import Spec, predict
 
 REPO = Path(__file__).resolve().parents[1]

@@ -93,7 +93,7 @@ def test_plan_recipes_on_the_12b_layout_exactly(g12, capsys):
     the predicted model equals the parameters of the model transformers builds from the predicted config."""
     import torch
 
-    from iwslt_mc.families.gemma4_plan import meta_model
+    from iwslt_mc.families.gemma4.plan import meta_model
 
     preds = {}
     for name in GEMMA_RECIPES:

@@ -25,7 +25,7 @@ FAST = {"batch_size": 1, "limit": 4, "scheduler": "constant", "progress": False}
 
 @pytest.fixture(scope="module")
 def gkit(tmp_path_factory):
-    from iwslt_mc.kit_gemma4 import build_kit_gemma4
+    from iwslt_mc.families.gemma4.kit import build_kit_gemma4
 
     out = tmp_path_factory.mktemp("gemma4train") / "kit"
     build_kit_gemma4(out, seed=0)

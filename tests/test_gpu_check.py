@@ -106,7 +106,7 @@ def test_estimates_fit_a_device_call_and_charge_the_base_once():
 
 
 def test_disk_plan_of_the_7b_model_from_planner_bytes():
-    from iwslt_mc.planner import qwen2_audio_7b_config
+    from iwslt_mc.families.qwen2_audio.plan import qwen2_audio_7b_config
 
     s = gc.Sizes.from_config(qwen2_audio_7b_config())
     assert s.base == 16_794_296_816  # the planner's bf16 safetensors bytes (H100 save_pretrained: 16,794,299,128)

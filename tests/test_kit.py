@@ -15,6 +15,7 @@ import soundfile as sf
 import yaml
 
 from iwslt_mc import cli, kit as kitmod
+from iwslt_mc.families.qwen2_audio import kit as qkit
 from iwslt_mc.errors import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -69,7 +70,7 @@ def test_same_seed_same_bytes_other_seed_other_weights(kit, tmp_path, capsys):
         assert (kit / name).read_bytes() == (again / name).read_bytes(), name
     assert summary["weights_sha256"] == json.loads((kit / "kit.json").read_text())["weights_sha256"]
 
-    other = kitmod.build_kit(tmp_path / "seed1", seed=1)
+    other = qkit.build_kit(tmp_path / "seed1", seed=1)
     assert other.seed == 1
     assert (other_w := (tmp_path / "seed1/model/model.safetensors").read_bytes()) != (kit / "model/model.safetensors").read_bytes()
     assert len(other_w) == (kit / "model/model.safetensors").stat().st_size  # same shapes, other values
@@ -85,11 +86,11 @@ def test_model_files_and_config(kit, kit_processor):
 
     cfg = json.loads((kit / "model/config.json").read_text())
     tok = kit_processor.tokenizer
-    ids = {t: tok.convert_tokens_to_ids(t) for t in kitmod.SPECIAL_TOKENS}
+    ids = {t: tok.convert_tokens_to_ids(t) for t in qkit.SPECIAL_TOKENS}
     assert len(set(ids.values())) == 6 and tok.unk_token_id not in ids.values()
     # Special tokens follow the learned vocabulary, in the real tokenizer's order.
     base = ids["<|endoftext|>"]
-    assert [ids[t] - base for t in kitmod.SPECIAL_TOKENS] == list(range(6)) and base == len(tok) - 6
+    assert [ids[t] - base for t in qkit.SPECIAL_TOKENS] == list(range(6)) and base == len(tok) - 6
     assert cfg["audio_token_index"] == ids["<|AUDIO|>"]
     assert cfg["text_config"]["eos_token_id"] == cfg["eos_token_id"] == ids["<|im_end|>"]
     assert cfg["text_config"]["pad_token_id"] == ids["<|endoftext|>"]
@@ -97,7 +98,7 @@ def test_model_files_and_config(kit, kit_processor):
     assert cfg["text_config"]["num_key_value_heads"] < cfg["text_config"]["num_attention_heads"]
     assert cfg["audio_config"]["num_mel_bins"] == 128 and cfg["audio_config"]["max_source_positions"] == 1500
     vocab = cfg["text_config"]["vocab_size"]
-    assert vocab >= len(tok) and vocab % kitmod.VOCAB_MULTIPLE == 0
+    assert vocab >= len(tok) and vocab % qkit.VOCAB_MULTIPLE == 0
     assert 1000 <= len(tok) <= 2100
 
     gen = json.loads((kit / "model/generation_config.json").read_text())
@@ -307,13 +308,13 @@ def test_failed_build_leaves_nothing(tmp_path, monkeypatch):
     def boom(_):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(kitmod, "write_data", boom)  # fails after the model was written
+    monkeypatch.setattr(qkit, "write_data", boom)  # fails after the model was written
     with pytest.raises(RuntimeError, match="disk full"):
-        kitmod.build_kit(tmp_path / "new")
+        qkit.build_kit(tmp_path / "new")
     assert list(tmp_path.iterdir()) == []  # no kit, no temporary directory, no empty OUT_DIR
     (tmp_path / "empty").mkdir()
     with pytest.raises(RuntimeError, match="disk full"):
-        kitmod.build_kit(tmp_path / "empty")
+        qkit.build_kit(tmp_path / "empty")
     assert [p.name for p in tmp_path.iterdir()] == ["empty"] and not any((tmp_path / "empty").iterdir())
 
 
@@ -327,7 +328,7 @@ def test_cli_help_has_examples_without_torch():
 
 def test_user_error_type():
     with pytest.raises(UserError):
-        kitmod.build_kit(ROOT / "pyproject.toml")
+        qkit.build_kit(ROOT / "pyproject.toml")
 
 
 # --- test-set folders in the organizers' layout ---------------------------------------------------

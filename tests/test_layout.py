@@ -6,7 +6,7 @@ from torch import nn
 from transformers import Qwen2AudioConfig, Qwen2AudioForConditionalGeneration, Qwen2ForCausalLM
 from transformers.models.qwen2_audio.modeling_qwen2_audio import Qwen2AudioEncoder, Qwen2AudioMultiModalProjector
 
-from iwslt_mc.layout import (LayoutError, audio_layer_index, component_for_key, find_layout, llm_layer_index)
+from iwslt_mc.families.qwen2_audio.layout import (LayoutError, audio_layer_index, component_for_key, find_layout, llm_layer_index)
 
 
 def tiny_config():

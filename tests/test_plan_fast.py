@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from iwslt_mc import planner
-from iwslt_mc.families.qwen2_audio_plan import AUDIO_DEFAULTS, TEXT_DEFAULTS, inventory, plain_config
+from iwslt_mc.families.qwen2_audio.plan import (AUDIO_DEFAULTS, TEXT_DEFAULTS, inventory, plain_config,
+                                                qwen2_audio_7b_config, qwen2_audio_7b_plain_config)
 from iwslt_mc.planner import Spec, predict
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,7 +51,7 @@ def test_arithmetic_inventory_is_the_meta_models(case):
     """Every tensor (name, shape, component, Linear or embedding, layer) as transformers builds the model, in
     its order (the first tensor a precision cannot quantize is the one an error names)."""
     if case.startswith("7b"):
-        cfg = planner.qwen2_audio_7b_config()
+        cfg = qwen2_audio_7b_config()
     else:
         d = json.loads(json.dumps(SMALL))
         if case == "small-tied":
@@ -104,7 +105,7 @@ def test_plain_config_predicts_what_the_transformers_config_does(raw):
     """Bytes, parameters, components, header and the torch.save measure, for configs that give every field,
     leave most to the defaults (as a hub config.json does), or are the built-in 7B."""
     if raw == "7b":
-        plain, tf = planner.qwen2_audio_7b_plain_config(), planner.qwen2_audio_7b_config()
+        plain, tf = qwen2_audio_7b_plain_config(), qwen2_audio_7b_config()
         specs = [Spec(), Spec(llm_layers=24, precision="nf4-dq"), Spec(hidden=2048, heads=16, audio_hidden=640, precision="nf4-dq")]
     else:
         d = json.loads(json.dumps(SMALL))
@@ -166,7 +167,7 @@ def test_cli_plan_target_needs_neither_torch_nor_transformers(tmp_path):
     # the deferred torch.save measure of a listed row is the one predict gives it directly
     first = rows[0]
     spec = Spec(**{k: v for k, v in first["spec"].items()})
-    direct = predict(spec, planner.qwen2_audio_7b_plain_config(), "2025")
+    direct = predict(spec, qwen2_audio_7b_plain_config(), "2025")
     assert first["bytes"] == direct.bytes
     assert first["torch_save"] == (direct.torch_save.to_json() if direct.torch_save else None)
     assert first["torch_save_note"] == direct.torch_save_note
@@ -187,7 +188,7 @@ def test_cli_plan_bad_config_is_one_line(tmp_path, capsys):
 
 @pytest.mark.parametrize("precision", ["bf16", "int8", "nf4-dq", "fp4", "ct3-g64"])
 def test_header_length_counted_is_the_header_written(precision):
-    pred = predict(Spec(precision=precision, llm_layers=11, vocab=32768), planner.qwen2_audio_7b_plain_config())
+    pred = predict(Spec(precision=precision, llm_layers=11, vocab=32768), qwen2_audio_7b_plain_config())
     for meta in ({"format": "pt"}, None, {"a": "é\"\\"}):
         assert planner.safetensors_header_bytes(pred.entries, meta) == len(planner.safetensors_header(pred.entries, meta)[0])
     odd = [("quote\"d", "F32", (3,), 12, None), ("ünï\\code", "BF16", (2, 2), 8, None), ("tab\tx", "U8", (), 1, None),
@@ -198,7 +199,7 @@ def test_header_length_counted_is_the_header_written(precision):
 
 
 def test_layer_keys_expand_as_the_regex_renames_them():
-    templates = planner._inventory(planner.qwen2_audio_7b_plain_config(), None, None, None)
+    templates = planner._inventory(qwen2_audio_7b_plain_config(), None, None, None)
     got = [key for _, key in planner._expand(templates, 3, 2)]
     want = []
     for t in templates:

@@ -10,6 +10,7 @@ from iwslt_mc import planner, sizer
 from iwslt_mc.cli import main
 from iwslt_mc.errors import UserError
 from iwslt_mc.planner import Spec, predict
+from iwslt_mc.families.qwen2_audio.plan import qwen2_audio_7b_config
 
 # Measured with transformers 5.17 + bitsandbytes 0.50.2 on the full-size model (shared/reference/qwen2-audio.md).
 FULL_BF16_BYTES = 16_794_299_128
@@ -33,7 +34,7 @@ def pruned(kit, tmp_path_factory):
     from torch import nn
     from transformers import BitsAndBytesConfig, Qwen2AudioForConditionalGeneration
 
-    from iwslt_mc.layout import find_layout
+    from iwslt_mc.families.qwen2_audio.layout import find_layout
 
     root = tmp_path_factory.mktemp("planner_models")
     model = Qwen2AudioForConditionalGeneration.from_pretrained(kit / "model", dtype=torch.bfloat16)
@@ -137,7 +138,7 @@ def test_full_size_quantized_match_measured_figures():
 
 
 def test_estimate_is_a_tight_upper_bound():
-    base = planner.qwen2_audio_7b_config()
+    base = qwen2_audio_7b_config()
     for spec in (Spec(), Spec(precision="nf4-dq", llm_layers=7, vocab=32768, quantize_embeddings=True),
                  Spec(precision="int8", audio_layers=3)):
         est, exact = planner.estimate_bytes(spec, base), predict(spec, base).bytes
@@ -145,7 +146,7 @@ def test_estimate_is_a_tight_upper_bound():
 
 
 def test_target_bin_specs_land_in_the_bin_least_aggressive_first():
-    base = planner.qwen2_audio_7b_config()
+    base = qwen2_audio_7b_config()
     rows = planner.specs_for_bin("Bin3", base, precision="nf4-dq")
     assert 2 <= len(rows) <= 8
     scores = [planner.aggressiveness(p, planner.base_dims(base)) for p in rows]
@@ -165,7 +166,7 @@ def test_target_searches_the_ct_formats_with_and_without_embeddings():
     """--target considers ct4/ct3/ct2 (embeddings and lm_head quantized or not): each row fits its bin with the
     most layers that fit, its bytes are predict()'s (exact: tests/test_quant_formats.py), and its plan quantizes
     with method ct as the spec says. At equal bits a quantized embedding buys LLM layers."""
-    base = planner.qwen2_audio_7b_config()
+    base = qwen2_audio_7b_config()
     rows = planner.specs_for_bin("Bin2", base, vocab=156032, audio_layers=32)
     got = {}
     for p in rows:  # the full-width row of each precision (narrower FFNs come after)
@@ -330,7 +331,7 @@ def test_every_target_suggestion_builds_to_its_prediction(target, monkeypatch):
     from iwslt_mc import build
     from iwslt_mc.recipes import StageEntry, apply_overrides, load_recipe
 
-    base = planner.qwen2_audio_7b_config()
+    base = qwen2_audio_7b_config()
     rows = planner.specs_for_bin(target, base)
     assert rows and all(p.bin == target for p in rows)
     kinds = set()

@@ -243,7 +243,7 @@ def test_missing_compressed_tensors_is_one_line_before_loading(kit, tmp_path, mo
 
 @pytest.fixture(scope="module")
 def gemma_model(tmp_path_factory):
-    from iwslt_mc.kit_gemma4 import build_kit_gemma4
+    from iwslt_mc.families.gemma4.kit import build_kit_gemma4
 
     out = tmp_path_factory.mktemp("g4") / "kit"
     build_kit_gemma4(out, seed=0)

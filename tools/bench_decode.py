@@ -121,7 +121,7 @@ def materialize_random(model, device: str, *, seed: int = 0, std: float = 0.02) 
 
 
 def load_kit(kit_dir: str | None, device: str, dtype):
-    from iwslt_mc.kit import build_kit
+    from iwslt_mc.families.qwen2_audio.kit import build_kit
     from iwslt_mc.modelio import load_model, load_processor
 
     if kit_dir is None:
@@ -133,7 +133,7 @@ def load_kit(kit_dir: str | None, device: str, dtype):
 
 def weight_bytes_per_token(model) -> int:
     """Bytes of weights a batch-1 decoding step reads: every decoder layer, the final norm and lm_head."""
-    from iwslt_mc.layout import find_layout
+    from iwslt_mc.families.qwen2_audio.layout import find_layout
 
     lay = find_layout(model)
     mods = list(lay.decoder_layers) + [lay.lm_head]
@@ -315,7 +315,7 @@ def main(argv=None) -> int:
     if args.arch == "kit":
         model, processor = load_kit(args.kit, device, dtype_name)
     else:
-        from iwslt_mc.kit import build_processor
+        from iwslt_mc.families.qwen2_audio.kit import build_processor
 
         processor = build_processor()
         model = full_model(processor, device, dtype, reduced=args.reduced)

@@ -311,7 +311,7 @@ def main(argv=None) -> int:
     if args.kit:
         kit = Path(args.kit)
     else:
-        from iwslt_mc.kit import build_kit
+        from iwslt_mc.families.qwen2_audio.kit import build_kit
 
         tmp = tempfile.TemporaryDirectory(prefix="bench-prune-")
         kit = Path(tmp.name) / "kit"

@@ -137,7 +137,8 @@ def predicted_7b(recipe: str, options: dict | None) -> tuple[int, str | None]:
     """The planner's bytes and bin for ``recipe`` on Qwen2-Audio-7B-Instruct with this final quantize stage
     (ct at the 7B group size), a 16,000-token trimmed vocabulary."""
     from iwslt_mc.build import spec_for_stages
-    from iwslt_mc.planner import predict, qwen2_audio_7b_config
+    from iwslt_mc.planner import predict
+    from iwslt_mc.families.qwen2_audio.plan import qwen2_audio_7b_config
     from iwslt_mc.recipes import load_recipe
 
     cfg = qwen2_audio_7b_config()

@@ -58,7 +58,7 @@ def build(out: Path, llm_layers: int, seed: int = 0) -> int:
     sys.path.insert(0, str(ROOT / "tools"))
     from bench_decode import materialize_random
 
-    from iwslt_mc.kit_gemma4 import build_processor, save_processor
+    from iwslt_mc.families.gemma4.kit import build_processor, save_processor
 
     cfg = reduced_config(llm_layers)
     with torch.device("meta"):

@@ -1,7 +1,7 @@
 """Shared engine of tools/check_fullwidth.py (CPU) and tools/gpu_check.py (one GPU).
 
 Builds a Qwen2-Audio with the real widths (hidden 4096, FFN 11008, audio 1280/5120, 32 heads, 156,032
-padded vocabulary), the real tokenizer (iwslt_mc.qwen_vocab) and random bf16 weights, at a chosen
+padded vocabulary), the real tokenizer (iwslt_mc.families.qwen2_audio.vocab) and random bf16 weights, at a chosen
 depth, then runs every stage and the decoders through the CLI, one subprocess per step, exactly as a
 user types them. Per step: wall time, peak RSS of the step's process (os.wait4), peak GPU memory
 (torch.cuda.max_memory_allocated, reported by the child), and for steps that write a model its
@@ -170,8 +170,8 @@ def build_fullwidth(out: Path, *, llm_layers: int, audio_layers: int, device: st
     from transformers import GenerationConfig, Qwen2AudioConfig, Qwen2AudioForConditionalGeneration
 
     from bench_decode import materialize_random
-    from iwslt_mc.kit import build_processor
-    from iwslt_mc.qwen_vocab import SPECIAL_TOKEN_IDS
+    from iwslt_mc.families.qwen2_audio.kit import build_processor
+    from iwslt_mc.families.qwen2_audio.vocab import SPECIAL_TOKEN_IDS
 
     t0 = time.time()
     processor = build_processor("real")

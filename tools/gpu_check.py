@@ -286,7 +286,8 @@ def _run(parts: list[str], a, report: Report, cuda: bool) -> bool:
     if over:  # a bug in the table, not a runtime condition
         raise AssertionError(f"estimate of part(s) {', '.join(over)} over {PART_LIMIT_S} s")
     if needs_base(parts):
-        from iwslt_mc.planner import load_base_config, qwen2_audio_7b_config
+        from iwslt_mc.planner import load_base_config
+        from iwslt_mc.families.qwen2_audio.plan import qwen2_audio_7b_config
 
         cfg = load_base_config(base) if base_ready else (_reduced_config() if a.reduced else qwen2_audio_7b_config())
         plan = disk_plan(parts, Sizes.from_config(cfg))

@@ -118,7 +118,7 @@ def main(argv=None) -> int:
     else:
         from bench_prune_search import build_model, load_segments
 
-        from iwslt_mc.kit import build_kit
+        from iwslt_mc.families.qwen2_audio.kit import build_kit
 
         with tempfile.TemporaryDirectory(prefix="replay-screen-") as tmp:
             kit = Path(tmp) / "kit"

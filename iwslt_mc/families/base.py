@@ -86,6 +86,14 @@ class Family:
         """The component (one of :attr:`components`) a checkpoint / state-dict key belongs to."""
         raise NotImplementedError
 
+    def llm_layer_index(self, key: str) -> int | None:
+        """The LLM decoder layer a checkpoint key belongs to (None: none); the planner's generic path."""
+        return None
+
+    def audio_layer_index(self, key: str) -> int | None:
+        """The audio-encoder layer a checkpoint key belongs to (None: none); the planner's generic path."""
+        return None
+
     # -- surgery
     def surgery(self):
         """The module of layout-based surgery the generic stage paths call (``remove_llm_layers``,
@@ -179,7 +187,16 @@ class Family:
             return f"{self.hub_org}/{folder_name}"
         return None
 
+    # -- recipes
+    # the family's shipped recipes, (name, file in recipes/), in the order ``iwslt-mc ls`` lists them
+    recipes: ClassVar[tuple[tuple[str, str], ...]] = ()
+
     # -- planner
+    # True when ``plan --target`` can search this family's bases (the planner's generic prediction)
+    target_search: ClassVar[bool] = False
+    # the family's shipped recipes in the order a plan's suggestion prefers them (trained before zero-shot)
+    recipe_preference: ClassVar[tuple[str, ...]] = ()
+
     def reference_label(self) -> str:
         """The name of the built-in reference model :meth:`reference_config` describes, or "" if none."""
         return ""

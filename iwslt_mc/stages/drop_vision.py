@@ -1,4 +1,4 @@
-"""drop-vision: remove the vision encoder (and its projector) of a Gemma 4 model.
+"""drop-vision: remove the vision encoder (and its projector) of a model whose family has one (Gemma 4).
 
 A speech-translation submission never feeds images, so the vision tower is dead weight. The output's
 config has no ``vision_config`` and loads with ``from_pretrained`` alone; text and audio paths are
@@ -28,17 +28,22 @@ class DropVision(Stage):
         self.plan(read_config(in_dir), ctx, str(in_dir))
 
     def plan(self, cfg: dict, ctx: StageContext, where: str) -> dict:
+        from ..families import families, family_of_model_type
+
         in_dir = where
-        if cfg.get("model_type") not in ("gemma4", "gemma4_unified"):
-            raise UserError(f"stage drop-vision: {in_dir} is a {cfg.get('model_type')} model; only Gemma 4 has a vision encoder to drop")
-        if not cfg.get("vision_config"):
+        fam = family_of_model_type(cfg.get("model_type"))
+        if fam is None or not fam.supports(self.name):
+            having = " or ".join(f.label for f in families() if f.supports(self.name))
+            raise UserError(f"stage drop-vision: {in_dir} is a {cfg.get('model_type')} model; only {having} has a vision encoder to drop")
+        if not fam.has_vision(cfg):
             raise UserError(f"stage drop-vision: {in_dir} has no vision encoder (vision_config is empty)")
         return {**cfg, "vision_config": None}
 
     def run(self, in_dir: Path, out_dir: Path, ctx: StageContext) -> dict:
         from .. import modelio
-        from ..families.gemma4_surgery import drop_vision
+        from ..families import family_for
 
+        drop_vision = family_for(in_dir).drop_vision
         model = modelio.load_model(in_dir, device="cpu")
         processor = modelio.load_processor(in_dir)
         before = sum(p.numel() for p in model.parameters())

@@ -14,7 +14,7 @@ This module makes one round much cheaper without changing what it selects:
   is the model's own code, not a copy of it.
 - **a candidate costs no copy.** The candidate layer is taken out of the decoder's ``ModuleList``
   (config, ``layer_types`` and each attention's ``layer_idx`` follow, so the KV cache is indexed
-  right) and put back afterwards (:func:`iwslt_mc.surgery.llm_layers_removed`).
+  right) and put back afterwards (:func:`iwslt_mc.families.llm_layers_removed`).
 - **decoding is batched.** Segments are sorted by prompt length and decoded greedily in left-padded
   batches from the cached embeddings; each row is cut at the length batch-1 decoding would allow
   (``max_length`` counts the prompt, as in the published decoding), so in fp32 the hypotheses are the
@@ -241,7 +241,7 @@ def capture_prompt_embeds(model, inputs) -> tuple:
     The embeddings are what the decoder stack receives: token embeddings with the projected audio
     features merged in by the model's own code.
     """
-    from ..layout import find_layout
+    from ..families import layout_of as find_layout
 
     layout = find_layout(model)
     got = {}
@@ -387,7 +387,7 @@ def teacher_forced_logprob(model, embeds: list, targets: list, *, batch_size: in
     """Mean log-probability per target token of ``targets[i]`` (token ids) after prompt ``embeds[i]``."""
     import torch
 
-    from ..layout import find_layout
+    from ..families import layout_of as find_layout
 
     layout = find_layout(model)
     total, count = 0.0, 0
@@ -488,7 +488,7 @@ def round_greedy(model, embeds: list, positions: Sequence[int], *, max_new_token
     import torch
 
     from ..decoding import greedy_config
-    from ..layout import find_layout
+    from ..families import layout_of as find_layout
 
     layout = find_layout(model)
     layers = list(layout.decoder_layers)
@@ -784,7 +784,7 @@ class CachedEngine:
         self._targets = None
 
     def embeds(self, removed_audio: tuple = ()) -> list:
-        from ..surgery import audio_layers_removed
+        from ..families import audio_layers_removed
 
         key = tuple(sorted(removed_audio))
         if key != self._cache_key:
@@ -795,7 +795,7 @@ class CachedEngine:
         return self._embeds
 
     def translate(self, removed_llm=(), removed_audio=()) -> list[str]:
-        from ..surgery import llm_layers_removed
+        from ..families import llm_layers_removed
 
         embeds = self.embeds(removed_audio)
         with llm_layers_removed(self.model, removed_llm):
@@ -816,7 +816,7 @@ class CachedEngine:
         return self._targets
 
     def logprob(self, removed_llm=(), removed_audio=()) -> float:
-        from ..surgery import llm_layers_removed
+        from ..families import llm_layers_removed
 
         embeds = self.embeds(removed_audio)
         with llm_layers_removed(self.model, removed_llm):
@@ -847,7 +847,7 @@ class SharedEngine(CachedEngine):
         ``segments``: indices of the held-out segments to decode (default: all), the hypotheses in that order.
         A segment's hypothesis does not depend on which others are decoded with it.
         """
-        from ..surgery import llm_layers_removed
+        from ..families import llm_layers_removed
 
         if self.fallback:
             return None
@@ -875,7 +875,7 @@ class NaiveEngine:
 
     def translate(self, removed_llm=(), removed_audio=()) -> list[str]:
         from ..decoding import translate
-        from ..surgery import audio_layers_removed, llm_layers_removed
+        from ..families import audio_layers_removed, llm_layers_removed
 
         with audio_layers_removed(self.model, removed_audio), llm_layers_removed(self.model, removed_llm):
             hyps = translate(self.model, self.processor, [s.wave for s in self.segments], self.lang, mode="reference",

@@ -428,7 +428,7 @@ class KD(Stage):
 
         from .. import modelio, training
         from ..data import describe_data
-        from ..layout import find_layout
+        from ..families import layout_of as find_layout
         from ..provenance import read as read_provenance
         from .distill import teacher_fingerprint
         from .finetune import _count_params, freeze_components, load_dtype

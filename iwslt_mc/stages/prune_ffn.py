@@ -75,7 +75,7 @@ def rounded_width(width: int | None, multiple_of: int) -> int | None:
 
 def weight_importance(model) -> tuple[list, list]:
     """Per layer, the weight-norm importance of each LLM MLP unit and each audio FFN unit."""
-    from ..layout import find_layout
+    from ..families import layout_of as find_layout
 
     layout = find_layout(model)
     llm = []
@@ -91,7 +91,7 @@ def weight_importance(model) -> tuple[list, list]:
 
 def activation_importance(model, processor, segments, lang: str) -> tuple[list, list]:
     """Per layer, ``E|activation| x output-weight norm`` of each unit over the tokens of ``segments``."""
-    from ..layout import find_layout
+    from ..families import layout_of as find_layout
     from .importance import calibration_pass
 
     layout = find_layout(model)
@@ -166,8 +166,8 @@ class PruneFFN(Stage):
                 raise UserError(f"stage prune-ffn: {k}={v} is larger than the current width {cur[k]} of {in_dir}")
 
     def run(self, in_dir: Path, out_dir: Path, ctx: StageContext) -> dict:
-        from .. import modelio, surgery
-        from ..layout import find_layout
+        from .. import modelio
+        from ..families import layout_of as find_layout, surgery_of
         from .merge import checkpoint_dtype
 
         o = self.options
@@ -193,10 +193,10 @@ class PruneFFN(Stage):
             ctx.log(f"prune-ffn: target widths rounded down to a multiple of {o.multiple_of}: "
                     f"LLM {o.llm_width} -> {llm_width}, audio {o.audio_width} -> {audio_width} (multiple_of=1 keeps them)")
         if llm_width is not None and llm_width < before["llm"]:
-            surgery.prune_llm_mlp(model, [top_units(s, llm_width) for s in llm_imp])
+            surgery_of(model).prune_llm_mlp(model, [top_units(s, llm_width) for s in llm_imp])
             techniques.append(f"structured LLM MLP pruning ({before['llm']} -> {llm_width} units per layer, {how})")
         if audio_width is not None and audio_width < before["audio"]:
-            surgery.prune_audio_ffn(model, [top_units(s, audio_width) for s in audio_imp])
+            surgery_of(model).prune_audio_ffn(model, [top_units(s, audio_width) for s in audio_imp])
             techniques.append(f"structured audio-encoder FFN pruning ({before['audio']} -> {audio_width} units per layer, {how})")
         if not techniques:
             ctx.log("prune-ffn: target widths equal the current ones; weights copied unchanged")

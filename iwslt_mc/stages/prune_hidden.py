@@ -6,7 +6,7 @@ one column of ``embed_tokens``, of every projection reading the residual stream 
 lm_head) and one row of every projection writing it (o_proj, down_proj, the projector), one entry of
 every norm; in the audio encoder the same for conv1/conv2 outputs, position embeddings, q/k/v/out,
 fc1/fc2, both LayerNorms per layer, the final LayerNorm and the projector's input
-(:func:`iwslt_mc.surgery.prune_llm_hidden`, :func:`iwslt_mc.surgery.prune_audio_hidden`).
+(the family's surgery: :meth:`iwslt_mc.families.base.Family.surgery`, ``prune_llm_hidden``, ``prune_audio_hidden``).
 
 Attention: whole heads of the original size are kept (the softmax scaling and Qwen2's rotary
 embedding act per head and stay as they were; ``text_config.head_dim`` is written explicitly). In
@@ -178,11 +178,11 @@ def weight_importance(model) -> dict:
     """Data-free scores: ``llm_dims``, ``llm_heads`` (per query head), ``audio_dims``, ``audio_heads``."""
     import torch
 
-    from .. import surgery
-    from ..layout import find_layout
+    from ..families import layout_of as find_layout, surgery_of
 
     layout = find_layout(model)
     llm_r, audio_r = _readers(layout)
+    surgery = surgery_of(model)
     heads, kv, hd = surgery.llm_attention_shape(layout)
     a_heads, a_hd = surgery.audio_attention_shape(layout)
     return {
@@ -200,12 +200,12 @@ def activation_importance(model, processor, segments, lang: str) -> dict:
     """Scores measured on ``segments`` (see the module docstring); same keys as :func:`weight_importance`."""
     import torch
 
-    from .. import surgery
-    from ..layout import find_layout
+    from ..families import layout_of as find_layout, surgery_of
     from .importance import calibration_pass
 
     layout = find_layout(model)
     llm_r, audio_r = _readers(layout)
+    surgery = surgery_of(model)
     heads, _kv, hd = surgery.llm_attention_shape(layout)
     a_heads, a_hd = surgery.audio_attention_shape(layout)
     sums = {"llm_norm": [None] * len(llm_r), "audio_norm": [None] * len(audio_r),
@@ -296,7 +296,8 @@ class PruneHidden(Stage):
                 raise UserError("stage prune-hidden: importance activation needs calibration data (--data SPEC)")
 
     def run(self, in_dir: Path, out_dir: Path, ctx: StageContext) -> dict:
-        from .. import modelio, surgery
+        from .. import modelio
+        from ..families import surgery_of
         from .merge import checkpoint_dtype
 
         o = self.options
@@ -321,12 +322,12 @@ class PruneHidden(Stage):
         if llm_changed:
             group = before["heads"] // before["kv_heads"]
             kv = top_indices(group_scores(scores["llm_heads"], group), after["kv_heads"])
-            surgery.prune_llm_hidden(model, top_indices(scores["llm_dims"], after["hidden"]), kv)
+            surgery_of(model).prune_llm_hidden(model, top_indices(scores["llm_dims"], after["hidden"]), kv)
             techniques.append(f"LLM hidden-size pruning ({before['hidden']} -> {after['hidden']} dimensions, "
                               f"{before['heads']} -> {after['heads']} attention heads of {before['head_dim']}, {how})")
         if after["audio_hidden"] != before["audio_hidden"]:
             heads = top_indices(scores["audio_heads"], after["audio_heads"])
-            surgery.prune_audio_hidden(model, top_indices(scores["audio_dims"], after["audio_hidden"]), heads)
+            surgery_of(model).prune_audio_hidden(model, top_indices(scores["audio_dims"], after["audio_hidden"]), heads)
             techniques.append(f"audio-encoder hidden-size pruning ({before['audio_hidden']} -> {after['audio_hidden']} "
                               f"dimensions, {before['audio_heads']} -> {after['audio_heads']} heads, {how})")
         if not techniques:

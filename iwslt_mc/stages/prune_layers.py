@@ -166,10 +166,10 @@ class PruneLayers(Stage):
         o = self.options
         cfg = read_config(in_dir)
         self._check_config(cfg, str(in_dir))
-        if cfg.get("model_type") in ("gemma4", "gemma4_unified") and (o.llm_layers or (o.strategy == "middle" and o.remove)):
-            from ..families.gemma4_surgery import check_removal  # KV sharing, from the config alone
+        if o.llm_layers or (o.strategy == "middle" and o.remove):
+            from ..families import family_for  # the family's rules (Gemma 4: KV sharing), from the config alone
 
-            check_removal(in_dir, o.llm_layers, middle=o.remove if o.strategy == "middle" else 0)
+            family_for(in_dir).check_layer_removal(in_dir, o.llm_layers, middle=o.remove if o.strategy == "middle" else 0)
         if o.strategy == "iterative":
             from ..prompting import check_lang
             from .importance import check_metric
@@ -195,7 +195,7 @@ class PruneLayers(Stage):
         o = self.options
         n_llm = int(cfg.get("text_config", {}).get("num_hidden_layers", 0))
         audio_cfg = cfg.get("audio_config") or {}
-        # Qwen2-Audio's encoder_layers, Gemma 4's conformer num_hidden_layers (none in gemma4_unified)
+        # the audio encoder's layer count: encoder_layers (Qwen2-Audio) or num_hidden_layers (Gemma 4's conformer)
         n_audio = int(audio_cfg.get("encoder_layers", audio_cfg.get("num_hidden_layers", 0)) or 0)
         if (o.audio_layers or o.audio_remove) and not n_audio:
             raise UserError(f"stage prune-layers: {in_dir} has no audio-encoder layers to remove "
@@ -221,17 +221,16 @@ class PruneLayers(Stage):
     # ------------------------------------------------------------------------------------------
 
     def run(self, in_dir: Path, out_dir: Path, ctx: StageContext) -> dict:
-        from .. import modelio, surgery
-        from ..layout import find_layout
+        from .. import modelio
+        from ..families import family_for
         from .merge import checkpoint_dtype
 
         o = self.options
-        from ..families import family_for
-
-        if family_for(in_dir).name == "gemma4":
-            from ..families.gemma4_surgery import run_prune_layers
-
-            return run_prune_layers(self, in_dir, out_dir, ctx)
+        fam = family_for(in_dir)
+        own = fam.run_prune_layers(self, in_dir, out_dir, ctx)  # a family with its own surgery (Gemma 4)
+        if own is not None:
+            return own
+        surgery, find_layout = fam.surgery(), fam.layout
         ctx.log(f"prune-layers: loading {in_dir}")
         # float16/bf16 weights run in float32 on a CPU (the search/calibration passes); saved as stored
         run_dtype = modelio.runtime_dtype(in_dir, ctx.resolved_device())
@@ -333,9 +332,9 @@ class PruneLayers(Stage):
             baseline = scorer()
             log.add({"type": "baseline", "score": baseline})
         ctx.log(f"prune-layers: baseline {scorer.label} {baseline:.4g}")
-        from ..layout import find_layout
+        from ..families import layout_of
 
-        layout = find_layout(model)
+        layout = layout_of(model)
         llm = imp.iterative_search(scorer, kind="llm", n_layers=layout.num_llm_layers, remove=o.remove,
                                    protect_first_last=o.protect_first_last, log=log, progress=ctx.log,
                                    screen=screen) if o.remove else []

@@ -189,9 +189,10 @@ class ReplaceLayers(Stage):
     def run(self, in_dir: Path, out_dir: Path, ctx: StageContext) -> dict:
         import torch
 
-        from .. import modelio, surgery, training
+        from .. import modelio, training
+        from ..families import surgery_of
         from ..data import describe_data
-        from ..layout import find_layout
+        from ..families import layout_of as find_layout
         from .finetune import _count_params, load_dtype
         from .merge import checkpoint_dtype
 
@@ -227,6 +228,7 @@ class ReplaceLayers(Stage):
 
         originals = [copy.deepcopy(stack[i]).requires_grad_(False).eval() for i in block]
         remove = [i for i in block if i != keep]
+        surgery = surgery_of(model)
         (surgery.remove_llm_layers if o.component == "llm" else surgery.remove_audio_layers)(model, remove)
         new_layer = stack[block[0]]
         if o.init == "random":
@@ -331,9 +333,10 @@ class ReplaceLayers(Stage):
     def _search(self, model, probe, n, work: Path, out_dir: Path, ctx):
         import torch
 
-        from .. import surgery
+        from ..families import surgery_of
 
         o = self.options
+        surgery = surgery_of(model)
         removed = surgery.llm_layers_removed if o.component == "llm" else surgery.audio_layers_removed
         log_path = work / SEARCH_LOG
         done = {}

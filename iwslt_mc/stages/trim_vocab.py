@@ -233,6 +233,7 @@ def kept_token_ids(in_dir, options: dict | None, *, lang: str, data: list[str], 
     from transformers import AutoConfig, GenerationConfig
 
     from .. import modelio
+    from ..families import family_for
     from ..prompting import TARGET_LANGUAGE, prompt_text
 
     stage = TrimVocab(options or {})
@@ -240,18 +241,17 @@ def kept_token_ids(in_dir, options: dict | None, *, lang: str, data: list[str], 
     stage.check(Path(in_dir), ctx)
     processor = modelio.load_processor(in_dir)
     tok_json = json.loads((Path(in_dir) / "tokenizer.json").read_text("utf-8"))
-    if read_config(in_dir).get("model_type") in ("gemma4", "gemma4_unified"):
-        from ..families.gemma4_surgery import kept_ids
-
-        gen = (GenerationConfig.from_pretrained(str(in_dir))
-               if (Path(in_dir) / "generation_config.json").exists() else None)
-        return kept_ids(stage, in_dir, processor, tok_json, read_config(in_dir), gen, ctx)[0]
+    gen = (GenerationConfig.from_pretrained(str(in_dir))
+           if (Path(in_dir) / "generation_config.json").exists() else None)
+    own = family_for(in_dir).trim_vocab_kept_ids(stage, in_dir, processor, tok_json, read_config(in_dir), gen, ctx)
+    if own is not None:  # a family with its own keep rule (Gemma 4)
+        return own[0]
     texts, _ = stage._texts(ctx, stage._languages(ctx))
     prompts = [prompt_text(processor, lg) for lg in TARGET_LANGUAGE]
     enc = processor.tokenizer(prompts + texts, add_special_tokens=False)["input_ids"]
     configs = [AutoConfig.from_pretrained(str(in_dir))]
-    if (Path(in_dir) / "generation_config.json").exists():
-        configs.append(GenerationConfig.from_pretrained(str(in_dir)))
+    if gen is not None:
+        configs.append(gen)
     rows = int(read_config(in_dir).get("text_config", {}).get("vocab_size", 0))
     return keep_set(processor.tokenizer, tok_json, enc, configs, stage.options, rows)
 
@@ -340,15 +340,16 @@ class TrimVocab(Stage):
             raise UserError(f"stage trim-vocab: keep_ids {bad[0]} out of range (the model has {rows} token rows)")
 
     def run(self, in_dir: Path, out_dir: Path, ctx: StageContext) -> dict:
-        from .. import modelio, sizer, surgery
-        from ..layout import find_layout
+        from .. import modelio, sizer
+        from ..families import family_for
         from ..prompting import TARGET_LANGUAGE, prompt_text
 
         o = self.options
-        if read_config(in_dir).get("model_type") in ("gemma4", "gemma4_unified"):
-            from ..families.gemma4_surgery import run_trim_vocab
-
-            return run_trim_vocab(self, in_dir, out_dir, ctx)
+        fam = family_for(in_dir)
+        own = fam.run_trim_vocab(self, in_dir, out_dir, ctx)  # a family with its own surgery (Gemma 4)
+        if own is not None:
+            return own
+        surgery, find_layout = fam.surgery(), fam.layout
         model = modelio.load_model(in_dir, device=ctx.resolved_device())
         processor = modelio.load_processor(in_dir)
         tok = processor.tokenizer

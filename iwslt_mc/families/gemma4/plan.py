@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import copy
 
-from .. import __version__
+from ... import __version__
+from .rules import COMPONENTS, allowed_removal, component_for_key, config_after_audio_layer_removal, config_after_layer_removal
 
 
 def _text(cfg):
@@ -24,7 +25,7 @@ def _text(cfg):
 
 
 def _is_plain(cfg) -> bool:
-    from ..configjson import PlainConfig
+    from ...configjson import PlainConfig
 
     return isinstance(cfg, PlainConfig)
 
@@ -49,7 +50,7 @@ def base_dims(cfg) -> dict:
     """LLM and audio layers (None: no audio encoder, as in ``gemma4_unified``), FFN width, vocabulary, and
     whether a vision encoder is there (a plain config: remembered by :mod:`iwslt_mc.plancache`)."""
     if _is_plain(cfg):
-        from .. import plancache
+        from ... import plancache
 
         key = _raw(cfg)
         got = plancache.get("gemma4-base", key)
@@ -57,7 +58,7 @@ def base_dims(cfg) -> dict:
             got = base_dims(transformers_config(cfg))
             plancache.put("gemma4-base", key, got)
         return got
-    from .gemma4_surgery import audio_layer_count
+    from .surgery import audio_layer_count
 
     t = _text(cfg)
     return {"llm_layers": t.num_hidden_layers, "audio_layers": audio_layer_count(cfg) or None,
@@ -67,18 +68,14 @@ def base_dims(cfg) -> dict:
 
 def apply_dims(cfg, dims: dict):
     """A copy of ``cfg`` with the spec's dimensions."""
-    from ..errors import UserError
-    from .gemma4 import Gemma4Family
-
+    from ...errors import UserError
     base = base_dims(cfg)
     if dims["audio_layers"] != base["audio_layers"]:
         if base["audio_layers"] is None:
             raise UserError("--audio-layers: this Gemma 4 model has no audio-encoder layers (gemma4_unified)")
         if dims["audio_layers"] > base["audio_layers"]:
             raise UserError(f"--audio-layers {dims['audio_layers']}: the base model has only {base['audio_layers']}")
-        from .gemma4 import Gemma4Family
-
-        cfg = Gemma4Family().config_after_audio_layer_removal(cfg, list(range(dims["audio_layers"])))
+        cfg = config_after_audio_layer_removal(cfg, list(range(dims["audio_layers"])))
     if not dims["vision"] and base["vision"]:
         d = cfg.to_dict()
         d["vision_config"] = None
@@ -86,14 +83,14 @@ def apply_dims(cfg, dims: dict):
     if dims["llm_layers"] != base["llm_layers"]:
         if dims["llm_layers"] > base["llm_layers"]:
             raise UserError(f"--llm-layers {dims['llm_layers']}: the base model has only {base['llm_layers']}")
-        fam, n = Gemma4Family(), base["llm_layers"]
+        n = base["llm_layers"]
         kept = dims.get("llm_kept")
         if kept is None:
-            block = fam.allowed_removal(cfg, n - dims["llm_layers"])
+            block = allowed_removal(cfg, n - dims["llm_layers"])
             kept = [i for i in range(n) if i not in block]
         elif len(kept) != dims["llm_layers"] or any(not 0 <= i < n for i in kept):
             raise UserError(f"LLM layers kept {kept}: expected {dims['llm_layers']} distinct indices of 0..{n - 1}")
-        cfg = Gemma4Family().config_after_layer_removal(cfg, sorted(kept))
+        cfg = config_after_layer_removal(cfg, sorted(kept))
     cfg = copy.deepcopy(cfg)
     t = _text(cfg)
     t.intermediate_size = dims["ffn_dim"]
@@ -112,7 +109,7 @@ def kept_after_prune(cfg, kept: list[int], options: dict) -> list[int] | None:
     explicit ``llm_layers`` of the current model, the ``middle`` block the family allows, the ``top``
     block), given ``kept`` before it; None when the stage searches (``iterative``: not known in advance)."""
     if _is_plain(cfg):
-        from .. import plancache
+        from ... import plancache
 
         key = [_raw(cfg), kept, options]
         got = plancache.get("gemma4-kept", key)
@@ -120,18 +117,15 @@ def kept_after_prune(cfg, kept: list[int], options: dict) -> list[int] | None:
             got = {"kept": kept_after_prune(transformers_config(cfg), kept, options)}
             plancache.put("gemma4-kept", key, got)
         return got["kept"]
-    from ..stages.prune_layers import top_block
-    from .gemma4 import Gemma4Family
-
+    from ...stages.prune_layers import top_block
     n = len(kept)
     if options.get("llm_layers"):
         removed = set(options["llm_layers"])
     elif not options.get("remove"):
         return kept
     elif options.get("strategy") == "middle":
-        fam = Gemma4Family()
-        current = fam.config_after_layer_removal(cfg, kept) if n != _text(cfg).num_hidden_layers else cfg
-        removed = set(fam.allowed_removal(current, int(options["remove"])))
+        current = config_after_layer_removal(cfg, kept) if n != _text(cfg).num_hidden_layers else cfg
+        removed = set(allowed_removal(current, int(options["remove"])))
     elif options.get("strategy") == "top":
         removed = set(top_block(n, int(options["remove"])))
     else:
@@ -158,9 +152,6 @@ def inventory(cfg) -> list[tuple[str, tuple, str, bool, bool]]:
     from torch import nn
     from transformers.modeling_utils import remove_tied_weights_from_state_dict
 
-    from .gemma4 import Gemma4Family
-
-    fam = Gemma4Family()
     model = meta_model(cfg)
     linear_ids = {id(m.weight) for m in model.modules() if isinstance(m, nn.Linear)}
     embed_id = id(model.get_input_embeddings().weight)
@@ -179,7 +170,7 @@ def inventory(cfg) -> list[tuple[str, tuple, str, bool, bool]]:
     out = []
     for key, tensor in disk.items():
         lin, emb = kind.get(marked.get(id(tensor), key), (False, False))
-        out.append((key, tuple(tensor.shape), fam.component_for_key(key), lin, emb))
+        out.append((key, tuple(tensor.shape), component_for_key(key), lin, emb))
     return out
 
 
@@ -190,8 +181,8 @@ def planned(base_config, dims: dict):
     if not _is_plain(base_config):
         cfg = apply_dims(base_config, dims)
         return cfg, inventory(cfg)
-    from .. import plancache
-    from ..configjson import PlainConfig
+    from ... import plancache
+    from ...configjson import PlainConfig
 
     key = [_raw(base_config), dims]
     got = plancache.get("gemma4-planned", key)
@@ -203,13 +194,12 @@ def planned(base_config, dims: dict):
 
 
 def predict(spec, base_config, edition: str, *, base_name: str | None = None):
-    from ..planner import (Prediction, disk_tensors, is_quant_precision, predicted_torch_save,
+    from ...planner import (Prediction, disk_tensors, is_quant_precision, predicted_torch_save,
                            safetensors_header_bytes)
-    from ..track import get_edition, size_bin
-    from .gemma4 import COMPONENTS
+    from ...track import get_edition, size_bin
 
-    from ..errors import UserError
-    from ..planner import check_components
+    from ...errors import UserError
+    from ...planner import check_components
 
     ed = get_edition(edition)
     check_components(spec, COMPONENTS, "Gemma 4")

@@ -23,29 +23,17 @@ or newlines.", ``enable_thinking=False``, greedy, ``max_new_tokens=256``.
 
 from __future__ import annotations
 
-import re
+from ..base import Family
 
-from .base import Family
+from .rules import COMPONENTS, component_for_key as _component_for_key
 
-COMPONENTS = ("audio_encoder", "vision_encoder", "projector", "llm_layers", "per_layer_embeddings",
-              "embed_tokens", "lm_head", "other")
-_KEY_RULES = [
-    (re.compile(r"(^|\.)audio_tower\."), "audio_encoder"),
-    (re.compile(r"(^|\.)(vision_tower|embed_vision|vision_embedder)\."), "vision_encoder"),
-    (re.compile(r"(^|\.)embed_audio\."), "projector"),
-    (re.compile(r"(^|\.)language_model\.(model\.)?layers\.\d+\."), "llm_layers"),
-    (re.compile(r"(^|\.)(embed_tokens_per_layer|per_layer_model_projection|per_layer_projection_norm)\."),
-     "per_layer_embeddings"),
-    (re.compile(r"(^|\.)embed_tokens\."), "embed_tokens"),
-    (re.compile(r"(^|\.)lm_head\."), "lm_head"),
-]
 LANGUAGE = {"en-de": "German", "en-zh": "Chinese", "en-ar": "Arabic"}
 PROMPT = "Translate the following speech into {language}. Output only the translation, with no explanation or newlines."
 MAX_NEW_TOKENS = 256
 
 
 def organizers_prompt(lang: str) -> str:
-    from ..prompting import check_lang
+    from ...prompting import check_lang
 
     return PROMPT.format(language=LANGUAGE[check_lang(lang)])
 
@@ -62,7 +50,15 @@ class Gemma4Family(Family):
     token_aligned_inputs = ("mm_token_type_ids",)
     processor_prefixes = ("Gemma4",)
     stages = ("prune-layers", "trim-vocab", "quantize", "finetune", "merge", "distill", "kd", "drop-vision")
+    strategies = {"prune-layers": ("middle", "top")}  # the iterative search is Qwen2-Audio's only, for now
     kit_options = ("unified",)
+    recipes = (  # largest first
+        ("gemma4-large", "gemma4-large.yaml"),
+        ("gemma4-medium", "gemma4-medium.yaml"),
+        ("gemma4-small", "gemma4-small.yaml"),
+        ("gemma4-tiny", "gemma4-tiny.yaml"),
+    )
+    recipe_preference = ("gemma4-medium", "gemma4-small", "gemma4-tiny", "gemma4-large")
     tracks_kept_layers = True  # sliding/global layers differ in size: which stay is part of a prediction
 
     # Audio tokens per second of either layout: one soft token per 40 ms (both processors'
@@ -86,12 +82,12 @@ class Gemma4Family(Family):
         return AutoModelForMultimodalLM
 
     def load_processor(self, model_dir):
-        from ..kit_gemma4 import load_processor
+        from .kit import load_processor
 
         return load_processor(model_dir)
 
     def save_processor(self, processor, out_dir) -> None:
-        from ..kit_gemma4 import save_processor
+        from .kit import save_processor
 
         save_processor(processor, out_dir)
 
@@ -116,78 +112,61 @@ class Gemma4Family(Family):
         }
 
     def component_for_key(self, key: str) -> str:
-        for rx, comp in _KEY_RULES:
-            if rx.search(key):
-                return comp
-        return "other"
+        return _component_for_key(key)
 
     def kv_sources(self, text_config) -> dict[int, int]:
         """Layer -> the earlier layer whose keys/values it reuses (KV sharing), for every sharing layer."""
-        n = text_config.num_hidden_layers
-        shared = getattr(text_config, "num_kv_shared_layers", 0) or 0
-        first = n - shared
-        types = text_config.layer_types
-        out = {}
-        for i in range(first, n):
-            src = max((j for j in range(first) if types[j] == types[i]), default=None)
-            out[i] = src
-        return out
+        from .rules import kv_sources
+
+        return kv_sources(text_config)
 
     def config_after_layer_removal(self, config, kept: list[int]):
-        """Refuses a removal that breaks KV sharing: a kept sharing layer whose source layer is removed,
-        or a kept plain layer between sharing layers (sharing layers must stay the last ones)."""
-        from ..errors import UserError
+        """Refuses a removal that breaks KV sharing (:func:`iwslt_mc.families.gemma4.rules.config_after_layer_removal`)."""
+        from .rules import config_after_layer_removal
 
-        t = getattr(config, "text_config", config)
-        src = self.kv_sources(t)
-        for i in kept:
-            if i in src and src[i] not in kept:
-                raise UserError(f"cannot remove layer {src[i]}: kept layer {i} reads its keys/values from it "
-                                f"(KV sharing, num_kv_shared_layers={t.num_kv_shared_layers})")
-        n_shared = sum(1 for i in kept if i in src)
-        if n_shared and any(i not in src for i in kept[len(kept) - n_shared:]):
-            raise UserError("the KV-sharing layers must stay the last layers")
-        # the source must still be the last earlier layer of its type after removal
-        new_types = [t.layer_types[i] for i in kept]
-        first = len(kept) - n_shared
-        for pos, i in enumerate(kept[first:], start=first):
-            last = max((p for p in range(first) if new_types[p] == new_types[pos]), default=None)
-            if last is None or kept[last] != src[i]:
-                raise UserError(f"removing these layers would make layer {i} read another layer's keys/values "
-                                f"(it reads layer {src[i]})")
-        if new_types and new_types[-1] != "full_attention":
-            raise UserError(f"the last kept layer ({kept[-1]}) is a {new_types[-1]} layer; Gemma 4's last layer "
-                            "must be a full_attention (global) layer")
-        # rebuilt from its dict: the per-layer overrides (global layers' head width) are keyed by layer index
-        d = config.to_dict()
-        td = d["text_config"] if "text_config" in d else d
-        overrides = {int(k): v for k, v in (td.get("per_layer_config") or {}).items()}
-        td.update(layer_types=new_types, num_hidden_layers=len(kept), num_kv_shared_layers=n_shared,
-                  per_layer_config={new: overrides[old] for new, old in enumerate(kept) if old in overrides})
-        return type(config).from_dict(d)
+        return config_after_layer_removal(config, kept)
 
     def config_after_audio_layer_removal(self, config, kept: list[int]):
         """``config`` (a copy) for a model whose audio encoder keeps conformer layers ``kept``."""
-        d = config.to_dict()
-        d["audio_config"]["num_hidden_layers"] = len(kept)
-        return type(config).from_dict(d)
+        from .rules import config_after_audio_layer_removal
+
+        return config_after_audio_layer_removal(config, kept)
 
     def allowed_removal(self, config, count: int) -> list[int]:
         """The contiguous block of ``count`` decoder layers nearest the middle whose removal keeps the model
-        valid (KV sharing, a global last layer), for planning ``--llm-layers``; UserError when none is."""
-        from ..errors import UserError
+        valid; UserError when none is (:func:`iwslt_mc.families.gemma4.rules.allowed_removal`)."""
+        from .rules import allowed_removal
 
-        n = getattr(config, "text_config", config).num_hidden_layers
-        starts = sorted(range(0, n - count + 1), key=lambda s: (abs(s + count / 2 - n / 2), s))
-        for s in starts:
-            block = list(range(s, s + count))
-            try:
-                self.config_after_layer_removal(config, [i for i in range(n) if i not in block])
-            except UserError:
-                continue
-            return block
-        raise UserError(f"no block of {count} contiguous layers can be removed from this Gemma 4 model "
-                        "(KV sharing or the global last layer forbid every one)")
+        return allowed_removal(config, count)
+
+    def check_layer_removal(self, model_dir, remove, middle: int = 0) -> None:
+        """KV sharing, from the config alone (:func:`iwslt_mc.families.gemma4.surgery.check_removal`)."""
+        from .surgery import check_removal
+
+        check_removal(model_dir, remove, middle=middle)
+
+    def run_prune_layers(self, stage, in_dir, out_dir, ctx) -> dict:
+        from .surgery import run_prune_layers
+
+        return run_prune_layers(stage, in_dir, out_dir, ctx)
+
+    def trim_vocab_kept_ids(self, stage, in_dir, processor, tok_json: dict, config: dict, generation_config, ctx):
+        from .surgery import kept_ids
+
+        return kept_ids(stage, in_dir, processor, tok_json, config, generation_config, ctx)
+
+    def run_trim_vocab(self, stage, in_dir, out_dir, ctx) -> dict:
+        from .surgery import run_trim_vocab
+
+        return run_trim_vocab(stage, in_dir, out_dir, ctx)
+
+    def has_vision(self, config: dict) -> bool:
+        return bool(config.get("vision_config"))
+
+    def drop_vision(self, model):
+        from .surgery import drop_vision
+
+        return drop_vision(model)
 
     def messages(self, lang: str, instruction_text: str | None = None, audio=None) -> list[dict]:
         """The organizers' messages: one user turn, the text, then the audio."""
@@ -195,15 +174,15 @@ class Gemma4Family(Family):
         return [{"role": "user", "content": [{"type": "text", "text": instruction_text or organizers_prompt(lang)}, part]}]
 
     def predict(self, spec, base_config, edition: str, *, base_name: str | None = None):
-        from .gemma4_plan import predict
+        from .plan import predict
 
         return predict(spec, base_config, edition, base_name=base_name)
 
     def torch_save_layout(self, tensors, config: dict, float_dtype: str | None):
         """The organizers' ``torch.save(model.state_dict())`` layout of a Gemma 4 checkpoint (see
         :func:`iwslt_mc.torchsave.meta_state_dict_layout`)."""
-        from .. import plancache
-        from ..torchsave import meta_skeleton, meta_state_dict_layout
+        from ... import plancache
+        from ...torchsave import meta_skeleton, meta_state_dict_layout
 
         def skeleton(cfg_dict, float_dtype):  # remembered per config (plan reads it without transformers)
             key = [{k: v for k, v in cfg_dict.items() if k not in ("quantization_config", "_name_or_path")}, float_dtype]
@@ -220,7 +199,7 @@ class Gemma4Family(Family):
         def build(cfg_dict, torch_dtype):
             from transformers import AutoConfig
 
-            from .gemma4_plan import meta_model
+            from .plan import meta_model
 
             d = {k: v for k, v in cfg_dict.items() if k != "quantization_config"}
             cfg = AutoConfig.for_model(**d)
@@ -228,10 +207,26 @@ class Gemma4Family(Family):
 
         return meta_state_dict_layout(tensors, config, float_dtype, skeleton=skeleton)
 
+    def torch_save_layout_name(self, config: dict) -> str:
+        """``gemma4/meta-model(transformers-VERSION)``: the layout comes from a meta-device model."""
+        from ...plancache import transformers_version
+
+        return f"{config.get('model_type')}/meta-model(transformers-{transformers_version()})"
+
+    def base_dims(self, cfg) -> dict:
+        from .plan import base_dims
+
+        return base_dims(cfg)
+
+    def kept_after_prune(self, cfg, kept: list[int], options: dict) -> list[int] | None:
+        from .plan import kept_after_prune
+
+        return kept_after_prune(cfg, kept, options)
+
     def plain_config(self, raw: dict):
         """``raw`` as a PlainConfig: the planner's facts about it come from transformers once, then from
         :mod:`iwslt_mc.plancache` (``gemma4_plan.transformers_config`` converts it where needed)."""
-        from ..configjson import PlainConfig
+        from ...configjson import PlainConfig
 
         if not isinstance(raw.get("text_config"), dict):
             return None  # transformers' defaults fill it in: the planner loads its config object instead
@@ -243,7 +238,7 @@ class Gemma4Family(Family):
                 "ffn_dim": GEMMA4_12B_TEXT["intermediate_size"], "audio_ffn_dim": None}
 
     def build_kit(self, out_dir, seed: int = 0, unified: bool = False):
-        from ..kit_gemma4 import build_kit_gemma4
+        from .kit import build_kit_gemma4
 
         return build_kit_gemma4(out_dir, seed=seed, unified=unified)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .errors import UserError
+from ...errors import UserError
 
 # Qwen2-Audio-7B-Instruct: tokenizer ids of its special tokens and its padded embedding rows.
 BASE_VOCAB = 151_643

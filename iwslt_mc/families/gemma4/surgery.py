@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import re
 
+from .rules import allowed_removal, config_after_audio_layer_removal, config_after_layer_removal
+
 _LAYER = re.compile(r"^(.*language_model\.layers\.)(\d+)(\..*)$")
 _AUDIO_LAYER = re.compile(r"^(.*audio_tower\.layers\.)(\d+)(\..*)$")
 
@@ -29,7 +31,7 @@ def _rebuild(model, config, state_dict):
 
 def _kept_layers(remove, n: int, what: str, owner: str) -> list[int]:
     """The layers left of ``n`` after removing ``remove`` (UserError when one is out of range or none is left)."""
-    from ..errors import UserError
+    from ...errors import UserError
 
     remove = sorted(set(remove))
     if any(i < 0 or i >= n for i in remove) or len(remove) >= n:
@@ -53,12 +55,10 @@ def _renumbered_state(model, pattern, kept: list[int], other=lambda k, v: v) -> 
 
 def remove_llm_layers(model, remove):
     """A new model without decoder layers ``remove``; refuses (UserError) a removal that breaks KV sharing."""
-    from .gemma4 import Gemma4Family
-
     t = model.config.text_config
     n = t.num_hidden_layers
     kept = _kept_layers(remove, n, "layers", "the model")
-    config = Gemma4Family().config_after_layer_removal(model.config, kept)
+    config = config_after_layer_removal(model.config, kept)
     P = getattr(t, "hidden_size_per_layer_input", 0) or 0
 
     def per_layer_slices(k, v):
@@ -80,21 +80,19 @@ def audio_layer_count(config) -> int:
 def remove_audio_layers(model, remove):
     """A new model without audio-encoder (conformer) layers ``remove``; ``audio_config.num_hidden_layers``
     edited through the family (:meth:`Gemma4Family.config_after_audio_layer_removal`)."""
-    from ..errors import UserError
-    from .gemma4 import Gemma4Family
-
+    from ...errors import UserError
     n = audio_layer_count(model.config)
     if not n:
         raise UserError("this Gemma 4 model has no audio-encoder layers to remove (gemma4_unified: raw audio frames "
                         "enter through embed_audio)")
     kept = _kept_layers(remove, n, "audio layers", "the audio encoder")
-    config = Gemma4Family().config_after_audio_layer_removal(model.config, kept)
+    config = config_after_audio_layer_removal(model.config, kept)
     return _rebuild(model, config, _renumbered_state(model, _AUDIO_LAYER, kept)), kept
 
 
 def drop_vision(model):
     """A new model without the vision encoder and its projector (``vision_config`` None)."""
-    from ..errors import UserError
+    from ...errors import UserError
 
     if getattr(model.config, "vision_config", None) is None:
         raise UserError("the model has no vision encoder (vision_config is empty)")
@@ -110,10 +108,10 @@ def run_prune_layers(stage, in_dir, out_dir, ctx) -> dict:
     """The prune-layers stage for Gemma 4: explicit ``llm_layers``/``audio_layers``, or the middle/top
     strategies (``remove``/``audio_remove``). The iterative search is Qwen2-Audio only for now (a one-line
     refusal)."""
-    from .. import modelio
-    from ..errors import UserError
-    from ..stages.merge import checkpoint_dtype
-    from ..stages.prune_layers import _fmt_layers, middle_block, top_block
+    from ... import modelio
+    from ...errors import UserError
+    from ...stages.merge import checkpoint_dtype
+    from ...stages.prune_layers import _fmt_layers, middle_block, top_block
 
     o = stage.options
     if o.strategy == "iterative":
@@ -127,9 +125,7 @@ def run_prune_layers(stage, in_dir, out_dir, ctx) -> dict:
         llm, audio = sorted(o.llm_layers or []), sorted(o.audio_layers or [])
     elif o.strategy == "middle":
         # the planner's rule: the valid block (KV sharing, a global last layer) nearest the middle
-        from .gemma4 import Gemma4Family
-
-        llm = Gemma4Family().allowed_removal(model.config, o.remove) if o.remove else []
+        llm = allowed_removal(model.config, o.remove) if o.remove else []
         audio = middle_block(n_audio, o.audio_remove) if o.audio_remove else []
     else:
         llm = top_block(n, o.remove) if o.remove else []
@@ -158,15 +154,13 @@ def run_prune_layers(stage, in_dir, out_dir, ctx) -> dict:
 def check_removal(model_dir, remove, middle: int = 0) -> None:
     """Refuse (UserError) removing ``remove`` (or, with ``middle``, a block of that many layers nearest the
     middle) from the model in ``model_dir`` when it breaks KV sharing, reading its config only (no weights)."""
-    from ..planner import load_base_config
-    from .gemma4 import Gemma4Family
-
+    from ...planner import load_base_config
     cfg = load_base_config(model_dir)
     n = cfg.text_config.num_hidden_layers
     if middle:
-        Gemma4Family().allowed_removal(cfg, middle)
+        allowed_removal(cfg, middle)
         return
-    Gemma4Family().config_after_layer_removal(cfg, [i for i in range(n) if i not in set(remove or [])])
+    config_after_layer_removal(cfg, [i for i in range(n) if i not in set(remove or [])])
 
 
 # Token ids a Gemma 4 config names beyond bos/eos/pad (top level of Gemma4Config).
@@ -199,7 +193,7 @@ def _remap_ids(d: dict, old2new: dict) -> None:
 def select_vocab(model, keep_ids: list[int]):
     """A new model keeping token rows ``keep_ids`` (sorted old ids; new id = position) of the token
     embeddings, the PLE table and the tied ``lm_head``, with every token id in the config renumbered."""
-    from ..errors import UserError
+    from ...errors import UserError
 
     t = model.config.text_config
     ple_rows = getattr(t, "vocab_size_per_layer_input", None) if getattr(t, "hidden_size_per_layer_input", 0) else None
@@ -236,8 +230,8 @@ def kept_ids(stage, in_dir, processor, tok_json: dict, config: dict, generation_
     """(kept token ids, prompts, texts, data records) of trim-vocab on a Gemma 4 directory: the stage's
     keep rules plus the 256 byte-fallback tokens, every id the config names and ``<unk>``. Reads the
     tokenizer and configs only, so ``build``'s prediction counts exactly what the stage keeps."""
-    from ..prompting import TARGET_LANGUAGE, prompt_text
-    from ..stages.trim_vocab import keep_set
+    from ...prompting import TARGET_LANGUAGE, prompt_text
+    from ...stages.trim_vocab import keep_set
 
     tok = processor.tokenizer
     languages = stage._languages(ctx)
@@ -260,8 +254,8 @@ def run_trim_vocab(stage, in_dir, out_dir, ctx) -> dict:
     import json
     from pathlib import Path
 
-    from .. import modelio, sizer
-    from ..stages.trim_vocab import trim_tokenizer_json
+    from ... import modelio, sizer
+    from ...stages.trim_vocab import trim_tokenizer_json
 
     model = modelio.load_model(in_dir, device="cpu")
     processor = modelio.load_processor(in_dir)

@@ -32,7 +32,7 @@ import os
 import time
 from pathlib import Path
 
-from .fsutil import atomic_directory, atomic_write_json, prepare_output_dir, sha256_file
+from ...fsutil import atomic_directory, atomic_write_json, prepare_output_dir, sha256_file
 
 FAMILY = "gemma4"
 BPE_VOCAB_SIZE = 1536
@@ -97,7 +97,7 @@ UNIFIED_VISION_CONFIG = dict(patch_size=8, pooling_kernel_size=2, mm_embed_dim=6
 
 
 def tokenizer_corpus() -> list[str]:
-    from .kit import tokenizer_corpus as corpus
+    from ...kit import tokenizer_corpus as corpus
 
     return corpus()
 
@@ -273,8 +273,8 @@ def build_model(tokenizer, seed: int = 0, unified: bool = False):
 def build_kit_gemma4(out_dir: str | os.PathLike, seed: int = 0, unified: bool = False):
     """Write the Gemma 4 kit to ``out_dir`` (new or empty) and return its :class:`iwslt_mc.kit.KitInfo`;
     ``unified``: the ``gemma4_unified`` layout (see ``UNIFIED_TEXT_CONFIG``)."""
-    from .kit import KitInfo, _dir_bytes, _publish_modes, _quiet_progress, write_data
-    from . import provenance
+    from ...kit import KitInfo, _dir_bytes, _publish_modes, _quiet_progress, write_data
+    from ... import provenance
 
     started = time.time()
     created = not Path(out_dir).exists()

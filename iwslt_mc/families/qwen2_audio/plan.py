@@ -25,7 +25,7 @@ _POSITIVE = {"text_config": ("vocab_size", "hidden_size", "intermediate_size", "
 def plain_config(raw: dict):
     """``raw`` (a Qwen2-Audio config.json dict) as a PlainConfig with transformers' defaults filled in;
     ValueError naming the first field that is not a positive integer."""
-    from ..configjson import PlainConfig
+    from ...configjson import PlainConfig
 
     cfg = PlainConfig.from_dict(raw, {"text_config": TEXT_DEFAULTS, "audio_config": AUDIO_DEFAULTS})
     t = cfg.text_config
@@ -101,3 +101,56 @@ def inventory(cfg, *, ffn_dim: int | None = None, audio_ffn_dim: int | None = No
     # in the order transformers' state dict comes out of revert_weight_conversion: lm_head, then by key
     # (the planner reports the first tensor a precision cannot quantize, so the order shows in messages)
     return sorted(out, key=lambda e: (e[0] != "language_model.lm_head.weight", e[0]))
+
+
+# ----------------------------------------------------------------------------- the built-in reference
+
+def qwen2_audio_7b_config_dict() -> dict:
+    """config.json values of Qwen2-Audio-7B-Instruct (the architecture only; see qwen2-audio.md)."""
+    return {
+        "architectures": ["Qwen2AudioForConditionalGeneration"],
+        "model_type": "qwen2_audio",
+        "audio_token_index": 151646,
+        "dtype": "bfloat16",
+        "audio_config": {
+            "model_type": "qwen2_audio_encoder",
+            "num_mel_bins": 128,
+            "encoder_layers": 32,
+            "encoder_attention_heads": 20,
+            "encoder_ffn_dim": 5120,
+            "d_model": 1280,
+            "max_source_positions": 1500,
+            "activation_function": "gelu",
+        },
+        "text_config": {
+            "model_type": "qwen2",
+            "hidden_size": 4096,
+            "num_hidden_layers": 32,
+            "num_attention_heads": 32,
+            "num_key_value_heads": 32,
+            "intermediate_size": 11008,
+            "vocab_size": 156032,
+            "rope_theta": 10000.0,
+            "rms_norm_eps": 1e-5,
+            "max_position_embeddings": 8192,
+            "tie_word_embeddings": False,
+            "bos_token_id": 151643,
+            "eos_token_id": 151645,
+            "dtype": "bfloat16",
+        },
+    }
+
+
+def qwen2_audio_7b_config():
+    """The built-in Qwen2-Audio-7B-Instruct architecture as a transformers ``Qwen2AudioConfig``."""
+    from transformers import Qwen2AudioConfig
+
+    d = qwen2_audio_7b_config_dict()
+    return Qwen2AudioConfig(audio_config=d["audio_config"], text_config=d["text_config"],
+                            audio_token_index=d["audio_token_index"])
+
+
+def qwen2_audio_7b_plain_config():
+    """The built-in Qwen2-Audio-7B-Instruct architecture as a :class:`~iwslt_mc.configjson.PlainConfig`:
+    the same widths and predictions as :func:`qwen2_audio_7b_config`, without importing transformers."""
+    return plain_config(qwen2_audio_7b_config_dict())
