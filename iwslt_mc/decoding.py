@@ -21,7 +21,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence
 
-from .prompting import check_lang, prompt_text
+from .families import prompt_text
+from .prompting import check_lang
 
 MODES = ("reference", "fast")
 SAMPLE_RATE = 16000

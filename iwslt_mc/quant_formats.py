@@ -19,7 +19,7 @@ clipping lowered the KL to the teacher at 4 bits and raised it at 2 and 3 bits).
 
 Loading, and what the organizers' measure counts (``torch.save(model.state_dict())`` after
 ``from_pretrained(dtype="auto")``, no forward; measured on the kit with transformers 5.25 and
-compressed-tensors 0.20, :func:`iwslt_mc.torchsave.ct_in_memory` lays it out): a checkpoint is saved
+compressed-tensors 0.20, :func:`iwslt_mc.floor.statedict.ct_in_memory` lays it out): a checkpoint is saved
 with ``dequantize: false`` where it loads packed, ``dequantize: true`` (unpacked into the float dtype at
 load) where it cannot (:func:`loads_packed`):
 

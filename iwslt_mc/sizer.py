@@ -28,6 +28,7 @@ from pathlib import Path
 
 from . import __version__, torchsave
 from .errors import InputFileError
+from .floor.statedict import ct_loads_packed, ct_quantization_config
 from .track import GB, GiB, MB, format_size, get_edition, size_bin, size_bin_binary
 
 # Bits per element of every safetensors dtype (sub-byte float formats included).
@@ -406,8 +407,8 @@ def measure(model_dir: str | os.PathLike, edition: str | None = "2025", *, torch
                                        version=f"iwslt-mc-{__version__}", ct_shapes=ct_shapes)
             except torchsave.NotExact as e:
                 ts_note = f"not computable from metadata: {e}"
-        if config is not None and any(k.startswith("ct-") for k in formats) and torchsave.ct_quantization_config(config) \
-                and not torchsave.ct_loads_packed(config):
+        if config is not None and any(k.startswith("ct-") for k in formats) and ct_quantization_config(config) \
+                and not ct_loads_packed(config):
             warnings.append("compressed-tensors saved with dequantize: true: from_pretrained unpacks the weights to floats, "
                             "so the torch.save measure counts them at float size")
     bin_name = size_bin(total, ed)

@@ -47,8 +47,7 @@ def encode_example(processor, wave: np.ndarray, target: str, lang: str) -> dict:
     batch axis (Qwen2-Audio: ``input_features``, ``feature_attention_mask``; Gemma 4: ``input_features``,
     ``input_features_mask`` as tensors, ``mm_token_type_ids`` as a list over the whole sequence).
     """
-    from .families import default_family, family_of_processor
-    from .prompting import prompt_text
+    from .families import default_family, family_of_processor, prompt_text
 
     fam = family_of_processor(processor) or default_family()
     tok = processor.tokenizer

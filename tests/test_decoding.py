@@ -15,7 +15,7 @@ import soundfile as sf
 
 from iwslt_mc import cli, decoding
 from iwslt_mc.decoding import audio_token_count, one_line, plan_batches, translate
-from iwslt_mc.prompting import prompt_text
+from iwslt_mc.families import prompt_text
 
 NEW = 8  # random weights never stop on their own: keep generations short
 

@@ -89,7 +89,7 @@ def test_gemma4_key_mapping():
 def test_qwen2_audio_prompt_unchanged(kit_processor):
     """The Qwen2-Audio prompt comes from its family's messages (system + audio + instruction)."""
     from iwslt_mc.families.qwen2_audio.prompt import messages
-    from iwslt_mc.prompting import prompt_text
+    from iwslt_mc.families import prompt_text
 
     text = prompt_text(kit_processor, "en-de")
     assert text == kit_processor.apply_chat_template(messages("en-de"), add_generation_prompt=True, tokenize=False)

@@ -8,7 +8,7 @@ import math
 import pytest
 
 from iwslt_mc.families import family_for, family_named
-from iwslt_mc.families.gemma4 import organizers_prompt
+from iwslt_mc.families.gemma4.prompt import organizers_prompt
 
 
 def test_kit_is_a_gemma4_with_every_part(gemma_kit):
@@ -293,7 +293,7 @@ def test_trim_vocab_gemma4_is_exact_on_kept_tokens(gemma_kit, tmp_path):
 
     from iwslt_mc import modelio, planner, sizer
     from iwslt_mc.audio import load_audio
-    from iwslt_mc.prompting import prompt_text
+    from iwslt_mc.families import prompt_text
     from iwslt_mc.stages import make_stage
     from iwslt_mc.stages.base import StageContext, run_stage
 

@@ -107,7 +107,7 @@ def test_decode_on_the_12b_attention_equals_generate(keqv, gemma_unified_kit):
     from iwslt_mc.audio import load_audio
     from iwslt_mc.decoding import reference_one
     from iwslt_mc.families import family_named
-    from iwslt_mc.families.gemma4 import organizers_prompt
+    from iwslt_mc.families.gemma4.prompt import organizers_prompt
 
     wav = gemma_unified_kit / "data" / "testsets" / "KITCLIPS" / "clip-a.wav"
     ours = reference_one(modelio.load_model(keqv, device="cpu"), modelio.load_processor(keqv),

@@ -355,7 +355,7 @@ def test_unified_kit_decode_equals_generate(gemma_unified_kit):
     from iwslt_mc.audio import load_audio
     from iwslt_mc.decoding import reference_one
     from iwslt_mc.families import family_named
-    from iwslt_mc.families.gemma4 import organizers_prompt
+    from iwslt_mc.families.gemma4.prompt import organizers_prompt
 
     model_dir = gemma_unified_kit / "model"
     wav = gemma_unified_kit / "data" / "testsets" / "KITCLIPS" / "clip-a.wav"

@@ -53,7 +53,7 @@ def _plain_reload(path):
 @pytest.fixture(scope="module")
 def inputs(gkit):
     from iwslt_mc.audio import load_audio
-    from iwslt_mc.prompting import prompt_text
+    from iwslt_mc.families import prompt_text
 
     proc = modelio.load_processor(gkit / "model")
     wave = load_audio(str(gkit / "data" / "testsets" / "KITCLIPS" / "clip-a.wav"))
@@ -145,7 +145,7 @@ def test_quantize_ct_reloads_and_quantizes_tied_embeddings_once(gkit, tmp_path, 
 # ---------------------------------------------------------------------------------------- training data
 
 def test_training_examples_use_the_organizers_prompt_and_mask_it(gkit):
-    from iwslt_mc.families.gemma4 import organizers_prompt
+    from iwslt_mc.families.gemma4.prompt import organizers_prompt
 
     proc = modelio.load_processor(gkit / "model")
     tok = proc.tokenizer

@@ -133,7 +133,7 @@ def test_tokenizer_round_trips_all_three_languages(kit_processor):
 
 
 def test_chat_template_is_qwen2_audio(kit_processor):
-    from iwslt_mc.prompting import prompt_text
+    from iwslt_mc.families import prompt_text
 
     assert prompt_text(kit_processor, "en-de") == (
         "<|im_start|>system\nYou are a professional translator.<|im_end|>\n"
@@ -147,7 +147,7 @@ def test_chat_template_is_qwen2_audio(kit_processor):
 def test_load_and_generate_on_kit_audio(kit_processor, kit_model, kit_waves):
     import torch
 
-    from iwslt_mc.prompting import prompt_text
+    from iwslt_mc.families import prompt_text
 
     _, wave = kit_waves["eval"][0]
     inputs = kit_processor(text=prompt_text(kit_processor, "en-zh"), audio=wave, sampling_rate=16000, return_tensors="pt")
@@ -172,7 +172,7 @@ def test_thirty_seconds_of_audio_fit(kit, kit_processor, kit_model):
     import torch
 
     from iwslt_mc.audio import load_audio
-    from iwslt_mc.prompting import prompt_text
+    from iwslt_mc.families import prompt_text
 
     wave = load_audio(kit / "data/long/talk.wav", start=0.0, duration=30.0)
     inputs = kit_processor(text=prompt_text(kit_processor, "en-de"), audio=wave, sampling_rate=16000, return_tensors="pt")

@@ -12,7 +12,7 @@ import torch
 from iwslt_mc import modelio, planner, quant_formats, sizer
 from iwslt_mc.build import spec_for_stages
 from iwslt_mc.errors import UserError
-from iwslt_mc.prompting import prompt_text
+from iwslt_mc.families import prompt_text
 from iwslt_mc.recipes import StageEntry
 from iwslt_mc.stages import make_stage
 from iwslt_mc.stages.base import StageContext, run_stage

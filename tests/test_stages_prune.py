@@ -10,7 +10,7 @@ import torch
 from iwslt_mc import modelio
 from iwslt_mc.families.qwen2_audio import surgery
 from iwslt_mc.families.qwen2_audio.layout import find_layout
-from iwslt_mc.prompting import prompt_text
+from iwslt_mc.families import prompt_text
 from iwslt_mc.stages import make_stage
 from iwslt_mc.stages import importance as imp
 from iwslt_mc.stages.base import StageContext, run_stage

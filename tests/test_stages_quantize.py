@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from iwslt_mc import modelio
-from iwslt_mc.prompting import prompt_text
+from iwslt_mc.families import prompt_text
 from iwslt_mc.stages import make_stage
 from iwslt_mc.stages.base import StageContext, run_stage
 from iwslt_mc.stages.quantize import (changed_by_inference, quantize_model, repacked_layers, save_quantized,

@@ -63,7 +63,7 @@ def _logits(model, batch):
 
 
 def test_labels_masked_through_the_assistant_header(kit, kit_processor):
-    from iwslt_mc.prompting import prompt_text
+    from iwslt_mc.families import prompt_text
 
     ex = data.load_examples(kit / "data")[0]
     item = training.encode_example(kit_processor, ex.waveform(), ex.text_de, "en-de")

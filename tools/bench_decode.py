@@ -196,7 +196,7 @@ def run_baseline(model, processor, waves, max_new_tokens: int) -> dict:
     """The published loop: processor + generate() per clip, batch 1, default cache, greedy."""
     import torch
 
-    from iwslt_mc.prompting import prompt_text
+    from iwslt_mc.families import prompt_text
 
     text = prompt_text(processor, LANG)
     tokens, out_tokens = 0, []
@@ -238,7 +238,7 @@ def decode_rate(model, processor, wave, how: str, n1: int, n2: int) -> float:
     import torch
 
     from iwslt_mc.decoding import fast_batch
-    from iwslt_mc.prompting import prompt_text
+    from iwslt_mc.families import prompt_text
 
     eos = model.generation_config.eos_token_id
     model.generation_config.eos_token_id = None  # every generation runs its full length

@@ -146,7 +146,7 @@ def teacher_forced_logprobs(model_dir: Path, examples, lang: str) -> list:
     import torch
 
     from iwslt_mc import data, modelio
-    from iwslt_mc.prompting import prompt_text
+    from iwslt_mc.families import prompt_text
 
     model = modelio.load_model(model_dir, dtype=torch.float32, device="cpu")
     processor = modelio.load_processor(model_dir)

@@ -124,6 +124,14 @@ def family_of_processor(processor) -> Family | None:
     return None
 
 
+def prompt_text(processor, lang: str, instruction_text: str | None = None) -> str:
+    """The generation prompt string (``add_generation_prompt=True``), audio placeholder included; the
+    processor's family makes it (:meth:`Family.prompt_text`; Gemma 4: the organizers' prompt; an unknown
+    processor: the default family's)."""
+    fam = family_of_processor(processor) or default_family()
+    return fam.prompt_text(processor, lang, instruction_text)
+
+
 def key_mapping_for(weights_dir) -> tuple[tuple[str, ...], object]:
     """(components, key -> component) for the weights in ``weights_dir``: its family's when its config.json
     names a supported one, else the default family's rules (a bare safetensors file has no config)."""

@@ -264,7 +264,7 @@ def capture_prompt_embeds(model, inputs) -> tuple:
 
 
 def _model_inputs(processor, waves, lang, model):
-    from ..prompting import prompt_text
+    from ..families import prompt_text
 
     text = prompt_text(processor, lang)
     tok = processor.tokenizer

@@ -233,8 +233,8 @@ def kept_token_ids(in_dir, options: dict | None, *, lang: str, data: list[str], 
     from transformers import AutoConfig, GenerationConfig
 
     from .. import modelio
-    from ..families import family_for
-    from ..prompting import TARGET_LANGUAGE, prompt_text
+    from ..families import family_for, prompt_text
+    from ..prompting import TARGET_LANGUAGE
 
     stage = TrimVocab(options or {})
     ctx = StageContext(lang=lang, data=list(data), seed=seed, log=lambda *_: None)
@@ -341,8 +341,8 @@ class TrimVocab(Stage):
 
     def run(self, in_dir: Path, out_dir: Path, ctx: StageContext) -> dict:
         from .. import modelio, sizer
-        from ..families import family_for
-        from ..prompting import TARGET_LANGUAGE, prompt_text
+        from ..families import family_for, prompt_text
+        from ..prompting import TARGET_LANGUAGE
 
         o = self.options
         fam = family_for(in_dir)

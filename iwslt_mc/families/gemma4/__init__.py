@@ -27,15 +27,7 @@ from ..base import Family
 
 from .rules import COMPONENTS, component_for_key as _component_for_key
 
-LANGUAGE = {"en-de": "German", "en-zh": "Chinese", "en-ar": "Arabic"}
-PROMPT = "Translate the following speech into {language}. Output only the translation, with no explanation or newlines."
-MAX_NEW_TOKENS = 256
-
-
-def organizers_prompt(lang: str) -> str:
-    from ...prompting import check_lang
-
-    return PROMPT.format(language=LANGUAGE[check_lang(lang)])
+from .prompt import CHAT_TEMPLATE_KWARGS, MAX_NEW_TOKENS
 
 
 class Gemma4Family(Family):
@@ -44,7 +36,7 @@ class Gemma4Family(Family):
     model_types = ("gemma4", "gemma4_unified")
     hub_org, hub_name_prefix = "google", "gemma-4"
     components = COMPONENTS
-    chat_template_kwargs = {"enable_thinking": False}
+    chat_template_kwargs = CHAT_TEMPLATE_KWARGS
     default_max_new_tokens = MAX_NEW_TOKENS
     turn_end_token = "<turn|>"  # the chat template closes every turn, the model's too, with it
     token_aligned_inputs = ("mm_token_type_ids",)
@@ -170,8 +162,9 @@ class Gemma4Family(Family):
 
     def messages(self, lang: str, instruction_text: str | None = None, audio=None) -> list[dict]:
         """The organizers' messages: one user turn, the text, then the audio."""
-        part = {"type": "audio", "audio": audio} if audio is not None else {"type": "audio"}
-        return [{"role": "user", "content": [{"type": "text", "text": instruction_text or organizers_prompt(lang)}, part]}]
+        from .prompt import messages
+
+        return messages(lang, instruction_text, audio)
 
     def predict(self, spec, base_config, edition: str, *, base_name: str | None = None):
         from .plan import predict
@@ -180,9 +173,10 @@ class Gemma4Family(Family):
 
     def torch_save_layout(self, tensors, config: dict, float_dtype: str | None):
         """The organizers' ``torch.save(model.state_dict())`` layout of a Gemma 4 checkpoint (see
-        :func:`iwslt_mc.torchsave.meta_state_dict_layout`)."""
+        :func:`iwslt_mc.floor.statedict.meta_state_dict_layout`)."""
         from ... import plancache
-        from ...torchsave import meta_skeleton, meta_state_dict_layout
+        from ...floor.statedict import meta_state_dict_layout
+        from ..meta import meta_skeleton
 
         def skeleton(cfg_dict, float_dtype):  # remembered per config (plan reads it without transformers)
             key = [{k: v for k, v in cfg_dict.items() if k not in ("quantization_config", "_name_or_path")}, float_dtype]

@@ -1,13 +1,13 @@
 """Qwen2-Audio's ``torch.save(model.state_dict())`` layout, written out by hand (no torch, no model): the
 modules of ``Qwen2AudioForConditionalGeneration`` in registration order (transformers >= 5.10) and the
-load-time renames of its checkpoint keys, walked by :func:`iwslt_mc.torchsave.tree_state_dict_layout`.
+load-time renames of its checkpoint keys, walked by :func:`iwslt_mc.floor.statedict.tree_state_dict_layout`.
 """
 
 from __future__ import annotations
 
 import re
 
-from ...torchsave import CONV, EMB, LIN, LINB, NONE, NORM, RMS, Layers, tree_state_dict_layout
+from ...floor.statedict import CONV, EMB, LIN, LINB, NONE, NORM, RMS, Layers, tree_state_dict_layout
 
 LAYOUT = "qwen2_audio/transformers>=5.10"
 
