@@ -441,7 +441,7 @@ def spec_for_stages(stages: list[StageEntry], cfg, *, base: str, lang: str, data
             method = o.get("method", "nf4")
             precision = method if method == "int8" else method + ("-dq" if o.get("double_quant", True) else "")
             if method == "ct":
-                from .quant_formats import ct_precision
+                from .floor.sizes import ct_precision
 
                 precision = ct_precision(int(o.get("bits") or 4), int(o.get("group_size", 128)), bool(o.get("symmetric", False)))
                 ct_embeddings = bool(o.get("quantize_embeddings", False))

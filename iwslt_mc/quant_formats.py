@@ -45,7 +45,6 @@ output dimension ``[ceil(out*bits/32), in/group]``.
 
 from __future__ import annotations
 
-import math
 import re
 import struct
 from pathlib import Path
@@ -53,56 +52,15 @@ from pathlib import Path
 from .errors import UserError
 
 CT_METHOD = "ct"
-CT_BITS = (2, 3, 4, 5, 6, 7, 8)
-CT_DEFAULT_GROUP = 128
 CT_SCALES = ("mse", "minmax")
 # compressed-tensors' MSE observer grid: shrink factors of the [min, max] range, 1.0 first.
 MSE_GRID = tuple(round(1.0 - 0.02 * i, 2) for i in range(26))  # 1.00 .. 0.50
-_PRECISION_RX = re.compile(r"^ct([2-8])(?:-g(\d+))?(-sym)?$")
 # Suffixes compressed-tensors gives the tensors of one quantized weight.
 CT_SUFFIXES = ("weight_packed", "weight_scale", "weight_shape", "weight_zero_point")
 CT_PIP = "pip install 'compressed-tensors>=0.20,<0.21' (an iwslt-mc dependency)"
 
 
 # ----------------------------------------------------------------------------- precision names (planner)
-
-def ct_precision(bits: int, group_size: int = CT_DEFAULT_GROUP, symmetric: bool = False) -> str:
-    """The planner's precision name of a ct quantization: ``ct4``, ``ct3-g64``, ``ct4-sym``, ..."""
-    return f"ct{bits}" + (f"-g{group_size}" if group_size != CT_DEFAULT_GROUP else "") + ("-sym" if symmetric else "")
-
-
-def parse_ct_precision(p: str) -> tuple[int, int, bool] | None:
-    """(bits, group_size, symmetric) of a ct precision name, or None if ``p`` is not one."""
-    m = _PRECISION_RX.match(p or "")
-    if not m:
-        return None
-    return int(m.group(1)), int(m.group(2) or CT_DEFAULT_GROUP), bool(m.group(3))
-
-
-def ct_precisions() -> tuple[str, ...]:
-    """The ct precision names the planner lists: 2/3/4/8 bits, groups of 128/64/32, asymmetric or symmetric."""
-    return tuple(ct_precision(b, g, s) for b in (8, 4, 3, 2) for g in (128, 64, 32) for s in (False, True))
-
-
-def ct_disk_entries(key: str, shape: tuple[int, ...], bits: int, group_size: int, symmetric: bool, float_dt: str,
-                    float_size: int):
-    """The safetensors entries ``(name, dtype, shape, nbytes, content)`` of one weight ``key`` (``...weight``);
-    ``content`` is None except for ``weight_shape``, whose bytes are its two int64 values (out, in)."""
-    if len(shape) != 2:
-        raise UserError(f"{key}: compressed-tensors quantizes 2-D weights only (shape {list(shape)})")
-    out, inp = shape
-    if inp % group_size:
-        raise UserError(f"{key}: group size {group_size} does not divide its input width {inp}")
-    base = key[: -len("weight")] if key.endswith("weight") else key + "."
-    groups = inp // group_size
-    cols = math.ceil(inp * bits / 32)
-    entries = [(base + "weight_packed", "I32", (out, cols), out * cols * 4, None),
-               (base + "weight_scale", float_dt, (out, groups), out * groups * float_size, None),
-               (base + "weight_shape", "I64", (2,), 16, struct.pack("<2q", out, inp))]
-    if not symmetric:
-        rows = math.ceil(out * bits / 32)
-        entries.append((base + "weight_zero_point", "I32", (rows, groups), rows * groups * 4, None))
-    return entries
 
 
 def planned_quantization_config(entries) -> dict | None:

@@ -116,7 +116,7 @@ def test_temporary_removal_equals_permanent_and_restores(kit, dev_inputs):
 
 
 def test_strategy_blocks():
-    from iwslt_mc.stages.prune_layers import middle_block, top_block
+    from iwslt_mc.floor.layers import middle_block, top_block
 
     assert middle_block(32, 8) == list(range(12, 20))  # the published "middle" baseline, 12..19
     assert middle_block(4, 2) == [1, 2]

@@ -290,6 +290,7 @@ def run(args) -> int:
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from .. import planner
+    from ..floor.sizes import QUANT_PRECISIONS
     from ..output import info, print_json, print_table, warn
     from ..sizer import bin_explanation
     from ..track import get_edition
@@ -366,7 +367,7 @@ def run(args) -> int:
         print(f"signature:  {rows[0].signature}")
         return 0
 
-    if args.quantize_lm_head and (default or "bf16") in planner.QUANT_PRECISIONS:
+    if args.quantize_lm_head and (default or "bf16") in QUANT_PRECISIONS:
         per.setdefault("embed_tokens", args.float_dtype or "bf16")
     spec = planner.Spec(llm_layers=args.llm_layers, audio_layers=args.audio_layers, ffn_dim=args.ffn_dim,
                         audio_ffn_dim=args.audio_ffn_dim, vocab=args.vocab, precision=default or "bf16",

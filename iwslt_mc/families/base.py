@@ -219,8 +219,9 @@ class Family:
         return None
 
     def predict(self, spec, base_config, edition: str, *, base_name: str | None = None):
-        """The planner's :class:`~iwslt_mc.planner.Prediction` of ``spec`` applied to ``base_config``, or None:
-        the planner's generic prediction (from :meth:`plan_inventory`) applies."""
+        """The :class:`~iwslt_mc.floor.sizes.Prediction` of ``spec`` (the planner's Spec) applied to
+        ``base_config`` without its torch.save measure (the planner adds it), or None: the planner's generic
+        prediction (from :meth:`plan_inventory`) applies."""
         return None
 
     def plain_config(self, raw: dict):

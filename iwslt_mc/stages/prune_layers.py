@@ -29,23 +29,10 @@ from pathlib import Path
 from typing import Literal
 
 from ..errors import UserError
+from ..floor.layers import fmt_layers, middle_block, top_block
 from .base import Stage, StageContext, StageOptions, read_config
 
 SEARCH_LOG = "prune_search.jsonl"
-
-
-def _fmt_layers(idx) -> str:
-    return ", ".join(str(i) for i in idx)
-
-
-def middle_block(n: int, count: int) -> list[int]:
-    """A contiguous block of ``count`` layers centred in ``n`` (lower middle when it cannot be exact)."""
-    start = (n - count) // 2
-    return list(range(start, start + count))
-
-
-def top_block(n: int, count: int) -> list[int]:
-    return list(range(n - count, n))
 
 
 @dataclass
@@ -261,7 +248,7 @@ class PruneLayers(Stage):
             surgery.remove_audio_layers(model, audio)
         if llm:
             surgery.remove_llm_layers(model, llm)
-        ctx.log(f"prune-layers: removed LLM layers [{_fmt_layers(llm)}], audio layers [{_fmt_layers(audio)}]; saving")
+        ctx.log(f"prune-layers: removed LLM layers [{fmt_layers(llm)}], audio layers [{fmt_layers(audio)}]; saving")
         # back to the stored dtype: exact, the float16/bf16 values went through float32
         modelio.save_model(model, processor, out_dir, dtype=checkpoint_dtype(in_dir) if run_dtype else None)
 
@@ -284,13 +271,13 @@ class PruneLayers(Stage):
     def _technique(self, what: str, idx: list, how: str, n: int, info: dict | None) -> str:
         if how == "iterative" and info:
             scr = ", candidates screened on fewer segments first" if info.get("screen", "off") != "off" else ""
-            return (f"iterative {what} layer pruning (removed layers {_fmt_layers(idx)} of {n}, in that order, "
+            return (f"iterative {what} layer pruning (removed layers {fmt_layers(idx)} of {n}, in that order, "
                     f"by {info['criterion']} on {info['heldout']} held-out segments{scr})")
         if how == "middle block":
             return f"{what} layer pruning (removed the middle block {idx[0]}-{idx[-1]} of {n} layers)"
         if how == "top block":
             return f"{what} layer pruning (removed the top {len(idx)} of {n} layers: {idx[0]}-{idx[-1]})"
-        return f"{what} layer pruning (removed layers {_fmt_layers(sorted(idx))} of {n})"
+        return f"{what} layer pruning (removed layers {fmt_layers(sorted(idx))} of {n})"
 
     def _search(self, model, processor, in_dir: Path, out_dir: Path, ctx: StageContext):
         import numpy as np

@@ -87,7 +87,7 @@ class QuantizeOptions(StageOptions):
         if self.method == "ct":
             if self.bits is None:
                 self.bits = 4
-            from ..quant_formats import CT_BITS
+            from ..floor.sizes import CT_BITS
 
             if self.bits not in CT_BITS:
                 raise UserError(f"stage quantize: method ct has {CT_BITS[0]}-{CT_BITS[-1]} bits, not bits={self.bits}")

@@ -3,7 +3,7 @@
 Qwen2-Audio's planner expands one template layer; Gemma 4's layers differ (sliding and global layers
 have different head widths, KV-sharing layers, a PLE table whose width is per layer), so the whole model
 is enumerated (on the meta device: no memory). The on-disk arithmetic and the safetensors header are the
-planner's own (:func:`iwslt_mc.planner.disk_tensors`, :func:`iwslt_mc.planner.safetensors_header_bytes`).
+planner's own (:func:`iwslt_mc.floor.sizes.disk_tensors`, :func:`iwslt_mc.floor.sizes.safetensors_header_bytes`).
 Supported spec dimensions: precision (per component too), ``vocab``, ``ffn_dim`` and ``llm_layers``
 (the removed layers are the contiguous block nearest the middle that KV sharing and the global last
 layer allow: :meth:`Gemma4Family.allowed_removal`). ``--target`` searches are Qwen2-Audio only.
@@ -117,7 +117,7 @@ def kept_after_prune(cfg, kept: list[int], options: dict) -> list[int] | None:
             got = {"kept": kept_after_prune(transformers_config(cfg), kept, options)}
             plancache.put("gemma4-kept", key, got)
         return got["kept"]
-    from ...stages.prune_layers import top_block
+    from ...floor.layers import top_block
     n = len(kept)
     if options.get("llm_layers"):
         removed = set(options["llm_layers"])
@@ -194,12 +194,10 @@ def planned(base_config, dims: dict):
 
 
 def predict(spec, base_config, edition: str, *, base_name: str | None = None):
-    from ...planner import (Prediction, disk_tensors, is_quant_precision, predicted_torch_save,
-                           safetensors_header_bytes)
+    from ...floor.sizes import Prediction, check_components, disk_tensors, is_quant_precision, safetensors_header_bytes
     from ...track import get_edition, size_bin
 
     from ...errors import UserError
-    from ...planner import check_components
 
     ed = get_edition(edition)
     check_components(spec, COMPONENTS, "Gemma 4")
@@ -231,8 +229,6 @@ def predict(spec, base_config, edition: str, *, base_name: str | None = None):
     components = {c: v for c, v in components.items() if v["bytes"] or c not in ("other", "lm_head")}
     signature = (f"predicted|edition:{ed.key}|format:safetensors-1-file|family:gemma4"
                  f"|units:decimal|version:iwslt-mc-{__version__}")
-    ts, ts_note = predicted_torch_save(entries, cfg.to_dict(), fdt)
     return Prediction(spec=spec, edition=ed.key, bytes=total, params=params, bin=size_bin(total, ed),
                       components=components, overhead=overhead, header_bytes=header, tensors=len(entries),
-                      dims=dims, base=base_name or "config", signature=signature, entries=entries, config=cfg,
-                      torch_save=ts, torch_save_note=ts_note)
+                      dims=dims, base=base_name or "config", signature=signature, entries=entries, config=cfg)

@@ -111,7 +111,7 @@ def run_prune_layers(stage, in_dir, out_dir, ctx) -> dict:
     from ... import modelio
     from ...errors import UserError
     from ...stages.merge import checkpoint_dtype
-    from ...stages.prune_layers import _fmt_layers, middle_block, top_block
+    from ...floor.layers import fmt_layers, middle_block, top_block
 
     o = stage.options
     if o.strategy == "iterative":
@@ -135,13 +135,13 @@ def run_prune_layers(stage, in_dir, out_dir, ctx) -> dict:
     kept = list(range(n))
     if llm:
         new, kept = remove_llm_layers(new, llm)
-        ctx.log(f"prune-layers: removed Gemma 4 LLM layers [{_fmt_layers(llm)}] (PLE slices with them)")
-        techniques.append(f"layer pruning: {len(llm)} of {n} Gemma 4 LLM layers removed ({how}: {_fmt_layers(llm)})")
+        ctx.log(f"prune-layers: removed Gemma 4 LLM layers [{fmt_layers(llm)}] (PLE slices with them)")
+        techniques.append(f"layer pruning: {len(llm)} of {n} Gemma 4 LLM layers removed ({how}: {fmt_layers(llm)})")
     if audio:
         new, _ = remove_audio_layers(new, audio)
-        ctx.log(f"prune-layers: removed Gemma 4 audio-encoder layers [{_fmt_layers(audio)}]")
+        ctx.log(f"prune-layers: removed Gemma 4 audio-encoder layers [{fmt_layers(audio)}]")
         techniques.append(f"audio encoder layer pruning: {len(audio)} of {n_audio} conformer layers removed "
-                          f"({how}: {_fmt_layers(audio)})")
+                          f"({how}: {fmt_layers(audio)})")
     if not techniques:
         raise UserError("stage prune-layers: nothing to remove (give llm_layers/audio_layers, or remove/audio_remove)")
     ctx.log("prune-layers: saving")
