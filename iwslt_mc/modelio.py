@@ -8,8 +8,8 @@ import os
 from pathlib import Path
 
 from .errors import InputFileError, UserError
+from .floor.modeldir import PICKLE_SUFFIXES, read_model_type
 from .output import hf_progress_bars_off, silence_library_noise
-from .sizer import PICKLE_SUFFIXES
 
 
 def check_model_dir(model_dir: str | os.PathLike) -> Path:
@@ -29,21 +29,6 @@ def check_model_dir(model_dir: str | os.PathLike) -> Path:
         raise InputFileError(p, "no *.safetensors weight files")
     require_supported_model(p)
     return p
-
-
-def read_model_type(model_dir: str | os.PathLike) -> str | None:
-    """``model_type`` from a model directory's config.json (None when it has none)."""
-    f = Path(model_dir) / "config.json"
-    try:
-        cfg = json.loads(f.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise InputFileError(f, "not UTF-8 text") from None
-    except ValueError as e:
-        raise InputFileError(f, f"not valid JSON ({e})") from None
-    if not isinstance(cfg, dict):
-        raise InputFileError(f, "not a JSON object")
-    mt = cfg.get("model_type")
-    return mt if isinstance(mt, str) else None
 
 
 def require_supported_model(model_dir: str | os.PathLike) -> str:

@@ -60,6 +60,15 @@ CT_SUFFIXES = ("weight_packed", "weight_scale", "weight_shape", "weight_zero_poi
 CT_PIP = "pip install 'compressed-tensors>=0.20,<0.21' (an iwslt-mc dependency)"
 
 
+# ----------------------------------------------------------------------------- module names
+
+def skip_pattern(name: str) -> str:
+    """A transformers 5 ``llm_int8_skip_modules`` pattern for a module name or dotted suffix (``re:`` = raw)."""
+    if name.startswith("re:"):
+        return name[3:]
+    return r"(?:.*\.)?" + re.escape(name)
+
+
 # ----------------------------------------------------------------------------- precision names (planner)
 
 
@@ -96,8 +105,6 @@ def require_compressed_tensors() -> None:
 
 def ignore_patterns(skip: list[str]) -> list[str]:
     """compressed-tensors ``ignore`` entries (``re:`` + a pattern matched from the start of a module name)."""
-    from .stages.quantize import skip_pattern
-
     return ["re:" + skip_pattern(s) for s in skip]
 
 
@@ -116,8 +123,6 @@ def effective_skip(o, tied: str | None) -> list[str]:
     otherwise (the output projection is added to skip)."""
     if tied is None:
         return list(o.skip)
-    from .stages.quantize import skip_pattern
-
     if o.quantize_embeddings:
         return [s for s in o.skip if not re.match(skip_pattern(s) + "$", tied)]
     return list(o.skip) + [f"re:{re.escape(tied)}$"]

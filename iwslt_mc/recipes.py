@@ -253,7 +253,8 @@ def list_recipes() -> list[dict]:
 def check_recipe_family(recipe: Recipe, base) -> None:
     """One line, before any work, when a local ``base`` is of another family than the recipe's."""
     from .families import family_for, family_named
-    from .modelio import is_local, read_model_type
+    from .floor.modeldir import read_model_type
+    from .modelio import is_local
 
     if not is_local(base) or not (Path(base) / "config.json").is_file():
         return

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from . import __version__, torchsave
 from .errors import InputFileError
+from .floor.modeldir import PICKLE_SUFFIXES
 from .floor.statedict import ct_loads_packed, ct_quantization_config
 from .track import GB, GiB, MB, format_size, get_edition, size_bin, size_bin_binary
 
@@ -41,7 +42,6 @@ DTYPE_BITS = {
     "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6,
 }
 
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 INDEX_NAME = "model.safetensors.index.json"
 # A header larger than this is not a real model header (the full 7B model's is ~110 kB); refusing it
 # keeps a corrupt length field from making us read gigabytes.
@@ -435,7 +435,8 @@ def _read_config(base: Path) -> dict | None:
     """config.json of the model directory (None without one); refuses another architecture."""
     if not (base / "config.json").is_file():
         return None
-    from .modelio import read_model_type, require_supported_model  # modelio imports torch only inside functions
+    from .floor.modeldir import read_model_type
+    from .modelio import require_supported_model  # modelio imports torch only inside functions
 
     if read_model_type(base) is not None:  # a config naming no model_type is sized, without the torch.save measure
         require_supported_model(base)

@@ -71,7 +71,7 @@ def family_of_model_type(model_type: str | None) -> Family | None:
 def family_for(model_dir: str | os.PathLike) -> Family:
     """The family of a model directory, from ``model_type`` in its config.json; a one-line error otherwise."""
     from ..errors import InputFileError
-    from ..modelio import read_model_type
+    from ..floor.modeldir import read_model_type
 
     p = Path(model_dir)
     if not (p / "config.json").is_file():
@@ -135,7 +135,7 @@ def prompt_text(processor, lang: str, instruction_text: str | None = None) -> st
 def key_mapping_for(weights_dir) -> tuple[tuple[str, ...], object]:
     """(components, key -> component) for the weights in ``weights_dir``: its family's when its config.json
     names a supported one, else the default family's rules (a bare safetensors file has no config)."""
-    from ..modelio import read_model_type
+    from ..floor.modeldir import read_model_type
 
     fam = None
     if (Path(weights_dir) / "config.json").is_file():

@@ -243,6 +243,50 @@ class Stage:
     def with_smoke(self) -> "Stage":
         return type(self)(self.options.smoke())
 
+    # -- the model I/O a family's own run uses (Family.run_prune_layers / run_trim_vocab get the stage, so a
+    # family never imports the layers above it: iwslt_mc.modelio, iwslt_mc.sizer)
+    @staticmethod
+    def load_model(model_dir, **kwargs):
+        """:func:`iwslt_mc.modelio.load_model`."""
+        from .. import modelio
+
+        return modelio.load_model(model_dir, **kwargs)
+
+    @staticmethod
+    def load_processor(model_dir):
+        """:func:`iwslt_mc.modelio.load_processor`."""
+        from .. import modelio
+
+        return modelio.load_processor(model_dir)
+
+    @staticmethod
+    def save_model(model, processor, out_dir, **kwargs):
+        """:func:`iwslt_mc.modelio.save_model`."""
+        from .. import modelio
+
+        return modelio.save_model(model, processor, out_dir, **kwargs)
+
+    @staticmethod
+    def runtime_dtype(model_dir, device):
+        """:func:`iwslt_mc.modelio.runtime_dtype`: the dtype a stage computes in on ``device`` (None: as stored)."""
+        from .. import modelio
+
+        return modelio.runtime_dtype(model_dir, device)
+
+    @staticmethod
+    def checkpoint_dtype(model_dir):
+        """The dtype of the unquantized weights as saved (config ``dtype``/``torch_dtype``), or None."""
+        from ..modelio import config_dtype
+
+        return config_dtype(read_config(model_dir))
+
+    @staticmethod
+    def stored_bytes(model_dir) -> int:
+        """The model's bytes on disk as the sizer counts them (:func:`iwslt_mc.sizer.measure`)."""
+        from .. import sizer
+
+        return sizer.measure(model_dir).bytes
+
 
 def config_without_layers(cfg: dict, llm: list[int], audio: int = 0) -> dict:
     """A copy of ``cfg`` (a config.json dict) with the LLM layers ``llm`` and ``audio`` audio-encoder layers

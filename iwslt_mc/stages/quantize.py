@@ -32,18 +32,12 @@ from pathlib import Path
 from typing import Literal
 
 from ..errors import UserError
+from ..quant_formats import skip_pattern
 from .base import Stage, StageContext, StageOptions, read_config
 
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 _SOURCE_ATTR = "_iwslt_mc_quantized_from"
 _BIAS_DTYPES_ATTR = "_iwslt_mc_4bit_bias_dtypes"
-
-
-def skip_pattern(name: str) -> str:
-    """A transformers 5 ``llm_int8_skip_modules`` pattern for a module name or dotted suffix (``re:`` = raw)."""
-    if name.startswith("re:"):
-        return name[3:]
-    return r"(?:.*\.)?" + re.escape(name)
 
 
 @dataclass

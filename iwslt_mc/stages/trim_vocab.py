@@ -283,6 +283,9 @@ class TrimVocab(Stage):
     name = "trim-vocab"
     Options = TrimVocabOptions
     techniques = ["vocabulary trimming"]
+    # the keep rule and the tokenizer.json surgery, for a family's own run (Family.run_trim_vocab)
+    keep_set = staticmethod(keep_set)
+    trim_tokenizer_json = staticmethod(trim_tokenizer_json)
 
     def _languages(self, ctx: StageContext) -> list[str]:
         if self.options.languages:

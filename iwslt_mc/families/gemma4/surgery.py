@@ -108,17 +108,15 @@ def run_prune_layers(stage, in_dir, out_dir, ctx) -> dict:
     """The prune-layers stage for Gemma 4: explicit ``llm_layers``/``audio_layers``, or the middle/top
     strategies (``remove``/``audio_remove``). The iterative search is Qwen2-Audio only for now (a one-line
     refusal)."""
-    from ... import modelio
     from ...errors import UserError
-    from ...stages.merge import checkpoint_dtype
     from ...floor.layers import fmt_layers, middle_block, top_block
 
     o = stage.options
     if o.strategy == "iterative":
         raise UserError("stage prune-layers: strategy iterative is not supported for Gemma 4 yet (use llm_layers, middle or top)")
-    run_dtype = modelio.runtime_dtype(in_dir, ctx.resolved_device())
-    model = modelio.load_model(in_dir, dtype=run_dtype, device="cpu")
-    processor = modelio.load_processor(in_dir)
+    run_dtype = stage.runtime_dtype(in_dir, ctx.resolved_device())
+    model = stage.load_model(in_dir, dtype=run_dtype, device="cpu")
+    processor = stage.load_processor(in_dir)
     n = model.config.text_config.num_hidden_layers
     n_audio = audio_layer_count(model.config)
     if o.strategy is None:
@@ -145,7 +143,7 @@ def run_prune_layers(stage, in_dir, out_dir, ctx) -> dict:
     if not techniques:
         raise UserError("stage prune-layers: nothing to remove (give llm_layers/audio_layers, or remove/audio_remove)")
     ctx.log("prune-layers: saving")
-    modelio.save_model(new, processor, out_dir, dtype=checkpoint_dtype(in_dir) if run_dtype else None)
+    stage.save_model(new, processor, out_dir, dtype=stage.checkpoint_dtype(in_dir) if run_dtype else None)
     return {"techniques": techniques, "removed_llm_layers": llm, "removed_audio_layers": audio,
             "llm_layers_before": n, "llm_layers_after": len(kept),
             "audio_layers_before": n_audio, "audio_layers_after": n_audio - len(audio)}
@@ -154,8 +152,8 @@ def run_prune_layers(stage, in_dir, out_dir, ctx) -> dict:
 def check_removal(model_dir, remove, middle: int = 0) -> None:
     """Refuse (UserError) removing ``remove`` (or, with ``middle``, a block of that many layers nearest the
     middle) from the model in ``model_dir`` when it breaks KV sharing, reading its config only (no weights)."""
-    from ...planner import load_base_config
-    cfg = load_base_config(model_dir)
+    from transformers import AutoConfig
+    cfg = AutoConfig.from_pretrained(str(model_dir), local_files_only=True)  # the config only, no weights
     n = cfg.text_config.num_hidden_layers
     if middle:
         allowed_removal(cfg, middle)
@@ -232,7 +230,6 @@ def kept_ids(stage, in_dir, processor, tok_json: dict, config: dict, generation_
     tokenizer and configs only, so ``build``'s prediction counts exactly what the stage keeps."""
     from ...prompting import TARGET_LANGUAGE
     from .prompt import prompt_text
-    from ...stages.trim_vocab import keep_set
 
     tok = processor.tokenizer
     languages = stage._languages(ctx)
@@ -243,7 +240,7 @@ def kept_ids(stage, in_dir, processor, tok_json: dict, config: dict, generation_
     byte_ids = [vocab[f"<0x{b:02X}>"] for b in range(256) if f"<0x{b:02X}>" in vocab]
     extra = [byte_ids, sorted(_config_ids(config)), [tok.unk_token_id] if tok.unk_token_id is not None else []]
     rows = int((config.get("text_config") or {}).get("vocab_size", 0))
-    keep = keep_set(tok, tok_json, enc + extra, [generation_config] if generation_config is not None else [],
+    keep = stage.keep_set(tok, tok_json, enc + extra, [generation_config] if generation_config is not None else [],
                     stage.options, rows)
     return keep, prompts, texts, data_used
 
@@ -255,23 +252,20 @@ def run_trim_vocab(stage, in_dir, out_dir, ctx) -> dict:
     import json
     from pathlib import Path
 
-    from ... import modelio, sizer
-    from ...stages.trim_vocab import trim_tokenizer_json
-
-    model = modelio.load_model(in_dir, device="cpu")
-    processor = modelio.load_processor(in_dir)
+    model = stage.load_model(in_dir, device="cpu")
+    processor = stage.load_processor(in_dir)
     tok_json = json.loads((Path(in_dir) / "tokenizer.json").read_text("utf-8"))
     rows_before = model.config.text_config.vocab_size
     keep_ids, prompts, texts, data_used = kept_ids(stage, in_dir, processor, tok_json, model.config.to_dict(),
                                                    model.generation_config, ctx)
-    new_json, old2new = trim_tokenizer_json(tok_json, keep_ids)
+    new_json, old2new = stage.trim_tokenizer_json(tok_json, keep_ids)
     enc = processor.tokenizer(prompts + texts, add_special_tokens=False)["input_ids"]
     new, old2new = select_vocab(model, keep_ids)
     ctx.log(f"trim-vocab: {rows_before} -> {len(keep_ids)} token rows (embeddings, PLE table, tied lm_head); saving")
-    modelio.save_model(new, processor, out_dir)
+    stage.save_model(new, processor, out_dir)
     stage._rewrite_tokenizer_files(Path(out_dir), new_json, old2new)
     stage._check_trimmed(Path(out_dir), prompts + texts, enc, old2new, len(keep_ids))
-    saved = sizer.measure(in_dir).bytes - sizer.measure(out_dir).bytes
+    saved = stage.stored_bytes(in_dir) - stage.stored_bytes(out_dir)
     return {"techniques": [f"vocabulary trimming ({rows_before:,} -> {len(keep_ids):,} tokens, PLE table with them; "
                            f"{saved:,} bytes saved)"], "data": data_used, "vocab_before": rows_before,
             "vocab_after": len(keep_ids), "bytes_saved": saved, "text_segments": len(texts),
