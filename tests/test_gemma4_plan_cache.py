@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from iwslt_mc import planner, plancache, torchsave
+from iwslt_mc import planner, plancache
+from iwslt_mc.families import meta as family_meta
 from iwslt_mc.families.gemma4 import plan as gemma4_plan
 from iwslt_mc.planner import Spec, predict
 
@@ -52,7 +53,7 @@ def _check(model_dir, monkeypatch, tmp_path, edition="2025", specs=SPECS):
         raise AssertionError("the cache was not used")
 
     monkeypatch.setattr(gemma4_plan, "transformers_config", fail)
-    monkeypatch.setattr(torchsave, "meta_skeleton", fail)
+    monkeypatch.setattr(family_meta, "meta_skeleton", fail)
     warm = [_facts(predict(Spec(**s), plain, edition)) for s in specs]
     assert cold == want
     assert warm == want
