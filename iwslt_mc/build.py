@@ -301,7 +301,7 @@ def validate_stages(recipe: Recipe, base: str, *, condition: str, lang: str, dat
     against the modules that exist then, widths against the current widths, a quantized input where the stage
     needs an unquantized one). Run by ``build --dry-run`` and by ``build`` before its directory exists; errors
     name the recipe file, the stage's line and its id."""
-    from .families import family_of_model_type
+    from .families import families, family_of_model_type
     from .modelio import is_local
     from .stages import make_stage
     from .stages.base import StageContext, read_config
@@ -319,9 +319,10 @@ def validate_stages(recipe: Recipe, base: str, *, condition: str, lang: str, dat
         where = (f"the input of stage {entry.id} ({base}" + (f" after {n} earlier stage{'s' * (n > 1)})" if n else ")"))
         try:
             fam = family_of_model_type(cfg.get("model_type"))
-            if fam is not None and fam.name not in stage.families:
+            if fam is not None and not fam.supports(stage.name):
+                handled = [f.name for f in families() if f.supports(stage.name)]
                 raise UserError(f"stage {stage.name}: not supported for {fam.name} models yet (it handles: "
-                                f"{', '.join(stage.families)})")
+                                f"{', '.join(handled)})")
             cfg = stage.plan(cfg, ctx, where) or cfg
         except UserError as e:
             raise UserError(f"{recipe.path}:{entry.line}: {e}") from None
