@@ -167,7 +167,7 @@ def build(recipe: Recipe, *, lang: str, base: str, data: dict[str, str], conditi
         raise UserError("build runs as one process: under accelerate launch/torchrun every process would run the "
                         "whole recipe. Run the training stages with `accelerate launch -m iwslt_mc stage finetune ...` "
                         "(see README, Several GPUs)")
-    from .track import get_edition
+    from .sizing.track import get_edition
 
     edition = get_edition(edition).key  # None: the newest, as every other command
     check_lang(lang)
@@ -211,7 +211,7 @@ def build(recipe: Recipe, *, lang: str, base: str, data: dict[str, str], conditi
 def _run_stages(recipe: Recipe, state: dict, prediction: dict | None, *, lang: str, base: str, data: dict[str, str],
                 condition: str, out: Path, resume: bool, smoke: bool, seed: int, device: str | None, edition: str,
                 log) -> BuildResult:
-    from . import sizer
+    from .sizing import sizer
     from .modelio import is_local, model_fingerprint
     from .stages import make_stage
     from .stages.base import StageContext, run_stage
@@ -331,7 +331,7 @@ def validate_stages(recipe: Recipe, base: str, *, condition: str, lang: str, dat
 def size_verdict(edition: str | None, bin_name: str | None, torch_save: dict | None, *, predicted: bool = False) -> str:
     """What a size means for ``edition``, in words: the bin (2025), or for an edition without bins (2026,
     2027) that it is ranked on the quality-size Pareto frontier, with its primary size measure."""
-    from .track import get_edition
+    from .sizing.track import get_edition
 
     ed = get_edition(edition)
     if ed.has_bins:
@@ -352,7 +352,7 @@ def predict_recipe(recipe: Recipe, base: str, *, condition: str, lang: str, data
     local config). Layer, width, vocabulary and precision changes are read from the stages' options;
     the trimmed vocabulary is counted by tokenizing the same text the trim-vocab stage will read."""
     from .modelio import is_local
-    from .planner import Spec, load_base_config, predict
+    from .planning.planner import Spec, load_base_config, predict
 
     if not is_local(base):
         return None
@@ -393,7 +393,7 @@ def schema_options(entry: StageEntry, *, smoke: bool = False) -> dict:
 
 def spec_for_stages(stages: list[StageEntry], cfg, *, base: str, lang: str, data: dict, condition: str):
     """A planner ``Spec`` equivalent to running ``stages`` on a model with config ``cfg``."""
-    from .planner import Spec, base_dims
+    from .planning.planner import Spec, base_dims
 
     dims = dict(base_dims(cfg))
     fdt = _base_float(cfg)
@@ -459,7 +459,7 @@ def spec_for_stages(stages: list[StageEntry], cfg, *, base: str, lang: str, data
             # the output keeps the input's dtype unless save_dtype says otherwise (not the training dtype)
             fdt = _SHORT_DTYPE.get(o["save_dtype"], o["save_dtype"])
         else:
-            from .planner import dims_after_distillation_stage  # kd, replace-layers
+            from .planning.planner import dims_after_distillation_stage  # kd, replace-layers
 
             dims = dims_after_distillation_stage(e.stage, o, dims) or dims
     if precision in ("bf16", "fp16", "fp32"):
@@ -481,7 +481,7 @@ def spec_for_stages(stages: list[StageEntry], cfg, *, base: str, lang: str, data
 
 def _hidden_dims(cfg, dims: dict, options: dict, stage_id: str) -> dict:
     """LLM width, heads and audio width after a prune-hidden stage, by the stage's own rule."""
-    from .planner import apply_hidden_dims
+    from .planning.planner import apply_hidden_dims
     from .stages.prune_hidden import PruneHiddenOptions, target_shape
 
     current = json.loads(apply_hidden_dims(cfg, dims).to_json_string(use_diff=False))
@@ -508,7 +508,7 @@ def scaled_stages(recipe: Recipe, base: str, *, smoke: bool) -> list[StageEntry]
 
     from .families import family_of_config
     from .modelio import is_local
-    from .planner import base_dims, load_base_config
+    from .planning.planner import base_dims, load_base_config
 
     stages = list(recipe.stages)
     if not smoke or not is_local(base):
@@ -563,7 +563,7 @@ def scaled_stages(recipe: Recipe, base: str, *, smoke: bool) -> list[StageEntry]
             if o.get("audio_width"):
                 o["audio_width"] = width(o["audio_width"], "audio_ffn_dim")
         out.append(dataclasses.replace(e, options=o))
-    from .planner import scale_distillation_stages  # replace-layers blocks the small base has room for
+    from .planning.planner import scale_distillation_stages  # replace-layers blocks the small base has room for
 
     return fit_ct_group_sizes(scale_distillation_stages(out, bd), load_base_config(base))
 
@@ -577,7 +577,7 @@ def fit_ct_group_sizes(stages: list[StageEntry], cfg) -> list[StageEntry]:
     import dataclasses
     import math
 
-    from .planner import predict
+    from .planning.planner import predict
 
     out = []
     for i, e in enumerate(stages):

@@ -36,7 +36,7 @@ class Step:
 def submission_plan(edition: str | None, lang: str, hyps: dict[str, Path]) -> tuple[dict[str, Path], bool, str]:
     """Which of the demo's decoded files go into the submission, as which test set, and whether the
     upload is partial: ``(test set -> file, partial, message for the user)``."""
-    from .track import get_edition
+    from .sizing.track import get_edition
 
     ed = get_edition(edition)
     sets = ed.test_sets.get(lang) or ()
@@ -65,7 +65,7 @@ def check_kit_recipe(recipe) -> None:
 
 def run_demo(out: Path, *, recipe: str = "recipe-b", lang: str = "en-de", comet: bool = True, log=print,
              edition: str | None = None) -> dict:
-    from . import sizer
+    from .sizing import sizer
     from .build import build
     from .decoding import decode_to_file
     from .fsutil import prepare_output_dir
@@ -76,7 +76,7 @@ def run_demo(out: Path, *, recipe: str = "recipe-b", lang: str = "en-de", comet:
     from .report import write_report
     from .scoring import score_files
 
-    from .track import get_edition
+    from .sizing.track import get_edition
 
     # every option checked before any work (the kit and the build take minutes)
     ed = get_edition(edition)

@@ -1,8 +1,8 @@
 """The offline demo kit's shared part: the small speech set every family's kit ships with.
 
-A family's kit (:meth:`iwslt_mc.families.base.Family.build_kit`: Qwen2-Audio
-:mod:`iwslt_mc.families.qwen2_audio.kit`, Gemma 4 :mod:`iwslt_mc.families.gemma4.kit`) writes its tiny
-random model and processor into ``OUT_DIR/model``, this module's data into ``OUT_DIR/data``::
+A family's kit (:meth:`iwslt_mc.families.base.Family.build_kit`, the ``kit.py`` of its folder under
+``iwslt_mc/families/``) writes its tiny random model and processor into ``OUT_DIR/model``, this module's
+data into ``OUT_DIR/data``::
 
       data/                         ACL 60/60 schema, hub layout: splits "dev" and "eval"
         README.md                   dataset card whose `configs:` block names the two splits

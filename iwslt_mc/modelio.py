@@ -262,10 +262,10 @@ def fit_4bit_cpu_path(model) -> int:
 
     Returns the number of layers switched to the generic path. Never turns the repack on: a CPU
     without AVX512-BF16 must not take it (the kernel uses the instruction). Any CPU model with 4-bit
-    layers also gets :func:`iwslt_mc.bnb_cpu.fix_cpu_dequantize` (bitsandbytes' native dequantization
+    layers also gets :func:`iwslt_mc.quantization.bnb_cpu.fix_cpu_dequantize` (bitsandbytes' native dequantization
     is wrong for widths that are not a multiple of the block size, on every CPU).
     """
-    from .bnb_cpu import fix_cpu_dequantize
+    from .quantization.bnb_cpu import fix_cpu_dequantize
 
     n = 0
     for mod in model.modules():

@@ -18,7 +18,7 @@ fingerprint must be the packaged model's: hypotheses of another model are refuse
 without such a log need ``allow_unlogged`` (recorded as unverified). Hypotheses are never altered
 beyond the file format (encoding, line ends): no tag or word is removed.
 
-Sizes come from :func:`iwslt_mc.sizer.measure` (safetensors bytes) and :func:`torch_save_bytes`
+Sizes come from :func:`iwslt_mc.sizing.sizer.measure` (safetensors bytes) and :func:`torch_save_bytes`
 (the organizers' 2027 measure), techniques and datasets from the model's ``provenance.json``
 (datasets by name, never by path); the user types them only where the provenance lacks them.
 Everything is validated before anything is written, and the folder is written to a temporary
@@ -34,7 +34,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 
-from . import __version__, provenance, track
+from . import __version__, provenance
+from .sizing import track
 from .errors import InputFileError, UserError
 from .fsutil import atomic_directory, atomic_write_bytes, atomic_write_json, sha256_file
 
@@ -375,11 +376,11 @@ def torch_save_bytes(model_dir: str | Path, report=None) -> tuple[int, str]:
     """The organizers' 2027 measure: bytes of ``torch.save(model.state_dict())`` of the model loaded as
     their script loads it (one GPU), and its signature.
 
-    From the sizer (:mod:`iwslt_mc.torchsave`: computed exactly from the safetensors headers and
+    From the sizer (:mod:`iwslt_mc.sizing.torchsave`: computed exactly from the safetensors headers and
     config, no weights read); where a checkpoint cannot be laid out exactly, the model is loaded once
     and a real ``torch.save`` is counted through a pipe (``torchsave.measure_streamed``).
     """
-    from . import sizer, torchsave
+    from .sizing import sizer, torchsave
 
     rep = report if report is not None else sizer.measure(model_dir, None)
     ts = rep.torch_save
@@ -393,7 +394,7 @@ def torch_save_bytes(model_dir: str | Path, report=None) -> tuple[int, str]:
 
 def measure_sizes(model_dir: str | Path, ed: track.Edition):
     """(sizer report, {measure id: bytes}, {measure id: signature}) for every size measure of ``ed``."""
-    from . import sizer
+    from .sizing import sizer
 
     report = sizer.measure(model_dir, ed.key)
     sizes = {"safetensors_bytes": int(report.bytes)}
@@ -1083,7 +1084,7 @@ def _check_one(d: Path, model_dir, use_recorded_model: bool) -> SubmissionCheck:
 
 
 def _check_model(r: SubmissionCheck, md: Path, m: dict, ed: track.Edition, nbytes) -> None:
-    from . import sizer
+    from .sizing import sizer
     from .modelio import model_fingerprint
 
     P = r.problems.append

@@ -10,7 +10,7 @@ A RUN_DIR is what ``iwslt-mc build`` writes (or any folder laid out the same way
   model's ``provenance.json``.
 
 Size, parameters and bin are measured now, never read from a file: the edition's primary size
-measure (2025/2026: safetensors bytes from :func:`iwslt_mc.sizer.measure`; 2027: the organizers'
+measure (2025/2026: safetensors bytes from :func:`iwslt_mc.sizing.sizer.measure`; 2027: the organizers'
 ``torch.save(model.state_dict())`` bytes, :func:`iwslt_mc.packaging.torch_save_bytes`). One row per
 (run, language pair, test set); a run without scores gets one row without quality. When a language
 pair has several test sets, each run scored on all of them also gets an "average" row (the mean of
@@ -37,7 +37,7 @@ from pathlib import Path
 
 from . import provenance
 from .errors import InputFileError, UserError
-from .track import GB, MB, GiB, MiB, get_edition
+from .sizing.track import GB, MB, GiB, MiB, get_edition
 
 METRIC_LABELS = {"comet": "COMET", "bleu": "BLEU", "chrf": "chrF"}
 PLOT_NAME = "quality-vs-size.png"
@@ -148,7 +148,7 @@ def collect(run_dirs: list[str | os.PathLike], edition: str | None = None, *, ac
     ``accept``: acceptability thresholds ``{"comet": [...], "chrf": [...]}`` (defaults: scoring's);
     ``teacher``: a RUN_DIR whose segment scores are the positives for precision/recall/F1.
     """
-    from .sizer import measure
+    from .sizing.sizer import measure
 
     ed = get_edition(edition)
     notes = notes if notes is not None else []

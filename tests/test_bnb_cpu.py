@@ -1,4 +1,4 @@
-"""bitsandbytes' CPU 4-bit dequantization is correct for every width once iwslt_mc.bnb_cpu is installed.
+"""bitsandbytes' CPU 4-bit dequantization is correct for every width once iwslt_mc.quantization.bnb_cpu is installed.
 
 The native kernel (bitsandbytes 0.50.2) applies the wrong block scales when a row's width is not a
 multiple of the block size; the kit's FFN width (176) is such a width. The reference here is
@@ -13,7 +13,8 @@ from bitsandbytes.backends.default.ops import _dequantize_4bit_compute  # noqa: 
 from bitsandbytes.backends.utils import _get_4bit_code  # noqa: E402
 from bitsandbytes.functional import dequantize_4bit, dequantize_blockwise, quantize_4bit  # noqa: E402
 
-from iwslt_mc import bnb_cpu, modelio  # noqa: E402
+from iwslt_mc.quantization import bnb_cpu
+from iwslt_mc import modelio  # noqa: E402
 
 _dequantize_4bit_compute = getattr(_dequantize_4bit_compute, "__wrapped__", _dequantize_4bit_compute)
 

@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from iwslt_mc import frontier, sizer
+from iwslt_mc.planning import frontier
+from iwslt_mc.sizing import sizer
 from iwslt_mc.cli import main
 
 # Option values are the 7B's, scaled to the kit as `build --smoke` scales them; no training, so fast.

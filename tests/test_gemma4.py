@@ -50,7 +50,7 @@ def test_kit_processor_and_tokenizer(gemma_kit):
 
 
 def test_size_components_sum_to_file(gemma_kit):
-    from iwslt_mc import sizer
+    from iwslt_mc.sizing import sizer
 
     model_dir = gemma_kit[0] / "model"
     rep = sizer.measure(model_dir)
@@ -64,7 +64,8 @@ def test_size_components_sum_to_file(gemma_kit):
 
 
 def test_plan_on_kit_is_exact(gemma_kit):
-    from iwslt_mc import planner, sizer
+    from iwslt_mc.planning import planner
+    from iwslt_mc.sizing import sizer
 
     model_dir = gemma_kit[0] / "model"
     pred = planner.predict(planner.Spec(precision="fp32"), planner.load_base_config(model_dir), "2025")
@@ -77,7 +78,7 @@ def test_plan_real_12b_layout_matches_meta_model(tmp_path):
     import torch
     import transformers
 
-    from iwslt_mc import planner
+    from iwslt_mc.planning import planner
     from iwslt_mc.families.gemma4 import GEMMA4_12B_PARAMS, gemma4_12b_config
 
     cfg = gemma4_12b_config()
@@ -107,7 +108,7 @@ def test_plan_real_12b_layout_matches_meta_model(tmp_path):
 
 def test_kv_sharing_constraint_on_layer_removal(gemma_kit):
     from iwslt_mc.errors import UserError
-    from iwslt_mc.planner import load_base_config
+    from iwslt_mc.planning.planner import load_base_config
 
     fam = family_named("gemma4")
     cfg = load_base_config(gemma_kit[0] / "model")
@@ -178,7 +179,7 @@ def _decode_ids(model_dir, wav, max_new_tokens=8):
 def test_drop_vision_stage_keeps_speech_translation(gemma_kit, tmp_path):
     from transformers import AutoModelForMultimodalLM
 
-    from iwslt_mc import sizer
+    from iwslt_mc.sizing import sizer
     from iwslt_mc.stages import make_stage
     from iwslt_mc.stages.base import StageContext, run_stage
 
@@ -211,7 +212,8 @@ def test_prune_layers_gemma4_kv_sharing_and_ple(gemma_kit, tmp_path, monkeypatch
     import torch
     from transformers import AutoModelForMultimodalLM
 
-    from iwslt_mc import planner, sizer
+    from iwslt_mc.planning import planner
+    from iwslt_mc.sizing import sizer
     from iwslt_mc.errors import UserError
     from iwslt_mc.stages import make_stage
     from iwslt_mc.stages.base import StageContext, run_stage
@@ -246,7 +248,7 @@ def test_prune_layers_gemma4_kv_sharing_and_ple(gemma_kit, tmp_path, monkeypatch
 
 def test_layer_removal_keeps_a_global_last_layer(gemma_kit):
     from iwslt_mc.errors import UserError
-    from iwslt_mc.planner import Spec, load_base_config, predict, specs_for_bin
+    from iwslt_mc.planning.planner import Spec, load_base_config, predict, specs_for_bin
 
     fam = family_named("gemma4")
     cfg = load_base_config(gemma_kit[0] / "model")
@@ -291,7 +293,9 @@ def test_trim_vocab_gemma4_is_exact_on_kept_tokens(gemma_kit, tmp_path):
     import torch
     from transformers import AutoModelForMultimodalLM
 
-    from iwslt_mc import modelio, planner, sizer
+    from iwslt_mc import modelio
+    from iwslt_mc.planning import planner
+    from iwslt_mc.sizing import sizer
     from iwslt_mc.audio import load_audio
     from iwslt_mc.families import prompt_text
     from iwslt_mc.stages import make_stage
@@ -349,7 +353,7 @@ def test_12b_config_tool_and_reduced_depth_layout(tmp_path, capsys):
     import importlib.util
     from pathlib import Path
 
-    from iwslt_mc import planner
+    from iwslt_mc.planning import planner
 
     tools = Path(__file__).resolve().parents[1] / "tools"
 

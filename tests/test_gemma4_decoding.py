@@ -24,7 +24,7 @@ def test_audio_tokens_per_second_and_longest_piece_on_the_kits(gemma_kit, gemma_
     """Both layouts make 25 audio tokens per second (40 ms each); the unified processor does not cap them
     (decode's old 30 s window gave the 12B 750, past the ~450-500 where its audio fades), the conformer's caps
     at 750 (30 s). The family's longest piece: 18 s = 450 tokens for gemma4_unified, 30 s for gemma4."""
-    from iwslt_mc.planner import load_base_config
+    from iwslt_mc.planning.planner import load_base_config
     from iwslt_mc.families.qwen2_audio.plan import qwen2_audio_7b_config
 
     fam = family_named("gemma4")
@@ -100,7 +100,7 @@ def test_quantize_computes_in_bf16_on_gemma4_unless_told(gemma_unified_kit, tmp_
     """Gemma advises bf16 (the organizers' nf4-2q computes in fp16): a Gemma 4 model quantized to NF4 without a
     compute dtype computes in bf16 (its config.json, read back by from_pretrained), and the provenance says so;
     fp16 only when asked. The compute dtype leaves the torch.save size unchanged."""
-    from iwslt_mc import sizer
+    from iwslt_mc.sizing import sizer
     from iwslt_mc.stages import make_stage
     from iwslt_mc.stages.base import StageContext, run_stage
 
@@ -127,7 +127,7 @@ def test_unified_distill_and_training_hear_at_most_18s(gemma_unified_kit, kit, t
     from iwslt_mc import decoding, training
     from iwslt_mc.data import Example, write_parquet
     from iwslt_mc.families import max_audio_seconds
-    from iwslt_mc.planner import load_base_config
+    from iwslt_mc.planning.planner import load_base_config
     from iwslt_mc.stages import make_stage
     from iwslt_mc.stages.base import StageContext, run_stage
 

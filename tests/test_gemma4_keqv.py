@@ -38,8 +38,9 @@ def keqv(gemma_unified_kit, tmp_path_factory):
 def test_layout_plan_and_torch_save_exact(keqv):
     from safetensors import safe_open
 
-    from iwslt_mc import planner, sizer
-    from iwslt_mc.torchsave import measure_streamed
+    from iwslt_mc.planning import planner
+    from iwslt_mc.sizing import sizer
+    from iwslt_mc.sizing.torchsave import measure_streamed
 
     with safe_open(str(keqv / "model.safetensors"), "pt") as f:
         keys = set(f.keys())
@@ -62,10 +63,11 @@ def test_prune_quantize_lora_on_the_12b_attention(keqv, gemma_unified_kit, tmp_p
     projections trains and merges with global layers that have no v_proj."""
     from safetensors import safe_open
 
-    from iwslt_mc import planner, sizer
+    from iwslt_mc.planning import planner
+    from iwslt_mc.sizing import sizer
     from iwslt_mc.stages import make_stage
     from iwslt_mc.stages.base import StageContext, run_stage
-    from iwslt_mc.torchsave import measure_streamed
+    from iwslt_mc.sizing.torchsave import measure_streamed
 
     ctx = StageContext(device="cpu", log=lambda s: None, data=[str(gemma_unified_kit / "data")], smoke=True)
     pruned = tmp_path / "pruned"

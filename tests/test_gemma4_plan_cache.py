@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from iwslt_mc import planner, plancache
+from iwslt_mc.planning import planner
+from iwslt_mc import plancache
 from iwslt_mc.families import meta as family_meta
 from iwslt_mc.families.gemma4 import plan as gemma4_plan
-from iwslt_mc.planner import Spec, predict
+from iwslt_mc.planning.planner import Spec, predict
 
 REPO = Path(__file__).resolve().parents[1]
 SPECS = [dict(), dict(precision="nf4-dq", llm_layers=2), dict(precision="int8", drop_vision=True), dict(vocab=400)]

@@ -108,7 +108,7 @@ def test_plan_recipes_on_the_12b_layout_exactly(g12, capsys):
     # the torch.save measure is predicted too, and a little larger than the safetensors bytes
     for p in preds.values():
         assert p["torch_save"]["bytes"] > p["bytes"] and "layout:gemma4_unified/meta-model" in p["torch_save"]["signature"]
-    from iwslt_mc import planner
+    from iwslt_mc.planning import planner
 
     spec = planner.Spec(llm_layers=17, vocab=16000, drop_vision=True, precision="bf16")
     pred = planner.predict(spec, planner.load_base_config(g12), "2027")
@@ -122,7 +122,7 @@ def test_plan_recipes_on_the_12b_layout_exactly(g12, capsys):
 
 
 def test_plan_title_and_component_names(g12, kit, capsys):
-    from iwslt_mc import planner
+    from iwslt_mc.planning import planner
     from iwslt_mc.errors import UserError
 
     assert main(["plan", "--base", str(g12)]) == 0
@@ -153,7 +153,8 @@ def test_torch_save_measure_exact_for_gemma4(gemma_kit, gemma_unified_kit, tmp_p
     import torch
     from transformers import AutoModelForMultimodalLM
 
-    from iwslt_mc import planner, sizer
+    from iwslt_mc.planning import planner
+    from iwslt_mc.sizing import sizer
 
     bf16 = tmp_path / "bf16"
     AutoModelForMultimodalLM.from_pretrained(str(gemma_kit[0] / "model")).to(torch.bfloat16).save_pretrained(bf16)
@@ -174,7 +175,8 @@ def test_prune_audio_layers_gemma4(gemma_kit, gemma_unified_kit, tmp_path, monke
     import torch
     from transformers import AutoModelForMultimodalLM
 
-    from iwslt_mc import planner, sizer
+    from iwslt_mc.planning import planner
+    from iwslt_mc.sizing import sizer
     from iwslt_mc.errors import UserError
     from iwslt_mc.stages import make_stage
     from iwslt_mc.stages.base import StageContext, run_stage
@@ -213,7 +215,7 @@ def test_ladder_headers_and_sizes_on_the_12b_layout(g12):
     figure to the byte and to the GiB's third decimal."""
     import re
 
-    from iwslt_mc import planner
+    from iwslt_mc.planning import planner
     from iwslt_mc.build import spec_for_stages
     from iwslt_mc.recipes import load_recipe
 
@@ -253,7 +255,8 @@ def test_smoke_build_planner_equals_real_bytes(gemma_kit, gemma_unified_kit, tmp
     from safetensors.torch import load_file
     from transformers import AutoModelForMultimodalLM
 
-    from iwslt_mc import planner, sizer
+    from iwslt_mc.planning import planner
+    from iwslt_mc.sizing import sizer
     from iwslt_mc.build import build, scaled_stages, spec_for_stages
     from iwslt_mc.recipes import load_recipe
 
@@ -325,7 +328,8 @@ def test_smoke_build_planner_equals_real_bytes(gemma_kit, gemma_unified_kit, tmp
 # ------------------------------------------------------------------ the gemma4_unified kit
 
 def test_unified_kit_layout_and_plan(gemma_unified_kit):
-    from iwslt_mc import planner, sizer
+    from iwslt_mc.planning import planner
+    from iwslt_mc.sizing import sizer
     from iwslt_mc.families import family_for
 
     model_dir = gemma_unified_kit / "model"
@@ -379,7 +383,8 @@ def test_unified_kit_decode_equals_generate(gemma_unified_kit):
 def test_unified_kit_prune_and_drop_vision(gemma_unified_kit, tmp_path):
     from transformers import AutoModelForMultimodalLM
 
-    from iwslt_mc import planner, sizer
+    from iwslt_mc.planning import planner
+    from iwslt_mc.sizing import sizer
     from iwslt_mc.errors import UserError
     from iwslt_mc.stages import make_stage
     from iwslt_mc.stages.base import StageContext, run_stage
@@ -409,7 +414,8 @@ def test_unified_kit_prune_and_drop_vision(gemma_unified_kit, tmp_path):
 def test_planner_follows_the_layers_a_recipe_names(gemma_kit, g12, tmp_path):
     """Gemma 4's sliding and global layers differ in size: a recipe that names its layers is planned with
     those layers (not the middle block), and two prune stages chain on the current model's indices."""
-    from iwslt_mc import planner, sizer
+    from iwslt_mc.planning import planner
+    from iwslt_mc.sizing import sizer
     from iwslt_mc.build import build, predict_recipe
     from iwslt_mc.recipes import load_recipe
 

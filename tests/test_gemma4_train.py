@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from iwslt_mc import data, modelio, sizer, training
+from iwslt_mc import data, modelio, training
+from iwslt_mc.sizing import sizer
 from iwslt_mc.errors import UserError
 from iwslt_mc.stages import make_stage
 from iwslt_mc.stages.base import StageContext, run_stage
@@ -112,7 +113,7 @@ def test_quantize_bnb_reloads_with_from_pretrained_alone(gkit, tmp_path, inputs,
 
 
 def test_quantize_ct_reloads_and_quantizes_tied_embeddings_once(gkit, tmp_path, inputs):
-    from iwslt_mc import quant_formats
+    from iwslt_mc.quantization import formats as quant_formats
     from iwslt_mc.stages.quantize import QuantizeOptions
 
     pytest.importorskip("compressed_tensors")
@@ -369,7 +370,8 @@ def test_package_iwslt27_of_a_gemma_decode(gkit, tmp_path):
 
 
 def test_package_names_the_base_model_by_family(gkit, tmp_path):
-    from iwslt_mc import packaging, track
+    from iwslt_mc import packaging
+    from iwslt_mc.sizing import track
 
     ed = track.get_edition("2027")
     stages = [{"stage": "quantize"}]

@@ -573,7 +573,7 @@ def test_2027_package_names_files_per_test_set_and_check_passes(kit_copy, tmp_pa
     # the organizers' measure (the sizer's, computed from metadata; proven equal to real torch.save runs in
     # test_sizer): the model on one GPU as their script loads it, and on a CPU a real torch.save to a file
     # named like their temporary file gives the CPU figure byte for byte
-    from iwslt_mc import sizer, torchsave
+    from iwslt_mc.sizing import sizer, torchsave
 
     ts = sizer.measure(kit_copy, None).torch_save
     path = tmp_path / f"{torchsave.ORGANIZERS_ARCHIVE}.pt"
@@ -726,7 +726,7 @@ def test_contrastive_without_primary_warns(kit_copy, tmp_path):
 
 
 def test_team_names_with_hyphens():
-    from iwslt_mc import track
+    from iwslt_mc.sizing import track
 
     n = track.model_name(team="HW-TSC", lp="en-de", condition="constrained", submission_type="primary",
                          edition="2025", bin_name="Bin3")

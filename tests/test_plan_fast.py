@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from iwslt_mc import planner
+from iwslt_mc.planning import planner
 from iwslt_mc.families.qwen2_audio.plan import (AUDIO_DEFAULTS, TEXT_DEFAULTS, inventory, plain_config,
                                                 qwen2_audio_7b_config, qwen2_audio_7b_plain_config)
-from iwslt_mc.planner import Spec, predict
+from iwslt_mc.planning.planner import Spec, predict
 
 REPO = Path(__file__).resolve().parents[1]
 # A small Qwen2-Audio config with grouped key/value heads, an explicit head size and odd widths.

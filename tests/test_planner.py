@@ -6,10 +6,11 @@ import json
 
 import pytest
 
-from iwslt_mc import planner, sizer
+from iwslt_mc.planning import planner
+from iwslt_mc.sizing import sizer
 from iwslt_mc.cli import main
 from iwslt_mc.errors import UserError
-from iwslt_mc.planner import Spec, predict
+from iwslt_mc.planning.planner import Spec, predict
 from iwslt_mc.families.qwen2_audio.plan import qwen2_audio_7b_config
 
 # Measured with transformers 5.17 + bitsandbytes 0.50.2 on the full-size model (shared/reference/qwen2-audio.md).

@@ -8,7 +8,9 @@ import json
 import pytest
 import torch
 
-from iwslt_mc import modelio, planner, sizer, surgery
+from iwslt_mc import modelio, surgery
+from iwslt_mc.planning import planner
+from iwslt_mc.sizing import sizer
 from iwslt_mc.families.qwen2_audio.layout import find_layout
 from iwslt_mc.families import prompt_text
 from iwslt_mc.stages import make_stage

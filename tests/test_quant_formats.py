@@ -9,7 +9,10 @@ import struct
 import pytest
 import torch
 
-from iwslt_mc import modelio, planner, quant_formats, sizer
+from iwslt_mc import modelio
+from iwslt_mc.planning import planner
+from iwslt_mc.quantization import formats as quant_formats
+from iwslt_mc.sizing import sizer
 from iwslt_mc.build import spec_for_stages
 from iwslt_mc.errors import UserError
 from iwslt_mc.families import prompt_text

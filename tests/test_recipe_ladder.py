@@ -26,7 +26,8 @@ def test_ls_lists_the_ladder(capsys):
 
 @pytest.mark.parametrize("name,_bin", LADDER)
 def test_smoke_build_on_the_kit_reloads(kit, tmp_path, name, _bin):
-    from iwslt_mc import modelio, sizer
+    from iwslt_mc import modelio
+    from iwslt_mc.sizing import sizer
     from iwslt_mc.build import build
     from iwslt_mc.recipes import load_recipe
 
@@ -59,7 +60,7 @@ def test_smoke_build_on_the_kit_reloads(kit, tmp_path, name, _bin):
 @pytest.fixture(scope="module")
 def full_base(tmp_path_factory, kit):
     """A sparse full-size placeholder with the kit's tokenizer and processor (trim-vocab counts its tokens)."""
-    from iwslt_mc.planner import Spec, predict, write_placeholder
+    from iwslt_mc.planning.planner import Spec, predict, write_placeholder
 
     d = tmp_path_factory.mktemp("full") / "Qwen2-Audio-7B-Instruct"
     write_placeholder(d, predict(Spec()))
@@ -86,7 +87,7 @@ def test_full_size_dry_run_predicts_the_bin(full_base, kit, name, bin_, capsys):
 def test_frontier_of_the_ct_template_fits_its_group_size(full_base):
     # recipe-bin4 quantizes with ct in groups of 128; the frontier's narrower variants get the largest
     # power of two that divides their widths (3/8: audio 448 -> 64; 3/4: audio 960, FFN 8256 -> 64)
-    from iwslt_mc import frontier
+    from iwslt_mc.planning import frontier
 
     fam = frontier.plan_family("recipe-bin4", str(full_base), depths=(0.5,), widths=(0.75, 0.5, 0.375))
     groups = {v.width: [e.options["group_size"] for e in v.recipe.stages if e.stage == "quantize"] for v in fam}
@@ -137,7 +138,7 @@ def _stages_for(pred, base):
 def test_target_small_bins_lists_buildable_narrow_specs(bin_, capsys):
     import dataclasses
 
-    from iwslt_mc import planner
+    from iwslt_mc.planning import planner
     from iwslt_mc.build import spec_for_stages
     from iwslt_mc.stages import make_stage
 

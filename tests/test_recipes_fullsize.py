@@ -10,7 +10,7 @@ from iwslt_mc.cli import main
 
 @pytest.fixture(scope="module")
 def full_base(tmp_path_factory):
-    from iwslt_mc.planner import Spec, predict, write_placeholder
+    from iwslt_mc.planning.planner import Spec, predict, write_placeholder
 
     d = tmp_path_factory.mktemp("full") / "Qwen2-Audio-7B-Instruct"
     write_placeholder(d, predict(Spec()))

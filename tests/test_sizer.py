@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from iwslt_mc import sizer
+from iwslt_mc.sizing import sizer
 from iwslt_mc.cli import main
 from iwslt_mc.errors import InputFileError, UserError
-from iwslt_mc.track import GB, MB
+from iwslt_mc.sizing.track import GB, MB
 
 # Reference figures for Qwen2-Audio-7B-Instruct (shared/reference/qwen2-audio.md).
 FULL_PARAMS = 8_397_094_912
@@ -131,7 +131,7 @@ def test_sharded_and_unindexed(quantized, tmp_path):
 # ----------------------------------------------------------------------------- full size, sparse
 
 def test_full_size_architecture_sparse(tmp_path):
-    from iwslt_mc.planner import Spec, predict, write_placeholder
+    from iwslt_mc.planning.planner import Spec, predict, write_placeholder
 
     write_placeholder(tmp_path / "full", predict(Spec()))
     assert (tmp_path / "full" / "model.safetensors").stat().st_size > 16 * GB
@@ -277,8 +277,8 @@ def test_cli_editions(kit, capsys, edition, bins):
 
 def test_sizer_imports_neither_torch_nor_numpy(kit):
     """Sizing, the torch.save measure and the architecture check included (modelio is imported lazily)."""
-    code = ("import sys, iwslt_mc.sizer, iwslt_mc.commands.size; "
-            "rep = iwslt_mc.sizer.measure(sys.argv[1]); assert rep.torch_save.bytes > rep.bytes; "
+    code = ("import sys, iwslt_mc.sizing.sizer, iwslt_mc.commands.size; "
+            "rep = iwslt_mc.sizing.sizer.measure(sys.argv[1]); assert rep.torch_save.bytes > rep.bytes; "
             "bad = [m for m in ('torch', 'numpy', 'transformers', 'safetensors') if m in sys.modules]; "
             "sys.exit(f'imported {bad}' if bad else 0)")
     subprocess.run([sys.executable, "-c", code, str(kit / "model")], check=True, cwd=Path(__file__).resolve().parents[1])
@@ -358,7 +358,7 @@ def real_torch_save(model_dir: Path, out: Path, *, cuda_tags: bool = False) -> t
 
 @pytest.mark.parametrize("name", ["kit-fp32", "bf16", "nf4", "nf4-dq", "int8", "trimmed", "trimmed-nf4-dq-lm_head"])
 def test_torch_save_measure_equals_a_real_torch_save(variants, name, tmp_path):
-    from iwslt_mc import torchsave
+    from iwslt_mc.sizing import torchsave
 
     d = variants[name]
     rep = sizer.measure(d, edition="2027")
@@ -395,7 +395,7 @@ def test_zip64_layout_past_4_gib_and_long_integers(tmp_path):
 
     import torch
 
-    from iwslt_mc import torchsave
+    from iwslt_mc.sizing import torchsave
 
     sizes = [3 * 2**30, 2**32 + 5, 1000, 2**32 - 1, 7]
     sd = collections.OrderedDict((f"t{i}", torch.empty(n, dtype=torch.uint8)) for i, n in enumerate(sizes))
@@ -440,7 +440,7 @@ def shutil_copy_model(src: Path, dst: Path) -> None:
 
 
 def test_full_size_torch_save_from_metadata_is_fast(tmp_path):
-    from iwslt_mc.planner import Spec, predict, write_placeholder
+    from iwslt_mc.planning.planner import Spec, predict, write_placeholder
 
     for precision in ("bf16", "nf4-dq"):
         pred = predict(Spec(precision=precision))

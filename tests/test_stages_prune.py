@@ -81,7 +81,7 @@ def test_pruned_model_layers_are_the_kept_ones(kit, pruned_dir):
 
 
 def test_pruned_model_param_count_and_kv_cache(kit, kit_model, pruned_dir, dev_inputs):
-    from iwslt_mc import sizer
+    from iwslt_mc.sizing import sizer
 
     out, rec = pruned_dir
     per_llm = surgery.llm_layer_params(kit_model)
@@ -413,7 +413,7 @@ def test_prune_ffn_rounds_target_widths_to_a_multiple_of_64_by_default(kit, tmp_
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["text_config"]["intermediate_size"] == 128 and cfg["audio_config"]["encoder_ffn_dim"] == 64
     assert any("176 -> 128 units" in t for t in rec["techniques"])
-    from iwslt_mc.planner import load_base_config
+    from iwslt_mc.planning.planner import load_base_config
 
     entry = StageEntry(id="ffn", stage="prune-ffn", options={"llm_width": 150, "audio_width": 100})
     spec, _ = spec_for_stages([entry], load_base_config(kit / "model"), base=str(kit / "model"), lang="en-de",

@@ -63,7 +63,7 @@ def test_streamed_measure_with_a_reader_that_opens_late(kit, tmp_path):
 def test_counter_that_never_starts_or_dies_is_an_error_not_a_hang(monkeypatch):
     import torch
 
-    from iwslt_mc import torchsave
+    from iwslt_mc.sizing import torchsave
 
     monkeypatch.setattr(torchsave, "_COUNTER", "import sys\nsys.exit('counter broke')\n")
     with pytest.raises(RuntimeError, match="counter did not start: counter broke"):
@@ -77,7 +77,7 @@ def test_counter_that_never_starts_or_dies_is_an_error_not_a_hang(monkeypatch):
 def test_measure_streamed_equals_a_real_torch_save_of_the_loaded_model(kit, tmp_path):
     import torch
 
-    from iwslt_mc import torchsave
+    from iwslt_mc.sizing import torchsave
     from iwslt_mc.modelio import load_model
 
     m = torchsave.measure_streamed(kit / "model", device="cpu", version="t")

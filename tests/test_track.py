@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from iwslt_mc import track
+from iwslt_mc.sizing import track
 from iwslt_mc.errors import UserError
 
 DE_KEYS = ["tvseries", "acl", "callcenter", "youtube", "businessnews", "accent"]

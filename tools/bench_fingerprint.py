@@ -24,7 +24,8 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from iwslt_mc import __version__, modelio, planner  # noqa: E402
+from iwslt_mc import __version__, modelio
+from iwslt_mc.planning import planner  # noqa: E402
 
 
 def main() -> int:

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Quality-size frontier of the toy teacher: depth-only vs width-only vs both, at equal training budget.
 
-The variants are the ``iwslt-mc plan --frontier`` family (:mod:`iwslt_mc.frontier`) of a toy-scale
+The variants are the ``iwslt-mc plan --frontier`` family (:mod:`iwslt_mc.planning.frontier`) of a toy-scale
 template recipe: LLM layers removed by the iterative search (teacher-forced scoring on the dev
 split), residual width narrowed by ``prune-hidden`` and FFN widths by ``prune-ffn`` (activation
 importance on train-split calibration audio), then the same recovery fine-tuning for every variant
@@ -40,7 +40,7 @@ MAX_NEW_TOKENS = 64
 # architecture-dependent (as `build --smoke` does); the frontier family overrides depth and widths.
 TEMPLATE = """\
 # toy frontier template (tools/bench_frontier.py)
-# Run:   iwslt-mc build toy-frontier ... (generated per variant by iwslt_mc.frontier)
+# Run:   iwslt-mc build toy-frontier ... (generated per variant by iwslt_mc.planning.frontier)
 name: toy
 stages:
   - id: prune-llm
@@ -87,7 +87,8 @@ def main(argv=None) -> int:
     import torch
 
     import bench_fidelity
-    from iwslt_mc import build, data, frontier, planner, recipes
+    from iwslt_mc import build, data, recipes
+    from iwslt_mc.planning import frontier, planner
     from iwslt_mc.fsutil import atomic_write_json, atomic_write_text
     from iwslt_mc.stages import make_stage
     from iwslt_mc.stages.base import StageContext, run_stage

@@ -11,7 +11,7 @@ Every Linear layer is quantized (lm_head too; the token embeddings only where a 
 16 weights where the format has groups. For each library and bit width: does it quantize on load, does ``save_pretrained`` write safetensors, do
 ``from_pretrained`` alone and a forward work, are the reloaded logits those of the model before saving,
 and how many bytes (the kit's float32 model is the reference). compressed-tensors (``quantize method ct``)
-is measured the same way through :mod:`iwslt_mc.quant_formats`. Each case runs in its own process (a
+is measured the same way through :mod:`iwslt_mc.quantization.formats`. Each case runs in its own process (a
 failing library can leave transformers patched).
 """
 
@@ -42,7 +42,7 @@ def _one(kind: str, opts: dict, model_dir: str, out: str) -> dict:
     import torch
     from transformers import Qwen2AudioForConditionalGeneration as Q
 
-    from iwslt_mc import sizer
+    from iwslt_mc.sizing import sizer
 
     rec = {"version": None, "quantized": False, "saved": False, "reloaded": False, "same_logits": None, "bytes": None}
     ids = torch.randint(0, 1000, (1, 16), generator=torch.Generator().manual_seed(0))
@@ -51,7 +51,7 @@ def _one(kind: str, opts: dict, model_dir: str, out: str) -> dict:
         if kind == "ct":
             import compressed_tensors
 
-            from iwslt_mc import quant_formats
+            from iwslt_mc.quantization import formats as quant_formats
             from iwslt_mc.stages.quantize import QuantizeOptions
 
             rec["version"] = compressed_tensors.__version__
@@ -125,7 +125,7 @@ def main(argv=None) -> int:
         kind, opts = CASES[a.case]
         print(json.dumps(_one(kind, opts, model_dir, a.out)))
         return 0
-    from iwslt_mc import sizer
+    from iwslt_mc.sizing import sizer
 
     ref = sizer.measure(model_dir).bytes
     rows = []

@@ -118,13 +118,13 @@ def nf4_as_float(nf4_dir: Path, src_dir: Path, out_dir: Path) -> Path:
 
 def cpu_nf4_broken(model_dir: Path) -> bool:
     """Whether a 4-bit layer has an input width bitsandbytes' CPU dequantization gets wrong (not % 64)."""
-    from iwslt_mc.quant_formats import quantized_module_shapes
+    from iwslt_mc.quantization.formats import quantized_module_shapes
 
     return any(s[1] % 64 for s in quantized_module_shapes(model_dir, [], False).values())
 
 
 def largest_group(model_dir: Path) -> int:
-    from iwslt_mc.quant_formats import quantized_module_shapes
+    from iwslt_mc.quantization.formats import quantized_module_shapes
 
     widths = {s[1] for s in quantized_module_shapes(model_dir, [], True).values()}
     for g in GROUPS:
@@ -137,7 +137,7 @@ def predicted_7b(recipe: str, options: dict | None) -> tuple[int, str | None]:
     """The planner's bytes and bin for ``recipe`` on Qwen2-Audio-7B-Instruct with this final quantize stage
     (ct at the 7B group size), a 16,000-token trimmed vocabulary."""
     from iwslt_mc.build import spec_for_stages
-    from iwslt_mc.planner import predict
+    from iwslt_mc.planning.planner import predict
     from iwslt_mc.families.qwen2_audio.plan import qwen2_audio_7b_config
     from iwslt_mc.recipes import load_recipe
 
@@ -156,7 +156,7 @@ def predicted_7b(recipe: str, options: dict | None) -> tuple[int, str | None]:
 
 
 def predicted_toy(model_dir: Path, options: dict) -> int:
-    from iwslt_mc import planner
+    from iwslt_mc.planning import planner
     from iwslt_mc.build import spec_for_stages
     from iwslt_mc.recipes import StageEntry
 
@@ -175,8 +175,8 @@ def markdown(results: list[dict], meta: dict) -> str:
              f"`{meta['corpus']}` (en-de) and scored with `iwslt_mc.scoring`. '% kept' is chrF++ as a percentage of "
              "the same model unquantized; 'KL' is the mean KL divergence (nats per reference token) of the next-token "
              "distributions from the unquantized model's, teacher-forced on the references of the same utterances "
-             "(steadier than chrF++ on 100 utterances). 'bytes' by `iwslt_mc.sizer`, 'planner' = when "
-             "`iwslt_mc.planner` predicted them exactly. '7B bytes' is the planner's prediction for the recipe on "
+             "(steadier than chrF++ on 100 utterances). 'bytes' by `iwslt_mc.sizing.sizer`, 'planner' = when "
+             "`iwslt_mc.planning.planner` predicted them exactly. '7B bytes' is the planner's prediction for the recipe on "
              "Qwen2-Audio-7B-Instruct with this final stage (16,000-token trimmed vocabulary; ct with groups of 128 "
              "for recipe-bin4, 64 for recipe-bin5, the largest its widths allow; the recipe's stages as they are in "
              "`recipes/`, so the 7B column follows the recipe files). The five quantized variants were fixed before "
@@ -291,7 +291,7 @@ def main(argv=None) -> int:
             r = {"model": label, "recipe": recipe, "model_dir": str(model_dir), "name": v["name"], "what": v["what"],
                  **fid.evaluate(scored, run, args, examples)}
             if scored != model:  # the checkpoint's size, and say how it was decoded
-                from iwslt_mc import sizer
+                from iwslt_mc.sizing import sizer
 
                 r["bytes"] = sizer.measure(model).bytes
                 r["what"] += " (decoded from its weights dequantized exactly, as on a GPU)"

@@ -63,7 +63,7 @@ def variants() -> list[dict]:
 
 
 def predicted_bytes(model_dir: Path, teacher: Path, options: dict) -> int:
-    from iwslt_mc import planner
+    from iwslt_mc.planning import planner
     from iwslt_mc.build import spec_for_stages
     from iwslt_mc.recipes import StageEntry
 
@@ -79,7 +79,7 @@ def markdown(results: list[dict], meta: dict) -> str:
              f"chrF++ kept, bytes and CPU decode time of each quantization of the toy teacher (`{meta['teacher']}`), on "
              f"the {meta['examples']} test utterances of `{meta['corpus']}`, en-de, greedy decoding "
              "(`iwslt_mc.decoding.translate`, fast mode, float32 compute on the CPU), scored with `iwslt_mc.scoring`. "
-             f"Size by `iwslt_mc.sizer`; 'planner' is `iwslt_mc.planner`'s prediction. Made by `{meta['command']}` "
+             f"Size by `iwslt_mc.sizing.sizer`; 'planner' is `iwslt_mc.planning.planner`'s prediction. Made by `{meta['command']}` "
              f"({meta['date']}, CPU, {meta['threads']} threads). With {meta['examples']} utterances one changed word moves "
              "chrF++ by about a point: read chrF++ differences of a few points as noise. 'KL to teacher' is the mean "
              "KL divergence (nats per token) of the next-token distributions from the teacher's, teacher-forced on the "
@@ -169,7 +169,7 @@ def kl_to(teacher: list, student: list) -> float:
 
 
 def llm_bits(model_dir: Path) -> str:
-    from iwslt_mc import sizer
+    from iwslt_mc.sizing import sizer
 
     rep = sizer.measure(model_dir)
     c = rep.components.get("llm_layers")

@@ -26,7 +26,9 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from iwslt_mc import __version__, planner, sizer  # noqa: E402
+from iwslt_mc import __version__
+from iwslt_mc.planning import planner
+from iwslt_mc.sizing import sizer  # noqa: E402
 
 
 def main() -> int:

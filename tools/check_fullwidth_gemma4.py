@@ -18,7 +18,7 @@ model is loaded on a CPU:
   planned   ``iwslt-mc plan --base BASE --precision P`` (the planner, from config.json alone)
   sized     ``iwslt-mc size MODEL`` (from the safetensors headers and a meta-device model)
   real      a real ``torch.save(model.state_dict())`` of the model loaded with
-            ``AutoModelForMultimodalLM.from_pretrained(dtype="auto")`` (iwslt_mc.torchsave.measure_streamed)
+            ``AutoModelForMultimodalLM.from_pretrained(dtype="auto")`` (iwslt_mc.sizing.torchsave.measure_streamed)
 
 PASS when the three agree to the byte for every model and the planner's parameter count is the model's.
 Peak memory: about twice the bf16 model (the quantize step holds it and its quantized copy).
@@ -101,8 +101,9 @@ def main(argv=None) -> int:
         print("--llm-layers: at least 1", file=sys.stderr)
         return 2
 
-    from iwslt_mc import planner, sizer
-    from iwslt_mc.torchsave import measure_streamed
+    from iwslt_mc.planning import planner
+    from iwslt_mc.sizing import sizer
+    from iwslt_mc.sizing.torchsave import measure_streamed
 
     work = Path(a.work or tempfile.mkdtemp(prefix="fullwidth-gemma4-"))
     work.mkdir(parents=True, exist_ok=True)

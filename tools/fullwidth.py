@@ -107,7 +107,7 @@ class Run:
         if not st.ok:
             st.note = f"exit {proc.returncode} (see {self.log})"
         elif model_out is not None:
-            from iwslt_mc.sizer import measure
+            from iwslt_mc.sizing.sizer import measure
 
             st.measured = measure(model_out).bytes
         self.steps.append(st)
@@ -195,7 +195,7 @@ def build_fullwidth(out: Path, *, llm_layers: int, audio_layers: int, device: st
     st = Step(f"build random bf16 model ({llm_layers} LLM + {audio_layers} audio layers)")
     st.seconds = time.time() - t0
     st.peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    from iwslt_mc.sizer import measure
+    from iwslt_mc.sizing.sizer import measure
 
     st.measured = measure(out).bytes
     return st
@@ -203,7 +203,7 @@ def build_fullwidth(out: Path, *, llm_layers: int, audio_layers: int, device: st
 
 def predict(base: Path, **kw) -> int:
     """The planner's bytes for ``base`` changed by ``kw`` (llm_layers, ffn_dim, vocab, precision, ...)."""
-    from iwslt_mc.planner import Spec, load_base_config, predict as plan
+    from iwslt_mc.planning.planner import Spec, load_base_config, predict as plan
 
     return plan(Spec(**kw), load_base_config(base)).bytes
 

@@ -113,7 +113,7 @@ class Sizes:
 
     @classmethod
     def from_config(cls, cfg, *, lora_r: int = 64) -> "Sizes":
-        from iwslt_mc.planner import Spec, base_dims, predict
+        from iwslt_mc.planning.planner import Spec, base_dims, predict
 
         dims = base_dims(cfg)
         p = lambda **kw: predict(Spec(**kw), cfg).bytes  # noqa: E731
@@ -286,7 +286,7 @@ def _run(parts: list[str], a, report: Report, cuda: bool) -> bool:
     if over:  # a bug in the table, not a runtime condition
         raise AssertionError(f"estimate of part(s) {', '.join(over)} over {PART_LIMIT_S} s")
     if needs_base(parts):
-        from iwslt_mc.planner import load_base_config
+        from iwslt_mc.planning.planner import load_base_config
         from iwslt_mc.families.qwen2_audio.plan import qwen2_audio_7b_config
 
         cfg = load_base_config(base) if base_ready else (_reduced_config() if a.reduced else qwen2_audio_7b_config())
@@ -450,7 +450,7 @@ def part_torchsave(c: _Ctx) -> None:
 def _torchsave(c: _Ctx, model: Path, name: str, *, precision: str) -> Step:
     """measure_streamed (a real torch.save of the model as the organizers load it) against the planner's figure
     (the figure for a model on one GPU: cuda:0 storages; on the CPU the CPU-located one)."""
-    from iwslt_mc.planner import Spec, load_base_config, predict
+    from iwslt_mc.planning.planner import Spec, load_base_config, predict
 
     pred = predict(Spec(precision=precision), load_base_config(c.base)).torch_save
     expected = None if pred is None else (pred.bytes if c.cuda else pred.bytes_cpu)
@@ -481,7 +481,7 @@ def part_train(c: _Ctx) -> None:
 
 
 def part_search(c: _Ctx) -> None:
-    from iwslt_mc.planner import base_dims, load_base_config
+    from iwslt_mc.planning.planner import base_dims, load_base_config
 
     L = base_dims(load_base_config(c.base))["llm_layers"]
     pl = c.work / "pruned"
@@ -534,7 +534,7 @@ def _child(c: _Ctx, name: str, script: list[str]) -> Step:
 
 def _child_torchsave(model: str, out: str, device: str) -> int:
     from iwslt_mc import __version__
-    from iwslt_mc.torchsave import measure_streamed
+    from iwslt_mc.sizing.torchsave import measure_streamed
 
     ts = measure_streamed(model, device=device, version=f"iwslt-mc-{__version__}")
     Path(out).write_text(json.dumps({"bytes": ts.bytes, "signature": ts.signature}))

@@ -25,7 +25,7 @@ def predictions(condition: str = "constrained", family: str = "qwen2_audio") -> 
     """The shipped recipes of ``family``, predicted on its reference: Qwen2-Audio-7B-Instruct (built in), or
     gemma-4-12B-it (iwslt_mc.families.gemma4.gemma4_12b_config, the layout tools/gemma4_12b_config.py writes)."""
     from iwslt_mc.build import spec_for_stages
-    from iwslt_mc.planner import predict
+    from iwslt_mc.planning.planner import predict
     from iwslt_mc.families.qwen2_audio.plan import qwen2_audio_7b_config
     from iwslt_mc.recipes import RECIPES, load_recipe
 

@@ -82,7 +82,7 @@ def run(args) -> int:
     from ..output import info, print_json
     from ..recipes import apply_overrides, load_recipe
 
-    from ..track import get_edition
+    from ..sizing.track import get_edition
 
     edition = get_edition(args.edition).key  # checked before any work
     recipe = apply_overrides(load_recipe(args.recipe), args.set)

@@ -46,7 +46,7 @@ def run(args) -> int:
     from ..errors import UserError
     from ..families import families, family_named
     from ..output import print_json, print_table
-    from ..track import format_size
+    from ..sizing.track import format_size
 
     fam = family_named(args.family)
     owner = {opt: f for f in families() for opt in f.kit_options}  # which family a kit option belongs to

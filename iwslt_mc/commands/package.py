@@ -87,7 +87,7 @@ def run(args) -> int:
     from ..errors import UserError
     from ..output import info, print_json, warn
 
-    from ..track import get_edition
+    from ..sizing.track import get_edition
 
     ed = get_edition(args.edition)
     hyps = {}

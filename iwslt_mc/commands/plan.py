@@ -100,7 +100,7 @@ def add_parser(sub):
 
 def _fractions(text: str | None, what: str) -> tuple[float, ...]:
     from ..errors import UserError
-    from ..frontier import DEFAULT_FRACTIONS
+    from ..planning.frontier import DEFAULT_FRACTIONS
 
     if text is None:
         return DEFAULT_FRACTIONS
@@ -115,7 +115,7 @@ def _fractions(text: str | None, what: str) -> tuple[float, ...]:
 
 def run_frontier(args) -> int:
     """``plan --frontier``: the family's predicted sizes, and the measured frontier of its built runs."""
-    from .. import frontier
+    from ..planning import frontier
     from ..errors import UserError
     from ..output import info, print_json, print_table
 
@@ -159,7 +159,7 @@ def run_frontier(args) -> int:
 def parse_precisions(values: list[str]) -> tuple[str | None, dict[str, str]]:
     """``["nf4", "lm_head=bf16"]`` -> (default, {component: precision}); validates every value."""
     from ..errors import UserError
-    from ..planner import check_precision, normalize_component
+    from ..planning.planner import check_precision, normalize_component
 
     default, per = None, {}
     for v in values:
@@ -183,7 +183,7 @@ def run_recipe(args, ed) -> int:
     """``plan RECIPE --base DIR``: the planner's table for the recipe's final model, from the base's config."""
     import dataclasses
 
-    from .. import planner
+    from ..planning import planner
     from ..build import spec_for_stages
     from ..errors import UserError
     from ..families import family_named
@@ -232,9 +232,9 @@ def run_recipe(args, ed) -> int:
 def print_prediction(pred, spec, base_config, base_name: str, ed, *, title_prefix: str = "") -> None:
     """The component table, both size measures, parameters and bin of a prediction."""
     from ..output import info, print_table
-    from ..quant_formats import planned_quantization_config
-    from ..sizer import bin_explanation
-    from ..track import GB, GiB
+    from ..quantization.formats import planned_quantization_config
+    from ..sizing.sizer import bin_explanation
+    from ..sizing.track import GB, GiB
 
     rows = []
     for comp, v in pred.components.items():
@@ -269,7 +269,7 @@ def print_prediction(pred, spec, base_config, base_name: str, ed, *, title_prefi
 def plan_title(base_name: str, d: dict, base_config) -> str:
     """``BASE: 24 LLM layers, 32 audio layers, vocab 156,032, FFN 11008/5120``; parts a model does not have
     (no audio encoder, no audio FFN width, no vision encoder) are left out rather than printed as None."""
-    from .. import planner
+    from ..planning import planner
 
     parts = [f"{d['llm_layers']} LLM layers"]
     if d.get("audio_layers") is not None:
@@ -289,14 +289,14 @@ def run(args) -> int:
     import os
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from .. import planner
+    from ..planning import planner
     from ..floor.sizes import QUANT_PRECISIONS
     from ..output import info, print_json, print_table, warn
-    from ..sizer import bin_explanation
-    from ..track import get_edition
+    from ..sizing.sizer import bin_explanation
+    from ..sizing.track import get_edition
 
     from ..errors import UserError
-    from ..track import GB, GiB
+    from ..sizing.track import GB, GiB
 
     if args.plan_recipe and args.frontier:
         raise UserError("give RECIPE or --frontier (with --recipe TEMPLATE), not both")

@@ -42,9 +42,10 @@ def add_parser(sub):
 
 
 def run(args) -> int:
-    from .. import __version__, sizer, torchsave
+    from .. import __version__
+    from ..sizing import sizer, torchsave
     from ..output import info, print_json, print_table, warn
-    from ..track import GB, GiB, get_edition
+    from ..sizing.track import GB, GiB, get_edition
 
     ed = get_edition(args.edition)
     rep = sizer.measure(args.model_dir, edition=ed.key, torch_save=args.torch_save != "off")

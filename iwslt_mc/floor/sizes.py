@@ -1,7 +1,7 @@
 """Size primitives, pure arithmetic (no torch, no transformers): precision names and their bits, what one
 weight becomes on disk at a precision (float, bitsandbytes int8/nf4/fp4, compressed-tensors ``ctB``), the
 safetensors header ``save_pretrained`` writes, and the :class:`Prediction` a planner returns. The planner
-(:mod:`iwslt_mc.planner`) and each family's own prediction (:meth:`iwslt_mc.families.base.Family.predict`)
+(:mod:`iwslt_mc.planning.planner`) and each family's own prediction (:meth:`iwslt_mc.families.base.Family.predict`)
 build on them.
 """
 

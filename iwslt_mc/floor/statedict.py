@@ -1,8 +1,8 @@
 """The torch.save state-dict measure's pure parts: the pickle ``torch.save`` writes, the zip container
 around it, and the in-memory state-dict layout of a checkpoint from its safetensors metadata and config
 (a hand-written module tree, or a meta-device model's skeleton). No torch, no transformers: the sizer
-(:mod:`iwslt_mc.torchsave`) and each family's layout (:meth:`iwslt_mc.families.base.Family.torch_save_layout`)
-build on it; see :mod:`iwslt_mc.torchsave` for the measure and how each piece is laid out.
+(:mod:`iwslt_mc.sizing.torchsave`) and each family's layout (:meth:`iwslt_mc.families.base.Family.torch_save_layout`)
+build on it; see :mod:`iwslt_mc.sizing.torchsave` for the measure and how each piece is laid out.
 """
 
 from __future__ import annotations

@@ -244,7 +244,7 @@ class Stage:
         return type(self)(self.options.smoke())
 
     # -- the model I/O a family's own run uses (Family.run_prune_layers / run_trim_vocab get the stage, so a
-    # family never imports the layers above it: iwslt_mc.modelio, iwslt_mc.sizer)
+    # family never imports the layers above it: iwslt_mc.modelio, iwslt_mc.sizing.sizer)
     @staticmethod
     def load_model(model_dir, **kwargs):
         """:func:`iwslt_mc.modelio.load_model`."""
@@ -282,8 +282,8 @@ class Stage:
 
     @staticmethod
     def stored_bytes(model_dir) -> int:
-        """The model's bytes on disk as the sizer counts them (:func:`iwslt_mc.sizer.measure`)."""
-        from .. import sizer
+        """The model's bytes on disk as the sizer counts them (:func:`iwslt_mc.sizing.sizer.measure`)."""
+        from ..sizing import sizer
 
         return sizer.measure(model_dir).bytes
 
@@ -352,7 +352,8 @@ def run_stage(stage: Stage, in_dir, out_dir, ctx: StageContext | None = None, *,
     ``out_dir`` appears only when the stage finished; a crash leaves it absent (checkpoints, if the
     stage keeps any, live in ``ctx.work_dir``). Returns the provenance record.
     """
-    from .. import provenance, sizer
+    from .. import provenance
+    from ..sizing import sizer
     from ..fsutil import atomic_directory
     from ..modelio import check_model_dir
 

@@ -256,7 +256,7 @@ class Finetune(Stage):
                 raise UserError("stage finetune: qlora needs bitsandbytes (pip install bitsandbytes)") from None
         from ..families import max_audio_seconds
 
-        self._max_seconds = max_audio_seconds(in_dir)  # training cuts clips there (gemma4_unified: 18 s)
+        self._max_seconds = max_audio_seconds(in_dir)  # training cuts clips there (the family's longest piece)
         self._examples = self._load_data(ctx)
 
     def _load_data(self, ctx: StageContext):

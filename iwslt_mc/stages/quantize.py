@@ -20,7 +20,7 @@ byte-identical whether or not the model ran before saving. Layers whose shape th
 :func:`iwslt_mc.modelio.fit_4bit_cpu_path`, applied by ``load_model``.
 
 ``method: ct`` (2-8 bits, token embeddings too) is compressed-tensors' pack-quantized format, made by
-:mod:`iwslt_mc.quant_formats` (why that library, the measured alternatives, and which ct checkpoints
+:mod:`iwslt_mc.quantization.formats` (why that library, the measured alternatives, and which ct checkpoints
 stay packed after ``from_pretrained``, are there).
 """
 
@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Literal
 
 from ..errors import UserError
-from ..quant_formats import skip_pattern
+from ..quantization.formats import skip_pattern
 from .base import Stage, StageContext, StageOptions, read_config
 
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
@@ -207,7 +207,7 @@ class Quantize(Stage):
             raise UserError(f"stage quantize: {in_dir} is already quantized ({qm}); quantize the unquantized model")
         if self.options.method == "ct":
             self._check_skip(in_dir)
-            from ..quant_formats import check_ct
+            from ..quantization.formats import check_ct
 
             check_ct(in_dir, self.options)
             return
@@ -269,7 +269,8 @@ class Quantize(Stage):
 
 
     def _run_ct(self, in_dir: Path, out_dir: Path, ctx: StageContext, device: str) -> dict:
-        from .. import modelio, quant_formats
+        from .. import modelio
+        from ..quantization import formats as quant_formats
 
         o = self.options
         ctx.log(f"quantize: {in_dir} to compressed-tensors {o.bits}-bit on {device}")

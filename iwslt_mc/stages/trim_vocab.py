@@ -343,7 +343,8 @@ class TrimVocab(Stage):
             raise UserError(f"stage trim-vocab: keep_ids {bad[0]} out of range (the model has {rows} token rows)")
 
     def run(self, in_dir: Path, out_dir: Path, ctx: StageContext) -> dict:
-        from .. import modelio, sizer
+        from .. import modelio
+        from ..sizing import sizer
         from ..families import family_for, prompt_text
         from ..prompting import TARGET_LANGUAGE
 

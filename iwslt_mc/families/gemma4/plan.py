@@ -195,7 +195,7 @@ def planned(base_config, dims: dict):
 
 def predict(spec, base_config, edition: str, *, base_name: str | None = None):
     from ...floor.sizes import Prediction, check_components, disk_tensors, is_quant_precision, safetensors_header_bytes
-    from ...track import get_edition, size_bin
+    from ...sizing.track import get_edition, size_bin
 
     from ...errors import UserError
 

@@ -51,6 +51,6 @@ def memory_key(disk_key: str) -> str:
 
 def state_dict_layout(tensors, config: dict, float_dtype: str | None):
     """The in-memory state dict and ``_metadata`` modules of a Qwen2-Audio checkpoint (see
-    :func:`iwslt_mc.torchsave.state_dict_layout`)."""
+    :func:`iwslt_mc.sizing.torchsave.state_dict_layout`)."""
     return tree_state_dict_layout(tensors, config, float_dtype, tree=QWEN2_AUDIO_TREE, memory_key=memory_key,
                                   tied_source="model.language_model.embed_tokens.weight")

@@ -25,7 +25,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import UserError
+from ..errors import UserError
 
 DEFAULT_TEMPLATE = "recipe-bin4"
 DEFAULT_FRACTIONS = (1.0, 0.75, 0.5, 0.375, 0.25)
@@ -57,7 +57,7 @@ def variant_name(template: str, depth: float, width: float) -> str:
 
 def make_variant(recipe, base_cfg, depth: float, width: float, *, base: str):
     """The template ``recipe`` with its LLM depth and widths set (see the module docstring)."""
-    from .build import scaled_stages
+    from ..build import scaled_stages
     from .planner import base_dims
 
     if not (0 < depth <= 1 and 0 < width <= 1):
@@ -93,7 +93,7 @@ def make_variant(recipe, base_cfg, depth: float, width: float, *, base: str):
             if dims.get("audio_ffn_dim"):
                 o["audio_width"] = max(1, round(dims["audio_ffn_dim"] * width))
         out.append(dataclasses.replace(e, options=o))
-    from .build import fit_ct_group_sizes  # a ct group size must divide the variant's narrower widths
+    from ..build import fit_ct_group_sizes  # a ct group size must divide the variant's narrower widths
 
     out = fit_ct_group_sizes(out, base_cfg)
     kind = "base" if depth == 1 and width == 1 else "depth" if width == 1 else "width" if depth == 1 else "both"
@@ -124,10 +124,10 @@ def plan_family(template: str, base: str, *, depths=DEFAULT_FRACTIONS, widths=DE
 
     Vocabulary trimming is counted on ``data`` when given, else taken as ``vocab`` tokens (capped at the
     base's vocabulary; None: untrimmed)."""
-    from .build import spec_for_stages
+    from ..build import spec_for_stages
     from .planner import base_dims, load_base_config, predict
-    from .track import get_edition
-    from .recipes import load_recipe
+    from ..sizing.track import get_edition
+    from ..recipes import load_recipe
 
     recipe = load_recipe(template)
     cfg = load_base_config(base)
@@ -160,7 +160,7 @@ def plan_family(template: str, base: str, *, depths=DEFAULT_FRACTIONS, widths=DE
 def mark_built(variants: list[Variant], run_dirs: list, *, metric: str = "auto", edition: str = "2025") -> str | None:
     """Attach measured size and score of the built runs to their variants (matched by recipe name) and mark
     the Pareto-optimal ones per (language pair, test set). Returns the metric used (None: nothing scored)."""
-    from .report import choose_metric, collect, pareto_front
+    from ..report import choose_metric, collect, pareto_front
 
     rows, _ = collect(run_dirs, edition=edition)
     by_name = {v.name: v for v in variants}
@@ -183,7 +183,7 @@ def mark_built(variants: list[Variant], run_dirs: list, *, metric: str = "auto",
 
 def write_variants(variants: list[Variant], out_dir: str | Path, *, template: str, base: str, force: bool = False) -> list[Path]:
     """Write each variant as ``OUT_DIR/NAME.yaml`` (refuses to overwrite unless ``force``)."""
-    from .fsutil import atomic_write_text
+    from ..fsutil import atomic_write_text
 
     out = Path(out_dir)
     paths = [out / f"{v.name}.yaml" for v in variants]

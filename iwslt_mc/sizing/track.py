@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from .errors import UserError
+from ..errors import UserError
 
 KB, MB, GB = 10**3, 10**6, 10**9
 KiB, MiB, GiB = 2**10, 2**20, 2**30

@@ -45,8 +45,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .floor.statedict import (CONTAINER, ORGANIZERS_ARCHIVE, ORGANIZERS_LOCATION, Entry, NotExact, ct_in_memory,
-                              pickle_state_dict, storage_sizes, zip_bytes)
+from ..floor.statedict import CONTAINER, ORGANIZERS_ARCHIVE, ORGANIZERS_LOCATION, Entry, NotExact, ct_in_memory, pickle_state_dict, storage_sizes, zip_bytes
 
 def state_dict_layout(tensors: list[tuple[str, str, tuple[int, ...]]], config: dict,
                       float_dtype: str | None = None, ct_shapes: dict | None = None) -> tuple[list[Entry], list[str]]:
@@ -60,7 +59,7 @@ def state_dict_layout(tensors: list[tuple[str, str, tuple[int, ...]]], config: d
     compressed-tensors checkpoints as they load (:func:`ct_in_memory`; ``ct_shapes``: their weight shapes).
     """
     tensors = ct_in_memory(tensors, config, ct_shapes)
-    from .families import family_of_model_type
+    from ..families import family_of_model_type
 
     fam = family_of_model_type(config.get("model_type"))
     if fam is None:
@@ -91,7 +90,7 @@ class TorchSaveSize:
 def signature(method: str, location: str, *, version: str, extra: str = "", layout: str | None = None) -> str:
     """The measure's signature; ``layout``: the family's layout name (default: the default family's)."""
     if layout is None:
-        from .families import default_family
+        from ..families import default_family
 
         layout = default_family().torch_save_layout_name({})
     return (f"measure:torch-save-state-dict|computed:{method}|file:{ORGANIZERS_ARCHIVE}.pt|location:{location}"
@@ -107,7 +106,7 @@ def compute(tensors, config: dict, *, float_dtype: str | None = None, version: s
     sizes = storage_sizes(entries)
     gpu = pickle_state_dict(entries, modules, ORGANIZERS_LOCATION)
     cpu = pickle_state_dict(entries, modules, "cpu")
-    from .families import family_of_model_type
+    from ..families import family_of_model_type
 
     layout = family_of_model_type(config.get("model_type")).torch_save_layout_name(config)
     return TorchSaveSize(bytes=zip_bytes(len(gpu), sizes), bytes_cpu=zip_bytes(len(cpu), sizes),
@@ -126,7 +125,7 @@ def measure_streamed(model_dir, *, device: str | None = None, version: str = "")
     """
     import torch
 
-    from .families import family_for
+    from ..families import family_for
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     loader = family_for(model_dir).loader_class()  # Gemma 4: AutoModelForMultimodalLM, as the organizers load it

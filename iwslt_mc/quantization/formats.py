@@ -49,7 +49,7 @@ import re
 import struct
 from pathlib import Path
 
-from .errors import UserError
+from ..errors import UserError
 
 CT_METHOD = "ct"
 CT_SCALES = ("mse", "minmax")
@@ -132,7 +132,7 @@ def quantized_module_shapes(in_dir: Path, skip: list[str], quantize_embeddings: 
     """Module name -> weight shape of what ct would quantize, from the config only (meta device)."""
     from torch import nn
 
-    from .modelio import meta_model
+    from ..modelio import meta_model
 
     model = meta_model(in_dir) if model is None else model
     rx = [re.compile(p[3:]) for p in ignore_patterns(skip)]
@@ -148,7 +148,7 @@ def quantized_module_shapes(in_dir: Path, skip: list[str], quantize_embeddings: 
 
 def check_ct(in_dir: Path, o) -> None:
     """Everything about a ct quantization of ``in_dir`` that can fail, checked before any weight is read."""
-    from .modelio import meta_model
+    from ..modelio import meta_model
 
     require_compressed_tensors()
     model = meta_model(in_dir)
@@ -234,7 +234,7 @@ def ct_quantize(in_dir, o, *, device: str = "cpu", log=print):
     from compressed_tensors.compressors import ModelCompressor
     from compressed_tensors.quantization import apply_quantization_config
 
-    from . import modelio
+    from .. import modelio
 
     model = modelio.load_model(in_dir, dtype=None if o.dtype == "auto" else o.dtype, device=device)
     tied = tied_output(model)
@@ -287,7 +287,7 @@ def ct_save(model, processor, out_dir) -> Path:
     """Save a :func:`ct_quantize` model: packed safetensors and a config that ``from_pretrained`` loads alone."""
     import json
 
-    from . import modelio
+    from .. import modelio
 
     compressor = getattr(model, "_iwslt_mc_ct_compressor", None)
     if compressor is None:

@@ -7,7 +7,7 @@ numpy, never tensor data, with one exception: the few hundred bytes of a bitsand
 Storage size S is the total size in bytes of the safetensors weight files, the measure of the 2025
 track ("storage size of the model", decimal units). Beside it, the organizers' 2027 measure: the bytes
 of ``torch.save(model.state_dict())`` of the model loaded with transformers, computed exactly from the
-same headers and config.json by :mod:`iwslt_mc.torchsave` (pure Python too). Parameters are *logical*: a bitsandbytes 4-bit weight
+same headers and config.json by :mod:`iwslt_mc.sizing.torchsave` (pure Python too). Parameters are *logical*: a bitsandbytes 4-bit weight
 counts as the number of elements of the weight it replaces (as ``model.num_parameters()`` does in
 transformers 5), and its quantization state (absmax, quant_map, nested statistics, the 8-bit ``SCB``
 row scales, ...) is reported as overhead, not as parameters.
@@ -26,10 +26,11 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import __version__, torchsave
-from .errors import InputFileError
-from .floor.modeldir import PICKLE_SUFFIXES
-from .floor.statedict import ct_loads_packed, ct_quantization_config
+from .. import __version__
+from . import torchsave
+from ..errors import InputFileError
+from ..floor.modeldir import PICKLE_SUFFIXES
+from ..floor.statedict import ct_loads_packed, ct_quantization_config
 from .track import GB, GiB, MB, format_size, get_edition, size_bin, size_bin_binary
 
 # Bits per element of every safetensors dtype (sub-byte float formats included).
@@ -374,7 +375,7 @@ def measure(model_dir: str | os.PathLike, edition: str | None = "2025", *, torch
 
     ct_shapes: dict[str, tuple[int, int]] = {}
     logical, state, formats = _classify(tensors, base, warnings, ct_shapes)
-    from .families import key_mapping_for
+    from ..families import key_mapping_for
 
     comp_names, component_for_key = key_mapping_for(base)
     components = {c: {"params": 0, "bytes": 0} for c in comp_names}
@@ -435,8 +436,8 @@ def _read_config(base: Path) -> dict | None:
     """config.json of the model directory (None without one); refuses another architecture."""
     if not (base / "config.json").is_file():
         return None
-    from .floor.modeldir import read_model_type
-    from .modelio import require_supported_model  # modelio imports torch only inside functions
+    from ..floor.modeldir import read_model_type
+    from ..modelio import require_supported_model  # modelio imports torch only inside functions
 
     if read_model_type(base) is not None:  # a config naming no model_type is sized, without the torch.save measure
         require_supported_model(base)

@@ -2,10 +2,11 @@
 
 The base architecture (a model directory's ``config.json``, or the built-in Qwen2-Audio-7B-Instruct)
 gives every tensor the real model has, with its exact shape and whether it is a Linear weight: its
-family computes them from the config's widths (Qwen2-Audio: :mod:`iwslt_mc.families.qwen2_audio.plan`,
-on a plain config, no transformers import), else the model is instantiated on the meta device (one audio
-and one LLM layer; Gemma 4 builds its own, :mod:`iwslt_mc.families.gemma4.plan`, once per config: what
-it says is kept in :mod:`iwslt_mc.plancache`), without allocating weights.
+family computes them from the config's widths (:meth:`iwslt_mc.families.base.Family.plan_inventory`, on a
+plain config, no transformers import), else the model is instantiated on the meta device (one audio and
+one LLM layer), without allocating weights; a family may predict on its own
+(:meth:`iwslt_mc.families.base.Family.predict`: Gemma 4 builds its meta model once per config and keeps
+what it says in :mod:`iwslt_mc.plancache`).
 The compression spec (layers kept, FFN widths, vocabulary, per-component precision) is then applied
 with the on-disk arithmetic of each format, and the safetensors file is laid out exactly as
 ``safetensors`` writes it (tensors sorted by dtype then name, JSON header padded to 8 bytes):
@@ -39,13 +40,12 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import __version__, torchsave
-from .errors import InputFileError, UserError
-from .floor.sizes import (BNB_BLOCKSIZE, FLOAT_PRECISIONS, _FLOAT_DTYPE, Prediction, check_components, check_precision,
-                          disk_tensors, is_quant_precision, parse_ct_precision, precision_bits, safetensors_header,
-                          safetensors_header_bytes)
-from .quant_formats import planned_quantization_config, shapes_of_entries
-from .track import get_edition, size_bin
+from .. import __version__
+from ..sizing import torchsave
+from ..errors import InputFileError, UserError
+from ..floor.sizes import BNB_BLOCKSIZE, FLOAT_PRECISIONS, _FLOAT_DTYPE, Prediction, check_components, check_precision, disk_tensors, is_quant_precision, parse_ct_precision, precision_bits, safetensors_header, safetensors_header_bytes
+from ..quantization.formats import planned_quantization_config, shapes_of_entries
+from ..sizing.track import get_edition, size_bin
 
 # compressed-tensors precisions `plan --target` searches (groups of 128, asymmetric: quantize method ct's defaults)
 TARGET_CT_PRECISIONS = ("ct4", "ct3", "ct2")
@@ -61,14 +61,14 @@ DEFAULT_MAX_SHARD_BYTES = 50 * 10**9
 def reference_config(plain: bool = False):
     """The default family's built-in full-size reference architecture (``plain``: a
     :class:`~iwslt_mc.configjson.PlainConfig`, no transformers import; else a transformers config)."""
-    from .families import default_family
+    from ..families import default_family
 
     return default_family().reference_config(plain=plain)
 
 
 def reference_label() -> str:
     """How plan output names :func:`reference_config` (``built-in ...``)."""
-    from .families import default_family
+    from ..families import default_family
 
     return default_family().reference_label()
 
@@ -87,8 +87,8 @@ def load_base_config(model_dir: str | Path, *, plain: bool = False):
         raw = json.loads(cfg_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise InputFileError(cfg_path, f"unreadable config ({e})") from None
-    from .families import family_of_model_type, supported_text
-    from .modelio import require_supported_model
+    from ..families import family_of_model_type, supported_text
+    from ..modelio import require_supported_model
 
     if p.is_dir():
         require_supported_model(p)
@@ -122,7 +122,7 @@ def _audio_config(cfg):
 
 def base_dims(cfg) -> dict:
     """Layer counts, FFN widths and vocabulary of a base config (the values a Spec defaults to)."""
-    from .families import family_of_config
+    from ..families import family_of_config
 
     own = family_of_config(cfg).base_dims(cfg)  # a family that reads its own (Gemma 4)
     if own is not None:
@@ -211,7 +211,7 @@ class Spec:
 
 def all_components() -> tuple[str, ...]:
     """Every component any family names (Qwen2-Audio's first), in report order."""
-    from .families import default_family, families
+    from ..families import default_family, families
 
     out = list(default_family().components)
     for fam in families():
@@ -273,7 +273,7 @@ def _inventory(cfg, ffn_dim, audio_ffn_dim, vocab) -> tuple:
     """Tensors of the model with one LLM and one audio layer (the templates), on-disk names: computed by
     the base's family from the config's widths (:meth:`iwslt_mc.families.Family.plan_inventory`), else
     enumerated from the model built on the meta device (:func:`_meta_inventory`)."""
-    from .families import family_of_config
+    from ..families import family_of_config
 
     fam = family_of_config(cfg)
     shapes = fam.plan_inventory(cfg, ffn_dim=ffn_dim, audio_ffn_dim=audio_ffn_dim, vocab=vocab)
@@ -305,7 +305,7 @@ def _meta_inventory(cfg, ffn_dim, audio_ffn_dim, vocab) -> tuple:
         a.encoder_layers = 1
         if audio_ffn_dim:
             a.encoder_ffn_dim = audio_ffn_dim
-    from .families import family_of_config
+    from ..families import family_of_config
 
     fam = family_of_config(cfg)
     arch = (getattr(cfg, "architectures", None) or [fam.loader_class().__name__])[0]
@@ -414,7 +414,7 @@ def predict(spec: Spec, base_config=None, edition: str = "2025", *, base_name: s
     if base_config is None:
         base_config = reference_config()
         base_name = base_name or reference_label()
-    from .families import families, family_of_config
+    from ..families import families, family_of_config
 
     fam = family_of_config(base_config)
     own = fam.predict(spec, base_config, ed.key, base_name=base_name)
@@ -598,7 +598,7 @@ def specs_for_bin(target: str, base_config=None, edition: str = "2025", *, llm_l
     b = names[key]
     if base_config is None:
         base_config = reference_config()
-    from .families import families, family_of_config
+    from ..families import families, family_of_config
 
     fam = family_of_config(base_config)
     if not fam.target_search:
@@ -844,7 +844,7 @@ def build_plan(spec: Spec, base_config=None, *, match_recipe: bool = True) -> Bu
     base = base_dims(base_config)
     dims = resolve_dims(spec, base_config)
     base_float = _config_float(base_config)
-    from .families import family_of_config
+    from ..families import family_of_config
 
     family = family_of_config(base_config)
     steps: list[BuildStep] = []
@@ -928,7 +928,7 @@ def _match_recipe(plan: BuildPlan, family=None) -> None:
     default: the default family) whose size-changing stages, with ``--set`` overrides, are exactly
     ``plan.steps`` (training stages do not change the size); recipes in the family's
     :attr:`~iwslt_mc.families.base.Family.recipe_preference` order."""
-    from .families import default_family
+    from ..families import default_family
 
     family = family or default_family()
     need = {s.stage: s.options for s in plan.steps}
@@ -947,7 +947,7 @@ _RECIPE_CACHE: dict = {}
 
 def _recipe(name: str):
     if name not in _RECIPE_CACHE:
-        from .recipes import load_recipe
+        from ..recipes import load_recipe
 
         try:
             _RECIPE_CACHE[name] = load_recipe(name)
@@ -1098,7 +1098,7 @@ def apply_hidden_dims(cfg, dims: dict):
 def hidden_dims_for_ratio(cfg, ratio: float, *, audio_ratio: float | None = None) -> dict:
     """``hidden``/``heads``/``audio_hidden`` of prune-hidden with ``llm_ratio``/``audio_ratio`` (its defaults
     for the heads): the shared rule is :func:`iwslt_mc.stages.prune_hidden.target_shape`."""
-    from .stages.prune_hidden import PruneHiddenOptions, target_shape
+    from ..stages.prune_hidden import PruneHiddenOptions, target_shape
 
     d = json.loads(cfg.to_json_string(use_diff=False))
     shape = target_shape(d, PruneHiddenOptions(llm_ratio=ratio, audio_ratio=ratio if audio_ratio is None else audio_ratio))
