@@ -18,33 +18,58 @@ os.environ.setdefault("IWSLT_MC_PLAN_CACHE", tempfile.mkdtemp(prefix="iwslt-mc-p
 import pytest  # noqa: E402
 
 
+def _kit_variants() -> list[tuple[str, str, dict]]:
+    """(variant, family name, build_kit options) of every registered family's test kits."""
+    from iwslt_mc.families import families
+
+    return [(v, f.name, opts) for f in families() for v, opts in f.kit_variants.items()]
+
+
 @pytest.fixture(scope="session")
-def kit(tmp_path_factory):
+def _kits(tmp_path_factory):
+    """Kit variant -> (path, KitInfo), each built once per session on first use (seed 0)."""
+    from iwslt_mc.families import family_named
+
+    built: dict = {}
+    variants = {v: (fam, opts) for v, fam, opts in _kit_variants()}
+
+    def get(variant: str):
+        if variant not in built:
+            fam, opts = variants[variant]
+            path = tmp_path_factory.mktemp(variant.replace("_", "") + "kit") / "kit"
+            built[variant] = (path, family_named(fam).build_kit(path, seed=0, **opts))
+        return built[variant]
+
+    return get
+
+
+@pytest.fixture(scope="session", params=[v for v, _, _ in _kit_variants()])
+def family_kit(request, _kits):
+    """(variant, Family, kit path) for every registered family's kit variants (qwen2_audio, gemma4,
+    gemma4_unified, ...): tests that hold for any family take this fixture. Read-only."""
+    from iwslt_mc.families import family_named
+
+    variant = request.param
+    fam = next(f for v, f, _ in _kit_variants() if v == variant)
+    return variant, family_named(fam), _kits(variant)[0]
+
+
+@pytest.fixture(scope="session")
+def kit(_kits):
     """Path of a built demo kit (``kit/model``, ``kit/data``, ``kit/data/long``), seed 0. Read-only: copy before changing."""
-    from iwslt_mc.families.qwen2_audio.kit import build_kit
-
-    path = tmp_path_factory.mktemp("kit") / "kit"
-    build_kit(path, seed=0)
-    return path
+    return _kits("qwen2_audio")[0]
 
 
 @pytest.fixture(scope="session")
-def gemma_kit(tmp_path_factory):
+def gemma_kit(_kits):
     """(path, KitInfo) of the Gemma 4 kit (``gemma4``: audio conformer, vision, PLE, KV sharing), seed 0. Read-only."""
-    from iwslt_mc.families.gemma4.kit import build_kit_gemma4
-
-    out = tmp_path_factory.mktemp("gemma4kit") / "kit"
-    return out, build_kit_gemma4(out, seed=0)
+    return _kits("gemma4")
 
 
 @pytest.fixture(scope="session")
-def gemma_unified_kit(tmp_path_factory):
+def gemma_unified_kit(_kits):
     """Path of the ``gemma4_unified`` kit (the 12B's layout at kit size), seed 0. Read-only."""
-    from iwslt_mc.families.gemma4.kit import build_kit_gemma4
-
-    out = tmp_path_factory.mktemp("gemma4ukit") / "kit"
-    build_kit_gemma4(out, seed=0, unified=True)
-    return out
+    return _kits("gemma4_unified")[0]
 
 
 @pytest.fixture(scope="session")

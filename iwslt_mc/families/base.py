@@ -248,6 +248,9 @@ class Family:
 
     # -- kit
     kit_options: ClassVar[tuple[str, ...]] = ()  # the keyword options :meth:`build_kit` accepts
+    # the kits the tests build for this family: variant name -> build_kit options (every model type it
+    # accepts should have one; tests/conftest.py's ``family_kit`` runs the shared tests on each)
+    kit_variants: ClassVar[dict[str, dict]] = {}
 
     def build_kit(self, out_dir, seed: int = 0, **options) -> Any:
         """Write the family's offline demo kit into ``out_dir`` (model, processor, data, test sets) and

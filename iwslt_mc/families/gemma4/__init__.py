@@ -44,6 +44,7 @@ class Gemma4Family(Family):
     stages = ("prune-layers", "trim-vocab", "quantize", "finetune", "merge", "distill", "kd", "drop-vision")
     strategies = {"prune-layers": ("middle", "top")}  # the iterative search is Qwen2-Audio's only, for now
     kit_options = ("unified",)
+    kit_variants = {"gemma4": {}, "gemma4_unified": {"unified": True}}
     recipes = (  # largest first
         ("gemma4-large", "gemma4-large.yaml"),
         ("gemma4-medium", "gemma4-medium.yaml"),

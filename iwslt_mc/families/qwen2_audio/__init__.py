@@ -21,6 +21,7 @@ class Qwen2AudioFamily(Family):
     processor_prefixes = ("Qwen2Audio",)
     stages = tuple(s for s in ALL_STAGES if s != "drop-vision")
     kit_options = ("vocab",)
+    kit_variants = {"qwen2_audio": {}}
     target_search = True
     # the published recipes, then the bin-targeted ones
     recipes = (
