@@ -459,7 +459,7 @@ def spec_for_stages(stages: list[StageEntry], cfg, *, base: str, lang: str, data
             # the output keeps the input's dtype unless save_dtype says otherwise (not the training dtype)
             fdt = _SHORT_DTYPE.get(o["save_dtype"], o["save_dtype"])
         else:
-            from .planning.planner import dims_after_distillation_stage  # kd, replace-layers
+            from .planning.recipe_spec import dims_after_distillation_stage  # kd, replace-layers
 
             dims = dims_after_distillation_stage(e.stage, o, dims) or dims
     if precision in ("bf16", "fp16", "fp32"):
@@ -563,7 +563,7 @@ def scaled_stages(recipe: Recipe, base: str, *, smoke: bool) -> list[StageEntry]
             if o.get("audio_width"):
                 o["audio_width"] = width(o["audio_width"], "audio_ffn_dim")
         out.append(dataclasses.replace(e, options=o))
-    from .planning.planner import scale_distillation_stages  # replace-layers blocks the small base has room for
+    from .planning.recipe_spec import scale_distillation_stages  # replace-layers blocks the small base has room for
 
     return fit_ct_group_sizes(scale_distillation_stages(out, bd), load_base_config(base))
 

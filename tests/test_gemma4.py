@@ -248,7 +248,8 @@ def test_prune_layers_gemma4_kv_sharing_and_ple(gemma_kit, tmp_path, monkeypatch
 
 def test_layer_removal_keeps_a_global_last_layer(gemma_kit):
     from iwslt_mc.errors import UserError
-    from iwslt_mc.planning.planner import Spec, load_base_config, predict, specs_for_bin
+    from iwslt_mc.planning.planner import Spec, load_base_config, predict
+    from iwslt_mc.planning.search import specs_for_bin
 
     fam = family_named("gemma4")
     cfg = load_base_config(gemma_kit[0] / "model")

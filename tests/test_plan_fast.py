@@ -14,6 +14,7 @@ import pytest
 from iwslt_mc.planning import planner
 from iwslt_mc.families.qwen2_audio.plan import (AUDIO_DEFAULTS, TEXT_DEFAULTS, inventory, plain_config,
                                                 qwen2_audio_7b_config, qwen2_audio_7b_plain_config)
+from iwslt_mc.planning import recipe_spec
 from iwslt_mc.planning.planner import Spec, predict
 
 REPO = Path(__file__).resolve().parents[1]
@@ -130,7 +131,7 @@ def _how_to_build(spec, cfg):
     from iwslt_mc.errors import UserError
 
     try:
-        return planner.build_plan(spec, cfg).to_json()
+        return recipe_spec.build_plan(spec, cfg).to_json()
     except UserError as e:
         return str(e)
 

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from iwslt_mc.planning import planner
+from iwslt_mc.floor.sizes import parse_ct_precision
+from iwslt_mc.planning import planner, recipe_spec, search
 from iwslt_mc.sizing import sizer
 from iwslt_mc.cli import main
 from iwslt_mc.errors import UserError
@@ -142,15 +143,15 @@ def test_estimate_is_a_tight_upper_bound():
     base = qwen2_audio_7b_config()
     for spec in (Spec(), Spec(precision="nf4-dq", llm_layers=7, vocab=32768, quantize_embeddings=True),
                  Spec(precision="int8", audio_layers=3)):
-        est, exact = planner.estimate_bytes(spec, base), predict(spec, base).bytes
+        est, exact = search.estimate_bytes(spec, base), predict(spec, base).bytes
         assert 0 <= est - exact < 20_000
 
 
 def test_target_bin_specs_land_in_the_bin_least_aggressive_first():
     base = qwen2_audio_7b_config()
-    rows = planner.specs_for_bin("Bin3", base, precision="nf4-dq")
+    rows = search.specs_for_bin("Bin3", base, precision="nf4-dq")
     assert 2 <= len(rows) <= 8
-    scores = [planner.aggressiveness(p, planner.base_dims(base)) for p in rows]
+    scores = [search.aggressiveness(p, planner.base_dims(base)) for p in rows]
     assert scores == sorted(scores)
     for p in rows:
         assert p.bin == "Bin3" and p.spec.precision == "nf4-dq" and 500e6 <= p.bytes < 1e9
@@ -158,9 +159,9 @@ def test_target_bin_specs_land_in_the_bin_least_aggressive_first():
             more = Spec(**{**p.spec.to_json(), "llm_layers": p.dims["llm_layers"] + 1})
             assert predict(more, base).bytes >= 1e9
     with pytest.raises(UserError, match="unknown bin"):
-        planner.specs_for_bin("Bin9", base)
+        search.specs_for_bin("Bin9", base)
     with pytest.raises(UserError, match="no size bins"):
-        planner.specs_for_bin("Bin3", base, edition="2026")
+        search.specs_for_bin("Bin3", base, edition="2026")
 
 
 def test_target_searches_the_ct_formats_with_and_without_embeddings():
@@ -168,7 +169,7 @@ def test_target_searches_the_ct_formats_with_and_without_embeddings():
     most layers that fit, its bytes are predict()'s (exact: tests/test_quant_formats.py), and its plan quantizes
     with method ct as the spec says. At equal bits a quantized embedding buys LLM layers."""
     base = qwen2_audio_7b_config()
-    rows = planner.specs_for_bin("Bin2", base, vocab=156032, audio_layers=32)
+    rows = search.specs_for_bin("Bin2", base, vocab=156032, audio_layers=32)
     got = {}
     for p in rows:  # the full-width row of each precision (narrower FFNs come after)
         got.setdefault(p.spec.label(), p)
@@ -178,7 +179,7 @@ def test_target_searches_the_ct_formats_with_and_without_embeddings():
         more = Spec(**{**p.spec.to_json(), "llm_layers": p.dims["llm_layers"] + 1})
         assert p.dims["llm_layers"] == 32 or predict(more, base).bytes >= 2e9
         q = [s for s in p.plan.steps if s.stage == "quantize"][0].options
-        ct = planner.parse_ct_precision(p.spec.precision)
+        ct = parse_ct_precision(p.spec.precision)
         if ct:
             emb = planner.is_quant_precision(p.spec.precision_of("embed_tokens"))
             assert (q["method"], q["bits"], q["group_size"], q["symmetric"], q["quantize_embeddings"]) == (
@@ -189,10 +190,10 @@ def test_target_searches_the_ct_formats_with_and_without_embeddings():
     assert (got["ct4+emb"].dims["llm_layers"], got["ct4+emb"].dims["ffn_dim"]) == (9, 11008)
     assert (got["nf4-dq+lm_head"].dims["llm_layers"], got["nf4-dq+lm_head"].dims["ffn_dim"]) == (2, 5504)
     assert got["ct3+emb"].dims["llm_layers"] > got["ct4+emb"].dims["llm_layers"]
-    only = planner.specs_for_bin("Bin4", base, precision="ct3", quantize_embeddings="all")
+    only = search.specs_for_bin("Bin4", base, precision="ct3", quantize_embeddings="all")
     assert only and all(p.spec.label() == "ct3+emb" and 200e6 <= p.bytes < 500e6 for p in only)
     with pytest.raises(UserError, match="need a ct precision"):
-        planner.specs_for_bin("Bin4", base, precision="nf4-dq", quantize_embeddings="all")
+        search.specs_for_bin("Bin4", base, precision="nf4-dq", quantize_embeddings="all")
 
 
 @pytest.mark.parametrize("recipe_quantize", [
@@ -216,7 +217,7 @@ def test_recipe_overrides_turn_either_quantize_method_into_the_other(recipe_quan
              {"method": "nf4", "double_quant": False, "skip": ["lm_head"]},
              {"method": "int8", "skip": []}]
     for want in wants:
-        sets = planner._overrides_for(recipe, {"quantize": want})
+        sets = recipe_spec._overrides_for(recipe, {"quantize": want})
         (q,) = [e for e in apply_overrides(recipe, sets).stages if e.stage == "quantize"]
         o = make_stage_options(q.options)
         got = {k: getattr(o, k) for k in want}
@@ -240,8 +241,8 @@ def test_target_ct_suggestion_built_on_the_kit(kit, tmp_path):
 
     base = planner.load_base_config(kit / "model")
     with pytest.raises(UserError, match="group size 128 does not divide"):
-        planner.specs_for_bin("Bin5", base, precision="ct3")
-    rows = planner.specs_for_bin("Bin5", base, precision="ct3-g16", quantize_embeddings="all")
+        search.specs_for_bin("Bin5", base, precision="ct3")
+    rows = search.specs_for_bin("Bin5", base, precision="ct3-g16", quantize_embeddings="all")
     (p,) = [p for p in rows if [s.stage for s in p.plan.steps] == ["prune-layers", "quantize"]]
     src = kit / "model"
     for i, step in enumerate(p.plan.steps):
@@ -316,11 +317,11 @@ def test_torch_save_prediction_equals_a_real_torch_save(kit, pruned, precision, 
 def test_the_old_top_bin1_suggestion_is_not_buildable_and_its_buildable_form_fits_no_bin():
     emb = Spec(llm_layers=28, precision="nf4-dq", quantize_embeddings=True)
     with pytest.raises(UserError, match="embed_tokens"):
-        planner.build_plan(emb)
+        recipe_spec.build_plan(emb)
     lm_head = Spec(llm_layers=28, precision="nf4-dq", quantize_embeddings=True, component_precision={"embed_tokens": "bf16"})
     pred = predict(lm_head)
     assert pred.bin is None and 4.85e9 < pred.bytes < 4.9e9  # 4.88 GB: no bin
-    plan = planner.build_plan(lm_head)
+    plan = recipe_spec.build_plan(lm_head)
     assert plan.recipe == "recipe-b" and plan.overrides == ["prune.remove=4", "quantize.skip=[]"]
     assert [s.stage for s in plan.steps] == ["prune-layers", "quantize"]
 
@@ -333,12 +334,12 @@ def test_every_target_suggestion_builds_to_its_prediction(target, monkeypatch):
     from iwslt_mc.recipes import StageEntry, apply_overrides, load_recipe
 
     base = qwen2_audio_7b_config()
-    rows = planner.specs_for_bin(target, base)
+    rows = search.specs_for_bin(target, base)
     assert rows and all(p.bin == target for p in rows)
     kinds = set()
     for p in rows:
         emb = p.spec.precision_of("embed_tokens")  # quantized token embeddings only where ct builds them
-        assert emb == "bf16" or emb == p.spec.precision and planner.parse_ct_precision(emb), p.spec.label()
+        assert emb == "bf16" or emb == p.spec.precision and parse_ct_precision(emb), p.spec.label()
         # trim-vocab keeps the tokens of the data: the build counts them; here the planned count
         monkeypatch.setattr(build, "_trimmed_vocab", lambda *a, v=p.dims["vocab"], **k: v)
         chain = [StageEntry(id=f"s{i}", stage=s.stage, options=dict(s.options)) for i, s in enumerate(p.plan.steps)]
@@ -372,7 +373,7 @@ def test_each_kind_of_suggestion_built_on_the_kit(kit, tmp_path, kind):
 
     base = planner.load_base_config(kit / "model")
     spec = _kit_kinds(base)[kind]
-    plan = planner.build_plan(spec, base)
+    plan = recipe_spec.build_plan(spec, base)
     src = kit / "model"
     for i, step in enumerate(plan.steps):
         out = tmp_path / f"{i}-{step.stage}"
@@ -409,7 +410,7 @@ def test_cli_target_prints_how_to_build(capsys, monkeypatch):
     assert "use --quantize-lm-head, or a ct precision" in capsys.readouterr().err
     assert main(["plan", "--target", "Bin3", "--quantize-embeddings", "--json"]) == 0
     specs = json.loads(capsys.readouterr().out)["specs"]
-    assert specs and all(planner.parse_ct_precision(p["spec"]["precision"]) and p["spec"]["quantize_embeddings"]
+    assert specs and all(parse_ct_precision(p["spec"]["precision"]) and p["spec"]["quantize_embeddings"]
                          and not p["spec"]["component_precision"] for p in specs)
     assert main(["plan", "--target", "Bin3", "--edition", "2027"]) == 2
     assert "no size bins" in capsys.readouterr().err

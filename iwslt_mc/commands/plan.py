@@ -289,8 +289,8 @@ def run(args) -> int:
     import os
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from ..planning import planner
-    from ..floor.sizes import QUANT_PRECISIONS
+    from ..floor.sizes import QUANT_PRECISIONS, parse_ct_precision
+    from ..planning import planner, recipe_spec, search
     from ..output import info, print_json, print_table, warn
     from ..sizing.sizer import bin_explanation
     from ..sizing.track import get_edition
@@ -315,11 +315,11 @@ def run(args) -> int:
     base_name = args.base or "built-in Qwen2-Audio-7B-Instruct"
 
     if args.target:
-        if args.quantize_embeddings and default and not planner.parse_ct_precision(default):
+        if args.quantize_embeddings and default and not parse_ct_precision(default):
             raise UserError(f"--target lists buildable specs only, and bitsandbytes ({default}) leaves the token "
                             "embeddings in float: use --quantize-lm-head, or a ct precision (e.g. ct4) to quantize them")
         emb = "all" if args.quantize_embeddings else "lm_head" if args.quantize_lm_head else None
-        rows = planner.specs_for_bin(
+        rows = search.specs_for_bin(
             args.target, base_config, ed.key, llm_layers=args.llm_layers, audio_layers=args.audio_layers,
             vocab=args.vocab, precision=default, quantize_embeddings=emb,
             ffn_dim=args.ffn_dim, audio_ffn_dim=args.audio_ffn_dim, component_precision=per)
@@ -348,7 +348,7 @@ def run(args) -> int:
                    + (["width llm/heads/audio"] if hidden else []) + ["precision", "MB", "torch.save GiB", "M params"])
         print_table(table, headers, title=f"{base_name}: buildable specs predicted in {rows[0].bin}, least to most aggressive")
         info("precision +lm_head: lm_head quantized too (embed_tokens stays bf16); exact bytes with --json")
-        if any(planner.parse_ct_precision(p.spec.precision) for p in rows):
+        if any(parse_ct_precision(p.spec.precision) for p in rows):
             info("ctB: compressed-tensors B-bit (quantize method ct), +emb: embed_tokens and lm_head quantized too; "
                  "transformers unpacks ct weights to floats at load, so their torch.save measure is not the bytes on disk")
         print("how to build (a shipped recipe with --set overrides where one fits, else the stages in order):")
@@ -376,7 +376,7 @@ def run(args) -> int:
                         audio_hidden=args.audio_hidden, drop_vision=args.drop_vision)
     pred = planner.predict(spec, base_config, ed.key, base_name=base_name)
     try:
-        pred.plan = planner.build_plan(spec, base_config)
+        pred.plan = recipe_spec.build_plan(spec, base_config)
         not_buildable = None
     except UserError as e:
         not_buildable = str(e)

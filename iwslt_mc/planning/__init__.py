@@ -1,2 +1,3 @@
-"""Planning: size predictions before a build (:mod:`.planner`: specs, predictions, ``--target`` search, build
-plans) and the quality-size frontier (:mod:`.frontier`)."""
+"""Planning: size predictions before a build (:mod:`.planner`: the base, the spec, the prediction), the
+``--target`` search (:mod:`.search`), the stages and shipped recipe that build a spec (:mod:`.recipe_spec`),
+and the quality-size frontier (:mod:`.frontier`)."""

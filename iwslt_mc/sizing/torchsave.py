@@ -45,7 +45,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..floor.statedict import CONTAINER, ORGANIZERS_ARCHIVE, ORGANIZERS_LOCATION, Entry, NotExact, ct_in_memory, pickle_state_dict, storage_sizes, zip_bytes
+from ..floor.statedict import (CONTAINER, ORGANIZERS_ARCHIVE, ORGANIZERS_LOCATION, Entry, NotExact, ct_in_memory,
+                               pickle_state_dict, storage_sizes, zip_bytes)
 
 def state_dict_layout(tensors: list[tuple[str, str, tuple[int, ...]]], config: dict,
                       float_dtype: str | None = None, ct_shapes: dict | None = None) -> tuple[list[Entry], list[str]]:

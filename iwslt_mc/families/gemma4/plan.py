@@ -17,7 +17,8 @@ from __future__ import annotations
 import copy
 
 from ... import __version__
-from .rules import COMPONENTS, allowed_removal, component_for_key, config_after_audio_layer_removal, config_after_layer_removal
+from .rules import (COMPONENTS, allowed_removal, component_for_key, config_after_audio_layer_removal,
+                    config_after_layer_removal)
 
 
 def _text(cfg):
