@@ -87,7 +87,7 @@ class Example:
 
 
 def target_code(lang: str) -> str:
-    from .prompting import TARGET_CODE, check_lang
+    from .floor.languages import TARGET_CODE, check_lang
 
     return TARGET_CODE[check_lang(lang)]
 

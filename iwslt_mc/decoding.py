@@ -21,7 +21,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence
 
-from .prompting import check_lang, prompt_text
+from .floor.languages import check_lang
+from .prompting import prompt_text
 
 MODES = ("reference", "fast")
 SAMPLE_RATE = 16000

@@ -125,7 +125,7 @@ def _teacher_segments(teacher: str | os.PathLike) -> dict[tuple[str, str], list[
 
 def _acceptability(segments: list[dict], accept: dict | None, teacher: list[dict] | None, teacher_run: str | None,
                    notes: list[str], what: str) -> dict | None:
-    from .scoring import acceptability, segment_acceptability
+    from .scoring.scoring import acceptability, segment_acceptability
 
     rec = segment_acceptability(segments, accept)
     if rec is None or teacher is None:

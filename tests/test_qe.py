@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import sacrebleu
 
-from iwslt_mc import cli, comet_env, data, decoding, scoring
+from iwslt_mc import cli, data, decoding
+from iwslt_mc.scoring import comet_env, scoring
 from iwslt_mc.errors import UserError
 from iwslt_mc.stages import make_stage
 from iwslt_mc.stages.base import StageContext, run_stage

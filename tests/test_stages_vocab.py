@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from iwslt_mc import modelio
-from iwslt_mc.prompting import TARGET_LANGUAGE, prompt_text
+from iwslt_mc.floor.languages import TARGET_LANGUAGE
+from iwslt_mc.prompting import prompt_text
 from iwslt_mc.stages import make_stage
 from iwslt_mc.stages.base import StageContext, run_stage
 from iwslt_mc.stages.trim_vocab import byte_alphabet, merge_closure, trim_tokenizer_json

@@ -49,7 +49,7 @@ def _decode(model_dir, waves, model=None, processor=None) -> list[str]:
 
 
 def _chrf(hyps, refs) -> float:
-    from iwslt_mc.scoring import corpus_scores
+    from iwslt_mc.scoring.scoring import corpus_scores
 
     return corpus_scores(hyps, refs, LANG)["chrf"]["score"]
 

@@ -20,7 +20,7 @@ time for:
   ``replace-layers``) against iterative pruning of 1 and 2 layers plus fine-tuning (same steps).
 
 Each variant is a run directory (``OUT/runs/NAME``: the model, its hypotheses, and a scores JSON
-from :func:`iwslt_mc.scoring.score_files`), so ``iwslt-mc report OUT/runs/*`` reads them too.
+from :func:`iwslt_mc.scoring.scoring.score_files`), so ``iwslt-mc report OUT/runs/*`` reads them too.
 Finished variants are reused when the benchmark is run again (delete ``OUT/runs/NAME`` to redo
 one). Writes ``OUT/results.json``, the Markdown table (``--report``) and next to it the report's
 quality-vs-size plot.
@@ -266,7 +266,8 @@ def evaluate(model_dir: Path, run: Path, args, examples) -> dict:
     """Decode the test split, write hypotheses/references, score them with the project's scorer."""
     import torch
 
-    from iwslt_mc import data, decoding, modelio, scoring, sizer
+    from iwslt_mc import data, decoding, modelio, sizer
+    from iwslt_mc.scoring import scoring
     from iwslt_mc.fsutil import atomic_write_json, atomic_write_text
 
     # float32 on CPU; the stored dtype (the teacher's float16) is what the size column measures
@@ -318,7 +319,7 @@ def markdown(results: list[dict], args, meta: dict, plot: str | None, sets: dict
         "",
         f"Quality kept by each compression of the toy teacher (`{meta['teacher']}`), on the {meta['examples']} "
         f"utterances of the toy corpus's test split (`{meta['corpus']}`), {args.lang}. Greedy decoding "
-        f"(`iwslt_mc.decoding.translate`, fast mode, float32 on CPU), scored with `iwslt_mc.scoring`. "
+        f"(`iwslt_mc.decoding.translate`, fast mode, float32 on CPU), scored with `iwslt_mc.scoring.scoring`. "
         f"Size and parameters by `iwslt_mc.sizer`. Made by `python tools/bench_fidelity.py` "
         f"({meta['date']}, CPU, {meta.get('threads', '?')} threads; recovery fine-tuning {args.ft_steps} steps "
         f"at lr {args.ft_lr:g}, batch 8, on the train split's references).",

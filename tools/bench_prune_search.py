@@ -223,7 +223,7 @@ def comet_round(checkpoint: str, shared_engine, rr: dict, allowed, k: int, lang:
     per-candidate way (one COMET worker, one model load, per candidate: the ``comet:`` metric function),
     the latter on the shared engine's hypotheses of the same round (``rr``) plus that round's decode time.
     Wall seconds and CPU seconds including the worker processes."""
-    from iwslt_mc import comet_env
+    from iwslt_mc.scoring import comet_env
     from iwslt_mc.stages import importance as imp
 
     ckpt = comet_env.resolve_checkpoint(checkpoint)

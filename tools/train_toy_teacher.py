@@ -155,7 +155,8 @@ def evaluate(model_dir: Path, corpus, *, split: str = "test", limit: int | None 
     """Greedy-decode ``split`` and score it per language (chrF++ de / chrF zh and BLEU, sacrebleu)."""
     import torch
 
-    from iwslt_mc import data, decoding, modelio, scoring
+    from iwslt_mc import data, decoding, modelio
+    from iwslt_mc.scoring import scoring
 
     if model is None:
         model = modelio.load_model(model_dir, dtype=torch.float32, device="cpu")

@@ -84,7 +84,7 @@ def _outputs(args, inputs) -> list:
     from pathlib import Path
 
     from ..errors import UserError
-    from ..prompting import TARGET_CODE
+    from ..floor.languages import TARGET_CODE
 
     if args.out:
         if len(inputs) > 1:

@@ -56,7 +56,7 @@ def run(args) -> int:
     from .. import report
     from ..output import print_json, print_table
 
-    from .. import scoring
+    from ..scoring import scoring
 
     accept = {"comet": scoring.check_thresholds(args.accept_comet, "comet"),
               "chrf": scoring.check_thresholds(args.accept_chrf, "chrf")}

@@ -45,7 +45,7 @@ MAX_NEW_TOKENS = 256
 
 
 def organizers_prompt(lang: str) -> str:
-    from ..prompting import check_lang
+    from ..floor.languages import check_lang
 
     return PROMPT.format(language=LANGUAGE[check_lang(lang)])
 

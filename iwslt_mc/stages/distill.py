@@ -148,7 +148,7 @@ class DistillOptions(StageOptions):
             raise UserError("stage distill: option 'qe_batch_size' must be at least 1")
         if self.qe:
             # before any work: the checkpoint exists, is reference-free, and the COMET environment is ready
-            from .. import comet_env
+            from ..scoring import comet_env
 
             try:
                 comet_env.require_qe_checkpoint(self.qe)
@@ -249,7 +249,7 @@ class Distill(Stage):
 
     def check(self, in_dir: Path, ctx: StageContext) -> None:
         from ..modelio import check_model_dir
-        from ..prompting import check_lang
+        from ..floor.languages import check_lang
 
         check_lang(ctx.lang)
         if not ctx.data:
@@ -421,7 +421,7 @@ class Distill(Stage):
 
     def _qe_scores(self, examples, hyps: list[str], log) -> tuple[dict[int, float], dict]:
         """QE scores of the non-empty teacher outputs (one COMET process for all); and the QE record."""
-        from .. import comet_env
+        from ..scoring import comet_env
 
         o = self.options
         todo = [i for i, h in enumerate(hyps) if h.strip()]

@@ -234,7 +234,7 @@ class Finetune(Stage):
 
     def check(self, in_dir: Path, ctx: StageContext) -> None:
         from ..families import family_for
-        from ..prompting import check_lang
+        from ..floor.languages import check_lang
 
         o = self.options
         check_lang(ctx.lang)

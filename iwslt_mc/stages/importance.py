@@ -37,7 +37,7 @@ This module makes one round much cheaper without changing what it selects:
   select different layers.
 
 Metrics are a registry (:func:`register_metric`): ``auto`` is the track's choice per language
-(chrF++ for German, chrF for Chinese, sacrebleu settings from :mod:`iwslt_mc.scoring`); others
+(chrF++ for German, chrF for Chinese, sacrebleu settings from :mod:`iwslt_mc.scoring.scoring`); others
 (e.g. a COMET scorer) can be added with ``register_metric(name, fn)`` where
 ``fn(hyps, refs, sources, lang) -> float`` (higher is better).
 """
@@ -66,7 +66,7 @@ def _chrf(word_order: int | None):
     def fn(hyps, refs, sources, lang):
         from sacrebleu.metrics import CHRF
 
-        from ..scoring import check_lang
+        from ..scoring.scoring import check_lang
 
         wo = check_lang(lang).chrf_word_order if word_order is None else word_order
         return CHRF(word_order=wo).corpus_score(list(hyps), [list(refs)]).score
@@ -76,7 +76,7 @@ def _chrf(word_order: int | None):
 def _bleu(hyps, refs, sources, lang):
     from sacrebleu.metrics import BLEU
 
-    from ..scoring import check_lang
+    from ..scoring.scoring import check_lang
 
     return BLEU(tokenize=check_lang(lang).bleu_tokenize).corpus_score(list(hyps), [list(refs)]).score
 
@@ -94,7 +94,7 @@ def metric_names() -> list[str]:
 def metric_label(name: str, lang: str) -> str:
     """Human name of a metric for logs and provenance (``auto`` resolved for ``lang``)."""
     if name == "auto":
-        from ..scoring import check_lang
+        from ..scoring.scoring import check_lang
 
         return "chrF++" if check_lang(lang).chrf_word_order == 2 else "chrF"
     if name.startswith("comet:"):
@@ -106,7 +106,7 @@ def metric_label(name: str, lang: str) -> str:
 
 def _comet(checkpoint: str) -> MetricFn:
     def fn(hyps, refs, sources, lang):
-        from .. import comet_env
+        from ..scoring import comet_env
 
         return float(comet_env.run_comet(checkpoint, list(sources), list(hyps), list(refs))["system_score"])
     return fn
@@ -114,7 +114,7 @@ def _comet(checkpoint: str) -> MetricFn:
 
 def _qe(checkpoint: str) -> MetricFn:
     def fn(hyps, refs, sources, lang):
-        from .. import comet_env
+        from ..scoring import comet_env
 
         return float(comet_env.run_qe(checkpoint, list(sources), list(hyps))["system_score"])
     return fn
@@ -141,12 +141,12 @@ def check_metric(name: str) -> None:
     """Fail early (before any work) on an unknown metric or a COMET checkpoint/environment that is missing
     (for ``qe:``, also a checkpoint that is not a reference-free model)."""
     if name.startswith("comet:"):
-        from .. import comet_env
+        from ..scoring import comet_env
 
         comet_env.resolve_checkpoint(name.split(":", 1)[1])
         comet_env.require_env()
     elif name.startswith("qe:"):
-        from .. import comet_env
+        from ..scoring import comet_env
 
         comet_env.require_qe_checkpoint(comet_env.resolve_checkpoint(name.split(":", 1)[1]))
     else:
@@ -159,7 +159,7 @@ def segment_statistics(name: str, lang: str):
     the corpus score of summed statistics (equal to the metric on those segments). None for other metrics."""
     import numpy as np
 
-    from ..scoring import check_lang
+    from ..scoring.scoring import check_lang
 
     if name in ("auto", "chrf", "chrf++"):
         from sacrebleu.metrics import CHRF
@@ -1075,7 +1075,7 @@ class CandidateScorer:
                 "proxy_ranking": [row[0] for row in stages[0]["candidates"]]}
 
     def _score_many(self, hyps_by_key: dict) -> dict:
-        from .. import comet_env
+        from ..scoring import comet_env
 
         qe = self.metric_name.startswith("qe:")
         ckpt = comet_env.resolve_checkpoint(self.metric_name.split(":", 1)[1])

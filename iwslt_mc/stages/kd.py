@@ -362,7 +362,7 @@ class KD(Stage):
     families = ("qwen2_audio", "gemma4")  # Gemma 4: word-level KD (hidden-state KD: Family.hidden_state_kd)
 
     def check(self, in_dir: Path, ctx: StageContext) -> None:
-        from ..prompting import check_lang
+        from ..floor.languages import check_lang
 
         o = self.options
         check_lang(ctx.lang)

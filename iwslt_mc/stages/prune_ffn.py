@@ -137,7 +137,7 @@ class PruneFFN(Stage):
         o = self.options
         self._check_config(read_config(in_dir), str(in_dir))
         if o.importance == "activation":
-            from ..prompting import check_lang
+            from ..floor.languages import check_lang
 
             check_lang(ctx.lang)
             if not ctx.data:

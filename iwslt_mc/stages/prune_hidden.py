@@ -289,7 +289,7 @@ class PruneHidden(Stage):
             raise UserError(f"stage prune-hidden: {in_dir} is quantized; narrow the model before quantizing it")
         target_shape(cfg, self.options)
         if self.options.importance == "activation":
-            from ..prompting import check_lang
+            from ..floor.languages import check_lang
 
             check_lang(ctx.lang)
             if not ctx.data:

@@ -172,7 +172,7 @@ class PruneLayers(Stage):
 
             check_removal(in_dir, o.llm_layers, middle=o.remove if o.strategy == "middle" else 0)
         if o.strategy == "iterative":
-            from ..prompting import check_lang
+            from ..floor.languages import check_lang
             from .importance import check_metric
 
             check_lang(ctx.lang)

@@ -145,7 +145,7 @@ class ReplaceLayers(Stage):
     techniques = ["module replacement"]
 
     def check(self, in_dir: Path, ctx: StageContext) -> None:
-        from ..prompting import check_lang
+        from ..floor.languages import check_lang
 
         o = self.options
         check_lang(ctx.lang)

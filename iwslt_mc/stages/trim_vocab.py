@@ -233,7 +233,8 @@ def kept_token_ids(in_dir, options: dict | None, *, lang: str, data: list[str], 
     from transformers import AutoConfig, GenerationConfig
 
     from .. import modelio
-    from ..prompting import TARGET_LANGUAGE, prompt_text
+    from ..floor.languages import TARGET_LANGUAGE
+    from ..prompting import prompt_text
 
     stage = TrimVocab(options or {})
     ctx = StageContext(lang=lang, data=list(data), seed=seed, log=lambda *_: None)
@@ -313,7 +314,7 @@ class TrimVocab(Stage):
 
     def check(self, in_dir: Path, ctx: StageContext) -> None:
         o = self.options
-        from ..prompting import check_lang
+        from ..floor.languages import check_lang
 
         check_lang(ctx.lang)
         if not o.corpora and not (o.use_data and ctx.data) and not o.keep_tokens and not o.keep_ids and not o.general_words:
@@ -343,7 +344,8 @@ class TrimVocab(Stage):
     def run(self, in_dir: Path, out_dir: Path, ctx: StageContext) -> dict:
         from .. import modelio, sizer, surgery
         from ..layout import find_layout
-        from ..prompting import TARGET_LANGUAGE, prompt_text
+        from ..floor.languages import TARGET_LANGUAGE
+        from ..prompting import prompt_text
 
         o = self.options
         if read_config(in_dir).get("model_type") in ("gemma4", "gemma4_unified"):

@@ -33,7 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .errors import InputFileError, UserError
+from ..errors import InputFileError, UserError
 
 COMET_VERSION = "2.2.7"
 # The pins unbabel-comet declares, written out so pip never has to backtrack, plus two it needs
