@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from iwslt_mc import modelio
+from iwslt_mc.scoring import metrics
 from iwslt_mc.stages import importance as imp
 from iwslt_mc.stages import make_stage
 from iwslt_mc.stages.base import StageContext, run_stage
@@ -210,19 +211,19 @@ def test_segment_statistics_sum_to_the_corpus_metric():
     refs = ["Der Hund schläft.", "Die Katze trinkt.", "Das Haus ist groß.", "Hallo"]
     for name in ("auto", "chrf", "chrf++", "bleu"):
         for lang in ("en-de", "en-zh"):
-            stats, score = imp.segment_statistics(name, lang)
+            stats, score = metrics.segment_statistics(name, lang)
             st = stats(hyps, refs)
             assert st.shape[0] == 4
-            assert score(st.sum(0)) == pytest.approx(imp.get_metric(name)(hyps, refs, [], lang), abs=1e-9), (name, lang)
-            assert score(st[:2].sum(0)) == pytest.approx(imp.get_metric(name)(hyps[:2], refs[:2], [], lang), abs=1e-9)
-    assert imp.segment_statistics("comet:x", "en-de") is None
+            assert score(st.sum(0)) == pytest.approx(metrics.get_metric(name)(hyps, refs, [], lang), abs=1e-9), (name, lang)
+            assert score(st[:2].sum(0)) == pytest.approx(metrics.get_metric(name)(hyps[:2], refs[:2], [], lang), abs=1e-9)
+    assert metrics.segment_statistics("comet:x", "en-de") is None
 
 
 def test_screen_stage_drops_only_candidates_behind_by_more_than_z_standard_errors():
     import numpy as np
 
-    _, score = imp.segment_statistics("chrf", "en-de")
-    stats_fn, _ = imp.segment_statistics("chrf", "en-de")
+    _, score = metrics.segment_statistics("chrf", "en-de")
+    stats_fn, _ = metrics.segment_statistics("chrf", "en-de")
     refs = ["der kleine hund schläft", "die katze trinkt milch", "das haus ist groß", "ein vogel singt laut",
             "wir essen brot", "sie lesen ein buch"]
     good = list(refs)

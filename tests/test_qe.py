@@ -16,7 +16,7 @@ import pytest
 import sacrebleu
 
 from iwslt_mc import cli, data, decoding
-from iwslt_mc.scoring import comet_env, scoring
+from iwslt_mc.scoring import comet_env, metrics, scoring
 from iwslt_mc.errors import UserError
 from iwslt_mc.stages import make_stage
 from iwslt_mc.stages.base import StageContext, run_stage
@@ -398,7 +398,7 @@ def test_qe_guided_search_scores_a_round_in_one_call_and_chooses_as_per_candidat
     from iwslt_mc.stages import importance as imp
 
     metric = f"qe:{qe_ckpt}"
-    imp.check_metric(metric)
+    metrics.check_metric(metric)
     calls = {"workers": 0}
     real_worker = comet_env._run_worker
 
@@ -427,12 +427,10 @@ def test_qe_guided_search_scores_a_round_in_one_call_and_chooses_as_per_candidat
     if one_by_one[ranked[0]] - one_by_one[ranked[1]] > 2e-4:  # a margin the float noise cannot flip
         assert chosen == [ranked[0]]
     assert chosen == [max(range(4), key=lambda c: (scores[c], -c))]
-    assert imp.metric_label(metric, "en-de").startswith("COMET QE")
+    assert metrics.metric_label(metric, "en-de").startswith("COMET QE")
 
 
 def test_qe_search_metric_with_a_reference_model_is_refused_before_work(qe_env, tmp_path):
-    from iwslt_mc.stages import importance as imp
-
     ref_ckpt = str(comet_env.make_tiny_checkpoint(tmp_path / "tiny-comet", env_dir=qe_env))
     with pytest.raises(UserError, match="reference"):
-        imp.check_metric(f"qe:{ref_ckpt}")
+        metrics.check_metric(f"qe:{ref_ckpt}")

@@ -224,6 +224,7 @@ def comet_round(checkpoint: str, shared_engine, rr: dict, allowed, k: int, lang:
     the latter on the shared engine's hypotheses of the same round (``rr``) plus that round's decode time.
     Wall seconds and CPU seconds including the worker processes."""
     from iwslt_mc.scoring import comet_env
+    from iwslt_mc.scoring import metrics
     from iwslt_mc.stages import importance as imp
 
     ckpt = comet_env.resolve_checkpoint(checkpoint)
@@ -234,7 +235,7 @@ def comet_round(checkpoint: str, shared_engine, rr: dict, allowed, k: int, lang:
     one_scores = {c: one(removed_llm=(c,)) for c in allowed}
     sync()
     w1, c1 = _clock()
-    fn = imp.get_metric(metric)
+    fn = metrics.get_metric(metric)
     refs = [s.reference for s in shared_engine.segments]
     srcs = [s.source for s in shared_engine.segments]
     timed = allowed[:k] if k else allowed
@@ -299,6 +300,7 @@ def main(argv=None) -> int:
     import torch
 
     from iwslt_mc import modelio
+    from iwslt_mc.scoring import metrics
     from iwslt_mc.stages import importance as imp
 
     if args.threads:
@@ -349,7 +351,7 @@ def main(argv=None) -> int:
     cached_engine.translate(())  # warm-up of batched generate
     shared_engine.embeds(())
     shared_engine.translate_round([], allowed[:2])  # warm-up of the round loop
-    imp.critical_value(3.0, 8), imp.segment_statistics("auto", args.lang)  # the screen's one-off imports
+    imp.critical_value(3.0, 8), metrics.segment_statistics("auto", args.lang)  # the screen's one-off imports
     sync()
 
     per_cand = {"naive": naive, "cached": cached, "teacher-forced": tf}
@@ -366,7 +368,7 @@ def main(argv=None) -> int:
                          "chosen": max(cands, key=lambda c: (r["scores"][c], -c)), "scores": r["scores"]}
     # the shared engine: the whole round in one loop, scored per candidate with the same metric
     rr = time_round(shared_engine, [], allowed, sync, args.repeats)
-    metric = imp.get_metric("auto")
+    metric = metrics.get_metric("auto")
     refs, srcs = [s.reference for s in segments], [s.source for s in segments]
     sh_scores = {c: float(metric(rr["hyps"][c], refs, srcs, args.lang)) for c in allowed}
     results["shared"] = {"seconds": round(rr["wall"], 3), "cpu_seconds": round(rr["cpu"], 3),

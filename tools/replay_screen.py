@@ -45,10 +45,11 @@ class ReplayEngine:
 
 
 def replay_round(engine, removed, cands, orders, plan_kw) -> list[dict]:
+    from iwslt_mc.scoring import metrics
     from iwslt_mc.stages import importance as imp
 
     hyps = engine.translate_round(list(removed), list(cands))
-    metric = imp.get_metric("auto")  # the metric CandidateScorer uses by default
+    metric = metrics.get_metric("auto")  # the metric CandidateScorer uses by default
     refs = [s.reference for s in engine.segments]
     exact = {c: float(metric(hyps[c], refs, [], engine.lang)) for c in cands}
     winner = max(cands, key=lambda c: (exact[c], -c))

@@ -5,7 +5,7 @@ A teacher model (``teacher``; default: this stage's input model) translates the 
 prompt). Its outputs become extra (audio, target) pairs next to the reference pairs; pairs are
 deduplicated on (audio, normalized target text: Unicode NFKC, case-folded, whitespace collapsed),
 and teacher pairs may be filtered by a score threshold (``metric``/``min_score``: sentence chrF/chrF++
-or BLEU against the reference; other scorers plug in through :func:`register_scorer`) and by
+or BLEU against the reference; other scorers plug in through :func:`iwslt_mc.scoring.metrics.register_scorer`) and by
 quality estimation (papers/003, "filtering labeled data based on QE scores"): ``qe`` names a
 reference-free COMET checkpoint (COMET-Kiwi style), scored in the COMET environment in one process
 for all teacher outputs; ``qe_min`` keeps teacher pairs scoring at least that, ``qe_top`` keeps the
@@ -40,50 +40,16 @@ import time
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Literal
 
 from ..errors import UserError
+from ..scoring.metrics import get_scorer, resolve_metric, scorer_names
 from .base import Stage, StageContext, StageOptions
 
 DATA_DIR = "distill_data"
 TEACHER_LOG = "teacher.jsonl"
 # Files of the input directory that describe how it was made, not what it is: not passed through.
 _NOT_PASSED = {"provenance.json", "train.log", "loss_history.json", DATA_DIR}
-
-# name -> fn(sources_en, hypotheses, references, lang) -> scores (higher is better)
-Scorer = Callable[[list[str], list[str], list[str], str], list[float]]
-_SCORERS: dict[str, Scorer] = {}
-
-
-def register_scorer(name: str, fn: Scorer) -> None:
-    """Make ``metric: NAME`` available for filtering (e.g. a COMET-Kiwi QE model, which ignores references)."""
-    _SCORERS[name] = fn
-
-
-def _sacrebleu_scorer(kind: str) -> Scorer:
-    def score(srcs, hyps, refs, lang):
-        import sacrebleu
-
-        tok = "zh" if lang == "en-zh" else "13a"
-        out = []
-        for h, r in zip(hyps, refs):
-            if kind == "bleu":
-                out.append(sacrebleu.sentence_bleu(h, [r], tokenize=tok).score)
-            else:
-                out.append(sacrebleu.sentence_chrf(h, [r], word_order=2 if kind == "chrf++" else 0).score)
-        return out
-    return score
-
-
-for _k in ("chrf", "chrf++", "bleu"):
-    register_scorer(_k, _sacrebleu_scorer(_k))
-
-
-def resolve_metric(metric: str, lang: str) -> str:
-    """``auto``: chrF++ for German, chrF for Chinese (the published choice)."""
-    if metric == "auto":
-        return "chrf" if lang == "en-zh" else "chrf++"
-    return metric
 
 
 def normalize_text(text: str) -> str:
@@ -128,8 +94,8 @@ class DistillOptions(StageOptions):
         for k in ("limit", "max_new_tokens"):
             if getattr(self, k) is not None and getattr(self, k) < 1:
                 raise UserError(f"stage distill: option {k!r} must be at least 1")
-        if self.metric != "auto" and self.metric not in _SCORERS:
-            raise UserError(f"stage distill: unknown metric {self.metric!r} (known: auto, {', '.join(_SCORERS)})")
+        if self.metric != "auto" and self.metric not in scorer_names():
+            raise UserError(f"stage distill: unknown metric {self.metric!r} (known: auto, {', '.join(scorer_names())})")
         self._validate_qe()
 
     def _validate_qe(self) -> None:
@@ -369,8 +335,8 @@ class Distill(Stage):
         scorable = [i for i, r in enumerate(refs) if r and r.strip() and hyps[i].strip()]
         # sacrebleu scores are cheap: always recorded; other scorers (a QE model) only run to filter
         if scorable and (o.min_score is not None or metric in ("chrf", "chrf++", "bleu")):
-            got = _SCORERS[metric]([examples[i].text_en for i in scorable], [hyps[i] for i in scorable],
-                                   [refs[i] for i in scorable], lang)
+            got = get_scorer(metric)([examples[i].text_en for i in scorable], [hyps[i] for i in scorable],
+                                  [refs[i] for i in scorable], lang)
             for i, s in zip(scorable, got):
                 scores[i] = round(float(s), 4)
         qe_scores, qe = self._qe_scores(examples, hyps, log) if o.qe else ({}, None)

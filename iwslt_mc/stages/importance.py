@@ -36,10 +36,9 @@ This module makes one round much cheaper without changing what it selects:
   generation at all but ranks layers by a different criterion than chrF of decoded output, so it may
   select different layers.
 
-Metrics are a registry (:func:`register_metric`): ``auto`` is the track's choice per language
-(chrF++ for German, chrF for Chinese, sacrebleu settings from :mod:`iwslt_mc.scoring.scoring`); others
-(e.g. a COMET scorer) can be added with ``register_metric(name, fn)`` where
-``fn(hyps, refs, sources, lang) -> float`` (higher is better).
+Metrics come from the one registry, :mod:`iwslt_mc.scoring.metrics`: ``auto`` is the track's choice per
+language (chrF++ for German, chrF for Chinese); others (e.g. a COMET scorer) can be added there with
+``register_metric(name, fn)`` where ``fn(hyps, refs, sources, lang) -> float`` (higher is better).
 """
 
 from __future__ import annotations
@@ -49,138 +48,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from ..errors import UserError
-
-# ---------------------------------------------------------------------------------------------
-# metrics
-
-MetricFn = Callable[[list, list, list, str], float]
-_METRICS: dict[str, MetricFn] = {}
-
-
-def register_metric(name: str, fn: MetricFn) -> None:
-    """Make ``fn(hyps, refs, sources, lang) -> float`` (higher is better) available as ``metric: name``."""
-    _METRICS[name] = fn
-
-
-def _chrf(word_order: int | None):
-    def fn(hyps, refs, sources, lang):
-        from sacrebleu.metrics import CHRF
-
-        from ..scoring.scoring import check_lang
-
-        wo = check_lang(lang).chrf_word_order if word_order is None else word_order
-        return CHRF(word_order=wo).corpus_score(list(hyps), [list(refs)]).score
-    return fn
-
-
-def _bleu(hyps, refs, sources, lang):
-    from sacrebleu.metrics import BLEU
-
-    from ..scoring.scoring import check_lang
-
-    return BLEU(tokenize=check_lang(lang).bleu_tokenize).corpus_score(list(hyps), [list(refs)]).score
-
-
-register_metric("auto", _chrf(None))  # chrF++ for German, chrF for Chinese (the track's settings)
-register_metric("chrf", _chrf(0))
-register_metric("chrf++", _chrf(2))
-register_metric("bleu", _bleu)
-
-
-def metric_names() -> list[str]:
-    return list(_METRICS)
-
-
-def metric_label(name: str, lang: str) -> str:
-    """Human name of a metric for logs and provenance (``auto`` resolved for ``lang``)."""
-    if name == "auto":
-        from ..scoring.scoring import check_lang
-
-        return "chrF++" if check_lang(lang).chrf_word_order == 2 else "chrF"
-    if name.startswith("comet:"):
-        return "COMET"
-    if name.startswith("qe:"):
-        return "COMET QE (reference-free)"
-    return {"chrf": "chrF", "chrf++": "chrF++", "bleu": "BLEU"}.get(name, name)
-
-
-def _comet(checkpoint: str) -> MetricFn:
-    def fn(hyps, refs, sources, lang):
-        from ..scoring import comet_env
-
-        return float(comet_env.run_comet(checkpoint, list(sources), list(hyps), list(refs))["system_score"])
-    return fn
-
-
-def _qe(checkpoint: str) -> MetricFn:
-    def fn(hyps, refs, sources, lang):
-        from ..scoring import comet_env
-
-        return float(comet_env.run_qe(checkpoint, list(sources), list(hyps))["system_score"])
-    return fn
-
-
-def get_metric(name: str) -> MetricFn:
-    """A registered metric, ``comet:CHECKPOINT`` or ``qe:CHECKPOINT`` (a reference-free COMET model), both
-    scored in COMET's own environment (see ``iwslt-mc setup-comet``)."""
-    if name.startswith("comet:"):
-        return _comet(name.split(":", 1)[1])
-    if name.startswith("qe:"):
-        return _qe(name.split(":", 1)[1])
-    if name not in _METRICS:
-        raise UserError(f"unknown metric {name!r} (known: {', '.join(_METRICS)}, comet:CHECKPOINT, qe:CHECKPOINT)")
-    return _METRICS[name]
-
-
-def is_comet_metric(name: str) -> bool:
-    """A metric scored by the COMET worker: a search scores a round's candidates in one worker call."""
-    return name.startswith(("comet:", "qe:"))
-
-
-def check_metric(name: str) -> None:
-    """Fail early (before any work) on an unknown metric or a COMET checkpoint/environment that is missing
-    (for ``qe:``, also a checkpoint that is not a reference-free model)."""
-    if name.startswith("comet:"):
-        from ..scoring import comet_env
-
-        comet_env.resolve_checkpoint(name.split(":", 1)[1])
-        comet_env.require_env()
-    elif name.startswith("qe:"):
-        from ..scoring import comet_env
-
-        comet_env.require_qe_checkpoint(comet_env.resolve_checkpoint(name.split(":", 1)[1]))
-    else:
-        get_metric(name)
-
-
-def segment_statistics(name: str, lang: str):
-    """For a corpus metric that sums per-segment statistics (chrF, chrF++, BLEU: sacrebleu's sufficient
-    statistics), ``(stats, score)``: ``stats(hyps, refs)`` an int array ``[segments, d]`` and ``score(total)``
-    the corpus score of summed statistics (equal to the metric on those segments). None for other metrics."""
-    import numpy as np
-
-    from ..scoring.scoring import check_lang
-
-    if name in ("auto", "chrf", "chrf++"):
-        from sacrebleu.metrics import CHRF
-
-        wo = {"auto": check_lang(lang).chrf_word_order, "chrf": 0, "chrf++": 2}[name]
-        m = CHRF(word_order=wo)
-    elif name == "bleu":
-        from sacrebleu.metrics import BLEU
-
-        m = BLEU(tokenize=check_lang(lang).bleu_tokenize)
-    else:
-        return None
-
-    def stats(hyps, refs):
-        return np.asarray(m._extract_corpus_statistics(list(hyps), [list(refs)]), dtype=np.int64)
-
-    def score(total) -> float:
-        return float(m._compute_score_from_stats([int(x) for x in total]).score)
-
-    return stats, score
-
+from ..scoring.metrics import get_metric, is_comet_metric, metric_label, segment_statistics
 
 # ---------------------------------------------------------------------------------------------
 # held-out set

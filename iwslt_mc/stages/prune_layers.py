@@ -131,7 +131,7 @@ class PruneLayersOptions(StageOptions):
         if self.engine == "naive" and self.scoring == "teacher-forced":
             raise UserError("stage prune-layers: teacher-forced scoring needs the cached or shared engine "
                             "(engine: shared)")
-        from .importance import get_metric
+        from ..scoring.metrics import get_metric
 
         if not self.metric.startswith(("comet:", "qe:")):
             get_metric(self.metric)
@@ -173,7 +173,7 @@ class PruneLayers(Stage):
             check_removal(in_dir, o.llm_layers, middle=o.remove if o.strategy == "middle" else 0)
         if o.strategy == "iterative":
             from ..floor.languages import check_lang
-            from .importance import check_metric
+            from ..scoring.metrics import check_metric
 
             check_lang(ctx.lang)
             check_metric(o.metric)
