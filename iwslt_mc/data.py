@@ -25,7 +25,7 @@ gets both from :func:`heldout_split`, the published recipe: merge all splits in 
 seed=0)`` does (a quarter of the data when there are fewer than 400 examples).
 
 Audio is kept encoded (bytes or a path) and decoded on demand by ``Example.waveform()`` to 16 kHz
-mono float32 with :func:`iwslt_mc.audio.load_audio`; clips over 30 s are truncated (the Whisper
+mono float32 with :func:`iwslt_mc.decoding.audio.load_audio`; clips over 30 s are truncated (the Whisper
 feature extractor sees 30 s at most), or over the model family's ``max_segment_seconds`` where the caller
 passes it (gemma4_unified: 18 s, see :meth:`iwslt_mc.families.Family.max_segment_seconds`). ``datasets`` 5
 decodes Audio columns with torchcodec, which does not load here, so the audio column is always read undecoded.
@@ -99,7 +99,7 @@ def target_text(example: Example, lang: str) -> str | None:
 
 def decode_audio(example: Example) -> np.ndarray:
     """Decode the example's audio to 16 kHz mono float32 (not truncated). Errors name file and row."""
-    from .audio import load_audio
+    from .decoding.audio import load_audio
 
     src = example.audio() if callable(example.audio) else example.audio
     if isinstance(src, np.ndarray):
@@ -516,7 +516,7 @@ def _audio_ref(value, base: Path | None, src: str):
         if value.get("bytes"):
             return bytes(value["bytes"])
         if value.get("array") is not None:
-            from .audio import to_mono_16k
+            from .decoding.audio import to_mono_16k
 
             return to_mono_16k(np.asarray(value["array"], dtype=np.float32), int(value.get("sampling_rate") or SAMPLE_RATE))
         value = value.get("path")

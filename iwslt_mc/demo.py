@@ -67,9 +67,9 @@ def run_demo(out: Path, *, recipe: str = "recipe-b", lang: str = "en-de", comet:
              edition: str | None = None) -> dict:
     from . import sizer
     from .build import build
-    from .decoding import decode_to_file
+    from .decoding.runner import decode_to_file
     from .fsutil import prepare_output_dir
-    from .inputs import resolve_audio
+    from .decoding.inputs import resolve_audio
     from .kit import build_kit
     from .packaging import check, package
     from .recipes import load_recipe

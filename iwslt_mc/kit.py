@@ -24,7 +24,7 @@
 
 Read the data with ``datasets.load_dataset(str(OUT_DIR / "data"))`` (a DatasetDict with "dev" and
 "eval", like the hub's ACL 60/60) and cast ``audio`` to ``Audio(decode=False)``: datasets 5 decodes
-audio with torchcodec, which does not load here; decode the bytes with ``iwslt_mc.audio.load_audio``.
+audio with torchcodec, which does not load here; decode the bytes with ``iwslt_mc.decoding.audio.load_audio``.
 
 The model: 2 Whisper-style encoder layers (d_model 64, 128 mel bins, 1500 positions as in the real
 model, so 30 s of audio fits), 4 Qwen2 decoder layers (hidden 64, 4 query heads and 2 key/value

@@ -52,7 +52,7 @@ def _plain_reload(path):
 
 @pytest.fixture(scope="module")
 def inputs(gkit):
-    from iwslt_mc.audio import load_audio
+    from iwslt_mc.decoding.audio import load_audio
     from iwslt_mc.prompting import prompt_text
 
     proc = modelio.load_processor(gkit / "model")
@@ -186,8 +186,8 @@ def _finetune(gkit, out, options, data_spec=None):
 def _decodes(model_dir, gkit, n=6) -> bool:
     """The model decodes a clip: ``n`` new tokens, or fewer ending with the end of the model's turn (which a
     model trained on targets ending with ``<turn|>`` soon learns to emit)."""
-    from iwslt_mc.audio import load_audio
-    from iwslt_mc.decoding import reference_one
+    from iwslt_mc.decoding.audio import load_audio
+    from iwslt_mc.decoding.core import reference_one
 
     model, proc = modelio.load_model(model_dir, device="cpu"), modelio.load_processor(model_dir)
     wave = load_audio(str(gkit / "data" / "testsets" / "KITCLIPS" / "clip-b.wav"))
@@ -249,7 +249,7 @@ def test_lora_lowers_loss_leaves_embeddings_and_refuses_a_tied_lm_head(gkit, tmp
 # ---------------------------------------------------------------------------------------- distill
 
 def test_distill_with_a_gemma_teacher_then_finetune_on_its_pairs(gkit, tmp_path):
-    from iwslt_mc.decoding import translate
+    from iwslt_mc.decoding.core import translate
 
     out = tmp_path / "distilled"
     rec = run_stage(make_stage("distill", {"limit": 4, "max_new_tokens": 6, "batch_size": 4}), gkit / "model", out,
@@ -327,8 +327,8 @@ def test_package_iwslt27_of_a_gemma_decode(gkit, tmp_path):
     from transformers import AutoModelForMultimodalLM
 
     from iwslt_mc import packaging
-    from iwslt_mc.decoding import decode_to_file
-    from iwslt_mc.inputs import resolve_audio
+    from iwslt_mc.decoding.runner import decode_to_file
+    from iwslt_mc.decoding.inputs import resolve_audio
 
     model_dir = gkit / "model"
     hyp = tmp_path / "dec" / "tvseries.de"

@@ -170,7 +170,7 @@ def test_load_and_generate_on_kit_audio(kit_processor, kit_model, kit_waves):
 def test_thirty_seconds_of_audio_fit(kit, kit_processor, kit_model):
     import torch
 
-    from iwslt_mc.audio import load_audio
+    from iwslt_mc.decoding.audio import load_audio
     from iwslt_mc.prompting import prompt_text
 
     wave = load_audio(kit / "data/long/talk.wav", start=0.0, duration=30.0)
@@ -281,7 +281,7 @@ def test_long_form_matches_eval_split(kit, kit_waves):
 
 
 def test_long_form_slices_decode_with_load_audio(kit, kit_waves):
-    from iwslt_mc.audio import load_audio
+    from iwslt_mc.decoding.audio import load_audio
 
     for seg, (_, wave) in zip(_segments(kit), kit_waves["eval"]):
         piece = load_audio(kit / "data/long" / seg["wav"], start=seg["offset"], duration=seg["duration"])
@@ -333,7 +333,7 @@ def test_user_error_type():
 # --- test-set folders in the organizers' layout ---------------------------------------------------
 
 def test_testset_folders(kit, kit_waves):
-    from iwslt_mc.audio import load_audio
+    from iwslt_mc.decoding.audio import load_audio
 
     root = kit / "data" / "testsets"
     assert sorted(p.name for p in root.iterdir()) == ["KITCLIPS", "KITTALKS"]

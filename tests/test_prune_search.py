@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from iwslt_mc import modelio
+from iwslt_mc.decoding import rounds as round_decoding
 from iwslt_mc.scoring import metrics
 from iwslt_mc.stages import importance as imp
 from iwslt_mc.stages import make_stage
@@ -84,7 +85,7 @@ def test_deep_round_hypotheses_equal_per_candidate_decoding(kit, deep, max_rows)
     cands = [1, 2, 12, 14, 29, 30, 31]  # below, between and above the removed layers, and the last one
     st: dict = {}
     got = eng.translate_round(removed, cands, stats=st)
-    assert st["prefix_positions"] == imp.common_prefix(emb) > 20  # the chat template's start, prefilled once
+    assert st["prefix_positions"] == round_decoding.common_prefix(emb) > 20  # the chat template's start, prefilled once
     for c in cands:
         assert got[c] == ref.translate(tuple(removed + [c])), c
     assert len({tuple(v) for v in got.values()}) > 2
@@ -94,12 +95,12 @@ def test_common_prefix_counts_equal_leading_positions_and_leaves_each_prompt_its
     a = torch.arange(12.0).view(6, 2)
     b = a.clone()
     b[4] += 1
-    assert imp.common_prefix([a, b]) == 4
-    assert imp.common_prefix([a, a.clone()]) == 5  # identical prompts: every one keeps its last position
-    assert imp.common_prefix([a, a[:3].clone()]) == 2
+    assert round_decoding.common_prefix([a, b]) == 4
+    assert round_decoding.common_prefix([a, a.clone()]) == 5  # identical prompts: every one keeps its last position
+    assert round_decoding.common_prefix([a, a[:3].clone()]) == 2
     c = a.clone()
     c[0, 1] = -1
-    assert imp.common_prefix([a, b, c]) == 0
+    assert round_decoding.common_prefix([a, b, c]) == 0
 
 
 def test_deep_round_scores_and_choice_equal_the_naive_loop(kit, deep):
@@ -120,7 +121,7 @@ def test_unsupported_generation_config_falls_back_to_per_candidate(kit, tmp_path
     model = modelio.load_model(kit / "model", device="cpu")
     proc = modelio.load_processor(kit / "model")
     model.generation_config.suppress_tokens = [5]
-    assert imp.round_decoding_supported(model) == "generation config sets suppress_tokens"
+    assert round_decoding.round_decoding_supported(model) == "generation config sets suppress_tokens"
     eng = imp.SharedEngine(model, proc, _segments(kit / "data", 2), "en-de", max_new_tokens=4)
     assert eng.translate_round([], [1, 2]) is None
     _, _, rounds = _search(eng, tmp_path / "l.jsonl", n_layers=4, remove=1)

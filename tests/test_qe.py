@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import sacrebleu
 
-from iwslt_mc import cli, data, decoding
+from iwslt_mc import cli, data
+from iwslt_mc.decoding import core as decoding
 from iwslt_mc.scoring import comet_env, metrics, scoring
 from iwslt_mc.errors import UserError
 from iwslt_mc.stages import make_stage

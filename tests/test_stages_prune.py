@@ -209,7 +209,7 @@ def test_search_cached_engine_selects_what_the_naive_loop_selects(kit, tmp_path)
 
 
 def test_cached_hypotheses_equal_reference_decoding(kit):
-    from iwslt_mc.decoding import translate
+    from iwslt_mc.decoding.core import translate
 
     model = _fresh(kit)
     proc = modelio.load_processor(kit / "model")

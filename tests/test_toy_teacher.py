@@ -36,8 +36,8 @@ def _load(model_dir):
 
 
 def _decode_hyps(model_dir, waves, model=None, processor=None):
-    """``iwslt_mc.decoding.Hyp`` per wave (text and generated token ids)."""
-    from iwslt_mc.decoding import translate
+    """``iwslt_mc.decoding.core.Hyp`` per wave (text and generated token ids)."""
+    from iwslt_mc.decoding.core import translate
 
     if model is None:
         model, processor = _load(model_dir)

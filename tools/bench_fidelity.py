@@ -266,7 +266,8 @@ def evaluate(model_dir: Path, run: Path, args, examples) -> dict:
     """Decode the test split, write hypotheses/references, score them with the project's scorer."""
     import torch
 
-    from iwslt_mc import data, decoding, modelio, sizer
+    from iwslt_mc import data, modelio, sizer
+    from iwslt_mc.decoding import core as decoding
     from iwslt_mc.scoring import scoring
     from iwslt_mc.fsutil import atomic_write_json, atomic_write_text
 
@@ -319,7 +320,7 @@ def markdown(results: list[dict], args, meta: dict, plot: str | None, sets: dict
         "",
         f"Quality kept by each compression of the toy teacher (`{meta['teacher']}`), on the {meta['examples']} "
         f"utterances of the toy corpus's test split (`{meta['corpus']}`), {args.lang}. Greedy decoding "
-        f"(`iwslt_mc.decoding.translate`, fast mode, float32 on CPU), scored with `iwslt_mc.scoring.scoring`. "
+        f"(`iwslt_mc.decoding.core.translate`, fast mode, float32 on CPU), scored with `iwslt_mc.scoring.scoring`. "
         f"Size and parameters by `iwslt_mc.sizer`. Made by `python tools/bench_fidelity.py` "
         f"({meta['date']}, CPU, {meta.get('threads', '?')} threads; recovery fine-tuning {args.ft_steps} steps "
         f"at lr {args.ft_lr:g}, batch 8, on the train split's references).",

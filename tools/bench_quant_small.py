@@ -170,7 +170,7 @@ def markdown(results: list[dict], meta: dict) -> str:
              "Which final quantization recipe-bin4 and recipe-bin5 should use, measured on toy models made like them "
              "(not on the full toy teacher, whose figures are in `quantization.md`). " + meta["models_text"], "",
              f"Each model is quantized by the `quantize` stage as each variant says, decoded greedily (float32 compute "
-             f"on the CPU, `iwslt_mc.decoding.translate` fast mode) on the first {meta['examples']} test utterances of "
+             f"on the CPU, `iwslt_mc.decoding.core.translate` fast mode) on the first {meta['examples']} test utterances of "
              f"`{meta['corpus']}` (en-de) and scored with `iwslt_mc.scoring.scoring`. '% kept' is chrF++ as a percentage of "
              "the same model unquantized; 'KL' is the mean KL divergence (nats per reference token) of the next-token "
              "distributions from the unquantized model's, teacher-forced on the references of the same utterances "

@@ -78,7 +78,7 @@ def markdown(results: list[dict], meta: dict) -> str:
     lines = ["# Quantization on the toy teacher", "",
              f"chrF++ kept, bytes and CPU decode time of each quantization of the toy teacher (`{meta['teacher']}`), on "
              f"the {meta['examples']} test utterances of `{meta['corpus']}`, en-de, greedy decoding "
-             "(`iwslt_mc.decoding.translate`, fast mode, float32 compute on the CPU), scored with `iwslt_mc.scoring.scoring`. "
+             "(`iwslt_mc.decoding.core.translate`, fast mode, float32 compute on the CPU), scored with `iwslt_mc.scoring.scoring`. "
              f"Size by `iwslt_mc.sizer`; 'planner' is `iwslt_mc.planner`'s prediction. Made by `{meta['command']}` "
              f"({meta['date']}, CPU, {meta['threads']} threads). With {meta['examples']} utterances one changed word moves "
              "chrF++ by about a point: read chrF++ differences of a few points as noise. 'KL to teacher' is the mean "

@@ -9,7 +9,7 @@ Steps (each resumable: a finished step's output is reused when the script is run
     WORK/2-phrases      ``finetune`` stage (mode full): 256 phrases to memorisation, all phrases,
     WORK/3-sentences    then the sentences of the corpus's train split, twice (the second at half
     WORK/4-polish       the learning rate); the last is the teacher
-    WORK/eval.json      chrF++/BLEU on the test split (greedy, iwslt_mc.decoding.translate)
+    WORK/eval.json      chrF++/BLEU on the test split (greedy, iwslt_mc.decoding.core.translate)
     FIXTURE/            with --fixture: the teacher in float16 (FIXTURE/teacher) and the first 24 test
                         and 64 train utterances, Opus audio (FIXTURE/data)
 
@@ -155,7 +155,8 @@ def evaluate(model_dir: Path, corpus, *, split: str = "test", limit: int | None 
     """Greedy-decode ``split`` and score it per language (chrF++ de / chrF zh and BLEU, sacrebleu)."""
     import torch
 
-    from iwslt_mc import data, decoding, modelio
+    from iwslt_mc import data, modelio
+    from iwslt_mc.decoding import core as decoding
     from iwslt_mc.scoring import scoring
 
     if model is None:

@@ -1,7 +1,7 @@
 """distill: sequence-level knowledge distillation data (Kim and Rush, 2016), as in the published recipes.
 
 A teacher model (``teacher``; default: this stage's input model) translates the training audio
-(``ctx.data``, split ``split``) with :func:`iwslt_mc.decoding.translate` (greedy, the published
+(``ctx.data``, split ``split``) with :func:`iwslt_mc.decoding.core.translate` (greedy, the published
 prompt). Its outputs become extra (audio, target) pairs next to the reference pairs; pairs are
 deduplicated on (audio, normalized target text: Unicode NFKC, case-folded, whitespace collapsed),
 and teacher pairs may be filtered by a score threshold (``metric``/``min_score``: sentence chrF/chrF++
@@ -240,7 +240,7 @@ class Distill(Stage):
         pass_through(in_dir, out_dir)
         from .. import modelio, provenance
         from ..data import audio_key, describe_data, duration, target_code, write_parquet
-        from ..decoding import translate
+        from ..decoding.core import translate
         from ..families import max_audio_seconds
         from ..fsutil import atomic_write_json
 

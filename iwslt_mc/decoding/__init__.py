@@ -1,0 +1,1 @@
+"""Decoding: one greedy decoding core (core: batched greedy, end tokens, text) shared by ``decode`` and the layer search, the decode runner, and what feeds them (audio, segmenter, inputs)."""
