@@ -298,52 +298,84 @@ def _decode_to_file(model_dir, audio, out, *, lang: str, mode: str = "fast", bat
     loaded model and processor for the next call (several test sets, one load). ``checked``: the model
     was already checked (:func:`check_model`).
     """
-    import json
     from pathlib import Path
 
-    import numpy as np
+    out = Path(out)
+    _check_request(model_dir, audio, out, lang=lang, mode=mode, batch_size=batch_size, max_length=max_length,
+                   max_new_tokens=max_new_tokens, skip_bad=skip_bad, check=model is None and not checked)
+    header = _header(model_dir, audio, lang=lang, mode=mode, prompt=prompt, max_length=max_length,
+                     max_new_tokens=max_new_tokens, dtype=dtype)
+    dist = _Dist(device)
+    log = log_path(out)
+    done = _read_earlier_logs(model_dir, out, log, header, dist, resume=resume, overwrite=overwrite, lock=_lock)
 
+    run = _Run(audio, out, log if dist.world == 1 else rank_log_path(out, dist.rank), dist)
+    run.todo(done)
+    t_start = time.perf_counter()
+    run.decode(model_dir, header, model=model, processor=processor, cache=cache, dtype=dtype, lang=lang,
+               mode=mode, batch_size=batch_size, max_length=max_length, max_new_tokens=max_new_tokens,
+               prompt=prompt, skip_bad=skip_bad, progress=progress)
+    wall = time.perf_counter() - t_start
+
+    dist.barrier()
+    summary = _finish(run, header, done, log, mode=mode, wall=wall)
+    dist.barrier()
+    return summary
+
+
+def _check_request(model_dir, audio, out, *, lang: str, mode: str, batch_size: int, max_length: int,
+                   max_new_tokens: int | None, skip_bad: bool, check: bool) -> None:
+    """The settings, the output path, the model (``check``) and the segments, before any work."""
     from ..errors import InputFileError, UserError
-    from ..fsutil import atomic_write_text
-    from .inputs import check_segments, split_long
-    from ..modelio import is_local, legacy_model_fingerprint, model_fingerprint
+    from .inputs import check_segments
 
     check_lang(lang)
     if mode not in MODES:
         raise UserError(f"--mode must be one of {', '.join(MODES)} (got {mode!r})")
     if batch_size < 1 or max_length < 1 or (max_new_tokens is not None and max_new_tokens < 1):
         raise UserError("--batch-size, --max-length and --max-new-tokens must be positive")
-    out = Path(out)
     if out.is_dir():
         raise InputFileError(out, "is a directory; --out names the hypothesis file")
-    if model is None and not checked:
+    if check:
         check_model(model_dir)
-
     bad = [s for s in audio.segments if s.problem] or check_segments(audio)
     if bad and not skip_bad:
         raise UserError(bad_segments_message(bad))
 
-    segs = audio.segments
-    n = len(segs)
-    header = {
+
+def _header(model_dir, audio, *, lang: str, mode: str, prompt: str | None, max_length: int,
+            max_new_tokens: int | None, dtype: str | None) -> dict:
+    """The decode log's header: what the hypotheses were made from (compared on ``--resume``)."""
+    from pathlib import Path
+
+    from ..modelio import is_local, model_fingerprint
+
+    return {
         "type": "header", "format": LOG_FORMAT,
         "model": str(Path(model_dir).resolve()) if is_local(model_dir) else str(model_dir),
         "model_fingerprint": model_fingerprint(model_dir) if is_local(model_dir) else str(model_dir),
-        "audio": audio.spec, "audio_kind": audio.kind, "audio_fingerprint": audio.fingerprint(), "segments": n,
+        "audio": audio.spec, "audio_kind": audio.kind, "audio_fingerprint": audio.fingerprint(),
+        "segments": len(audio.segments),
         "testset": audio.name, "references": audio.references,
         "lang": lang, "mode": mode, "prompt": prompt, "max_length": max_length, "max_new_tokens": max_new_tokens,
         "dtype": dtype or "auto",
     }
 
-    dist = _Dist(device)
-    log = log_path(out)
+
+def _read_earlier_logs(model_dir, out, log, header: dict, dist, *, resume: bool, overwrite: bool,
+                       lock: output_lock | None) -> dict[int, dict]:
+    """Take the output's lock, then the records of earlier logs of this run (``resume``), after refusing
+    logs or outputs that would be lost (without ``resume``/``overwrite``) or belong to another run."""
+    from ..errors import InputFileError
+    from ..modelio import is_local, legacy_model_fingerprint
+
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise InputFileError(out.parent, f"cannot create the output folder ({e.strerror or e})") from None
-    if _lock is not None:
-        _lock.__enter__()  # before any log is read: a second decode of this output stops here
-    logs = [p for p in [log] + sorted(out.parent.glob(out.name + ".rank*.jsonl")) if p.exists()]
+    if lock is not None:
+        lock.__enter__()  # before any log is read: a second decode of this output stops here
+    logs = _logs(out, log)
     if logs and not (resume or overwrite):
         raise InputFileError(logs[0], "a decode log already exists: pass --resume to continue it "
                                       "or --overwrite to start again")
@@ -353,11 +385,9 @@ def _decode_to_file(model_dir, audio, out, *, lang: str, mode: str = "fast", bat
     if overwrite and not resume and dist.rank == 0:
         for p in logs:
             p.unlink()
-        logs = []
     dist.barrier()
-    logs = [p for p in [log] + sorted(out.parent.glob(out.name + ".rank*.jsonl")) if p.exists()]
     done: dict[int, dict] = {}
-    for p in logs:
+    for p in _logs(out, log):
         old, recs = read_log(p)
         if old is None:
             if recs:
@@ -372,148 +402,198 @@ def _decode_to_file(model_dir, audio, out, *, lang: str, mode: str = "fast", bat
             raise InputFileError(p, f"belongs to another decode run ({what}); use another --out or --overwrite")
         done.update(recs)
     dist.barrier()  # every process has read the logs before anyone appends to them
+    return done
 
-    my_log = log if dist.world == 1 else rank_log_path(out, dist.rank)
-    records_now: list[dict] = []
 
-    def write(fh, rec: dict) -> None:
+def _logs(out, log) -> list:
+    """The decode logs of ``out`` that exist: its own, then those of data-parallel processes."""
+    return [p for p in [log] + sorted(out.parent.glob(out.name + ".rank*.jsonl")) if p.exists()]
+
+
+class _Run:
+    """One process's share of a decode: its segments, its log and the records it wrote."""
+
+    def __init__(self, audio, out, my_log, dist):
+        self.audio, self.segs, self.out, self.my_log, self.dist = audio, audio.segments, out, my_log, dist
+        self.records_now: list[dict] = []
+        self.mine: list[int] = []
+        self.bad_idx: set[int] = set()
+        self.done: dict[int, dict] = {}
+        self.max_seconds = 30.0  # set from the model's family once it is loaded
+
+    def todo(self, done: dict[int, dict]) -> None:
+        self.done = done
+        self.bad_idx = {i for i, s in enumerate(self.segs) if s.problem}
+        todo = [i for i in range(len(self.segs)) if i not in done and i not in self.bad_idx]
+        self.mine = todo[self.dist.rank::self.dist.world]
+
+    def write(self, fh, rec: dict) -> None:
+        import json
+
         fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
         fh.flush()
-        records_now.append(rec)
+        self.records_now.append(rec)
 
-    bad_idx = {i for i, s in enumerate(segs) if s.problem}
-    todo = [i for i in range(n) if i not in done and i not in bad_idx]
-    mine = todo[dist.rank::dist.world]
-    t_start = time.perf_counter()
-    resolved_device = dist.device
-    max_seconds = 30.0  # set from the model's family once it is loaded
+    def decode(self, model_dir, header: dict, *, model, processor, cache, dtype, lang: str, mode: str,
+               skip_bad: bool, progress: bool, **kw) -> None:
+        """Append this process's records to its log: the bad segments (process 0), then every segment decoded."""
+        if self.my_log.exists():
+            _drop_torn_tail(self.my_log)
+        fresh = not self.my_log.exists() or self.my_log.stat().st_size == 0
+        with self.my_log.open("a", encoding="utf-8") as fh:
+            if fresh:
+                self.write(fh, header)
+                self.records_now.clear()
+            if self.dist.rank == 0:
+                for i in sorted(self.bad_idx - set(self.done)):
+                    self.write(fh, dict(type="segment", index=i, **self.segs[i].record(), text="", n_tokens=0,
+                                        seconds=0.0, error=self.segs[i].problem))
+            if self.mine:
+                model, processor = _load(model_dir, model, processor, cache, dtype, self.dist.device)
+                from ..families import family_of_config
 
-    if my_log.exists():
-        _drop_torn_tail(my_log)
-    fresh = not my_log.exists() or my_log.stat().st_size == 0
-    with my_log.open("a", encoding="utf-8") as fh:
-        if fresh:
-            write(fh, header)
-            records_now.clear()
-        if dist.rank == 0:
-            for i in sorted(bad_idx - set(done)):
-                write(fh, dict(type="segment", index=i, **segs[i].record(), text="", n_tokens=0, seconds=0.0,
-                               error=segs[i].problem))
-        if mine:
-            if model is None and cache:
-                model, processor = cache["model"], cache["processor"]
-            if model is None:
-                from ..modelio import load_model, load_processor, runtime_dtype
+                self.max_seconds = family_of_config(model.config).max_segment_seconds(model.config)
+                units = _Units(self.segs, self.mine, self.max_seconds, skip_bad)
+                self._translate(fh, model, processor, units, lang=lang, mode=mode, progress=progress, **kw)
 
-                model = load_model(model_dir, dtype=dtype or runtime_dtype(model_dir, resolved_device),
-                                   device=resolved_device)
-                processor = load_processor(model_dir)
-                if cache is not None:
-                    cache.update(model=model, processor=processor)
-            runtime_bad: dict[int, str] = {}
-
-            def guarded(i: int, load):
-                def run():
-                    try:
-                        return load()
-                    except InputFileError as e:
-                        if not skip_bad:
-                            raise
-                        runtime_bad[i] = str(e)
-                        return np.zeros(SAMPLE_RATE // 10, dtype=np.float32)  # decoded, then blanked
-
-                return run
-
-            # Decoding units: a segment, or the pieces of a segment longer than the model family's longest
-            # audio piece (Qwen2-Audio: the encoder's 30 s window; Family.max_segment_seconds).
-            from ..families import family_of_config
-
-            max_seconds = family_of_config(model.config).max_segment_seconds(model.config)
-            units: list[tuple[int, int]] = []  # (segment index, piece number)
-            waves, lengths = [], []
-            spans: dict[int, list[tuple[float, float]]] = {}
-            for i in mine:
-                s = segs[i]
-                cut = None
-                if (s.duration or 0.0) > max_seconds:
-                    try:
-                        cut = split_long(s, max_seconds)
-                    except InputFileError as e:
-                        if not skip_bad:
-                            raise
-                        runtime_bad[i] = str(e)
-                if cut:
-                    spans[i] = cut
-                    for k, (a, d) in enumerate(cut):
-                        units.append((i, k))
-                        waves.append(guarded(i, s.piece(a, d)))
-                        lengths.append(d)
-                else:
-                    units.append((i, 0))
-                    waves.append(guarded(i, s.waveform))
-                    lengths.append(min(s.duration or max_seconds, max_seconds))
-            joiner = target_joiner(lang)
-            pending: dict[int, dict[int, Hyp]] = {}
-            what = f"decoding {audio.name} ({mode})" if audio.name else f"decoding ({mode})"
-            bar = DecodeProgress(len(mine), sum(lengths), description=what) if progress and dist.main else None
-            try:
-                for j, hyp in core.iter_translate(model, processor, waves, lang, mode=mode, batch_size=batch_size,
-                                             max_length=max_length, max_new_tokens=max_new_tokens, prompt=prompt,
-                                             lengths=lengths):
-                    i, k = units[j]
-                    got = pending.setdefault(i, {})
-                    got[k] = hyp
-                    if len(got) < len(spans.get(i, [None])):
-                        continue  # more pieces of this segment to come
-                    del pending[i]
-                    parts = [got[k] for k in sorted(got)]
-                    text = joiner.join(h.text for h in parts if h.text)
-                    rec = dict(type="segment", index=i, **segs[i].record(), text=text,
-                               n_tokens=sum(h.n_tokens for h in parts), seconds=round(sum(h.seconds for h in parts), 4))
-                    if i in spans:
-                        rec["pieces"] = [dict(start=a, duration=d, text=h.text, n_tokens=h.n_tokens)
-                                         for (a, d), h in zip(spans[i], parts)]
-                    if i in runtime_bad:
-                        rec.update(text="", n_tokens=0, error=runtime_bad[i])
-                    write(fh, rec)
-                    if bar:
-                        bar.advance(1, rec["n_tokens"])
-            finally:
+    def _translate(self, fh, model, processor, units: "_Units", *, lang: str, mode: str, progress: bool,
+                   **kw) -> None:
+        """Decode the units and write one record per segment once all its pieces are back."""
+        joiner = target_joiner(lang)
+        pending: dict[int, dict[int, Hyp]] = {}
+        name = self.audio.name
+        what = f"decoding {name} ({mode})" if name else f"decoding ({mode})"
+        bar = DecodeProgress(len(self.mine), sum(units.lengths), description=what) if progress and self.dist.main \
+            else None
+        try:
+            for j, hyp in core.iter_translate(model, processor, units.waves, lang, mode=mode, lengths=units.lengths,
+                                              **kw):
+                i, k = units.units[j]
+                got = pending.setdefault(i, {})
+                got[k] = hyp
+                if len(got) < len(units.spans.get(i, [None])):
+                    continue  # more pieces of this segment to come
+                del pending[i]
+                parts = [got[k] for k in sorted(got)]
+                text = joiner.join(h.text for h in parts if h.text)
+                rec = dict(type="segment", index=i, **self.segs[i].record(), text=text,
+                           n_tokens=sum(h.n_tokens for h in parts), seconds=round(sum(h.seconds for h in parts), 4))
+                if i in units.spans:
+                    rec["pieces"] = [dict(start=a, duration=d, text=h.text, n_tokens=h.n_tokens)
+                                     for (a, d), h in zip(units.spans[i], parts)]
+                if i in units.runtime_bad:
+                    rec.update(text="", n_tokens=0, error=units.runtime_bad[i])
+                self.write(fh, rec)
                 if bar:
-                    bar.close()
-    wall = time.perf_counter() - t_start
+                    bar.advance(1, rec["n_tokens"])
+        finally:
+            if bar:
+                bar.close()
 
-    dist.barrier()
+
+def _load(model_dir, model, processor, cache: dict | None, dtype: str | None, device: str):
+    """The model and processor: given, kept in ``cache`` by an earlier call, or loaded (and kept)."""
+    if model is None and cache:
+        model, processor = cache["model"], cache["processor"]
+    if model is None:
+        from ..modelio import load_model, load_processor, runtime_dtype
+
+        model = load_model(model_dir, dtype=dtype or runtime_dtype(model_dir, device), device=device)
+        processor = load_processor(model_dir)
+        if cache is not None:
+            cache.update(model=model, processor=processor)
+    return model, processor
+
+
+class _Units:
+    """Decoding units: a segment, or the pieces of a segment longer than the model family's longest audio
+    piece (Qwen2-Audio: the encoder's 30 s window; Family.max_segment_seconds). Audio loads when decoded;
+    with ``skip_bad`` a segment that cannot be read is decoded as silence and blanked (``runtime_bad``)."""
+
+    def __init__(self, segs, mine: list[int], max_seconds: float, skip_bad: bool):
+        from ..errors import InputFileError
+        from .inputs import split_long
+
+        self.skip_bad = skip_bad
+        self.runtime_bad: dict[int, str] = {}
+        self.units: list[tuple[int, int]] = []  # (segment index, piece number)
+        self.waves, self.lengths = [], []
+        self.spans: dict[int, list[tuple[float, float]]] = {}
+        for i in mine:
+            s = segs[i]
+            cut = None
+            if (s.duration or 0.0) > max_seconds:
+                try:
+                    cut = split_long(s, max_seconds)
+                except InputFileError as e:
+                    if not skip_bad:
+                        raise
+                    self.runtime_bad[i] = str(e)
+            if cut:
+                self.spans[i] = cut
+                for k, (a, d) in enumerate(cut):
+                    self.units.append((i, k))
+                    self.waves.append(self._guarded(i, s.piece(a, d)))
+                    self.lengths.append(d)
+            else:
+                self.units.append((i, 0))
+                self.waves.append(self._guarded(i, s.waveform))
+                self.lengths.append(min(s.duration or max_seconds, max_seconds))
+
+    def _guarded(self, i: int, load):
+        from ..errors import InputFileError
+
+        def run():
+            import numpy as np
+
+            try:
+                return load()
+            except InputFileError as e:
+                if not self.skip_bad:
+                    raise
+                self.runtime_bad[i] = str(e)
+                return np.zeros(SAMPLE_RATE // 10, dtype=np.float32)  # decoded, then blanked
+
+        return run
+
+
+def _finish(run: _Run, header: dict, done: dict[int, dict], log, *, mode: str, wall: float) -> DecodeSummary:
+    """Process 0: merge every log into the final log and write the hypothesis file (atomically); the summary."""
+    import json
+
+    from ..errors import UserError
+    from ..fsutil import atomic_write_text
+
+    out, segs, dist, audio = run.out, run.segs, run.dist, run.audio
+    n = len(segs)
+    if dist.rank != 0:
+        recs = run.records_now
+        return DecodeSummary(out=str(out), log=str(run.my_log), segments=len(run.mine),
+                             decoded=sum(1 for r in recs if "error" not in r), resumed=0,
+                             bad=[], audio_seconds=0.0, decode_seconds=sum(r["seconds"] for r in recs),
+                             wall_seconds=wall, tokens=sum(r["n_tokens"] for r in recs), mode=mode,
+                             device=dist.device, world_size=dist.world, name=audio.name)
     all_recs = dict(done)
-    if dist.rank == 0:
-        for p in [log] + sorted(out.parent.glob(out.name + ".rank*.jsonl")):
-            if p.exists():
-                all_recs.update(read_log(p)[1])
-        missing = [i for i in range(n) if i not in all_recs]
-        if missing:
-            raise UserError(f"{log}: {len(missing)} of {n} segments were not decoded (first: {segs[missing[0]].id}); "
-                            "rerun with --resume")
-        ordered = [all_recs[i] for i in range(n)]
-        decoded_now = sum(1 for i in range(n) if i not in done and not all_recs[i].get("error"))
-        errors = [r["error"] for r in ordered if r.get("error")]
-        audio_s = sum(r.get("duration") or 0.0 for r in ordered if not r.get("error"))
-        split = [r for r in ordered if r.get("pieces")]
-        summary = DecodeSummary(out=str(out), log=str(log), segments=n, decoded=decoded_now,
-                                resumed=len(done), bad=errors, audio_seconds=audio_s,
-                                decode_seconds=sum(r["seconds"] for r in ordered), wall_seconds=wall,
-                                tokens=sum(r["n_tokens"] for r in ordered), mode=mode, device=resolved_device,
-                                world_size=dist.world, name=audio.name, split_segments=[r["id"] for r in split],
-                                pieces=sum(len(r["pieces"]) for r in split), max_segment_seconds=max_seconds)
-        tail = {"type": "summary", **summary.to_json()}
-        atomic_write_text(log, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in [header] + ordered + [tail]))
-        for p in out.parent.glob(out.name + ".rank*.jsonl"):
-            p.unlink()
-        atomic_write_text(out, "".join(one_line(r["text"]) + "\n" for r in ordered))
-    else:
-        decoded_now = sum(1 for r in records_now if "error" not in r)
-        summary = DecodeSummary(out=str(out), log=str(my_log), segments=len(mine), decoded=decoded_now, resumed=0,
-                                bad=[], audio_seconds=0.0, decode_seconds=sum(r["seconds"] for r in records_now),
-                                wall_seconds=wall, tokens=sum(r["n_tokens"] for r in records_now), mode=mode,
-                                device=resolved_device, world_size=dist.world, name=audio.name)
-    dist.barrier()
+    for p in [log] + sorted(out.parent.glob(out.name + ".rank*.jsonl")):
+        if p.exists():
+            all_recs.update(read_log(p)[1])
+    missing = [i for i in range(n) if i not in all_recs]
+    if missing:
+        raise UserError(f"{log}: {len(missing)} of {n} segments were not decoded (first: {segs[missing[0]].id}); "
+                        "rerun with --resume")
+    ordered = [all_recs[i] for i in range(n)]
+    split = [r for r in ordered if r.get("pieces")]
+    summary = DecodeSummary(out=str(out), log=str(log), segments=n,
+                            decoded=sum(1 for i in range(n) if i not in done and not all_recs[i].get("error")),
+                            resumed=len(done), bad=[r["error"] for r in ordered if r.get("error")],
+                            audio_seconds=sum(r.get("duration") or 0.0 for r in ordered if not r.get("error")),
+                            decode_seconds=sum(r["seconds"] for r in ordered), wall_seconds=wall,
+                            tokens=sum(r["n_tokens"] for r in ordered), mode=mode, device=dist.device,
+                            world_size=dist.world, name=audio.name, split_segments=[r["id"] for r in split],
+                            pieces=sum(len(r["pieces"]) for r in split), max_segment_seconds=run.max_seconds)
+    tail = {"type": "summary", **summary.to_json()}
+    atomic_write_text(log, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in [header] + ordered + [tail]))
+    for p in out.parent.glob(out.name + ".rank*.jsonl"):
+        p.unlink()
+    atomic_write_text(out, "".join(one_line(r["text"]) + "\n" for r in ordered))
     return summary
