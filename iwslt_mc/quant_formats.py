@@ -138,7 +138,7 @@ def require_compressed_tensors() -> None:
 
 def ignore_patterns(skip: list[str]) -> list[str]:
     """compressed-tensors ``ignore`` entries (``re:`` + a pattern matched from the start of a module name)."""
-    from .stages.quantize import skip_pattern
+    from .training.common import skip_pattern
 
     return ["re:" + skip_pattern(s) for s in skip]
 
@@ -158,7 +158,7 @@ def effective_skip(o, tied: str | None) -> list[str]:
     otherwise (the output projection is added to skip)."""
     if tied is None:
         return list(o.skip)
-    from .stages.quantize import skip_pattern
+    from .training.common import skip_pattern
 
     if o.quantize_embeddings:
         return [s for s in o.skip if not re.match(skip_pattern(s) + "$", tied)]

@@ -124,8 +124,8 @@ def test_unified_distill_and_training_hear_at_most_18s(gemma_unified_kit, kit, t
     from types import SimpleNamespace
 
     from iwslt_mc.decoding import core as decoding
-    from iwslt_mc import training
-    from iwslt_mc.data import Example, write_parquet
+    from iwslt_mc.training import training
+    from iwslt_mc.training.data import Example, write_parquet
     from iwslt_mc.families import max_audio_seconds
     from iwslt_mc.planner import load_base_config
     from iwslt_mc.stages import make_stage

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from iwslt_mc import data, modelio, sizer, training
+from iwslt_mc.training import data, training
+from iwslt_mc import modelio, sizer
 from iwslt_mc.errors import UserError
 from iwslt_mc.stages import make_stage
 from iwslt_mc.stages.base import StageContext, run_stage
@@ -218,7 +219,7 @@ def test_full_finetune_lowers_loss_keeps_frozen_vision_and_reloads(gkit, full_ft
     assert model.lm_head.weight is model.model.language_model.embed_tokens.weight
     assert _decodes(out, gkit)
     # the tied lm_head is the token embeddings' tensor: freezing lm_head freezes it (named once, as embed_tokens)
-    from iwslt_mc.stages.finetune import freeze_components
+    from iwslt_mc.training.common import freeze_components
 
     assert freeze_components(model, ["lm_head"]) == 1856 * 64
     assert not model.model.language_model.embed_tokens.weight.requires_grad

@@ -223,12 +223,12 @@ def _check_examples(exs, rows, where: str):
 
 
 def test_project_reader_loads_the_parquet_files_directly(kit, tmp_path):
-    """``iwslt_mc.data`` reads the kit's parquet (audio as {bytes, path} with a path that names no file
+    """``iwslt_mc.training.data`` reads the kit's parquet (audio as {bytes, path} with a path that names no file
     on disk), a file of it, and parquet whose audio column holds embedded bytes with no path at all."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from iwslt_mc import data
+    from iwslt_mc.training import data
 
     rows = {s: [r for r in kitmod.utterances() if r["split"] == s] for s in kitmod.SPLITS}
     table = pq.read_table(kit / "data/eval.parquet")

@@ -20,6 +20,7 @@ from iwslt_mc import modelio
 from iwslt_mc.decoding import rounds as round_decoding
 from iwslt_mc.scoring import metrics
 from iwslt_mc.stages import importance as imp
+from iwslt_mc.training.calibration import heldout_segments
 from iwslt_mc.stages import make_stage
 from iwslt_mc.stages.base import StageContext, run_stage
 
@@ -28,9 +29,9 @@ QUIET = dict(log=lambda *a: None)
 
 
 def _segments(data_dir, n, split="test"):
-    from iwslt_mc.data import load_examples
+    from iwslt_mc.training.data import load_examples
 
-    return imp.heldout_segments(load_examples(str(data_dir), split=split, seed=0)[:n], "en-de")
+    return heldout_segments(load_examples(str(data_dir), split=split, seed=0)[:n], "en-de")
 
 
 def _search(engine, log_path, *, n_layers, remove, protect=False):
@@ -296,10 +297,10 @@ def test_deep_screened_round_drops_candidates_and_keeps_the_exact_choice(kit, de
     """30 candidates on the 32-layer kit, 30 segments (the kit's 16 and 14 of the toy fixture's audio): the
     race decodes most candidates on 8-24 segments only (finalists: several row chunks), and its choice is the
     exact round's (whose scores equal the naive loop's: the tests above)."""
-    from iwslt_mc.data import load_examples
+    from iwslt_mc.training.data import load_examples
 
     model, proc = deep
-    segs = imp.heldout_segments(load_examples([str(kit / "data"), str(TOY / "data")], seed=0)[:30], "en-de")
+    segs = heldout_segments(load_examples([str(kit / "data"), str(TOY / "data")], seed=0)[:30], "en-de")
     kw = dict(max_new_tokens=4, max_length=1024)
     exact = imp.CandidateScorer(imp.SharedEngine(model, proc, segs, "en-de", **kw))
     cands = list(range(1, 31))

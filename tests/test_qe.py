@@ -15,12 +15,14 @@ from pathlib import Path
 import pytest
 import sacrebleu
 
-from iwslt_mc import cli, data
+from iwslt_mc import cli
+from iwslt_mc.training import data
 from iwslt_mc.decoding import core as decoding
 from iwslt_mc.scoring import comet_env, metrics, scoring
 from iwslt_mc.errors import UserError
 from iwslt_mc.stages import make_stage
 from iwslt_mc.stages.base import StageContext, run_stage
+from iwslt_mc.training.calibration import heldout_segments
 from iwslt_mc.stages.distill import DATA_DIR
 
 OFFLINE_SIGNS = ("No matching distribution", "Could not find a version", "Failed to establish a new connection",
@@ -395,7 +397,7 @@ def test_qe_guided_search_scores_a_round_in_one_call_and_chooses_as_per_candidat
     candidates are scored in ONE COMET process (counted), and every candidate's score and the choice equal
     scoring each candidate's hypotheses in its own process, as the per-candidate loop did."""
     from iwslt_mc import modelio
-    from iwslt_mc.data import load_examples
+    from iwslt_mc.training.data import load_examples
     from iwslt_mc.stages import importance as imp
 
     metric = f"qe:{qe_ckpt}"
@@ -410,7 +412,7 @@ def test_qe_guided_search_scores_a_round_in_one_call_and_chooses_as_per_candidat
     monkeypatch.setattr(comet_env, "_run_worker", worker)
     model = modelio.load_model(kit / "model", device="cpu")
     proc = modelio.load_processor(kit / "model")
-    segs = imp.heldout_segments(load_examples(str(kit / "data"), split="test", seed=0)[:3], "en-de")
+    segs = heldout_segments(load_examples(str(kit / "data"), split="test", seed=0)[:3], "en-de")
     kw = dict(max_new_tokens=6, max_length=1024)
     engine = imp.SharedEngine(model, proc, segs, "en-de", **kw)
     log = imp.SearchLog(tmp_path / "s.jsonl", {"k": 1}, log=lambda *a: None)

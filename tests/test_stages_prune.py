@@ -12,6 +12,7 @@ from iwslt_mc.layout import find_layout
 from iwslt_mc.prompting import prompt_text
 from iwslt_mc.stages import make_stage
 from iwslt_mc.stages import importance as imp
+from iwslt_mc.training.calibration import heldout_segments
 from iwslt_mc.stages.base import StageContext, run_stage
 
 QUIET = dict(log=lambda *a: None)
@@ -175,9 +176,9 @@ def test_top_strategy_stage(kit, tmp_path):
 
 
 def _segments(kit, n=4):
-    from iwslt_mc.data import load_examples
+    from iwslt_mc.training.data import load_examples
 
-    return imp.heldout_segments(load_examples(str(kit / "data"), split="test", seed=0)[:n], "en-de")
+    return heldout_segments(load_examples(str(kit / "data"), split="test", seed=0)[:n], "en-de")
 
 
 def _search(engine, log_path, **kw):

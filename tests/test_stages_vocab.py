@@ -42,7 +42,7 @@ def id_map(kit, trimmed):
 
 
 def _kit_texts(kit, codes=("en", "de")):
-    from iwslt_mc.data import load_examples
+    from iwslt_mc.training.data import load_examples
 
     return [ex.text(c) for ex in load_examples(str(kit / "data")) for c in codes]
 

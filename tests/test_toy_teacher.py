@@ -57,7 +57,7 @@ def _chrf(hyps, refs) -> float:
 @pytest.fixture(scope="module")
 def slice_():
     """(waves, German references) of the committed test slice."""
-    from iwslt_mc import data
+    from iwslt_mc.training import data
 
     exs = data.load_examples(str(DATA), "test", lang=LANG)
     return [e.waveform() for e in exs], [data.target_text(e, LANG) for e in exs]
@@ -191,7 +191,7 @@ def test_recast_saved_rewrites_a_model_directory_in_another_dtype(tmp_path):
     import torch
 
     from iwslt_mc import modelio
-    from iwslt_mc.stages.merge import checkpoint_dtype
+    from iwslt_mc.training.common import checkpoint_dtype
 
     d = tmp_path / "m"
     shutil.copytree(TEACHER, d)

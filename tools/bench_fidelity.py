@@ -266,7 +266,8 @@ def evaluate(model_dir: Path, run: Path, args, examples) -> dict:
     """Decode the test split, write hypotheses/references, score them with the project's scorer."""
     import torch
 
-    from iwslt_mc import data, modelio, sizer
+    from iwslt_mc.training import data
+    from iwslt_mc import modelio, sizer
     from iwslt_mc.decoding import core as decoding
     from iwslt_mc.scoring import scoring
     from iwslt_mc.fsutil import atomic_write_json, atomic_write_text
@@ -430,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     import torch
 
-    from iwslt_mc import data
+    from iwslt_mc.training import data
     from iwslt_mc.fsutil import atomic_write_json, atomic_write_text
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))

@@ -87,7 +87,8 @@ def main(argv=None) -> int:
     import torch
 
     import bench_fidelity
-    from iwslt_mc import build, data, frontier, planner, recipes
+    from iwslt_mc import build, frontier, planner, recipes
+    from iwslt_mc.training import data
     from iwslt_mc.fsutil import atomic_write_json, atomic_write_text
     from iwslt_mc.stages import make_stage
     from iwslt_mc.stages.base import StageContext, run_stage

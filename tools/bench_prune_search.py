@@ -98,8 +98,8 @@ def build_model(arch: str, kit_model_dir: Path, device: str, seed: int):
 
 def load_segments(kit_dir: Path, n: int, lang: str, specs=None):
     """The first ``n`` utterances of the kit's data, or of the data specs ``specs`` (all splits, in order)."""
-    from iwslt_mc.data import load_examples
-    from iwslt_mc.stages.importance import heldout_segments
+    from iwslt_mc.training.data import load_examples
+    from iwslt_mc.training.calibration import heldout_segments
 
     specs = [str(kit_dir / "data") if s == "kit" else s for s in (specs or ["kit"])]
     return heldout_segments(load_examples(specs, seed=0)[:n], lang)
@@ -169,12 +169,13 @@ def toy_search(rounds: int, heldout: int, max_new_tokens: int, protect: bool, da
     import torch
 
     from iwslt_mc import modelio
-    from iwslt_mc.data import load_examples
+    from iwslt_mc.training.data import load_examples
     from iwslt_mc.stages import importance as imp
+    from iwslt_mc.training.calibration import heldout_segments
 
     model = modelio.load_model(TOY / "teacher", dtype=torch.float32, device="cpu")
     proc = modelio.load_processor(TOY / "teacher")
-    segs = imp.heldout_segments(load_examples(data or str(TOY / "data"), split=split, seed=0)[:heldout], "en-de")
+    segs = heldout_segments(load_examples(data or str(TOY / "data"), split=split, seed=0)[:heldout], "en-de")
     n = len(model.model.language_model.layers)
     out = {"heldout": len(segs), "rounds": rounds, "llm_layers": n, "protect_first_last": protect,
            "max_new_tokens": max_new_tokens}

@@ -251,7 +251,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     import torch
 
-    from iwslt_mc import data
+    from iwslt_mc.training import data
     from iwslt_mc.fsutil import atomic_write_json
     from iwslt_mc.stages import make_stage
     from iwslt_mc.stages.base import StageContext, run_stage

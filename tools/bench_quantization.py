@@ -145,7 +145,8 @@ def teacher_forced_logprobs(model_dir: Path, examples, lang: str) -> list:
     of greedy outputs on a few utterances."""
     import torch
 
-    from iwslt_mc import data, modelio
+    from iwslt_mc.training import data
+    from iwslt_mc import modelio
     from iwslt_mc.prompting import prompt_text
 
     model = modelio.load_model(model_dir, dtype=torch.float32, device="cpu")
@@ -188,7 +189,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     import torch
 
-    from iwslt_mc import data
+    from iwslt_mc.training import data
     from iwslt_mc.fsutil import atomic_write_json
     from iwslt_mc.stages import make_stage
     from iwslt_mc.stages.base import StageContext, run_stage

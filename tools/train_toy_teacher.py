@@ -155,7 +155,8 @@ def evaluate(model_dir: Path, corpus, *, split: str = "test", limit: int | None 
     """Greedy-decode ``split`` and score it per language (chrF++ de / chrF zh and BLEU, sacrebleu)."""
     import torch
 
-    from iwslt_mc import data, modelio
+    from iwslt_mc.training import data
+    from iwslt_mc import modelio
     from iwslt_mc.decoding import core as decoding
     from iwslt_mc.scoring import scoring
 

@@ -4,7 +4,7 @@ A SPEC is recognised by itself as one of:
 
 - a **dataset** (ACL 60/60 style): a ``save_to_disk`` directory, a parquet file or directory, a
   ``.tsv``/``.csv``/``.jsonl`` data list, a hub id, with ``?split=...`` options; read with
-  :func:`iwslt_mc.data.load_examples`; one segment per example;
+  :func:`iwslt_mc.training.data.load_examples`; one segment per example;
 - an **IWSLT test-set folder** (the organizers' layout): WAVs, a ``FILE_ORDER`` file naming one WAV per
   line, at most one segmentation YAML covering any number of the WAVs, optional references
   (``*.en``, ``*.de``, ``*.zh``). Segments come in the organizers' order: WAVs by their position in
@@ -181,7 +181,7 @@ def default_name(spec: str) -> str:
 # ---------------------------------------------------------------- datasets
 
 def _dataset_segments(spec: str) -> list[Segment]:
-    from ..data import decode_audio, load_examples
+    from ..training.data import decode_audio, load_examples
 
     return [Segment(id=str(ex.id), source=ex.source, where=ex.source, example=ex,
                     load=(lambda ex=ex: decode_audio(ex)))

@@ -112,7 +112,7 @@ def run_prune_layers(stage, in_dir, out_dir, ctx) -> dict:
     refusal)."""
     from .. import modelio
     from ..errors import UserError
-    from ..stages.merge import checkpoint_dtype
+    from ..training.common import checkpoint_dtype
     from ..stages.prune_layers import _fmt_layers, middle_block, top_block
 
     o = stage.options

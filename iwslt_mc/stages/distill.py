@@ -44,6 +44,7 @@ from typing import Literal
 
 from ..errors import UserError
 from ..scoring.metrics import get_scorer, resolve_metric, scorer_names
+from ..training.common import teacher_fingerprint
 from .base import Stage, StageContext, StageOptions
 
 DATA_DIR = "distill_data"
@@ -150,12 +151,6 @@ def _read_teacher_log(path: Path, fingerprint: str) -> dict[int, dict]:
     return done
 
 
-def teacher_fingerprint(teacher: Path) -> str:
-    """Identity of the teacher's weights: names, sizes and mtimes of its safetensors files."""
-    items = sorted((f.name, f.stat().st_size, int(f.stat().st_mtime)) for f in Path(teacher).glob("*.safetensors"))
-    return hashlib.sha256(json.dumps(items).encode()).hexdigest()[:16]
-
-
 def pass_through(in_dir: Path, out_dir: Path) -> None:
     """The input model's files in ``out_dir``: hard links where possible (no copy of GBs), else copies."""
     for src in Path(in_dir).iterdir():
@@ -225,7 +220,7 @@ class Distill(Stage):
         self._examples = self._load_data(ctx)
 
     def _load_data(self, ctx: StageContext):
-        from ..data import load_examples, validate_examples
+        from ..training.data import load_examples, validate_examples
 
         o = self.options
         exs = load_examples(ctx.data, o.split, limit=o.limit, seed=ctx.seed)
@@ -233,13 +228,13 @@ class Distill(Stage):
         return exs
 
     def run(self, in_dir: Path, out_dir: Path, ctx: StageContext) -> dict:
-        from .. import training
+        from ..training import training
 
         if not training.is_main_process():
             return {}
         pass_through(in_dir, out_dir)
         from .. import modelio, provenance
-        from ..data import audio_key, describe_data, duration, target_code, write_parquet
+        from ..training.data import audio_key, describe_data, duration, target_code, write_parquet
         from ..decoding.core import translate
         from ..families import max_audio_seconds
         from ..fsutil import atomic_write_json
@@ -324,7 +319,7 @@ class Distill(Stage):
         Returns (rows, counts, QE record or None)."""
         import dataclasses
 
-        from ..data import audio_key, target_code, target_text
+        from ..training.data import audio_key, target_code, target_text
 
         o = self.options
         code = target_code(lang)

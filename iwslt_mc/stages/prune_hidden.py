@@ -202,7 +202,7 @@ def activation_importance(model, processor, segments, lang: str) -> dict:
 
     from .. import surgery
     from ..layout import find_layout
-    from .importance import calibration_pass
+    from ..training.calibration import calibration_pass
 
     layout = find_layout(model)
     llm_r, audio_r = _readers(layout)
@@ -297,7 +297,7 @@ class PruneHidden(Stage):
 
     def run(self, in_dir: Path, out_dir: Path, ctx: StageContext) -> dict:
         from .. import modelio, surgery
-        from .merge import checkpoint_dtype
+        from ..training.common import checkpoint_dtype
 
         o = self.options
         cfg = read_config(in_dir)
@@ -307,7 +307,7 @@ class PruneHidden(Stage):
         processor = modelio.load_processor(in_dir)
         data = []
         if o.importance == "activation":
-            from .importance import calibration_segments
+            from ..training.calibration import calibration_segments
 
             segs, data = calibration_segments(ctx, o.split, o.calibration, stage="prune-hidden",
                                               use="calibration of hidden-dimension and head importance")

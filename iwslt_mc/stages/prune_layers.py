@@ -224,7 +224,7 @@ class PruneLayers(Stage):
     def run(self, in_dir: Path, out_dir: Path, ctx: StageContext) -> dict:
         from .. import modelio, surgery
         from ..layout import find_layout
-        from .merge import checkpoint_dtype
+        from ..training.common import checkpoint_dtype
 
         o = self.options
         from ..families import family_for
@@ -297,8 +297,9 @@ class PruneLayers(Stage):
     def _search(self, model, processor, in_dir: Path, out_dir: Path, ctx: StageContext):
         import numpy as np
 
-        from ..data import describe_data, load_examples
+        from ..training.data import describe_data, load_examples
         from ..modelio import model_fingerprint
+        from ..training.calibration import heldout_segments
         from . import importance as imp
 
         o = self.options
@@ -309,7 +310,7 @@ class PruneLayers(Stage):
             pick = sorted(np.random.default_rng(ctx.seed).permutation(len(examples))[: o.heldout].tolist())
             examples = [examples[i] for i in pick]
         ctx.log(f"prune-layers: held-out set of {len(examples)} segments; encoding audio once")
-        segments = imp.heldout_segments(examples, ctx.lang)
+        segments = heldout_segments(examples, ctx.lang)
         engine_cls = imp.ENGINES[o.engine]
         extra = {"round_rows": o.round_rows} if o.engine == "shared" else {}
         engine = engine_cls(model, processor, segments, ctx.lang, max_new_tokens=o.max_new_tokens,

@@ -34,8 +34,8 @@ from pathlib import Path
 from typing import Literal
 
 from ..errors import UserError
-from .base import Stage, StageContext, read_config
-from .kd import TrainingOptions, layer_counts, load_training_data
+from ..training.common import layer_counts, load_training_data
+from .base import Stage, StageContext, TrainingOptions, read_config
 
 SEARCH_LOG = "replace_search.jsonl"
 PARTS_LOG = "replace_history.jsonl"
@@ -189,11 +189,11 @@ class ReplaceLayers(Stage):
     def run(self, in_dir: Path, out_dir: Path, ctx: StageContext) -> dict:
         import torch
 
-        from .. import modelio, surgery, training
-        from ..data import describe_data
+        from .. import modelio, surgery
+        from ..training import training
+        from ..training.data import describe_data
         from ..layout import find_layout
-        from .finetune import _count_params, load_dtype
-        from .merge import checkpoint_dtype
+        from ..training.common import checkpoint_dtype, count_params, load_dtype
 
         o = self.options
         if not hasattr(self, "_examples"):
@@ -247,7 +247,7 @@ class ReplaceLayers(Stage):
             p.requires_grad_(False)
         for p in new_layer.parameters():
             p.requires_grad_(True)
-        trainable, total = _count_params(model)
+        trainable, total = count_params(model)
         wrapper = training.objective_model(model, loss_fn, frozen={"originals": originals})
         parts_path = work / PARTS_LOG if training.is_main_process() else None
         settings = o.settings(ctx, device)
@@ -302,7 +302,7 @@ class ReplaceLayers(Stage):
 
     def _probe_batches(self, examples, processor, ctx):
         """The first ``search_examples`` training utterances, encoded and collated in batches of 4."""
-        from .. import training
+        from ..training import training
 
         ds = training.SpeechTranslationDataset(examples[: self.options.search_examples], processor, ctx.lang)
         coll = training.Collator(training.pad_token_id(processor))
@@ -312,7 +312,7 @@ class ReplaceLayers(Stage):
     def _block_error(self, model, tap, originals, probe) -> float:
         import torch
 
-        from .. import training
+        from ..training import training
 
         was = model.training
         model.eval()
@@ -366,7 +366,7 @@ class ReplaceLayers(Stage):
     def _loss_fn(self, tap, originals, component):
         import torch
 
-        from .. import training
+        from ..training import training
 
         o = self.options
 

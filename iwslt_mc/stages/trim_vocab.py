@@ -194,7 +194,7 @@ def read_corpus(item: str, languages: list[str], split: str | None, seed: int) -
             raise InputFileError(p, f"not UTF-8 text ({e.reason} at byte {e.start})") from None
         lines = [ln for ln in lines if ln]
         return lines, {"path": str(p), "kind": "text", "lines": len(lines)}
-    from ..data import describe_data, load_examples
+    from ..training.data import describe_data, load_examples
 
     exs = load_examples(item, split=split, seed=seed)
     texts = []
@@ -289,7 +289,7 @@ class TrimVocab(Stage):
     def _languages(self, ctx: StageContext) -> list[str]:
         if self.options.languages:
             return list(self.options.languages)
-        from ..data import target_code
+        from ..training.data import target_code
 
         return ["en", target_code(ctx.lang)]
 
