@@ -71,9 +71,10 @@ def run_demo(out: Path, *, recipe: str = "recipe-b", lang: str = "en-de", comet:
     from .fsutil import prepare_output_dir
     from .decoding.inputs import resolve_audio
     from .kit import build_kit
-    from .packaging import check, package
+    from .submission.check import check
+    from .submission.package import package
     from .recipes import load_recipe
-    from .report import write_report
+    from .submission.report import write_report
     from .scoring.scoring import score_files
 
     from .track import get_edition

@@ -327,8 +327,10 @@ def test_package_iwslt27_of_a_gemma_decode(gkit, tmp_path):
 
     from transformers import AutoModelForMultimodalLM
 
-    from iwslt_mc import packaging
+    from iwslt_mc import track
     from iwslt_mc.decoding.runner import decode_to_file
+    from iwslt_mc.submission import check as sub_check, description as sub_desc, names as sub_names
+    from iwslt_mc.submission import package as sub_package
     from iwslt_mc.decoding.inputs import resolve_audio
 
     model_dir = gkit / "model"
@@ -339,8 +341,8 @@ def test_package_iwslt27_of_a_gemma_decode(gkit, tmp_path):
     for k in TEST_SETS_DE[1:]:  # the same decode stands for every test set here (one real decode, its log kept)
         shutil.copy(hyp, hyp.with_name(f"{k}.de"))
         shutil.copy(str(hyp) + ".jsonl", str(hyp.with_name(f"{k}.de")) + ".jsonl")
-    res = packaging.package(model_dir, team="KIT", lp="en-de", condition="constrained", submission_type="primary",
-                            hyps=packaging.find_hypotheses(hyp.parent, packaging.track.get_edition("2027"), "en-de"),
+    res = sub_package.package(model_dir, team="KIT", lp="en-de", condition="constrained", submission_type="primary",
+                            hyps=sub_names.find_hypotheses(hyp.parent, track.get_edition("2027"), "en-de"),
                             out=tmp_path / "subs")
     name = "KIT_IWSLT27_ModelCompression_en-de_constrained_primary"
     assert res.name == name and res.manifest["edition"] == "2027"
@@ -360,21 +362,22 @@ def test_package_iwslt27_of_a_gemma_decode(gkit, tmp_path):
     else:  # computed from metadata (the GPU load); its CPU figure is the real file's
         assert m["bytes"] == ts.bytes and ts.bytes_cpu == real.stat().st_size
     assert m["sizes"]["safetensors_bytes"] == (model_dir / "model.safetensors").stat().st_size
-    desc = packaging.parse_description(res.description)
+    desc = sub_desc.parse_description(res.description)
     assert desc["Base model"] == "tiny random Gemma 4 (the iwslt-mc demo kit)"
-    assert desc["Storage size"] == f"{m['bytes']:,} bytes = {packaging.exact_unit(m['bytes'], 'GiB')} (torch.save(model.state_dict()))"
+    assert desc["Storage size"] == f"{m['bytes']:,} bytes = {sub_desc.exact_unit(m['bytes'], 'GiB')} (torch.save(model.state_dict()))"
     assert desc["Test sets"].startswith("TVSERIES / en-de (3 segments), ACL / en-de (3 segments)")
     assert "Size bin" not in desc
-    chk = packaging.check([res.dir])
+    chk = sub_check.check([res.dir])
     assert chk.ok, chk.all_problems()
 
 
 def test_package_names_the_base_model_by_family(gkit, tmp_path):
-    from iwslt_mc import packaging, track
+    from iwslt_mc import track
+    from iwslt_mc.submission import description as sub_desc
 
     ed = track.get_edition("2027")
     stages = [{"stage": "quantize"}]
-    base = packaging._model_base
+    base = sub_desc.model_base
     assert base(gkit / "model", {"stages": [{"stage": "kit"}]}, ed) == "tiny random Gemma 4 (the iwslt-mc demo kit)"
     assert base(gkit / "model", {"base": {"path": "/models/gemma-4-12B-it"}, "stages": stages}, ed) == "google/gemma-4-12B-it"
     # a Gemma 4 model is never named after a Qwen2-Audio folder, nor the other way round

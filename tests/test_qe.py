@@ -146,7 +146,7 @@ def _run_dir(root: Path, name: str, kit, scores: dict) -> Path:
 
 
 def test_report_acceptability_against_a_teacher_run(tmp_path, kit):
-    from iwslt_mc import report
+    from iwslt_mc.submission import report
 
     ref_f, hyp_f, t_f, *_ = _chrf_files(tmp_path)
     sys_scores = scoring.score_files(hyp_f, ref_f, "en-de", testset="tst")
@@ -174,7 +174,7 @@ def test_report_acceptability_against_a_teacher_run(tmp_path, kit):
 
 
 def test_report_teacher_without_scores_is_one_line(tmp_path, kit):
-    from iwslt_mc import report
+    from iwslt_mc.submission import report
 
     ref_f, hyp_f, *_ = _chrf_files(tmp_path)
     small = _run_dir(tmp_path / "runs", "small", kit, scoring.score_files(hyp_f, ref_f, "en-de"))

@@ -220,7 +220,8 @@ def _resolve(value, model_dirs: dict):
 
 def make_variant(v: dict, args, runs: Path, model_dirs: dict) -> tuple[Path, float]:
     """Build one variant's model (skipped when it exists); returns (model dir, seconds spent building)."""
-    from iwslt_mc import build, provenance, recipes
+    from iwslt_mc import build, recipes
+    from iwslt_mc.submission import provenance
     from iwslt_mc.stages import make_stage
     from iwslt_mc.stages.base import run_stage
 
@@ -469,7 +470,7 @@ def main(argv: list[str] | None = None) -> int:
     report = args.report or args.out / "fidelity.md"
     plot = None
     try:
-        from iwslt_mc import report as rep
+        from iwslt_mc.submission import report as rep
 
         rec = rep.write_report([runs / r["name"] for r in results], args.out / "report")
         if rec.get("plot"):

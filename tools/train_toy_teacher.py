@@ -133,7 +133,7 @@ def build_model(tokenizer, *, seed: int = 0, arch: dict | None = None):
 def make_init(corpus: Path, out: Path, *, seed: int = 0, vocab_size: int = BPE_VOCAB_SIZE,
               window_seconds: int = WINDOW_SECONDS) -> Path:
     """Write the random initial model directory (with a provenance record) to ``out``."""
-    from iwslt_mc import provenance
+    from iwslt_mc.submission import provenance
     from iwslt_mc.fsutil import atomic_directory
     from iwslt_mc.modelio import save_model
 
@@ -211,7 +211,8 @@ def export_fixture(teacher: Path, fixture: Path, corpus: Path, *, test_rows: int
     the first ``test_rows`` test and ``train_rows`` train utterances, audio re-encoded as Ogg Opus."""
     import torch
 
-    from iwslt_mc import modelio, provenance
+    from iwslt_mc import modelio
+    from iwslt_mc.submission import provenance
     from iwslt_mc.fsutil import atomic_directory
 
     import make_toy_corpus

@@ -53,7 +53,7 @@ def add_parser(sub):
 def run(args) -> int:
     from pathlib import Path
 
-    from .. import report
+    from ..submission import report
     from ..output import print_json, print_table
 
     from ..scoring import scoring

@@ -309,7 +309,8 @@ def run_stage(stage: Stage, in_dir, out_dir, ctx: StageContext | None = None, *,
     ``out_dir`` appears only when the stage finished; a crash leaves it absent (checkpoints, if the
     stage keeps any, live in ``ctx.work_dir``). Returns the provenance record.
     """
-    from .. import provenance, sizer
+    from ..submission import provenance
+    from .. import sizer
     from ..fsutil import atomic_directory
     from ..modelio import check_model_dir
 

@@ -233,7 +233,8 @@ class Distill(Stage):
         if not training.is_main_process():
             return {}
         pass_through(in_dir, out_dir)
-        from .. import modelio, provenance
+        from .. import modelio
+        from ..submission import provenance
         from ..training.data import audio_key, describe_data, duration, target_code, write_parquet
         from ..decoding.core import translate
         from ..families import max_audio_seconds

@@ -157,7 +157,7 @@ def parse_layer_map(value, what: str):
 def lineage(teacher_dir: Path, student_dir: Path, kind: str, n_teacher: int) -> list[int] | None:
     """For each student layer, the teacher layer whose output it stands for, when the student was
     made from the teacher by the recorded stages (prune-layers, replace-layers); else None."""
-    from .. import provenance
+    from ..submission import provenance
 
     t = provenance.read(teacher_dir).get("stages", [])
     s = provenance.read(student_dir).get("stages", [])
@@ -355,7 +355,7 @@ class KD(Stage):
         from ..training import training
         from ..training.data import describe_data
         from ..layout import find_layout
-        from ..provenance import read as read_provenance
+        from ..submission.provenance import read as read_provenance
         from ..training.common import checkpoint_dtype, count_params, freeze_components, load_dtype, teacher_fingerprint
 
         o = self.options
