@@ -101,15 +101,37 @@ def _check_one(d: Path, model_dir, use_recorded_model: bool) -> SubmissionCheck:
     name = m.get("name")
     r.name = name
     r.identity = {k: m.get(k) for k in ("edition", "team", "lp", "condition", "type")}
+    got = _check_name(r, d, m, name)
+    if got is None:
+        return r
+    ed, nbytes = got
+    files = _check_files(r, d, m)
+    _check_test_sets(r, d, m, ed, name, files)
+    _check_description(r, d, m, ed, name, nbytes)
+    # The model itself: re-measure and compare.
+    md = Path(model_dir) if model_dir is not None else None
+    if md is None and use_recorded_model and m.get("model_dir"):
+        if Path(m["model_dir"]).is_dir():
+            md = Path(m["model_dir"])
+        else:
+            r.notes.append(f"model not re-measured: recorded model directory {m['model_dir']} no longer exists "
+                           "(pass --model DIR)")
+    if md is not None:
+        _check_model(r, md, m, ed, nbytes)
+    return r
 
-    # Name: folder, parse, recompute from the recorded fields and size.
+
+def _check_name(r: SubmissionCheck, d: Path, m: dict, name):
+    """Name: folder, parse, recompute from the recorded fields and size. (edition, bytes), or None when the
+    edition is unknown (nothing else can be checked)."""
+    P = r.problems.append
     if d.name != name:
         P(f"{d}: folder name differs from the manifest's model name {name!r}")
     try:
         ed = track.get_edition(m.get("edition"))
     except UserError as e:
         P(f"{d / MANIFEST}: {e}")
-        return r
+        return None
     nbytes = m.get("bytes")
     if not isinstance(nbytes, int) or nbytes < 0:
         P(f"{d / MANIFEST}: no valid 'bytes'")
@@ -130,8 +152,12 @@ def _check_one(d: Path, model_dir, use_recorded_model: bool) -> SubmissionCheck:
     parsed = parse_name(name or "")
     if parsed is None:
         P(f"{d}: {name!r} is not a standardized model name of any edition")
+    return ed, nbytes
 
-    # Files: checksums, sizes, line counts; nothing missing, nothing extra.
+
+def _check_files(r: SubmissionCheck, d: Path, m: dict) -> dict:
+    """Files: checksums, sizes, line counts; nothing missing, nothing extra. Returns the manifest's files."""
+    P = r.problems.append
     files = m.get("files") or {}
     present = {f.name for f in d.iterdir() if f.name != MANIFEST}
     for extra in sorted(present - set(files)):
@@ -152,8 +178,12 @@ def _check_one(d: Path, model_dir, use_recorded_model: bool) -> SubmissionCheck:
         if count_lines(data) != info.get("lines"):
             P(f"{f}: {count_lines(data):,} lines, manifest says {info.get('lines')}")
         r.problems.extend(text_file_problems(f, data))
+    return files
 
-    # Hypothesis files per test set.
+
+def _check_test_sets(r: SubmissionCheck, d: Path, m: dict, ed: track.Edition, name, files: dict) -> None:
+    """Hypothesis files per test set: every test set of the edition (or a declared partial upload), lines."""
+    P = r.problems.append
     test_sets = m.get("test_sets") or {}
     if not test_sets:
         P(f"{d / MANIFEST}: no test sets")
@@ -193,7 +223,10 @@ def _check_one(d: Path, model_dir, use_recorded_model: bool) -> SubmissionCheck:
         if exp is None:
             r.notes.append(f"{f}: segment count unknown at packaging time; {n:,} lines not verified against the test set")
 
-    # Description: mandatory fields present and agreeing with the manifest.
+
+def _check_description(r: SubmissionCheck, d: Path, m: dict, ed: track.Edition, name, nbytes) -> None:
+    """Description: mandatory fields present and agreeing with the manifest."""
+    P = r.problems.append
     desc_path = d / DESCRIPTION
     if desc_path.is_file():
         desc = parse_description(desc_path.read_bytes().decode("utf-8", errors="replace"))
@@ -217,18 +250,6 @@ def _check_one(d: Path, model_dir, use_recorded_model: bool) -> SubmissionCheck:
             P(f"{desc_path}: '{D_BIN}' is {desc[D_BIN]!r}, manifest has {m.get('bin')!r}")
     else:
         P(f"{desc_path}: missing")
-
-    # The model itself: re-measure and compare.
-    md = Path(model_dir) if model_dir is not None else None
-    if md is None and use_recorded_model and m.get("model_dir"):
-        if Path(m["model_dir"]).is_dir():
-            md = Path(m["model_dir"])
-        else:
-            r.notes.append(f"model not re-measured: recorded model directory {m['model_dir']} no longer exists "
-                           "(pass --model DIR)")
-    if md is not None:
-        _check_model(r, md, m, ed, nbytes)
-    return r
 
 
 def _check_model(r: SubmissionCheck, md: Path, m: dict, ed: track.Edition, nbytes) -> None:

@@ -36,8 +36,8 @@ from ..errors import InputFileError, UserError
 from ..fsutil import atomic_directory, atomic_write_bytes, atomic_write_json, sha256_file
 from . import provenance
 from .description import describe, exact_unit, measure_sizes, model_base, split_list
-from .files import (DESCRIPTION, MANIFEST, MANIFEST_FORMAT, Hypothesis, count_lines, find_decoder_log, legacy_fingerprint,
-                    read_decode_log, read_hypothesis, read_manifest)
+from .files import (DESCRIPTION, MANIFEST, MANIFEST_FORMAT, Hypothesis, count_lines, find_decoder_log,
+                    legacy_fingerprint, read_decode_log, read_hypothesis, read_manifest)
 from .names import existing_submissions, hypothesis_filename, no_primary_warning, primary_key, resolve_test_sets
 
 
@@ -67,6 +67,51 @@ def package(model_dir: str | Path, *, team: str, lp: str, condition: str, submis
 
     warnings: list[str] = []
     ed = track.get_edition(edition)
+    hyps, segments, logs, missing = _check_request(ed, team=team, lp=lp, condition=condition,
+                                                   submission_type=submission_type, hyps=hyps, segments=segments,
+                                                   logs=logs, partial=partial, warnings=warnings)
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise InputFileError(model_dir, "model directory does not exist" if not model_dir.exists() else "not a directory")
+    fingerprint = model_fingerprint(model_dir)
+    hyp_list, unverified, checks = _read_hypotheses(hyps, segments, logs, model_dir, fingerprint, lp=lp,
+                                                    auto_logs=auto_logs, allow_unlogged=allow_unlogged,
+                                                    warnings=warnings)
+    _warn_test_sets(ed, lp, hyp_list, warnings)
+    facts = _description_facts(model_dir, condition, techniques, datasets, warnings)
+    report, sizes, size_sigs = measure_sizes(model_dir, ed)
+    nbytes, params, bin_name = sizes[ed.primary_size_measure], int(report.params), report.bin
+    warnings.extend(f"{model_dir}: {w}" for w in getattr(report, "warnings", []) if "fits no" not in w)
+    name, final = _name_and_place(ed, model_dir, nbytes, bin_name, team=team, lp=lp, condition=condition,
+                                  submission_type=submission_type, out=Path(out), force=force, warnings=warnings)
+    description = describe(name=name, team=team, edition=ed, lp=lp, condition=condition,
+                           submission_type=submission_type, sizes=sizes, params=params, bin_name=bin_name,
+                           techniques=facts.tech, datasets=facts.data,
+                           test_sets={h.test_set: h.lines for h in hyp_list},
+                           base_model=model_base(model_dir, facts.prov, ed), signatures=size_sigs, notes=notes,
+                           missing=missing, unverified=unverified)
+    manifest = {
+        "format": MANIFEST_FORMAT, "name": name, "edition": ed.key, "team": team, "lp": lp, "condition": condition,
+        "type": submission_type, "bin": bin_name, "bytes": nbytes, "size_measure": ed.primary_size_measure,
+        "sizes": sizes, "size_signatures": size_sigs, "params": params, "size_unit": ed.size_unit,
+        "size": report.to_json(), "model_dir": str(model_dir.resolve()), "model_fingerprint": fingerprint,
+        "techniques": facts.tech, "techniques_from": "provenance" if facts.prov_tech else "--techniques",
+        "datasets": facts.data,
+        "datasets_from": "provenance" if facts.prov_data else ("--datasets" if facts.user_data else None),
+        "partial": {"missing": missing, "deliberate": True} if missing else None,
+        "allow_unlogged": bool(allow_unlogged), "unverified_hypotheses": unverified, "test_sets": {}, "files": {},
+        "warnings": warnings, "tool": "iwslt-mc", "tool_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    labels = {t.key: t.label for t in ed.test_sets.get(lp, ())}
+    _write(final, name, manifest, description, hyp_list, checks, labels=labels, force=force)
+    return PackageResult(dir=final, name=name, manifest=manifest, description=description, warnings=warnings)
+
+
+def _check_request(ed: track.Edition, *, team: str, lp: str, condition: str, submission_type: str, hyps: dict,
+                   segments: dict | None, logs: dict | None, partial: bool, warnings: list[str]):
+    """The options, before any file is read: team, name parts, test sets (every one of the pair unless
+    ``partial``). Returns (hyps, segments, logs) by test-set key, and the test sets missing."""
     track.validate_team(team)
     # Name parts first (bin filled in after sizing) so option mistakes surface before any reading.
     track.model_name(team=team, lp=lp, condition=condition, submission_type=submission_type, edition=ed,
@@ -94,13 +139,13 @@ def package(model_dir: str | Path, *, team: str, lp: str, condition: str, submis
             warnings.append("--partial given, but every test set of the pair is included: packaged as complete")
         else:
             raise UserError(f"--partial: edition {ed.key} names no {lp} test sets, so no upload can be partial")
+    return hyps, segments, logs, missing
 
-    model_dir = Path(model_dir)
-    if not model_dir.is_dir():
-        raise InputFileError(model_dir, "model directory does not exist" if not model_dir.exists() else "not a directory")
-    fingerprint = model_fingerprint(model_dir)
 
-    # Hypotheses: read, normalize, count, compare with the known number of segments and the model.
+def _read_hypotheses(hyps: dict, segments: dict, logs: dict, model_dir: Path, fingerprint: str, *, lp: str,
+                     auto_logs: bool, allow_unlogged: bool, warnings: list[str]):
+    """Hypotheses read, normalized, counted, compared with the known number of segments and with the model
+    that decoded them. Returns (hypotheses, test sets packaged unverified, model check per test set)."""
     hyp_list: list[Hypothesis] = []
     unverified: list[str] = []
     checks: dict[str, str] = {}
@@ -111,19 +156,7 @@ def package(model_dir: str | Path, *, team: str, lp: str, condition: str, submis
                                            "a hypothesis file has one line per segment")
         log_path = Path(logs[t]) if t in logs else (find_decoder_log(h.source) if auto_logs else None)
         log = read_decode_log(log_path) if log_path is not None else None
-        legacy = False
-        if log is not None and log.model_fingerprint is not None and log.model_fingerprint != fingerprint:
-            legacy = log.model_fingerprint == legacy_fingerprint(model_dir)
-        if legacy:
-            warnings.append(f"{h.source}: its log {log.path} was written by an older iwslt-mc, whose model fingerprint "
-                            "covers only the first and last MiB of each weight file (it matches); decode again for a "
-                            "full-content check")
-        elif log is not None and log.model_fingerprint is not None and log.model_fingerprint != fingerprint:
-            raise InputFileError(h.source, f"decoded by another model: its log {log.path} records model "
-                                           f"fingerprint {log.model_fingerprint} ({log.model}), but {model_dir} "
-                                           f"has {fingerprint}; package the model that decoded it, or decode again")
-        if log is not None and log.lang and log.lang != lp:
-            raise InputFileError(h.source, f"decoded as {log.lang} (log {log.path}), packaged as {lp}")
+        legacy = _check_decoder(h, log, model_dir, fingerprint, lp, warnings)
         if t in segments:
             n = int(segments[t])
             if n < 0:
@@ -155,6 +188,31 @@ def package(model_dir: str | Path, *, team: str, lp: str, condition: str, submis
         for c in h.changes:
             warnings.append(f"{h.source}: {c}")
         hyp_list.append(h)
+    return hyp_list, unverified, checks
+
+
+def _check_decoder(h: Hypothesis, log, model_dir: Path, fingerprint: str, lp: str, warnings: list[str]) -> bool:
+    """Refuse hypotheses whose decode log names another model or language pair. True when the log carries an
+    older iwslt-mc's partial fingerprint of this model (accepted, with a warning)."""
+    legacy = False
+    if log is not None and log.model_fingerprint is not None and log.model_fingerprint != fingerprint:
+        legacy = log.model_fingerprint == legacy_fingerprint(model_dir)
+    if legacy:
+        warnings.append(f"{h.source}: its log {log.path} was written by an older iwslt-mc, whose model fingerprint "
+                        "covers only the first and last MiB of each weight file (it matches); decode again for a "
+                        "full-content check")
+    elif log is not None and log.model_fingerprint is not None and log.model_fingerprint != fingerprint:
+        raise InputFileError(h.source, f"decoded by another model: its log {log.path} records model "
+                                       f"fingerprint {log.model_fingerprint} ({log.model}), but {model_dir} "
+                                       f"has {fingerprint}; package the model that decoded it, or decode again")
+    if log is not None and log.lang and log.lang != lp:
+        raise InputFileError(h.source, f"decoded as {log.lang} (log {log.path}), packaged as {lp}")
+    return legacy
+
+
+def _warn_test_sets(ed: track.Edition, lp: str, hyp_list: list[Hypothesis], warnings: list[str]) -> None:
+    """Fewer test sets than the edition publishes; two test sets with identical hypotheses."""
+    named = ed.test_set_keys(lp)
     published = ed.published_test_set_counts.get(lp)
     if not named and published and len(hyp_list) < published:
         warnings.append(f"edition {ed.key} publishes {published} {lp} test set(s); this submission has {len(hyp_list)}")
@@ -164,7 +222,19 @@ def package(model_dir: str | Path, *, team: str, lp: str, condition: str, submis
             warnings.append(f"{h.source}: identical to the hypotheses of test set {digests[h.data]!r}")
         digests.setdefault(h.data, h.test_set)
 
-    # Description facts: provenance first; the user's words only where it has none.
+
+@dataclass
+class _Facts:
+    prov: dict
+    tech: list[str]
+    data: list[str]
+    prov_tech: list[str]
+    prov_data: list[str]
+    user_data: list[str]
+
+
+def _description_facts(model_dir: Path, condition: str, techniques, datasets, warnings: list[str]) -> _Facts:
+    """Techniques and datasets for the description: provenance first; the user's words only where it has none."""
     prov = provenance.read(model_dir)
     uses = provenance.dataset_uses(prov, model_dir)
     prov_tech, prov_data = provenance.techniques(prov), [u.name for u in uses]
@@ -192,11 +262,13 @@ def package(model_dir: str | Path, *, team: str, lp: str, condition: str, submis
         if odd:
             warnings.append(f"constrained condition allows only ACL 60/60 data (and data derived from it), but the "
                             f"description lists: {'; '.join(odd)} (check, or use --condition unconstrained)")
+    return _Facts(prov, tech, data, prov_tech, prov_data, user_data)
 
-    # Size, bin, name.
-    report, sizes, size_sigs = measure_sizes(model_dir, ed)
-    nbytes, params, bin_name = sizes[ed.primary_size_measure], int(report.params), report.bin
-    warnings.extend(f"{model_dir}: {w}" for w in getattr(report, "warnings", []) if "fits no" not in w)
+
+def _name_and_place(ed: track.Edition, model_dir: Path, nbytes: int, bin_name, *, team: str, lp: str,
+                    condition: str, submission_type: str, out: Path, force: bool, warnings: list[str]):
+    """The model name (with its size bin) and the folder it goes to; one primary per pair and condition.
+    Returns (name, final folder)."""
     if ed.has_bins and bin_name is None:
         top = max(b.high for b in ed.bins if b.high is not None)
         raise UserError(f"{model_dir}: storage size {nbytes:,} bytes ({exact_unit(nbytes, ed.size_unit)}) fits no "
@@ -204,7 +276,6 @@ def package(model_dir: str | Path, *, team: str, lp: str, condition: str, submis
                         "it cannot be submitted to this edition; compress it further")
     name = track.model_name(team=team, lp=lp, condition=condition, submission_type=submission_type, edition=ed,
                             bin_name=bin_name)
-    out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: --out exists and is not a directory")
     final = out / name
@@ -223,45 +294,13 @@ def package(model_dir: str | Path, *, team: str, lp: str, condition: str, submis
                                 f"--type contrastive, or remove {d}")
     elif not any(ident.get("type") == "primary" for _, ident in others):
         warnings.append(no_primary_warning(team, lp, condition, ed.key))
+    return name, final
 
-    labels = {t.key: t.label for t in ed.test_sets.get(lp, ())}
-    description = describe(name=name, team=team, edition=ed, lp=lp, condition=condition,
-                           submission_type=submission_type, sizes=sizes, params=params, bin_name=bin_name,
-                           techniques=tech, datasets=data, test_sets={h.test_set: h.lines for h in hyp_list},
-                           base_model=model_base(model_dir, prov, ed), signatures=size_sigs, notes=notes,
-                           missing=missing, unverified=unverified)
-    manifest = {
-        "format": MANIFEST_FORMAT,
-        "name": name,
-        "edition": ed.key,
-        "team": team,
-        "lp": lp,
-        "condition": condition,
-        "type": submission_type,
-        "bin": bin_name,
-        "bytes": nbytes,
-        "size_measure": ed.primary_size_measure,
-        "sizes": sizes,
-        "size_signatures": size_sigs,
-        "params": params,
-        "size_unit": ed.size_unit,
-        "size": report.to_json(),
-        "model_dir": str(model_dir.resolve()),
-        "model_fingerprint": fingerprint,
-        "techniques": tech,
-        "techniques_from": "provenance" if prov_tech else "--techniques",
-        "datasets": data,
-        "datasets_from": "provenance" if prov_data else ("--datasets" if user_data else None),
-        "partial": {"missing": missing, "deliberate": True} if missing else None,
-        "allow_unlogged": bool(allow_unlogged),
-        "unverified_hypotheses": unverified,
-        "test_sets": {},
-        "files": {},
-        "warnings": warnings,
-        "tool": "iwslt-mc",
-        "tool_version": __version__,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
+
+def _write(final: Path, name: str, manifest: dict, description: str, hyp_list: list[Hypothesis],
+           checks: dict[str, str], *, labels: dict, force: bool) -> None:
+    """The hypothesis files, description.txt and manifest.json (with every file's checksum), written to a
+    temporary folder renamed into place."""
     files = {}
     for h in hyp_list:
         fname = hypothesis_filename(name, h.test_set)
@@ -272,7 +311,6 @@ def package(model_dir: str | Path, *, team: str, lp: str, condition: str, submis
             "model_check": checks[h.test_set],
         }
     files[DESCRIPTION] = description.encode("utf-8")
-
     try:
         with atomic_directory(final, overwrite=force) as tmp:
             for fname, blob in files.items():
@@ -282,7 +320,6 @@ def package(model_dir: str | Path, *, team: str, lp: str, condition: str, submis
             atomic_write_json(tmp / MANIFEST, manifest)
     except FileExistsError:  # appeared between the check above and the rename
         raise UserError(f"{final}: a submission with this name already exists (use --force to replace it)") from None
-    return PackageResult(dir=final, name=name, manifest=manifest, description=description, warnings=warnings)
 
 
 def _replaceable(final: Path) -> None:
