@@ -161,7 +161,7 @@ def build(recipe: Recipe, *, lang: str, base: str, data: dict[str, str], conditi
           edition: str | None = None, log=print) -> BuildResult:
     from .distributed import world_size
     from .modelio import check_model_dir, is_local
-    from .prompting import check_lang
+    from .floor.languages import check_lang
 
     if world_size() > 1:
         raise UserError("build runs as one process: under accelerate launch/torchrun every process would run the "

@@ -67,14 +67,15 @@ def run_demo(out: Path, *, recipe: str = "recipe-b", lang: str = "en-de", comet:
              edition: str | None = None) -> dict:
     from .sizing import sizer
     from .build import build
-    from .decoding import decode_to_file
+    from .decoding.runner import decode_to_file
     from .fsutil import prepare_output_dir
-    from .inputs import resolve_audio
+    from .decoding.inputs import resolve_audio
     from .families import default_family
-    from .packaging import check, package
+    from .submission.check import check
+    from .submission.package import package
     from .recipes import load_recipe
-    from .report import write_report
-    from .scoring import score_files
+    from .submission.report import write_report
+    from .scoring.scoring import score_files
 
     from .sizing.track import get_edition
 
@@ -82,7 +83,7 @@ def run_demo(out: Path, *, recipe: str = "recipe-b", lang: str = "en-de", comet:
     ed = get_edition(edition)
     rec = load_recipe(recipe)
     check_kit_recipe(rec)
-    from .prompting import check_lang
+    from .floor.languages import check_lang
 
     check_lang(lang)
     out = Path(out)
@@ -188,7 +189,7 @@ def _score_line(r: dict) -> str:
 
 def _tiny_comet(out: Path, log) -> str | None:
     """A tiny offline COMET checkpoint when the COMET environment exists (never built by the demo)."""
-    from . import comet_env
+    from .scoring import comet_env
 
     env = comet_env.default_env_dir()
     if not comet_env.is_ready(env):

@@ -21,7 +21,7 @@ data into ``OUT_DIR/data``::
 
 Read the data with ``datasets.load_dataset(str(OUT_DIR / "data"))`` (a DatasetDict with "dev" and
 "eval", like the hub's ACL 60/60) and cast ``audio`` to ``Audio(decode=False)``: datasets 5 decodes
-audio with torchcodec, which does not load here; decode the bytes with ``iwslt_mc.audio.load_audio``.
+audio with torchcodec, which does not load here; decode the bytes with ``iwslt_mc.decoding.audio.load_audio``.
 
 The speech (``kitdata/audio/*.flac``) was made with espeak-ng by ``tools/make_kit_speech.py``;
 the German and Chinese references were written by the project.

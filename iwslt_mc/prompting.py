@@ -3,14 +3,6 @@
 
 from __future__ import annotations
 
-from .errors import UserError
+from .floor.languages import TARGET_LANGUAGE, check_lang
 
-TARGET_LANGUAGE = {"en-de": "German", "en-zh": "Chinese", "en-ar": "Arabic"}
-TARGET_CODE = {"en-de": "de", "en-zh": "zh", "en-ar": "ar"}
-
-
-def check_lang(lang: str) -> str:
-    if lang not in TARGET_LANGUAGE:
-        raise UserError(f"unknown language pair {lang!r} (expected one of: {', '.join(TARGET_LANGUAGE)})")
-    return lang
 

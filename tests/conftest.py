@@ -95,7 +95,7 @@ def kit_waves(kit):
     """``{split: [(index, 16 kHz float32 waveform), ...]}`` decoded from the kit's parquet files with soundfile."""
     import pyarrow.parquet as pq
 
-    from iwslt_mc.audio import load_audio
+    from iwslt_mc.decoding.audio import load_audio
 
     out = {}
     for split in ("dev", "eval"):

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from iwslt_mc import cli, comet_env
+from iwslt_mc import cli
+from iwslt_mc.scoring import comet_env
 from iwslt_mc.errors import UserError
 
 SRC = ["Today we talk about compressing large models.",
@@ -212,7 +213,7 @@ def test_missing_environment_is_a_one_line_error(tmp_path):
 def _run_offline(tmp_path, require: bool) -> subprocess.CompletedProcess:
     """This module's two environment tests in a fresh pytest whose pip finds nothing (create_env fails as offline)."""
     plugin = tmp_path / "offline_pip.py"
-    plugin.write_text("from iwslt_mc import comet_env\nfrom iwslt_mc.errors import UserError\n\n\n"
+    plugin.write_text("from iwslt_mc.scoring import comet_env\nfrom iwslt_mc.errors import UserError\n\n\n"
                       "def _offline(*args, **kwargs):\n"
                       "    raise UserError('pip install unbabel-comet failed: "
                       "ERROR: No matching distribution found')\n\n\n"

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from iwslt_mc import data
+from iwslt_mc.training import data
 from iwslt_mc.errors import InputFileError, UserError
 
 

@@ -13,8 +13,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from iwslt_mc import cli, decoding
-from iwslt_mc.decoding import audio_token_count, one_line, plan_batches, translate
+from iwslt_mc import cli
+from iwslt_mc.decoding import core as decoding
+from iwslt_mc.decoding import runner
+from iwslt_mc.decoding.core import audio_token_count, one_line, plan_batches, translate
 from iwslt_mc.families import prompt_text
 
 NEW = 8  # random weights never stop on their own: keep generations short
@@ -327,7 +329,7 @@ def test_decode_does_not_overwrite_a_file_without_a_log(kit, tmp_path, eval_run,
 def test_a_truncated_wav_is_refused_not_decoded_as_a_short_clip(kit, tmp_path, capsys):
     """A 5 s WAV cut to 0.1 s (interrupted copy): libsndfile reads what is there as 0.1 s of audio; its header
     says 5 s. One line naming the file, before any decoding; --skip-bad makes it an empty line."""
-    from iwslt_mc.audio import load_audio
+    from iwslt_mc.decoding.audio import load_audio
     from iwslt_mc.errors import InputFileError
 
     sf.write(str(tmp_path / "ok.wav"), np.zeros(16000, np.float32) + 0.01, 16000, subtype="PCM_16")
@@ -356,7 +358,7 @@ def test_a_second_decode_of_the_same_output_is_refused_while_the_first_runs(kit,
     shutil.copy(eval_run, out)
     shutil.copy(str(eval_run) + ".jsonl", log)
     before = (out.read_bytes(), log.read_bytes())
-    with decoding.output_lock(out):  # what a running decode holds (another open file description: a real conflict)
+    with runner.output_lock(out):  # what a running decode holds (another open file description: a real conflict)
         assert (tmp_path / ".hyp.de.lock").read_text() == str(os.getpid())
         capsys.readouterr()
         assert decode(kit, out, "--batch-size", "3", "--resume") == 2

@@ -7,7 +7,8 @@ import json
 import pytest
 import sacrebleu
 
-from iwslt_mc import data, decoding
+from iwslt_mc.training import data
+from iwslt_mc.decoding import core as decoding
 from iwslt_mc.errors import UserError
 from iwslt_mc.fsutil import sha256_file
 from iwslt_mc.stages import make_stage

@@ -146,8 +146,8 @@ def organizers_gemma_run(model_dir, wav_paths, lang):
 
 
 def test_reference_decode_equals_organizers_logic(gemma_kit, tmp_path):
-    from iwslt_mc.decoding import decode_to_file
-    from iwslt_mc.inputs import resolve_audio
+    from iwslt_mc.decoding.runner import decode_to_file
+    from iwslt_mc.decoding.inputs import resolve_audio
 
     out, _ = gemma_kit
     folder = out / "data" / "testsets" / "KITCLIPS"
@@ -168,8 +168,8 @@ def test_reference_decode_equals_organizers_logic(gemma_kit, tmp_path):
 
 def _decode_ids(model_dir, wav, max_new_tokens=8):
     from iwslt_mc import modelio
-    from iwslt_mc.audio import load_audio
-    from iwslt_mc.decoding import reference_one
+    from iwslt_mc.decoding.audio import load_audio
+    from iwslt_mc.decoding.core import reference_one
 
     model = modelio.load_model(model_dir, device="cpu")
     proc = modelio.load_processor(model_dir)
@@ -264,8 +264,8 @@ def test_layer_removal_keeps_a_global_last_layer(gemma_kit):
 
 def test_fast_mode_equals_reference_on_gemma_kit(gemma_kit):
     from iwslt_mc import modelio
-    from iwslt_mc.audio import load_audio
-    from iwslt_mc.decoding import translate
+    from iwslt_mc.decoding.audio import load_audio
+    from iwslt_mc.decoding.core import translate
 
     model_dir = gemma_kit[0] / "model"
     model, proc = modelio.load_model(model_dir, device="cpu"), modelio.load_processor(model_dir)
@@ -297,7 +297,7 @@ def test_trim_vocab_gemma4_is_exact_on_kept_tokens(gemma_kit, tmp_path):
     from iwslt_mc import modelio
     from iwslt_mc.planning import planner
     from iwslt_mc.sizing import sizer
-    from iwslt_mc.audio import load_audio
+    from iwslt_mc.decoding.audio import load_audio
     from iwslt_mc.families import prompt_text
     from iwslt_mc.stages import make_stage
     from iwslt_mc.stages.base import StageContext, run_stage

@@ -47,7 +47,7 @@ def test_audio_tokens_per_second_and_longest_piece_on_the_kits(gemma_kit, gemma_
 def _kit_waves(kit_dir):
     import pyarrow.parquet as pq
 
-    from iwslt_mc.audio import load_audio
+    from iwslt_mc.decoding.audio import load_audio
 
     rows = []
     for split in ("dev", "eval"):
@@ -124,8 +124,9 @@ def test_unified_distill_and_training_hear_at_most_18s(gemma_unified_kit, kit, t
     not 750), and fine-tuning encodes the same 18 s; a 5 s clip is untouched. Qwen2-Audio keeps 30 s."""
     from types import SimpleNamespace
 
-    from iwslt_mc import decoding, training
-    from iwslt_mc.data import Example, write_parquet
+    from iwslt_mc.decoding import core as decoding
+    from iwslt_mc.training import training
+    from iwslt_mc.training.data import Example, write_parquet
     from iwslt_mc.families import max_audio_seconds
     from iwslt_mc.planning.planner import load_base_config
     from iwslt_mc.stages import make_stage

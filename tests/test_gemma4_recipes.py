@@ -356,8 +356,8 @@ def test_unified_kit_decode_equals_generate(gemma_unified_kit):
     from transformers import AutoModelForMultimodalLM
 
     from iwslt_mc import modelio
-    from iwslt_mc.audio import load_audio
-    from iwslt_mc.decoding import reference_one
+    from iwslt_mc.decoding.audio import load_audio
+    from iwslt_mc.decoding.core import reference_one
     from iwslt_mc.families import family_named
     from iwslt_mc.families.gemma4.prompt import organizers_prompt
 

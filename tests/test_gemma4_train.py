@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from iwslt_mc import data, modelio, training
+from iwslt_mc.training import data, training
+from iwslt_mc import modelio
 from iwslt_mc.sizing import sizer
 from iwslt_mc.errors import UserError
 from iwslt_mc.stages import make_stage
@@ -53,7 +54,7 @@ def _plain_reload(path):
 
 @pytest.fixture(scope="module")
 def inputs(gkit):
-    from iwslt_mc.audio import load_audio
+    from iwslt_mc.decoding.audio import load_audio
     from iwslt_mc.families import prompt_text
 
     proc = modelio.load_processor(gkit / "model")
@@ -187,8 +188,8 @@ def _finetune(gkit, out, options, data_spec=None):
 def _decodes(model_dir, gkit, n=6) -> bool:
     """The model decodes a clip: ``n`` new tokens, or fewer ending with the end of the model's turn (which a
     model trained on targets ending with ``<turn|>`` soon learns to emit)."""
-    from iwslt_mc.audio import load_audio
-    from iwslt_mc.decoding import reference_one
+    from iwslt_mc.decoding.audio import load_audio
+    from iwslt_mc.decoding.core import reference_one
 
     model, proc = modelio.load_model(model_dir, device="cpu"), modelio.load_processor(model_dir)
     wave = load_audio(str(gkit / "data" / "testsets" / "KITCLIPS" / "clip-b.wav"))
@@ -219,7 +220,7 @@ def test_full_finetune_lowers_loss_keeps_frozen_vision_and_reloads(gkit, full_ft
     assert model.lm_head.weight is model.model.language_model.embed_tokens.weight
     assert _decodes(out, gkit)
     # the tied lm_head is the token embeddings' tensor: freezing lm_head freezes it (named once, as embed_tokens)
-    from iwslt_mc.stages.finetune import freeze_components
+    from iwslt_mc.training.common import freeze_components
 
     assert freeze_components(model, ["lm_head"]) == 1856 * 64
     assert not model.model.language_model.embed_tokens.weight.requires_grad
@@ -250,7 +251,7 @@ def test_lora_lowers_loss_leaves_embeddings_and_refuses_a_tied_lm_head(gkit, tmp
 # ---------------------------------------------------------------------------------------- distill
 
 def test_distill_with_a_gemma_teacher_then_finetune_on_its_pairs(gkit, tmp_path):
-    from iwslt_mc.decoding import translate
+    from iwslt_mc.decoding.core import translate
 
     out = tmp_path / "distilled"
     rec = run_stage(make_stage("distill", {"limit": 4, "max_new_tokens": 6, "batch_size": 4}), gkit / "model", out,
@@ -327,9 +328,11 @@ def test_package_iwslt27_of_a_gemma_decode(gkit, tmp_path):
 
     from transformers import AutoModelForMultimodalLM
 
-    from iwslt_mc import packaging
-    from iwslt_mc.decoding import decode_to_file
-    from iwslt_mc.inputs import resolve_audio
+    from iwslt_mc.sizing import track
+    from iwslt_mc.decoding.runner import decode_to_file
+    from iwslt_mc.submission import check as sub_check, description as sub_desc, names as sub_names
+    from iwslt_mc.submission import package as sub_package
+    from iwslt_mc.decoding.inputs import resolve_audio
 
     model_dir = gkit / "model"
     hyp = tmp_path / "dec" / "tvseries.de"
@@ -339,8 +342,8 @@ def test_package_iwslt27_of_a_gemma_decode(gkit, tmp_path):
     for k in TEST_SETS_DE[1:]:  # the same decode stands for every test set here (one real decode, its log kept)
         shutil.copy(hyp, hyp.with_name(f"{k}.de"))
         shutil.copy(str(hyp) + ".jsonl", str(hyp.with_name(f"{k}.de")) + ".jsonl")
-    res = packaging.package(model_dir, team="KIT", lp="en-de", condition="constrained", submission_type="primary",
-                            hyps=packaging.find_hypotheses(hyp.parent, packaging.track.get_edition("2027"), "en-de"),
+    res = sub_package.package(model_dir, team="KIT", lp="en-de", condition="constrained", submission_type="primary",
+                            hyps=sub_names.find_hypotheses(hyp.parent, track.get_edition("2027"), "en-de"),
                             out=tmp_path / "subs")
     name = "KIT_IWSLT27_ModelCompression_en-de_constrained_primary"
     assert res.name == name and res.manifest["edition"] == "2027"
@@ -360,22 +363,22 @@ def test_package_iwslt27_of_a_gemma_decode(gkit, tmp_path):
     else:  # computed from metadata (the GPU load); its CPU figure is the real file's
         assert m["bytes"] == ts.bytes and ts.bytes_cpu == real.stat().st_size
     assert m["sizes"]["safetensors_bytes"] == (model_dir / "model.safetensors").stat().st_size
-    desc = packaging.parse_description(res.description)
+    desc = sub_desc.parse_description(res.description)
     assert desc["Base model"] == "tiny random Gemma 4 (the iwslt-mc demo kit)"
-    assert desc["Storage size"] == f"{m['bytes']:,} bytes = {packaging.exact_unit(m['bytes'], 'GiB')} (torch.save(model.state_dict()))"
+    assert desc["Storage size"] == f"{m['bytes']:,} bytes = {sub_desc.exact_unit(m['bytes'], 'GiB')} (torch.save(model.state_dict()))"
     assert desc["Test sets"].startswith("TVSERIES / en-de (3 segments), ACL / en-de (3 segments)")
     assert "Size bin" not in desc
-    chk = packaging.check([res.dir])
+    chk = sub_check.check([res.dir])
     assert chk.ok, chk.all_problems()
 
 
 def test_package_names_the_base_model_by_family(gkit, tmp_path):
-    from iwslt_mc import packaging
     from iwslt_mc.sizing import track
+    from iwslt_mc.submission import description as sub_desc
 
     ed = track.get_edition("2027")
     stages = [{"stage": "quantize"}]
-    base = packaging._model_base
+    base = sub_desc.model_base
     assert base(gkit / "model", {"stages": [{"stage": "kit"}]}, ed) == "tiny random Gemma 4 (the iwslt-mc demo kit)"
     assert base(gkit / "model", {"base": {"path": "/models/gemma-4-12B-it"}, "stages": stages}, ed) == "google/gemma-4-12B-it"
     # a Gemma 4 model is never named after a Qwen2-Audio folder, nor the other way round

@@ -61,7 +61,7 @@ def test_tool_rules_catch_a_heavy_floor_and_a_family_above_stages(tmp_path):
         "__init__.py": "", "errors.py": "", "planner.py": "",
         "floor/__init__.py": "", "floor/ok.py": "from ..errors import E\nfrom . import other\n", "floor/other.py": "",
         "floor/bad.py": "def f():\n    import transformers\n    from .. import planner\n",
-        "families/__init__.py": "", "families/fam.py": "def g():\n    from ..planner import p\n",
+        "families/__init__.py": "", "families/fam.py": "def g():\n    from ..planning.planner import p\n",
     })
     _, edges, external = ig.parse(root)
     r = ig.rule_violations(edges, external, "pkg")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from iwslt_mc import training
+from iwslt_mc.training import training
 from iwslt_mc.errors import InputFileError, UserError
 from iwslt_mc.stages import make_stage
 from iwslt_mc.stages.base import StageContext, run_stage
@@ -65,7 +65,8 @@ def _probe_kl(student_dir, teacher_dir, n=8) -> float:
     """Mean per-token KL(teacher || student) at temperature 1 on the first n training utterances."""
     import torch
 
-    from iwslt_mc import data, modelio
+    from iwslt_mc.training import data
+    from iwslt_mc import modelio
 
     proc = modelio.load_processor(student_dir)
     s = modelio.load_model(student_dir, dtype=torch.float32, device="cpu").eval()

@@ -171,7 +171,7 @@ def test_load_and_generate_on_kit_audio(kit_processor, kit_model, kit_waves):
 def test_thirty_seconds_of_audio_fit(kit, kit_processor, kit_model):
     import torch
 
-    from iwslt_mc.audio import load_audio
+    from iwslt_mc.decoding.audio import load_audio
     from iwslt_mc.families import prompt_text
 
     wave = load_audio(kit / "data/long/talk.wav", start=0.0, duration=30.0)
@@ -224,12 +224,12 @@ def _check_examples(exs, rows, where: str):
 
 
 def test_project_reader_loads_the_parquet_files_directly(kit, tmp_path):
-    """``iwslt_mc.data`` reads the kit's parquet (audio as {bytes, path} with a path that names no file
+    """``iwslt_mc.training.data`` reads the kit's parquet (audio as {bytes, path} with a path that names no file
     on disk), a file of it, and parquet whose audio column holds embedded bytes with no path at all."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from iwslt_mc import data
+    from iwslt_mc.training import data
 
     rows = {s: [r for r in kitmod.utterances() if r["split"] == s] for s in kitmod.SPLITS}
     table = pq.read_table(kit / "data/eval.parquet")
@@ -282,7 +282,7 @@ def test_long_form_matches_eval_split(kit, kit_waves):
 
 
 def test_long_form_slices_decode_with_load_audio(kit, kit_waves):
-    from iwslt_mc.audio import load_audio
+    from iwslt_mc.decoding.audio import load_audio
 
     for seg, (_, wave) in zip(_segments(kit), kit_waves["eval"]):
         piece = load_audio(kit / "data/long" / seg["wav"], start=seg["offset"], duration=seg["duration"])
@@ -334,7 +334,7 @@ def test_user_error_type():
 # --- test-set folders in the organizers' layout ---------------------------------------------------
 
 def test_testset_folders(kit, kit_waves):
-    from iwslt_mc.audio import load_audio
+    from iwslt_mc.decoding.audio import load_audio
 
     root = kit / "data" / "testsets"
     assert sorted(p.name for p in root.iterdir()) == ["KITCLIPS", "KITTALKS"]

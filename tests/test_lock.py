@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 
-from iwslt_mc import comet_env
+from iwslt_mc.scoring import comet_env
 
 ROOT = Path(__file__).resolve().parent.parent
 spec = importlib.util.spec_from_file_location("lock_tool", ROOT / "tools" / "lock.py")

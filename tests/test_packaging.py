@@ -11,7 +11,10 @@ import pytest
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from iwslt_mc import cli, packaging, provenance
+from iwslt_mc import cli
+from iwslt_mc.submission import provenance
+from iwslt_mc.submission import check as sub_check, description as sub_desc, files as sub_files
+from iwslt_mc.submission import names as sub_names, package as sub_package
 from iwslt_mc.errors import InputFileError, UserError
 from iwslt_mc.fsutil import sha256_file
 
@@ -71,7 +74,7 @@ def pkg(model, tmp_path, **kw):
                 hyps={"tst": hyp(tmp_path / "h.de", HYP_DE)}, out=tmp_path / "subs", edition="2025",
                 allow_unlogged=True)
     args.update(kw)
-    return packaging.package(model, **args)
+    return sub_package.package(model, **args)
 
 
 @pytest.fixture
@@ -94,24 +97,24 @@ def model(tmp_path):
     ("x\u2028y\n".encode(), b"x y\n", 1),  # a line separator must not split a segment
 ])
 def test_normalize_keeps_line_count(raw, expected, lines):
-    data, _ = packaging.normalize_hypothesis_bytes(raw, "h.txt")
+    data, _ = sub_files.normalize_hypothesis_bytes(raw, "h.txt")
     assert data == expected
-    assert packaging.count_lines(data) == lines
+    assert sub_files.count_lines(data) == lines
 
 
 def test_invalid_utf8_names_line_of_first_bad_byte(tmp_path):
     f = hyp(tmp_path / "bad.de", b"gut\r\nauch gut\r\nschlecht \xff hier\nund \xfe\n")
     with pytest.raises(InputFileError) as e:
-        packaging.read_hypothesis(f, "tst")
+        sub_files.read_hypothesis(f, "tst")
     assert e.value.path == str(f)
     assert "line 3" in str(e.value) and "UTF-8" in str(e.value)
     # lone CR line ends count as line ends too
     with pytest.raises(InputFileError, match="line 4"):
-        packaging.read_hypothesis(hyp(tmp_path / "cr.de", b"a\rb\r\rc\x80\r"), "tst")
+        sub_files.read_hypothesis(hyp(tmp_path / "cr.de", b"a\rb\r\rc\x80\r"), "tst")
     # latin-1 encoded umlaut on line 1
     g = hyp(tmp_path / "latin1.de", "Grüße\n".encode("latin-1"))
     with pytest.raises(InputFileError, match="line 1"):
-        packaging.read_hypothesis(g, "tst")
+        sub_files.read_hypothesis(g, "tst")
 
 
 def test_invalid_utf8_cli_one_line_error_nothing_written(model, tmp_path, capsys):
@@ -152,7 +155,7 @@ def test_package_writes_normalized_files_description_manifest(model, tmp_path):
     assert m["test_sets"]["tst"]["lines"] == 4 and m["test_sets"]["dev"]["lines"] == 3
     assert any("CRLF" in c for c in m["test_sets"]["dev"]["normalized"])
 
-    desc = packaging.parse_description((res.dir / "description.txt").read_text())
+    desc = sub_desc.parse_description((res.dir / "description.txt").read_text())
     assert desc["Model name"] == name
     assert desc["Storage size"] == (f"{m['bytes']:,} bytes = " + f"0.{m['bytes']:09d}".rstrip("0")
                                     + " GB (safetensors files)")
@@ -175,19 +178,19 @@ def test_boundary_sizes_name_the_right_bin(tmp_path, total, edition, expected, m
     with safe_open(str(m / "model.safetensors"), framework="numpy") as f:  # a real safetensors file
         assert list(f.keys()) == [LAYER_KEY]
     # 2026 also states the torch.save measure; this sparse placeholder cannot be loaded (measured on the kit below)
-    monkeypatch.setattr(packaging, "torch_save_bytes", lambda d, report=None: (total + 123, "stub"))
+    monkeypatch.setattr(sub_desc, "torch_save_bytes", lambda d, report=None: (total + 123, "stub"))
     kw = {"hyps": {"acl": hyp(tmp_path / "h.de", HYP_DE)}, "partial": True} if edition == "2026" else {}
     res = pkg(m, tmp_path, edition=edition, **kw)
     assert res.name == expected
     assert res.manifest["bytes"] == total
-    desc = packaging.parse_description(res.description)
+    desc = sub_desc.parse_description(res.description)
     assert desc["Storage size"].startswith(f"{total:,} bytes = ")
     if total == 200_000_000:
         assert desc["Storage size"] == "200,000,000 bytes = 0.2 GB (safetensors files)"
     if edition == "2026":  # no bins: safetensors first (the page defines no measure), torch.save beside it
         assert res.manifest["sizes"] == {"safetensors_bytes": total, "torch_save_bytes": total + 123}
         assert desc["Other size measures"].startswith(f"{total + 123:,} bytes = ")
-    assert packaging.check([res.dir]).ok
+    assert sub_check.check([res.dir]).ok
 
 
 def test_model_of_4gb_cannot_be_packaged_for_2025(tmp_path):
@@ -224,7 +227,7 @@ def test_unconstrained_needs_datasets(tmp_path):
         pkg(m, tmp_path, condition="unconstrained")
     assert not (tmp_path / "subs").exists()
     res = pkg(m, tmp_path, condition="unconstrained", datasets="CoVoST 2 en-de; ACL 60/60 dev")
-    assert packaging.parse_description(res.description)["Datasets used"] == "CoVoST 2 en-de; ACL 60/60 dev"
+    assert sub_desc.parse_description(res.description)["Datasets used"] == "CoVoST 2 en-de; ACL 60/60 dev"
     assert res.manifest["datasets_from"] == "--datasets"
     # constrained without datasets is fine (e.g. post-training quantization without calibration data)
     assert pkg(m, tmp_path, condition="constrained").manifest["datasets"] == []
@@ -296,11 +299,11 @@ def test_unknown_segment_count_is_a_warning(model, tmp_path):
 
 def test_bad_hyp_options(model, tmp_path, capsys):
     with pytest.raises(UserError, match="TESTSET=FILE"):
-        packaging.parse_assignments(["just-a-file.txt"], "--hyp")
+        sub_names.parse_assignments(["just-a-file.txt"], "--hyp")
     with pytest.raises(UserError, match="given twice"):
-        packaging.parse_assignments(["a=x", "a=y"], "--hyp")
+        sub_names.parse_assignments(["a=x", "a=y"], "--hyp")
     with pytest.raises(UserError, match="test set name"):
-        packaging.parse_assignments(["../a=x"], "--hyp")
+        sub_names.parse_assignments(["../a=x"], "--hyp")
     with pytest.raises(InputFileError, match="does not exist"):
         pkg(model, tmp_path, hyps={"tst": tmp_path / "missing.txt"})
 
@@ -316,7 +319,7 @@ def test_existing_submission_needs_force(model, tmp_path):
     again = pkg(model, tmp_path, hyps={"tst": hyp(tmp_path / "h2.de", b"neu\n")}, force=True)
     assert again.dir == first.dir
     assert (again.dir / f"{again.name}.tst.txt").read_bytes() == b"neu\n"
-    assert packaging.check([again.dir]).ok
+    assert sub_check.check([again.dir]).ok
     assert [p.name for p in (tmp_path / "subs").iterdir()] == [first.name]
 
 
@@ -342,7 +345,7 @@ def test_failed_write_leaves_nothing(model, tmp_path, monkeypatch):
     def boom(*a, **k):
         raise OSError("disk full")
 
-    monkeypatch.setattr(packaging, "atomic_write_json", boom)
+    monkeypatch.setattr(sub_package, "atomic_write_json", boom)
     with pytest.raises(OSError):
         pkg(model, tmp_path)
     assert list((tmp_path / "subs").iterdir()) == []
@@ -353,17 +356,17 @@ def test_failed_write_leaves_nothing(model, tmp_path, monkeypatch):
 
 def test_check_passes_fresh_and_fails_after_any_one_byte_changes(model, tmp_path):
     res = pkg(model, tmp_path)
-    assert packaging.check([res.dir]).ok
+    assert sub_check.check([res.dir]).ok
     f = res.dir / f"{res.name}.tst.txt"
     orig = f.read_bytes()
     for i in range(len(orig)):
         for new in {orig[i] ^ 0x01, ord("\n") if orig[i] != ord("\n") else ord("x")}:
             f.write_bytes(orig[:i] + bytes([new]) + orig[i + 1:])
-            r = packaging.check([res.dir], use_recorded_model=False)
+            r = sub_check.check([res.dir], use_recorded_model=False)
             assert not r.ok, (i, new)
             assert any("sha256 differs" in p for p in r.all_problems())
     f.write_bytes(orig)
-    assert packaging.check([res.dir]).ok
+    assert sub_check.check([res.dir]).ok
 
 
 def test_check_cli_exit_codes_and_json(model, tmp_path, capsys):
@@ -390,7 +393,7 @@ def test_check_line_count_against_test_set_even_with_rewritten_manifest(model, t
     man = json.loads((res.dir / "manifest.json").read_text())
     man["files"][f.name] = {"sha256": sha256_file(f), "bytes": f.stat().st_size, "lines": 1}
     (res.dir / "manifest.json").write_text(json.dumps(man))
-    probs = packaging.check([res.dir]).all_problems()
+    probs = sub_check.check([res.dir]).all_problems()
     assert probs == [f"{f}: 1 lines but test set 'tst' has 4 segments (from --segments)"]
 
 
@@ -399,7 +402,7 @@ def test_check_description_fields(tmp_path):
     res = pkg(m, tmp_path, condition="unconstrained")
     d = res.dir / "description.txt"
     d.write_text(d.read_text().replace("Datasets used: CoVoST 2\n", "").replace("Number of parameters: 80", "Number of parameters: 81"))
-    probs = packaging.check([res.dir]).all_problems()
+    probs = sub_check.check([res.dir]).all_problems()
     assert any("mandatory field 'Datasets used'" in p for p in probs)
     assert any("'Number of parameters' says" in p for p in probs)
     assert any(p.startswith(f"{d}: sha256 differs") for p in probs)
@@ -410,18 +413,18 @@ def test_check_against_a_changed_model(tmp_path):
     res = pkg(m, tmp_path)
     assert res.name.endswith("_Bin5_constrained_primary")
     write_exact_safetensors(m / "model.safetensors", 200_000_000)  # now Bin4: the name is wrong
-    probs = packaging.check([res.dir]).all_problems()  # recorded model dir re-measured
+    probs = sub_check.check([res.dir]).all_problems()  # recorded model dir re-measured
     assert any("model is in Bin4 now" in p for p in probs)
     assert any("Bin4_constrained_primary" in p for p in probs)
     other = make_model(tmp_path / "other")
-    assert packaging.check([res.dir], model_dir=other).all_problems()
-    assert packaging.check([res.dir], use_recorded_model=False).ok
+    assert sub_check.check([res.dir], model_dir=other).all_problems()
+    assert sub_check.check([res.dir], use_recorded_model=False).ok
     # the recorded model is gone: a note, not a problem
     (m / "model.safetensors").unlink()
     m.joinpath("config.json").unlink()
     m.joinpath("provenance.json").unlink()
     m.rmdir()
-    r = packaging.check([res.dir])
+    r = sub_check.check([res.dir])
     assert r.ok and any("no longer exists" in n for n in r.submissions[0].notes)
 
 
@@ -429,29 +432,29 @@ def test_check_renamed_folder_and_tampered_name(model, tmp_path):
     res = pkg(model, tmp_path)
     renamed = res.dir.with_name(res.name.replace("Bin5", "Bin3"))
     res.dir.rename(renamed)
-    probs = packaging.check([renamed]).all_problems()
+    probs = sub_check.check([renamed]).all_problems()
     assert any("folder name differs" in p for p in probs)
     man = json.loads((renamed / "manifest.json").read_text())
     man["name"] = renamed.name
     (renamed / "manifest.json").write_text(json.dumps(man))
-    probs = packaging.check([renamed], use_recorded_model=False).all_problems()
+    probs = sub_check.check([renamed], use_recorded_model=False).all_problems()
     assert any("does not match its recorded size" in p for p in probs)
 
 
 def test_check_one_primary_across_dirs_and_missing_things(tmp_path):
     a = pkg(make_model(tmp_path / "a"), tmp_path, out=tmp_path / "s1")
     b = pkg(make_sized_model(tmp_path / "b", 250_000_000), tmp_path, out=tmp_path / "s2")
-    r = packaging.check([a.dir, b.dir])
+    r = sub_check.check([a.dir, b.dir])
     assert r.submissions[0].problems == [] and r.submissions[1].problems == []
     assert len(r.problems) == 1 and "2 primary submissions for KIT en-de constrained" in r.problems[0]
     assert not r.ok
     # the same folder twice is one submission
-    assert packaging.check([a.dir, a.dir / "."]).ok
-    missing = packaging.check([tmp_path / "nope"])
+    assert sub_check.check([a.dir, a.dir / "."]).ok
+    missing = sub_check.check([tmp_path / "nope"])
     assert missing.all_problems() == [f"{tmp_path / 'nope'}: not a directory"]
     (b.dir / "manifest.json").unlink()
     (b.dir / f"{b.name}.tst.txt").write_bytes(b"a\r\nb")
-    probs = packaging.check([b.dir]).all_problems()
+    probs = sub_check.check([b.dir]).all_problems()
     assert any("manifest.json: missing" in p for p in probs)
     assert any("CR line ends" in p for p in probs) and any("no final newline" in p for p in probs)
 
@@ -461,7 +464,7 @@ def test_check_survives_a_malformed_manifest(model, tmp_path):
     man = json.loads((res.dir / "manifest.json").read_text())
     man["files"] = ["not", "a", "dict"]
     (res.dir / "manifest.json").write_text(json.dumps(man))
-    r = packaging.check([res.dir, tmp_path / "nope"])
+    r = sub_check.check([res.dir, tmp_path / "nope"])
     assert len(r.submissions) == 2 and not r.ok
     assert "malformed" in r.submissions[0].problems[0]
 
@@ -490,16 +493,16 @@ def test_package_cli_json_and_help(model, tmp_path, capsys):
 
 
 def test_parse_name_inverts_model_name():
-    assert packaging.parse_name("KIT_IWSLT25_ModelCompression_en-de_Bin4_constrained_primary") == {
+    assert sub_names.parse_name("KIT_IWSLT25_ModelCompression_en-de_Bin4_constrained_primary") == {
         "edition": "2025", "team": "KIT", "lp": "en-de", "condition": "constrained", "type": "primary", "bin": "Bin4"}
-    assert packaging.parse_name("KIT_IWSLT26_ModelCompression_en-zh_unconstrained_contrastive")["bin"] is None
-    assert packaging.parse_name("KIT_IWSLT25_ModelCompression_en-de_Bin9_constrained_primary") is None
-    assert packaging.parse_name("a_b_IWSLT25_ModelCompression_en-de_Bin4_constrained_primary") is None
+    assert sub_names.parse_name("KIT_IWSLT26_ModelCompression_en-zh_unconstrained_contrastive")["bin"] is None
+    assert sub_names.parse_name("KIT_IWSLT25_ModelCompression_en-de_Bin9_constrained_primary") is None
+    assert sub_names.parse_name("a_b_IWSLT25_ModelCompression_en-de_Bin4_constrained_primary") is None
 
 
 def test_decoder_log_header_gives_segment_count(tmp_path):
     """The real `iwslt-mc decode` log: header (input segment count), segment records, summary."""
-    from iwslt_mc.packaging import count_log_segments
+    from iwslt_mc.submission.files import count_log_segments
 
     log = tmp_path / "hyp.de.jsonl"
     recs = [{"type": "header", "segments": 5, "lang": "en-de"}]
@@ -559,7 +562,7 @@ def test_2027_package_names_files_per_test_set_and_check_passes(kit_copy, tmp_pa
 
     from iwslt_mc.modelio import load_model, model_fingerprint
 
-    res = packaging.package(kit_copy, team="HW-TSC", lp="en-de", condition="constrained", submission_type="primary",
+    res = sub_package.package(kit_copy, team="HW-TSC", lp="en-de", condition="constrained", submission_type="primary",
                             hyps=hyp_set(tmp_path, kit_copy), out=tmp_path / "subs")
     assert "Loading weights" not in capsys.readouterr().err  # the measure loads the model quietly
     name = "HW-TSC_IWSLT27_ModelCompression_en-de_constrained_primary"
@@ -585,14 +588,14 @@ def test_2027_package_names_files_per_test_set_and_check_passes(kit_copy, tmp_pa
     assert m["model_fingerprint"] == model_fingerprint(kit_copy)
     assert m["partial"] is None and m["unverified_hypotheses"] == []
     assert all(ts["model_check"].startswith("model fingerprint ") for ts in m["test_sets"].values())
-    desc = packaging.parse_description(res.description)
-    gib = packaging.exact_unit(m["bytes"], "GiB")
+    desc = sub_desc.parse_description(res.description)
+    gib = sub_desc.exact_unit(m["bytes"], "GiB")
     assert desc["Storage size"] == f"{m['bytes']:,} bytes = {gib} (torch.save(model.state_dict()))"
     assert "Size bin" not in desc and "GiB" in desc["Storage size"]
     assert desc["Test sets"].startswith("TVSERIES / en-de (3 segments), ACL / en-de (3 segments)")
     # hypotheses are never altered: the (Applaus) tag is still there
     assert (res.dir / f"{name}.acl.txt").read_bytes() == (tmp_path / "hyp" / "acl.de").read_bytes()
-    chk = packaging.check([res.dir])
+    chk = sub_check.check([res.dir])
     assert chk.ok, chk.all_problems()
     assert any("fingerprint" in n for n in chk.submissions[0].notes)
 
@@ -602,34 +605,34 @@ def test_missing_test_set_refused_unless_partial(kit_copy, tmp_path):
     args = dict(team="KIT", lp="en-de", condition="constrained", submission_type="primary", out=tmp_path / "subs",
                 edition="2026")
     with pytest.raises(UserError, match=r"misses 4: callcenter \(CALLCENTER / en-de\), youtube .*--partial"):
-        packaging.package(kit_copy, hyps=hyps, **args)
+        sub_package.package(kit_copy, hyps=hyps, **args)
     assert not (tmp_path / "subs").exists()
-    res = packaging.package(kit_copy, hyps=hyps, partial=True, **args)
+    res = sub_package.package(kit_copy, hyps=hyps, partial=True, **args)
     assert res.name == "KIT_IWSLT26_ModelCompression_en-de_constrained_primary"
     assert res.manifest["partial"] == {"missing": ["callcenter", "youtube", "businessnews", "accent"], "deliberate": True}
-    desc = packaging.parse_description(res.description)
+    desc = sub_desc.parse_description(res.description)
     assert desc["Partial upload"].startswith("2 of 6 test sets; not included: CALLCENTER / en-de")
     # 2026: the safetensors bytes are the stated size (the page defines no measure), torch.save beside it
     assert res.manifest["size_measure"] == "safetensors_bytes" and "GB" in desc["Storage size"]
     assert set(res.manifest["sizes"]) == {"safetensors_bytes", "torch_save_bytes"}
-    chk = packaging.check([res.dir])
+    chk = sub_check.check([res.dir])
     assert chk.ok and any("partial upload (declared)" in n for n in chk.submissions[0].notes)
     # a manifest whose partial declaration is removed no longer passes
     man = json.loads((res.dir / "manifest.json").read_text())
     man["partial"] = None
     (res.dir / "manifest.json").write_text(json.dumps(man))
-    probs = packaging.check([res.dir], use_recorded_model=False).all_problems()
+    probs = sub_check.check([res.dir], use_recorded_model=False).all_problems()
     assert any("misses 4 of edition 2026's 6 en-de test sets" in p and "not declared" in p for p in probs)
 
 
 def test_unknown_test_set_names_and_label_names(kit_copy, tmp_path):
     hyps = hyp_set(tmp_path, kit_copy)
     hyps["TVSERIES"] = hyps.pop("tvseries")  # the label's name works too, in any case
-    res = packaging.package(kit_copy, team="KIT", lp="en-de", condition="constrained", submission_type="primary",
+    res = sub_package.package(kit_copy, team="KIT", lp="en-de", condition="constrained", submission_type="primary",
                             hyps=hyps, out=tmp_path / "subs")
     assert "tvseries" in res.manifest["test_sets"]
     with pytest.raises(UserError, match="'tst' is not one of edition 2027's en-de test sets: tvseries"):
-        packaging.package(kit_copy, team="KIT", lp="en-de", condition="constrained", submission_type="contrastive",
+        sub_package.package(kit_copy, team="KIT", lp="en-de", condition="constrained", submission_type="contrastive",
                           hyps={"tst": hyps["acl"]}, out=tmp_path / "subs", partial=True)
 
 
@@ -638,15 +641,15 @@ def test_hypotheses_of_another_model_are_refused(kit_copy, tmp_path):
     decode_log(hyps["youtube"], Path("/models/big-16gb"), 3, fingerprint="0123456789abcdef")
     with pytest.raises(InputFileError, match="decoded by another model: its log .*youtube.de.jsonl records model "
                                              "fingerprint 0123456789abcdef"):
-        packaging.package(kit_copy, team="KIT", lp="en-de", condition="constrained", submission_type="primary",
+        sub_package.package(kit_copy, team="KIT", lp="en-de", condition="constrained", submission_type="primary",
                           hyps=hyps, out=tmp_path / "subs")
     # not even --allow-unlogged lets a known mismatch through
     with pytest.raises(InputFileError, match="decoded by another model"):
-        packaging.package(kit_copy, team="KIT", lp="en-de", condition="constrained", submission_type="primary",
+        sub_package.package(kit_copy, team="KIT", lp="en-de", condition="constrained", submission_type="primary",
                           hyps=hyps, out=tmp_path / "subs", allow_unlogged=True)
     decode_log(hyps["youtube"], kit_copy, 3, lang="en-zh")
     with pytest.raises(InputFileError, match="decoded as en-zh"):
-        packaging.package(kit_copy, team="KIT", lp="en-de", condition="constrained", submission_type="primary",
+        sub_package.package(kit_copy, team="KIT", lp="en-de", condition="constrained", submission_type="primary",
                           hyps=hyps, out=tmp_path / "subs")
     assert not (tmp_path / "subs").exists()
 
@@ -656,12 +659,12 @@ def test_hypotheses_without_log_need_the_flag_and_are_recorded(kit_copy, tmp_pat
     Path(str(hyps["accent"]) + ".jsonl").unlink()
     args = dict(team="KIT", lp="en-de", condition="constrained", submission_type="primary", out=tmp_path / "subs")
     with pytest.raises(InputFileError, match="cannot tell which model decoded it \\(no decode log found\\).*--allow-unlogged"):
-        packaging.package(kit_copy, hyps=hyps, **args)
-    res = packaging.package(kit_copy, hyps=hyps, allow_unlogged=True, **args)
+        sub_package.package(kit_copy, hyps=hyps, **args)
+    res = sub_package.package(kit_copy, hyps=hyps, allow_unlogged=True, **args)
     assert res.manifest["unverified_hypotheses"] == ["accent"] and res.manifest["allow_unlogged"] is True
     assert res.manifest["test_sets"]["accent"]["model_check"].startswith("unverified: no decode log found")
-    assert packaging.parse_description(res.description)["Unverified hypotheses"].startswith("ACCENT / en-de")
-    chk = packaging.check([res.dir])
+    assert sub_desc.parse_description(res.description)["Unverified hypotheses"].startswith("ACCENT / en-de")
+    chk = sub_check.check([res.dir])
     assert chk.ok and any("without a model check" in n for n in chk.submissions[0].notes)
     # the CLI: one line, exit 2, without the flag
     capsys.readouterr()
@@ -676,7 +679,7 @@ def test_zero_line_hypothesis_is_an_error(kit_copy, tmp_path):
     hyps["acl"].write_bytes(b"")
     decode_log(hyps["acl"], kit_copy, 0)
     with pytest.raises(InputFileError, match="acl.de: empty: 0 lines for test set 'acl'"):
-        packaging.package(kit_copy, team="KIT", lp="en-de", condition="constrained", submission_type="primary",
+        sub_package.package(kit_copy, team="KIT", lp="en-de", condition="constrained", submission_type="primary",
                           hyps=hyps, out=tmp_path / "subs", allow_unlogged=True)
     # 2025 too: never a warning
     with pytest.raises(InputFileError, match="empty: 0 lines"):
@@ -686,9 +689,9 @@ def test_zero_line_hypothesis_is_an_error(kit_copy, tmp_path):
 def test_check_catches_a_model_rebuilt_in_place_at_the_same_size(kit_copy, tmp_path):
     from safetensors.torch import load_file, save_file
 
-    res = packaging.package(kit_copy, team="KIT", lp="en-de", condition="constrained", submission_type="primary",
+    res = sub_package.package(kit_copy, team="KIT", lp="en-de", condition="constrained", submission_type="primary",
                             hyps=hyp_set(tmp_path, kit_copy), out=tmp_path / "subs")
-    assert packaging.check([res.dir]).ok
+    assert sub_check.check([res.dir]).ok
     st = kit_copy / "model.safetensors"
     size = st.stat().st_size
     tensors = load_file(str(st))
@@ -696,7 +699,7 @@ def test_check_catches_a_model_rebuilt_in_place_at_the_same_size(kit_copy, tmp_p
         tensors[k] = tensors[k] * 0.5
     save_file(tensors, str(st), metadata={"format": "pt"})
     assert st.stat().st_size == size
-    probs = packaging.check([res.dir]).all_problems()
+    probs = sub_check.check([res.dir]).all_problems()
     assert len(probs) == 1 and "model changed after packaging (fingerprint" in probs[0]
 
 
@@ -716,13 +719,13 @@ def test_hyp_dir_and_2027_cli(kit_copy, tmp_path, capsys):
 
 def test_contrastive_without_primary_warns(kit_copy, tmp_path):
     args = dict(team="KIT", lp="en-de", condition="constrained", out=tmp_path / "subs", edition="2026")
-    res = packaging.package(kit_copy, hyps=hyp_set(tmp_path, kit_copy), submission_type="contrastive", **args)
+    res = sub_package.package(kit_copy, hyps=hyp_set(tmp_path, kit_copy), submission_type="contrastive", **args)
     assert any("only contrastive runs, so the latest upload will count as primary" in w for w in res.warnings)
-    chk = packaging.check([res.dir])
+    chk = sub_check.check([res.dir])
     assert chk.ok and len(chk.warnings) == 1 and "no primary submission for KIT en-de constrained" in chk.warnings[0]
-    prim = packaging.package(kit_copy, hyps=hyp_set(tmp_path, kit_copy), submission_type="primary", **args)
+    prim = sub_package.package(kit_copy, hyps=hyp_set(tmp_path, kit_copy), submission_type="primary", **args)
     assert not any("primary" in w for w in prim.warnings)
-    assert packaging.check([res.dir, prim.dir]).warnings == []
+    assert sub_check.check([res.dir, prim.dir]).warnings == []
 
 
 def test_team_names_with_hyphens():
@@ -731,8 +734,8 @@ def test_team_names_with_hyphens():
     n = track.model_name(team="HW-TSC", lp="en-de", condition="constrained", submission_type="primary",
                          edition="2025", bin_name="Bin3")
     assert n == "HW-TSC_IWSLT25_ModelCompression_en-de_Bin3_constrained_primary"
-    assert packaging.parse_name(n)["team"] == "HW-TSC"
-    assert packaging.parse_name("HW-TSC_IWSLT27_ModelCompression_en-zh_unconstrained_contrastive") == {
+    assert sub_names.parse_name(n)["team"] == "HW-TSC"
+    assert sub_names.parse_name("HW-TSC_IWSLT27_ModelCompression_en-zh_unconstrained_contrastive") == {
         "edition": "2027", "team": "HW-TSC", "lp": "en-zh", "condition": "unconstrained", "type": "contrastive",
         "bin": None}
 
@@ -769,7 +772,7 @@ def test_datasets_are_named_never_paths_and_derived_data_is_constrained(tmp_path
     data.mkdir(parents=True)
     model = fake_build(tmp_path, data)
     res = pkg(model, tmp_path)
-    desc = packaging.parse_description(res.description)
+    desc = sub_desc.parse_description(res.description)
     assert desc["Datasets used"] == "ACL 60/60; ACL 60/60 translated by the fine-tuned teacher"
     assert str(tmp_path) not in res.description and "/my/local" not in res.description
     assert not any("constrained condition" in w for w in res.warnings)  # derived from ACL 60/60: allowed
@@ -802,7 +805,7 @@ def test_relative_provenance_paths_read_the_same_from_any_directory(tmp_path, mo
     for cwd in (tmp_path, tmp_path / "my", model):
         monkeypatch.chdir(cwd)
         res = pkg(model, tmp_path, out=tmp_path / f"subs-{len(descs)}")
-        descs.append(packaging.parse_description(res.description)["Datasets used"])
+        descs.append(sub_desc.parse_description(res.description)["Datasets used"])
         assert not any("constrained condition" in w for w in res.warnings), (cwd, res.warnings)
     assert descs == ["ACL 60/60; ACL 60/60 translated by the fine-tuned teacher"] * 3
 
@@ -825,7 +828,7 @@ def test_real_outside_data_still_warns_under_constrained(tmp_path):
     tsv.write_text("")
     model = fake_build(tmp_path, data, extra=[("covost2", str(tsv))])
     res = pkg(model, tmp_path)
-    assert packaging.parse_description(res.description)["Datasets used"] == (
+    assert sub_desc.parse_description(res.description)["Datasets used"] == (
         "ACL 60/60; ACL 60/60 translated by the fine-tuned teacher; CoVoST 2 en-de train 100k")
     warn = [w for w in res.warnings if "constrained condition" in w]
     assert len(warn) == 1 and "CoVoST 2 en-de train 100k" in warn[0] and "ACL 60/60 translated" not in warn[0]
@@ -850,12 +853,12 @@ def test_a_tensor_changed_in_the_middle_refuses_the_old_hypotheses(kit_copy, tmp
     from iwslt_mc.modelio import legacy_model_fingerprint, model_fingerprint
 
     hyps = hyp_set(tmp_path, kit_copy)
-    res = packaging.package(kit_copy, team="KIT", lp="en-de", condition="constrained", submission_type="primary",
+    res = sub_package.package(kit_copy, team="KIT", lp="en-de", condition="constrained", submission_type="primary",
                             hyps=hyps, out=tmp_path / "subs")
     fp, legacy = model_fingerprint(kit_copy), legacy_model_fingerprint(kit_copy)
     change_middle_tensor(kit_copy)
     assert legacy_model_fingerprint(kit_copy) == legacy and model_fingerprint(kit_copy) != fp
-    probs = packaging.check([res.dir]).all_problems()
+    probs = sub_check.check([res.dir]).all_problems()
     assert len(probs) == 1 and f"model changed after packaging (fingerprint {fp} then" in probs[0]
     capsys.readouterr()
     rc = cli.main(["package", str(kit_copy), "--team", "KIT", "--lang", "en-de", "--condition", "constrained",
@@ -873,14 +876,14 @@ def test_logs_and_manifests_of_the_older_partial_fingerprint_still_match(kit_cop
     old = legacy_model_fingerprint(kit_copy)
     hyps = hyp_set(tmp_path, kit_copy)
     decode_log(hyps["acl"], kit_copy, 3, fingerprint=old)
-    res = packaging.package(kit_copy, team="KIT", lp="en-de", condition="constrained", submission_type="primary",
+    res = sub_package.package(kit_copy, team="KIT", lp="en-de", condition="constrained", submission_type="primary",
                             hyps=hyps, out=tmp_path / "subs")
     assert res.manifest["test_sets"]["acl"]["model_check"].startswith(f"older partial model fingerprint {old}")
     assert any("written by an older iwslt-mc" in w and "acl.de" in w for w in res.warnings)
     man = json.loads((res.dir / "manifest.json").read_text())
     man["model_fingerprint"] = old
     (res.dir / "manifest.json").write_text(json.dumps(man))
-    chk = packaging.check([res.dir])
+    chk = sub_check.check([res.dir])
     assert chk.ok, chk.all_problems()
     assert any(f"model fingerprint {old} recorded by an older iwslt-mc" in n for n in chk.submissions[0].notes)
 

@@ -8,7 +8,8 @@ import json
 import pytest
 import torch
 
-from iwslt_mc import modelio, surgery
+from iwslt_mc import modelio
+from iwslt_mc.families.qwen2_audio import surgery
 from iwslt_mc.planning import planner
 from iwslt_mc.sizing import sizer
 from iwslt_mc.families.qwen2_audio.layout import find_layout

@@ -17,7 +17,10 @@ import pytest
 import torch
 
 from iwslt_mc import modelio
+from iwslt_mc.decoding import rounds as round_decoding
+from iwslt_mc.scoring import metrics
 from iwslt_mc.stages import importance as imp
+from iwslt_mc.training.calibration import heldout_segments
 from iwslt_mc.stages import make_stage
 from iwslt_mc.stages.base import StageContext, run_stage
 
@@ -26,9 +29,9 @@ QUIET = dict(log=lambda *a: None)
 
 
 def _segments(data_dir, n, split="test"):
-    from iwslt_mc.data import load_examples
+    from iwslt_mc.training.data import load_examples
 
-    return imp.heldout_segments(load_examples(str(data_dir), split=split, seed=0)[:n], "en-de")
+    return heldout_segments(load_examples(str(data_dir), split=split, seed=0)[:n], "en-de")
 
 
 def _search(engine, log_path, *, n_layers, remove, protect=False):
@@ -83,7 +86,7 @@ def test_deep_round_hypotheses_equal_per_candidate_decoding(kit, deep, max_rows)
     cands = [1, 2, 12, 14, 29, 30, 31]  # below, between and above the removed layers, and the last one
     st: dict = {}
     got = eng.translate_round(removed, cands, stats=st)
-    assert st["prefix_positions"] == imp.common_prefix(emb) > 20  # the chat template's start, prefilled once
+    assert st["prefix_positions"] == round_decoding.common_prefix(emb) > 20  # the chat template's start, prefilled once
     for c in cands:
         assert got[c] == ref.translate(tuple(removed + [c])), c
     assert len({tuple(v) for v in got.values()}) > 2
@@ -93,12 +96,12 @@ def test_common_prefix_counts_equal_leading_positions_and_leaves_each_prompt_its
     a = torch.arange(12.0).view(6, 2)
     b = a.clone()
     b[4] += 1
-    assert imp.common_prefix([a, b]) == 4
-    assert imp.common_prefix([a, a.clone()]) == 5  # identical prompts: every one keeps its last position
-    assert imp.common_prefix([a, a[:3].clone()]) == 2
+    assert round_decoding.common_prefix([a, b]) == 4
+    assert round_decoding.common_prefix([a, a.clone()]) == 5  # identical prompts: every one keeps its last position
+    assert round_decoding.common_prefix([a, a[:3].clone()]) == 2
     c = a.clone()
     c[0, 1] = -1
-    assert imp.common_prefix([a, b, c]) == 0
+    assert round_decoding.common_prefix([a, b, c]) == 0
 
 
 def test_deep_round_scores_and_choice_equal_the_naive_loop(kit, deep):
@@ -119,7 +122,7 @@ def test_unsupported_generation_config_falls_back_to_per_candidate(kit, tmp_path
     model = modelio.load_model(kit / "model", device="cpu")
     proc = modelio.load_processor(kit / "model")
     model.generation_config.suppress_tokens = [5]
-    assert imp.round_decoding_supported(model) == "generation config sets suppress_tokens"
+    assert round_decoding.round_decoding_supported(model) == "generation config sets suppress_tokens"
     eng = imp.SharedEngine(model, proc, _segments(kit / "data", 2), "en-de", max_new_tokens=4)
     assert eng.translate_round([], [1, 2]) is None
     _, _, rounds = _search(eng, tmp_path / "l.jsonl", n_layers=4, remove=1)
@@ -210,19 +213,19 @@ def test_segment_statistics_sum_to_the_corpus_metric():
     refs = ["Der Hund schläft.", "Die Katze trinkt.", "Das Haus ist groß.", "Hallo"]
     for name in ("auto", "chrf", "chrf++", "bleu"):
         for lang in ("en-de", "en-zh"):
-            stats, score = imp.segment_statistics(name, lang)
+            stats, score = metrics.segment_statistics(name, lang)
             st = stats(hyps, refs)
             assert st.shape[0] == 4
-            assert score(st.sum(0)) == pytest.approx(imp.get_metric(name)(hyps, refs, [], lang), abs=1e-9), (name, lang)
-            assert score(st[:2].sum(0)) == pytest.approx(imp.get_metric(name)(hyps[:2], refs[:2], [], lang), abs=1e-9)
-    assert imp.segment_statistics("comet:x", "en-de") is None
+            assert score(st.sum(0)) == pytest.approx(metrics.get_metric(name)(hyps, refs, [], lang), abs=1e-9), (name, lang)
+            assert score(st[:2].sum(0)) == pytest.approx(metrics.get_metric(name)(hyps[:2], refs[:2], [], lang), abs=1e-9)
+    assert metrics.segment_statistics("comet:x", "en-de") is None
 
 
 def test_screen_stage_drops_only_candidates_behind_by_more_than_z_standard_errors():
     import numpy as np
 
-    _, score = imp.segment_statistics("chrf", "en-de")
-    stats_fn, _ = imp.segment_statistics("chrf", "en-de")
+    _, score = metrics.segment_statistics("chrf", "en-de")
+    stats_fn, _ = metrics.segment_statistics("chrf", "en-de")
     refs = ["der kleine hund schläft", "die katze trinkt milch", "das haus ist groß", "ein vogel singt laut",
             "wir essen brot", "sie lesen ein buch"]
     good = list(refs)
@@ -294,10 +297,10 @@ def test_deep_screened_round_drops_candidates_and_keeps_the_exact_choice(kit, de
     """30 candidates on the 32-layer kit, 30 segments (the kit's 16 and 14 of the toy fixture's audio): the
     race decodes most candidates on 8-24 segments only (finalists: several row chunks), and its choice is the
     exact round's (whose scores equal the naive loop's: the tests above)."""
-    from iwslt_mc.data import load_examples
+    from iwslt_mc.training.data import load_examples
 
     model, proc = deep
-    segs = imp.heldout_segments(load_examples([str(kit / "data"), str(TOY / "data")], seed=0)[:30], "en-de")
+    segs = heldout_segments(load_examples([str(kit / "data"), str(TOY / "data")], seed=0)[:30], "en-de")
     kw = dict(max_new_tokens=4, max_length=1024)
     exact = imp.CandidateScorer(imp.SharedEngine(model, proc, segs, "en-de", **kw))
     cands = list(range(1, 31))

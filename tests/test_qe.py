@@ -15,10 +15,14 @@ from pathlib import Path
 import pytest
 import sacrebleu
 
-from iwslt_mc import cli, comet_env, data, decoding, scoring
+from iwslt_mc import cli
+from iwslt_mc.training import data
+from iwslt_mc.decoding import core as decoding
+from iwslt_mc.scoring import comet_env, metrics, scoring
 from iwslt_mc.errors import UserError
 from iwslt_mc.stages import make_stage
 from iwslt_mc.stages.base import StageContext, run_stage
+from iwslt_mc.training.calibration import heldout_segments
 from iwslt_mc.stages.distill import DATA_DIR
 
 OFFLINE_SIGNS = ("No matching distribution", "Could not find a version", "Failed to establish a new connection",
@@ -142,7 +146,7 @@ def _run_dir(root: Path, name: str, kit, scores: dict) -> Path:
 
 
 def test_report_acceptability_against_a_teacher_run(tmp_path, kit):
-    from iwslt_mc import report
+    from iwslt_mc.submission import report
 
     ref_f, hyp_f, t_f, *_ = _chrf_files(tmp_path)
     sys_scores = scoring.score_files(hyp_f, ref_f, "en-de", testset="tst")
@@ -170,7 +174,7 @@ def test_report_acceptability_against_a_teacher_run(tmp_path, kit):
 
 
 def test_report_teacher_without_scores_is_one_line(tmp_path, kit):
-    from iwslt_mc import report
+    from iwslt_mc.submission import report
 
     ref_f, hyp_f, *_ = _chrf_files(tmp_path)
     small = _run_dir(tmp_path / "runs", "small", kit, scoring.score_files(hyp_f, ref_f, "en-de"))
@@ -393,11 +397,11 @@ def test_qe_guided_search_scores_a_round_in_one_call_and_chooses_as_per_candidat
     candidates are scored in ONE COMET process (counted), and every candidate's score and the choice equal
     scoring each candidate's hypotheses in its own process, as the per-candidate loop did."""
     from iwslt_mc import modelio
-    from iwslt_mc.data import load_examples
+    from iwslt_mc.training.data import load_examples
     from iwslt_mc.stages import importance as imp
 
     metric = f"qe:{qe_ckpt}"
-    imp.check_metric(metric)
+    metrics.check_metric(metric)
     calls = {"workers": 0}
     real_worker = comet_env._run_worker
 
@@ -408,7 +412,7 @@ def test_qe_guided_search_scores_a_round_in_one_call_and_chooses_as_per_candidat
     monkeypatch.setattr(comet_env, "_run_worker", worker)
     model = modelio.load_model(kit / "model", device="cpu")
     proc = modelio.load_processor(kit / "model")
-    segs = imp.heldout_segments(load_examples(str(kit / "data"), split="test", seed=0)[:3], "en-de")
+    segs = heldout_segments(load_examples(str(kit / "data"), split="test", seed=0)[:3], "en-de")
     kw = dict(max_new_tokens=6, max_length=1024)
     engine = imp.SharedEngine(model, proc, segs, "en-de", **kw)
     log = imp.SearchLog(tmp_path / "s.jsonl", {"k": 1}, log=lambda *a: None)
@@ -426,12 +430,10 @@ def test_qe_guided_search_scores_a_round_in_one_call_and_chooses_as_per_candidat
     if one_by_one[ranked[0]] - one_by_one[ranked[1]] > 2e-4:  # a margin the float noise cannot flip
         assert chosen == [ranked[0]]
     assert chosen == [max(range(4), key=lambda c: (scores[c], -c))]
-    assert imp.metric_label(metric, "en-de").startswith("COMET QE")
+    assert metrics.metric_label(metric, "en-de").startswith("COMET QE")
 
 
 def test_qe_search_metric_with_a_reference_model_is_refused_before_work(qe_env, tmp_path):
-    from iwslt_mc.stages import importance as imp
-
     ref_ckpt = str(comet_env.make_tiny_checkpoint(tmp_path / "tiny-comet", env_dir=qe_env))
     with pytest.raises(UserError, match="reference"):
-        imp.check_metric(f"qe:{ref_ckpt}")
+        metrics.check_metric(f"qe:{ref_ckpt}")

@@ -8,7 +8,8 @@ import struct
 import numpy as np
 import pytest
 
-from iwslt_mc import cli, report
+from iwslt_mc import cli
+from iwslt_mc.submission import report
 from iwslt_mc.sizing.sizer import measure
 
 TENSOR = "model.language_model.layers.0.mlp.down_proj.weight"

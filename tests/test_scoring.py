@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-from iwslt_mc import cli, scoring
+from iwslt_mc import cli
+from iwslt_mc.scoring import scoring
 
 # Case, punctuation, umlauts, a number, a quote, a hyphen: what 13a and chrF++ must treat alike.
 DE_REF = [

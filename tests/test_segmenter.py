@@ -11,8 +11,8 @@ import soundfile as sf
 import yaml
 
 from iwslt_mc.errors import InputFileError
-from iwslt_mc.inputs import check_segments, detect_kind, resolve_audio
-from iwslt_mc.segmenter import segment_audio, speech_intervals
+from iwslt_mc.decoding.inputs import check_segments, detect_kind, resolve_audio
+from iwslt_mc.decoding.segmenter import segment_audio, speech_intervals
 
 SR = 16000
 
@@ -81,7 +81,7 @@ def test_short_and_silent_input():
 
 
 def test_kit_long_wav(kit):
-    from iwslt_mc.audio import load_audio
+    from iwslt_mc.decoding.audio import load_audio
 
     long = kit / "data" / "long"
     wave = load_audio(long / "talk.wav")

@@ -13,6 +13,7 @@ from iwslt_mc.families.qwen2_audio.layout import find_layout
 from iwslt_mc.families import prompt_text
 from iwslt_mc.stages import make_stage
 from iwslt_mc.stages import importance as imp
+from iwslt_mc.training.calibration import heldout_segments
 from iwslt_mc.stages.base import StageContext, run_stage
 
 QUIET = dict(log=lambda *a: None)
@@ -176,9 +177,9 @@ def test_top_strategy_stage(kit, tmp_path):
 
 
 def _segments(kit, n=4):
-    from iwslt_mc.data import load_examples
+    from iwslt_mc.training.data import load_examples
 
-    return imp.heldout_segments(load_examples(str(kit / "data"), split="test", seed=0)[:n], "en-de")
+    return heldout_segments(load_examples(str(kit / "data"), split="test", seed=0)[:n], "en-de")
 
 
 def _search(engine, log_path, **kw):
@@ -210,7 +211,7 @@ def test_search_cached_engine_selects_what_the_naive_loop_selects(kit, tmp_path)
 
 
 def test_cached_hypotheses_equal_reference_decoding(kit):
-    from iwslt_mc.decoding import translate
+    from iwslt_mc.decoding.core import translate
 
     model = _fresh(kit)
     proc = modelio.load_processor(kit / "model")

@@ -174,7 +174,7 @@ def few_wavs(tmp_path_factory, kit_waves):
 def test_4bit_kit_model_decodes_on_both_cpu_paths(kit, tmp_path, few_wavs, bnb_cpu_path, method):
     """The decode command on a 4-bit kit model (FFN width 176): one line per segment, as translate() gives."""
     from iwslt_mc import cli
-    from iwslt_mc.decoding import one_line, translate
+    from iwslt_mc.decoding.core import one_line, translate
 
     audio, waves = few_wavs
     qdir = tmp_path / method

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from iwslt_mc import modelio
-from iwslt_mc.prompting import TARGET_LANGUAGE
+from iwslt_mc.floor.languages import TARGET_LANGUAGE
 from iwslt_mc.families import prompt_text
 from iwslt_mc.stages import make_stage
 from iwslt_mc.stages.base import StageContext, run_stage
@@ -42,7 +42,7 @@ def id_map(kit, trimmed):
 
 
 def _kit_texts(kit, codes=("en", "de")):
-    from iwslt_mc.data import load_examples
+    from iwslt_mc.training.data import load_examples
 
     return [ex.text(c) for ex in load_examples(str(kit / "data")) for c in codes]
 

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from iwslt_mc import cli, decoding
-from iwslt_mc.inputs import resolve_audio
+from iwslt_mc import cli
+from iwslt_mc.decoding import core as decoding
+from iwslt_mc.decoding.inputs import resolve_audio
 
 NEW = 8  # random weights never stop on their own: keep generations short
 

@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 LOOP = r"""
 import os, sys, time, torch
 from safetensors.torch import load_file
-from iwslt_mc import torchsave
+from iwslt_mc.sizing import torchsave
 if sys.argv[3] == "slow-reader":  # a reader that opens its end late: the case that deadlocked a reader thread
     torchsave._COUNTER = "import time\ntime.sleep(0.3)\n" + torchsave._COUNTER
 sd = load_file(sys.argv[1])

@@ -36,8 +36,8 @@ def _load(model_dir):
 
 
 def _decode_hyps(model_dir, waves, model=None, processor=None):
-    """``iwslt_mc.decoding.Hyp`` per wave (text and generated token ids)."""
-    from iwslt_mc.decoding import translate
+    """``iwslt_mc.decoding.core.Hyp`` per wave (text and generated token ids)."""
+    from iwslt_mc.decoding.core import translate
 
     if model is None:
         model, processor = _load(model_dir)
@@ -49,7 +49,7 @@ def _decode(model_dir, waves, model=None, processor=None) -> list[str]:
 
 
 def _chrf(hyps, refs) -> float:
-    from iwslt_mc.scoring import corpus_scores
+    from iwslt_mc.scoring.scoring import corpus_scores
 
     return corpus_scores(hyps, refs, LANG)["chrf"]["score"]
 
@@ -57,7 +57,7 @@ def _chrf(hyps, refs) -> float:
 @pytest.fixture(scope="module")
 def slice_():
     """(waves, German references) of the committed test slice."""
-    from iwslt_mc import data
+    from iwslt_mc.training import data
 
     exs = data.load_examples(str(DATA), "test", lang=LANG)
     return [e.waveform() for e in exs], [data.target_text(e, LANG) for e in exs]
@@ -191,7 +191,7 @@ def test_recast_saved_rewrites_a_model_directory_in_another_dtype(tmp_path):
     import torch
 
     from iwslt_mc import modelio
-    from iwslt_mc.stages.merge import checkpoint_dtype
+    from iwslt_mc.training.common import checkpoint_dtype
 
     d = tmp_path / "m"
     shutil.copytree(TEACHER, d)

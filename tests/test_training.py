@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from iwslt_mc import data, training
+from iwslt_mc.training import data, training
 from iwslt_mc.errors import InputFileError, UserError
 from iwslt_mc.stages import make_stage
 from iwslt_mc.stages.base import StageContext, run_stage
@@ -146,7 +146,7 @@ def _trained_4bit_state(monkeypatch) -> dict:
     right after training (the merge that follows dequantizes it in place)."""
     from bitsandbytes.nn import Linear4bit
 
-    from iwslt_mc.stages.quantize import repacked_layers
+    from iwslt_mc.training.common import repacked_layers
 
     seen = {}
     real_train = training.train
@@ -310,7 +310,7 @@ def test_merge_stage_on_an_unmerged_qlora_output(kit, kit_processor, tmp_path, b
     from peft import PeftModel
 
     from iwslt_mc.modelio import load_model
-    from iwslt_mc.stages.quantize import repacked_layers
+    from iwslt_mc.training.common import repacked_layers
 
     out = tmp_path / "q"
     _finetune(kit, out, dict(FAST, **LLM_LORA, mode="qlora", max_steps=6, merge=False))
@@ -346,7 +346,7 @@ def test_merge_stage_on_an_unmerged_qlora_output(kit, kit_processor, tmp_path, b
 
 def test_torn_checkpoint_is_skipped(tmp_path):
     """A kill while a checkpoint is written leaves it without trainer_state.json: resume uses the previous one."""
-    from iwslt_mc.training import CHECKPOINTS, last_checkpoint
+    from iwslt_mc.training.training import CHECKPOINTS, last_checkpoint
 
     d = tmp_path / CHECKPOINTS
     for step, complete in ((1, True), (2, True), (3, False)):
@@ -366,8 +366,9 @@ def test_checkpoints_of_another_training_run_are_refused_not_resumed(kit, tmp_pa
     """Checkpoints left in a work directory (a killed stage) and a rerun with another learning rate:
     one-line refusal naming the directory and what changed (resuming would mix two runs' weights);
     the same settings, a cosmetic option changed, resume."""
-    from iwslt_mc import modelio, training
-    from iwslt_mc.data import load_examples
+    from iwslt_mc import modelio
+    from iwslt_mc.training import training
+    from iwslt_mc.training.data import load_examples
     from iwslt_mc.errors import UserError
 
     model = modelio.load_model(kit / "model", dtype="float32", device="cpu")

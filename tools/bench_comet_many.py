@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from iwslt_mc import comet_env  # noqa: E402
+from iwslt_mc.scoring import comet_env  # noqa: E402
 
 WORDS = "the model has to fit into less than five hundred megabytes we removed three layers does it work".split()
 

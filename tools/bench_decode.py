@@ -18,7 +18,7 @@ recorded utterances (or, without soundfile, amplitude-modulated noise). Every ru
 Runs, timed end to end (features, prefill, decoding, detokenization):
 - ``baseline``: per clip ``processor(...)`` + ``model.generate(**inputs)`` (batch 1, default dynamic
   cache), as the published code does, on ``--baseline-segments`` clips spread over the set;
-- ``reference``: :func:`iwslt_mc.decoding.translate` ``mode="reference"`` on the same clips;
+- ``reference``: :func:`iwslt_mc.decoding.core.translate` ``mode="reference"`` on the same clips;
 - ``fast``: ``mode="fast"`` with ``--batch-size`` on all clips (after a warm-up batch that compiles).
 segments/s compares runs on different numbers of clips: the subset is every k-th clip of the set.
 
@@ -146,7 +146,7 @@ def weight_bytes_per_token(model) -> int:
 # ---------------------------------------------------------------------------------------------- audio
 
 def kit_utterances() -> list[np.ndarray]:
-    from iwslt_mc.audio import load_audio
+    from iwslt_mc.decoding.audio import load_audio
 
     root = Path(__file__).resolve().parents[1] / "iwslt_mc" / "kitdata" / "audio"
     return [load_audio(p) for p in sorted(root.glob("*.flac"))]
@@ -216,7 +216,7 @@ def run_baseline(model, processor, waves, max_new_tokens: int) -> dict:
 
 
 def run_mode(model, processor, waves, mode: str, batch_size: int, max_new_tokens: int) -> dict:
-    from iwslt_mc.decoding import translate
+    from iwslt_mc.decoding.core import translate
 
     sync(model.device)
     t0 = time.perf_counter()
@@ -237,7 +237,7 @@ def decode_rate(model, processor, wave, how: str, n1: int, n2: int) -> float:
     """Tokens/s of batch-1 decoding steps alone: (n2 - n1) / (t(n2) - t(n1)), each time the best of 3."""
     import torch
 
-    from iwslt_mc.decoding import fast_batch
+    from iwslt_mc.decoding.core import fast_batch
     from iwslt_mc.families import prompt_text
 
     eos = model.generation_config.eos_token_id

@@ -20,7 +20,7 @@ time for:
   ``replace-layers``) against iterative pruning of 1 and 2 layers plus fine-tuning (same steps).
 
 Each variant is a run directory (``OUT/runs/NAME``: the model, its hypotheses, and a scores JSON
-from :func:`iwslt_mc.scoring.score_files`), so ``iwslt-mc report OUT/runs/*`` reads them too.
+from :func:`iwslt_mc.scoring.scoring.score_files`), so ``iwslt-mc report OUT/runs/*`` reads them too.
 Finished variants are reused when the benchmark is run again (delete ``OUT/runs/NAME`` to redo
 one). Writes ``OUT/results.json``, the Markdown table (``--report``) and next to it the report's
 quality-vs-size plot.
@@ -220,7 +220,8 @@ def _resolve(value, model_dirs: dict):
 
 def make_variant(v: dict, args, runs: Path, model_dirs: dict) -> tuple[Path, float]:
     """Build one variant's model (skipped when it exists); returns (model dir, seconds spent building)."""
-    from iwslt_mc import build, provenance, recipes
+    from iwslt_mc import build, recipes
+    from iwslt_mc.submission import provenance
     from iwslt_mc.stages import make_stage
     from iwslt_mc.stages.base import run_stage
 
@@ -266,8 +267,11 @@ def evaluate(model_dir: Path, run: Path, args, examples) -> dict:
     """Decode the test split, write hypotheses/references, score them with the project's scorer."""
     import torch
 
-    from iwslt_mc import data, decoding, modelio, scoring
+    from iwslt_mc.training import data
+    from iwslt_mc import modelio
     from iwslt_mc.sizing import sizer
+    from iwslt_mc.decoding import core as decoding
+    from iwslt_mc.scoring import scoring
     from iwslt_mc.fsutil import atomic_write_json, atomic_write_text
 
     # float32 on CPU; the stored dtype (the teacher's float16) is what the size column measures
@@ -319,7 +323,7 @@ def markdown(results: list[dict], args, meta: dict, plot: str | None, sets: dict
         "",
         f"Quality kept by each compression of the toy teacher (`{meta['teacher']}`), on the {meta['examples']} "
         f"utterances of the toy corpus's test split (`{meta['corpus']}`), {args.lang}. Greedy decoding "
-        f"(`iwslt_mc.decoding.translate`, fast mode, float32 on CPU), scored with `iwslt_mc.scoring`. "
+        f"(`iwslt_mc.decoding.core.translate`, fast mode, float32 on CPU), scored with `iwslt_mc.scoring.scoring`. "
         f"Size and parameters by `iwslt_mc.sizing.sizer`. Made by `python tools/bench_fidelity.py` "
         f"({meta['date']}, CPU, {meta.get('threads', '?')} threads; recovery fine-tuning {args.ft_steps} steps "
         f"at lr {args.ft_lr:g}, batch 8, on the train split's references).",
@@ -429,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     import torch
 
-    from iwslt_mc import data
+    from iwslt_mc.training import data
     from iwslt_mc.fsutil import atomic_write_json, atomic_write_text
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
@@ -467,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
     report = args.report or args.out / "fidelity.md"
     plot = None
     try:
-        from iwslt_mc import report as rep
+        from iwslt_mc.submission import report as rep
 
         rec = rep.write_report([runs / r["name"] for r in results], args.out / "report")
         if rec.get("plot"):

@@ -11,7 +11,7 @@ Each variant is then also trimmed to the train split's
 vocabulary and quantized (NF4, double quantization, every linear layer but lm_head) for a
 second, compact point. Every point is scored on the test split (never used for any choice), with
 its size, parameters, training steps and build time; the frontier is the report's
-(:func:`iwslt_mc.report.pareto_front`).
+(:func:`iwslt_mc.submission.report.pareto_front`).
 
     python tools/bench_frontier.py --corpus toy/corpus-tiny --out toy/frontier --report docs/bench/frontier.md
 
@@ -87,8 +87,9 @@ def main(argv=None) -> int:
     import torch
 
     import bench_fidelity
-    from iwslt_mc import build, data, recipes
+    from iwslt_mc import build, recipes
     from iwslt_mc.planning import frontier, planner
+    from iwslt_mc.training import data
     from iwslt_mc.fsutil import atomic_write_json, atomic_write_text
     from iwslt_mc.stages import make_stage
     from iwslt_mc.stages.base import StageContext, run_stage
@@ -188,7 +189,7 @@ def main(argv=None) -> int:
 
 def write_markdown(report: Path, results: list[dict], args, kd_seconds: float, argv) -> None:
     from iwslt_mc.fsutil import atomic_write_text
-    from iwslt_mc.report import pareto_front
+    from iwslt_mc.submission.report import pareto_front
 
     t = next(r for r in results if r["name"] == "teacher")
     front = set(pareto_front([(r["bytes"], r["chrf"]) for r in results]))
@@ -213,7 +214,7 @@ def write_markdown(report: Path, results: list[dict], args, kd_seconds: float, a
         + ". `-q4` points add vocabulary trimming (train split) and NF4 with double "
         f"quantization of every linear layer but lm_head (float16: bitsandbytes 4-bit inference fails on this CPU "
         f"for output widths that are not a multiple of 32, such as a trimmed vocabulary). Scored on the {t['examples']} test utterances "
-        f"(greedy, float32 on CPU); the test split chose nothing. Frontier: `iwslt_mc.report.pareto_front`. "
+        f"(greedy, float32 on CPU); the test split chose nothing. Frontier: `iwslt_mc.submission.report.pareto_front`. "
         f"Made by `python tools/bench_frontier.py {' '.join(argv if argv is not None else sys.argv[1:])}` "
         f"({time.strftime('%Y-%m-%d')}, 2 shared CPU cores).",
         "",
@@ -249,7 +250,7 @@ def plot_png(results, path: Path, t) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from iwslt_mc.report import pareto_front
+    from iwslt_mc.submission.report import pareto_front
 
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     colours = {"teacher": "black", "depth": "tab:blue", "width": "tab:orange", "both": "tab:green"}

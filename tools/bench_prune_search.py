@@ -98,8 +98,8 @@ def build_model(arch: str, kit_model_dir: Path, device: str, seed: int):
 
 def load_segments(kit_dir: Path, n: int, lang: str, specs=None):
     """The first ``n`` utterances of the kit's data, or of the data specs ``specs`` (all splits, in order)."""
-    from iwslt_mc.data import load_examples
-    from iwslt_mc.stages.importance import heldout_segments
+    from iwslt_mc.training.data import load_examples
+    from iwslt_mc.training.calibration import heldout_segments
 
     specs = [str(kit_dir / "data") if s == "kit" else s for s in (specs or ["kit"])]
     return heldout_segments(load_examples(specs, seed=0)[:n], lang)
@@ -169,12 +169,13 @@ def toy_search(rounds: int, heldout: int, max_new_tokens: int, protect: bool, da
     import torch
 
     from iwslt_mc import modelio
-    from iwslt_mc.data import load_examples
+    from iwslt_mc.training.data import load_examples
     from iwslt_mc.stages import importance as imp
+    from iwslt_mc.training.calibration import heldout_segments
 
     model = modelio.load_model(TOY / "teacher", dtype=torch.float32, device="cpu")
     proc = modelio.load_processor(TOY / "teacher")
-    segs = imp.heldout_segments(load_examples(data or str(TOY / "data"), split=split, seed=0)[:heldout], "en-de")
+    segs = heldout_segments(load_examples(data or str(TOY / "data"), split=split, seed=0)[:heldout], "en-de")
     n = len(model.model.language_model.layers)
     out = {"heldout": len(segs), "rounds": rounds, "llm_layers": n, "protect_first_last": protect,
            "max_new_tokens": max_new_tokens}
@@ -223,7 +224,8 @@ def comet_round(checkpoint: str, shared_engine, rr: dict, allowed, k: int, lang:
     per-candidate way (one COMET worker, one model load, per candidate: the ``comet:`` metric function),
     the latter on the shared engine's hypotheses of the same round (``rr``) plus that round's decode time.
     Wall seconds and CPU seconds including the worker processes."""
-    from iwslt_mc import comet_env
+    from iwslt_mc.scoring import comet_env
+    from iwslt_mc.scoring import metrics
     from iwslt_mc.stages import importance as imp
 
     ckpt = comet_env.resolve_checkpoint(checkpoint)
@@ -234,7 +236,7 @@ def comet_round(checkpoint: str, shared_engine, rr: dict, allowed, k: int, lang:
     one_scores = {c: one(removed_llm=(c,)) for c in allowed}
     sync()
     w1, c1 = _clock()
-    fn = imp.get_metric(metric)
+    fn = metrics.get_metric(metric)
     refs = [s.reference for s in shared_engine.segments]
     srcs = [s.source for s in shared_engine.segments]
     timed = allowed[:k] if k else allowed
@@ -299,6 +301,7 @@ def main(argv=None) -> int:
     import torch
 
     from iwslt_mc import modelio
+    from iwslt_mc.scoring import metrics
     from iwslt_mc.stages import importance as imp
 
     if args.threads:
@@ -349,7 +352,7 @@ def main(argv=None) -> int:
     cached_engine.translate(())  # warm-up of batched generate
     shared_engine.embeds(())
     shared_engine.translate_round([], allowed[:2])  # warm-up of the round loop
-    imp.critical_value(3.0, 8), imp.segment_statistics("auto", args.lang)  # the screen's one-off imports
+    imp.critical_value(3.0, 8), metrics.segment_statistics("auto", args.lang)  # the screen's one-off imports
     sync()
 
     per_cand = {"naive": naive, "cached": cached, "teacher-forced": tf}
@@ -366,7 +369,7 @@ def main(argv=None) -> int:
                          "chosen": max(cands, key=lambda c: (r["scores"][c], -c)), "scores": r["scores"]}
     # the shared engine: the whole round in one loop, scored per candidate with the same metric
     rr = time_round(shared_engine, [], allowed, sync, args.repeats)
-    metric = imp.get_metric("auto")
+    metric = metrics.get_metric("auto")
     refs, srcs = [s.reference for s in segments], [s.source for s in segments]
     sh_scores = {c: float(metric(rr["hyps"][c], refs, srcs, args.lang)) for c in allowed}
     results["shared"] = {"seconds": round(rr["wall"], 3), "cpu_seconds": round(rr["cpu"], 3),

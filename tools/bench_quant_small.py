@@ -171,8 +171,8 @@ def markdown(results: list[dict], meta: dict) -> str:
              "Which final quantization recipe-bin4 and recipe-bin5 should use, measured on toy models made like them "
              "(not on the full toy teacher, whose figures are in `quantization.md`). " + meta["models_text"], "",
              f"Each model is quantized by the `quantize` stage as each variant says, decoded greedily (float32 compute "
-             f"on the CPU, `iwslt_mc.decoding.translate` fast mode) on the first {meta['examples']} test utterances of "
-             f"`{meta['corpus']}` (en-de) and scored with `iwslt_mc.scoring`. '% kept' is chrF++ as a percentage of "
+             f"on the CPU, `iwslt_mc.decoding.core.translate` fast mode) on the first {meta['examples']} test utterances of "
+             f"`{meta['corpus']}` (en-de) and scored with `iwslt_mc.scoring.scoring`. '% kept' is chrF++ as a percentage of "
              "the same model unquantized; 'KL' is the mean KL divergence (nats per reference token) of the next-token "
              "distributions from the unquantized model's, teacher-forced on the references of the same utterances "
              "(steadier than chrF++ on 100 utterances). 'bytes' by `iwslt_mc.sizing.sizer`, 'planner' = when "
@@ -252,7 +252,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     import torch
 
-    from iwslt_mc import data
+    from iwslt_mc.training import data
     from iwslt_mc.fsutil import atomic_write_json
     from iwslt_mc.stages import make_stage
     from iwslt_mc.stages.base import StageContext, run_stage

@@ -78,7 +78,7 @@ def markdown(results: list[dict], meta: dict) -> str:
     lines = ["# Quantization on the toy teacher", "",
              f"chrF++ kept, bytes and CPU decode time of each quantization of the toy teacher (`{meta['teacher']}`), on "
              f"the {meta['examples']} test utterances of `{meta['corpus']}`, en-de, greedy decoding "
-             "(`iwslt_mc.decoding.translate`, fast mode, float32 compute on the CPU), scored with `iwslt_mc.scoring`. "
+             "(`iwslt_mc.decoding.core.translate`, fast mode, float32 compute on the CPU), scored with `iwslt_mc.scoring.scoring`. "
              f"Size by `iwslt_mc.sizing.sizer`; 'planner' is `iwslt_mc.planning.planner`'s prediction. Made by `{meta['command']}` "
              f"({meta['date']}, CPU, {meta['threads']} threads). With {meta['examples']} utterances one changed word moves "
              "chrF++ by about a point: read chrF++ differences of a few points as noise. 'KL to teacher' is the mean "
@@ -145,7 +145,8 @@ def teacher_forced_logprobs(model_dir: Path, examples, lang: str) -> list:
     of greedy outputs on a few utterances."""
     import torch
 
-    from iwslt_mc import data, modelio
+    from iwslt_mc.training import data
+    from iwslt_mc import modelio
     from iwslt_mc.families import prompt_text
 
     model = modelio.load_model(model_dir, dtype=torch.float32, device="cpu")
@@ -188,7 +189,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     import torch
 
-    from iwslt_mc import data
+    from iwslt_mc.training import data
     from iwslt_mc.fsutil import atomic_write_json
     from iwslt_mc.stages import make_stage
     from iwslt_mc.stages.base import StageContext, run_stage

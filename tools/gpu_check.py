@@ -383,7 +383,7 @@ class _Ctx:
 def write_kit_parquet(out: Path) -> None:
     """The kit's utterances as dev.parquet / eval.parquet through the project's own writer (pyarrow and the
     shipped FLAC bytes: no ``datasets``, no audio re-encoding)."""
-    from iwslt_mc.data import Example, write_parquet
+    from iwslt_mc.training.data import Example, write_parquet
     from iwslt_mc.kit import _audio_path, utterances
 
     rows = utterances()

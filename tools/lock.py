@@ -142,7 +142,7 @@ def write(args) -> None:
     if args.comet_venv:
         cinv = inventory(Path(args.comet_venv))
         cgroup = torch_group(cinv) | {"torch"}
-        files["comet.txt"] = _header("the COMET environment (iwslt-mc setup-comet; iwslt_mc/comet_env.py).", args.note) + [
+        files["comet.txt"] = _header("the COMET environment (iwslt-mc setup-comet; iwslt_mc/scoring/comet_env.py).", args.note) + [
             "# torch and the packages only it needs are not here: setup-comet reuses an installed torch or installs",
             "# lock/torch.txt's.",
             *pins(cinv, set(cinv) - cgroup)]

@@ -5,7 +5,7 @@
 [mt, src], sigmoid output) instead of a reference-based regression model.
 
 The work happens in the COMET environment (``iwslt-mc setup-comet``), because the encoder config
-and tokenizer must be written by transformers 4; see ``iwslt_mc.comet_env.make_tiny_checkpoint``.
+and tokenizer must be written by transformers 4; see ``iwslt_mc.scoring.comet_env.make_tiny_checkpoint``.
 Layout: OUT_DIR/encoder/ (tiny XLM-R config + SentencePiece tokenizer, the checkpoint's
 ``pretrained_model``), OUT_DIR/hparams.yaml, OUT_DIR/checkpoints/model.ckpt.
 """
@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from iwslt_mc.comet_env import create_env, make_tiny_checkpoint  # noqa: E402
+from iwslt_mc.scoring.comet_env import create_env, make_tiny_checkpoint  # noqa: E402
 
 
 def make_tiny_comet(out_dir, *, env_dir=None, seed: int = 0, setup: bool = True, qe: bool = False) -> Path:

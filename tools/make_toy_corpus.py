@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Make the toy speech-translation corpus: grammar sentences (``tools/toy_grammar.py``) spoken by espeak-ng.
 
-Writes, in the ACL 60/60 schema that ``iwslt_mc.data`` reads::
+Writes, in the ACL 60/60 schema that ``iwslt_mc.training.data`` reads::
 
     OUT/
       README.md                      dataset card; its ``configs:`` block names the splits

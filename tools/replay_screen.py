@@ -45,10 +45,11 @@ class ReplayEngine:
 
 
 def replay_round(engine, removed, cands, orders, plan_kw) -> list[dict]:
+    from iwslt_mc.scoring import metrics
     from iwslt_mc.stages import importance as imp
 
     hyps = engine.translate_round(list(removed), list(cands))
-    metric = imp.get_metric("auto")  # the metric CandidateScorer uses by default
+    metric = metrics.get_metric("auto")  # the metric CandidateScorer uses by default
     refs = [s.reference for s in engine.segments]
     exact = {c: float(metric(hyps[c], refs, [], engine.lang)) for c in cands}
     winner = max(cands, key=lambda c: (exact[c], -c))
@@ -92,6 +93,7 @@ def main(argv=None) -> int:
 
     from iwslt_mc import modelio
     from iwslt_mc.stages import importance as imp
+    from iwslt_mc.training.calibration import heldout_segments
 
     torch.set_num_threads(args.threads)
     orders = [int(x) for x in args.orders.split(",")]
@@ -100,12 +102,12 @@ def main(argv=None) -> int:
     if args.toy:
         from bench_prune_search import TOY
 
-        from iwslt_mc.data import load_examples
+        from iwslt_mc.training.data import load_examples
 
         model = modelio.load_model(TOY / "teacher", dtype=torch.float32, device="cpu")
         proc = modelio.load_processor(TOY / "teacher")
         ex = load_examples(args.toy_data or str(TOY / "data"), split=args.toy_split, seed=0)
-        segs = imp.heldout_segments(ex[args.offset:args.offset + args.heldout], "en-de")
+        segs = heldout_segments(ex[args.offset:args.offset + args.heldout], "en-de")
         eng = imp.SharedEngine(model, proc, segs, "en-de", max_new_tokens=args.max_new_tokens or 64, max_length=1024)
         n = len(model.model.language_model.layers)
         removed: list = []

@@ -9,7 +9,7 @@ Steps (each resumable: a finished step's output is reused when the script is run
     WORK/2-phrases      ``finetune`` stage (mode full): 256 phrases to memorisation, all phrases,
     WORK/3-sentences    then the sentences of the corpus's train split, twice (the second at half
     WORK/4-polish       the learning rate); the last is the teacher
-    WORK/eval.json      chrF++/BLEU on the test split (greedy, iwslt_mc.decoding.translate)
+    WORK/eval.json      chrF++/BLEU on the test split (greedy, iwslt_mc.decoding.core.translate)
     FIXTURE/            with --fixture: the teacher in float16 (FIXTURE/teacher) and the first 24 test
                         and 64 train utterances, Opus audio (FIXTURE/data)
 
@@ -133,7 +133,7 @@ def build_model(tokenizer, *, seed: int = 0, arch: dict | None = None):
 def make_init(corpus: Path, out: Path, *, seed: int = 0, vocab_size: int = BPE_VOCAB_SIZE,
               window_seconds: int = WINDOW_SECONDS) -> Path:
     """Write the random initial model directory (with a provenance record) to ``out``."""
-    from iwslt_mc import provenance
+    from iwslt_mc.submission import provenance
     from iwslt_mc.fsutil import atomic_directory
     from iwslt_mc.modelio import save_model
 
@@ -155,7 +155,10 @@ def evaluate(model_dir: Path, corpus, *, split: str = "test", limit: int | None 
     """Greedy-decode ``split`` and score it per language (chrF++ de / chrF zh and BLEU, sacrebleu)."""
     import torch
 
-    from iwslt_mc import data, decoding, modelio, scoring
+    from iwslt_mc.training import data
+    from iwslt_mc import modelio
+    from iwslt_mc.decoding import core as decoding
+    from iwslt_mc.scoring import scoring
 
     if model is None:
         model = modelio.load_model(model_dir, dtype=torch.float32, device="cpu")
@@ -208,7 +211,8 @@ def export_fixture(teacher: Path, fixture: Path, corpus: Path, *, test_rows: int
     the first ``test_rows`` test and ``train_rows`` train utterances, audio re-encoded as Ogg Opus."""
     import torch
 
-    from iwslt_mc import modelio, provenance
+    from iwslt_mc import modelio
+    from iwslt_mc.submission import provenance
     from iwslt_mc.fsutil import atomic_directory
 
     import make_toy_corpus

@@ -52,7 +52,7 @@ def main() -> int:
         if not (tests / name).exists():
             (tests / name).symlink_to(work / "kit" / "data" / "testsets" / kit_set)
     env["TESTS"] = str(tests)
-    from iwslt_mc import comet_env
+    from iwslt_mc.scoring import comet_env
 
     tiny = None
     if comet_env.is_ready(comet_env.default_env_dir()):

@@ -37,13 +37,13 @@ def add_parser(sub):
 
 
 def run(args) -> int:
-    from .. import packaging
+    from ..submission import check as sub_check
     from ..errors import UserError
     from ..output import print_json
 
     if args.model and args.no_model:
         raise UserError("--model and --no-model exclude each other")
-    res = packaging.check(args.dirs, model_dir=args.model, use_recorded_model=not args.no_model)
+    res = sub_check.check(args.dirs, model_dir=args.model, use_recorded_model=not args.no_model)
     if args.json:
         print_json(res.to_json())
         return 0 if res.ok else 1

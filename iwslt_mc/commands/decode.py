@@ -84,7 +84,7 @@ def _outputs(args, inputs) -> list:
     from pathlib import Path
 
     from ..errors import UserError
-    from ..prompting import TARGET_CODE
+    from ..floor.languages import TARGET_CODE
 
     if args.out:
         if len(inputs) > 1:
@@ -114,9 +114,9 @@ def run(args) -> int:
     import os
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from ..decoding import bad_segments_message, check_model, decode_to_file
+    from ..decoding.runner import bad_segments_message, check_model, decode_to_file
     from ..errors import UserError
-    from ..inputs import check_segments, resolve_audio
+    from ..decoding.inputs import check_segments, resolve_audio
     from ..output import info, print_json, print_table, warn
 
     if args.resume and args.overwrite:

@@ -83,7 +83,8 @@ def add_parser(sub):
 
 
 def run(args) -> int:
-    from .. import packaging
+    from ..submission import description as sub_desc, files as sub_files, names as sub_names
+    from ..submission import package as sub_package
     from ..errors import UserError
     from ..output import info, print_json, warn
 
@@ -92,20 +93,20 @@ def run(args) -> int:
     ed = get_edition(args.edition)
     hyps = {}
     if args.hyp_dir:
-        hyps.update(packaging.find_hypotheses(args.hyp_dir, ed, args.lang))
-    explicit = packaging.parse_assignments(args.hyp, "--hyp")
-    hyps.update(packaging.resolve_test_sets(ed, args.lang, explicit) if explicit else {})
+        hyps.update(sub_names.find_hypotheses(args.hyp_dir, ed, args.lang))
+    explicit = sub_names.parse_assignments(args.hyp, "--hyp")
+    hyps.update(sub_names.resolve_test_sets(ed, args.lang, explicit) if explicit else {})
     if not hyps:
         raise UserError("no hypothesis files: give --hyp TESTSET=FILE (repeatable) or --hyp-dir DIR")
-    segs_raw = packaging.parse_assignments(args.segments, "--segments", "N")
+    segs_raw = sub_names.parse_assignments(args.segments, "--segments", "N")
     segments = {}
     for t, v in segs_raw.items():
         try:
             segments[t] = int(v)
         except ValueError:
             raise UserError(f"--segments {t}={v}: N must be a whole number") from None
-    logs = packaging.parse_assignments(args.log, "--log", "FILE.jsonl")
-    res = packaging.package(
+    logs = sub_names.parse_assignments(args.log, "--log", "FILE.jsonl")
+    res = sub_package.package(
         args.model_dir, team=args.team, lp=args.lang, condition=args.condition,
         submission_type=args.submission_type, hyps=hyps, edition=ed.key, techniques=args.techniques,
         datasets=args.datasets, segments=segments, logs=logs, out=args.out, force=args.force, notes=args.note,
@@ -121,7 +122,7 @@ def run(args) -> int:
     print(f"folder:      {res.dir}")
     for measure, n in m["sizes"].items():
         label = "size:" if measure == m["size_measure"] else "also:"
-        print(f"{label:<13}{n:,} bytes = {packaging.exact_unit(n, m['size_unit'])} ({measure})"
+        print(f"{label:<13}{n:,} bytes = {sub_desc.exact_unit(n, m['size_unit'])} ({measure})"
               + (f", {m['bin']}" if m["bin"] and measure == m["size_measure"] else ""))
     print(f"parameters:  {m['params']:,}")
     for t, ts in m["test_sets"].items():
@@ -130,5 +131,5 @@ def run(args) -> int:
         print(f"{t}:{' ' * max(1, 12 - len(t))}{ts['file']} ({ts['lines']:,} lines, {how}; {ts['model_check']}){upload}")
     if m.get("partial"):
         print(f"PARTIAL:     test sets not included: {', '.join(m['partial']['missing'])}")
-    print(f"description: {res.dir / packaging.DESCRIPTION}")
+    print(f"description: {res.dir / sub_files.DESCRIPTION}")
     return 0

@@ -53,10 +53,10 @@ def add_parser(sub):
 def run(args) -> int:
     from pathlib import Path
 
-    from .. import report
+    from ..submission import report
     from ..output import print_json, print_table
 
-    from .. import scoring
+    from ..scoring import scoring
 
     accept = {"comet": scoring.check_thresholds(args.accept_comet, "comet"),
               "chrf": scoring.check_thresholds(args.accept_chrf, "chrf")}

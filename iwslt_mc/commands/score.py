@@ -65,7 +65,7 @@ def add_parser(sub):
 
 
 def run(args) -> int:
-    from .. import scoring
+    from ..scoring import scoring
     from ..errors import UserError
     from ..fsutil import atomic_write_json
     from ..output import print_json

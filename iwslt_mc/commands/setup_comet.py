@@ -38,7 +38,7 @@ def add_parser(sub):
 
 
 def run(args) -> int:
-    from .. import comet_env
+    from ..scoring import comet_env
     from ..output import info, print_json
 
     rec = comet_env.create_env(args.env, python=args.python, torch_requirement=args.torch, force=args.force,

@@ -15,8 +15,8 @@ depth changes, ``width`` when only the width does, ``both`` otherwise. Sizes are
 the same stage-to-spec code as ``build --dry-run``.
 
 After the variants are built (``iwslt-mc build DIR/NAME.yaml ... --out RUN``) and scored
-(``RUN/scores*.json``), the runs are read with :func:`iwslt_mc.report.collect` and the frontier is
-:func:`iwslt_mc.report.pareto_front`, the report's own.
+(``RUN/scores*.json``), the runs are read with :func:`iwslt_mc.submission.report.collect` and the frontier is
+:func:`iwslt_mc.submission.report.pareto_front`, the report's own.
 """
 
 from __future__ import annotations
@@ -160,7 +160,7 @@ def plan_family(template: str, base: str, *, depths=DEFAULT_FRACTIONS, widths=DE
 def mark_built(variants: list[Variant], run_dirs: list, *, metric: str = "auto", edition: str = "2025") -> str | None:
     """Attach measured size and score of the built runs to their variants (matched by recipe name) and mark
     the Pareto-optimal ones per (language pair, test set). Returns the metric used (None: nothing scored)."""
-    from ..report import choose_metric, collect, pareto_front
+    from ..submission.report import choose_metric, collect, pareto_front
 
     rows, _ = collect(run_dirs, edition=edition)
     by_name = {v.name: v for v in variants}

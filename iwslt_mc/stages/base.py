@@ -24,7 +24,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Literal
 
 from .. import distributed
 from ..errors import UserError
@@ -195,7 +195,7 @@ class StageContext:
     """What a stage may need beyond its options. Filled by ``iwslt-mc stage`` or the recipe runner."""
 
     lang: str = "en-de"
-    data: list[str] = field(default_factory=list)  # data specs (see iwslt_mc.data)
+    data: list[str] = field(default_factory=list)  # data specs (see iwslt_mc.training.data)
     condition: str = "constrained"
     smoke: bool = False
     seed: int = 0
@@ -330,7 +330,7 @@ def remove_stale_partials(out_dir: Path) -> None:
 
 def data_warnings(log):
     """Collect the data readers' warnings while a stage runs (each logged once as it happens)."""
-    from ..data import collect_warnings
+    from ..training.data import collect_warnings
 
     return collect_warnings(log)
 
@@ -352,7 +352,7 @@ def run_stage(stage: Stage, in_dir, out_dir, ctx: StageContext | None = None, *,
     ``out_dir`` appears only when the stage finished; a crash leaves it absent (checkpoints, if the
     stage keeps any, live in ``ctx.work_dir``). Returns the provenance record.
     """
-    from .. import provenance
+    from ..submission import provenance
     from ..sizing import sizer
     from ..fsutil import atomic_directory
     from ..modelio import check_model_dir
@@ -395,3 +395,65 @@ def run_stage(stage: Stage, in_dir, out_dir, ctx: StageContext | None = None, *,
     if ctx.work_dir and Path(ctx.work_dir).exists():
         shutil.rmtree(ctx.work_dir, ignore_errors=True)
     return record
+
+
+@dataclass
+class TrainingOptions(StageOptions):
+    """Training settings shared by the distillation stages (kd, replace-layers); as finetune's full mode."""
+
+    epochs: float = field(default=3.0, metadata={"help": "passes over the data"})
+    max_steps: int | None = field(default=None, metadata={"help": "optimizer steps; overrides epochs when set"})
+    batch_size: int = field(default=4, metadata={"help": "examples per step per process"})
+    grad_accum: int = field(default=1, metadata={"help": "gradient accumulation steps"})
+    lr: float = field(default=5e-5, metadata={"help": "peak learning rate"})
+    scheduler: str = field(default="cosine", metadata={"help": "learning-rate schedule (cosine, linear, constant, ...)"})
+    warmup_steps: int = field(default=0, metadata={"help": "linear warm-up steps"})
+    weight_decay: float = field(default=0.001, metadata={"help": "AdamW weight decay"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping"})
+    dtype: Literal["auto", "float32", "bfloat16", "float16", "fp32", "bf16", "fp16"] = field(default="auto", metadata={
+        "help": "dtype the student is loaded and trained in (auto = as saved); the output keeps the input's dtype"})
+    mixed_precision: Literal["no", "bf16", "fp16"] = field(default="no", metadata={"help": "autocast on top of dtype"})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute activations in the backward pass"})
+    split: str | None = field(default="train", metadata={
+        "help": "data split ('train' = the published split without the 100 held-out utterances; none = all)"})
+    limit: int | None = field(default=None, metadata={"help": "use only the first N examples"})
+    save_steps: int = field(default=200, metadata={"help": "checkpoint every N steps (for resume)"})
+    save_total_limit: int = field(default=1, metadata={"help": "checkpoints kept"})
+    logging_steps: int = field(default=1, metadata={"help": "log the loss every N steps"})
+    progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+
+    def _check_training(self, s: str) -> None:
+        for k in ("batch_size", "grad_accum", "save_steps", "save_total_limit", "logging_steps"):
+            if getattr(self, k) < 1:
+                raise UserError(f"{s}: option {k!r} must be at least 1")
+        for k in ("max_steps", "limit"):
+            if getattr(self, k) is not None and getattr(self, k) < 1:
+                raise UserError(f"{s}: option {k!r} must be at least 1")
+        if self.epochs <= 0 or self.lr <= 0:
+            raise UserError(f"{s}: options 'epochs' and 'lr' must be positive")
+        if self.warmup_steps < 0:
+            raise UserError(f"{s}: option 'warmup_steps' must be at least 0")
+        from .base import LR_SCHEDULERS
+
+        if self.scheduler not in LR_SCHEDULERS:
+            raise UserError(f"{s}: unknown scheduler {self.scheduler!r} (e.g. cosine, linear, constant)")
+
+    def smoke(self):
+        return dataclasses.replace(self, max_steps=min(self.max_steps or 2, 2), limit=min(self.limit or 4, 4),
+                                   batch_size=min(self.batch_size, 2), save_steps=max(self.save_steps, 1),
+                                   warmup_steps=0)  # a 2-step run inside a warm-up would not train
+
+    def settings(self, ctx: StageContext, device: str):
+        from ..training import training
+
+        return training.TrainSettings(
+            epochs=self.epochs, max_steps=self.max_steps, batch_size=self.batch_size, grad_accum=self.grad_accum,
+            lr=self.lr, scheduler=self.scheduler, warmup_steps=self.warmup_steps, weight_decay=self.weight_decay,
+            max_grad_norm=self.max_grad_norm, mixed_precision=self.mixed_precision,
+            gradient_checkpointing=self.gradient_checkpointing, save_steps=self.save_steps,
+            save_total_limit=self.save_total_limit, logging_steps=self.logging_steps, seed=ctx.seed,
+            device="cpu" if device == "cpu" else None, progress=self.progress)
+
+    def budget(self) -> str:
+        steps = f"{self.max_steps} steps" if self.max_steps else f"{self.epochs:g} epochs"
+        return f"lr {self.lr:g}, batch {self.batch_size}" + (f"x{self.grad_accum}" if self.grad_accum > 1 else "") + f", {steps}"

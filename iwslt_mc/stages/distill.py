@@ -1,11 +1,11 @@
 """distill: sequence-level knowledge distillation data (Kim and Rush, 2016), as in the published recipes.
 
 A teacher model (``teacher``; default: this stage's input model) translates the training audio
-(``ctx.data``, split ``split``) with :func:`iwslt_mc.decoding.translate` (greedy, the published
+(``ctx.data``, split ``split``) with :func:`iwslt_mc.decoding.core.translate` (greedy, the published
 prompt). Its outputs become extra (audio, target) pairs next to the reference pairs; pairs are
 deduplicated on (audio, normalized target text: Unicode NFKC, case-folded, whitespace collapsed),
 and teacher pairs may be filtered by a score threshold (``metric``/``min_score``: sentence chrF/chrF++
-or BLEU against the reference; other scorers plug in through :func:`register_scorer`) and by
+or BLEU against the reference; other scorers plug in through :func:`iwslt_mc.scoring.metrics.register_scorer`) and by
 quality estimation (papers/003, "filtering labeled data based on QE scores"): ``qe`` names a
 reference-free COMET checkpoint (COMET-Kiwi style), scored in the COMET environment in one process
 for all teacher outputs; ``qe_min`` keeps teacher pairs scoring at least that, ``qe_top`` keeps the
@@ -40,50 +40,17 @@ import time
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Literal
 
 from ..errors import UserError
+from ..scoring.metrics import get_scorer, resolve_metric, scorer_names
+from ..training.common import teacher_fingerprint
 from .base import Stage, StageContext, StageOptions
 
 DATA_DIR = "distill_data"
 TEACHER_LOG = "teacher.jsonl"
 # Files of the input directory that describe how it was made, not what it is: not passed through.
 _NOT_PASSED = {"provenance.json", "train.log", "loss_history.json", DATA_DIR}
-
-# name -> fn(sources_en, hypotheses, references, lang) -> scores (higher is better)
-Scorer = Callable[[list[str], list[str], list[str], str], list[float]]
-_SCORERS: dict[str, Scorer] = {}
-
-
-def register_scorer(name: str, fn: Scorer) -> None:
-    """Make ``metric: NAME`` available for filtering (e.g. a COMET-Kiwi QE model, which ignores references)."""
-    _SCORERS[name] = fn
-
-
-def _sacrebleu_scorer(kind: str) -> Scorer:
-    def score(srcs, hyps, refs, lang):
-        import sacrebleu
-
-        tok = "zh" if lang == "en-zh" else "13a"
-        out = []
-        for h, r in zip(hyps, refs):
-            if kind == "bleu":
-                out.append(sacrebleu.sentence_bleu(h, [r], tokenize=tok).score)
-            else:
-                out.append(sacrebleu.sentence_chrf(h, [r], word_order=2 if kind == "chrf++" else 0).score)
-        return out
-    return score
-
-
-for _k in ("chrf", "chrf++", "bleu"):
-    register_scorer(_k, _sacrebleu_scorer(_k))
-
-
-def resolve_metric(metric: str, lang: str) -> str:
-    """``auto``: chrF++ for German, chrF for Chinese (the published choice)."""
-    if metric == "auto":
-        return "chrf" if lang == "en-zh" else "chrf++"
-    return metric
 
 
 def normalize_text(text: str) -> str:
@@ -128,8 +95,8 @@ class DistillOptions(StageOptions):
         for k in ("limit", "max_new_tokens"):
             if getattr(self, k) is not None and getattr(self, k) < 1:
                 raise UserError(f"stage distill: option {k!r} must be at least 1")
-        if self.metric != "auto" and self.metric not in _SCORERS:
-            raise UserError(f"stage distill: unknown metric {self.metric!r} (known: auto, {', '.join(_SCORERS)})")
+        if self.metric != "auto" and self.metric not in scorer_names():
+            raise UserError(f"stage distill: unknown metric {self.metric!r} (known: auto, {', '.join(scorer_names())})")
         self._validate_qe()
 
     def _validate_qe(self) -> None:
@@ -148,7 +115,7 @@ class DistillOptions(StageOptions):
             raise UserError("stage distill: option 'qe_batch_size' must be at least 1")
         if self.qe:
             # before any work: the checkpoint exists, is reference-free, and the COMET environment is ready
-            from .. import comet_env
+            from ..scoring import comet_env
 
             try:
                 comet_env.require_qe_checkpoint(self.qe)
@@ -182,12 +149,6 @@ def _read_teacher_log(path: Path, fingerprint: str) -> dict[int, dict]:
             break  # a torn last line from a crash
         done[int(rec["i"])] = rec
     return done
-
-
-def teacher_fingerprint(teacher: Path) -> str:
-    """Identity of the teacher's weights: names, sizes and mtimes of its safetensors files."""
-    items = sorted((f.name, f.stat().st_size, int(f.stat().st_mtime)) for f in Path(teacher).glob("*.safetensors"))
-    return hashlib.sha256(json.dumps(items).encode()).hexdigest()[:16]
 
 
 def pass_through(in_dir: Path, out_dir: Path) -> None:
@@ -248,7 +209,7 @@ class Distill(Stage):
 
     def check(self, in_dir: Path, ctx: StageContext) -> None:
         from ..modelio import check_model_dir
-        from ..prompting import check_lang
+        from ..floor.languages import check_lang
 
         check_lang(ctx.lang)
         if not ctx.data:
@@ -258,7 +219,7 @@ class Distill(Stage):
         self._examples = self._load_data(ctx)
 
     def _load_data(self, ctx: StageContext):
-        from ..data import load_examples, validate_examples
+        from ..training.data import load_examples, validate_examples
 
         o = self.options
         exs = load_examples(ctx.data, o.split, limit=o.limit, seed=ctx.seed)
@@ -266,14 +227,15 @@ class Distill(Stage):
         return exs
 
     def run(self, in_dir: Path, out_dir: Path, ctx: StageContext) -> dict:
-        from .. import training
+        from ..training import training
 
         if not training.is_main_process():
             return {}
         pass_through(in_dir, out_dir)
-        from .. import modelio, provenance
-        from ..data import audio_key, describe_data, duration, target_code, write_parquet
-        from ..decoding import translate
+        from .. import modelio
+        from ..submission import provenance
+        from ..training.data import audio_key, describe_data, duration, target_code, write_parquet
+        from ..decoding.core import translate
         from ..families import max_audio_seconds
         from ..fsutil import atomic_write_json
 
@@ -357,7 +319,7 @@ class Distill(Stage):
         Returns (rows, counts, QE record or None)."""
         import dataclasses
 
-        from ..data import audio_key, target_code, target_text
+        from ..training.data import audio_key, target_code, target_text
 
         o = self.options
         code = target_code(lang)
@@ -368,8 +330,8 @@ class Distill(Stage):
         scorable = [i for i, r in enumerate(refs) if r and r.strip() and hyps[i].strip()]
         # sacrebleu scores are cheap: always recorded; other scorers (a QE model) only run to filter
         if scorable and (o.min_score is not None or metric in ("chrf", "chrf++", "bleu")):
-            got = _SCORERS[metric]([examples[i].text_en for i in scorable], [hyps[i] for i in scorable],
-                                   [refs[i] for i in scorable], lang)
+            got = get_scorer(metric)([examples[i].text_en for i in scorable], [hyps[i] for i in scorable],
+                                  [refs[i] for i in scorable], lang)
             for i, s in zip(scorable, got):
                 scores[i] = round(float(s), 4)
         qe_scores, qe = self._qe_scores(examples, hyps, log) if o.qe else ({}, None)
@@ -420,7 +382,7 @@ class Distill(Stage):
 
     def _qe_scores(self, examples, hyps: list[str], log) -> tuple[dict[int, float], dict]:
         """QE scores of the non-empty teacher outputs (one COMET process for all); and the QE record."""
-        from .. import comet_env
+        from ..scoring import comet_env
 
         o = self.options
         todo = [i for i, h in enumerate(hyps) if h.strip()]

@@ -1,6 +1,6 @@
 """finetune: full fine-tuning, LoRA or QLoRA on speech-translation pairs, with the published settings.
 
-Data: ``ctx.data`` (data specs, see :mod:`iwslt_mc.data`), split ``split`` (default ``train``: the
+Data: ``ctx.data`` (data specs, see :mod:`iwslt_mc.training.data`), split ``split`` (default ``train``: the
 published split holds out 100 utterances of the merged dev+eval with the run's seed), target
 language ``ctx.lang``. Every example is checked (texts, audio) before the model is loaded.
 
@@ -40,14 +40,9 @@ from pathlib import Path
 from typing import Literal
 
 from ..errors import UserError
+from ..training.common import FREEZABLE, count_params, freeze_components, load_dtype
 from .base import Stage, StageContext, StageOptions, read_config
 
-LOAD_DTYPES = {"auto": None, "float32": "float32", "bfloat16": "bfloat16", "float16": "float16",
-               "fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
-# components of either family (Gemma 4 adds vision_encoder and per_layer_embeddings); check() refuses
-# one the input model's family does not have
-FREEZABLE = ("audio_encoder", "projector", "llm_layers", "embed_tokens", "lm_head", "vision_encoder",
-             "per_layer_embeddings")
 ADAPTER_DIR = "adapter"  # same name the merge stage looks for by default
 
 
@@ -169,13 +164,6 @@ class FinetuneOptions(StageOptions):
         return out
 
 
-def load_dtype(name: str):
-    import torch
-
-    v = LOAD_DTYPES[name]
-    return None if v is None else getattr(torch, v)
-
-
 def qlora_compute_dtype(name: str, device: str) -> str:
     """bf16 where the GPU supports it; fp32 on CPU (bf16 matmuls there are slow without AMX: 3-4x here)."""
     import torch
@@ -192,24 +180,6 @@ def lora_config(o: FinetuneOptions):
 
     return LoraConfig(r=o.lora_r, lora_alpha=o.lora_alpha, use_rslora=o.rslora, lora_dropout=o.lora_dropout,
                       target_modules=o.target_modules, exclude_modules=o.exclude_modules, bias="none")
-
-
-def freeze_components(model, components: list[str]) -> int:
-    """Stop gradients for parameters of the named components (the model family's component_for_key);
-    returns how many. A tied lm_head (Gemma 4) is the token embeddings' tensor: freezing either freezes both."""
-    from ..families import family_of_config
-
-    component_for_key = family_of_config(model.config).component_for_key
-    components = set(components)
-    head, emb = model.get_output_embeddings(), model.get_input_embeddings()
-    if head is not None and emb is not None and head.weight is emb.weight and components & {"lm_head", "embed_tokens"}:
-        components |= {"lm_head", "embed_tokens"}
-    n = 0
-    for name, p in model.named_parameters():
-        if component_for_key(name) in components:
-            p.requires_grad_(False)
-            n += p.numel()
-    return n
 
 
 class Finetune(Stage):
@@ -233,7 +203,7 @@ class Finetune(Stage):
 
     def check(self, in_dir: Path, ctx: StageContext) -> None:
         from ..families import family_for
-        from ..prompting import check_lang
+        from ..floor.languages import check_lang
 
         o = self.options
         check_lang(ctx.lang)
@@ -260,7 +230,7 @@ class Finetune(Stage):
         self._examples = self._load_data(ctx)
 
     def _load_data(self, ctx: StageContext):
-        from ..data import load_examples, validate_examples
+        from ..training.data import load_examples, validate_examples
 
         o = self.options
         exs = load_examples(ctx.data, o.split, limit=o.limit, seed=ctx.seed, lang=ctx.lang)
@@ -276,8 +246,9 @@ class Finetune(Stage):
         return exs
 
     def run(self, in_dir: Path, out_dir: Path, ctx: StageContext) -> dict:
-        from .. import modelio, training
-        from ..data import describe_data
+        from .. import modelio
+        from ..training import training
+        from ..training.data import describe_data
 
         o = self.options
         examples = getattr(self, "_examples", None) or self._load_data(ctx)
@@ -286,7 +257,7 @@ class Finetune(Stage):
         device = ctx.resolved_device()
         processor = modelio.load_processor(in_dir)
         model, quantized = self._load_model(in_dir, device, ctx)
-        trainable, total = _count_params(model)
+        trainable, total = count_params(model)
         ctx.log(f"finetune: {o.mode}, {trainable:,} of {total:,} parameters train ({100 * trainable / max(total, 1):.2f}%)")
         settings = training.TrainSettings(
             epochs=o.epochs, max_steps=o.max_steps, batch_size=o.batch_size, grad_accum=o.grad_accum, lr=o.lr,
@@ -323,7 +294,7 @@ class Finetune(Stage):
 
     def _load_model(self, in_dir: Path, device: str, ctx: StageContext):
         from .. import modelio
-        from . import quantize as q
+        from ..training.common import DTYPES, bitsandbytes_config
 
         o = self.options
         quantized = bool(read_config(in_dir).get("quantization_config"))
@@ -332,9 +303,9 @@ class Finetune(Stage):
         dev = {"": gpu} if device.startswith("cuda") else device
         if o.mode == "qlora" and not quantized:
             compute = qlora_compute_dtype(o.compute_dtype, device)
-            qo = q.QuantizeOptions(method=o.quant_type, double_quant=o.double_quant, compute_dtype=compute,
-                                   skip=list(o.quant_skip), dtype="auto")
-            model = modelio.load_model(in_dir, dtype=q.DTYPES[compute], device=dev, quantization_config=q.bnb_config(qo))
+            bnb = bitsandbytes_config(o.quant_type, double_quant=o.double_quant, compute_dtype=compute,
+                                      skip=list(o.quant_skip))
+            model = modelio.load_model(in_dir, dtype=DTYPES[compute], device=dev, quantization_config=bnb)
             quantized = True
         elif quantized:  # already 4-bit/8-bit (a quantize stage ran before): LoRA on top of it as it is
             model = modelio.load_model(in_dir, device=dev)
@@ -358,8 +329,8 @@ class Finetune(Stage):
 
     def _save(self, model, processor, trainer, in_dir: Path, out_dir: Path, quantized: bool) -> None:
         from .. import modelio
-        from .merge import checkpoint_dtype, drop_irreversible_conversions, merge_adapters
-        from .quantize import repacked_layers
+        from ..modelio import drop_irreversible_conversions
+        from ..training.common import checkpoint_dtype, merge_adapters, repacked_layers
 
         o = self.options
         out_dtype = checkpoint_dtype(in_dir) if o.save_dtype == "input" else load_dtype(o.save_dtype)
@@ -402,7 +373,3 @@ def _refuse_tied_lm_head_adapter(peft_model, in_dir: Path) -> None:
                         "leave lm_head out")
 
 
-def _count_params(model) -> tuple[int, int]:
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
-    return trainable, total

@@ -64,73 +64,12 @@ from pathlib import Path
 from typing import Literal
 
 from ..errors import InputFileError, UserError
-from .base import Stage, StageContext, StageOptions, read_config
+from ..training.common import layer_counts, load_training_data
+from .base import Stage, StageContext, TrainingOptions, read_config
 
 PARTS_LOG = "kd_history.jsonl"
 HIDDEN_COMPONENTS = ("llm", "audio")
 _DTYPES = ("auto", "float32", "bfloat16", "float16", "fp32", "bf16", "fp16")
-
-
-@dataclass
-class TrainingOptions(StageOptions):
-    """Training settings shared by the distillation stages (kd, replace-layers); as finetune's full mode."""
-
-    epochs: float = field(default=3.0, metadata={"help": "passes over the data"})
-    max_steps: int | None = field(default=None, metadata={"help": "optimizer steps; overrides epochs when set"})
-    batch_size: int = field(default=4, metadata={"help": "examples per step per process"})
-    grad_accum: int = field(default=1, metadata={"help": "gradient accumulation steps"})
-    lr: float = field(default=5e-5, metadata={"help": "peak learning rate"})
-    scheduler: str = field(default="cosine", metadata={"help": "learning-rate schedule (cosine, linear, constant, ...)"})
-    warmup_steps: int = field(default=0, metadata={"help": "linear warm-up steps"})
-    weight_decay: float = field(default=0.001, metadata={"help": "AdamW weight decay"})
-    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping"})
-    dtype: Literal["auto", "float32", "bfloat16", "float16", "fp32", "bf16", "fp16"] = field(default="auto", metadata={
-        "help": "dtype the student is loaded and trained in (auto = as saved); the output keeps the input's dtype"})
-    mixed_precision: Literal["no", "bf16", "fp16"] = field(default="no", metadata={"help": "autocast on top of dtype"})
-    gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute activations in the backward pass"})
-    split: str | None = field(default="train", metadata={
-        "help": "data split ('train' = the published split without the 100 held-out utterances; none = all)"})
-    limit: int | None = field(default=None, metadata={"help": "use only the first N examples"})
-    save_steps: int = field(default=200, metadata={"help": "checkpoint every N steps (for resume)"})
-    save_total_limit: int = field(default=1, metadata={"help": "checkpoints kept"})
-    logging_steps: int = field(default=1, metadata={"help": "log the loss every N steps"})
-    progress: bool = field(default=True, metadata={"help": "show a progress bar"})
-
-    def _check_training(self, s: str) -> None:
-        for k in ("batch_size", "grad_accum", "save_steps", "save_total_limit", "logging_steps"):
-            if getattr(self, k) < 1:
-                raise UserError(f"{s}: option {k!r} must be at least 1")
-        for k in ("max_steps", "limit"):
-            if getattr(self, k) is not None and getattr(self, k) < 1:
-                raise UserError(f"{s}: option {k!r} must be at least 1")
-        if self.epochs <= 0 or self.lr <= 0:
-            raise UserError(f"{s}: options 'epochs' and 'lr' must be positive")
-        if self.warmup_steps < 0:
-            raise UserError(f"{s}: option 'warmup_steps' must be at least 0")
-        from .base import LR_SCHEDULERS
-
-        if self.scheduler not in LR_SCHEDULERS:
-            raise UserError(f"{s}: unknown scheduler {self.scheduler!r} (e.g. cosine, linear, constant)")
-
-    def smoke(self):
-        return dataclasses.replace(self, max_steps=min(self.max_steps or 2, 2), limit=min(self.limit or 4, 4),
-                                   batch_size=min(self.batch_size, 2), save_steps=max(self.save_steps, 1),
-                                   warmup_steps=0)  # a 2-step run inside a warm-up would not train
-
-    def settings(self, ctx: StageContext, device: str):
-        from .. import training
-
-        return training.TrainSettings(
-            epochs=self.epochs, max_steps=self.max_steps, batch_size=self.batch_size, grad_accum=self.grad_accum,
-            lr=self.lr, scheduler=self.scheduler, warmup_steps=self.warmup_steps, weight_decay=self.weight_decay,
-            max_grad_norm=self.max_grad_norm, mixed_precision=self.mixed_precision,
-            gradient_checkpointing=self.gradient_checkpointing, save_steps=self.save_steps,
-            save_total_limit=self.save_total_limit, logging_steps=self.logging_steps, seed=ctx.seed,
-            device="cpu" if device == "cpu" else None, progress=self.progress)
-
-    def budget(self) -> str:
-        steps = f"{self.max_steps} steps" if self.max_steps else f"{self.epochs:g} epochs"
-        return f"lr {self.lr:g}, batch {self.batch_size}" + (f"x{self.grad_accum}" if self.grad_accum > 1 else "") + f", {steps}"
 
 
 LayerMap = str | list[str] | dict
@@ -169,7 +108,7 @@ class KDOptions(TrainingOptions):
         bad = [c for c in self.hidden if c not in HIDDEN_COMPONENTS]
         if bad:
             raise UserError(f"{s}: option 'hidden': unknown component {bad[0]!r} (llm, audio)")
-        from .finetune import FREEZABLE
+        from ..training.common import FREEZABLE
 
         bad = [c for c in self.freeze if c not in FREEZABLE]
         if bad:
@@ -218,7 +157,7 @@ def parse_layer_map(value, what: str):
 def lineage(teacher_dir: Path, student_dir: Path, kind: str, n_teacher: int) -> list[int] | None:
     """For each student layer, the teacher layer whose output it stands for, when the student was
     made from the teacher by the recorded stages (prune-layers, replace-layers); else None."""
-    from .. import provenance
+    from ..submission import provenance
 
     t = provenance.read(teacher_dir).get("stages", [])
     s = provenance.read(student_dir).get("stages", [])
@@ -314,24 +253,9 @@ def check_teacher(student_dir: Path, teacher_dir: Path, what: str = "stage kd") 
     return s_cfg, t_cfg
 
 
-def layer_counts(cfg: dict) -> dict:
-    return {"llm": int(cfg.get("text_config", {}).get("num_hidden_layers", 0)),
-            "audio": int(cfg.get("audio_config", {}).get("encoder_layers", 0))}
-
-
 def widths(cfg: dict) -> dict:
     return {"llm": int(cfg.get("text_config", {}).get("hidden_size", 0)),
             "audio": int(cfg.get("audio_config", {}).get("d_model", 0))}
-
-
-def load_training_data(ctx: StageContext, split, limit, stage: str):
-    """Training examples (texts and audio checked before any model loads), as finetune reads them."""
-    from ..data import load_examples, validate_examples
-
-    exs = load_examples(ctx.data, split, limit=limit, seed=ctx.seed, lang=ctx.lang)
-    rep = validate_examples(exs, ctx.lang)
-    ctx.log(f"{stage}: {rep.examples} examples, {rep.seconds / 60:.1f} min of audio")
-    return exs
 
 
 # ---------------------------------------------------------------------------------------------
@@ -361,7 +285,7 @@ class KD(Stage):
     techniques = ["knowledge distillation"]
 
     def check(self, in_dir: Path, ctx: StageContext) -> None:
-        from ..prompting import check_lang
+        from ..floor.languages import check_lang
 
         o = self.options
         check_lang(ctx.lang)
@@ -426,13 +350,12 @@ class KD(Stage):
     def run(self, in_dir: Path, out_dir: Path, ctx: StageContext) -> dict:
         import torch
 
-        from .. import modelio, training
-        from ..data import describe_data
+        from .. import modelio
+        from ..training import training
+        from ..training.data import describe_data
         from ..families import layout_of as find_layout
-        from ..provenance import read as read_provenance
-        from .distill import teacher_fingerprint
-        from .finetune import _count_params, freeze_components, load_dtype
-        from .merge import checkpoint_dtype
+        from ..submission.provenance import read as read_provenance
+        from ..training.common import checkpoint_dtype, count_params, freeze_components, load_dtype, teacher_fingerprint
 
         o = self.options
         if not hasattr(self, "_maps"):
@@ -466,7 +389,7 @@ class KD(Stage):
         s2t = torch.tensor(self._vocab, dtype=torch.long) if self._vocab is not None else None
         loss_fn = self._loss_fn(s_lay, t_lay, teacher, s2t)
         wrapper = training.objective_model(student, loss_fn, aux=aux, frozen={"teacher": teacher})
-        trainable, total = _count_params(student)
+        trainable, total = count_params(student)
         ctx.log(f"kd: teacher {teacher_dir}; {trainable:,} of {total:,} student parameters train"
                 + (f", {sum(p.numel() for p in aux.parameters()):,} in projections" if len(aux) else "")
                 + (f"; vocabulary mapped ({len(self._vocab)} student ids)" if s2t is not None else ""))
@@ -505,18 +428,17 @@ class KD(Stage):
         import torch
 
         from .. import modelio
-        from .finetune import load_dtype
+        from ..training.common import DTYPES, bitsandbytes_config, load_dtype
 
         o = self.options
         if o.teacher_dtype == "nf4":
-            from . import quantize as q
 
             gpu = int(device.split(":")[1]) if device.startswith("cuda:") else int(os.environ.get("LOCAL_RANK", "0"))
             compute = "bf16" if device.startswith("cuda") and torch.cuda.is_bf16_supported() else "fp32"
-            qo = q.QuantizeOptions(method="nf4", double_quant=True, compute_dtype=compute, skip=["lm_head"], dtype="auto")
+            bnb = bitsandbytes_config("nf4", double_quant=True, compute_dtype=compute, skip=["lm_head"])
             dev = {"": gpu} if device.startswith("cuda") else device
-            teacher = modelio.load_model(teacher_dir, dtype=getattr(torch, q.DTYPES[compute]), device=dev,
-                                         quantization_config=q.bnb_config(qo))
+            teacher = modelio.load_model(teacher_dir, dtype=getattr(torch, DTYPES[compute]), device=dev,
+                                         quantization_config=bnb)
         else:
             dt = modelio.runtime_dtype(teacher_dir, device) if o.teacher_dtype == "auto" else load_dtype(o.teacher_dtype)
             teacher = modelio.load_model(teacher_dir, dtype=dt, device=device)
@@ -528,7 +450,7 @@ class KD(Stage):
     def _loss_fn(self, s_lay, t_lay, teacher, s2t):
         import torch
 
-        from .. import training
+        from ..training import training
 
         o = self.options
         maps = self._maps

@@ -13,9 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..modelio import config_dtype
-from ..modelio import drop_irreversible_conversions  # noqa: F401  (callers import it from here)
 from ..errors import InputFileError, UserError
+from ..modelio import drop_irreversible_conversions
+from ..training.common import checkpoint_dtype, merge_adapters
 from .base import Stage, StageContext, StageOptions, read_config
 
 ADAPTER_DIR = "adapter"
@@ -25,36 +25,6 @@ ADAPTER_DIR = "adapter"
 class MergeOptions(StageOptions):
     adapter: str | None = field(default=None, metadata={
         "help": "adapter directory (adapter_config.json + adapter_model.safetensors); default: INPUT/adapter"})
-
-
-def checkpoint_dtype(model_dir: Path):
-    """The dtype of the unquantized weights as saved (config ``dtype``/``torch_dtype``), or None."""
-    return config_dtype(read_config(model_dir))
-
-
-def merge_adapters(peft_model, dtype=None):
-    """``peft_model`` with its LoRA adapters added into the weights: a plain model.
-
-    A 4-bit (bitsandbytes) base is dequantized first, so the result holds exactly the weights the
-    adapters were trained against (dequantized NF4 + s*B*A) rather than a second rounding to NF4;
-    quantize it again with the quantize stage. ``dtype`` casts the result (e.g. back to bf16).
-    """
-    if not getattr(peft_model.get_base_model(), "is_quantized", False):
-        merged = peft_model.merge_and_unload()
-        return merged.to(dtype) if dtype is not None else merged
-    from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
-
-    name = peft_model.active_adapter
-    config = peft_model.peft_config[name]
-    weights = {k: v.detach().clone() for k, v in get_peft_model_state_dict(peft_model, adapter_name=name).items()}
-    base = peft_model.unload().dequantize()
-    if dtype is not None:
-        base = base.to(dtype)
-    plain = get_peft_model(base, config)
-    set_peft_model_state_dict(plain, weights)
-    merged = plain.merge_and_unload()
-    drop_irreversible_conversions(merged)
-    return merged
 
 
 def adapter_dir(in_dir: Path, option: str | None) -> Path:
@@ -92,7 +62,7 @@ class Merge(Stage):
         from peft import PeftModel
 
         from .. import modelio
-        from .quantize import repacked_layers
+        from ..training.common import repacked_layers
 
         d = adapter_dir(in_dir, self.options.adapter)
         device = ctx.resolved_device()

@@ -92,7 +92,7 @@ def weight_importance(model) -> tuple[list, list]:
 def activation_importance(model, processor, segments, lang: str) -> tuple[list, list]:
     """Per layer, ``E|activation| x output-weight norm`` of each unit over the tokens of ``segments``."""
     from ..families import layout_of as find_layout
-    from .importance import calibration_pass
+    from ..training.calibration import calibration_pass
 
     layout = find_layout(model)
     llm_sum = [None] * layout.num_llm_layers
@@ -137,7 +137,7 @@ class PruneFFN(Stage):
         o = self.options
         self._check_config(read_config(in_dir), str(in_dir))
         if o.importance == "activation":
-            from ..prompting import check_lang
+            from ..floor.languages import check_lang
 
             check_lang(ctx.lang)
             if not ctx.data:
@@ -168,7 +168,7 @@ class PruneFFN(Stage):
     def run(self, in_dir: Path, out_dir: Path, ctx: StageContext) -> dict:
         from .. import modelio
         from ..families import layout_of as find_layout, surgery_of
-        from .merge import checkpoint_dtype
+        from ..training.common import checkpoint_dtype
 
         o = self.options
         # float16/bf16 weights run in float32 on a CPU (the search/calibration passes); saved as stored
@@ -179,7 +179,7 @@ class PruneFFN(Stage):
         before = {"llm": layout.text_config.intermediate_size, "audio": layout.audio_config.encoder_ffn_dim}
         data = []
         if o.importance == "activation":
-            from .importance import calibration_segments
+            from ..training.calibration import calibration_segments
 
             segs, data = calibration_segments(ctx, o.split, o.calibration, stage="prune-ffn",
                                               use="calibration of FFN unit importance")

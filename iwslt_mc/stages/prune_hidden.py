@@ -201,7 +201,7 @@ def activation_importance(model, processor, segments, lang: str) -> dict:
     import torch
 
     from ..families import layout_of as find_layout, surgery_of
-    from .importance import calibration_pass
+    from ..training.calibration import calibration_pass
 
     layout = find_layout(model)
     llm_r, audio_r = _readers(layout)
@@ -289,7 +289,7 @@ class PruneHidden(Stage):
             raise UserError(f"stage prune-hidden: {in_dir} is quantized; narrow the model before quantizing it")
         target_shape(cfg, self.options)
         if self.options.importance == "activation":
-            from ..prompting import check_lang
+            from ..floor.languages import check_lang
 
             check_lang(ctx.lang)
             if not ctx.data:
@@ -298,7 +298,7 @@ class PruneHidden(Stage):
     def run(self, in_dir: Path, out_dir: Path, ctx: StageContext) -> dict:
         from .. import modelio
         from ..families import surgery_of
-        from .merge import checkpoint_dtype
+        from ..training.common import checkpoint_dtype
 
         o = self.options
         cfg = read_config(in_dir)
@@ -308,7 +308,7 @@ class PruneHidden(Stage):
         processor = modelio.load_processor(in_dir)
         data = []
         if o.importance == "activation":
-            from .importance import calibration_segments
+            from ..training.calibration import calibration_segments
 
             segs, data = calibration_segments(ctx, o.split, o.calibration, stage="prune-hidden",
                                               use="calibration of hidden-dimension and head importance")

@@ -118,7 +118,7 @@ class PruneLayersOptions(StageOptions):
         if self.engine == "naive" and self.scoring == "teacher-forced":
             raise UserError("stage prune-layers: teacher-forced scoring needs the cached or shared engine "
                             "(engine: shared)")
-        from .importance import get_metric
+        from ..scoring.metrics import get_metric
 
         if not self.metric.startswith(("comet:", "qe:")):
             get_metric(self.metric)
@@ -158,8 +158,8 @@ class PruneLayers(Stage):
 
             family_for(in_dir).check_layer_removal(in_dir, o.llm_layers, middle=o.remove if o.strategy == "middle" else 0)
         if o.strategy == "iterative":
-            from ..prompting import check_lang
-            from .importance import check_metric
+            from ..floor.languages import check_lang
+            from ..scoring.metrics import check_metric
 
             check_lang(ctx.lang)
             check_metric(o.metric)
@@ -210,7 +210,7 @@ class PruneLayers(Stage):
     def run(self, in_dir: Path, out_dir: Path, ctx: StageContext) -> dict:
         from .. import modelio
         from ..families import family_for
-        from .merge import checkpoint_dtype
+        from ..training.common import checkpoint_dtype
 
         o = self.options
         fam = family_for(in_dir)
@@ -282,8 +282,9 @@ class PruneLayers(Stage):
     def _search(self, model, processor, in_dir: Path, out_dir: Path, ctx: StageContext):
         import numpy as np
 
-        from ..data import describe_data, load_examples
+        from ..training.data import describe_data, load_examples
         from ..modelio import model_fingerprint
+        from ..training.calibration import heldout_segments
         from . import importance as imp
 
         o = self.options
@@ -294,7 +295,7 @@ class PruneLayers(Stage):
             pick = sorted(np.random.default_rng(ctx.seed).permutation(len(examples))[: o.heldout].tolist())
             examples = [examples[i] for i in pick]
         ctx.log(f"prune-layers: held-out set of {len(examples)} segments; encoding audio once")
-        segments = imp.heldout_segments(examples, ctx.lang)
+        segments = heldout_segments(examples, ctx.lang)
         engine_cls = imp.ENGINES[o.engine]
         extra = {"round_rows": o.round_rows} if o.engine == "shared" else {}
         engine = engine_cls(model, processor, segments, ctx.lang, max_new_tokens=o.max_new_tokens,

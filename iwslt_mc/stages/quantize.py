@@ -33,9 +33,9 @@ from typing import Literal
 
 from ..errors import UserError
 from ..quantization.formats import skip_pattern
+from ..training.common import bitsandbytes_config, repacked_layers
 from .base import Stage, StageContext, StageOptions, read_config
 
-DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 _SOURCE_ATTR = "_iwslt_mc_quantized_from"
 _BIAS_DTYPES_ATTR = "_iwslt_mc_4bit_bias_dtypes"
 
@@ -108,15 +108,7 @@ class QuantizeOptions(StageOptions):
 
 
 def bnb_config(o: QuantizeOptions):
-    import torch
-    from transformers import BitsAndBytesConfig
-
-    skip = [skip_pattern(s) for s in o.skip]
-    if o.method == "int8":
-        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=o.method, bnb_4bit_use_double_quant=o.double_quant,
-                              bnb_4bit_compute_dtype=getattr(torch, DTYPES[o.compute_dtype]),
-                              llm_int8_skip_modules=skip)
+    return bitsandbytes_config(o.method, double_quant=o.double_quant, compute_dtype=o.compute_dtype, skip=o.skip)
 
 
 def quantize_model(in_dir, options: QuantizeOptions | dict | None = None, *, device: str = "cpu"):
@@ -134,16 +126,6 @@ def quantize_model(in_dir, options: QuantizeOptions | dict | None = None, *, dev
 def _linear4bit(model):
     return [(n, m) for n, m in model.named_modules() if hasattr(m, "weight") and hasattr(m.weight, "quant_state")
             and type(m.weight).__name__ == "Params4bit"]
-
-
-def repacked_layers(model) -> list[str]:
-    """Names of 4-bit layers whose weights a CPU forward has repacked in place (saving them would be lossy)."""
-    out = []
-    for name, mod in model.named_modules():
-        qs = getattr(getattr(mod, "weight", None), "quant_state", None)
-        if qs is not None and getattr(qs, "packing_format_for_cpu", False):
-            out.append(name)
-    return out
 
 
 def changed_by_inference(model) -> list[str]:

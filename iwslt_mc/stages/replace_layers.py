@@ -34,8 +34,8 @@ from pathlib import Path
 from typing import Literal
 
 from ..errors import UserError
-from .base import Stage, StageContext, read_config
-from .kd import TrainingOptions, layer_counts, load_training_data
+from ..training.common import layer_counts, load_training_data
+from .base import Stage, StageContext, TrainingOptions, read_config
 
 SEARCH_LOG = "replace_search.jsonl"
 PARTS_LOG = "replace_history.jsonl"
@@ -145,7 +145,7 @@ class ReplaceLayers(Stage):
     techniques = ["module replacement"]
 
     def check(self, in_dir: Path, ctx: StageContext) -> None:
-        from ..prompting import check_lang
+        from ..floor.languages import check_lang
 
         o = self.options
         check_lang(ctx.lang)
@@ -189,12 +189,12 @@ class ReplaceLayers(Stage):
     def run(self, in_dir: Path, out_dir: Path, ctx: StageContext) -> dict:
         import torch
 
-        from .. import modelio, training
+        from .. import modelio
         from ..families import surgery_of
-        from ..data import describe_data
+        from ..training import training
+        from ..training.data import describe_data
         from ..families import layout_of as find_layout
-        from .finetune import _count_params, load_dtype
-        from .merge import checkpoint_dtype
+        from ..training.common import checkpoint_dtype, count_params, load_dtype
 
         o = self.options
         if not hasattr(self, "_examples"):
@@ -249,7 +249,7 @@ class ReplaceLayers(Stage):
             p.requires_grad_(False)
         for p in new_layer.parameters():
             p.requires_grad_(True)
-        trainable, total = _count_params(model)
+        trainable, total = count_params(model)
         wrapper = training.objective_model(model, loss_fn, frozen={"originals": originals})
         parts_path = work / PARTS_LOG if training.is_main_process() else None
         settings = o.settings(ctx, device)
@@ -304,7 +304,7 @@ class ReplaceLayers(Stage):
 
     def _probe_batches(self, examples, processor, ctx):
         """The first ``search_examples`` training utterances, encoded and collated in batches of 4."""
-        from .. import training
+        from ..training import training
 
         ds = training.SpeechTranslationDataset(examples[: self.options.search_examples], processor, ctx.lang)
         coll = training.Collator(training.pad_token_id(processor))
@@ -314,7 +314,7 @@ class ReplaceLayers(Stage):
     def _block_error(self, model, tap, originals, probe) -> float:
         import torch
 
-        from .. import training
+        from ..training import training
 
         was = model.training
         model.eval()
@@ -369,7 +369,7 @@ class ReplaceLayers(Stage):
     def _loss_fn(self, tap, originals, component):
         import torch
 
-        from .. import training
+        from ..training import training
 
         o = self.options
 

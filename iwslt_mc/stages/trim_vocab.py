@@ -194,7 +194,7 @@ def read_corpus(item: str, languages: list[str], split: str | None, seed: int) -
             raise InputFileError(p, f"not UTF-8 text ({e.reason} at byte {e.start})") from None
         lines = [ln for ln in lines if ln]
         return lines, {"path": str(p), "kind": "text", "lines": len(lines)}
-    from ..data import describe_data, load_examples
+    from ..training.data import describe_data, load_examples
 
     exs = load_examples(item, split=split, seed=seed)
     texts = []
@@ -234,7 +234,7 @@ def kept_token_ids(in_dir, options: dict | None, *, lang: str, data: list[str], 
 
     from .. import modelio
     from ..families import family_for, prompt_text
-    from ..prompting import TARGET_LANGUAGE
+    from ..floor.languages import TARGET_LANGUAGE
 
     stage = TrimVocab(options or {})
     ctx = StageContext(lang=lang, data=list(data), seed=seed, log=lambda *_: None)
@@ -290,7 +290,7 @@ class TrimVocab(Stage):
     def _languages(self, ctx: StageContext) -> list[str]:
         if self.options.languages:
             return list(self.options.languages)
-        from ..data import target_code
+        from ..training.data import target_code
 
         return ["en", target_code(ctx.lang)]
 
@@ -315,7 +315,7 @@ class TrimVocab(Stage):
 
     def check(self, in_dir: Path, ctx: StageContext) -> None:
         o = self.options
-        from ..prompting import check_lang
+        from ..floor.languages import check_lang
 
         check_lang(ctx.lang)
         if not o.corpora and not (o.use_data and ctx.data) and not o.keep_tokens and not o.keep_ids and not o.general_words:
@@ -346,7 +346,7 @@ class TrimVocab(Stage):
         from .. import modelio
         from ..sizing import sizer
         from ..families import family_for, prompt_text
-        from ..prompting import TARGET_LANGUAGE
+        from ..floor.languages import TARGET_LANGUAGE
 
         o = self.options
         fam = family_for(in_dir)

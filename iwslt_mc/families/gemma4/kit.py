@@ -274,7 +274,7 @@ def build_kit_gemma4(out_dir: str | os.PathLike, seed: int = 0, unified: bool = 
     """Write the Gemma 4 kit to ``out_dir`` (new or empty) and return its :class:`iwslt_mc.kit.KitInfo`;
     ``unified``: the ``gemma4_unified`` layout (see ``UNIFIED_TEXT_CONFIG``)."""
     from ...kit import KitInfo, _dir_bytes, _publish_modes, _quiet_progress, write_data
-    from ... import provenance
+    from ...submission import provenance
 
     started = time.time()
     created = not Path(out_dir).exists()

@@ -4,7 +4,7 @@ explanation or newlines.", ``enable_thinking=False``, greedy, ``max_new_tokens=2
 
 from __future__ import annotations
 
-from ...prompting import check_lang
+from ...floor.languages import check_lang
 
 LANGUAGE = {"en-de": "German", "en-zh": "Chinese", "en-ar": "Arabic"}
 PROMPT = "Translate the following speech into {language}. Output only the translation, with no explanation or newlines."

@@ -228,7 +228,7 @@ def kept_ids(stage, in_dir, processor, tok_json: dict, config: dict, generation_
     """(kept token ids, prompts, texts, data records) of trim-vocab on a Gemma 4 directory: the stage's
     keep rules plus the 256 byte-fallback tokens, every id the config names and ``<unk>``. Reads the
     tokenizer and configs only, so ``build``'s prediction counts exactly what the stage keeps."""
-    from ...prompting import TARGET_LANGUAGE
+    from ...floor.languages import TARGET_LANGUAGE
     from .prompt import prompt_text
 
     tok = processor.tokenizer

@@ -192,7 +192,7 @@ def build_kit(out_dir: str | os.PathLike, seed: int = 0, vocab: str = "kit") -> 
 
 
 def _build(out: Path, seed: int, started: float, vocab: str = "kit") -> KitInfo:
-    from ... import provenance
+    from ...submission import provenance
 
     with _quiet_progress(), atomic_directory(out, overwrite=True) as tmp:
         processor = build_processor(vocab)

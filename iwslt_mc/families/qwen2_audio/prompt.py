@@ -3,7 +3,7 @@ turn with the audio and the instruction; shared by decoding and training through
 
 from __future__ import annotations
 
-from ...prompting import TARGET_LANGUAGE, check_lang
+from ...floor.languages import TARGET_LANGUAGE, check_lang
 
 SYSTEM_PROMPT = "You are a professional translator."
 

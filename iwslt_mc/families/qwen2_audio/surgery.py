@@ -1,6 +1,6 @@
 """Pure model surgery on a loaded Qwen2-Audio model: remove layers, narrow MLPs, select vocabulary rows.
 
-Everything goes through :func:`iwslt_mc.layout.find_layout`, and every change to a shape is mirrored
+Everything goes through :func:`iwslt_mc.families.qwen2_audio.layout.find_layout`, and every change to a shape is mirrored
 in the config (``text_config.num_hidden_layers`` / ``layer_types``, ``audio_config.encoder_layers``,
 ``intermediate_size``, ``encoder_ffn_dim``, ``vocab_size``) so that ``save_pretrained`` ->
 ``from_pretrained`` rebuilds exactly the same model. Attention modules keep a ``layer_idx`` that

@@ -4,7 +4,7 @@ A SPEC is recognised by itself as one of:
 
 - a **dataset** (ACL 60/60 style): a ``save_to_disk`` directory, a parquet file or directory, a
   ``.tsv``/``.csv``/``.jsonl`` data list, a hub id, with ``?split=...`` options; read with
-  :func:`iwslt_mc.data.load_examples`; one segment per example;
+  :func:`iwslt_mc.training.data.load_examples`; one segment per example;
 - an **IWSLT test-set folder** (the organizers' layout): WAVs, a ``FILE_ORDER`` file naming one WAV per
   line, at most one segmentation YAML covering any number of the WAVs, optional references
   (``*.en``, ``*.de``, ``*.zh``). Segments come in the organizers' order: WAVs by their position in
@@ -18,7 +18,7 @@ A SPEC is recognised by itself as one of:
 - a **single audio file**.
 
 Files of the list and the single file become one segment when at most 30 s long, and are cut at
-pauses by :mod:`iwslt_mc.segmenter` into several segments (lines) when longer. A segment of a YAML, a
+pauses by :mod:`iwslt_mc.decoding.segmenter` into several segments (lines) when longer. A segment of a YAML, a
 test set or a dataset is one line whatever its length: :func:`split_long` cuts one longer than the
 audio encoder's 30 s window at pauses into pieces that the decoder translates and joins. Any sample rate or channel count is read as 16 kHz
 mono. :func:`check_segments` reads every header (and YAML offsets against WAV durations) before any
@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .errors import InputFileError, UserError
+from ..errors import InputFileError, UserError
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".aiff", ".aif", ".au", ".w64", ".caf")
 DATASET_SUFFIXES = (".parquet", ".tsv", ".csv", ".jsonl", ".json")
@@ -103,7 +103,7 @@ def _split_query(spec: str) -> tuple[str, str]:
 
 def detect_kind(spec: str) -> str:
     """``testset``, ``dataset``, ``yaml``, ``list`` or ``audio`` for a SPEC (UserError when it is none of them)."""
-    from .modelio import is_local
+    from ..modelio import is_local
 
     raw, query = _split_query(str(spec))
     p = Path(raw)
@@ -181,7 +181,7 @@ def default_name(spec: str) -> str:
 # ---------------------------------------------------------------- datasets
 
 def _dataset_segments(spec: str) -> list[Segment]:
-    from .data import decode_audio, load_examples
+    from ..training.data import decode_audio, load_examples
 
     return [Segment(id=str(ex.id), source=ex.source, where=ex.source, example=ex,
                     load=(lambda ex=ex: decode_audio(ex)))
@@ -421,7 +421,7 @@ def _load_whole(audio: Path, where: str):
 # ---------------------------------------------------------------- segments longer than the encoder's window
 
 def split_long(seg: Segment, max_seconds: float = MAX_SECONDS) -> list[tuple[float, float]] | None:
-    """Pieces ``(start, duration)`` in seconds into ``seg``, cut at pauses by :func:`iwslt_mc.segmenter.segment_audio`,
+    """Pieces ``(start, duration)`` in seconds into ``seg``, cut at pauses by :func:`iwslt_mc.decoding.segmenter.segment_audio`,
     when the segment is longer than ``max_seconds`` (the audio encoder hears 30 s and drops the rest);
     None when it fits. Loads the segment's audio (InputFileError when it cannot be read)."""
     from .segmenter import segment_audio

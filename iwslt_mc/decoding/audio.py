@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputFileError
+from ..errors import InputFileError
 
 SAMPLE_RATE = 16000
 

@@ -1,6 +1,6 @@
 """COMET worker: runs inside the COMET environment (transformers 4), never inside iwslt-mc's.
 
-Started by :mod:`iwslt_mc.comet_env` as ``ENV/bin/python -I comet_worker.py MODE REQUEST RESULT``
+Started by :mod:`iwslt_mc.scoring.comet_env` as ``ENV/bin/python -I comet_worker.py MODE REQUEST RESULT``
 with JSON files in and out. It imports nothing from iwslt_mc (whose modules need transformers 5)
 and only the standard library at top level.
 

@@ -11,7 +11,7 @@ A RUN_DIR is what ``iwslt-mc build`` writes (or any folder laid out the same way
 
 Size, parameters and bin are measured now, never read from a file: the edition's primary size
 measure (2025/2026: safetensors bytes from :func:`iwslt_mc.sizing.sizer.measure`; 2027: the organizers'
-``torch.save(model.state_dict())`` bytes, :func:`iwslt_mc.packaging.torch_save_bytes`). One row per
+``torch.save(model.state_dict())`` bytes, :func:`iwslt_mc.submission.description.torch_save_bytes`). One row per
 (run, language pair, test set); a run without scores gets one row without quality. When a language
 pair has several test sets, each run scored on all of them also gets an "average" row (the mean of
 its test-set scores; runs missing a test set are left out of it, not averaged over fewer sets).
@@ -36,8 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import provenance
-from .errors import InputFileError, UserError
-from .sizing.track import GB, MB, GiB, MiB, get_edition
+from ..errors import InputFileError, UserError
+from ..sizing.track import GB, MB, GiB, MiB, get_edition
 
 METRIC_LABELS = {"comet": "COMET", "bleu": "BLEU", "chrf": "chrF"}
 PLOT_NAME = "quality-vs-size.png"
@@ -125,7 +125,7 @@ def _teacher_segments(teacher: str | os.PathLike) -> dict[tuple[str, str], list[
 
 def _acceptability(segments: list[dict], accept: dict | None, teacher: list[dict] | None, teacher_run: str | None,
                    notes: list[str], what: str) -> dict | None:
-    from .scoring import acceptability, segment_acceptability
+    from ..scoring.scoring import acceptability, segment_acceptability
 
     rec = segment_acceptability(segments, accept)
     if rec is None or teacher is None:
@@ -148,7 +148,7 @@ def collect(run_dirs: list[str | os.PathLike], edition: str | None = None, *, ac
     ``accept``: acceptability thresholds ``{"comet": [...], "chrf": [...]}`` (defaults: scoring's);
     ``teacher``: a RUN_DIR whose segment scores are the positives for precision/recall/F1.
     """
-    from .sizing.sizer import measure
+    from ..sizing.sizer import measure
 
     ed = get_edition(edition)
     notes = notes if notes is not None else []
@@ -168,7 +168,7 @@ def collect(run_dirs: list[str | os.PathLike], edition: str | None = None, *, ac
         rep = measure(model_dir, edition=ed.key)
         nbytes, signatures["size"] = int(rep.bytes), rep.signature
         if ed.primary_size_measure == "torch_save_bytes":
-            from .packaging import torch_save_bytes
+            from .description import torch_save_bytes
 
             nbytes, signatures["size"] = torch_save_bytes(model_dir)
         prov = provenance.read(model_dir)
@@ -465,7 +465,7 @@ def write_report(run_dirs: list[str | os.PathLike], out_dir: str | os.PathLike, 
     Editions with bins (2025) draw the bin edges and mark the best model per bin; Pareto editions
     (2026, 2027) draw the frontier only, per test set and averaged over a pair's test sets.
     """
-    from .fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text
+    from ..fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text
 
     ed = get_edition(edition)
     out = Path(out_dir)

@@ -4,7 +4,7 @@
 ``torchmetrics<0.11`` (and torchmetrics needs ``pkg_resources``, so ``setuptools<81``): it cannot
 share iwslt-mc's environment (transformers 5). :func:`create_env` builds a second venv holding only
 COMET and its pins; :func:`run_comet` writes the segments to a JSON file, runs
-``iwslt_mc/comet_worker.py`` with that venv's Python and reads the scores back.
+``iwslt_mc/scoring/comet_worker.py`` with that venv's Python and reads the scores back.
 
 Where the environment lives (first that applies):
 
@@ -33,7 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .errors import InputFileError, UserError
+from ..errors import InputFileError, UserError
 
 COMET_VERSION = "2.2.7"
 # The pins unbabel-comet declares, written out so pip never has to backtrack, plus two it needs

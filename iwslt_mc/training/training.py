@@ -24,8 +24,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .data import MAX_SECONDS, Example, target_text
-from .distributed import is_main_process, world_size  # noqa: F401  (stages call training.is_main_process)
-from .errors import UserError
+from ..distributed import is_main_process, world_size  # noqa: F401  (stages call training.is_main_process)
+from ..errors import UserError
 
 IGNORE_INDEX = -100
 _CHECKPOINTING_ARG = "gradient_checkpointing"
@@ -47,7 +47,7 @@ def encode_example(processor, wave: np.ndarray, target: str, lang: str) -> dict:
     batch axis (Qwen2-Audio: ``input_features``, ``feature_attention_mask``; Gemma 4: ``input_features``,
     ``input_features_mask`` as tensors, ``mm_token_type_ids`` as a list over the whole sequence).
     """
-    from .families import default_family, family_of_processor, prompt_text
+    from ..families import default_family, family_of_processor, prompt_text
 
     fam = family_of_processor(processor) or default_family()
     tok = processor.tokenizer
@@ -342,7 +342,7 @@ def _check_run_identity(work_dir: Path, ident: dict) -> None:
     """Refuse to resume checkpoints that another training run (other settings, data or model) left in ``work_dir``."""
     import json
 
-    from .fsutil import atomic_write_json
+    from ..fsutil import atomic_write_json
 
     f = work_dir / RUN_ID_NAME
     has_ckpt = (work_dir / CHECKPOINTS).is_dir() and any((work_dir / CHECKPOINTS).iterdir())
@@ -424,7 +424,7 @@ def train(model, processor, examples: Sequence[Example], lang: str, settings: Tr
         disable_tqdm=not (settings.progress and main),
         optim="adamw_torch",
     )
-    from .families import max_audio_seconds
+    from ..families import max_audio_seconds
 
     dataset = SpeechTranslationDataset(examples, processor, lang, max_seconds=max_audio_seconds(model))
     cache_was = _cache_off(model)
@@ -450,7 +450,7 @@ def train(model, processor, examples: Sequence[Example], lang: str, settings: Tr
             hf_logging.enable_progress_bar()
     history = loss_history(trainer.state.log_history)
     if main:
-        from .fsutil import atomic_write_json
+        from ..fsutil import atomic_write_json
 
         atomic_write_json(work_dir / HISTORY_NAME, {"lang": lang, "examples": len(examples),
                                                     "world_size": args.world_size, "history": history})

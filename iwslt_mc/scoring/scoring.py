@@ -1,6 +1,6 @@
 """Local scores computed the way the organizers compute them.
 
-- BLEU and chrF with sacrebleu, settings per target language (``METRICS``): BLEU ``tok:13a`` and
+- BLEU and chrF with sacrebleu, settings per target language (the language table, :mod:`iwslt_mc.floor.languages`): BLEU ``tok:13a`` and
   chrF++ for German, BLEU ``tok:zh`` and plain chrF for Chinese; case-sensitive, punctuation kept.
   Files are read as the sacrebleu command line reads them (split on ``\\n``, trailing whitespace
   stripped), so corpus scores equal ``sacrebleu REF -i HYP`` exactly.
@@ -9,7 +9,7 @@
   ``CJSegmenter``) for Chinese, or a local SentencePiece model. AS-WER is recomputed from the
   resegmented output: edit distance per reference segment on the same tokens the aligner saw,
   case-insensitive like the aligner, summed over segments / reference tokens.
-- COMET through :mod:`iwslt_mc.comet_env` (its own environment, a separate process).
+- COMET through :mod:`iwslt_mc.scoring.comet_env` (its own environment, a separate process).
 - Tags such as ``(Applause)``, ``(Laughter)``, ``[Applaus]``, ``(笑声)`` are removed from hypotheses
   and references before anything is scored, as the organizers ignore them ("Tags such as applause,
   laughing, etc are not considered during the evaluation"); ``tags="keep"`` scores the lines as
@@ -37,32 +37,11 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import InputFileError, UserError
+from ..errors import InputFileError, UserError
+from ..floor.languages import Language, check_lang, language
 
 RESEGMENT_MODES = ("auto", "always", "never")
 TAG_MODES = ("strip", "keep")
-
-
-@dataclass(frozen=True)
-class LanguageMetrics:
-    """sacrebleu settings and resegmentation tokenizer for one target language."""
-
-    bleu_tokenize: str
-    chrf_word_order: int  # 2 = chrF++; 0 = chrF (advised for Chinese by the metric's author)
-    reseg_tokenizer: str  # "whitespace" or "cj" (one token per Han character, Latin runs kept whole)
-
-
-METRICS: dict[str, LanguageMetrics] = {
-    "en-de": LanguageMetrics("13a", 2, "whitespace"),
-    "en-zh": LanguageMetrics("zh", 0, "cj"),
-    "en-ar": LanguageMetrics("13a", 2, "whitespace"),
-}
-
-
-def check_lang(lang: str) -> LanguageMetrics:
-    if lang not in METRICS:
-        raise UserError(f"unknown language pair {lang!r} (expected one of: {', '.join(METRICS)})")
-    return METRICS[lang]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -92,7 +71,7 @@ def read_lines(path: str | os.PathLike, *, what: str = "file") -> list[str]:
     if text.startswith("\ufeff"):
         # Kept, as the sacrebleu command line keeps it (part of the first word), so scores stay
         # identical to it; but a byte-order mark is almost always an editor's accident.
-        from .output import warn
+        from ..output import warn
 
         warn(f"{p}: starts with a UTF-8 byte-order mark; it is scored as part of the first word (as sacrebleu does)")
     if not text:
@@ -235,13 +214,13 @@ class TagFilter:
 # sacrebleu
 
 
-def _bleu(spec: LanguageMetrics, sentence: bool = False):
+def _bleu(spec: Language, sentence: bool = False):
     from sacrebleu.metrics import BLEU
 
     return BLEU(tokenize=spec.bleu_tokenize, effective_order=sentence)
 
 
-def _chrf(spec: LanguageMetrics):
+def _chrf(spec: Language):
     from sacrebleu.metrics import CHRF
 
     return CHRF(word_order=spec.chrf_word_order)
@@ -249,7 +228,7 @@ def _chrf(spec: LanguageMetrics):
 
 def corpus_scores(hyps: list[str], refs: list[str], lang: str) -> dict:
     """Corpus BLEU and chrF/chrF++ with their sacrebleu signatures: ``{"bleu": {...}, "chrf": {...}}``."""
-    spec = check_lang(lang)
+    spec = language(lang)
     if len(hyps) != len(refs):
         raise ValueError(f"{len(hyps)} hypothesis lines for {len(refs)} reference lines")
     out = {}
@@ -265,7 +244,7 @@ def segment_scores(hyps: list[str], refs: list[str], lang: str) -> tuple[list[di
 
     Returns ``(segments, signatures)``; each segment is ``{"bleu": x, "chrf": y}``.
     """
-    spec = check_lang(lang)
+    spec = language(lang)
     bleu, chrf = _bleu(spec, sentence=True), _chrf(spec)
     segs = [{"bleu": bleu.sentence_score(h, [r]).score, "chrf": chrf.sentence_score(h, [r]).score}
             for h, r in zip(hyps, refs)]
@@ -383,7 +362,7 @@ def _join_stream(lines: list[str], kind: str) -> str:
 
 def resegment(hyp_lines: list[str], ref_lines: list[str], lang: str, *, spm_model: str | None = None) -> Resegmentation:
     """Align the hypothesis stream to the reference segments (mweralign); one output line per reference line."""
-    spec = check_lang(lang)
+    spec = language(lang)
     mw = _mweralign()
     tok = _Tokenizer(spec.reseg_tokenizer, spm_model)
     non_whitespace = spec.reseg_tokenizer == "cj"
@@ -612,7 +591,7 @@ def score_files(hyp: str | os.PathLike, ref: str | os.PathLike, lang: str, *, sr
         accept_rec["teacher_resegmentation"] = None if teacher_reseg is None else teacher_reseg.to_json()
         accept_rec["signature"] = (metrics["comet"]["signature"] if accept_rec["metric"] == "comet"
                                    else seg_sigs["chrf"])
-    from . import __version__
+    from .. import __version__
 
     return {
         "format": 1,

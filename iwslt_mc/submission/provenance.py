@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .fsutil import atomic_write_json
+from ..fsutil import atomic_write_json
 
 FILENAME = "provenance.json"
 
@@ -33,7 +33,7 @@ def read(model_dir: str | Path) -> dict:
     try:
         return json.loads(p.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        from .errors import InputFileError
+        from ..errors import InputFileError
 
         raise InputFileError(p, f"not valid JSON ({e})") from None
 
@@ -42,7 +42,7 @@ def versions() -> dict:
     """Versions of the libraries that change results (only those already imported, to stay cheap)."""
     import sys
 
-    from . import __version__
+    from .. import __version__
 
     out = {"iwslt-mc": __version__, "python": platform.python_version()}
     for name in ("torch", "transformers", "peft", "accelerate", "bitsandbytes", "datasets", "sacrebleu"):

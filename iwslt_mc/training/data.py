@@ -25,7 +25,7 @@ gets both from :func:`heldout_split`, the published recipe: merge all splits in 
 seed=0)`` does (a quarter of the data when there are fewer than 400 examples).
 
 Audio is kept encoded (bytes or a path) and decoded on demand by ``Example.waveform()`` to 16 kHz
-mono float32 with :func:`iwslt_mc.audio.load_audio`; clips over 30 s are truncated (the Whisper
+mono float32 with :func:`iwslt_mc.decoding.audio.load_audio`; clips over 30 s are truncated (the Whisper
 feature extractor sees 30 s at most), or over the model family's ``max_segment_seconds`` where the caller
 passes it (gemma4_unified: 18 s, see :meth:`iwslt_mc.families.Family.max_segment_seconds`). ``datasets`` 5
 decodes Audio columns with torchcodec, which does not load here, so the audio column is always read undecoded.
@@ -49,7 +49,7 @@ from urllib.parse import parse_qsl
 
 import numpy as np
 
-from .errors import InputFileError, UserError
+from ..errors import InputFileError, UserError
 
 SAMPLE_RATE = 16000
 MAX_SECONDS = 30.0
@@ -87,7 +87,7 @@ class Example:
 
 
 def target_code(lang: str) -> str:
-    from .prompting import TARGET_CODE, check_lang
+    from ..floor.languages import TARGET_CODE, check_lang
 
     return TARGET_CODE[check_lang(lang)]
 
@@ -99,7 +99,7 @@ def target_text(example: Example, lang: str) -> str | None:
 
 def decode_audio(example: Example) -> np.ndarray:
     """Decode the example's audio to 16 kHz mono float32 (not truncated). Errors name file and row."""
-    from .audio import load_audio
+    from ..decoding.audio import load_audio
 
     src = example.audio() if callable(example.audio) else example.audio
     if isinstance(src, np.ndarray):
@@ -362,7 +362,7 @@ def _warn(msg: str) -> None:
         for sink in list(_WARNING_SINKS):
             sink(msg)
     elif msg not in _WARNED:
-        from .output import warn
+        from ..output import warn
 
         _WARNED.add(msg)
         warn(msg)
@@ -406,7 +406,7 @@ def _read_source(ds: DataSpec) -> dict[str, list[Example]]:
 
 
 def _detect_format(p: Path, raw: str) -> str:
-    from .modelio import is_local
+    from ..modelio import is_local
 
     if p.is_file():
         suffix = p.suffix.lower()
@@ -516,7 +516,7 @@ def _audio_ref(value, base: Path | None, src: str):
         if value.get("bytes"):
             return bytes(value["bytes"])
         if value.get("array") is not None:
-            from .audio import to_mono_16k
+            from ..decoding.audio import to_mono_16k
 
             return to_mono_16k(np.asarray(value["array"], dtype=np.float32), int(value.get("sampling_rate") or SAMPLE_RATE))
         value = value.get("path")
