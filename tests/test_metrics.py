@@ -6,7 +6,7 @@ import sacrebleu
 
 from iwslt_mc.errors import UserError
 from iwslt_mc.scoring import metrics
-from iwslt_mc.stages import importance
+from iwslt_mc.pruning import importance
 from iwslt_mc.stages.distill import DistillOptions
 
 HYPS = ["Das ist ein kleiner Test.", "Heute sprechen wir über Modelle.", "我们今天谈论模型。"]

@@ -19,7 +19,7 @@ import torch
 from iwslt_mc import modelio
 from iwslt_mc.decoding import rounds as round_decoding
 from iwslt_mc.scoring import metrics
-from iwslt_mc.stages import importance as imp
+from iwslt_mc.pruning import importance as imp
 from iwslt_mc.training.calibration import heldout_segments
 from iwslt_mc.stages import make_stage
 from iwslt_mc.stages.base import StageContext, run_stage

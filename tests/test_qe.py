@@ -398,7 +398,7 @@ def test_qe_guided_search_scores_a_round_in_one_call_and_chooses_as_per_candidat
     scoring each candidate's hypotheses in its own process, as the per-candidate loop did."""
     from iwslt_mc import modelio
     from iwslt_mc.training.data import load_examples
-    from iwslt_mc.stages import importance as imp
+    from iwslt_mc.pruning import importance as imp
 
     metric = f"qe:{qe_ckpt}"
     metrics.check_metric(metric)

@@ -12,7 +12,7 @@ from iwslt_mc.families.qwen2_audio import surgery
 from iwslt_mc.families.qwen2_audio.layout import find_layout
 from iwslt_mc.families import prompt_text
 from iwslt_mc.stages import make_stage
-from iwslt_mc.stages import importance as imp
+from iwslt_mc.pruning import importance as imp
 from iwslt_mc.training.calibration import heldout_segments
 from iwslt_mc.stages.base import StageContext, run_stage
 

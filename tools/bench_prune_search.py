@@ -13,7 +13,7 @@ Same run, same model, same held-out segments, same candidates:
   whole round (it cannot be split per candidate).
 - teacher-forced: the cached engine's cheaper score (one forward pass per candidate; a different
   criterion, it may choose differently).
-- screened (``screen: segments``, :class:`iwslt_mc.stages.importance.ScreenPlan` defaults): every
+- screened (``screen: segments``, :class:`iwslt_mc.pruning.importance.ScreenPlan` defaults): every
   candidate on a few segments, the close ones on more, the finalists on all; its choice is reported
   next to the naive loop's (equal is measured, not guaranteed). Needs more held-out segments than
   the first stage (8): ``--heldout 100 --heldout-data kit --heldout-data tests/fixtures/toy/data``.
@@ -170,7 +170,7 @@ def toy_search(rounds: int, heldout: int, max_new_tokens: int, protect: bool, da
 
     from iwslt_mc import modelio
     from iwslt_mc.training.data import load_examples
-    from iwslt_mc.stages import importance as imp
+    from iwslt_mc.pruning import importance as imp
     from iwslt_mc.training.calibration import heldout_segments
 
     model = modelio.load_model(TOY / "teacher", dtype=torch.float32, device="cpu")
@@ -226,7 +226,7 @@ def comet_round(checkpoint: str, shared_engine, rr: dict, allowed, k: int, lang:
     Wall seconds and CPU seconds including the worker processes."""
     from iwslt_mc.scoring import comet_env
     from iwslt_mc.scoring import metrics
-    from iwslt_mc.stages import importance as imp
+    from iwslt_mc.pruning import importance as imp
 
     ckpt = comet_env.resolve_checkpoint(checkpoint)
     metric = f"comet:{ckpt}"
@@ -302,7 +302,7 @@ def main(argv=None) -> int:
 
     from iwslt_mc import modelio
     from iwslt_mc.scoring import metrics
-    from iwslt_mc.stages import importance as imp
+    from iwslt_mc.pruning import importance as imp
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -3,7 +3,7 @@
 exact search's choice, and how much of the exact round does it decode?
 
 Each round is decoded once, exactly, with the shared engine (every candidate on every held-out segment);
-then the real :meth:`iwslt_mc.stages.importance.CandidateScorer.screen_round` runs on an engine that
+then the real :meth:`iwslt_mc.pruning.importance.CandidateScorer.screen_round` runs on an engine that
 serves those hypotheses (a segment's hypothesis does not depend on which others are decoded with it), once
 per seeded segment order. Reported per round and order: the exact winner, the race's choice, whether the
 fallback fired, the survivors after each look and the share of (candidate, segment) rows the race decodes.
@@ -46,7 +46,7 @@ class ReplayEngine:
 
 def replay_round(engine, removed, cands, orders, plan_kw) -> list[dict]:
     from iwslt_mc.scoring import metrics
-    from iwslt_mc.stages import importance as imp
+    from iwslt_mc.pruning import importance as imp
 
     hyps = engine.translate_round(list(removed), list(cands))
     metric = metrics.get_metric("auto")  # the metric CandidateScorer uses by default
@@ -92,7 +92,7 @@ def main(argv=None) -> int:
     import torch
 
     from iwslt_mc import modelio
-    from iwslt_mc.stages import importance as imp
+    from iwslt_mc.pruning import importance as imp
     from iwslt_mc.training.calibration import heldout_segments
 
     torch.set_num_threads(args.threads)

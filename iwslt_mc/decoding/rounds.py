@@ -1,6 +1,6 @@
 """A whole round of the layer search at once: every candidate layer's greedy decoding in one batched loop.
 
-Used by the ``shared`` engine of ``prune-layers`` (:mod:`iwslt_mc.stages.importance`). Plain greedy argmax
+Used by the ``shared`` engine of ``prune-layers`` (:mod:`iwslt_mc.pruning.importance`). Plain greedy argmax
 with the model's own decoder layers, stopping each row as batch-1 ``generate`` does (the end tokens and
 budgets of :mod:`iwslt_mc.decoding.core`), so in fp32 the hypotheses equal the per-candidate decodes.
 """

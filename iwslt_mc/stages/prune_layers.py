@@ -8,12 +8,12 @@ strategy with a count (``remove`` LLM layers, ``audio_remove`` audio layers):
 - ``iterative``: the greedy importance search of the IWSLT 2025 Qwen2-Audio submission: each round
   removes the layer whose removal scores best on a held-out set (chrF++ for German, chrF for
   Chinese by default), never the first or last layer. LLM layers are searched first, then audio
-  layers (with the chosen LLM layers removed). See :mod:`iwslt_mc.stages.importance` for how a
+  layers (with the chosen LLM layers removed). See :mod:`iwslt_mc.pruning.importance` for how a
   round is made cheap without changing the selection (engine ``shared``: all candidates of a round
   in one batched loop, the prefill below each candidate's layer shared), and the ``teacher-forced``
   alternative. ``screen: segments`` (off by default) races the candidates: every one decoded on a few
   segments, those still within a few standard errors of the leader on a few more, and so on, the
-  finalists on all (:class:`iwslt_mc.stages.importance.ScreenPlan`), falling back to every candidate when
+  finalists on all (:class:`iwslt_mc.pruning.importance.ScreenPlan`), falling back to every candidate when
   too many are close; its choice is not guaranteed equal (docs/bench/prune_search.md measures how often).
 
 The search log (every candidate's score, every round's choice) is written to the work directory as
@@ -285,7 +285,7 @@ class PruneLayers(Stage):
         from ..training.data import describe_data, load_examples
         from ..modelio import model_fingerprint
         from ..training.calibration import heldout_segments
-        from . import importance as imp
+        from ..pruning import importance as imp
 
         o = self.options
         examples = load_examples(ctx.data, split=o.split, seed=ctx.seed, lang=ctx.lang)
