@@ -220,10 +220,31 @@ def quantization_config(o, tied: str | None = None):
     (:func:`effective_skip` when the output projection ``tied`` shares the embedding matrix)."""
     from compressed_tensors.quantization import QuantizationConfig, QuantizationScheme
 
+    if getattr(o, "allocation", None):
+        return allocation_config(o)
     groups = {"group_0": QuantizationScheme(targets=["Linear"], weights=weight_args(o))}
     if o.quantize_embeddings:
         groups["group_1"] = QuantizationScheme(targets=[r"re:(?:.*\.)?embed_tokens$"], weights=weight_args(o))
     return QuantizationConfig(config_groups=groups, ignore=ignore_patterns(effective_skip(o, tied)))
+
+
+def allocation_config(o):
+    """The ``QuantizationConfig`` of a bit allocation file (``o.allocation``): one group per width, targeting its
+    modules by name (matched from any prefix, as skip patterns are); float (16-bit) and unnamed modules untargeted."""
+    from compressed_tensors.quantization import QuantizationArgs, QuantizationConfig, QuantizationScheme
+
+    from .quantization.allocation import FLOAT_BITS, read_allocation
+    from .stages.quantize import skip_pattern
+
+    alloc = read_allocation(o.allocation)
+    groups = {}
+    for bits, names in alloc.by_bits().items():
+        if bits == FLOAT_BITS:
+            continue
+        args = QuantizationArgs(num_bits=bits, type="int", strategy="group", group_size=alloc.group_size, symmetric=True)
+        groups[f"group_{len(groups)}"] = QuantizationScheme(targets=["re:" + skip_pattern(n) + "$" for n in names],
+                                                            weights=args)
+    return QuantizationConfig(config_groups=groups, ignore=[])
 
 
 def choose_qparams(weight, args, scale_dtype, scales: str = "mse"):
@@ -256,9 +277,11 @@ def choose_qparams(weight, args, scale_dtype, scales: str = "mse"):
     return best[1], best[2]
 
 
-def resolved_scales(o) -> str:
-    """``scales: auto`` is ``mse`` at 4 bits and more, ``minmax`` below (docs/bench/quantization.md)."""
-    return o.scales if o.scales != "auto" else ("mse" if o.bits >= 4 else "minmax")
+def resolved_scales(o, bits: int | None = None) -> str:
+    """``scales: auto`` is ``mse`` at 4 bits and more, ``minmax`` below (docs/bench/quantization.md); ``bits``:
+    a module's own width (a bit allocation), else ``o.bits``."""
+    bits = o.bits if bits is None else bits
+    return o.scales if o.scales != "auto" else ("mse" if bits >= 4 else "minmax")
 
 
 def ct_quantize(in_dir, o, *, device: str = "cpu", log=print):
@@ -283,11 +306,15 @@ def ct_quantize(in_dir, o, *, device: str = "cpu", log=print):
             scheme = getattr(mod, "quantization_scheme", None)
             if scheme is None or scheme.weights is None:
                 continue
-            scale, zp = choose_qparams(mod.weight, scheme.weights, mod.weight_scale.dtype, resolved_scales(o))
+            scale, zp = choose_qparams(mod.weight, scheme.weights, mod.weight_scale.dtype,
+                                       resolved_scales(o, scheme.weights.num_bits))
             mod.weight_scale.data.copy_(scale)
             mod.weight_zero_point.data.copy_(zp)
             n += 1
-    log(f"quantize: {n} weights quantized to {o.bits}-bit groups of {o.group_size} ({resolved_scales(o)} ranges)")
+    if getattr(o, "allocation", None):
+        log(f"quantize: {n} weights quantized as {o.allocation} says, groups of {o.group_size}")
+    else:
+        log(f"quantize: {n} weights quantized to {o.bits}-bit groups of {o.group_size} ({resolved_scales(o)} ranges)")
     if tied:
         log(f"quantize: {tied} is tied to the token embeddings: "
             + ("quantized with them and saved once (the checkpoint stays tied)" if o.quantize_embeddings
@@ -383,6 +410,13 @@ def ct_counts(model) -> dict:
 
 
 def describe(o) -> str:
+    if getattr(o, "allocation", None):
+        from .quantization.allocation import read_allocation
+
+        alloc = read_allocation(o.allocation)
+        return (f"compressed-tensors pack-quantized mixed-precision symmetric integer weights by measured sensitivity "
+                f"({alloc.summary()}; groups of {alloc.group_size}; allocation {o.allocation}, budget "
+                f"{alloc.budget} bytes {alloc.measure}, edition {alloc.edition}); loads packed (dequantize: false)")
     what = (f"compressed-tensors pack-quantized {o.bits}-bit integer weights, groups of {o.group_size}, "
             f"{'symmetric' if o.symmetric else 'asymmetric (zero points)'}, calibration-free "
             f"{'MSE-clipped' if resolved_scales(o) == 'mse' else 'min/max'} round-to-nearest")
