@@ -271,6 +271,9 @@ def choose(losses: dict[str, dict[int, float]], sizer: Sizer, budget: int, width
     if floor > budget:
         raise UserError(f"budget {budget:,} bytes is below the smallest allocation ({floor:,} bytes: every module "
                         f"at {widths[0]} bits, the rest as stored, {sizer.measure})")
+    top = {m: widths[-1] for m in losses}
+    if sizer.bytes(top) <= budget:
+        return top
     cost = {m: {b: sizer.module_cost(m, b) for b in widths} for m in losses}
 
     def loss(m, b):
