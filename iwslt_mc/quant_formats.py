@@ -215,33 +215,32 @@ def weight_args(o):
                             symmetric=o.symmetric)
 
 
-def quantization_config(o, tied: str | None = None):
+def quantization_config(o, tied: str | None = None, module_bits: dict[str, int] | None = None):
     """The compressed-tensors ``QuantizationConfig`` of the options: Linear layers (and embed_tokens) minus skip
-    (:func:`effective_skip` when the output projection ``tied`` shares the embedding matrix)."""
+    (:func:`effective_skip` when the output projection ``tied`` shares the embedding matrix); with
+    ``module_bits`` (a bit allocation: module name -> bits, 16 = float) one group per width instead."""
     from compressed_tensors.quantization import QuantizationConfig, QuantizationScheme
 
-    if getattr(o, "allocation", None):
-        return allocation_config(o)
+    if module_bits is not None:
+        return allocation_config(module_bits, o.group_size)
     groups = {"group_0": QuantizationScheme(targets=["Linear"], weights=weight_args(o))}
     if o.quantize_embeddings:
         groups["group_1"] = QuantizationScheme(targets=[r"re:(?:.*\.)?embed_tokens$"], weights=weight_args(o))
     return QuantizationConfig(config_groups=groups, ignore=ignore_patterns(effective_skip(o, tied)))
 
 
-def allocation_config(o):
-    """The ``QuantizationConfig`` of a bit allocation file (``o.allocation``): one group per width, targeting its
-    modules by name (matched from any prefix, as skip patterns are); float (16-bit) and unnamed modules untargeted."""
+def allocation_config(module_bits: dict[str, int], group_size: int):
+    """The ``QuantizationConfig`` of a bit allocation (module name -> bits; 16 = kept float): one symmetric group
+    per width, targeting its modules by name (matched from any prefix, as skip patterns are); float and unnamed
+    modules untargeted."""
     from compressed_tensors.quantization import QuantizationArgs, QuantizationConfig, QuantizationScheme
 
-    from .quantization.allocation import FLOAT_BITS, read_allocation
     from .stages.quantize import skip_pattern
 
-    alloc = read_allocation(o.allocation)
     groups = {}
-    for bits, names in alloc.by_bits().items():
-        if bits == FLOAT_BITS:
-            continue
-        args = QuantizationArgs(num_bits=bits, type="int", strategy="group", group_size=alloc.group_size, symmetric=True)
+    for bits in sorted({b for b in module_bits.values() if b < 16}):
+        names = sorted(n for n, b in module_bits.items() if b == bits)
+        args = QuantizationArgs(num_bits=bits, type="int", strategy="group", group_size=group_size, symmetric=True)
         groups[f"group_{len(groups)}"] = QuantizationScheme(targets=["re:" + skip_pattern(n) + "$" for n in names],
                                                             weights=args)
     return QuantizationConfig(config_groups=groups, ignore=[])
@@ -284,7 +283,7 @@ def resolved_scales(o, bits: int | None = None) -> str:
     return o.scales if o.scales != "auto" else ("mse" if bits >= 4 else "minmax")
 
 
-def ct_quantize(in_dir, o, *, device: str = "cpu", log=print):
+def ct_quantize(in_dir, o, *, device: str = "cpu", log=print, module_bits: dict[str, int] | None = None):
     """Load ``in_dir`` as float, quantize it as ``o`` says and pack it in memory (compressed-tensors).
 
     Returns ``(model, compressor)``; the model runs (it unpacks itself on the first forward) and
@@ -298,7 +297,7 @@ def ct_quantize(in_dir, o, *, device: str = "cpu", log=print):
 
     model = modelio.load_model(in_dir, dtype=None if o.dtype == "auto" else o.dtype, device=device)
     tied = tied_output(model)
-    qcfg = quantization_config(o, tied)
+    qcfg = quantization_config(o, tied, module_bits)
     apply_quantization_config(model, qcfg, show_progress=False)
     n = 0
     with torch.no_grad():
@@ -311,8 +310,8 @@ def ct_quantize(in_dir, o, *, device: str = "cpu", log=print):
             mod.weight_scale.data.copy_(scale)
             mod.weight_zero_point.data.copy_(zp)
             n += 1
-    if getattr(o, "allocation", None):
-        log(f"quantize: {n} weights quantized as {o.allocation} says, groups of {o.group_size}")
+    if module_bits is not None:
+        log(f"quantize: {n} weights quantized at their own widths (a bit allocation), groups of {o.group_size}")
     else:
         log(f"quantize: {n} weights quantized to {o.bits}-bit groups of {o.group_size} ({resolved_scales(o)} ranges)")
     if tied:
@@ -325,7 +324,7 @@ def ct_quantize(in_dir, o, *, device: str = "cpu", log=print):
     compressor.quantization_config.ignore = list(qcfg.ignore)
     _quiet_tqdm(compressor.compress_model, model)
     model._iwslt_mc_ct_compressor = compressor
-    model._iwslt_mc_ct_source = (str(in_dir), o, device)
+    model._iwslt_mc_ct_source = (str(in_dir), o, device, module_bits)
     # tied and quantized: the output projection holds a second packed copy of the embedding matrix (the same
     # scales and integers: one matrix, one quantization), which runs in memory and is left out of the save
     model._iwslt_mc_ct_tied = tied if tied and o.quantize_embeddings else None
@@ -359,8 +358,8 @@ def ct_save(model, processor, out_dir) -> Path:
     if not hasattr(model, "ct_decompress_hook"):
         # A forward unpacked the weights to floats; packing those again could round differently,
         # so save a fresh quantization of the same input (deterministic) instead.
-        in_dir, o, device = model._iwslt_mc_ct_source
-        model, compressor = ct_quantize(in_dir, o, device=device, log=lambda *a: None)
+        in_dir, o, device, module_bits = model._iwslt_mc_ct_source
+        model, compressor = ct_quantize(in_dir, o, device=device, log=lambda *a: None, module_bits=module_bits)
     tied = getattr(model, "_iwslt_mc_ct_tied", None)
     held = {}
     if tied:  # save the shared matrix once: the config keeps tie_word_embeddings, the loader ties it again
@@ -410,13 +409,6 @@ def ct_counts(model) -> dict:
 
 
 def describe(o) -> str:
-    if getattr(o, "allocation", None):
-        from .quantization.allocation import read_allocation
-
-        alloc = read_allocation(o.allocation)
-        return (f"compressed-tensors pack-quantized mixed-precision symmetric integer weights by measured sensitivity "
-                f"({alloc.summary()}; groups of {alloc.group_size}; allocation {o.allocation}, budget "
-                f"{alloc.budget} bytes {alloc.measure}, edition {alloc.edition}); loads packed (dequantize: false)")
     what = (f"compressed-tensors pack-quantized {o.bits}-bit integer weights, groups of {o.group_size}, "
             f"{'symmetric' if o.symmetric else 'asymmetric (zero points)'}, calibration-free "
             f"{'MSE-clipped' if resolved_scales(o) == 'mse' else 'min/max'} round-to-nearest")

@@ -324,12 +324,22 @@ class Quantize(Stage):
         o = self.options
         ctx.log(f"quantize: {in_dir} to compressed-tensors "
                 f"{'bits per module (' + o.allocation + ')' if o.allocation else f'{o.bits}-bit'} on {device}")
-        model, _ = quant_formats.ct_quantize(in_dir, o, device=device, log=ctx.log)
+        alloc = None
+        if o.allocation:
+            from ..quantization.allocation import read_allocation
+
+            alloc = read_allocation(o.allocation)
+        model, _ = quant_formats.ct_quantize(in_dir, o, device=device, log=ctx.log,
+                                             module_bits=alloc.modules if alloc else None)
         counts = quant_formats.ct_counts(model)
         quant_formats.ct_save(model, modelio.load_processor(in_dir), out_dir)
         ctx.log(f"quantize: {quant_formats.loading_note(o)}")
-        kept = f"; kept unquantized: {', '.join(o.skip)}" if o.skip else ""
-        return {"techniques": [f"{quant_formats.describe(o)}{kept}"], "quantized_linear_layers": counts["quantized"],
+        kept = f"; kept unquantized: {', '.join(o.skip)}" if o.skip and not alloc else ""
+        what = quant_formats.describe(o) if alloc is None else (
+            "compressed-tensors pack-quantized symmetric integer weights, bits per module by measured sensitivity "
+            f"({alloc.summary()}; groups of {alloc.group_size}; allocation {o.allocation}: budget {alloc.budget} "
+            f"bytes, {alloc.measure}, edition {alloc.edition}); loads packed (dequantize: false)")
+        return {"techniques": [f"{what}{kept}"], "quantized_linear_layers": counts["quantized"],
                 "unquantized_linear_layers": counts["unquantized"]}
 
 
