@@ -168,3 +168,19 @@ def test_sizes_parse():
         A.parse_size("Bin3")
     with pytest.raises(UserError, match="widths are 2, 3, 4, 8, 16"):
         A.parse_widths("2,5")
+
+
+def test_reload_gives_the_logits_of_the_model_before_saving(kit, handmade, kit_processor, kit_waves):
+    from iwslt_mc import quant_formats
+    from iwslt_mc.prompting import prompt_text
+    from iwslt_mc.stages.quantize import QuantizeOptions
+
+    root, bits = handmade
+    inputs = kit_processor(text=prompt_text(kit_processor, "en-de"), audio=kit_waves["dev"][1][1], sampling_rate=16000,
+                           return_tensors="pt")
+    o = QuantizeOptions.from_dict({"method": "ct", "symmetric": True, "allocation": str(root / "alloc.json")})
+    before, _ = quant_formats.ct_quantize(kit / "model", o, log=lambda *a: None, module_bits=bits)
+    packed = organizers_load(root / "out").eval()
+    assert packed.lm_head.weight_packed.dtype == torch.int32
+    with torch.inference_mode():
+        assert torch.equal(packed(**inputs).logits, before(**inputs).logits)  # the first forward unpacks
