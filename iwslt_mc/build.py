@@ -446,6 +446,11 @@ def spec_for_stages(stages: list[StageEntry], cfg, *, base: str, lang: str, data
 
                 precision = ct_precision(int(o.get("bits") or 4), int(o.get("group_size", 128)), bool(o.get("symmetric", False)))
                 ct_embeddings = bool(o.get("quantize_embeddings", False))
+                if o.get("allocation"):  # bits per module: the allocation file holds its own exact figure
+                    precision = ct_precision(8, int(o.get("group_size", 128)), True)
+                    notes.append(f"quantize: bits per module from {o['allocation']}: not a planner spec, so "
+                                 "predicted here as uniform symmetric ct8 (a rough figure); the file's 'predicted' is "
+                                 "the exact one for the model it was made on (iwslt-mc plan --allocate)")
             per = {}
             for name in o.get("skip", ["lm_head"]) or []:
                 comp = _SKIP_COMPONENTS.get(str(name).split(".")[-1])

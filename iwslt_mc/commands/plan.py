@@ -19,6 +19,7 @@ EXAMPLES = """
   iwslt-mc plan --frontier --base MODEL --runs runs/*/        # after building and scoring: the Pareto-optimal ones
   iwslt-mc plan gemma4-small --base /tmp/g12                 # a recipe's final model on a base (Gemma 4 12B layout)
   iwslt-mc plan --base /tmp/g12 --drop-vision --llm-layers 36 --precision nf4-dq --precision ple=bf16
+  iwslt-mc plan --base MODEL --target 2.5GiB --edition 2027 --allocate bits.json --data DEV   # bits per module
 """
 
 
@@ -77,6 +78,20 @@ def add_parser(sub):
     p.add_argument("--edition", default=None,
                    help="track edition: 2025 (bins), 2026/2027 (Pareto, no bins); default: the newest, 2025 with --target")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    a = p.add_argument_group("mixed precision (--allocate): bits per Linear module by measured sensitivity")
+    a.add_argument("--allocate", metavar="OUT.json",
+                   help=("measure each Linear module of --base (weights needed) quantized alone at each width on the "
+                         "--data dev utterances (KL to the unquantized model), choose the widths that meet --target "
+                         "(a size: 2.5GiB, 900MB, bytes) under --edition's measure with the least summed loss, and "
+                         "write the allocation for stage quantize (method ct, symmetric: true, allocation: OUT.json)"))
+    a.add_argument("--bits", default="2,3,4,8,16", metavar="B,B,...",
+                   help="widths to choose from (2,3,4,8 packed symmetric; 16 = kept float; default all)")
+    a.add_argument("--group-size", type=int, default=None, metavar="N",
+                   help="weights per scale (default 128, or the largest power of two dividing every input width)")
+    a.add_argument("--split", default="train",
+                   help="split of --data to measure on (default train: with ACL 60/60 the published training side; "
+                        "never test)")
+    a.add_argument("--limit", type=int, default=None, metavar="N", help="measure on the first N utterances only")
     f = p.add_argument_group("frontier (--frontier)")
     f.add_argument("--frontier", action="store_true",
                    help="plan a family of depth x width variants of a recipe for --base, smallest first; with --runs, "
@@ -285,6 +300,37 @@ def plan_title(base_name: str, d: dict, base_config) -> str:
     return f"{base_name}: " + ", ".join(parts)
 
 
+def run_allocate(args) -> int:
+    """``plan --allocate OUT.json``: bits per Linear module by measured sensitivity within --target bytes."""
+    from pathlib import Path
+
+    from ..errors import UserError
+    from ..output import info, print_json
+    from ..quantization import allocation
+
+    if not args.base or not args.target or not args.data:
+        raise UserError("--allocate needs --base MODEL_DIR (with weights), --target SIZE (e.g. 2.5GiB) and --data DEV")
+    if args.plan_recipe or args.precision:
+        raise UserError("--allocate chooses the precision of every Linear module; give no RECIPE or --precision")
+    out = Path(args.allocate)
+    if out.exists() and not args.force:
+        raise UserError(f"{out}: exists (--force overwrites it)")
+    budget = allocation.parse_size(args.target)
+    widths = allocation.parse_widths(args.bits)
+    alloc = allocation.plan_allocation(args.base, args.data, args.lang, budget, edition=args.edition or "2027",
+                                       widths=widths, group_size=args.group_size, split=args.split,
+                                       limit=args.limit, log=info)
+    allocation.write_allocation(out, alloc)
+    if args.json:
+        print_json(alloc.to_json())
+        return 0
+    print(f"{out}: {alloc.summary()}; groups of {alloc.group_size}")
+    print(f"  {alloc.measure} (edition {alloc.edition}): {alloc.predicted:,} bytes predicted, budget {budget:,}")
+    print(f"  summed dev KL (additive estimate): {alloc.predicted_loss:.5f} nats/token")
+    print(f"  build: iwslt-mc stage quantize --in {args.base} --out OUT --set method=ct --set symmetric=true --set allocation={out}")
+    return 0
+
+
 def run(args) -> int:
     import os
 
@@ -302,6 +348,8 @@ def run(args) -> int:
         raise UserError("give RECIPE or --frontier (with --recipe TEMPLATE), not both")
     if args.frontier:
         return run_frontier(args)
+    if args.allocate:
+        return run_allocate(args)
     ed = get_edition(args.edition if args.edition or not args.target else "2025")
     if args.plan_recipe:
         return run_recipe(args, ed)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from ..errors import UserError
 
 CT_BITS = (2, 3, 4, 5, 6, 7, 8)
+FLOAT_BITS = 16  # "kept float" in a per-module bit allocation
 
 CT_DEFAULT_GROUP = 128
 

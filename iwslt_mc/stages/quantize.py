@@ -72,18 +72,25 @@ class QuantizeOptions(StageOptions):
         "help": "ct: each group's range: mse = the clipping (100% down to 50% of min/max) with the least squared "
                 "weight error; minmax = plain round-to-nearest over min/max; auto = mse at 4+ bits, minmax below "
                 "(measured on the toy teacher: clipping lowers the KL to the teacher at 4 bits, raises it at 2-3)"})
+    allocation: str | None = field(default=None, metadata={
+        "help": "ct: a bit allocation file (iwslt-mc plan --allocate: a width per Linear module chosen by measured "
+                "sensitivity within a byte budget): 2/3/4/8-bit symmetric packed groups, one config group per width, "
+                "16 = kept float, modules it does not name stay float; needs symmetric: true, takes its group_size "
+                "from the file, and replaces bits and skip (lm_head is quantized if the file says so)"})
     quantize_embeddings: bool = field(default=False, metadata={
         "help": "ct: also quantize the token embeddings (embed_tokens); lm_head is quantized unless in skip. A tied "
                 "lm_head (one matrix with the embeddings, e.g. Gemma 4) follows this option whatever skip says, and "
                 "is stored once (the checkpoint stays tied)"})
 
     def validate(self) -> None:
+        if self.allocation is not None:
+            self._validate_allocation()
         if self.method == "ct":
-            if self.bits is None:
+            if self.bits is None and self.allocation is None:
                 self.bits = 4
             from ..floor.sizes import CT_BITS
 
-            if self.bits not in CT_BITS:
+            if self.allocation is None and self.bits not in CT_BITS:
                 raise UserError(f"stage quantize: method ct has {CT_BITS[0]}-{CT_BITS[-1]} bits, not bits={self.bits}")
             if self.group_size < 1:
                 raise UserError(f"stage quantize: group_size must be a positive integer, not {self.group_size}")
@@ -105,6 +112,28 @@ class QuantizeOptions(StageOptions):
                     re.compile(s[3:])
                 except re.error as e:
                     raise UserError(f"stage quantize: skip {s!r}: invalid regex ({e})") from None
+
+
+    def _validate_allocation(self) -> None:
+        """An allocation file: method ct, symmetric, its own group size and widths (the file's module names are
+        checked against the model by the stage's plan and check)."""
+        from ..quantization.allocation import read_allocation
+
+        if self.method != "ct":
+            raise UserError(f"stage quantize: allocation is for method ct (packed symmetric integers), not {self.method}")
+        if not self.symmetric:
+            raise UserError("stage quantize: allocation needs symmetric: true (symmetric ct stays packed after "
+                            "from_pretrained; zero points load as floats)")
+        given = [k for k, v in (("bits", self.bits is not None), ("quantize_embeddings", self.quantize_embeddings),
+                                ("skip", self.skip not in (["lm_head"], []))) if v]
+        if given:
+            raise UserError(f"stage quantize: option {given[0]} does not go with allocation (the file gives every "
+                            "module's width; 16 = kept float)")
+        alloc = read_allocation(self.allocation)
+        if self.group_size not in (128, alloc.group_size):
+            raise UserError(f"stage quantize: group_size {self.group_size} differs from the allocation's "
+                            f"{alloc.group_size} ({self.allocation})")
+        self.group_size = alloc.group_size
 
 
 def bnb_config(o: QuantizeOptions):
@@ -191,6 +220,12 @@ class Quantize(Stage):
             self._check_skip(in_dir)
             from ..quantization.formats import check_ct
 
+            if self.options.allocation:
+                self._check_allocation(in_dir)
+                from ..quantization.formats import require_compressed_tensors
+
+                require_compressed_tensors()
+                return
             check_ct(in_dir, self.options)
             return
         try:
@@ -211,6 +246,8 @@ class Quantize(Stage):
             (Path(tmp) / "config.json").write_text(json.dumps(cfg), encoding="utf-8")
             try:
                 self._check_skip(Path(tmp), where=where)
+                if self.options.allocation:
+                    self._check_allocation(Path(tmp), where=where)
             except UserError:
                 raise
             except Exception:  # a planned config transformers cannot build: the stage's own check runs at its turn
@@ -218,6 +255,12 @@ class Quantize(Stage):
         out = copy.deepcopy(cfg)
         out["quantization_config"] = {"quant_method": "planned", "method": self.options.method}
         return out
+
+    def _check_allocation(self, in_dir: Path, *, where: str | None = None) -> None:
+        from ..quantization.allocation import allocatable_modules, check_allocation, read_allocation
+
+        check_allocation(read_allocation(self.options.allocation), allocatable_modules(in_dir), where or in_dir,
+                         self.options.allocation)
 
     def _check_skip(self, in_dir: Path, *, where: str | None = None) -> None:
         names = _module_names(in_dir)
@@ -255,13 +298,24 @@ class Quantize(Stage):
         from ..quantization import formats as quant_formats
 
         o = self.options
-        ctx.log(f"quantize: {in_dir} to compressed-tensors {o.bits}-bit on {device}")
-        model, _ = quant_formats.ct_quantize(in_dir, o, device=device, log=ctx.log)
+        ctx.log(f"quantize: {in_dir} to compressed-tensors "
+                f"{'bits per module (' + o.allocation + ')' if o.allocation else f'{o.bits}-bit'} on {device}")
+        alloc = None
+        if o.allocation:
+            from ..quantization.allocation import read_allocation
+
+            alloc = read_allocation(o.allocation)
+        model, _ = quant_formats.ct_quantize(in_dir, o, device=device, log=ctx.log,
+                                             module_bits=alloc.modules if alloc else None)
         counts = quant_formats.ct_counts(model)
         quant_formats.ct_save(model, modelio.load_processor(in_dir), out_dir)
         ctx.log(f"quantize: {quant_formats.loading_note(o)}")
-        kept = f"; kept unquantized: {', '.join(o.skip)}" if o.skip else ""
-        return {"techniques": [f"{quant_formats.describe(o)}{kept}"], "quantized_linear_layers": counts["quantized"],
+        kept = f"; kept unquantized: {', '.join(o.skip)}" if o.skip and not alloc else ""
+        what = quant_formats.describe(o) if alloc is None else (
+            "compressed-tensors pack-quantized symmetric integer weights, bits per module by measured sensitivity "
+            f"({alloc.summary()}; groups of {alloc.group_size}; allocation {o.allocation}: budget {alloc.budget} "
+            f"bytes, {alloc.measure}, edition {alloc.edition}); loads packed (dequantize: false)")
+        return {"techniques": [f"{what}{kept}"], "quantized_linear_layers": counts["quantized"],
                 "unquantized_linear_layers": counts["unquantized"]}
 
 
