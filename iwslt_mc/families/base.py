@@ -142,6 +142,11 @@ class Family:
         cannot place them exactly."""
         raise NotImplementedError
 
+    def memory_key(self, disk_key: str) -> str:
+        """The state-dict key transformers gives the checkpoint key ``disk_key`` when it loads this family's
+        model (default: the same name)."""
+        return disk_key
+
     def torch_save_layout_name(self, config: dict) -> str:
         """The layout part of the measure's signature (which layout :meth:`torch_save_layout` used)."""
         raise NotImplementedError

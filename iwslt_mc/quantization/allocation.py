@@ -15,7 +15,7 @@ The allocation file (JSON, :data:`FORMAT`) names modules as the loaded model doe
      "predicted": 2684000000, "measure": "torch_save_bytes", "modules": {"lm_head": 8, ...}, ...}
 
 Bytes (:func:`predict_bytes`) are exact, from the input's safetensors headers and ``config.json`` alone:
-each quantized weight becomes the tensors :func:`iwslt_mc.quantization.formats.ct_disk_entries` lays out, then
+each quantized weight becomes the tensors :func:`iwslt_mc.floor.sizes.ct_disk_entries` lays out, then
 the edition's measure is computed by the planner's and torchsave's primitives (safetensors file bytes for
 2025, ``torch.save(model.state_dict())`` after loading for 2026/2027). The choice (:func:`choose`) is a
 greedy multiple-choice knapsack on loss per byte: every module starts at the narrowest width and the
@@ -184,10 +184,11 @@ def _disk_tensors(model_dir: Path) -> tuple[list[tuple], dict]:
 
 def weight_keys(model_dir: str | Path, modules) -> dict[str, str]:
     """Module name -> the checkpoint key of its weight (the family's load-time renames undone)."""
-    from ..sizing.torchsave import memory_key
+    from ..families import family_for
 
     tensors, _ = _disk_tensors(Path(model_dir))
-    by_memory = {memory_key(t[0]): t[0] for t in tensors}
+    family = family_for(model_dir)
+    by_memory = {family.memory_key(t[0]): t[0] for t in tensors}
     out = {}
     for m in modules:
         key = by_memory.get(m + ".weight")
@@ -213,7 +214,7 @@ class Sizer:
         self._by_key = {t[0]: t for t in self.tensors}
 
     def entries(self, bits: dict[str, int]) -> list[tuple]:
-        from ..quantization.formats import ct_disk_entries
+        from ..floor.sizes import ct_disk_entries
 
         quant = {self.keys[m]: b for m, b in bits.items() if b != FLOAT_BITS}
         out = []
@@ -227,7 +228,7 @@ class Sizer:
 
     def module_cost(self, module: str, bits: int) -> int:
         """Bytes one module's weight adds at ``bits`` (data plus a flat per-tensor cost): for ranking only."""
-        from ..quantization.formats import ct_disk_entries
+        from ..floor.sizes import ct_disk_entries
 
         name, dt, shape, nb = self._by_key[self.keys[module]]
         if bits == FLOAT_BITS:

@@ -107,6 +107,11 @@ class Qwen2AudioFamily(Family):
 
         return state_dict_layout(tensors, config, float_dtype)
 
+    def memory_key(self, disk_key: str) -> str:
+        from .torchsave import memory_key
+
+        return memory_key(disk_key)
+
     def torch_save_layout_name(self, config: dict) -> str:
         from .torchsave import LAYOUT
 
