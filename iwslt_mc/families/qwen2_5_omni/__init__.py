@@ -1,0 +1,184 @@
+"""The Qwen2.5-Omni family: the thinker of Qwen/Qwen2.5-Omni-7B (and -3B), transformers'
+``qwen2_5_omni_thinker`` (``Qwen2_5OmniThinkerForConditionalGeneration``).
+
+Why this model (README, "Model families"): its model card reports speech-to-text translation on CoVoST2
+including en-de and en-zh, it is a popular open speech LLM (7B and 3B), and it needs the least new machinery
+here: the Qwen2 byte-level BPE tokenizer and Whisper features of Qwen2-Audio, one chat format, and a kit
+that loads offline from the installed transformers (Voxtral needs mistral-common, Granite Speech's feature
+extractor torchaudio, Phi-4-multimodal's image processor torchvision; none is installed).
+
+The thinker is the text half of Qwen2.5-Omni (the talker and token2wav, which produce speech, are not
+loaded: a participant translating speech to text keeps the thinker alone). Layout (in-memory names):
+
+- ``model.audio_tower``: Whisper-style encoder (conv1, conv2, sinusoidal positions, ``layers``, ``ln_post``),
+  its output projection ``proj`` (d_model -> LLM width: the **projector** component) and the 2-row
+  ``audio_bos_eos_token`` table;
+- ``model.visual``: Qwen2.5-VL's ViT (``blocks``) and patch ``merger`` (the ``vision_encoder`` component;
+  always built, speech never feeds it);
+- ``model.language_model``: Qwen2-style decoder (``embed_tokens``, ``layers``, ``norm``) with multimodal
+  RoPE; ``lm_head`` (untied in the 7B).
+
+On disk (``save_pretrained``) the names are ``audio_tower.``, ``visual.``, ``model.`` and ``lm_head.``: the
+thinker's part of the released checkpoint without its ``thinker.`` prefix.
+"""
+
+from __future__ import annotations
+
+import re
+
+from .. import Family
+
+LABEL = "Qwen2.5-Omni"
+COMPONENTS = ("audio_encoder", "vision_encoder", "projector", "llm_layers", "embed_tokens", "lm_head", "other")
+# first match wins; on-disk and in-memory names both (and the full checkpoint's ``thinker.`` prefix)
+_KEY_RULES = [
+    (re.compile(r"(^|\.)audio_tower\.proj\."), "projector"),
+    (re.compile(r"(^|\.)audio_tower\."), "audio_encoder"),
+    (re.compile(r"(^|\.)visual\."), "vision_encoder"),
+    (re.compile(r"(^|\.)layers\.\d+\."), "llm_layers"),
+    (re.compile(r"(^|\.)embed_tokens\."), "embed_tokens"),
+    (re.compile(r"(^|\.)lm_head\."), "lm_head"),
+]
+# The prompt: the model's default system turn (its chat template adds it), one user turn with the audio,
+# then the instruction (the order of the model card's audio examples).
+INSTRUCTION = "Translate the English speech into {language}. Output only the translation."
+# Whisper-style encoder: 100 mel frames per second, conv stride 2 -> 50 positions per second
+ENCODER_POSITIONS_PER_SECOND = 50
+
+
+def component_for_key(key: str) -> str:
+    for rx, comp in _KEY_RULES:
+        if rx.search(key):
+            return comp
+    return "other"
+
+
+def instruction(lang: str) -> str:
+    from ...prompting import TARGET_LANGUAGE, check_lang
+
+    return INSTRUCTION.format(language=TARGET_LANGUAGE[check_lang(lang)])
+
+
+class Qwen25OmniFamily(Family):
+    name = "qwen2_5_omni"
+    label = LABEL
+    model_types = ("qwen2_5_omni_thinker",)
+    hub_org, hub_name_prefix = "Qwen", "qwen2.5-omni"
+    components = COMPONENTS
+    turn_end_token = "<|im_end|>"
+
+    # -- loading
+    def loader_class(self):
+        from transformers import Qwen2_5OmniThinkerForConditionalGeneration
+
+        return Qwen2_5OmniThinkerForConditionalGeneration
+
+    def load_processor(self, model_dir):
+        from .kit import load_processor
+
+        return load_processor(model_dir)
+
+    def save_processor(self, processor, out_dir) -> None:
+        from .kit import save_processor
+
+        save_processor(processor, out_dir)
+
+    # -- parts
+    def find_parts(self, model) -> dict:
+        names = {id(m): n for n, m in model.named_modules()}
+        inner = model.model
+        lm = inner.language_model
+        out_emb = model.get_output_embeddings()
+        return {
+            "llm_layers": names[id(lm.layers)], "embed_tokens": names[id(lm.embed_tokens)],
+            "per_layer_embeddings": None, "lm_head": names.get(id(out_emb)),
+            "lm_head_tied": out_emb is not None and out_emb.weight is lm.embed_tokens.weight,
+            "audio_encoder": names[id(inner.audio_tower)], "vision_encoder": names[id(inner.visual)],
+            "projector": names[id(inner.audio_tower.proj)],
+        }
+
+    def component_for_key(self, key: str) -> str:
+        return component_for_key(key)
+
+    # -- surgery
+    def config_after_layer_removal(self, config, kept: list[int]):
+        import copy
+
+        cfg = copy.deepcopy(config)
+        t = cfg.text_config
+        if getattr(t, "layer_types", None):
+            t.layer_types = [t.layer_types[i] for i in kept]
+        t.num_hidden_layers = len(kept)
+        return cfg
+
+    def config_after_audio_layer_removal(self, config, kept: list[int]):
+        import copy
+
+        cfg = copy.deepcopy(config)
+        cfg.audio_config.encoder_layers = len(kept)
+        return cfg
+
+    # -- prompt and decoding
+    def messages(self, lang: str, instruction_text: str | None = None, audio=None) -> list[dict]:
+        part = {"type": "audio", "audio": audio} if audio is not None else {"type": "audio"}
+        return [{"role": "user", "content": [part, {"type": "text", "text": instruction_text or instruction(lang)}]}]
+
+    def max_segment_seconds(self, config) -> float:
+        """The audio encoder's positions (1500 in the 7B: 30 s; the processor's Whisper features pad and cut
+        at 30 s too)."""
+        a = getattr(config, "audio_config", None)
+        positions = getattr(a, "max_source_positions", None) or 1500
+        return min(30.0, positions / ENCODER_POSITIONS_PER_SECOND)
+
+    # -- planner
+    def plain_config(self, raw: dict):
+        from .plan import plain_config
+
+        return plain_config(raw)
+
+    def predict(self, spec, base_config, edition: str, *, base_name: str | None = None):
+        from .plan import predict
+
+        return predict(spec, self._plain(base_config), edition, base_name=base_name)
+
+    def _plain(self, cfg):
+        """A transformers config as the PlainConfig the planner's arithmetic reads."""
+        from ...configjson import PlainConfig
+
+        return cfg if isinstance(cfg, PlainConfig) else self.plain_config(cfg.to_dict())
+
+    def reference_dims(self) -> dict:
+        from .plan import REFERENCE_7B
+
+        t, a = REFERENCE_7B["text_config"], REFERENCE_7B["audio_config"]
+        return {"llm_layers": t["num_hidden_layers"], "audio_layers": a["encoder_layers"],
+                "ffn_dim": t["intermediate_size"], "audio_ffn_dim": a["encoder_ffn_dim"]}
+
+    def torch_save_layout(self, tensors, config: dict, float_dtype: str | None):
+        """The organizers' ``torch.save(model.state_dict())`` layout, from the model transformers builds for
+        ``config`` on the meta device (remembered per config by :mod:`iwslt_mc.plancache`)."""
+        from ... import plancache
+        from ...torchsave import meta_skeleton, meta_state_dict_layout
+
+        def skeleton(cfg_dict, fdt):
+            key = [{k: v for k, v in cfg_dict.items() if k not in ("quantization_config", "_name_or_path")}, fdt]
+            got = plancache.get("qwen2_5_omni-torchsave", key)
+            if got is None:
+                import torch
+                from transformers import Qwen2_5OmniThinkerConfig
+
+                dtype = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}[fdt]
+                cfg = Qwen2_5OmniThinkerConfig.from_dict({k: v for k, v in cfg_dict.items() if k != "quantization_config"})
+                with torch.device("meta"):
+                    model = self.loader_class()._from_config(cfg, dtype=dtype)
+                got = meta_skeleton(model)
+                plancache.put("qwen2_5_omni-torchsave", key, got)
+            return got
+
+        return meta_state_dict_layout(tensors, config, float_dtype, skeleton=skeleton)
+
+    # -- kit
+    def build_kit(self, out_dir, seed: int = 0, **options):
+        from .kit import build_kit
+
+        return build_kit(out_dir, seed=seed)
