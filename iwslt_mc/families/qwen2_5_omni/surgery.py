@@ -19,6 +19,8 @@ TEXT_ID_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id")
 
 def rebuild(model, config, state_dict):
     """A fresh model of ``config`` (``model``'s class and float dtype) holding ``state_dict`` exactly."""
+    import copy
+
     import torch
 
     dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
@@ -30,7 +32,7 @@ def rebuild(model, config, state_dict):
         missing = [k for k in missing if k != "lm_head.weight"]
     if missing or unexpected:
         raise RuntimeError(f"Qwen2.5-Omni surgery: missing {missing[:3]}, unexpected {unexpected[:3]}")
-    new.generation_config = model.generation_config
+    new.generation_config = copy.deepcopy(model.generation_config)  # select_vocab renumbers the copy's ids
     return new.eval()
 
 
