@@ -66,6 +66,11 @@ class Qwen25OmniFamily(Family):
     hub_org, hub_name_prefix = "Qwen", "qwen2.5-omni"
     components = COMPONENTS
     turn_end_token = "<|im_end|>"
+    processor_prefixes = ("Qwen2_5Omni",)
+    # the stages run on this family (kit-tested: tests/test_family_qwen2_5_omni.py)
+    stages = ("prune-layers", "trim-vocab", "quantize", "finetune", "merge")
+    strategies = {"prune-layers": ("middle", "top")}
+    kit_options = ()
 
     # -- loading
     def loader_class(self):
@@ -118,6 +123,21 @@ class Qwen25OmniFamily(Family):
         cfg.audio_config.encoder_layers = len(kept)
         return cfg
 
+    def run_prune_layers(self, stage, in_dir, out_dir, ctx) -> dict:
+        from .stages import run_prune_layers
+
+        return run_prune_layers(stage, in_dir, out_dir, ctx)
+
+    def trim_vocab_kept_ids(self, stage, in_dir, processor, tok_json: dict, config: dict, generation_config, ctx):
+        from .stages import kept_ids
+
+        return kept_ids(stage, in_dir, processor, tok_json, config, generation_config, ctx)
+
+    def run_trim_vocab(self, stage, in_dir, out_dir, ctx) -> dict:
+        from .stages import run_trim_vocab
+
+        return run_trim_vocab(stage, in_dir, out_dir, ctx)
+
     # -- prompt and decoding
     def messages(self, lang: str, instruction_text: str | None = None, audio=None) -> list[dict]:
         part = {"type": "audio", "audio": audio} if audio is not None else {"type": "audio"}
@@ -146,6 +166,23 @@ class Qwen25OmniFamily(Family):
         from ...configjson import PlainConfig
 
         return cfg if isinstance(cfg, PlainConfig) else self.plain_config(cfg.to_dict())
+
+    def reference_label(self) -> str:
+        return "Qwen2.5-Omni-7B (thinker)"
+
+    def reference_config(self, plain: bool = True):
+        from .plan import REFERENCE_7B
+
+        if plain:
+            return self.plain_config(REFERENCE_7B)
+        from transformers import Qwen2_5OmniThinkerConfig
+
+        return Qwen2_5OmniThinkerConfig.from_dict(REFERENCE_7B)
+
+    def base_dims(self, cfg) -> dict:
+        from .plan import base_dims
+
+        return base_dims(self._plain(cfg))
 
     def reference_dims(self) -> dict:
         from .plan import REFERENCE_7B
@@ -176,6 +213,11 @@ class Qwen25OmniFamily(Family):
             return got
 
         return meta_state_dict_layout(tensors, config, float_dtype, skeleton=skeleton)
+
+    def torch_save_layout_name(self, config: dict) -> str:
+        from ...plancache import transformers_version
+
+        return f"{config.get('model_type')}/meta-model(transformers-{transformers_version()})"
 
     # -- kit
     def build_kit(self, out_dir, seed: int = 0, **options):
