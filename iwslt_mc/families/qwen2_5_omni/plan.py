@@ -156,9 +156,15 @@ def param_count(cfg) -> int:
 
 
 def base_dims(cfg) -> dict:
+    """The planner's Spec defaults: layer counts, FFN widths, vocabulary, and the widths (unchangeable here)."""
     t, a = cfg.text_config, cfg.audio_config
     return {"llm_layers": t.num_hidden_layers, "audio_layers": a.encoder_layers, "ffn_dim": t.intermediate_size,
-            "audio_ffn_dim": a.encoder_ffn_dim, "vocab": t.vocab_size}
+            "audio_ffn_dim": a.encoder_ffn_dim, "vocab": t.vocab_size, **widths(cfg)}
+
+
+def widths(cfg) -> dict:
+    return {"hidden": cfg.text_config.hidden_size, "heads": cfg.text_config.num_attention_heads,
+            "audio_hidden": cfg.audio_config.d_model}
 
 
 def apply_dims(cfg, dims: dict):
@@ -196,13 +202,15 @@ def predict(spec, base_config, edition: str, *, base_name: str | None = None):
 
     ed = get_edition(edition)
     check_components(spec, COMPONENTS, LABEL)
-    for k in ("hidden", "heads", "audio_hidden"):
-        if getattr(spec, k) is not None:
-            raise UserError(f"--{k.replace('_', '-')}: width changes are not supported for {LABEL} yet")
+    for k, v in widths(base_config).items():
+        if getattr(spec, k) not in (None, v):
+            raise UserError(f"--{k.replace('_', '-')} {getattr(spec, k)}: width changes are not supported for {LABEL} "
+                            f"yet (the base has {v})")
     if spec.drop_vision:
         raise UserError(f"--drop-vision: not supported for {LABEL} (transformers always builds its vision encoder)")
     base = base_dims(base_config)
-    dims = {k: (getattr(spec, k, None) if getattr(spec, k, None) is not None else v) for k, v in base.items()}
+    dims = {k: (getattr(spec, k, None) if getattr(spec, k, None) is not None else v) for k, v in base.items()
+            if k not in ("hidden", "heads", "audio_hidden")}
     for k in ("llm_layers", "audio_layers"):
         if dims[k] > base[k]:
             raise UserError(f"--{k.replace('_', '-')} {dims[k]}: the base model has only {base[k]}")
