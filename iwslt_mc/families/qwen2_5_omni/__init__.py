@@ -71,6 +71,8 @@ class Qwen25OmniFamily(Family):
     stages = ("prune-layers", "trim-vocab", "quantize", "finetune", "merge", "distill", "kd")
     strategies = {"prune-layers": ("middle", "top")}
     kit_options = ()
+    # (name, file in recipes/): what `iwslt-mc ls` lists for this family, largest first
+    recipes = (("qwen2_5_omni-int8", "qwen2_5_omni-int8.yaml"), ("qwen2_5_omni-medium", "qwen2_5_omni-medium.yaml"))
 
     # -- loading
     def loader_class(self):
