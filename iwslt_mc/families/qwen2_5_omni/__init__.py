@@ -73,6 +73,7 @@ class Qwen25OmniFamily(Family):
     kit_options = ()
     # (name, file in recipes/): what `iwslt-mc ls` lists for this family, largest first
     recipes = (("qwen2_5_omni-int8", "qwen2_5_omni-int8.yaml"), ("qwen2_5_omni-medium", "qwen2_5_omni-medium.yaml"))
+    recipe_preference = ("qwen2_5_omni-medium", "qwen2_5_omni-int8")  # trained before zero-shot
 
     # -- loading
     def loader_class(self):
