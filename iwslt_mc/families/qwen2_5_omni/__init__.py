@@ -24,39 +24,12 @@ thinker's part of the released checkpoint without its ``thinker.`` prefix.
 
 from __future__ import annotations
 
-import re
-
 from .. import Family
+from .rules import COMPONENTS, LABEL, component_for_key
+from .rules import messages as _messages
 
-LABEL = "Qwen2.5-Omni"
-COMPONENTS = ("audio_encoder", "vision_encoder", "projector", "llm_layers", "embed_tokens", "lm_head", "other")
-# first match wins; on-disk and in-memory names both (and the full checkpoint's ``thinker.`` prefix)
-_KEY_RULES = [
-    (re.compile(r"(^|\.)audio_tower\.proj\."), "projector"),
-    (re.compile(r"(^|\.)audio_tower\."), "audio_encoder"),
-    (re.compile(r"(^|\.)visual\."), "vision_encoder"),
-    (re.compile(r"(^|\.)layers\.\d+\."), "llm_layers"),
-    (re.compile(r"(^|\.)embed_tokens\."), "embed_tokens"),
-    (re.compile(r"(^|\.)lm_head\."), "lm_head"),
-]
-# The prompt: the model's default system turn (its chat template adds it), one user turn with the audio,
-# then the instruction (the order of the model card's audio examples).
-INSTRUCTION = "Translate the English speech into {language}. Output only the translation."
 # Whisper-style encoder: 100 mel frames per second, conv stride 2 -> 50 positions per second
 ENCODER_POSITIONS_PER_SECOND = 50
-
-
-def component_for_key(key: str) -> str:
-    for rx, comp in _KEY_RULES:
-        if rx.search(key):
-            return comp
-    return "other"
-
-
-def instruction(lang: str) -> str:
-    from ...prompting import TARGET_LANGUAGE, check_lang
-
-    return INSTRUCTION.format(language=TARGET_LANGUAGE[check_lang(lang)])
 
 
 class Qwen25OmniFamily(Family):
@@ -110,21 +83,14 @@ class Qwen25OmniFamily(Family):
 
     # -- surgery
     def config_after_layer_removal(self, config, kept: list[int]):
-        import copy
+        from .rules import config_after_layer_removal
 
-        cfg = copy.deepcopy(config)
-        t = cfg.text_config
-        if getattr(t, "layer_types", None):
-            t.layer_types = [t.layer_types[i] for i in kept]
-        t.num_hidden_layers = len(kept)
-        return cfg
+        return config_after_layer_removal(config, kept)
 
     def config_after_audio_layer_removal(self, config, kept: list[int]):
-        import copy
+        from .rules import config_after_audio_layer_removal
 
-        cfg = copy.deepcopy(config)
-        cfg.audio_config.encoder_layers = len(kept)
-        return cfg
+        return config_after_audio_layer_removal(config, kept)
 
     def run_prune_layers(self, stage, in_dir, out_dir, ctx) -> dict:
         from .stages import run_prune_layers
@@ -143,8 +109,7 @@ class Qwen25OmniFamily(Family):
 
     # -- prompt and decoding
     def messages(self, lang: str, instruction_text: str | None = None, audio=None) -> list[dict]:
-        part = {"type": "audio", "audio": audio} if audio is not None else {"type": "audio"}
-        return [{"role": "user", "content": [part, {"type": "text", "text": instruction_text or instruction(lang)}]}]
+        return _messages(lang, instruction_text, audio)
 
     def max_segment_seconds(self, config) -> float:
         """The audio encoder's positions (1500 in the 7B: 30 s; the processor's Whisper features pad and cut

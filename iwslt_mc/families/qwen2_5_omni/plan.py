@@ -76,7 +76,7 @@ def inventory(cfg, *, ffn_dim: int | None = None, vocab: int | None = None, llm_
               audio_layers: int | None = None, audio_ffn_dim: int | None = None) -> list[tuple]:
     """(on-disk key, shape, component, is a Linear weight, is the token embedding) of every tensor of
     ``cfg``'s thinker, every layer listed; the keyword arguments replace the config's values."""
-    from . import component_for_key
+    from .rules import component_for_key
 
     t, a, v = cfg.text_config, cfg.audio_config, cfg.vision_config
     h, heads = t.hidden_size, t.num_attention_heads
@@ -169,15 +169,13 @@ def widths(cfg) -> dict:
 
 def apply_dims(cfg, dims: dict):
     """A copy of ``cfg`` with the spec's dimensions (layer counts, widths, vocabulary); the config the built
-    model would have (layer removal through :meth:`Qwen25OmniFamily.config_after_layer_removal`)."""
-    from . import Qwen25OmniFamily
+    model would have (layer removal through :func:`.rules.config_after_layer_removal`)."""
+    from .rules import config_after_audio_layer_removal, config_after_layer_removal
 
-    fam = Qwen25OmniFamily()
-    t = cfg.text_config
-    if dims["llm_layers"] != t.num_hidden_layers:
-        cfg = fam.config_after_layer_removal(cfg, list(range(dims["llm_layers"])))
+    if dims["llm_layers"] != cfg.text_config.num_hidden_layers:
+        cfg = config_after_layer_removal(cfg, list(range(dims["llm_layers"])))
     if dims["audio_layers"] != cfg.audio_config.encoder_layers:
-        cfg = fam.config_after_audio_layer_removal(cfg, list(range(dims["audio_layers"])))
+        cfg = config_after_audio_layer_removal(cfg, list(range(dims["audio_layers"])))
     cfg = copy.deepcopy(cfg)
     cfg.text_config.intermediate_size = dims["ffn_dim"]
     cfg.audio_config.encoder_ffn_dim = dims["audio_ffn_dim"]
@@ -198,7 +196,7 @@ def predict(spec, base_config, edition: str, *, base_name: str | None = None):
     from ...planner import (Prediction, check_components, disk_tensors, is_quant_precision, predicted_torch_save,
                             safetensors_header_bytes)
     from ...track import get_edition, size_bin
-    from . import COMPONENTS, LABEL
+    from .rules import COMPONENTS, LABEL
 
     ed = get_edition(edition)
     check_components(spec, COMPONENTS, LABEL)

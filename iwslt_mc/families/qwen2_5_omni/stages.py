@@ -79,14 +79,13 @@ def kept_ids(stage, in_dir, processor, tok_json: dict, config: dict, generation_
     ``build``'s prediction counts exactly what the stage keeps."""
     from ...prompting import TARGET_LANGUAGE
     from ...stages.trim_vocab import keep_set
-    from . import Qwen25OmniFamily
+    from .rules import prompt_text
     from .surgery import config_ids
 
-    fam = Qwen25OmniFamily()
     tok = processor.tokenizer
     languages = stage._languages(ctx)
     texts, data_used = stage._texts(ctx, languages)
-    prompts = [fam.prompt_text(processor, lang) for lang in TARGET_LANGUAGE]
+    prompts = [prompt_text(processor, lang) for lang in TARGET_LANGUAGE]
     enc = tok(prompts + texts, add_special_tokens=False)["input_ids"]
     rows = int((config.get("text_config") or {}).get("vocab_size", 0))
     keep = keep_set(tok, tok_json, enc + [sorted(config_ids(config))],

@@ -62,19 +62,19 @@ def renumbered_state(model, pattern, kept: list[int]) -> dict:
 
 def remove_llm_layers(model, remove):
     """(a new model without decoder layers ``remove``, the kept old indices)."""
-    from . import Qwen25OmniFamily
+    from .rules import config_after_layer_removal
 
     kept = kept_layers(remove, model.config.text_config.num_hidden_layers, "LLM layers")
-    config = Qwen25OmniFamily().config_after_layer_removal(model.config, kept)
+    config = config_after_layer_removal(model.config, kept)
     return rebuild(model, config, renumbered_state(model, LLM_LAYER, kept)), kept
 
 
 def remove_audio_layers(model, remove):
     """(a new model without audio-encoder layers ``remove``, the kept old indices)."""
-    from . import Qwen25OmniFamily
+    from .rules import config_after_audio_layer_removal
 
     kept = kept_layers(remove, model.config.audio_config.encoder_layers, "audio layers")
-    config = Qwen25OmniFamily().config_after_audio_layer_removal(model.config, kept)
+    config = config_after_audio_layer_removal(model.config, kept)
     return rebuild(model, config, renumbered_state(model, AUDIO_LAYER, kept)), kept
 
 
