@@ -58,6 +58,9 @@ RECIPES: list[tuple[str, str]] = [
     ("gemma4-medium", "gemma4-medium.yaml"),
     ("gemma4-small", "gemma4-small.yaml"),
     ("gemma4-tiny", "gemma4-tiny.yaml"),
+    # Qwen2.5-Omni's thinker (family: qwen2_5_omni)
+    ("qwen2_5_omni-int8", "qwen2_5_omni-int8.yaml"),
+    ("qwen2_5_omni-medium", "qwen2_5_omni-medium.yaml"),
 ]
 DEFAULT_FAMILY = "qwen2_audio"  # a recipe without a family: line
 

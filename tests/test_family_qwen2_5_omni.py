@@ -235,3 +235,173 @@ def test_component_rules_cover_disk_memory_and_full_checkpoint_names():
                            "model.language_model.layers.5.self_attn.q_proj.bias", "thinker.model.embed_tokens.weight",
                            "lm_head.weight", "model.norm.weight")] == [
         "projector", "projector", "audio_encoder", "vision_encoder", "llm_layers", "llm_layers", "embed_tokens", "lm_head", "other"]
+
+
+# ------------------------------------------------------------------ through the CLI (the registry line)
+
+# The stages, `build` and `plan RECIPE` ask Stage.families on main's interface (issue 30's seam replaces it with
+# Family.supports and the family's run_prune_layers / run_trim_vocab / processor_prefixes): until it lands these
+# fail here; they pass on the seam's interface (strict: a pass before it is an error).
+NEEDS_SEAM = pytest.mark.xfail(not hasattr(__import__("iwslt_mc.families", fromlist=["Family"]).Family, "supports"),
+                               reason="needs issue 30's family seam (Family.supports)", strict=True)
+
+
+def test_registered_and_found_by_model_type(omni_kit, capsys):
+    from iwslt_mc.cli import main
+    from iwslt_mc.families import family_for, family_named
+
+    assert family_for(omni_kit[0] / "model").name == "qwen2_5_omni" and family_named("qwen2_5_omni").label == "Qwen2.5-Omni"
+    assert main(["ls", "--json"]) == 0
+    fams = {r["name"]: r["family"] for r in json.loads(capsys.readouterr().out)}
+    assert fams["qwen2_5_omni-medium"] == fams["qwen2_5_omni-int8"] == "qwen2_5_omni"
+
+
+def test_size_and_plan_on_kit_are_exact(omni_kit, capsys):
+    """`size`: the file's bytes, the parameters and the organizers' torch.save measure (equal to a real
+    torch.save); `plan --base KIT`: the same numbers before anything is built."""
+    from iwslt_mc.cli import main
+
+    model_dir = omni_kit[0] / "model"
+    assert main(["size", str(model_dir), "--json"]) == 0
+    size = json.loads(capsys.readouterr().out)
+    assert (size["bytes"], size["params"]) == ((model_dir / "model.safetensors").stat().st_size, 528_320)
+    assert size["torch_save"]["bytes_cpu_load"] == _real_torch_save_bytes(model_dir)
+    assert size["components"]["projector"] == {"params": 4160, "bytes": 16640}
+    assert main(["plan", "--base", str(model_dir), "--precision", "fp32", "--json"]) == 0
+    pred = json.loads(capsys.readouterr().out)
+    assert (pred["bytes"], pred["params"]) == (size["bytes"], size["params"])
+    assert pred["torch_save"]["bytes"] == size["torch_save"]["bytes"]
+
+
+def test_plan_recipes_on_the_7b_layout(tmp_path, capsys):
+    """`plan RECIPE --base DIR` on a config-only Qwen2.5-Omni-7B thinker: the recipes' dims and sizes."""
+    from transformers import Qwen2_5OmniThinkerConfig
+
+    from iwslt_mc.cli import main
+
+    d = tmp_path / "Qwen2.5-Omni-7B-thinker"
+    d.mkdir()
+    cfg = Qwen2_5OmniThinkerConfig.from_dict(plan.REFERENCE_7B)
+    cfg.dtype = "bfloat16"
+    (d / "config.json").write_text(cfg.to_json_string(use_diff=False))
+    assert main(["plan", "--base", str(d), "--json"]) == 0
+    base = json.loads(capsys.readouterr().out)
+    assert base["params"] == 8_931_813_888 and base["bytes"] == 17_863_779_976
+    out = {}
+    for name in ("qwen2_5_omni-medium", "qwen2_5_omni-int8"):
+        assert main(["plan", name, "--base", str(d), "--json"]) == 0
+        out[name] = json.loads(capsys.readouterr().out)
+    assert out["qwen2_5_omni-medium"]["dims"]["llm_layers"] == 21 and out["qwen2_5_omni-int8"]["dims"]["llm_layers"] == 28
+    assert out["qwen2_5_omni-medium"]["torch_save"]["bytes"] == 3_447_445_091
+    assert out["qwen2_5_omni-int8"]["torch_save"]["bytes"] == 8_089_173_591
+
+
+@NEEDS_SEAM
+def test_build_smoke_decode_and_package(omni_kit, tmp_path, capsys):
+    """`build qwen2_5_omni-medium --smoke` on the kit: prune-layers (middle), LoRA finetune (merged),
+    trim-vocab, NF4 with double quantization; the planner's prediction; then decode and package."""
+    from iwslt_mc.cli import main
+
+    out, _ = omni_kit
+    assert main(["build", "qwen2_5_omni-medium", "--lang", "en-de", "--base", str(out / "model"), "--data",
+                 str(out / "data"), "--smoke", "--out", str(tmp_path / "b")]) == 0
+    capsys.readouterr()
+    model = tmp_path / "b" / "model"
+    cfg = json.loads((model / "config.json").read_text())
+    assert cfg["text_config"]["num_hidden_layers"] == 3 and cfg["text_config"]["vocab_size"] < 1600
+    assert cfg["quantization_config"]["bnb_4bit_quant_type"] == "nf4" and cfg["quantization_config"]["bnb_4bit_use_double_quant"]
+    techniques = [t for r in json.loads((model / "provenance.json").read_text())["stages"] for t in r.get("techniques", [])]
+    assert any(t.startswith("layer pruning: 1 of 4 Qwen2.5-Omni LLM layers removed (middle block: 1)") for t in techniques)
+    assert any("LoRA adapters merged" in t for t in techniques) and any(t.startswith("vocabulary trimming") for t in techniques)
+    final = json.loads((tmp_path / "b" / "build.json").read_text())["final"]
+    assert final["bytes"] == (model / "model.safetensors").stat().st_size and final["params"] == 373_824
+    assert abs(final["predicted_bytes"] - final["bytes"]) <= 8  # NF4 + double quantization: quant_state JSON digits
+    # the torch.save measure of the quantized model equals a real torch.save of it
+    assert main(["size", str(model), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["torch_save"]["bytes_cpu_load"] == _real_torch_save_bytes(model)
+    # decode a test set, then package it
+    hyp = tmp_path / "hyp" / "acl.de"
+    assert main(["decode", str(model), "--lang", "en-de", "--audio", str(out / "data" / "testsets" / "KITCLIPS"),
+                 "--out", str(hyp), "--max-new-tokens", "4", "--no-progress"]) == 0
+    assert len(hyp.read_text("utf-8").splitlines()) == 3
+    capsys.readouterr()
+    assert main(["package", str(model), "--team", "KIT", "--lang", "en-de", "--condition", "constrained", "--type",
+                 "primary", "--hyp", f"acl={hyp}", "--segments", "acl=3", "--partial", "--out", str(tmp_path / "subs")]) == 0
+    sub = tmp_path / "subs" / "KIT_IWSLT27_ModelCompression_en-de_constrained_primary"
+    desc = (sub / "description.txt").read_text("utf-8")
+    assert "Base model: tiny random Qwen2.5-Omni" in desc and "layer pruning: 1 of 4 Qwen2.5-Omni LLM layers" in desc
+    assert main(["check", str(sub)]) == 0
+
+
+@NEEDS_SEAM
+def test_quantize_int8_and_prune_audio_layers_through_stage(omni_kit, tmp_path, capsys):
+    from iwslt_mc.cli import main
+
+    model_dir = omni_kit[0] / "model"
+    assert main(["stage", "quantize", "--in", str(model_dir), "--out", str(tmp_path / "q8"), "--set", "method=int8"]) == 0
+    capsys.readouterr()
+    assert main(["size", str(tmp_path / "q8"), "--json"]) == 0
+    size = json.loads(capsys.readouterr().out)
+    assert size["params"] == 528_320 and size["torch_save"]["bytes_cpu_load"] == _real_torch_save_bytes(tmp_path / "q8")
+    assert main(["stage", "prune-layers", "--in", str(model_dir), "--out", str(tmp_path / "pa"),
+                 "--set", "audio_layers=[1]", "--set", "llm_layers=[0,3]"]) == 0
+    cfg = json.loads((tmp_path / "pa" / "config.json").read_text())
+    assert (cfg["text_config"]["num_hidden_layers"], cfg["audio_config"]["encoder_layers"]) == (2, 1)
+
+
+@NEEDS_SEAM
+def test_unsupported_stages_refuse_in_one_line(omni_kit, tmp_path, capsys):
+    from iwslt_mc.cli import main
+
+    model_dir = omni_kit[0] / "model"
+    assert main(["stage", "prune-ffn", "--in", str(model_dir), "--out", str(tmp_path / "f"), "--set", "llm_width=64"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "prune-ffn" in err and "qwen2_5_omni" in err and "\n" not in err and not (tmp_path / "f").exists()
+    assert main(["stage", "prune-layers", "--in", str(model_dir), "--out", str(tmp_path / "i"), "--set", "strategy=iterative",
+                 "--set", "remove=1", "--data", str(omni_kit[0] / "data"), "--lang", "en-de"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "iterative" in err and "\n" not in err and not (tmp_path / "i").exists()
+
+
+@NEEDS_SEAM
+def test_ct_lora_merge_distill_and_kd_stages(omni_kit, tmp_path, capsys):
+    """The other supported stages run on the kit: compressed-tensors 4-bit (torch.save measure exact), LoRA
+    without merging then the merge stage, distillation data from the model itself, word-level KD."""
+    from iwslt_mc.cli import main
+
+    model_dir, data = omni_kit[0] / "model", omni_kit[0] / "data"
+    assert main(["stage", "quantize", "--in", str(model_dir), "--out", str(tmp_path / "ct"), "--set", "method=ct",
+                 "--set", "bits=4", "--set", "group_size=16", "--set", "symmetric=true"]) == 0
+    capsys.readouterr()
+    assert main(["size", str(tmp_path / "ct"), "--json"]) == 0
+    size = json.loads(capsys.readouterr().out)
+    assert size["bytes"] < 0.61 * omni_kit[1].model_bytes
+    assert size["torch_save"]["bytes_cpu_load"] == _real_torch_save_bytes(tmp_path / "ct")
+    common = ["--data", str(data), "--lang", "en-de", "--smoke"]
+    assert main(["stage", "finetune", "--in", str(model_dir), "--out", str(tmp_path / "lo"), "--set", "mode=lora",
+                 "--set", "merge=false", *common]) == 0
+    assert (tmp_path / "lo" / "adapter").is_dir()
+    assert main(["stage", "merge", "--in", str(tmp_path / "lo"), "--out", str(tmp_path / "mg")]) == 0
+    assert not (tmp_path / "mg" / "adapter").exists() and FAM.loader_class().from_pretrained(tmp_path / "mg") is not None
+    assert main(["stage", "distill", "--in", str(model_dir), "--out", str(tmp_path / "ds"), *common]) == 0
+    assert (tmp_path / "ds" / "distill_data").is_dir()
+    assert main(["stage", "kd", "--in", str(model_dir), "--out", str(tmp_path / "kd"), "--set", f"teacher={model_dir}", *common]) == 0
+    rec = json.loads((tmp_path / "kd" / "provenance.json").read_text())["stages"][-1]
+    assert rec["techniques"][0].startswith("knowledge distillation from a teacher")
+
+
+@NEEDS_SEAM
+def test_int8_recipe_try_line_builds_with_smoke(omni_kit, tmp_path, capsys):
+    """The `# Try:` command of qwen2_5_omni-int8 (trim-vocab, LLM.int8) on the kit; the prediction is exact."""
+    import shlex
+
+    from iwslt_mc.cli import main
+    from iwslt_mc.recipes import recipe_path
+
+    line = next(ln for ln in recipe_path("qwen2_5_omni-int8").read_text("utf-8").splitlines() if ln.startswith("# Try:"))
+    args = [a.replace("/tmp/okit/", f"{omni_kit[0]}/") for a in shlex.split(line.split("&&")[-1])][1:]
+    assert main([*args, "--out", str(tmp_path / "b")]) == 0
+    final = json.loads((tmp_path / "b" / "build.json").read_text())["final"]
+    assert final["predicted_bytes"] == final["bytes"] == (tmp_path / "b" / "model" / "model.safetensors").stat().st_size
+    cfg = json.loads((tmp_path / "b" / "model" / "config.json").read_text())
+    assert cfg["quantization_config"]["load_in_8bit"] and cfg["text_config"]["vocab_size"] < 1600

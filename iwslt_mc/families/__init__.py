@@ -122,13 +122,14 @@ class Family:
 
 def _registry() -> dict[str, Family]:
     from .gemma4 import Gemma4Family
+    from .qwen2_5_omni import Qwen25OmniFamily
     from .qwen2_audio import Qwen2AudioFamily
 
-    fams = [Qwen2AudioFamily(), Gemma4Family()]
+    fams = [Qwen2AudioFamily(), Gemma4Family(), Qwen25OmniFamily()]
     return {f.name: f for f in fams}
 
 
-FAMILY_NAMES = ("qwen2_audio", "gemma4")  # kept in step with _registry (tested)
+FAMILY_NAMES = ("qwen2_audio", "gemma4", "qwen2_5_omni")  # kept in step with _registry (tested)
 
 
 def families() -> list[Family]:
