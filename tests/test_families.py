@@ -18,12 +18,14 @@ def _model_dir(tmp_path, model_type):
 
 
 def test_registry_names_match():
-    assert families.family_names() == ("qwen2_audio", "gemma4") == tuple(f.name for f in families.families())
-    assert families.REGISTRY == ("qwen2_audio:Qwen2AudioFamily", "gemma4:Gemma4Family")
+    assert families.family_names() == ("qwen2_audio", "gemma4", "qwen2_5_omni") == tuple(f.name for f in families.families())
+    assert families.REGISTRY == ("qwen2_audio:Qwen2AudioFamily", "gemma4:Gemma4Family", "qwen2_5_omni:Qwen25OmniFamily")
     assert families.default_family().name == "qwen2_audio"
-    assert families.supported_text() == "qwen2_audio [qwen2_audio], gemma4 [gemma4, gemma4_unified]"
+    assert families.supported_text() == ("qwen2_audio [qwen2_audio], gemma4 [gemma4, gemma4_unified], "
+                                         "qwen2_5_omni [qwen2_5_omni_thinker]")
     # modelio and the planner refuse by the registry itself (no second list to keep in step)
-    assert tuple(t for f in families.families() for t in f.model_types) == ("qwen2_audio", "gemma4", "gemma4_unified")
+    assert tuple(t for f in families.families() for t in f.model_types) == ("qwen2_audio", "gemma4", "gemma4_unified",
+                                                                                "qwen2_5_omni_thinker")
 
 
 @pytest.mark.parametrize("model_type,name", [("qwen2_audio", "qwen2_audio"), ("gemma4", "gemma4"),
@@ -54,7 +56,7 @@ def test_require_supported_model_consults_registry(tmp_path):
 def test_unknown_family_name():
     from iwslt_mc.errors import UserError
 
-    with pytest.raises(UserError, match="unknown model family 'llama' \\(supported: qwen2_audio, gemma4\\)"):
+    with pytest.raises(UserError, match="unknown model family 'llama' \\(supported: qwen2_audio, gemma4, qwen2_5_omni\\)"):
         families.family_named("llama")
 
 

@@ -83,7 +83,7 @@ def test_recipe_family_field_is_validated(tmp_path):
 
     p = tmp_path / "r.yaml"
     p.write_text("name: x\nfamily: llama\nstages:\n  - stage: quantize\n")
-    with pytest.raises(UserError, match=r"r.yaml:2: unknown family 'llama' \(known: qwen2_audio, gemma4\)"):
+    with pytest.raises(UserError, match=r"r.yaml:2: unknown family 'llama' \(known: qwen2_audio, gemma4, qwen2_5_omni\)"):
         load_recipe(str(p))
     assert load_recipe("gemma4-medium").family == "gemma4" and load_recipe("recipe-b").family == "qwen2_audio"
 

@@ -226,7 +226,8 @@ def test_dry_run_refuses_a_misspelt_skip_of_a_shipped_recipe(kit, capsys):
 BUILT_ELSEWHERE = {"recipe-bin4": "test_recipe_ladder.py", "recipe-bin5": "test_recipe_ladder.py",
                    "quantize-only": "test_build.py", "gemma4-medium": "test_gemma4_recipes.py",
                    "gemma4-small": "test_gemma4_recipes.py", "gemma4-tiny": "test_gemma4_recipes.py",
-                   **{f"recipe-2027-{r}": "test_quant_packed.py" for r in ("4gib", "2gib", "1gib", "05gib")}}
+                   **{f"recipe-2027-{r}": "test_quant_packed.py" for r in ("4gib", "2gib", "1gib", "05gib")},
+                   "qwen2_5_omni-medium": "test_family_qwen2_5_omni.py", "qwen2_5_omni-int8": "test_family_qwen2_5_omni.py"}
 # ordered so that each shares the longest run of finished stages with one built before it (see _seed)
 BUILT_HERE = ["recipe-b", "recipe-b-bin1", "recipe-a", "recipe-bin2", "recipe-d-replace", "recipe-c", "recipe-c-kd",
               "recipe-c-2step", "quantize-only-int8", "gemma4-large"]

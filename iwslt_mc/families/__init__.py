@@ -20,6 +20,7 @@ from .base import Family
 REGISTRY = (
     "qwen2_audio:Qwen2AudioFamily",
     "gemma4:Gemma4Family",
+    "qwen2_5_omni:Qwen25OmniFamily",
 )
 
 
