@@ -66,8 +66,8 @@ def cpu_seconds() -> float:
     return r.ru_utime + r.ru_stime + c.ru_utime + c.ru_stime
 
 
-def train_options(steps: int, lr: float) -> dict:
-    return {"dtype": "float32", "split": "train", "max_steps": steps, "batch_size": 8, "lr": lr,
+def train_options(steps: int, lr: float, limit: int | None = None) -> dict:
+    return {"dtype": "float32", "split": "train", "max_steps": steps, "limit": limit, "batch_size": 8, "lr": lr,
             "warmup_steps": max(1, steps // 10), "weight_decay": 0.01, "save_steps": max(steps, 1),
             "logging_steps": 50, "progress": False}
 
@@ -104,6 +104,10 @@ def main(argv=None) -> int:
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--sizes", default="25,10,5", help=f"student sizes, of {', '.join(SHAPES)}")
     ap.add_argument("--methods", default="ft,seq,word")
+    ap.add_argument("--train-limit", type=int, default=None,
+                    help="train every method on the first N utterances only (the teacher data's --translate N)")
+    ap.add_argument("--float-rows", action="store_true",
+                    help="also score the unquantized students and the untrained pruned ones (costs decoding time)")
     ap.add_argument("--dev", type=int, default=100, help="dev utterances that choose the best method per size")
     ap.add_argument("--test-limit", type=int, default=None)
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2")))
@@ -140,7 +144,7 @@ def run_all(args, results: dict, results_path: Path) -> None:
     runs.mkdir(parents=True, exist_ok=True)
     log = lambda m: print("   ", m, flush=True)  # noqa: E731
     speech, kd_data, text = args.data / "speech", args.data / "teacher", args.data / "text.txt"
-    for p in (speech / "train.parquet", kd_data / "train.parquet", text):
+    for p in (speech / "train.parquet", text):
         if not p.exists():
             raise SystemExit(f"{p}: missing (run tools/toy_teacher_data.py --out {args.data} first)")
     ctx = lambda work, d=None: StageContext(lang=args.lang, data=[str(d or args.corpus)], device="cpu",  # noqa: E731
@@ -165,23 +169,25 @@ def run_all(args, results: dict, results_path: Path) -> None:
         run_stage(make_stage(kind, options), src, model, ctx(runs / (name + ".work"), data_dir))
         return model, round(time.time() - t0, 1), round(cpu_seconds() - c0, 1)
 
-    def evaluate(name, model, **info):
+    def evaluate(name, model, with_dev=False, **info):
+        """Test split (always) and, for rows a choice is made among, the dev slice."""
         r = results.get(name)
-        if r and r.get("test") == len(test) and r.get("dev_n") == len(dev):
+        if r and r.get("test") == len(test) and (not with_dev or r.get("dev_n") == len(dev)):
             return r
         r = {"name": name, **info, **bench_fidelity.evaluate(model, runs / name, args, test), "test": len(test)}
-        bench_fidelity.TESTSET = "toy-dev"
-        try:
-            d = bench_fidelity.evaluate(model, runs / name / "dev", args, dev)
-        finally:
-            bench_fidelity.TESTSET = "toy-test"
-        r["dev_chrf"], r["dev_n"] = d["chrf"], len(dev)
+        if with_dev:
+            bench_fidelity.TESTSET = "toy-dev"
+            try:
+                d = bench_fidelity.evaluate(model, runs / name / "dev", args, dev)
+            finally:
+                bench_fidelity.TESTSET = "toy-test"
+            r["dev_chrf"], r["dev_n"] = d["chrf"], len(dev)
         size = sizer.measure(model)
         r["torch_save"] = size.torch_save.bytes if size.torch_save else None
         r["torch_save_note"] = size.torch_save_note
         results[name] = r
         save()
-        print(f"== {name}: chrF++ {r['chrf']:.2f} (dev {r['dev_chrf']:.2f})  {r['bytes']:,} B  "
+        print(f"== {name}: chrF++ {r['chrf']:.2f} (dev {r.get('dev_chrf')})  {r['bytes']:,} B  "
               f"torch.save {r['torch_save']}", flush=True)
         return r
 
@@ -189,10 +195,11 @@ def run_all(args, results: dict, results_path: Path) -> None:
     (runs / "teacher").mkdir(parents=True, exist_ok=True)
     if not (runs / "teacher" / "model").exists():
         (runs / "teacher" / "model").symlink_to(teacher, target_is_directory=True)
-    evaluate("teacher", teacher, method="teacher", size="100", what="toy teacher (float16)")
+    evaluate("teacher", teacher, with_dev=True, method="teacher", size="100", what="toy teacher (float16)")
     trim_opts = {"corpora": [str(text.resolve())], "use_data": False}
     trimmed, s1, c1 = stage("teacher-trim", "trim-vocab", trim_opts, teacher)
-    evaluate("teacher-trim", trimmed, method="none", size="100", what="teacher, vocabulary trimmed to 20k generated sentences",
+    if args.float_rows:
+        evaluate("teacher-trim", trimmed, method="none", size="100", what="teacher, vocabulary trimmed to 20k generated sentences",
              stage_seconds=s1, stage_cpu_seconds=c1)
     q3, s2, c2 = stage("teacher-trim-ct3e", "quantize", {"method": "ct", "bits": 3, "group_size": 128, "scales": "mse",
                                                          "skip": [], "quantize_embeddings": True}, trimmed)
@@ -220,29 +227,36 @@ def run_all(args, results: dict, results_path: Path) -> None:
             results[f"{shape}-pruned"] = {"stage_seconds": round(time.time() - t0, 1),
                                           "stage_cpu_seconds": round(cpu_seconds() - c0, 1)}
         pruned, _, _ = stage(f"{shape}-trim", "trim-vocab", trim_opts, out / "model")
-        evaluate(f"{shape}-trim", pruned, method="untrained", size=size, depth=d, width=w,
+        if args.float_rows:
+            evaluate(f"{shape}-trim", pruned, method="untrained", size=size, depth=d, width=w,
                  what=f"{round(d * 6)} of 6 LLM layers, widths x{w:g}, trimmed vocabulary, no training")
         group = ct_group(pruned)
         for method in args.methods.split(","):
             name = f"{shape}-{method}"
+            topt = train_options(args.steps, args.lr, args.train_limit)
+            if method in ("seq", "word"):
+                while not (kd_data / "train.parquet").exists():  # tools/toy_teacher_data.py still translating
+                    log(f"waiting for {kd_data / 'train.parquet'}")
+                    time.sleep(60)
             if method == "ft":
-                model, s, c = stage(name, "finetune", {"mode": "full", **train_options(args.steps, args.lr)}, pruned, speech)
+                model, s, c = stage(name, "finetune", {"mode": "full", **topt}, pruned, speech)
             elif method == "seq":
-                model, s, c = stage(name, "finetune", {"mode": "full", **train_options(args.steps, args.lr)}, pruned, kd_data)
+                model, s, c = stage(name, "finetune", {"mode": "full", **topt}, pruned, kd_data)
             elif method == "word":
                 model, s, c = stage(name, "kd", {"teacher": str(teacher), "alpha": 0.5, "temperature": 2.0,
-                                                 "hidden_weight": 0.0, **train_options(args.steps, args.lr)}, pruned, kd_data)
+                                                 "hidden_weight": 0.0, **topt}, pruned, kd_data)
             else:
                 raise SystemExit(f"unknown method {method!r} (known: {', '.join(METHODS)})")
             info = dict(method=method, size=size, depth=d, width=w, steps=args.steps, seen=args.steps * 8)
-            evaluate(name, model, what=f"{METHODS[method]}, float16", stage_seconds=s, stage_cpu_seconds=c, **info)
+            if args.float_rows:
+                evaluate(name, model, what=f"{METHODS[method]}, float16", stage_seconds=s, stage_cpu_seconds=c, **info)
             for q in ("ct4e", "ct4s"):
                 try:
                     qm, qs, qc = stage(f"{name}-{q}", "quantize", quant_options(q, group), model)
                 except UserError as e:
                     log(f"{name}-{q}: {e}")
                     continue
-                evaluate(f"{name}-{q}", qm, what=f"{METHODS[method]}, then {q} (groups of {group})",
+                evaluate(f"{name}-{q}", qm, with_dev=q == "ct4e", what=f"{METHODS[method]}, then {q} (groups of {group})",
                          stage_seconds=s, stage_cpu_seconds=c, quant=q, **info)
 
 
@@ -289,7 +303,7 @@ def write_report(args, results: dict, argv) -> None:
     for r in rows:
         ts = r.get("torch_save")
         lines.append(
-            f"| {r['name']} | {r.get('what', '')} | {r['chrf']:.2f} | {100 * r['chrf'] / tc:.1f} | {r.get('dev_chrf', 0):.2f} "
+            f"| {r['name']} | {r.get('what', '')} | {r['chrf']:.2f} | {100 * r['chrf'] / tc:.1f} | {r['dev_chrf'] if r.get('dev_chrf') is not None else '-'} "
             f"| {r['bytes']:,} | {100 * r['bytes'] / tb:.1f} | {f'{ts:,}' if ts else '-'} | "
             f"{f'{100 * ts / tts:.1f}' if ts and tts else '-'} | "
             f"{r.get('stage_cpu_seconds', '') if r.get('method') in METHODS else ''} | "
@@ -310,7 +324,7 @@ def targets(rows, tb, tc) -> list[str]:
         if not trained:
             out.append(f"- >= {need:g}% at <= {cap:g}% with a trained student: not measured")
             continue
-        by_dev = max(trained, key=lambda r: r.get("dev_chrf", 0))
+        by_dev = max(trained, key=lambda r: r.get("dev_chrf") or 0)
         best = max(trained, key=lambda r: r["chrf"])
         kept = 100 * by_dev["chrf"] / tc
         verdict = "met" if kept >= need else f"missed by {need - kept:.1f} points"

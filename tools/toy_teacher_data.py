@@ -190,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--qe", default=None, help="reference-free COMET checkpoint for a QE filter (distill stage's qe)")
     ap.add_argument("--qe-min", type=float, default=None)
     ap.add_argument("--qe-top", type=float, default=None)
+    ap.add_argument("--translate", type=int, default=None, metavar="N",
+                    help="the teacher translates only the first N utterances (default: all; the distill stage's limit)")
     ap.add_argument("--no-teacher", action="store_true", help="stop after the speech (no translations)")
     args = ap.parse_args(argv)
     if args.sentences < 1:
@@ -249,6 +251,10 @@ def main(argv: list[str] | None = None) -> int:
 
     # 3. teacher translations (the distill stage: batched, resumable through its teacher.jsonl)
     teacher_out = out / "teacher"
+    if (teacher_out / "train.parquet").exists() and record.get("teacher", {}).get("limit") != args.translate:
+        print(f"{teacher_out}: made with --translate {record['teacher'].get('limit')}; choose another --out",
+              file=sys.stderr)
+        return 2
     if not (teacher_out / "train.parquet").exists():
         from iwslt_mc.stages import make_stage
         from iwslt_mc.stages.base import StageContext, run_stage
@@ -257,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         stage_out = work / "distill-stage"
         if not stage_out.exists():
             opts = {"split": "train", "batch_size": args.batch_size, "max_new_tokens": MAX_NEW_TOKENS,
-                    "keep_references": False, "dedup": True, "chunk": args.chunk, "min_score": args.min_score,
+                    "keep_references": False, "dedup": True, "chunk": args.chunk, "limit": args.translate, "min_score": args.min_score,
                     "qe": args.qe, "qe_min": args.qe_min, "qe_top": args.qe_top}
             ctx = StageContext(lang=args.lang, data=[str(speech)], device="cpu", work_dir=work / "distill", log=log)
             run_stage(make_stage("distill", opts), args.teacher, stage_out, ctx)
@@ -266,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
             for f in made.iterdir():
                 shutil.copy2(f, tmp / f.name)
         prov = json.loads((made / "provenance.json").read_text())
-        record["teacher"] = {"path": str(args.teacher), **prov["counts"], "filter": prov["filter"],
+        record["teacher"] = {"path": str(args.teacher), "limit": args.translate, **prov["counts"], "filter": prov["filter"],
                              "seconds": round(time.time() - t0, 1)}
         atomic_write_json(record_path, record)
         shutil.rmtree(stage_out)  # the passed-through model copy; the log stays in work/distill
