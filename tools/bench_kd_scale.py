@@ -108,11 +108,15 @@ def main(argv=None) -> int:
                     help="train every method on the first N utterances only (the teacher data's --translate N)")
     ap.add_argument("--float-rows", action="store_true",
                     help="also score the unquantized students and the untrained pruned ones (costs decoding time)")
+    ap.add_argument("--quant", default="ct4e,ct4s", help="final quantizations of each trained student (ct4e, ct4s)")
     ap.add_argument("--dev", type=int, default=100, help="dev utterances that choose the best method per size")
     ap.add_argument("--test-limit", type=int, default=None)
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2")))
     ap.add_argument("--report", type=Path, default=None)
     ap.add_argument("--frontier", type=Path, default=None, help="Markdown whose bench_kd_scale section is replaced")
+    ap.add_argument("--suffix", default="", help="appended to the trained rows' names (e.g. -384 for a second budget)")
+    ap.add_argument("--also", type=Path, action="append", default=[],
+                    help="another OUT whose results.json rows join the reports (e.g. a second budget run in parallel)")
     ap.add_argument("--no-run", action="store_true", help="only rewrite the reports from OUT/results.json")
     args = ap.parse_args(argv)
 
@@ -120,6 +124,10 @@ def main(argv=None) -> int:
     results: dict = json.loads(results_path.read_text()) if results_path.exists() else {}
     if not args.no_run:
         run_all(args, results, results_path)
+    for other in args.also:
+        for k, r in json.loads((other / "results.json").read_text()).items():
+            if not k.startswith("_") and k not in results:
+                results[k] = {**r, "out": str(other)}
     if args.report:
         write_report(args, results, argv)
     if args.frontier:
@@ -153,6 +161,7 @@ def run_all(args, results: dict, results_path: Path) -> None:
     dev = data.load_examples(str(args.corpus), "dev", limit=args.dev, lang=args.lang)
     meta = json.loads((args.data / "data.json").read_text())
     results["_meta"] = {"data": meta, "test": len(test), "dev": len(dev), "steps": args.steps, "lr": args.lr,
+                        "train_limit": args.train_limit,
                         "threads": args.threads, "date": time.strftime("%Y-%m-%d")}
 
     def save():
@@ -205,8 +214,9 @@ def run_all(args, results: dict, results_path: Path) -> None:
                                                          "skip": [], "quantize_embeddings": True}, trimmed)
     evaluate("teacher-trim-ct3e", q3, method="none", size="25", what="no training: trimmed + ct 3-bit (g128, mse) of every "
              "layer and the embeddings", stage_seconds=s2, stage_cpu_seconds=c2)
-    q4, s3, c3 = stage("teacher-trim-ct4s", "quantize", quant_options("ct4s", 128), trimmed)
-    evaluate("teacher-trim-ct4s", q4, method="none", size="25", what="no training: trimmed + ct 4-bit symmetric (g128), "
+    if "ct4s" in args.quant.split(","):
+        q4, s3, c3 = stage("teacher-trim-ct4s", "quantize", quant_options("ct4s", 128), trimmed)
+        evaluate("teacher-trim-ct4s", q4, method="none", size="25", what="no training: trimmed + ct 4-bit symmetric (g128), "
              "float embeddings", stage_seconds=s3, stage_cpu_seconds=c3)
 
     tmpl = args.out / "toy-template.yaml"
@@ -214,7 +224,7 @@ def run_all(args, results: dict, results_path: Path) -> None:
     atomic_write_text(tmpl, t[: t.index("  - id: ft\n")])
     recipe = recipes.load_recipe(str(tmpl))
     cfg = planner.load_base_config(teacher)
-    for size in args.sizes.split(","):
+    for size in [x for x in args.sizes.split(",") if x]:
         d, w = SHAPES[size]
         shape = f"s{size}"
         # 1. the student's structure (pruning choices on the dev split), then its vocabulary trimmed
@@ -232,7 +242,7 @@ def run_all(args, results: dict, results_path: Path) -> None:
                  what=f"{round(d * 6)} of 6 LLM layers, widths x{w:g}, trimmed vocabulary, no training")
         group = ct_group(pruned)
         for method in args.methods.split(","):
-            name = f"{shape}-{method}"
+            name = f"{shape}-{method}{args.suffix}"
             topt = train_options(args.steps, args.lr, args.train_limit)
             if method in ("seq", "word"):
                 while not (kd_data / "train.parquet").exists():  # tools/toy_teacher_data.py still translating
@@ -250,7 +260,7 @@ def run_all(args, results: dict, results_path: Path) -> None:
             info = dict(method=method, size=size, depth=d, width=w, steps=args.steps, seen=args.steps * 8)
             if args.float_rows:
                 evaluate(name, model, what=f"{METHODS[method]}, float16", stage_seconds=s, stage_cpu_seconds=c, **info)
-            for q in ("ct4e", "ct4s"):
+            for q in args.quant.split(","):
                 try:
                     qm, qs, qc = stage(f"{name}-{q}", "quantize", quant_options(q, group), model)
                 except UserError as e:
@@ -263,7 +273,8 @@ def run_all(args, results: dict, results_path: Path) -> None:
 # ---------------------------------------------------------------- reports
 
 def _rows(results: dict) -> list[dict]:
-    return [r for k, r in results.items() if not k.startswith("_") and "chrf" in r]
+    rows = [r for k, r in results.items() if not k.startswith("_") and "chrf" in r]
+    return sorted(rows, key=lambda r: (-r["bytes"], r.get("steps") or 0, r["name"]))
 
 
 def write_report(args, results: dict, argv) -> None:
@@ -271,6 +282,7 @@ def write_report(args, results: dict, argv) -> None:
 
     rows = _rows(results)
     meta = results.get("_meta", {})
+    meta["data"] = json.loads((args.data / "data.json").read_text())  # as it is now (finished after the start)
     teacher = results["teacher"]
     tb, tc = teacher["bytes"], teacher["chrf"]
     data = meta.get("data", {})
@@ -288,22 +300,24 @@ def write_report(args, results: dict, argv) -> None:
         f"references, `seq` and `word` on the toy teacher's {data.get('teacher', {}).get('teacher_pairs')} "
         "translations of the same audio (no QE filter). Vocabulary trimmed to the English and German of "
         f"{data.get('text_sentences')} generated sentences (no dev/test sentence among them).", "",
-        f"**Budget**: {meta.get('steps')} steps of batch 8 = {8 * (meta.get('steps') or 0):,} utterances seen per "
-        f"method (lr {meta.get('lr')}, cosine, 10% warm-up, float32); CPU seconds per row below.", "",
+        f"**Budget**: the same number of steps of batch 8 for every method within a budget ('steps' column; "
+        f"utterances seen = 8 x steps), lr {meta.get('lr')}, cosine, 10% warm-up, float32, 1 torch thread; the "
+        "training stage's CPU seconds (user + system) per row.", "",
         f"**Choices**: layers pruned by the iterative search on the dev split (100 utterances); the best method per "
         f"size chosen by chrF++ on the first {meta.get('dev')} dev utterances ('dev' column); the test split "
         f"({meta.get('test')} utterances of `{args.corpus}`) scored once per row, never choosing.", "",
         "**Sizes**: 'bytes' = safetensors (2025 measure, `iwslt_mc.sizer`), 'torch.save' = bytes of "
         "`torch.save(state_dict)` after `from_pretrained` on one GPU (2026/2027 measure, computed exactly by "
         "`iwslt_mc.torchsave`); '%' = of the teacher's bytes in the same measure.", "",
-        "| row | what | chrF++ | % of teacher | dev chrF++ | bytes | % | torch.save | % | train CPU s | train wall s |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| row | what | steps | utterances seen | chrF++ | % of teacher | dev chrF++ | bytes | % | torch.save | % | train CPU s | train wall s |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     tts = teacher.get("torch_save")
     for r in rows:
         ts = r.get("torch_save")
+        seen = f"{r['seen']:,}" if r.get("seen") else ""
         lines.append(
-            f"| {r['name']} | {r.get('what', '')} | {r['chrf']:.2f} | {100 * r['chrf'] / tc:.1f} | {r['dev_chrf'] if r.get('dev_chrf') is not None else '-'} "
+            f"| {r['name']} | {r.get('what', '')} | {r.get('steps') or ''} | {seen} | {r['chrf']:.2f} | {100 * r['chrf'] / tc:.1f} | {r['dev_chrf'] if r.get('dev_chrf') is not None else '-'} "
             f"| {r['bytes']:,} | {100 * r['bytes'] / tb:.1f} | {f'{ts:,}' if ts else '-'} | "
             f"{f'{100 * ts / tts:.1f}' if ts and tts else '-'} | "
             f"{r.get('stage_cpu_seconds', '') if r.get('method') in METHODS else ''} | "
@@ -372,8 +386,8 @@ def write_frontier(args, results: dict, argv) -> None:
     lines = [FRONTIER_BEGIN, "", "## With ct quantization and distillation data (issue 32)", "",
              f"Points from `tools/bench_kd_scale.py` (table, data and budget: [fidelity-scale.md](fidelity-scale.md)): "
              "students pruned as above (iterative search on the dev split), trimmed to 20k generated sentences, "
-             f"trained {results.get('_meta', {}).get('steps')} steps on the same {results.get('_meta', {}).get('data', {}).get('speech', {}).get('utterances')} "
-             "generated utterances by each method, then ct-quantized; test split, 300 utterances. "
+             "trained by each method on the same generated utterances for the same steps (per row there), then "
+             "ct-quantized; the no-training rows quantize the trimmed teacher; test split, 300 utterances. "
              "Front = not beaten in both chrF++ and size, per measure.", ""]
     for key, base, title in (("bytes", tb, "safetensors bytes (2025)"), ("torch_save", tts, "torch.save after loading (2026/2027)")):
         pts = [r for r in rows if r.get(key)]
