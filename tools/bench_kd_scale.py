@@ -1,0 +1,424 @@
+#!/usr/bin/env python3
+"""Distillation at scale on the toy (issue 32): seq-KD vs word-level KD vs fine-tuning on references, per student size.
+
+Data: ``tools/toy_teacher_data.py``'s directory (``--data``): generated utterances (dev/test sentences of the
+toy corpus removed) with the grammar's references (``speech/``) and the toy teacher's translations of the
+same audio (``teacher/``), and ``text.txt`` (20k generated sentences, for vocabulary trimming). Every method
+trains on the same audio, from the same pruned student, for the same number of steps (batch 8):
+
+- ``ft``: plain full fine-tuning on the references (``finetune`` on ``speech/``);
+- ``seq``: sequence-level KD, full fine-tuning on the teacher's translations (``finetune`` on ``teacher/``);
+- ``word``: word-level KD (stage ``kd``: KL to the teacher's next-token distributions at temperature 2,
+  alpha 0.5, plus cross-entropy on the teacher's translations; no references anywhere).
+
+Students (``--sizes``, per cent of the teacher's bytes after the last step): the structure comes from
+:func:`iwslt_mc.frontier.make_variant` on ``bench_frontier.TEMPLATE`` (iterative LLM-layer search on the
+**dev** split, width/FFN pruning by activation importance), the vocabulary is trimmed to ``text.txt``, and
+after training the student is quantized: ct 4-bit of every linear layer and the embeddings (``ct4e``,
+the smallest safetensors; unpacked to floats when transformers loads it, so the torch.save measure counts
+floats) and ct 4-bit symmetric with float embeddings (``ct4s``: stays packed after loading). Sizes in both
+measures: safetensors bytes (2025, :func:`iwslt_mc.sizer.measure`) and the bytes of torch.save after
+loading on one GPU (2026/2027, ``SizeReport.torch_save``).
+
+Choices: the pruned layers (dev split, 100 utterances); the best method per size is picked on the first
+``--dev`` dev utterances (chrF++); the 300-utterance test split is decoded once per row and never chooses.
+No learning rate, step count or temperature was tuned (lr 5e-4 and batch 8 as in bench_fidelity/frontier).
+Plus the no-training row of issue 32: the teacher, vocabulary trimmed to ``text.txt`` + ct 3-bit (groups of
+128, mse ranges) of every layer and the embeddings.
+
+Each row is a run directory ``OUT/runs/NAME`` (model, hypotheses, scores); finished rows are reused, so a
+killed run continues (``nice -n 19`` keeps it to idle CPU). Writes ``OUT/results.json``, ``--report``
+(Markdown) with a plot next to it, and ``--frontier`` (a section that replaces the one between the markers
+in docs/bench/frontier.md).
+
+    nice -n 19 python tools/bench_kd_scale.py --corpus /work/toy/corpus-tiny --data /work/toy/teacher-data \\
+        --out /work/toy/kd-scale --steps 600 --sizes 25,10 --report docs/bench/fidelity-scale.md \\
+        --frontier docs/bench/frontier.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+for _var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
+    os.environ.setdefault(_var, "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+DEFAULT_TEACHER = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "toy" / "teacher"
+# student size (per cent of the teacher's bytes, ct4e) -> (fraction of LLM layers kept, fraction of widths)
+SHAPES = {"25": (4 / 6, 1.0), "10": (0.5, 0.5), "5": (0.34, 0.375)}
+METHODS = {"ft": "fine-tuning on references", "seq": "sequence-level KD (fine-tuning on teacher translations)",
+           "word": "word-level KD (kd stage: KL to the teacher, T 2, alpha 0.5, on teacher translations)"}
+FRONTIER_BEGIN = "<!-- bench_kd_scale: begin -->"
+FRONTIER_END = "<!-- bench_kd_scale: end -->"
+
+
+def cpu_seconds() -> float:
+    r, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime + c.ru_utime + c.ru_stime
+
+
+def train_options(steps: int, lr: float, limit: int | None = None) -> dict:
+    return {"dtype": "float32", "split": "train", "max_steps": steps, "limit": limit, "batch_size": 8, "lr": lr,
+            "warmup_steps": max(1, steps // 10), "weight_decay": 0.01, "save_steps": max(steps, 1),
+            "logging_steps": 50, "progress": False}
+
+
+def quant_options(kind: str, group: int, bits: int = 4) -> dict:
+    if kind == "ct4e":  # every linear layer, lm_head and embeddings; asymmetric (mse ranges at 4 bits)
+        return {"method": "ct", "bits": bits, "group_size": group, "skip": [], "quantize_embeddings": True}
+    if kind == "ct4s":  # symmetric, float embeddings: the ct checkpoint transformers loads packed
+        return {"method": "ct", "bits": bits, "group_size": group, "skip": [], "symmetric": True}
+    raise ValueError(kind)
+
+
+def ct_group(model_dir: Path, prefer: int = 128) -> int:
+    """The largest of prefer, 64, 32, 16 dividing every quantized layer's input width."""
+    cfg = json.loads((Path(model_dir) / "config.json").read_text())
+    t, a = cfg["text_config"], cfg["audio_config"]
+    head = t.get("head_dim") or t["hidden_size"] // t["num_attention_heads"]
+    widths = [t["hidden_size"], t["intermediate_size"], t["num_attention_heads"] * head, a["d_model"],
+              a["encoder_ffn_dim"], cfg.get("audio_config", {}).get("d_model")]
+    for g in (prefer, 64, 32, 16, 8):
+        if g <= prefer and all(w % g == 0 for w in widths if w):
+            return g
+    return 8
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--teacher", type=Path, default=DEFAULT_TEACHER)
+    ap.add_argument("--corpus", type=Path, required=True, help="the toy corpus (dev and test splits)")
+    ap.add_argument("--data", type=Path, required=True, help="tools/toy_teacher_data.py's output")
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--lang", default="en-de")
+    ap.add_argument("--steps", type=int, default=600, help="training steps (batch 8), the same for every method")
+    ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--sizes", default="25,10,5", help=f"student sizes, of {', '.join(SHAPES)}")
+    ap.add_argument("--methods", default="ft,seq,word")
+    ap.add_argument("--train-limit", type=int, default=None,
+                    help="train every method on the first N utterances only (the teacher data's --translate N)")
+    ap.add_argument("--float-rows", action="store_true",
+                    help="also score the unquantized students and the untrained pruned ones (costs decoding time)")
+    ap.add_argument("--quant", default="ct4e,ct4s", help="final quantizations of each trained student (ct4e, ct4s)")
+    ap.add_argument("--dev", type=int, default=100, help="dev utterances that choose the best method per size")
+    ap.add_argument("--test-limit", type=int, default=None)
+    ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2")))
+    ap.add_argument("--report", type=Path, default=None)
+    ap.add_argument("--frontier", type=Path, default=None, help="Markdown whose bench_kd_scale section is replaced")
+    ap.add_argument("--suffix", default="", help="appended to the trained rows' names (e.g. -384 for a second budget)")
+    ap.add_argument("--also", type=Path, action="append", default=[],
+                    help="another OUT whose results.json rows join the reports (e.g. a second budget run in parallel)")
+    ap.add_argument("--no-run", action="store_true", help="only rewrite the reports from OUT/results.json")
+    args = ap.parse_args(argv)
+
+    results_path = args.out / "results.json"
+    results: dict = json.loads(results_path.read_text()) if results_path.exists() else {}
+    if not args.no_run:
+        run_all(args, results, results_path)
+    for other in args.also:
+        for k, r in json.loads((other / "results.json").read_text()).items():
+            if not k.startswith("_") and k not in results:
+                results[k] = {**r, "out": str(other)}
+    if args.report:
+        write_report(args, results, argv)
+    if args.frontier:
+        write_frontier(args, results, argv)
+    return 0
+
+
+def run_all(args, results: dict, results_path: Path) -> None:
+    import torch
+
+    import bench_fidelity
+    import bench_frontier
+    from iwslt_mc import build, data, frontier, planner, recipes, sizer
+    from iwslt_mc.errors import UserError
+    from iwslt_mc.fsutil import atomic_write_json, atomic_write_text
+    from iwslt_mc.stages import make_stage
+    from iwslt_mc.stages.base import StageContext, run_stage
+
+    torch.set_num_threads(args.threads)
+    teacher = args.teacher.resolve()
+    runs = args.out / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    log = lambda m: print("   ", m, flush=True)  # noqa: E731
+    speech, kd_data, text = args.data / "speech", args.data / "teacher", args.data / "text.txt"
+    for p in (speech / "train.parquet", text):
+        if not p.exists():
+            raise SystemExit(f"{p}: missing (run tools/toy_teacher_data.py --out {args.data} first)")
+    ctx = lambda work, d=None: StageContext(lang=args.lang, data=[str(d or args.corpus)], device="cpu",  # noqa: E731
+                                            work_dir=work, log=log, seed=0)
+    test = data.load_examples(str(args.corpus), "test", limit=args.test_limit, lang=args.lang)
+    dev = data.load_examples(str(args.corpus), "dev", limit=args.dev, lang=args.lang)
+    meta = json.loads((args.data / "data.json").read_text())
+    results["_meta"] = {"data": meta, "test": len(test), "dev": len(dev), "steps": args.steps, "lr": args.lr,
+                        "train_limit": args.train_limit,
+                        "threads": args.threads, "date": time.strftime("%Y-%m-%d")}
+
+    def save():
+        atomic_write_json(results_path, results)
+
+    def stage(name, kind, options, src, data_dir=None):
+        """Run one stage into OUT/runs/NAME/model unless there; returns (model, wall s, CPU s)."""
+        model = runs / name / "model"
+        if model.exists():
+            prev = results.get(name, {})
+            return model, prev.get("stage_seconds", 0.0), prev.get("stage_cpu_seconds", 0.0)
+        (runs / name).mkdir(parents=True, exist_ok=True)
+        t0, c0 = time.time(), cpu_seconds()
+        run_stage(make_stage(kind, options), src, model, ctx(runs / (name + ".work"), data_dir))
+        return model, round(time.time() - t0, 1), round(cpu_seconds() - c0, 1)
+
+    def evaluate(name, model, with_dev=False, **info):
+        """Test split (always) and, for rows a choice is made among, the dev slice."""
+        r = results.get(name)
+        if r and r.get("test") == len(test) and (not with_dev or r.get("dev_n") == len(dev)):
+            return r
+        r = {"name": name, **info, **bench_fidelity.evaluate(model, runs / name, args, test), "test": len(test)}
+        if with_dev:
+            bench_fidelity.TESTSET = "toy-dev"
+            try:
+                d = bench_fidelity.evaluate(model, runs / name / "dev", args, dev)
+            finally:
+                bench_fidelity.TESTSET = "toy-test"
+            r["dev_chrf"], r["dev_n"] = d["chrf"], len(dev)
+        size = sizer.measure(model)
+        r["torch_save"] = size.torch_save.bytes if size.torch_save else None
+        r["torch_save_note"] = size.torch_save_note
+        results[name] = r
+        save()
+        print(f"== {name}: chrF++ {r['chrf']:.2f} (dev {r.get('dev_chrf')})  {r['bytes']:,} B  "
+              f"torch.save {r['torch_save']}", flush=True)
+        return r
+
+    # the teacher and the no-training row
+    (runs / "teacher").mkdir(parents=True, exist_ok=True)
+    if not (runs / "teacher" / "model").exists():
+        (runs / "teacher" / "model").symlink_to(teacher, target_is_directory=True)
+    evaluate("teacher", teacher, with_dev=True, method="teacher", size="100", what="toy teacher (float16)")
+    trim_opts = {"corpora": [str(text.resolve())], "use_data": False}
+    trimmed, s1, c1 = stage("teacher-trim", "trim-vocab", trim_opts, teacher)
+    if args.float_rows:
+        evaluate("teacher-trim", trimmed, method="none", size="100", what="teacher, vocabulary trimmed to 20k generated sentences",
+             stage_seconds=s1, stage_cpu_seconds=c1)
+    q3, s2, c2 = stage("teacher-trim-ct3e", "quantize", {"method": "ct", "bits": 3, "group_size": 128, "scales": "mse",
+                                                         "skip": [], "quantize_embeddings": True}, trimmed)
+    evaluate("teacher-trim-ct3e", q3, method="none", size="25", what="no training: trimmed + ct 3-bit (g128, mse) of every "
+             "layer and the embeddings", stage_seconds=s2, stage_cpu_seconds=c2)
+    if "ct4s" in args.quant.split(","):
+        q4, s3, c3 = stage("teacher-trim-ct4s", "quantize", quant_options("ct4s", 128), trimmed)
+        evaluate("teacher-trim-ct4s", q4, method="none", size="25", what="no training: trimmed + ct 4-bit symmetric (g128), "
+             "float embeddings", stage_seconds=s3, stage_cpu_seconds=c3)
+
+    tmpl = args.out / "toy-template.yaml"
+    t = bench_frontier.TEMPLATE.format(steps=0, lr=args.lr, warmup=1, split="train")
+    atomic_write_text(tmpl, t[: t.index("  - id: ft\n")])
+    recipe = recipes.load_recipe(str(tmpl))
+    cfg = planner.load_base_config(teacher)
+    for size in [x for x in args.sizes.split(",") if x]:
+        d, w = SHAPES[size]
+        shape = f"s{size}"
+        # 1. the student's structure (pruning choices on the dev split), then its vocabulary trimmed
+        out = runs / f"{shape}-pruned"
+        if not (out / "model").exists():
+            var, _ = frontier.make_variant(recipe, cfg, d, w, base=str(teacher))
+            t0, c0 = time.time(), cpu_seconds()
+            build.build(var, lang=args.lang, base=str(teacher), data={"acl6060": str(args.corpus)},
+                        condition="unconstrained", out=out, resume=True, device="cpu", log=log)
+            results[f"{shape}-pruned"] = {"stage_seconds": round(time.time() - t0, 1),
+                                          "stage_cpu_seconds": round(cpu_seconds() - c0, 1)}
+        pruned, _, _ = stage(f"{shape}-trim", "trim-vocab", trim_opts, out / "model")
+        if args.float_rows:
+            evaluate(f"{shape}-trim", pruned, method="untrained", size=size, depth=d, width=w,
+                 what=f"{round(d * 6)} of 6 LLM layers, widths x{w:g}, trimmed vocabulary, no training")
+        group = ct_group(pruned)
+        for method in args.methods.split(","):
+            name = f"{shape}-{method}{args.suffix}"
+            topt = train_options(args.steps, args.lr, args.train_limit)
+            if method in ("seq", "word"):
+                while not (kd_data / "train.parquet").exists():  # tools/toy_teacher_data.py still translating
+                    log(f"waiting for {kd_data / 'train.parquet'}")
+                    time.sleep(60)
+            if method == "ft":
+                model, s, c = stage(name, "finetune", {"mode": "full", **topt}, pruned, speech)
+            elif method == "seq":
+                model, s, c = stage(name, "finetune", {"mode": "full", **topt}, pruned, kd_data)
+            elif method == "word":
+                model, s, c = stage(name, "kd", {"teacher": str(teacher), "alpha": 0.5, "temperature": 2.0,
+                                                 "hidden_weight": 0.0, **topt}, pruned, kd_data)
+            else:
+                raise SystemExit(f"unknown method {method!r} (known: {', '.join(METHODS)})")
+            info = dict(method=method, size=size, depth=d, width=w, steps=args.steps, seen=args.steps * 8)
+            if args.float_rows:
+                evaluate(name, model, what=f"{METHODS[method]}, float16", stage_seconds=s, stage_cpu_seconds=c, **info)
+            for q in args.quant.split(","):
+                try:
+                    qm, qs, qc = stage(f"{name}-{q}", "quantize", quant_options(q, group), model)
+                except UserError as e:
+                    log(f"{name}-{q}: {e}")
+                    continue
+                evaluate(f"{name}-{q}", qm, with_dev=q == "ct4e", what=f"{METHODS[method]}, then {q} (groups of {group})",
+                         stage_seconds=s, stage_cpu_seconds=c, quant=q, **info)
+
+
+# ---------------------------------------------------------------- reports
+
+def _rows(results: dict) -> list[dict]:
+    rows = [r for k, r in results.items() if not k.startswith("_") and "chrf" in r]
+    return sorted(rows, key=lambda r: (-r["bytes"], r.get("steps") or 0, r["name"]))
+
+
+def write_report(args, results: dict, argv) -> None:
+    from iwslt_mc.fsutil import atomic_write_text
+
+    rows = _rows(results)
+    meta = results.get("_meta", {})
+    meta["data"] = json.loads((args.data / "data.json").read_text())  # as it is now (finished after the start)
+    teacher = results["teacher"]
+    tb, tc = teacher["bytes"], teacher["chrf"]
+    data = meta.get("data", {})
+    lines = [
+        "# Distillation at scale on the toy (issue 32)", "",
+        f"Made by `python tools/bench_kd_scale.py {' '.join(argv if argv is not None else sys.argv[1:])}` "
+        f"({meta.get('date')}, CPU, {meta.get('threads')} threads, run under `nice -n 19` beside other jobs: "
+        "CPU seconds are the process's user+system time, wall seconds are inflated by the load).", "",
+        "**Data** (the same for every method): "
+        f"{data.get('speech', {}).get('utterances', '?')} utterances generated by `tools/toy_teacher_data.py` "
+        f"(`--sentences {data.get('options', {}).get('sentences')} --text {data.get('text_sentences')} "
+        f"--exclude {' '.join(data.get('options', {}).get('exclude', []))}`: toy grammar seed "
+        f"{data.get('options', {}).get('seed')}, the corpus's {data.get('excluded_sentences')} dev/test sentences "
+        f"removed, spoken by espeak-ng, {data.get('speech', {}).get('hours')} h); `ft` trains on the grammar's "
+        f"references, `seq` and `word` on the toy teacher's {data.get('teacher', {}).get('teacher_pairs')} "
+        "translations of the same audio (no QE filter). Vocabulary trimmed to the English and German of "
+        f"{data.get('text_sentences')} generated sentences (no dev/test sentence among them).", "",
+        f"**Budget**: the same number of steps of batch 8 for every method within a budget ('steps' column; "
+        f"utterances seen = 8 x steps), lr {meta.get('lr')}, cosine, 10% warm-up, float32, 1 torch thread; the "
+        "training stage's CPU seconds (user + system) per row.", "",
+        f"**Choices**: layers pruned by the iterative search on the dev split (100 utterances); the best method per "
+        f"size chosen by chrF++ on the first {meta.get('dev')} dev utterances ('dev' column); the test split "
+        f"({meta.get('test')} utterances of `{args.corpus}`) scored once per row, never choosing.", "",
+        "**Sizes**: 'bytes' = safetensors (2025 measure, `iwslt_mc.sizer`), 'torch.save' = bytes of "
+        "`torch.save(state_dict)` after `from_pretrained` on one GPU (2026/2027 measure, computed exactly by "
+        "`iwslt_mc.torchsave`); '%' = of the teacher's bytes in the same measure.", "",
+        "| row | what | steps | utterances seen | chrF++ | % of teacher | dev chrF++ | bytes | % | torch.save | % | train CPU s | train wall s |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    tts = teacher.get("torch_save")
+    for r in rows:
+        ts = r.get("torch_save")
+        seen = f"{r['seen']:,}" if r.get("seen") else ""
+        lines.append(
+            f"| {r['name']} | {r.get('what', '')} | {r.get('steps') or ''} | {seen} | {r['chrf']:.2f} | {100 * r['chrf'] / tc:.1f} | {r['dev_chrf'] if r.get('dev_chrf') is not None else '-'} "
+            f"| {r['bytes']:,} | {100 * r['bytes'] / tb:.1f} | {f'{ts:,}' if ts else '-'} | "
+            f"{f'{100 * ts / tts:.1f}' if ts and tts else '-'} | "
+            f"{r.get('stage_cpu_seconds', '') if r.get('method') in METHODS else ''} | "
+            f"{r.get('stage_seconds', '') if r.get('method') in METHODS else ''} |")
+    lines += ["", "## Targets (chrF++ as % of the teacher's, at % of the teacher's safetensors bytes)", ""]
+    lines += targets(rows, tb, tc)
+    plot = args.report.with_suffix(".png")
+    plot_png(rows, tb, tc, tts, plot)
+    lines += ["", f"![quality against size per method]({plot.name})", ""]
+    atomic_write_text(args.report, "\n".join(lines) + "\n")
+    print(f"wrote {args.report}")
+
+
+def targets(rows, tb, tc) -> list[str]:
+    out = []
+    for size, need, cap in (("25", 90.0, 25.0), ("10", 75.0, 10.0), ("5", 50.0, 5.0)):
+        trained = [r for r in rows if r.get("method") in METHODS and 100 * r["bytes"] / tb <= cap]
+        if not trained:
+            out.append(f"- >= {need:g}% at <= {cap:g}% with a trained student: not measured")
+            continue
+        by_dev = max(trained, key=lambda r: r.get("dev_chrf") or 0)
+        best = max(trained, key=lambda r: r["chrf"])
+        kept = 100 * by_dev["chrf"] / tc
+        verdict = "met" if kept >= need else f"missed by {need - kept:.1f} points"
+        out.append(f"- >= {need:g}% at <= {cap:g}%: chosen on dev `{by_dev['name']}` keeps {kept:.1f}% at "
+                   f"{100 * by_dev['bytes'] / tb:.1f}% -> {verdict} (best on test: `{best['name']}` "
+                   f"{100 * best['chrf'] / tc:.1f}%)")
+    return out
+
+
+def plot_png(rows, tb, tc, tts, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), sharey=True)
+    markers = {"teacher": "*", "none": "D", "untrained": "x", "ft": "o", "seq": "s", "word": "^"}
+    labels = {"teacher": "teacher", "none": "no training (trim + ct)", "untrained": "pruned, untrained",
+              **{k: k + ": " + v.split(" (")[0] for k, v in METHODS.items()}}
+    for ax, key, base, title in ((axes[0], "bytes", tb, "safetensors bytes (2025)"),
+                                 (axes[1], "torch_save", tts, "torch.save after loading (2026/2027)")):
+        for m, mk in markers.items():
+            pts = [(100 * r[key] / base, 100 * r["chrf"] / tc) for r in rows if r.get("method") == m and r.get(key)]
+            if pts:
+                ax.scatter(*zip(*pts), marker=mk, label=labels[m], s=50 if m != "teacher" else 120)
+        for x in (5, 10, 25):
+            ax.axvline(x, color="grey", lw=0.6, ls=":")
+        ax.set_xscale("log")
+        ax.set_xlabel(f"% of the teacher's {title}")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("chrF++, % of the teacher's (300 test utterances)")
+    axes[0].legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_frontier(args, results: dict, argv) -> None:
+    from iwslt_mc.fsutil import atomic_write_text
+
+    rows = _rows(results)
+    teacher = results["teacher"]
+    tb, tc, tts = teacher["bytes"], teacher["chrf"], teacher.get("torch_save")
+    lines = [FRONTIER_BEGIN, "", "## With ct quantization and distillation data (issue 32)", "",
+             f"Points from `tools/bench_kd_scale.py` (table, data and budget: [fidelity-scale.md](fidelity-scale.md)): "
+             "students pruned as above (iterative search on the dev split), trimmed to 20k generated sentences, "
+             "trained by each method on the same generated utterances for the same steps (per row there), then "
+             "ct-quantized; the no-training rows quantize the trimmed teacher; test split, 300 utterances. "
+             "Front = not beaten in both chrF++ and size, per measure.", ""]
+    for key, base, title in (("bytes", tb, "safetensors bytes (2025)"), ("torch_save", tts, "torch.save after loading (2026/2027)")):
+        pts = [r for r in rows if r.get(key)]
+        front = _front(pts, key)
+        lines += [f"### {title}", "", "| point | method | chrF++ | % | bytes | % of teacher | front |",
+                  "| --- | --- | ---: | ---: | ---: | ---: | --- |"]
+        for r in sorted(pts, key=lambda r: r[key]):
+            lines.append(f"| {r['name']} | {r.get('method')} | {r['chrf']:.2f} | {100 * r['chrf'] / tc:.1f} | {r[key]:,} | "
+                         f"{100 * r[key] / base:.1f} | {'yes' if id(r) in front else ''} |")
+        lines.append("")
+    lines += ["![quality against size per method](fidelity-scale.png)", "", FRONTIER_END]
+    text = args.frontier.read_text() if args.frontier.exists() else ""
+    if FRONTIER_BEGIN in text:
+        head, rest = text.split(FRONTIER_BEGIN, 1)
+        tail = rest.split(FRONTIER_END, 1)[1] if FRONTIER_END in rest else ""
+        text = head + "\n".join(lines) + tail
+    else:
+        text = text.rstrip("\n") + "\n\n" + "\n".join(lines) + "\n"
+    atomic_write_text(args.frontier, text)
+    print(f"wrote {args.frontier}")
+
+
+def _front(pts: list[dict], key: str) -> set[int]:
+    """Points no other point beats in both size (smaller) and chrF++ (higher)."""
+    out = set()
+    for r in pts:
+        if not any(o is not r and o[key] <= r[key] and o["chrf"] >= r["chrf"] and (o[key] < r[key] or o["chrf"] > r["chrf"])
+                   for o in pts):
+            out.add(id(r))
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())
