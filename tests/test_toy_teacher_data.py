@@ -44,7 +44,9 @@ def test_excluded_sentences_are_never_drawn(tool):
 def test_kill_and_rerun_continues(tool, tmp_path, monkeypatch):
     import make_toy_corpus
 
-    from iwslt_mc import data, decoding, modelio
+    from iwslt_mc import modelio
+    from iwslt_mc.decoding import core as decoding
+    from iwslt_mc.training import data
 
     calls = []
     real_render = make_toy_corpus._render

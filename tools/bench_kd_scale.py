@@ -12,12 +12,12 @@ trains on the same audio, from the same pruned student, for the same number of s
   alpha 0.5, plus cross-entropy on the teacher's translations; no references anywhere).
 
 Students (``--sizes``, per cent of the teacher's bytes after the last step): the structure comes from
-:func:`iwslt_mc.frontier.make_variant` on ``bench_frontier.TEMPLATE`` (iterative LLM-layer search on the
+:func:`iwslt_mc.planning.frontier.make_variant` on ``bench_frontier.TEMPLATE`` (iterative LLM-layer search on the
 **dev** split, width/FFN pruning by activation importance), the vocabulary is trimmed to ``text.txt``, and
 after training the student is quantized: ct 4-bit of every linear layer and the embeddings (``ct4e``,
 the smallest safetensors; unpacked to floats when transformers loads it, so the torch.save measure counts
 floats) and ct 4-bit symmetric with float embeddings (``ct4s``: stays packed after loading). Sizes in both
-measures: safetensors bytes (2025, :func:`iwslt_mc.sizer.measure`) and the bytes of torch.save after
+measures: safetensors bytes (2025, :func:`iwslt_mc.sizing.sizer.measure`) and the bytes of torch.save after
 loading on one GPU (2026/2027, ``SizeReport.torch_save``).
 
 Choices: the pruned layers (dev split, 100 utterances); the best method per size is picked on the first
@@ -140,7 +140,10 @@ def run_all(args, results: dict, results_path: Path) -> None:
 
     import bench_fidelity
     import bench_frontier
-    from iwslt_mc import build, data, frontier, planner, recipes, sizer
+    from iwslt_mc import build, recipes
+    from iwslt_mc.planning import frontier, planner
+    from iwslt_mc.sizing import sizer
+    from iwslt_mc.training import data
     from iwslt_mc.errors import UserError
     from iwslt_mc.fsutil import atomic_write_json, atomic_write_text
     from iwslt_mc.stages import make_stage
