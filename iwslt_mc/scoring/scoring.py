@@ -91,7 +91,6 @@ def read_reference(path: str | os.PathLike, lang: str | None = None) -> list[str
     return lines
 
 
-_TARGET_NAMES = {"de": "German", "zh": "Chinese", "ar": "Arabic"}
 _EN_WORDS = frozenset("the and of to is that it in for you this was with are be have not they we on".split())
 _DE_WORDS = frozenset("der die das und ist nicht ich es sie ein eine zu den mit sich auf für wir von dass".split())
 
@@ -130,9 +129,12 @@ def check_reference_language(lines: list[str], lang: str, path) -> None:
     got = text_language(lines)
     if got is None or got == tgt or (got == "latin" and tgt == "de"):
         return
-    name = {"en": "English", "latin": "Latin-script"}.get(got) or _TARGET_NAMES.get(got, got)
-    raise InputFileError(path, f"reference reads as {name} text, not {_TARGET_NAMES.get(tgt, tgt)} (--lang {lang}): "
-                               f"pass the {_TARGET_NAMES.get(tgt, tgt)} reference, or the right --lang")
+    from ..floor.languages import LANGUAGES
+
+    names = {v.code: v.name for v in LANGUAGES.values()}
+    name = {"en": "English", "latin": "Latin-script"}.get(got) or names.get(got, got)
+    raise InputFileError(path, f"reference reads as {name} text, not {names.get(tgt, tgt)} (--lang {lang}): "
+                               f"pass the {names.get(tgt, tgt)} reference, or the right --lang")
 
 
 # ---------------------------------------------------------------------------------------------

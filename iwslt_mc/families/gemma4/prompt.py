@@ -4,16 +4,15 @@ explanation or newlines.", ``enable_thinking=False``, greedy, ``max_new_tokens=2
 
 from __future__ import annotations
 
-from ...floor.languages import check_lang
+from ...floor.languages import TARGET_LANGUAGE, check_lang
 
-LANGUAGE = {"en-de": "German", "en-zh": "Chinese", "en-ar": "Arabic"}
 PROMPT = "Translate the following speech into {language}. Output only the translation, with no explanation or newlines."
 MAX_NEW_TOKENS = 256
 CHAT_TEMPLATE_KWARGS = {"enable_thinking": False}
 
 
 def organizers_prompt(lang: str) -> str:
-    return PROMPT.format(language=LANGUAGE[check_lang(lang)])
+    return PROMPT.format(language=TARGET_LANGUAGE[check_lang(lang)])
 
 
 def messages(lang: str, instruction_text: str | None = None, audio=None) -> list[dict]:
