@@ -116,7 +116,7 @@ def test_stage_list_takes_each_stages_docstring(capsys):
         doc = importlib.import_module(f"iwslt_mc.stages.{spec.split(':')[0]}").__doc__
         first = " ".join(doc.split("\n\n")[0].split())
         assert rows[name] and first == f"{name}: {rows[name]}", name
-    assert rows["drop-vision"] == "remove the vision encoder (and its projector) of a Gemma 4 model."
+    assert rows["drop-vision"] == "remove the vision encoder (and its projector) of a model whose family has one (Gemma 4)."
     rc, out, _ = cli(capsys, "stage", "kd", "--help-options")
     assert out.splitlines()[0] == f"kd: {rows['kd']}"
 
