@@ -5,7 +5,7 @@ from ..cli import add_command
 
 def add_parser(sub):
     p = add_command(sub, "ls", help="list the shipped recipes",
-                    description="List the shipped recipes: name, model family (qwen2_audio, gemma4) and a one-line description each.",
+                    description="List the shipped recipes: name, model family and a one-line description each.",
                     examples="  iwslt-mc ls\n  iwslt-mc ls --json")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     return p
