@@ -112,10 +112,14 @@ def test_catalogue_table_is_the_planners():
     gemma = cat.predictions(family="gemma4")
     block = text.split("<!-- gemma4-catalogue:begin -->\n", 1)[1].split("\n<!-- gemma4-catalogue:end -->", 1)[0]
     assert block.splitlines() == cat.gemma4_rows(gemma)
+    omni = cat.predictions(family="qwen2_5_omni")
+    block = text.split("<!-- qwen2_5_omni-catalogue:begin -->\n", 1)[1].split("\n<!-- qwen2_5_omni-catalogue:end -->", 1)[0]
+    assert block.splitlines() == cat.gemma4_rows(omni)
     by = {p["recipe"]: p for p in preds}
     from iwslt_mc.recipes import RECIPES
 
-    assert set(by) | {p["recipe"] for p in gemma} == {n for n, _ in RECIPES}  # every recipe is in a table
+    # every recipe is in a table
+    assert set(by) | {p["recipe"] for p in gemma} | {p["recipe"] for p in omni} == {n for n, _ in RECIPES}
     for name, bin_ in LADDER:  # in the bin at 16k and at 32k tokens
         assert by[name]["bin"] == [bin_, bin_]
 

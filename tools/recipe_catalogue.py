@@ -8,6 +8,7 @@ real count depends on the data; ``build`` counts it before it starts).
     python tools/recipe_catalogue.py            # the Markdown rows
     python tools/recipe_catalogue.py --json     # the numbers
     python tools/recipe_catalogue.py --family gemma4   # the Gemma 4 recipes on the gemma-4-12B-it layout
+    python tools/recipe_catalogue.py --family qwen2_5_omni   # Qwen2.5-Omni's thinker recipes at 7B
 
 tests/test_recipe_ladder.py checks that recipes/README.md carries exactly these rows.
 """
@@ -33,8 +34,12 @@ def predictions(condition: str = "constrained", family: str = "qwen2_audio") -> 
         from iwslt_mc.families.gemma4 import gemma4_12b_config
 
         cfg = gemma4_12b_config()
-    else:
+    elif family == "qwen2_audio":
         cfg = qwen2_audio_7b_config()
+    else:  # any other family: its built-in reference architecture
+        from iwslt_mc.families import family_named
+
+        cfg = family_named(family).reference_config()
     out = []
     for name, _ in RECIPES:
         recipe = load_recipe(name)
@@ -80,11 +85,14 @@ def rows(preds: list[dict]) -> list[str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", action="store_true")
-    ap.add_argument("--family", choices=("qwen2_audio", "gemma4"), default="qwen2_audio",
-                    help="which recipes (and reference model): qwen2_audio (default) or gemma4 (the 12B layout)")
+    from iwslt_mc.families import family_names
+
+    ap.add_argument("--family", choices=family_names(), default="qwen2_audio",
+                    help="which recipes (and reference model): qwen2_audio (default; Qwen2-Audio-7B-Instruct), gemma4 "
+                         "(the gemma-4-12B-it layout), or another family on its built-in reference")
     args = ap.parse_args()
     preds = predictions(family=args.family)
-    table = gemma4_rows(preds) if args.family == "gemma4" else rows(preds)
+    table = rows(preds) if args.family == "qwen2_audio" else gemma4_rows(preds)
     print(json.dumps(preds, indent=2) if args.json else "\n".join(table))
 
 
