@@ -44,7 +44,7 @@ class Qwen25OmniFamily(Family):
     stages = ("prune-layers", "trim-vocab", "quantize", "finetune", "merge", "distill", "kd")
     strategies = {"prune-layers": ("middle", "top")}
     kit_options = ()
-    kit_variants = {"qwen2_5_omni_thinker": {}}  # the kits the shared family tests build (the coming family_kit fixture)
+    kit_variants = {"qwen2_5_omni_thinker": {}}  # the kits the shared family tests build (tests/conftest.py family_kit)
     # (name, file in recipes/): what `iwslt-mc ls` lists for this family, largest first
     recipes = (("qwen2_5_omni-int8", "qwen2_5_omni-int8.yaml"), ("qwen2_5_omni-medium", "qwen2_5_omni-medium.yaml"))
     recipe_preference = ("qwen2_5_omni-medium", "qwen2_5_omni-int8")  # trained before zero-shot
