@@ -304,7 +304,8 @@ def validate_stages(recipe: Recipe, base: str, *, condition: str, lang: str, dat
     from .families import families, family_of_model_type
     from .modelio import is_local
     from .stages import make_stage
-    from .stages.base import StageContext, read_config
+    from .floor.modeldir import read_config
+    from .stages.base import StageContext
 
     if not is_local(base) or not (Path(base) / "config.json").is_file():
         return

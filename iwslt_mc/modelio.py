@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 from .errors import InputFileError, UserError
-from .floor.modeldir import PICKLE_SUFFIXES, read_model_type
+from .floor.modeldir import PICKLE_SUFFIXES, read_config_or_none, read_model_type
 from .output import hf_progress_bars_off, silence_library_noise
 
 
@@ -292,9 +292,8 @@ def runtime_dtype(model_dir: str | os.PathLike, device: str | None):
 
     if device is not None and not str(device).startswith("cpu"):
         return None
-    try:
-        cfg = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    cfg = read_config_or_none(model_dir)
+    if cfg is None:
         return None
     q = cfg.get("quantization_config")
     if q and not (q.get("quant_method") == "compressed-tensors" and q.get("dequantize")):

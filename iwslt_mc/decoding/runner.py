@@ -151,7 +151,7 @@ def check_weight_files(model_dir) -> None:
     """Every safetensors file of ``model_dir`` holds the bytes its header describes: a truncated or
     corrupt file is a one-line error naming it, before any weight is loaded (headers only, instant)."""
     from ..errors import InputFileError
-    from ..sizing.sizer import read_header, weight_files
+    from ..floor.modeldir import read_header, weight_files
 
     base, files, _ = weight_files(model_dir)
     for rel in files:

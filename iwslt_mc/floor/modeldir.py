@@ -16,14 +16,21 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 from pathlib import Path
 from types import SimpleNamespace
 
-from ..errors import InputFileError
+from ..errors import InputFileError, UserError
 
 # Weight files in a pickle format: refused by the sizer and the loaders (pickles are never loaded).
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+INDEX_NAME = "model.safetensors.index.json"
+# A header larger than this is not a real model header (the full 7B model's is ~110 kB); refusing it
+# keeps a corrupt length field from making us read gigabytes.
+MAX_HEADER_BYTES = 100 * 10**6
 
+
+# ----------------------------------------------------------------------------- config.json
 
 def read_model_type(model_dir: str | os.PathLike) -> str | None:
     """``model_type`` from a model directory's config.json (None when it has none)."""
@@ -38,6 +45,28 @@ def read_model_type(model_dir: str | os.PathLike) -> str | None:
         raise InputFileError(f, "not a JSON object")
     mt = cfg.get("model_type")
     return mt if isinstance(mt, str) else None
+
+
+def read_config(model_dir: str | os.PathLike) -> dict:
+    """A model directory's config.json as a dict; a one-line error naming the file when it is missing or not JSON."""
+    p = Path(model_dir) / "config.json"
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{p}: not found (not a model directory)") from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"{p}: invalid JSON ({e})") from None
+
+
+def read_config_or_none(model_dir: str | os.PathLike) -> dict | None:
+    """A model directory's config.json as a dict, or None when it has none or it is unreadable or not a JSON
+    object (for what only reads a hint from it: the runtime dtype, the model type in words, the sizer's
+    torch.save measure)."""
+    try:
+        cfg = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return cfg if isinstance(cfg, dict) else None
 
 
 class PlainConfig(SimpleNamespace):
@@ -65,3 +94,87 @@ class PlainConfig(SimpleNamespace):
 
     def get_text_config(self):
         return getattr(self, "text_config", None) or self
+
+
+# ----------------------------------------------------------------------------- weight files and headers
+
+def weight_files(model_dir: str | os.PathLike) -> tuple[Path, list[str], list[str]]:
+    """(base directory, weight files relative to it, warnings). Accepts a directory or one .safetensors file."""
+    p = Path(model_dir)
+    warnings: list[str] = []
+    if not p.exists():
+        raise InputFileError(p, "no such file or directory")
+    if p.is_file():
+        if p.suffix == ".safetensors":
+            return p.parent, [p.name], warnings
+        if p.suffix in PICKLE_SUFFIXES:
+            raise InputFileError(p, _pickle_message())
+        if p.name == INDEX_NAME or p.name.endswith(".safetensors.index.json"):
+            return _from_index(p.parent, p, warnings)
+        raise InputFileError(p, "not a model directory or a .safetensors file")
+    index = p / INDEX_NAME
+    if not index.exists():
+        other = sorted(p.glob("*.safetensors.index.json"))
+        other = [q for q in other if not q.name.startswith("adapter")]
+        index = other[0] if len(other) == 1 else index
+    if index.exists():
+        return _from_index(p, index, warnings)
+    files = sorted(q.name for q in p.glob("*.safetensors") if q.is_file())
+    pickles = sorted(q.name for q in p.iterdir() if q.is_file() and q.suffix in PICKLE_SUFFIXES and q.name != "training_args.bin")
+    if not files:
+        if pickles:
+            raise InputFileError(p / pickles[0], _pickle_message())
+        raise InputFileError(p, "no weight files (*.safetensors) in this directory")
+    if pickles:
+        warnings.append(f"pickle checkpoint files not counted (convert to safetensors or delete them before upload): {', '.join(pickles)}")
+    if any(f.startswith("adapter_model") for f in files):
+        warnings.append("adapter weights (adapter_model*.safetensors) are counted: merge the adapter into the model before sizing a submission")
+    return p, files, warnings
+
+
+def _from_index(base: Path, index: Path, warnings: list[str]) -> tuple[Path, list[str], list[str]]:
+    try:
+        data = json.loads(index.read_text(encoding="utf-8"))
+        weight_map = data["weight_map"]
+        files = sorted(set(weight_map.values()))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+        raise InputFileError(index, f"corrupt safetensors index ({type(e).__name__}: {e})") from None
+    for f in files:
+        if not (base / f).is_file():
+            raise InputFileError(base / f, f"shard listed in {index.name} is missing")
+    unlisted = sorted(q.name for q in base.glob("*.safetensors") if q.name not in files)
+    if unlisted:
+        warnings.append(f"safetensors files not listed in {index.name} are not counted: {', '.join(unlisted)}")
+    return base, files, warnings
+
+
+def _pickle_message() -> str:
+    return ("pickle checkpoint: iwslt-mc never unpickles weights (unpickling runs arbitrary code); "
+            "convert to safetensors, e.g. load the model and call save_pretrained(dir, safe_serialization=True)")
+
+
+def read_header(path: str | os.PathLike) -> tuple[dict, int]:
+    """Parse the JSON header of one safetensors file; returns (header, bytes of length field + header).
+
+    Raises :class:`InputFileError` naming the file when it is truncated or not safetensors.
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise InputFileError(path, f"truncated safetensors file ({size} bytes, not even the 8-byte header length)")
+            (n,) = struct.unpack("<Q", head)
+            if n > MAX_HEADER_BYTES or 8 + n > size:
+                raise InputFileError(path, f"truncated or corrupt safetensors header (header length field says {n} bytes, file has {size})")
+            raw = f.read(n)
+    except OSError as e:
+        raise InputFileError(path, f"cannot read: {e.strerror or e}") from None
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InputFileError(path, f"corrupt safetensors header (not valid JSON: {e})") from None
+    if not isinstance(header, dict):
+        raise InputFileError(path, "corrupt safetensors header (not a JSON object)")
+    return header, 8 + n

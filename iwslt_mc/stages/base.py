@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import glob
-import json
 import shutil
 import time
 import types
@@ -28,6 +27,7 @@ from typing import Any, Callable, ClassVar, Literal
 
 from .. import distributed
 from ..errors import UserError
+from ..floor.modeldir import read_config
 
 
 # transformers.trainer_utils.SchedulerType's values, which the training stages accept: importing that module
@@ -306,16 +306,6 @@ def config_without_layers(cfg: dict, llm: list[int], audio: int = 0) -> dict:
         if key in a:
             a[key] = int(a[key]) - audio
     return out
-
-
-def read_config(model_dir: Path) -> dict:
-    p = Path(model_dir) / "config.json"
-    try:
-        return json.loads(p.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{p}: not found (not a model directory)") from None
-    except json.JSONDecodeError as e:
-        raise UserError(f"{p}: invalid JSON ({e})") from None
 
 
 def remove_stale_partials(out_dir: Path) -> None:

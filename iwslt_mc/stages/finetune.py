@@ -40,8 +40,9 @@ from pathlib import Path
 from typing import Literal
 
 from ..errors import UserError
+from ..floor.modeldir import read_config
 from ..training.common import FREEZABLE, count_params, freeze_components, load_dtype
-from .base import Stage, StageContext, StageOptions, read_config
+from .base import Stage, StageContext, StageOptions
 
 ADAPTER_DIR = "adapter"  # same name the merge stage looks for by default
 

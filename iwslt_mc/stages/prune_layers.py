@@ -30,7 +30,8 @@ from typing import Literal
 
 from ..errors import UserError
 from ..floor.layers import fmt_layers, middle_block, top_block
-from .base import Stage, StageContext, StageOptions, read_config
+from ..floor.modeldir import read_config
+from .base import Stage, StageContext, StageOptions
 
 SEARCH_LOG = "prune_search.jsonl"
 
