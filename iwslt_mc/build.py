@@ -212,7 +212,8 @@ def _run_stages(recipe: Recipe, state: dict, prediction: dict | None, *, lang: s
                 condition: str, out: Path, resume: bool, smoke: bool, seed: int, device: str | None, edition: str,
                 log) -> BuildResult:
     from .sizing import sizer
-    from .modelio import is_local, model_fingerprint
+    from .floor.modeldir import model_fingerprint
+    from .modelio import is_local
     from .stages import make_stage
     from .stages.base import StageContext, run_stage
 

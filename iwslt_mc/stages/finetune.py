@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Literal
 
 from ..errors import UserError
-from ..floor.modeldir import read_config
+from ..floor.modeldir import model_fingerprint, read_config
 from ..training.common import FREEZABLE, count_params, freeze_components, load_dtype
 from .base import Stage, StageContext, StageOptions
 
@@ -269,7 +269,7 @@ class Finetune(Stage):
             device="cpu" if device == "cpu" else None, progress=o.progress)
         work_dir = Path(ctx.work_dir) if ctx.work_dir else out_dir.with_name(out_dir.name + ".work")
 
-        ident = {"input": modelio.model_fingerprint(in_dir), "options": {
+        ident = {"input": model_fingerprint(in_dir), "options": {
             k: v for k, v in dataclasses.asdict(o).items() if k not in ("save_steps", "save_total_limit", "logging_steps", "progress")}}
         result = training.train(model, processor, examples, ctx.lang, settings, work_dir=work_dir, log=ctx.log,
                                 identity=json.loads(json.dumps(ident, default=str)))

@@ -284,7 +284,7 @@ class PruneLayers(Stage):
         import numpy as np
 
         from ..training.data import describe_data, load_examples
-        from ..modelio import model_fingerprint
+        from ..floor.modeldir import model_fingerprint
         from ..training.calibration import heldout_segments
         from ..pruning import importance as imp
 
