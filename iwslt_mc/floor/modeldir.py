@@ -1,6 +1,9 @@
-"""A model directory as files, read without torch or transformers: its ``config.json`` (a dict, or a
-:class:`PlainConfig`), the model type it names, which of its files are pickled weights. The family seam
-(:func:`iwslt_mc.families.family_for`), the planner, the sizer, the stages and the loaders read it here.
+"""A model directory as files, read without torch or transformers, in one place: its ``config.json`` (a dict:
+:func:`read_config`, :func:`read_config_or_none`; or a :class:`PlainConfig`), the model type it names, its
+weight files (one ``.safetensors`` file or a sharded index; pickles are refused, never loaded), their
+safetensors headers, and the fingerprint of its content (sha256 of every weight byte, cached beside the
+weights). The family seam (:func:`iwslt_mc.families.family_for`), the planner, the sizer, the stages, the
+build, the decoder and the packager read it here.
 
 :class:`PlainConfig`: a model's ``config.json`` as a plain object, attribute access without transformers.
 The planner reads a base's widths, layer counts and vocabulary from its config and changes them (fewer
