@@ -212,7 +212,8 @@ def _run_stages(recipe: Recipe, state: dict, prediction: dict | None, *, lang: s
                 condition: str, out: Path, resume: bool, smoke: bool, seed: int, device: str | None, edition: str,
                 log) -> BuildResult:
     from .sizing import sizer
-    from .modelio import is_local, model_fingerprint
+    from .floor.modeldir import model_fingerprint
+    from .modelio import is_local
     from .stages import make_stage
     from .stages.base import StageContext, run_stage
 
@@ -304,7 +305,8 @@ def validate_stages(recipe: Recipe, base: str, *, condition: str, lang: str, dat
     from .families import families, family_of_model_type
     from .modelio import is_local
     from .stages import make_stage
-    from .stages.base import StageContext, read_config
+    from .floor.modeldir import read_config
+    from .stages.base import StageContext
 
     if not is_local(base) or not (Path(base) / "config.json").is_file():
         return

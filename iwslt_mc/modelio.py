@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from pathlib import Path
 
 from .errors import InputFileError, UserError
-from .floor.modeldir import PICKLE_SUFFIXES, read_model_type
+from .floor.modeldir import PICKLE_SUFFIXES, read_config_or_none, read_model_type
 from .output import hf_progress_bars_off, silence_library_noise
 
 
@@ -41,144 +40,6 @@ def require_supported_model(model_dir: str | os.PathLike) -> str:
         raise InputFileError(Path(model_dir), f"not a Qwen2-Audio model (model_type {mt!r} in config.json; "
                                               f"supported families: {supported_text()})")
     return mt
-
-
-FINGERPRINT_CACHE = ".iwslt-mc-fingerprint"  # beside the weights; no .json suffix: not one of the model's files
-_FINGERPRINT_CACHE_FORMAT = 1
-# A weight file modified this recently may change again within its mtime's granularity (the racy case
-# git knows): its digest is used but not cached.
-_RACY_SECONDS = 2.0
-
-
-def model_fingerprint(model_dir) -> str:
-    """Identity of a model directory's content: its JSON and template files (minus provenance) and the
-    sha256 of every byte of every weight file (any changed byte changes it, even at the same size).
-    Used to refuse resuming or packaging against another model.
-
-    Each weight file is hashed once: its digest is cached beside the weights (``.iwslt-mc-fingerprint``),
-    keyed by the file's name, size and mtime, and reused while those match; a read-only model directory
-    keeps the cache under ``$XDG_CACHE_HOME/iwslt-mc/fingerprints/`` instead, or nowhere (never an error).
-    """
-    import hashlib
-
-    d = Path(model_dir)
-    h = hashlib.sha256()
-    for f in sorted(d.glob("*.json")) + sorted(d.glob("*.jinja")):
-        if f.name != "provenance.json":
-            h.update(f.name.encode() + b"\0" + f.read_bytes())
-    for name, size, digest in weight_digests(d):
-        h.update(f"{name}\0{size}\0{digest}\0".encode())
-    return h.hexdigest()[:16]
-
-
-def legacy_model_fingerprint(model_dir) -> str:
-    """The fingerprint iwslt-mc wrote before the full-content one: JSON files and, per weight file, its size
-    and first and last MiB. Only to recognize logs, builds and manifests written then (a change in the middle
-    of a weight file does not show in it)."""
-    import hashlib
-
-    d = Path(model_dir)
-    h = hashlib.sha256()
-    for f in sorted(d.glob("*.json")) + sorted(d.glob("*.jinja")):
-        if f.name != "provenance.json":
-            h.update(f.name.encode() + b"\0" + f.read_bytes())
-    for f in sorted(d.glob("*.safetensors")):
-        size = f.stat().st_size
-        h.update(f"{f.name}\0{size}\0".encode())
-        with f.open("rb") as fh:
-            h.update(fh.read(1 << 20))
-            fh.seek(max(0, size - (1 << 20)))
-            h.update(fh.read(1 << 20))
-    return h.hexdigest()[:16]
-
-
-def _sha256_of_file(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    buf = bytearray(8 << 20)
-    view = memoryview(buf)
-    with path.open("rb", buffering=0) as f:
-        while n := f.readinto(buf):
-            h.update(view[:n])  # hashlib releases the GIL: files hash in parallel threads
-    return h.hexdigest()
-
-
-def _fingerprint_cache_paths(d: Path) -> list[Path]:
-    """Where a directory's digest cache may live: beside the weights, else under the user's cache."""
-    import hashlib
-
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "iwslt-mc" / "fingerprints"
-    key = hashlib.sha256(str(d.resolve()).encode()).hexdigest()[:32]
-    return [d / FINGERPRINT_CACHE, base / f"{key}.json"]
-
-
-def _read_fingerprint_cache(paths: list[Path]) -> list[dict]:
-    found = []
-    for p in paths:
-        try:
-            c = json.loads(p.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        if isinstance(c, dict) and c.get("format") == _FINGERPRINT_CACHE_FORMAT and isinstance(c.get("files"), dict):
-            found.append(c["files"])
-    return found
-
-
-def _write_fingerprint_cache(paths: list[Path], d: Path, files: dict) -> None:
-    from .fsutil import atomic_write_json
-
-    obj = {"format": _FINGERPRINT_CACHE_FORMAT, "dir": str(d.resolve()), "files": files,
-           "what": "sha256 of each weight file, valid while its size and mtime match (iwslt-mc model_fingerprint)"}
-    for p in paths:
-        try:
-            atomic_write_json(p, obj)
-            return
-        except OSError:  # read-only model directory, full disk, ...: try the next place, else no cache
-            continue
-
-
-def weight_digests(model_dir) -> list[tuple[str, int, str]]:
-    """``(file name, size, sha256)`` of each ``*.safetensors`` file of a model directory, sorted by name;
-    digests come from the cache while a file's size and mtime match it (see :func:`model_fingerprint`)."""
-    import time
-    from concurrent.futures import ThreadPoolExecutor
-
-    d = Path(model_dir)
-    files = sorted(d.glob("*.safetensors"))
-    stats = {f.name: f.stat() for f in files}
-    paths = _fingerprint_cache_paths(d)
-    caches = _read_fingerprint_cache(paths)
-
-    def valid(name: str) -> str | None:
-        st = stats[name]
-        for cached in caches:
-            c = cached.get(name)
-            if isinstance(c, dict) and c.get("size") == st.st_size and c.get("mtime_ns") == st.st_mtime_ns \
-                    and isinstance(c.get("sha256"), str):
-                return c["sha256"]
-        return None
-
-    digests = {f.name: valid(f.name) for f in files}
-    todo = [f for f in files if digests[f.name] is None]
-    if todo:
-        started = time.time()
-        with ThreadPoolExecutor(max_workers=max(1, min(len(todo), os.cpu_count() or 1))) as pool:
-            for f, digest in zip(todo, pool.map(_sha256_of_file, todo)):
-                digests[f.name] = digest
-        now = {f.name: f.stat() for f in todo}
-        keep = {n: {"size": stats[n].st_size, "mtime_ns": stats[n].st_mtime_ns, "sha256": digests[n]}
-                for n in stats if n not in {f.name for f in todo}}
-        for f in todo:
-            st = now[f.name]
-            if (st.st_size, st.st_mtime_ns) != (stats[f.name].st_size, stats[f.name].st_mtime_ns):
-                continue  # changed while being read
-            if st.st_mtime_ns / 1e9 > started - _RACY_SECONDS:
-                continue  # too recent to trust its mtime (may change again within the same tick)
-            keep[f.name] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digests[f.name]}
-        if keep or caches:  # remember what is new, forget what is stale
-            _write_fingerprint_cache(paths, d, keep)
-    return [(f.name, stats[f.name].st_size, digests[f.name]) for f in files]
 
 
 def is_local(spec: str | os.PathLike) -> bool:
@@ -292,9 +153,8 @@ def runtime_dtype(model_dir: str | os.PathLike, device: str | None):
 
     if device is not None and not str(device).startswith("cpu"):
         return None
-    try:
-        cfg = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    cfg = read_config_or_none(model_dir)
+    if cfg is None:
         return None
     q = cfg.get("quantization_config")
     if q and not (q.get("quant_method") == "compressed-tensors" and q.get("dequantize")):

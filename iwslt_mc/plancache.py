@@ -35,12 +35,13 @@ def transformers_version() -> str:
 @functools.lru_cache(maxsize=1)
 def _code_digest() -> str:
     """SHA-256 of the code that computes what is stored (the families' modules, torchsave, the floor's state-dict
-    layouts and sizes, configjson, quantization formats, this module): a change to it, not only a new release,
-    makes earlier entries misses."""
+    layouts, sizes and model-directory reader (PlainConfig), quantization formats, this module): a change to it,
+    not only a new release, makes earlier entries misses."""
     here = Path(__file__).resolve().parent
     h = hashlib.sha256()
-    for f in sorted([*(here / "families").rglob("*.py"), here / "sizing" / "torchsave.py", here / "configjson.py",
+    for f in sorted([*(here / "families").rglob("*.py"), here / "sizing" / "torchsave.py",
                      here / "quantization" / "formats.py", here / "floor" / "statedict.py", here / "floor" / "sizes.py",
+                     here / "floor" / "modeldir.py",
                      Path(__file__).resolve()]):
         name = f.relative_to(here).as_posix()  # two families' plan.py are two entries
         try:

@@ -200,7 +200,7 @@ def _strip_refs(options: dict) -> dict:
 def apply_overrides(recipe: Recipe, sets: list[str]) -> Recipe:
     """``--set ID.key=value`` (or ``STAGE.key=value`` when the stage name is unique) -> new options."""
     from .stages import make_stage
-    from .stages.base import parse_set
+    from .floor.options import parse_set
 
     if not sets:
         return recipe

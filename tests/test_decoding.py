@@ -373,7 +373,7 @@ def test_a_second_decode_of_the_same_output_is_refused_while_the_first_runs(kit,
 
 
 def test_resume_accepts_a_log_of_the_older_partial_fingerprint(kit, tmp_path, eval_run):
-    from iwslt_mc.modelio import legacy_model_fingerprint
+    from iwslt_mc.floor.modeldir import legacy_model_fingerprint
 
     out = tmp_path / "hyp.de"
     log = Path(str(out) + ".jsonl")

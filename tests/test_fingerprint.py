@@ -7,8 +7,8 @@ import os
 import struct
 from pathlib import Path
 
-from iwslt_mc import modelio
-from iwslt_mc.modelio import FINGERPRINT_CACHE, legacy_model_fingerprint, model_fingerprint
+from iwslt_mc.floor import modeldir
+from iwslt_mc.floor.modeldir import FINGERPRINT_CACHE, legacy_model_fingerprint, model_fingerprint
 
 
 def _header(path: Path) -> tuple[int, dict]:
@@ -74,8 +74,8 @@ def test_digest_cached_beside_the_weights_and_invalidated_by_size_or_mtime(kit, 
     shutil.copytree(kit / "model", d)
     _old_mtimes(d)
     calls = []
-    real = modelio._sha256_of_file
-    monkeypatch.setattr(modelio, "_sha256_of_file", lambda p: calls.append(p.name) or real(p))
+    real = modeldir._sha256_of_file
+    monkeypatch.setattr(modeldir, "_sha256_of_file", lambda p: calls.append(p.name) or real(p))
     fp = model_fingerprint(d)
     assert calls == ["model.safetensors"]
     cache = json.loads((d / FINGERPRINT_CACHE).read_text())
@@ -115,8 +115,8 @@ def test_unwritable_model_dir_falls_back_to_the_user_cache_then_to_none(kit, tmp
     cached = list((tmp_path / "xdg" / "iwslt-mc" / "fingerprints").glob("*.json"))
     assert len(cached) == 1 and json.loads(cached[0].read_text())["dir"] == str(d.resolve())
     calls = []
-    real = modelio._sha256_of_file
-    monkeypatch.setattr(modelio, "_sha256_of_file", lambda p: calls.append(p.name) or real(p))
+    real = modeldir._sha256_of_file
+    monkeypatch.setattr(modeldir, "_sha256_of_file", lambda p: calls.append(p.name) or real(p))
     assert model_fingerprint(d) == fp and calls == []  # read back from the user cache
     # no cache anywhere writable: still the same fingerprint, no error
     shutil.rmtree(tmp_path / "xdg")
@@ -133,7 +133,7 @@ def test_fingerprint_hashes_several_shards_and_names_them(tmp_path):
     (d / "config.json").write_text("{}")
     save_file({"a": np.zeros(10, np.float32)}, str(d / "model-00001-of-00002.safetensors"))
     save_file({"b": np.ones(10, np.float32)}, str(d / "model-00002-of-00002.safetensors"))
-    digests = modelio.weight_digests(d)
+    digests = modeldir.weight_digests(d)
     assert [n for n, _, _ in digests] == ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
     from iwslt_mc.fsutil import sha256_file
 

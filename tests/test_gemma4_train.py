@@ -16,6 +16,7 @@ import torch
 
 from iwslt_mc.training import data, training
 from iwslt_mc import modelio
+from iwslt_mc.floor import modeldir
 from iwslt_mc.sizing import sizer
 from iwslt_mc.errors import UserError
 from iwslt_mc.stages import make_stage
@@ -352,7 +353,7 @@ def test_package_iwslt27_of_a_gemma_decode(gkit, tmp_path):
     assert (res.dir / f"{name}.acl.txt").read_bytes() == hyp.read_bytes()
     assert len(hyp.read_text(encoding="utf-8").splitlines()) == 3
     m = res.manifest
-    assert m["model_fingerprint"] == modelio.model_fingerprint(model_dir) and m["unverified_hypotheses"] == []
+    assert m["model_fingerprint"] == modeldir.model_fingerprint(model_dir) and m["unverified_hypotheses"] == []
     assert m["size_measure"] == "torch_save_bytes"
     # the organizers' measure: torch.save of the state dict of the model loaded as their script loads it
     real = tmp_path / "tmpabcdefgh.pt"

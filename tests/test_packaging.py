@@ -522,7 +522,7 @@ TEST_SETS_DE = ("tvseries", "acl", "callcenter", "youtube", "businessnews", "acc
 
 def decode_log(hyp_path: Path, model_dir: Path, n: int, lang: str = "en-de", fingerprint: str | None = None) -> Path:
     """A decode log as 'iwslt-mc decode' writes it beside its output (header, segments, summary)."""
-    from iwslt_mc.modelio import model_fingerprint
+    from iwslt_mc.floor.modeldir import model_fingerprint
 
     recs = [{"type": "header", "format": "iwslt-mc-decode/1", "model": str(model_dir),
              "model_fingerprint": fingerprint or model_fingerprint(model_dir), "segments": n, "lang": lang}]
@@ -560,7 +560,8 @@ def test_2027_package_names_files_per_test_set_and_check_passes(kit_copy, tmp_pa
 
     import torch
 
-    from iwslt_mc.modelio import load_model, model_fingerprint
+    from iwslt_mc.floor.modeldir import model_fingerprint
+    from iwslt_mc.modelio import load_model
 
     res = sub_package.package(kit_copy, team="HW-TSC", lp="en-de", condition="constrained", submission_type="primary",
                             hyps=hyp_set(tmp_path, kit_copy), out=tmp_path / "subs")
@@ -850,7 +851,7 @@ def test_a_tensor_changed_in_the_middle_refuses_the_old_hypotheses(kit_copy, tmp
     the middle of the weight file (which the old first-and-last-MiB fingerprint missed) and 'check' reports it."""
     from test_fingerprint import change_middle_tensor
 
-    from iwslt_mc.modelio import legacy_model_fingerprint, model_fingerprint
+    from iwslt_mc.floor.modeldir import legacy_model_fingerprint, model_fingerprint
 
     hyps = hyp_set(tmp_path, kit_copy)
     res = sub_package.package(kit_copy, team="KIT", lp="en-de", condition="constrained", submission_type="primary",
@@ -871,7 +872,7 @@ def test_a_tensor_changed_in_the_middle_refuses_the_old_hypotheses(kit_copy, tmp
 def test_logs_and_manifests_of_the_older_partial_fingerprint_still_match(kit_copy, tmp_path):
     """Decode logs and manifests written before the full-content fingerprint record the old one: accepted with a
     warning/note saying so, never reported as another model."""
-    from iwslt_mc.modelio import legacy_model_fingerprint
+    from iwslt_mc.floor.modeldir import legacy_model_fingerprint
 
     old = legacy_model_fingerprint(kit_copy)
     hyps = hyp_set(tmp_path, kit_copy)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from iwslt_mc.floor import modeldir
 from iwslt_mc.sizing import sizer
 from iwslt_mc.cli import main
 from iwslt_mc.errors import InputFileError, UserError
@@ -98,7 +99,7 @@ def test_quantized_logical_params(quantized, name):
     with safe_open(path / "model.safetensors", "np") as f:
         state = [k for k in f.keys() if k.endswith(state_suffixes)]
     assert state
-    header, hb = sizer.read_header(path / "model.safetensors")
+    header, hb = modeldir.read_header(path / "model.safetensors")
     assert rep.overhead == sum(header[k]["data_offsets"][1] - header[k]["data_offsets"][0] for k in state)
     n_linear = 4 * 7 + 2 * 6 + 1  # LLM q,k,v,o,gate,up,down; audio q,k,v,out,fc1,fc2; projector
     assert rep.quantized == {("bnb-nf4" if name == "nf4-dq" else "bnb-int8"): n_linear}
@@ -114,16 +115,16 @@ def test_sharded_and_unindexed(quantized, tmp_path):
     model = Qwen2AudioForConditionalGeneration.from_pretrained(quantized["bf16"][0], dtype=torch.bfloat16)
     model.save_pretrained(tmp_path / "sharded", max_shard_size="100KB")
     shards = sorted(p.name for p in (tmp_path / "sharded").glob("*.safetensors"))
-    assert len(shards) > 1 and (tmp_path / "sharded" / sizer.INDEX_NAME).exists()
+    assert len(shards) > 1 and (tmp_path / "sharded" / modeldir.INDEX_NAME).exists()
     rep = sizer.measure(tmp_path / "sharded")
     assert rep.files == shards
     assert rep.bytes == safetensors_bytes(tmp_path / "sharded")
     assert rep.params == quantized["bf16"][1]
     # without the index every *.safetensors file is counted
-    (tmp_path / "sharded" / sizer.INDEX_NAME).unlink()
+    (tmp_path / "sharded" / modeldir.INDEX_NAME).unlink()
     assert sizer.measure(tmp_path / "sharded").params == rep.params
     # a shard the index lists but that is missing: error naming it
-    (tmp_path / "sharded" / sizer.INDEX_NAME).write_text(json.dumps({"weight_map": {"a": "gone.safetensors"}}))
+    (tmp_path / "sharded" / modeldir.INDEX_NAME).write_text(json.dumps({"weight_map": {"a": "gone.safetensors"}}))
     with pytest.raises(InputFileError, match="gone.safetensors"):
         sizer.measure(tmp_path / "sharded")
 
@@ -369,7 +370,7 @@ def test_torch_save_measure_equals_a_real_torch_save(variants, name, tmp_path):
     real_gpu, pkl_gpu = real_torch_save(d, tmp_path, cuda_tags=True)
     assert ts.bytes == real_gpu and real_gpu > real_cpu
     # the pickle is the same byte for byte, not only its length
-    header = sizer.read_header(Path(d) / "model.safetensors")[0]
+    header = modeldir.read_header(Path(d) / "model.safetensors")[0]
     tensors = [(k, v["dtype"], tuple(v["shape"])) for k, v in header.items() if k != "__metadata__"]
     entries, modules = torchsave.state_dict_layout(tensors, json.loads((Path(d) / "config.json").read_text()))
     assert torchsave.pickle_state_dict(entries, modules, "cpu") == pkl_cpu

@@ -24,7 +24,8 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from iwslt_mc import __version__, modelio
+from iwslt_mc import __version__
+from iwslt_mc.floor import modeldir
 from iwslt_mc.planning import planner  # noqa: E402
 
 
@@ -45,10 +46,10 @@ def main() -> int:
             os.utime(f, (old, old))
         total = sum(os.stat(f).st_size for f in files)
         t0, c0 = time.perf_counter(), time.process_time()
-        fp = modelio.model_fingerprint(out)
+        fp = modeldir.model_fingerprint(out)
         cold, cold_cpu = time.perf_counter() - t0, time.process_time() - c0
         t0 = time.perf_counter()
-        fp2 = modelio.model_fingerprint(out)
+        fp2 = modeldir.model_fingerprint(out)
         warm = time.perf_counter() - t0
         real = None
         if args.real_mb:
@@ -57,7 +58,7 @@ def main() -> int:
                 for _ in range(args.real_mb):
                     fh.write(os.urandom(1 << 20))
             t0 = time.perf_counter()
-            modelio._sha256_of_file(r)
+            modeldir._sha256_of_file(r)
             dt = time.perf_counter() - t0
             real = {"mb": args.real_mb, "s": round(dt, 3), "mb_per_s": round(args.real_mb * 1.048576 / dt)}
     result = {"precision": args.precision, "files": len(files), "bytes": total, "fingerprint": fp,

@@ -248,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eval-limit", type=int, default=None, help="score only the first N test utterances")
     ap.add_argument("--fixture", type=Path, help="also export the float16 teacher and data slices here")
     args = ap.parse_args(argv)
-    from iwslt_mc.stages.base import parse_set
+    from iwslt_mc.floor.options import parse_set
 
     args.work.mkdir(parents=True, exist_ok=True)
     init = args.work / "init"

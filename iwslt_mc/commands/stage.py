@@ -103,7 +103,8 @@ def run(args) -> int:
 
     from ..stages import make_stage
     from ..distributed import rank
-    from ..stages.base import StageContext, parse_set, run_stage
+    from ..floor.options import parse_set
+    from ..stages.base import StageContext, run_stage
 
     stage = make_stage(args.name, parse_set(args.set))
     if args.smoke:

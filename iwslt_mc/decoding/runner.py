@@ -151,7 +151,7 @@ def check_weight_files(model_dir) -> None:
     """Every safetensors file of ``model_dir`` holds the bytes its header describes: a truncated or
     corrupt file is a one-line error naming it, before any weight is loaded (headers only, instant)."""
     from ..errors import InputFileError
-    from ..sizing.sizer import read_header, weight_files
+    from ..floor.modeldir import read_header, weight_files
 
     base, files, _ = weight_files(model_dir)
     for rel in files:
@@ -350,7 +350,8 @@ def _header(model_dir, audio, *, lang: str, mode: str, prompt: str | None, max_l
     """The decode log's header: what the hypotheses were made from (compared on ``--resume``)."""
     from pathlib import Path
 
-    from ..modelio import is_local, model_fingerprint
+    from ..floor.modeldir import model_fingerprint
+    from ..modelio import is_local
 
     return {
         "type": "header", "format": LOG_FORMAT,
@@ -369,7 +370,8 @@ def _read_earlier_logs(model_dir, out, log, header: dict, dist, *, resume: bool,
     """Take the output's lock, then the records of earlier logs of this run (``resume``), after refusing
     logs or outputs that would be lost (without ``resume``/``overwrite``) or belong to another run."""
     from ..errors import InputFileError
-    from ..modelio import is_local, legacy_model_fingerprint
+    from ..floor.modeldir import legacy_model_fingerprint
+    from ..modelio import is_local
 
     try:
         out.parent.mkdir(parents=True, exist_ok=True)

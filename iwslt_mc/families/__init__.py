@@ -86,7 +86,7 @@ def family_for(model_dir: str | os.PathLike) -> Family:
 
 
 def family_of_config(config) -> Family:
-    """The family of a transformers config object (or a :class:`~iwslt_mc.configjson.PlainConfig`): the one
+    """The family of a transformers config object (or a :class:`~iwslt_mc.floor.modeldir.PlainConfig`): the one
     whose :attr:`Family.model_types` has its ``model_type``; the default family when it names none (no
     config, no ``model_type``); a one-line UserError naming its config.json when no family knows it."""
     mt = getattr(config, "model_type", None)

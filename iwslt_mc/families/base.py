@@ -208,7 +208,7 @@ class Family:
 
     def reference_config(self, plain: bool = True):
         """The family's built-in full-size reference architecture (``plain``: a
-        :class:`~iwslt_mc.configjson.PlainConfig`, else a transformers config), or None when the planner
+        :class:`~iwslt_mc.floor.modeldir.PlainConfig`, else a transformers config), or None when the planner
         needs ``--base`` for this family."""
         return None
 
@@ -230,7 +230,7 @@ class Family:
         return None
 
     def plain_config(self, raw: dict):
-        """``raw`` (a config.json dict) as a :class:`~iwslt_mc.configjson.PlainConfig` the planner reads
+        """``raw`` (a config.json dict) as a :class:`~iwslt_mc.floor.modeldir.PlainConfig` the planner reads
         without importing transformers (ValueError when a field is unusable); None: the planner loads the
         transformers config instead."""
         return None

@@ -59,7 +59,7 @@ DEFAULT_MAX_SHARD_BYTES = 50 * 10**9
 
 def reference_config(plain: bool = False):
     """The default family's built-in full-size reference architecture (``plain``: a
-    :class:`~iwslt_mc.configjson.PlainConfig`, no transformers import; else a transformers config)."""
+    :class:`~iwslt_mc.floor.modeldir.PlainConfig`, no transformers import; else a transformers config)."""
     from ..families import default_family
 
     return default_family().reference_config(plain=plain)
@@ -75,7 +75,7 @@ def reference_label() -> str:
 def load_base_config(model_dir: str | Path, *, plain: bool = False):
     """The transformers config of a model directory (``config.json`` only; no weights are read).
 
-    ``plain``: a :class:`~iwslt_mc.configjson.PlainConfig` instead where the directory's family reads its
+    ``plain``: a :class:`~iwslt_mc.floor.modeldir.PlainConfig` instead where the directory's family reads its
     config without transformers (:meth:`iwslt_mc.families.Family.plain_config`; Qwen2-Audio, Gemma 4), for the
     planner's arithmetic (``plan`` starts in well under a second that way)."""
     p = Path(model_dir)

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..errors import UserError
+from ..floor.options import set_value_text
 from ..floor.sizes import is_quant_precision, parse_ct_precision
 from .planner import Spec, base_dims, reference_config, resolve_dims
 
@@ -78,7 +79,7 @@ class BuildStep:
     note: str = ""
 
     def sets(self) -> list[str]:
-        return [f"{k}={_yaml_value(v)}" for k, v in self.options.items()]
+        return [f"{k}={set_value_text(v)}" for k, v in self.options.items()]
 
     def text(self, notes: bool = True) -> str:
         opts = " ".join(self.sets())
@@ -104,14 +105,6 @@ class BuildPlan:
     def to_json(self) -> dict:
         return {"stages": [{"stage": s.stage, "options": s.options, "note": s.note} for s in self.steps],
                 "recipe": self.recipe, "overrides": self.overrides, "command": self.recipe_command()}
-
-
-def _yaml_value(v) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (list, tuple)):
-        return "[" + ",".join(_yaml_value(x) for x in v) + "]"
-    return str(v)
 
 
 def build_plan(spec: Spec, base_config=None, *, match_recipe: bool = True) -> BuildPlan:
@@ -242,7 +235,7 @@ def _overrides_for(recipe, need: dict) -> list[str] | None:
 
     def setv(e, key, value, default=None):
         if e.options.get(key, default) != value:
-            sets.append(f"{e.id}.{key}={_yaml_value(value)}")
+            sets.append(f"{e.id}.{key}={set_value_text(value)}")
 
     prunes = [e for e in size if e.stage == "prune-layers"]
     if prunes:
@@ -308,4 +301,4 @@ def _quantize_sets(e, want: dict, setv, sets: list) -> None:
         if "double_quant" in want:
             setv(e, "double_quant", want["double_quant"], True)
     if list(e.options.get("skip", ["lm_head"])) != want["skip"]:
-        sets.append(f"{e.id}.skip={_yaml_value(want['skip'])}")
+        sets.append(f"{e.id}.skip={set_value_text(want['skip'])}")

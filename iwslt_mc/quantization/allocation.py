@@ -161,12 +161,12 @@ _SAFETENSORS_SIZE = {"F32": 4, "F16": 2, "BF16": 2, "F64": 8}
 
 def _disk_tensors(model_dir: Path) -> tuple[list[tuple], dict]:
     """(name, dtype, shape, nbytes) of every stored tensor, and config.json."""
-    from ..sizing import sizer
+    from ..floor.modeldir import read_header, weight_files
 
-    base, files, _ = sizer.weight_files(model_dir)
+    base, files, _ = weight_files(model_dir)
     out = []
     for rel in files:
-        header, _ = sizer.read_header(base / rel)
+        header, _ = read_header(base / rel)
         for name, meta in header.items():
             if name == "__metadata__":
                 continue

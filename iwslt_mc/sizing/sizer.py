@@ -29,7 +29,7 @@ from pathlib import Path
 from .. import __version__
 from . import torchsave
 from ..errors import InputFileError
-from ..floor.modeldir import PICKLE_SUFFIXES
+from ..floor.modeldir import read_config_or_none, read_header, read_model_type, weight_files
 from ..floor.statedict import ct_loads_packed, ct_quantization_config
 from .track import GB, GiB, MB, format_size, get_edition, size_bin, size_bin_binary
 
@@ -42,11 +42,6 @@ DTYPE_BITS = {
     "C64": 64,
     "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6,
 }
-
-INDEX_NAME = "model.safetensors.index.json"
-# A header larger than this is not a real model header (the full 7B model's is ~110 kB); refusing it
-# keeps a corrupt length field from making us read gigabytes.
-MAX_HEADER_BYTES = 100 * MB
 
 # Suffixes that bitsandbytes appends to a 4-bit weight's key for its quantization state.
 _BNB4_STATE_SUFFIXES = (".absmax", ".quant_map", ".nested_absmax", ".nested_quant_map")
@@ -112,33 +107,6 @@ class SizeReport:
 
 # ----------------------------------------------------------------------------- header reading
 
-def read_header(path: str | os.PathLike) -> tuple[dict, int]:
-    """Parse the JSON header of one safetensors file; returns (header, bytes of length field + header).
-
-    Raises :class:`InputFileError` naming the file when it is truncated or not safetensors.
-    """
-    path = Path(path)
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
-            head = f.read(8)
-            if len(head) < 8:
-                raise InputFileError(path, f"truncated safetensors file ({size} bytes, not even the 8-byte header length)")
-            (n,) = struct.unpack("<Q", head)
-            if n > MAX_HEADER_BYTES or 8 + n > size:
-                raise InputFileError(path, f"truncated or corrupt safetensors header (header length field says {n} bytes, file has {size})")
-            raw = f.read(n)
-    except OSError as e:
-        raise InputFileError(path, f"cannot read: {e.strerror or e}") from None
-    try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InputFileError(path, f"corrupt safetensors header (not valid JSON: {e})") from None
-    if not isinstance(header, dict):
-        raise InputFileError(path, "corrupt safetensors header (not a JSON object)")
-    return header, 8 + n
-
-
 def _tensors_of(path: Path, rel: str) -> tuple[list[TensorInfo], int, int]:
     """Tensors of one file, header bytes, and the file size; validates offsets against the file."""
     header, hbytes = read_header(path)
@@ -165,63 +133,6 @@ def _tensors_of(path: Path, rel: str) -> tuple[list[TensorInfo], int, int]:
     if hbytes + end_max > size:
         raise InputFileError(path, f"truncated safetensors file (header describes {hbytes + end_max} bytes, file has {size})")
     return out, hbytes, size
-
-
-# ----------------------------------------------------------------------------- finding weight files
-
-def weight_files(model_dir: str | os.PathLike) -> tuple[Path, list[str], list[str]]:
-    """(base directory, weight files relative to it, warnings). Accepts a directory or one .safetensors file."""
-    p = Path(model_dir)
-    warnings: list[str] = []
-    if not p.exists():
-        raise InputFileError(p, "no such file or directory")
-    if p.is_file():
-        if p.suffix == ".safetensors":
-            return p.parent, [p.name], warnings
-        if p.suffix in PICKLE_SUFFIXES:
-            raise InputFileError(p, _pickle_message())
-        if p.name == INDEX_NAME or p.name.endswith(".safetensors.index.json"):
-            return _from_index(p.parent, p, warnings)
-        raise InputFileError(p, "not a model directory or a .safetensors file")
-    index = p / INDEX_NAME
-    if not index.exists():
-        other = sorted(p.glob("*.safetensors.index.json"))
-        other = [q for q in other if not q.name.startswith("adapter")]
-        index = other[0] if len(other) == 1 else index
-    if index.exists():
-        return _from_index(p, index, warnings)
-    files = sorted(q.name for q in p.glob("*.safetensors") if q.is_file())
-    pickles = sorted(q.name for q in p.iterdir() if q.is_file() and q.suffix in PICKLE_SUFFIXES and q.name != "training_args.bin")
-    if not files:
-        if pickles:
-            raise InputFileError(p / pickles[0], _pickle_message())
-        raise InputFileError(p, "no weight files (*.safetensors) in this directory")
-    if pickles:
-        warnings.append(f"pickle checkpoint files not counted (convert to safetensors or delete them before upload): {', '.join(pickles)}")
-    if any(f.startswith("adapter_model") for f in files):
-        warnings.append("adapter weights (adapter_model*.safetensors) are counted: merge the adapter into the model before sizing a submission")
-    return p, files, warnings
-
-
-def _from_index(base: Path, index: Path, warnings: list[str]) -> tuple[Path, list[str], list[str]]:
-    try:
-        data = json.loads(index.read_text(encoding="utf-8"))
-        weight_map = data["weight_map"]
-        files = sorted(set(weight_map.values()))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
-        raise InputFileError(index, f"corrupt safetensors index ({type(e).__name__}: {e})") from None
-    for f in files:
-        if not (base / f).is_file():
-            raise InputFileError(base / f, f"shard listed in {index.name} is missing")
-    unlisted = sorted(q.name for q in base.glob("*.safetensors") if q.name not in files)
-    if unlisted:
-        warnings.append(f"safetensors files not listed in {index.name} are not counted: {', '.join(unlisted)}")
-    return base, files, warnings
-
-
-def _pickle_message() -> str:
-    return ("pickle checkpoint: iwslt-mc never unpickles weights (unpickling runs arbitrary code); "
-            "convert to safetensors, e.g. load the model and call save_pretrained(dir, safe_serialization=True)")
 
 
 # ----------------------------------------------------------------------------- bitsandbytes
@@ -436,16 +347,11 @@ def _read_config(base: Path) -> dict | None:
     """config.json of the model directory (None without one); refuses another architecture."""
     if not (base / "config.json").is_file():
         return None
-    from ..floor.modeldir import read_model_type
     from ..modelio import require_supported_model  # modelio imports torch only inside functions
 
     if read_model_type(base) is not None:  # a config naming no model_type is sized, without the torch.save measure
         require_supported_model(base)
-    try:
-        cfg = json.loads((base / "config.json").read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return None
-    return cfg if isinstance(cfg, dict) else None
+    return read_config_or_none(base)
 
 
 def _check_config(base: Path, formats: dict[str, int], warnings: list[str]) -> None:
@@ -453,11 +359,11 @@ def _check_config(base: Path, formats: dict[str, int], warnings: list[str]) -> N
     if not cfg.exists():
         warnings.append("no config.json: components are assigned from tensor names only")
         return
-    try:
-        qc = json.loads(cfg.read_text(encoding="utf-8")).get("quantization_config") or {}
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+    raw = read_config_or_none(base)
+    if raw is None:
         warnings.append(f"{cfg}: unreadable config.json; components are assigned from tensor names only")
         return
+    qc = raw.get("quantization_config") or {}
     method = qc.get("quant_method") if isinstance(qc, dict) else None
     if method and method not in ("bitsandbytes", "compressed-tensors"):
         warnings.append(f"quantization method {method!r} is not understood: its packed tensors are counted by stored elements, "

@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import dataclasses
 import glob
-import json
 import shutil
 import time
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +26,8 @@ from typing import Any, Callable, ClassVar, Literal
 
 from .. import distributed
 from ..errors import UserError
+from ..floor.modeldir import read_config
+from ..floor.options import coerce
 
 
 # transformers.trainer_utils.SchedulerType's values, which the training stages accept: importing that module
@@ -51,7 +51,7 @@ class StageOptions:
         if unknown:
             raise UserError(f"{where}unknown option {unknown[0]!r} (known: {', '.join(fields) or 'none'})")
         hints = typing.get_type_hints(cls)
-        values = {k: _coerce(v, hints[k], f"{where}option {k!r}") for k, v in raw.items()}
+        values = {k: coerce(v, hints[k], f"{where}option {k!r}") for k, v in raw.items()}
         try:
             opts = cls(**values)
         except TypeError as e:
@@ -77,117 +77,6 @@ class StageOptions:
                 f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
             out.append((f.name, f.metadata.get("help", ""), default))
         return out
-
-
-def choice(value, allowed, what: str):
-    if value not in allowed:
-        raise UserError(f"{what} must be one of {', '.join(map(str, allowed))}, not {value!r}")
-    return value
-
-
-def _coerce(value, tp, what: str):
-    """Coerce ``value`` (from YAML or a ``--set key=value`` string) to type ``tp`` or raise UserError."""
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        if isinstance(value, str) and value.strip().lower() in ("none", "null", "~") and type(None) in args:
-            return None
-        errors = []
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return _coerce(value, a, what)
-            except UserError as e:
-                errors.append(str(e))
-        raise UserError(errors[0] if errors else f"{what}: invalid value {value!r}")
-    if origin is typing.Literal:
-        return choice(value, args, what)
-    if origin in (list, tuple):
-        if isinstance(value, str):
-            import yaml
-
-            s = value.strip()
-            value = _yaml_value(s, what, "a list, e.g. [lm_head, audio_tower]") if s.startswith("[") else \
-                [x.strip() for x in s.split(",") if x.strip()]
-        if not isinstance(value, (list, tuple)):
-            value = [value]
-        inner = args[0] if args else Any
-        return [(_coerce(v, inner, what) if inner is not Any else v) for v in value]
-    if origin is dict:
-        if isinstance(value, str):
-            value = _yaml_value(value, what, "a mapping, e.g. {key: value}")
-        if not isinstance(value, dict):
-            raise UserError(f"{what}: expected a mapping, got {value!r}")
-        return value
-    if tp is Any:
-        return value
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on"):
-            return True
-        if isinstance(value, str) and value.lower() in ("false", "no", "0", "off"):
-            return False
-        raise UserError(f"{what}: expected true/false, got {value!r}")
-    if tp is int:
-        if isinstance(value, bool):
-            raise UserError(f"{what}: expected an integer, got {value!r}")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value.replace("_", ""))
-            except ValueError:
-                pass
-        raise UserError(f"{what}: expected an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, bool):
-            raise UserError(f"{what}: expected a number, got {value!r}")
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise UserError(f"{what}: expected a number, got {value!r}")
-    if tp is str:
-        if isinstance(value, (dict, list)):
-            raise UserError(f"{what}: expected a string, got {value!r}")
-        return str(value)
-    return value
-
-
-def _yaml_value(text: str, what: str, expected: str):
-    """``text`` read as YAML, or a one-line UserError naming the option (an unclosed ``[`` is the usual cause)."""
-    import yaml
-
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise UserError(f"{what}: {text!r} is not valid YAML ({problem}); write {expected}") from None
-
-
-def parse_set(pairs: list[str] | None) -> dict:
-    """``["key=value", ...]`` -> dict; values are YAML scalars/lists (``layers=[3,5]``, ``r=64``)."""
-    import yaml
-
-    out = {}
-    for p in pairs or []:
-        if "=" not in p:
-            raise UserError(f"--set {p!r}: expected key=value")
-        k, v = p.split("=", 1)
-        try:
-            out[k.strip()] = yaml.safe_load(v) if v.strip() else ""
-        except yaml.YAMLError:
-            out[k.strip()] = v
-    return out
 
 
 @dataclass
@@ -306,16 +195,6 @@ def config_without_layers(cfg: dict, llm: list[int], audio: int = 0) -> dict:
         if key in a:
             a[key] = int(a[key]) - audio
     return out
-
-
-def read_config(model_dir: Path) -> dict:
-    p = Path(model_dir) / "config.json"
-    try:
-        return json.loads(p.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{p}: not found (not a model directory)") from None
-    except json.JSONDecodeError as e:
-        raise UserError(f"{p}: invalid JSON ({e})") from None
 
 
 def remove_stale_partials(out_dir: Path) -> None:

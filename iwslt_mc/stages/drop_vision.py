@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
-from .base import Stage, StageContext, StageOptions, read_config
+from ..floor.modeldir import read_config
+from .base import Stage, StageContext, StageOptions
 
 
 @dataclass

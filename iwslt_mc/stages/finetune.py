@@ -40,8 +40,9 @@ from pathlib import Path
 from typing import Literal
 
 from ..errors import UserError
+from ..floor.modeldir import model_fingerprint, read_config
 from ..training.common import FREEZABLE, count_params, freeze_components, load_dtype
-from .base import Stage, StageContext, StageOptions, read_config
+from .base import Stage, StageContext, StageOptions
 
 ADAPTER_DIR = "adapter"  # same name the merge stage looks for by default
 
@@ -268,7 +269,7 @@ class Finetune(Stage):
             device="cpu" if device == "cpu" else None, progress=o.progress)
         work_dir = Path(ctx.work_dir) if ctx.work_dir else out_dir.with_name(out_dir.name + ".work")
 
-        ident = {"input": modelio.model_fingerprint(in_dir), "options": {
+        ident = {"input": model_fingerprint(in_dir), "options": {
             k: v for k, v in dataclasses.asdict(o).items() if k not in ("save_steps", "save_total_limit", "logging_steps", "progress")}}
         result = training.train(model, processor, examples, ctx.lang, settings, work_dir=work_dir, log=ctx.log,
                                 identity=json.loads(json.dumps(ident, default=str)))

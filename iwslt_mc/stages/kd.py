@@ -64,8 +64,9 @@ from pathlib import Path
 from typing import Literal
 
 from ..errors import InputFileError, UserError
+from ..floor.modeldir import read_config
 from ..training.common import layer_counts, load_training_data
-from .base import Stage, StageContext, TrainingOptions, read_config
+from .base import Stage, StageContext, TrainingOptions
 
 PARTS_LOG = "kd_history.jsonl"
 HIDDEN_COMPONENTS = ("llm", "audio")

@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import InputFileError, UserError
+from ..floor.modeldir import read_config
 from ..modelio import drop_irreversible_conversions
 from ..training.common import checkpoint_dtype, merge_adapters
-from .base import Stage, StageContext, StageOptions, read_config
+from .base import Stage, StageContext, StageOptions
 
 ADAPTER_DIR = "adapter"
 

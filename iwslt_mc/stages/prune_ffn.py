@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Literal
 
 from ..errors import UserError
-from .base import Stage, StageContext, StageOptions, read_config
+from ..floor.modeldir import read_config
+from .base import Stage, StageContext, StageOptions
 
 
 @dataclass

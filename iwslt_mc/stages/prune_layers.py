@@ -30,7 +30,8 @@ from typing import Literal
 
 from ..errors import UserError
 from ..floor.layers import fmt_layers, middle_block, top_block
-from .base import Stage, StageContext, StageOptions, read_config
+from ..floor.modeldir import read_config
+from .base import Stage, StageContext, StageOptions
 
 SEARCH_LOG = "prune_search.jsonl"
 
@@ -283,7 +284,7 @@ class PruneLayers(Stage):
         import numpy as np
 
         from ..training.data import describe_data, load_examples
-        from ..modelio import model_fingerprint
+        from ..floor.modeldir import model_fingerprint
         from ..training.calibration import heldout_segments
         from ..pruning import importance as imp
 

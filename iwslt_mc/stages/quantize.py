@@ -32,9 +32,10 @@ from pathlib import Path
 from typing import Literal
 
 from ..errors import UserError
+from ..floor.modeldir import read_config
 from ..quantization.formats import skip_pattern
 from ..training.common import bitsandbytes_config, repacked_layers
-from .base import Stage, StageContext, StageOptions, read_config
+from .base import Stage, StageContext, StageOptions
 
 _SOURCE_ATTR = "_iwslt_mc_quantized_from"
 _BIAS_DTYPES_ATTR = "_iwslt_mc_4bit_bias_dtypes"

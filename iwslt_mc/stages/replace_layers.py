@@ -34,8 +34,9 @@ from pathlib import Path
 from typing import Literal
 
 from ..errors import UserError
+from ..floor.modeldir import read_config
 from ..training.common import layer_counts, load_training_data
-from .base import Stage, StageContext, TrainingOptions, read_config
+from .base import Stage, StageContext, TrainingOptions
 
 SEARCH_LOG = "replace_search.jsonl"
 PARTS_LOG = "replace_history.jsonl"

@@ -32,7 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import InputFileError, UserError
-from .base import Stage, StageContext, StageOptions, read_config
+from ..floor.modeldir import read_config
+from .base import Stage, StageContext, StageOptions
 
 TEXT_SUFFIXES = (".txt", ".text")
 

@@ -254,7 +254,7 @@ def _check_description(r: SubmissionCheck, d: Path, m: dict, ed: track.Edition, 
 
 def _check_model(r: SubmissionCheck, md: Path, m: dict, ed: track.Edition, nbytes) -> None:
     from ..sizing import sizer
-    from ..modelio import model_fingerprint
+    from ..floor.modeldir import model_fingerprint
 
     P = r.problems.append
     if not md.is_dir():

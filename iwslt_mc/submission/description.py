@@ -3,12 +3,12 @@ size measures it states."""
 
 from __future__ import annotations
 
-import json
 import re
 from decimal import Decimal
 from pathlib import Path
 
 from .. import __version__
+from ..floor.modeldir import read_config_or_none
 from ..sizing import track
 
 # description.txt labels, shared by the writer and the checker.
@@ -76,10 +76,7 @@ def model_base(model_dir: Path, prov: dict, ed: track.Edition) -> str:
     edition's base model, else the family and model type."""
     from ..families import family_of_model_type
 
-    try:
-        mt = json.loads((model_dir / "config.json").read_text(encoding="utf-8")).get("model_type")
-    except (OSError, ValueError, AttributeError):
-        mt = None
+    mt = (read_config_or_none(model_dir) or {}).get("model_type")
     fam = family_of_model_type(mt)
     label = fam.label if fam is not None else "Qwen2-Audio"
     base = (prov.get("base") or {}).get("path") or ""

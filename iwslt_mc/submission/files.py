@@ -240,7 +240,7 @@ def read_manifest(sub_dir: str | Path) -> dict:
 
 
 def legacy_fingerprint(model_dir) -> str | None:
-    from ..modelio import legacy_model_fingerprint
+    from ..floor.modeldir import legacy_model_fingerprint
 
     try:
         return legacy_model_fingerprint(model_dir)

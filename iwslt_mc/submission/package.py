@@ -64,7 +64,7 @@ def package(model_dir: str | Path, *, team: str, lp: str, condition: str, submis
     file (``FILE.jsonl``) is used when ``auto_logs``. A log recording another model's fingerprint is
     refused; a hypothesis without a log recording the model needs ``allow_unlogged``.
     """
-    from ..modelio import model_fingerprint
+    from ..floor.modeldir import model_fingerprint
 
     warnings: list[str] = []
     ed = track.get_edition(edition)

@@ -29,7 +29,7 @@ def load_dtype(name: str):
 
 def checkpoint_dtype(model_dir: Path):
     """The dtype of the unquantized weights as saved (config ``dtype``/``torch_dtype``), or None."""
-    from ..stages.base import read_config
+    from ..floor.modeldir import read_config
 
     return config_dtype(read_config(model_dir))
 

@@ -221,7 +221,7 @@ class Gemma4Family(Family):
     def plain_config(self, raw: dict):
         """``raw`` as a PlainConfig: the planner's facts about it come from transformers once, then from
         :mod:`iwslt_mc.plancache` (``gemma4_plan.transformers_config`` converts it where needed)."""
-        from ...configjson import PlainConfig
+        from ...floor.modeldir import PlainConfig
 
         if not isinstance(raw.get("text_config"), dict):
             return None  # transformers' defaults fill it in: the planner loads its config object instead

@@ -26,7 +26,7 @@ def _text(cfg):
 
 
 def _is_plain(cfg) -> bool:
-    from ...configjson import PlainConfig
+    from ...floor.modeldir import PlainConfig
 
     return isinstance(cfg, PlainConfig)
 
@@ -37,7 +37,7 @@ def _raw(cfg) -> dict:
 
 
 def transformers_config(cfg):
-    """``cfg`` as transformers' config object (a :class:`~iwslt_mc.configjson.PlainConfig` read from a
+    """``cfg`` as transformers' config object (a :class:`~iwslt_mc.floor.modeldir.PlainConfig` read from a
     config.json is converted as ``AutoConfig.from_pretrained`` reads that file); ``cfg`` itself otherwise."""
     if not _is_plain(cfg):
         return cfg
@@ -183,7 +183,7 @@ def planned(base_config, dims: dict):
         cfg = apply_dims(base_config, dims)
         return cfg, inventory(cfg)
     from ... import plancache
-    from ...configjson import PlainConfig
+    from ...floor.modeldir import PlainConfig
 
     key = [_raw(base_config), dims]
     got = plancache.get("gemma4-planned", key)

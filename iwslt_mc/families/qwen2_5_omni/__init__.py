@@ -132,7 +132,7 @@ class Qwen25OmniFamily(Family):
 
     def _plain(self, cfg):
         """A transformers config as the PlainConfig the planner's arithmetic reads."""
-        from ...configjson import PlainConfig
+        from ...floor.modeldir import PlainConfig
 
         return cfg if isinstance(cfg, PlainConfig) else self.plain_config(cfg.to_dict())
 

@@ -6,7 +6,7 @@ layers expanded, with the on-disk names (``audio_tower.``, ``visual.``, ``model.
 thinker's part of the Qwen/Qwen2.5-Omni-7B checkpoint without its ``thinker.`` prefix) and the shapes the
 transformers modules give them. tests/test_family_qwen2_5_omni.py checks it against the kit's
 model.safetensors and against the model transformers builds on the meta device for the 7B layout.
-:func:`plain_config` reads a config.json dict into a :class:`~iwslt_mc.configjson.PlainConfig` with the
+:func:`plain_config` reads a config.json dict into a :class:`~iwslt_mc.floor.modeldir.PlainConfig` with the
 defaults of transformers' config classes filled in (tested against them). :func:`predict` is the family's
 ``plan``: bytes, parameters and bin of a spec, exact to the byte for the safetensors file; its torch.save
 line (the planner adds it) from :meth:`Qwen25OmniFamily.torch_save_layout` (a meta-device model,
@@ -50,7 +50,7 @@ REFERENCE_7B = {
 def plain_config(raw: dict):
     """``raw`` (a thinker config.json dict) as a PlainConfig with transformers' defaults filled in;
     ValueError naming the first field that is not a positive integer."""
-    from ...configjson import PlainConfig
+    from ...floor.modeldir import PlainConfig
 
     cfg = PlainConfig.from_dict(raw, {"text_config": TEXT_DEFAULTS, "audio_config": AUDIO_DEFAULTS,
                                       "vision_config": VISION_DEFAULTS})

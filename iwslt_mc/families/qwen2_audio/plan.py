@@ -4,7 +4,7 @@
 one audio layer (the planner repeats the layer templates), with the on-disk names and the shapes the
 transformers modules give them; tests/test_planner.py checks it against the model transformers builds on
 the meta device for the 7B, narrowed, trimmed and small configs (tie_word_embeddings set too). :func:`plain_config` reads a config.json
-dict into a :class:`~iwslt_mc.configjson.PlainConfig`, filling the fields a saved config may leave out
+dict into a :class:`~iwslt_mc.floor.modeldir.PlainConfig`, filling the fields a saved config may leave out
 with the defaults of transformers' ``Qwen2Config`` / ``Qwen2AudioEncoderConfig`` (tested against them).
 """
 
@@ -25,7 +25,7 @@ _POSITIVE = {"text_config": ("vocab_size", "hidden_size", "intermediate_size", "
 def plain_config(raw: dict):
     """``raw`` (a Qwen2-Audio config.json dict) as a PlainConfig with transformers' defaults filled in;
     ValueError naming the first field that is not a positive integer."""
-    from ...configjson import PlainConfig
+    from ...floor.modeldir import PlainConfig
 
     cfg = PlainConfig.from_dict(raw, {"text_config": TEXT_DEFAULTS, "audio_config": AUDIO_DEFAULTS})
     t = cfg.text_config
@@ -151,6 +151,6 @@ def qwen2_audio_7b_config():
 
 
 def qwen2_audio_7b_plain_config():
-    """The built-in Qwen2-Audio-7B-Instruct architecture as a :class:`~iwslt_mc.configjson.PlainConfig`:
+    """The built-in Qwen2-Audio-7B-Instruct architecture as a :class:`~iwslt_mc.floor.modeldir.PlainConfig`:
     the same widths and predictions as :func:`qwen2_audio_7b_config`, without importing transformers."""
     return plain_config(qwen2_audio_7b_config_dict())
