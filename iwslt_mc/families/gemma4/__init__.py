@@ -41,7 +41,7 @@ class Gemma4Family(Family):
     turn_end_token = "<turn|>"  # the chat template closes every turn, the model's too, with it
     token_aligned_inputs = ("mm_token_type_ids",)
     processor_prefixes = ("Gemma4",)
-    stages = ("prune-layers", "trim-vocab", "quantize", "finetune", "merge", "distill", "kd", "drop-vision")
+    stages = ("prune-layers", "prune-ffn", "trim-vocab", "quantize", "finetune", "merge", "distill", "kd", "drop-vision")
     strategies = {"prune-layers": ("middle", "top")}  # the iterative search is Qwen2-Audio's only, for now
     kit_options = ("unified",)
     kit_variants = {"gemma4": {}, "gemma4_unified": {"unified": True}}
@@ -106,6 +106,34 @@ class Gemma4Family(Family):
 
     def component_for_key(self, key: str) -> str:
         return _component_for_key(key)
+
+    def layout(self, model):
+        """:func:`iwslt_mc.families.gemma4.layout.find_layout` (a :class:`~.layout.Gemma4Layout`)."""
+        from .layout import find_layout
+
+        return find_layout(model)
+
+    def surgery(self):
+        """:mod:`iwslt_mc.families.gemma4.surgery` (prune-ffn's in-place MLP narrowing lives there too)."""
+        from . import surgery
+
+        return surgery
+
+    # the decoder takes per-layer token embeddings from the ids (gemma4) and multimodal masks (both layouts)
+    llm_on_captured_embeds = False
+
+    def check_ffn_pruning(self, cfg: dict, llm: bool, audio: bool) -> None:
+        """The audio encoder's FFNs cannot be narrowed: ``gemma4_unified`` has no audio encoder, and
+        ``gemma4``'s conformer FFN width is fixed by transformers (4 x hidden_size, no config field)."""
+        from ...errors import UserError
+        from .surgery import AUDIO_FFN_REFUSAL
+
+        if audio:
+            a = cfg.get("audio_config") or {}
+            if not a.get("num_hidden_layers"):
+                raise UserError("stage prune-ffn: audio_width: this Gemma 4 model has no audio encoder "
+                                "(gemma4_unified: raw audio frames enter through embed_audio)")
+            raise UserError(f"stage prune-ffn: audio_width: {AUDIO_FFN_REFUSAL}")
 
     def kv_sources(self, text_config) -> dict[int, int]:
         """Layer -> the earlier layer whose keys/values it reuses (KV sharing), for every sharing layer."""
