@@ -178,3 +178,51 @@ def test_prune_ffn_gemma4_double_wide_kv_shared_layers(gemma_kit, tmp_path):
     assert [l.mlp.down_proj.weight.shape[1] for l in back.model.language_model.layers] == [96, 96, 192, 192]
     with pytest.raises(ValueError, match="every layer must keep the same number of MLP units"):
         surgery.prune_llm_mlp(model, [torch.arange(50)] * 4)
+
+
+# ------------------------------------------------------------------------------------------------ hidden-state KD
+
+
+def test_kd_hidden_states_on_gemma4(gkit, tmp_path):
+    """kd with the hidden-state term on Gemma 4: a student made from the kit (layer 2 removed, MLPs narrowed to a
+    quarter) matches its layers to the teacher's by lineage (student 1 stands for teacher 2, the last of the
+    layers it replaces), the conformer layers one to one on the ``gemma4`` kit (none on the encoder-free kit);
+    the hidden term falls (after Adam's first, sign-sized step, which overshoots near the teacher), the
+    student reloads and decodes."""
+    import json
+
+    from iwslt_mc.floor.modeldir import read_model_type
+    from iwslt_mc.stages import make_stage
+    from iwslt_mc.stages.base import StageContext, run_stage
+
+    unified = read_model_type(gkit / "model") == "gemma4_unified"
+    ctx = StageContext(lang="en-de", data=[str(gkit / "data")], **QUIET)
+    run_stage(make_stage("prune-layers", {"llm_layers": [2]}), gkit / "model", tmp_path / "pruned", ctx)
+    student = tmp_path / "student"
+    run_stage(make_stage("prune-ffn", {"llm_width": 32, "multiple_of": 1}), tmp_path / "pruned", student, ctx)
+    opts = {"teacher": str(gkit / "model"), "alpha": 1.0, "hidden_weight": 1.0, "lr": 1e-3, "max_steps": 8,
+            "batch_size": 1, "limit": 1, "scheduler": "constant", "progress": False}  # one example: steps compare
+    out = tmp_path / "kd"
+    rec = run_stage(make_stage("kd", opts), student, out, ctx)
+    want = {"llm": [[0, 0], [1, 2], [2, 3]]} if unified else {"llm": [[0, 0], [1, 2], [2, 3]], "audio": [[0, 0], [1, 1]]}
+    assert rec["layer_maps"] == want
+    assert "hidden-state MSE (weight 1; llm layers 0->0, 1->2, 2->3" in rec["techniques"][0]
+    hidden = [json.loads(line)["hidden"] for line in (out / "kd_history.jsonl").read_text().splitlines()]
+    assert len(hidden) == 8 and hidden[-1] < 0.7 * hidden[0], hidden
+    assert all(b < a for a, b in zip(hidden[1:], hidden[2:])), hidden
+    assert len(_runs(out, gkit)) == 6
+
+
+def test_kd_hidden_states_refuses_audio_only_on_an_encoder_free_model(gemma_unified_kit, tmp_path, monkeypatch):
+    from iwslt_mc.errors import UserError
+    from iwslt_mc.stages import make_stage
+    from iwslt_mc.stages.base import StageContext, run_stage
+
+    monkeypatch.setattr("iwslt_mc.modelio.load_model", lambda *a, **k: pytest.fail("weights loaded"))
+    m = gemma_unified_kit / "model"
+    with pytest.raises(UserError, match=r"^stage kd: hidden-state KD of audio: the student .* or the teacher .* has no "
+                                        r"such layers \(an encoder-free model has no audio-encoder layers; match "
+                                        r"hidden: \[llm\]\)$"):
+        run_stage(make_stage("kd", {"teacher": str(m), "hidden_weight": 1.0, "hidden": ["audio"]}), m, tmp_path / "x",
+                  StageContext(lang="en-de", data=[str(gemma_unified_kit / "data")], **QUIET))
+    assert not (tmp_path / "x").exists()

@@ -40,6 +40,9 @@ class Gemma4Family(Family):
     default_max_new_tokens = MAX_NEW_TOKENS
     turn_end_token = "<turn|>"  # the chat template closes every turn, the model's too, with it
     token_aligned_inputs = ("mm_token_type_ids",)
+    # kd's hidden-state term: decoder layer outputs (each layer's PLE slice and layer_scalar applied; KV-sharing
+    # layers compute their own output) and, in gemma4, the conformer's layer outputs (:meth:`layout`)
+    hidden_state_kd = True
     processor_prefixes = ("Gemma4",)
     stages = ("prune-layers", "prune-ffn", "trim-vocab", "quantize", "finetune", "merge", "distill", "kd", "drop-vision")
     strategies = {"prune-layers": ("middle", "top")}  # the iterative search is Qwen2-Audio's only, for now
