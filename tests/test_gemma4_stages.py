@@ -226,3 +226,91 @@ def test_kd_hidden_states_refuses_audio_only_on_an_encoder_free_model(gemma_unif
         run_stage(make_stage("kd", {"teacher": str(m), "hidden_weight": 1.0, "hidden": ["audio"]}), m, tmp_path / "x",
                   StageContext(lang="en-de", data=[str(gemma_unified_kit / "data")], **QUIET))
     assert not (tmp_path / "x").exists()
+
+
+# ------------------------------------------------------------------------------------------------ layer search
+
+
+def test_iterative_layer_search_on_gemma4(gkit, tmp_path):
+    """The greedy search on Gemma 4: each round's candidates are exactly the removals KV sharing and the global
+    last layer allow; each candidate (a pruned copy) scores what the explicitly pruned model decodes to; the
+    best is removed; the output is the explicit prune-layers of the chosen layers."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from iwslt_mc import modelio
+    from iwslt_mc.decoding.core import translate
+    from iwslt_mc.errors import UserError
+    from iwslt_mc.families import family_named
+    from iwslt_mc.scoring.metrics import get_metric
+    from iwslt_mc.stages import make_stage
+    from iwslt_mc.stages.base import StageContext, run_stage
+    from iwslt_mc.training.calibration import heldout_segments
+    from iwslt_mc.training.data import load_examples
+
+    base = gkit / "model"
+    ctx = StageContext(lang="en-de", data=[str(gkit / "data")], **QUIET)
+    opts = {"strategy": "iterative", "remove": 2, "protect_first_last": False, "heldout": 1000, "split": None,
+            "max_new_tokens": 8}
+    out = tmp_path / "searched"
+    rec = run_stage(make_stage("prune-layers", opts), base, out, ctx)
+    lines = [json.loads(line) for line in (out / "prune_search.jsonl").read_text().splitlines()]
+    cfg = modelio.load_model(base, device="cpu").config
+    fam = family_named("gemma4")
+
+    def allowed(removed):
+        try:
+            fam.config_after_layer_removal(cfg, [i for i in range(4) if i not in removed])
+            return True
+        except UserError:
+            return False
+
+    removed = []
+    for rnd in (1, 2):
+        cands = {r["candidate"]: r["score"] for r in lines if r["type"] == "candidate" and r["round"] == rnd}
+        assert sorted(cands) == [c for c in range(4) if c not in removed and allowed(removed + [c])]
+        chosen = next(r["chosen"] for r in lines if r["type"] == "round" and r["round"] == rnd)
+        assert cands[chosen] == max(cands.values())
+        removed.append(chosen)
+    assert rec["removed_llm_layers"] == removed and rec["llm_layers_after"] == 2
+    assert rec["techniques"] == [f"iterative LLM layer pruning (removed layers {removed[0]}, {removed[1]} of 4, in that "
+                                 f"order, by chrF++ on {rec['search']['heldout']} held-out segments)"]
+    # round 1's score is the chrF++ of the model pruned by hand, decoded on the held-out set
+    one = tmp_path / "one"
+    run_stage(make_stage("prune-layers", {"llm_layers": [removed[0]]}), base, one, ctx)
+    segs = heldout_segments(load_examples([str(gkit / "data")], split=None, seed=0, lang="en-de"), "en-de")
+    assert [s.id for s in segs] == lines[0]["key"]["heldout"]
+    hyps = translate(modelio.load_model(one, device="cpu"), modelio.load_processor(one), [s.wave for s in segs],
+                     "en-de", mode="reference", max_new_tokens=8)
+    score = get_metric("auto")([h.text for h in hyps], [s.reference for s in segs], [s.source for s in segs], "en-de")
+    assert score == pytest.approx(rec["search"]["rounds"][0]["score"], abs=1e-9)
+    explicit = tmp_path / "explicit"
+    run_stage(make_stage("prune-layers", {"llm_layers": removed}), base, explicit, ctx)
+    a, b = load_file(out / "model.safetensors"), load_file(explicit / "model.safetensors")
+    assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)
+    assert len(_runs(out, gkit)) == 6
+
+
+def test_iterative_search_audio_layers_and_teacher_forced_on_gemma4(gemma_kit, tmp_path):
+    """The conformer layers are searched too (with the chosen LLM layer kept out), and teacher-forced scoring
+    runs whole examples through each pruned copy: every round removes its best-scoring candidate."""
+    import json
+
+    from iwslt_mc.stages import make_stage
+    from iwslt_mc.stages.base import StageContext, run_stage
+
+    kit = gemma_kit[0]
+    ctx = StageContext(lang="en-de", data=[str(kit / "data")], **QUIET)
+    opts = {"strategy": "iterative", "remove": 1, "audio_remove": 1, "protect_first_last": False, "heldout": 4,
+            "split": None, "scoring": "teacher-forced"}
+    out = tmp_path / "tf"
+    rec = run_stage(make_stage("prune-layers", opts), kit / "model", out, ctx)
+    lines = [json.loads(line) for line in (out / "prune_search.jsonl").read_text().splitlines()]
+    audio = {r["candidate"]: r["score"] for r in lines if r["type"] == "candidate" and r["kind"] == "audio"}
+    assert sorted(audio) == [0, 1] and rec["removed_audio_layers"] == [max(audio, key=audio.get)]
+    assert all(s < 0 for s in audio.values()) and audio[0] != audio[1]  # mean log-probabilities, not a constant
+    assert rec["removed_llm_layers"] == [2]  # the only single layer KV sharing and the global last layer allow
+    assert rec["audio_layers_after"] == 1 and rec["llm_layers_after"] == 3
+    assert "by mean reference log-prob (teacher-forced)" in rec["techniques"][0]
+    assert len(_runs(out, kit)) == 6

@@ -121,6 +121,17 @@ class Family:
         """Refuse (UserError), from the config alone, removing LLM layers ``remove`` (or, with ``middle``, a
         block of that many layers nearest the middle) from the model in ``model_dir``. Default: any is fine."""
 
+    # True when a loaded model's layers can be taken out and put back in place, without a copy (the surgery's
+    # ``llm_layers_removed``/``audio_layers_removed``: prune-layers' iterative search scores candidates so);
+    # False: each candidate of the search is a pruned copy (:meth:`pruned_copy`)
+    in_place_layer_removal: ClassVar[bool] = True
+
+    def pruned_copy(self, model, removed_llm, removed_audio=()):
+        """A new model: ``model`` without LLM layers ``removed_llm`` and audio-encoder layers ``removed_audio``, on
+        its device (UserError when the family forbids that removal). Needed where :attr:`in_place_layer_removal`
+        is False."""
+        raise NotImplementedError(f"{self.label}: no pruned copy")
+
     def run_prune_layers(self, stage, in_dir, out_dir, ctx) -> dict | None:
         """The family's own prune-layers run (returns the provenance extras), or None: the stage's generic
         path (:meth:`layout` and :meth:`surgery`) runs."""

@@ -45,7 +45,6 @@ class Gemma4Family(Family):
     hidden_state_kd = True
     processor_prefixes = ("Gemma4",)
     stages = ("prune-layers", "prune-ffn", "trim-vocab", "quantize", "finetune", "merge", "distill", "kd", "drop-vision")
-    strategies = {"prune-layers": ("middle", "top")}  # the iterative search is Qwen2-Audio's only, for now
     kit_options = ("unified",)
     kit_variants = {"gemma4": {}, "gemma4_unified": {"unified": True}}
     recipes = (  # largest first
@@ -168,6 +167,15 @@ class Gemma4Family(Family):
         from .surgery import check_removal
 
         check_removal(model_dir, remove, middle=middle)
+
+    # a layer's removal rewires KV sharing (built into the attention modules when the model is made) and slices
+    # the per-layer embedding table: the layer search scores rebuilt copies (:meth:`pruned_copy`)
+    in_place_layer_removal = False
+
+    def pruned_copy(self, model, removed_llm, removed_audio=()):
+        from .surgery import pruned_copy
+
+        return pruned_copy(model, removed_llm, removed_audio)
 
     def run_prune_layers(self, stage, in_dir, out_dir, ctx) -> dict:
         from .surgery import run_prune_layers

@@ -107,22 +107,39 @@ def drop_vision(model):
     return _rebuild(model, config, sd)
 
 
+def pruned_copy(model, removed_llm, removed_audio=()):
+    """A new model without LLM layers ``removed_llm`` and audio-encoder layers ``removed_audio`` (the stage's
+    surgery: KV sharing checked, PLE slices with their layers), on ``model``'s device: a layer-search candidate."""
+    new = model
+    if removed_audio:
+        new, _ = remove_audio_layers(new, removed_audio)
+    if removed_llm:
+        new, _ = remove_llm_layers(new, removed_llm)
+    if new is model:
+        return model
+    return new.to(next(model.parameters()).device)
+
+
 def run_prune_layers(stage, in_dir, out_dir, ctx) -> dict:
-    """The prune-layers stage for Gemma 4: explicit ``llm_layers``/``audio_layers``, or the middle/top
-    strategies (``remove``/``audio_remove``). The iterative search is Qwen2-Audio only for now (a one-line
-    refusal)."""
+    """The prune-layers stage for Gemma 4: explicit ``llm_layers``/``audio_layers``, the middle/top
+    strategies (``remove``/``audio_remove``), or the iterative search (the stage's own, each candidate a
+    pruned copy: :func:`pruned_copy`; only removals KV sharing allows are candidates)."""
     from ...errors import UserError
     from ...floor.layers import fmt_layers, middle_block, top_block
 
     o = stage.options
-    if o.strategy == "iterative":
-        raise UserError("stage prune-layers: strategy iterative is not supported for Gemma 4 yet (use llm_layers, middle or top)")
     run_dtype = stage.runtime_dtype(in_dir, ctx.resolved_device())
-    model = stage.load_model(in_dir, dtype=run_dtype, device="cpu")
+    search = o.strategy == "iterative"
+    model = stage.load_model(in_dir, dtype=run_dtype, device=ctx.resolved_device() if search else "cpu")
     processor = stage.load_processor(in_dir)
     n = model.config.text_config.num_hidden_layers
     n_audio = audio_layer_count(model.config)
-    if o.strategy is None:
+    extras = {}
+    if search:
+        llm, audio, info = stage.search_layers(model, processor, in_dir, out_dir, ctx)
+        extras = {"search": info, "data": info.pop("data")}
+        model = model.to("cpu")
+    elif o.strategy is None:
         llm, audio = sorted(o.llm_layers or []), sorted(o.audio_layers or [])
     elif o.strategy == "middle":
         # the planner's rule: the valid block (KV sharing, a global last layer) nearest the middle
@@ -137,19 +154,22 @@ def run_prune_layers(stage, in_dir, out_dir, ctx) -> dict:
     if llm:
         new, kept = remove_llm_layers(new, llm)
         ctx.log(f"prune-layers: removed Gemma 4 LLM layers [{fmt_layers(llm)}] (PLE slices with them)")
-        techniques.append(f"layer pruning: {len(llm)} of {n} Gemma 4 LLM layers removed ({how}: {fmt_layers(llm)})")
+        techniques.append(stage.search_technique("LLM", llm, n, extras["search"]) if search
+                          else f"layer pruning: {len(llm)} of {n} Gemma 4 LLM layers removed ({how}: {fmt_layers(llm)})")
     if audio:
         new, _ = remove_audio_layers(new, audio)
         ctx.log(f"prune-layers: removed Gemma 4 audio-encoder layers [{fmt_layers(audio)}]")
-        techniques.append(f"audio encoder layer pruning: {len(audio)} of {n_audio} conformer layers removed "
+        techniques.append(stage.search_technique("audio-encoder", audio, n_audio, extras["search"]) if search else
+                          f"audio encoder layer pruning: {len(audio)} of {n_audio} conformer layers removed "
                           f"({how}: {fmt_layers(audio)})")
     if not techniques:
         raise UserError("stage prune-layers: nothing to remove (give llm_layers/audio_layers, or remove/audio_remove)")
     ctx.log("prune-layers: saving")
     stage.save_model(new, processor, out_dir, dtype=stage.checkpoint_dtype(in_dir) if run_dtype else None)
-    return {"techniques": techniques, "removed_llm_layers": llm, "removed_audio_layers": audio,
-            "llm_layers_before": n, "llm_layers_after": len(kept),
-            "audio_layers_before": n_audio, "audio_layers_after": n_audio - len(audio)}
+    out = {"techniques": techniques, "removed_llm_layers": llm, "removed_audio_layers": audio,
+           "llm_layers_before": n, "llm_layers_after": len(kept),
+           "audio_layers_before": n_audio, "audio_layers_after": n_audio - len(audio)}
+    return {**out, **extras}
 
 
 def check_removal(model_dir, remove, middle: int = 0) -> None:
