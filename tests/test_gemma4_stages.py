@@ -314,3 +314,28 @@ def test_iterative_search_audio_layers_and_teacher_forced_on_gemma4(gemma_kit, t
     assert rec["audio_layers_after"] == 1 and rec["llm_layers_after"] == 3
     assert "by mean reference log-prob (teacher-forced)" in rec["techniques"][0]
     assert len(_runs(out, kit)) == 6
+
+
+def test_build_prune_ffn_recipe_is_planned_exactly_on_gemma4(gkit, tmp_path):
+    """A Gemma 4 recipe with prune-ffn (after a layer removal) builds what ``predict_recipe`` says, to the byte;
+    the planner refuses --audio-ffn-dim with the architectural reason."""
+    from iwslt_mc.build import build, predict_recipe
+    from iwslt_mc.errors import UserError
+    from iwslt_mc.planning import planner
+    from iwslt_mc.recipes import load_recipe
+    from iwslt_mc.sizing import sizer
+
+    p = tmp_path / "r.yaml"
+    p.write_text("name: r\nfamily: gemma4\nstages:\n"
+                 "  - {id: a, stage: prune-layers, options: {llm_layers: [2]}}\n"
+                 "  - {id: b, stage: prune-ffn, options: {llm_width: 80, multiple_of: 16}}\n")
+    recipe = load_recipe(str(p))
+    pred = predict_recipe(recipe, str(gkit / "model"), condition="constrained", lang="en-de", data={}, edition="2025")
+    assert pred["dims"]["ffn_dim"] == 80 and pred["dims"]["llm_kept"] == [0, 1, 3]
+    res = build(recipe, lang="en-de", base=str(gkit / "model"), data={}, condition="constrained", out=tmp_path / "b",
+                log=lambda *a: None)
+    assert res.size["bytes"] == pred["bytes"] == sizer.measure(res.model_dir).bytes
+    unified = res.prediction["dims"]["audio_layers"] is None
+    with pytest.raises(UserError, match=r"^--audio-ffn-dim: this Gemma 4 model has no audio encoder \(gemma4_unified\)$"
+                       if unified else r"^--audio-ffn-dim: Gemma 4's audio encoder has no FFN-width setting"):
+        planner.predict(planner.Spec(audio_ffn_dim=64), planner.load_base_config(gkit / "model"), "2025")
