@@ -116,7 +116,7 @@ def test_family_of_config_unknown_model_type_is_one_line_naming_config(tmp_path)
     assert families.family_of_config(SimpleNamespace(model_type="gemma4_unified")).name == "gemma4"
 
 
-@pytest.mark.parametrize("stage,qwen,gemma", [("prune-ffn", True, False), ("prune-hidden", True, False),
+@pytest.mark.parametrize("stage,qwen,gemma", [("prune-ffn", True, True), ("prune-hidden", True, False),
                                               ("replace-layers", True, False), ("drop-vision", False, True),
                                               ("prune-layers", True, True), ("trim-vocab", True, True),
                                               ("quantize", True, True), ("kd", True, True)])
@@ -135,8 +135,8 @@ def test_stage_refuses_unsupported_family_by_declaration(tmp_path):
     from iwslt_mc.stages.base import _check_family
 
     d = _model_dir(tmp_path, "gemma4")
-    with pytest.raises(UserError, match=r"stage prune-ffn: not supported for gemma4 models yet \(.*; it handles: qwen2_audio\)"):
-        _check_family(make_stage("prune-ffn", {"llm_width": 64}), d)
+    with pytest.raises(UserError, match=r"stage prune-hidden: not supported for gemma4 models yet \(.*; it handles: qwen2_audio\)"):
+        _check_family(make_stage("prune-hidden", {"llm_ratio": 0.5}), d)
 
 
 def test_family_of_processor_by_declared_prefix():

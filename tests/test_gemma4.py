@@ -283,8 +283,8 @@ def test_stages_without_gemma4_support_refuse_in_one_line(gemma_kit, tmp_path, m
     from iwslt_mc.stages.base import StageContext, run_stage
 
     monkeypatch.setattr("iwslt_mc.modelio.load_model", lambda *a, **k: pytest.fail("weights loaded"))
-    with pytest.raises(UserError, match=r"^stage prune-ffn: not supported for gemma4 models yet \(.*; it handles: qwen2_audio\)$"):
-        run_stage(make_stage("prune-ffn", {"llm_width": 64}), gemma_kit[0] / "model", tmp_path / "q",
+    with pytest.raises(UserError, match=r"^stage prune-hidden: not supported for gemma4 models yet \(.*; it handles: qwen2_audio\)$"):
+        run_stage(make_stage("prune-hidden", {"llm_ratio": 0.5}), gemma_kit[0] / "model", tmp_path / "q",
                   StageContext(device="cpu"))
     assert not (tmp_path / "q").exists()
 

@@ -98,9 +98,19 @@ class Family:
     def surgery(self):
         """The module of layout-based surgery the generic stage paths call (``remove_llm_layers``,
         ``remove_audio_layers``, ``llm_layers_removed``, ``audio_layers_removed``, ``llm_layer_params``,
-        ``audio_layer_params``, ``prune_llm_mlp``, ``prune_audio_ffn``, ``select_vocab``,
+        ``audio_layer_params``, ``ffn_widths``, ``llm_mlp_widths``, ``prune_llm_mlp``, ``prune_audio_ffn``, ``select_vocab``,
         ``llm_attention_shape``, ``audio_attention_shape``, ``prune_llm_hidden``, ``prune_audio_hidden``)."""
         raise NotImplementedError(f"{self.label}: no generic surgery")
+
+    def check_ffn_pruning(self, cfg: dict, llm: bool, audio: bool) -> None:
+        """Refuse (UserError, naming the architectural reason) narrowing the LLM MLPs (``llm``) or the audio
+        encoder's FFNs (``audio``) of a model with config.json dict ``cfg``. Default: both can be narrowed."""
+
+    # True when the LLM, run on the prompt embeddings captured at its input (inputs_embeds), computes what the
+    # whole model's forward does (Qwen2-Audio); False when the model's forward gives the decoder more than
+    # those (Gemma 4: per-layer token embeddings from the ids, multimodal attention masks), so calibration
+    # runs whole teacher-forced examples through the model instead
+    llm_on_captured_embeds: ClassVar[bool] = True
 
     def config_after_layer_removal(self, config, kept: list[int]):
         """``config`` (a copy) for a model that keeps decoder layers ``kept`` (sorted old indices); UserError
@@ -110,6 +120,17 @@ class Family:
     def check_layer_removal(self, model_dir, remove, middle: int = 0) -> None:
         """Refuse (UserError), from the config alone, removing LLM layers ``remove`` (or, with ``middle``, a
         block of that many layers nearest the middle) from the model in ``model_dir``. Default: any is fine."""
+
+    # True when a loaded model's layers can be taken out and put back in place, without a copy (the surgery's
+    # ``llm_layers_removed``/``audio_layers_removed``: prune-layers' iterative search scores candidates so);
+    # False: each candidate of the search is a pruned copy (:meth:`pruned_copy`)
+    in_place_layer_removal: ClassVar[bool] = True
+
+    def pruned_copy(self, model, removed_llm, removed_audio=()):
+        """A new model: ``model`` without LLM layers ``removed_llm`` and audio-encoder layers ``removed_audio``, on
+        its device (UserError when the family forbids that removal). Needed where :attr:`in_place_layer_removal`
+        is False."""
+        raise NotImplementedError(f"{self.label}: no pruned copy")
 
     def run_prune_layers(self, stage, in_dir, out_dir, ctx) -> dict | None:
         """The family's own prune-layers run (returns the provenance extras), or None: the stage's generic

@@ -123,9 +123,10 @@ def build_plan(spec: Spec, base_config=None, *, match_recipe: bool = True) -> Bu
         steps.append(BuildStep("drop-vision", {}))
     remove = {k: base[k] - dims[k] for k in ("llm_layers", "audio_layers") if base.get(k)}
     if remove.get("llm_layers") or remove.get("audio_layers"):
-        # a family without the iterative search (Gemma 4): the planner's block (the valid one nearest the
-        # middle) is what strategy middle removes
-        search = family.supports("prune-layers", "iterative")
+        # a family without the iterative search, or whose layers differ in size (Gemma 4: which ones go is part
+        # of the prediction): the planner's block (the valid one nearest the middle) is what strategy middle
+        # removes, so the recipe builds what was planned
+        search = family.supports("prune-layers", "iterative") and not family.tracks_kept_layers
         o = {"strategy": "iterative" if search else "middle"}
         if remove.get("llm_layers"):
             o["remove"] = remove["llm_layers"]

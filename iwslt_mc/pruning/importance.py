@@ -170,6 +170,57 @@ class NaiveEngine:
         raise UserError("teacher-forced scoring needs the cached engine")
 
 
+class RebuildEngine:
+    """For a family whose layers cannot be taken out in place (:attr:`~iwslt_mc.families.base.Family.in_place_layer_removal`
+    False: Gemma 4, whose KV sharing is wired into the attention modules and whose per-layer embeddings are one
+    table sliced per layer): each candidate is a pruned copy (:meth:`~iwslt_mc.families.base.Family.pruned_copy`),
+    decoded by the shared decoding core in batches (fast mode) and dropped. Teacher-forced scoring runs each
+    held-out example (prompt with audio, reference, end of turn) through the whole copy: its LLM needs more
+    than captured prompt embeddings."""
+
+    name = "rebuild"
+
+    def __init__(self, model, processor, segments, lang, *, max_new_tokens, max_length=1024, batch_size=8):
+        self.model, self.processor, self.segments, self.lang = model, processor, segments, lang
+        self.max_new_tokens, self.max_length, self.batch_size = max_new_tokens, max_length, batch_size
+
+    def _copy(self, removed_llm, removed_audio):
+        from ..families import family_of_model
+
+        return family_of_model(self.model).pruned_copy(self.model, list(removed_llm), list(removed_audio))
+
+    def translate(self, removed_llm=(), removed_audio=()) -> list[str]:
+        from ..decoding.core import translate
+
+        model = self._copy(removed_llm, removed_audio)
+        hyps = translate(model, self.processor, [s.wave for s in self.segments], self.lang, mode="fast",
+                         batch_size=self.batch_size, max_length=self.max_length, max_new_tokens=self.max_new_tokens)
+        return [h.text for h in hyps]
+
+    def logprob(self, removed_llm=(), removed_audio=()) -> float:
+        """Mean log-probability per target token (the reference and the end of the turn) of the held-out set."""
+        import torch
+
+        from ..training.training import IGNORE_INDEX, Collator, encode_example, pad_token_id
+
+        model = self._copy(removed_llm, removed_audio)
+        collate = Collator(pad_token_id(self.processor, model))
+        device = next(model.parameters()).device
+        dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
+        total, count = 0.0, 0
+        with torch.inference_mode():
+            for seg in self.segments:
+                batch = collate([encode_example(self.processor, seg.wave, seg.reference, self.lang)])
+                labels = batch.pop("labels")[0, 1:].to(device)
+                batch = {k: (v.to(device, dtype) if v.is_floating_point() else v.to(device)) for k, v in batch.items()}
+                logits = model(**batch, use_cache=False).logits[0, :-1].float()
+                sel = labels != IGNORE_INDEX
+                logp = torch.log_softmax(logits[sel], dim=-1)
+                total += logp.gather(1, labels[sel][:, None]).sum().item()
+                count += int(sel.sum())
+        return total / max(count, 1)
+
+
 ENGINES = {"shared": SharedEngine, "cached": CachedEngine, "naive": NaiveEngine}
 
 
@@ -466,14 +517,15 @@ class SearchLog:
 
 def iterative_search(scorer: CandidateScorer, *, kind: str, n_layers: int, remove: int, protect_first_last: bool,
                      log: SearchLog, fixed_llm: Sequence[int] = (), progress: Callable[[str], None] = print,
-                     screen: ScreenPlan | None = None) -> list[int]:
+                     screen: ScreenPlan | None = None, valid: Callable[[list], bool] | None = None) -> list[int]:
     """Greedy importance search: ``remove`` rounds, each removing the layer whose removal scores best.
 
     ``kind`` is ``llm`` or ``audio``; indices are positions in the input model. ``fixed_llm`` are LLM
     layers already chosen (kept removed while searching audio layers). Ties go to the lower index.
     ``screen``: screen each round (:class:`ScreenPlan`; only the finalists are scored on the whole
     held-out set) where the scorer can (:meth:`CandidateScorer.screen_reason`), else every candidate.
-    Returns the removed layers in the order they were chosen.
+    ``valid(removed)``: False for a set of removed layers the model's family forbids (such a candidate is
+    skipped; a round with none left is a one-line error). Returns the removed layers in the order they were chosen.
     """
     removed: list[int] = []
     allowed = [i for i in range(n_layers) if not (protect_first_last and i in (0, n_layers - 1))]
@@ -483,7 +535,10 @@ def iterative_search(scorer: CandidateScorer, *, kind: str, n_layers: int, remov
     for rnd in range(1, remove + 1):
         best, best_score = None, None
         t_round = time.perf_counter()
-        cands = [c for c in allowed if c not in removed]
+        cands = [c for c in allowed if c not in removed and (valid is None or valid(removed + [c]))]
+        if not cands:
+            raise UserError(f"stage prune-layers: round {rnd} of the {kind} search: no remaining layer can be removed "
+                            f"after {sorted(removed)} (the model family's rules, e.g. KV sharing, forbid every one)")
         together, share, screened = 0, 0.0, None
         if screen is not None and not why_not:
             screened = log.screen(kind, removed)

@@ -342,7 +342,12 @@ class KD(Stage):
             return {}
         maps = {}
         ns, nt = layer_counts(s_cfg), layer_counts(t_cfg)
-        for kind in o.hidden:
+        kinds = [k for k in o.hidden if ns[k] and nt[k]]  # no audio layers: an encoder-free model
+        if not kinds:
+            raise UserError(f"stage kd: hidden-state KD of {', '.join(o.hidden)}: the student {student} or the teacher "
+                            f"{teacher} has no such layers (an encoder-free model has no audio-encoder layers; "
+                            "match hidden: [llm])")
+        for kind in kinds:
             chain = lineage(teacher, student, kind, nt[kind])
             maps[kind] = resolve_layer_map(getattr(o, f"{kind}_layer_map"), ns[kind], nt[kind], chain,
                                            f"stage kd: option '{kind}_layer_map'")
@@ -375,8 +380,7 @@ class KD(Stage):
         s_w = t_w = {}
         if self._maps:  # hidden-state KD (a family with hidden_state_kd): layers and widths of both models
             s_lay, t_lay = find_layout(student), find_layout(teacher)
-            s_w = {"llm": s_lay.text_config.hidden_size, "audio": s_lay.audio_config.d_model}
-            t_w = {"llm": t_lay.text_config.hidden_size, "audio": t_lay.audio_config.d_model}
+            s_w, t_w = s_lay.widths, t_lay.widths
 
         from transformers import set_seed
 

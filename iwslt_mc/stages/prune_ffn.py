@@ -3,7 +3,11 @@
 LLM layers: unit j of a Qwen2 MLP is row j of ``gate_proj`` and ``up_proj`` and column j of
 ``down_proj``; audio-encoder layers: row j of ``fc1`` (and its bias) and column j of ``fc2``. Each
 layer keeps its ``width`` most important units (the same width in every layer, because the config
-has one ``intermediate_size`` / ``encoder_ffn_dim``, which are updated).
+has one ``intermediate_size`` / ``encoder_ffn_dim``, which are updated). The family's surgery narrows them
+(:meth:`~iwslt_mc.families.base.Family.surgery`: ``ffn_widths``, ``llm_mlp_widths``, ``prune_llm_mlp``,
+``prune_audio_ffn``) and its :meth:`~iwslt_mc.families.base.Family.check_ffn_pruning` refuses, from the
+config, a width its architecture has no setting for (Gemma 4: its MLPs are gate/up/down as Qwen2's, with
+double-wide KV-sharing layers keeping twice the units; its audio encoder's FFN width is fixed).
 
 Importance of a unit (``importance`` option):
 
@@ -74,8 +78,8 @@ def rounded_width(width: int | None, multiple_of: int) -> int | None:
         return dataclasses.replace(self, calibration=min(self.calibration, 4))
 
 
-def weight_importance(model) -> tuple[list, list]:
-    """Per layer, the weight-norm importance of each LLM MLP unit and each audio FFN unit."""
+def weight_importance(model, audio: bool = True) -> tuple[list, list]:
+    """Per layer, the weight-norm importance of each LLM MLP unit and (``audio``) each audio FFN unit."""
     from ..families import layout_of as find_layout
 
     layout = find_layout(model)
@@ -84,20 +88,22 @@ def weight_importance(model) -> tuple[list, list]:
         m = layer.mlp
         llm.append((m.gate_proj.weight.float().norm(dim=1) * m.up_proj.weight.float().norm(dim=1)
                     * m.down_proj.weight.float().norm(dim=0)).cpu())
-    audio = []
-    for layer in layout.audio_layers:
-        audio.append((layer.fc1.weight.float().norm(dim=1) * layer.fc2.weight.float().norm(dim=0)).cpu())
-    return llm, audio
+    out_audio = []
+    for layer in (layout.audio_layers if audio else ()):
+        out_audio.append((layer.fc1.weight.float().norm(dim=1) * layer.fc2.weight.float().norm(dim=0)).cpu())
+    return llm, out_audio
 
 
-def activation_importance(model, processor, segments, lang: str) -> tuple[list, list]:
-    """Per layer, ``E|activation| x output-weight norm`` of each unit over the tokens of ``segments``."""
-    from ..families import layout_of as find_layout
-    from ..training.calibration import calibration_pass
+def activation_importance(model, processor, segments, lang: str, audio: bool = True) -> tuple[list, list]:
+    """Per layer, ``E|activation| x output-weight norm`` of each unit over the tokens of ``segments`` (audio
+    FFN units only with ``audio``)."""
+    from ..families import family_of_model, layout_of as find_layout
+    from ..training.calibration import calibration_forward, calibration_pass
 
     layout = find_layout(model)
+    audio_layers = list(layout.audio_layers) if audio else []
     llm_sum = [None] * layout.num_llm_layers
-    audio_sum = [None] * layout.num_audio_layers
+    audio_sum = [None] * len(audio_layers)
     real = {}  # the encoder always sees its whole window (30 s, padded): count only frames of real audio
 
     def add(store, i, kind):
@@ -112,13 +118,16 @@ def activation_importance(model, processor, segments, lang: str) -> tuple[list, 
     hooks = [layer.mlp.down_proj.register_forward_pre_hook(add(llm_sum, i, "llm"))
              for i, layer in enumerate(layout.decoder_layers)]
     hooks += [layer.fc2.register_forward_pre_hook(add(audio_sum, i, "audio"))
-              for i, layer in enumerate(layout.audio_layers)]
-    counts = calibration_pass(model, processor, layout, segments, lang, hooks, real)
+              for i, layer in enumerate(audio_layers)]
+    if family_of_model(model).llm_on_captured_embeds:
+        counts = calibration_pass(model, processor, layout, segments, lang, hooks, real)
+    else:  # the whole model on each teacher-forced example (its LLM needs more than the prompt embeddings)
+        counts = calibration_forward(model, processor, segments, lang, hooks)
     llm = [(s / max(counts["llm"], 1)).cpu() * layer.mlp.down_proj.weight.float().norm(dim=0).cpu()
            for s, layer in zip(llm_sum, layout.decoder_layers)]
-    audio = [(s / max(counts["audio"], 1)).cpu() * layer.fc2.weight.float().norm(dim=0).cpu()
-             for s, layer in zip(audio_sum, layout.audio_layers)]
-    return llm, audio
+    audio_out = [(s / max(counts["audio"], 1)).cpu() * layer.fc2.weight.float().norm(dim=0).cpu()
+             for s, layer in zip(audio_sum, audio_layers)]
+    return llm, audio_out
 
 
 def top_units(scores, width: int):
@@ -158,7 +167,12 @@ class PruneFFN(Stage):
         return out
 
     def _check_config(self, cfg: dict, in_dir: str) -> None:
+        from ..families import family_of_model_type
+
         o = self.options
+        fam = family_of_model_type(cfg.get("model_type"))
+        if fam is not None:  # what the architecture cannot narrow (Family.check_ffn_pruning)
+            fam.check_ffn_pruning(cfg, llm=o.llm_width is not None, audio=o.audio_width is not None)
         cur = {"llm_width": cfg.get("text_config", {}).get("intermediate_size"),
                "audio_width": cfg.get("audio_config", {}).get("encoder_ffn_dim")}
         for k in ("llm_width", "audio_width"):
@@ -168,7 +182,7 @@ class PruneFFN(Stage):
 
     def run(self, in_dir: Path, out_dir: Path, ctx: StageContext) -> dict:
         from .. import modelio
-        from ..families import layout_of as find_layout, surgery_of
+        from ..families import surgery_of
         from ..training.common import checkpoint_dtype
 
         o = self.options
@@ -176,17 +190,17 @@ class PruneFFN(Stage):
         run_dtype = modelio.runtime_dtype(in_dir, ctx.resolved_device())
         model = modelio.load_model(in_dir, dtype=run_dtype, device=ctx.resolved_device())
         processor = modelio.load_processor(in_dir)
-        layout = find_layout(model)
-        before = {"llm": layout.text_config.intermediate_size, "audio": layout.audio_config.encoder_ffn_dim}
+        surgery = surgery_of(model)
+        before = dict(zip(("llm", "audio"), surgery.ffn_widths(model)))
         data = []
         if o.importance == "activation":
             from ..training.calibration import calibration_segments
 
             segs, data = calibration_segments(ctx, o.split, o.calibration, stage="prune-ffn",
                                               use="calibration of FFN unit importance")
-            llm_imp, audio_imp = activation_importance(model, processor, segs, ctx.lang)
+            llm_imp, audio_imp = activation_importance(model, processor, segs, ctx.lang, audio=o.audio_width is not None)
         else:
-            llm_imp, audio_imp = weight_importance(model)
+            llm_imp, audio_imp = weight_importance(model, audio=o.audio_width is not None)
         techniques = []
         how = "weight-norm importance" if o.importance == "weight" else f"activation importance on {o.calibration} segments"
         llm_width, audio_width = o.widths()
@@ -194,15 +208,16 @@ class PruneFFN(Stage):
             ctx.log(f"prune-ffn: target widths rounded down to a multiple of {o.multiple_of}: "
                     f"LLM {o.llm_width} -> {llm_width}, audio {o.audio_width} -> {audio_width} (multiple_of=1 keeps them)")
         if llm_width is not None and llm_width < before["llm"]:
-            surgery_of(model).prune_llm_mlp(model, [top_units(s, llm_width) for s in llm_imp])
+            surgery.prune_llm_mlp(model, [top_units(s, w) for s, w in zip(llm_imp, surgery.llm_mlp_widths(model, llm_width))])
             techniques.append(f"structured LLM MLP pruning ({before['llm']} -> {llm_width} units per layer, {how})")
         if audio_width is not None and audio_width < before["audio"]:
-            surgery_of(model).prune_audio_ffn(model, [top_units(s, audio_width) for s in audio_imp])
+            surgery.prune_audio_ffn(model, [top_units(s, audio_width) for s in audio_imp])
             techniques.append(f"structured audio-encoder FFN pruning ({before['audio']} -> {audio_width} units per layer, {how})")
         if not techniques:
             ctx.log("prune-ffn: target widths equal the current ones; weights copied unchanged")
         # back to the stored dtype: exact, the float16/bf16 values went through float32
         modelio.save_model(model, processor, out_dir, dtype=checkpoint_dtype(in_dir) if run_dtype else None)
+        after = dict(zip(("llm", "audio"), surgery.ffn_widths(model)))
         return {"techniques": techniques or ["FFN pruning (no change)"], "data": data,
-                "llm_width_before": before["llm"], "llm_width_after": layout.text_config.intermediate_size,
-                "audio_width_before": before["audio"], "audio_width_after": layout.audio_config.encoder_ffn_dim}
+                "llm_width_before": before["llm"], "llm_width_after": after["llm"],
+                "audio_width_before": before["audio"], "audio_width_after": after["audio"]}

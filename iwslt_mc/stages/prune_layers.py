@@ -280,6 +280,15 @@ class PruneLayers(Stage):
             return f"{what} layer pruning (removed the top {len(idx)} of {n} layers: {idx[0]}-{idx[-1]})"
         return f"{what} layer pruning (removed layers {fmt_layers(sorted(idx))} of {n})"
 
+    def search_technique(self, what: str, idx: list, n: int, info: dict) -> str:
+        """The technique line of an iterative search that removed ``idx`` (in the order chosen) of ``n`` layers."""
+        return self._technique(what, idx, "iterative", n, info)
+
+    def search_layers(self, model, processor, in_dir: Path, out_dir: Path, ctx: StageContext):
+        """The iterative search on a loaded ``model`` (a family's own run calls it): (LLM layers, audio layers,
+        search info) as :meth:`run` records them."""
+        return self._search(model, processor, in_dir, out_dir, ctx)
+
     def _search(self, model, processor, in_dir: Path, out_dir: Path, ctx: StageContext):
         import numpy as np
 
@@ -297,8 +306,14 @@ class PruneLayers(Stage):
             examples = [examples[i] for i in pick]
         ctx.log(f"prune-layers: held-out set of {len(examples)} segments; encoding audio once")
         segments = heldout_segments(examples, ctx.lang)
-        engine_cls = imp.ENGINES[o.engine]
-        extra = {"round_rows": o.round_rows} if o.engine == "shared" else {}
+        from ..families import family_of_model
+
+        fam = family_of_model(model)
+        engine_cls = imp.ENGINES[o.engine] if fam.in_place_layer_removal else imp.RebuildEngine
+        if engine_cls is imp.RebuildEngine:
+            ctx.log(f"prune-layers: {fam.label} layers cannot be taken out in place: each candidate is a pruned "
+                    f"copy (engine {o.engine} not used)")
+        extra = {"round_rows": o.round_rows} if engine_cls is imp.SharedEngine else {}
         engine = engine_cls(model, processor, segments, ctx.lang, max_new_tokens=o.max_new_tokens,
                             max_length=o.max_length, batch_size=o.batch_size, **extra)
         if getattr(engine, "fallback", None):
@@ -324,9 +339,18 @@ class PruneLayers(Stage):
         from ..families import layout_of
 
         layout = layout_of(model)
-        llm = imp.iterative_search(scorer, kind="llm", n_layers=layout.num_llm_layers, remove=o.remove,
+        n_llm = layout.num_llm_layers
+
+        def valid(removed) -> bool:  # a removal the family allows (Gemma 4: KV sharing, a global last layer)
+            try:
+                fam.config_after_layer_removal(model.config, [i for i in range(n_llm) if i not in set(removed)])
+            except UserError:
+                return False
+            return True
+
+        llm = imp.iterative_search(scorer, kind="llm", n_layers=n_llm, remove=o.remove,
                                    protect_first_last=o.protect_first_last, log=log, progress=ctx.log,
-                                   screen=screen) if o.remove else []
+                                   screen=screen, valid=valid) if o.remove else []
         audio = imp.iterative_search(scorer, kind="audio", n_layers=layout.num_audio_layers, remove=o.audio_remove,
                                      protect_first_last=o.protect_first_last, log=log, fixed_llm=llm,
                                      progress=ctx.log) if o.audio_remove else []

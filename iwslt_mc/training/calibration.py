@@ -80,3 +80,30 @@ def calibration_pass(model, processor, layout, segments, lang: str, hooks: list,
         for h in hooks:
             h.remove()
     return counts
+
+
+def calibration_forward(model, processor, segments, lang: str, hooks: list) -> dict:
+    """As :func:`calibration_pass`, for a family whose LLM needs more than its captured prompt embeddings
+    (:attr:`~iwslt_mc.families.base.Family.llm_on_captured_embeds` False): each segment, encoded as a training
+    example (prompt with its audio, the reference, the end of the turn), runs through the whole model one at a
+    time. Returns the counts: LLM positions (the audio counts stay 0: no audio-encoder statistics here)."""
+    import torch
+
+    from .training import Collator, encode_example, pad_token_id
+
+    counts = {"llm": 0, "audio": 0, "audio_pooled": 0}
+    collate = Collator(pad_token_id(processor, model))
+    device = next(model.parameters()).device
+    dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
+    try:
+        with torch.inference_mode():
+            for seg in segments:
+                batch = collate([encode_example(processor, seg.wave, seg.reference, lang)])
+                batch.pop("labels")
+                batch = {k: (v.to(device, dtype) if v.is_floating_point() else v.to(device)) for k, v in batch.items()}
+                model(**batch, use_cache=False)
+                counts["llm"] += batch["input_ids"].shape[1]
+    finally:
+        for h in hooks:
+            h.remove()
+    return counts

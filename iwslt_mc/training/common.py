@@ -101,9 +101,11 @@ def teacher_fingerprint(teacher: Path) -> str:
 
 
 def layer_counts(cfg: dict) -> dict:
-    """Decoder layers of the LLM and of the audio encoder in a config.json dict."""
-    return {"llm": int(cfg.get("text_config", {}).get("num_hidden_layers", 0)),
-            "audio": int(cfg.get("audio_config", {}).get("encoder_layers", 0))}
+    """Decoder layers of the LLM and of the audio encoder in a config.json dict (``encoder_layers``, or
+    ``num_hidden_layers`` where the audio config names its layers so; 0 without an audio encoder)."""
+    a = cfg.get("audio_config") or {}
+    return {"llm": int((cfg.get("text_config") or {}).get("num_hidden_layers", 0)),
+            "audio": int(a.get("encoder_layers", a.get("num_hidden_layers", 0)) or 0)}
 
 
 def load_training_data(ctx, split, limit, stage: str):

@@ -40,9 +40,11 @@ class Gemma4Family(Family):
     default_max_new_tokens = MAX_NEW_TOKENS
     turn_end_token = "<turn|>"  # the chat template closes every turn, the model's too, with it
     token_aligned_inputs = ("mm_token_type_ids",)
+    # kd's hidden-state term: decoder layer outputs (each layer's PLE slice and layer_scalar applied; KV-sharing
+    # layers compute their own output) and, in gemma4, the conformer's layer outputs (:meth:`layout`)
+    hidden_state_kd = True
     processor_prefixes = ("Gemma4",)
-    stages = ("prune-layers", "trim-vocab", "quantize", "finetune", "merge", "distill", "kd", "drop-vision")
-    strategies = {"prune-layers": ("middle", "top")}  # the iterative search is Qwen2-Audio's only, for now
+    stages = ("prune-layers", "prune-ffn", "trim-vocab", "quantize", "finetune", "merge", "distill", "kd", "drop-vision")
     kit_options = ("unified",)
     kit_variants = {"gemma4": {}, "gemma4_unified": {"unified": True}}
     recipes = (  # largest first
@@ -107,6 +109,34 @@ class Gemma4Family(Family):
     def component_for_key(self, key: str) -> str:
         return _component_for_key(key)
 
+    def layout(self, model):
+        """:func:`iwslt_mc.families.gemma4.layout.find_layout` (a :class:`~.layout.Gemma4Layout`)."""
+        from .layout import find_layout
+
+        return find_layout(model)
+
+    def surgery(self):
+        """:mod:`iwslt_mc.families.gemma4.surgery` (prune-ffn's in-place MLP narrowing lives there too)."""
+        from . import surgery
+
+        return surgery
+
+    # the decoder takes per-layer token embeddings from the ids (gemma4) and multimodal masks (both layouts)
+    llm_on_captured_embeds = False
+
+    def check_ffn_pruning(self, cfg: dict, llm: bool, audio: bool) -> None:
+        """The audio encoder's FFNs cannot be narrowed: ``gemma4_unified`` has no audio encoder, and
+        ``gemma4``'s conformer FFN width is fixed by transformers (4 x hidden_size, no config field)."""
+        from ...errors import UserError
+        from .surgery import AUDIO_FFN_REFUSAL
+
+        if audio:
+            a = cfg.get("audio_config") or {}
+            if not a.get("num_hidden_layers"):
+                raise UserError("stage prune-ffn: audio_width: this Gemma 4 model has no audio encoder "
+                                "(gemma4_unified: raw audio frames enter through embed_audio)")
+            raise UserError(f"stage prune-ffn: audio_width: {AUDIO_FFN_REFUSAL}")
+
     def kv_sources(self, text_config) -> dict[int, int]:
         """Layer -> the earlier layer whose keys/values it reuses (KV sharing), for every sharing layer."""
         from .rules import kv_sources
@@ -137,6 +167,15 @@ class Gemma4Family(Family):
         from .surgery import check_removal
 
         check_removal(model_dir, remove, middle=middle)
+
+    # a layer's removal rewires KV sharing (built into the attention modules when the model is made) and slices
+    # the per-layer embedding table: the layer search scores rebuilt copies (:meth:`pruned_copy`)
+    in_place_layer_removal = False
+
+    def pruned_copy(self, model, removed_llm, removed_audio=()):
+        from .surgery import pruned_copy
+
+        return pruned_copy(model, removed_llm, removed_audio)
 
     def run_prune_layers(self, stage, in_dir, out_dir, ctx) -> dict:
         from .surgery import run_prune_layers

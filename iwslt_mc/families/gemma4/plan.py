@@ -4,7 +4,7 @@ Qwen2-Audio's planner expands one template layer; Gemma 4's layers differ (slidi
 have different head widths, KV-sharing layers, a PLE table whose width is per layer), so the whole model
 is enumerated (on the meta device: no memory). The on-disk arithmetic and the safetensors header are the
 planner's own (:func:`iwslt_mc.floor.sizes.disk_tensors`, :func:`iwslt_mc.floor.sizes.safetensors_header_bytes`).
-Supported spec dimensions: precision (per component too), ``vocab``, ``ffn_dim`` and ``llm_layers``
+Supported spec dimensions: precision (per component too), ``vocab``, ``ffn_dim`` (prune-ffn) and ``llm_layers``
 (the removed layers are the contiguous block nearest the middle that KV sharing and the global last
 layer allow: :meth:`Gemma4Family.allowed_removal`). ``--target`` searches are Qwen2-Audio only.
 A plain config (``plan --base DIR`` reads config.json without transformers) is converted to transformers'
@@ -202,9 +202,14 @@ def predict(spec, base_config, edition: str, *, base_name: str | None = None):
 
     ed = get_edition(edition)
     check_components(spec, COMPONENTS, "Gemma 4")
-    if any(getattr(spec, k) is not None for k in ("hidden", "heads", "audio_hidden", "audio_ffn_dim")):
-        raise UserError("--hidden/--heads/--audio-hidden/--audio-ffn-dim: width changes are not supported for Gemma 4 yet")
+    if any(getattr(spec, k) is not None for k in ("hidden", "heads", "audio_hidden")):
+        raise UserError("--hidden/--heads/--audio-hidden: width changes are not supported for Gemma 4 yet")
     base = base_dims(base_config)
+    if spec.audio_ffn_dim is not None:
+        from .surgery import AUDIO_FFN_REFUSAL
+
+        raise UserError("--audio-ffn-dim: " + (AUDIO_FFN_REFUSAL if base["audio_layers"] else
+                                               "this Gemma 4 model has no audio encoder (gemma4_unified)"))
     if spec.drop_vision and not base["vision"]:
         raise UserError("--drop-vision: this Gemma 4 model has no vision encoder (vision_config is empty)")
     dims = {k: (getattr(spec, k, None) if getattr(spec, k, None) is not None else v) for k, v in base.items()}

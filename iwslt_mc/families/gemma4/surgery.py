@@ -1,7 +1,10 @@
 """Surgery on a loaded Gemma 4 model: remove decoder layers (with their per-layer-embedding slices, under
 the KV-sharing constraint) and remove the vision encoder. Each returns a model that ``from_pretrained``
 alone loads back once saved: the config is rebuilt first, then a fresh model of that config receives
-the kept weights (``load_state_dict(strict=True)``, so nothing is silently dropped or left random)."""
+the kept weights (``load_state_dict(strict=True)``, so nothing is silently dropped or left random).
+
+The layout-based stage paths (:meth:`Gemma4Family.surgery`) get this module too: :func:`prune_llm_mlp`
+narrows the MLPs in place as Qwen2-Audio's surgery does (``ffn_widths``, ``llm_mlp_widths``)."""
 
 from __future__ import annotations
 
@@ -104,22 +107,39 @@ def drop_vision(model):
     return _rebuild(model, config, sd)
 
 
+def pruned_copy(model, removed_llm, removed_audio=()):
+    """A new model without LLM layers ``removed_llm`` and audio-encoder layers ``removed_audio`` (the stage's
+    surgery: KV sharing checked, PLE slices with their layers), on ``model``'s device: a layer-search candidate."""
+    new = model
+    if removed_audio:
+        new, _ = remove_audio_layers(new, removed_audio)
+    if removed_llm:
+        new, _ = remove_llm_layers(new, removed_llm)
+    if new is model:
+        return model
+    return new.to(next(model.parameters()).device)
+
+
 def run_prune_layers(stage, in_dir, out_dir, ctx) -> dict:
-    """The prune-layers stage for Gemma 4: explicit ``llm_layers``/``audio_layers``, or the middle/top
-    strategies (``remove``/``audio_remove``). The iterative search is Qwen2-Audio only for now (a one-line
-    refusal)."""
+    """The prune-layers stage for Gemma 4: explicit ``llm_layers``/``audio_layers``, the middle/top
+    strategies (``remove``/``audio_remove``), or the iterative search (the stage's own, each candidate a
+    pruned copy: :func:`pruned_copy`; only removals KV sharing allows are candidates)."""
     from ...errors import UserError
     from ...floor.layers import fmt_layers, middle_block, top_block
 
     o = stage.options
-    if o.strategy == "iterative":
-        raise UserError("stage prune-layers: strategy iterative is not supported for Gemma 4 yet (use llm_layers, middle or top)")
     run_dtype = stage.runtime_dtype(in_dir, ctx.resolved_device())
-    model = stage.load_model(in_dir, dtype=run_dtype, device="cpu")
+    search = o.strategy == "iterative"
+    model = stage.load_model(in_dir, dtype=run_dtype, device=ctx.resolved_device() if search else "cpu")
     processor = stage.load_processor(in_dir)
     n = model.config.text_config.num_hidden_layers
     n_audio = audio_layer_count(model.config)
-    if o.strategy is None:
+    extras = {}
+    if search:
+        llm, audio, info = stage.search_layers(model, processor, in_dir, out_dir, ctx)
+        extras = {"search": info, "data": info.pop("data")}
+        model = model.to("cpu")
+    elif o.strategy is None:
         llm, audio = sorted(o.llm_layers or []), sorted(o.audio_layers or [])
     elif o.strategy == "middle":
         # the planner's rule: the valid block (KV sharing, a global last layer) nearest the middle
@@ -134,19 +154,22 @@ def run_prune_layers(stage, in_dir, out_dir, ctx) -> dict:
     if llm:
         new, kept = remove_llm_layers(new, llm)
         ctx.log(f"prune-layers: removed Gemma 4 LLM layers [{fmt_layers(llm)}] (PLE slices with them)")
-        techniques.append(f"layer pruning: {len(llm)} of {n} Gemma 4 LLM layers removed ({how}: {fmt_layers(llm)})")
+        techniques.append(stage.search_technique("LLM", llm, n, extras["search"]) if search
+                          else f"layer pruning: {len(llm)} of {n} Gemma 4 LLM layers removed ({how}: {fmt_layers(llm)})")
     if audio:
         new, _ = remove_audio_layers(new, audio)
         ctx.log(f"prune-layers: removed Gemma 4 audio-encoder layers [{fmt_layers(audio)}]")
-        techniques.append(f"audio encoder layer pruning: {len(audio)} of {n_audio} conformer layers removed "
+        techniques.append(stage.search_technique("audio-encoder", audio, n_audio, extras["search"]) if search else
+                          f"audio encoder layer pruning: {len(audio)} of {n_audio} conformer layers removed "
                           f"({how}: {fmt_layers(audio)})")
     if not techniques:
         raise UserError("stage prune-layers: nothing to remove (give llm_layers/audio_layers, or remove/audio_remove)")
     ctx.log("prune-layers: saving")
     stage.save_model(new, processor, out_dir, dtype=stage.checkpoint_dtype(in_dir) if run_dtype else None)
-    return {"techniques": techniques, "removed_llm_layers": llm, "removed_audio_layers": audio,
-            "llm_layers_before": n, "llm_layers_after": len(kept),
-            "audio_layers_before": n_audio, "audio_layers_after": n_audio - len(audio)}
+    out = {"techniques": techniques, "removed_llm_layers": llm, "removed_audio_layers": audio,
+           "llm_layers_before": n, "llm_layers_after": len(kept),
+           "audio_layers_before": n_audio, "audio_layers_after": n_audio - len(audio)}
+    return {**out, **extras}
 
 
 def check_removal(model_dir, remove, middle: int = 0) -> None:
@@ -270,3 +293,70 @@ def run_trim_vocab(stage, in_dir, out_dir, ctx) -> dict:
                            f"{saved:,} bytes saved)"], "data": data_used, "vocab_before": rows_before,
             "vocab_after": len(keep_ids), "bytes_saved": saved, "text_segments": len(texts),
             "languages": stage._languages(ctx)}
+
+
+# ---------------------------------------------------------------------------------------------
+# MLP width (prune-ffn): gate_proj/up_proj rows and down_proj columns, as in Qwen2's MLP. The config has one
+# ``intermediate_size``; with ``use_double_wide_mlp`` the KV-sharing layers are twice as wide, so they keep
+# twice the units and the ratio stays the config's.
+
+
+def ffn_widths(model) -> tuple[int, int | None]:
+    """(LLM ``intermediate_size``, None): Gemma 4's audio encoder has no FFN-width setting."""
+    return model.config.text_config.intermediate_size, None
+
+
+def _mlp_factor(text_config, i: int) -> int:
+    shared = getattr(text_config, "num_kv_shared_layers", 0) or 0
+    double = bool(getattr(text_config, "use_double_wide_mlp", False))
+    return 2 if double and i >= text_config.num_hidden_layers - shared else 1
+
+
+def llm_mlp_widths(model, width: int) -> list[int]:
+    """The units each decoder layer keeps when ``intermediate_size`` becomes ``width`` (double-wide
+    KV-sharing layers: twice as many)."""
+    t = model.config.text_config
+    return [width * _mlp_factor(t, i) for i in range(t.num_hidden_layers)]
+
+
+def _narrow_linear(lin, out_idx=None, in_idx=None):
+    """A new bias-free nn.Linear keeping output rows ``out_idx`` and/or input columns ``in_idx`` of ``lin``."""
+    import torch.nn as nn
+
+    w = lin.weight.data
+    if out_idx is not None:
+        w = w.index_select(0, out_idx.to(w.device))
+    if in_idx is not None:
+        w = w.index_select(1, in_idx.to(w.device))
+    new = nn.Linear(w.shape[1], w.shape[0], bias=False, device=w.device, dtype=w.dtype)
+    new.weight.data.copy_(w)
+    new.weight.requires_grad_(lin.weight.requires_grad)
+    return new
+
+
+def prune_llm_mlp(model, keep: list) -> None:
+    """Keep intermediate units ``keep[l]`` (LongTensors) of each decoder layer's MLP, in place; the config's
+    ``intermediate_size`` follows (every layer must keep :func:`llm_mlp_widths` of one width)."""
+    t = model.config.text_config
+    layers = model.model.language_model.layers
+    widths = {len(k) // _mlp_factor(t, i) for i, k in enumerate(keep)}
+    if len(widths) != 1 or any(len(k) % _mlp_factor(t, i) for i, k in enumerate(keep)):
+        raise ValueError("every layer must keep the same number of MLP units (the config has one intermediate_size)")
+    for layer, idx in zip(layers, keep):
+        mlp, idx = layer.mlp, idx.sort().values
+        mlp.gate_proj = _narrow_linear(mlp.gate_proj, out_idx=idx)
+        mlp.up_proj = _narrow_linear(mlp.up_proj, out_idx=idx)
+        mlp.down_proj = _narrow_linear(mlp.down_proj, in_idx=idx)
+        mlp.intermediate_size = len(idx)
+    t.intermediate_size = widths.pop()
+
+
+def prune_audio_ffn(model, keep: list) -> None:
+    from ...errors import UserError
+
+    raise UserError(AUDIO_FFN_REFUSAL)
+
+
+# why prune-ffn's audio_width is refused for Gemma 4 (the family's check_ffn_pruning says it before any work)
+AUDIO_FFN_REFUSAL = ("Gemma 4's audio encoder has no FFN-width setting (its conformer FFNs are 4 x hidden_size, "
+                     "fixed in transformers' Gemma4AudioFeedForward), so a narrower one would not load back")

@@ -87,6 +87,11 @@ class ModelLayout:
     def num_audio_layers(self) -> int:
         return len(self.audio_layers)
 
+    @property
+    def widths(self) -> dict:
+        """The residual widths hidden-state KD matches: ``llm`` (hidden_size), ``audio`` (the encoder's d_model)."""
+        return {"llm": self.text_config.hidden_size, "audio": self.audio_config.d_model}
+
     def describe(self) -> dict:
         return {
             "audio_layers": f"{self.audio_layers_name} ({self.num_audio_layers})",

@@ -180,6 +180,17 @@ def llm_mlps(model) -> list:
     return [layer.mlp for layer in _layout(model).decoder_layers]
 
 
+def ffn_widths(model) -> tuple[int, int]:
+    """(LLM ``intermediate_size``, audio ``encoder_ffn_dim``): the widths prune-ffn narrows."""
+    layout = _layout(model)
+    return layout.text_config.intermediate_size, layout.audio_config.encoder_ffn_dim
+
+
+def llm_mlp_widths(model, width: int) -> list[int]:
+    """The units each LLM layer keeps when ``intermediate_size`` becomes ``width`` (every layer: ``width``)."""
+    return [width] * _layout(model).num_llm_layers
+
+
 def prune_llm_mlp(model, keep: list) -> None:
     """Keep intermediate units ``keep[l]`` (a LongTensor of equal length for every layer) of each LLM MLP."""
     layout = _layout(model)

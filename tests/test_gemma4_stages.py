@@ -1,0 +1,341 @@
+"""The stages Qwen2-Audio has, on Gemma 4 (both kits: ``gemma4`` with its conformer audio encoder, PLE and KV
+sharing, and the 12B's encoder-free ``gemma4_unified``): each runs through the family seam and the model
+runs afterwards with the planner's prediction equal to the bytes built, or the stage refuses in one line
+naming the architectural reason (issue 33, item 2)."""
+
+from __future__ import annotations
+
+import pytest
+
+QUIET = dict(device="cpu", log=lambda *a: None)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(params=["gemma4", "gemma4_unified"])
+def gkit(request, _kits):
+    """The kit folder of each Gemma 4 variant (read-only)."""
+    return _kits(request.param)[0]
+
+
+def _load(model_dir):
+    import torch
+    from transformers import AutoModelForMultimodalLM
+
+    return AutoModelForMultimodalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+
+
+def _clip(kit):
+    from iwslt_mc.decoding.audio import load_audio
+
+    return load_audio(kit / "data" / "testsets" / "KITCLIPS" / "clip-a.wav")
+
+
+def _logits(model, processor, wave):
+    """The logits of the organizers' prompt with ``wave`` (one forward pass of the whole model)."""
+    import torch
+
+    from iwslt_mc.decoding.core import prepare_batch
+
+    inputs = prepare_batch(processor, [wave], "en-de").inputs
+    inputs = {k: (v.to(torch.float32) if v.is_floating_point() else v) for k, v in inputs.items()}
+    with torch.inference_mode():
+        return model(**inputs, use_cache=False).logits
+
+
+def _runs(model_dir, kit, n=6):
+    """Greedy decoding of one kit clip after a stage: ``n`` new tokens (random weights never stop early)."""
+    from iwslt_mc import modelio
+    from iwslt_mc.decoding.core import reference_one
+
+    model, proc = modelio.load_model(model_dir, device="cpu"), modelio.load_processor(model_dir)
+    return reference_one(model, proc, _clip(kit), "en-de", max_new_tokens=n).tokens
+
+
+def _predicted_exactly(out, spec_kwargs, base):
+    """The planner's prediction of ``base`` with ``spec_kwargs`` equals what the sizer measures in ``out``."""
+    from iwslt_mc.planning import planner
+    from iwslt_mc.sizing import sizer
+
+    rep = sizer.measure(out)
+    pred = planner.predict(planner.Spec(precision="fp32", **spec_kwargs), planner.load_base_config(base), "2025")
+    assert (pred.bytes, pred.params) == (rep.bytes, rep.params)
+    return rep
+
+
+# ------------------------------------------------------------------------------------------------ prune-ffn
+
+
+def test_prune_ffn_gemma4_weight_importance_is_exact(gkit, tmp_path):
+    """Kept units are the top weight-norm ones of every layer; the narrowed model computes exactly what the
+    original does with the dropped units' down_proj columns zeroed; it decodes; the plan is exact."""
+    import torch
+
+    from iwslt_mc import modelio
+    from iwslt_mc.stages import make_stage
+    from iwslt_mc.stages.base import StageContext, run_stage
+    from iwslt_mc.stages.prune_ffn import top_units, weight_importance
+
+    base = gkit / "model"
+    out = tmp_path / "narrow"
+    rec = run_stage(make_stage("prune-ffn", {"llm_width": 100, "multiple_of": 1}), base, out, StageContext(**QUIET))
+    assert rec["llm_width_before"] == 128 and rec["llm_width_after"] == 100 and rec["audio_width_after"] is None
+    assert rec["techniques"] == ["structured LLM MLP pruning (128 -> 100 units per layer, weight-norm importance)"]
+    old, new = _load(base), _load(out)
+    assert new.config.text_config.intermediate_size == 100
+    keep = [top_units(s, 100) for s in weight_importance(old, audio=False)[0]]
+    for lo, ln, k in zip(old.model.language_model.layers, new.model.language_model.layers, keep):
+        assert tuple(ln.mlp.gate_proj.weight.shape) == (100, 64) and tuple(ln.mlp.down_proj.weight.shape) == (64, 100)
+        assert torch.equal(ln.mlp.up_proj.weight, lo.mlp.up_proj.weight[k])
+        assert torch.equal(ln.mlp.down_proj.weight, lo.mlp.down_proj.weight[:, k])
+        dropped = torch.ones(128, dtype=torch.bool)
+        dropped[k] = False
+        with torch.no_grad():
+            lo.mlp.down_proj.weight[:, dropped] = 0
+    proc = modelio.load_processor(base)
+    wave = _clip(gkit)
+    torch.testing.assert_close(_logits(new, proc, wave), _logits(old, proc, wave), rtol=1e-5, atol=1e-5)
+    assert len(_runs(out, gkit)) == 6
+    _predicted_exactly(out, {"ffn_dim": 100}, base)
+
+
+def test_prune_ffn_gemma4_activation_importance(gkit, tmp_path):
+    """Activation importance runs whole teacher-forced examples through Gemma 4 (its decoder needs more than
+    the captured prompt embeddings); the units it keeps differ from the weight-norm ones, and the result
+    loads, decodes and is planned exactly (rounded down to a multiple of 64 by default)."""
+    import torch
+
+    from iwslt_mc.stages import make_stage
+    from iwslt_mc.stages.base import StageContext, run_stage
+
+    base = gkit / "model"
+    ctx = StageContext(lang="en-de", data=[str(gkit / "data")], **QUIET)
+    out = tmp_path / "act"
+    rec = run_stage(make_stage("prune-ffn", {"llm_width": 100, "importance": "activation", "calibration": 4}),
+                    base, out, ctx)
+    assert rec["llm_width_after"] == 64  # 100 rounded down to a multiple of 64
+    assert rec["data"][0]["use"].startswith("calibration of FFN unit importance (4 segments, seed 0)")
+    w = tmp_path / "w"
+    run_stage(make_stage("prune-ffn", {"llm_width": 64}), base, w, StageContext(**QUIET))
+    a, b = _load(out), _load(w)
+    assert any(not torch.equal(x.mlp.up_proj.weight, y.mlp.up_proj.weight)
+               for x, y in zip(a.model.language_model.layers, b.model.language_model.layers))
+    assert len(_runs(out, gkit)) == 6
+    _predicted_exactly(out, {"ffn_dim": 64}, base)
+
+
+def test_prune_ffn_gemma4_refuses_the_audio_width_in_one_line(gkit, tmp_path, monkeypatch):
+    from iwslt_mc.errors import UserError
+    from iwslt_mc.stages import make_stage
+    from iwslt_mc.stages.base import StageContext, run_stage
+
+    from iwslt_mc.floor.modeldir import read_model_type
+
+    unified = read_model_type(gkit / "model") == "gemma4_unified"
+    monkeypatch.setattr("iwslt_mc.modelio.load_model", lambda *a, **k: pytest.fail("weights loaded"))
+    want = (r"^stage prune-ffn: audio_width: this Gemma 4 model has no audio encoder \(gemma4_unified: raw audio "
+            r"frames enter through embed_audio\)$" if unified else
+            r"^stage prune-ffn: audio_width: Gemma 4's audio encoder has no FFN-width setting \(its conformer FFNs "
+            r"are 4 x hidden_size, fixed in transformers' Gemma4AudioFeedForward\), so a narrower one would not "
+            r"load back$")
+    with pytest.raises(UserError, match=want):
+        run_stage(make_stage("prune-ffn", {"llm_width": 64, "audio_width": 64}), gkit / "model", tmp_path / "x",
+                  StageContext(**QUIET))
+    assert not (tmp_path / "x").exists()
+
+
+def test_prune_ffn_gemma4_double_wide_kv_shared_layers(gemma_kit, tmp_path):
+    """With ``use_double_wide_mlp`` the KV-sharing layers are twice as wide: they keep twice the units, so the
+    narrowed model loads back from its config alone."""
+    import torch
+    from transformers import AutoConfig
+
+    from iwslt_mc.families.gemma4 import surgery
+    from iwslt_mc.stages.prune_ffn import top_units, weight_importance
+
+    cfg = AutoConfig.from_pretrained(str(gemma_kit[0] / "model"))
+    cfg.text_config.use_double_wide_mlp = True
+    torch.manual_seed(0)
+    from transformers import AutoModelForMultimodalLM
+
+    model = AutoModelForMultimodalLM.from_config(cfg).eval()
+    widths = [l.mlp.gate_proj.weight.shape[0] for l in model.model.language_model.layers]
+    assert widths == [128, 128, 256, 256]  # the last two layers share KV (num_kv_shared_layers=2)
+    assert surgery.llm_mlp_widths(model, 96) == [96, 96, 192, 192]
+    imp = weight_importance(model, audio=False)[0]
+    surgery.prune_llm_mlp(model, [top_units(s, w) for s, w in zip(imp, surgery.llm_mlp_widths(model, 96))])
+    model.save_pretrained(tmp_path / "m")
+    back = AutoModelForMultimodalLM.from_pretrained(str(tmp_path / "m"))
+    assert back.config.text_config.intermediate_size == 96
+    assert [l.mlp.down_proj.weight.shape[1] for l in back.model.language_model.layers] == [96, 96, 192, 192]
+    with pytest.raises(ValueError, match="every layer must keep the same number of MLP units"):
+        surgery.prune_llm_mlp(model, [torch.arange(50)] * 4)
+
+
+# ------------------------------------------------------------------------------------------------ hidden-state KD
+
+
+def test_kd_hidden_states_on_gemma4(gkit, tmp_path):
+    """kd with the hidden-state term on Gemma 4: a student made from the kit (layer 2 removed, MLPs narrowed to a
+    quarter) matches its layers to the teacher's by lineage (student 1 stands for teacher 2, the last of the
+    layers it replaces), the conformer layers one to one on the ``gemma4`` kit (none on the encoder-free kit);
+    the hidden term falls (after Adam's first, sign-sized step, which overshoots near the teacher), the
+    student reloads and decodes."""
+    import json
+
+    from iwslt_mc.floor.modeldir import read_model_type
+    from iwslt_mc.stages import make_stage
+    from iwslt_mc.stages.base import StageContext, run_stage
+
+    unified = read_model_type(gkit / "model") == "gemma4_unified"
+    ctx = StageContext(lang="en-de", data=[str(gkit / "data")], **QUIET)
+    run_stage(make_stage("prune-layers", {"llm_layers": [2]}), gkit / "model", tmp_path / "pruned", ctx)
+    student = tmp_path / "student"
+    run_stage(make_stage("prune-ffn", {"llm_width": 32, "multiple_of": 1}), tmp_path / "pruned", student, ctx)
+    opts = {"teacher": str(gkit / "model"), "alpha": 1.0, "hidden_weight": 1.0, "lr": 1e-3, "max_steps": 8,
+            "batch_size": 1, "limit": 1, "scheduler": "constant", "progress": False}  # one example: steps compare
+    out = tmp_path / "kd"
+    rec = run_stage(make_stage("kd", opts), student, out, ctx)
+    want = {"llm": [[0, 0], [1, 2], [2, 3]]} if unified else {"llm": [[0, 0], [1, 2], [2, 3]], "audio": [[0, 0], [1, 1]]}
+    assert rec["layer_maps"] == want
+    assert "hidden-state MSE (weight 1; llm layers 0->0, 1->2, 2->3" in rec["techniques"][0]
+    hidden = [json.loads(line)["hidden"] for line in (out / "kd_history.jsonl").read_text().splitlines()]
+    assert len(hidden) == 8 and hidden[-1] < 0.7 * hidden[0], hidden
+    assert all(b < a for a, b in zip(hidden[1:], hidden[2:])), hidden
+    assert len(_runs(out, gkit)) == 6
+
+
+def test_kd_hidden_states_refuses_audio_only_on_an_encoder_free_model(gemma_unified_kit, tmp_path, monkeypatch):
+    from iwslt_mc.errors import UserError
+    from iwslt_mc.stages import make_stage
+    from iwslt_mc.stages.base import StageContext, run_stage
+
+    monkeypatch.setattr("iwslt_mc.modelio.load_model", lambda *a, **k: pytest.fail("weights loaded"))
+    m = gemma_unified_kit / "model"
+    with pytest.raises(UserError, match=r"^stage kd: hidden-state KD of audio: the student .* or the teacher .* has no "
+                                        r"such layers \(an encoder-free model has no audio-encoder layers; match "
+                                        r"hidden: \[llm\]\)$"):
+        run_stage(make_stage("kd", {"teacher": str(m), "hidden_weight": 1.0, "hidden": ["audio"]}), m, tmp_path / "x",
+                  StageContext(lang="en-de", data=[str(gemma_unified_kit / "data")], **QUIET))
+    assert not (tmp_path / "x").exists()
+
+
+# ------------------------------------------------------------------------------------------------ layer search
+
+
+def test_iterative_layer_search_on_gemma4(gkit, tmp_path):
+    """The greedy search on Gemma 4: each round's candidates are exactly the removals KV sharing and the global
+    last layer allow; each candidate (a pruned copy) scores what the explicitly pruned model decodes to; the
+    best is removed; the output is the explicit prune-layers of the chosen layers."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from iwslt_mc import modelio
+    from iwslt_mc.decoding.core import translate
+    from iwslt_mc.errors import UserError
+    from iwslt_mc.families import family_named
+    from iwslt_mc.scoring.metrics import get_metric
+    from iwslt_mc.stages import make_stage
+    from iwslt_mc.stages.base import StageContext, run_stage
+    from iwslt_mc.training.calibration import heldout_segments
+    from iwslt_mc.training.data import load_examples
+
+    base = gkit / "model"
+    ctx = StageContext(lang="en-de", data=[str(gkit / "data")], **QUIET)
+    opts = {"strategy": "iterative", "remove": 2, "protect_first_last": False, "heldout": 1000, "split": None,
+            "max_new_tokens": 8}
+    out = tmp_path / "searched"
+    rec = run_stage(make_stage("prune-layers", opts), base, out, ctx)
+    lines = [json.loads(line) for line in (out / "prune_search.jsonl").read_text().splitlines()]
+    cfg = modelio.load_model(base, device="cpu").config
+    fam = family_named("gemma4")
+
+    def allowed(removed):
+        try:
+            fam.config_after_layer_removal(cfg, [i for i in range(4) if i not in removed])
+            return True
+        except UserError:
+            return False
+
+    removed = []
+    for rnd in (1, 2):
+        cands = {r["candidate"]: r["score"] for r in lines if r["type"] == "candidate" and r["round"] == rnd}
+        assert sorted(cands) == [c for c in range(4) if c not in removed and allowed(removed + [c])]
+        chosen = next(r["chosen"] for r in lines if r["type"] == "round" and r["round"] == rnd)
+        assert cands[chosen] == max(cands.values())
+        removed.append(chosen)
+    assert rec["removed_llm_layers"] == removed and rec["llm_layers_after"] == 2
+    assert rec["techniques"] == [f"iterative LLM layer pruning (removed layers {removed[0]}, {removed[1]} of 4, in that "
+                                 f"order, by chrF++ on {rec['search']['heldout']} held-out segments)"]
+    # round 1's score is the chrF++ of the model pruned by hand, decoded on the held-out set
+    one = tmp_path / "one"
+    run_stage(make_stage("prune-layers", {"llm_layers": [removed[0]]}), base, one, ctx)
+    segs = heldout_segments(load_examples([str(gkit / "data")], split=None, seed=0, lang="en-de"), "en-de")
+    assert [s.id for s in segs] == lines[0]["key"]["heldout"]
+    hyps = translate(modelio.load_model(one, device="cpu"), modelio.load_processor(one), [s.wave for s in segs],
+                     "en-de", mode="reference", max_new_tokens=8)
+    score = get_metric("auto")([h.text for h in hyps], [s.reference for s in segs], [s.source for s in segs], "en-de")
+    assert score == pytest.approx(rec["search"]["rounds"][0]["score"], abs=1e-9)
+    explicit = tmp_path / "explicit"
+    run_stage(make_stage("prune-layers", {"llm_layers": removed}), base, explicit, ctx)
+    a, b = load_file(out / "model.safetensors"), load_file(explicit / "model.safetensors")
+    assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)
+    assert len(_runs(out, gkit)) == 6
+
+
+def test_iterative_search_audio_layers_and_teacher_forced_on_gemma4(gemma_kit, tmp_path):
+    """The conformer layers are searched too (with the chosen LLM layer kept out), and teacher-forced scoring
+    runs whole examples through each pruned copy: every round removes its best-scoring candidate."""
+    import json
+
+    from iwslt_mc.stages import make_stage
+    from iwslt_mc.stages.base import StageContext, run_stage
+
+    kit = gemma_kit[0]
+    ctx = StageContext(lang="en-de", data=[str(kit / "data")], **QUIET)
+    opts = {"strategy": "iterative", "remove": 1, "audio_remove": 1, "protect_first_last": False, "heldout": 4,
+            "split": None, "scoring": "teacher-forced"}
+    out = tmp_path / "tf"
+    rec = run_stage(make_stage("prune-layers", opts), kit / "model", out, ctx)
+    lines = [json.loads(line) for line in (out / "prune_search.jsonl").read_text().splitlines()]
+    audio = {r["candidate"]: r["score"] for r in lines if r["type"] == "candidate" and r["kind"] == "audio"}
+    assert sorted(audio) == [0, 1] and rec["removed_audio_layers"] == [max(audio, key=audio.get)]
+    assert all(s < 0 for s in audio.values()) and audio[0] != audio[1]  # mean log-probabilities, not a constant
+    assert rec["removed_llm_layers"] == [2]  # the only single layer KV sharing and the global last layer allow
+    assert rec["audio_layers_after"] == 1 and rec["llm_layers_after"] == 3
+    assert "by mean reference log-prob (teacher-forced)" in rec["techniques"][0]
+    assert len(_runs(out, kit)) == 6
+
+
+def test_build_prune_ffn_recipe_is_planned_exactly_on_gemma4(gkit, tmp_path):
+    """A Gemma 4 recipe with prune-ffn (after a layer removal) builds what ``predict_recipe`` says, to the byte;
+    the planner refuses --audio-ffn-dim with the architectural reason."""
+    from iwslt_mc.build import build, predict_recipe
+    from iwslt_mc.errors import UserError
+    from iwslt_mc.planning import planner
+    from iwslt_mc.recipes import load_recipe
+    from iwslt_mc.sizing import sizer
+
+    p = tmp_path / "r.yaml"
+    p.write_text("name: r\nfamily: gemma4\nstages:\n"
+                 "  - {id: a, stage: prune-layers, options: {llm_layers: [2]}}\n"
+                 "  - {id: b, stage: prune-ffn, options: {llm_width: 80, multiple_of: 16}}\n")
+    recipe = load_recipe(str(p))
+    pred = predict_recipe(recipe, str(gkit / "model"), condition="constrained", lang="en-de", data={}, edition="2025")
+    assert pred["dims"]["ffn_dim"] == 80 and pred["dims"]["llm_kept"] == [0, 1, 3]
+    res = build(recipe, lang="en-de", base=str(gkit / "model"), data={}, condition="constrained", out=tmp_path / "b",
+                log=lambda *a: None)
+    assert res.size["bytes"] == pred["bytes"] == sizer.measure(res.model_dir).bytes
+    unified = res.prediction["dims"]["audio_layers"] is None
+    with pytest.raises(UserError, match=r"^--audio-ffn-dim: this Gemma 4 model has no audio encoder \(gemma4_unified\)$"
+                       if unified else r"^--audio-ffn-dim: Gemma 4's audio encoder has no FFN-width setting"):
+        planner.predict(planner.Spec(audio_ffn_dim=64), planner.load_base_config(gkit / "model"), "2025")
