@@ -67,15 +67,15 @@ class PruneFFNOptions(StageOptions):
         """The LLM and audio target widths after rounding (what the stage builds and the planner predicts)."""
         return rounded_width(self.llm_width, self.multiple_of), rounded_width(self.audio_width, self.multiple_of)
 
+    def smoke(self) -> "PruneFFNOptions":
+        return dataclasses.replace(self, calibration=min(self.calibration, 4))
+
 
 def rounded_width(width: int | None, multiple_of: int) -> int | None:
     """``width`` rounded down to a multiple of ``multiple_of``; a width below one multiple stays as given."""
     if width is None or width < multiple_of:
         return width
     return width // multiple_of * multiple_of
-
-    def smoke(self) -> "PruneFFNOptions":
-        return dataclasses.replace(self, calibration=min(self.calibration, 4))
 
 
 def weight_importance(model, audio: bool = True) -> tuple[list, list]:
