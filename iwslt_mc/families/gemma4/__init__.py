@@ -42,7 +42,8 @@ class Gemma4Family(Family):
     token_aligned_inputs = ("mm_token_type_ids",)
     processor_prefixes = ("Gemma4",)
     stages = ("prune-layers", "trim-vocab", "quantize", "finetune", "merge", "distill", "kd", "drop-vision")
-    strategies = {"prune-layers": ("middle", "top")}  # the iterative search is Qwen2-Audio's only, for now
+    strategies = {"prune-layers": ("middle", "top"),  # the iterative search is Qwen2-Audio's only, for now
+                  "quantize": ("nf4", "fp4", "int8", "ct")}  # method autoround: measured on Qwen2-Audio only
     kit_options = ("unified",)
     kit_variants = {"gemma4": {}, "gemma4_unified": {"unified": True}}
     recipes = (  # largest first
