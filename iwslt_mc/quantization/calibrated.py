@@ -107,8 +107,8 @@ def _lift_width_rule():
         lcr.apply_layer_config_special_cases = original
 
 
-def calibration_texts(ctx, n: int) -> list[str]:
-    """Source transcripts and reference translations of ``ctx.data`` (train split), seeded, at most ``n``."""
+def calibration_texts(ctx) -> list[str]:
+    """Source transcripts and reference translations of ``ctx.data`` (train split), in a seeded order."""
     import numpy as np
 
     from ..training.data import load_examples, target_text
@@ -124,7 +124,24 @@ def calibration_texts(ctx, n: int) -> list[str]:
     if not texts:
         raise UserError(f"stage quantize: no calibration text in {ctx.data} (split train)")
     order = np.random.default_rng(ctx.seed).permutation(len(texts)).tolist()
-    return [texts[i] for i in order[:max(n, 1)]]
+    return [texts[i] for i in order]
+
+
+def calibration_samples(texts: list[str], tokenizer, seqlen: int, n: int) -> list[str]:
+    """``n`` samples of at least ``seqlen`` tokens (AutoRound stacks them into one batch, so shorter ones break
+    it): the texts joined in order, wrapping around, each sample cut once it is long enough."""
+    if not texts:
+        return []
+    out, cur, i = [], [], 0
+    limit = n * (len(texts) + 1) * max(1, seqlen)  # texts of no tokens cannot loop forever
+    while len(out) < n and i < limit:
+        cur.append(texts[i % len(texts)])
+        i += 1
+        joined = " ".join(cur)
+        if len(tokenizer(joined, add_special_tokens=False)["input_ids"]) >= seqlen + 8:
+            out.append(joined)
+            cur = []
+    return out
 
 
 def autoround_quantize(in_dir: Path, out_dir: Path, o, texts: list[str], *, device: str = "cpu", seed: int = 0,
@@ -155,11 +172,12 @@ def autoround_quantize(in_dir: Path, out_dir: Path, o, texts: list[str], *, devi
     os.environ.setdefault("AR_LOG_LEVEL", "ERROR")
     from auto_round import AutoRound
 
+    samples = calibration_samples(texts, tok, o.seqlen, o.nsamples)
     torch.manual_seed(seed)
     with _lift_width_rule(), _quiet():
         ar = AutoRound(model, tok, processor=processor, bits=o.bits, group_size=o.group_size, sym=True,
-                       iters=o.iters, nsamples=o.nsamples, seqlen=o.seqlen, batch_size=min(o.nsamples, 8),
-                       dataset=texts, to_quant_block_names=blocks, scale_dtype=scale_dtype,
+                       iters=o.iters, nsamples=len(samples), seqlen=o.seqlen, batch_size=min(len(samples), 8),
+                       dataset=samples, to_quant_block_names=blocks, scale_dtype=scale_dtype,
                        device_map=device, seed=seed, low_gpu_mem_usage=False, enable_torch_compile=False)
         ar.quantize_and_save(str(tmp), format="llm_compressor")
     src = _export_dir(tmp)
@@ -179,7 +197,8 @@ def autoround_quantize(in_dir: Path, out_dir: Path, o, texts: list[str], *, devi
         shutil.rmtree(out, ignore_errors=True)
         raise UserError(f"stage quantize: AutoRound packed {quantized} Linear layers, expected "
                         f"{len(linear) - len(kept_float)} (every Linear of {blocks})")
-    log(f"quantize: AutoRound {o.bits}-bit groups of {o.group_size}, {o.iters} iterations on {len(texts)} texts: "
+    log(f"quantize: AutoRound {o.bits}-bit groups of {o.group_size}, {o.iters} iterations on {len(samples)} samples of "
+        f"{o.seqlen} tokens from {len(texts)} texts: "
         f"{quantized} of {len(linear)} Linear layers packed (LLM decoder blocks)")
     return {"quantized": quantized, "unquantized": len(kept_float)}
 

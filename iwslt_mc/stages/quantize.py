@@ -90,7 +90,8 @@ class QuantizeOptions(StageOptions):
     iters: int = field(default=50, metadata={
         "help": "autoround: signed-gradient steps per decoder block (AutoRound's default 200; 0 = its round-to-nearest)"})
     nsamples: int = field(default=32, metadata={
-        "help": "autoround: calibration texts (source transcripts and reference translations of --data, train split)"})
+        "help": "autoround: calibration samples of seqlen tokens, made of the source transcripts and reference "
+                "translations of --data (train split, seeded order), joined"})
     seqlen: int = field(default=128, metadata={
         "help": "autoround: tokens per calibration sample"})
 
@@ -399,11 +400,12 @@ class Quantize(Stage):
         from ..quantization.calibrated import AR_VERSION, autoround_quantize, calibration_texts
 
         o = self.options
-        texts = calibration_texts(ctx, o.nsamples)
+        texts = calibration_texts(ctx)
         ctx.log(f"quantize: {in_dir} with AutoRound {o.bits}-bit on {device} ({o.iters} iterations, {len(texts)} texts)")
         counts = autoround_quantize(in_dir, out_dir, o, texts, device=device, seed=ctx.seed, log=ctx.log)
         what = (f"AutoRound {AR_VERSION} calibrated {o.bits}-bit symmetric integer weights, groups of {o.group_size} "
-                f"({o.iters} iterations on {len(texts)} calibration texts of {o.seqlen} tokens), LLM decoder blocks only; "
+                f"({o.iters} iterations on {o.nsamples} samples of {o.seqlen} tokens from {len(texts)} texts of the "
+                "data), LLM decoder blocks only; "
                 "compressed-tensors pack-quantized, loads packed (dequantize: false); embeddings, lm_head, audio "
                 "encoder and projector as stored")
         return {"techniques": [what], "quantized_linear_layers": counts["quantized"],
