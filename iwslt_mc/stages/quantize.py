@@ -22,6 +22,11 @@ byte-identical whether or not the model ran before saving. Layers whose shape th
 ``method: ct`` (2-8 bits, token embeddings too) is compressed-tensors' pack-quantized format, made by
 :mod:`iwslt_mc.quantization.formats` (why that library, the measured alternatives, and which ct checkpoints
 stay packed after ``from_pretrained``, are there).
+
+``method: autoround`` (2-4 bits) is the calibrated method: AutoRound tunes the rounding of the LLM decoder blocks'
+Linear layers on text of the stage's ``--data`` and writes the same packed symmetric compressed-tensors format
+(:mod:`iwslt_mc.quantization.calibrated`; optional dependency, ``pip install -e '.[calib]'``). Embeddings,
+``lm_head``, the audio encoder and the projector stay as stored.
 """
 
 from __future__ import annotations
