@@ -19,7 +19,7 @@ from iwslt_mc.stages.quantize import QuantizeOptions
 HAVE_AR = importlib.util.find_spec("auto_round") is not None
 needs_ar = pytest.mark.skipif(not HAVE_AR, reason="auto-round is not installed (pip install -e '.[calib]')")
 
-FAST = {"method": "autoround", "group_size": 16, "iters": 2, "nsamples": 4, "seqlen": 16}
+FAST = {"method": "autoround", "group_size": 16, "iters": 1, "nsamples": 2, "seqlen": 16}
 
 
 def _ctx(kit):

@@ -208,6 +208,7 @@ def run_variant(v: dict, teacher: Path, runs: Path, args, test, batches, referen
     r["predicted"] = v.get("predicted")
     r["dev_kl"] = dev_kl(d, batches, reference) if v["name"] != "teacher" else 0.0
     r["tokens_per_s"] = round(r["tokens"] / r["decode_seconds"], 1) if r["decode_seconds"] else None
+    r["load_average"] = round(os.getloadavg()[0], 1)  # the machine's 1-minute load when the decode ended
     if v.get("dir") is None:
         r["build_seconds"] = built_s
     atomic_write_json(cached, r)
@@ -239,6 +240,9 @@ def _only_calibrated(args, teacher: Path, runs: Path, dev, test, batches, refere
 
     results = [run_variant(v, teacher, runs, args, test, batches, reference)
                for v in calibrated_variants(teacher, args.ar_iters)]
+    # decode speed depends on the machine's load: the teacher decoded again now is the rows' yardstick
+    now = run_variant({"name": "teacher", "what": "toy teacher (float16)", "dir": teacher}, teacher, runs, args, test,
+                      batches, reference)
     if args.report is None:
         print(json.dumps(results, indent=1))
         return 0
@@ -264,7 +268,12 @@ def _only_calibrated(args, teacher: Path, runs: Path, dev, test, batches, refere
     note = (f"Rows marked (earlier run) are from the run at commit {commit} (same script, teacher, splits); the ar "
             f"rows (quantize method autoround) were run alone on {time.strftime('%Y-%m-%d')} "
             f"({torch.get_num_threads()} threads, shared CPU, {round(time.time() - t0)} s in all; AutoRound build "
-            + ", ".join(f"{r['name']} {r.get('build_seconds', '?')} s" for r in results) + ").")
+            + ", ".join(f"{r['name']} {r.get('build_seconds', '?')} s" for r in results) + "). Decode tokens/s "
+            f"of the ar rows are of this run, on a machine shared with other jobs (1-minute load average at the end "
+            "of each decode: " + ", ".join(f"{r['name']} {r.get('load_average', '?')}" for r in results)
+            + f"); the teacher decoded again in this run gave {now['tokens_per_s']} tokens/s (chrF++ "
+            f"{now['chrf']:.2f}; load {now.get('load_average', '?')}), so compare the ar rows with that figure, not "
+            "with the earlier run's column.")
     body = lines[:head] + lines[head:head + 2] + old + new + [""] + [note]
     rest = lines[end:]
     if rest and rest[0].startswith("Rows marked (earlier run)"):
