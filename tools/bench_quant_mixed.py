@@ -75,6 +75,12 @@ def calibrated_variants(teacher: Path, iters: int) -> list[dict]:
         out.append({"name": f"ar{b}", "what": f"AutoRound {b}-bit symmetric packed, groups of {G}, {iters} iterations "
                     "on 32 samples of 64 tokens of the 24 dev texts, LLM blocks only (lm_head float)", "options": o, "calibrated": True,
                     "predicted": planned_torch_save(teacher, o)})
+        # the control: plain round-to-nearest (ct symmetric, the same scope and bytes) against the calibration
+        c = {"method": "ct", "bits": b, "group_size": G, "symmetric": True,
+             "skip": ["lm_head", "audio_tower", "multi_modal_projector"]}
+        out.append({"name": f"rtn{b}", "what": f"control: ct {b}-bit symmetric packed, groups of {G}, round-to-nearest "
+                    "(scales: auto), the ar row's scope (LLM blocks only)", "options": c,
+                    "predicted": planned_torch_save(teacher, c)})
     return out
 
 
@@ -254,7 +260,7 @@ def _only_calibrated(args, teacher: Path, runs: Path, dev, test, batches, refere
     end = head + 2
     while end < len(lines) and lines[end].startswith("|"):
         end += 1
-    old = [ln for ln in lines[head + 2:end] if not ln.startswith("| ar")]
+    old = [ln for ln in lines[head + 2:end] if not ln.startswith(("| ar", "| rtn"))]
     old = [ln if ln.rstrip().endswith("(earlier run) |") else ln[:-2].rstrip() + " (earlier run) |" for ln in old]
     teacher_row = next(ln for ln in old if ln.startswith("| teacher |"))
     cells = [c.strip() for c in teacher_row.strip("|").split("|")]
