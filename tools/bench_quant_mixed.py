@@ -203,10 +203,11 @@ def run_variant(v: dict, teacher: Path, runs: Path, args, test, batches, referen
     print(f"== {v['name']}: {v['what']}", flush=True)
     t = time.time()
     data = [str(dev_corpus(args))] if v.get("calibrated") else None  # AutoRound calibrates on the dev texts
+    fresh = v.get("dir") is None and not (runs / v["name"] / "model" / "config.json").exists()
     d = v.get("dir") or build(teacher, runs / v["name"] / "model", v["options"], args.lang, data)
     built_s = round(time.time() - t)
     stamp = runs / v["name"] / "build_seconds.txt"  # the build's own time, kept for reruns that find it built
-    if v.get("dir") is None and not stamp.exists() and built_s > 5:
+    if fresh:
         stamp.write_text(f"{built_s}\n")
     if stamp.exists():
         built_s = int(stamp.read_text())
@@ -314,8 +315,9 @@ def _only_calibrated(args, teacher: Path, runs: Path, dev, test, batches, refere
                    f"{r['tokens_per_s']} |")
     note = (f"Rows marked (earlier run) are from the run at commit {commit} (same script, teacher, splits); the ar "
             f"rows (quantize method autoround) were run alone on {time.strftime('%Y-%m-%d')} "
-            f"({torch.get_num_threads()} threads, shared CPU, {round(time.time() - t0)} s in all; AutoRound build "
-            + ", ".join(f"{r['name']} {r.get('build_seconds', '?')} s" for r in results) + "). Decode tokens/s "
+            f"({torch.get_num_threads()} threads, shared CPU; AutoRound build "
+            + ", ".join(f"{r['name']} {r.get('build_seconds', '?')} s" for r in results) + "; the rtn rows are "
+            "round-to-nearest, built in seconds). Decode tokens/s "
             f"of the ar rows are of this run, on a machine shared with other jobs (1-minute load average at the end "
             "of each decode: " + ", ".join(f"{r['name']} {r.get('load_average', '?')}" for r in results)
             + f"); the teacher decoded again in this run gave {now['tokens_per_s']} tokens/s (chrF++ "
