@@ -31,14 +31,14 @@ def ar_builds(kit, tmp_path_factory):
     torch.set_num_threads(min(2, torch.get_num_threads()))
     root = tmp_path_factory.mktemp("autoround")
     extras = {}
-    for bits in (4, 2):
+    for bits in (4, 3, 2):
         extras[bits] = run_stage(make_stage("quantize", {**FAST, "bits": bits}), kit / "model", root / f"ar{bits}",
                                  _ctx(kit))
     return root, extras
 
 
 @needs_ar
-@pytest.mark.parametrize("bits", [4, 2])
+@pytest.mark.parametrize("bits", [4, 3, 2])
 def test_autoround_is_sized_exactly_and_stays_packed_after_from_pretrained(kit, ar_builds, bits, tmp_path):
     from test_quant_packed import _predicted, organizers_torch_save
 
@@ -52,7 +52,7 @@ def test_autoround_is_sized_exactly_and_stays_packed_after_from_pretrained(kit, 
             key = f"model.language_model.layers.{i}.{name}."
             assert key + "weight" not in sd and sd[key + "weight_packed"][0] == torch.int32, key
     up = "model.language_model.layers.0.mlp.up_proj."
-    assert sd[up + "weight_packed"] == (torch.int32, (176, 64 * bits // 32))
+    assert sd[up + "weight_packed"] == (torch.int32, (176, -(-64 * bits // 32)))
     assert sd[up + "weight_scale"] == (torch.float32, (176, 64 // 16))  # the model's float dtype
     assert not any(k.endswith("weight_zero_point") for k in sd)
     # embeddings, lm_head, audio encoder and projector as stored
@@ -74,9 +74,10 @@ def test_autoround_is_sized_exactly_and_stays_packed_after_from_pretrained(kit, 
 
 
 @needs_ar
-def test_autoround_reload_gives_the_logits_of_the_model_before_saving(kit, ar_builds, kit_processor, kit_waves):
+def test_autoround_reload_packed_and_unpacked_give_the_same_logits(kit, ar_builds, kit_processor, kit_waves):
     """Reloaded packed (first forward unpacks) and reloaded unpacked (dequantize: true) give the same logits and
-    decode; the calibrated weights differ from plain round-to-nearest (ct symmetric of the same widths)."""
+    decode, and the weights are quantized near the original. (Not against the model before saving: AutoRound tunes
+    in bfloat16 on the CPU and writes each block as it finishes, so no float model of the saved weights exists.)"""
     from transformers import CompressedTensorsConfig, Qwen2AudioForConditionalGeneration
 
     from iwslt_mc.families import prompt_text
