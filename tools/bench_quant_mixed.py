@@ -314,11 +314,11 @@ def _only_calibrated(args, teacher: Path, runs: Path, dev, test, batches, refere
                    f"{r['torch_save']:,} | {100 * r['torch_save'] / t_bytes:.1f} | {pred} | {r['dev_kl']:.4f} | "
                    f"{r['tokens_per_s']} |")
     note = (f"Rows marked (earlier run) are from the run at commit {commit} (same script, teacher, splits); the ar "
-            f"rows (quantize method autoround) were run alone on {time.strftime('%Y-%m-%d')} "
+            f"rows (quantize method autoround) and their rtn controls were run alone on {time.strftime('%Y-%m-%d')} "
             f"({torch.get_num_threads()} threads, shared CPU; AutoRound build "
             + ", ".join(f"{r['name']} {r.get('build_seconds', '?')} s" for r in results) + "; the rtn rows are "
             "round-to-nearest, built in seconds). Decode tokens/s "
-            f"of the ar rows are of this run, on a machine shared with other jobs (1-minute load average at the end "
+            "of the ar and rtn rows are of this run, on a machine shared with other jobs (1-minute load average at the end "
             "of each decode: " + ", ".join(f"{r['name']} {r.get('load_average', '?')}" for r in results)
             + f"); the teacher decoded again in this run gave {now['tokens_per_s']} tokens/s (chrF++ "
             f"{now['chrf']:.2f}; load {now.get('load_average', '?')}), so compare the ar rows with that figure, not "

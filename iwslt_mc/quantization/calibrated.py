@@ -148,8 +148,6 @@ def autoround_quantize(in_dir: Path, out_dir: Path, o, texts: list[str], *, devi
                        log=print) -> dict:
     """Quantize ``in_dir`` with AutoRound as ``o`` says and write the packed checkpoint to ``out_dir``.
     Returns ``{"quantized": n, "unquantized": m}`` (Linear layers)."""
-    import logging
-
     import torch
 
     from .. import modelio
@@ -165,13 +163,21 @@ def autoround_quantize(in_dir: Path, out_dir: Path, o, texts: list[str], *, devi
     linear = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
     kept_float = [n for n in linear if not n.startswith(blocks + ".")]
     scale_dtype = _FLOAT_NAMES.get(str(next(model.parameters()).dtype).replace("torch.", ""), "fp16")
-    tok = getattr(processor, "tokenizer", processor)
     tmp = Path(str(out_dir) + ".autoround")
     shutil.rmtree(tmp, ignore_errors=True)
-    logging.getLogger("autoround").setLevel(logging.ERROR)
-    os.environ.setdefault("AR_LOG_LEVEL", "ERROR")
+    try:
+        return _quantize_and_export(model, processor, family, out_dir, tmp, o, texts, blocks, kept_float, linear,
+                                    scale_dtype, device, seed, log)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _quantize_and_export(model, processor, family, out_dir, tmp, o, texts, blocks, kept_float, linear, scale_dtype,
+                         device, seed, log) -> dict:
+    import torch
     from auto_round import AutoRound
 
+    tok = getattr(processor, "tokenizer", processor)
     samples = calibration_samples(texts, tok, o.seqlen, o.nsamples)
     torch.manual_seed(seed)
     with _lift_width_rule(), _quiet():
@@ -191,7 +197,6 @@ def autoround_quantize(in_dir: Path, out_dir: Path, o, texts: list[str], *, devi
     cfg = rewrite_config(json.loads((src / "config.json").read_text(encoding="utf-8")), kept_float)
     (out / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     family.save_processor(processor, out)
-    shutil.rmtree(tmp, ignore_errors=True)
     quantized = _count_packed(out)
     if quantized != len(linear) - len(kept_float):  # AutoRound left some block layer float: the config would lie
         shutil.rmtree(out, ignore_errors=True)
