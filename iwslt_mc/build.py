@@ -454,6 +454,11 @@ def spec_for_stages(stages: list[StageEntry], cfg, *, base: str, lang: str, data
                                  "predicted here as uniform symmetric ct8 (a rough figure); the file's 'predicted' is "
                                  "the exact one for the model it was made on (iwslt-mc plan --allocate)")
             per = {}
+            if method == "autoround":  # calibrated: packed symmetric ct in the LLM decoder blocks only
+                from .floor.sizes import ct_precision
+
+                precision = ct_precision(int(o.get("bits") or 4), int(o.get("group_size", 128)), True)
+                per = {c: fdt for c in fam.components if c != "llm_layers"}
             for name in o.get("skip", ["lm_head"]) or []:
                 comp = _SKIP_COMPONENTS.get(str(name).split(".")[-1])
                 if comp is None:
@@ -588,7 +593,7 @@ def fit_ct_group_sizes(stages: list[StageEntry], cfg) -> list[StageEntry]:
 
     out = []
     for i, e in enumerate(stages):
-        if e.stage == "quantize" and e.options.get("method") == "ct":
+        if e.stage == "quantize" and e.options.get("method") in ("ct", "autoround"):
             before = [x for x in stages[:i] if x.stage != "trim-vocab"]  # the vocabulary is no input width
             spec, _ = spec_for_stages(before, cfg, base="", lang="", data={}, condition="")
             widths = {ent[2][1] for ent in predict(spec, cfg).entries if len(ent[2]) == 2}

@@ -171,7 +171,7 @@ def markdown(results: list[dict], meta: dict) -> str:
              "Which final quantization recipe-bin4 and recipe-bin5 should use, measured on toy models made like them "
              "(not on the full toy teacher, whose figures are in `quantization.md`). " + meta["models_text"], "",
              f"Each model is quantized by the `quantize` stage as each variant says, decoded greedily (float32 compute "
-             f"on the CPU, `iwslt_mc.decoding.core.translate` fast mode) on the first {meta['examples']} test utterances of "
+             f"on the CPU, `iwslt_mc.decoding.core.translate` fast mode) on the first {meta['examples']} {meta.get('split', 'test')} utterances of "
              f"`{meta['corpus']}` (en-de) and scored with `iwslt_mc.scoring.scoring`. '% kept' is chrF++ as a percentage of "
              "the same model unquantized; 'KL' is the mean KL divergence (nats per reference token) of the next-token "
              "distributions from the unquantized model's, teacher-forced on the references of the same utterances "
@@ -244,7 +244,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", action="append", required=True, metavar="LABEL=RECIPE=DIR")
     ap.add_argument("--corpus", type=Path, required=True)
-    ap.add_argument("--test-limit", type=int, default=None)
+    ap.add_argument("--test-limit", type=int, default=None, help="utterances of --split measured (the first N)")
+    ap.add_argument("--split", default="test", help="split the variants are measured on: dev to choose on dev "
+                    "(issue 31 item 5); the report names it")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--report", type=Path)
     ap.add_argument("--models-text", default="", help="a sentence on how the models were made (for the report)")
@@ -259,7 +261,7 @@ def main(argv=None) -> int:
 
     fid, qb = _tool("bench_fidelity"), _tool("bench_quantization")
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
-    examples = data.load_examples(str(args.corpus), "test", limit=args.test_limit, lang=args.lang)
+    examples = data.load_examples(str(args.corpus), args.split, limit=args.test_limit, lang=args.lang)
     results, order = [], []
     for spec in args.model:
         label, recipe, model_dir = spec.split("=", 2)
@@ -301,10 +303,11 @@ def main(argv=None) -> int:
             atomic_write_json(cached, r)
             results.append(r)
             print(f"   chrF++ {r['chrf']:.2f}  KL {r['kl']:.4f}  bytes {r['bytes']:,}  7B {r['bytes_7b']:,}", flush=True)
-    meta = {"corpus": str(args.corpus), "examples": len(examples), "date": time.strftime("%Y-%m-%d"),
+    meta = {"corpus": str(args.corpus), "examples": len(examples), "split": args.split, "date": time.strftime("%Y-%m-%d"),
             "threads": torch.get_num_threads(), "order": order, "models_text": args.models_text,
             "command": "python tools/bench_quant_small.py " + " ".join(
                 [f"--corpus {args.corpus}"] + ([f"--test-limit {args.test_limit}"] if args.test_limit else [])
+                + ([f"--split {args.split}"] if args.split != "test" else [])
                 + [f"--model {m}" for m in args.model] + ["--out OUT"]
                 + ([f"--report {args.report}"] if args.report else []) + ['--models-text "..."'])}
     qb.write_outputs(args.out, args.report, "quantization-small.md", results, meta, markdown)

@@ -22,6 +22,11 @@ byte-identical whether or not the model ran before saving. Layers whose shape th
 ``method: ct`` (2-8 bits, token embeddings too) is compressed-tensors' pack-quantized format, made by
 :mod:`iwslt_mc.quantization.formats` (why that library, the measured alternatives, and which ct checkpoints
 stay packed after ``from_pretrained``, are there).
+
+``method: autoround`` (2-4 bits) is the calibrated method: AutoRound tunes the rounding of the LLM decoder blocks'
+Linear layers on text of the stage's ``--data`` and writes the same packed symmetric compressed-tensors format
+(:mod:`iwslt_mc.quantization.calibrated`; optional dependency, ``pip install -e '.[calib]'``). Embeddings,
+``lm_head``, the audio encoder and the projector stay as stored.
 """
 
 from __future__ import annotations
@@ -43,14 +48,18 @@ _BIAS_DTYPES_ATTR = "_iwslt_mc_4bit_bias_dtypes"
 
 @dataclass
 class QuantizeOptions(StageOptions):
-    method: Literal["nf4", "fp4", "int8", "ct"] = field(default="nf4", metadata={
+    method: Literal["nf4", "fp4", "int8", "ct", "autoround"] = field(default="nf4", metadata={
         "help": "nf4 or fp4 (bitsandbytes 4-bit) or int8 (LLM.int8); ct: compressed-tensors pack-quantized integers "
                 "of 2-8 bits (bits, group_size, symmetric, scales, quantize_embeddings), packed in safetensors, "
                 "embeddings too, reloads with from_pretrained alone; vLLM's format (compressed-tensors). How each loads "
                 "and what the torch.save measure (2026/2027) counts: nf4/fp4/int8 stay packed after from_pretrained "
                 "(embeddings always float; lm_head packed unless in skip); ct symmetric with float embeddings stays "
                 "packed (saved with dequantize: false; lm_head packed unless in skip); ct asymmetric or with "
-                "quantize_embeddings is unpacked to floats at load (dequantize: true) and counts at float size"})
+                "quantize_embeddings is unpacked to floats at load (dequantize: true) and counts at float size; autoround: the "
+                "calibrated method (AutoRound, optional: pip install -e '.[calib]'), 2-4-bit symmetric groups tuned on "
+                "text of the stage's --data (iters, nsamples, seqlen), the Linear layers of the LLM decoder blocks only "
+                "(token embeddings, lm_head, audio encoder and projector stay as stored), saved as ct symmetric packed "
+                "(dequantize: false: stays packed after from_pretrained)"})
     double_quant: bool = field(default=True, metadata={
         "help": "4-bit: also quantize the quantization constants (double quantization, ~0.4 bit/param saved)"})
     compute_dtype: Literal["bf16", "fp16", "fp32"] = field(default="bf16", metadata={
@@ -61,12 +70,13 @@ class QuantizeOptions(StageOptions):
     dtype: Literal["auto", "bf16", "fp16", "fp32"] = field(default="auto", metadata={
         "help": "dtype of the weights that stay unquantized (auto = as in the input); ct: also of the scales"})
     bits: int | None = field(default=None, metadata={
-        "help": "bits per weight: ct 2-8 (default 4); nf4/fp4 are 4-bit and int8 8-bit only"})
+        "help": "bits per weight: ct 2-8 (default 4), autoround 2-4 (default 4); nf4/fp4 are 4-bit and int8 8-bit only"})
     group_size: int = field(default=128, metadata={
-        "help": "ct: weights per scale (and zero point), along the input width; must divide the input width "
-                "of every quantized layer"})
+        "help": "ct, autoround: weights per scale (and zero point), along the input width; must divide the input "
+                "width of every quantized layer"})
     symmetric: bool = field(default=False, metadata={
-        "help": "ct: symmetric ranges without zero points (less accurate below 4 bits) instead of asymmetric; "
+        "help": "ct: symmetric ranges without zero points (less accurate below 4 bits) instead of asymmetric (autoround is "
+                "always symmetric); "
                 "symmetric without quantize_embeddings is the ct checkpoint transformers loads packed (torch.save "
                 "counts packed bytes); asymmetric zero points fail its packed load, so those load as floats"})
     scales: Literal["auto", "mse", "minmax"] = field(default="auto", metadata={
@@ -83,10 +93,20 @@ class QuantizeOptions(StageOptions):
                 "lm_head (one matrix with the embeddings, e.g. Gemma 4) follows this option whatever skip says, and "
                 "is stored once (the checkpoint stays tied)"})
 
+    iters: int = field(default=50, metadata={
+        "help": "autoround: signed-gradient steps per decoder block (AutoRound's default 200; 0 = its round-to-nearest)"})
+    nsamples: int = field(default=32, metadata={
+        "help": "autoround: calibration samples of seqlen tokens, made of the source transcripts and reference "
+                "translations of --data (train split, seeded order), joined"})
+    seqlen: int = field(default=128, metadata={
+        "help": "autoround: tokens per calibration sample"})
+
     def validate(self) -> None:
         if self.allocation is not None:
             self._validate_allocation()
-        if self.method == "ct":
+        if self.method == "autoround":
+            self._validate_autoround()
+        elif self.method == "ct":
             if self.bits is None and self.allocation is None:
                 self.bits = 4
             from ..floor.sizes import CT_BITS
@@ -105,6 +125,11 @@ class QuantizeOptions(StageOptions):
             if ct_only:
                 raise UserError(f"stage quantize: option {ct_only[0]} is for method ct only "
                                 f"(bitsandbytes {self.method} {'cannot quantize embeddings' if ct_only[0] == 'quantize_embeddings' else 'has no such setting'})")
+        if self.method != "autoround":
+            ar_only = [k for k, v in (("iters", self.iters != 50), ("nsamples", self.nsamples != 32),
+                                      ("seqlen", self.seqlen != 128)) if v]
+            if ar_only:
+                raise UserError(f"stage quantize: option {ar_only[0]} is for method autoround only")
         for s in self.skip:
             if not s.strip():
                 raise UserError("stage quantize: empty name in skip")
@@ -114,6 +139,26 @@ class QuantizeOptions(StageOptions):
                 except re.error as e:
                     raise UserError(f"stage quantize: skip {s!r}: invalid regex ({e})") from None
 
+
+    def _validate_autoround(self) -> None:
+        from ..quantization.calibrated import AR_BITS
+
+        if self.bits is None:
+            self.bits = 4
+        if self.bits not in AR_BITS:
+            raise UserError(f"stage quantize: method autoround has {AR_BITS[0]}-{AR_BITS[-1]} bits, not bits={self.bits}")
+        for name in ("group_size", "iters", "nsamples", "seqlen"):
+            v = getattr(self, name)
+            if v < (0 if name == "iters" else 1):
+                raise UserError(f"stage quantize: {name} must be a {'non-negative' if name == 'iters' else 'positive'} "
+                                f"integer, not {v}")
+        other = [k for k, v in (("scales", self.scales != "auto"), ("quantize_embeddings", self.quantize_embeddings),
+                                ("allocation", self.allocation is not None),
+                                ("skip", self.skip not in (["lm_head"], []))) if v]
+        if other:
+            raise UserError(f"stage quantize: option {other[0]} does not go with method autoround (it quantizes the "
+                            "LLM decoder blocks' Linear layers; embeddings, lm_head, audio encoder and projector stay "
+                            "as stored)")
 
     def _validate_allocation(self) -> None:
         """An allocation file: method ct, symmetric, its own group size and widths (the file's module names are
@@ -217,6 +262,9 @@ class Quantize(Stage):
         if cfg.get("quantization_config"):
             qm = cfg["quantization_config"].get("quant_method", "?")
             raise UserError(f"stage quantize: {in_dir} is already quantized ({qm}); quantize the unquantized model")
+        if self.options.method == "autoround":
+            self._check_autoround(in_dir, cfg, ctx)
+            return
         if self.options.method == "ct":
             self._check_skip(in_dir)
             from ..quantization.formats import check_ct
@@ -243,6 +291,8 @@ class Quantize(Stage):
         if cfg.get("quantization_config"):
             qm = cfg["quantization_config"].get("quant_method", "?")
             raise UserError(f"stage quantize: {where} is already quantized ({qm}); quantize the unquantized model")
+        if self.options.method == "autoround":  # before any work: the optional library and the family
+            self._check_autoround_family(cfg, where)
         with tempfile.TemporaryDirectory(prefix="iwslt-mc-plan-") as tmp:  # the module names of that config
             (Path(tmp) / "config.json").write_text(json.dumps(cfg), encoding="utf-8")
             try:
@@ -256,6 +306,37 @@ class Quantize(Stage):
         out = copy.deepcopy(cfg)
         out["quantization_config"] = {"quant_method": "planned", "method": self.options.method}
         return out
+
+    def _check_autoround_family(self, cfg: dict, where) -> None:
+        from ..families import default_family, family_of_model_type
+        from ..quantization.calibrated import require_autoround
+
+        fam = family_of_model_type(cfg.get("model_type")) or default_family()
+        if not fam.supports(self.name, "autoround"):
+            raise UserError(f"stage quantize: method autoround is not available for {fam.label} ({where}); "
+                            f"use method ct (symmetric: true loads packed)")
+        require_autoround()
+
+    def _check_autoround(self, in_dir: Path, cfg: dict, ctx: StageContext) -> None:
+        """The library, the family, calibration data and the group size, before any weight is read."""
+        from ..families import family_for
+        from ..modelio import meta_model
+
+        self._check_autoround_family(cfg, in_dir)
+        if not ctx.data:
+            raise UserError("stage quantize: method autoround calibrates on text: give --data (e.g. the training "
+                            "corpus)")
+        model = meta_model(in_dir)
+        blocks = family_for(in_dir).find_parts(model).get("llm_layers")
+        import torch.nn as nn
+
+        bad = [(n, tuple(m.weight.shape)) for n, m in model.named_modules()
+               if blocks and n.startswith(blocks + ".") and isinstance(m, nn.Linear)
+               and m.weight.shape[1] % self.options.group_size]
+        if bad:
+            n, s = bad[0]
+            raise UserError(f"stage quantize: group_size {self.options.group_size} does not divide the input width "
+                            f"{s[1]} of {n} ({len(bad)} such layers in {in_dir}; choose a divisor)")
 
     def _check_allocation(self, in_dir: Path, *, where: str | None = None) -> None:
         from ..quantization.allocation import allocatable_modules, check_allocation, read_allocation
@@ -279,6 +360,8 @@ class Quantize(Stage):
         device = ctx.resolved_device()
         if o.method == "ct":
             return self._run_ct(in_dir, out_dir, ctx, device)
+        if o.method == "autoround":
+            return self._run_autoround(in_dir, out_dir, ctx, device)
         ctx.log(f"quantize: loading {in_dir} as {o.method} on {device}")
         model = quantize_model(in_dir, o, device=device)
         processor = modelio.load_processor(in_dir)
@@ -317,6 +400,21 @@ class Quantize(Stage):
             f"({alloc.summary()}; groups of {alloc.group_size}; allocation {o.allocation}: budget {alloc.budget} "
             f"bytes, {alloc.measure}, edition {alloc.edition}); loads packed (dequantize: false)")
         return {"techniques": [f"{what}{kept}"], "quantized_linear_layers": counts["quantized"],
+                "unquantized_linear_layers": counts["unquantized"]}
+
+    def _run_autoround(self, in_dir: Path, out_dir: Path, ctx: StageContext, device: str) -> dict:
+        from ..quantization.calibrated import AR_VERSION, autoround_quantize, calibration_texts
+
+        o = self.options
+        texts = calibration_texts(ctx)
+        ctx.log(f"quantize: {in_dir} with AutoRound {o.bits}-bit on {device} ({o.iters} iterations, {len(texts)} texts)")
+        counts = autoround_quantize(in_dir, out_dir, o, texts, device=device, seed=ctx.seed, log=ctx.log)
+        what = (f"AutoRound {AR_VERSION} calibrated {o.bits}-bit symmetric integer weights, groups of {o.group_size} "
+                f"({o.iters} iterations on {o.nsamples} samples of {o.seqlen} tokens from {len(texts)} texts of the "
+                "data), LLM decoder blocks only; "
+                "compressed-tensors pack-quantized, loads packed (dequantize: false); embeddings, lm_head, audio "
+                "encoder and projector as stored")
+        return {"techniques": [what], "quantized_linear_layers": counts["quantized"],
                 "unquantized_linear_layers": counts["unquantized"]}
 
 

@@ -45,6 +45,7 @@ class Gemma4Family(Family):
     hidden_state_kd = True
     processor_prefixes = ("Gemma4",)
     stages = ("prune-layers", "prune-ffn", "trim-vocab", "quantize", "finetune", "merge", "distill", "kd", "drop-vision")
+    strategies = {"quantize": ("nf4", "fp4", "int8", "ct")}  # method autoround: measured on Qwen2-Audio only
     kit_options = ("unified",)
     kit_variants = {"gemma4": {}, "gemma4_unified": {"unified": True}}
     recipes = (  # largest first

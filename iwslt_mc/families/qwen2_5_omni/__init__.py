@@ -42,7 +42,8 @@ class Qwen25OmniFamily(Family):
     processor_prefixes = ("Qwen2_5Omni",)
     # the stages run on this family (kit-tested: tests/test_family_qwen2_5_omni.py)
     stages = ("prune-layers", "trim-vocab", "quantize", "finetune", "merge", "distill", "kd")
-    strategies = {"prune-layers": ("middle", "top")}
+    strategies = {"prune-layers": ("middle", "top"),
+                  "quantize": ("nf4", "fp4", "int8", "ct")}  # method autoround: measured on Qwen2-Audio only
     kit_options = ()
     kit_variants = {"qwen2_5_omni_thinker": {}}  # the kits the shared family tests build (tests/conftest.py family_kit)
     # (name, file in recipes/): what `iwslt-mc ls` lists for this family, largest first

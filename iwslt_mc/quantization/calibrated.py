@@ -1,0 +1,264 @@
+"""The calibrated method of the quantize stage: AutoRound (``auto-round``, Intel's signed-gradient rounding),
+exported in its ``llm_compressor`` format: compressed-tensors ``pack-quantized`` symmetric integers, the
+format method ``ct`` writes and the tool already sizes (:mod:`iwslt_mc.quantization.formats`).
+
+Why AutoRound (issue 31 item 2, measured on the kit, docs/bench/quant_libraries.md "Calibrated methods"): of the
+calibrated methods, it is a pure-Python wheel (GPTQ's ``gptqmodel`` is an sdist needing a compiler; AWQ's
+smoothing can break a speech LLM's audio path), it runs on the CPU, and its ``llm_compressor`` export is a
+checkpoint transformers loads packed (``dequantize: false``: torch.save counts packed bytes).
+
+What it quantizes: the Linear layers of the family's LLM decoder blocks (``to_quant_block_names``), 2, 3 or 4
+bits, symmetric groups of ``group_size`` input weights, scales in the model's float dtype. Token embeddings,
+``lm_head``, the audio encoder and the projector stay as stored (AutoRound tunes block by block; the organizers'
+load keeps packed embeddings float anyway). Calibration is text-only: source transcripts and reference
+translations of the stage's data (``--data``, its ``train`` split), ``nsamples`` of ``seqlen`` tokens,
+``iters`` steps of signed gradient descent per block.
+
+Two fixes on top of the library, both measured (docs/bench/quant_libraries.md):
+
+- AutoRound keeps every Linear layer whose output or input width is not a multiple of 32 at 16 bits (its own
+  kernels' rule, ``apply_layer_config_special_cases``); compressed-tensors packs any width, so for this export
+  that rule is lifted (:func:`_lift_width_rule`): the kit's MLP (176 wide) is quantized too.
+- Its ``ignore`` list names modules by checkpoint names (``language_model.model.layers.0.mlp.gate_proj``),
+  which transformers 5.25 does not match against the loaded names (``model.language_model.layers.0...``): it
+  would pack the ignored float layers' slots and load random weights. The list is rewritten as patterns
+  matched from any prefix (``re:(?:.*\\.)?NAME$``, ``language_model.model.`` -> ``language_model.``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+from ..errors import UserError
+
+AR_METHOD = "autoround"
+AR_BITS = (2, 3, 4)
+AR_VERSION = "0.16.1"
+AR_PIP = f"pip install 'auto-round=={AR_VERSION}' py-cpuinfo (or pip install -e '.[calib]')"
+_FLOAT_NAMES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
+
+
+def require_autoround() -> None:
+    """One line naming the pip command when ``auto-round`` is missing."""
+    try:
+        import importlib.util
+
+        found = importlib.util.find_spec("auto_round") is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
+        raise UserError(f"stage quantize: method autoround needs the auto-round library ({AR_PIP})")
+
+
+def ignore_pattern(name: str) -> str:
+    """A compressed-tensors ``ignore`` entry for module ``name`` as transformers 5 names it when loading
+    (``model.language_model.layers.0.mlp.gate_proj``, ``lm_head``), matched from any prefix."""
+    return "re:" + r"(?:.*\.)?" + re.escape(name) + "$"
+
+
+def rewrite_config(cfg: dict, kept_float: list[str]) -> dict:
+    """``config.json`` of an AutoRound ``llm_compressor`` export made loadable packed: ``ignore`` = the Linear
+    modules kept float, by their loaded names, as patterns; ``dequantize: false`` (symmetric, no quantized
+    embeddings). AutoRound's own list names checkpoint modules (``language_model.model.layers.0...``,
+    ``language_model.lm_head``) that transformers 5.25 does not match against the loaded names."""
+    qc = cfg.get("quantization_config") or {}
+    if qc.get("quant_method") != "compressed-tensors":
+        raise UserError(f"AutoRound export: expected a compressed-tensors config, got {qc.get('quant_method')!r}")
+    qc["ignore"] = [ignore_pattern(n) for n in kept_float]
+    qc["dequantize"] = False
+    return cfg
+
+
+@contextlib.contextmanager
+def _lift_width_rule():
+    """Within the block, AutoRound quantizes Linear layers whose widths are not multiples of 32 (its resolver
+    otherwise pins them at 16 bits, for kernels this export does not use)."""
+    from auto_round.compressors import layer_config_resolver as lcr
+
+    original = lcr.apply_layer_config_special_cases
+
+    def wrapped(layer_config, model, default_dict, supported_types, inner_supported_types, *args, **kwargs):
+        before = {n: copy.deepcopy(c) for n, c in layer_config.items()}
+        out = original(layer_config, model, default_dict, supported_types, inner_supported_types, *args, **kwargs)
+        resolved = out[0]
+        for n, m in model.named_modules():
+            if n not in resolved or n in before:
+                continue
+            if not (type(m) in supported_types or m.__class__.__name__ in inner_supported_types):
+                continue
+            cfg = resolved[n]
+            if cfg.get("bits") == 16 and (m.weight.shape[0] % 32 or m.weight.shape[1] % 32):
+                if default_dict.get("group_size") and m.weight.shape[1] % default_dict["group_size"]:
+                    continue
+                keep = {k: cfg[k] for k in ("in_blocks",) if k in cfg}
+                resolved[n] = {**copy.deepcopy(default_dict), "fixed_by_user": False, **keep}
+        return out
+
+    lcr.apply_layer_config_special_cases = wrapped
+    try:
+        yield
+    finally:
+        lcr.apply_layer_config_special_cases = original
+
+
+def calibration_texts(ctx) -> list[str]:
+    """Source transcripts and reference translations of ``ctx.data`` (train split), in a seeded order."""
+    import numpy as np
+
+    from ..training.data import load_examples, target_text
+
+    if not ctx.data:
+        raise UserError("stage quantize: method autoround calibrates on text: give --data (e.g. the training corpus)")
+    exs = load_examples(ctx.data, split="train", seed=ctx.seed, lang=ctx.lang)
+    texts = []
+    for ex in exs:
+        for t in (ex.text_en, target_text(ex, ctx.lang)):
+            if t and t.strip():
+                texts.append(t.strip())
+    if not texts:
+        raise UserError(f"stage quantize: no calibration text in {ctx.data} (split train)")
+    order = np.random.default_rng(ctx.seed).permutation(len(texts)).tolist()
+    return [texts[i] for i in order]
+
+
+def calibration_samples(texts: list[str], tokenizer, seqlen: int, n: int) -> list[str]:
+    """``n`` samples of at least ``seqlen`` tokens (AutoRound stacks them into one batch, so shorter ones break
+    it): the texts joined in order, wrapping around, each sample cut once it is long enough."""
+    if not texts:
+        return []
+    out, cur, i = [], [], 0
+    limit = n * (len(texts) + 1) * max(1, seqlen)  # texts of no tokens cannot loop forever
+    while len(out) < n and i < limit:
+        cur.append(texts[i % len(texts)])
+        i += 1
+        joined = " ".join(cur)
+        if len(tokenizer(joined, add_special_tokens=False)["input_ids"]) >= seqlen + 8:
+            out.append(joined)
+            cur = []
+    return out
+
+
+def autoround_quantize(in_dir: Path, out_dir: Path, o, texts: list[str], *, device: str = "cpu", seed: int = 0,
+                       log=print) -> dict:
+    """Quantize ``in_dir`` with AutoRound as ``o`` says and write the packed checkpoint to ``out_dir``.
+    Returns ``{"quantized": n, "unquantized": m}`` (Linear layers)."""
+    import torch
+
+    from .. import modelio
+    from ..families import family_for
+
+    model = modelio.load_model(in_dir, dtype=None if o.dtype == "auto" else o.dtype, device="cpu")
+    model.eval()
+    processor = modelio.load_processor(in_dir)
+    family = family_for(in_dir)
+    blocks = family.find_parts(model).get("llm_layers")
+    if not blocks:
+        raise UserError(f"stage quantize: method autoround: no LLM decoder layers found in {in_dir}")
+    linear = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    kept_float = [n for n in linear if not n.startswith(blocks + ".")]
+    scale_dtype = _FLOAT_NAMES.get(str(next(model.parameters()).dtype).replace("torch.", ""), "fp16")
+    tmp = Path(str(out_dir) + ".autoround")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        return _quantize_and_export(model, processor, family, out_dir, tmp, o, texts, blocks, kept_float, linear,
+                                    scale_dtype, device, seed, log)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _quantize_and_export(model, processor, family, out_dir, tmp, o, texts, blocks, kept_float, linear, scale_dtype,
+                         device, seed, log) -> dict:
+    import torch
+    from auto_round import AutoRound
+
+    tok = getattr(processor, "tokenizer", processor)
+    samples = calibration_samples(texts, tok, o.seqlen, o.nsamples)
+    torch.manual_seed(seed)
+    with _lift_width_rule(), _quiet():
+        ar = AutoRound(model, tok, processor=processor, bits=o.bits, group_size=o.group_size, sym=True,
+                       iters=o.iters, nsamples=len(samples), seqlen=o.seqlen, batch_size=min(len(samples), 8),
+                       dataset=samples, to_quant_block_names=blocks, scale_dtype=scale_dtype,
+                       device_map=device, seed=seed, low_gpu_mem_usage=False, enable_torch_compile=False)
+        ar.quantize_and_save(str(tmp), format="llm_compressor")
+    src = _export_dir(tmp)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for f in src.iterdir():
+        if f.suffix == ".safetensors":
+            _copy_with_format_metadata(f, out / f.name)
+        elif f.name in ("model.safetensors.index.json", "generation_config.json"):
+            shutil.copyfile(f, out / f.name)
+    cfg = rewrite_config(json.loads((src / "config.json").read_text(encoding="utf-8")), kept_float)
+    (out / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    family.save_processor(processor, out)
+    quantized = _count_packed(out)
+    if quantized != len(linear) - len(kept_float):  # AutoRound left some block layer float: the config would lie
+        shutil.rmtree(out, ignore_errors=True)
+        raise UserError(f"stage quantize: AutoRound packed {quantized} Linear layers, expected "
+                        f"{len(linear) - len(kept_float)} (every Linear of {blocks})")
+    log(f"quantize: AutoRound {o.bits}-bit groups of {o.group_size}, {o.iters} iterations on {len(samples)} samples of "
+        f"{o.seqlen} tokens from {len(texts)} texts: "
+        f"{quantized} of {len(linear)} Linear layers packed (LLM decoder blocks)")
+    return {"quantized": quantized, "unquantized": len(kept_float)}
+
+
+def _copy_with_format_metadata(src: Path, dst: Path) -> None:
+    """Copy a safetensors file adding the ``{"format": "pt"}`` metadata transformers' own saves carry (AutoRound's
+    writer leaves it out), so the file is the one the planner lays out: same tensors, same bytes."""
+    import struct
+
+    with open(src, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        header = json.loads(f.read(n))
+        meta = header.pop("__metadata__", None) or {}
+        meta.setdefault("format", "pt")
+        raw = json.dumps({"__metadata__": meta, **header}, separators=(",", ":")).encode("utf-8")
+        raw += b" " * (-len(raw) % 8)
+        with open(dst, "wb") as g:
+            g.write(struct.pack("<Q", len(raw)))
+            g.write(raw)
+            shutil.copyfileobj(f, g, 16 << 20)
+
+
+def _export_dir(tmp: Path) -> Path:
+    """The folder AutoRound wrote (it adds a ``model-w4g16``-style subfolder)."""
+    hits = sorted(p.parent for p in tmp.rglob("config.json"))
+    if not hits:
+        raise UserError(f"AutoRound wrote no checkpoint under {tmp}")
+    return hits[0]
+
+
+def _count_packed(out: Path) -> int:
+    from safetensors import safe_open
+
+    n = 0
+    for f in sorted(out.glob("*.safetensors")):
+        with safe_open(str(f), "pt") as s:
+            n += sum(1 for k in s.keys() if k.endswith(".weight_packed"))
+    return n
+
+
+@contextlib.contextmanager
+def _quiet():
+    """AutoRound's progress bars and INFO lines off (its logger prints to stderr)."""
+    import logging
+
+    lg = logging.getLogger("autoround")
+    old = lg.level
+    lg.setLevel(logging.ERROR)
+    old_tq = os.environ.get("TQDM_DISABLE")
+    os.environ["TQDM_DISABLE"] = "1"
+    try:
+        yield
+    finally:
+        lg.setLevel(old)
+        if old_tq is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = old_tq

@@ -1,0 +1,155 @@
+"""The calibrated method (quantize ``method: autoround``, issue 31 item 2) on the kit: AutoRound's
+``llm_compressor`` export with the ignore rewrite, MLP included; sized exactly under the organizers' measure
+(``torch.save(model.state_dict())`` after ``from_pretrained``); packed after loading; reload gives the logits of
+the model before saving; bad options fail in one line before any work. Few iterations, so it stays fast."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+import torch
+
+from iwslt_mc.errors import UserError
+from iwslt_mc.stages import make_stage
+from iwslt_mc.stages.base import StageContext, run_stage
+from iwslt_mc.stages.quantize import QuantizeOptions
+
+HAVE_AR = importlib.util.find_spec("auto_round") is not None
+needs_ar = pytest.mark.skipif(not HAVE_AR, reason="auto-round is not installed (pip install -e '.[calib]')")
+
+FAST = {"method": "autoround", "group_size": 16, "iters": 1, "nsamples": 2, "seqlen": 16}
+
+
+def _ctx(kit):
+    return StageContext(log=lambda *a: None, device="cpu", data=[str(kit / "data")])
+
+
+@pytest.fixture(scope="module")
+def ar_builds(kit, tmp_path_factory):
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    root = tmp_path_factory.mktemp("autoround")
+    extras = {}
+    for bits in (4, 3, 2):
+        extras[bits] = run_stage(make_stage("quantize", {**FAST, "bits": bits}), kit / "model", root / f"ar{bits}",
+                                 _ctx(kit))
+    return root, extras
+
+
+@needs_ar
+@pytest.mark.parametrize("bits", [4, 3, 2])
+def test_autoround_is_sized_exactly_and_stays_packed_after_from_pretrained(kit, ar_builds, bits, tmp_path):
+    from test_quant_packed import _predicted, organizers_torch_save
+
+    from iwslt_mc.sizing import sizer
+
+    out = ar_builds[0] / f"ar{bits}"
+    real, sd = organizers_torch_save(out, tmp_path)
+    # every Linear of the 4 LLM decoder blocks, MLP included (176 wide: AutoRound's own rule would keep it float)
+    for name in ("mlp.up_proj", "mlp.gate_proj", "mlp.down_proj", "self_attn.q_proj", "self_attn.o_proj"):
+        for i in range(4):
+            key = f"model.language_model.layers.{i}.{name}."
+            assert key + "weight" not in sd and sd[key + "weight_packed"][0] == torch.int32, key
+    up = "model.language_model.layers.0.mlp.up_proj."
+    assert sd[up + "weight_packed"] == (torch.int32, (176, -(-64 * bits // 32)))
+    assert sd[up + "weight_scale"] == (torch.float32, (176, 64 // 16))  # the model's float dtype
+    assert not any(k.endswith("weight_zero_point") for k in sd)
+    # embeddings, lm_head, audio encoder and projector as stored
+    assert sd["model.language_model.embed_tokens.weight"][0] == torch.float32
+    assert sd["lm_head.weight"] == (torch.float32, (1600, 64))
+    assert sd["model.audio_tower.layers.0.fc1.weight"][0] == torch.float32
+    assert sd["model.multi_modal_projector.linear.weight"][0] == torch.float32
+    q = json.loads((out / "config.json").read_text())["quantization_config"]
+    assert q["dequantize"] is False and all(p.startswith("re:") for p in q["ignore"])
+    # predicted (planner, before building) == the sizer's figure == a real torch.save of the organizers' load
+    measured = sizer.measure(out, edition="2027").torch_save
+    assert measured.bytes_cpu == real
+    pred = _predicted(kit, {**FAST, "bits": bits})
+    assert pred.torch_save is not None, pred.torch_save_note
+    assert pred.torch_save.bytes_cpu == real
+    assert pred.bytes == sizer.measure(out).bytes  # the 2025 measure (safetensors) too
+    assert real < 2_412_693
+    assert ar_builds[1][bits]["quantized_linear_layers"] == 28
+
+
+@needs_ar
+def test_autoround_reload_packed_and_unpacked_give_the_same_logits(kit, ar_builds, kit_processor, kit_waves):
+    """Reloaded packed (first forward unpacks) and reloaded unpacked (dequantize: true) give the same logits and
+    decode, and the weights are quantized near the original. (Not against the model before saving: AutoRound tunes
+    in bfloat16 on the CPU and writes each block as it finishes, so no float model of the saved weights exists.)"""
+    from transformers import CompressedTensorsConfig, Qwen2AudioForConditionalGeneration
+
+    from iwslt_mc.families import prompt_text
+
+    out = ar_builds[0] / "ar4"
+    inputs = kit_processor(text=prompt_text(kit_processor, "en-de"), audio=kit_waves["dev"][1][1],
+                           sampling_rate=16000, return_tensors="pt")
+    packed = Qwen2AudioForConditionalGeneration.from_pretrained(str(out)).eval()
+    assert packed.model.language_model.layers[0].mlp.down_proj.weight_packed.dtype == torch.int32
+    unpacked = Qwen2AudioForConditionalGeneration.from_pretrained(
+        str(out), quantization_config=CompressedTensorsConfig(dequantize=True)).eval()
+    with torch.inference_mode():
+        a = packed(**inputs).logits
+        b = unpacked(**inputs).logits
+        assert torch.equal(a, b)
+        g1 = packed.generate(**inputs, max_new_tokens=6, do_sample=False)
+        g2 = unpacked.generate(**inputs, max_new_tokens=6, do_sample=False)
+    assert torch.equal(g1, g2)
+    w = unpacked.model.language_model.layers[0].mlp.down_proj.weight
+    base = Qwen2AudioForConditionalGeneration.from_pretrained(str(kit / "model")).eval()
+    w0 = base.model.language_model.layers[0].mlp.down_proj.weight
+    assert not torch.equal(w, w0) and (w - w0).abs().max() < w0.abs().max() / 4  # quantized, near the original
+
+
+@pytest.mark.parametrize("opts, msg", [
+    ({"bits": 8}, "method autoround has 2-4 bits, not bits=8"),
+    ({"bits": 1}, "method autoround has 2-4 bits, not bits=1"),
+    ({"scales": "mse"}, "option scales does not go with method autoround"),
+    ({"quantize_embeddings": True}, "option quantize_embeddings does not go with method autoround"),
+    ({"skip": ["audio_tower"]}, "option skip does not go with method autoround"),
+    ({"nsamples": 0}, "nsamples must be a positive integer, not 0"),
+])
+def test_bad_autoround_options_fail_in_one_line(opts, msg):
+    with pytest.raises(UserError, match=msg) as e:
+        QuantizeOptions.from_dict({"method": "autoround", **opts}, stage="quantize").validate()
+    assert "\n" not in str(e.value)
+
+
+def test_autoround_options_are_refused_by_the_other_methods():
+    with pytest.raises(UserError, match="option iters is for method autoround only"):
+        QuantizeOptions.from_dict({"method": "ct", "iters": 5}, stage="quantize").validate()
+
+
+def test_missing_library_is_one_line_naming_pip_before_any_work(kit, tmp_path, monkeypatch):
+    """plan() (the build's check before any stage runs) and the stage's own check: one line, the pip command."""
+    import importlib.util as iu
+
+    real = iu.find_spec
+    monkeypatch.setattr(iu, "find_spec", lambda name, *a: None if name == "auto_round" else real(name, *a))
+    stage = make_stage("quantize", {**FAST, "bits": 3})
+    cfg = json.loads((kit / "model" / "config.json").read_text())
+    with pytest.raises(UserError, match=r"needs the auto-round library \(pip install 'auto-round==0.16.1'") as e:
+        stage.plan(cfg, _ctx(kit), "kit")
+    assert "\n" not in str(e.value)
+    with pytest.raises(UserError, match="needs the auto-round library"):
+        run_stage(stage, kit / "model", tmp_path / "out", _ctx(kit))
+    assert not (tmp_path / "out").exists()
+
+
+@needs_ar
+def test_autoround_checks_before_work(kit, tmp_path):
+    with pytest.raises(UserError, match="calibrates on text: give --data"):
+        run_stage(make_stage("quantize", FAST), kit / "model", tmp_path / "a",
+                  StageContext(log=lambda *a: None, device="cpu"))
+    with pytest.raises(UserError, match="group_size 128 does not divide the input width 64 of "
+                                        "model.language_model.layers.0.self_attn.q_proj"):
+        run_stage(make_stage("quantize", {**FAST, "group_size": 128}), kit / "model", tmp_path / "b", _ctx(kit))
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_autoround_is_refused_for_a_family_it_was_not_measured_on(gemma_kit):
+    kit_dir, _ = gemma_kit
+    cfg = json.loads((kit_dir / "model" / "config.json").read_text())
+    with pytest.raises(UserError, match="method autoround is not available for Gemma 4"):
+        make_stage("quantize", FAST).plan(cfg, StageContext(log=lambda *a: None), "gemma kit")
