@@ -25,6 +25,18 @@ def _kit_variants() -> list[tuple[str, str, dict]]:
     return [(v, f.name, opts) for f in families() for v, opts in f.kit_variants.items()]
 
 
+def _first_kits() -> list[str]:
+    """The first kit variant of each registered family (one kit per family: for the slow shared tests)."""
+    seen: dict[str, str] = {}
+    for v, fam, _ in _kit_variants():
+        seen.setdefault(fam, v)
+    return list(seen.values())
+
+
+# for ``@pytest.mark.parametrize("family_kit", FIRST_KITS, indirect=True)``: a slow body on one kit per family
+FIRST_KITS = _first_kits()
+
+
 @pytest.fixture(scope="session")
 def _kits(tmp_path_factory):
     """Kit variant -> (path, KitInfo), each built once per session on first use (seed 0)."""
