@@ -1,6 +1,6 @@
 """The third family, Qwen2.5-Omni's thinker (iwslt_mc/families/qwen2_5_omni/), on its offline kit: the kit,
-the processor and prompt, the planner's inventory (kit and the real 7B layout), the torch.save layout,
-surgery, and generation with audio on the CPU."""
+the processor and prompt, the planner's inventory (kit and the real 7B layout),
+surgery, and generation with audio on the CPU (the torch.save measure and what every family shares: test_family_stages)."""
 
 from __future__ import annotations
 
@@ -15,10 +15,9 @@ FAM = Qwen25OmniFamily()
 
 
 @pytest.fixture(scope="session")
-def omni_kit(tmp_path_factory):
-    """(path, KitInfo) of the Qwen2.5-Omni kit, seed 0. Read-only."""
-    out = tmp_path_factory.mktemp("omnikit") / "kit"
-    return out, FAM.build_kit(out, seed=0)
+def omni_kit(_kits):
+    """(path, KitInfo) of the Qwen2.5-Omni kit, seed 0: the session's (conftest ``family_kit``). Read-only."""
+    return _kits("qwen2_5_omni_thinker")
 
 
 @pytest.fixture(scope="module")
@@ -44,13 +43,6 @@ def _real_torch_save_bytes(model_dir) -> int:
     return torch_save_bytes(model.state_dict())
 
 
-def _predicted_torch_save_bytes(model_dir) -> int:
-    from iwslt_mc.floor.statedict import pickle_state_dict, storage_sizes, zip_bytes
-
-    tensors = [(k, dt, sh) for k, (dt, sh) in _disk(model_dir).items()]
-    config = json.loads((model_dir / "config.json").read_text())
-    entries, modules = FAM.torch_save_layout(tensors, config, None)
-    return zip_bytes(len(pickle_state_dict(entries, modules, "cpu")), storage_sizes(entries))
 
 
 # ------------------------------------------------------------------ the kit
@@ -187,16 +179,6 @@ def test_7b_inventory_matches_the_meta_model(tied):
     assert plan.param_count(plan.plain_config(ref)) == n == (8_386_816_512 if tied else 8_931_813_888)
 
 
-def test_torch_save_layout_is_exact_on_kit(omni_kit, tmp_path):
-    """The organizers' measure (torch.save of the loaded state dict) from metadata equals a real torch.save,
-    on the kit (fp32) and on a bf16 copy."""
-    import torch
-
-    model_dir = omni_kit[0] / "model"
-    assert _predicted_torch_save_bytes(model_dir) == _real_torch_save_bytes(model_dir)
-    FAM.loader_class().from_pretrained(model_dir, dtype=torch.bfloat16).save_pretrained(tmp_path / "bf16")
-    assert json.loads((tmp_path / "bf16" / "config.json").read_text())["dtype"] == "bfloat16"
-    assert _predicted_torch_save_bytes(tmp_path / "bf16") == _real_torch_save_bytes(tmp_path / "bf16")
 
 
 # ------------------------------------------------------------------ surgery
@@ -342,17 +324,6 @@ def test_quantize_int8_and_prune_audio_layers_through_stage(omni_kit, tmp_path, 
     assert (cfg["text_config"]["num_hidden_layers"], cfg["audio_config"]["encoder_layers"]) == (2, 1)
 
 
-def test_unsupported_stages_refuse_in_one_line(omni_kit, tmp_path, capsys):
-    from iwslt_mc.cli import main
-
-    model_dir = omni_kit[0] / "model"
-    assert main(["stage", "prune-ffn", "--in", str(model_dir), "--out", str(tmp_path / "f"), "--set", "llm_width=64"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert "prune-ffn" in err and "qwen2_5_omni" in err and "\n" not in err and not (tmp_path / "f").exists()
-    assert main(["stage", "prune-layers", "--in", str(model_dir), "--out", str(tmp_path / "i"), "--set", "strategy=iterative",
-                 "--set", "remove=1", "--data", str(omni_kit[0] / "data"), "--lang", "en-de"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert "iterative" in err and "\n" not in err and not (tmp_path / "i").exists()
 
 
 def test_ct_lora_merge_distill_and_kd_stages(omni_kit, tmp_path, capsys):

@@ -145,28 +145,7 @@ def test_plan_title_and_component_names(g12, kit, capsys):
 
 
 # ------------------------------------------------------------------ the organizers' torch.save measure
-
-def test_torch_save_measure_exact_for_gemma4(gemma_kit, gemma_unified_kit, tmp_path):
-    """The 2027 measure (track-rules.md: torch.save(model.state_dict()) of the model loaded with
-    AutoModelForMultimodalLM) is computed from metadata for both Gemma 4 layouts, fp32 and bf16, equal to
-    a real torch.save; the planner predicts the same figure."""
-    import torch
-    from transformers import AutoModelForMultimodalLM
-
-    from iwslt_mc.planning import planner
-    from iwslt_mc.sizing import sizer
-
-    bf16 = tmp_path / "bf16"
-    AutoModelForMultimodalLM.from_pretrained(str(gemma_kit[0] / "model")).to(torch.bfloat16).save_pretrained(bf16)
-    for d in (gemma_kit[0] / "model", bf16, gemma_unified_kit / "model"):
-        rep = sizer.measure(d, "2027")
-        assert rep.torch_save is not None, rep.torch_save_note
-        assert rep.torch_save.bytes_cpu == _real_torch_save_bytes(d)
-        # on one GPU every storage's location is a new "cuda:0" string: a few bytes more per storage
-        assert rep.torch_save.bytes > rep.torch_save.bytes_cpu
-        fdt = "fp32" if d != bf16 else "bf16"
-        pred = planner.predict(planner.Spec(precision=fdt), planner.load_base_config(d), "2027")
-        assert pred.torch_save.bytes == rep.torch_save.bytes
+# of the kits, fp32 and bf16, against a real torch.save: test_family_stages (every kit)
 
 
 # ------------------------------------------------------------------ audio-layer removal
@@ -327,8 +306,7 @@ def test_smoke_build_planner_equals_real_bytes(gemma_kit, gemma_unified_kit, tmp
 
 # ------------------------------------------------------------------ the gemma4_unified kit
 
-def test_unified_kit_layout_and_plan(gemma_unified_kit):
-    from iwslt_mc.planning import planner
+def test_unified_kit_layout(gemma_unified_kit):
     from iwslt_mc.sizing import sizer
     from iwslt_mc.families import family_for
 
@@ -343,9 +321,7 @@ def test_unified_kit_layout_and_plan(gemma_unified_kit):
     c = rep.components
     assert c["audio_encoder"]["params"] == c["per_layer_embeddings"]["params"] == 0
     assert c["projector"]["params"] == 640 * 64  # embed_audio: a weightless RMSNorm over the 640-sample frame, then Linear
-    pred = planner.predict(planner.Spec(precision="fp32"), planner.load_base_config(model_dir), "2025")
-    assert (pred.bytes, pred.params) == (rep.bytes, rep.params)
-    assert pred.components == {k: v for k, v in rep.components.items() if v["bytes"] or k not in ("other", "lm_head")}
+    # the plan of the kit, exact component by component: test_family_kits (every kit)
 
 
 def test_unified_kit_decode_equals_generate(gemma_unified_kit):
