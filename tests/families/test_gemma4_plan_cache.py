@@ -19,7 +19,7 @@ from iwslt_mc.families import meta as family_meta
 from iwslt_mc.families.gemma4 import plan as gemma4_plan
 from iwslt_mc.planning.planner import Spec, predict
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SPECS = [dict(), dict(precision="nf4-dq", llm_layers=2), dict(precision="int8", drop_vision=True), dict(vocab=400)]
 CT = dict(precision="ct4", llm_layers=30)  # the kits' widths (8, 16) are narrower than ct4's groups
 

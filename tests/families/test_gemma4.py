@@ -288,7 +288,7 @@ def test_12b_config_tool_and_reduced_depth_layout(tmp_path, capsys):
 
     from iwslt_mc.planning import planner
 
-    tools = Path(__file__).resolve().parents[1] / "tools"
+    tools = Path(__file__).resolve().parents[2] / "tools"
 
     def load(name):
         spec = importlib.util.spec_from_file_location(name, tools / f"{name}.py")

@@ -215,7 +215,7 @@ def test_full_finetune_lowers_loss_keeps_frozen_vision_and_reloads(gkit, full_ft
     assert not model.model.language_model.embed_tokens.weight.requires_grad
     with pytest.raises(UserError, match=r"^stage finetune: cannot freeze 'vision_encoder': Qwen2-Audio models have no"):
         make_stage("finetune", {"freeze": ["vision_encoder"]}).check(
-            Path(__file__).parent / "fixtures" / "toy" / "teacher", StageContext(lang="en-de", data=["x"]))
+            Path(__file__).parents[1] / "fixtures" / "toy" / "teacher", StageContext(lang="en-de", data=["x"]))
 
 
 def test_lora_lowers_loss_leaves_embeddings_and_refuses_a_tied_lm_head(gkit, tmp_path):
@@ -301,7 +301,7 @@ def test_word_level_kd_lowers_kl_resumes_and_refuses_what_it_cannot(gkit, full_f
     ctx = StageContext(lang="en-de", data=[str(gkit / "data")], **QUIET)
     with pytest.raises(UserError, match=r"^stage kd: hidden-state KD \(hidden_weight > 0\) is not supported for Gemma 4 "):
         run_stage(make_stage("kd", dict(opts, hidden_weight=0.5)), gkit / "model", tmp_path / "h", ctx)
-    qwen = Path(__file__).parent / "fixtures" / "toy" / "teacher"
+    qwen = Path(__file__).parents[1] / "fixtures" / "toy" / "teacher"
     with pytest.raises(UserError, match=r"^stage kd: teacher .* is a Qwen2-Audio model and the student .* a Gemma 4 model"):
         run_stage(make_stage("kd", dict(opts, teacher=str(qwen))), gkit / "model", tmp_path / "q", ctx)
     assert not (tmp_path / "h").exists() and not (tmp_path / "q").exists()
@@ -323,5 +323,5 @@ def test_package_names_the_base_model_by_family(gkit, tmp_path):
     assert base(gkit / "model", {"base": {"path": "/models/gemma-4-12B-it"}, "stages": stages}, ed) == "google/gemma-4-12B-it"
     # a Gemma 4 model is never named after a Qwen2-Audio folder, nor the other way round
     assert base(gkit / "model", {"base": {"path": "/m/Qwen2-Audio-7B-Instruct"}, "stages": stages}, ed) == "a Gemma 4 model (model_type gemma4)"
-    qwen = Path(__file__).parent / "fixtures" / "toy" / "teacher"
+    qwen = Path(__file__).parents[1] / "fixtures" / "toy" / "teacher"
     assert base(qwen, {"base": {"path": "/m/Qwen2-Audio-7B-Instruct"}, "stages": stages}, ed) == "Qwen/Qwen2-Audio-7B-Instruct"
