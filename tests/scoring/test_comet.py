@@ -42,7 +42,7 @@ REF = ["Heute sprechen wir über die Komprimierung großer Modelle.",
 PERM = [3, 0, 4, 1, 2]
 
 REQUIRE = "IWSLT_MC_REQUIRE_COMET"
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 OFFLINE_SIGNS = ("No matching distribution", "Could not find a version", "Failed to establish a new connection",
                  "Temporary failure in name resolution", "Network is unreachable")
 
