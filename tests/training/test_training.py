@@ -25,7 +25,7 @@ from iwslt_mc.stages.base import StageContext, run_stage
 # constant lr: the cosine decay stalls the tiny random model at its unigram plateau (~4 nats)
 FAST = {"batch_size": 1, "limit": 4, "lr": 5e-3, "scheduler": "constant", "progress": False}
 LLM_LORA = {"lora_r": 16, "lora_alpha": 32, "target_modules": r".*(language_model.*_proj|lm_head)"}
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(autouse=True, scope="module")
