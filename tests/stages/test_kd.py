@@ -21,10 +21,10 @@ from iwslt_mc.errors import InputFileError, UserError
 from iwslt_mc.stages import make_stage
 from iwslt_mc.stages.base import StageContext, run_stage
 
-FIXTURE = Path(__file__).resolve().parent / "fixtures" / "toy"
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "toy"
 TEACHER = FIXTURE / "teacher"
 DATA = FIXTURE / "data"
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 FAST = {"dtype": "float32", "batch_size": 4, "lr": 5e-4, "scheduler": "constant", "save_steps": 1000,
         "logging_steps": 1, "progress": False, "weight_decay": 0.0}
 
