@@ -135,32 +135,24 @@ def test_quantize_ct_reloads_and_quantizes_tied_embeddings_once(gkit, tmp_path, 
 
 # ---------------------------------------------------------------------------------------- training data
 
-def test_training_examples_use_the_organizers_prompt_and_mask_it(gkit):
+def test_training_examples_use_the_organizers_prompt(gkit):
+    """Gemma 4's prompt in a training example: the organizers' words, no thinking turn, ``<turn|>`` ending the
+    target; 128-bin audio features (the masking, token-aligned inputs and padded batches of every family:
+    tests/training/test_family_training.py)."""
     from iwslt_mc.families.gemma4.prompt import organizers_prompt
 
     proc = modelio.load_processor(gkit / "model")
     tok = proc.tokenizer
-    exs = data.load_examples(gkit / "data", "test")[:3]
-    items = [training.encode_example(proc, e.waveform(), e.text_de, "en-de") for e in exs]
-    it = items[0]
+    ex = data.load_examples(gkit / "data", "test")[0]
+    it = training.encode_example(proc, ex.waveform(), ex.text_de, "en-de")
     n = it["labels"].count(training.IGNORE_INDEX)
     prompt = tok.decode(it["input_ids"][:n])
     assert prompt.startswith("<bos><|turn>user\n" + organizers_prompt("en-de") + "<|audio>")
     assert prompt.endswith("<audio|><turn|>\n<|turn>model\n")  # enable_thinking=False: no thinking turn
-    assert "<|think|>" not in prompt and it["labels"][:n] == [training.IGNORE_INDEX] * n
-    assert tok.decode(it["labels"][n:]) == exs[0].text_de + "<turn|>"  # ends the model's turn, as the template does
-    assert it["input_ids"][n:] == it["labels"][n:]
-    assert len(it["mm_token_type_ids"]) == len(it["input_ids"]) and it["mm_token_type_ids"][n:] == [0] * (len(it["input_ids"]) - n)
+    assert "<|think|>" not in prompt
+    assert tok.decode(it["labels"][n:]) == ex.text_de + "<turn|>"  # ends the model's turn, as the template does
+    assert "mm_token_type_ids" in it
     assert it["input_features"].shape[1] == 128 and it["input_features_mask"].shape == it["input_features"].shape[:1]
-    # a padded batch (audio of different lengths) gives each example its own logits
-    model = modelio.load_model(gkit / "model", device="cpu")
-    batch = training.Collator(training.pad_token_id(proc))(items)
-    assert len({int(x["input_features"].shape[0]) for x in items}) == 3
-    with torch.no_grad():
-        together = model(**batch).logits
-        for b, x in enumerate(items):
-            alone = model(**training.Collator(0)([x])).logits[0]
-            assert torch.allclose(together[b, :len(x["input_ids"])], alone, atol=1e-4, rtol=0)
 
 
 # ---------------------------------------------------------------------------------------- finetune
