@@ -146,6 +146,38 @@ def test_trim_vocab_keeps_the_logits_of_kept_tokens_and_the_plan_is_exact(family
     assert _plan(kit / "model", precision="fp32", vocab=n).bytes == sizer.measure(out).bytes
 
 
+def test_trimmed_reload_equals_in_memory(family_kit, tmp_path, monkeypatch):
+    """The stage's in-memory model (ids remapped on the live config) equals what reloads from disk: logits,
+    greedy tokens and the config's special token ids."""
+    import torch
+
+    from iwslt_mc import modelio
+
+    _, _, kit = family_kit
+    saved = {}
+    real_save = modelio.save_model
+
+    def spy(model, processor, out_dir, **kw):
+        saved["model"] = model
+        return real_save(model, processor, out_dir, **kw)
+
+    monkeypatch.setattr(modelio, "save_model", spy)
+    run_stage(make_stage("trim-vocab", {}), kit / "model", tmp_path / "o",
+              StageContext(lang="en-zh", data=[str(kit / "data")], **QUIET))
+    mem = saved["model"]
+    reloaded = modelio.load_model(tmp_path / "o", device="cpu")
+    inp = _inputs(modelio.load_processor(tmp_path / "o"), _clip(kit, "clip-b.wav"), "en-zh")
+    with torch.inference_mode():
+        assert torch.equal(mem(**inp).logits, reloaded(**inp).logits)
+        a = mem.generate(**inp, max_new_tokens=6, do_sample=False)
+        b = reloaded.generate(**inp, max_new_tokens=6, do_sample=False)
+    assert torch.equal(a, b) and a.shape[1] == inp["input_ids"].shape[1] + 6
+
+    def ids(config):
+        return {k: v for k, v in config.to_dict().items() if k.endswith(("token_id", "token_index"))}
+    assert ids(mem.config) == ids(reloaded.config) and ids(mem.config)
+
+
 # ---------------------------------------------------------------------------------------- quantize
 
 @pytest.mark.parametrize("method", ["int8", "nf4"])
@@ -284,3 +316,43 @@ def test_package_iwslt27_of_a_decode(family_kit, tmp_path):
     assert "Size bin" not in desc
     chk = sub_check.check([res.dir])
     assert chk.ok, chk.all_problems()
+
+
+# ---------------------------------------------------------------------------------------- finetune, merge
+
+def test_lora_lowers_the_loss_and_the_merge_stage_gives_the_adapter_logits(family_kit, tmp_path):
+    """LoRA on the LLM's projections (not merged), then the merge stage: the loss falls, the adapter changes the
+    model, the merged model's logits are the adapted model's (fp32 rounding) and reload with its family's class."""
+    import numpy as np
+    import torch
+    from peft import PeftModel
+
+    from iwslt_mc import modelio
+    from iwslt_mc.training import data, training
+
+    _, fam, kit = family_kit
+    torch.set_num_threads(1)
+    out = tmp_path / "lora"
+    llm_projections = r"(.*language_model\.(model\.)?|model\.)layers\.\d+\..*_proj"  # each family's LLM layers
+    opts = {"mode": "lora", "merge": False, "lora_r": 16, "lora_alpha": 32, "target_modules": llm_projections,
+            "batch_size": 1, "limit": 4, "lr": 5e-2, "scheduler": "constant", "max_steps": 30, "progress": False}
+    rec = run_stage(make_stage("finetune", opts), kit / "model", out,
+                    StageContext(lang="en-de", data=[str(kit / "data")], **QUIET))
+    losses = [h["loss"] for h in json.loads((out / training.HISTORY_NAME).read_text())["history"]]
+    assert len(losses) == 30 and np.mean(losses[-10:]) < np.mean(losses[:5]) - 0.1, losses
+    assert (out / "adapter" / "adapter_model.safetensors").exists() and "LoRA fine-tuning (r 16" in rec["techniques"][0]
+    merged_dir = tmp_path / "merged"
+    mrec = run_stage(make_stage("merge", {}), out, merged_dir, StageContext(**QUIET))
+    assert mrec["merged"]["r"] == 16 and not (merged_dir / "adapter").exists()
+    proc = modelio.load_processor(kit / "model")
+    items = [training.encode_example(proc, e.waveform(), e.text_de, "en-de")
+             for e in data.load_examples(kit / "data", "test")[:2]]
+    batch = training.Collator(training.pad_token_id(proc))(items)
+    batch.pop("labels")
+    adapted = PeftModel.from_pretrained(modelio.load_model(out, device="cpu"), str(out / "adapter")).eval()
+    merged = fam.loader_class().from_pretrained(str(merged_dir)).eval()
+    base = modelio.load_model(kit / "model", device="cpu")
+    with torch.no_grad():
+        la, lm, lb = (m(**batch).logits for m in (adapted, merged, base))
+    assert (la - lb).abs().max() > 1e-2  # the adapter really changes the model
+    assert (la - lm).abs().mean() < 1e-5 and (la - lm).abs().max() < 1e-4
