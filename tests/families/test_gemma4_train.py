@@ -232,19 +232,12 @@ def test_lora_lowers_loss_leaves_embeddings_and_refuses_a_tied_lm_head(gkit, tmp
 # ---------------------------------------------------------------------------------------- distill
 
 def test_distill_with_a_gemma_teacher_then_finetune_on_its_pairs(gkit, tmp_path):
-    from iwslt_mc.decoding.core import translate
-
     out = tmp_path / "distilled"
     rec = run_stage(make_stage("distill", {"limit": 4, "max_new_tokens": 6, "batch_size": 4}), gkit / "model", out,
                     StageContext(lang="en-de", data=[str(gkit / "data")], **QUIET))
     rows = data.load_examples(out / "distill_data")
-    teacher_rows = [r for r in rows if r.meta["origin"] == "teacher"]
-    assert len(teacher_rows) == 4 and rec["distill"]["teacher_pairs"] == 4
-    # the teacher's pairs are what the Gemma model itself decodes (the organizers' prompt, greedy)
-    model, proc = modelio.load_model(gkit / "model", device="cpu"), modelio.load_processor(gkit / "model")
-    hyps = translate(model, proc, [r.waveform() for r in teacher_rows], "en-de", max_new_tokens=6)
-    assert [data.target_text(r, "en-de") for r in teacher_rows] == [h.text for h in hyps]
-    assert all(len(h.tokens) == 6 for h in hyps)
+    # 4 teacher pairs (that they are the model's own greedy decode: test_family_stages, every family)
+    assert rec["distill"]["teacher_pairs"] == 4
     ft = tmp_path / "student"
     frec = _finetune(gkit, ft, dict(FAST, mode="full", lr=5e-3, max_steps=30, split=None, limit=None),
                      data_spec=out / "distill_data")
@@ -291,12 +284,11 @@ def test_word_level_kd_lowers_kl_resumes_and_refuses_what_it_cannot(gkit, full_f
     a, b = load_file(tmp_path / "straight" / "model.safetensors"), load_file(tmp_path / "resumed" / "model.safetensors")
     assert a.keys() == b.keys() and [k for k in a if not torch.equal(a[k], b[k])] == []
     ctx = StageContext(lang="en-de", data=[str(gkit / "data")], **QUIET)
-    with pytest.raises(UserError, match=r"^stage kd: hidden-state KD \(hidden_weight > 0\) is not supported for Gemma 4 "):
-        run_stage(make_stage("kd", dict(opts, hidden_weight=0.5)), gkit / "model", tmp_path / "h", ctx)
+    # hidden-state KD refused (no hidden_state_kd): test_family_stages, every family without it
     qwen = Path(__file__).parents[1] / "fixtures" / "toy" / "teacher"
     with pytest.raises(UserError, match=r"^stage kd: teacher .* is a Qwen2-Audio model and the student .* a Gemma 4 model"):
         run_stage(make_stage("kd", dict(opts, teacher=str(qwen))), gkit / "model", tmp_path / "q", ctx)
-    assert not (tmp_path / "h").exists() and not (tmp_path / "q").exists()
+    assert not (tmp_path / "q").exists()
 
 
 # ---------------------------------------------------------------------------------------- package

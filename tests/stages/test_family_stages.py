@@ -356,3 +356,47 @@ def test_lora_lowers_the_loss_and_the_merge_stage_gives_the_adapter_logits(famil
         la, lm, lb = (m(**batch).logits for m in (adapted, merged, base))
     assert (la - lb).abs().max() > 1e-2  # the adapter really changes the model
     assert (la - lm).abs().mean() < 1e-5 and (la - lm).abs().max() < 1e-4
+
+
+# ---------------------------------------------------------------------------------------- distill, kd
+
+def test_distill_pairs_are_the_models_own_greedy_translations(family_kit, tmp_path):
+    """distill with the kit as its own teacher: the teacher pairs are what decoding gives for those clips (the
+    family's prompt, greedy), and the model passes through unchanged."""
+    from iwslt_mc import modelio
+    from iwslt_mc.decoding.core import translate
+    from iwslt_mc.fsutil import sha256_file
+    from iwslt_mc.training import data
+
+    _, _, kit = family_kit
+    out = tmp_path / "distilled"
+    rec = run_stage(make_stage("distill", {"limit": 4, "max_new_tokens": 6, "batch_size": 4}), kit / "model", out,
+                    StageContext(lang="en-de", data=[str(kit / "data")], **QUIET))
+    teacher_rows = [r for r in data.load_examples(out / "distill_data") if r.meta["origin"] == "teacher"]
+    assert teacher_rows and rec["distill"]["teacher_pairs"] == len(teacher_rows)
+    model, proc = modelio.load_model(kit / "model", device="cpu"), modelio.load_processor(kit / "model")
+    hyps = translate(model, proc, [r.waveform() for r in teacher_rows], "en-de", max_new_tokens=6)
+    assert [data.target_text(r, "en-de") for r in teacher_rows] == [h.text for h in hyps]
+    assert sha256_file(out / "model.safetensors") == sha256_file(kit / "model" / "model.safetensors")
+
+
+def test_kd_student_identical_to_teacher_starts_at_zero_kl(family_kit, tmp_path):
+    """A student that is its teacher gives KL 0 at the first step (the teacher sees exactly the student's
+    input), and hidden distance 0 where the family has hidden-state KD; a family without it refuses
+    hidden_weight > 0 in one line before any work."""
+    _, fam, kit = family_kit
+    opts = {"dtype": "float32", "scheduler": "constant", "save_steps": 1000, "logging_steps": 1, "progress": False,
+            "weight_decay": 0.0, "teacher": str(kit / "model"), "max_steps": 1, "batch_size": 2, "limit": 2,
+            "alpha": 1.0, "lr": 1e-9, "hidden_weight": 1.0 if fam.hidden_state_kd else 0.0}
+    out = tmp_path / "self"
+    ctx = StageContext(lang="en-de", data=[str(kit / "data")], seed=0, **QUIET)
+    run_stage(make_stage("kd", opts), kit / "model", out, ctx)
+    first = json.loads((out / "kd_history.jsonl").read_text().splitlines()[0])
+    assert first["kl"] < 1e-5, first
+    if fam.hidden_state_kd:
+        assert first["hidden"] < 1e-6, first
+    else:
+        with pytest.raises(UserError, match=rf"^stage kd: hidden-state KD \(hidden_weight > 0\) is not supported for "
+                                            rf"{fam.label} models yet"):
+            run_stage(make_stage("kd", dict(opts, hidden_weight=0.5)), kit / "model", tmp_path / "h", ctx)
+        assert not (tmp_path / "h").exists()
