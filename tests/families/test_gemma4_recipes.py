@@ -150,13 +150,11 @@ def test_plan_title_and_component_names(g12, kit, capsys):
 
 # ------------------------------------------------------------------ audio-layer removal
 
-def test_prune_audio_layers_gemma4(gemma_kit, gemma_unified_kit, tmp_path, monkeypatch):
+def test_prune_audio_layers_gemma4(gemma_kit, tmp_path):
     import torch
     from transformers import AutoModelForMultimodalLM
 
-    from iwslt_mc.planning import planner
     from iwslt_mc.sizing import sizer
-    from iwslt_mc.errors import UserError
     from iwslt_mc.stages import make_stage
     from iwslt_mc.stages.base import StageContext, run_stage
 
@@ -173,17 +171,10 @@ def test_prune_audio_layers_gemma4(gemma_kit, gemma_unified_kit, tmp_path, monke
     assert o.keys() == n.keys() and all(torch.equal(o[k], n[k]) for k in o)
     rep = sizer.measure(out)
     assert rep.params == sizer.measure(model_dir).params - sum(t.numel() for t in o.values())  # its buffers too
-    pred = planner.predict(planner.Spec(precision="fp32", audio_layers=1), planner.load_base_config(model_dir), "2025")
-    assert (pred.bytes, pred.params) == (rep.bytes, rep.params)
-    assert rep.torch_save.bytes_cpu == _real_torch_save_bytes(out)
     prov = json.loads((out / "provenance.json").read_text())["stages"][-1]
     assert "1 of 2 conformer layers removed" in " ".join(prov["techniques"])
-    # gemma4_unified has no audio encoder: refused from the config, before any weight is read
-    monkeypatch.setattr("iwslt_mc.modelio.load_model", lambda *a, **k: pytest.fail("weights loaded"))
-    with pytest.raises(UserError, match="has no audio-encoder layers to remove \\(model_type 'gemma4_unified'\\)"):
-        run_stage(make_stage("prune-layers", {"strategy": "top", "remove": 0, "audio_remove": 1}),
-                  gemma_unified_kit / "model", tmp_path / "u", ctx)
-    assert not (tmp_path / "u").exists()
+    # the plan and torch.save measure of the output, and gemma4_unified's refusal (no audio encoder):
+    # test_family_stages.test_prune_one_audio_layer_or_refuse_where_there_is_no_audio_encoder
 
 
 # ------------------------------------------------------------------ recipes built on the kits

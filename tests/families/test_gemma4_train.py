@@ -116,11 +116,8 @@ def test_quantize_ct_reloads_and_quantizes_tied_embeddings_once(gkit, tmp_path, 
     up = "model.language_model.layers.0.mlp.up_proj."
     assert w[up + "weight_packed"].dtype == torch.int32 and tuple(w[up + "weight_packed"].shape) == (128, 64 * 4 // 32)
     assert "model.language_model.embed_tokens.weight" in w and not any(k.startswith("lm_head") for k in w)
-    before, _ = quant_formats.ct_quantize(gkit / "model", QuantizeOptions.from_dict(ct), log=lambda *a: None)
-    reloaded = _plain_reload(out)
-    assert torch.equal(_logits(reloaded, inputs), _logits(before, inputs))
+    # reloaded == the in-memory quantization, planned and measured exactly: test_family_stages (every family)
     assert rec["quantized_linear_layers"] == 67
-    assert sizer.measure(out).bytes == (out / "model.safetensors").stat().st_size
     # the token embeddings are lm_head (tied): with quantize_embeddings the one matrix is packed once, and the
     # checkpoint stays tied (no lm_head key) and reloads with from_pretrained alone to the same logits
     emb = dict(ct, quantize_embeddings=True)

@@ -112,6 +112,37 @@ def test_prune_one_llm_layer_reloads_and_the_plan_is_exact(family_kit, tmp_path)
         assert (pred.bytes, pred.params) == (rep.bytes, rep.params)
 
 
+def test_prune_one_audio_layer_or_refuse_where_there_is_no_audio_encoder(family_kit, tmp_path, monkeypatch):
+    """prune-layers audio_layers=[0]: the output reloads with its family's class alone, one audio-encoder layer
+    fewer, exactly planned (file and torch.save measure); a kit without audio-encoder layers (gemma4_unified)
+    refuses from its config, before any weight is read."""
+    from iwslt_mc.sizing import sizer
+    from iwslt_mc.sizing.torchsave import torch_save_bytes
+
+    _, fam, kit = family_kit
+    cfg = json.loads((kit / "model" / "config.json").read_text())
+    audio = cfg.get("audio_config") or {}
+    n = int(audio.get("encoder_layers", audio.get("num_hidden_layers", 0)) or 0)
+    if not n:
+        _no_weights_loaded(monkeypatch)
+        with pytest.raises(UserError, match=rf"has no audio-encoder layers to remove \(model_type '{cfg['model_type']}'\)$"):
+            run_stage(make_stage("prune-layers", {"audio_layers": [0]}), kit / "model", tmp_path / "u", StageContext(**QUIET))
+        assert not (tmp_path / "u").exists()
+        return
+    out = tmp_path / "a"
+    run_stage(make_stage("prune-layers", {"audio_layers": [0]}), kit / "model", out, StageContext(**QUIET))
+    new_audio = json.loads((out / "config.json").read_text())["audio_config"]
+    assert new_audio.get("encoder_layers", new_audio.get("num_hidden_layers")) == n - 1
+    model = fam.loader_class().from_pretrained(str(out))
+    assert len(dict(model.named_modules())[fam.find_parts(model)["audio_encoder"]].layers) == n - 1
+    rep = sizer.measure(out, "2027")
+    assert rep.params < sizer.measure(kit / "model").params
+    pred = _plan(kit / "model", precision="fp32", audio_layers=n - 1)
+    assert (pred.bytes, pred.params) == (rep.bytes, rep.params)
+    assert rep.torch_save.bytes_cpu == torch_save_bytes(
+        fam.loader_class().from_pretrained(str(out), dtype="auto", device_map="cpu").state_dict())
+
+
 # ---------------------------------------------------------------------------------------- trim-vocab
 
 def test_trim_vocab_keeps_the_logits_of_kept_tokens_and_the_plan_is_exact(family_kit, tmp_path):
@@ -189,6 +220,7 @@ def test_quantized_output_reloads_alone_equals_a_fresh_quantization_and_is_plann
 
     from iwslt_mc import modelio
     from iwslt_mc.sizing import sizer
+    from iwslt_mc.sizing.torchsave import torch_save_bytes
     from iwslt_mc.stages.quantize import quantize_model
 
     pytest.importorskip("bitsandbytes")
@@ -211,9 +243,58 @@ def test_quantized_output_reloads_alone_equals_a_fresh_quantization_and_is_plann
     assert sum(c["bytes"] for c in after.components.values()) + after.header_bytes == after.bytes
     assert after.params == before.params
     assert after.components["llm_layers"]["bytes"] < before.components["llm_layers"]["bytes"] / 2
+    # the organizers' measure of the quantized checkpoint: a real torch.save of it as they load it
+    ts = sizer.measure(out, "2027").torch_save
+    assert ts is not None and ts.bytes_cpu == torch_save_bytes(
+        fam.loader_class().from_pretrained(str(out), dtype="auto", device_map="cpu").state_dict())
     with torch.inference_mode():
         gen = reloaded.generate(**inputs, max_new_tokens=4, do_sample=False)
     assert gen.shape[1] == inputs["input_ids"].shape[1] + 4
+
+
+def _planned_for_stages(model_dir, *stages):
+    """The planner's prediction for the recipe stages ``(name, options)`` run on ``model_dir``, as build plans it."""
+    from iwslt_mc.build import spec_for_stages
+    from iwslt_mc.planning import planner
+    from iwslt_mc.recipes import StageEntry
+
+    cfg = planner.load_base_config(model_dir)
+    spec, notes = spec_for_stages([StageEntry(f"s{i}", n, o) for i, (n, o) in enumerate(stages)], cfg,
+                                  base=str(model_dir), lang="en-de", data={}, condition="constrained")
+    assert notes == []
+    return planner.predict(spec, cfg, "2027")
+
+
+def test_compressed_tensors_4bit_reloads_alone_with_the_logits_before_saving_and_is_planned(family_kit, tmp_path):
+    """quantize method ct (4-bit, groups of 8, symmetric): reloads with its family's class alone to the in-memory
+    quantized model's logits; the planner predicts the file and the organizers' torch.save measure exactly, and the
+    measure is a real torch.save's."""
+    import torch
+
+    from iwslt_mc import modelio
+    from iwslt_mc.quantization import formats as quant_formats
+    from iwslt_mc.sizing import sizer
+    from iwslt_mc.sizing.torchsave import torch_save_bytes
+    from iwslt_mc.stages.quantize import QuantizeOptions
+
+    pytest.importorskip("compressed_tensors")
+    _, fam, kit = family_kit
+    ct = {"method": "ct", "bits": 4, "group_size": 8, "symmetric": True}  # 8: Gemma 4's kit has 8-wide PLE inputs
+    out = tmp_path / "ct4"
+    rec = run_stage(make_stage("quantize", ct), kit / "model", out, StageContext(**QUIET))
+    q = json.loads((out / "config.json").read_text())["quantization_config"]
+    assert q["quant_method"] == "compressed-tensors" and q["config_groups"]["group_0"]["weights"]["num_bits"] == 4
+    assert rec["quantized_linear_layers"] > 0
+    before, _ = quant_formats.ct_quantize(kit / "model", QuantizeOptions.from_dict(ct), log=lambda *a: None)
+    reloaded = fam.loader_class().from_pretrained(str(out)).eval()
+    inputs = _inputs(modelio.load_processor(kit / "model"), _clip(kit))
+    assert torch.equal(_last_logits(reloaded, inputs), _last_logits(before, inputs))
+    rep = sizer.measure(out, "2027")
+    pred = _planned_for_stages(kit / "model", ("quantize", ct))
+    assert (pred.bytes, pred.params) == (rep.bytes, rep.params) == ((out / "model.safetensors").stat().st_size, rep.params)
+    assert rep.torch_save is not None and pred.torch_save.bytes == rep.torch_save.bytes
+    assert rep.torch_save.bytes_cpu == torch_save_bytes(
+        fam.loader_class().from_pretrained(str(out), dtype="auto", device_map="cpu").state_dict())
 
 
 # ---------------------------------------------------------------------------------------- decoding
