@@ -25,18 +25,6 @@ def _kit_variants() -> list[tuple[str, str, dict]]:
     return [(v, f.name, opts) for f in families() for v, opts in f.kit_variants.items()]
 
 
-def _first_kits() -> list[str]:
-    """The first kit variant of each registered family (one kit per family: for the slow shared tests)."""
-    seen: dict[str, str] = {}
-    for v, fam, _ in _kit_variants():
-        seen.setdefault(fam, v)
-    return list(seen.values())
-
-
-# for ``@pytest.mark.parametrize("family_kit", FIRST_KITS, indirect=True)``: a slow body on one kit per family
-FIRST_KITS = _first_kits()
-
-
 @pytest.fixture(scope="session")
 def _kits(tmp_path_factory):
     """Kit variant -> (path, KitInfo), each built once per session on first use (seed 0)."""
@@ -58,7 +46,9 @@ def _kits(tmp_path_factory):
 @pytest.fixture(scope="session", params=[v for v, _, _ in _kit_variants()])
 def family_kit(request, _kits):
     """(variant, Family, kit path) for every registered family's kit variants (qwen2_audio, gemma4,
-    gemma4_unified, ...): tests that hold for any family take this fixture. Read-only."""
+    gemma4_unified, qwen2_5_omni_thinker, ...): tests that hold for any family take this fixture
+    (tests/stages/test_family_stages.py, tests/planning/test_family_plans.py, ...). Read-only. A slow body can
+    take a subset: ``@pytest.mark.parametrize("family_kit", ["qwen2_audio", "gemma4"], indirect=True)``."""
     from iwslt_mc.families import family_named
 
     variant = request.param
