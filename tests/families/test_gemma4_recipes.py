@@ -55,26 +55,7 @@ def test_ls_shows_each_recipes_family(capsys):
     assert line.split()[1] == "gemma4"
 
 
-def test_recipe_of_another_family_fails_in_one_line_before_any_work(kit, gemma_kit, tmp_path, monkeypatch):
-    from iwslt_mc.build import build
-    from iwslt_mc.errors import UserError
-    from iwslt_mc.recipes import load_recipe
-
-    monkeypatch.setattr("iwslt_mc.modelio.load_model", lambda *a, **k: pytest.fail("weights loaded"))
-    cases = [("gemma4-small", kit / "model", r"^recipe gemma4-small is for Gemma 4 models \(family: gemma4\), but .* is a "
-                                             r"Qwen2-Audio model \(model_type 'qwen2_audio'\); pick a qwen2_audio recipe"),
-             ("recipe-b", gemma_kit[0] / "model", r"^recipe recipe-b is for Qwen2-Audio models \(family: qwen2_audio\), "
-                                                  r"but .* is a Gemma 4 model \(model_type 'gemma4'\)")]
-    for name, base, msg in cases:
-        with pytest.raises(UserError, match=msg) as e:
-            build(load_recipe(name), lang="en-de", base=str(base), data={"acl6060": str(kit / "data")},
-                  condition="constrained", out=tmp_path / name, smoke=True, log=lambda *a: None)
-        assert "\n" not in str(e.value)
-        assert not (tmp_path / name).exists()
-    # the CLI: dry run and plan refuse the same way, exit 2
-    assert main(["build", "gemma4-small", "--lang", "en-de", "--base", str(kit / "model"), "--data", str(kit / "data"),
-                 "--dry-run"]) == 2
-    assert main(["plan", "recipe-b", "--base", str(gemma_kit[0] / "model")]) == 2
+# a recipe of another family refused in one line (build, dry run, plan): tests/test_family_recipes.py
 
 
 def test_recipe_family_field_is_validated(tmp_path):
