@@ -43,7 +43,11 @@ def _kits(tmp_path_factory):
     return get
 
 
-@pytest.fixture(scope="session", params=[v for v, _, _ in _kit_variants()])
+# every registered family's kit variants, in registry order (for ``parametrize("family_kit", [...], indirect=True)``)
+KIT_VARIANTS = [v for v, _, _ in _kit_variants()]
+
+
+@pytest.fixture(scope="session", params=KIT_VARIANTS)
 def family_kit(request, _kits):
     """(variant, Family, kit path) for every registered family's kit variants (qwen2_audio, gemma4,
     gemma4_unified, qwen2_5_omni_thinker, ...): tests that hold for any family take this fixture

@@ -1,7 +1,9 @@
 """The stages, the planner and the decoder on every registered family's kit, through conftest's ``family_kit``:
 one test body per check, every family (what only one family has stays in that family's test file).
 
-Each body takes about a second per kit (the kits are tiny), so every kit variant runs every test.
+Most bodies take about a second per kit (the kits are tiny), so every kit variant runs them. Qwen2-Audio's kit
+pads each clip to 30 s of features, which makes it several times slower: the four slow bodies marked
+``without_qwen2_audio`` run on the other kits, and Qwen2-Audio's own, deeper tests (named in each) cover it.
 """
 
 from __future__ import annotations
@@ -10,12 +12,15 @@ import json
 
 import pytest
 
+from conftest import KIT_VARIANTS
 from iwslt_mc.errors import UserError
 from iwslt_mc.families.base import ALL_STAGES
 from iwslt_mc.stages import make_stage
 from iwslt_mc.stages.base import StageContext, run_stage
 
 QUIET = dict(device="cpu", log=lambda *a: None)
+without_qwen2_audio = pytest.mark.parametrize("family_kit", [v for v in KIT_VARIANTS if v != "qwen2_audio"],
+                                              indirect=True)
 # the least options each stage accepts (a refused stage is refused before they matter)
 MINIMAL_OPTIONS = {"prune-layers": {"llm_layers": [0]}, "prune-ffn": {"llm_width": 64}, "prune-hidden": {"llm_ratio": 0.5},
                    "replace-layers": {"count": 2}}
@@ -211,11 +216,26 @@ def test_trimmed_reload_equals_in_memory(family_kit, tmp_path, monkeypatch):
 
 # ---------------------------------------------------------------------------------------- quantize
 
+def _planned_for_stages(model_dir, *stages):
+    """The planner's prediction for the recipe stages ``(name, options)`` run on ``model_dir``, as build plans it."""
+    from iwslt_mc.build import spec_for_stages
+    from iwslt_mc.planning import planner
+    from iwslt_mc.recipes import StageEntry
+
+    cfg = planner.load_base_config(model_dir)
+    spec, notes = spec_for_stages([StageEntry(f"s{i}", n, o) for i, (n, o) in enumerate(stages)], cfg,
+                                  base=str(model_dir), lang="en-de", data={}, condition="constrained")
+    assert notes == []
+    return planner.predict(spec, cfg, "2027")
+
+
+@without_qwen2_audio  # Qwen2-Audio: tests/stages/test_stages_quantize.py, planning/test_planner.py, sizing/test_sizer.py
 @pytest.mark.parametrize("method", ["int8", "nf4"])
 def test_quantized_output_reloads_alone_equals_a_fresh_quantization_and_is_planned(family_kit, tmp_path, method):
     """quantize (bitsandbytes, the stage's defaults) on the kit: reloads with ``from_pretrained`` alone to the
     logits of a fresh quantization of the same input, close to the float model's; the sizer sums to the file,
-    the logical parameter count is unchanged, and the model still generates."""
+    the logical parameter count is unchanged, the planner predicts the file and the organizers' torch.save measure
+    (itself a real torch.save's), and the model still generates."""
     import torch
 
     from iwslt_mc import modelio
@@ -247,24 +267,16 @@ def test_quantized_output_reloads_alone_equals_a_fresh_quantization_and_is_plann
     ts = sizer.measure(out, "2027").torch_save
     assert ts is not None and ts.bytes_cpu == torch_save_bytes(
         fam.loader_class().from_pretrained(str(out), dtype="auto", device_map="cpu").state_dict())
+    pred = _planned_for_stages(kit / "model", ("quantize", {"method": method}))
+    assert (pred.params, pred.torch_save.bytes) == (after.params, ts.bytes)
+    # the file exactly, up to the few characters of each double-quantized state's float offset (nf4: dq by default)
+    assert abs(pred.bytes - after.bytes) <= (16 * after.quantized.get("bnb-nf4", 0) if method == "nf4" else 0)
     with torch.inference_mode():
         gen = reloaded.generate(**inputs, max_new_tokens=4, do_sample=False)
     assert gen.shape[1] == inputs["input_ids"].shape[1] + 4
 
 
-def _planned_for_stages(model_dir, *stages):
-    """The planner's prediction for the recipe stages ``(name, options)`` run on ``model_dir``, as build plans it."""
-    from iwslt_mc.build import spec_for_stages
-    from iwslt_mc.planning import planner
-    from iwslt_mc.recipes import StageEntry
-
-    cfg = planner.load_base_config(model_dir)
-    spec, notes = spec_for_stages([StageEntry(f"s{i}", n, o) for i, (n, o) in enumerate(stages)], cfg,
-                                  base=str(model_dir), lang="en-de", data={}, condition="constrained")
-    assert notes == []
-    return planner.predict(spec, cfg, "2027")
-
-
+@without_qwen2_audio  # Qwen2-Audio: tests/quantization/test_quant_formats.py (ct3, ct4, ct5 reloads and plans)
 def test_compressed_tensors_4bit_reloads_alone_with_the_logits_before_saving_and_is_planned(family_kit, tmp_path):
     """quantize method ct (4-bit, groups of 8, symmetric): reloads with its family's class alone to the in-memory
     quantized model's logits; the planner predicts the file and the organizers' torch.save measure exactly, and the
@@ -299,6 +311,7 @@ def test_compressed_tensors_4bit_reloads_alone_with_the_logits_before_saving_and
 
 # ---------------------------------------------------------------------------------------- decoding
 
+@without_qwen2_audio  # Qwen2-Audio: tests/decoding/test_decoding.py (every kit clip)
 def test_fast_mode_equals_reference_token_for_token(family_kit):
     """The batched fast mode gives the reference (one clip at a time) decoding's tokens, on every kit."""
     import torch
@@ -401,6 +414,7 @@ def test_package_iwslt27_of_a_decode(family_kit, tmp_path):
 
 # ---------------------------------------------------------------------------------------- finetune, merge
 
+@without_qwen2_audio  # Qwen2-Audio: tests/training/test_training.py (LoRA, merge, the rsLoRA weights)
 def test_lora_lowers_the_loss_and_the_merge_stage_gives_the_adapter_logits(family_kit, tmp_path):
     """LoRA on the LLM's projections (not merged), then the merge stage: the loss falls, the adapter changes the
     model, the merged model's logits are the adapted model's (fp32 rounding) and reload with its family's class."""
