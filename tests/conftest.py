@@ -43,10 +43,16 @@ def _kits(tmp_path_factory):
     return get
 
 
-@pytest.fixture(scope="session", params=[v for v, _, _ in _kit_variants()])
+# every registered family's kit variants, in registry order (for ``parametrize("family_kit", [...], indirect=True)``)
+KIT_VARIANTS = [v for v, _, _ in _kit_variants()]
+
+
+@pytest.fixture(scope="session", params=KIT_VARIANTS)
 def family_kit(request, _kits):
     """(variant, Family, kit path) for every registered family's kit variants (qwen2_audio, gemma4,
-    gemma4_unified, ...): tests that hold for any family take this fixture. Read-only."""
+    gemma4_unified, qwen2_5_omni_thinker, ...): tests that hold for any family take this fixture
+    (tests/stages/test_family_stages.py, tests/planning/test_family_plans.py, ...). Read-only. A slow body can
+    take a subset: ``@pytest.mark.parametrize("family_kit", ["qwen2_audio", "gemma4"], indirect=True)``."""
     from iwslt_mc.families import family_named
 
     variant = request.param

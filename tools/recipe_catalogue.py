@@ -10,7 +10,7 @@ real count depends on the data; ``build`` counts it before it starts).
     python tools/recipe_catalogue.py --family gemma4   # the Gemma 4 recipes on the gemma-4-12B-it layout
     python tools/recipe_catalogue.py --family qwen2_5_omni   # Qwen2.5-Omni's thinker recipes at 7B
 
-tests/test_recipe_ladder.py checks that recipes/README.md carries exactly these rows.
+tests/planning/test_recipe_ladder.py checks that recipes/README.md carries exactly these rows.
 """
 
 from __future__ import annotations

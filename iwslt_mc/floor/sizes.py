@@ -171,7 +171,7 @@ def safetensors_header(entries, metadata: dict | None = None) -> tuple[bytes, li
 
 def safetensors_header_bytes(entries, metadata: dict | None = None) -> int:
     """Bytes of the 8-byte length plus the JSON header safetensors writes for ``entries``: the length of
-    :func:`safetensors_header`, counted without writing the text (tests/test_plan_fast.py compares them)."""
+    :func:`safetensors_header`, counted without writing the text (tests/planning/test_plan_fast.py compares them)."""
     order = sorted(entries, key=lambda e: (-_DTYPE_RANK[e[1]], e[0]))
     n = 2 + max(0, len(order) - 1 + (metadata is not None))  # braces and the commas between entries
     if metadata is not None:

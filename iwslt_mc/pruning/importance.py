@@ -24,7 +24,7 @@ This module makes one round much cheaper without changing what it selects:
   is the full model's, so it is computed once and shared (a round of K candidates costs about K/2
   full prefills, not K), and the prompt prefix every segment shares (the chat template up to the
   audio) is prefilled once per round; each row then decodes with every layer but its candidate's. Same
-  hypotheses as the per-candidate engines in fp32 (tests/test_prune_search.py holds it to the naive
+  hypotheses as the per-candidate engines in fp32 (tests/pruning/test_prune_search.py holds it to the naive
   loop on the kit, a 32-layer kit-width model and the toy teacher). What is left is compute: the
   prefill above each candidate's layer cannot be shared without changing the hypotheses.
 - **the race** (``screen: segments``, off by default; :class:`ScreenPlan`): every candidate decoded

@@ -14,7 +14,7 @@ models was silently wrong (a quarter-width toy model kept 61% of its chrF++ inst
 :func:`fix_cpu_dequantize` re-registers the CPU kernel: shapes the native kernel handles keep it
 (it is 1.4-4x faster), the others take bitsandbytes' own ``default`` implementation. The stored
 checkpoint is not affected (quantization is correct); only CPU inference/training of such layers is.
-Remove when bitsandbytes fixes its kernel: the test ``tests/test_bnb_cpu.py`` then passes without it.
+Remove when bitsandbytes fixes its kernel: the test ``tests/quantization/test_bnb_cpu.py`` then passes without it.
 """
 
 from __future__ import annotations

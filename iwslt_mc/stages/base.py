@@ -32,7 +32,7 @@ from ..floor.options import coerce
 
 # transformers.trainer_utils.SchedulerType's values, which the training stages accept: importing that module
 # loads torch (seconds), and validating a recipe (`plan` matches shipped recipes) must not
-# (tests/test_planner.py checks the list against the installed transformers)
+# (tests/planning/test_planner.py checks the list against the installed transformers)
 LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
                  "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "cosine_warmup_with_min_lr",
                  "warmup_stable_decay", "greedy")

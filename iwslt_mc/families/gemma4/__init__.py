@@ -299,7 +299,7 @@ class Gemma4Family(Family):
 # Check: this layout has 11,959,730,224 parameters (48 ``layer_scalar`` buffers included, as on disk),
 # exactly the BF16 parameter count the Hugging Face model API reports for google/gemma-4-12B(-it) (quoted
 # in public notes as "safetensors.parameters.BF16 = 11959730224 (11.96B)"); track-rules.md's "~11.95 B"
-# is that number truncated. Test: tests/test_gemma4.py::test_plan_real_12b_layout_matches_meta_model.
+# is that number truncated. Test: tests/families/test_gemma4.py::test_plan_real_12b_layout_matches_meta_model.
 GEMMA4_12B_TEXT = {"hidden_size": 3840, "num_hidden_layers": 48, "vocab_size": 262144, "intermediate_size": 15360,
                    "num_attention_heads": 16, "num_key_value_heads": 8, "head_dim": 256, "global_head_dim": 512,
                    "num_global_key_value_heads": 1, "attention_k_eq_v": True, "sliding_window": 1024,

@@ -85,7 +85,7 @@ VISION_CONFIG = dict(
 # audio (640 samples) is one soft token through embed_audio; no PLE; a patch-embedder vision part. Unlike
 # the 12B (families.gemma4.GEMMA4_12B_TEXT) it keeps KV sharing, so that the sharing rules are tested on this
 # layout too, and its global layers have their own values (the 12B's attention_k_eq_v, one key head that is
-# also the value, is tested at kit size in tests/test_gemma4_keqv.py).
+# also the value, is tested at kit size in tests/families/test_gemma4_keqv.py).
 UNIFIED_TEXT_CONFIG = dict(
     hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
     head_dim=16, global_head_dim=32, layer_types=["sliding_attention", "full_attention"] * 2, sliding_window=16,

@@ -40,7 +40,7 @@ class Qwen25OmniFamily(Family):
     components = COMPONENTS
     turn_end_token = "<|im_end|>"
     processor_prefixes = ("Qwen2_5Omni",)
-    # the stages run on this family (kit-tested: tests/test_family_qwen2_5_omni.py)
+    # the stages run on this family (kit-tested: tests/families/test_family_qwen2_5_omni.py)
     stages = ("prune-layers", "trim-vocab", "quantize", "finetune", "merge", "distill", "kd")
     strategies = {"prune-layers": ("middle", "top"),
                   "quantize": ("nf4", "fp4", "int8", "ct")}  # method autoround: measured on Qwen2-Audio only

@@ -4,7 +4,7 @@ no transformers).
 :func:`inventory` lists every tensor ``save_pretrained`` writes for a ``qwen2_5_omni_thinker`` config, all
 layers expanded, with the on-disk names (``audio_tower.``, ``visual.``, ``model.``, ``lm_head``: the
 thinker's part of the Qwen/Qwen2.5-Omni-7B checkpoint without its ``thinker.`` prefix) and the shapes the
-transformers modules give them. tests/test_family_qwen2_5_omni.py checks it against the kit's
+transformers modules give them. tests/families/test_family_qwen2_5_omni.py checks it against the kit's
 model.safetensors and against the model transformers builds on the meta device for the 7B layout.
 :func:`plain_config` reads a config.json dict into a :class:`~iwslt_mc.floor.modeldir.PlainConfig` with the
 defaults of transformers' config classes filled in (tested against them). :func:`predict` is the family's

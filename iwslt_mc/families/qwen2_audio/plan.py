@@ -2,7 +2,7 @@
 
 :func:`inventory` lists every tensor ``save_pretrained`` writes for a Qwen2-Audio config, with one LLM and
 one audio layer (the planner repeats the layer templates), with the on-disk names and the shapes the
-transformers modules give them; tests/test_planner.py checks it against the model transformers builds on
+transformers modules give them; tests/planning/test_planner.py checks it against the model transformers builds on
 the meta device for the 7B, narrowed, trimmed and small configs (tie_word_embeddings set too). :func:`plain_config` reads a config.json
 dict into a :class:`~iwslt_mc.floor.modeldir.PlainConfig`, filling the fields a saved config may leave out
 with the defaults of transformers' ``Qwen2Config`` / ``Qwen2AudioEncoderConfig`` (tested against them).

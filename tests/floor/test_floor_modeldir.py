@@ -16,7 +16,7 @@ import pytest
 from iwslt_mc.errors import UserError
 from iwslt_mc.floor import modeldir
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TEACHER = ROOT / "tests" / "fixtures" / "toy" / "teacher"
 
 

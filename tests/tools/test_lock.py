@@ -11,7 +11,7 @@ from packaging.requirements import Requirement
 
 from iwslt_mc.scoring import comet_env
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 spec = importlib.util.spec_from_file_location("lock_tool", ROOT / "tools" / "lock.py")
 lock_tool = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(lock_tool)

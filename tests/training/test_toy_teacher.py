@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-FIXTURE = Path(__file__).resolve().parent / "fixtures" / "toy"
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "toy"
 TEACHER = FIXTURE / "teacher"
 DATA = FIXTURE / "data"
 LANG = "en-de"

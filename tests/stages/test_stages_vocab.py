@@ -166,31 +166,7 @@ def test_logits_over_kept_tokens_and_forced_greedy_path(kit, kit_model, kit_wave
     assert old_text == new_text and old_text.strip()
 
 
-def test_trimmed_reload_equals_in_memory(kit, kit_waves, tmp_path, monkeypatch):
-    """The stage's in-memory model (ids remapped on the live config) equals what reloads from disk."""
-    from iwslt_mc.stages.trim_vocab import TrimVocab
-
-    stage = make_stage("trim-vocab", {})
-    saved = {}
-    real_save = modelio.save_model
-
-    def spy(model, processor, out_dir, **kw):
-        saved["model"] = model
-        return real_save(model, processor, out_dir, **kw)
-
-    monkeypatch.setattr(modelio, "save_model", spy)
-    run_stage(stage, kit / "model", tmp_path / "o", StageContext(lang="en-zh", data=[str(kit / "data")], **QUIET))
-    assert isinstance(stage, TrimVocab)
-    mem = saved["model"]
-    proc = modelio.load_processor(tmp_path / "o")
-    reloaded = modelio.load_model(tmp_path / "o", device="cpu")
-    inp = _inputs(proc, kit_waves["dev"][2][1], "en-zh")
-    with torch.inference_mode():
-        assert torch.equal(mem(**inp).logits, reloaded(**inp).logits)
-        a = mem.generate(**inp, max_new_tokens=6, do_sample=False)
-        b = reloaded.generate(**inp, max_new_tokens=6, do_sample=False)
-    assert torch.equal(a, b) and a.shape[1] == inp["input_ids"].shape[1] + 6
-    assert mem.config.audio_token_index == reloaded.config.audio_token_index
+# the stage's in-memory model equals its reload: tests/stages/test_family_stages.py (every family)
 
 
 def test_merge_closure_keeps_the_merges_that_build_kept_tokens():

@@ -273,7 +273,7 @@ NOISE = ("kernels-community", "MatMul8bitLt", "will be cast", "Loading weights",
 def test_cli_quantize_and_decode_print_only_our_lines(kit, tmp_path, few_wavs, method):
     """No bitsandbytes kernel hint, no int8 cast warnings, no transformers or compressed-tensors bars ("Compressing
     model"): CLI subprocesses, output captured."""
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     q = tmp_path / method
     runs = [["decode", str(q), "--lang", "en-de", "--audio", str(few_wavs[0]), "--out", str(tmp_path / "hyp.de"),
              "--max-new-tokens", "4", "--no-progress"]]
@@ -325,7 +325,7 @@ def test_new_library_lines_stay_out_of_a_quantize_and_decode_but_errors_show(kit
     """A line a new library release adds (logging or a Python warning, any wording) does not reach the output of
     ``stage quantize`` or ``decode``; an ERROR of the same logger does. ``IWSLT_MC_LIBRARY_LOG=warning`` shows them."""
     pytest.importorskip("kernels")
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     env.pop("IWSLT_MC_DEBUG", None)
     env.pop("IWSLT_MC_LIBRARY_LOG", None)
     if library_log:

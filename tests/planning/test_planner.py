@@ -166,7 +166,7 @@ def test_target_bin_specs_land_in_the_bin_least_aggressive_first():
 
 def test_target_searches_the_ct_formats_with_and_without_embeddings():
     """--target considers ct4/ct3/ct2 (embeddings and lm_head quantized or not): each row fits its bin with the
-    most layers that fit, its bytes are predict()'s (exact: tests/test_quant_formats.py), and its plan quantizes
+    most layers that fit, its bytes are predict()'s (exact: tests/quantization/test_quant_formats.py), and its plan quantizes
     with method ct as the spec says. At equal bits a quantized embedding buys LLM layers."""
     base = qwen2_audio_7b_config()
     rows = search.specs_for_bin("Bin2", base, vocab=156032, audio_layers=32)

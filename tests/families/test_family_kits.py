@@ -35,6 +35,8 @@ def test_plan_of_the_kit_as_saved_is_exact(family_kit):
     pred = planner.predict(planner.Spec(precision="fp32"), planner.load_base_config(kit / "model"), "2025")
     rep = sizer.measure(kit / "model")
     assert (pred.bytes, pred.params) == (rep.bytes, rep.params)
+    # component by component too (the planner leaves out empty "other" and a tied, unstored lm_head)
+    assert pred.components == {k: v for k, v in rep.components.items() if v["bytes"] or k not in ("other", "lm_head")}
     assert pred.torch_save is not None  # the organizers' measure is predicted for every family
 
 

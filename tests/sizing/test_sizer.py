@@ -282,7 +282,7 @@ def test_sizer_imports_neither_torch_nor_numpy(kit):
             "rep = iwslt_mc.sizing.sizer.measure(sys.argv[1]); assert rep.torch_save.bytes > rep.bytes; "
             "bad = [m for m in ('torch', 'numpy', 'transformers', 'safetensors') if m in sys.modules]; "
             "sys.exit(f'imported {bad}' if bad else 0)")
-    subprocess.run([sys.executable, "-c", code, str(kit / "model")], check=True, cwd=Path(__file__).resolve().parents[1])
+    subprocess.run([sys.executable, "-c", code, str(kit / "model")], check=True, cwd=Path(__file__).resolve().parents[2])
 
 
 def test_no_config_json_still_sizes(tmp_path):

@@ -24,7 +24,7 @@ from iwslt_mc.training.calibration import heldout_segments
 from iwslt_mc.stages import make_stage
 from iwslt_mc.stages.base import StageContext, run_stage
 
-TOY = Path(__file__).resolve().parent / "fixtures" / "toy"
+TOY = Path(__file__).resolve().parents[1] / "fixtures" / "toy"
 QUIET = dict(log=lambda *a: None)
 
 
@@ -68,7 +68,7 @@ def test_kit_search_chooses_what_the_naive_loop_chooses(kit, tmp_path):
 @pytest.fixture(scope="module")
 def deep(kit):
     """Kit widths, 32 LLM layers, random weights (as ``tools/bench_prune_search.py --arch deep``)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
     from bench_prune_search import build_model
 
     return build_model("deep", kit / "model", "cpu", 0), modelio.load_processor(kit / "model")
@@ -412,7 +412,7 @@ def test_screen_options_are_checked_before_work():
 def test_replay_tool_runs_the_real_race_on_exact_hypotheses(toy, toy_naive):
     """tools/replay_screen.py: the race replayed through screen_round on one exact decode of the round; the exact
     winner is the naive loop's first choice and the race decodes no more rows than the exact round."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
     from replay_screen import replay_round
 
     model, proc, segs = toy

@@ -17,7 +17,7 @@ from iwslt_mc.families.qwen2_audio.plan import (AUDIO_DEFAULTS, TEXT_DEFAULTS, i
 from iwslt_mc.planning import recipe_spec
 from iwslt_mc.planning.planner import Spec, predict
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 # A small Qwen2-Audio config with grouped key/value heads, an explicit head size and odd widths.
 SMALL = {
     "architectures": ["Qwen2AudioForConditionalGeneration"], "model_type": "qwen2_audio", "audio_token_index": 99,

@@ -15,7 +15,7 @@ from iwslt_mc.cli import main
 from iwslt_mc.families.qwen2_audio.plan import qwen2_audio_7b_config
 
 LADDER = [("recipe-bin4", "Bin4"), ("recipe-bin5", "Bin5")]
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_ls_lists_the_ladder(capsys):
