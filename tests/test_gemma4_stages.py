@@ -473,3 +473,23 @@ def test_replace_layers_refuses_a_block_kv_sharing_forbids(gkit, tmp_path, monke
                                         r"reads its keys/values from it"):
         run_stage(make_stage("replace-layers", dict(REPLACE, count=2)), gkit / "model", tmp_path / "x", ctx)
     assert not (tmp_path / "x").exists()
+
+
+def test_build_replace_layers_recipe_is_planned_exactly_on_gemma4(gkit, tmp_path):
+    """A Gemma 4 recipe with replace-layers (a given block) tracks which layers stay, as prune-layers does (its
+    sliding and global layers differ in size): ``predict_recipe`` says layers 0, 1, 3 and the bytes built."""
+    from iwslt_mc.build import build, predict_recipe
+    from iwslt_mc.recipes import load_recipe
+    from iwslt_mc.sizing import sizer
+
+    p = tmp_path / "r.yaml"
+    p.write_text("name: r\nfamily: gemma4\nstages:\n"
+                 "  - {id: a, stage: replace-layers, data: [acl6060], options: {layers: [1, 2], init: first, "
+                 "max_steps: 2, batch_size: 2, search_examples: 2, dtype: float32, progress: false}}\n")
+    recipe = load_recipe(str(p))
+    data = {"acl6060": str(gkit / "data")}
+    pred = predict_recipe(recipe, str(gkit / "model"), condition="constrained", lang="en-de", data=data, edition="2025")
+    assert pred["dims"]["llm_kept"] == [0, 1, 3] and pred["dims"]["llm_layers"] == 3
+    res = build(recipe, lang="en-de", base=str(gkit / "model"), data=data, condition="constrained",
+                out=tmp_path / "b", log=lambda *a: None)
+    assert res.size["bytes"] == pred["bytes"] == sizer.measure(res.model_dir).bytes

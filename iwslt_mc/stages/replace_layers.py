@@ -111,6 +111,17 @@ def init_position(block: list[int], init: str) -> int:
     return int(init)
 
 
+def removed_by(options: dict) -> list[int] | None:
+    """The LLM layers (indices of the stage's input) a replace-layers stage with ``options`` (a recipe's option
+    dict) removes: its given block but the kept layer; None when the block is chosen during the run (or the
+    stage replaces audio-encoder layers)."""
+    if options.get("component", "llm") != "llm" or not options.get("layers"):
+        return None
+    block = sorted(options["layers"])
+    keep = init_position(block, str(options.get("init", "last")))
+    return [i for i in block if i != keep]
+
+
 class BlockTap:
     """Captures the new layer's input (args, kwargs) and output, to compute the block's target on the same input."""
 
