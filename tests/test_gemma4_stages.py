@@ -493,3 +493,28 @@ def test_build_replace_layers_recipe_is_planned_exactly_on_gemma4(gkit, tmp_path
     res = build(recipe, lang="en-de", base=str(gkit / "model"), data=data, condition="constrained",
                 out=tmp_path / "b", log=lambda *a: None)
     assert res.size["bytes"] == pred["bytes"] == sizer.measure(res.model_dir).bytes
+
+
+def test_replace_audio_layers_on_gemma4(gemma_kit, gemma_unified_kit, tmp_path):
+    """The conformer's two layers become one (random start, then every parameter briefly): the block error
+    falls, the encoder has one layer, the model decodes and is planned exactly; the encoder-free kit refuses."""
+    from iwslt_mc.errors import UserError
+    from iwslt_mc.stages import make_stage
+    from iwslt_mc.stages.base import StageContext, run_stage
+
+    kit = gemma_kit[0]
+    ctx = StageContext(lang="en-de", data=[str(kit / "data")], **QUIET)
+    out = tmp_path / "a"
+    rec = run_stage(make_stage("replace-layers", dict(REPLACE, component="audio", layers=[0, 1], init="random",
+                                                      unfreeze_steps=2)), kit / "model", out, ctx)
+    assert rec["block_error"]["after"] < 0.8 * rec["block_error"]["before"], rec["block_error"]
+    assert rec["replaced_audio_layers"] == [0, 1] and rec["train"]["unfreeze"]["steps"] == 2
+    assert _load(out).config.audio_config.num_hidden_layers == 1
+    assert len(_runs(out, kit)) == 6
+    _predicted_exactly(out, {"audio_layers": 1}, kit / "model")
+    unified = gemma_unified_kit / "model"
+    for opts in ({"layers": [0, 1]}, {"count": 2}):
+        with pytest.raises(UserError, match=r"^stage replace-layers: .* has no audio-encoder layers \(an encoder-free "
+                                            r"model: its audio enters the LLM directly\)$"):
+            run_stage(make_stage("replace-layers", dict(opts, component="audio")), unified, tmp_path / "x",
+                      StageContext(lang="en-de", data=[str(gemma_unified_kit / "data")], **QUIET))

@@ -321,6 +321,9 @@ class ReplaceLayers(Stage):
             raise UserError(f"stage replace-layers: {in_dir} is quantized; replace layers in the unquantized model")
         n = layer_counts(cfg)[o.component]
         what = "LLM" if o.component == "llm" else "audio-encoder"
+        if not n:
+            raise UserError(f"stage replace-layers: {in_dir} has no {what} layers"
+                            + (" (an encoder-free model: its audio enters the LLM directly)" if o.component == "audio" else ""))
         if o.layers is not None:
             bad = [i for i in o.layers if i >= n]
             if bad:
