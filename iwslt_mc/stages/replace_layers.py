@@ -24,7 +24,7 @@ training is in the provenance record (``block_error``). Checkpoints and resume a
 
 Families whose layers cannot be taken out in place (:attr:`~iwslt_mc.families.base.Family.in_place_layer_removal`
 False: Gemma 4, where each layer has its own per-layer-embedding slice, attention type and KV-sharing role)
-train with the block's other layers bypassed instead (:class:`Bypass`: they pass the hidden state through and
+train with the block's other layers bypassed instead (:func:`make_bypass`: they pass the hidden state through and
 record every argument the model gives them), so each original layer's target runs with its own per-layer
 input, position embeddings and mask; the family's surgery then removes them (:meth:`Family.pruned_copy`).
 A block whose removal the family forbids (Gemma 4's KV sharing, a global last layer) is refused before any
