@@ -518,3 +518,37 @@ def test_replace_audio_layers_on_gemma4(gemma_kit, gemma_unified_kit, tmp_path):
                                             r"model: its audio enters the LLM directly\)$"):
             run_stage(make_stage("replace-layers", dict(opts, component="audio")), unified, tmp_path / "x",
                       StageContext(lang="en-de", data=[str(gemma_unified_kit / "data")], **QUIET))
+
+
+def test_replace_layers_on_gemma4_resumes_to_the_same_weights(gemma_kit, tmp_path, monkeypatch):
+    """Interrupted after step 3 (checkpoint at 2: the bypassed model's state), the rerun resumes from the
+    checkpoint and saves bit-identical weights."""
+    from safetensors.torch import load_file
+    from transformers import TrainerCallback
+
+    from iwslt_mc.stages import make_stage
+    from iwslt_mc.stages.base import StageContext, run_stage
+    from iwslt_mc.training import training
+
+    class Interrupt(Exception):
+        pass
+
+    class Stop(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step == 3:
+                raise Interrupt()
+
+    kit = gemma_kit[0]
+    ctx = StageContext(lang="en-de", data=[str(kit / "data")], **QUIET)
+    opts = dict(REPLACE, layers=[1, 2], init="first", max_steps=5, save_steps=2, limit=8, search_examples=2)
+    run_stage(make_stage("replace-layers", opts), kit / "model", tmp_path / "straight", ctx)
+    orig = training.train
+    monkeypatch.setattr(training, "train", lambda *a, callbacks=(), **kw: orig(*a, callbacks=[*callbacks, Stop()], **kw))
+    with pytest.raises(Interrupt):
+        run_stage(make_stage("replace-layers", opts), kit / "model", tmp_path / "resumed", ctx)
+    assert not (tmp_path / "resumed").exists()
+    monkeypatch.setattr(training, "train", orig)
+    rec = run_stage(make_stage("replace-layers", opts), kit / "model", tmp_path / "resumed", ctx)
+    assert rec["train"]["resumed_from"].endswith("checkpoint-2")
+    a, b = load_file(tmp_path / "straight" / "model.safetensors"), load_file(tmp_path / "resumed" / "model.safetensors")
+    assert a.keys() == b.keys() and [k for k in a if not a[k].equal(b[k])] == []
