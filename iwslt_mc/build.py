@@ -414,6 +414,14 @@ def spec_for_stages(stages: list[StageEntry], cfg, *, base: str, lang: str, data
             if llm_kept is None:
                 notes.append(f"stage {e.id}: the searched layers are not known before the build; planned as the "
                              "valid block nearest the middle")
+        if e.stage == "replace-layers" and llm_kept is not None and o.get("component", "llm") == "llm":
+            from .stages.replace_layers import removed_by
+
+            gone = removed_by(o)
+            llm_kept = fam.kept_after_prune(cfg, llm_kept, {"llm_layers": gone}) if gone is not None else None
+            if llm_kept is None:
+                notes.append(f"stage {e.id}: the replaced block is chosen during the build; planned as the valid "
+                             "block nearest the middle")
         if e.stage == "prune-layers":
             for key, listed, count, what in (("llm_layers", "llm_layers", "remove", "LLM"),
                                              ("audio_layers", "audio_layers", "audio_remove", "audio-encoder")):

@@ -123,7 +123,9 @@ class Family:
 
     # True when a loaded model's layers can be taken out and put back in place, without a copy (the surgery's
     # ``llm_layers_removed``/``audio_layers_removed``: prune-layers' iterative search scores candidates so);
-    # False: each candidate of the search is a pruned copy (:meth:`pruned_copy`)
+    # False: each candidate of the search is a pruned copy (:meth:`pruned_copy`), and replace-layers trains with
+    # the block's other layers bypassed in place (each receives what the model gives that layer), then removes
+    # them with :meth:`pruned_copy`
     in_place_layer_removal: ClassVar[bool] = True
 
     def pruned_copy(self, model, removed_llm, removed_audio=()):

@@ -21,6 +21,14 @@ The output is a plain model with one layer fewer per collapsed layer: ``text_con
 and ``layer_types`` (or ``audio_config.encoder_layers``) follow, so ``from_pretrained`` reloads it
 alone. The block's output error (the relative MSE above, on the search utterances) before and after
 training is in the provenance record (``block_error``). Checkpoints and resume as in ``kd``.
+
+Families whose layers cannot be taken out in place (:attr:`~iwslt_mc.families.base.Family.in_place_layer_removal`
+False: Gemma 4, where each layer has its own per-layer-embedding slice, attention type and KV-sharing role)
+train with the block's other layers bypassed instead (:func:`make_bypass`: they pass the hidden state through and
+record every argument the model gives them), so each original layer's target runs with its own per-layer
+input, position embeddings and mask; the family's surgery then removes them (:meth:`Family.pruned_copy`).
+A block whose removal the family forbids (Gemma 4's KV sharing, a global last layer) is refused before any
+weight is loaded; a block chosen by position or search is one the family allows.
 """
 
 from __future__ import annotations
@@ -103,6 +111,17 @@ def init_position(block: list[int], init: str) -> int:
     return int(init)
 
 
+def removed_by(options: dict) -> list[int] | None:
+    """The LLM layers (indices of the stage's input) a replace-layers stage with ``options`` (a recipe's option
+    dict) removes: its given block but the kept layer; None when the block is chosen during the run (or the
+    stage replaces audio-encoder layers)."""
+    if options.get("component", "llm") != "llm" or not options.get("layers"):
+        return None
+    block = sorted(options["layers"])
+    keep = init_position(block, str(options.get("init", "last")))
+    return [i for i in block if i != keep]
+
+
 class BlockTap:
     """Captures the new layer's input (args, kwargs) and output, to compute the block's target on the same input."""
 
@@ -140,6 +159,109 @@ class BlockTap:
             h.remove()
 
 
+def _call_parts(args, kwargs, shared: dict):
+    """(hidden state, the other positional args, the kwargs) of one recorded layer call, without the model's
+    cache; mappings (Gemma 4's shared key/value states) replaced by one copy per object (``shared``), so the
+    originals' writes reach each other but never the model's."""
+    kwargs = dict(kwargs)
+    for k in ("past_key_values", "past_key_value", "cache"):  # the originals never touch the model's cache
+        if k in kwargs:
+            kwargs[k] = None
+    if "use_cache" in kwargs:
+        kwargs["use_cache"] = False
+    for k, v in kwargs.items():
+        if hasattr(v, "keys") and hasattr(v, "__setitem__"):
+            if id(v) not in shared:
+                shared[id(v)] = copy.copy(v)
+            kwargs[k] = shared[id(v)]
+    args = list(args)
+    h = args[0] if args else kwargs.pop("hidden_states")
+    return h, args[1:], kwargs
+
+
+def make_bypass(tap, slot: int):
+    """An ``nn.Module`` standing in a bypassed layer's place: it records the arguments the model gives that
+    layer (:meth:`SlotTap.record`) and passes the hidden state through unchanged."""
+    import torch.nn as nn
+
+    class Bypass(nn.Module):
+        def forward(self, *args, **kwargs):
+            tap.record(slot, args, kwargs)
+            return args[0] if args else kwargs["hidden_states"]
+
+    return Bypass()
+
+
+class SlotTap:
+    """The block tap for a block trained with its other layers bypassed (:func:`make_bypass`): the arguments the
+    model gives every position of the block (each with its own per-layer input, position embeddings, mask) and
+    the kept layer's output; :meth:`target` runs the original layers in order, each on its own position's
+    arguments, from the hidden state the block receives."""
+
+    def __init__(self, layer, slots: list[int], keep: int):
+        self.slots, self.keep = slots, keep
+        self.calls: dict[int, tuple] = {}
+        self.out = None
+        self.handles = [layer.register_forward_pre_hook(self._pre, with_kwargs=True),
+                        layer.register_forward_hook(self._post)]
+
+    def record(self, slot, args, kwargs):
+        self.calls[slot] = (args, kwargs)
+
+    def _pre(self, mod, args, kwargs):
+        self.record(self.keep, args, kwargs)
+
+    def _post(self, mod, args, output):
+        self.out = output[0] if isinstance(output, tuple) else output
+
+    def target(self, originals):
+        import torch
+
+        shared: dict = {}
+        with torch.no_grad():
+            h = _call_parts(*self.calls[self.slots[0]], shared)[0]  # what the block receives
+            for slot, layer in zip(self.slots, originals):
+                _, rest, kwargs = _call_parts(*self.calls[slot], shared)
+                o = layer(h, *rest, **kwargs)
+                h = o[0] if isinstance(o, tuple) else o
+        return h
+
+    def remove(self):
+        for h in self.handles:
+            h.remove()
+
+
+def bypass(stack, remove, tap=None) -> dict:
+    """Layers ``remove`` of ``stack`` (an ``nn.ModuleList``) replaced by pass-through modules recording into
+    ``tap`` (a :class:`SlotTap`; None: recording nothing); returns the layers taken out, by index."""
+    saved = {}
+    for i in remove:
+        saved[i] = stack[i]
+        stack[i] = make_bypass(tap if tap is not None else _NoTap(), i)
+    return saved
+
+
+class _NoTap:
+    def record(self, slot, args, kwargs):
+        pass
+
+
+class bypassed:
+    """Context manager: :func:`bypass` while inside, the layers put back on exit (the search's candidates)."""
+
+    def __init__(self, stack, remove):
+        self.stack, self.remove = stack, list(remove)
+
+    def __enter__(self):
+        self.saved = bypass(self.stack, self.remove)
+        return self
+
+    def __exit__(self, *exc):
+        for i, m in self.saved.items():
+            self.stack[i] = m
+        return False
+
+
 class ReplaceLayers(Stage):
     name = "replace-layers"
     Options = ReplaceLayersOptions
@@ -150,10 +272,38 @@ class ReplaceLayers(Stage):
 
         o = self.options
         check_lang(ctx.lang)
-        self._check_config(read_config(in_dir), str(in_dir))
+        n, block = self._check_config(read_config(in_dir), str(in_dir))
+        what = "LLM" if o.component == "llm" else "audio-encoder"
+        if block is not None:
+            why = self._forbidden(in_dir, block)
+            if why:
+                raise UserError(f"stage replace-layers: {what} layers {block[0]}-{block[-1]} cannot become one layer "
+                                f"(layer {init_position(block, o.init)} kept): {why}")
+        else:
+            cands = candidate_blocks(n, o.count, o.protect_first_last)
+            why = {tuple(b): self._forbidden(in_dir, b) for b in cands}
+            self._candidates = [b for b in cands if not why[tuple(b)]]
+            if not self._candidates:
+                b = cands[len(cands) // 2]
+                raise UserError(f"stage replace-layers: no block of {o.count} {what} layers in {in_dir} can become one "
+                                f"layer (initialised from {o.init}); e.g. {b[0]}-{b[-1]}: {why[tuple(b)]}")
         if not ctx.data:
             raise UserError("stage replace-layers: no training data (give --data)")
         self._examples = load_training_data(ctx, o.split, o.limit, "replace-layers")
+
+    def _forbidden(self, in_dir: Path, block: list[int]) -> str | None:
+        """Why the model's family forbids collapsing LLM ``block`` (its layers but the kept one removed:
+        :meth:`Family.check_layer_removal`, from the config alone), or None."""
+        if self.options.component != "llm":
+            return None
+        from ..families import family_for
+
+        keep = init_position(block, self.options.init)
+        try:
+            family_for(in_dir).check_layer_removal(in_dir, [i for i in block if i != keep])
+        except UserError as e:
+            return str(e)
+        return None
 
     def plan(self, cfg: dict, ctx: StageContext, where: str) -> dict:
         from .base import config_without_layers
@@ -171,6 +321,9 @@ class ReplaceLayers(Stage):
             raise UserError(f"stage replace-layers: {in_dir} is quantized; replace layers in the unquantized model")
         n = layer_counts(cfg)[o.component]
         what = "LLM" if o.component == "llm" else "audio-encoder"
+        if not n:
+            raise UserError(f"stage replace-layers: {in_dir} has no {what} layers"
+                            + (" (an encoder-free model: its audio enters the LLM directly)" if o.component == "audio" else ""))
         if o.layers is not None:
             bad = [i for i in o.layers if i >= n]
             if bad:
@@ -194,6 +347,7 @@ class ReplaceLayers(Stage):
         from ..families import surgery_of
         from ..training import training
         from ..training.data import describe_data
+        from ..families import family_of_model
         from ..families import layout_of as find_layout
         from ..training.common import checkpoint_dtype, count_params, load_dtype
 
@@ -212,16 +366,19 @@ class ReplaceLayers(Stage):
             dt = modelio.runtime_dtype(in_dir, device)  # half precision trains in float32 on a CPU
         model = modelio.load_model(in_dir, dtype=dt)
         layout = find_layout(model)
+        # a family whose layers come out only by rebuilding the model (Gemma 4) trains with the block bypassed
+        fam = family_of_model(model)
+        in_place = fam.in_place_layer_removal
         stack = layout.decoder_layers if o.component == "llm" else layout.audio_layers
         n = len(stack)
         probe = self._probe_batches(examples, processor, ctx)
         search = None
+        cands = getattr(self, "_candidates", None) or candidate_blocks(n, o.count, o.protect_first_last)
         if o.layers is not None:
             block = sorted(o.layers)
         elif o.position == "search":
-            block, search = self._search(model, probe, n, work, out_dir, ctx)
+            block, search = self._search(model, stack, in_place, cands, probe, work, out_dir, ctx)
         else:
-            cands = candidate_blocks(n, o.count, o.protect_first_last)
             block = cands[len(cands) // 2] if o.position == "middle" else cands[-1]
         keep = init_position(block, o.init)
         what = "LLM" if o.component == "llm" else "audio-encoder"
@@ -229,16 +386,23 @@ class ReplaceLayers(Stage):
 
         originals = [copy.deepcopy(stack[i]).requires_grad_(False).eval() for i in block]
         remove = [i for i in block if i != keep]
-        surgery = surgery_of(model)
-        (surgery.remove_llm_layers if o.component == "llm" else surgery.remove_audio_layers)(model, remove)
-        new_layer = stack[block[0]]
+        if in_place:
+            surgery = surgery_of(model)
+            (surgery.remove_llm_layers if o.component == "llm" else surgery.remove_audio_layers)(model, remove)
+            new_layer = stack[block[0]]
+        else:
+            new_layer = stack[keep]
         if o.init == "random":
             from transformers import set_seed
 
             set_seed(ctx.seed)
             for m in new_layer.modules():
                 model._init_weights(m)
-        tap = BlockTap(new_layer)
+        if in_place:
+            tap = BlockTap(new_layer)
+        else:  # the others pass the hidden state through, recording what the model gives each of them
+            tap = SlotTap(new_layer, block, keep)
+            bypass(stack, remove, tap)
         loss_fn = self._loss_fn(tap, originals, o.component)
 
         def measure() -> float:
@@ -271,6 +435,9 @@ class ReplaceLayers(Stage):
         tap.remove()
         trainer = (r2 or r1).trainer
         if training.is_main_process():
+            if not in_place:  # the family's surgery takes the bypassed layers out (config, per-layer tables)
+                model = (fam.pruned_copy(model, remove) if o.component == "llm"
+                         else fam.pruned_copy(model, [], remove))
             model.config.use_cache = True
             modelio.save_model(model, processor, out_dir, dtype=checkpoint_dtype(in_dir))
             for name in (PARTS_LOG,):
@@ -331,14 +498,19 @@ class ReplaceLayers(Stage):
         model.train(was)
         return num / max(den, 1e-12)
 
-    def _search(self, model, probe, n, work: Path, out_dir: Path, ctx):
+    def _search(self, model, stack, in_place: bool, candidates, probe, work: Path, out_dir: Path, ctx):
+        """The block of ``candidates`` (those the family allows) whose collapse loses least reference CE."""
         import torch
 
         from ..families import surgery_of
 
         o = self.options
-        surgery = surgery_of(model)
-        removed = surgery.llm_layers_removed if o.component == "llm" else surgery.audio_layers_removed
+        if in_place:
+            surgery = surgery_of(model)
+            removed = surgery.llm_layers_removed if o.component == "llm" else surgery.audio_layers_removed
+        else:  # bypassing a layer computes what the family's rebuilt model without it does
+            def removed(model, indices):
+                return bypassed(stack, indices)
         log_path = work / SEARCH_LOG
         done = {}
         if log_path.exists():
@@ -349,7 +521,7 @@ class ReplaceLayers(Stage):
                 except (ValueError, KeyError):
                     break
         model.eval()
-        for block in candidate_blocks(n, o.count, o.protect_first_last):
+        for block in candidates:
             if tuple(block) in done:
                 continue
             keep = init_position(block, "last" if o.init == "random" else o.init)

@@ -117,7 +117,7 @@ def test_family_of_config_unknown_model_type_is_one_line_naming_config(tmp_path)
 
 
 @pytest.mark.parametrize("stage,qwen,gemma", [("prune-ffn", True, True), ("prune-hidden", True, False),
-                                              ("replace-layers", True, False), ("drop-vision", False, True),
+                                              ("replace-layers", True, True), ("drop-vision", False, True),
                                               ("prune-layers", True, True), ("trim-vocab", True, True),
                                               ("quantize", True, True), ("kd", True, True)])
 def test_families_declare_supported_stages(stage, qwen, gemma):

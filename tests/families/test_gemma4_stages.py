@@ -339,3 +339,216 @@ def test_build_prune_ffn_recipe_is_planned_exactly_on_gemma4(gkit, tmp_path):
     with pytest.raises(UserError, match=r"^--audio-ffn-dim: this Gemma 4 model has no audio encoder \(gemma4_unified\)$"
                        if unified else r"^--audio-ffn-dim: Gemma 4's audio encoder has no FFN-width setting"):
         planner.predict(planner.Spec(audio_ffn_dim=64), planner.load_base_config(gkit / "model"), "2025")
+
+
+# ------------------------------------------------------------------------------------------------ replace-layers
+
+REPLACE = {"dtype": "float32", "batch_size": 2, "lr": 1e-3, "scheduler": "constant", "save_steps": 1000,
+           "progress": False, "max_steps": 12, "ce_weight": 0, "mse_weight": 1.0, "search_examples": 4}
+
+
+def test_replace_layers_block_target_is_what_the_original_block_computes(gkit):
+    """With the block's other layers bypassed (Gemma 4's path: each layer has its own per-layer-embedding slice,
+    attention type and KV-sharing role), the target the stage trains to is exactly what the unmodified model's
+    block outputs: every original layer runs on its own position's arguments (layer 1 global, layer 2 sliding
+    and reading layer 0's keys/values), and the kept layer's output is what the model gives the next layer."""
+    import copy
+
+    import torch
+
+    from iwslt_mc import modelio
+    from iwslt_mc.stages.replace_layers import SlotTap, bypass
+    from iwslt_mc.training import training
+    from iwslt_mc.training.data import load_examples
+
+    base = gkit / "model"
+    model, proc = _load(base), modelio.load_processor(base)
+    examples = load_examples([str(gkit / "data")], split=None, seed=0, lang="en-de")[:2]
+    ds = training.SpeechTranslationDataset(examples, proc, "en-de")
+    batch = training.Collator(training.pad_token_id(proc))([ds[0], ds[1]])
+    batch = {k: v for k, v in batch.items() if k != "labels"}
+    stack = model.model.language_model.layers
+    got = {}
+    hooks = [stack[i].register_forward_hook(lambda m, a, o, i=i: got.__setitem__(i, o)) for i in (0, 2)]
+    with torch.no_grad():
+        model(**batch, use_cache=False)
+    for h in hooks:
+        h.remove()
+    originals = [copy.deepcopy(stack[i]) for i in (1, 2)]
+    tap = SlotTap(stack[1], [1, 2], 1)
+    bypass(stack, [2], tap)
+    with torch.no_grad():
+        model(**batch, use_cache=False)
+        target = tap.target(originals)
+    assert sorted(tap.calls) == [1, 2]
+    assert tap.calls[1][1]["attention_mask"] is not tap.calls[2][1]["attention_mask"]  # a mask per attention type
+    assert torch.equal(tap.calls[1][0][0], got[0])  # the block's input: layer 0's output
+    torch.testing.assert_close(target, got[2], rtol=0, atol=0)
+    torch.testing.assert_close(tap.out, stack[1](got[0], *tap.calls[1][0][1:],
+                                                 **{k: v for k, v in tap.calls[1][1].items()}), rtol=0, atol=0)
+
+
+def test_replace_layers_on_gemma4(gkit, tmp_path):
+    """Layers 1-2 (global, then sliding and KV-sharing) become one, from layer 1, trained alone on the block's
+    target: the block error falls, every other tensor equals the explicit removal of layer 2 (PLE slices with
+    it), the model has 3 layers, reloads, decodes, and its bytes are the planner's prediction for layers
+    0, 1, 3 kept."""
+    from safetensors.torch import load_file
+
+    from iwslt_mc.stages import make_stage
+    from iwslt_mc.stages.base import StageContext, run_stage
+
+    base = gkit / "model"
+    ctx = StageContext(lang="en-de", data=[str(gkit / "data")], **QUIET)
+    out = tmp_path / "r"
+    rec = run_stage(make_stage("replace-layers", dict(REPLACE, layers=[1, 2], init="first")), base, out, ctx)
+    err = rec["block_error"]
+    assert err["after"] < 0.8 * err["before"], err
+    assert rec["replaced_llm_layers"] == [1, 2] and rec["kept_layer"] == 1
+    assert (rec["layers_before"], rec["layers_after"]) == (4, 3)
+    pruned = tmp_path / "p"
+    run_stage(make_stage("prune-layers", {"llm_layers": [2]}), base, pruned, ctx)
+    a, b = load_file(pruned / "model.safetensors"), load_file(out / "model.safetensors")
+    assert a.keys() == b.keys()
+    changed = sorted(k for k in a if not a[k].equal(b[k]))
+    assert changed and all("language_model.layers.1." in k for k in changed), changed
+    m = _load(out)
+    assert m.config.text_config.num_hidden_layers == 3 and len(m.config.text_config.layer_types) == 3
+    assert len(_runs(out, gkit)) == 6
+    _predicted_exactly(out, {"llm_layers": 3, "llm_kept": [0, 1, 3]}, base)
+
+
+def test_replace_layers_search_on_gemma4_scores_only_allowed_blocks(gemma_unified_kit, tmp_path):
+    """position: search scores only the blocks whose collapse KV sharing and the global last layer allow (from
+    layer ``first``: 1-2 alone of 0-1, 1-2, 2-3), each by the CE of the model with the block collapsed, which
+    is the CE of the explicitly pruned model; the output has 3 layers and decodes."""
+    import json
+
+    import torch
+
+    from iwslt_mc import modelio
+    from iwslt_mc.stages import make_stage
+    from iwslt_mc.stages.base import StageContext, run_stage
+    from iwslt_mc.stages.replace_layers import ReplaceLayers
+
+    kit = gemma_unified_kit
+    ctx = StageContext(lang="en-de", data=[str(kit / "data")], **QUIET)
+    out = tmp_path / "s"
+    opts = dict(REPLACE, count=2, position="search", protect_first_last=False, init="first", max_steps=1)
+    rec = run_stage(make_stage("replace-layers", opts), kit / "model", out, ctx)
+    lines = [json.loads(x) for x in (out / "replace_search.jsonl").read_text().splitlines()]
+    assert [r["block"] for r in lines] == [[1, 2]] and rec["replaced_llm_layers"] == [1, 2]
+    pruned = tmp_path / "p"
+    run_stage(make_stage("prune-layers", {"llm_layers": [2]}), kit / "model", pruned, ctx)
+    stage = make_stage("replace-layers", opts)
+    stage.check(kit / "model", ctx)
+    probe = stage._probe_batches(stage._examples, modelio.load_processor(kit / "model"), ctx)
+    m = _load(pruned)
+    with torch.no_grad():
+        ce = sum(float(m(**b, use_cache=False).loss) for b in probe) / len(probe)
+    assert ce == pytest.approx(lines[0]["ce"], rel=1e-5)
+    assert isinstance(stage, ReplaceLayers) and len(_runs(out, kit)) == 6
+
+
+def test_replace_layers_refuses_a_block_kv_sharing_forbids(gkit, tmp_path, monkeypatch):
+    """Collapsing 1-2 into layer 2 removes layer 1, whose keys/values layer 3 reads: refused in one line naming
+    the reason, before any weight is loaded; so is a chosen block when none the family allows is left."""
+    from iwslt_mc.errors import UserError
+    from iwslt_mc.stages import make_stage
+    from iwslt_mc.stages.base import StageContext, run_stage
+
+    monkeypatch.setattr("iwslt_mc.modelio.load_model", lambda *a, **k: pytest.fail("weights loaded"))
+    ctx = StageContext(lang="en-de", data=[str(gkit / "data")], **QUIET)
+    with pytest.raises(UserError, match=r"^stage replace-layers: LLM layers 1-2 cannot become one layer \(layer 2 kept\): "
+                                        r"cannot remove layer 1: kept layer 3 reads its keys/values from it \(KV sharing, "
+                                        r"num_kv_shared_layers=2\)$"):
+        run_stage(make_stage("replace-layers", dict(REPLACE, layers=[1, 2])), gkit / "model", tmp_path / "x", ctx)
+    with pytest.raises(UserError, match=r"^stage replace-layers: LLM layers 2-3 cannot become one layer \(layer 2 kept\): "
+                                        r"the last kept layer \(2\) is a sliding_attention layer; Gemma 4's last layer "
+                                        r"must be a full_attention \(global\) layer$"):
+        run_stage(make_stage("replace-layers", dict(REPLACE, layers=[2, 3], init="first")), gkit / "model",
+                  tmp_path / "x", ctx)
+    with pytest.raises(UserError, match=r"^stage replace-layers: no block of 2 LLM layers in .* can become one layer "
+                                        r"\(initialised from last\); e\.g\. 1-2: cannot remove layer 1: kept layer 3 "
+                                        r"reads its keys/values from it"):
+        run_stage(make_stage("replace-layers", dict(REPLACE, count=2)), gkit / "model", tmp_path / "x", ctx)
+    assert not (tmp_path / "x").exists()
+
+
+def test_build_replace_layers_recipe_is_planned_exactly_on_gemma4(gkit, tmp_path):
+    """A Gemma 4 recipe with replace-layers (a given block) tracks which layers stay, as prune-layers does (its
+    sliding and global layers differ in size): ``predict_recipe`` says layers 0, 1, 3 and the bytes built."""
+    from iwslt_mc.build import build, predict_recipe
+    from iwslt_mc.recipes import load_recipe
+    from iwslt_mc.sizing import sizer
+
+    p = tmp_path / "r.yaml"
+    p.write_text("name: r\nfamily: gemma4\nstages:\n"
+                 "  - {id: a, stage: replace-layers, data: [acl6060], options: {layers: [1, 2], init: first, "
+                 "max_steps: 2, batch_size: 2, search_examples: 2, dtype: float32, progress: false}}\n")
+    recipe = load_recipe(str(p))
+    data = {"acl6060": str(gkit / "data")}
+    pred = predict_recipe(recipe, str(gkit / "model"), condition="constrained", lang="en-de", data=data, edition="2025")
+    assert pred["dims"]["llm_kept"] == [0, 1, 3] and pred["dims"]["llm_layers"] == 3
+    res = build(recipe, lang="en-de", base=str(gkit / "model"), data=data, condition="constrained",
+                out=tmp_path / "b", log=lambda *a: None)
+    assert res.size["bytes"] == pred["bytes"] == sizer.measure(res.model_dir).bytes
+
+
+def test_replace_audio_layers_on_gemma4(gemma_kit, gemma_unified_kit, tmp_path):
+    """The conformer's two layers become one (random start, then every parameter briefly): the block error
+    falls, the encoder has one layer, the model decodes and is planned exactly; the encoder-free kit refuses."""
+    from iwslt_mc.errors import UserError
+    from iwslt_mc.stages import make_stage
+    from iwslt_mc.stages.base import StageContext, run_stage
+
+    kit = gemma_kit[0]
+    ctx = StageContext(lang="en-de", data=[str(kit / "data")], **QUIET)
+    out = tmp_path / "a"
+    rec = run_stage(make_stage("replace-layers", dict(REPLACE, component="audio", layers=[0, 1], init="random",
+                                                      unfreeze_steps=2)), kit / "model", out, ctx)
+    assert rec["block_error"]["after"] < 0.8 * rec["block_error"]["before"], rec["block_error"]
+    assert rec["replaced_audio_layers"] == [0, 1] and rec["train"]["unfreeze"]["steps"] == 2
+    assert _load(out).config.audio_config.num_hidden_layers == 1
+    assert len(_runs(out, kit)) == 6
+    _predicted_exactly(out, {"audio_layers": 1}, kit / "model")
+    unified = gemma_unified_kit / "model"
+    for opts in ({"layers": [0, 1]}, {"count": 2}):
+        with pytest.raises(UserError, match=r"^stage replace-layers: .* has no audio-encoder layers \(an encoder-free "
+                                            r"model: its audio enters the LLM directly\)$"):
+            run_stage(make_stage("replace-layers", dict(opts, component="audio")), unified, tmp_path / "x",
+                      StageContext(lang="en-de", data=[str(gemma_unified_kit / "data")], **QUIET))
+
+
+def test_replace_layers_on_gemma4_resumes_to_the_same_weights(gemma_kit, tmp_path, monkeypatch):
+    """Interrupted after step 3 (checkpoint at 2: the bypassed model's state), the rerun resumes from the
+    checkpoint and saves bit-identical weights."""
+    from safetensors.torch import load_file
+    from transformers import TrainerCallback
+
+    from iwslt_mc.stages import make_stage
+    from iwslt_mc.stages.base import StageContext, run_stage
+    from iwslt_mc.training import training
+
+    class Interrupt(Exception):
+        pass
+
+    class Stop(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step == 3:
+                raise Interrupt()
+
+    kit = gemma_kit[0]
+    ctx = StageContext(lang="en-de", data=[str(kit / "data")], **QUIET)
+    opts = dict(REPLACE, layers=[1, 2], init="first", max_steps=5, save_steps=2, limit=8, search_examples=2)
+    run_stage(make_stage("replace-layers", opts), kit / "model", tmp_path / "straight", ctx)
+    orig = training.train
+    monkeypatch.setattr(training, "train", lambda *a, callbacks=(), **kw: orig(*a, callbacks=[*callbacks, Stop()], **kw))
+    with pytest.raises(Interrupt):
+        run_stage(make_stage("replace-layers", opts), kit / "model", tmp_path / "resumed", ctx)
+    assert not (tmp_path / "resumed").exists()
+    monkeypatch.setattr(training, "train", orig)
+    rec = run_stage(make_stage("replace-layers", opts), kit / "model", tmp_path / "resumed", ctx)
+    assert rec["train"]["resumed_from"].endswith("checkpoint-2")
+    a, b = load_file(tmp_path / "straight" / "model.safetensors"), load_file(tmp_path / "resumed" / "model.safetensors")
+    assert a.keys() == b.keys() and [k for k in a if not a[k].equal(b[k])] == []

@@ -72,7 +72,7 @@ def test_stages_a_family_does_not_support_refuse_in_one_line_before_loading(fami
         assert str(e.value) == f"stage {s}: not supported for {fam.name} models yet ({kit / 'model'}; it handles: {handled})"
         assert not (tmp_path / s).exists()
     # what each family refuses today (a new stage or family changes this line on purpose)
-    assert refused == {"qwen2_audio": ["drop-vision"], "gemma4": ["prune-hidden", "replace-layers"],
+    assert refused == {"qwen2_audio": ["drop-vision"], "gemma4": ["prune-hidden"],
                        "qwen2_5_omni": ["prune-ffn", "prune-hidden", "replace-layers", "drop-vision"]}[fam.name]
 
 

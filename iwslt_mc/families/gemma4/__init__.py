@@ -44,7 +44,8 @@ class Gemma4Family(Family):
     # layers compute their own output) and, in gemma4, the conformer's layer outputs (:meth:`layout`)
     hidden_state_kd = True
     processor_prefixes = ("Gemma4",)
-    stages = ("prune-layers", "prune-ffn", "trim-vocab", "quantize", "finetune", "merge", "distill", "kd", "drop-vision")
+    stages = ("prune-layers", "prune-ffn", "trim-vocab", "quantize", "finetune", "merge", "distill", "kd", "replace-layers",
+              "drop-vision")
     strategies = {"quantize": ("nf4", "fp4", "int8", "ct")}  # method autoround: measured on Qwen2-Audio only
     kit_options = ("unified",)
     kit_variants = {"gemma4": {}, "gemma4_unified": {"unified": True}}
