@@ -57,6 +57,7 @@ DEFAULT_TEACHER = Path(__file__).resolve().parent.parent / "tests" / "fixtures" 
 SHAPES = {"25": (4 / 6, 1.0), "10": (0.5, 0.5), "5": (0.34, 0.375)}
 METHODS = {"ft": "fine-tuning on references", "seq": "sequence-level KD (fine-tuning on teacher translations)",
            "word": "word-level KD (kd stage: KL to the teacher, T 2, alpha 0.5, on teacher translations)"}
+NOTES_HEADING = "## How it was run"  # --report keeps the file's text from this heading on
 FRONTIER_BEGIN = "<!-- bench_kd_scale: begin -->"
 FRONTIER_END = "<!-- bench_kd_scale: end -->"
 
@@ -330,7 +331,10 @@ def write_report(args, results: dict, argv) -> None:
     plot = args.report.with_suffix(".png")
     plot_png(rows, tb, tc, tts, plot)
     lines += ["", f"![quality against size per method]({plot.name})", ""]
-    atomic_write_text(args.report, "\n".join(lines) + "\n")
+    # the hand-written sections after the generated part (from NOTES_HEADING on) survive a regeneration
+    old = args.report.read_text() if args.report.exists() else ""
+    tail = old[old.index(NOTES_HEADING):] if NOTES_HEADING in old else ""
+    atomic_write_text(args.report, "\n".join(lines) + "\n" + tail)
     print(f"wrote {args.report}")
 
 
@@ -347,8 +351,23 @@ def targets(rows, tb, tc) -> list[str]:
         verdict = "met" if kept >= need else f"missed by {need - kept:.1f} points"
         out.append(f"- >= {need:g}% at <= {cap:g}%: chosen on dev `{by_dev['name']}` keeps {kept:.1f}% at "
                    f"{100 * by_dev['bytes'] / tb:.1f}% -> {verdict} (best on test: `{best['name']}` "
-                   f"{100 * best['chrf'] / tc:.1f}%)")
+                   f"{100 * best['chrf'] / tc:.1f}%)" + step_lever(rows, by_dev, tc))
     return out
+
+
+def step_lever(rows, chosen, tc) -> str:
+    """The measured effect of the step budget on the chosen row's method, size and quantization."""
+    same = sorted((r for r in rows if r.get("method") == chosen.get("method") and r.get("size") == chosen.get("size")
+                   and r.get("quant") == chosen.get("quant") and r.get("steps")), key=lambda r: r["steps"])
+    if len(same) < 2:
+        return ""
+    steps = " -> ".join(str(r["steps"]) for r in same)
+    kept = " -> ".join(f"{100 * r['chrf'] / tc:.1f}%" for r in same)
+    return f"; steps, measured ({chosen['method']}, s{chosen['size']}): {steps} steps keep {kept}"
+
+
+def _step_label(r) -> str:
+    return f"{r['steps']}" if r.get("steps") else ""
 
 
 def plot_png(rows, tb, tc, tts, path: Path) -> None:
@@ -364,14 +383,23 @@ def plot_png(rows, tb, tc, tts, path: Path) -> None:
     for ax, key, base, title in ((axes[0], "bytes", tb, "safetensors bytes (2025)"),
                                  (axes[1], "torch_save", tts, "torch.save after loading (2026/2027)")):
         for m, mk in markers.items():
-            pts = [(100 * r[key] / base, 100 * r["chrf"] / tc) for r in rows if r.get("method") == m and r.get(key)]
-            if pts:
-                ax.scatter(*zip(*pts), marker=mk, label=labels[m], s=50 if m != "teacher" else 120)
-        for x in (5, 10, 25):
+            sel = [r for r in rows if r.get("method") == m and r.get(key)]
+            if not sel:
+                continue
+            pts = [(100 * r[key] / base, 100 * r["chrf"] / tc) for r in sel]
+            ax.scatter(*zip(*pts), marker=mk, label=labels[m], s=50 if m != "teacher" else 120)
+            if m in METHODS:  # the step budget next to each trained point: ft left, word right, seq below
+                off, ha = {"ft": ((-6, -2), "right"), "word": ((6, -2), "left")}.get(m, ((0, -11), "center"))
+                for r, (x, y) in zip(sel, pts):
+                    ax.annotate(_step_label(r), (x, y), xytext=off, textcoords="offset points", fontsize=6,
+                                ha=ha, color=ax.collections[-1].get_facecolor()[0])
+        for x, need in ((5, 50), (10, 75), (25, 90)):  # the targets: >= need% at <= x%
             ax.axvline(x, color="grey", lw=0.6, ls=":")
+            ax.plot([x / 1.6, x], [need, need], color="grey", lw=1.2)
+            ax.annotate(f">= {need}%", (x / 1.6, need + 0.8), fontsize=6, color="grey")
         ax.set_xscale("log")
         ax.set_xlabel(f"% of the teacher's {title}")
-        ax.set_title(title)
+        ax.set_title(f"{title}; numbers: training steps (batch 8)", fontsize=10)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("chrF++, % of the teacher's (300 test utterances)")
     axes[0].legend(fontsize=8, loc="lower right")
