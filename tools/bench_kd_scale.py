@@ -9,7 +9,10 @@ trains on the same audio, from the same pruned student, for the same number of s
 - ``ft``: plain full fine-tuning on the references (``finetune`` on ``speech/``);
 - ``seq``: sequence-level KD, full fine-tuning on the teacher's translations (``finetune`` on ``teacher/``);
 - ``word``: word-level KD (stage ``kd``: KL to the teacher's next-token distributions at temperature 2,
-  alpha 0.5, plus cross-entropy on the teacher's translations; no references anywhere).
+  alpha 0.5, plus cross-entropy on the teacher's translations; no references anywhere);
+- ``wordref``: the same word-level KD on ``speech/`` (the grammar's references as the token sequence, the
+  teacher's distributions as the soft target): the teacher needs no decoding, so all generated utterances
+  are training data (the "more data" lever without translating more).
 
 Students (``--sizes``, per cent of the teacher's bytes after the last step): the structure comes from
 :func:`iwslt_mc.planning.frontier.make_variant` on ``bench_frontier.TEMPLATE`` (iterative LLM-layer search on the
@@ -56,7 +59,9 @@ DEFAULT_TEACHER = Path(__file__).resolve().parent.parent / "tests" / "fixtures" 
 # student size (per cent of the teacher's bytes, ct4e) -> (fraction of LLM layers kept, fraction of widths)
 SHAPES = {"25": (4 / 6, 1.0), "10": (0.5, 0.5), "5": (0.34, 0.375)}
 METHODS = {"ft": "fine-tuning on references", "seq": "sequence-level KD (fine-tuning on teacher translations)",
-           "word": "word-level KD (kd stage: KL to the teacher, T 2, alpha 0.5, on teacher translations)"}
+           "word": "word-level KD (kd stage: KL to the teacher, T 2, alpha 0.5, on teacher translations)",
+           "wordref": "word-level KD on references (kd stage: KL to the teacher, T 2, alpha 0.5, on the grammar's "
+                      "references: no translation needed, so every generated utterance is usable)"}
 NOTES_HEADING = "## How it was run"  # --report keeps the file's text from this heading on
 FRONTIER_BEGIN = "<!-- bench_kd_scale: begin -->"
 FRONTIER_END = "<!-- bench_kd_scale: end -->"
@@ -256,12 +261,15 @@ def run_all(args, results: dict, results_path: Path) -> None:
                 model, s, c = stage(name, "finetune", {"mode": "full", **topt}, pruned, speech)
             elif method == "seq":
                 model, s, c = stage(name, "finetune", {"mode": "full", **topt}, pruned, kd_data)
-            elif method == "word":
+            elif method in ("word", "wordref"):
                 model, s, c = stage(name, "kd", {"teacher": str(teacher), "alpha": 0.5, "temperature": 2.0,
-                                                 "hidden_weight": 0.0, **topt}, pruned, kd_data)
+                                                 "hidden_weight": 0.0, **topt}, pruned,
+                                    kd_data if method == "word" else speech)
             else:
                 raise SystemExit(f"unknown method {method!r} (known: {', '.join(METHODS)})")
-            info = dict(method=method, size=size, depth=d, width=w, steps=args.steps, seen=args.steps * 8)
+            pool = _rows_in((kd_data if method in ("seq", "word") else speech) / "train.parquet")
+            pool = min(pool, args.train_limit or pool)
+            info = dict(method=method, size=size, depth=d, width=w, steps=args.steps, seen=args.steps * 8, pool=pool)
             if args.float_rows:
                 evaluate(name, model, what=f"{METHODS[method]}, float16", stage_seconds=s, stage_cpu_seconds=c, **info)
             for q in args.quant.split(","):
@@ -270,8 +278,15 @@ def run_all(args, results: dict, results_path: Path) -> None:
                 except UserError as e:
                     log(f"{name}-{q}: {e}")
                     continue
-                evaluate(f"{name}-{q}", qm, with_dev=q == "ct4e", what=f"{METHODS[method]}, then {q} (groups of {group})",
+                evaluate(f"{name}-{q}", qm, with_dev=q == "ct4e",
+                         what=f"{METHODS[method]}, {pool:,} training utterances, then {q} (groups of {group})",
                          stage_seconds=s, stage_cpu_seconds=c, quant=q, **info)
+
+
+def _rows_in(parquet: Path) -> int:
+    import pyarrow.parquet as pq
+
+    return pq.read_metadata(parquet).num_rows
 
 
 # ---------------------------------------------------------------- reports
@@ -377,7 +392,7 @@ def plot_png(rows, tb, tc, tts, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), sharey=True)
-    markers = {"teacher": "*", "none": "D", "untrained": "x", "ft": "o", "seq": "s", "word": "^"}
+    markers = {"teacher": "*", "none": "D", "untrained": "x", "ft": "o", "seq": "s", "word": "^", "wordref": "v"}
     labels = {"teacher": "teacher", "none": "no training (trim + ct)", "untrained": "pruned, untrained",
               **{k: k + ": " + v.split(" (")[0] for k, v in METHODS.items()}}
     for ax, key, base, title in ((axes[0], "bytes", tb, "safetensors bytes (2025)"),
@@ -389,7 +404,8 @@ def plot_png(rows, tb, tc, tts, path: Path) -> None:
             pts = [(100 * r[key] / base, 100 * r["chrf"] / tc) for r in sel]
             ax.scatter(*zip(*pts), marker=mk, label=labels[m], s=50 if m != "teacher" else 120)
             if m in METHODS:  # the step budget next to each trained point: ft left, word right, seq below
-                off, ha = {"ft": ((-6, -2), "right"), "word": ((6, -2), "left")}.get(m, ((0, -11), "center"))
+                off, ha = {"ft": ((-6, -2), "right"), "word": ((6, -2), "left"),
+                           "wordref": ((0, 5), "center")}.get(m, ((0, -11), "center"))
                 for r, (x, y) in zip(sel, pts):
                     ax.annotate(_step_label(r), (x, y), xytext=off, textcoords="offset points", fontsize=6,
                                 ha=ha, color=ax.collections[-1].get_facecolor()[0])
