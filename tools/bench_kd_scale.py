@@ -315,9 +315,10 @@ def write_report(args, results: dict, argv) -> None:
         f"(`--sentences {data.get('options', {}).get('sentences')} --text {data.get('text_sentences')} "
         f"--exclude {' '.join(data.get('options', {}).get('exclude', []))}`: toy grammar seed "
         f"{data.get('options', {}).get('seed')}, the corpus's {data.get('excluded_sentences')} dev/test sentences "
-        f"removed, spoken by espeak-ng, {data.get('speech', {}).get('hours')} h); `ft` trains on the grammar's "
-        f"references, `seq` and `word` on the toy teacher's {data.get('teacher', {}).get('teacher_pairs')} "
-        "translations of the same audio (no QE filter). Vocabulary trimmed to the English and German of "
+        f"removed, spoken by espeak-ng, {data.get('speech', {}).get('hours')} h); `ft` and `wordref` train on the "
+        f"grammar's references, `seq` and `word` on the toy teacher's {data.get('teacher', {}).get('teacher_pairs')} "
+        "translations of the same audio (no QE filter); a row's 'what' names its training-utterance pool where it "
+        "differs from the 1,024 translated ones (`wordref`: all of them). Vocabulary trimmed to the English and German of "
         f"{data.get('text_sentences')} generated sentences (no dev/test sentence among them).", "",
         f"**Budget**: the same number of steps of batch 8 for every method within a budget ('steps' column; "
         f"utterances seen = 8 x steps), lr {meta.get('lr')}, cosine, 10% warm-up, float32, 1 torch thread; the "
