@@ -434,7 +434,7 @@ def write_frontier(args, results: dict, argv) -> None:
     lines = [FRONTIER_BEGIN, "", "## With ct quantization and distillation data (issue 32)", "",
              f"Points from `tools/bench_kd_scale.py` (table, data and budget: [fidelity-scale.md](fidelity-scale.md)): "
              "students pruned as above (iterative search on the dev split), trimmed to 20k generated sentences, "
-             "trained by each method on the same generated utterances for the same steps (per row there), then "
+             "trained by each method on generated utterances (steps and utterance pool per row there), then "
              "ct-quantized; the no-training rows quantize the trimmed teacher; test split, 300 utterances. "
              "Front = not beaten in both chrF++ and size, per measure.", ""]
     for key, base, title in (("bytes", tb, "safetensors bytes (2025)"), ("torch_save", tts, "torch.save after loading (2026/2027)")):
