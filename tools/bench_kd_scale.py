@@ -9,7 +9,10 @@ trains on the same audio, from the same pruned student, for the same number of s
 - ``ft``: plain full fine-tuning on the references (``finetune`` on ``speech/``);
 - ``seq``: sequence-level KD, full fine-tuning on the teacher's translations (``finetune`` on ``teacher/``);
 - ``word``: word-level KD (stage ``kd``: KL to the teacher's next-token distributions at temperature 2,
-  alpha 0.5, plus cross-entropy on the teacher's translations; no references anywhere).
+  alpha 0.5, plus cross-entropy on the teacher's translations; no references anywhere);
+- ``wordref``: the same word-level KD on ``speech/`` (the grammar's references as the token sequence, the
+  teacher's distributions as the soft target): the teacher needs no decoding, so all generated utterances
+  are training data (the "more data" lever without translating more).
 
 Students (``--sizes``, per cent of the teacher's bytes after the last step): the structure comes from
 :func:`iwslt_mc.planning.frontier.make_variant` on ``bench_frontier.TEMPLATE`` (iterative LLM-layer search on the
@@ -56,7 +59,10 @@ DEFAULT_TEACHER = Path(__file__).resolve().parent.parent / "tests" / "fixtures" 
 # student size (per cent of the teacher's bytes, ct4e) -> (fraction of LLM layers kept, fraction of widths)
 SHAPES = {"25": (4 / 6, 1.0), "10": (0.5, 0.5), "5": (0.34, 0.375)}
 METHODS = {"ft": "fine-tuning on references", "seq": "sequence-level KD (fine-tuning on teacher translations)",
-           "word": "word-level KD (kd stage: KL to the teacher, T 2, alpha 0.5, on teacher translations)"}
+           "word": "word-level KD (kd stage: KL to the teacher, T 2, alpha 0.5, on teacher translations)",
+           "wordref": "word-level KD on references (kd stage: KL to the teacher, T 2, alpha 0.5, on the grammar's "
+                      "references: no translation needed, so every generated utterance is usable)"}
+NOTES_HEADING = "## How it was run"  # --report keeps the file's text from this heading on
 FRONTIER_BEGIN = "<!-- bench_kd_scale: begin -->"
 FRONTIER_END = "<!-- bench_kd_scale: end -->"
 
@@ -255,12 +261,15 @@ def run_all(args, results: dict, results_path: Path) -> None:
                 model, s, c = stage(name, "finetune", {"mode": "full", **topt}, pruned, speech)
             elif method == "seq":
                 model, s, c = stage(name, "finetune", {"mode": "full", **topt}, pruned, kd_data)
-            elif method == "word":
+            elif method in ("word", "wordref"):
                 model, s, c = stage(name, "kd", {"teacher": str(teacher), "alpha": 0.5, "temperature": 2.0,
-                                                 "hidden_weight": 0.0, **topt}, pruned, kd_data)
+                                                 "hidden_weight": 0.0, **topt}, pruned,
+                                    kd_data if method == "word" else speech)
             else:
                 raise SystemExit(f"unknown method {method!r} (known: {', '.join(METHODS)})")
-            info = dict(method=method, size=size, depth=d, width=w, steps=args.steps, seen=args.steps * 8)
+            pool = _rows_in((kd_data if method in ("seq", "word") else speech) / "train.parquet")
+            pool = min(pool, args.train_limit or pool)
+            info = dict(method=method, size=size, depth=d, width=w, steps=args.steps, seen=args.steps * 8, pool=pool)
             if args.float_rows:
                 evaluate(name, model, what=f"{METHODS[method]}, float16", stage_seconds=s, stage_cpu_seconds=c, **info)
             for q in args.quant.split(","):
@@ -269,8 +278,15 @@ def run_all(args, results: dict, results_path: Path) -> None:
                 except UserError as e:
                     log(f"{name}-{q}: {e}")
                     continue
-                evaluate(f"{name}-{q}", qm, with_dev=q == "ct4e", what=f"{METHODS[method]}, then {q} (groups of {group})",
+                evaluate(f"{name}-{q}", qm, with_dev=q == "ct4e",
+                         what=f"{METHODS[method]}, {pool:,} training utterances, then {q} (groups of {group})",
                          stage_seconds=s, stage_cpu_seconds=c, quant=q, **info)
+
+
+def _rows_in(parquet: Path) -> int:
+    import pyarrow.parquet as pq
+
+    return pq.read_metadata(parquet).num_rows
 
 
 # ---------------------------------------------------------------- reports
@@ -299,9 +315,10 @@ def write_report(args, results: dict, argv) -> None:
         f"(`--sentences {data.get('options', {}).get('sentences')} --text {data.get('text_sentences')} "
         f"--exclude {' '.join(data.get('options', {}).get('exclude', []))}`: toy grammar seed "
         f"{data.get('options', {}).get('seed')}, the corpus's {data.get('excluded_sentences')} dev/test sentences "
-        f"removed, spoken by espeak-ng, {data.get('speech', {}).get('hours')} h); `ft` trains on the grammar's "
-        f"references, `seq` and `word` on the toy teacher's {data.get('teacher', {}).get('teacher_pairs')} "
-        "translations of the same audio (no QE filter). Vocabulary trimmed to the English and German of "
+        f"removed, spoken by espeak-ng, {data.get('speech', {}).get('hours')} h); `ft` and `wordref` train on the "
+        f"grammar's references, `seq` and `word` on the toy teacher's {data.get('teacher', {}).get('teacher_pairs')} "
+        "translations of the same audio (no QE filter); a row's 'what' names its training-utterance pool where it "
+        "differs from the 1,024 translated ones (`wordref`: all of them). Vocabulary trimmed to the English and German of "
         f"{data.get('text_sentences')} generated sentences (no dev/test sentence among them).", "",
         f"**Budget**: the same number of steps of batch 8 for every method within a budget ('steps' column; "
         f"utterances seen = 8 x steps), lr {meta.get('lr')}, cosine, 10% warm-up, float32, 1 torch thread; the "
@@ -330,7 +347,10 @@ def write_report(args, results: dict, argv) -> None:
     plot = args.report.with_suffix(".png")
     plot_png(rows, tb, tc, tts, plot)
     lines += ["", f"![quality against size per method]({plot.name})", ""]
-    atomic_write_text(args.report, "\n".join(lines) + "\n")
+    # the hand-written sections after the generated part (from NOTES_HEADING on) survive a regeneration
+    old = args.report.read_text() if args.report.exists() else ""
+    tail = old[old.index(NOTES_HEADING):] if NOTES_HEADING in old else ""
+    atomic_write_text(args.report, "\n".join(lines) + "\n" + tail)
     print(f"wrote {args.report}")
 
 
@@ -347,8 +367,23 @@ def targets(rows, tb, tc) -> list[str]:
         verdict = "met" if kept >= need else f"missed by {need - kept:.1f} points"
         out.append(f"- >= {need:g}% at <= {cap:g}%: chosen on dev `{by_dev['name']}` keeps {kept:.1f}% at "
                    f"{100 * by_dev['bytes'] / tb:.1f}% -> {verdict} (best on test: `{best['name']}` "
-                   f"{100 * best['chrf'] / tc:.1f}%)")
+                   f"{100 * best['chrf'] / tc:.1f}%)" + step_lever(rows, by_dev, tc))
     return out
+
+
+def step_lever(rows, chosen, tc) -> str:
+    """The measured effect of the step budget on the chosen row's method, size and quantization."""
+    same = sorted((r for r in rows if r.get("method") == chosen.get("method") and r.get("size") == chosen.get("size")
+                   and r.get("quant") == chosen.get("quant") and r.get("steps")), key=lambda r: r["steps"])
+    if len(same) < 2:
+        return ""
+    steps = " -> ".join(str(r["steps"]) for r in same)
+    kept = " -> ".join(f"{100 * r['chrf'] / tc:.1f}%" for r in same)
+    return f"; steps, measured ({chosen['method']}, s{chosen['size']}): {steps} steps keep {kept}"
+
+
+def _step_label(r) -> str:
+    return f"{r['steps']}" if r.get("steps") else ""
 
 
 def plot_png(rows, tb, tc, tts, path: Path) -> None:
@@ -358,20 +393,30 @@ def plot_png(rows, tb, tc, tts, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), sharey=True)
-    markers = {"teacher": "*", "none": "D", "untrained": "x", "ft": "o", "seq": "s", "word": "^"}
+    markers = {"teacher": "*", "none": "D", "untrained": "x", "ft": "o", "seq": "s", "word": "^", "wordref": "v"}
     labels = {"teacher": "teacher", "none": "no training (trim + ct)", "untrained": "pruned, untrained",
               **{k: k + ": " + v.split(" (")[0] for k, v in METHODS.items()}}
     for ax, key, base, title in ((axes[0], "bytes", tb, "safetensors bytes (2025)"),
                                  (axes[1], "torch_save", tts, "torch.save after loading (2026/2027)")):
         for m, mk in markers.items():
-            pts = [(100 * r[key] / base, 100 * r["chrf"] / tc) for r in rows if r.get("method") == m and r.get(key)]
-            if pts:
-                ax.scatter(*zip(*pts), marker=mk, label=labels[m], s=50 if m != "teacher" else 120)
-        for x in (5, 10, 25):
+            sel = [r for r in rows if r.get("method") == m and r.get(key)]
+            if not sel:
+                continue
+            pts = [(100 * r[key] / base, 100 * r["chrf"] / tc) for r in sel]
+            ax.scatter(*zip(*pts), marker=mk, label=labels[m], s=50 if m != "teacher" else 120)
+            if m in METHODS:  # the step budget next to each trained point: ft left, word right, seq below
+                off, ha = {"ft": ((-6, -2), "right"), "word": ((6, -2), "left"),
+                           "wordref": ((0, 5), "center")}.get(m, ((0, -11), "center"))
+                for r, (x, y) in zip(sel, pts):
+                    ax.annotate(_step_label(r), (x, y), xytext=off, textcoords="offset points", fontsize=6,
+                                ha=ha, color=ax.collections[-1].get_facecolor()[0])
+        for x, need in ((5, 50), (10, 75), (25, 90)):  # the targets: >= need% at <= x%
             ax.axvline(x, color="grey", lw=0.6, ls=":")
+            ax.plot([x / 1.6, x], [need, need], color="grey", lw=1.2)
+            ax.annotate(f">= {need}%", (x / 1.6, need + 0.8), fontsize=6, color="grey")
         ax.set_xscale("log")
         ax.set_xlabel(f"% of the teacher's {title}")
-        ax.set_title(title)
+        ax.set_title(f"{title}; numbers: training steps (batch 8)", fontsize=10)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("chrF++, % of the teacher's (300 test utterances)")
     axes[0].legend(fontsize=8, loc="lower right")
@@ -389,7 +434,7 @@ def write_frontier(args, results: dict, argv) -> None:
     lines = [FRONTIER_BEGIN, "", "## With ct quantization and distillation data (issue 32)", "",
              f"Points from `tools/bench_kd_scale.py` (table, data and budget: [fidelity-scale.md](fidelity-scale.md)): "
              "students pruned as above (iterative search on the dev split), trimmed to 20k generated sentences, "
-             "trained by each method on the same generated utterances for the same steps (per row there), then "
+             "trained by each method on generated utterances (steps and utterance pool per row there), then "
              "ct-quantized; the no-training rows quantize the trimmed teacher; test split, 300 utterances. "
              "Front = not beaten in both chrF++ and size, per measure.", ""]
     for key, base, title in (("bytes", tb, "safetensors bytes (2025)"), ("torch_save", tts, "torch.save after loading (2026/2027)")):
