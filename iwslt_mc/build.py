@@ -354,7 +354,7 @@ def predict_recipe(recipe: Recipe, base: str, *, condition: str, lang: str, data
     local config). Layer, width, vocabulary and precision changes are read from the stages' options;
     the trimmed vocabulary is counted by tokenizing the same text the trim-vocab stage will read."""
     from .modelio import is_local
-    from .planning.planner import Spec, load_base_config, predict
+    from .planning.planner import load_base_config, predict
 
     if not is_local(base):
         return None

@@ -432,7 +432,7 @@ def write_frontier(args, results: dict, argv) -> None:
     teacher = results["teacher"]
     tb, tc, tts = teacher["bytes"], teacher["chrf"], teacher.get("torch_save")
     lines = [FRONTIER_BEGIN, "", "## With ct quantization and distillation data (issue 32)", "",
-             f"Points from `tools/bench_kd_scale.py` (table, data and budget: [fidelity-scale.md](fidelity-scale.md)): "
+             "Points from `tools/bench_kd_scale.py` (table, data and budget: [fidelity-scale.md](fidelity-scale.md)): "
              "students pruned as above (iterative search on the dev split), trimmed to 20k generated sentences, "
              "trained by each method on generated utterances (steps and utterance pool per row there), then "
              "ct-quantized; the no-training rows quantize the trimmed teacher; test split, 300 utterances. "

@@ -338,11 +338,10 @@ def run(args) -> int:
     from ..floor.sizes import QUANT_PRECISIONS, parse_ct_precision
     from ..planning import planner, recipe_spec, search
     from ..output import info, print_json, print_table, warn
-    from ..sizing.sizer import bin_explanation
     from ..sizing.track import get_edition
 
     from ..errors import UserError
-    from ..sizing.track import GB, GiB
+    from ..sizing.track import GiB
 
     if args.plan_recipe and args.frontier:
         raise UserError("give RECIPE or --frontier (with --recipe TEMPLATE), not both")

@@ -341,8 +341,6 @@ class ReplaceLayers(Stage):
     # ------------------------------------------------------------------------------------------
 
     def run(self, in_dir: Path, out_dir: Path, ctx: StageContext) -> dict:
-        import torch
-
         from .. import modelio
         from ..families import surgery_of
         from ..training import training
@@ -482,8 +480,6 @@ class ReplaceLayers(Stage):
     def _block_error(self, model, tap, originals, probe) -> float:
         import torch
 
-        from ..training import training
-
         was = model.training
         model.eval()
         num = den = 0.0
@@ -540,8 +536,6 @@ class ReplaceLayers(Stage):
                             "log": SEARCH_LOG}
 
     def _loss_fn(self, tap, originals, component):
-        import torch
-
         from ..training import training
 
         o = self.options

@@ -325,7 +325,7 @@ def markdown(rows: list[Row], metric: str, signatures: dict, edition: str, plot_
             f"Best in bin: highest {METRIC_LABELS[metric]} in its {ed.key} bin."]
     lines += [f"Pareto: no other model of the same language pair and test set (or average) is both no larger and "
               f"no worse in {METRIC_LABELS[metric]}" + ("" if ed.has_bins else f" (the {ed.key} ranking)") + ".",
-              f"Average: the mean over a language pair's test sets, for models scored on all of them."]
+              "Average: the mean over a language pair's test sets, for models scored on all of them."]
     for n in notes or []:
         lines.append(f"Note: {n}")
     lines += acceptability_markdown(rows, metric)
@@ -378,7 +378,7 @@ def plot_png(rows: list[Row], metric: str, edition: str | None = None) -> bytes:
     binary = ed.size_unit in ("GiB", "MiB")
     keys = sorted({(r.lang, r.testset) for r in rows if metric in r.scores}, key=lambda k: (k[0], k[1] == AVERAGE, k[1]))
     if not keys:
-        raise UserError(f"no scored model to plot (write scores with 'iwslt-mc score --out-json RUN_DIR/scores.json')")
+        raise UserError("no scored model to plot (write scores with 'iwslt-mc score --out-json RUN_DIR/scores.json')")
     ncols = min(3, len(keys))
     nrows = -(-len(keys) // ncols)
     fig = Figure(figsize=(7.5 * ncols, 5.2 * nrows), dpi=110, layout="constrained")

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import errno
 import json
-import shutil
 import subprocess
 import uuid
-from pathlib import Path
 
 import pytest
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
@@ -153,7 +152,7 @@ def test_list_resamples_and_resolves_relative_paths(tmp_path):
 
 
 def test_bad_inputs_are_named(tmp_path, kit):
-    good = write_wav(tmp_path / "good.wav", 1.0)
+    write_wav(tmp_path / "good.wav", 1.0)
     (tmp_path / "empty.wav").write_bytes(b"")
     (tmp_path / "corrupt.wav").write_bytes(b"RIFF" + bytes(range(256)) * 4)
     zero = tmp_path / "zero.wav"

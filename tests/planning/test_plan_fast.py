@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from iwslt_mc.planning import planner
-from iwslt_mc.families.qwen2_audio.plan import (AUDIO_DEFAULTS, TEXT_DEFAULTS, inventory, plain_config,
+from iwslt_mc.families.qwen2_audio.plan import (AUDIO_DEFAULTS, TEXT_DEFAULTS, plain_config,
                                                 qwen2_audio_7b_config, qwen2_audio_7b_plain_config)
 from iwslt_mc.planning import recipe_spec
 from iwslt_mc.planning.planner import Spec, predict

@@ -556,7 +556,6 @@ def hyp_set(tmp_path: Path, model_dir: Path, keys=TEST_SETS_DE, tgt="de", logged
 
 
 def test_2027_package_names_files_per_test_set_and_check_passes(kit_copy, tmp_path, capsys):
-    import io
 
     import torch
 

@@ -241,7 +241,6 @@ def bf16_copy(src, dst):
 
 
 def test_report_2027_uses_the_torch_save_measure(kit, tmp_path, capsys):
-    import io
 
     import torch
 
