@@ -202,7 +202,7 @@ class PruneFFN(Stage):
         else:
             llm_imp, audio_imp = weight_importance(model, audio=o.audio_width is not None)
         techniques = []
-        how = "weight-norm importance" if o.importance == "weight" else f"activation importance on {o.calibration} segments"
+        how = "weight-norm importance" if o.importance == "weight" else f"activation importance on {len(segs)} segments"
         llm_width, audio_width = o.widths()
         if llm_width != o.llm_width or audio_width != o.audio_width:
             ctx.log(f"prune-ffn: target widths rounded down to a multiple of {o.multiple_of}: "

@@ -399,6 +399,19 @@ def test_prune_ffn_removes_dead_units_exactly(kit, tmp_path, dev_inputs, importa
     assert bool(rec["data"]) == (importance == "activation")
 
 
+def test_prune_ffn_technique_line_counts_the_segments_it_used(kit, tmp_path):
+    """Asked for more calibration segments than the kit's split has, the technique line and the data record
+    both say how many were used (not the number asked for)."""
+    import re
+
+    rec = run_stage(make_stage("prune-ffn", {"llm_width": 128, "importance": "activation", "calibration": 500,
+                                             "multiple_of": 1}),
+                    kit / "model", tmp_path / "o", StageContext(lang="en-de", data=[str(kit / "data")], **QUIET))
+    used = int(re.search(r"\((\d+) segments", rec["data"][0]["use"]).group(1))
+    assert 0 < used < 500
+    assert f"activation importance on {used} segments" in rec["techniques"][0]
+
+
 def test_prune_ffn_rounds_target_widths_to_a_multiple_of_64_by_default(kit, tmp_path):
     """Default multiple_of 64: 150 -> 128 units (LLM), 100 -> 64 (audio); the build's prediction follows the
     same rounding; a target below one multiple stays as given."""
