@@ -55,7 +55,7 @@ CPU_TORCH = "torch==2.13.0"
 # The lock (tools/refresh_lock.sh): the exact versions of the COMET environment the suite passed with, and
 # torch's (used when this environment installs torch itself). Installed as pip constraints unless
 # IWSLT_MC_UNLOCKED is set, or when iwslt-mc does not run from a checkout that has them.
-LOCK_DIR = Path(__file__).resolve().parent.parent / "lock"
+LOCK_DIR = Path(__file__).resolve().parents[2] / "lock"  # the checkout: iwslt_mc/scoring/ -> the repository root
 COMET_LOCK = LOCK_DIR / "comet.txt"
 TORCH_LOCK = LOCK_DIR / "torch.txt"
 CPU_TORCH_INDEX = "https://download.pytorch.org/whl/cpu"
@@ -69,7 +69,7 @@ def default_env_dir() -> Path:
     env = os.environ.get("IWSLT_MC_COMET_ENV")
     if env:
         return Path(env).expanduser()
-    checkout = Path(__file__).resolve().parent.parent
+    checkout = Path(__file__).resolve().parents[2]  # iwslt_mc/scoring/ -> the repository root
     if (checkout / "pyproject.toml").is_file() and (checkout / "iwslt_mc").is_dir():
         return checkout / ".venv-comet"
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")

@@ -79,6 +79,18 @@ def direct_scores(comet_env_dir, tiny_ckpt):
     return comet_env.run_comet(str(tiny_ckpt), src, mt, ref, env_dir=comet_env_dir, batch_size=2)
 
 
+def test_the_lock_and_the_default_environment_are_the_checkouts(monkeypatch):
+    """From a checkout, setup-comet installs under lock/comet.txt and defaults to the checkout's .venv-comet/
+    (the module sits two folders below the repository root: a wrong depth silently installed unlocked)."""
+    root = Path(__file__).resolve().parents[2]
+    assert comet_env.COMET_LOCK == root / "lock" / "comet.txt" and comet_env.COMET_LOCK.is_file()
+    assert comet_env.TORCH_LOCK == root / "lock" / "torch.txt"
+    monkeypatch.delenv("IWSLT_MC_UNLOCKED", raising=False)
+    monkeypatch.delenv("IWSLT_MC_COMET_ENV", raising=False)
+    assert comet_env.locked()
+    assert comet_env.default_env_dir() == root / ".venv-comet"
+
+
 def test_environment_has_the_pins(comet_env_dir):
     marker = comet_env.read_marker(comet_env_dir)
     v = marker["versions"]
