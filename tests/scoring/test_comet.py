@@ -234,7 +234,8 @@ def _run_offline(tmp_path, require: bool) -> subprocess.CompletedProcess:
     env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), str(ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     if require:
         env[REQUIRE] = "1"
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "offline_pip", "-p", "no:cacheprovider", str(Path(__file__)),
+    # -n 0: one process (the summary then counts the deselected tests; the project default is two xdist workers)
+    cmd = [sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "offline_pip", "-p", "no:cacheprovider", str(Path(__file__)),
            "-k", "has_the_pins or reuses_environment"]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
 
