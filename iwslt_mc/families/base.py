@@ -284,3 +284,36 @@ class Family:
         """Write the family's offline demo kit into ``out_dir`` (model, processor, data, test sets) and
         return its :class:`~iwslt_mc.kit.KitInfo`; ``options`` are the family's :attr:`kit_options`."""
         raise NotImplementedError
+
+
+def predict_from_inventory(spec, edition, tensors, component_names, family: str, *, dims: dict, cfg,
+                           base_name: str | None = None):
+    """The planner's :class:`~iwslt_mc.floor.sizes.Prediction` of a one-file safetensors checkpoint from a
+    family's tensor inventory (``(key, shape, component, linear, embedding)`` rows), each tensor stored at the
+    spec's precision of its component (quantized precisions only where the format quantizes that tensor).
+    Shared by the families whose :meth:`Family.predict` walks their own inventory."""
+    from .. import __version__
+    from ..floor.sizes import Prediction, disk_tensors, is_quant_precision, safetensors_header_bytes
+    from ..sizing.track import size_bin
+
+    fdt = spec.storage_float
+    entries, params, overhead = [], 0, 0
+    components = {c: {"params": 0, "bytes": 0} for c in component_names}
+    for key, shape, comp, linear, emb in tensors:
+        prec = spec.precision_of(comp)
+        if is_quant_precision(prec) and not (linear or (emb and comp == "embed_tokens")):
+            prec = fdt
+        ents, n, ovh = disk_tensors(key, shape, prec, fdt)
+        entries.extend(ents)
+        components[comp]["params"] += n
+        components[comp]["bytes"] += sum(e[3] for e in ents)
+        params += n
+        overhead += ovh
+    header = safetensors_header_bytes(entries, {"format": "pt"})
+    total = header + sum(e[3] for e in entries)
+    components = {c: v for c, v in components.items() if v["bytes"] or c not in ("other", "lm_head")}
+    signature = (f"predicted|edition:{edition.key}|format:safetensors-1-file|family:{family}"
+                 f"|units:decimal|version:iwslt-mc-{__version__}")
+    return Prediction(spec=spec, edition=edition.key, bytes=total, params=params, bin=size_bin(total, edition),
+                      components=components, overhead=overhead, header_bytes=header, tensors=len(entries),
+                      dims=dims, base=base_name or "config", signature=signature, entries=entries, config=cfg)

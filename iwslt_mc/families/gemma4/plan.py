@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 
-from ... import __version__
 from .rules import (COMPONENTS, allowed_removal, component_for_key, config_after_audio_layer_removal,
                     config_after_layer_removal)
 
@@ -195,8 +194,9 @@ def planned(base_config, dims: dict):
 
 
 def predict(spec, base_config, edition: str, *, base_name: str | None = None):
-    from ...floor.sizes import Prediction, check_components, disk_tensors, is_quant_precision, safetensors_header_bytes
-    from ...sizing.track import get_edition, size_bin
+    from ...floor.sizes import check_components
+    from ...sizing.track import get_edition
+    from ..base import predict_from_inventory
 
     from ...errors import UserError
 
@@ -217,24 +217,4 @@ def predict(spec, base_config, edition: str, *, base_name: str | None = None):
     if spec.llm_kept is not None:
         dims["llm_kept"] = sorted(spec.llm_kept)
     cfg, tensors = planned(base_config, dims)
-    fdt = spec.storage_float
-    entries, params, overhead = [], 0, 0
-    components = {c: {"params": 0, "bytes": 0} for c in COMPONENTS}
-    for key, shape, comp, linear, emb in tensors:
-        prec = spec.precision_of(comp)
-        if is_quant_precision(prec) and not (linear or (emb and comp == "embed_tokens")):
-            prec = fdt
-        ents, n, ovh = disk_tensors(key, shape, prec, fdt)
-        entries.extend(ents)
-        components[comp]["params"] += n
-        components[comp]["bytes"] += sum(e[3] for e in ents)
-        params += n
-        overhead += ovh
-    header = safetensors_header_bytes(entries, {"format": "pt"})
-    total = header + sum(e[3] for e in entries)
-    components = {c: v for c, v in components.items() if v["bytes"] or c not in ("other", "lm_head")}
-    signature = (f"predicted|edition:{ed.key}|format:safetensors-1-file|family:gemma4"
-                 f"|units:decimal|version:iwslt-mc-{__version__}")
-    return Prediction(spec=spec, edition=ed.key, bytes=total, params=params, bin=size_bin(total, ed),
-                      components=components, overhead=overhead, header_bytes=header, tensors=len(entries),
-                      dims=dims, base=base_name or "config", signature=signature, entries=entries, config=cfg)
+    return predict_from_inventory(spec, ed, tensors, COMPONENTS, "gemma4", dims=dims, cfg=cfg, base_name=base_name)

@@ -192,10 +192,10 @@ def predict(spec, base_config, edition: str, *, base_name: str | None = None):
     """The planner's prediction for a Qwen2.5-Omni thinker base (see the module docstring). Supported spec
     dimensions: precision (per component too), ``vocab``, ``ffn_dim``, ``audio_ffn_dim``, ``llm_layers``,
     ``audio_layers`` (every layer of a stack has the same shapes: which ones go does not change the size)."""
-    from ... import __version__
     from ...errors import UserError
-    from ...floor.sizes import Prediction, check_components, disk_tensors, is_quant_precision, safetensors_header_bytes
-    from ...sizing.track import get_edition, size_bin
+    from ...floor.sizes import check_components
+    from ...sizing.track import get_edition
+    from ..base import predict_from_inventory
     from .rules import COMPONENTS, LABEL
 
     ed = get_edition(edition)
@@ -213,24 +213,4 @@ def predict(spec, base_config, edition: str, *, base_name: str | None = None):
         if dims[k] > base[k]:
             raise UserError(f"--{k.replace('_', '-')} {dims[k]}: the base model has only {base[k]}")
     cfg = apply_dims(base_config, dims)
-    fdt = spec.storage_float
-    entries, params, overhead = [], 0, 0
-    components = {c: {"params": 0, "bytes": 0} for c in COMPONENTS}
-    for key, shape, comp, linear, emb in inventory(cfg):
-        prec = spec.precision_of(comp)
-        if is_quant_precision(prec) and not (linear or (emb and comp == "embed_tokens")):
-            prec = fdt
-        ents, n, ovh = disk_tensors(key, shape, prec, fdt)
-        entries.extend(ents)
-        components[comp]["params"] += n
-        components[comp]["bytes"] += sum(e[3] for e in ents)
-        params += n
-        overhead += ovh
-    header = safetensors_header_bytes(entries, {"format": "pt"})
-    total = header + sum(e[3] for e in entries)
-    components = {c: v for c, v in components.items() if v["bytes"] or c not in ("other", "lm_head")}
-    signature = (f"predicted|edition:{ed.key}|format:safetensors-1-file|family:qwen2_5_omni"
-                 f"|units:decimal|version:iwslt-mc-{__version__}")
-    return Prediction(spec=spec, edition=ed.key, bytes=total, params=params, bin=size_bin(total, ed),
-                      components=components, overhead=overhead, header_bytes=header, tensors=len(entries),
-                      dims=dims, base=base_name or "config", signature=signature, entries=entries, config=cfg)
+    return predict_from_inventory(spec, ed, inventory(cfg), COMPONENTS, "qwen2_5_omni", dims=dims, cfg=cfg, base_name=base_name)
