@@ -21,8 +21,8 @@ def add_parser(sub):
             "Collect models and their scores into report.md, report.json and quality-vs-size.png in "
             "--out. A RUN_DIR is a build output (RUN_DIR/model/ plus build.json) or a bare model "
             "directory; its scores are RUN_DIR/scores*.json and RUN_DIR/scores/*.json as written by "
-            "'iwslt-mc score --out-json'. Size (the edition's measure: 2027 torch.save(state_dict) bytes, "
-            "which loads each model once on the CPU; 2025/2026 safetensors bytes), parameters and bin are "
+            "'iwslt-mc score --out-json'. Size (the edition's measure: 2026/2027 torch.save(state_dict) bytes, "
+            "which loads each model once on the CPU; 2025 safetensors bytes), parameters and bin are "
             "measured now; recipe and techniques come from build.json and provenance.json. The plot shows "
             "quality against size (log scale) and the Pareto frontier (the 2026/2027 ranking), one panel per "
             "language pair and test set, plus one per language pair averaged over its test sets when there "
@@ -68,7 +68,7 @@ def run(args) -> int:
     # The terminal gets the columns that decide; report.md has them all.
     label = report.METRIC_LABELS[rec["metric"]]
     rows = [report.Row(**r) for r in rec["rows"]]
-    headers, body = report.table(rows, rec["metric"])
+    headers, body = report.table(rows, rec["metric"], rec["edition"])
     keep = ["model", "lang", "test set", "size", "bin", label, "Pareto", "best in bin"]
     if rec["ranking"] != "bins":
         keep = [k for k in keep if k not in ("bin", "best in bin")]

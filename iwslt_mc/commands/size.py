@@ -92,10 +92,11 @@ def run(args) -> int:
         print(f"bin:           {sizer.bin_explanation(rep.bytes, ed.key)}")
     else:
         primary = ed.primary_size_measure
+        div = GiB if ed.size_unit == "GiB" else GB
         if primary == "torch_save_bytes":
-            fig = f"{ts.bytes / GiB:.3f} GiB (torch.save)" if ts else "torch.save (not available)"
+            fig = f"{ts.bytes / div:.3f} {ed.size_unit} (torch.save)" if ts else "torch.save (not available)"
         else:
-            fig = f"{rep.bytes / GB:.3f} GB (safetensors)"
+            fig = f"{rep.bytes / div:.3f} {ed.size_unit} (safetensors)"
         print(f"edition {ed.key}:  no bins, Pareto ranking of quality and size; primary size measure {fig}")
     for w in rep.warnings:
         warn(w)

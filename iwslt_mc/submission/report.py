@@ -10,7 +10,7 @@ A RUN_DIR is what ``iwslt-mc build`` writes (or any folder laid out the same way
   model's ``provenance.json``.
 
 Size, parameters and bin are measured now, never read from a file: the edition's primary size
-measure (2025/2026: safetensors bytes from :func:`iwslt_mc.sizing.sizer.measure`; 2027: the organizers'
+measure (2025: safetensors bytes from :func:`iwslt_mc.sizing.sizer.measure`; 2026/2027: the organizers'
 ``torch.save(model.state_dict())`` bytes, :func:`iwslt_mc.submission.description.torch_save_bytes`). One row per
 (run, language pair, test set); a run without scores gets one row without quality. When a language
 pair has several test sets, each run scored on all of them also gets an "average" row (the mean of
@@ -278,7 +278,9 @@ def _fmt_score(r: Row, k: str) -> str:
     return f"{r.scores[k]:.4f}" if k == "comet" else f"{r.scores[k]:.1f}"
 
 
-def table(rows: list[Row], metric: str) -> tuple[list[str], list[list[str]]]:
+def table(rows: list[Row], metric: str, edition: str | None = None) -> tuple[list[str], list[list[str]]]:
+    """The report's rows as text; sizes in the edition's unit (binary for GiB editions)."""
+    binary = get_edition(edition).size_unit in ("GiB", "MiB")
     headers = ["model", "lang", "test set", "size", "params", "bin", "recipe", "techniques",
                "BLEU", "chrF", "COMET", "AS-WER", "Pareto", "best in bin"]
     body = []
@@ -286,7 +288,7 @@ def table(rows: list[Row], metric: str) -> tuple[list[str], list[list[str]]]:
         ts = r.testset or "-"
         if r.testset == AVERAGE:
             ts = f"average of {len(r.average_of)}"
-        body.append([r.run, r.lang or "-", ts, _fmt_bytes(r.bytes, r.size_measure == "torch_save_bytes"),
+        body.append([r.run, r.lang or "-", ts, _fmt_bytes(r.bytes, binary),
                      _fmt_params(r.params),
                      r.bin or "none", r.recipe or "-", ", ".join(r.techniques) or "-",
                      _fmt_score(r, "bleu"), _fmt_score(r, "chrf"), _fmt_score(r, "comet"),
@@ -302,7 +304,7 @@ def sort_rows(rows: list[Row], metric: str) -> list[Row]:
 
 def markdown(rows: list[Row], metric: str, signatures: dict, edition: str, plot_name: str | None,
              notes: list[str] | None = None) -> str:
-    headers, body = table(rows, metric)
+    headers, body = table(rows, metric, edition)
     ed = get_edition(edition)
     if not ed.has_bins:
         drop = [headers.index("bin"), headers.index("best in bin")]

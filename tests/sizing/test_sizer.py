@@ -269,7 +269,7 @@ def test_cli_editions(kit, capsys, edition, bins):
     if edition in ("2027", None):
         assert f"primary size measure {rep.torch_save.bytes / 2**30:.3f} GiB (torch.save)" in out
     elif edition == "2026":
-        assert f"primary size measure {rep.bytes / 1e9:.3f} GB (safetensors)" in out
+        assert f"primary size measure {rep.torch_save.bytes / 1e9:.3f} GB (torch.save)" in out
     assert main(argv + ["--json"]) == 0
     js = json.loads(capsys.readouterr().out)
     assert js["torch_save"]["bytes"] == rep.torch_save.bytes and js["gib"] == round(rep.bytes / 2**30, 6)
