@@ -292,13 +292,20 @@ def ct_loads_packed(config: dict) -> bool:
     return qc is not None and not qc.get("dequantize", False)
 
 
-def ct_in_memory(tensors, config: dict, ct_shapes: dict | None = None):
+# ``dequantize: true`` under a transformers that wraps the modules before loading and decompresses after (5.17):
+# the quantization parameters the module keeps beside the float weight, in its order (bias first, weight last).
+CT_KEPT = ("weight_scale", "weight_zero_point", "weight_shape")
+
+
+def ct_in_memory(tensors, config: dict, ct_shapes: dict | None = None, *, keeps_params: bool = False):
     """The checkpoint's tensors as transformers holds them after ``from_pretrained(dtype="auto")`` of a
     compressed-tensors ``pack-quantized`` checkpoint.
 
     ``dequantize: true``: each packed weight (``X.weight_packed``, ``X.weight_scale``, ``X.weight_shape``,
     ``X.weight_zero_point``) becomes one float ``X.weight`` of its logical shape (``ct_shapes``: ``"X."`` ->
-    (out, in), the values of the ``weight_shape`` tensors). ``dequantize: false``: the packed tensors stay
+    (out, in), the values of the ``weight_shape`` tensors); with ``keeps_params`` (transformers 5.17: it wraps the
+    modules before loading, then decompresses them) the module also keeps ``X.weight_scale``,
+    ``X.weight_zero_point`` (int8, one per group, unpacked) and ``X.weight_shape`` (:data:`CT_KEPT`). ``dequantize: false``: the packed tensors stay
     (laid out by the caller: :data:`CT_PACKED` after the module's bias); zero points (asymmetric) and packed
     embeddings do not load packed in transformers 5.25 / compressed-tensors 0.20 (a size mismatch; an
     AttributeError), so those raise :class:`NotExact`. Other checkpoints are returned unchanged.
@@ -329,6 +336,15 @@ def ct_in_memory(tensors, config: dict, ct_shapes: dict | None = None):
                 raise NotExact(f"{key}: its weight_shape is unknown (the logical shape of the unpacked weight)")
             scale = next((d for k, d, _ in tensors if k == base + "weight_scale"), "F32")
             out.append((base + "weight", scale, tuple(dims)))
+        elif keeps_params and suffix == "weight_scale":
+            out.append((key, dtype, shape))
+        elif keeps_params and suffix == "weight_zero_point":
+            scale_shape = next((sh for k, _, sh in tensors if k == base + "weight_scale"), None)
+            if scale_shape is None:
+                raise NotExact(f"{key}: a zero point without a weight_scale")
+            out.append((key, "I8", tuple(scale_shape)))
+        elif keeps_params and suffix == "weight_shape":
+            out.append((key, dtype, shape))
     return out
 
 
@@ -376,6 +392,16 @@ def tree_state_dict_layout(tensors: list[tuple[str, str, tuple[int, ...]]], conf
         extra = set(present) - {"weight", "bias"}
         if prefix == "lm_head." and tied and not present:
             add("lm_head.weight", *_tied_source(by_key), quant_state=False, share=tied_source)
+            return
+        if what == "lin" and prefix + "weight_shape" in by_key and prefix + "weight" in by_key:
+            # compressed-tensors dequantized by a transformers that keeps the parameters (ct_in_memory)
+            own = [p for p in params if p != "weight"] + [p for p in CT_KEPT if prefix + p in by_key] + ["weight"]
+            for s in own:
+                if prefix + s not in by_key:
+                    raise NotExact(f"the checkpoint lacks {prefix}{s} (transformers would initialize it)")
+                dtype, shape = by_key[prefix + s]
+                add(prefix + s, dtype, shape, quant_state=s in ("weight_zero_point", "weight_shape"))
+                used.add(prefix + s)
             return
         if what == "lin" and prefix + "weight_packed" in by_key:  # compressed-tensors, loaded packed
             own = [p for p in params if p != "weight"] + list(CT_PACKED)
