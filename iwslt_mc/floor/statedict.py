@@ -500,6 +500,11 @@ def meta_state_dict_layout(tensors: list[tuple[str, str, tuple[int, ...]]], conf
             found = [s for s in _LEAF_ORDER if s not in ("weight", "bias") and dk[: -len("weight")] + s in by_disk]
             if found:
                 extras[mk[: -len("weight")]] = found
+    # a compressed-tensors weight dequantized by a transformers that keeps its parameters (ct_in_memory's
+    # keeps_params): after the module's bias, CT_KEPT, then the float weight
+    ct_kept = {mk for mk, dk in mem_to_disk.items() if mk.endswith(".weight") and dk in by_disk
+               and dk[: -len("weight")] + "weight_shape" in by_disk}
+    tid_of = {r[0]: r[4] for r in rows}
     last_own: dict[str, str] = {}  # module prefix -> its last own tensor key, where its state follows
     for mk in sd:
         last_own[mk.rsplit(".", 1)[0] + "."] = mk
@@ -523,9 +528,24 @@ def meta_state_dict_layout(tensors: list[tuple[str, str, tuple[int, ...]]], conf
             add(prefix + suf, edtype, eshape, storage_of[("x", mk, suf)],
                 cpu=".weight.quant_state." in "." + suf or suf == "weight_format")
 
+    def _add_kept(mk, prefix):
+        dprefix = mem_to_disk[mk][: -len("weight")]
+        for suf in [*(s for s in CT_KEPT if dprefix + s in by_disk), "weight"]:
+            edtype, eshape = by_disk[dprefix + suf]
+            used.add(dprefix + suf)
+            if edtype in _FLOATS:
+                edtype = float_dtype
+            key = ("x", mk, suf) if suf != "weight" else tid_of[mk]
+            storage_of[key] = len(storage_of)
+            add(prefix + suf, edtype, eshape, storage_of[key])
+
     for mk, _, t_float, t_dtype, tid, _ in rows:
         dk = mem_to_disk[mk]
         prefix = mk.rsplit(".", 1)[0] + "."
+        if mk in ct_kept and tid not in storage_of:
+            if last_own[prefix] == mk:
+                _add_kept(mk, prefix)
+            continue
         if tid in storage_of:  # tied: the same parameter under a second name (lm_head -> embed_tokens)
             if dk in by_disk:
                 raise NotExact(f"{dk} is tied to another tensor but the checkpoint also stores it")
@@ -551,6 +571,8 @@ def meta_state_dict_layout(tensors: list[tuple[str, str, tuple[int, ...]]], conf
         add(mk, dtype, shape, storage_of[tid])
         if quantized and last_own[prefix] == mk:
             _add_extras(mk, prefix)
+        if prefix + "weight" in ct_kept and last_own[prefix] == mk:
+            _add_kept(prefix + "weight", prefix)
     unused = sorted(set(by_disk) - used)
     if unused:
         raise NotExact(f"the checkpoint has {len(unused)} tensor(s) the model does not place, e.g. {unused[0]!r} "

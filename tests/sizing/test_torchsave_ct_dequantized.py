@@ -85,3 +85,31 @@ def _tensors_and_config(model_dir):
         shapes = {k[: -len("weight_shape")]: tuple(int(x) for x in f.get_tensor(k)) for k in f.keys()
                   if k.endswith(".weight_shape")}
     return tensors, config, None, shapes
+
+
+# the same for a family laid out from its meta model (iwslt_mc.floor.statedict.meta_state_dict_layout): the
+# Qwen2.5-Omni thinker kit, ct4 g16 minmax. Under 5.17 `size` gave 2,285,539 and a real torch.save 2,285,539
+# (5.25: 2,156,855 = 2,156,855); 5.17 also names the thinker's parts differently in memory (``audio_tower.*``,
+# 5.25 ``model.audio_tower.*``), which its meta model carries, so under the lock only the structure is checked.
+OMNI_CT4_G16_TORCH_SAVE_525 = 2_156_855
+
+
+def test_meta_layout_follows_the_switch(_kits, tmp_path, monkeypatch):
+    path, _ = _kits("qwen2_5_omni_thinker")
+    out = tmp_path / "omni-ct"
+    run_stage(make_stage("quantize", {"method": "ct", "bits": 4, "group_size": 16, "scales": "minmax"}),
+              path / "model", out, StageContext(log=lambda *a: None, device="cpu"))
+    dense = sizer.measure(out)
+    assert dense.torch_save is not None, dense.torch_save_note
+    assert dense.torch_save.bytes_cpu == torchsave.measure_streamed(out, device="cpu").bytes == OMNI_CT4_G16_TORCH_SAVE_525
+    monkeypatch.setattr(torchsave, "ct_dequantize_keeps_params", lambda: True)
+    kept = sizer.measure(out)
+    assert kept.torch_save is not None, kept.torch_save_note
+    tensors, config, _, shapes = _tensors_and_config(out)
+    n_ct = sum(k.endswith(".weight_shape") for k, _, _ in tensors)
+    assert n_ct > 10 and kept.torch_save.storages == dense.torch_save.storages + 3 * n_ct
+    entries, _ = torchsave.state_dict_layout(tensors, config, None, shapes)
+    keys = [e.key for e in entries]
+    w = next(k for k in keys if k.endswith(".weight_shape"))[: -len("weight_shape")]
+    at = keys.index(w + "weight_scale")
+    assert keys[at:at + 4] == [w + s for s in ("weight_scale", "weight_zero_point", "weight_shape", "weight")]
