@@ -305,8 +305,9 @@ def ct_in_memory(tensors, config: dict, ct_shapes: dict | None = None, *, keeps_
     ``X.weight_zero_point``) becomes one float ``X.weight`` of its logical shape (``ct_shapes``: ``"X."`` ->
     (out, in), the values of the ``weight_shape`` tensors); with ``keeps_params`` (transformers 5.17: it wraps the
     modules before loading, then decompresses them) the module also keeps ``X.weight_scale``,
-    ``X.weight_zero_point`` (int8, one per group, unpacked) and ``X.weight_shape`` (:data:`CT_KEPT`). ``dequantize: false``: the packed tensors stay
-    (laid out by the caller: :data:`CT_PACKED` after the module's bias); zero points (asymmetric) and packed
+    ``X.weight_zero_point`` (int8, one per group, unpacked) and ``X.weight_shape`` (:data:`CT_KEPT`).
+    ``dequantize: false``: the packed tensors stay (laid out by the caller: :data:`CT_PACKED` after the module's
+    bias); zero points (asymmetric) and packed
     embeddings do not load packed in transformers 5.25 / compressed-tensors 0.20 (a size mismatch; an
     AttributeError), so those raise :class:`NotExact`. Other checkpoints are returned unchanged.
     """

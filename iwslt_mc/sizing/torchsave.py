@@ -54,18 +54,25 @@ def ct_dequantize_keeps_params() -> bool:
     each quantized module's ``weight_scale`` / ``weight_zero_point`` / ``weight_shape`` beside the float weight
     (5.17: it wraps the modules before loading and decompresses them after; 5.25 keeps the model dense). Asked of
     transformers: its quantizer prepares a tiny Qwen2-Audio built on the meta device, and the answer is whether
-    that added the parameters; remembered per transformers version (:mod:`iwslt_mc.plancache`). False without
-    torch, transformers or compressed-tensors (nothing loads such a checkpoint there)."""
+    that added the parameters; remembered per transformers and compressed-tensors version
+    (:mod:`iwslt_mc.plancache`). False without torch, transformers or compressed-tensors (nothing loads such a
+    checkpoint there)."""
+    from importlib.metadata import PackageNotFoundError, version
+
     from .. import plancache
 
-    got = plancache.get("ct-dequantize-keeps-params", 1)
+    try:
+        key = ["compressed-tensors", version("compressed-tensors")]
+    except PackageNotFoundError:
+        key = ["compressed-tensors", None]
+    got = plancache.get("ct-dequantize-keeps-params", key)
     if isinstance(got, bool):
         return got
     try:
         got = _probe_ct_dequantize()
     except ImportError:
         return False
-    plancache.put("ct-dequantize-keeps-params", 1, got)
+    plancache.put("ct-dequantize-keeps-params", key, got)
     return got
 
 
