@@ -275,8 +275,12 @@ def _run(parts: list[str], a, report: Report, cuda: bool) -> bool:
     est = estimates(parts, base_ready=base_ready)
     import transformers
 
+    from iwslt_mc.families.qwen2_audio.plan import disk_prefixes
+
     report.meta.update(device=torch.cuda.get_device_name(0) if cuda else "cpu", torch=torch.__version__,
                        transformers=transformers.__version__,
+                       # what the planner predicts the names as (this transformers' own, asked of a meta model)
+                       **{"Qwen2-Audio LLM saved as": disk_prefixes()["model.language_model."] + "*"},
                        model="reduced (hidden 256, FFN 768, 4+2 layers, real vocabulary)" if a.reduced
                        else "Qwen2-Audio-7B-Instruct architecture, random bf16 weights",
                        **{"H200 estimate s": ", ".join(f"{p} {s}" for p, s in est.items()) + f" (total {sum(est.values())})"})

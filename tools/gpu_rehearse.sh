@@ -7,10 +7,12 @@
 #   tools/gpu_rehearse.sh [REPORT.md]   the README's three device calls in turn (decode,torchsave --keep;
 #                                       quantize on the same work folder; train,search), reports REPORT_1/2/3.md
 #                                       (default /tmp/gpu-rehearsal/gpu_check_N.md); exit 0 only if all three PASS
-# Environment: GC_VENV (default /tmp/gpu-rehearsal/venv, made once and reused), GC_ONLY (one call of those parts).
+# Environment: GC_VENV (default /tmp/gpu-rehearsal/venv, made once and reused), GC_ONLY (one call of those parts),
+# GC_TOP (the folder it works in, default /tmp/gpu-rehearsal), GC_WHEELS (the cp311 wheels, default SRC/.whl-cpu).
 set -euo pipefail
 SRC=$(cd "$(dirname "$0")/.." && pwd)
-TOP=/tmp/gpu-rehearsal
+TOP=${GC_TOP:-/tmp/gpu-rehearsal}
+WHEELS=${GC_WHEELS:-$SRC/.whl-cpu}
 REPORT=${1:-$TOP/gpu_check.md}
 VENV=${GC_VENV:-$TOP/venv}
 mkdir -p "$TOP"
@@ -37,7 +39,7 @@ CLONE=$TOP/clone
 rm -rf "$CLONE" "$TOP/site" "$TOP/work"
 git clone -q "$SRC" "$CLONE"
 mkdir -p "$CLONE/.whl"
-cp "$SRC"/.whl-cpu/*.whl "$CLONE/.whl/"
+cp "$WHEELS"/*.whl "$CLONE/.whl/"
 cd "$CLONE"
 echo "gpu_rehearse: clone of $(git rev-parse --short HEAD) in $CLONE, venv $VENV"
 # --- the device command's own lines, with python3 -> the clean venv's python and --device cpu --reduced ---

@@ -292,14 +292,22 @@ def ct_loads_packed(config: dict) -> bool:
     return qc is not None and not qc.get("dequantize", False)
 
 
-def ct_in_memory(tensors, config: dict, ct_shapes: dict | None = None):
+# ``dequantize: true`` under a transformers that wraps the modules before loading and decompresses after (5.17):
+# the quantization parameters the module keeps beside the float weight, in its order (bias first, weight last).
+CT_KEPT = ("weight_scale", "weight_zero_point", "weight_shape")
+
+
+def ct_in_memory(tensors, config: dict, ct_shapes: dict | None = None, *, keeps_params: bool = False):
     """The checkpoint's tensors as transformers holds them after ``from_pretrained(dtype="auto")`` of a
     compressed-tensors ``pack-quantized`` checkpoint.
 
     ``dequantize: true``: each packed weight (``X.weight_packed``, ``X.weight_scale``, ``X.weight_shape``,
     ``X.weight_zero_point``) becomes one float ``X.weight`` of its logical shape (``ct_shapes``: ``"X."`` ->
-    (out, in), the values of the ``weight_shape`` tensors). ``dequantize: false``: the packed tensors stay
-    (laid out by the caller: :data:`CT_PACKED` after the module's bias); zero points (asymmetric) and packed
+    (out, in), the values of the ``weight_shape`` tensors); with ``keeps_params`` (transformers 5.17: it wraps the
+    modules before loading, then decompresses them) the module also keeps ``X.weight_scale``,
+    ``X.weight_zero_point`` (int8, one per group, unpacked) and ``X.weight_shape`` (:data:`CT_KEPT`).
+    ``dequantize: false``: the packed tensors stay (laid out by the caller: :data:`CT_PACKED` after the module's
+    bias); zero points (asymmetric) and packed
     embeddings do not load packed in transformers 5.25 / compressed-tensors 0.20 (a size mismatch; an
     AttributeError), so those raise :class:`NotExact`. Other checkpoints are returned unchanged.
     """
@@ -329,6 +337,15 @@ def ct_in_memory(tensors, config: dict, ct_shapes: dict | None = None):
                 raise NotExact(f"{key}: its weight_shape is unknown (the logical shape of the unpacked weight)")
             scale = next((d for k, d, _ in tensors if k == base + "weight_scale"), "F32")
             out.append((base + "weight", scale, tuple(dims)))
+        elif keeps_params and suffix == "weight_scale":
+            out.append((key, dtype, shape))
+        elif keeps_params and suffix == "weight_zero_point":
+            scale_shape = next((sh for k, _, sh in tensors if k == base + "weight_scale"), None)
+            if scale_shape is None:
+                raise NotExact(f"{key}: a zero point without a weight_scale")
+            out.append((key, "I8", tuple(scale_shape)))
+        elif keeps_params and suffix == "weight_shape":
+            out.append((key, dtype, shape))
     return out
 
 
@@ -376,6 +393,16 @@ def tree_state_dict_layout(tensors: list[tuple[str, str, tuple[int, ...]]], conf
         extra = set(present) - {"weight", "bias"}
         if prefix == "lm_head." and tied and not present:
             add("lm_head.weight", *_tied_source(by_key), quant_state=False, share=tied_source)
+            return
+        if what == "lin" and prefix + "weight_shape" in by_key and prefix + "weight" in by_key:
+            # compressed-tensors dequantized by a transformers that keeps the parameters (ct_in_memory)
+            own = [p for p in params if p != "weight"] + [p for p in CT_KEPT if prefix + p in by_key] + ["weight"]
+            for s in own:
+                if prefix + s not in by_key:
+                    raise NotExact(f"the checkpoint lacks {prefix}{s} (transformers would initialize it)")
+                dtype, shape = by_key[prefix + s]
+                add(prefix + s, dtype, shape, quant_state=s in ("weight_zero_point", "weight_shape"))
+                used.add(prefix + s)
             return
         if what == "lin" and prefix + "weight_packed" in by_key:  # compressed-tensors, loaded packed
             own = [p for p in params if p != "weight"] + list(CT_PACKED)
@@ -474,6 +501,11 @@ def meta_state_dict_layout(tensors: list[tuple[str, str, tuple[int, ...]]], conf
             found = [s for s in _LEAF_ORDER if s not in ("weight", "bias") and dk[: -len("weight")] + s in by_disk]
             if found:
                 extras[mk[: -len("weight")]] = found
+    # a compressed-tensors weight dequantized by a transformers that keeps its parameters (ct_in_memory's
+    # keeps_params): after the module's bias, CT_KEPT, then the float weight
+    ct_kept = {mk for mk, dk in mem_to_disk.items() if mk.endswith(".weight") and dk in by_disk
+               and dk[: -len("weight")] + "weight_shape" in by_disk}
+    tid_of = {r[0]: r[4] for r in rows}
     last_own: dict[str, str] = {}  # module prefix -> its last own tensor key, where its state follows
     for mk in sd:
         last_own[mk.rsplit(".", 1)[0] + "."] = mk
@@ -497,9 +529,24 @@ def meta_state_dict_layout(tensors: list[tuple[str, str, tuple[int, ...]]], conf
             add(prefix + suf, edtype, eshape, storage_of[("x", mk, suf)],
                 cpu=".weight.quant_state." in "." + suf or suf == "weight_format")
 
+    def _add_kept(mk, prefix):
+        dprefix = mem_to_disk[mk][: -len("weight")]
+        for suf in [*(s for s in CT_KEPT if dprefix + s in by_disk), "weight"]:
+            edtype, eshape = by_disk[dprefix + suf]
+            used.add(dprefix + suf)
+            if edtype in _FLOATS:
+                edtype = float_dtype
+            key = ("x", mk, suf) if suf != "weight" else tid_of[mk]
+            storage_of[key] = len(storage_of)
+            add(prefix + suf, edtype, eshape, storage_of[key])
+
     for mk, _, t_float, t_dtype, tid, _ in rows:
         dk = mem_to_disk[mk]
         prefix = mk.rsplit(".", 1)[0] + "."
+        if mk in ct_kept and tid not in storage_of:
+            if last_own[prefix] == mk:
+                _add_kept(mk, prefix)
+            continue
         if tid in storage_of:  # tied: the same parameter under a second name (lm_head -> embed_tokens)
             if dk in by_disk:
                 raise NotExact(f"{dk} is tied to another tensor but the checkpoint also stores it")
@@ -525,6 +572,8 @@ def meta_state_dict_layout(tensors: list[tuple[str, str, tuple[int, ...]]], conf
         add(mk, dtype, shape, storage_of[tid])
         if quantized and last_own[prefix] == mk:
             _add_extras(mk, prefix)
+        if prefix + "weight" in ct_kept and last_own[prefix] == mk:
+            _add_kept(prefix + "weight", prefix)
     unused = sorted(set(by_disk) - used)
     if unused:
         raise NotExact(f"the checkpoint has {len(unused)} tensor(s) the model does not place, e.g. {unused[0]!r} "

@@ -359,7 +359,7 @@ def _layer_key(key: str, index: int, rx: re.Pattern) -> str:
     return rx.sub(lambda m: f"{m.group(1)}{index}.", key, count=1)
 
 
-_LLM_LAYER_RX = re.compile(r"((?:^|\.)language_model\.(?:model\.)?layers\.)\d+\.")
+_LLM_LAYER_RX = re.compile(r"((?:^|\.)language_model\.(?:model\.){0,2}layers\.)\d+\.")
 _AUDIO_LAYER_RX = re.compile(r"((?:^|\.)audio_tower\.layers\.)\d+\.")
 
 

@@ -46,7 +46,63 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..floor.statedict import (CONTAINER, ORGANIZERS_ARCHIVE, ORGANIZERS_LOCATION, Entry, NotExact, ct_in_memory,
-                               pickle_state_dict, storage_sizes, zip_bytes)
+                               ct_loads_packed, ct_quantization_config, pickle_state_dict, storage_sizes, zip_bytes)
+
+
+def ct_dequantize_keeps_params() -> bool:
+    """Whether the installed transformers, loading a compressed-tensors checkpoint with ``dequantize: true``, keeps
+    each quantized module's ``weight_scale`` / ``weight_zero_point`` / ``weight_shape`` beside the float weight
+    (5.17: it wraps the modules before loading and decompresses them after; 5.25 keeps the model dense). Asked of
+    transformers: its quantizer prepares a tiny Qwen2-Audio built on the meta device, and the answer is whether
+    that added the parameters; remembered per transformers and compressed-tensors version
+    (:mod:`iwslt_mc.plancache`). False without torch, transformers or compressed-tensors (nothing loads such a
+    checkpoint there)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from .. import plancache
+
+    try:
+        key = ["compressed-tensors", version("compressed-tensors")]
+    except PackageNotFoundError:
+        key = ["compressed-tensors", None]
+    got = plancache.get("ct-dequantize-keeps-params", key)
+    if isinstance(got, bool):
+        return got
+    try:
+        got = _probe_ct_dequantize()
+    except ImportError:
+        return False
+    plancache.put("ct-dequantize-keeps-params", key, got)
+    return got
+
+
+def _probe_ct_dequantize() -> bool:
+    import contextlib
+    import io
+
+    import torch
+    from transformers import Qwen2AudioConfig, Qwen2AudioForConditionalGeneration
+    from transformers.quantizers.auto import AutoHfQuantizer
+    from transformers.utils.quantization_config import CompressedTensorsConfig
+
+    import compressed_tensors  # noqa: F401  (ImportError: no such checkpoint loads here)
+
+    cfg = Qwen2AudioConfig(
+        audio_config=dict(model_type="qwen2_audio_encoder", encoder_layers=1, d_model=16, encoder_attention_heads=2,
+                          encoder_ffn_dim=16, num_mel_bins=4, max_source_positions=4),
+        text_config=dict(model_type="qwen2", num_hidden_layers=1, hidden_size=16, intermediate_size=16,
+                         num_attention_heads=2, num_key_value_heads=2, vocab_size=16))
+    qc = {"quant_method": "compressed-tensors", "format": "pack-quantized", "quantization_status": "compressed",
+          "dequantize": True, "ignore": ["re:(?:.*\\.)?lm_head"],
+          "config_groups": {"group_0": {"format": "pack-quantized", "targets": ["Linear"], "weights": {
+              "num_bits": 4, "type": "int", "symmetric": False, "strategy": "group", "group_size": 8, "dynamic": False}}}}
+    quantizer = AutoHfQuantizer.from_config(CompressedTensorsConfig.from_dict(qc), pre_quantized=True)
+    quantizer.validate_environment()
+    with torch.device("meta"):
+        model = Qwen2AudioForConditionalGeneration(cfg)
+    with contextlib.redirect_stderr(io.StringIO()):  # compressed-tensors' progress bar over the 14 modules
+        quantizer.preprocess_model(model)
+    return any(k.endswith(".weight_scale") for k in model.state_dict())
 
 def state_dict_layout(tensors: list[tuple[str, str, tuple[int, ...]]], config: dict,
                       float_dtype: str | None = None, ct_shapes: dict | None = None) -> tuple[list[Entry], list[str]]:
@@ -59,7 +115,8 @@ def state_dict_layout(tensors: list[tuple[str, str, tuple[int, ...]]], config: d
     tensors the layout does not place, or lacks tensors the model would create.
     compressed-tensors checkpoints as they load (:func:`ct_in_memory`; ``ct_shapes``: their weight shapes).
     """
-    tensors = ct_in_memory(tensors, config, ct_shapes)
+    keeps = ct_quantization_config(config) is not None and not ct_loads_packed(config) and ct_dequantize_keeps_params()
+    tensors = ct_in_memory(tensors, config, ct_shapes, keeps_params=keeps)
     from ..families import family_of_model_type
 
     fam = family_of_model_type(config.get("model_type"))

@@ -24,16 +24,16 @@ COMPONENTS = ("audio_encoder", "projector", "llm_layers", "embed_tokens", "lm_he
 
 _KEY_RULES = [
     # (regex on a checkpoint key, component); first match wins. Covers the on-disk names written by
-    # transformers 4.x/5.x (``language_model.model.layers...``), the 5.10+ in-memory names
-    # (``model.language_model.layers...``) and peft-wrapped names (``base_model.model....``).
+    # transformers 4.x/5.x (``language_model.model.layers...``; 5.17 writes ``language_model.model.model.layers...``),
+    # the 5.10+ in-memory names (``model.language_model.layers...``) and peft-wrapped names (``base_model.model....``).
     (re.compile(r"(^|\.)audio_tower\."), "audio_encoder"),
     (re.compile(r"(^|\.)multi_modal_projector\."), "projector"),
-    (re.compile(r"(^|\.)language_model\.(model\.)?layers\.\d+\."), "llm_layers"),
+    (re.compile(r"(^|\.)language_model\.(model\.){0,2}layers\.\d+\."), "llm_layers"),
     (re.compile(r"(^|\.)embed_tokens\."), "embed_tokens"),
     (re.compile(r"(^|\.)lm_head\."), "lm_head"),
 ]
 
-_LAYER_INDEX = re.compile(r"(^|\.)language_model\.(?:model\.)?layers\.(\d+)\.")
+_LAYER_INDEX = re.compile(r"(^|\.)language_model\.(?:model\.){0,2}layers\.(\d+)\.")
 _AUDIO_LAYER_INDEX = re.compile(r"(^|\.)audio_tower\.layers\.(\d+)\.")
 
 

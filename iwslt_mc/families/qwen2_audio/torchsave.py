@@ -31,9 +31,12 @@ QWEN2_AUDIO_TREE = (
     ("lm_head", LIN),
 )
 
-# transformers' load-time renames for qwen2_audio (conversion_mapping.py), first match wins.
+# transformers' load-time renames for qwen2_audio (conversion_mapping.py), first match wins. The LLM is on disk
+# under ``language_model.model.`` (transformers 5.25's save_pretrained) or ``language_model.model.model.``
+# (5.17's); 5.17 and 5.25 both load either with every weight (docs/bench/gpu_check_plan.md, last section).
 _RENAMES = (
     (re.compile(r"^language_model\.lm_head\."), "lm_head."),
+    (re.compile(r"^language_model\.model\.model\."), "model.language_model."),
     (re.compile(r"^language_model\.model\."), "model.language_model."),
     (re.compile(r"^language_model\."), "model.language_model."),
     (re.compile(r"^audio_tower\."), "model.audio_tower."),
