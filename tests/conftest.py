@@ -174,3 +174,22 @@ def bnb_cpu_path(request, monkeypatch):
 
         monkeypatch.setattr(bnb_functional, "gemv_4bit", gemv_4bit)
     return repack
+
+
+@pytest.fixture
+def stage_refuses(monkeypatch, capsys):
+    """``stage_refuses(stage, model_dir, out, sets, msg, *extra)``: ``iwslt-mc stage STAGE`` with ``--set``
+    options ``sets`` exits 2 with one stderr line holding ``msg``, before loading the model, and writes no ``out``."""
+    from iwslt_mc import cli, modelio
+
+    def check(stage, model_dir, out, sets, msg, *extra):
+        monkeypatch.setattr(modelio, "load_model", lambda *a, **k: (_ for _ in ()).throw(AssertionError("loaded")))
+        argv = ["stage", stage, "--in", str(model_dir), "--out", str(out), *extra]
+        for s in sets:
+            argv += ["--set", s]
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and msg in err, err
+        assert not out.exists()
+
+    return check

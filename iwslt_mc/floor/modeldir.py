@@ -87,6 +87,20 @@ class PlainConfig(SimpleNamespace):
             out[k] = v
         return cls(**out)
 
+    def require_positive(self, fields: dict[str, tuple[str, ...]], optional: dict[str, tuple[str, ...]] | None = None):
+        """``self``, after checking that every ``fields`` (sub-config -> names) value is a positive integer, and
+        every ``optional`` one too where it is set; ValueError naming the first that is not."""
+        for group, must in ((fields, True), (optional or {}, False)):
+            for sub, names in group.items():
+                c = getattr(self, sub)
+                for n in names:
+                    v = getattr(c, n, None)
+                    if v is None and not must:
+                        continue
+                    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                        raise ValueError(f"{sub}.{n} is {v!r}, not a positive integer")
+        return self
+
     def to_dict(self) -> dict:
         return {k: (v.to_dict() if isinstance(v, PlainConfig) else json.loads(json.dumps(v)))
                 for k, v in sorted(vars(self).items())}

@@ -22,17 +22,6 @@ from iwslt_mc.families import prompt_text
 NEW = 8  # random weights never stop on their own: keep generations short
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """A tiny model gains nothing from threads, and on a shared CPU two threads thrash each other."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def all_waves(kit_waves):
     return [w for split in ("dev", "eval") for _, w in kit_waves[split]]

@@ -18,16 +18,6 @@ from iwslt_mc.decoding.inputs import resolve_audio
 NEW = 8  # random weights never stop on their own: keep generations short
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def decode(kit, *extra):
     return cli.main(["decode", str(kit / "model"), "--lang", "en-de", "--max-new-tokens", str(NEW), "--no-progress",
                      *map(str, extra)])

@@ -90,3 +90,15 @@ def test_floor_may_use_the_leaves_and_the_leaves_are_held_to_the_floor_rules(tmp
     r = ig.rule_violations(edges, external, "pkg")
     assert r["floor-imports-only-floor"] == ["pkg.fsutil -> pkg.planner"]
     assert r["floor-no-heavy"] == ["pkg.fsutil -> torch"]
+
+
+def test_require_positive_names_the_first_bad_field():
+    cfg = modeldir.PlainConfig.from_dict({"text_config": {"hidden_size": 64, "head_dim": None, "layers": True}})
+    assert cfg.require_positive({"text_config": ("hidden_size",)}, optional={"text_config": ("head_dim",)}) is cfg
+    with pytest.raises(ValueError, match=r"^text_config.layers is True, not a positive integer$"):
+        cfg.require_positive({"text_config": ("hidden_size", "layers")})
+    cfg.text_config.head_dim = 0
+    with pytest.raises(ValueError, match=r"^text_config.head_dim is 0, not a positive integer$"):
+        cfg.require_positive({}, optional={"text_config": ("head_dim",)})
+    with pytest.raises(ValueError, match=r"^text_config.vocab_size is None, not a positive integer$"):
+        cfg.require_positive({"text_config": ("vocab_size",)})

@@ -57,13 +57,7 @@ def plain_config(raw: dict):
     t = cfg.text_config
     if getattr(t, "num_key_value_heads", None) is None:
         t.num_key_value_heads = t.num_attention_heads
-    for sub, names in _POSITIVE.items():
-        c = getattr(cfg, sub)
-        for n in names:
-            v = getattr(c, n, None)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{sub}.{n} is {v!r}, not a positive integer")
-    return cfg
+    return cfg.require_positive(_POSITIVE)
 
 
 def tied(cfg) -> bool:

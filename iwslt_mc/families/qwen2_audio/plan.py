@@ -34,17 +34,7 @@ def plain_config(raw: dict):
     t = cfg.text_config
     if getattr(t, "num_key_value_heads", None) is None:
         t.num_key_value_heads = t.num_attention_heads
-    for sub, names in _POSITIVE.items():
-        c = getattr(cfg, sub)
-        for n in names:
-            v = getattr(c, n, None)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{sub}.{n} is {v!r}, not a positive integer")
-    for n in ("head_dim",):
-        v = getattr(t, n, None)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-            raise ValueError(f"text_config.{n} is {v!r}, not a positive integer")
-    return cfg
+    return cfg.require_positive(_POSITIVE, optional={"text_config": ("head_dim",)})
 
 
 # The on-disk prefix ``save_pretrained`` gives each in-memory part of ``Qwen2AudioForConditionalGeneration``
