@@ -44,7 +44,7 @@ class Gemma4Family(Family):
     # layers compute their own output) and, in gemma4, the conformer's layer outputs (:meth:`layout`)
     hidden_state_kd = True
     processor_prefixes = ("Gemma4",)
-    stages = ("prune-layers", "prune-ffn", "trim-vocab", "quantize", "finetune", "merge", "distill", "kd", "replace-layers",
+    stages = ("prune-layers", "prune-ffn", "prune-hidden", "trim-vocab", "quantize", "finetune", "merge", "distill", "kd", "replace-layers",
               "drop-vision")
     strategies = {"quantize": ("nf4", "fp4", "int8", "ct")}  # method autoround: measured on Qwen2-Audio only
     kit_options = ("unified",)
@@ -138,6 +138,28 @@ class Gemma4Family(Family):
                 raise UserError("stage prune-ffn: audio_width: this Gemma 4 model has no audio encoder "
                                 "(gemma4_unified: raw audio frames enter through embed_audio)")
             raise UserError(f"stage prune-ffn: audio_width: {AUDIO_FFN_REFUSAL}")
+
+    # prune-hidden keeps every attention head (:data:`~.surgery.HEADS_REFUSAL`)
+    prune_hidden_heads = False
+
+    def check_hidden_pruning(self, cfg: dict, heads: bool, audio: bool) -> None:
+        """Attention heads stay (:data:`~.surgery.HEADS_REFUSAL`); the audio encoder's width stays
+        (``gemma4_unified`` has none; ``gemma4``'s conformer: :data:`~.surgery.AUDIO_HIDDEN_REFUSAL`)."""
+        from ...errors import UserError
+        from .surgery import AUDIO_HIDDEN_REFUSAL, HEADS_REFUSAL
+
+        if heads:
+            raise UserError(f"stage prune-hidden: llm_heads: {HEADS_REFUSAL}")
+        if audio:
+            a = cfg.get("audio_config") or {}
+            if not a.get("num_hidden_layers"):
+                raise UserError("stage prune-hidden: audio_hidden/audio_ratio: this Gemma 4 model has no audio encoder "
+                                "(gemma4_unified: raw audio frames enter through embed_audio)")
+            raise UserError(f"stage prune-hidden: audio_hidden/audio_ratio: {AUDIO_HIDDEN_REFUSAL}")
+
+    def reference_widths(self) -> dict:
+        """gemma-4-12B-it: hidden 3840; no audio encoder."""
+        return {"hidden": GEMMA4_12B_TEXT["hidden_size"], "audio_hidden": None}
 
     def kv_sources(self, text_config) -> dict[int, int]:
         """Layer -> the earlier layer whose keys/values it reuses (KV sharing), for every sharing layer."""
