@@ -48,8 +48,8 @@ def transformers_config(cfg):
 
 
 def base_dims(cfg) -> dict:
-    """LLM and audio layers (None: no audio encoder, as in ``gemma4_unified``), FFN width, vocabulary, and
-    whether a vision encoder is there (a plain config: remembered by :mod:`iwslt_mc.plancache`)."""
+    """LLM and audio layers (None: no audio encoder, as in ``gemma4_unified``), FFN width, vocabulary, whether a
+    vision encoder is there, the LLM's residual width and query heads (a plain config: remembered by :mod:`iwslt_mc.plancache`)."""
     if _is_plain(cfg):
         from ... import plancache
 
@@ -64,7 +64,9 @@ def base_dims(cfg) -> dict:
     t = _text(cfg)
     return {"llm_layers": t.num_hidden_layers, "audio_layers": audio_layer_count(cfg) or None,
             "ffn_dim": t.intermediate_size, "audio_ffn_dim": None, "vocab": t.vocab_size,
-            "vision": getattr(cfg, "vision_config", None) is not None}
+            "vision": getattr(cfg, "vision_config", None) is not None,
+            # prune-hidden narrows the LLM's residual width only (every head and the audio encoder's width stay)
+            "hidden": t.hidden_size, "heads": t.num_attention_heads}
 
 
 def apply_dims(cfg, dims: dict):
@@ -229,7 +231,5 @@ def predict(spec, base_config, edition: str, *, base_name: str | None = None):
     dims["vision"] = base["vision"] and not spec.drop_vision
     if spec.llm_kept is not None:
         dims["llm_kept"] = sorted(spec.llm_kept)
-    if spec.hidden is not None and spec.hidden != t.hidden_size:  # prune-hidden (absent otherwise: same cache keys)
-        dims["hidden"] = spec.hidden
     cfg, tensors = planned(base_config, dims)
     return predict_from_inventory(spec, ed, tensors, COMPONENTS, "gemma4", dims=dims, cfg=cfg, base_name=base_name)
