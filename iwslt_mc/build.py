@@ -585,7 +585,7 @@ def scaled_stages(recipe: Recipe, base: str, *, smoke: bool) -> list[StageEntry]
         out.append(dataclasses.replace(e, options=o))
     from .planning.recipe_spec import scale_distillation_stages  # replace-layers blocks the small base has room for
 
-    return fit_ct_group_sizes(scale_distillation_stages(out, bd), load_base_config(base))
+    return fit_ct_group_sizes(scale_distillation_stages(out, bd, cfg), load_base_config(base))
 
 
 def fit_ct_group_sizes(stages: list[StageEntry], cfg) -> list[StageEntry]:

@@ -136,6 +136,14 @@ class Family:
         when the family forbids that removal."""
         raise NotImplementedError
 
+    def smoke_replace_block(self, config, kept: list[int], count: int, keep: int) -> list[int]:
+        """The block of ``count`` consecutive LLM layers (indices of the stage's input) ``build --smoke`` gives a
+        recipe's replace-layers stage, whose block was written for the full-size model, on a smaller base with
+        config ``config`` of which the recipe's earlier stages left layers ``kept`` (old indices); the block's
+        layer at position ``keep`` stays, the others go. UserError when the family's rules allow none. Default:
+        the first ``count`` layers."""
+        return list(range(count))
+
     def check_layer_removal(self, model_dir, remove, middle: int = 0) -> None:
         """Refuse (UserError), from the config alone, removing LLM layers ``remove`` (or, with ``middle``, a
         block of that many layers nearest the middle) from the model in ``model_dir``. Default: any is fine."""

@@ -626,6 +626,48 @@ def test_build_replace_layers_recipe_is_planned_exactly_on_gemma4(gkit, tmp_path
     assert res.size["bytes"] == pred["bytes"] == sizer.measure(res.model_dir).bytes
 
 
+def test_build_smoke_rewrites_a_given_replace_layers_block_to_one_kv_sharing_allows(gkit, tmp_path):
+    """``build --smoke`` of a recipe whose replace-layers block was written for the 12B (layers 20-23, init last)
+    asks the family for a block its rules allow on the kit: [0, 1] and [1, 2] would leave a KV-sharing layer
+    without its source, so the block is [2, 3] (layer 2 removed); the build makes what ``predict_recipe`` says."""
+    from iwslt_mc.build import build, predict_recipe, scaled_stages
+    from iwslt_mc.recipes import load_recipe
+    from iwslt_mc.sizing import sizer
+
+    p = tmp_path / "r.yaml"
+    p.write_text("name: r\nfamily: gemma4\nstages:\n"
+                 "  - {id: a, stage: replace-layers, data: [acl6060], options: {layers: [20, 21, 22, 23], init: last, "
+                 "max_steps: 2, batch_size: 2, search_examples: 2, dtype: float32, progress: false}}\n")
+    recipe = load_recipe(str(p))
+    base = str(gkit / "model")
+    assert scaled_stages(recipe, base, smoke=True)[0].options["layers"] == [2, 3]
+    data = {"acl6060": str(gkit / "data")}
+    kw = dict(condition="constrained", lang="en-de", data=data)
+    pred = predict_recipe(recipe, base, edition="2025", smoke=True, **kw)
+    assert pred["dims"]["llm_kept"] == [0, 1, 3]
+    res = build(recipe, base=base, out=tmp_path / "b", smoke=True, log=lambda *a: None, **kw)
+    assert _load(res.model_dir).config.text_config.num_hidden_layers == 3
+    assert res.size["bytes"] == pred["bytes"] == sizer.measure(res.model_dir).bytes
+
+
+def test_first_allowed_block_follows_kv_sharing():
+    """Gemma's rule behind the smoke rewrite, on the kit's layout (4 layers, the last 2 KV-sharing) and after a
+    layer removal; the default family rule is the first layers."""
+    from transformers import Gemma4TextConfig
+
+    from iwslt_mc.errors import UserError
+    from iwslt_mc.families import family_named
+    from iwslt_mc.families.gemma4.kit import TEXT_CONFIG
+    from iwslt_mc.families.gemma4.rules import config_after_layer_removal, first_allowed_block
+
+    t = Gemma4TextConfig(**TEXT_CONFIG)
+    assert first_allowed_block(t, 2, 0) == [1, 2] and first_allowed_block(t, 2, 1) == [2, 3]
+    assert first_allowed_block(config_after_layer_removal(t, [0, 1, 3]), 2, 0) == [1, 2]  # its shared layer gone too
+    with pytest.raises(UserError, match="^no block of 4 consecutive layers"):  # layer 0 alone: a sliding last layer
+        first_allowed_block(t, 4, 0)
+    assert family_named("qwen2_audio").smoke_replace_block(None, [0, 1, 2, 3], 2, 1) == [0, 1]
+
+
 def test_replace_audio_layers_on_gemma4(gemma_kit, gemma_unified_kit, tmp_path):
     """The conformer's two layers become one (random start, then every parameter briefly): the block error
     falls, the encoder has one layer, the model decodes and is planned exactly; the encoder-free kit refuses."""

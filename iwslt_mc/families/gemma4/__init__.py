@@ -186,6 +186,16 @@ class Gemma4Family(Family):
 
         return allowed_removal(config, count)
 
+    def smoke_replace_block(self, config, kept: list[int], count: int, keep: int) -> list[int]:
+        """The first block KV sharing and the global last layer allow (:func:`.rules.first_allowed_block`)."""
+        from .plan import transformers_config
+        from .rules import config_after_layer_removal, first_allowed_block
+
+        cfg = transformers_config(config)
+        if len(kept) != cfg.text_config.num_hidden_layers:
+            cfg = config_after_layer_removal(cfg, kept)
+        return first_allowed_block(cfg, count, keep)
+
     def check_layer_removal(self, model_dir, remove, middle: int = 0) -> None:
         """KV sharing, from the config alone (:func:`iwslt_mc.families.gemma4.surgery.check_removal`)."""
         from .surgery import check_removal
