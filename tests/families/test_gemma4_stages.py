@@ -725,3 +725,31 @@ def test_replace_layers_on_gemma4_resumes_to_the_same_weights(gemma_kit, tmp_pat
     assert rec["train"]["resumed_from"].endswith("checkpoint-2")
     a, b = load_file(tmp_path / "straight" / "model.safetensors"), load_file(tmp_path / "resumed" / "model.safetensors")
     assert a.keys() == b.keys() and [k for k in a if not a[k].equal(b[k])] == []
+
+
+# ------------------------------------------------------------------------------------------------ rebuilds
+
+
+def test_rebuild_without_random_init_equals_the_initialised_build(gkit):
+    """The surgery's rebuild (a layer-search candidate, a pruned or narrowed model) skips transformers' random
+    init: every parameter and buffer, non-persistent ones included (embedding scale, rotary frequencies, the
+    conformer's timescales), equals what a randomly initialised model loaded with the same weights holds, the tie
+    is made, and the logits are the same."""
+    import torch
+
+    from iwslt_mc import modelio
+    from iwslt_mc.families.gemma4.rules import config_after_layer_removal
+    from iwslt_mc.families.gemma4.surgery import pruned_copy
+
+    base = gkit / "model"
+    model = _load(base)
+    fast = pruned_copy(model, [2])
+    slow = type(model)(config_after_layer_removal(model.config, [0, 1, 3])).to(torch.float32)
+    missing, unexpected = slow.load_state_dict(fast.state_dict(), strict=False)
+    assert not unexpected and set(missing) <= {"lm_head.weight"}
+    assert fast.get_output_embeddings().weight is fast.model.language_model.embed_tokens.weight
+    for (n1, a), (n2, b) in zip(list(fast.named_parameters()) + list(fast.named_buffers()),
+                                list(slow.named_parameters()) + list(slow.named_buffers())):
+        assert n1 == n2 and a.dtype == b.dtype and torch.equal(a, b), n1
+    proc, wave = modelio.load_processor(base), _clip(gkit)
+    assert torch.equal(_logits(fast, proc, wave), _logits(slow.eval(), proc, wave))

@@ -17,11 +17,19 @@ _AUDIO_LAYER = re.compile(r"^(.*audio_tower\.layers\.)(\d+)(\..*)$")
 
 
 def _rebuild(model, config, state_dict):
+    """A fresh model of ``config`` holding ``state_dict`` (every key but a tied lm_head must be there). It is built
+    without random initialisation (transformers' ``no_init_weights``; the weights are overwritten anyway): at the
+    12B's widths that init was ~85% of a layer-search candidate's cost (README, Gemma 4 path). Non-persistent
+    buffers (embedding scale, rotary frequencies, audio timescales) are computed by the modules' constructors, and
+    the tie that ``init_weights`` would make is made here (tests/families/test_gemma4_stages.py compares every
+    parameter and buffer with a randomly initialised build)."""
     import torch
+    from transformers.initialization import no_init_weights
 
     dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
-    with torch.device("cpu"):
+    with torch.device("cpu"), no_init_weights():
         new = type(model)(config)
+    new.tie_weights()
     new = new.to(dtype)
     missing, unexpected = new.load_state_dict(state_dict, strict=False)
     # tied lm_head is in neither or both; anything else is a bug
