@@ -731,10 +731,11 @@ def test_replace_layers_on_gemma4_resumes_to_the_same_weights(gemma_kit, tmp_pat
 
 
 def test_rebuild_without_random_init_equals_the_initialised_build(gkit):
-    """The surgery's rebuild (a layer-search candidate, a pruned or narrowed model) skips transformers' random
-    init: every parameter and buffer, non-persistent ones included (embedding scale, rotary frequencies, the
-    conformer's timescales), equals what a randomly initialised model loaded with the same weights holds, the tie
-    is made, and the logits are the same."""
+    """A layer-search candidate (the surgery's layer removal) is laid out on the meta device and takes the loaded
+    model's tensors themselves (no copy, no random init): every parameter and buffer, non-persistent ones included
+    (embedding scale, rotary frequencies, the conformer's timescales), equals what a randomly initialised model
+    loaded with the same weights holds, the tie is made, and the logits are the same. (The CPU rebuild without
+    random init, for a changed width or vocabulary, is checked by the every-dimension-kept test above.)"""
     import torch
 
     from iwslt_mc import modelio
@@ -748,6 +749,8 @@ def test_rebuild_without_random_init_equals_the_initialised_build(gkit):
     missing, unexpected = slow.load_state_dict(fast.state_dict(), strict=False)
     assert not unexpected and set(missing) <= {"lm_head.weight"}
     assert fast.get_output_embeddings().weight is fast.model.language_model.embed_tokens.weight
+    lf, lo = fast.model.language_model, model.model.language_model
+    assert lf.layers[2].mlp.up_proj.weight.data_ptr() == lo.layers[3].mlp.up_proj.weight.data_ptr()  # shared, not copied
     for (n1, a), (n2, b) in zip(list(fast.named_parameters()) + list(fast.named_buffers()),
                                 list(slow.named_parameters()) + list(slow.named_buffers())):
         assert n1 == n2 and a.dtype == b.dtype and torch.equal(a, b), n1

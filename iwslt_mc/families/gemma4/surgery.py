@@ -16,28 +16,56 @@ _LAYER = re.compile(r"^(.*language_model\.layers\.)(\d+)(\..*)$")
 _AUDIO_LAYER = re.compile(r"^(.*audio_tower\.layers\.)(\d+)(\..*)$")
 
 
-def _rebuild(model, config, state_dict):
-    """A fresh model of ``config`` holding ``state_dict`` (every key but a tied lm_head must be there). It is built
-    without random initialisation (transformers' ``no_init_weights``; the weights are overwritten anyway): at the
-    12B's widths that init was ~85% of a layer-search candidate's cost (README, Gemma 4 path). Non-persistent
-    buffers (embedding scale, rotary frequencies, audio timescales) are computed by the modules' constructors, and
-    the tie that ``init_weights`` would make is made here (tests/families/test_gemma4_stages.py compares every
-    parameter and buffer with a randomly initialised build)."""
+def _rebuild(model, config, state_dict, buffers=None):
+    """A fresh model of ``config`` holding ``state_dict`` (every key but a tied lm_head must be there).
+
+    With ``buffers`` (the non-persistent buffers by their new names: a layer removal, where each kept module's
+    are the original's), the model is laid out on the meta device and takes ``state_dict``'s tensors and
+    ``buffers`` themselves (``assign``): no memory is allocated and nothing is copied, so a layer-search
+    candidate shares the loaded model's weights, on its device. Otherwise (a config whose run-time constants
+    change, e.g. the width) it is built on the CPU without random initialisation (transformers'
+    ``no_init_weights``; the weights are overwritten anyway), its non-persistent buffers computed by the modules'
+    constructors. Either way the tie ``init_weights`` would make is made here. Random init was ~85% of a
+    candidate's cost at the 12B's widths (README, Gemma 4 path); tests/families/test_gemma4_stages.py compares
+    every parameter and buffer of both ways with a randomly initialised build."""
     import torch
     from transformers.initialization import no_init_weights
 
-    dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
-    with torch.device("cpu"), no_init_weights():
-        new = type(model)(config)
-    new.tie_weights()
-    new = new.to(dtype)
-    missing, unexpected = new.load_state_dict(state_dict, strict=False)
+    if buffers is not None:
+        with torch.device("meta"), no_init_weights():
+            new = type(model)(config)
+        missing, unexpected = new.load_state_dict(state_dict, strict=False, assign=True)
+        for name, buf in buffers.items():
+            owner, _, attr = name.rpartition(".")
+            try:
+                mod = new.get_submodule(owner) if owner else new
+            except AttributeError:
+                continue
+            if attr in mod._buffers:  # a layer type no kept layer has any more leaves its rotary buffers behind
+                mod._buffers[attr] = buf
+        new.tie_weights()
+        left = [n for n, t in list(new.named_parameters()) + list(new.named_buffers()) if t.is_meta]
+        if left:
+            raise RuntimeError(f"Gemma 4 surgery: {left[:3]} not given")
+    else:
+        dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
+        with torch.device("cpu"), no_init_weights():
+            new = type(model)(config)
+        new.tie_weights()
+        new = new.to(dtype)
+        missing, unexpected = new.load_state_dict(state_dict, strict=False)
     # tied lm_head is in neither or both; anything else is a bug
     missing = [k for k in missing if k != "lm_head.weight"]
     if missing or unexpected:
         raise RuntimeError(f"Gemma 4 surgery: missing {missing[:3]}, unexpected {unexpected[:3]}")
     new.generation_config = model.generation_config
     return new.eval()
+
+
+def _volatile_buffers(model) -> dict:
+    """``model``'s non-persistent buffers (not in its state dict: computed at construction), by name."""
+    keys = model.state_dict().keys()
+    return {n: b for n, b in model.named_buffers() if n not in keys}
 
 
 def _kept_layers(remove, n: int, what: str, owner: str) -> list[int]:
@@ -50,12 +78,12 @@ def _kept_layers(remove, n: int, what: str, owner: str) -> list[int]:
     return [i for i in range(n) if i not in remove]
 
 
-def _renumbered_state(model, pattern, kept: list[int], other=lambda k, v: v) -> dict:
-    """``model``'s state dict without the layers ``pattern`` numbers (group 2) that are not in ``kept``, the kept
-    ones renumbered 0, 1, ...; every other tensor passed through ``other(key, tensor)``."""
+def _renumbered_state(model, pattern, kept: list[int], other=lambda k, v: v, items=None) -> dict:
+    """``model``'s state dict (or ``items``) without the layers ``pattern`` numbers (group 2) that are not in
+    ``kept``, the kept ones renumbered 0, 1, ...; every other tensor passed through ``other(key, tensor)``."""
     new_index = {old: new for new, old in enumerate(kept)}
     sd = {}
-    for k, v in model.state_dict().items():
+    for k, v in (model.state_dict() if items is None else items).items():
         m = pattern.match(k)
         if m is None:
             sd[k] = other(k, v)
@@ -79,7 +107,8 @@ def remove_llm_layers(model, remove):
             return v.reshape(n, P, v.shape[1])[kept].reshape(len(kept) * P, v.shape[1])
         return v
 
-    return _rebuild(model, config, _renumbered_state(model, _LAYER, kept, per_layer_slices)), kept
+    buffers = _renumbered_state(model, _LAYER, kept, items=_volatile_buffers(model))
+    return _rebuild(model, config, _renumbered_state(model, _LAYER, kept, per_layer_slices), buffers), kept
 
 
 def audio_layer_count(config) -> int:
@@ -98,7 +127,8 @@ def remove_audio_layers(model, remove):
                         "enter through embed_audio)")
     kept = _kept_layers(remove, n, "audio layers", "the audio encoder")
     config = config_after_audio_layer_removal(model.config, kept)
-    return _rebuild(model, config, _renumbered_state(model, _AUDIO_LAYER, kept)), kept
+    buffers = _renumbered_state(model, _AUDIO_LAYER, kept, items=_volatile_buffers(model))
+    return _rebuild(model, config, _renumbered_state(model, _AUDIO_LAYER, kept), buffers), kept
 
 
 def drop_vision(model):
