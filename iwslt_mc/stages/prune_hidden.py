@@ -6,7 +6,10 @@ one column of ``embed_tokens``, of every projection reading the residual stream 
 lm_head) and one row of every projection writing it (o_proj, down_proj, the projector), one entry of
 every norm; in the audio encoder the same for conv1/conv2 outputs, position embeddings, q/k/v/out,
 fc1/fc2, both LayerNorms per layer, the final LayerNorm and the projector's input
-(the family's surgery: :meth:`iwslt_mc.families.base.Family.surgery`, ``prune_llm_hidden``, ``prune_audio_hidden``).
+(the family's surgery: :meth:`iwslt_mc.families.base.Family.surgery`, ``prune_llm_hidden``, ``prune_audio_hidden``,
+and ``hidden_readers`` for the importance below). Gemma 4 narrows the LLM's width only, every head kept
+(:attr:`~iwslt_mc.families.base.Family.prune_hidden_heads`), with the run-time factors it computes from
+hidden_size compensated in the weights (iwslt_mc/families/gemma4/surgery.py).
 
 Attention: whole heads of the original size are kept (the softmax scaling and Qwen2's rotary
 embedding act per head and stay as they were; ``text_config.head_dim`` is written explicitly). In
