@@ -377,6 +377,13 @@ def test_prune_hidden_gemma4_keeps_the_kept_channels_of_embeddings_and_the_logit
     assert new.config.text_config.hidden_size == 40
     lo, ln = old.model.language_model, new.model.language_model
     assert float(ln.embed_tokens.embed_scale) == pytest.approx(40 ** 0.5)  # what transformers computes on load
+    fresh = type(old)(new.config)  # every run-time (non-persistent) buffer is what a model of the narrowed config computes
+    keys = fresh.state_dict().keys()
+    run_time = [(n, b) for n, b in fresh.named_buffers() if n not in keys]
+    assert len(run_time) >= 2 and [n for n, _ in new.named_buffers() if n not in keys] == [n for n, _ in run_time]
+    mine = dict(new.named_buffers())
+    for name, b in run_time:
+        assert mine[name].dtype == b.dtype and torch.equal(mine[name], b), name
     ids = torch.arange(old.config.text_config.vocab_size)[None]
     with torch.no_grad():
         e_old, e_new = lo.embed_tokens(ids)[..., dims], ln.embed_tokens(ids)

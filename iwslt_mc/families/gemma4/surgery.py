@@ -19,11 +19,11 @@ _AUDIO_LAYER = re.compile(r"^(.*audio_tower\.layers\.)(\d+)(\..*)$")
 def _rebuild(model, config, state_dict, buffers=None):
     """A fresh model of ``config`` holding ``state_dict`` (every key but a tied lm_head must be there).
 
-    With ``buffers`` (the non-persistent buffers by their new names: a layer removal, where each kept module's
-    are the original's), the model is laid out on the meta device and takes ``state_dict``'s tensors and
+    With ``buffers`` (the non-persistent buffers by their new names: in a layer removal each kept module's are
+    the original's; prune-hidden gives the new embedding scale), the model is laid out on the meta device and takes ``state_dict``'s tensors and
     ``buffers`` themselves (``assign``): no memory is allocated and nothing is copied, so a layer-search
-    candidate shares the loaded model's weights, on its device. Otherwise (a config whose run-time constants
-    change, e.g. the width) it is built on the CPU without random initialisation (transformers'
+    candidate shares the loaded model's weights, on its device. Otherwise (vocabulary trimming, dropping the
+    vision encoder) it is built on the CPU without random initialisation (transformers'
     ``no_init_weights``; the weights are overwritten anyway), its non-persistent buffers computed by the modules'
     constructors. Either way the tie ``init_weights`` would make is made here. Random init was ~85% of a
     candidate's cost at the 12B's widths (README, Gemma 4 path); tests/families/test_gemma4_stages.py compares
@@ -512,4 +512,8 @@ def prune_llm_hidden(model, keep_dims, keep_kv_heads=None):
         if k in factors:
             v = (v.float() * factors[k]).to(v.dtype)
         sd[k] = v
-    return _rebuild(model, config, sd)
+    # laid out on the meta device, taking these tensors (no second copy of a 12B model): the run-time buffers
+    # are the original's, but for the embedding scale, which the constructor computes from the new width
+    buffers = _volatile_buffers(model)
+    buffers[f"{names[id(emb)]}.embed_scale"] = torch.tensor(new_h ** 0.5).to(emb.embed_scale.dtype)
+    return _rebuild(model, config, sd, buffers)
