@@ -338,3 +338,30 @@ def test_12b_config_tool_and_reduced_depth_layout(tmp_path, capsys):
     assert [(t.per_layer_config[i].head_dim, t.per_layer_config[i].num_key_value_heads) for i in (0, 1)] == [(256, 8), (512, 1)]
     small = planner.predict(planner.Spec(), cfg, "2027")
     assert small.params == 1_525_009_922 and small.torch_save.bytes_cpu == 3_050_037_091
+
+
+def test_materialize_random_computes_gemma4_unified_run_time_buffers(gemma_unified_kit):
+    """tools/bench_decode.materialize_random (tools/check_fullwidth_gemma4.py builds its 12B-width model with it)
+    fills the non-persistent buffers a meta-device Gemma 4 model leaves empty as transformers computes them: the
+    rotary frequencies of each attention type and the embedding scale."""
+    import importlib.util
+    from pathlib import Path
+
+    import torch
+    from transformers import AutoConfig, Gemma4UnifiedForConditionalGeneration
+
+    spec = importlib.util.spec_from_file_location("bench_decode", Path(__file__).resolve().parents[2] / "tools" / "bench_decode.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    cfg = AutoConfig.from_pretrained(str(gemma_unified_kit / "model"))
+    with torch.device("meta"):
+        model = Gemma4UnifiedForConditionalGeneration(cfg)
+    mod.materialize_random(model.to(torch.float32), "cpu")
+    fresh = Gemma4UnifiedForConditionalGeneration(cfg)
+    keys = fresh.state_dict().keys()
+    run_time = {n: b for n, b in fresh.named_buffers() if n not in keys}
+    assert any(n.endswith("sliding_attention_inv_freq") for n in run_time) and any(n.endswith("embed_scale") for n in run_time)
+    mine = dict(model.named_buffers())
+    for name, b in run_time.items():
+        assert torch.equal(mine[name], b), name
+
