@@ -515,5 +515,5 @@ def prune_llm_hidden(model, keep_dims, keep_kv_heads=None):
     # laid out on the meta device, taking these tensors (no second copy of a 12B model): the run-time buffers
     # are the original's, but for the embedding scale, which the constructor computes from the new width
     buffers = _volatile_buffers(model)
-    buffers[f"{names[id(emb)]}.embed_scale"] = torch.tensor(new_h ** 0.5).to(emb.embed_scale.dtype)
+    buffers[f"{names[id(emb)]}.embed_scale"] = torch.tensor(new_h ** 0.5).to(emb.embed_scale.device, emb.embed_scale.dtype)
     return _rebuild(model, config, sd, buffers)
