@@ -571,12 +571,12 @@ def scaled_stages(recipe: Recipe, base: str, *, smoke: bool) -> list[StageEntry]
                 left[key] -= int(o.get(count) or 0) + len(o.get(listed) or [])
         elif e.stage == "prune-hidden":
             # explicit 7B widths become ratios of the smaller base (heads follow the width by default)
-            ref = fam.reference_config(plain=True)
+            ref = fam.reference_widths()
             if o.get("llm_hidden"):
-                o["llm_ratio"] = o.pop("llm_hidden") / ref.text_config.hidden_size
+                o["llm_ratio"] = o.pop("llm_hidden") / ref["hidden"]
                 o.pop("llm_heads", None)
-            if o.get("audio_hidden"):
-                o["audio_ratio"] = o.pop("audio_hidden") / ref.audio_config.d_model
+            if o.get("audio_hidden") and ref["audio_hidden"]:
+                o["audio_ratio"] = o.pop("audio_hidden") / ref["audio_hidden"]
         elif e.stage == "prune-ffn":
             if o.get("llm_width"):
                 o["llm_width"] = width(o["llm_width"], "ffn_dim")
@@ -585,7 +585,7 @@ def scaled_stages(recipe: Recipe, base: str, *, smoke: bool) -> list[StageEntry]
         out.append(dataclasses.replace(e, options=o))
     from .planning.recipe_spec import scale_distillation_stages  # replace-layers blocks the small base has room for
 
-    return fit_ct_group_sizes(scale_distillation_stages(out, bd), load_base_config(base))
+    return fit_ct_group_sizes(scale_distillation_stages(out, bd, cfg), load_base_config(base))
 
 
 def fit_ct_group_sizes(stages: list[StageEntry], cfg) -> list[StageEntry]:

@@ -115,6 +115,13 @@ def materialize_random(model, device: str, *, seed: int = 0, std: float = 0.02) 
                 inv, mod.attention_scaling = mod.compute_default_rope_parameters(mod.config)
                 mod.inv_freq = inv.to(device)
                 mod.original_inv_freq = inv.clone().to(device)
+            elif hasattr(mod, "rope_init_fns"):  # Gemma 4: one set of frequencies per attention type
+                for layer_type, fn in mod.rope_init_fns.items():  # as transformers' Gemma4 _init_weights does
+                    inv, _ = fn(mod.config.per_layer_config[layer_type], layer_type=layer_type)
+                    getattr(mod, f"{layer_type}_inv_freq").copy_(inv.to(device))
+                    getattr(mod, f"{layer_type}_original_inv_freq").copy_(inv.to(device))
+            if hasattr(mod, "scalar_embed_scale") and hasattr(mod, "embed_scale"):  # Gemma's scaled embeddings
+                mod.embed_scale.fill_(mod.scalar_embed_scale)
         for name, b in model.named_buffers():
             if not torch.isfinite(b.float()).all():
                 raise RuntimeError(f"buffer {name} left uninitialized after materializing")

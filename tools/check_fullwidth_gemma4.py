@@ -4,6 +4,7 @@
     python tools/check_fullwidth_gemma4.py                     # 2 layers (one sliding, one global)
     python tools/check_fullwidth_gemma4.py --llm-layers 6 --out docs/bench/fullwidth-gemma4.md
     python tools/check_fullwidth_gemma4.py --no-quantize       # bf16 only (no bitsandbytes steps)
+    python tools/check_fullwidth_gemma4.py --no-quantize --hidden 2880   # also a prune-hidden model (bf16)
 
 The model: google/gemma-4-12B-it's layout (iwslt_mc.families.gemma4.GEMMA4_12B_TEXT: hidden 3840, MLP
 15,360, 16 query heads, 8 key/value heads of width 256 on sliding layers, one shared key/value head of
@@ -20,6 +21,8 @@ model is loaded on a CPU:
   real      a real ``torch.save(model.state_dict())`` of the model loaded with
             ``AutoModelForMultimodalLM.from_pretrained(dtype="auto")`` (iwslt_mc.sizing.torchsave.measure_streamed)
 
+With ``--hidden N`` the bf16 model narrowed to residual width N by ``iwslt-mc stage prune-hidden`` is one more
+row, planned as ``plan --base BASE --hidden N`` (from the base's config, not the narrowed one's).
 PASS when the three agree to the byte for every model and the planner's parameter count is the model's.
 Peak memory: about twice the bf16 model (the quantize step holds it and its quantized copy).
 """
@@ -96,6 +99,7 @@ def main(argv=None) -> int:
     ap.add_argument("--keep", action="store_true")
     ap.add_argument("--no-quantize", action="store_true", help="the bf16 model only")
     ap.add_argument("--out", type=Path, help="write the table as Markdown (+ JSON beside it)")
+    ap.add_argument("--hidden", type=int, help="also narrow the bf16 model to this residual width (prune-hidden)")
     a = ap.parse_args(argv)
     if a.llm_layers < 1:
         print("--llm-layers: at least 1", file=sys.stderr)
@@ -114,7 +118,17 @@ def main(argv=None) -> int:
         t0 = time.time()
         n_params = build(base, a.llm_layers)
         print(f"  built {base} ({n_params:,} parameters) in {time.time() - t0:.0f} s", flush=True)
-        models = [("bf16", "bf16", base)]
+        models = [("bf16", "bf16", base, {})]
+        if a.hidden:
+            out = work / "hidden"
+            rc, s, _ = _cli(["stage", "prune-hidden", "--in", str(base), "--out", str(out), "--set",
+                             f"llm_hidden={a.hidden}"], log)
+            print(f"  stage prune-hidden llm_hidden={a.hidden}: exit {rc} in {s:.0f} s", flush=True)
+            if rc != 0:
+                ok = False
+                rows.append({"model": f"bf16, hidden {a.hidden}", "error": f"prune-hidden exit {rc} (see {log})"})
+            else:
+                models.append((f"bf16, hidden {a.hidden}", "bf16", out, {"hidden": a.hidden}))
         if not a.no_quantize:
             for method, prec in (("nf4", "nf4-dq"), ("int8", "int8")):
                 out = work / method
@@ -124,23 +138,24 @@ def main(argv=None) -> int:
                     ok = False
                     rows.append({"model": prec, "error": f"quantize exit {rc} (see {log})"})
                     continue
-                models.append((method, prec, out))
+                models.append((method, prec, out, {}))
         base_cfg = planner.load_base_config(base)
-        for label, prec, d in models:
-            pred = planner.predict(planner.Spec(precision=prec), base_cfg, "2027")
+        for label, prec, d, spec in models:
+            pred = planner.predict(planner.Spec(precision=prec, **spec), base_cfg, "2027")
             rep = sizer.measure(d, "2027")
+            n_model = n_params if not spec else rep.params
             t0 = time.time()
             real = measure_streamed(d, device="cpu").bytes
-            row = {"model": prec, "params planned": pred.params, "params model": n_params,
+            row = {"model": prec if not spec else label, "params planned": pred.params, "params model": n_model,
                    "planned": pred.torch_save.bytes_cpu, "sized": rep.torch_save.bytes_cpu, "real": real,
                    "planned (one GPU)": pred.torch_save.bytes, "sized (one GPU)": rep.torch_save.bytes,
                    "safetensors planned": pred.bytes, "safetensors measured": rep.bytes,
                    "real s": round(time.time() - t0, 1)}
-            row["ok"] = (row["planned"] == row["sized"] == real and pred.params == n_params
+            row["ok"] = (row["planned"] == row["sized"] == real and pred.params == n_model
                          and row["planned (one GPU)"] == row["sized (one GPU)"])
             ok &= row["ok"]
             rows.append(row)
-            print(f"  {prec}: planned {row['planned']:,} sized {row['sized']:,} real {real:,} "
+            print(f"  {row['model']}: planned {row['planned']:,} sized {row['sized']:,} real {real:,} "
                   f"-> {'ok' if row['ok'] else 'MISMATCH'}", flush=True)
     finally:
         meta = {"command": "python tools/check_fullwidth_gemma4.py " + " ".join(argv if argv is not None else sys.argv[1:]),

@@ -295,8 +295,10 @@ def plan_title(base_name: str, d: dict, base_config) -> str:
     parts.append(f"FFN {d['ffn_dim']}" + (f"/{d['audio_ffn_dim']}" if d.get("audio_ffn_dim") is not None else ""))
     if "hidden" in d:
         base_widths = planner.hidden_base_dims(base_config or planner.reference_config(plain=True))
-        if any(d.get(k) != v for k, v in base_widths.items()):
-            parts.append(f"width {d['hidden']} ({d['heads']} heads)/{d['audio_hidden']}")
+        w = {k: d.get(k, v) for k, v in base_widths.items()}  # a family may give the LLM width only (Gemma 4)
+        if w != base_widths:
+            parts.append(f"width {w['hidden']} ({w['heads']} heads)" +
+                         (f"/{w['audio_hidden']}" if "audio_hidden" in d or w["audio_hidden"] is not None else ""))
     return f"{base_name}: " + ", ".join(parts)
 
 

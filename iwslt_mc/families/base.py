@@ -99,12 +99,31 @@ class Family:
         """The module of layout-based surgery the generic stage paths call (``remove_llm_layers``,
         ``remove_audio_layers``, ``llm_layers_removed``, ``audio_layers_removed``, ``llm_layer_params``,
         ``audio_layer_params``, ``ffn_widths``, ``llm_mlp_widths``, ``prune_llm_mlp``, ``prune_audio_ffn``, ``select_vocab``,
-        ``llm_attention_shape``, ``audio_attention_shape``, ``prune_llm_hidden``, ``prune_audio_hidden``)."""
+        ``llm_attention_shape``, ``audio_attention_shape``, ``hidden_readers``, ``prune_llm_hidden`` (returns the
+        narrowed model: the same one or a new one), ``prune_audio_hidden``)."""
         raise NotImplementedError(f"{self.label}: no generic surgery")
 
     def check_ffn_pruning(self, cfg: dict, llm: bool, audio: bool) -> None:
         """Refuse (UserError, naming the architectural reason) narrowing the LLM MLPs (``llm``) or the audio
         encoder's FFNs (``audio``) of a model with config.json dict ``cfg``. Default: both can be narrowed."""
+
+    # True when prune-hidden narrows the LLM's attention heads with its residual width (by default
+    # ``heads x new/old width`` in whole GQA groups; ``llm_heads`` sets it); False: every head is kept (the
+    # attention width is not tied to hidden_size) and :meth:`check_hidden_pruning` refuses ``llm_heads``
+    prune_hidden_heads: ClassVar[bool] = True
+
+    def check_hidden_pruning(self, cfg: dict, heads: bool, audio: bool) -> None:
+        """Refuse (UserError, one line naming the reason) pruning the LLM's attention heads (``heads``) or
+        narrowing the audio encoder's width (``audio``) of a model with config.json dict ``cfg`` (prune-hidden).
+        Default: both can be done."""
+
+    def reference_widths(self) -> dict:
+        """``hidden`` (LLM residual width) and ``audio_hidden`` (audio-encoder width, None: none prunable) of the
+        family's full-size reference model: ``build --smoke`` turns a recipe's explicit prune-hidden widths into
+        ratios of it. Default: from :meth:`reference_config`."""
+        ref = self.reference_config(plain=True)
+        a = getattr(ref, "audio_config", None)
+        return {"hidden": ref.text_config.hidden_size, "audio_hidden": getattr(a, "d_model", None) if a is not None else None}
 
     # True when the LLM, run on the prompt embeddings captured at its input (inputs_embeds), computes what the
     # whole model's forward does (Qwen2-Audio); False when the model's forward gives the decoder more than
@@ -116,6 +135,14 @@ class Family:
         """``config`` (a copy) for a model that keeps decoder layers ``kept`` (sorted old indices); UserError
         when the family forbids that removal."""
         raise NotImplementedError
+
+    def smoke_replace_block(self, config, kept: list[int], count: int, keep: int) -> list[int]:
+        """The block of ``count`` consecutive LLM layers (indices of the stage's input) ``build --smoke`` gives a
+        recipe's replace-layers stage, whose block was written for the full-size model, on a smaller base with
+        config ``config`` of which the recipe's earlier stages left layers ``kept`` (old indices); the block's
+        layer at position ``keep`` stays, the others go. UserError when the family's rules allow none. Default:
+        the first ``count`` layers."""
+        return list(range(count))
 
     def check_layer_removal(self, model_dir, remove, middle: int = 0) -> None:
         """Refuse (UserError), from the config alone, removing LLM layers ``remove`` (or, with ``middle``, a

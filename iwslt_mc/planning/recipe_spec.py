@@ -29,33 +29,62 @@ def dims_after_distillation_stage(stage: str, options: dict, dims: dict) -> dict
     return {**dims, key: dims[key] - (n - 1)}
 
 
-def scale_distillation_stages(stages: list, base: dict) -> list:
+def scale_distillation_stages(stages: list, base: dict, cfg=None) -> list:
     """``--smoke`` on a base smaller than the 7B model: a ``replace-layers`` block becomes 2 layers (first
     and last no longer protected), and a replacement the small model has no 2 layers left for is left
     out. ``stages`` are build StageEntry objects after the other stages were scaled; ``base`` the base's
-    dims (llm_layers, audio_layers)."""
+    dims (llm_layers, audio_layers). A given LLM block becomes the one the family's rules allow on the model
+    as the earlier stages leave it (:meth:`~iwslt_mc.families.base.Family.smoke_replace_block`, from the base
+    config ``cfg``; without it the first two layers)."""
     import dataclasses
 
     left = {"llm_layers": base.get("llm_layers") or 0, "audio_layers": base.get("audio_layers") or 0}
+    fam = None
+    kept = None  # the base's LLM layers still there (None: not known, e.g. after a layer search)
+    if cfg is not None:
+        from ..families import family_of_config
+
+        fam = family_of_config(cfg)
+        kept = list(range(left["llm_layers"]))
     out = []
     for e in stages:
         o = dict(e.options)
         if e.stage == "prune-layers":
             left["llm_layers"] -= len(o.get("llm_layers") or []) + int(o.get("remove") or 0)
             left["audio_layers"] -= len(o.get("audio_layers") or []) + int(o.get("audio_remove") or 0)
+            if kept is not None:
+                kept = _kept_after(fam, cfg, kept, o)
         elif e.stage == "replace-layers":
             key = "llm_layers" if o.get("component", "llm") == "llm" else "audio_layers"
             if left[key] < 2:
                 continue
             if o.get("layers"):
                 o["layers"] = [0, 1]
+                if key == "llm_layers" and kept is not None:
+                    o["layers"] = fam.smoke_replace_block(cfg, kept, 2, 0 if str(o.get("init", "last")) == "first" else 1)
             else:
                 o["count"] = 2
             o["protect_first_last"] = False
             left[key] -= 1
+            if key == "llm_layers" and kept is not None:
+                if o.get("layers"):
+                    gone = o["layers"][1:] if str(o.get("init", "last")) == "first" else o["layers"][:-1]
+                    kept = [k for i, k in enumerate(kept) if i not in gone]
+                else:
+                    kept = None  # chosen during the build
             e = dataclasses.replace(e, options=o)
         out.append(e)
     return out
+
+
+def _kept_after(fam, cfg, kept: list[int], options: dict) -> list[int] | None:
+    """The base's LLM layers left after a prune-layers stage with ``options`` (explicit or middle/top blocks), or
+    None when not known before the build."""
+    if fam.tracks_kept_layers:
+        return fam.kept_after_prune(cfg, kept, options)
+    if options.get("llm_layers"):
+        return [k for i, k in enumerate(kept) if i not in set(options["llm_layers"])]
+    return kept if not options.get("remove") else None
 
 
 # Components a quantize stage can leave unquantized, and the skip name that does it.

@@ -6,7 +6,10 @@ one column of ``embed_tokens``, of every projection reading the residual stream 
 lm_head) and one row of every projection writing it (o_proj, down_proj, the projector), one entry of
 every norm; in the audio encoder the same for conv1/conv2 outputs, position embeddings, q/k/v/out,
 fc1/fc2, both LayerNorms per layer, the final LayerNorm and the projector's input
-(the family's surgery: :meth:`iwslt_mc.families.base.Family.surgery`, ``prune_llm_hidden``, ``prune_audio_hidden``).
+(the family's surgery: :meth:`iwslt_mc.families.base.Family.surgery`, ``prune_llm_hidden``, ``prune_audio_hidden``,
+and ``hidden_readers`` for the importance below). Gemma 4 narrows the LLM's width only, every head kept
+(:attr:`~iwslt_mc.families.base.Family.prune_hidden_heads`), with the run-time factors it computes from
+hidden_size compensated in the weights (iwslt_mc/families/gemma4/surgery.py).
 
 Attention: whole heads of the original size are kept (the softmax scaling and Qwen2's rotary
 embedding act per head and stay as they were; ``text_config.head_dim`` is written explicitly). In
@@ -109,8 +112,13 @@ def target_shape(cfg: dict, o: PruneHiddenOptions, *, where: str = "") -> dict:
     """The shape after the stage (same keys as :func:`current_shape`); UserError when the options do not fit.
 
     Shared by the stage, ``build --dry-run`` and the planner, so what is predicted is what is built."""
+    from ..families import default_family, family_of_model_type
+
     st = f"stage prune-hidden{' (' + where + ')' if where else ''}"
     cur = current_shape(cfg)
+    fam = family_of_model_type(cfg.get("model_type")) or default_family()
+    fam.check_hidden_pruning(cfg, heads=o.llm_heads is not None and o.llm_heads != cur["heads"],
+                             audio=o.audio_hidden is not None or (o.audio_ratio is not None and o.audio_ratio < 1))
     out = dict(cur)
     group = cur["heads"] // cur["kv_heads"]
     hidden = o.llm_hidden if o.llm_hidden is not None else (
@@ -119,6 +127,8 @@ def target_shape(cfg: dict, o: PruneHiddenOptions, *, where: str = "") -> dict:
         raise UserError(f"{st}: llm_hidden={hidden} is larger than the current width {cur['hidden']}")
     if o.llm_heads is not None:
         heads = o.llm_heads
+    elif not fam.prune_hidden_heads:  # the family keeps every head (its attention width is not tied to hidden_size)
+        heads = cur["heads"]
     else:
         heads = max(group, (cur["heads"] * hidden // cur["hidden"]) // group * group)
     if heads > cur["heads"] or heads % group:
@@ -151,21 +161,6 @@ def _read_norm(*linears):
     return torch.sqrt(sum(l.weight.float().pow(2).sum(0) for l in linears)).cpu()
 
 
-def _readers(layout):
-    """Per norm of the LLM and of the audio encoder: (norm module, linears reading its output)."""
-    llm = []
-    for layer in layout.decoder_layers:
-        a, m = layer.self_attn, layer.mlp
-        llm += [(layer.input_layernorm, (a.q_proj, a.k_proj, a.v_proj)), (layer.post_attention_layernorm, (m.gate_proj, m.up_proj))]
-    llm.append((layout.norm, (layout.lm_head,)))
-    audio = []
-    for layer in layout.audio_layers:
-        a = layer.self_attn
-        audio += [(layer.self_attn_layer_norm, (a.q_proj, a.k_proj, a.v_proj)), (layer.final_layer_norm, (layer.fc1,))]
-    audio.append((layout.audio_tower.layer_norm, (layout.projector.linear,)))
-    return llm, audio
-
-
 def _head_contrib_weight(o_w, heads, head_dim, v_w=None, group=1):
     """||W_o[:, h]|| x ||W_v[kv(h)]|| per query head h."""
     o = o_w.float().reshape(o_w.shape[0], heads, head_dim).pow(2).sum((0, 2)).sqrt()
@@ -175,44 +170,43 @@ def _head_contrib_weight(o_w, heads, head_dim, v_w=None, group=1):
     return (o * v.repeat_interleave(group)).cpu()
 
 
-def weight_importance(model) -> dict:
-    """Data-free scores: ``llm_dims``, ``llm_heads`` (per query head), ``audio_dims``, ``audio_heads``."""
+def weight_importance(model, heads: bool = True) -> dict:
+    """Data-free scores: ``llm_dims``, ``llm_heads`` (per query head; None without ``heads``), ``audio_dims``,
+    ``audio_heads`` (None where the family's surgery names no audio readers)."""
     import torch
 
     from ..families import layout_of as find_layout, surgery_of
 
     layout = find_layout(model)
-    llm_r, audio_r = _readers(layout)
     surgery = surgery_of(model)
-    heads, kv, hd = surgery.llm_attention_shape(layout)
-    a_heads, a_hd = surgery.audio_attention_shape(layout)
-    return {
-        "llm_dims": sum(n.weight.float().abs().cpu() * _read_norm(*ls) for n, ls in llm_r),
-        "llm_heads": sum(_head_contrib_weight(l.self_attn.o_proj.weight, heads, hd, l.self_attn.v_proj.weight, heads // kv)
-                         for l in layout.decoder_layers),
-        "audio_dims": sum(n.weight.float().abs().cpu() * _read_norm(*ls) for n, ls in audio_r),
-        "audio_heads": sum(_head_contrib_weight(l.self_attn.out_proj.weight, a_heads, a_hd,
-                                                l.self_attn.v_proj.weight) for l in layout.audio_layers)
-        if layout.audio_layers else torch.zeros(a_heads),
-    }
+    llm_r, audio_r, _ = surgery.hidden_readers(layout)
+    out = {"llm_dims": sum(n.weight.float().abs().cpu() * _read_norm(*ls) for n, ls in llm_r),
+           "llm_heads": None, "audio_dims": None, "audio_heads": None}
+    if heads:
+        n_heads, kv, hd = surgery.llm_attention_shape(layout)
+        out["llm_heads"] = sum(_head_contrib_weight(l.self_attn.o_proj.weight, n_heads, hd, l.self_attn.v_proj.weight,
+                                                    n_heads // kv) for l in layout.decoder_layers)
+    if audio_r:
+        a_heads, a_hd = surgery.audio_attention_shape(layout)
+        out["audio_dims"] = sum(n.weight.float().abs().cpu() * _read_norm(*ls) for n, ls in audio_r)
+        out["audio_heads"] = sum(_head_contrib_weight(l.self_attn.out_proj.weight, a_heads, a_hd,
+                                                      l.self_attn.v_proj.weight) for l in layout.audio_layers) \
+            if layout.audio_layers else torch.zeros(a_heads)
+    return out
 
 
-def activation_importance(model, processor, segments, lang: str) -> dict:
+def activation_importance(model, processor, segments, lang: str, heads: bool = True) -> dict:
     """Scores measured on ``segments`` (see the module docstring); same keys as :func:`weight_importance`."""
     import torch
 
-    from ..families import layout_of as find_layout, surgery_of
-    from ..training.calibration import calibration_pass
+    from ..families import family_of_model, layout_of as find_layout, surgery_of
+    from ..training.calibration import calibration_forward, calibration_pass
 
     layout = find_layout(model)
-    llm_r, audio_r = _readers(layout)
     surgery = surgery_of(model)
-    heads, _kv, hd = surgery.llm_attention_shape(layout)
-    a_heads, a_hd = surgery.audio_attention_shape(layout)
-    sums = {"llm_norm": [None] * len(llm_r), "audio_norm": [None] * len(audio_r),
-            "llm_heads": torch.zeros(heads), "audio_heads": torch.zeros(a_heads)}
+    llm_r, audio_r, final_audio_norm = surgery.hidden_readers(layout)
+    sums = {"llm_norm": [None] * len(llm_r), "audio_norm": [None] * len(audio_r)}
     real = {}
-    final_audio_norm = layout.audio_tower.layer_norm
 
     def norm_hook(store, i, kind):
         def hook(mod, args, out):
@@ -236,17 +230,28 @@ def activation_importance(model, processor, segments, lang: str) -> dict:
 
     hooks = [n.register_forward_hook(norm_hook(sums["llm_norm"], i, "llm")) for i, (n, _) in enumerate(llm_r)]
     hooks += [n.register_forward_hook(norm_hook(sums["audio_norm"], i, "audio")) for i, (n, _) in enumerate(audio_r)]
-    hooks += [l.self_attn.o_proj.register_forward_pre_hook(head_hook("llm_heads", heads, hd, "llm"))
-              for l in layout.decoder_layers]
-    hooks += [l.self_attn.out_proj.register_forward_pre_hook(head_hook("audio_heads", a_heads, a_hd, "audio"))
-              for l in layout.audio_layers]
-    counts = calibration_pass(model, processor, layout, segments, lang, hooks, real)
+    if heads:
+        n_heads, _kv, hd = surgery.llm_attention_shape(layout)
+        sums["llm_heads"] = torch.zeros(n_heads)
+        hooks += [l.self_attn.o_proj.register_forward_pre_hook(head_hook("llm_heads", n_heads, hd, "llm"))
+                  for l in layout.decoder_layers]
+    if audio_r:
+        a_heads, a_hd = surgery.audio_attention_shape(layout)
+        sums["audio_heads"] = torch.zeros(a_heads)
+        hooks += [l.self_attn.out_proj.register_forward_pre_hook(head_hook("audio_heads", a_heads, a_hd, "audio"))
+                  for l in layout.audio_layers]
+    if family_of_model(model).llm_on_captured_embeds:
+        counts = calibration_pass(model, processor, layout, segments, lang, hooks, real)
+    else:  # the whole model on each teacher-forced example (its LLM needs more than the prompt embeddings)
+        counts = calibration_forward(model, processor, segments, lang, hooks)
     n_llm, n_audio = max(counts["llm"], 1), max(counts["audio"], 1)
-    llm_dims = sum(s / n_llm * _read_norm(*ls) for s, (_, ls) in zip(sums["llm_norm"], llm_r))
-    audio_dims = sum(s / (max(counts["audio_pooled"], 1) if n is final_audio_norm else n_audio) * _read_norm(*ls)
-                     for s, (n, ls) in zip(sums["audio_norm"], audio_r))
-    return {"llm_dims": llm_dims, "llm_heads": sums["llm_heads"] / n_llm,
-            "audio_dims": audio_dims, "audio_heads": sums["audio_heads"] / n_audio}
+    out = {"llm_dims": sum(s / n_llm * _read_norm(*ls) for s, (_, ls) in zip(sums["llm_norm"], llm_r)),
+           "llm_heads": sums["llm_heads"] / n_llm if heads else None, "audio_dims": None, "audio_heads": None}
+    if audio_r:
+        out["audio_dims"] = sum(s / (max(counts["audio_pooled"], 1) if n is final_audio_norm else n_audio) * _read_norm(*ls)
+                                for s, (n, ls) in zip(sums["audio_norm"], audio_r))
+        out["audio_heads"] = sums["audio_heads"] / n_audio
+    return out
 
 
 def top_indices(scores, k: int):
@@ -298,7 +303,7 @@ class PruneHidden(Stage):
 
     def run(self, in_dir: Path, out_dir: Path, ctx: StageContext) -> dict:
         from .. import modelio
-        from ..families import surgery_of
+        from ..families import family_of_model, surgery_of
         from ..training.common import checkpoint_dtype
 
         o = self.options
@@ -308,24 +313,27 @@ class PruneHidden(Stage):
         model = modelio.load_model(in_dir, dtype=run_dtype, device=ctx.resolved_device())
         processor = modelio.load_processor(in_dir)
         data = []
+        heads_changed = after["heads"] != before["heads"]
         if o.importance == "activation":
             from ..training.calibration import calibration_segments
 
             segs, data = calibration_segments(ctx, o.split, o.calibration, stage="prune-hidden",
                                               use="calibration of hidden-dimension and head importance")
-            scores = activation_importance(model, processor, segs, ctx.lang)
+            scores = activation_importance(model, processor, segs, ctx.lang, heads=heads_changed)
             how = f"activation importance on {len(segs)} segments"
         else:
-            scores = weight_importance(model)
+            scores = weight_importance(model, heads=heads_changed)
             how = "weight-norm importance"
         techniques = []
         llm_changed = (after["hidden"], after["heads"]) != (before["hidden"], before["heads"])
         if llm_changed:
             group = before["heads"] // before["kv_heads"]
-            kv = top_indices(group_scores(scores["llm_heads"], group), after["kv_heads"])
-            surgery_of(model).prune_llm_hidden(model, top_indices(scores["llm_dims"], after["hidden"]), kv)
+            kv = top_indices(group_scores(scores["llm_heads"], group), after["kv_heads"]) if heads_changed else None
+            model = surgery_of(model).prune_llm_hidden(model, top_indices(scores["llm_dims"], after["hidden"]), kv)
+            heads = (f"{before['heads']} -> {after['heads']} attention heads of {before['head_dim']}"
+                     if family_of_model(model).prune_hidden_heads else "every attention head kept")
             techniques.append(f"LLM hidden-size pruning ({before['hidden']} -> {after['hidden']} dimensions, "
-                              f"{before['heads']} -> {after['heads']} attention heads of {before['head_dim']}, {how})")
+                              f"{heads}, {how})")
         if after["audio_hidden"] != before["audio_hidden"]:
             heads = top_indices(scores["audio_heads"], after["audio_heads"])
             surgery_of(model).prune_audio_hidden(model, top_indices(scores["audio_dims"], after["audio_hidden"]), heads)

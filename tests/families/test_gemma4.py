@@ -63,6 +63,32 @@ def test_size_components_tied_head_and_per_layer_embeddings(gemma_kit):
 
 
 
+def test_plan_hidden_on_the_12b_layout_drops_every_tensor_row_and_column_of_a_residual_unit(tmp_path):
+    """``plan --hidden`` on gemma-4-12B-it: each residual unit removed takes, to the parameter, what every tensor
+    with the hidden width holds of it: a token-embedding column (262,144; lm_head tied), per sliding layer q/o
+    (2 x 16 x 256), k/v (2 x 8 x 256), gate/up/down (3 x 15,360) and 4 norms, per global layer q/o (2 x 16 x 512),
+    the one key head (512, no v_proj) and the same MLP and norms, the final norm, and the audio (640) and vision
+    (3,840) projectors' rows; the torch.save measure shrinks with it; heads are refused in one line."""
+    from iwslt_mc.errors import UserError
+    from iwslt_mc.families.gemma4 import GEMMA4_12B_PARAMS, gemma4_12b_config
+    from iwslt_mc.planning import planner
+
+    d = tmp_path / "gemma-4-12B-it"
+    d.mkdir()
+    (d / "config.json").write_text(gemma4_12b_config().to_json_string(use_diff=False))
+    base = planner.load_base_config(d)
+    sliding = 2 * 16 * 256 + 2 * 8 * 256 + 3 * 15360 + 4
+    full = 2 * 16 * 512 + 512 + 3 * 15360 + 4
+    per_unit = 262144 + 40 * sliding + 8 * full + 1 + 640 + 3840
+    assert per_unit == 3_105_345
+    narrow = planner.predict(planner.Spec(precision="bf16", hidden=2880), base, "2027")
+    assert narrow.params == GEMMA4_12B_PARAMS - 960 * per_unit == 8_978_599_024
+    full_pred = planner.predict(planner.Spec(precision="bf16"), base, "2027")
+    assert 0 < full_pred.torch_save.bytes - narrow.torch_save.bytes - 2 * 960 * per_unit < 10_000  # metadata only
+    with pytest.raises(UserError, match="^--heads: Gemma 4's attention width is not tied to hidden_size"):
+        planner.predict(planner.Spec(hidden=2880, heads=8), base, "2027")
+
+
 def test_plan_real_12b_layout_matches_meta_model(tmp_path):
     import torch
     import transformers
@@ -312,3 +338,30 @@ def test_12b_config_tool_and_reduced_depth_layout(tmp_path, capsys):
     assert [(t.per_layer_config[i].head_dim, t.per_layer_config[i].num_key_value_heads) for i in (0, 1)] == [(256, 8), (512, 1)]
     small = planner.predict(planner.Spec(), cfg, "2027")
     assert small.params == 1_525_009_922 and small.torch_save.bytes_cpu == 3_050_037_091
+
+
+def test_materialize_random_computes_gemma4_unified_run_time_buffers(gemma_unified_kit):
+    """tools/bench_decode.materialize_random (tools/check_fullwidth_gemma4.py builds its 12B-width model with it)
+    fills the non-persistent buffers a meta-device Gemma 4 model leaves empty as transformers computes them: the
+    rotary frequencies of each attention type and the embedding scale."""
+    import importlib.util
+    from pathlib import Path
+
+    import torch
+    from transformers import AutoConfig, Gemma4UnifiedForConditionalGeneration
+
+    spec = importlib.util.spec_from_file_location("bench_decode", Path(__file__).resolve().parents[2] / "tools" / "bench_decode.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    cfg = AutoConfig.from_pretrained(str(gemma_unified_kit / "model"))
+    with torch.device("meta"):
+        model = Gemma4UnifiedForConditionalGeneration(cfg)
+    mod.materialize_random(model.to(torch.float32), "cpu")
+    fresh = Gemma4UnifiedForConditionalGeneration(cfg)
+    keys = fresh.state_dict().keys()
+    run_time = {n: b for n, b in fresh.named_buffers() if n not in keys}
+    assert any(n.endswith("sliding_attention_inv_freq") for n in run_time) and any(n.endswith("embed_scale") for n in run_time)
+    mine = dict(model.named_buffers())
+    for name, b in run_time.items():
+        assert torch.equal(mine[name], b), name
+

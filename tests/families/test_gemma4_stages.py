@@ -341,6 +341,144 @@ def test_build_prune_ffn_recipe_is_planned_exactly_on_gemma4(gkit, tmp_path):
         planner.predict(planner.Spec(audio_ffn_dim=64), planner.load_base_config(gkit / "model"), "2025")
 
 
+# ------------------------------------------------------------------------------------------------ prune-hidden
+
+
+def test_prune_hidden_gemma4_every_dimension_kept_is_exact(gkit):
+    """Keeping every residual dimension (in a shuffled order) gives a model that computes exactly the original's
+    logits: nothing built from hidden_size is cut twice or missed, and the run-time factors are unchanged."""
+    import torch
+
+    from iwslt_mc import modelio
+    from iwslt_mc.families import surgery_of
+
+    base = gkit / "model"
+    old = _load(base)
+    new = surgery_of(old).prune_llm_hidden(_load(base), torch.randperm(64, generator=torch.Generator().manual_seed(0)))
+    proc, wave = modelio.load_processor(base), _clip(gkit)
+    assert torch.equal(_logits(new, proc, wave), _logits(old, proc, wave))
+
+
+def test_prune_hidden_gemma4_keeps_the_kept_channels_of_embeddings_and_the_logit_scale(gkit):
+    """Narrowed 64 -> 40: every tensor with the hidden width follows (embed_tokens and the tied lm_head, PLE
+    projections and norm, the audio/vision projectors, attention/MLP in/out, all RMSNorms); the embedding scale
+    Gemma computes from hidden_size at run time (sqrt(hidden)) is compensated, so the narrowed model's token
+    embeddings are the unpruned model's on the kept channels (to float32 rounding); the tied lm_head's factor is
+    taken back in the final norm (the logits of a hidden state equal the unpruned head's on the kept channels),
+    and the PLE context projection keeps its hidden_size**-0.5 scale."""
+    import torch
+
+    from iwslt_mc.families import surgery_of
+
+    base = gkit / "model"
+    old = _load(base)
+    dims = torch.randperm(64, generator=torch.Generator().manual_seed(1))[:40].sort().values
+    new = surgery_of(old).prune_llm_hidden(_load(base), dims)
+    assert new.config.text_config.hidden_size == 40
+    lo, ln = old.model.language_model, new.model.language_model
+    assert float(ln.embed_tokens.embed_scale) == pytest.approx(40 ** 0.5)  # what transformers computes on load
+    fresh = type(old)(new.config)  # every run-time (non-persistent) buffer is what a model of the narrowed config computes
+    keys = fresh.state_dict().keys()
+    run_time = [(n, b) for n, b in fresh.named_buffers() if n not in keys]
+    assert len(run_time) >= 2 and [n for n, _ in new.named_buffers() if n not in keys] == [n for n, _ in run_time]
+    mine = dict(new.named_buffers())
+    for name, b in run_time:
+        assert mine[name].dtype == b.dtype and torch.equal(mine[name], b), name
+    ids = torch.arange(old.config.text_config.vocab_size)[None]
+    with torch.no_grad():
+        e_old, e_new = lo.embed_tokens(ids)[..., dims], ln.embed_tokens(ids)
+    eps = torch.finfo(torch.float32).eps
+    assert ((e_new - e_old).abs() <= 2 * eps * e_old.abs()).all()  # kept channels equal, to float rounding
+    assert new.get_output_embeddings().weight is ln.embed_tokens.weight  # still tied
+    # every tensor with the hidden width follows (the state dict's shapes: only residual axes change)
+    old_sd, new_sd = old.state_dict(), new.state_dict()
+    assert old_sd.keys() == new_sd.keys()
+    changed = {k for k in old_sd if old_sd[k].shape != new_sd[k].shape}
+    for k in changed:
+        assert [(a, b) for a, b in zip(old_sd[k].shape, new_sd[k].shape) if a != b] == [(64, 40)], k
+    assert changed == {k for k in old_sd if ("language_model" in k and 64 in old_sd[k].shape)
+                       or k.endswith("embedding_projection.weight") or k == "lm_head.weight"}
+    for layer in ln.layers:
+        for norm in (layer.input_layernorm, layer.post_attention_layernorm, layer.pre_feedforward_layernorm,
+                     layer.post_feedforward_layernorm):
+            assert norm.weight.shape == (40,)
+        assert layer.self_attn.q_proj.weight.shape[1] == 40 and layer.self_attn.o_proj.weight.shape[0] == 40
+        assert layer.mlp.gate_proj.weight.shape[1] == 40 and layer.mlp.down_proj.weight.shape[0] == 40
+    assert new.model.embed_audio.embedding_projection.weight.shape[0] == 40
+    vision = getattr(new.model.embed_vision, "embedding_projection", None) or new.model.embed_vision.multimodal_embedder.embedding_projection
+    assert vision.weight.shape[0] == 40
+    # the logits of a hidden state: the unpruned head's (final norm weight x tied embedding) on the kept channels
+    h = torch.randn(3, 40, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        normed = h * torch.pow(h.pow(2).mean(-1, keepdim=True) + old.config.text_config.rms_norm_eps, -0.5)
+        want = (normed * lo.norm.weight[dims]) @ lo.embed_tokens.weight[:, dims].T
+        got = new.lm_head(ln.norm(h))
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    if getattr(lo, "per_layer_model_projection", None) is not None:  # gemma4: the PLE context projection
+        x = torch.randn(3, 40, generator=torch.Generator().manual_seed(3))
+        with torch.no_grad():
+            want = (x @ lo.per_layer_model_projection.weight[:, dims].T) * 64 ** -0.5
+            got = ln.per_layer_model_projection(x) * ln.per_layer_model_projection_scale
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+        assert ln.layers[0].per_layer_input_gate.weight.shape[1] == 40 and ln.layers[0].per_layer_projection.weight.shape[0] == 40
+
+
+def test_prune_hidden_gemma4_stage_reloads_decodes_and_is_planned_exactly(gkit, tmp_path):
+    """The stage (activation importance) narrows 64 -> 40 keeping every head; the output reloads with
+    from_pretrained alone and decodes; the planner predicts its safetensors bytes and the 2027 torch.save measure
+    exactly; heads and the audio width are refused in one line before loading."""
+    import torch
+
+    from iwslt_mc import modelio
+    from iwslt_mc.errors import UserError
+    from iwslt_mc.planning import planner
+    from iwslt_mc.sizing import sizer
+    from iwslt_mc.stages import make_stage
+    from iwslt_mc.stages.base import StageContext, run_stage
+
+    base, out = gkit / "model", tmp_path / "narrow"
+    rec = run_stage(make_stage("prune-hidden", {"llm_ratio": 0.625, "importance": "activation", "calibration": 2}),
+                    base, out, StageContext(lang="en-de", data=[str(gkit / "data")], **QUIET))
+    assert rec["shape_after"]["hidden"] == 40 and rec["shape_after"]["heads"] == 4
+    assert rec["techniques"] == ["LLM hidden-size pruning (64 -> 40 dimensions, every attention head kept, "
+                                 "activation importance on 2 segments)"]
+    model = _load(out)
+    assert model.config.text_config.hidden_size == 40
+    assert len(_runs(out, gkit)) == 6
+    _predicted_exactly(out, {"hidden": 40}, base)
+    bf16 = tmp_path / "bf16"
+    modelio.load_model(out, dtype=torch.bfloat16, device="cpu").save_pretrained(bf16)
+    pred = planner.predict(planner.Spec(precision="bf16", hidden=40), planner.load_base_config(base), "2027")
+    rep = sizer.measure(bf16, "2027")
+    assert pred.bytes == rep.bytes and pred.torch_save.bytes == rep.torch_save.bytes
+    with pytest.raises(UserError, match=r"^stage prune-hidden: llm_heads: Gemma 4's attention width is not tied"):
+        make_stage("prune-hidden", {"llm_hidden": 40, "llm_heads": 2}).check(base, StageContext(**QUIET))
+    unified = rec["shape_before"]["audio_hidden"] is None and not (model.config.audio_config.to_dict().get("num_hidden_layers"))
+    with pytest.raises(UserError, match=r"^stage prune-hidden: audio_hidden/audio_ratio: " +
+                       (r"this Gemma 4 model has no audio encoder" if unified else r"Gemma 4's conformer ties")):
+        make_stage("prune-hidden", {"audio_ratio": 0.5}).check(base, StageContext(**QUIET))
+
+
+def test_build_prune_hidden_recipe_smoke_on_gemma4(gkit, tmp_path):
+    """A Gemma 4 recipe with prune-hidden written for the 12B (llm_hidden 2880 of 3840) builds with --smoke on the
+    kit (scaled to 48 of 64) after a layer removal, to the bytes ``predict_recipe`` says."""
+    from iwslt_mc.build import build, predict_recipe
+    from iwslt_mc.recipes import load_recipe
+    from iwslt_mc.sizing import sizer
+
+    p = tmp_path / "r.yaml"
+    p.write_text("name: r\nfamily: gemma4\nstages:\n"
+                 "  - {id: a, stage: prune-layers, options: {llm_layers: [2]}}\n"
+                 "  - {id: b, stage: prune-hidden, options: {llm_hidden: 2880}}\n")
+    recipe = load_recipe(str(p))
+    kw = dict(condition="constrained", lang="en-de", data={})
+    pred = predict_recipe(recipe, str(gkit / "model"), edition="2027", smoke=True, **kw)
+    assert pred["dims"]["hidden"] == 48 and pred["dims"]["llm_kept"] == [0, 1, 3]
+    res = build(recipe, base=str(gkit / "model"), out=tmp_path / "b", smoke=True, log=lambda *a: None, **kw)
+    assert _load(res.model_dir).config.text_config.hidden_size == 48
+    assert res.size["bytes"] == pred["bytes"] == sizer.measure(res.model_dir).bytes
+
+
 # ------------------------------------------------------------------------------------------------ replace-layers
 
 REPLACE = {"dtype": "float32", "batch_size": 2, "lr": 1e-3, "scheduler": "constant", "save_steps": 1000,
@@ -495,6 +633,48 @@ def test_build_replace_layers_recipe_is_planned_exactly_on_gemma4(gkit, tmp_path
     assert res.size["bytes"] == pred["bytes"] == sizer.measure(res.model_dir).bytes
 
 
+def test_build_smoke_rewrites_a_given_replace_layers_block_to_one_kv_sharing_allows(gkit, tmp_path):
+    """``build --smoke`` of a recipe whose replace-layers block was written for the 12B (layers 20-23, init last)
+    asks the family for a block its rules allow on the kit: [0, 1] and [1, 2] would leave a KV-sharing layer
+    without its source, so the block is [2, 3] (layer 2 removed); the build makes what ``predict_recipe`` says."""
+    from iwslt_mc.build import build, predict_recipe, scaled_stages
+    from iwslt_mc.recipes import load_recipe
+    from iwslt_mc.sizing import sizer
+
+    p = tmp_path / "r.yaml"
+    p.write_text("name: r\nfamily: gemma4\nstages:\n"
+                 "  - {id: a, stage: replace-layers, data: [acl6060], options: {layers: [20, 21, 22, 23], init: last, "
+                 "max_steps: 2, batch_size: 2, search_examples: 2, dtype: float32, progress: false}}\n")
+    recipe = load_recipe(str(p))
+    base = str(gkit / "model")
+    assert scaled_stages(recipe, base, smoke=True)[0].options["layers"] == [2, 3]
+    data = {"acl6060": str(gkit / "data")}
+    kw = dict(condition="constrained", lang="en-de", data=data)
+    pred = predict_recipe(recipe, base, edition="2025", smoke=True, **kw)
+    assert pred["dims"]["llm_kept"] == [0, 1, 3]
+    res = build(recipe, base=base, out=tmp_path / "b", smoke=True, log=lambda *a: None, **kw)
+    assert _load(res.model_dir).config.text_config.num_hidden_layers == 3
+    assert res.size["bytes"] == pred["bytes"] == sizer.measure(res.model_dir).bytes
+
+
+def test_first_allowed_block_follows_kv_sharing():
+    """Gemma's rule behind the smoke rewrite, on the kit's layout (4 layers, the last 2 KV-sharing) and after a
+    layer removal; the default family rule is the first layers."""
+    from transformers import Gemma4TextConfig
+
+    from iwslt_mc.errors import UserError
+    from iwslt_mc.families import family_named
+    from iwslt_mc.families.gemma4.kit import TEXT_CONFIG
+    from iwslt_mc.families.gemma4.rules import config_after_layer_removal, first_allowed_block
+
+    t = Gemma4TextConfig(**TEXT_CONFIG)
+    assert first_allowed_block(t, 2, 0) == [1, 2] and first_allowed_block(t, 2, 1) == [2, 3]
+    assert first_allowed_block(config_after_layer_removal(t, [0, 1, 3]), 2, 0) == [1, 2]  # its shared layer gone too
+    with pytest.raises(UserError, match="^no block of 4 consecutive layers"):  # layer 0 alone: a sliding last layer
+        first_allowed_block(t, 4, 0)
+    assert family_named("qwen2_audio").smoke_replace_block(None, [0, 1, 2, 3], 2, 1) == [0, 1]
+
+
 def test_replace_audio_layers_on_gemma4(gemma_kit, gemma_unified_kit, tmp_path):
     """The conformer's two layers become one (random start, then every parameter briefly): the block error
     falls, the encoder has one layer, the model decodes and is planned exactly; the encoder-free kit refuses."""
@@ -552,3 +732,34 @@ def test_replace_layers_on_gemma4_resumes_to_the_same_weights(gemma_kit, tmp_pat
     assert rec["train"]["resumed_from"].endswith("checkpoint-2")
     a, b = load_file(tmp_path / "straight" / "model.safetensors"), load_file(tmp_path / "resumed" / "model.safetensors")
     assert a.keys() == b.keys() and [k for k in a if not a[k].equal(b[k])] == []
+
+
+# ------------------------------------------------------------------------------------------------ rebuilds
+
+
+def test_rebuild_without_random_init_equals_the_initialised_build(gkit):
+    """A layer-search candidate (the surgery's layer removal) is laid out on the meta device and takes the loaded
+    model's tensors themselves (no copy, no random init): every parameter and buffer, non-persistent ones included
+    (embedding scale, rotary frequencies, the conformer's timescales), equals what a randomly initialised model
+    loaded with the same weights holds, the tie is made, and the logits are the same. (The CPU rebuild without
+    random init, for a changed width or vocabulary, is checked by the every-dimension-kept test above.)"""
+    import torch
+
+    from iwslt_mc import modelio
+    from iwslt_mc.families.gemma4.rules import config_after_layer_removal
+    from iwslt_mc.families.gemma4.surgery import pruned_copy
+
+    base = gkit / "model"
+    model = _load(base)
+    fast = pruned_copy(model, [2])
+    slow = type(model)(config_after_layer_removal(model.config, [0, 1, 3])).to(torch.float32)
+    missing, unexpected = slow.load_state_dict(fast.state_dict(), strict=False)
+    assert not unexpected and set(missing) <= {"lm_head.weight"}
+    assert fast.get_output_embeddings().weight is fast.model.language_model.embed_tokens.weight
+    lf, lo = fast.model.language_model, model.model.language_model
+    assert lf.layers[2].mlp.up_proj.weight.data_ptr() == lo.layers[3].mlp.up_proj.weight.data_ptr()  # shared, not copied
+    for (n1, a), (n2, b) in zip(list(fast.named_parameters()) + list(fast.named_buffers()),
+                                list(slow.named_parameters()) + list(slow.named_buffers())):
+        assert n1 == n2 and a.dtype == b.dtype and torch.equal(a, b), n1
+    proc, wave = modelio.load_processor(base), _clip(gkit)
+    assert torch.equal(_logits(fast, proc, wave), _logits(slow.eval(), proc, wave))

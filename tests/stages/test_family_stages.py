@@ -72,7 +72,7 @@ def test_stages_a_family_does_not_support_refuse_in_one_line_before_loading(fami
         assert str(e.value) == f"stage {s}: not supported for {fam.name} models yet ({kit / 'model'}; it handles: {handled})"
         assert not (tmp_path / s).exists()
     # what each family refuses today (a new stage or family changes this line on purpose)
-    assert refused == {"qwen2_audio": ["drop-vision"], "gemma4": ["prune-hidden"],
+    assert refused == {"qwen2_audio": ["drop-vision"], "gemma4": [],
                        "qwen2_5_omni": ["prune-ffn", "prune-hidden", "replace-layers", "drop-vision"]}[fam.name]
 
 
@@ -115,6 +115,28 @@ def test_prune_one_llm_layer_reloads_and_the_plan_is_exact(family_kit, tmp_path)
     assert rep.bytes == (out / "model.safetensors").stat().st_size and rec["bytes_after"] == rep.bytes
     for pred in (_plan(out, precision="fp32"), _plan(kit / "model", precision="fp32", llm_layers=n - 1)):
         assert (pred.bytes, pred.params) == (rep.bytes, rep.params)
+
+
+def test_prune_hidden_reloads_and_the_plan_is_exact(family_kit, tmp_path):
+    """prune-hidden (3/4 of the LLM's residual width, weight importance) where the family supports it: the output
+    reloads with its family's class alone at the new width; the planner predicts its file and its 2027
+    torch.save measure exactly from the base (Gemma 4's own checks: tests/families/test_gemma4_stages.py)."""
+    from iwslt_mc.planning import planner
+    from iwslt_mc.sizing import sizer
+
+    _, fam, kit = family_kit
+    if not fam.supports("prune-hidden"):
+        pytest.skip(f"{fam.label} refuses prune-hidden (test_stages_a_family_does_not_support_refuse_...)")
+    out = tmp_path / "narrow"
+    rec = run_stage(make_stage("prune-hidden", {"llm_ratio": 0.75}), kit / "model", out, StageContext(**QUIET))
+    shape = rec["shape_after"]
+    assert shape["hidden"] == round(0.75 * rec["shape_before"]["hidden"])
+    model = fam.loader_class().from_pretrained(str(out))
+    assert model.config.text_config.hidden_size == shape["hidden"]
+    rep = sizer.measure(out, "2027")
+    pred = planner.predict(planner.Spec(precision="fp32", hidden=shape["hidden"], heads=shape["heads"]),
+                           planner.load_base_config(kit / "model"), "2027")
+    assert (pred.bytes, pred.params, pred.torch_save.bytes) == (rep.bytes, rep.params, rep.torch_save.bytes)
 
 
 def test_prune_one_audio_layer_or_refuse_where_there_is_no_audio_encoder(family_kit, tmp_path, monkeypatch):

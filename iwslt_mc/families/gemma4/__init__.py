@@ -44,7 +44,7 @@ class Gemma4Family(Family):
     # layers compute their own output) and, in gemma4, the conformer's layer outputs (:meth:`layout`)
     hidden_state_kd = True
     processor_prefixes = ("Gemma4",)
-    stages = ("prune-layers", "prune-ffn", "trim-vocab", "quantize", "finetune", "merge", "distill", "kd", "replace-layers",
+    stages = ("prune-layers", "prune-ffn", "prune-hidden", "trim-vocab", "quantize", "finetune", "merge", "distill", "kd", "replace-layers",
               "drop-vision")
     strategies = {"quantize": ("nf4", "fp4", "int8", "ct")}  # method autoround: measured on Qwen2-Audio only
     kit_options = ("unified",)
@@ -139,6 +139,28 @@ class Gemma4Family(Family):
                                 "(gemma4_unified: raw audio frames enter through embed_audio)")
             raise UserError(f"stage prune-ffn: audio_width: {AUDIO_FFN_REFUSAL}")
 
+    # prune-hidden keeps every attention head (:data:`~.surgery.HEADS_REFUSAL`)
+    prune_hidden_heads = False
+
+    def check_hidden_pruning(self, cfg: dict, heads: bool, audio: bool) -> None:
+        """Attention heads stay (:data:`~.surgery.HEADS_REFUSAL`); the audio encoder's width stays
+        (``gemma4_unified`` has none; ``gemma4``'s conformer: :data:`~.surgery.AUDIO_HIDDEN_REFUSAL`)."""
+        from ...errors import UserError
+        from .surgery import AUDIO_HIDDEN_REFUSAL, HEADS_REFUSAL
+
+        if heads:
+            raise UserError(f"stage prune-hidden: llm_heads: {HEADS_REFUSAL}")
+        if audio:
+            a = cfg.get("audio_config") or {}
+            if not a.get("num_hidden_layers"):
+                raise UserError("stage prune-hidden: audio_hidden/audio_ratio: this Gemma 4 model has no audio encoder "
+                                "(gemma4_unified: raw audio frames enter through embed_audio)")
+            raise UserError(f"stage prune-hidden: audio_hidden/audio_ratio: {AUDIO_HIDDEN_REFUSAL}")
+
+    def reference_widths(self) -> dict:
+        """gemma-4-12B-it: hidden 3840; no audio encoder."""
+        return {"hidden": GEMMA4_12B_TEXT["hidden_size"], "audio_hidden": None}
+
     def kv_sources(self, text_config) -> dict[int, int]:
         """Layer -> the earlier layer whose keys/values it reuses (KV sharing), for every sharing layer."""
         from .rules import kv_sources
@@ -163,6 +185,16 @@ class Gemma4Family(Family):
         from .rules import allowed_removal
 
         return allowed_removal(config, count)
+
+    def smoke_replace_block(self, config, kept: list[int], count: int, keep: int) -> list[int]:
+        """The first block KV sharing and the global last layer allow (:func:`.rules.first_allowed_block`)."""
+        from .plan import transformers_config
+        from .rules import config_after_layer_removal, first_allowed_block
+
+        cfg = transformers_config(config)
+        if len(kept) != cfg.text_config.num_hidden_layers:
+            cfg = config_after_layer_removal(cfg, kept)
+        return first_allowed_block(cfg, count, keep)
 
     def check_layer_removal(self, model_dir, remove, middle: int = 0) -> None:
         """KV sharing, from the config alone (:func:`iwslt_mc.families.gemma4.surgery.check_removal`)."""

@@ -4,7 +4,8 @@ Qwen2-Audio's planner expands one template layer; Gemma 4's layers differ (slidi
 have different head widths, KV-sharing layers, a PLE table whose width is per layer), so the whole model
 is enumerated (on the meta device: no memory). The on-disk arithmetic and the safetensors header are the
 planner's own (:func:`iwslt_mc.floor.sizes.disk_tensors`, :func:`iwslt_mc.floor.sizes.safetensors_header_bytes`).
-Supported spec dimensions: precision (per component too), ``vocab``, ``ffn_dim`` (prune-ffn) and ``llm_layers``
+Supported spec dimensions: precision (per component too), ``vocab``, ``ffn_dim`` (prune-ffn), ``hidden``
+(prune-hidden: the LLM's residual width; heads and the audio encoder's width stay) and ``llm_layers``
 (the removed layers are the contiguous block nearest the middle that KV sharing and the global last
 layer allow: :meth:`Gemma4Family.allowed_removal`). ``--target`` searches are Qwen2-Audio only.
 A plain config (``plan --base DIR`` reads config.json without transformers) is converted to transformers'
@@ -47,8 +48,8 @@ def transformers_config(cfg):
 
 
 def base_dims(cfg) -> dict:
-    """LLM and audio layers (None: no audio encoder, as in ``gemma4_unified``), FFN width, vocabulary, and
-    whether a vision encoder is there (a plain config: remembered by :mod:`iwslt_mc.plancache`)."""
+    """LLM and audio layers (None: no audio encoder, as in ``gemma4_unified``), FFN width, vocabulary, whether a
+    vision encoder is there, the LLM's residual width and query heads (a plain config: remembered by :mod:`iwslt_mc.plancache`)."""
     if _is_plain(cfg):
         from ... import plancache
 
@@ -63,7 +64,9 @@ def base_dims(cfg) -> dict:
     t = _text(cfg)
     return {"llm_layers": t.num_hidden_layers, "audio_layers": audio_layer_count(cfg) or None,
             "ffn_dim": t.intermediate_size, "audio_ffn_dim": None, "vocab": t.vocab_size,
-            "vision": getattr(cfg, "vision_config", None) is not None}
+            "vision": getattr(cfg, "vision_config", None) is not None,
+            # prune-hidden narrows the LLM's residual width only (every head and the audio encoder's width stay)
+            "hidden": t.hidden_size, "heads": t.num_attention_heads}
 
 
 def apply_dims(cfg, dims: dict):
@@ -94,6 +97,8 @@ def apply_dims(cfg, dims: dict):
     cfg = copy.deepcopy(cfg)
     t = _text(cfg)
     t.intermediate_size = dims["ffn_dim"]
+    if dims.get("hidden"):  # prune-hidden: everything built from hidden_size follows (surgery.prune_llm_hidden)
+        t.hidden_size = dims["hidden"]
     if dims["vocab"] != t.vocab_size:
         t.vocab_size = dims["vocab"]
         if getattr(t, "vocab_size_per_layer_input", None):
@@ -202,9 +207,19 @@ def predict(spec, base_config, edition: str, *, base_name: str | None = None):
 
     ed = get_edition(edition)
     check_components(spec, COMPONENTS, "Gemma 4")
-    if any(getattr(spec, k) is not None for k in ("hidden", "heads", "audio_hidden")):
-        raise UserError("--hidden/--heads/--audio-hidden: width changes are not supported for Gemma 4 yet")
     base = base_dims(base_config)
+    t = _text(base_config)
+    if spec.heads is not None and spec.heads != t.num_attention_heads:
+        from .surgery import HEADS_REFUSAL
+
+        raise UserError(f"--heads: {HEADS_REFUSAL}")
+    if spec.audio_hidden is not None:
+        from .surgery import AUDIO_HIDDEN_REFUSAL
+
+        raise UserError("--audio-hidden: " + (AUDIO_HIDDEN_REFUSAL if base["audio_layers"] else
+                                              "this Gemma 4 model has no audio encoder (gemma4_unified)"))
+    if spec.hidden is not None and spec.hidden > t.hidden_size:
+        raise UserError(f"--hidden {spec.hidden}: at most the base's width {t.hidden_size}")
     if spec.audio_ffn_dim is not None:
         from .surgery import AUDIO_FFN_REFUSAL
 

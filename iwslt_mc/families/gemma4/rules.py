@@ -96,3 +96,21 @@ def allowed_removal(config, count: int) -> list[int]:
         return block
     raise UserError(f"no block of {count} contiguous layers can be removed from this Gemma 4 model "
                     "(KV sharing or the global last layer forbid every one)")
+
+
+def first_allowed_block(config, count: int, keep: int) -> list[int]:
+    """The first block of ``count`` consecutive decoder layers whose collapse into its layer at position ``keep``
+    (the others removed) keeps the model valid (KV sharing, a global last layer): ``build --smoke``'s block for a
+    replace-layers stage written for the 12B; UserError when none is."""
+    from ...errors import UserError
+
+    n = getattr(config, "text_config", config).num_hidden_layers
+    for s in range(0, n - count + 1):
+        block = list(range(s, s + count))
+        try:
+            config_after_layer_removal(config, [i for i in range(n) if i not in block or i == block[keep]])
+        except UserError:
+            continue
+        return block
+    raise UserError(f"no block of {count} consecutive layers of this Gemma 4 model can become one layer "
+                    "(KV sharing or the global last layer forbid every one)")

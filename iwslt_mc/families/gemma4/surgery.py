@@ -16,20 +16,56 @@ _LAYER = re.compile(r"^(.*language_model\.layers\.)(\d+)(\..*)$")
 _AUDIO_LAYER = re.compile(r"^(.*audio_tower\.layers\.)(\d+)(\..*)$")
 
 
-def _rebuild(model, config, state_dict):
-    import torch
+def _rebuild(model, config, state_dict, buffers=None):
+    """A fresh model of ``config`` holding ``state_dict`` (every key but a tied lm_head must be there).
 
-    dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
-    with torch.device("cpu"):
-        new = type(model)(config)
-    new = new.to(dtype)
-    missing, unexpected = new.load_state_dict(state_dict, strict=False)
+    With ``buffers`` (the non-persistent buffers by their new names: in a layer removal each kept module's are
+    the original's; prune-hidden gives the new embedding scale), the model is laid out on the meta device and takes ``state_dict``'s tensors and
+    ``buffers`` themselves (``assign``): no memory is allocated and nothing is copied, so a layer-search
+    candidate shares the loaded model's weights, on its device. Otherwise (vocabulary trimming, dropping the
+    vision encoder) it is built on the CPU without random initialisation (transformers'
+    ``no_init_weights``; the weights are overwritten anyway), its non-persistent buffers computed by the modules'
+    constructors. Either way the tie ``init_weights`` would make is made here. Random init was ~85% of a
+    candidate's cost at the 12B's widths (README, Gemma 4 path); tests/families/test_gemma4_stages.py compares
+    every parameter and buffer of both ways with a randomly initialised build."""
+    import torch
+    from transformers.initialization import no_init_weights
+
+    if buffers is not None:
+        with torch.device("meta"), no_init_weights():
+            new = type(model)(config)
+        missing, unexpected = new.load_state_dict(state_dict, strict=False, assign=True)
+        for name, buf in buffers.items():
+            owner, _, attr = name.rpartition(".")
+            try:
+                mod = new.get_submodule(owner) if owner else new
+            except AttributeError:
+                continue
+            if attr in mod._buffers:  # a layer type no kept layer has any more leaves its rotary buffers behind
+                mod._buffers[attr] = buf
+        new.tie_weights()
+        left = [n for n, t in list(new.named_parameters()) + list(new.named_buffers()) if t.is_meta]
+        if left:
+            raise RuntimeError(f"Gemma 4 surgery: {left[:3]} not given")
+    else:
+        dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
+        with torch.device("cpu"), no_init_weights():
+            new = type(model)(config)
+        new.tie_weights()
+        new = new.to(dtype)
+        missing, unexpected = new.load_state_dict(state_dict, strict=False)
     # tied lm_head is in neither or both; anything else is a bug
     missing = [k for k in missing if k != "lm_head.weight"]
     if missing or unexpected:
         raise RuntimeError(f"Gemma 4 surgery: missing {missing[:3]}, unexpected {unexpected[:3]}")
     new.generation_config = model.generation_config
     return new.eval()
+
+
+def _volatile_buffers(model) -> dict:
+    """``model``'s non-persistent buffers (not in its state dict: computed at construction), by name."""
+    keys = model.state_dict().keys()
+    return {n: b for n, b in model.named_buffers() if n not in keys}
 
 
 def _kept_layers(remove, n: int, what: str, owner: str) -> list[int]:
@@ -42,12 +78,12 @@ def _kept_layers(remove, n: int, what: str, owner: str) -> list[int]:
     return [i for i in range(n) if i not in remove]
 
 
-def _renumbered_state(model, pattern, kept: list[int], other=lambda k, v: v) -> dict:
-    """``model``'s state dict without the layers ``pattern`` numbers (group 2) that are not in ``kept``, the kept
-    ones renumbered 0, 1, ...; every other tensor passed through ``other(key, tensor)``."""
+def _renumbered_state(model, pattern, kept: list[int], other=lambda k, v: v, items=None) -> dict:
+    """``model``'s state dict (or ``items``) without the layers ``pattern`` numbers (group 2) that are not in
+    ``kept``, the kept ones renumbered 0, 1, ...; every other tensor passed through ``other(key, tensor)``."""
     new_index = {old: new for new, old in enumerate(kept)}
     sd = {}
-    for k, v in model.state_dict().items():
+    for k, v in (model.state_dict() if items is None else items).items():
         m = pattern.match(k)
         if m is None:
             sd[k] = other(k, v)
@@ -71,7 +107,8 @@ def remove_llm_layers(model, remove):
             return v.reshape(n, P, v.shape[1])[kept].reshape(len(kept) * P, v.shape[1])
         return v
 
-    return _rebuild(model, config, _renumbered_state(model, _LAYER, kept, per_layer_slices)), kept
+    buffers = _renumbered_state(model, _LAYER, kept, items=_volatile_buffers(model))
+    return _rebuild(model, config, _renumbered_state(model, _LAYER, kept, per_layer_slices), buffers), kept
 
 
 def audio_layer_count(config) -> int:
@@ -90,7 +127,8 @@ def remove_audio_layers(model, remove):
                         "enter through embed_audio)")
     kept = _kept_layers(remove, n, "audio layers", "the audio encoder")
     config = config_after_audio_layer_removal(model.config, kept)
-    return _rebuild(model, config, _renumbered_state(model, _AUDIO_LAYER, kept)), kept
+    buffers = _renumbered_state(model, _AUDIO_LAYER, kept, items=_volatile_buffers(model))
+    return _rebuild(model, config, _renumbered_state(model, _AUDIO_LAYER, kept), buffers), kept
 
 
 def drop_vision(model):
@@ -360,3 +398,122 @@ def prune_audio_ffn(model, keep: list) -> None:
 # why prune-ffn's audio_width is refused for Gemma 4 (the family's check_ffn_pruning says it before any work)
 AUDIO_FFN_REFUSAL = ("Gemma 4's audio encoder has no FFN-width setting (its conformer FFNs are 4 x hidden_size, "
                      "fixed in transformers' Gemma4AudioFeedForward), so a narrower one would not load back")
+
+
+# ---------------------------------------------------------------------------------------------
+# Residual width (prune-hidden). Everything of the text decoder built from ``text_config.hidden_size`` follows
+# the kept dimensions: the token embeddings (and the tied lm_head), every RMSNorm over the residual (the four
+# per decoder layer, the PLE's post_per_layer_input_norm, the final norm), q/k/v and the MLP's gate/up
+# (input columns), o_proj and down_proj (output rows), the PLE's per_layer_input_gate (columns),
+# per_layer_projection (rows) and per_layer_model_projection (columns), and the audio/vision projectors into
+# the LLM (embed_audio's and embed_vision's embedding_projection rows). Which axis of which tensor is the
+# residual one is read from the shapes a model of the narrowed config has (every axis that changes must go
+# from the old width to the new), so nothing built from hidden_size is missed or cut twice.
+#
+# Three factors Gemma computes from hidden_size at run time are compensated in the weights, so the narrowed
+# model computes, on its kept dimensions, what the unpruned one did:
+# - the embedding scale sqrt(hidden_size) (Gemma4TextScaledWordEmbedding.embed_scale, applied in the weights'
+#   dtype): embed_tokens is multiplied by old/new scale, so each kept channel of an embedding is the unpruned
+#   model's (to the rounding of one multiplication);
+# - with lm_head tied to embed_tokens that factor would also scale the logits: the final norm's weight is
+#   divided by it (Gemma's RMSNorm multiplies by its weight), so the logits keep their scale;
+# - the PLE's context projection is scaled by hidden_size**-0.5 (per_layer_model_projection_scale): its
+#   weight is multiplied by sqrt(new/old).
+# Attention keeps every head: its width (heads x head_dim, explicit per layer type) is not tied to hidden_size,
+# and KV-sharing layers read other layers' heads. RMSNorms over a subset of the residual are not the original
+# norms (the mean of squares changes), so the narrowed model is exact only when every dimension is kept.
+
+
+def llm_attention_shape(model) -> tuple[int, int, int]:
+    """(query heads, key/value heads of the sliding layers, their head size): Gemma 4's attention is not
+    narrowed by prune-hidden (every head is kept); given for the stage's reports."""
+    t = model.config.text_config
+    return t.num_attention_heads, t.num_key_value_heads, t.head_dim
+
+
+def hidden_readers(layout) -> tuple[list, list, None]:
+    """What prune-hidden's importance reads: per norm of the text decoder that feeds projections, (norm, the
+    linears reading its output): input_layernorm -> q/k/v (a KV-sharing layer has q only; attention_k_eq_v
+    global layers no v), pre_feedforward_layernorm -> gate/up, the final norm -> lm_head. No audio readers
+    (the audio encoder's width is not narrowed)."""
+    llm = []
+    for layer in layout.decoder_layers:
+        a, m = layer.self_attn, layer.mlp
+        qkv = tuple(p for p in (a.q_proj, getattr(a, "k_proj", None), getattr(a, "v_proj", None)) if p is not None)
+        llm += [(layer.input_layernorm, qkv), (layer.pre_feedforward_layernorm, (m.gate_proj, m.up_proj))]
+    llm.append((layout.norm, (layout.lm_head,)))
+    return llm, [], None
+
+
+# why prune-hidden keeps every attention head of Gemma 4 (the family's check_hidden_pruning says it before any work)
+HEADS_REFUSAL = ("Gemma 4's attention width is not tied to hidden_size (head_dim is explicit per layer type) and its "
+                 "KV-sharing layers read other layers' heads, so prune-hidden keeps every head; pruning heads is "
+                 "not implemented for Gemma 4")
+AUDIO_HIDDEN_REFUSAL = ("Gemma 4's conformer ties its FFN (4 x hidden_size, no config field) and its head size "
+                        "to its width, which prune-hidden does not narrow; its width stays (the projector "
+                        "embed_audio follows the LLM's)")
+
+
+def prune_llm_hidden(model, keep_dims, keep_kv_heads=None):
+    """A new model keeping residual dimensions ``keep_dims`` of the text decoder (see above; every head kept:
+    ``keep_kv_heads`` must be None); ``text_config.hidden_size`` follows."""
+    import torch
+
+    from ...errors import UserError
+    from .layout import find_layout
+
+    if keep_kv_heads is not None:
+        raise UserError(f"stage prune-hidden: {HEADS_REFUSAL}")
+    t = model.config.text_config
+    if getattr(t, "enable_moe_block", False):
+        raise UserError("stage prune-hidden: this Gemma 4 model has mixture-of-experts blocks, whose router scales by "
+                        "hidden_size**-0.5; narrowing them is not implemented")
+    old = t.hidden_size
+    dims = torch.as_tensor(keep_dims, dtype=torch.long).sort().values
+    if len(dims) < 1 or int(dims[0]) < 0 or int(dims[-1]) >= old or len(set(dims.tolist())) != len(dims):
+        raise ValueError(f"hidden dimensions to keep must be distinct, in 0..{old - 1}")
+    new_h = len(dims)
+    d = model.config.to_dict()
+    d["text_config"]["hidden_size"] = new_h
+    config = type(model.config).from_dict(d)
+    with torch.device("meta"):
+        shapes = {k: tuple(v.shape) for k, v in type(model)(config).state_dict().items()}
+
+    names = {id(m): n for n, m in model.named_modules()}
+    lm = find_layout(model).language_model
+    emb = lm.embed_tokens
+    dtype = emb.weight.dtype
+    # the factors the forward computes from hidden_size, as it computes them (the scale in the weights' dtype)
+    old_scale = float(emb.embed_scale.to(dtype))
+    new_scale = float(torch.tensor(new_h ** 0.5).to(dtype))
+    embed_factor = old_scale / new_scale
+    factors = {f"{names[id(emb)]}.weight": embed_factor}
+    out_emb = model.get_output_embeddings()
+    tied = out_emb is not None and out_emb.weight is emb.weight
+    skip = set()
+    if tied:  # one tensor: loaded (scaled) under the embedding's name only
+        factors[f"{names[id(lm.norm)]}.weight"] = 1 / embed_factor
+        skip.add(f"{names[id(out_emb)]}.weight")
+    if getattr(lm, "per_layer_model_projection", None) is not None:
+        factors[f"{names[id(lm.per_layer_model_projection)]}.weight"] = (old ** -0.5) / (new_h ** -0.5)
+
+    sd = {}
+    for k, v in model.state_dict().items():
+        if k in skip:
+            continue
+        want = shapes.get(k)
+        if want is not None and tuple(v.shape) != want:
+            for axis, (a, b) in enumerate(zip(v.shape, want)):
+                if a == b:
+                    continue
+                if (a, b) != (old, new_h):
+                    raise RuntimeError(f"Gemma 4 prune-hidden: {k} {tuple(v.shape)} -> {want}: not a residual axis")
+                v = v.index_select(axis, dims.to(v.device))
+        if k in factors:
+            v = (v.float() * factors[k]).to(v.dtype)
+        sd[k] = v
+    # laid out on the meta device, taking these tensors (no second copy of a 12B model): the run-time buffers
+    # are the original's, but for the embedding scale, which the constructor computes from the new width
+    buffers = _volatile_buffers(model)
+    buffers[f"{names[id(emb)]}.embed_scale"] = torch.tensor(new_h ** 0.5).to(emb.embed_scale.device, emb.embed_scale.dtype)
+    return _rebuild(model, config, sd, buffers)

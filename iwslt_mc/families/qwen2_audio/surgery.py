@@ -299,6 +299,22 @@ def _narrow_conv1d(conv, out_idx=None, in_idx=None):
                              dtype=w.dtype), w, b)
 
 
+def hidden_readers(layout) -> tuple[list, list, object]:
+    """What prune-hidden's importance reads: per norm of the LLM and of the audio encoder, (norm module,
+    linears reading its output), and the audio encoder's final norm (its positions are the pooled ones)."""
+    llm = []
+    for layer in layout.decoder_layers:
+        a, m = layer.self_attn, layer.mlp
+        llm += [(layer.input_layernorm, (a.q_proj, a.k_proj, a.v_proj)), (layer.post_attention_layernorm, (m.gate_proj, m.up_proj))]
+    llm.append((layout.norm, (layout.lm_head,)))
+    audio = []
+    for layer in layout.audio_layers:
+        a = layer.self_attn
+        audio += [(layer.self_attn_layer_norm, (a.q_proj, a.k_proj, a.v_proj)), (layer.final_layer_norm, (layer.fc1,))]
+    audio.append((layout.audio_tower.layer_norm, (layout.projector.linear,)))
+    return llm, audio, layout.audio_tower.layer_norm
+
+
 def llm_attention_shape(model) -> tuple[int, int, int]:
     """(query heads, key/value heads, head size) of the LLM's attention."""
     layout = _layout(model)
@@ -307,10 +323,10 @@ def llm_attention_shape(model) -> tuple[int, int, int]:
     return tc.num_attention_heads, tc.num_key_value_heads, attn.head_dim
 
 
-def prune_llm_hidden(model, keep_dims, keep_kv_heads=None) -> None:
+def prune_llm_hidden(model, keep_dims, keep_kv_heads=None):
     """Keep residual dimensions ``keep_dims`` of the LLM and key/value heads ``keep_kv_heads`` (each with
-    its group of query heads; None keeps every head), in place; the config follows (``hidden_size``,
-    ``num_attention_heads``, ``num_key_value_heads`` and an explicit ``head_dim``)."""
+    its group of query heads; None keeps every head), in place (returns ``model``); the config follows
+    (``hidden_size``, ``num_attention_heads``, ``num_key_value_heads`` and an explicit ``head_dim``)."""
     import torch
     import torch.nn as nn
 
@@ -353,6 +369,7 @@ def prune_llm_hidden(model, keep_dims, keep_kv_heads=None) -> None:
     tc.num_attention_heads = len(q_heads)
     tc.num_key_value_heads = len(kv)
     tc.head_dim = head_dim  # no longer hidden_size / num_attention_heads
+    return model
 
 
 def audio_attention_shape(model) -> tuple[int, int]:
