@@ -51,27 +51,35 @@ PARTS = ("decode", "quantize", "torchsave", "train", "search")
 DISK_LIMIT_GIB = 55.0
 PART_LIMIT_S = 8 * 60  # each part must fit a 10-minute device call with margin
 
-# Estimated wall seconds per part on one H200 at full size, and how they were derived (figures: the H100
+# Wall seconds per part on one H200 at full size: measured where the H200 lent on 2026-12-04 ran it (issue 34,
+# docs/bench/gpu_check_h200.md: torch 2.11.0+cu130, transformers 5.17.0), estimated elsewhere (figures: the H100
 # measurements in shared/reference/qwen2-audio.md and KINDS.md's H200 copy bandwidth; assumptions: local disk
-# writes ~1 GB/s, reads of a file written in the same call from the page cache (128 GiB RAM) ~3 GB/s,
-# ~15 s of Python/torch/transformers start-up per child process). docs/bench/gpu_check_plan.md has the table.
-BASE_BUILD_S = 90  # 8.4 B random bf16 values made on 16 CPU cores (~30 s) + 16.8 GB written (~17 s) + start-up
+# writes ~1 GB/s, reads of a file written in the same call from the page cache (128 GiB RAM) ~3 GB/s, ~15 s of
+# Python/torch/transformers start-up per child process). docs/bench/gpu_check_plan.md has the table.
+MEASURED_H200_S = {"decode bf16": 137, "torchsave": 55, "base build on the CPU": 288}
+# Estimate: the base drawn on the GPU (a CUDA generator: 8.4 B values in well under a second; on the CPU this was
+# ~264 s of the measured 288) + copied to host memory and written (16.8 GB, ~9 s measured) + start-up, the real
+# tokenizer and measuring the file (~15-20 s): ~30 s, with margin
+BASE_BUILD_S = 40
+# Estimate: the fp32 agreement child: start-up and the 33.6 GB fp32 model drawn on the GPU ~15 s; warm-ups incl.
+# the static-cache compile ~40 s (bf16 measured 38.3 s); reference on 8 clips x 32 tokens at ~25 tok/s (half the
+# bf16 47.5 tok/s measured: twice the bytes per token) incl. fp32 prefills ~20 s; fast (one batch of 8) ~5 s
+DECODE_FP32_S = 90
 ESTIMATE_S = {
-    # model on the GPU ~15 s; warm-ups incl. one static-cache compile ~60 s (H100: ~40 s); baseline + reference
-    # on 8 clips x 64 tokens at ~24 tok/s ~45 s; fast on 32 clips (2 batches of 16) ~10 s; batch-1 rates:
-    # baseline 112 tokens ~5 s, fast at batch 1 (a second compile) ~50 s; start-up 15 s
-    "decode": 200,
-    # per method: quantize (16.8 GB read + quantize on the GPU + write 6.2 GB: ~40 s; ct's minmax groups ~60 s),
-    # torch.save stream of the reload (~25 s), decode of 8 utterances x 32 tokens incl. a compile (~60 s), 3
-    # start-ups: nf4 ~170 s + ct ~190 s
+    # measured: the bf16 speeds child 137 s; + the fp32 agreement child (estimate)
+    "decode": MEASURED_H200_S["decode bf16"] + DECODE_FP32_S,
+    # estimate, not run (call 3's base had been deleted by call 2, and rebuilding it on the CPU ran out of the
+    # call): per method: quantize (16.8 GB read + quantize on the GPU + write 6.2 GB: ~40 s; ct's minmax groups
+    # ~60 s), torch.save stream of the reload (~25 s), decode of 8 utterances x 32 tokens incl. a compile (~60 s),
+    # 3 start-ups: nf4 ~170 s + ct ~190 s
     "quantize": 360,
-    # one load of 16.8 GB to the GPU (~10 s) + a 16.8 GB torch.save into a pipe (~15 s) + start-up
-    "torchsave": 45,
-    # QLoRA: load + NF4 on load (~40 s), 1 step, adapter save: ~70 s; KD: student 16.8 GB + NF4 teacher
-    # (~50 s), 1 step, 16.8 GB student written (~20 s): ~100 s
+    # measured: one load of 16.8 GB to the GPU + a 16.8 GB torch.save into a pipe + start-up
+    "torchsave": MEASURED_H200_S["torchsave"],
+    # estimate, not run: QLoRA: load + NF4 on load (~40 s), 1 step, adapter save: ~70 s; KD: student 16.8 GB +
+    # NF4 teacher (~50 s), 1 step, 16.8 GB student written (~20 s): ~100 s
     "train": 170,
-    # 32 candidates x 16 segments x <= 32 tokens with the shared engine, batched (~1/50 of the README's 8-round,
-    # 100-segment estimate of 1-3 h: 72-216 s), load 16.8 GB, write the 31-layer model (16.3 GB, ~17 s)
+    # estimate, not run: 32 candidates x 16 segments x <= 32 tokens with the shared engine, batched (~1/50 of the
+    # README's 8-round, 100-segment estimate of 1-3 h: 72-216 s), load 16.8 GB, write the 31-layer model (~17 s)
     "search": 260,
 }
 

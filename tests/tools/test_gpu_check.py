@@ -103,6 +103,13 @@ def test_estimates_fit_a_device_call_and_charge_the_base_once():
     assert est["search"] == gc.ESTIMATE_S["search"]
     assert gc.estimates(["search"])["search"] == gc.ESTIMATE_S["search"] + gc.BASE_BUILD_S
     assert gc.estimates(["search"], base_ready=True)["search"] == gc.ESTIMATE_S["search"]
+    # the H200's measured figures (2026-12-04) where it ran: decode's bf16 child and torchsave
+    assert gc.ESTIMATE_S["torchsave"] == 55 and gc.ESTIMATE_S["decode"] == 137 + gc.DECODE_FP32_S
+    assert gc.BASE_BUILD_S < gc.MEASURED_H200_S["base build on the CPU"] / 4  # drawn on the GPU now
+    # the README's three calls, each under its device call's timeout with margin
+    assert sum(gc.estimates(["decode", "torchsave"]).values()) == 137 + gc.DECODE_FP32_S + 55 + gc.BASE_BUILD_S <= 400
+    assert gc.estimates(["quantize"])["quantize"] <= 450
+    assert sum(gc.estimates(["train", "search"]).values()) <= 520
 
 
 def test_disk_plan_of_the_7b_model_from_planner_bytes():
