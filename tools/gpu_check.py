@@ -304,8 +304,8 @@ def _run(parts: list[str], a, report: Report, cuda: bool) -> bool:
                        **{"Qwen2-Audio LLM saved as": disk_prefixes()["model.language_model."] + "*"},
                        model="reduced (hidden 256, FFN 768, 4+2 layers, real vocabulary)" if a.reduced
                        else "Qwen2-Audio-7B-Instruct architecture, random bf16 weights",
-                       **{"H200 estimate s": ", ".join(f"{p} {s}" for p, s in est.items()) + f" (total {sum(est.values())})"})
-    print(f"gpu_check: parts {', '.join(parts)}; H200 estimates: "
+                       **{"H200 s (measured 2026-12-04 where run, else estimated)": ", ".join(f"{p} {s}" for p, s in est.items()) + f" (total {sum(est.values())})"})
+    print(f"gpu_check: parts {', '.join(parts)}; H200 times (measured or estimated): "
           + ", ".join(f"{p} ~{s} s" for p, s in est.items()) + f"; total ~{sum(est.values())} s", flush=True)
     over = [p for p, s in est.items() if s > PART_LIMIT_S]
     if over:  # a bug in the table, not a runtime condition
@@ -334,7 +334,7 @@ def _run(parts: list[str], a, report: Report, cuda: bool) -> bool:
     try:
         for p in parts:
             report.part = p
-            print(f"gpu_check: part {p} (estimate ~{est[p]} s on an H200)", flush=True)
+            print(f"gpu_check: part {p} (~{est[p]} s on an H200)", flush=True)
             t0 = time.time()
             if p != "decode":
                 ctx.ensure_base()
