@@ -6,9 +6,11 @@
     python tools/gpu_check.py --reduced --device cpu --report /tmp/gc.md # the CPU rehearsal (small widths)
 
 Parts, in this order (``--only`` takes a comma list of them, or ``all``):
-  decode     fast vs reference vs ``generate()`` decode of the full-size random Qwen2-Audio
-             (tools/bench_decode.py --arch full): tokens/s, agreement of the outputs, batch-1 rate against the
-             roofline of the GPU's measured copy bandwidth. Needs no file on disk.
+  decode     two tools/bench_decode.py --arch full runs of the full-size random Qwen2-Audio: (1) fp32, TF32 off,
+             reference vs fast on 8 clips x 32 tokens: PASS needs every first token equal and a mean common
+             prefix >= --min-agreement; (2) bf16: fast vs reference vs ``generate()`` tokens/s, batch-1 rate
+             against the roofline of the GPU's measured copy bandwidth, and the bf16 agreement figures as
+             information (a random model's near-ties flip under bf16 kernels). Needs no file on disk.
   quantize   NF4 (bitsandbytes, double quant) and ct (compressed-tensors pack-quantized 4-bit): quantize the
              random bf16 base, measure torch.save of the reloaded model on the device against the planner, and
              decode the kit's eval utterances with it (reload + decode); each output deleted after its rows.
