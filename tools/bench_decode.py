@@ -22,6 +22,13 @@ Runs, timed end to end (features, prefill, decoding, detokenization):
 - ``fast``: ``mode="fast"`` with ``--batch-size`` on all clips (after a warm-up batch that compiles).
 segments/s compares runs on different numbers of clips: the subset is every k-th clip of the set.
 
+Agreement of the outputs (same clips): ``agreement_*`` is the share of whole sequences that are identical;
+``agreement_detail`` adds the first-token agreement, the mean common-prefix fraction and the share of equal
+positions. With random bf16 weights the logits are flat, so near-ties flip under different kernels (batch 16
+vs 1, static vs dynamic cache) and one flip changes the rest of a greedy sequence: on an H200 the bf16 run had
+0.0 identical sequences. ``--agreement-only --dtype fp32`` (reference vs fast only, TF32 off) is the check
+that fast mode computes the same thing.
+
 Batch-1 decode rate (tokens/s of the decoding steps alone, prefill removed by differencing two
 generation lengths) for the baseline and for fast mode at batch 1, and the fraction of the
 memory-bandwidth limit it reaches: limit = measured copy bandwidth (device-to-device, read + write
@@ -278,7 +285,38 @@ def decode_rate(model, processor, wave, how: str, n1: int, n2: int) -> float:
 
 
 def agreement(a: list[list[int]], b: list[list[int]]) -> float:
+    """Share of whole sequences that are identical (one flipped token anywhere makes a sequence differ)."""
     return sum(x == y for x, y in zip(a, b)) / max(1, len(a))
+
+
+def common_prefix(x: list[int], y: list[int]) -> int:
+    n = 0
+    for u, v in zip(x, y):
+        if u != v:
+            break
+        n += 1
+    return n
+
+
+def agreement_detail(a: list[list[int]], b: list[list[int]]) -> dict:
+    """Per-token agreement of two runs' outputs on the same clips (greedy decoding: after the first differing
+    token the rest of a sequence follows a different history, so the common prefix is the meaningful measure):
+
+    - ``sequences``: share of clips whose whole outputs are identical (:func:`agreement`);
+    - ``first_token``: share of clips whose first generated token is the same (prefill and the first step);
+    - ``prefix``: mean over clips of common prefix length / the longer output's length (1.0: all identical);
+    - ``positions``: share of positions (over the longer output of each clip) holding the same token.
+    Empty outputs on both sides count as identical."""
+    pairs = list(zip(a, b))
+    if not pairs:
+        return {"clips": 0, "sequences": 0.0, "first_token": 0.0, "prefix": 0.0, "positions": 0.0}
+    longest = [max(len(x), len(y)) for x, y in pairs]
+    prefix = [common_prefix(x, y) / m if m else 1.0 for (x, y), m in zip(pairs, longest)]
+    same = sum(sum(u == v for u, v in zip(x, y)) for x, y in pairs)
+    return {"clips": len(pairs), "sequences": round(agreement(a, b), 4),
+            "first_token": round(sum(x[:1] == y[:1] for x, y in pairs) / len(pairs), 4),
+            "prefix": round(sum(prefix) / len(pairs), 4),
+            "positions": round(same / max(1, sum(longest)), 4) if sum(longest) else 1.0}
 
 
 # ---------------------------------------------------------------------------------------------- main
@@ -299,6 +337,10 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, default=None, help="fast-mode batch size (default: 16 on cuda, 8 on cpu)")
     ap.add_argument("--repeats", type=int, default=None, help="timed repetitions, best kept (default: 1 on cuda, 3 on cpu)")
     ap.add_argument("--no-decode-rate", action="store_true", help="skip the batch-1 decode-rate measurement")
+    ap.add_argument("--agreement-only", action="store_true",
+                    help="only reference (batch 1) and fast (--batch-size) on every clip and their per-token agreement: "
+                         "no baseline, no decode rate (tools/gpu_check.py runs it in fp32 to tell a fast-path bug "
+                         "from bf16 near-tie flips)")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch CPU threads (on a shared machine 1 avoids threads thrashing each other)")
     ap.add_argument("--json", default=None, metavar="FILE", help="also write the figures as JSON")
@@ -317,6 +359,10 @@ def main(argv=None) -> int:
     new = args.max_new_tokens or (64 if cuda else 24)
     bs = args.batch_size or (16 if cuda else 8)
     repeats = args.repeats or (1 if cuda else 3)
+    if dtype_name == "fp32":  # "same outputs" in float32 means float32 matmuls: no TF32 (matmul, cudnn convs)
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        torch.set_float32_matmul_precision("highest")
 
     t0 = time.perf_counter()
     if args.arch == "kit":
@@ -337,6 +383,9 @@ def main(argv=None) -> int:
           f"{dtype_name}, {params:,} parameters, built in {build_s:.1f} s", flush=True)
     print(f"# {n} clips {args.min_s:g}-{args.max_s:g} s ({sum(map(len, clips)) / SR:.0f} s of audio), "
           f"max_new_tokens {new}, fast batch size {bs}, baseline/reference on {k} clips", flush=True)
+
+    if args.agreement_only:
+        return _agreement_only(args, model, processor, clips, device, dtype_name, params, new, bs)
 
     # warm-ups, so no run pays one-time costs (allocator, kernels, compilation) inside its timing
     run_baseline(model, processor, clips[:1], 4)
@@ -367,6 +416,9 @@ def main(argv=None) -> int:
         "speedup_segments_per_s_fast_vs_baseline": round(res["fast"]["segments_per_s"] / res["baseline"]["segments_per_s"], 2),
         "agreement_fast_vs_reference": round(agreement(fast_sub, res["reference"]["_tokens"]), 4),
         "agreement_reference_vs_baseline": round(agreement(res["reference"]["_tokens"], res["baseline"]["_tokens"]), 4),
+        "agreement_detail": {"fast_vs_reference": agreement_detail(fast_sub, res["reference"]["_tokens"]),
+                             "reference_vs_baseline": agreement_detail(res["reference"]["_tokens"],
+                                                                       res["baseline"]["_tokens"])},
     }
     import transformers
 
@@ -383,6 +435,35 @@ def main(argv=None) -> int:
             **{f"{h}_tokens_per_s": round(r, 1) for h, r in rates.items()},
             **{f"{h}_fraction_of_limit": round(r / limit, 3) for h, r in rates.items()},
         }
+    print(json.dumps(out, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+    return 0
+
+
+def _agreement_only(args, model, processor, clips, device, dtype_name, params, new, bs) -> int:
+    """Reference (batch 1) and fast (batch ``bs``) on every clip: their outputs compared token by token."""
+    import torch
+    import transformers
+
+    cuda = device.startswith("cuda")
+    run_mode(model, processor, clips[:1], "reference", 1, 4)  # warm-ups (fast: compiles on CUDA)
+    t = time.perf_counter()
+    run_mode(model, processor, clips[:bs], "fast", bs, new)
+    warm_fast = time.perf_counter() - t
+    ref = run_mode(model, processor, clips, "reference", 1, new)
+    fast = run_mode(model, processor, clips, "fast", bs, new)
+    out = {
+        "arch": args.arch + ("-reduced" if args.reduced else ""), "device": device,
+        "device_name": torch.cuda.get_device_name() if cuda else "cpu", "dtype": dtype_name, "params": params,
+        "tf32": bool(torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32) if cuda else None,
+        "clips": len(clips), "max_new_tokens": new, "batch_size": bs, "fast_warmup_seconds": round(warm_fast, 1),
+        "torch": torch.__version__, "transformers": transformers.__version__,
+        "runs": {name: {k: v for k, v in r.items() if not k.startswith("_")} for name, r in
+                 (("reference", ref), ("fast", fast))},
+        "agreement_fast_vs_reference": round(agreement(fast["_tokens"], ref["_tokens"]), 4),
+        "agreement_detail": {"fast_vs_reference": agreement_detail(fast["_tokens"], ref["_tokens"])},
+    }
     print(json.dumps(out, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2) + "\n")

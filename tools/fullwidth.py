@@ -94,6 +94,8 @@ class Run:
         rep = self.work / f".{len(self.steps):02d}.json"
         cmd = ([sys.executable, str(Path(__file__).resolve()), *script] if script
                else [sys.executable, "-c", _CHILD, str(rep), *args])
+        if script:
+            env["FULLWIDTH_PEAK"] = str(rep)  # the script's peak GPU memory, as _CHILD reports it
         with open(self.log, "a") as logf:
             logf.write(f"\n$ {'fullwidth.py ' + shlex.join(script) if script else 'iwslt-mc ' + shlex.join(args)}\n")
             logf.flush()
@@ -118,12 +120,14 @@ class Run:
 
     def build(self, out: Path, *, llm_layers: int, audio_layers: int, predicted_from_base: bool = True,
               widths: str = "real") -> Step:
-        """build_fullwidth in a child process (its memory is then measured like every other step's).
-        ``widths="reduced"``: tools/gpu_check.py's small widths (its CPU rehearsal)."""
+        """build_fullwidth in a child process (its memory is then measured like every other step's), the random
+        values drawn on this run's device (a GPU draws the 8.4 B values in well under a second; one CPU generator
+        took ~264 s of the H200 machine's 288 s build). ``widths="reduced"``: tools/gpu_check.py's small widths
+        (its CPU rehearsal)."""
         st = self.cli(f"build random bf16 model ({llm_layers} LLM + {audio_layers} audio layers, "
-                      f"{'reduced widths, ' if widths == 'reduced' else ''}real tokenizer)",
+                      f"{'reduced widths, ' if widths == 'reduced' else ''}real tokenizer, drawn on {self.device})",
                       [], model_out=out, script=["build", str(out), str(llm_layers), str(audio_layers),
-                                                 *([widths] if widths != "real" else [])])
+                                                 *([widths] if widths != "real" else []), "--device", self.device])
         if st.ok and predicted_from_base:
             st.predicted = predict(out)
         return st
@@ -163,7 +167,7 @@ def build_fullwidth(out: Path, *, llm_layers: int, audio_layers: int, device: st
                     text_widths: dict | None = None, audio_widths: dict | None = None) -> Step:
     """A random bf16 Qwen2-Audio at the real widths and vocabulary with the given depth, saved to ``out``
     with the real tokenizer and the kit's processor settings. Built on the meta device and filled in
-    place (one copy in memory)."""
+    place on ``device`` (one copy in memory; on a GPU the random values are drawn there, then saved)."""
     import resource
 
     import torch
@@ -185,7 +189,7 @@ def build_fullwidth(out: Path, *, llm_layers: int, audio_layers: int, device: st
     with torch.device("meta"):
         model = Qwen2AudioForConditionalGeneration(config)
     model = model.to(dtype=torch.bfloat16)
-    materialize_random(model, "cpu", seed=seed)
+    materialize_random(model, device, seed=seed)
     model.generation_config = GenerationConfig(
         bos_token_id=ids["<|endoftext|>"], eos_token_id=[ids["<|im_end|>"], ids["<|endoftext|>"]],
         pad_token_id=ids["<|endoftext|>"], do_sample=False, num_beams=1, repetition_penalty=1.0, max_new_tokens=16)
@@ -218,9 +222,21 @@ def write_report(run: Run, out_md: Path | None, title: str, meta: dict) -> None:
 
 
 if __name__ == "__main__":  # the build step, run in its own process by Run.build
-    if sys.argv[1:2] == ["build"]:
-        _, _, out, llm, audio, *widths = sys.argv
+    if sys.argv[1:2] == ["build"]:  # build OUT LLM_LAYERS AUDIO_LAYERS [reduced] [--device DEV]
+        _, _, out, llm, audio, *rest = sys.argv
+        device = "cpu"
+        if "--device" in rest:
+            i = rest.index("--device")
+            device = rest[i + 1]
+            del rest[i:i + 2]
         kw = {}
-        if widths == ["reduced"]:
+        if rest == ["reduced"]:
             kw = dict(text_widths=REDUCED_TEXT_WIDTHS, audio_widths=REDUCED_AUDIO_WIDTHS)
-        build_fullwidth(Path(out), llm_layers=int(llm), audio_layers=int(audio), **kw)
+        elif rest:
+            raise SystemExit(f"fullwidth.py build: unknown arguments {rest}")
+        try:
+            build_fullwidth(Path(out), llm_layers=int(llm), audio_layers=int(audio), device=device, **kw)
+        finally:
+            if os.environ.get("FULLWIDTH_PEAK") and "torch" in sys.modules and sys.modules["torch"].cuda.is_available():
+                Path(os.environ["FULLWIDTH_PEAK"]).write_text(
+                    json.dumps({"gpu_peak": sys.modules["torch"].cuda.max_memory_allocated()}))

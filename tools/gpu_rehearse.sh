@@ -4,7 +4,7 @@
 # (pip install --no-index --no-deps --target, PYTHONPATH), then every part of tools/gpu_check.py on the CPU
 # with the reduced model. Wheels: this machine's Python (cp311 here; the device's is cp312) at the versions of
 # tools/gpu_wheels.txt, from tools/gpu_prepare.sh --cpu.
-#   tools/gpu_rehearse.sh [REPORT.md]   the README's three device calls in turn (decode,torchsave --keep;
+#   tools/gpu_rehearse.sh [REPORT.md]   the README's three device calls in turn (decode,torchsave;
 #                                       quantize on the same work folder; train,search), reports REPORT_1/2/3.md
 #                                       (default /tmp/gpu-rehearsal/gpu_check_N.md); exit 0 only if all three PASS
 # Environment: GC_VENV (default /tmp/gpu-rehearsal/venv, made once and reused), GC_ONLY (one call of those parts),
@@ -50,10 +50,10 @@ if [ -n "${GC_ONLY:-}" ]; then
   "${GC[@]}" --only "$GC_ONLY" --report "$REPORT"
   exit
 fi
-# the README's three device calls, in order, on one work folder (call 2 reuses call 1's base and folder)
+# the README's three device calls, in order, on one work folder (calls 2 and 3 reuse call 1's base)
 R=${REPORT%.md}
 rc=0
-"${GC[@]}" --only decode,torchsave --keep --report "${R}_1.md" || rc=1
+"${GC[@]}" --only decode,torchsave --report "${R}_1.md" || rc=1
 "${GC[@]}" --only quantize --report "${R}_2.md" || rc=1
 "${GC[@]}" --only train,search --report "${R}_3.md" || rc=1
 echo "gpu_rehearse: $([ $rc = 0 ] && echo PASS || echo FAIL): ${R}_1.md ${R}_2.md ${R}_3.md"

