@@ -112,10 +112,15 @@ class Family:
     # attention width is not tied to hidden_size) and :meth:`check_hidden_pruning` refuses ``llm_heads``
     prune_hidden_heads: ClassVar[bool] = True
 
-    def check_hidden_pruning(self, cfg: dict, heads: bool, audio: bool) -> None:
-        """Refuse (UserError, one line naming the reason) pruning the LLM's attention heads (``heads``) or
-        narrowing the audio encoder's width (``audio``) of a model with config.json dict ``cfg`` (prune-hidden).
-        Default: both can be done."""
+    def check_hidden_pruning(self, cfg: dict, heads, audio: bool) -> None:
+        """Refuse (UserError, one line naming the reason) pruning the LLM's attention heads to ``heads`` query
+        heads (None/0: not asked) or narrowing the audio encoder's width (``audio``) of a model with config.json
+        dict ``cfg`` (prune-hidden). Default: both can be done."""
+
+    def config_after_head_pruning(self, cfg: dict, heads: int) -> dict | None:
+        """``cfg`` (a copy) with ``heads`` query heads, for families whose layers' key/value heads do not all
+        follow ``num_key_value_heads`` (prune-hidden's plan); None (default): the generic update suffices."""
+        return None
 
     def reference_widths(self) -> dict:
         """``hidden`` (LLM residual width) and ``audio_hidden`` (audio-encoder width, None: none prunable) of the
