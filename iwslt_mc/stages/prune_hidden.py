@@ -7,9 +7,11 @@ lm_head) and one row of every projection writing it (o_proj, down_proj, the proj
 every norm; in the audio encoder the same for conv1/conv2 outputs, position embeddings, q/k/v/out,
 fc1/fc2, both LayerNorms per layer, the final LayerNorm and the projector's input
 (the family's surgery: :meth:`iwslt_mc.families.base.Family.surgery`, ``prune_llm_hidden``, ``prune_audio_hidden``,
-and ``hidden_readers`` for the importance below). Gemma 4 narrows the LLM's width only, every head kept
-(:attr:`~iwslt_mc.families.base.Family.prune_hidden_heads`), with the run-time factors it computes from
-hidden_size compensated in the weights (iwslt_mc/families/gemma4/surgery.py).
+and ``hidden_readers`` for the importance below). Gemma 4 narrows the LLM's width keeping every head unless
+``llm_heads`` is given (:attr:`~iwslt_mc.families.base.Family.prune_hidden_heads`), with the run-time factors it
+computes from hidden_size compensated in the weights; its layers differ in key/value heads and head size, so its
+surgery scores heads per layer (``attention_heads``) and chooses them per layer (``kept_heads``: KV-sharing layers
+keep their source layer's) (iwslt_mc/families/gemma4/surgery.py).
 
 Attention: whole heads of the original size are kept (the softmax scaling and Qwen2's rotary
 embedding act per head and stay as they were; ``text_config.head_dim`` is written explicitly). In

@@ -4,7 +4,9 @@ alone loads back once saved: the config is rebuilt first, then a fresh model of 
 the kept weights (``load_state_dict(strict=True)``, so nothing is silently dropped or left random).
 
 The layout-based stage paths (:meth:`Gemma4Family.surgery`) get this module too: :func:`prune_llm_mlp`
-narrows the MLPs in place as Qwen2-Audio's surgery does (``ffn_widths``, ``llm_mlp_widths``)."""
+narrows the MLPs in place as Qwen2-Audio's surgery does (``ffn_widths``, ``llm_mlp_widths``); prune-hidden
+narrows the residual width and, with ``llm_heads``, the attention heads per layer (:func:`prune_llm_hidden`,
+:func:`kept_heads`: a KV-sharing layer keeps its source layer's key/value heads)."""
 
 from __future__ import annotations
 
@@ -531,6 +533,7 @@ def prune_llm_hidden(model, keep_dims, keep_kv_heads=None):
             raise ValueError("every decoder layer must keep the same number of query heads")
         counts, layers, src = kept_head_counts(td, heads.pop()), attention_layers(td), kv_sources(t)
         names = {id(m): n for n, m in model.named_modules()}
+        lm_layers = find_layout(model).decoder_layers
         kv_of = []
         for i, (qk, (kv_new, g_new), (_k, kv, hd)) in enumerate(zip(keep_kv_heads, counts, layers)):
             qk = torch.as_tensor(qk, dtype=torch.long).sort().values
@@ -540,7 +543,7 @@ def prune_llm_hidden(model, keep_dims, keep_kv_heads=None):
             if i in src and not torch.equal(kvk, kv_of[src[i]]):
                 raise ValueError(f"layer {i} reads layer {src[i]}'s keys/values: it must keep its key/value heads")
             kv_of.append(kvk)
-            a = find_layout(model).decoder_layers[i].self_attn
+            a = lm_layers[i].self_attn
             qr = (qk[:, None] * hd + torch.arange(hd)[None, :]).reshape(-1)
             kr = (kvk[:, None] * hd + torch.arange(hd)[None, :]).reshape(-1)
             for proj, axis, idx in (("q_proj", 0, qr), ("k_proj", 0, kr), ("v_proj", 0, kr), ("o_proj", 1, qr)):
