@@ -119,7 +119,8 @@ def target_shape(cfg: dict, o: PruneHiddenOptions, *, where: str = "") -> dict:
     st = f"stage prune-hidden{' (' + where + ')' if where else ''}"
     cur = current_shape(cfg)
     fam = family_of_model_type(cfg.get("model_type")) or default_family()
-    fam.check_hidden_pruning(cfg, heads=o.llm_heads if o.llm_heads is not None and o.llm_heads != cur["heads"] else None,
+    asked = o.llm_heads if o.llm_heads is not None and o.llm_heads != cur["heads"] else None
+    fam.check_hidden_pruning(cfg, heads=asked,
                              audio=o.audio_hidden is not None or (o.audio_ratio is not None and o.audio_ratio < 1))
     out = dict(cur)
     group = cur["heads"] // cur["kv_heads"]
@@ -296,7 +297,8 @@ class PruneHidden(Stage):
 
         shape = target_shape(cfg, self.options, where=where)
         fam = family_of_model_type(cfg.get("model_type")) or default_family()
-        heads_cfg = fam.config_after_head_pruning(cfg, shape["heads"]) if shape["heads"] != current_shape(cfg)["heads"] else None
+        heads_changed = shape["heads"] != current_shape(cfg)["heads"]
+        heads_cfg = fam.config_after_head_pruning(cfg, shape["heads"]) if heads_changed else None
         out = heads_cfg or copy.deepcopy(cfg)
         t = out["text_config"]
         head_dim = current_shape(cfg)["head_dim"]

@@ -431,9 +431,10 @@ AUDIO_FFN_REFUSAL = ("Gemma 4's audio encoder has no FFN-width setting (its conf
 
 def llm_attention_shape(model) -> tuple[int, int, int]:
     """(query heads, key/value heads of the sliding layers, their head size), for the stage's reports; the
-    global layers' own are in ``per_layer_config`` (:func:`.rules.attention_layers`)."""
-    t = model.config.text_config
-    return t.num_attention_heads, t.num_key_value_heads, t.head_dim
+    global layers' own are in ``per_layer_config`` (:func:`.rules.attention_layers`; read from the config's dict:
+    transformers refuses the global ``num_key_value_heads`` once a layer overrides it)."""
+    td = model.config.text_config.to_dict()
+    return td["num_attention_heads"], td.get("num_key_value_heads") or td["num_attention_heads"], td["head_dim"]
 
 
 def hidden_readers(layout) -> tuple[list, list, None]:
