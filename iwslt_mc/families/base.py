@@ -100,7 +100,9 @@ class Family:
         ``remove_audio_layers``, ``llm_layers_removed``, ``audio_layers_removed``, ``llm_layer_params``,
         ``audio_layer_params``, ``ffn_widths``, ``llm_mlp_widths``, ``prune_llm_mlp``, ``prune_audio_ffn``, ``select_vocab``,
         ``llm_attention_shape``, ``audio_attention_shape``, ``hidden_readers``, ``prune_llm_hidden`` (returns the
-        narrowed model: the same one or a new one), ``prune_audio_hidden``)."""
+        narrowed model: the same one or a new one), ``prune_audio_hidden``; optionally ``attention_heads`` (per
+        decoder layer: o_proj, query heads, head size, value weight, group size: for layers that differ) and
+        ``kept_heads`` (per-layer query heads kept, passed to ``prune_llm_hidden``))."""
         raise NotImplementedError(f"{self.label}: no generic surgery")
 
     def check_ffn_pruning(self, cfg: dict, llm: bool, audio: bool) -> None:
@@ -108,14 +110,19 @@ class Family:
         encoder's FFNs (``audio``) of a model with config.json dict ``cfg``. Default: both can be narrowed."""
 
     # True when prune-hidden narrows the LLM's attention heads with its residual width (by default
-    # ``heads x new/old width`` in whole GQA groups; ``llm_heads`` sets it); False: every head is kept (the
-    # attention width is not tied to hidden_size) and :meth:`check_hidden_pruning` refuses ``llm_heads``
+    # ``heads x new/old width`` in whole GQA groups; ``llm_heads`` sets it); False: every head is kept unless
+    # ``llm_heads`` is given (the attention width is not tied to hidden_size; :meth:`check_hidden_pruning` checks it)
     prune_hidden_heads: ClassVar[bool] = True
 
-    def check_hidden_pruning(self, cfg: dict, heads: bool, audio: bool) -> None:
-        """Refuse (UserError, one line naming the reason) pruning the LLM's attention heads (``heads``) or
-        narrowing the audio encoder's width (``audio``) of a model with config.json dict ``cfg`` (prune-hidden).
-        Default: both can be done."""
+    def check_hidden_pruning(self, cfg: dict, heads, audio: bool) -> None:
+        """Refuse (UserError, one line naming the reason) pruning the LLM's attention heads to ``heads`` query
+        heads (None/0: not asked) or narrowing the audio encoder's width (``audio``) of a model with config.json
+        dict ``cfg`` (prune-hidden). Default: both can be done."""
+
+    def config_after_head_pruning(self, cfg: dict, heads: int) -> dict | None:
+        """``cfg`` (a copy) with ``heads`` query heads, for families whose layers' key/value heads do not all
+        follow ``num_key_value_heads`` (prune-hidden's plan); None (default): the generic update suffices."""
+        return None
 
     def reference_widths(self) -> dict:
         """``hidden`` (LLM residual width) and ``audio_hidden`` (audio-encoder width, None: none prunable) of the

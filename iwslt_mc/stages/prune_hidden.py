@@ -7,9 +7,11 @@ lm_head) and one row of every projection writing it (o_proj, down_proj, the proj
 every norm; in the audio encoder the same for conv1/conv2 outputs, position embeddings, q/k/v/out,
 fc1/fc2, both LayerNorms per layer, the final LayerNorm and the projector's input
 (the family's surgery: :meth:`iwslt_mc.families.base.Family.surgery`, ``prune_llm_hidden``, ``prune_audio_hidden``,
-and ``hidden_readers`` for the importance below). Gemma 4 narrows the LLM's width only, every head kept
-(:attr:`~iwslt_mc.families.base.Family.prune_hidden_heads`), with the run-time factors it computes from
-hidden_size compensated in the weights (iwslt_mc/families/gemma4/surgery.py).
+and ``hidden_readers`` for the importance below). Gemma 4 narrows the LLM's width keeping every head unless
+``llm_heads`` is given (:attr:`~iwslt_mc.families.base.Family.prune_hidden_heads`), with the run-time factors it
+computes from hidden_size compensated in the weights; its layers differ in key/value heads and head size, so its
+surgery scores heads per layer (``attention_heads``) and chooses them per layer (``kept_heads``: KV-sharing layers
+keep their source layer's) (iwslt_mc/families/gemma4/surgery.py).
 
 Attention: whole heads of the original size are kept (the softmax scaling and Qwen2's rotary
 embedding act per head and stay as they were; ``text_config.head_dim`` is written explicitly). In
@@ -117,7 +119,8 @@ def target_shape(cfg: dict, o: PruneHiddenOptions, *, where: str = "") -> dict:
     st = f"stage prune-hidden{' (' + where + ')' if where else ''}"
     cur = current_shape(cfg)
     fam = family_of_model_type(cfg.get("model_type")) or default_family()
-    fam.check_hidden_pruning(cfg, heads=o.llm_heads is not None and o.llm_heads != cur["heads"],
+    asked = o.llm_heads if o.llm_heads is not None and o.llm_heads != cur["heads"] else None
+    fam.check_hidden_pruning(cfg, heads=asked,
                              audio=o.audio_hidden is not None or (o.audio_ratio is not None and o.audio_ratio < 1))
     out = dict(cur)
     group = cur["heads"] // cur["kv_heads"]
@@ -170,6 +173,15 @@ def _head_contrib_weight(o_w, heads, head_dim, v_w=None, group=1):
     return (o * v.repeat_interleave(group)).cpu()
 
 
+def _attention_heads(surgery, layout) -> list[tuple]:
+    """Per LLM decoder layer: (o_proj, query heads, head size, the value weight, query heads per key/value head):
+    the family surgery's ``attention_heads`` where its layers differ, else every layer's from ``llm_attention_shape``."""
+    if hasattr(surgery, "attention_heads"):
+        return surgery.attention_heads(layout)
+    n_heads, kv, hd = surgery.llm_attention_shape(layout)
+    return [(l.self_attn.o_proj, n_heads, hd, l.self_attn.v_proj.weight, n_heads // kv) for l in layout.decoder_layers]
+
+
 def weight_importance(model, heads: bool = True) -> dict:
     """Data-free scores: ``llm_dims``, ``llm_heads`` (per query head; None without ``heads``), ``audio_dims``,
     ``audio_heads`` (None where the family's surgery names no audio readers)."""
@@ -183,9 +195,8 @@ def weight_importance(model, heads: bool = True) -> dict:
     out = {"llm_dims": sum(n.weight.float().abs().cpu() * _read_norm(*ls) for n, ls in llm_r),
            "llm_heads": None, "audio_dims": None, "audio_heads": None}
     if heads:
-        n_heads, kv, hd = surgery.llm_attention_shape(layout)
-        out["llm_heads"] = sum(_head_contrib_weight(l.self_attn.o_proj.weight, n_heads, hd, l.self_attn.v_proj.weight,
-                                                    n_heads // kv) for l in layout.decoder_layers)
+        layers = [_head_contrib_weight(o.weight, n, hd, v, g) for o, n, hd, v, g in _attention_heads(surgery, layout)]
+        out["llm_heads"], out["llm_head_layers"] = sum(layers), layers
     if audio_r:
         a_heads, a_hd = surgery.audio_attention_shape(layout)
         out["audio_dims"] = sum(n.weight.float().abs().cpu() * _read_norm(*ls) for n, ls in audio_r)
@@ -224,17 +235,18 @@ def activation_importance(model, processor, segments, lang: str, heads: bool = T
                 a = a[:, :real["positions"]]
             a = a.reshape(-1, n_heads, head_dim)
             w = mod.weight.float().reshape(mod.weight.shape[0], n_heads, head_dim)
+            store = sums[key[0]][key[1]] if isinstance(key, tuple) else sums[key]
             for h in range(n_heads):
-                sums[key][h] += (a[:, h] @ w[:, h].T).norm(dim=-1).sum().cpu()
+                store[h] += (a[:, h] @ w[:, h].T).norm(dim=-1).sum().cpu()
         return hook
 
     hooks = [n.register_forward_hook(norm_hook(sums["llm_norm"], i, "llm")) for i, (n, _) in enumerate(llm_r)]
     hooks += [n.register_forward_hook(norm_hook(sums["audio_norm"], i, "audio")) for i, (n, _) in enumerate(audio_r)]
     if heads:
-        n_heads, _kv, hd = surgery.llm_attention_shape(layout)
-        sums["llm_heads"] = torch.zeros(n_heads)
-        hooks += [l.self_attn.o_proj.register_forward_pre_hook(head_hook("llm_heads", n_heads, hd, "llm"))
-                  for l in layout.decoder_layers]
+        attn = _attention_heads(surgery, layout)
+        sums["llm_head_layers"] = [torch.zeros(n) for _o, n, _hd, _v, _g in attn]
+        hooks += [o.register_forward_pre_hook(head_hook(("llm_head_layers", i), n, hd, "llm"))
+                  for i, (o, n, hd, _v, _g) in enumerate(attn)]
     if audio_r:
         a_heads, a_hd = surgery.audio_attention_shape(layout)
         sums["audio_heads"] = torch.zeros(a_heads)
@@ -246,7 +258,9 @@ def activation_importance(model, processor, segments, lang: str, heads: bool = T
         counts = calibration_forward(model, processor, segments, lang, hooks)
     n_llm, n_audio = max(counts["llm"], 1), max(counts["audio"], 1)
     out = {"llm_dims": sum(s / n_llm * _read_norm(*ls) for s, (_, ls) in zip(sums["llm_norm"], llm_r)),
-           "llm_heads": sums["llm_heads"] / n_llm if heads else None, "audio_dims": None, "audio_heads": None}
+           "llm_heads": sum(sums["llm_head_layers"]) / n_llm if heads else None, "audio_dims": None, "audio_heads": None}
+    if heads:
+        out["llm_head_layers"] = [s / n_llm for s in sums["llm_head_layers"]]
     if audio_r:
         out["audio_dims"] = sum(s / (max(counts["audio_pooled"], 1) if n is final_audio_norm else n_audio) * _read_norm(*ls)
                                 for s, (n, ls) in zip(sums["audio_norm"], audio_r))
@@ -279,12 +293,18 @@ class PruneHidden(Stage):
 
         if cfg.get("quantization_config"):
             raise UserError(f"stage prune-hidden: {where} is quantized; narrow the model before quantizing it")
+        from ..families import default_family, family_of_model_type
+
         shape = target_shape(cfg, self.options, where=where)
-        out = copy.deepcopy(cfg)
+        fam = family_of_model_type(cfg.get("model_type")) or default_family()
+        heads_changed = shape["heads"] != current_shape(cfg)["heads"]
+        heads_cfg = fam.config_after_head_pruning(cfg, shape["heads"]) if heads_changed else None
+        out = heads_cfg or copy.deepcopy(cfg)
         t = out["text_config"]
         head_dim = current_shape(cfg)["head_dim"]
-        t.update(hidden_size=shape["hidden"], num_attention_heads=shape["heads"], num_key_value_heads=shape["kv_heads"],
-                 head_dim=head_dim)
+        t.update(hidden_size=shape["hidden"])
+        if heads_cfg is None:
+            t.update(num_attention_heads=shape["heads"], num_key_value_heads=shape["kv_heads"], head_dim=head_dim)
         if shape["audio_hidden"] is not None:
             out["audio_config"].update(d_model=shape["audio_hidden"], encoder_attention_heads=shape["audio_heads"])
         return out
@@ -328,10 +348,16 @@ class PruneHidden(Stage):
         llm_changed = (after["hidden"], after["heads"]) != (before["hidden"], before["heads"])
         if llm_changed:
             group = before["heads"] // before["kv_heads"]
-            kv = top_indices(group_scores(scores["llm_heads"], group), after["kv_heads"]) if heads_changed else None
-            model = surgery_of(model).prune_llm_hidden(model, top_indices(scores["llm_dims"], after["hidden"]), kv)
+            surgery = surgery_of(model)
+            if not heads_changed:
+                kv = None
+            elif hasattr(surgery, "kept_heads"):  # per layer (the family's layers differ in their key/value heads)
+                kv = surgery.kept_heads(model, scores["llm_head_layers"], after["heads"])
+            else:
+                kv = top_indices(group_scores(scores["llm_heads"], group), after["kv_heads"])
+            model = surgery.prune_llm_hidden(model, top_indices(scores["llm_dims"], after["hidden"]), kv)
             heads = (f"{before['heads']} -> {after['heads']} attention heads of {before['head_dim']}"
-                     if family_of_model(model).prune_hidden_heads else "every attention head kept")
+                     if family_of_model(model).prune_hidden_heads or heads_changed else "every attention head kept")
             techniques.append(f"LLM hidden-size pruning ({before['hidden']} -> {after['hidden']} dimensions, "
                               f"{heads}, {how})")
         if after["audio_hidden"] != before["audio_hidden"]:

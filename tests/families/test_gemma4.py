@@ -68,7 +68,8 @@ def test_plan_hidden_on_the_12b_layout_drops_every_tensor_row_and_column_of_a_re
     with the hidden width holds of it: a token-embedding column (262,144; lm_head tied), per sliding layer q/o
     (2 x 16 x 256), k/v (2 x 8 x 256), gate/up/down (3 x 15,360) and 4 norms, per global layer q/o (2 x 16 x 512),
     the one key head (512, no v_proj) and the same MLP and norms, the final norm, and the audio (640) and vision
-    (3,840) projectors' rows; the torch.save measure shrinks with it; heads are refused in one line."""
+    (3,840) projectors' rows; the torch.save measure shrinks with it; ``--heads`` takes whole GQA groups of the sliding layers while the
+    global layers' one key head keeps serving the query heads left."""
     from iwslt_mc.errors import UserError
     from iwslt_mc.families.gemma4 import GEMMA4_12B_PARAMS, gemma4_12b_config
     from iwslt_mc.planning import planner
@@ -85,8 +86,13 @@ def test_plan_hidden_on_the_12b_layout_drops_every_tensor_row_and_column_of_a_re
     assert narrow.params == GEMMA4_12B_PARAMS - 960 * per_unit == 8_978_599_024
     full_pred = planner.predict(planner.Spec(precision="bf16"), base, "2027")
     assert 0 < full_pred.torch_save.bytes - narrow.torch_save.bytes - 2 * 960 * per_unit < 10_000  # metadata only
-    with pytest.raises(UserError, match="^--heads: Gemma 4's attention width is not tied to hidden_size"):
-        planner.predict(planner.Spec(hidden=2880, heads=8), base, "2027")
+    # --heads 8 of 16: per sliding layer q/o lose 8 heads of 256 and k/v 4 of their 8 (whole GQA groups of 2); per
+    # global layer q/o lose 8 heads of 512 and the one key head (no v_proj) stays, now serving 8 query heads
+    heads8 = planner.predict(planner.Spec(precision="bf16", hidden=2880, heads=8), base, "2027")
+    assert narrow.params - heads8.params == 2880 * (40 * (2 * 8 * 256 + 2 * 4 * 256) + 8 * 2 * 8 * 512) == 896_532_480
+    with pytest.raises(UserError, match=r"^--heads: llm_heads=3 must be a multiple of the GQA group size 2 of Gemma 4's "
+                                        r"sliding_attention layers \(16 query / 8 key-value heads\)"):
+        planner.predict(planner.Spec(hidden=2880, heads=3), base, "2027")
 
 
 def test_plan_real_12b_layout_matches_meta_model(tmp_path):
@@ -365,3 +371,27 @@ def test_materialize_random_computes_gemma4_unified_run_time_buffers(gemma_unifi
     for name, b in run_time.items():
         assert torch.equal(mine[name], b), name
 
+
+
+def test_head_counts_read_both_config_forms_and_follow_the_layer_types():
+    """The hub's form (``global_head_dim``, ``num_global_key_value_heads`` with ``attention_k_eq_v``) and the
+    serialized one (``per_layer_config``) give the same layers; the kept counts per layer type; the rewritten dict
+    loads as transformers' config with those counts."""
+    from transformers import Gemma4TextConfig
+
+    from iwslt_mc.errors import UserError
+    from iwslt_mc.families.gemma4 import GEMMA4_12B_TEXT
+    from iwslt_mc.families.gemma4.rules import attention_layers, kept_head_counts, text_dict_after_heads
+
+    hub = dict(GEMMA4_12B_TEXT)
+    hub["layer_types"] = ["sliding_attention" if (i + 1) % 6 else "full_attention" for i in range(48)]
+    serialized = Gemma4TextConfig(**GEMMA4_12B_TEXT).to_dict()
+    assert attention_layers(hub) == attention_layers(serialized)
+    assert attention_layers(hub)[4:6] == [("sliding_attention", 8, 256), ("full_attention", 1, 512)]
+    assert kept_head_counts(serialized, 16)[4:6] == [(8, 2), (1, 16)]
+    assert kept_head_counts(serialized, 4)[4:6] == [(2, 2), (1, 4)]
+    t = Gemma4TextConfig.from_dict(text_dict_after_heads(serialized, 4))
+    assert t.num_attention_heads == 4
+    assert [(t.per_layer_config[i].num_key_value_heads, t.per_layer_config[i].head_dim) for i in (4, 5)] == [(2, 256), (1, 512)]
+    with pytest.raises(UserError, match=r"^llm_heads=17: Gemma 4 has 16 query heads"):
+        kept_head_counts(serialized, 17)

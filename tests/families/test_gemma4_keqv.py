@@ -124,3 +124,48 @@ def test_decode_on_the_12b_attention_equals_generate(keqv, gemma_unified_kit):
     with torch.inference_mode():
         out = model.generate(**inputs, max_new_tokens=8, do_sample=False)
     assert len(ours) == 8 and out[0][inputs["input_ids"].shape[-1]:].tolist() == ours
+
+
+def test_prune_heads_on_the_12b_attention(keqv, gemma_unified_kit, tmp_path):
+    """``llm_heads`` 2 of 4 where the global layers have one key head that is also the value (the 12B's layout):
+    the sliding layers keep one whole GQA group (1 of 2 key/value heads), the global layers their one key head
+    (no v_proj) serving 2 of its 4 query heads; every head kept gives the same logits; the output reloads,
+    decodes (greedy, the organizers' prompt) and is planned exactly, the 2027 torch.save measure too."""
+    import torch
+    from transformers import AutoModelForMultimodalLM
+
+    from iwslt_mc import modelio
+    from iwslt_mc.decoding.audio import load_audio
+    from iwslt_mc.decoding.core import prepare_batch, reference_one
+    from iwslt_mc.families.gemma4 import surgery
+    from iwslt_mc.planning import planner
+    from iwslt_mc.sizing import sizer
+    from iwslt_mc.stages import make_stage
+    from iwslt_mc.stages.base import StageContext, run_stage
+
+    model = AutoModelForMultimodalLM.from_pretrained(str(keqv), dtype=torch.float32).eval()
+    proc = modelio.load_processor(keqv)
+    wave = load_audio(gemma_unified_kit / "data" / "testsets" / "KITCLIPS" / "clip-a.wav")
+    inputs = prepare_batch(proc, [wave], "en-de").inputs
+    with torch.inference_mode():
+        ref = model(**inputs, use_cache=False).logits
+        same = surgery.prune_llm_hidden(model, torch.arange(64), [torch.arange(4)] * 4)(**inputs, use_cache=False).logits
+    assert torch.equal(same, ref)
+    out = tmp_path / "heads"
+    run_stage(make_stage("prune-hidden", {"llm_heads": 2}), keqv, out, StageContext(device="cpu", log=lambda s: None))
+    new = AutoModelForMultimodalLM.from_pretrained(str(out), dtype=torch.float32).eval()
+    t = new.config.text_config
+    assert t.num_attention_heads == 2
+    assert [t.per_layer_config[i].num_key_value_heads for i in range(4)] == [1, 1, 1, 1]
+    for i, layer in enumerate(new.model.language_model.layers):
+        a, hd = layer.self_attn, (32 if i % 2 else 16)
+        assert a.q_proj.weight.shape == (2 * hd, 64) and a.k_proj.weight.shape == (hd, 64)
+        assert (a.v_proj is None) == bool(i % 2)
+    # the global layers' one key head is the original one, whole
+    assert torch.equal(new.model.language_model.layers[1].self_attn.k_proj.weight,
+                       model.model.language_model.layers[1].self_attn.k_proj.weight)
+    assert len(reference_one(modelio.load_model(out, device="cpu"), proc, wave, "en-de", max_new_tokens=6).tokens) == 6
+    base = planner.load_base_config(keqv)
+    pred = planner.predict(planner.Spec(precision="fp32", heads=2), base, "2027")
+    rep = sizer.measure(out, "2027")
+    assert (pred.bytes, pred.params, pred.torch_save.bytes) == (rep.bytes, rep.params, rep.torch_save.bytes)

@@ -426,7 +426,7 @@ def test_prune_hidden_gemma4_keeps_the_kept_channels_of_embeddings_and_the_logit
 def test_prune_hidden_gemma4_stage_reloads_decodes_and_is_planned_exactly(gkit, tmp_path):
     """The stage (activation importance) narrows 64 -> 40 keeping every head; the output reloads with
     from_pretrained alone and decodes; the planner predicts its safetensors bytes and the 2027 torch.save measure
-    exactly; heads and the audio width are refused in one line before loading."""
+    exactly; a head count no layer type can serve and the audio width are refused in one line before loading."""
     import torch
 
     from iwslt_mc import modelio
@@ -451,12 +451,102 @@ def test_prune_hidden_gemma4_stage_reloads_decodes_and_is_planned_exactly(gkit, 
     pred = planner.predict(planner.Spec(precision="bf16", hidden=40), planner.load_base_config(base), "2027")
     rep = sizer.measure(bf16, "2027")
     assert pred.bytes == rep.bytes and pred.torch_save.bytes == rep.torch_save.bytes
-    with pytest.raises(UserError, match=r"^stage prune-hidden: llm_heads: Gemma 4's attention width is not tied"):
-        make_stage("prune-hidden", {"llm_hidden": 40, "llm_heads": 2}).check(base, StageContext(**QUIET))
+    with pytest.raises(UserError, match=r"^stage prune-hidden: llm_heads=3 must be a multiple of the GQA group size 2 "
+                                        r"of Gemma 4's sliding_attention layers \(4 query / 2 key-value heads\), or less"):
+        make_stage("prune-hidden", {"llm_hidden": 40, "llm_heads": 3}).check(base, StageContext(**QUIET))
     unified = rec["shape_before"]["audio_hidden"] is None and not (model.config.audio_config.to_dict().get("num_hidden_layers"))
     with pytest.raises(UserError, match=r"^stage prune-hidden: audio_hidden/audio_ratio: " +
                        (r"this Gemma 4 model has no audio encoder" if unified else r"Gemma 4's conformer ties")):
         make_stage("prune-hidden", {"audio_ratio": 0.5}).check(base, StageContext(**QUIET))
+
+
+def test_prune_heads_gemma4_kv_sharing_layers_keep_their_source_heads(gkit):
+    """Every head kept: the logits are identical. Two query heads of four: each non-sharing layer keeps the key/value
+    head its scores (with those of the layers reading it) favour, here a different one for the sliding source (KV
+    head 1) and the global source (KV head 0); each KV-sharing layer keeps exactly its source's (same indices):
+    its q_proj rows and o_proj columns are the original ones of that group's query heads, at its own head size."""
+    import torch
+
+    from iwslt_mc import modelio
+    from iwslt_mc.families.gemma4 import surgery
+    from iwslt_mc.families.gemma4.layout import find_layout
+
+    model = _load(gkit / "model")
+    processor = modelio.load_processor(gkit / "model")
+    wave = _clip(gkit)
+    ref = _logits(model, processor, wave)
+    t = model.config.text_config
+    # what the head importance reads: a sharing layer's values are its source's (layer 3 reads layer 1)
+    heads = surgery.attention_heads(find_layout(model))
+    assert [h[1:3] for h in heads] == [(4, 16), (4, 32), (4, 16), (4, 32)]
+    assert heads[3][3] is model.model.language_model.layers[1].self_attn.v_proj.weight
+    every = [torch.arange(4)] * 4
+    same = surgery.prune_llm_hidden(model, torch.arange(64), every)
+    assert torch.equal(_logits(same, processor, wave), ref)
+    # layer 0 (sliding) favours KV head 1, layer 1 (global) KV head 0; layers 2 and 3 read them (KV sharing)
+    scores = [torch.tensor([0.0, 0.1, 1.0, 0.9]), torch.tensor([1.0, 0.8, 0.0, 0.2]), torch.zeros(4), torch.zeros(4)]
+    keep = surgery.kept_heads(model, scores, 2)
+    assert [k.tolist() for k in keep] == [[2, 3], [0, 1], [2, 3], [0, 1]]
+    new = surgery.prune_llm_hidden(model, torch.arange(64), keep)
+    nt = new.config.text_config
+    assert (nt.num_attention_heads, nt.num_key_value_heads) == (2, 1)
+    assert [(nt.per_layer_config[i].num_key_value_heads, nt.per_layer_config[i].head_dim) for i in range(4)] == \
+        [(1, 16), (1, 32), (1, 16), (1, 32)]
+    old_l, new_l = model.model.language_model.layers, new.model.language_model.layers
+    for i, (kv, hd) in enumerate([(1, 16), (0, 32), (1, 16), (0, 32)]):
+        q_rows = torch.arange(2 * kv * hd, 2 * (kv + 1) * hd)  # the group's two query heads
+        a, b = old_l[i].self_attn, new_l[i].self_attn
+        assert torch.equal(b.q_proj.weight, a.q_proj.weight[q_rows]), i
+        assert torch.equal(b.o_proj.weight, a.o_proj.weight[:, q_rows]), i
+        assert torch.equal(b.q_norm.weight, a.q_norm.weight), i  # per head_dim: unaffected
+        if i < 2:  # the sources: their key/value head kv
+            kv_rows = torch.arange(kv * hd, (kv + 1) * hd)
+            assert torch.equal(b.k_proj.weight, a.k_proj.weight[kv_rows]) and torch.equal(b.v_proj.weight, a.v_proj.weight[kv_rows])
+        else:
+            assert not hasattr(b, "k_proj")
+    out = _logits(new, processor, wave)
+    assert out.shape == ref.shape and torch.isfinite(out).all() and not torch.equal(out, ref)
+    # a sharing layer may not keep another KV head than its source
+    with pytest.raises(ValueError, match="layer 2 reads layer 0's keys/values"):
+        surgery.prune_llm_hidden(model, torch.arange(64), [keep[0], keep[1], torch.tensor([0, 1]), keep[3]])
+
+
+@pytest.mark.parametrize("importance", ["weight", "activation"])
+def test_prune_heads_gemma4_stage_reloads_decodes_and_is_planned_exactly(gkit, tmp_path, importance):
+    """prune-hidden with ``llm_heads`` 2 of 4 (and the width 64 -> 48): the output loads with from_pretrained alone,
+    every layer has one key/value head of its type's size (2 query heads), the KV-sharing layers keep their
+    source's; it decodes; the planner (``plan --heads 2 --hidden 48``) predicts its bytes and the 2027 torch.save
+    measure exactly, and ``build --dry-run``'s config (the stage's plan) is the built one's."""
+    import json
+
+    from iwslt_mc.floor.modeldir import read_config
+    from iwslt_mc.planning import planner
+    from iwslt_mc.sizing import sizer
+    from iwslt_mc.stages import make_stage
+    from iwslt_mc.stages.base import StageContext, run_stage
+
+    base, out = gkit / "model", tmp_path / "heads"
+    opts = {"llm_hidden": 48, "llm_heads": 2, "importance": importance, "calibration": 2}
+    stage = make_stage("prune-hidden", opts)
+    planned_cfg = stage.plan(read_config(base), StageContext(**QUIET), "x")
+    rec = run_stage(stage, base, out, StageContext(lang="en-de", data=[str(gkit / "data")], **QUIET))
+    assert rec["techniques"] == [f"LLM hidden-size pruning (64 -> 48 dimensions, 4 -> 2 attention heads of 16, "
+                                 f"{'weight-norm importance' if importance == 'weight' else 'activation importance on 2 segments'})"]
+    model = _load(out)
+    for i, layer in enumerate(model.model.language_model.layers):
+        hd = 32 if i % 2 else 16
+        a = layer.self_attn
+        assert (a.q_proj.weight.shape, a.o_proj.weight.shape) == ((2 * hd, 48), (48, 2 * hd))
+        if i < 2:
+            assert a.k_proj.weight.shape == a.v_proj.weight.shape == (hd, 48)
+    built = json.loads((out / "config.json").read_text())["text_config"]
+    for k in ("num_attention_heads", "num_key_value_heads", "hidden_size", "per_layer_config"):
+        assert planned_cfg["text_config"][k] == built[k], k
+    assert len(_runs(out, gkit)) == 6
+    _predicted_exactly(out, {"hidden": 48, "heads": 2}, base)
+    pred = planner.predict(planner.Spec(precision="fp32", hidden=48, heads=2), planner.load_base_config(base), "2027")
+    rep = sizer.measure(out, "2027")
+    assert pred.torch_save.bytes == rep.torch_save.bytes
 
 
 def test_build_prune_hidden_recipe_smoke_on_gemma4(gkit, tmp_path):

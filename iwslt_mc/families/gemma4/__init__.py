@@ -139,23 +139,39 @@ class Gemma4Family(Family):
                                 "(gemma4_unified: raw audio frames enter through embed_audio)")
             raise UserError(f"stage prune-ffn: audio_width: {AUDIO_FFN_REFUSAL}")
 
-    # prune-hidden keeps every attention head (:data:`~.surgery.HEADS_REFUSAL`)
+    # prune-hidden keeps every attention head unless ``llm_heads`` is given (the attention width is not tied to
+    # hidden_size); with it, each layer's key/value heads follow (:func:`.rules.kept_head_counts`)
     prune_hidden_heads = False
 
-    def check_hidden_pruning(self, cfg: dict, heads: bool, audio: bool) -> None:
-        """Attention heads stay (:data:`~.surgery.HEADS_REFUSAL`); the audio encoder's width stays
-        (``gemma4_unified`` has none; ``gemma4``'s conformer: :data:`~.surgery.AUDIO_HIDDEN_REFUSAL`)."""
+    def check_hidden_pruning(self, cfg: dict, heads, audio: bool) -> None:
+        """``heads`` query heads must be servable by every layer type (:func:`.rules.kept_head_counts`); the audio
+        encoder's width stays (``gemma4_unified`` has none; ``gemma4``'s conformer: :data:`~.surgery.AUDIO_HIDDEN_REFUSAL`)."""
         from ...errors import UserError
-        from .surgery import AUDIO_HIDDEN_REFUSAL, HEADS_REFUSAL
+        from .rules import kept_head_counts
+        from .surgery import AUDIO_HIDDEN_REFUSAL
 
         if heads:
-            raise UserError(f"stage prune-hidden: llm_heads: {HEADS_REFUSAL}")
+            try:
+                kept_head_counts(cfg["text_config"], int(heads))
+            except UserError as e:
+                raise UserError(f"stage prune-hidden: {e}") from None
         if audio:
             a = cfg.get("audio_config") or {}
             if not a.get("num_hidden_layers"):
                 raise UserError("stage prune-hidden: audio_hidden/audio_ratio: this Gemma 4 model has no audio encoder "
                                 "(gemma4_unified: raw audio frames enter through embed_audio)")
             raise UserError(f"stage prune-hidden: audio_hidden/audio_ratio: {AUDIO_HIDDEN_REFUSAL}")
+
+    def config_after_head_pruning(self, cfg: dict, heads: int) -> dict:
+        """``cfg`` (config.json dict, a copy) with ``heads`` query heads: the key/value heads of every layer type
+        follow (:func:`.rules.text_dict_after_heads`)."""
+        import copy
+
+        from .rules import text_dict_after_heads
+
+        out = copy.deepcopy(cfg)
+        out["text_config"] = text_dict_after_heads(cfg["text_config"], heads)
+        return out
 
     def reference_widths(self) -> dict:
         """gemma-4-12B-it: hidden 3840; no audio encoder."""

@@ -5,7 +5,8 @@ have different head widths, KV-sharing layers, a PLE table whose width is per la
 is enumerated (on the meta device: no memory). The on-disk arithmetic and the safetensors header are the
 planner's own (:func:`iwslt_mc.floor.sizes.disk_tensors`, :func:`iwslt_mc.floor.sizes.safetensors_header_bytes`).
 Supported spec dimensions: precision (per component too), ``vocab``, ``ffn_dim`` (prune-ffn), ``hidden``
-(prune-hidden: the LLM's residual width; heads and the audio encoder's width stay) and ``llm_layers``
+(prune-hidden: the LLM's residual width), ``heads`` (its query heads, each layer's key/value heads following:
+:func:`.rules.kept_head_counts`; the audio encoder's width stays) and ``llm_layers``
 (the removed layers are the contiguous block nearest the middle that KV sharing and the global last
 layer allow: :meth:`Gemma4Family.allowed_removal`). ``--target`` searches are Qwen2-Audio only.
 A plain config (``plan --base DIR`` reads config.json without transformers) is converted to transformers'
@@ -47,6 +48,11 @@ def transformers_config(cfg):
     return CONFIG_MAPPING[d["model_type"]].from_dict(d)
 
 
+def _text_dict(cfg) -> dict:
+    d = cfg.to_dict()
+    return d.get("text_config") or d
+
+
 def base_dims(cfg) -> dict:
     """LLM and audio layers (None: no audio encoder, as in ``gemma4_unified``), FFN width, vocabulary, whether a
     vision encoder is there, the LLM's residual width and query heads (a plain config: remembered by :mod:`iwslt_mc.plancache`)."""
@@ -65,7 +71,7 @@ def base_dims(cfg) -> dict:
     return {"llm_layers": t.num_hidden_layers, "audio_layers": audio_layer_count(cfg) or None,
             "ffn_dim": t.intermediate_size, "audio_ffn_dim": None, "vocab": t.vocab_size,
             "vision": getattr(cfg, "vision_config", None) is not None,
-            # prune-hidden narrows the LLM's residual width only (every head and the audio encoder's width stay)
+            # prune-hidden narrows the LLM's residual width and, asked, its query heads (the audio encoder's width stays)
             "hidden": t.hidden_size, "heads": t.num_attention_heads}
 
 
@@ -94,6 +100,12 @@ def apply_dims(cfg, dims: dict):
         elif len(kept) != dims["llm_layers"] or any(not 0 <= i < n for i in kept):
             raise UserError(f"LLM layers kept {kept}: expected {dims['llm_layers']} distinct indices of 0..{n - 1}")
         cfg = config_after_layer_removal(cfg, sorted(kept))
+    if dims.get("heads") and dims["heads"] != _text(cfg).num_attention_heads:  # prune-hidden's llm_heads
+        from .rules import text_dict_after_heads
+
+        d = cfg.to_dict()
+        d["text_config"] = text_dict_after_heads(d["text_config"], dims["heads"])
+        cfg = type(cfg).from_dict(d)
     cfg = copy.deepcopy(cfg)
     t = _text(cfg)
     t.intermediate_size = dims["ffn_dim"]
@@ -210,9 +222,12 @@ def predict(spec, base_config, edition: str, *, base_name: str | None = None):
     base = base_dims(base_config)
     t = _text(base_config)
     if spec.heads is not None and spec.heads != t.num_attention_heads:
-        from .surgery import HEADS_REFUSAL
+        from .rules import kept_head_counts
 
-        raise UserError(f"--heads: {HEADS_REFUSAL}")
+        try:
+            kept_head_counts(_text_dict(base_config), spec.heads)
+        except UserError as e:
+            raise UserError(f"--heads: {e}") from None
     if spec.audio_hidden is not None:
         from .surgery import AUDIO_HIDDEN_REFUSAL
 

@@ -114,3 +114,78 @@ def first_allowed_block(config, count: int, keep: int) -> list[int]:
         return block
     raise UserError(f"no block of {count} consecutive layers of this Gemma 4 model can become one layer "
                     "(KV sharing or the global last layer forbid every one)")
+
+
+# ---------------------------------------------------------------------------------------------
+# attention heads (prune-hidden's llm_heads). transformers' Gemma4TextAttention builds every layer's q_proj and
+# o_proj from the one ``num_attention_heads`` and its k/v from the layer's own ``num_key_value_heads`` and
+# ``head_dim`` (``per_layer_config``: the global layers' ``global_head_dim`` and, with ``attention_k_eq_v``,
+# ``num_global_key_value_heads``); a KV-sharing layer reads its source layer's keys/values with its own
+# ``num_key_value_heads`` of that layer type. So the query heads kept are one count for all layers, and each
+# layer's key/value heads follow from it: whole GQA groups where the count allows it (as in Qwen2-Audio), else
+# (a layer type with fewer key/value heads, e.g. the 12B's one global key head for 16 query heads) every kept
+# key/value head keeps an equal share of its group's query heads.
+
+
+def attention_layers(td: dict) -> list[tuple[str, int, int]]:
+    """(layer type, key/value heads, head size) of each decoder layer of a text config dict (``per_layer_config``
+    overrides, or ``global_head_dim``/``num_global_key_value_heads`` as ``Gemma4TextConfig`` reads them)."""
+    n = int(td["num_hidden_layers"])
+    types = td.get("layer_types") or ["sliding_attention" if (i + 1) % 6 else "full_attention" for i in range(n)]
+    kv, hd = int(td.get("num_key_value_heads") or td["num_attention_heads"]), int(td["head_dim"])
+    plc = td.get("per_layer_config")
+    if plc is None:  # the hub's form: transformers derives the global layers' overrides from these keys
+        glob = {"head_dim": td.get("global_head_dim", 512)}
+        if td.get("num_global_key_value_heads") is not None and td.get("attention_k_eq_v", False):
+            glob["num_key_value_heads"] = td["num_global_key_value_heads"]
+        plc = {i: glob for i, t in enumerate(types) if t == "full_attention"}
+    over = {int(k): v for k, v in plc.items()}
+    return [(types[i], int(over.get(i, {}).get("num_key_value_heads") or kv), int(over.get(i, {}).get("head_dim") or hd))
+            for i in range(n)]
+
+
+def kept_head_counts(td: dict, heads: int) -> list[tuple[int, int]]:
+    """(key/value heads kept, query heads per kept key/value head) of each decoder layer when ``heads`` query heads
+    stay: whole GQA groups (``heads`` a multiple of the layer's group size), or, where a group is larger than
+    ``heads`` (the 12B's global layers: one key head for all 16 query heads), one key/value head with ``heads`` of
+    its query heads. UserError (one line) otherwise."""
+    from ...errors import UserError
+
+    q = int(td["num_attention_heads"])
+    if not 1 <= heads <= q:
+        raise UserError(f"llm_heads={heads}: Gemma 4 has {q} query heads (one count for every layer), keep 1..{q}")
+    out = []
+    for kind, kv, _hd in attention_layers(td):
+        group = q // kv
+        if heads % group and heads > group:
+            raise UserError(f"llm_heads={heads} must be a multiple of the GQA group size {group} of Gemma 4's {kind} "
+                            f"layers ({q} query / {kv} key-value heads), or less than it")
+        out.append((heads // group, group) if heads % group == 0 else (1, heads))
+    return out
+
+
+def text_dict_after_heads(td: dict, heads: int) -> dict:
+    """A copy of text config dict ``td`` for ``heads`` query heads: ``num_attention_heads``, the sliding layers'
+    ``num_key_value_heads`` and the per-layer overrides (``per_layer_config``, written explicitly)."""
+    import copy
+
+    counts = kept_head_counts(td, heads)
+    layers = attention_layers(td)
+    out = copy.deepcopy(td)
+    base_kv, base_hd = int(td.get("num_key_value_heads") or td["num_attention_heads"]), int(td["head_dim"])
+    # the global value: the sliding layers' (the first layer whose overrides do not change it)
+    ref = next((i for i, (_k, kv, hd) in enumerate(layers) if (kv, hd) == (base_kv, base_hd)), None)
+    new_kv = counts[ref][0] if ref is not None else max(1, heads * base_kv // int(td["num_attention_heads"]))
+    plc = {}
+    for i, ((_k, kv, hd), (kv_new, _g)) in enumerate(zip(layers, counts)):
+        o = {}
+        if hd != base_hd:
+            o["head_dim"] = hd
+        if kv_new != new_kv or kv != base_kv:
+            o["num_key_value_heads"] = kv_new
+        if o:
+            plc[str(i)] = o
+    for k in ("global_head_dim", "num_global_key_value_heads"):
+        out.pop(k, None)
+    out.update(num_attention_heads=heads, num_key_value_heads=new_kv, per_layer_config=plc)
+    return out

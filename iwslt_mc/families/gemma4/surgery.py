@@ -4,7 +4,9 @@ alone loads back once saved: the config is rebuilt first, then a fresh model of 
 the kept weights (``load_state_dict(strict=True)``, so nothing is silently dropped or left random).
 
 The layout-based stage paths (:meth:`Gemma4Family.surgery`) get this module too: :func:`prune_llm_mlp`
-narrows the MLPs in place as Qwen2-Audio's surgery does (``ffn_widths``, ``llm_mlp_widths``)."""
+narrows the MLPs in place as Qwen2-Audio's surgery does (``ffn_widths``, ``llm_mlp_widths``); prune-hidden
+narrows the residual width and, with ``llm_heads``, the attention heads per layer (:func:`prune_llm_hidden`,
+:func:`kept_heads`: a KV-sharing layer keeps its source layer's key/value heads)."""
 
 from __future__ import annotations
 
@@ -419,16 +421,20 @@ AUDIO_FFN_REFUSAL = ("Gemma 4's audio encoder has no FFN-width setting (its conf
 #   divided by it (Gemma's RMSNorm multiplies by its weight), so the logits keep their scale;
 # - the PLE's context projection is scaled by hidden_size**-0.5 (per_layer_model_projection_scale): its
 #   weight is multiplied by sqrt(new/old).
-# Attention keeps every head: its width (heads x head_dim, explicit per layer type) is not tied to hidden_size,
-# and KV-sharing layers read other layers' heads. RMSNorms over a subset of the residual are not the original
-# norms (the mean of squares changes), so the narrowed model is exact only when every dimension is kept.
+# Attention heads stay unless ``llm_heads`` is given: the attention width (heads x head_dim, explicit per layer
+# type) is not tied to hidden_size. With it, each layer keeps the query heads :func:`kept_heads` chooses and
+# the key/value heads serving them (the counts: :func:`.rules.kept_head_counts`); a KV-sharing layer keeps the
+# key/value heads its source layer keeps (same indices), so the keys/values it reads line up with its queries.
+# q_norm/k_norm act per head (head_dim wide) and stay. RMSNorms over a subset of the residual are not the
+# original norms (the mean of squares changes), so the narrowed model is exact only when every dimension is kept.
 
 
 def llm_attention_shape(model) -> tuple[int, int, int]:
-    """(query heads, key/value heads of the sliding layers, their head size): Gemma 4's attention is not
-    narrowed by prune-hidden (every head is kept); given for the stage's reports."""
-    t = model.config.text_config
-    return t.num_attention_heads, t.num_key_value_heads, t.head_dim
+    """(query heads, key/value heads of the sliding layers, their head size), for the stage's reports; the
+    global layers' own are in ``per_layer_config`` (:func:`.rules.attention_layers`; read from the config's dict:
+    transformers refuses the global ``num_key_value_heads`` once a layer overrides it)."""
+    td = model.config.text_config.to_dict()
+    return td["num_attention_heads"], td.get("num_key_value_heads") or td["num_attention_heads"], td["head_dim"]
 
 
 def hidden_readers(layout) -> tuple[list, list, None]:
@@ -445,25 +451,70 @@ def hidden_readers(layout) -> tuple[list, list, None]:
     return llm, [], None
 
 
-# why prune-hidden keeps every attention head of Gemma 4 (the family's check_hidden_pruning says it before any work)
-HEADS_REFUSAL = ("Gemma 4's attention width is not tied to hidden_size (head_dim is explicit per layer type) and its "
-                 "KV-sharing layers read other layers' heads, so prune-hidden keeps every head; pruning heads is "
-                 "not implemented for Gemma 4")
+# why prune-hidden keeps the audio encoder's width (the family's check_hidden_pruning says it before any work)
 AUDIO_HIDDEN_REFUSAL = ("Gemma 4's conformer ties its FFN (4 x hidden_size, no config field) and its head size "
                         "to its width, which prune-hidden does not narrow; its width stays (the projector "
                         "embed_audio follows the LLM's)")
 
 
+def attention_heads(layout) -> list[tuple]:
+    """Per decoder layer, what prune-hidden's head importance reads: (o_proj, query heads, head size, the weight
+    whose rows are the values (v_proj; k_proj when the key is the value, ``attention_k_eq_v``; a KV-sharing
+    layer: its source layer's), query heads per key/value head)."""
+    from .rules import kv_sources
+
+    src = kv_sources(layout.text_config)
+    out = []
+    for i, layer in enumerate(layout.decoder_layers):
+        a = layer.self_attn
+        owner = layout.decoder_layers[src[i]].self_attn if i in src else a
+        v = getattr(owner, "v_proj", None) or owner.k_proj
+        heads = a.o_proj.in_features // a.head_dim
+        out.append((a.o_proj, heads, a.head_dim, v.weight, heads // (v.out_features // a.head_dim)))
+    return out
+
+
+def kept_heads(model, layer_scores: list, heads: int) -> list:
+    """The query heads (LongTensor, original indices) each decoder layer keeps when ``heads`` stay, from per-layer
+    query-head scores: a non-sharing layer keeps the key/value heads whose query heads (its own and those of the
+    KV-sharing layers reading it) score highest in sum, and in each the best query heads of that layer; a
+    KV-sharing layer keeps its source's key/value heads (same indices)."""
+    import torch
+
+    from .rules import attention_layers, kept_head_counts, kv_sources
+
+    t = model.config.text_config
+    td = t.to_dict()
+    counts, layers, src = kept_head_counts(td, heads), attention_layers(td), kv_sources(t)
+    readers = {}
+    for i, s in src.items():
+        readers.setdefault(s, []).append(i)
+    kv_keep = {}
+    for i, (kv_new, _g) in enumerate(counts):
+        if i not in src:
+            total = sum(torch.as_tensor(layer_scores[j]).float().cpu() for j in [i] + readers.get(i, []))
+            order = torch.sort(total.reshape(layers[i][1], -1).sum(1), descending=True, stable=True).indices[:kv_new]
+            kv_keep[i] = order.sort().values
+    out = []
+    for i, (_kv_new, g_new) in enumerate(counts):
+        sc = torch.as_tensor(layer_scores[i]).float().cpu().reshape(layers[i][1], -1)
+        group = sc.shape[1]
+        rows = [torch.sort(sc[k], descending=True, stable=True).indices[:g_new].sort().values + k * group
+                for k in kv_keep[src.get(i, i)].tolist()]
+        out.append(torch.cat(rows))
+    return out
+
+
 def prune_llm_hidden(model, keep_dims, keep_kv_heads=None):
-    """A new model keeping residual dimensions ``keep_dims`` of the text decoder (see above; every head kept:
-    ``keep_kv_heads`` must be None); ``text_config.hidden_size`` follows."""
+    """A new model keeping residual dimensions ``keep_dims`` of the text decoder (see above) and, with
+    ``keep_kv_heads`` (per decoder layer, the query heads kept: :func:`kept_heads`), those query heads with the
+    key/value heads serving them; ``text_config.hidden_size`` and the head counts follow."""
     import torch
 
     from ...errors import UserError
     from .layout import find_layout
+    from .rules import attention_layers, kept_head_counts, kv_sources, text_dict_after_heads
 
-    if keep_kv_heads is not None:
-        raise UserError(f"stage prune-hidden: {HEADS_REFUSAL}")
     t = model.config.text_config
     if getattr(t, "enable_moe_block", False):
         raise UserError("stage prune-hidden: this Gemma 4 model has mixture-of-experts blocks, whose router scales by "
@@ -474,6 +525,36 @@ def prune_llm_hidden(model, keep_dims, keep_kv_heads=None):
         raise ValueError(f"hidden dimensions to keep must be distinct, in 0..{old - 1}")
     new_h = len(dims)
     d = model.config.to_dict()
+    rows = {}  # state-dict key -> (axis, kept indices) of the attention heads
+    if keep_kv_heads is not None:
+        td = d["text_config"]
+        q = td["num_attention_heads"]
+        heads = {len(k) for k in keep_kv_heads}
+        if len(heads) != 1 or len(keep_kv_heads) != len(attention_layers(td)):
+            raise ValueError("every decoder layer must keep the same number of query heads")
+        counts, layers, src = kept_head_counts(td, heads.pop()), attention_layers(td), kv_sources(t)
+        names = {id(m): n for n, m in model.named_modules()}
+        lm_layers = find_layout(model).decoder_layers
+        kv_of = []
+        for i, (qk, (kv_new, g_new), (_k, kv, hd)) in enumerate(zip(keep_kv_heads, counts, layers)):
+            qk = torch.as_tensor(qk, dtype=torch.long).sort().values
+            kvk = (qk // (q // kv)).unique()
+            if len(kvk) != kv_new or any(int((qk // (q // kv) == k).sum()) != g_new for k in kvk):
+                raise ValueError(f"layer {i}: query heads {qk.tolist()} are not {kv_new} key/value groups of {g_new}")
+            if i in src and not torch.equal(kvk, kv_of[src[i]]):
+                raise ValueError(f"layer {i} reads layer {src[i]}'s keys/values: it must keep its key/value heads")
+            kv_of.append(kvk)
+            a = lm_layers[i].self_attn
+            qr = (qk[:, None] * hd + torch.arange(hd)[None, :]).reshape(-1)
+            kr = (kvk[:, None] * hd + torch.arange(hd)[None, :]).reshape(-1)
+            for proj, axis, idx in (("q_proj", 0, qr), ("k_proj", 0, kr), ("v_proj", 0, kr), ("o_proj", 1, qr)):
+                mod = getattr(a, proj, None)
+                if mod is None:
+                    continue
+                rows[f"{names[id(mod)]}.weight"] = (axis, idx)
+                if getattr(mod, "bias", None) is not None and axis == 0:
+                    rows[f"{names[id(mod)]}.bias"] = (0, idx)
+        d["text_config"] = text_dict_after_heads(td, len(keep_kv_heads[0]))
     d["text_config"]["hidden_size"] = new_h
     config = type(model.config).from_dict(d)
     with torch.device("meta"):
@@ -501,6 +582,8 @@ def prune_llm_hidden(model, keep_dims, keep_kv_heads=None):
     for k, v in model.state_dict().items():
         if k in skip:
             continue
+        if k in rows:
+            v = v.index_select(rows[k][0], rows[k][1].to(v.device))
         want = shapes.get(k)
         if want is not None and tuple(v.shape) != want:
             for axis, (a, b) in enumerate(zip(v.shape, want)):
