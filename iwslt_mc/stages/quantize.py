@@ -24,7 +24,8 @@ byte-identical whether or not the model ran before saving. Layers whose shape th
 stay packed after ``from_pretrained``, are there).
 
 ``method: autoround`` (2-4 bits) is the calibrated method: AutoRound tunes the rounding of the LLM decoder blocks'
-Linear layers on text of the stage's ``--data`` and writes the same packed symmetric compressed-tensors format
+Linear layers on utterances of the stage's ``--data`` (``calibration: audio``, the default: the audio prompt and the
+reference as decoding feeds them; or ``text``) and writes the same packed symmetric compressed-tensors format
 (:mod:`iwslt_mc.quantization.calibrated`; optional dependency, ``pip install -e '.[calib]'``). Embeddings,
 ``lm_head``, the audio encoder and the projector stay as stored.
 """
@@ -93,10 +94,11 @@ class QuantizeOptions(StageOptions):
                 "lm_head (one matrix with the embeddings, e.g. Gemma 4) follows this option whatever skip says, and "
                 "is stored once (the checkpoint stays tied)"})
 
-    calibration: Literal["text", "audio"] = field(default="text", metadata={
+    calibration: Literal["audio", "text"] = field(default="audio", metadata={
         "help": "autoround: what the blocks are tuned on: audio = the model's real inputs (nsamples utterances of "
                 "--data's train split, the family's prompt with the audio through the audio encoder, then the "
-                "reference translation, as decoding and training feed them); text = the source transcripts and "
+                "reference translation, as decoding and training feed them; measured 2-3x closer to the toy "
+                "teacher than text on dev, docs/bench/quant_calibrated.md); text = the source transcripts and "
                 "reference translations joined into text-only samples of seqlen tokens"})
     iters: int = field(default=50, metadata={
         "help": "autoround: signed-gradient steps per decoder block (AutoRound's default 200; 0 = its round-to-nearest)"})
@@ -132,7 +134,7 @@ class QuantizeOptions(StageOptions):
                 raise UserError(f"stage quantize: option {ct_only[0]} is for method ct only "
                                 f"(bitsandbytes {self.method} {'cannot quantize embeddings' if ct_only[0] == 'quantize_embeddings' else 'has no such setting'})")
         if self.method != "autoround":
-            ar_only = [k for k, v in (("calibration", self.calibration != "text"), ("iters", self.iters != 50),
+            ar_only = [k for k, v in (("calibration", self.calibration != "audio"), ("iters", self.iters != 50),
                                       ("nsamples", self.nsamples != 32), ("seqlen", self.seqlen != 128)) if v]
             if ar_only:
                 raise UserError(f"stage quantize: option {ar_only[0]} is for method autoround only")

@@ -19,7 +19,7 @@ from iwslt_mc.stages.quantize import QuantizeOptions
 HAVE_AR = importlib.util.find_spec("auto_round") is not None
 needs_ar = pytest.mark.skipif(not HAVE_AR, reason="auto-round is not installed (pip install -e '.[calib]')")
 
-FAST = {"method": "autoround", "group_size": 16, "iters": 1, "nsamples": 2, "seqlen": 16}
+FAST = {"method": "autoround", "group_size": 16, "iters": 1, "nsamples": 2, "seqlen": 16, "calibration": "text"}
 
 
 def _ctx(kit):
@@ -122,7 +122,8 @@ def test_autoround_options_are_refused_by_the_other_methods():
     with pytest.raises(UserError, match="option iters is for method autoround only"):
         QuantizeOptions.from_dict({"method": "ct", "iters": 5}, stage="quantize").validate()
     with pytest.raises(UserError, match="option calibration is for method autoround only"):
-        QuantizeOptions.from_dict({"method": "ct", "calibration": "audio"}, stage="quantize").validate()
+        QuantizeOptions.from_dict({"method": "ct", "calibration": "text"}, stage="quantize").validate()
+    assert QuantizeOptions.from_dict({"method": "autoround"}, stage="quantize").calibration == "audio"
 
 
 def test_audio_calibration_batches_are_the_models_own_inputs(kit):
@@ -176,8 +177,8 @@ def test_autoround_audio_calibration_runs_the_audio_path_and_stays_packed(kit, a
     monkeypatch.setattr(calibrated, "_cast_floats", spy)
     logs = []
     out = tmp_path / "ar4-audio"
-    opts = {k: v for k, v in FAST.items() if k != "seqlen"}
-    extra = run_stage(make_stage("quantize", {**opts, "bits": 4, "calibration": "audio"}), kit / "model",
+    opts = {k: v for k, v in FAST.items() if k not in ("seqlen", "calibration")}  # audio: the default
+    extra = run_stage(make_stage("quantize", {**opts, "bits": 4}), kit / "model",
                       out, StageContext(log=logs.append, device="cpu", data=[str(kit / "data")]))
     assert seen and all("input_features" in s and s["input_ids"][0] == 2 for s in seen), seen
     assert extra["quantized_linear_layers"] == 28
