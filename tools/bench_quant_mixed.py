@@ -71,7 +71,8 @@ def calibrated_variants(teacher: Path, iters: int) -> list[dict]:
     """AutoRound (quantize method autoround) at 4/3/2 bits, groups of 128, calibrated on dev texts."""
     out = []
     for b in (4, 3, 2):
-        o = {"method": "autoround", "bits": b, "group_size": G, "iters": iters, "nsamples": 32, "seqlen": 64}
+        o = {"method": "autoround", "bits": b, "group_size": G, "iters": iters, "nsamples": 32, "seqlen": 64,
+             "calibration": "text"}
         out.append({"name": f"ar{b}", "what": f"AutoRound {b}-bit symmetric packed, groups of {G}, {iters} iterations "
                     "on 32 samples of 64 tokens of the 24 dev texts, LLM blocks only (lm_head float)", "options": o, "calibrated": True,
                     "predicted": planned_torch_save(teacher, o)})

@@ -229,7 +229,9 @@ def choices(results: list[dict], order: list[str]) -> list[str]:
     out = []
     for label in order:
         rows = [r for r in results if r["model"] == label and "kernel" not in r["name"]]
-        nf4 = next(r for r in rows if r["name"] == "nf4")
+        nf4 = next((r for r in rows if r["name"] == "nf4"), None)
+        if nf4 is None:  # a run of some variants only (e.g. a dev choice scored once on test): no choice here
+            continue
         ok = [r for r in rows if r["name"] != "float" and r["kl"] <= nf4["kl"]]
         best = min(ok, key=lambda r: r["bytes_7b"])
         base = next(r for r in rows if r["name"] == "float")
@@ -251,6 +253,8 @@ def main(argv=None) -> int:
     ap.add_argument("--report", type=Path)
     ap.add_argument("--models-text", default="", help="a sentence on how the models were made (for the report)")
     ap.add_argument("--lang", default="en-de")
+    ap.add_argument("--variants", default=None, help="comma-separated variant names to measure (default: all), "
+                    "e.g. float,ct4+emb to score a dev choice once on the test split")
     args = ap.parse_args(argv)
     import torch
 
@@ -270,7 +274,10 @@ def main(argv=None) -> int:
         group = largest_group(model_dir)
         runs = args.out / label
         ref_lp = qb.teacher_forced_logprobs(model_dir, examples, args.lang)
+        wanted = set(args.variants.split(",")) if args.variants else None
         for v in variants(group):
+            if wanted is not None and v["name"] not in wanted:
+                continue
             if v.get("cpu_kernel") and not cpu_nf4_broken(model_dir):
                 continue  # the plain nf4 row already ran bitsandbytes' (correct) CPU path
             print(f"== {label} {v['name']}: {v['what']}", flush=True)
@@ -308,6 +315,7 @@ def main(argv=None) -> int:
             "command": "python tools/bench_quant_small.py " + " ".join(
                 [f"--corpus {args.corpus}"] + ([f"--test-limit {args.test_limit}"] if args.test_limit else [])
                 + ([f"--split {args.split}"] if args.split != "test" else [])
+                + ([f"--variants {args.variants}"] if args.variants else [])
                 + [f"--model {m}" for m in args.model] + ["--out OUT"]
                 + ([f"--report {args.report}"] if args.report else []) + ['--models-text "..."'])}
     qb.write_outputs(args.out, args.report, "quantization-small.md", results, meta, markdown)

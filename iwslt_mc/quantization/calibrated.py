@@ -10,9 +10,14 @@ checkpoint transformers loads packed (``dequantize: false``: torch.save counts p
 What it quantizes: the Linear layers of the family's LLM decoder blocks (``to_quant_block_names``), 2, 3 or 4
 bits, symmetric groups of ``group_size`` input weights, scales in the model's float dtype. Token embeddings,
 ``lm_head``, the audio encoder and the projector stay as stored (AutoRound tunes block by block; the organizers'
-load keeps packed embeddings float anyway). Calibration is text-only: source transcripts and reference
-translations of the stage's data (``--data``, its ``train`` split), ``nsamples`` of ``seqlen`` tokens,
-``iters`` steps of signed gradient descent per block.
+load keeps packed embeddings float anyway). ``iters`` steps of signed gradient descent per block, on the
+block inputs of the calibration samples of the stage's data (``--data``, its ``train`` split):
+
+- ``calibration: audio``: the model's real inputs, ``nsamples`` utterances encoded as decoding and the
+  teacher-forced training feed them (the family's chat prompt with the audio, run through the audio encoder and
+  projector into the LLM's input embeddings, then the reference translation), right-padded to the longest;
+- ``calibration: text``: source transcripts and reference translations joined into ``nsamples`` text-only
+  samples of ``seqlen`` tokens (no audio: the blocks see only text embeddings).
 
 Two fixes on top of the library, both measured (docs/bench/quant_libraries.md):
 
@@ -39,6 +44,7 @@ from ..errors import UserError
 
 AR_METHOD = "autoround"
 AR_BITS = (2, 3, 4)
+AR_CALIBRATION = ("audio", "text")
 AR_VERSION = "0.16.1"
 AR_PIP = f"pip install 'auto-round=={AR_VERSION}' py-cpuinfo (or pip install -e '.[calib]')"
 _FLOAT_NAMES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
@@ -144,10 +150,44 @@ def calibration_samples(texts: list[str], tokenizer, seqlen: int, n: int) -> lis
     return out
 
 
-def autoround_quantize(in_dir: Path, out_dir: Path, o, texts: list[str], *, device: str = "cpu", seed: int = 0,
-                       log=print) -> dict:
-    """Quantize ``in_dir`` with AutoRound as ``o`` says and write the packed checkpoint to ``out_dir``.
-    Returns ``{"quantized": n, "unquantized": m}`` (Linear layers)."""
+def calibration_examples(ctx, n: int) -> list:
+    """``n`` utterances of ``ctx.data`` (train split) with a target text, in a seeded order."""
+    import numpy as np
+
+    from ..training.data import load_examples, target_text
+
+    if not ctx.data:
+        raise UserError("stage quantize: method autoround calibrates on the data's utterances: give --data "
+                        "(e.g. the training corpus)")
+    exs = [ex for ex in load_examples(ctx.data, split="train", seed=ctx.seed, lang=ctx.lang)
+           if (target_text(ex, ctx.lang) or "").strip()]
+    if not exs:
+        raise UserError(f"stage quantize: no calibration utterance with a {ctx.lang} target in {ctx.data} (split train)")
+    order = np.random.default_rng(ctx.seed).permutation(len(exs)).tolist()
+    return [exs[i] for i in order[:n]]
+
+
+def calibration_batches(model_dir: Path, processor, examples: list, lang: str, batch_size: int) -> list[dict]:
+    """The model's own inputs for AutoRound: each utterance encoded as training and the teacher-forced KL encode it
+    (the family's prompt with the audio features, then the reference translation and the end of turn), every
+    one right-padded to the longest (AutoRound stacks any of its cached samples into one batch, so they must have
+    one length; padding is masked out of attention), in batches of ``batch_size`` (its calibration counts
+    ``batch_size`` samples per batch). No labels: AutoRound only runs the model to record the blocks' inputs."""
+    from ..families import max_audio_seconds
+    from ..training.training import Collator, SpeechTranslationDataset, pad_token_id
+
+    ds = SpeechTranslationDataset(examples, processor, lang, max_seconds=max_audio_seconds(model_dir), cache=False)
+    allb = Collator(pad_token_id(processor))([ds[i] for i in range(len(ds))])
+    allb.pop("labels", None)
+    n = allb["input_ids"].shape[0]
+    return [{k: v[s:s + batch_size] for k, v in allb.items()} for s in range(0, n, batch_size)]
+
+
+def autoround_quantize(in_dir: Path, out_dir: Path, o, texts: list[str] | None = None, *, device: str = "cpu",
+                       seed: int = 0, log=print, examples: list | None = None, lang: str = "en-de") -> dict:
+    """Quantize ``in_dir`` with AutoRound as ``o`` says and write the packed checkpoint to ``out_dir``: calibrated
+    on ``examples`` (utterances, ``o.calibration == "audio"``) or ``texts``. Returns ``{"quantized": n,
+    "unquantized": m}`` (Linear layers)."""
     import torch
 
     from .. import modelio
@@ -167,25 +207,41 @@ def autoround_quantize(in_dir: Path, out_dir: Path, o, texts: list[str], *, devi
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         return _quantize_and_export(model, processor, family, out_dir, tmp, o, texts, blocks, kept_float, linear,
-                                    scale_dtype, device, seed, log)
+                                    scale_dtype, device, seed, log, in_dir=Path(in_dir), examples=examples, lang=lang)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _quantize_and_export(model, processor, family, out_dir, tmp, o, texts, blocks, kept_float, linear, scale_dtype,
-                         device, seed, log) -> dict:
+                         device, seed, log, *, in_dir: Path, examples: list | None, lang: str) -> dict:
     import torch
     from auto_round import AutoRound
 
     tok = getattr(processor, "tokenizer", processor)
-    samples = calibration_samples(texts, tok, o.seqlen, o.nsamples)
+    audio = getattr(o, "calibration", "text") == "audio"
+    if audio:
+        batch = min(len(examples), 8)
+        samples = calibration_batches(in_dir, processor, examples, lang, batch)
+        nsamples, seqlen = len(examples), int(samples[0]["input_ids"].shape[1])
+        what = f"{nsamples} utterances (audio prompt + reference, {seqlen} tokens padded)"
+    else:
+        samples = calibration_samples(texts, tok, o.seqlen, o.nsamples)
+        nsamples, seqlen, batch = len(samples), o.seqlen, min(len(samples), 8)
+        what = f"{nsamples} text samples of {seqlen} tokens from {len(texts)} texts"
     torch.manual_seed(seed)
-    with _lift_width_rule(), _quiet():
-        ar = AutoRound(model, tok, processor=processor, bits=o.bits, group_size=o.group_size, sym=True,
-                       iters=o.iters, nsamples=len(samples), seqlen=o.seqlen, batch_size=min(len(samples), 8),
-                       dataset=samples, to_quant_block_names=blocks, scale_dtype=scale_dtype,
-                       device_map=device, seed=seed, low_gpu_mem_usage=False, enable_torch_compile=False)
-        ar.quantize_and_save(str(tmp), format="llm_compressor")
+    hook = model.register_forward_pre_hook(_cast_floats, with_kwargs=True) if audio else None
+    try:
+        with _lift_width_rule(), _quiet():
+            ar = AutoRound(model, tok, processor=processor, bits=o.bits, group_size=o.group_size, sym=True,
+                           iters=o.iters, nsamples=nsamples, seqlen=seqlen, batch_size=batch,
+                           dataset=samples, to_quant_block_names=blocks, scale_dtype=scale_dtype,
+                           device_map=device, seed=seed, low_gpu_mem_usage=False, enable_torch_compile=False)
+            ar.quantize_and_save(str(tmp), format="llm_compressor")
+    except SystemExit as e:  # AutoRound exits when no calibration forward succeeded
+        raise UserError(f"stage quantize: AutoRound recorded no calibration input from {what} (exit {e.code})") from None
+    finally:
+        if hook is not None:
+            hook.remove()
     src = _export_dir(tmp)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -202,10 +258,20 @@ def _quantize_and_export(model, processor, family, out_dir, tmp, o, texts, block
         shutil.rmtree(out, ignore_errors=True)
         raise UserError(f"stage quantize: AutoRound packed {quantized} Linear layers, expected "
                         f"{len(linear) - len(kept_float)} (every Linear of {blocks})")
-    log(f"quantize: AutoRound {o.bits}-bit groups of {o.group_size}, {o.iters} iterations on {len(samples)} samples of "
-        f"{o.seqlen} tokens from {len(texts)} texts: "
+    log(f"quantize: AutoRound {o.bits}-bit groups of {o.group_size}, {o.iters} iterations on {what}: "
         f"{quantized} of {len(linear)} Linear layers packed (LLM decoder blocks)")
     return {"quantized": quantized, "unquantized": len(kept_float)}
+
+
+def _cast_floats(module, args, kwargs):
+    """The calibration batches' float inputs (audio features) in the dtype the model runs in when AutoRound
+    drives it (it may move the model to bfloat16 on a CPU), as decoding casts them."""
+    import torch
+
+    dt = next(module.parameters()).dtype
+    kwargs = {k: v.to(dt) if isinstance(v, torch.Tensor) and v.is_floating_point() and v.dtype != dt else v
+              for k, v in kwargs.items()}
+    return args, kwargs
 
 
 def _copy_with_format_metadata(src: Path, dst: Path) -> None:

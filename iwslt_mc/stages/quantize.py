@@ -24,7 +24,8 @@ byte-identical whether or not the model ran before saving. Layers whose shape th
 stay packed after ``from_pretrained``, are there).
 
 ``method: autoround`` (2-4 bits) is the calibrated method: AutoRound tunes the rounding of the LLM decoder blocks'
-Linear layers on text of the stage's ``--data`` and writes the same packed symmetric compressed-tensors format
+Linear layers on utterances of the stage's ``--data`` (``calibration: audio``, the default: the audio prompt and the
+reference as decoding feeds them; or ``text``) and writes the same packed symmetric compressed-tensors format
 (:mod:`iwslt_mc.quantization.calibrated`; optional dependency, ``pip install -e '.[calib]'``). Embeddings,
 ``lm_head``, the audio encoder and the projector stay as stored.
 """
@@ -57,7 +58,7 @@ class QuantizeOptions(StageOptions):
                 "packed (saved with dequantize: false; lm_head packed unless in skip); ct asymmetric or with "
                 "quantize_embeddings is unpacked to floats at load (dequantize: true) and counts at float size; autoround: the "
                 "calibrated method (AutoRound, optional: pip install -e '.[calib]'), 2-4-bit symmetric groups tuned on "
-                "text of the stage's --data (iters, nsamples, seqlen), the Linear layers of the LLM decoder blocks only "
+                "the stage's --data (calibration, iters, nsamples), the Linear layers of the LLM decoder blocks only "
                 "(token embeddings, lm_head, audio encoder and projector stay as stored), saved as ct symmetric packed "
                 "(dequantize: false: stays packed after from_pretrained)"})
     double_quant: bool = field(default=True, metadata={
@@ -93,13 +94,20 @@ class QuantizeOptions(StageOptions):
                 "lm_head (one matrix with the embeddings, e.g. Gemma 4) follows this option whatever skip says, and "
                 "is stored once (the checkpoint stays tied)"})
 
+    calibration: Literal["audio", "text"] = field(default="audio", metadata={
+        "help": "autoround: what the blocks are tuned on: audio = the model's real inputs (nsamples utterances of "
+                "--data's train split, the family's prompt with the audio through the audio encoder, then the "
+                "reference translation, as decoding and training feed them; measured 2-3x closer to the toy "
+                "teacher than text on dev, docs/bench/quant_calibrated.md); text = the source transcripts and "
+                "reference translations joined into text-only samples of seqlen tokens"})
     iters: int = field(default=50, metadata={
         "help": "autoround: signed-gradient steps per decoder block (AutoRound's default 200; 0 = its round-to-nearest)"})
     nsamples: int = field(default=32, metadata={
-        "help": "autoround: calibration samples of seqlen tokens, made of the source transcripts and reference "
-                "translations of --data (train split, seeded order), joined"})
+        "help": "autoround: calibration samples: utterances (calibration: audio) or text samples of seqlen tokens "
+                "made of the source transcripts and reference translations of --data (train split, seeded order), "
+                "joined (calibration: text)"})
     seqlen: int = field(default=128, metadata={
-        "help": "autoround: tokens per calibration sample"})
+        "help": "autoround, calibration text: tokens per calibration sample (audio samples are whole utterances)"})
 
     def validate(self) -> None:
         if self.allocation is not None:
@@ -126,8 +134,8 @@ class QuantizeOptions(StageOptions):
                 raise UserError(f"stage quantize: option {ct_only[0]} is for method ct only "
                                 f"(bitsandbytes {self.method} {'cannot quantize embeddings' if ct_only[0] == 'quantize_embeddings' else 'has no such setting'})")
         if self.method != "autoround":
-            ar_only = [k for k, v in (("iters", self.iters != 50), ("nsamples", self.nsamples != 32),
-                                      ("seqlen", self.seqlen != 128)) if v]
+            ar_only = [k for k, v in (("calibration", self.calibration != "audio"), ("iters", self.iters != 50),
+                                      ("nsamples", self.nsamples != 32), ("seqlen", self.seqlen != 128)) if v]
             if ar_only:
                 raise UserError(f"stage quantize: option {ar_only[0]} is for method autoround only")
         for s in self.skip:
@@ -152,6 +160,9 @@ class QuantizeOptions(StageOptions):
             if v < (0 if name == "iters" else 1):
                 raise UserError(f"stage quantize: {name} must be a {'non-negative' if name == 'iters' else 'positive'} "
                                 f"integer, not {v}")
+        if self.calibration == "audio" and self.seqlen != 128:
+            raise UserError("stage quantize: option seqlen is for calibration text (calibration audio takes whole "
+                            "utterances)")
         other = [k for k, v in (("scales", self.scales != "auto"), ("quantize_embeddings", self.quantize_embeddings),
                                 ("allocation", self.allocation is not None),
                                 ("skip", self.skip not in (["lm_head"], []))) if v]
@@ -324,8 +335,8 @@ class Quantize(Stage):
 
         self._check_autoround_family(cfg, in_dir)
         if not ctx.data:
-            raise UserError("stage quantize: method autoround calibrates on text: give --data (e.g. the training "
-                            "corpus)")
+            raise UserError(f"stage quantize: method autoround calibrates on {self.options.calibration}: give --data "
+                            "(e.g. the training corpus)")
         model = meta_model(in_dir)
         blocks = family_for(in_dir).find_parts(model).get("llm_layers")
         import torch.nn as nn
@@ -403,15 +414,25 @@ class Quantize(Stage):
                 "unquantized_linear_layers": counts["unquantized"]}
 
     def _run_autoround(self, in_dir: Path, out_dir: Path, ctx: StageContext, device: str) -> dict:
-        from ..quantization.calibrated import AR_VERSION, autoround_quantize, calibration_texts
+        from ..quantization.calibrated import (AR_VERSION, autoround_quantize, calibration_examples,
+                                               calibration_texts)
 
         o = self.options
-        texts = calibration_texts(ctx)
-        ctx.log(f"quantize: {in_dir} with AutoRound {o.bits}-bit on {device} ({o.iters} iterations, {len(texts)} texts)")
-        counts = autoround_quantize(in_dir, out_dir, o, texts, device=device, seed=ctx.seed, log=ctx.log)
+        if o.calibration == "audio":
+            exs = calibration_examples(ctx, o.nsamples)
+            ctx.log(f"quantize: {in_dir} with AutoRound {o.bits}-bit on {device} ({o.iters} iterations, "
+                    f"{len(exs)} utterances)")
+            counts = autoround_quantize(in_dir, out_dir, o, device=device, seed=ctx.seed, log=ctx.log, examples=exs,
+                                        lang=ctx.lang)
+            on = f"{len(exs)} utterances of the data: audio prompt and reference translation, as decoding feeds them"
+        else:
+            texts = calibration_texts(ctx)
+            ctx.log(f"quantize: {in_dir} with AutoRound {o.bits}-bit on {device} ({o.iters} iterations, "
+                    f"{len(texts)} texts)")
+            counts = autoround_quantize(in_dir, out_dir, o, texts, device=device, seed=ctx.seed, log=ctx.log)
+            on = f"{o.nsamples} samples of {o.seqlen} tokens from {len(texts)} texts of the data"
         what = (f"AutoRound {AR_VERSION} calibrated {o.bits}-bit symmetric integer weights, groups of {o.group_size} "
-                f"({o.iters} iterations on {o.nsamples} samples of {o.seqlen} tokens from {len(texts)} texts of the "
-                "data), LLM decoder blocks only; "
+                f"({o.iters} iterations on {on}), LLM decoder blocks only; "
                 "compressed-tensors pack-quantized, loads packed (dequantize: false); embeddings, lm_head, audio "
                 "encoder and projector as stored")
         return {"techniques": [what], "quantized_linear_layers": counts["quantized"],

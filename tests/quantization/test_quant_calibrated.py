@@ -19,7 +19,7 @@ from iwslt_mc.stages.quantize import QuantizeOptions
 HAVE_AR = importlib.util.find_spec("auto_round") is not None
 needs_ar = pytest.mark.skipif(not HAVE_AR, reason="auto-round is not installed (pip install -e '.[calib]')")
 
-FAST = {"method": "autoround", "group_size": 16, "iters": 1, "nsamples": 2, "seqlen": 16}
+FAST = {"method": "autoround", "group_size": 16, "iters": 1, "nsamples": 2, "seqlen": 16, "calibration": "text"}
 
 
 def _ctx(kit):
@@ -109,6 +109,8 @@ def test_autoround_reload_packed_and_unpacked_give_the_same_logits(kit, ar_build
     ({"quantize_embeddings": True}, "option quantize_embeddings does not go with method autoround"),
     ({"skip": ["audio_tower"]}, "option skip does not go with method autoround"),
     ({"nsamples": 0}, "nsamples must be a positive integer, not 0"),
+    ({"calibration": "audio", "seqlen": 64}, "option seqlen is for calibration text"),
+    ({"calibration": "video"}, "calibration"),
 ])
 def test_bad_autoround_options_fail_in_one_line(opts, msg):
     with pytest.raises(UserError, match=msg) as e:
@@ -119,6 +121,73 @@ def test_bad_autoround_options_fail_in_one_line(opts, msg):
 def test_autoround_options_are_refused_by_the_other_methods():
     with pytest.raises(UserError, match="option iters is for method autoround only"):
         QuantizeOptions.from_dict({"method": "ct", "iters": 5}, stage="quantize").validate()
+    with pytest.raises(UserError, match="option calibration is for method autoround only"):
+        QuantizeOptions.from_dict({"method": "ct", "calibration": "text"}, stage="quantize").validate()
+    assert QuantizeOptions.from_dict({"method": "autoround"}, stage="quantize").calibration == "audio"
+
+
+def test_audio_calibration_batches_are_the_models_own_inputs(kit):
+    """calibration: audio hands AutoRound what decoding feeds the model: the prompt with its audio placeholders
+    expanded and the audio features, then the reference; every sample one length (AutoRound stacks any of them),
+    padding masked; batches of the size its calibration counts."""
+    from iwslt_mc import modelio
+    from iwslt_mc.quantization.calibrated import calibration_batches, calibration_examples
+
+    processor = modelio.load_processor(kit / "model")
+    exs = calibration_examples(StageContext(log=lambda *a: None, data=[str(kit / "data")], lang="en-de"), 3)
+    assert len(exs) == 3
+    batches = calibration_batches(kit / "model", processor, exs, "en-de", 2)
+    assert [b["input_ids"].shape[0] for b in batches] == [2, 1]
+    assert len({b["input_ids"].shape[1] for b in batches}) == 1
+    assert "labels" not in batches[0] and batches[0]["input_features"].shape[0] == 2
+    audio_id = processor.tokenizer.convert_tokens_to_ids(processor.audio_token)
+    ids, mask = batches[0]["input_ids"], batches[0]["attention_mask"]
+    assert ((ids == audio_id).sum(1) > 10).all()  # the audio placeholders, one per audio frame the tower emits
+    from iwslt_mc.training.training import pad_token_id
+
+    assert (ids[mask == 0] == pad_token_id(processor)).all() and (mask.sum(1) >= 1).all()  # right padding, masked
+    assert all(m[: int(m.sum())].all() for m in mask)
+    tok = processor.tokenizer
+    row = ids[0][mask[0] == 1].tolist()
+    from iwslt_mc.training.data import target_text
+
+    assert target_text(exs[0], "en-de") in tok.decode(row)  # teacher-forced on the reference
+    # a seeded order: the same utterances again
+    again = calibration_examples(StageContext(log=lambda *a: None, data=[str(kit / "data")], lang="en-de"), 3)
+    assert [e.text_en for e in again] == [e.text_en for e in exs]
+
+
+@needs_ar
+def test_autoround_audio_calibration_runs_the_audio_path_and_stays_packed(kit, ar_builds, tmp_path, monkeypatch):
+    """calibration: audio drives the whole model with the audio features (AutoRound records the blocks' inputs
+    from that forward; a forward that failed would be skipped, and none succeeding is a one-line error), and
+    writes the same format and bytes as the text calibration, sized exactly."""
+    from test_quant_packed import organizers_torch_save
+
+    from iwslt_mc.quantization import calibrated
+    from iwslt_mc.sizing import sizer
+
+    seen = []
+    real_cast = calibrated._cast_floats
+
+    def spy(module, args, kwargs):
+        seen.append({k: tuple(v.shape) for k, v in kwargs.items() if isinstance(v, torch.Tensor)})
+        return real_cast(module, args, kwargs)
+
+    monkeypatch.setattr(calibrated, "_cast_floats", spy)
+    logs = []
+    out = tmp_path / "ar4-audio"
+    opts = {k: v for k, v in FAST.items() if k not in ("seqlen", "calibration")}  # audio: the default
+    extra = run_stage(make_stage("quantize", {**opts, "bits": 4}), kit / "model",
+                      out, StageContext(log=logs.append, device="cpu", data=[str(kit / "data")]))
+    assert seen and all("input_features" in s and s["input_ids"][0] == 2 for s in seen), seen
+    assert extra["quantized_linear_layers"] == 28
+    assert any("on 2 utterances (audio prompt + reference" in m for m in logs), logs
+    assert "2 utterances of the data: audio prompt and reference translation" in extra["techniques"][0]
+    real, sd = organizers_torch_save(out, tmp_path)
+    assert sd["model.language_model.layers.0.mlp.up_proj.weight_packed"][0] == torch.int32
+    assert sizer.measure(out, edition="2027").torch_save.bytes_cpu == real
+    assert sizer.measure(ar_builds[0] / "ar4", edition="2027").torch_save.bytes_cpu == real
 
 
 def test_missing_library_is_one_line_naming_pip_before_any_work(kit, tmp_path, monkeypatch):
