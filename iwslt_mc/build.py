@@ -341,7 +341,8 @@ def size_verdict(edition: str | None, bin_name: str | None, torch_save: dict | N
     if ed.primary_size_measure != "torch_save_bytes":
         measure = "size measure: the safetensors bytes"
     elif torch_save:
-        measure = (f"{'predicted ' if predicted else ''}torch.save {torch_save['bytes'] / 2**30:.3f} GiB "
+        div = 2**30 if ed.size_unit == "GiB" else 10**9
+        measure = (f"{'predicted ' if predicted else ''}torch.save {torch_save['bytes'] / div:.3f} {ed.size_unit} "
                    f"({torch_save['bytes']:,} bytes)")
     else:
         measure = "torch.save size not exact from the headers (iwslt-mc size MODEL --torch-save stream measures it)"

@@ -70,7 +70,7 @@ def test_build_edition_default_is_the_newest_and_says_what_it_means(kit, tmp_pat
     assert rc == 0 and out.splitlines()[-1] == "predicted: 1,580,194 bytes, 594,304 parameters, Bin5"
     rc, out, _ = cli(capsys, *base, "--dry-run", "--edition", "2026")
     assert rc == 0 and out.splitlines()[-1].endswith("edition 2026: no size bins, ranked on the Pareto frontier of "
-                                                     "quality and size; size measure: the safetensors bytes")
+                                                     "quality and size; predicted torch.save 0.002 GB (1,650,469 bytes)")
     rc, _, err = cli(capsys, *base, "--dry-run", "--edition", "1999")
     assert rc == 2 and err.strip() == "iwslt-mc build: error: unknown edition '1999' (known: 2025, 2026, 2027)"
     rc, out, _ = cli(capsys, *base, "--out", tmp_path / "q")
