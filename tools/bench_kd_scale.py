@@ -144,6 +144,9 @@ def main(argv=None) -> int:
                          "(plan --allocate: bits per Linear module by dev sensitivity within P%% of the teacher's "
                          "torch.save bytes)")
     ap.add_argument("--dev", type=int, default=100, help="dev utterances that choose the best method per size")
+    ap.add_argument("--used-bytes", action="store_true",
+                    help="trim each trained student's vocabulary again with byte_alphabet: false (only the byte tokens "
+                         "its kept tokens are built of) before quantizing; rows NAME-ub-QUANT")
     ap.add_argument("--alloc-dev", type=int, default=16,
                     help="mixP: dev utterances (the first N of the corpus's dev split) the sensitivities are measured on")
     ap.add_argument("--test-limit", type=int, default=None)
@@ -322,17 +325,24 @@ def run_all(args, results: dict, results_path: Path) -> None:
             info = dict(method=method, size=size, depth=d, width=w, steps=args.steps, seen=args.steps * 8, pool=pool)
             if args.float_rows:
                 evaluate(name, model, what=f"{METHODS[method]}, float16", stage_seconds=s, stage_cpu_seconds=c, **info)
+            qname, vocab_note = name, ""
+            if args.used_bytes:  # the trained student's vocabulary trimmed again, to the bytes its tokens use
+                model, _, _ = stage(f"{name}-ub", "trim-vocab", {**trim_opts, "byte_alphabet": False}, model)
+                qname = f"{name}-ub"
+                rows = json.loads((model / "config.json").read_text())["text_config"]["vocab_size"]
+                vocab_note = f", vocabulary trimmed again to the bytes its tokens use ({rows:,} rows; byte_alphabet: false)"
             for q in args.quant.split(","):
-                alloc = allocation_for(q, model, group, name) if quant_kind(q)[2] is not None else None
+                alloc = allocation_for(q, model, group, qname) if quant_kind(q)[2] is not None else None
                 try:
-                    qm, qs, qc = stage(f"{name}-{q}", "quantize",
-                                       quant_options(q, group, runs / f"{name}-{q}.allocation.json"), model)
+                    qm, qs, qc = stage(f"{qname}-{q}", "quantize",
+                                       quant_options(q, group, runs / f"{qname}-{q}.allocation.json"), model)
                 except UserError as e:
-                    log(f"{name}-{q}: {e}")
+                    log(f"{qname}-{q}: {e}")
                     continue
-                evaluate(f"{name}-{q}", qm, with_dev=True,
-                         what=f"{METHODS[method]}, {pool:,} training utterances, then {quant_what(q, group, alloc)}",
-                         stage_seconds=s, stage_cpu_seconds=c, quant=q, **info)
+                evaluate(f"{qname}-{q}", qm, with_dev=True,
+                         what=f"{METHODS[method]}, {pool:,} training utterances{vocab_note}, then "
+                              f"{quant_what(q, group, alloc)}",
+                         stage_seconds=s, stage_cpu_seconds=c, quant=q, used_bytes=bool(args.used_bytes), **info)
 
 
 def _rows_in(parquet: Path) -> int:
@@ -432,7 +442,8 @@ def targets(rows, tb, tc, key: str = "bytes") -> list[str]:
 def step_lever(rows, chosen, tc) -> str:
     """The measured effect of the step budget on the chosen row's method, size and quantization."""
     same = sorted((r for r in rows if r.get("method") == chosen.get("method") and r.get("size") == chosen.get("size")
-                   and r.get("quant") == chosen.get("quant") and r.get("steps")), key=lambda r: r["steps"])
+                   and r.get("quant") == chosen.get("quant") and r.get("used_bytes") == chosen.get("used_bytes")
+                   and r.get("steps")), key=lambda r: r["steps"])
     if len(same) < 2:
         return ""
     steps = " -> ".join(str(r["steps"]) for r in same)
@@ -445,7 +456,8 @@ def steps_table(rows, tc) -> list[str]:
     groups: dict = {}
     for r in rows:
         if r.get("method") in METHODS and r.get("steps"):
-            groups.setdefault((r["size"], r["method"], r.get("quant")), []).append(r)
+            quant = (r.get("quant") or "") + (" (vocabulary: used bytes)" if r.get("used_bytes") else "")
+            groups.setdefault((r["size"], r["method"], quant), []).append(r)
     groups = {k: sorted(v, key=lambda r: r["steps"]) for k, v in groups.items() if len({r["steps"] for r in v}) > 1}
     if not groups:
         return []
@@ -454,7 +466,7 @@ def steps_table(rows, tc) -> list[str]:
            "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for (size, method, quant), rs in sorted(groups.items(), key=lambda kv: (-float(kv[0][0]), kv[0][1], kv[0][2] or "")):
         for r in rs:
-            out.append(f"| s{size} | {method} | {quant or ''} | {r['steps']} | {r['steps'] * 8:,} | {r['chrf']:.2f} | "
+            out.append(f"| s{size} | {method} | {quant} | {r['steps']} | {r['steps'] * 8:,} | {r['chrf']:.2f} | "
                        f"{100 * r['chrf'] / tc:.1f} | {r['dev_chrf'] if r.get('dev_chrf') is not None else '-'} | "
                        f"{r.get('stage_cpu_seconds', '')} |")
     return out
