@@ -442,7 +442,7 @@ def targets(rows, tb, tc, key: str = "bytes") -> list[str]:
 def step_lever(rows, chosen, tc) -> str:
     """The measured effect of the step budget on the chosen row's method, size and quantization."""
     same = sorted((r for r in rows if r.get("method") == chosen.get("method") and r.get("size") == chosen.get("size")
-                   and r.get("quant") == chosen.get("quant") and r.get("used_bytes") == chosen.get("used_bytes")
+                   and r.get("quant") == chosen.get("quant") and bool(r.get("used_bytes")) == bool(chosen.get("used_bytes"))
                    and r.get("steps")), key=lambda r: r["steps"])
     if len(same) < 2:
         return ""

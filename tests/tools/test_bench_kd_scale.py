@@ -58,3 +58,12 @@ def test_steps_table_lists_each_budget(tool):
     assert [line.split(" | ")[3] for line in body] == ["384", "1152", "4608"]
     assert "| s10 | wordref | ct4e | 4608 | 36,864 | 60.00 | 60.0 | 61.5 |" in body[2]
     assert tool.steps_table(rows[3:], 100.0) == []
+
+
+def test_step_lever_joins_rows_with_and_without_the_used_bytes_key(tool):
+    old = _row("s10-wordref-1152-ct4e", "10", 1152, 57.0, 48.0, 1, 1)  # an earlier run's row: no used_bytes key
+    new = {**_row("s10-wordref-4608-ct4e", "10", 4608, 70.0, 69.0, 1, 1), "used_bytes": False}
+    ub = {**_row("s10-wordref-4608-ub-ct4e", "10", 4608, 71.0, 70.0, 1, 1), "used_bytes": True}
+    line = tool.step_lever([old, new, ub], new, 100.0)
+    assert line.endswith("1152 -> 4608 steps keep 57.0% -> 70.0%")
+    assert tool.step_lever([old, new, ub], ub, 100.0) == ""  # the trimmed-vocabulary row has one budget only
