@@ -44,6 +44,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import resource
 import sys
 import time
@@ -73,17 +74,40 @@ def cpu_seconds() -> float:
 
 
 def train_options(steps: int, lr: float, limit: int | None = None) -> dict:
+    # a checkpoint every 512 steps at most, so a killed long run resumes (save_steps does not change the weights)
     return {"dtype": "float32", "split": "train", "max_steps": steps, "limit": limit, "batch_size": 8, "lr": lr,
-            "warmup_steps": max(1, steps // 10), "weight_decay": 0.01, "save_steps": max(steps, 1),
+            "warmup_steps": max(1, steps // 10), "weight_decay": 0.01, "save_steps": max(min(steps, 512), 1),
             "logging_steps": 50, "progress": False}
 
 
-def quant_options(kind: str, group: int, bits: int = 4) -> dict:
-    if kind == "ct4e":  # every linear layer, lm_head and embeddings; asymmetric (mse ranges at 4 bits)
+QUANT_RX = re.compile(r"^(?:ct([2-8])([es])|mix(\d+(?:\.\d+)?))$")
+
+
+def quant_kind(kind: str) -> tuple[int | None, str | None, float | None]:
+    """``ct4e`` -> (4, "e", None), ``ct3s`` -> (3, "s", None), ``mix25`` -> (None, None, 25.0); else SystemExit."""
+    m = QUANT_RX.match(kind)
+    if not m:
+        raise SystemExit(f"--quant {kind!r}: expected ctNe (N-bit, embeddings too), ctNs (N-bit symmetric, float "
+                         "embeddings) or mixP (bits per module within P% of the teacher's torch.save bytes)")
+    return (int(m.group(1)), m.group(2), None) if m.group(1) else (None, None, float(m.group(3)))
+
+
+def quant_options(kind: str, group: int, allocation: Path | None = None) -> dict:
+    bits, how, pct = quant_kind(kind)
+    if pct is not None:  # a bit allocation (plan --allocate): symmetric packed, float embeddings
+        return {"method": "ct", "symmetric": True, "allocation": str(allocation), "group_size": group}
+    if how == "e":  # every linear layer, lm_head and embeddings; asymmetric (mse ranges at 4 bits)
         return {"method": "ct", "bits": bits, "group_size": group, "skip": [], "quantize_embeddings": True}
-    if kind == "ct4s":  # symmetric, float embeddings: the ct checkpoint transformers loads packed
-        return {"method": "ct", "bits": bits, "group_size": group, "skip": [], "symmetric": True}
-    raise ValueError(kind)
+    # symmetric, float embeddings, lm_head too: the ct checkpoint transformers loads packed
+    return {"method": "ct", "bits": bits, "group_size": group, "skip": [], "symmetric": True}
+
+
+def quant_what(kind: str, group: int, alloc=None) -> str:
+    bits, how, pct = quant_kind(kind)
+    if pct is not None:
+        return (f"{kind} (bits per Linear module by dev sensitivity within {pct:g}% of the teacher's torch.save bytes: "
+                f"{alloc.summary() if alloc else '?'}; symmetric, groups of {group}, float embeddings)")
+    return f"{kind} (groups of {group})"
 
 
 def ct_group(model_dir: Path, prefer: int = 128) -> int:
@@ -114,8 +138,17 @@ def main(argv=None) -> int:
                     help="train every method on the first N utterances only (the teacher data's --translate N)")
     ap.add_argument("--float-rows", action="store_true",
                     help="also score the unquantized students and the untrained pruned ones (costs decoding time)")
-    ap.add_argument("--quant", default="ct4e,ct4s", help="final quantizations of each trained student (ct4e, ct4s)")
+    ap.add_argument("--quant", default="ct4e,ct4s",
+                    help="final quantizations of each trained student: ctNe (N-bit ct of every layer and the embeddings, "
+                         "asymmetric), ctNs (N-bit ct symmetric, float embeddings: stays packed after loading), mixP "
+                         "(plan --allocate: bits per Linear module by dev sensitivity within P%% of the teacher's "
+                         "torch.save bytes)")
     ap.add_argument("--dev", type=int, default=100, help="dev utterances that choose the best method per size")
+    ap.add_argument("--used-bytes", action="store_true",
+                    help="trim each trained student's vocabulary again with byte_alphabet: false (only the byte tokens "
+                         "its kept tokens are built of) before quantizing; rows NAME-ub-QUANT")
+    ap.add_argument("--alloc-dev", type=int, default=16,
+                    help="mixP: dev utterances (the first N of the corpus's dev split) the sensitivities are measured on")
     ap.add_argument("--test-limit", type=int, default=None)
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2")))
     ap.add_argument("--report", type=Path, default=None)
@@ -185,14 +218,18 @@ def run_all(args, results: dict, results_path: Path) -> None:
         (runs / name).mkdir(parents=True, exist_ok=True)
         t0, c0 = time.time(), cpu_seconds()
         run_stage(make_stage(kind, options), src, model, ctx(runs / (name + ".work"), data_dir))
-        return model, round(time.time() - t0, 1), round(cpu_seconds() - c0, 1)
+        s, c = round(time.time() - t0, 1), round(cpu_seconds() - c0, 1)
+        results.setdefault(name, {}).update(stage_seconds=s, stage_cpu_seconds=c)  # a later run reusing it reports them
+        save()
+        return model, s, c
 
     def evaluate(name, model, with_dev=False, **info):
         """Test split (always) and, for rows a choice is made among, the dev slice."""
         r = results.get(name)
         if r and r.get("test") == len(test) and (not with_dev or r.get("dev_n") == len(dev)):
             return r
-        r = {"name": name, **info, **bench_fidelity.evaluate(model, runs / name, args, test), "test": len(test)}
+        if not (r and r.get("test") == len(test)):  # the test split is decoded once per row; dev may be added later
+            r = {"name": name, **info, **bench_fidelity.evaluate(model, runs / name, args, test), "test": len(test)}
         if with_dev:
             bench_fidelity.TESTSET = "toy-dev"
             try:
@@ -227,6 +264,22 @@ def run_all(args, results: dict, results_path: Path) -> None:
         q4, s3, c3 = stage("teacher-trim-ct4s", "quantize", quant_options("ct4s", 128), trimmed)
         evaluate("teacher-trim-ct4s", q4, method="none", size="25", what="no training: trimmed + ct 4-bit symmetric (g128), "
              "float embeddings", stage_seconds=s3, stage_cpu_seconds=c3)
+
+    def allocation_for(q, model, group, name):
+        """mixP: the bit allocation of ``model`` within P% of the teacher's torch.save bytes, its sensitivities
+        measured on the first --alloc-dev dev utterances (made once: runs/NAME-mixP.allocation.json)."""
+        from iwslt_mc.quantization import allocation
+
+        path = runs / f"{name}-{q}.allocation.json"
+        if not path.exists():
+            budget = int(quant_kind(q)[2] / 100 * results["teacher"]["torch_save"])
+            t0, c0 = time.time(), cpu_seconds()
+            a = allocation.plan_allocation(model, str(args.corpus), args.lang, budget, edition="2027",
+                                           group_size=group, split="dev", limit=args.alloc_dev, log=log)
+            allocation.write_allocation(path, a)
+            log(f"{path.name}: {a.summary()}; {a.predicted:,} B predicted (budget {budget:,}); "
+                f"{time.time() - t0:.0f} s, {cpu_seconds() - c0:.0f} CPU s")
+        return allocation.read_allocation(path)
 
     tmpl = args.out / "toy-template.yaml"
     t = bench_frontier.TEMPLATE.format(steps=0, lr=args.lr, warmup=1, split="train")
@@ -272,15 +325,24 @@ def run_all(args, results: dict, results_path: Path) -> None:
             info = dict(method=method, size=size, depth=d, width=w, steps=args.steps, seen=args.steps * 8, pool=pool)
             if args.float_rows:
                 evaluate(name, model, what=f"{METHODS[method]}, float16", stage_seconds=s, stage_cpu_seconds=c, **info)
+            qname, vocab_note = name, ""
+            if args.used_bytes:  # the trained student's vocabulary trimmed again, to the bytes its tokens use
+                model, _, _ = stage(f"{name}-ub", "trim-vocab", {**trim_opts, "byte_alphabet": False}, model)
+                qname = f"{name}-ub"
+                rows = json.loads((model / "config.json").read_text())["text_config"]["vocab_size"]
+                vocab_note = f", vocabulary trimmed again to the bytes its tokens use ({rows:,} rows; byte_alphabet: false)"
             for q in args.quant.split(","):
+                alloc = allocation_for(q, model, group, qname) if quant_kind(q)[2] is not None else None
                 try:
-                    qm, qs, qc = stage(f"{name}-{q}", "quantize", quant_options(q, group), model)
+                    qm, qs, qc = stage(f"{qname}-{q}", "quantize",
+                                       quant_options(q, group, runs / f"{qname}-{q}.allocation.json"), model)
                 except UserError as e:
-                    log(f"{name}-{q}: {e}")
+                    log(f"{qname}-{q}: {e}")
                     continue
-                evaluate(f"{name}-{q}", qm, with_dev=q == "ct4e",
-                         what=f"{METHODS[method]}, {pool:,} training utterances, then {q} (groups of {group})",
-                         stage_seconds=s, stage_cpu_seconds=c, quant=q, **info)
+                evaluate(f"{qname}-{q}", qm, with_dev=True,
+                         what=f"{METHODS[method]}, {pool:,} training utterances{vocab_note}, then "
+                              f"{quant_what(q, group, alloc)}",
+                         stage_seconds=s, stage_cpu_seconds=c, quant=q, used_bytes=bool(args.used_bytes), **info)
 
 
 def _rows_in(parquet: Path) -> int:
@@ -344,6 +406,10 @@ def write_report(args, results: dict, argv) -> None:
             f"{r.get('stage_seconds', '') if r.get('method') in METHODS else ''} |")
     lines += ["", "## Targets (chrF++ as % of the teacher's, at % of the teacher's safetensors bytes)", ""]
     lines += targets(rows, tb, tc)
+    if tts:
+        lines += ["", "## Targets in the torch.save measure (2026/2027: % of the teacher's torch.save bytes)", ""]
+        lines += targets(rows, tts, tc, key="torch_save")
+    lines += steps_table(rows, tc)
     plot = args.report.with_suffix(".png")
     plot_png(rows, tb, tc, tts, plot)
     lines += ["", f"![quality against size per method]({plot.name})", ""]
@@ -354,10 +420,12 @@ def write_report(args, results: dict, argv) -> None:
     print(f"wrote {args.report}")
 
 
-def targets(rows, tb, tc) -> list[str]:
+def targets(rows, tb, tc, key: str = "bytes") -> list[str]:
+    """Per target: the trained row chosen on dev among those within the size cap (``key``: the measure), its
+    test score, and the best on test (reported, never choosing)."""
     out = []
     for size, need, cap in (("25", 90.0, 25.0), ("10", 75.0, 10.0), ("5", 50.0, 5.0)):
-        trained = [r for r in rows if r.get("method") in METHODS and 100 * r["bytes"] / tb <= cap]
+        trained = [r for r in rows if r.get("method") in METHODS and r.get(key) and 100 * r[key] / tb <= cap]
         if not trained:
             out.append(f"- >= {need:g}% at <= {cap:g}% with a trained student: not measured")
             continue
@@ -366,7 +434,7 @@ def targets(rows, tb, tc) -> list[str]:
         kept = 100 * by_dev["chrf"] / tc
         verdict = "met" if kept >= need else f"missed by {need - kept:.1f} points"
         out.append(f"- >= {need:g}% at <= {cap:g}%: chosen on dev `{by_dev['name']}` keeps {kept:.1f}% at "
-                   f"{100 * by_dev['bytes'] / tb:.1f}% -> {verdict} (best on test: `{best['name']}` "
+                   f"{100 * by_dev[key] / tb:.1f}% -> {verdict} (best on test: `{best['name']}` "
                    f"{100 * best['chrf'] / tc:.1f}%)" + step_lever(rows, by_dev, tc))
     return out
 
@@ -374,12 +442,34 @@ def targets(rows, tb, tc) -> list[str]:
 def step_lever(rows, chosen, tc) -> str:
     """The measured effect of the step budget on the chosen row's method, size and quantization."""
     same = sorted((r for r in rows if r.get("method") == chosen.get("method") and r.get("size") == chosen.get("size")
-                   and r.get("quant") == chosen.get("quant") and r.get("steps")), key=lambda r: r["steps"])
+                   and r.get("quant") == chosen.get("quant") and bool(r.get("used_bytes")) == bool(chosen.get("used_bytes"))
+                   and r.get("steps")), key=lambda r: r["steps"])
     if len(same) < 2:
         return ""
     steps = " -> ".join(str(r["steps"]) for r in same)
     kept = " -> ".join(f"{100 * r['chrf'] / tc:.1f}%" for r in same)
     return f"; steps, measured ({chosen['method']}, s{chosen['size']}): {steps} steps keep {kept}"
+
+
+def steps_table(rows, tc) -> list[str]:
+    """Steps against chrF++ for every method, size and quantization trained at two budgets or more."""
+    groups: dict = {}
+    for r in rows:
+        if r.get("method") in METHODS and r.get("steps"):
+            quant = (r.get("quant") or "") + (" (vocabulary: used bytes)" if r.get("used_bytes") else "")
+            groups.setdefault((r["size"], r["method"], quant), []).append(r)
+    groups = {k: sorted(v, key=lambda r: r["steps"]) for k, v in groups.items() if len({r["steps"] for r in v}) > 1}
+    if not groups:
+        return []
+    out = ["", "## Steps against chrF++ (each budget its own run: warm-up and cosine decay over its own steps)", "",
+           "| student | method | quantization | steps | utterances seen | chrF++ | % of teacher | dev chrF++ | train CPU s |",
+           "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for (size, method, quant), rs in sorted(groups.items(), key=lambda kv: (-float(kv[0][0]), kv[0][1], kv[0][2] or "")):
+        for r in rs:
+            out.append(f"| s{size} | {method} | {quant} | {r['steps']} | {r['steps'] * 8:,} | {r['chrf']:.2f} | "
+                       f"{100 * r['chrf'] / tc:.1f} | {r['dev_chrf'] if r.get('dev_chrf') is not None else '-'} | "
+                       f"{r.get('stage_cpu_seconds', '')} |")
+    return out
 
 
 def _step_label(r) -> str:

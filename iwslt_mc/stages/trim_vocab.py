@@ -5,6 +5,8 @@ Kept (old ids, renumbered densely in their old order):
 - every added/special token of the tokenizer, and every id the configs name (``audio_token_index``,
   bos/eos/pad of the model and of the generation config);
 - the 256 byte-level base tokens, so any text still encodes (in more pieces if its tokens are gone);
+  with ``byte_alphabet: false`` only those the kept tokens are built of (their merge closure), which saves
+  the rows of unused bytes, and text with other characters no longer encodes;
 - the tokens of the chat prompt for every language pair;
 - the tokens of the given text: ``corpora`` (text files, one segment per line, or data specs whose
   English and target-language texts are read) and the stage's ``--data``, in ``languages``;
@@ -50,6 +52,9 @@ class TrimVocabOptions(StageOptions):
     keep_tokens: list[str] = field(default_factory=list, metadata={
         "help": "extra tokens to keep, as spelled in the vocabulary (e.g. 'Ġhello')"})
     keep_ids: list[int] = field(default_factory=list, metadata={"help": "extra token ids to keep"})
+    byte_alphabet: bool = field(default=True, metadata={
+        "help": "keep all 256 byte-level base tokens, so any text still encodes; false: only the bytes the kept tokens "
+                "are built of (fewer embedding and lm_head rows; text with other characters no longer encodes)"})
     general_words: int = field(default=0, metadata={
         "help": "also keep the tokens of the N most frequent words of each non-English language in `languages` "
                 "(wordfreq's general frequency lists, not test data): fewer unseen test words fall back to "
@@ -211,7 +216,7 @@ def read_corpus(item: str, languages: list[str], split: str | None, seed: int) -
 
 def keep_set(tok, tok_json: dict, encoded: list[list[int]], configs: list, o: "TrimVocabOptions",
              rows: int) -> list[int]:
-    """Sorted old ids to keep: the encoded text's tokens, added tokens, config ids, byte alphabet,
+    """Sorted old ids to keep: the encoded text's tokens, added tokens, config ids, byte alphabet (unless off),
     explicit tokens/ids, closed under merges; only ids the tokenizer knows and the model has rows for."""
     keep: set[int] = set()
     for ids in encoded:
@@ -220,7 +225,8 @@ def keep_set(tok, tok_json: dict, encoded: list[list[int]], configs: list, o: "T
     for c in configs:
         keep.update(config_token_ids(c))
     vocab = tok_json["model"]["vocab"]
-    keep.update(vocab[c] for c in byte_alphabet() if c in vocab)
+    if o.byte_alphabet:
+        keep.update(vocab[c] for c in byte_alphabet() if c in vocab)
     keep.update(vocab[t] if t in vocab else tok.convert_tokens_to_ids(t) for t in o.keep_tokens)
     keep.update(o.keep_ids)
     keep = merge_closure(tok_json, keep)
@@ -394,8 +400,9 @@ class TrimVocab(Stage):
         after = sizer.measure(out_dir)
         saved = before.bytes - after.bytes
         what = ", ".join(languages)
-        techniques = [f"vocabulary trimming ({rows_before:,} -> {len(keep_ids):,} tokens: special, prompt, byte "
-                      f"alphabet and tokens seen in {len(texts):,} {what} text segments; {saved:,} bytes saved)"]
+        alphabet = "byte alphabet" if o.byte_alphabet else "the bytes they are built of (byte_alphabet: false)"
+        techniques = [f"vocabulary trimming ({rows_before:,} -> {len(keep_ids):,} tokens: special, prompt, {alphabet} "
+                      f"and tokens seen in {len(texts):,} {what} text segments; {saved:,} bytes saved)"]
         return {"techniques": techniques, "data": data_used, "vocab_before": rows_before,
                 "vocab_after": len(keep_ids), "bytes_saved": saved, "text_segments": len(texts),
                 "languages": languages}

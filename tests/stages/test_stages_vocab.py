@@ -200,3 +200,31 @@ def test_merge_closure_keeps_the_merges_that_build_kept_tokens():
 def test_bad_options(kit, tmp_path, monkeypatch, stage_refuses, sets, data, msg):
     monkeypatch.chdir(tmp_path)
     stage_refuses("trim-vocab", kit / "model", tmp_path / "o", sets, msg, *(["--data", str(kit / "data")] if data else []))
+
+
+def test_byte_alphabet_off_keeps_only_the_bytes_of_kept_tokens(kit, trimmed, id_map, tmp_path):
+    """byte_alphabet: false drops the byte tokens no kept token is built of; the kept text encodes as before and
+    the planner's count (kept_token_ids) is the stage's."""
+    from iwslt_mc.stages.trim_vocab import kept_token_ids
+
+    out_all, rec_all, extra = trimmed
+    opts = {"corpora": [str(extra)], "keep_tokens": ["<|im_start|>"], "byte_alphabet": False}
+    out = tmp_path / "nobytes"
+    rec = run_stage(make_stage("trim-vocab", opts), kit / "model", out,
+                    StageContext(lang="en-de", data=[str(kit / "data")], **QUIET))
+    vocab = json.loads((out / "tokenizer.json").read_text())["model"]["vocab"]
+    old_tok = modelio.load_processor(kit / "model").tokenizer
+    texts = _kit_texts(kit) + extra.read_text().splitlines()
+    used = {ch for s in texts for t in old_tok.tokenize(s) for ch in t}
+    gone = [c for c in byte_alphabet() if c not in vocab]
+    assert gone and not set(gone) & used  # only bytes no kept text uses went
+    assert "☃" not in vocab and all(c in vocab for c in used & set(byte_alphabet()))
+    assert rec["vocab_after"] == rec_all["vocab_after"] - len(gone)
+    assert rec["bytes_saved"] > rec_all["bytes_saved"]
+    assert "byte_alphabet: false" in rec["techniques"][0]
+    assert len(kept_token_ids(kit / "model", opts, lang="en-de", data=[str(kit / "data")])) == rec["vocab_after"]
+    # a kit sentence encodes to the same tokens as in the default trim (both renumber the old ids in order)
+    new_tok, all_tok = modelio.load_processor(out).tokenizer, modelio.load_processor(out_all).tokenizer
+    s = _kit_texts(kit)[0]
+    assert new_tok.convert_ids_to_tokens(new_tok(s, add_special_tokens=False)["input_ids"]) == \
+        all_tok.convert_ids_to_tokens(all_tok(s, add_special_tokens=False)["input_ids"])

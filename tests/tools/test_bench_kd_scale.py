@@ -1,0 +1,69 @@
+"""tools/bench_kd_scale.py: its quantization kinds, the targets per size measure and the steps table (no model run)."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+TOOLS = Path(__file__).resolve().parents[2] / "tools"
+
+
+@pytest.fixture(scope="module")
+def tool():
+    sys.path.insert(0, str(TOOLS))
+    try:
+        import bench_kd_scale
+
+        yield bench_kd_scale
+    finally:
+        sys.path.remove(str(TOOLS))
+
+
+def test_quant_kinds(tool):
+    assert tool.quant_kind("ct4e") == (4, "e", None)
+    assert tool.quant_kind("ct3s") == (3, "s", None)
+    assert tool.quant_kind("mix25") == (None, None, 25.0)
+    assert tool.quant_options("ct4e", 128) == {"method": "ct", "bits": 4, "group_size": 128, "skip": [],
+                                               "quantize_embeddings": True}
+    assert tool.quant_options("ct3s", 64) == {"method": "ct", "bits": 3, "group_size": 64, "skip": [], "symmetric": True}
+    assert tool.quant_options("mix25", 128, Path("/x/a.json")) == {
+        "method": "ct", "symmetric": True, "allocation": "/x/a.json", "group_size": 128}
+    for bad in ("ct9s", "ct4", "mix", "nf4"):
+        with pytest.raises(SystemExit, match="--quant"):
+            tool.quant_kind(bad)
+
+
+def _row(name, size, steps, chrf, dev, nbytes, ts, quant="ct4e", method="wordref"):
+    return {"name": name, "method": method, "size": size, "steps": steps, "chrf": chrf, "dev_chrf": dev,
+            "bytes": nbytes, "torch_save": ts, "quant": quant}
+
+
+def test_targets_choose_on_dev_within_each_measure(tool):
+    # a: under 25% in safetensors only; b: under 25% in both, lower dev; c: under 25% in both, best on test
+    rows = [_row("a", "25", 768, 90.0, 80.0, 230, 700), _row("b", "25", 768, 85.0, 70.0, 240, 240),
+            _row("c", "25", 768, 88.0, 60.0, 240, 245)]
+    by_bytes = tool.targets(rows, 1000, 100.0)[0]
+    assert "chosen on dev `a` keeps 90.0% at 23.0% -> met" in by_bytes
+    by_ts = tool.targets(rows, 1000, 100.0, key="torch_save")[0]
+    assert "chosen on dev `b` keeps 85.0% at 24.0% -> missed by 5.0 points" in by_ts
+    assert "best on test: `c` 88.0%" in by_ts
+
+
+def test_steps_table_lists_each_budget(tool):
+    rows = [_row("s10-a", "10", 384, 30.0, 31.0, 1, 1), _row("s10-b", "10", 4608, 60.0, 61.5, 1, 1),
+            _row("s10-c", "10", 1152, 45.0, None, 1, 1), _row("s5-a", "5", 384, 20.0, 21.0, 1, 1)]
+    out = tool.steps_table(rows, 100.0)
+    body = [line for line in out if line.startswith("| s") and "student" not in line]
+    # s5 has one budget only: no curve; s10 in step order
+    assert [line.split(" | ")[3] for line in body] == ["384", "1152", "4608"]
+    assert "| s10 | wordref | ct4e | 4608 | 36,864 | 60.00 | 60.0 | 61.5 |" in body[2]
+    assert tool.steps_table(rows[3:], 100.0) == []
+
+
+def test_step_lever_joins_rows_with_and_without_the_used_bytes_key(tool):
+    old = _row("s10-wordref-1152-ct4e", "10", 1152, 57.0, 48.0, 1, 1)  # an earlier run's row: no used_bytes key
+    new = {**_row("s10-wordref-4608-ct4e", "10", 4608, 70.0, 69.0, 1, 1), "used_bytes": False}
+    ub = {**_row("s10-wordref-4608-ub-ct4e", "10", 4608, 71.0, 70.0, 1, 1), "used_bytes": True}
+    line = tool.step_lever([old, new, ub], new, 100.0)
+    assert line.endswith("1152 -> 4608 steps keep 57.0% -> 70.0%")
+    assert tool.step_lever([old, new, ub], ub, 100.0) == ""  # the trimmed-vocabulary row has one budget only
