@@ -193,3 +193,15 @@ def stage_refuses(monkeypatch, capsys):
         assert not out.exists()
 
     return check
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tests of the tiny kit models gain nothing from threads, and on a shared CPU two threads thrash each other
+    (modules opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -21,6 +21,8 @@ from iwslt_mc.families import prompt_text
 
 NEW = 8  # random weights never stop on their own: keep generations short
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 @pytest.fixture(scope="module")
 def all_waves(kit_waves):

@@ -17,6 +17,8 @@ from iwslt_mc.decoding.inputs import resolve_audio
 
 NEW = 8  # random weights never stop on their own: keep generations short
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def decode(kit, *extra):
     return cli.main(["decode", str(kit / "model"), "--lang", "en-de", "--max-new-tokens", str(NEW), "--no-progress",

@@ -116,7 +116,7 @@ def test_family_of_config_unknown_model_type_is_one_line_naming_config(tmp_path)
     assert families.family_of_config(SimpleNamespace(model_type="gemma4_unified")).name == "gemma4"
 
 
-@pytest.mark.parametrize("stage,qwen,gemma", [("prune-ffn", True, True), ("prune-hidden", True, False),
+@pytest.mark.parametrize("stage,qwen,gemma", [("prune-ffn", True, True), ("prune-hidden", True, True),
                                               ("replace-layers", True, True), ("drop-vision", False, True),
                                               ("prune-layers", True, True), ("trim-vocab", True, True),
                                               ("quantize", True, True), ("kd", True, True)])
@@ -134,8 +134,9 @@ def test_stage_refuses_unsupported_family_by_declaration(tmp_path):
     from iwslt_mc.stages import make_stage
     from iwslt_mc.stages.base import _check_family
 
-    d = _model_dir(tmp_path, "gemma4")
-    with pytest.raises(UserError, match=r"stage prune-hidden: not supported for gemma4 models yet \(.*; it handles: qwen2_audio\)"):
+    d = _model_dir(tmp_path, "qwen2_5_omni_thinker")
+    with pytest.raises(UserError, match=r"stage prune-hidden: not supported for qwen2_5_omni models yet \(.*; it handles: "
+                                        r"qwen2_audio, gemma4\)"):
         _check_family(make_stage("prune-hidden", {"llm_ratio": 0.5}), d)
 
 
