@@ -129,15 +129,10 @@ class Gemma4Family(Family):
     def check_ffn_pruning(self, cfg: dict, llm: bool, audio: bool) -> None:
         """The audio encoder's FFNs cannot be narrowed: ``gemma4_unified`` has no audio encoder, and
         ``gemma4``'s conformer FFN width is fixed by transformers (4 x hidden_size, no config field)."""
-        from ...errors import UserError
         from .surgery import AUDIO_FFN_REFUSAL
 
         if audio:
-            a = cfg.get("audio_config") or {}
-            if not a.get("num_hidden_layers"):
-                raise UserError("stage prune-ffn: audio_width: this Gemma 4 model has no audio encoder "
-                                "(gemma4_unified: raw audio frames enter through embed_audio)")
-            raise UserError(f"stage prune-ffn: audio_width: {AUDIO_FFN_REFUSAL}")
+            _refuse_audio(cfg, "prune-ffn: audio_width", AUDIO_FFN_REFUSAL)
 
     # prune-hidden keeps every attention head unless ``llm_heads`` is given (the attention width is not tied to
     # hidden_size); with it, each layer's key/value heads follow (:func:`.rules.kept_head_counts`)
@@ -156,11 +151,7 @@ class Gemma4Family(Family):
             except UserError as e:
                 raise UserError(f"stage prune-hidden: {e}") from None
         if audio:
-            a = cfg.get("audio_config") or {}
-            if not a.get("num_hidden_layers"):
-                raise UserError("stage prune-hidden: audio_hidden/audio_ratio: this Gemma 4 model has no audio encoder "
-                                "(gemma4_unified: raw audio frames enter through embed_audio)")
-            raise UserError(f"stage prune-hidden: audio_hidden/audio_ratio: {AUDIO_HIDDEN_REFUSAL}")
+            _refuse_audio(cfg, "prune-hidden: audio_hidden/audio_ratio", AUDIO_HIDDEN_REFUSAL)
 
     def config_after_head_pruning(self, cfg: dict, heads: int) -> dict:
         """``cfg`` (config.json dict, a copy) with ``heads`` query heads: the key/value heads of every layer type
@@ -363,3 +354,14 @@ def gemma4_12b_config():
     cfg = Gemma4UnifiedConfig(text_config=dict(GEMMA4_12B_TEXT), vision_config={}, audio_config={}, dtype="bfloat16")
     cfg.architectures = ["Gemma4UnifiedForConditionalGeneration"]
     return cfg
+
+
+def _refuse_audio(cfg: dict, what: str, reason: str) -> None:
+    """The one-line refusal of narrowing Gemma 4's audio encoder (``what``: stage and option): the model has none
+    (``gemma4_unified``), or ``reason`` (its conformer's)."""
+    from ...errors import UserError
+
+    if not (cfg.get("audio_config") or {}).get("num_hidden_layers"):
+        raise UserError(f"stage {what}: this Gemma 4 model has no audio encoder "
+                        "(gemma4_unified: raw audio frames enter through embed_audio)")
+    raise UserError(f"stage {what}: {reason}")
