@@ -10,14 +10,7 @@ import pytest
 QUIET = dict(device="cpu", log=lambda *a: None)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(params=["gemma4", "gemma4_unified"])

@@ -31,12 +31,7 @@ def gkit(gemma_kit):
     return gemma_kit[0]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # the machine is shared; 1 thread also makes training runs repeatable
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # the machine is shared; 1 thread also makes training runs repeatable
 
 
 def _plain_reload(path):

@@ -29,14 +29,7 @@ FAST = {"dtype": "float32", "batch_size": 4, "lr": 5e-4, "scheduler": "constant"
         "logging_steps": 1, "progress": False, "weight_decay": 0.0}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _ctx(data=DATA, **kw):

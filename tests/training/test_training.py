@@ -28,14 +28,7 @@ LLM_LORA = {"lora_r": 16, "lora_alpha": 32, "target_modules": r".*(language_mode
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # the machine is shared; 1 thread is also what makes runs repeatable
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # the machine is shared; 1 thread is also what makes runs repeatable
 
 
 def _finetune(kit, out: Path, options: dict, data_spec=None, lang="en-de"):
