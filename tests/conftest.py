@@ -259,3 +259,20 @@ def kill9():
         proc.wait()
 
     return run
+
+
+class TrainingInterrupted(Exception):
+    """What :func:`stop_at_step`'s callback raises: a training run stopped mid-way, as a kill would (resume tests)."""
+
+
+def stop_at_step(step: int):
+    """A ``TrainerCallback`` raising :class:`TrainingInterrupted` at the end of optimizer step ``step``
+    (``from conftest import stop_at_step, TrainingInterrupted``)."""
+    from transformers import TrainerCallback
+
+    class Stop(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step == step:
+                raise TrainingInterrupted()
+
+    return Stop()

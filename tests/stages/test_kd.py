@@ -21,6 +21,8 @@ from iwslt_mc.errors import InputFileError, UserError
 from iwslt_mc.stages import make_stage
 from iwslt_mc.stages.base import StageContext, run_stage
 
+from conftest import TrainingInterrupted, stop_at_step
+
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "toy"
 TEACHER = FIXTURE / "teacher"
 DATA = FIXTURE / "data"
@@ -150,29 +152,14 @@ def narrow_student(tmp_path_factory):
     return out
 
 
-class _Interrupt(Exception):
-    pass
-
-
-def _interrupt_at(step):
-    from transformers import TrainerCallback
-
-    class Stop(TrainerCallback):
-        def on_step_end(self, args, state, control, **kw):
-            if state.global_step == step:
-                raise _Interrupt()
-
-    return Stop()
-
-
 def _same_after_interrupt(monkeypatch, tmp_path, stage, options, in_dir, out_name="model.safetensors"):
     from safetensors.torch import load_file
 
     run_stage(make_stage(stage, options), in_dir, tmp_path / "straight", _ctx())
     orig = training.train
-    stop = _interrupt_at(3)
+    stop = stop_at_step(3)
     monkeypatch.setattr(training, "train", lambda *a, callbacks=(), **kw: orig(*a, callbacks=[*callbacks, stop], **kw))
-    with pytest.raises(_Interrupt):
+    with pytest.raises(TrainingInterrupted):
         run_stage(make_stage(stage, options), in_dir, tmp_path / "resumed", _ctx())
     assert not (tmp_path / "resumed").exists()
     monkeypatch.setattr(training, "train", orig)
