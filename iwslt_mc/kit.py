@@ -236,6 +236,51 @@ def write_testsets(root: Path, rows: dict, waves: dict) -> dict:
     return out
 
 
+def write_family_kit(out_dir, seed: int, build, *, family: str, technique: str, save_processor) -> KitInfo:
+    """Write a family's kit to ``out_dir`` (new or empty) and return its :class:`KitInfo`: the tiny random model
+    and processor that ``build()`` returns, as ``(model, processor)``, saved into ``model/`` (the processor by
+    ``save_processor(processor, directory)``) with a provenance record (``technique``; ``{model_type}`` in it
+    stands for the model's), :func:`write_data` into ``data/``, and ``kit.json`` (what the seed determines,
+    under ``family`` and the model's ``model_type``). All or nothing: built in a temporary sibling directory and
+    renamed into place; on failure or interruption ``out_dir`` is left as it was (absent, or empty).
+    Shared by the Gemma 4 and Qwen2.5-Omni kits."""
+    import time
+
+    from .fsutil import atomic_directory, atomic_write_json, prepare_output_dir, sha256_file
+    from .submission import provenance
+
+    started = time.time()
+    created = not Path(out_dir).exists()
+    out = prepare_output_dir(out_dir).resolve()  # absolute: "." has no name to build a sibling of
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        with _quiet_progress(), atomic_directory(out, overwrite=True) as tmp:
+            model, processor = build()
+            model_type = model.config.model_type
+            model_dir = tmp / "model"
+            model.save_pretrained(model_dir)
+            save_processor(processor, model_dir)
+            params = sum(p.numel() for p in model.parameters())
+            provenance.append(None, model_dir, provenance.make_record(
+                "kit", {"seed": seed, "family": family, "model_type": model_type},
+                techniques=[technique.format(model_type=model_type)], started=started, params_after=params))
+            data = write_data(tmp / "data")
+            weights = model_dir / "model.safetensors"
+            info = KitInfo(path=str(out), seed=seed, params=params, model_bytes=weights.stat().st_size,
+                           weights_sha256=sha256_file(weights), vocab_size=model.config.text_config.vocab_size,
+                           tokenizer_size=len(processor.tokenizer), data_bytes=_dir_bytes(tmp / "data"), **data)
+            atomic_write_json(tmp / "kit.json", {"family": family, "model_type": model_type,
+                                                 **{k: v for k, v in info.to_json().items() if k not in ("path", "seconds")}})
+            _publish_modes(tmp)
+    except BaseException:
+        if created:  # prepare_output_dir made it: remove it again
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        raise
+    info.seconds = round(time.time() - started, 2)
+    return info
+
+
 def _publish_modes(root: Path) -> None:
     """Temporary files and directories are created private (0600/0700); give the kit the usual modes."""
     mask = os.umask(0)

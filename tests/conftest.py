@@ -205,3 +205,74 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture
+def gemma_organizers_generate():
+    """``gemma_organizers_generate(model_dir, wav, n=8)`` -> (ours, theirs, inputs, processor, audio): the first ``n``
+    tokens of our reference decode of ``wav`` (en-de) and of the organizers' steps on a Gemma 4 model (gemma_run.py:
+    the family's processor, ``AutoModelForMultimodalLM``, the chat template with enable_thinking=False, one user turn
+    text then audio, greedy ``generate``), with the organizers' ``inputs``, processor and audio."""
+    import librosa
+    import torch
+    from transformers import AutoModelForMultimodalLM
+
+    from iwslt_mc import modelio
+    from iwslt_mc.decoding.audio import load_audio
+    from iwslt_mc.decoding.core import reference_one
+    from iwslt_mc.families import family_named
+    from iwslt_mc.families.gemma4.prompt import organizers_prompt
+
+    def run(model_dir, wav, n: int = 8):
+        ours = reference_one(modelio.load_model(model_dir, device="cpu"), modelio.load_processor(model_dir),
+                             load_audio(str(wav)), "en-de", max_new_tokens=n).tokens
+        processor = family_named("gemma4").load_processor(model_dir)
+        model = AutoModelForMultimodalLM.from_pretrained(str(model_dir), dtype="auto").eval()
+        audio, _ = librosa.load(str(wav), sr=16000, mono=True)
+        messages = [{"role": "user", "content": [{"type": "text", "text": organizers_prompt("en-de")},
+                                                 {"type": "audio", "audio": audio}]}]
+        inputs = processor.apply_chat_template(messages, add_generation_prompt=True, enable_thinking=False,
+                                               tokenize=True, return_dict=True, return_tensors="pt")
+        with torch.inference_mode():
+            out = model.generate(**inputs, max_new_tokens=n, do_sample=False)
+        return ours, out[0][inputs["input_ids"].shape[-1]:].tolist(), inputs, processor, audio
+
+    return run
+
+
+@pytest.fixture
+def kill9():
+    """``kill9(cmd, ready, timeout, pause, what=None, env=None, stderr=DEVNULL)``: start ``cmd`` and SIGKILL it as soon
+    as ``ready()`` holds (checked every ``pause`` s, for at most ``timeout`` s); fails, saying ``what`` (None: the
+    command's piped stderr, tail), when the command ended before. Returns after the killed process is reaped."""
+    import signal
+    import subprocess
+    import time
+
+    def run(cmd, ready, timeout: float, pause: float, what: str | None = None, env=None, stderr=subprocess.DEVNULL):
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+        deadline = time.time() + timeout
+        while time.time() < deadline and proc.poll() is None and not ready():
+            time.sleep(pause)
+        assert proc.poll() is None, what if what is not None else proc.stderr.read().decode()[-2000:]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+
+    return run
+
+
+class TrainingInterrupted(Exception):
+    """What :func:`stop_at_step`'s callback raises: a training run stopped mid-way, as a kill would (resume tests)."""
+
+
+def stop_at_step(step: int):
+    """A ``TrainerCallback`` raising :class:`TrainingInterrupted` at the end of optimizer step ``step``
+    (``from conftest import stop_at_step, TrainingInterrupted``)."""
+    from transformers import TrainerCallback
+
+    class Stop(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step == step:
+                raise TrainingInterrupted()
+
+    return Stop()

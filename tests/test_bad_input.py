@@ -6,10 +6,7 @@ Each case asserts the exit code and the first line of the message. The CLI runs 
 
 import json
 import shutil
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -117,16 +114,10 @@ def test_list_option_of_the_wrong_shape_is_an_error(kit, tmp_path, capsys):
 
 # ---------------------------------------------------------------- stage: killed runs, existing outputs
 
-def test_killed_stage_leaves_nothing_the_next_run_does_not_clean(kit, tmp_path, capsys):
+def test_killed_stage_leaves_nothing_the_next_run_does_not_clean(kit, tmp_path, capsys, kill9):
     out = tmp_path / "q"
     cmd = [sys.executable, "-m", "iwslt_mc", "stage", "quantize", "--in", str(kit / "model"), "--out", str(out)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None and not list(tmp_path.glob(".q.*.partial")):
-        time.sleep(0.01)
-    assert proc.poll() is None, "stage finished before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill9(cmd, lambda: list(tmp_path.glob(".q.*.partial")), 120, 0.01, "stage finished before it could be killed")
     assert list(tmp_path.glob(".q.*.partial")) and not out.exists()  # what a kill -9 leaves
 
     rc, stdout, _ = cli(capsys, "stage", "quantize", "--in", kit / "model", "--out", out)

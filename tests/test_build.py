@@ -3,10 +3,8 @@
 import hashlib
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -120,7 +118,7 @@ def sha256s(model_dir: Path) -> dict:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(model_dir.glob("*.safetensors"))}
 
 
-def test_kill_and_resume_gives_the_same_model(kit, tmp_path):
+def test_kill_and_resume_gives_the_same_model(kit, tmp_path, kill9):
     """kill -9 a build inside its FIRST stage, after its first training checkpoint: --resume continues the stage
     from that checkpoint and the final model has the same sha256 as an uninterrupted build. (Skipping finished
     stages on --resume: test_quantize_only_build_matches_planner.) All runs use one thread in a subprocess: a
@@ -140,14 +138,9 @@ def test_kill_and_resume_gives_the_same_model(kit, tmp_path):
     assert abs(ref["size"]["prediction_error"]) < 0.005
 
     out = tmp_path / "killed"
-    proc = subprocess.Popen([*args, "--out", str(out)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ckpts = out / "work" / "01-ft" / "checkpoints"
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None and not any(ckpts.glob("checkpoint-*/trainer_state.json")):
-        time.sleep(0.05)
-    assert proc.poll() is None, "build finished before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill9([*args, "--out", str(out)], lambda: any(ckpts.glob("checkpoint-*/trainer_state.json")), 300, 0.05,
+          "build finished before it could be killed", env=env)
     assert not (out / "stages" / "01-ft").exists() and not (out / "model").exists()
     state = json.loads((out / "build.json").read_text())
     assert [(s["id"], s["status"]) for s in state["stages"]] == [("ft", "running")]

@@ -13,7 +13,6 @@ hashes a file of random bytes of that size, written first (so read from the page
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -21,23 +20,20 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import placeholder_bench  # tools/: puts the repository on sys.path and the hub offline
 
 from iwslt_mc import __version__
 from iwslt_mc.floor import modeldir
-from iwslt_mc.planning import planner  # noqa: E402
+from iwslt_mc.planning import planner
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--precision", default="bf16", help="precision of the placeholder model (default bf16)")
-    ap.add_argument("--shards", type=int, default=1, help="number of safetensors files (default 1)")
+    ap = placeholder_bench.parser(__doc__)
     ap.add_argument("--real-mb", type=int, default=0, help="also hash a file of this many MB of random bytes")
-    ap.add_argument("--json", action="store_true", help="print the result as JSON")
+    placeholder_bench.add_json(ap)
     args = ap.parse_args()
 
-    pred = planner.predict(planner.Spec(precision=args.precision))
+    pred = placeholder_bench.prediction(args)
     with tempfile.TemporaryDirectory(prefix="bench_fingerprint.") as tmp:
         out = Path(tmp) / "model"
         files = planner.write_placeholder(out, pred, shards=args.shards)

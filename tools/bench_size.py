@@ -13,7 +13,6 @@ command (a fresh Python process). The issue's bar: under a second.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -23,24 +22,21 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import placeholder_bench  # tools/: puts the repository on sys.path and the hub offline
 
 from iwslt_mc import __version__
 from iwslt_mc.planning import planner
-from iwslt_mc.sizing import sizer  # noqa: E402
+from iwslt_mc.sizing import sizer
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--precision", default="bf16", help="precision of the placeholder model (default bf16)")
-    ap.add_argument("--shards", type=int, default=1, help="number of safetensors files (default 1)")
+    ap = placeholder_bench.parser(__doc__)
     ap.add_argument("--repeat", type=int, default=5, help="in-process measurements (default 5)")
     ap.add_argument("--keep", metavar="DIR", help="write the placeholder here and keep it (default: a temp dir)")
-    ap.add_argument("--json", action="store_true", help="print the result as JSON")
+    placeholder_bench.add_json(ap)
     args = ap.parse_args()
 
-    pred = planner.predict(planner.Spec(precision=args.precision))
+    pred = placeholder_bench.prediction(args)
     tmp = None
     if args.keep:
         out = Path(args.keep)

@@ -351,3 +351,52 @@ def predict_from_inventory(spec, edition, tensors, component_names, family: str,
     return Prediction(spec=spec, edition=edition.key, bytes=total, params=params, bin=size_bin(total, edition),
                       components=components, overhead=overhead, header_bytes=header, tensors=len(entries),
                       dims=dims, base=base_name or "config", signature=signature, entries=entries, config=cfg)
+
+
+def trim_vocab_keep(stage, processor, tok_json: dict, config: dict, generation_config, ctx, prompt_text,
+                    extra: list[list[int]]):
+    """(kept token ids, prompts, texts, data records) of trim-vocab for a family with its own keep rule
+    (:meth:`Family.trim_vocab_kept_ids`): the stage's rules (:meth:`TrimVocab.keep_set`) over the family's
+    prompts (``prompt_text(processor, lang)`` for every target language) and the stage's text, plus the
+    family's ``extra`` id lists. Shared by Gemma 4 and Qwen2.5-Omni."""
+    from ..floor.languages import TARGET_LANGUAGE
+
+    tok = processor.tokenizer
+    languages = stage._languages(ctx)
+    texts, data_used = stage._texts(ctx, languages)
+    prompts = [prompt_text(processor, lang) for lang in TARGET_LANGUAGE]
+    enc = tok(prompts + texts, add_special_tokens=False)["input_ids"]
+    rows = int((config.get("text_config") or {}).get("vocab_size", 0))
+    keep = stage.keep_set(tok, tok_json, enc + extra, [generation_config] if generation_config is not None else [],
+                          stage.options, rows)
+    return keep, prompts, texts, data_used
+
+
+def run_rebuilt_trim_vocab(stage, in_dir, out_dir, ctx, *, kept_ids, select_vocab, rows_note: str,
+                           technique_note: str = "") -> dict:
+    """trim-vocab for a family whose surgery rebuilds the model (:meth:`Family.run_trim_vocab`): the keep set
+    of ``kept_ids`` (the family's :meth:`Family.trim_vocab_kept_ids`), the rows selected by ``select_vocab(model,
+    keep) -> (new model, old2new)``, the tokenizer files rewritten and checked by the stage. ``rows_note``: which
+    rows the log line names; ``technique_note``: what the technique line adds after the token counts. Returns
+    the provenance extras. Shared by Gemma 4 and Qwen2.5-Omni."""
+    import json
+    from pathlib import Path
+
+    model = stage.load_model(in_dir, device="cpu")
+    processor = stage.load_processor(in_dir)
+    tok_json = json.loads((Path(in_dir) / "tokenizer.json").read_text("utf-8"))
+    rows_before = model.config.text_config.vocab_size
+    keep, prompts, texts, data_used = kept_ids(stage, in_dir, processor, tok_json, model.config.to_dict(),
+                                               model.generation_config, ctx)
+    new_json, old2new = stage.trim_tokenizer_json(tok_json, keep)
+    enc = processor.tokenizer(prompts + texts, add_special_tokens=False)["input_ids"]
+    new, old2new = select_vocab(model, keep)
+    ctx.log(f"trim-vocab: {rows_before} -> {len(keep)} token rows ({rows_note}); saving")
+    stage.save_model(new, processor, out_dir)
+    stage._rewrite_tokenizer_files(Path(out_dir), new_json, old2new)
+    stage._check_trimmed(Path(out_dir), prompts + texts, enc, old2new, len(keep))
+    saved = stage.stored_bytes(in_dir) - stage.stored_bytes(out_dir)
+    return {"techniques": [f"vocabulary trimming ({rows_before:,} -> {len(keep):,} tokens{technique_note}; "
+                           f"{saved:,} bytes saved)"],
+            "data": data_used, "vocab_before": rows_before, "vocab_after": len(keep), "bytes_saved": saved,
+            "text_segments": len(texts), "languages": stage._languages(ctx)}

@@ -243,29 +243,21 @@ def test_long_dataset_example_and_chinese_join(kit, kit_waves, tmp_path):
     assert lines(out)[1] == "".join(p["text"] for p in segs[1]["pieces"])  # Chinese: joined without spaces
 
 
-def test_killed_run_resumes_to_identical_files(kit, testsets, both, tmp_path):
+def test_killed_run_resumes_to_identical_files(kit, testsets, both, tmp_path, kill9):
     """kill -9 while the second test set decodes, then --resume: the same bytes as one uninterrupted run."""
     import os
-    import signal
     import subprocess
     import sys
-    import time
 
     out = tmp_path / "hyp"
     cmd = [sys.executable, "-m", "iwslt_mc", "decode", str(kit / "model"), "--lang", "en-de", "--max-new-tokens", str(NEW),
            "--no-progress", "--audio", str(testsets / "KITTALKS"), "--audio", str(testsets / "KITCLIPS"),
            "--out-dir", str(out), "--batch-size", "1"]
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     second = out / "KITCLIPS.de.jsonl"
-    deadline = time.time() + 180
-    while time.time() < deadline and proc.poll() is None:
-        if second.exists() and second.read_text("utf-8").count('"type": "segment"') >= 1:
-            break
-        time.sleep(0.02)
-    assert proc.poll() is None, proc.stderr.read().decode()[-2000:]  # still decoding when killed
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    # still decoding when killed
+    kill9(cmd, lambda: second.exists() and second.read_text("utf-8").count('"type": "segment"') >= 1, 180, 0.02,
+          env=env, stderr=subprocess.PIPE)
     assert (out / "KITTALKS.de").exists() and not (out / "KITCLIPS.de").exists()
     r = subprocess.run(cmd + ["--resume"], env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]

@@ -100,30 +100,10 @@ def test_prune_quantize_lora_on_the_12b_attention(keqv, gemma_unified_kit, tmp_p
     assert sizer.measure(lora).params == rep.params  # merged
 
 
-def test_decode_on_the_12b_attention_equals_generate(keqv, gemma_unified_kit):
-    import librosa
-    import torch
-    from transformers import AutoModelForMultimodalLM
-
-    from iwslt_mc import modelio
-    from iwslt_mc.decoding.audio import load_audio
-    from iwslt_mc.decoding.core import reference_one
-    from iwslt_mc.families import family_named
-    from iwslt_mc.families.gemma4.prompt import organizers_prompt
-
+def test_decode_on_the_12b_attention_equals_generate(keqv, gemma_unified_kit, gemma_organizers_generate):
     wav = gemma_unified_kit / "data" / "testsets" / "KITCLIPS" / "clip-a.wav"
-    ours = reference_one(modelio.load_model(keqv, device="cpu"), modelio.load_processor(keqv),
-                         load_audio(str(wav)), "en-de", max_new_tokens=8).tokens
-    processor = family_named("gemma4").load_processor(keqv)
-    model = AutoModelForMultimodalLM.from_pretrained(str(keqv), dtype="auto").eval()
-    audio, _ = librosa.load(str(wav), sr=16000, mono=True)
-    messages = [{"role": "user", "content": [{"type": "text", "text": organizers_prompt("en-de")},
-                                             {"type": "audio", "audio": audio}]}]
-    inputs = processor.apply_chat_template(messages, add_generation_prompt=True, enable_thinking=False, tokenize=True,
-                                           return_dict=True, return_tensors="pt")
-    with torch.inference_mode():
-        out = model.generate(**inputs, max_new_tokens=8, do_sample=False)
-    assert len(ours) == 8 and out[0][inputs["input_ids"].shape[-1]:].tolist() == ours
+    ours, theirs, *_ = gemma_organizers_generate(keqv, wav)
+    assert len(ours) == 8 and theirs == ours
 
 
 def test_prune_heads_on_the_12b_attention(keqv, gemma_unified_kit, tmp_path):

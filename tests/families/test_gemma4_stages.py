@@ -7,17 +7,12 @@ from __future__ import annotations
 
 import pytest
 
+from conftest import TrainingInterrupted, stop_at_step
+
 QUIET = dict(device="cpu", log=lambda *a: None)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(params=["gemma4", "gemma4_unified"])
@@ -794,27 +789,18 @@ def test_replace_layers_on_gemma4_resumes_to_the_same_weights(gemma_kit, tmp_pat
     """Interrupted after step 3 (checkpoint at 2: the bypassed model's state), the rerun resumes from the
     checkpoint and saves bit-identical weights."""
     from safetensors.torch import load_file
-    from transformers import TrainerCallback
 
     from iwslt_mc.stages import make_stage
     from iwslt_mc.stages.base import StageContext, run_stage
     from iwslt_mc.training import training
-
-    class Interrupt(Exception):
-        pass
-
-    class Stop(TrainerCallback):
-        def on_step_end(self, args, state, control, **kw):
-            if state.global_step == 3:
-                raise Interrupt()
 
     kit = gemma_kit[0]
     ctx = StageContext(lang="en-de", data=[str(kit / "data")], **QUIET)
     opts = dict(REPLACE, layers=[1, 2], init="first", max_steps=5, save_steps=2, limit=8, search_examples=2)
     run_stage(make_stage("replace-layers", opts), kit / "model", tmp_path / "straight", ctx)
     orig = training.train
-    monkeypatch.setattr(training, "train", lambda *a, callbacks=(), **kw: orig(*a, callbacks=[*callbacks, Stop()], **kw))
-    with pytest.raises(Interrupt):
+    monkeypatch.setattr(training, "train", lambda *a, callbacks=(), **kw: orig(*a, callbacks=[*callbacks, stop_at_step(3)], **kw))
+    with pytest.raises(TrainingInterrupted):
         run_stage(make_stage("replace-layers", opts), kit / "model", tmp_path / "resumed", ctx)
     assert not (tmp_path / "resumed").exists()
     monkeypatch.setattr(training, "train", orig)

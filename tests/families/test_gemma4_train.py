@@ -21,6 +21,8 @@ from iwslt_mc.errors import UserError
 from iwslt_mc.stages import make_stage
 from iwslt_mc.stages.base import StageContext, run_stage
 
+from conftest import TrainingInterrupted, stop_at_step
+
 QUIET = dict(device="cpu", log=lambda *a: None)
 FAST = {"batch_size": 1, "limit": 4, "scheduler": "constant", "progress": False}
 
@@ -31,12 +33,7 @@ def gkit(gemma_kit):
     return gemma_kit[0]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # the machine is shared; 1 thread also makes training runs repeatable
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # the machine is shared; 1 thread also makes training runs repeatable
 
 
 def _plain_reload(path):
@@ -248,7 +245,6 @@ def test_distill_with_a_gemma_teacher_then_finetune_on_its_pairs(gkit, tmp_path)
 
 def test_word_level_kd_lowers_kl_resumes_and_refuses_what_it_cannot(gkit, full_ft, tmp_path, monkeypatch):
     from safetensors.torch import load_file
-    from transformers import TrainerCallback
 
     teacher = full_ft[0]
     opts = dict(FAST, teacher=str(teacher), alpha=1.0, temperature=1.0, lr=5e-3, max_steps=8, save_steps=3)
@@ -262,17 +258,9 @@ def test_word_level_kd_lowers_kl_resumes_and_refuses_what_it_cannot(gkit, full_f
     assert len(kl) == 8 and kl[-1] < 0.5 * kl[0], kl  # the random student moves toward the fine-tuned teacher
     assert rec["techniques"][0].startswith("knowledge distillation from a teacher in the same process (word-level KL")
 
-    class _Interrupt(Exception):
-        pass
-
-    class StopAtStep5(TrainerCallback):
-        def on_step_end(self, args, state, control, **kw):
-            if state.global_step == 5:
-                raise _Interrupt()
-
     orig = training.parts_recorder
-    monkeypatch.setattr(training, "parts_recorder", lambda w, p: StopAtStep5())
-    with pytest.raises(_Interrupt):
+    monkeypatch.setattr(training, "parts_recorder", lambda w, p: stop_at_step(5))
+    with pytest.raises(TrainingInterrupted):
         kd(tmp_path / "resumed")
     # the checkpoint holds the tied embeddings once (safetensors refuses a tensor under two names)
     assert sorted(p.name for p in (tmp_path / "resumed.work" / "checkpoints").iterdir()) == ["checkpoint-3"]

@@ -16,14 +16,7 @@ from iwslt_mc.stages.base import StageContext, run_stage
 from iwslt_mc.stages.distill import DATA_DIR, normalize_text
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _distill(kit, out, options, specs=None, lang="en-de"):

@@ -21,6 +21,8 @@ from iwslt_mc.errors import InputFileError, UserError
 from iwslt_mc.stages import make_stage
 from iwslt_mc.stages.base import StageContext, run_stage
 
+from conftest import TrainingInterrupted, stop_at_step
+
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "toy"
 TEACHER = FIXTURE / "teacher"
 DATA = FIXTURE / "data"
@@ -29,14 +31,7 @@ FAST = {"dtype": "float32", "batch_size": 4, "lr": 5e-4, "scheduler": "constant"
         "logging_steps": 1, "progress": False, "weight_decay": 0.0}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _ctx(data=DATA, **kw):
@@ -157,29 +152,14 @@ def narrow_student(tmp_path_factory):
     return out
 
 
-class _Interrupt(Exception):
-    pass
-
-
-def _interrupt_at(step):
-    from transformers import TrainerCallback
-
-    class Stop(TrainerCallback):
-        def on_step_end(self, args, state, control, **kw):
-            if state.global_step == step:
-                raise _Interrupt()
-
-    return Stop()
-
-
 def _same_after_interrupt(monkeypatch, tmp_path, stage, options, in_dir, out_name="model.safetensors"):
     from safetensors.torch import load_file
 
     run_stage(make_stage(stage, options), in_dir, tmp_path / "straight", _ctx())
     orig = training.train
-    stop = _interrupt_at(3)
+    stop = stop_at_step(3)
     monkeypatch.setattr(training, "train", lambda *a, callbacks=(), **kw: orig(*a, callbacks=[*callbacks, stop], **kw))
-    with pytest.raises(_Interrupt):
+    with pytest.raises(TrainingInterrupted):
         run_stage(make_stage(stage, options), in_dir, tmp_path / "resumed", _ctx())
     assert not (tmp_path / "resumed").exists()
     monkeypatch.setattr(training, "train", orig)

@@ -12,14 +12,7 @@ from iwslt_mc.families import prompt_text
 from iwslt_mc.training import data, training
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # the machine is shared
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # the machine is shared
 
 
 def test_examples_mask_the_decoding_prompt_and_end_the_turn(family_kit):

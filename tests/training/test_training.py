@@ -22,20 +22,15 @@ from iwslt_mc.errors import InputFileError, UserError
 from iwslt_mc.stages import make_stage
 from iwslt_mc.stages.base import StageContext, run_stage
 
+from conftest import TrainingInterrupted, stop_at_step
+
 # constant lr: the cosine decay stalls the tiny random model at its unigram plateau (~4 nats)
 FAST = {"batch_size": 1, "limit": 4, "lr": 5e-3, "scheduler": "constant", "progress": False}
 LLM_LORA = {"lora_r": 16, "lora_alpha": 32, "target_modules": r".*(language_model.*_proj|lm_head)"}
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # the machine is shared; 1 thread is also what makes runs repeatable
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # the machine is shared; 1 thread is also what makes runs repeatable
 
 
 def _finetune(kit, out: Path, options: dict, data_spec=None, lang="en-de"):
@@ -194,28 +189,18 @@ def test_qlora_lowers_loss_and_merges_into_a_plain_model(kit, kit_processor, tmp
                                  "LoRA adapters merged into the base model"]
 
 
-class _Interrupt(Exception):
-    pass
-
-
 @pytest.mark.parametrize("options", [
     dict(mode="full", freeze=["audio_encoder"]),
     dict(LLM_LORA, mode="lora", lora_r=4, lora_alpha=8),
 ], ids=["full", "lora"])
 def test_interrupted_run_resumes_to_the_same_weights(kit, tmp_path, monkeypatch, options):
     from safetensors.torch import load_file
-    from transformers import TrainerCallback
-
-    class StopAtStep5(TrainerCallback):
-        def on_step_end(self, args, state, control, **kw):
-            if state.global_step == 5:
-                raise _Interrupt()
 
     opts = dict(FAST, **options, batch_size=2, max_steps=8, save_steps=3, scheduler="cosine")  # scheduler state resumes too
     _finetune(kit, tmp_path / "straight", opts)
     orig = training.train
-    monkeypatch.setattr(training, "train", functools.partial(orig, callbacks=[StopAtStep5()]))
-    with pytest.raises(_Interrupt):
+    monkeypatch.setattr(training, "train", functools.partial(orig, callbacks=[stop_at_step(5)]))
+    with pytest.raises(TrainingInterrupted):
         _finetune(kit, tmp_path / "resumed", opts)
     assert not (tmp_path / "resumed").exists()
     assert sorted(p.name for p in (tmp_path / "resumed.work" / "checkpoints").iterdir()) == ["checkpoint-3"]

@@ -255,38 +255,15 @@ class Gemma4Family(Family):
     def torch_save_layout(self, tensors, config: dict, float_dtype: str | None):
         """The organizers' ``torch.save(model.state_dict())`` layout of a Gemma 4 checkpoint (see
         :func:`iwslt_mc.floor.statedict.meta_state_dict_layout`)."""
-        from ... import plancache
-        from ...floor.statedict import meta_state_dict_layout
-        from ..meta import meta_skeleton
+        from ..meta import meta_torch_save_layout
 
-        def skeleton(cfg_dict, float_dtype):  # remembered per config (plan reads it without transformers)
-            key = [{k: v for k, v in cfg_dict.items() if k not in ("quantization_config", "_name_or_path")}, float_dtype]
-            got = plancache.get("gemma4-torchsave", key)
-            if got is None:
-                import torch
-
-                torch_dtype = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-                               "F64": torch.float64}[float_dtype]
-                got = meta_skeleton(build(cfg_dict, torch_dtype))
-                plancache.put("gemma4-torchsave", key, got)
-            return got
-
-        def build(cfg_dict, torch_dtype):
-            from transformers import AutoConfig
-
-            from .plan import meta_model
-
-            d = {k: v for k, v in cfg_dict.items() if k != "quantization_config"}
-            cfg = AutoConfig.for_model(**d)
-            return meta_model(cfg, dtype=torch_dtype)
-
-        return meta_state_dict_layout(tensors, config, float_dtype, skeleton=skeleton)
+        return meta_torch_save_layout("gemma4-torchsave", _meta_model, tensors, config, float_dtype)
 
     def torch_save_layout_name(self, config: dict) -> str:
         """``gemma4/meta-model(transformers-VERSION)``: the layout comes from a meta-device model."""
-        from ...plancache import transformers_version
+        from ..meta import meta_layout_name
 
-        return f"{config.get('model_type')}/meta-model(transformers-{transformers_version()})"
+        return meta_layout_name(config)
 
     def base_dims(self, cfg) -> dict:
         from .plan import base_dims
@@ -354,6 +331,15 @@ def gemma4_12b_config():
     cfg = Gemma4UnifiedConfig(text_config=dict(GEMMA4_12B_TEXT), vision_config={}, audio_config={}, dtype="bfloat16")
     cfg.architectures = ["Gemma4UnifiedForConditionalGeneration"]
     return cfg
+
+
+def _meta_model(cfg_dict: dict, torch_dtype):
+    """The meta-device model of a config.json dict (torch.save layout's skeleton, :meth:`Gemma4Family.torch_save_layout`)."""
+    from transformers import AutoConfig
+
+    from .plan import meta_model
+
+    return meta_model(AutoConfig.for_model(**cfg_dict), dtype=torch_dtype)
 
 
 def _refuse_audio(cfg: dict, what: str, reason: str) -> None:

@@ -26,13 +26,9 @@ weights. No torchvision here: the processor has no video processor.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import time
 from pathlib import Path
-
-from ...fsutil import atomic_directory, atomic_write_json, prepare_output_dir, sha256_file
 
 FAMILY = "gemma4"
 BPE_VOCAB_SIZE = 1536
@@ -272,41 +268,13 @@ def build_model(tokenizer, seed: int = 0, unified: bool = False):
 
 def build_kit_gemma4(out_dir: str | os.PathLike, seed: int = 0, unified: bool = False):
     """Write the Gemma 4 kit to ``out_dir`` (new or empty) and return its :class:`iwslt_mc.kit.KitInfo`;
-    ``unified``: the ``gemma4_unified`` layout (see ``UNIFIED_TEXT_CONFIG``)."""
-    from ...kit import KitInfo, _dir_bytes, _publish_modes, _quiet_progress, write_data
-    from ...submission import provenance
+    ``unified``: the ``gemma4_unified`` layout (see ``UNIFIED_TEXT_CONFIG``). All or nothing
+    (:func:`iwslt_mc.kit.write_family_kit`)."""
+    from ...kit import write_family_kit
 
-    started = time.time()
-    created = not Path(out_dir).exists()
-    out = prepare_output_dir(out_dir).resolve()
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    try:
-        with _quiet_progress(), atomic_directory(out, overwrite=True) as tmp:
-            processor = build_processor(unified=unified)
-            model = build_model(processor.tokenizer, seed=seed, unified=unified)
-            model_dir = tmp / "model"
-            model.save_pretrained(model_dir)
-            save_processor(processor, model_dir)
-            params = sum(p.numel() for p in model.parameters())
-            provenance.append(None, model_dir, provenance.make_record(
-                "kit", {"seed": seed, "family": FAMILY, "model_type": model.config.model_type},
-                techniques=[f"tiny random Gemma 4 ({model.config.model_type}; demo kit)"],
-                started=started, params_after=params))
-            data = write_data(tmp / "data")
-            weights = model_dir / "model.safetensors"
-            info = KitInfo(
-                path=str(out), seed=seed, params=params, model_bytes=weights.stat().st_size,
-                weights_sha256=sha256_file(weights), vocab_size=model.config.text_config.vocab_size,
-                tokenizer_size=len(processor.tokenizer), data_bytes=_dir_bytes(tmp / "data"), **data,
-            )
-            atomic_write_json(tmp / "kit.json", {"family": FAMILY, "model_type": model.config.model_type,
-                                                 **{k: v for k, v in info.to_json().items()
-                                                                      if k not in ("path", "seconds")}})
-            _publish_modes(tmp)
-    except BaseException:
-        if created:
-            with contextlib.suppress(OSError):
-                out.rmdir()
-        raise
-    info.seconds = round(time.time() - started, 2)
-    return info
+    def build():
+        processor = build_processor(unified=unified)
+        return build_model(processor.tokenizer, seed=seed, unified=unified), processor
+
+    return write_family_kit(out_dir, seed, build, family=FAMILY, technique="tiny random Gemma 4 ({model_type}; demo kit)",
+                            save_processor=save_processor)

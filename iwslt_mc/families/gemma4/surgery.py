@@ -291,48 +291,25 @@ def kept_ids(stage, in_dir, processor, tok_json: dict, config: dict, generation_
     """(kept token ids, prompts, texts, data records) of trim-vocab on a Gemma 4 directory: the stage's
     keep rules plus the 256 byte-fallback tokens, every id the config names and ``<unk>``. Reads the
     tokenizer and configs only, so ``build``'s prediction counts exactly what the stage keeps."""
-    from ...floor.languages import TARGET_LANGUAGE
+    from ..base import trim_vocab_keep
     from .prompt import prompt_text
 
     tok = processor.tokenizer
-    languages = stage._languages(ctx)
-    texts, data_used = stage._texts(ctx, languages)
-    prompts = [prompt_text(processor, lang) for lang in TARGET_LANGUAGE]
-    enc = tok(prompts + texts, add_special_tokens=False)["input_ids"]
     vocab = tok_json["model"]["vocab"]
     byte_ids = [vocab[f"<0x{b:02X}>"] for b in range(256) if f"<0x{b:02X}>" in vocab]
     extra = [byte_ids, sorted(_config_ids(config)), [tok.unk_token_id] if tok.unk_token_id is not None else []]
-    rows = int((config.get("text_config") or {}).get("vocab_size", 0))
-    keep = stage.keep_set(tok, tok_json, enc + extra, [generation_config] if generation_config is not None else [],
-                    stage.options, rows)
-    return keep, prompts, texts, data_used
+    return trim_vocab_keep(stage, processor, tok_json, config, generation_config, ctx, prompt_text, extra)
 
 
 def run_trim_vocab(stage, in_dir, out_dir, ctx) -> dict:
     """The trim-vocab stage for Gemma 4: the same keep rules as for Qwen2-Audio (prompt, given text,
     special/added tokens, config ids, explicit tokens, closed under merges), the 256 byte-fallback
     tokens instead of the byte-level alphabet, and the PLE table trimmed with the token embeddings."""
-    import json
-    from pathlib import Path
+    from ..base import run_rebuilt_trim_vocab
 
-    model = stage.load_model(in_dir, device="cpu")
-    processor = stage.load_processor(in_dir)
-    tok_json = json.loads((Path(in_dir) / "tokenizer.json").read_text("utf-8"))
-    rows_before = model.config.text_config.vocab_size
-    keep_ids, prompts, texts, data_used = kept_ids(stage, in_dir, processor, tok_json, model.config.to_dict(),
-                                                   model.generation_config, ctx)
-    new_json, old2new = stage.trim_tokenizer_json(tok_json, keep_ids)
-    enc = processor.tokenizer(prompts + texts, add_special_tokens=False)["input_ids"]
-    new, old2new = select_vocab(model, keep_ids)
-    ctx.log(f"trim-vocab: {rows_before} -> {len(keep_ids)} token rows (embeddings, PLE table, tied lm_head); saving")
-    stage.save_model(new, processor, out_dir)
-    stage._rewrite_tokenizer_files(Path(out_dir), new_json, old2new)
-    stage._check_trimmed(Path(out_dir), prompts + texts, enc, old2new, len(keep_ids))
-    saved = stage.stored_bytes(in_dir) - stage.stored_bytes(out_dir)
-    return {"techniques": [f"vocabulary trimming ({rows_before:,} -> {len(keep_ids):,} tokens, PLE table with them; "
-                           f"{saved:,} bytes saved)"], "data": data_used, "vocab_before": rows_before,
-            "vocab_after": len(keep_ids), "bytes_saved": saved, "text_segments": len(texts),
-            "languages": stage._languages(ctx)}
+    return run_rebuilt_trim_vocab(stage, in_dir, out_dir, ctx, kept_ids=kept_ids, select_vocab=select_vocab,
+                                  rows_note="embeddings, PLE table, tied lm_head",
+                                  technique_note=", PLE table with them")
 
 
 # ---------------------------------------------------------------------------------------------

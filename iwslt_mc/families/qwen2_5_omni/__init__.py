@@ -164,31 +164,23 @@ class Qwen25OmniFamily(Family):
     def torch_save_layout(self, tensors, config: dict, float_dtype: str | None):
         """The organizers' ``torch.save(model.state_dict())`` layout, from the model transformers builds for
         ``config`` on the meta device (remembered per config by :mod:`iwslt_mc.plancache`)."""
-        from ... import plancache
-        from ...floor.statedict import meta_state_dict_layout
-        from ..meta import meta_skeleton
+        from ..meta import meta_torch_save_layout
 
-        def skeleton(cfg_dict, fdt):
-            key = [{k: v for k, v in cfg_dict.items() if k not in ("quantization_config", "_name_or_path")}, fdt]
-            got = plancache.get("qwen2_5_omni-torchsave", key)
-            if got is None:
-                import torch
-                from transformers import Qwen2_5OmniThinkerConfig
+        return meta_torch_save_layout("qwen2_5_omni-torchsave", self._meta_model, tensors, config, float_dtype)
 
-                dtype = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}[fdt]
-                cfg = Qwen2_5OmniThinkerConfig.from_dict({k: v for k, v in cfg_dict.items() if k != "quantization_config"})
-                with torch.device("meta"):
-                    model = self.loader_class()._from_config(cfg, dtype=dtype)
-                got = meta_skeleton(model)
-                plancache.put("qwen2_5_omni-torchsave", key, got)
-            return got
+    def _meta_model(self, cfg_dict: dict, torch_dtype):
+        """The thinker transformers builds for a config.json dict, on the meta device."""
+        import torch
+        from transformers import Qwen2_5OmniThinkerConfig
 
-        return meta_state_dict_layout(tensors, config, float_dtype, skeleton=skeleton)
+        cfg = Qwen2_5OmniThinkerConfig.from_dict(cfg_dict)
+        with torch.device("meta"):
+            return self.loader_class()._from_config(cfg, dtype=torch_dtype)
 
     def torch_save_layout_name(self, config: dict) -> str:
-        from ...plancache import transformers_version
+        from ..meta import meta_layout_name
 
-        return f"{config.get('model_type')}/meta-model(transformers-{transformers_version()})"
+        return meta_layout_name(config)
 
     # -- kit
     def build_kit(self, out_dir, seed: int = 0, **options):

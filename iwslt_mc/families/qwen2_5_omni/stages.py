@@ -4,9 +4,6 @@ options and rules, this family's surgery (:mod:`.surgery`: a rebuilt model, noth
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 
 def run_prune_layers(stage, in_dir, out_dir, ctx) -> dict:
     """prune-layers on a Qwen2.5-Omni thinker: explicit ``llm_layers``/``audio_layers``, or the ``middle``/``top``
@@ -53,40 +50,19 @@ def kept_ids(stage, in_dir, processor, tok_json: dict, config: dict, generation_
     keep rules (prompt, given text, added tokens, byte alphabet, explicit tokens, closed under merges) plus
     every id the thinker config names (audio/vision markers included). Tokenizer and configs only, so
     ``build``'s prediction counts exactly what the stage keeps."""
-    from ...floor.languages import TARGET_LANGUAGE
+    from ..base import trim_vocab_keep
     from .rules import prompt_text
     from .surgery import config_ids
 
-    tok = processor.tokenizer
-    languages = stage._languages(ctx)
-    texts, data_used = stage._texts(ctx, languages)
-    prompts = [prompt_text(processor, lang) for lang in TARGET_LANGUAGE]
-    enc = tok(prompts + texts, add_special_tokens=False)["input_ids"]
-    rows = int((config.get("text_config") or {}).get("vocab_size", 0))
-    keep = stage.keep_set(tok, tok_json, enc + [sorted(config_ids(config))],
-                    [generation_config] if generation_config is not None else [], stage.options, rows)
-    return keep, prompts, texts, data_used
+    return trim_vocab_keep(stage, processor, tok_json, config, generation_config, ctx, prompt_text,
+                           [sorted(config_ids(config))])
 
 
 def run_trim_vocab(stage, in_dir, out_dir, ctx) -> dict:
     """trim-vocab on a Qwen2.5-Omni thinker: :func:`kept_ids`, the embedding and ``lm_head`` rows selected
     (:func:`.surgery.select_vocab`), the tokenizer files rewritten and checked by the stage."""
+    from ..base import run_rebuilt_trim_vocab
     from .surgery import select_vocab
 
-    model = stage.load_model(in_dir, device="cpu")
-    processor = stage.load_processor(in_dir)
-    tok_json = json.loads((Path(in_dir) / "tokenizer.json").read_text("utf-8"))
-    rows_before = model.config.text_config.vocab_size
-    keep, prompts, texts, data_used = kept_ids(stage, in_dir, processor, tok_json, model.config.to_dict(),
-                                               model.generation_config, ctx)
-    new_json, old2new = stage.trim_tokenizer_json(tok_json, keep)
-    enc = processor.tokenizer(prompts + texts, add_special_tokens=False)["input_ids"]
-    new, old2new = select_vocab(model, keep)
-    ctx.log(f"trim-vocab: {rows_before} -> {len(keep)} token rows (embeddings and lm_head); saving")
-    stage.save_model(new, processor, out_dir)
-    stage._rewrite_tokenizer_files(Path(out_dir), new_json, old2new)
-    stage._check_trimmed(Path(out_dir), prompts + texts, enc, old2new, len(keep))
-    saved = stage.stored_bytes(in_dir) - stage.stored_bytes(out_dir)
-    return {"techniques": [f"vocabulary trimming ({rows_before:,} -> {len(keep):,} tokens; {saved:,} bytes saved)"],
-            "data": data_used, "vocab_before": rows_before, "vocab_after": len(keep), "bytes_saved": saved,
-            "text_segments": len(texts), "languages": stage._languages(ctx)}
+    return run_rebuilt_trim_vocab(stage, in_dir, out_dir, ctx, kept_ids=kept_ids, select_vocab=select_vocab,
+                                  rows_note="embeddings and lm_head")
