@@ -41,28 +41,8 @@ REF = ["Heute sprechen wir über die Komprimierung großer Modelle.",
        "Ja, aber die Übersetzung wird ein wenig schlechter, wie die folgende Tabelle zeigt."]
 PERM = [3, 0, 4, 1, 2]
 
-REQUIRE = "IWSLT_MC_REQUIRE_COMET"
+from conftest import REQUIRE_COMET as REQUIRE  # noqa: E402
 ROOT = Path(__file__).resolve().parents[2]
-OFFLINE_SIGNS = ("No matching distribution", "Could not find a version", "Failed to establish a new connection",
-                 "Temporary failure in name resolution", "Network is unreachable")
-
-
-@pytest.fixture(scope="session")
-def comet_env_dir():
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    env = comet_env.default_env_dir()
-    try:
-        comet_env.create_env(env)
-        return env
-    except UserError as e:
-        error = e
-    # outside the except block: the failure or skip is reported alone, not chained to pip's error
-    if os.environ.get(REQUIRE) == "1":
-        pytest.fail(f"{REQUIRE}=1 and the COMET environment {env} cannot be created: {error}", pytrace=False)
-    if any(s in str(error) for s in OFFLINE_SIGNS):
-        pytest.skip(f"COMET not tested: cannot create the COMET environment {env} (no package index reachable "
-                    f"and no cached wheels): {error}")
-    raise error
 
 
 @pytest.fixture(scope="session")
