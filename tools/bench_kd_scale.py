@@ -12,7 +12,18 @@ trains on the same audio, from the same pruned student, for the same number of s
   alpha 0.5, plus cross-entropy on the teacher's translations; no references anywhere);
 - ``wordref``: the same word-level KD on ``speech/`` (the grammar's references as the token sequence, the
   teacher's distributions as the soft target): the teacher needs no decoding, so all generated utterances
-  are training data (the "more data" lever without translating more).
+  are training data (the "more data" lever without translating more);
+- ``wordhid``: ``wordref`` plus stage ``kd``'s hidden-state term (MSE of the LLM's and, where the student keeps
+  it, the audio encoder's layer outputs to the teacher's, weight 1: bench_fidelity's issue-18 settings);
+- ``twostep``: two-step KD: half the size's LLM-layer cut (the same iterative search on dev), ``wordref`` from
+  the teacher for half the steps, then the rest of the cut (and the widths) and ``wordref`` from the step-1
+  student for the other half;
+- ``mr``: module replacement (stage ``replace-layers``): the consecutive LLM layers the size removes plus one
+  become one layer (block chosen by reference CE on 32 training utterances, the new layer alone trained on the
+  block's output MSE + CE) for a quarter of the steps, then ``wordref`` for the other three quarters.
+
+``twostep`` and ``mr`` report the CPU seconds of their training stages together; their intermediate pruning
+searches are apart (``cut_cpu_seconds`` in results.json).
 
 Students (``--sizes``, per cent of the teacher's bytes after the last step): the structure comes from
 :func:`iwslt_mc.planning.frontier.make_variant` on ``bench_frontier.TEMPLATE`` (iterative LLM-layer search on the
@@ -214,7 +225,7 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=600, help="training steps (batch 8), the same for every method")
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--sizes", default="25,10,5", help=f"student sizes, of {', '.join(SHAPES)}")
-    ap.add_argument("--methods", default="ft,seq,word")
+    ap.add_argument("--methods", default="ft,seq,word", help=f"comma-separated, of {', '.join(METHODS)}")
     ap.add_argument("--train-limit", type=int, default=None,
                     help="train every method on the first N utterances only (the teacher data's --translate N)")
     ap.add_argument("--float-rows", action="store_true",
