@@ -53,6 +53,17 @@ DEFAULT_TEACHER = Path(__file__).resolve().parent.parent / "tests" / "fixtures" 
 STRATEGIES = ("iterative", "middle", "top")
 TESTSET = "toy-test"
 MAX_NEW_TOKENS = 64  # references are at most ~30 tokens
+# issue 18's distillation settings, shared with tools/bench_kd_scale.py (the same method at scale): stage kd's
+# word-level term, its hidden-state term, and stage replace-layers' block choice and loss
+WORD_KD = {"alpha": 0.5, "temperature": 2.0}
+HIDDEN_KD = {"hidden_weight": 1.0, "hidden": ["llm", "audio"]}
+REPLACE = {"position": "search", "search_examples": 32, "init": "last", "mse_weight": 1.0, "ce_weight": 1.0}
+
+
+def two_step_cut(remove: int) -> tuple[int, int]:
+    """Two-step KD: the LLM layers the first step removes (half the cut, at least one) and the second."""
+    first = max(1, remove // 2)
+    return first, remove - first
 
 
 def finetune_options(steps: int, lr: float) -> dict:
@@ -150,11 +161,11 @@ def distillation_rows(args, cfg: dict) -> list[dict]:
     train = {"split": "train", "dtype": "float32", "batch_size": 8, "lr": args.ft_lr, "weight_decay": 0.01,
              "save_steps": 10_000, "logging_steps": 25, "progress": False}
     warm = lambda k: {"max_steps": k, "warmup_steps": max(1, k // 10)}  # noqa: E731
-    kd = {"alpha": 0.5, "temperature": 2.0, "hidden_weight": 1.0, "hidden": ["llm", "audio"]}
+    kd = {**WORD_KD, **HIDDEN_KD}
     search = {"strategy": "iterative", "split": "train", "heldout": args.heldout, "batch_size": 16,
               "max_new_tokens": MAX_NEW_TOKENS}
     remove_c = max(1, min(n - 2, round(n * 24 / 32)))  # recipe-c: 24 of 32 LLM layers
-    first = max(1, remove_c // 2)  # two-step: the same-width student keeps half of what recipe-c removes
+    first = two_step_cut(remove_c)[0]  # two-step: the same-width student keeps half of what recipe-c removes
     cut = lambda prefix, src, remove: [  # noqa: E731  recipe-c's cuts after the LLM layers
         {"name": f"{prefix}-llm", "what": f"iterative pruning, {remove} more LLM layers (train-split search)",
          "from": src, "stage": "prune-layers", "options": {**search, "remove": remove}},
@@ -186,7 +197,7 @@ def distillation_rows(args, cfg: dict) -> list[dict]:
                                              f"student ({steps - steps // 2} steps; {steps} in all)",
               "from": "kd-2s-trim", "stage": "kd", "data": "@kd-distill",
               "options": {"teacher": "@kd-2s-step1", **kd, **train, **warm(steps - steps // 2)}}]
-    mr = {"position": "search", "search_examples": 32, "init": "last", "mse_weight": 1.0, "ce_weight": 1.0}
+    mr = dict(REPLACE)
     for k in (2, 3):
         rows += [
             {"name": f"mr-{k}to1", "what": f"module replacement: {k} consecutive LLM layers -> 1 (CE search), "

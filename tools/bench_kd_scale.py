@@ -12,7 +12,18 @@ trains on the same audio, from the same pruned student, for the same number of s
   alpha 0.5, plus cross-entropy on the teacher's translations; no references anywhere);
 - ``wordref``: the same word-level KD on ``speech/`` (the grammar's references as the token sequence, the
   teacher's distributions as the soft target): the teacher needs no decoding, so all generated utterances
-  are training data (the "more data" lever without translating more).
+  are training data (the "more data" lever without translating more);
+- ``wordhid``: ``wordref`` plus stage ``kd``'s hidden-state term (MSE of the LLM's and, where the student keeps
+  it, the audio encoder's layer outputs to the teacher's, weight 1: bench_fidelity's issue-18 settings);
+- ``twostep``: two-step KD: half the size's LLM-layer cut (the same iterative search on dev), ``wordref`` from
+  the teacher for half the steps, then the rest of the cut (and the widths) and ``wordref`` from the step-1
+  student for the other half;
+- ``mr``: module replacement (stage ``replace-layers``): the consecutive LLM layers the size removes plus one
+  become one layer (block chosen by reference CE on 32 training utterances, the new layer alone trained on the
+  block's output MSE + CE) for a quarter of the steps, then ``wordref`` for the other three quarters.
+
+``twostep`` and ``mr`` report the CPU seconds of their training stages together; their intermediate pruning
+searches are apart (``cut_cpu_seconds`` in results.json).
 
 Students (``--sizes``, per cent of the teacher's bytes after the last step): the structure comes from
 :func:`iwslt_mc.planning.frontier.make_variant` on ``bench_frontier.TEMPLATE`` (iterative LLM-layer search on the
@@ -62,7 +73,16 @@ SHAPES = {"25": (4 / 6, 1.0), "10": (0.5, 0.5), "5": (0.34, 0.375)}
 METHODS = {"ft": "fine-tuning on references", "seq": "sequence-level KD (fine-tuning on teacher translations)",
            "word": "word-level KD (kd stage: KL to the teacher, T 2, alpha 0.5, on teacher translations)",
            "wordref": "word-level KD on references (kd stage: KL to the teacher, T 2, alpha 0.5, on the grammar's "
-                      "references: no translation needed, so every generated utterance is usable)"}
+                      "references: no translation needed, so every generated utterance is usable)",
+           "wordhid": "word-level + hidden-state KD on references (kd stage: as wordref, plus the MSE of the LLM's and "
+                      "the audio encoder's layer outputs to the teacher's, weight 1, auto layer map)",
+           "twostep": "two-step KD on references (half the layer cut, then word-level KD from the teacher for half "
+                      "the steps; the rest of the cut, then word-level KD from the step-1 student for the other half)",
+           "mr": "module replacement (replace-layers: consecutive LLM layers -> 1 to the same depth, block chosen by "
+                 "reference CE on 32 training utterances, the new layer alone trained on block-output MSE + CE for a "
+                 "quarter of the steps), then word-level KD on references for the rest"}
+# every method trains on the grammar's references (speech/) unless named here (the teacher's translations)
+ON_TRANSLATIONS = ("seq", "word")
 NOTES_HEADING = "## How it was run"  # --report keeps the file's text from this heading on
 FRONTIER_BEGIN = "<!-- bench_kd_scale: begin -->"
 FRONTIER_END = "<!-- bench_kd_scale: end -->"
@@ -78,6 +98,78 @@ def train_options(steps: int, lr: float, limit: int | None = None) -> dict:
     return {"dtype": "float32", "split": "train", "max_steps": steps, "limit": limit, "batch_size": 8, "lr": lr,
             "warmup_steps": max(1, steps // 10), "weight_decay": 0.01, "save_steps": max(min(steps, 512), 1),
             "logging_steps": 50, "progress": False}
+
+
+def kd_options(teacher, topt: dict, hidden: bool = False) -> dict:
+    """Stage kd's options: word-level KD (bench_fidelity.WORD_KD), plus its hidden-state term when ``hidden``."""
+    import bench_fidelity
+
+    return {"teacher": str(teacher), **bench_fidelity.WORD_KD, "hidden_weight": 0.0,
+            **(bench_fidelity.HIDDEN_KD if hidden else {}), **topt}
+
+
+def train_method(method: str, name: str, *, stage, cut, teacher: Path, pruned: Path, teacher_trim: Path,
+                 trim_opts: dict, speech: Path, kd_data: Path, layers: int, keep: int, width: float, steps: int,
+                 lr: float, limit: int | None = None) -> tuple[Path, float, float, dict]:
+    """Train one row's student; returns (model, wall s, CPU s of its training stages, details for the row).
+
+    ``stage(name, kind, options, src, data_dir)`` runs one stage into a run directory (reused when there) and
+    returns (model, wall s, CPU s); ``cut(name, src, depth, width)`` prunes ``src`` as the student sizes are
+    pruned (LLM depth as a fraction of ``src``'s layers, widths) and returns (model, wall s, CPU s).
+    ``pruned`` is the size's student (``layers`` -> ``keep`` LLM layers, ``width``; vocabulary trimmed),
+    ``teacher_trim`` the teacher with the same vocabulary. Every method runs ``steps`` optimizer steps in all; a
+    chained method's stages are NAME-step1/-step2 (``twostep``) and NAME-replace/-kd (``mr``), each with its cut."""
+    import bench_fidelity
+
+    topt = train_options(steps, lr, limit)
+    if method == "ft":
+        model, s, c = stage(name, "finetune", {"mode": "full", **topt}, pruned, speech)
+        return model, s, c, {}
+    if method == "seq":
+        model, s, c = stage(name, "finetune", {"mode": "full", **topt}, pruned, kd_data)
+        return model, s, c, {}
+    if method in ("word", "wordref", "wordhid"):
+        model, s, c = stage(name, "kd", kd_options(teacher, topt, hidden=method == "wordhid"), pruned,
+                            kd_data if method == "word" else speech)
+        return model, s, c, {}
+    if method == "twostep":
+        first, rest = bench_fidelity.two_step_cut(layers - keep)
+        half = steps // 2
+        m1, cs1, cc1 = cut(f"{name}-step1-cut", teacher, (layers - first) / layers, 1.0)
+        m1, _, tc1 = stage(f"{name}-step1-trim", "trim-vocab", trim_opts, m1)
+        m1, s1, c1 = stage(f"{name}-step1", "kd", kd_options(teacher, train_options(half, lr, limit)), m1, speech)
+        m2, cs2, cc2 = cut(f"{name}-step2-cut", m1, keep / (layers - first), width)
+        model, s2, c2 = stage(f"{name}-step2", "kd", kd_options(m1, train_options(steps - half, lr, limit)), m2, speech)
+        return model, round(s1 + s2, 1), round(c1 + c2, 1), {
+            "detail": f"{layers} -> {layers - first} LLM layers, {half} steps; -> {keep} layers"
+                      + (f", widths x{width:g}" if width < 1 else "") + f", {steps - half} steps",
+            "cut_cpu_seconds": round(cc1 + cc2 + tc1, 1), "cut_seconds": round(cs1 + cs2, 1),
+            "parts_cpu_seconds": [c1, c2]}
+    if method == "mr":
+        count, first = layers - keep + 1, steps // 4
+        m, s1, c1 = stage(f"{name}-replace", "replace-layers",
+                          {**bench_fidelity.REPLACE, "count": count, **train_options(first, lr, limit)},
+                          teacher_trim, speech)
+        cs = cc = 0.0
+        if width < 1:
+            m, cs, cc = cut(f"{name}-replace-cut", m, 1.0, width)
+        model, s2, c2 = stage(f"{name}-kd", "kd", kd_options(teacher, train_options(steps - first, lr, limit)), m, speech)
+        block = _replaced_block(m)
+        return model, round(s1 + s2, 1), round(c1 + c2, 1), {
+            "detail": f"LLM layers {block or '?'} of {layers} -> 1, {first} steps; then word-level KD, "
+                      f"{steps - first} steps" + (f" (widths x{width:g} pruned between)" if width < 1 else ""),
+            "cut_cpu_seconds": round(cc, 1), "cut_seconds": round(cs, 1), "parts_cpu_seconds": [c1, c2]}
+    raise SystemExit(f"unknown method {method!r} (known: {', '.join(METHODS)})")
+
+
+def _replaced_block(model: Path) -> list[int] | None:
+    """The block stage replace-layers replaced, from the provenance record of ``model``'s chain."""
+    from iwslt_mc.submission import provenance
+
+    for rec in reversed(provenance.read(model).get("stages", [])):
+        if rec.get("stage") == "replace-layers":
+            return rec.get("replaced_llm_layers")
+    return None
 
 
 QUANT_RX = re.compile(r"^(?:ct([2-8])([es])|mix(\d+(?:\.\d+)?))$")
@@ -133,7 +225,7 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=600, help="training steps (batch 8), the same for every method")
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--sizes", default="25,10,5", help=f"student sizes, of {', '.join(SHAPES)}")
-    ap.add_argument("--methods", default="ft,seq,word")
+    ap.add_argument("--methods", default="ft,seq,word", help=f"comma-separated, of {', '.join(METHODS)}")
     ap.add_argument("--train-limit", type=int, default=None,
                     help="train every method on the first N utterances only (the teacher data's --translate N)")
     ap.add_argument("--float-rows", action="store_true",
@@ -286,43 +378,50 @@ def run_all(args, results: dict, results_path: Path) -> None:
     atomic_write_text(tmpl, t[: t.index("  - id: ft\n")])
     recipe = recipes.load_recipe(str(tmpl))
     cfg = planner.load_base_config(teacher)
+
+    def cut(name, src, depth, width):
+        """The template's pruning (LLM layers by the iterative search on the dev split, then widths) of ``src``
+        into OUT/runs/NAME unless there; returns (model, wall s, CPU s)."""
+        out = runs / name
+        if not (out / "model").exists():
+            var, _ = frontier.make_variant(recipe, planner.load_base_config(src), depth, width, base=str(src))
+            t0, c0 = time.time(), cpu_seconds()
+            build.build(var, lang=args.lang, base=str(src), data={"acl6060": str(args.corpus)},
+                        condition="unconstrained", out=out, resume=True, device="cpu", log=log)
+            results[name] = {"stage_seconds": round(time.time() - t0, 1),
+                             "stage_cpu_seconds": round(cpu_seconds() - c0, 1)}
+            save()
+        prev = results.get(name, {})
+        return out / "model", prev.get("stage_seconds", 0.0), prev.get("stage_cpu_seconds", 0.0)
+
     for size in [x for x in args.sizes.split(",") if x]:
         d, w = SHAPES[size]
         shape = f"s{size}"
         # 1. the student's structure (pruning choices on the dev split), then its vocabulary trimmed
-        out = runs / f"{shape}-pruned"
-        if not (out / "model").exists():
-            var, _ = frontier.make_variant(recipe, cfg, d, w, base=str(teacher))
-            t0, c0 = time.time(), cpu_seconds()
-            build.build(var, lang=args.lang, base=str(teacher), data={"acl6060": str(args.corpus)},
-                        condition="unconstrained", out=out, resume=True, device="cpu", log=log)
-            results[f"{shape}-pruned"] = {"stage_seconds": round(time.time() - t0, 1),
-                                          "stage_cpu_seconds": round(cpu_seconds() - c0, 1)}
-        pruned, _, _ = stage(f"{shape}-trim", "trim-vocab", trim_opts, out / "model")
+        out, _, _ = cut(f"{shape}-pruned", teacher, d, w)
+        pruned, _, _ = stage(f"{shape}-trim", "trim-vocab", trim_opts, out)
         if args.float_rows:
             evaluate(f"{shape}-trim", pruned, method="untrained", size=size, depth=d, width=w,
                  what=f"{round(d * 6)} of 6 LLM layers, widths x{w:g}, trimmed vocabulary, no training")
         group = ct_group(pruned)
+        layers = json.loads((teacher / "config.json").read_text())["text_config"]["num_hidden_layers"]
         for method in args.methods.split(","):
+            if method not in METHODS:
+                raise SystemExit(f"unknown method {method!r} (known: {', '.join(METHODS)})")
             name = f"{shape}-{method}{args.suffix}"
-            topt = train_options(args.steps, args.lr, args.train_limit)
-            if method in ("seq", "word"):
+            if method in ON_TRANSLATIONS:
                 while not (kd_data / "train.parquet").exists():  # tools/toy_teacher_data.py still translating
                     log(f"waiting for {kd_data / 'train.parquet'}")
                     time.sleep(60)
-            if method == "ft":
-                model, s, c = stage(name, "finetune", {"mode": "full", **topt}, pruned, speech)
-            elif method == "seq":
-                model, s, c = stage(name, "finetune", {"mode": "full", **topt}, pruned, kd_data)
-            elif method in ("word", "wordref"):
-                model, s, c = stage(name, "kd", {"teacher": str(teacher), "alpha": 0.5, "temperature": 2.0,
-                                                 "hidden_weight": 0.0, **topt}, pruned,
-                                    kd_data if method == "word" else speech)
-            else:
-                raise SystemExit(f"unknown method {method!r} (known: {', '.join(METHODS)})")
-            pool = _rows_in((kd_data if method in ("seq", "word") else speech) / "train.parquet")
+            model, s, c, extra = train_method(
+                method, name, stage=stage, cut=cut, teacher=teacher, pruned=pruned, teacher_trim=trimmed,
+                trim_opts=trim_opts, speech=speech, kd_data=kd_data, layers=layers, keep=max(1, round(d * layers)),
+                width=w, steps=args.steps, lr=args.lr, limit=args.train_limit)
+            detail = extra.pop("detail", None)
+            pool = _rows_in((kd_data if method in ON_TRANSLATIONS else speech) / "train.parquet")
             pool = min(pool, args.train_limit or pool)
-            info = dict(method=method, size=size, depth=d, width=w, steps=args.steps, seen=args.steps * 8, pool=pool)
+            info = dict(method=method, size=size, depth=d, width=w, steps=args.steps, seen=args.steps * 8, pool=pool,
+                        **extra)
             if args.float_rows:
                 evaluate(name, model, what=f"{METHODS[method]}, float16", stage_seconds=s, stage_cpu_seconds=c, **info)
             qname, vocab_note = name, ""
@@ -340,7 +439,8 @@ def run_all(args, results: dict, results_path: Path) -> None:
                     log(f"{qname}-{q}: {e}")
                     continue
                 evaluate(f"{qname}-{q}", qm, with_dev=True,
-                         what=f"{METHODS[method]}, {pool:,} training utterances{vocab_note}, then "
+                         what=f"{METHODS[method]}{f' ({detail})' if detail else ''}, {pool:,} training utterances"
+                              f"{vocab_note}, then "
                               f"{quant_what(q, group, alloc)}",
                          stage_seconds=s, stage_cpu_seconds=c, quant=q, used_bytes=bool(args.used_bytes), **info)
 

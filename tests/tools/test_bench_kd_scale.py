@@ -1,5 +1,6 @@
 """tools/bench_kd_scale.py: its quantization kinds, the targets per size measure and the steps table (no model run)."""
 
+import json
 import sys
 from pathlib import Path
 
@@ -67,3 +68,107 @@ def test_step_lever_joins_rows_with_and_without_the_used_bytes_key(tool):
     line = tool.step_lever([old, new, ub], new, 100.0)
     assert line.endswith("1152 -> 4608 steps keep 57.0% -> 70.0%")
     assert tool.step_lever([old, new, ub], ub, 100.0) == ""  # the trimmed-vocabulary row has one budget only
+
+
+# ------------------------------------------------ the training part (train_method) on the toy teacher, 2-4 steps
+
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "toy"
+
+
+@pytest.fixture(scope="module")
+def toy_runs(tool, tmp_path_factory):
+    """train_method's two callbacks on the committed toy teacher and its train slice: ``stage`` runs one stage
+    into RUNS/NAME/model (reused when there), ``cut`` prunes LLM layers from the top (the bench's iterative
+    search needs a dev split the fixture lacks; widths stay). Returns (runs, kwargs for train_method)."""
+    import torch
+
+    from iwslt_mc.stages import make_stage
+    from iwslt_mc.stages.base import StageContext, run_stage
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    runs = tmp_path_factory.mktemp("kdscale")
+    data = FIXTURE / "data"
+
+    def stage(name, kind, options, src, data_dir=None):
+        model = runs / name / "model"
+        if not model.exists():
+            run_stage(make_stage(kind, options), src, model, StageContext(
+                lang="en-de", data=[str(data_dir or data)], device="cpu", seed=0, log=lambda m: None,
+                work_dir=runs / f"{name}.work"))
+        return model, 1.0, 2.0
+
+    def cut(name, src, depth, width):
+        assert width == 1.0
+        layers = json.loads((Path(src) / "config.json").read_text())["text_config"]["num_hidden_layers"]
+        return stage(name, "prune-layers", {"strategy": "top", "remove": layers - round(depth * layers)}, src)[0], 3.0, 4.0
+
+    teacher = FIXTURE / "teacher"
+    pruned, _, _ = stage("s25-pruned", "prune-layers", {"strategy": "middle", "remove": 2}, teacher)
+    kw = dict(stage=stage, cut=cut, teacher=teacher, pruned=pruned, teacher_trim=teacher,
+              trim_opts={"use_data": True, "split": "train"}, speech=data, kd_data=data, layers=6, keep=4, width=1.0,
+              lr=5e-4, limit=16)
+    yield runs, kw
+    torch.set_num_threads(n)
+
+
+def _record(model: Path) -> dict:
+    return json.loads((model / "provenance.json").read_text())["stages"][-1]
+
+
+def _layers(model: Path) -> int:
+    return json.loads((model / "config.json").read_text())["text_config"]["num_hidden_layers"]
+
+
+def test_wordhid_adds_the_hidden_state_term(tool, toy_runs):
+    runs, kw = toy_runs
+    model, s, c, extra = tool.train_method("wordhid", "s25-wordhid", steps=2, **kw)
+    assert model == runs / "s25-wordhid" / "model" and (s, c, extra) == (1.0, 2.0, {})
+    rec = _record(model)
+    assert rec["stage"] == "kd" and rec["options"]["max_steps"] == 2
+    assert rec["options"]["hidden_weight"] == 1.0 and rec["options"]["hidden"] == ["llm", "audio"]
+    assert rec["options"]["alpha"] == 0.5 and rec["options"]["temperature"] == 2.0
+    assert "hidden-state MSE" in rec["techniques"][0] and "audio layers" in rec["techniques"][0]
+    assert _layers(model) == 4
+    # wordref is the same stage without the hidden term
+    assert tool.kd_options("/t", {"max_steps": 2})["hidden_weight"] == 0.0
+    assert "hidden" not in tool.kd_options("/t", {"max_steps": 2})
+
+
+def test_twostep_cuts_half_then_the_rest_and_splits_the_steps(tool, toy_runs):
+    runs, kw = toy_runs
+    model, s, c, extra = tool.train_method("twostep", "s25-twostep", steps=3, **kw)
+    step1 = runs / "s25-twostep-step1" / "model"
+    assert model == runs / "s25-twostep-step2" / "model"
+    assert _layers(runs / "s25-twostep-step1-cut" / "model") == 5 and _layers(step1) == 5 and _layers(model) == 4
+    r1, r2 = _record(step1), _record(model)
+    assert (r1["stage"], r1["options"]["max_steps"], r1["options"]["teacher"]) == ("kd", 1, str(kw["teacher"]))
+    # step 2 learns from the step-1 student, for the rest of the budget
+    assert (r2["stage"], r2["options"]["max_steps"], r2["options"]["teacher"]) == ("kd", 2, str(step1))
+    assert r1["options"]["hidden_weight"] == r2["options"]["hidden_weight"] == 0.0
+    # the step-1 student was trimmed to the train split's vocabulary before its KD
+    assert _record(runs / "s25-twostep-step1-trim" / "model")["stage"] == "trim-vocab"
+    assert (s, c) == (2.0, 4.0)  # the two KD stages; the cuts and the trim apart
+    assert extra == {"detail": "6 -> 5 LLM layers, 1 steps; -> 4 layers, 2 steps", "cut_cpu_seconds": 10.0,
+                     "cut_seconds": 6.0, "parts_cpu_seconds": [2.0, 2.0]}
+
+
+def test_mr_replaces_a_block_to_the_same_depth_then_distils(tool, toy_runs):
+    runs, kw = toy_runs
+    model, s, c, extra = tool.train_method("mr", "s25-mr", steps=4, **kw)
+    replaced = runs / "s25-mr-replace" / "model"
+    assert model == runs / "s25-mr-kd" / "model"
+    rec = _record(replaced)
+    assert rec["stage"] == "replace-layers" and rec["options"]["max_steps"] == 1  # a quarter of the 4 steps
+    assert len(rec["replaced_llm_layers"]) == 3 and rec["layers_after"] == 4 == _layers(model)
+    assert rec["options"]["position"] == "search" and rec["options"]["search_examples"] == 32
+    kd = _record(model)
+    assert (kd["stage"], kd["options"]["max_steps"], kd["options"]["hidden_weight"]) == ("kd", 3, 0.0)
+    block = rec["replaced_llm_layers"]
+    assert extra["detail"] == f"LLM layers {block} of 6 -> 1, 1 steps; then word-level KD, 3 steps"
+    assert (s, c) == (2.0, 4.0)
+
+
+def test_unknown_method_names_the_known_ones(tool, toy_runs):
+    with pytest.raises(SystemExit, match="unknown method 'nope'.*wordhid, twostep, mr"):
+        tool.train_method("nope", "x", steps=2, **toy_runs[1])
