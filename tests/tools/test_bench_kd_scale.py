@@ -67,3 +67,35 @@ def test_step_lever_joins_rows_with_and_without_the_used_bytes_key(tool):
     line = tool.step_lever([old, new, ub], new, 100.0)
     assert line.endswith("1152 -> 4608 steps keep 57.0% -> 70.0%")
     assert tool.step_lever([old, new, ub], ub, 100.0) == ""  # the trimmed-vocabulary row has one budget only
+
+
+def test_dev_score_reads_the_slice_asked_for(tool):
+    r = {"dev_chrf": 70.0, "dev_n": 300, "dev_by_n": {"50": 78.0, "300": 70.0}}
+    assert tool.dev_score(r, 300) == 70.0 and tool.dev_score(r, 50) == 78.0
+    assert tool.dev_score({"dev_chrf": 78.0, "dev_n": 50}, 50) == 78.0  # an earlier run's row: no dev_by_n
+    assert tool.dev_score({"dev_chrf": 78.0, "dev_n": 50}, 300) is None
+    assert tool.dev_score({"dev_chrf": 78.0}, None) is None
+
+
+def test_targets_choose_on_the_whole_dev_split(tool):
+    # the first 50 dev utterances rank a over b; the whole split (300) ranks b over a; c has no whole-dev score
+    a = {**_row("a", "25", 768, 74.0, 70.0, 240, 240), "dev_n": 300, "dev_by_n": {"50": 78.0, "300": 70.0}}
+    b = {**_row("b", "25", 768, 77.0, 72.0, 240, 240), "dev_n": 300, "dev_by_n": {"50": 76.0, "300": 72.0}}
+    c = {**_row("c", "25", 768, 80.0, 90.0, 240, 240), "dev_n": 50}
+    line = tool.targets([a, b, c], 1000, 84.0, dev_n=300)[0]
+    assert line.startswith("- >= 90% at <= 25%: chosen on the whole dev split (300) `b` keeps 91.7% at 24.0% -> met")
+    assert "the first 50 dev utterances would choose `c`, 95.2%" in line  # c's first-50 score is its dev_chrf
+    assert "not candidates (no whole-dev score): `c`" in line
+    assert "best on test: `c` 95.2%" in line
+    # the same rows without c: the old rule's pick a is named, with what it keeps on test
+    line = tool.targets([a, b], 1000, 84.0, dev_n=300)[0]
+    assert "the first 50 dev utterances would choose `a`, 88.1%" in line and "not candidates" not in line
+    # nothing scored on the whole split: said, not chosen
+    assert tool.targets([c], 1000, 84.0, dev_n=300)[0] == "- >= 90% at <= 25%: no candidate has a score on the whole dev split (300)"
+
+
+def test_steps_table_dev_column_is_the_whole_split(tool):
+    rows = [{**_row("s5-a", "5", 384, 20.0, 25.0, 1, 1), "dev_n": 50},
+            {**_row("s5-b", "5", 4608, 45.0, 40.0, 1, 1), "dev_n": 300, "dev_by_n": {"50": 44.0, "300": 40.0}}]
+    body = [line for line in tool.steps_table(rows, 100.0, dev_n=300) if line.startswith("| s5")]
+    assert [line.split(" | ")[7] for line in body] == ["-", "40.0"]
