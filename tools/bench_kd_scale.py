@@ -534,8 +534,16 @@ def targets(rows, tb, tc, key: str = "bytes", dev_n: int | None = None) -> list[
         trained = [r for r in rows if r.get("method") in METHODS and r.get(key) and 100 * r[key] / tb <= cap]
         scored = [r for r in trained if score(r) is not None] if dev_n else trained
         if not scored:
-            out.append(f"- >= {need:g}% at <= {cap:g}% with a trained student: not measured" if not trained else
-                       f"- >= {need:g}% at <= {cap:g}%: no candidate has a score {rule}")
+            sized = [r for r in rows if r.get("method") in METHODS and r.get(key)]
+            if trained:
+                out.append(f"- >= {need:g}% at <= {cap:g}%: no candidate has a score {rule}")
+            elif sized:  # every trained row is over the cap: by how much the smallest is, measured
+                small = min(sized, key=lambda r: (r[key], -r["chrf"]))
+                out.append(f"- >= {need:g}% at <= {cap:g}%: no trained row within {cap:g}% -> missed: the smallest, "
+                           f"`{small['name']}`, is {100 * small[key] / tb:.2f}% ({100 * small[key] / tb - cap:.2f} "
+                           f"points over), keeping {100 * small['chrf'] / tc:.1f}%")
+            else:
+                out.append(f"- >= {need:g}% at <= {cap:g}% with a trained student: not measured")
             continue
         by_dev = max(scored, key=lambda r: score(r) or 0)
         best = max(trained, key=lambda r: r["chrf"])
