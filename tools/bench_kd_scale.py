@@ -388,8 +388,8 @@ def _under_a_cap(r: dict, teacher: dict) -> bool:
 
 
 def rescore_dev(args) -> None:
-    """Decode the whole dev split (``OUT/runs/NAME/dev-N``) for every trained row under a size cap that lacks a
-    score on it, in OUT and each --also OUT (a row name that two folders share: the first, as the report merges
+    """Decode the whole dev split (``OUT/runs/NAME/dev-N``) for the teacher and every trained row under a size cap
+    that lacks a score on it, in OUT and each --also OUT (a row name that two folders share: the first, as the report merges
     them); the first-FIRST_DEV score is kept (or computed from the whole decode's first lines when the row was run
     with the whole split). Resumable: each row's score is saved as it comes."""
     import tempfile
@@ -416,8 +416,8 @@ def rescore_dev(args) -> None:
             if name.startswith("_") or "chrf" not in r or name in seen:
                 continue
             seen.add(name)
-            if r.get("method") not in METHODS or not _under_a_cap(r, teacher):
-                continue
+            if name != "teacher" and (r.get("method") not in METHODS or not _under_a_cap(r, teacher)):
+                continue  # the teacher's whole-dev score is the reference the rows' dev column reads against
             if dev_score(r, n) is None:
                 model = out / "runs" / name / "model"
                 if not model.exists():
