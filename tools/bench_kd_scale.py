@@ -657,7 +657,8 @@ def write_frontier(args, results: dict, argv) -> None:
              "students pruned as above (iterative search on the dev split), trimmed to 20k generated sentences, "
              "trained by each method on generated utterances (steps and utterance pool per row there), then "
              "ct-quantized; the no-training rows quantize the trimmed teacher; test split, 300 utterances. "
-             "Front = not beaten in both chrF++ and size, per measure.", ""]
+             "Front = not beaten in both chrF++ and size, per measure (read off the test scores: it reports and "
+             "chooses nothing; the row per size target is chosen on the whole dev split, in fidelity-scale.md).", ""]
     for key, base, title in (("bytes", tb, "safetensors bytes (2025)"), ("torch_save", tts, "torch.save after loading (2026/2027)")):
         pts = [r for r in rows if r.get(key)]
         front = _front(pts, key)
