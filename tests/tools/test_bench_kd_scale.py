@@ -1,5 +1,6 @@
 """tools/bench_kd_scale.py: its quantization kinds, the targets per size measure and the steps table (no model run)."""
 
+import json
 import sys
 from pathlib import Path
 
@@ -107,3 +108,33 @@ def test_targets_say_by_how_much_every_trained_row_is_over_the_cap(tool):
     assert line == ("- >= 50% at <= 5%: no trained row within 5% -> missed: the smallest, `s5-ub-ct2s`, is 5.30% "
                     "(0.30 points over), keeping 37.5%")
     assert tool.targets([], 1000, 80.0)[2] == "- >= 50% at <= 5% with a trained student: not measured"
+
+
+def test_rescore_dev_scores_the_first_50_from_a_whole_split_decode(tool, tmp_path):
+    """Rows run on the whole dev split get the first-50 score from their decode's first lines; rows over every
+    cap and untrained rows are left alone (no model is decoded here: every candidate already has the whole split)."""
+    import argparse
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    corpus, out = tmp_path / "corpus", tmp_path / "out"
+    corpus.mkdir()
+    pq.write_table(pa.table({"id": list(range(60))}), corpus / "dev.parquet")
+    refs = [f"Der Hund {i} schläft im Garten." for i in range(60)]
+    hyps = refs[:50] + ["falsch"] * 10  # the first 50 exact, the last 10 wrong
+    run = out / "runs" / "s5-wordref-9-ct4e" / "dev"
+    run.mkdir(parents=True)
+    (run / "hyp.de").write_text("".join(h + "\n" for h in hyps), "utf-8")
+    (run / "ref.de").write_text("".join(r + "\n" for r in refs), "utf-8")
+    results = {"teacher": {"name": "teacher", "method": "teacher", "chrf": 80.0, "bytes": 1000, "torch_save": 1000,
+                           "dev_chrf": 79.0, "dev_n": 60},
+               "s5-wordref-9-ct4e": {**_row("s5-wordref-9-ct4e", "5", 9, 40.0, 70.0, 40, 100), "dev_n": 60},
+               "s25-wordref-9-ct4s": {**_row("s25-wordref-9-ct4s", "25", 9, 70.0, 71.0, 280, 290), "dev_n": 60}}
+    (out / "results.json").write_text(json.dumps(results))
+    args = argparse.Namespace(corpus=corpus, out=out, also=[], lang="en-de", threads=1)
+    tool.rescore_dev(args)
+    after = json.loads((out / "results.json").read_text())
+    assert tool.dev_score(after["s5-wordref-9-ct4e"], 50) == 100.0  # the first 50 lines are exact
+    assert tool.dev_score(after["s5-wordref-9-ct4e"], 60) == 70.0
+    assert "dev_by_n" not in after["s25-wordref-9-ct4s"]  # 28% / 29%: over every cap, not a candidate
