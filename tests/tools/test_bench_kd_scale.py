@@ -172,3 +172,73 @@ def test_mr_replaces_a_block_to_the_same_depth_then_distils(tool, toy_runs):
 def test_unknown_method_names_the_known_ones(tool, toy_runs):
     with pytest.raises(SystemExit, match="unknown method 'nope'.*wordhid, twostep, mr"):
         tool.train_method("nope", "x", steps=2, **toy_runs[1])
+
+
+def test_dev_score_reads_the_slice_asked_for(tool):
+    r = {"dev_chrf": 70.0, "dev_n": 300, "dev_by_n": {"50": 78.0, "300": 70.0}}
+    assert tool.dev_score(r, 300) == 70.0 and tool.dev_score(r, 50) == 78.0
+    assert tool.dev_score({"dev_chrf": 78.0, "dev_n": 50}, 50) == 78.0  # an earlier run's row: no dev_by_n
+    assert tool.dev_score({"dev_chrf": 78.0, "dev_n": 50}, 300) is None
+    assert tool.dev_score({"dev_chrf": 78.0}, None) is None
+
+
+def test_targets_choose_on_the_whole_dev_split(tool):
+    # the first 50 dev utterances rank a over b; the whole split (300) ranks b over a; c has no whole-dev score
+    a = {**_row("a", "25", 768, 74.0, 70.0, 240, 240), "dev_n": 300, "dev_by_n": {"50": 78.0, "300": 70.0}}
+    b = {**_row("b", "25", 768, 77.0, 72.0, 240, 240), "dev_n": 300, "dev_by_n": {"50": 76.0, "300": 72.0}}
+    c = {**_row("c", "25", 768, 80.0, 90.0, 240, 240), "dev_n": 50}
+    line = tool.targets([a, b, c], 1000, 84.0, dev_n=300)[0]
+    assert line.startswith("- >= 90% at <= 25%: chosen on the whole dev split (300) `b` keeps 91.7% at 24.0% -> met")
+    assert "the first 50 dev utterances would choose `c`, 95.2%" in line  # c's first-50 score is its dev_chrf
+    assert "not candidates (no whole-dev score): `c`" in line
+    assert "best on test: `c` 95.2%" in line
+    # the same rows without c: the old rule's pick a is named, with what it keeps on test
+    line = tool.targets([a, b], 1000, 84.0, dev_n=300)[0]
+    assert "the first 50 dev utterances would choose `a`, 88.1%" in line and "not candidates" not in line
+    # nothing scored on the whole split: said, not chosen
+    assert tool.targets([c], 1000, 84.0, dev_n=300)[0] == "- >= 90% at <= 25%: no candidate has a score on the whole dev split (300)"
+
+
+def test_steps_table_dev_column_is_the_whole_split(tool):
+    rows = [{**_row("s5-a", "5", 384, 20.0, 25.0, 1, 1), "dev_n": 50},
+            {**_row("s5-b", "5", 4608, 45.0, 40.0, 1, 1), "dev_n": 300, "dev_by_n": {"50": 44.0, "300": 40.0}}]
+    body = [line for line in tool.steps_table(rows, 100.0, dev_n=300) if line.startswith("| s5")]
+    assert [line.split(" | ")[7] for line in body] == ["-", "40.0"]
+
+
+def test_targets_say_by_how_much_every_trained_row_is_over_the_cap(tool):
+    rows = [_row("s5-ct4s", "5", 4608, 40.0, 41.0, 40, 62), _row("s5-ub-ct2s", "5", 4608, 30.0, 31.0, 39, 53)]
+    line = tool.targets(rows, 1000, 80.0, key="torch_save", dev_n=300)[2]
+    assert line == ("- >= 50% at <= 5%: no trained row within 5% -> missed: the smallest, `s5-ub-ct2s`, is 5.30% "
+                    "(0.30 points over), keeping 37.5%")
+    assert tool.targets([], 1000, 80.0)[2] == "- >= 50% at <= 5% with a trained student: not measured"
+
+
+def test_rescore_dev_scores_the_first_50_from_a_whole_split_decode(tool, tmp_path):
+    """Rows run on the whole dev split get the first-50 score from their decode's first lines; rows over every
+    cap and untrained rows are left alone (no model is decoded here: every candidate already has the whole split)."""
+    import argparse
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    corpus, out = tmp_path / "corpus", tmp_path / "out"
+    corpus.mkdir()
+    pq.write_table(pa.table({"id": list(range(60))}), corpus / "dev.parquet")
+    refs = [f"Der Hund {i} schläft im Garten." for i in range(60)]
+    hyps = refs[:50] + ["falsch"] * 10  # the first 50 exact, the last 10 wrong
+    run = out / "runs" / "s5-wordref-9-ct4e" / "dev"
+    run.mkdir(parents=True)
+    (run / "hyp.de").write_text("".join(h + "\n" for h in hyps), "utf-8")
+    (run / "ref.de").write_text("".join(r + "\n" for r in refs), "utf-8")
+    results = {"teacher": {"name": "teacher", "method": "teacher", "chrf": 80.0, "bytes": 1000, "torch_save": 1000,
+                           "dev_chrf": 79.0, "dev_n": 60},
+               "s5-wordref-9-ct4e": {**_row("s5-wordref-9-ct4e", "5", 9, 40.0, 70.0, 40, 100), "dev_n": 60},
+               "s25-wordref-9-ct4s": {**_row("s25-wordref-9-ct4s", "25", 9, 70.0, 71.0, 280, 290), "dev_n": 60}}
+    (out / "results.json").write_text(json.dumps(results))
+    args = argparse.Namespace(corpus=corpus, out=out, also=[], lang="en-de", threads=1)
+    tool.rescore_dev(args)
+    after = json.loads((out / "results.json").read_text())
+    assert tool.dev_score(after["s5-wordref-9-ct4e"], 50) == 100.0  # the first 50 lines are exact
+    assert tool.dev_score(after["s5-wordref-9-ct4e"], 60) == 70.0
+    assert "dev_by_n" not in after["s25-wordref-9-ct4s"]  # 28% / 29%: over every cap, not a candidate
