@@ -85,6 +85,9 @@ METHODS = {"ft": "fine-tuning on references", "seq": "sequence-level KD (fine-tu
                  "quarter of the steps), then word-level KD on references for the rest"}
 # every method trains on the grammar's references (speech/) unless named here (the teacher's translations)
 ON_TRANSLATIONS = ("seq", "word")
+# the plot's marker per row kind: every method has one (a method without one would be left out of the plot)
+PLOT_MARKERS = {"teacher": "*", "none": "D", "untrained": "x", "ft": "o", "seq": "s", "word": "^", "wordref": "v",
+                "wordhid": "P", "twostep": "X", "mr": "h"}
 NOTES_HEADING = "## How it was run"  # --report keeps the file's text from this heading on
 FRONTIER_BEGIN = "<!-- bench_kd_scale: begin -->"
 FRONTIER_END = "<!-- bench_kd_scale: end -->"
@@ -443,8 +446,8 @@ def run_all(args, results: dict, results_path: Path) -> None:
                 rows = json.loads((model / "config.json").read_text())["text_config"]["vocab_size"]
                 vocab_note = f", vocabulary trimmed again to the bytes its tokens use ({rows:,} rows; byte_alphabet: false)"
             for q in args.quant.split(","):
-                alloc = allocation_for(q, model, group, qname) if quant_kind(q)[2] is not None else None
-                try:
+                try:  # an infeasible allocation budget is logged like a refused quantization: the next row runs
+                    alloc = allocation_for(q, model, group, qname) if quant_kind(q)[2] is not None else None
                     qm, qs, qc = stage(f"{qname}-{q}", "quantize",
                                        quant_options(q, group, runs / f"{qname}-{q}.allocation.json"), model)
                 except UserError as e:
@@ -578,10 +581,10 @@ def write_report(args, results: dict, argv) -> None:
         f"(`--sentences {data.get('options', {}).get('sentences')} --text {data.get('text_sentences')} "
         f"--exclude {' '.join(data.get('options', {}).get('exclude', []))}`: toy grammar seed "
         f"{data.get('options', {}).get('seed')}, the corpus's {data.get('excluded_sentences')} dev/test sentences "
-        f"removed, spoken by espeak-ng, {data.get('speech', {}).get('hours')} h); `ft` and `wordref` train on the "
-        f"grammar's references, `seq` and `word` on the toy teacher's {data.get('teacher', {}).get('teacher_pairs')} "
+        f"removed, spoken by espeak-ng, {data.get('speech', {}).get('hours')} h); {', '.join(f'`{m}`' for m in METHODS if m not in ON_TRANSLATIONS)} train on the "
+        f"grammar's references, {' and '.join(f'`{m}`' for m in ON_TRANSLATIONS)} on the toy teacher's {data.get('teacher', {}).get('teacher_pairs')} "
         "translations of the same audio (no QE filter); a row's 'what' names its training-utterance pool where it "
-        "differs from the 1,024 translated ones (`wordref`: all of them). Vocabulary trimmed to the English and German of "
+        "differs from the 1,024 translated ones (the reference-trained methods: all of them). Vocabulary trimmed to the English and German of "
         f"{data.get('text_sentences')} generated sentences (no dev/test sentence among them).", "",
         f"**Budget**: the same number of steps of batch 8 for every method within a budget ('steps' column; "
         f"utterances seen = 8 x steps), lr {meta.get('lr')}, cosine, 10% warm-up, float32, 1 torch thread; the "
@@ -717,7 +720,7 @@ def plot_png(rows, tb, tc, tts, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), sharey=True)
-    markers = {"teacher": "*", "none": "D", "untrained": "x", "ft": "o", "seq": "s", "word": "^", "wordref": "v"}
+    markers = PLOT_MARKERS
     labels = {"teacher": "teacher", "none": "no training (trim + ct)", "untrained": "pruned, untrained",
               **{k: k + ": " + v.split(" (")[0] for k, v in METHODS.items()}}
     for ax, key, base, title in ((axes[0], "bytes", tb, "safetensors bytes (2025)"),

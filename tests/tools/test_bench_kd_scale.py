@@ -242,3 +242,9 @@ def test_rescore_dev_scores_the_first_50_from_a_whole_split_decode(tool, tmp_pat
     assert tool.dev_score(after["s5-wordref-9-ct4e"], 50) == 100.0  # the first 50 lines are exact
     assert tool.dev_score(after["s5-wordref-9-ct4e"], 60) == 70.0
     assert "dev_by_n" not in after["s25-wordref-9-ct4s"]  # 28% / 29%: over every cap, not a candidate
+
+
+def test_every_method_has_a_plot_marker_and_a_data_pool(tool):
+    assert set(tool.METHODS) <= set(tool.PLOT_MARKERS)
+    assert len(set(tool.PLOT_MARKERS.values())) == len(tool.PLOT_MARKERS)  # one marker per kind
+    assert set(tool.ON_TRANSLATIONS) < set(tool.METHODS)
