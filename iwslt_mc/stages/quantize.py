@@ -175,6 +175,9 @@ class QuantizeOptions(StageOptions):
             if v < (0 if name == "iters" else 1):
                 raise UserError(f"stage quantize: {name} must be a {'non-negative' if name == 'iters' else 'positive'} "
                                 f"integer, not {v}")
+        if self.quantize_audio and self.calibration != "audio":
+            raise UserError("stage quantize: quantize_audio needs calibration: audio (text samples never reach the "
+                            "audio encoder, so its layers would have no calibration input)")
         if self.calibration == "audio" and self.seqlen != 128:
             raise UserError("stage quantize: option seqlen is for calibration text (calibration audio takes whole "
                             "utterances)")
