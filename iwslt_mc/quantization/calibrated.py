@@ -126,9 +126,10 @@ def rewrite_config(cfg: dict, kept_float: list[str], source: dict | None = None)
 
 
 @contextlib.contextmanager
-def _lift_width_rule():
-    """Within the block, AutoRound quantizes Linear layers whose widths are not multiples of 32 (its resolver
-    otherwise pins them at 16 bits, for kernels this export does not use)."""
+def _lift_width_rule(quantized: set[str]):
+    """AutoRound quantizes the Linear layers in ``quantized`` whose widths are not multiples of 32 (its resolver
+    otherwise pins them at 16 bits, for kernels this export does not use); the others stay as it resolves them
+    (a trimmed vocabulary's lm_head, 1,176 rows, stays float unless it is asked for)."""
     from auto_round.compressors import layer_config_resolver as lcr
 
     original = lcr.apply_layer_config_special_cases
@@ -138,7 +139,7 @@ def _lift_width_rule():
         out = original(layer_config, model, default_dict, supported_types, inner_supported_types, *args, **kwargs)
         resolved = out[0]
         for n, m in model.named_modules():
-            if n not in resolved:
+            if n not in resolved or n not in quantized:
                 continue
             if not (type(m) in supported_types or m.__class__.__name__ in inner_supported_types):
                 continue
@@ -282,7 +283,7 @@ def _quantize_and_export(model, processor, family, out_dir, tmp, o, texts, block
     torch.manual_seed(seed)
     hook = model.register_forward_pre_hook(_cast_floats, with_kwargs=True) if audio else None
     try:
-        with _lift_width_rule(), _quiet():
+        with _lift_width_rule(set(quantized)), _quiet():
             ar = AutoRound(model, tok, processor=processor, bits=o.bits, group_size=o.group_size, sym=True,
                            iters=o.iters, nsamples=nsamples, seqlen=seqlen, batch_size=batch,
                            dataset=samples, to_quant_block_names=block_lists(model, blocks),
