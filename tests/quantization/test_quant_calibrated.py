@@ -385,3 +385,26 @@ def test_help_options_documents_the_autoround_scope(capsys):
     text = capsys.readouterr().out
     for word in ("quantize_lm_head", "quantize_audio", "calibration", "autoround"):
         assert word in text
+
+
+@needs_ar
+def test_autoround_on_a_trimmed_vocabulary_packs_lm_head_only_when_asked(kit, tmp_path):
+    """A trimmed vocabulary's lm_head has a row count AutoRound's own rule keeps at 16 bits (not a multiple of 32):
+    a blocks-only build leaves it float (the rule is lifted only for the layers the stage quantizes), and
+    quantize_lm_head packs it; both sized exactly."""
+    from test_quant_packed import organizers_torch_save
+
+    from iwslt_mc.sizing import sizer
+
+    ctx = StageContext(log=lambda *a: None, device="cpu", data=[str(kit / "data")])
+    trimmed = tmp_path / "trim"
+    run_stage(make_stage("trim-vocab", {"use_data": True}), kit / "model", trimmed, ctx)
+    rows = json.loads((trimmed / "config.json").read_text())["text_config"]["vocab_size"]
+    assert rows % 32
+    for lm in (False, True):
+        out = tmp_path / f"ar-lm{int(lm)}"
+        extra = run_stage(make_stage("quantize", {**FAST_AUDIO, "bits": 3, "quantize_lm_head": lm}), trimmed, out, ctx)
+        assert extra["quantized_linear_layers"] == 28 + lm
+        real, sd = organizers_torch_save(out, tmp_path)
+        assert ("lm_head.weight_packed" in sd) == lm and ("lm_head.weight" in sd) == (not lm)
+        assert sizer.measure(out, edition="2027").torch_save.bytes_cpu == real
