@@ -74,10 +74,7 @@ def variant(name: str) -> dict:
         elif p.startswith("n"):
             n = int(p[1:])
     o = {"method": "autoround", "bits": b, "group_size": G, "iters": iters, "nsamples": n, "calibration": cal}
-    if lm:
-        o["quantize_lm_head"] = True
-    if enc:
-        o["quantize_audio"] = True
+    o.update(quantize_lm_head=lm, quantize_audio=enc)  # explicit: the stage's defaults changed (audio on)
     if cal == "text":
         o["seqlen"] = 64
         on = f"{n} text samples of 64 tokens"

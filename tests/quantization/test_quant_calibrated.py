@@ -124,7 +124,14 @@ def test_autoround_options_are_refused_by_the_other_methods():
         QuantizeOptions.from_dict({"method": "ct", "iters": 5}, stage="quantize").validate()
     with pytest.raises(UserError, match="option calibration is for method autoround only"):
         QuantizeOptions.from_dict({"method": "ct", "calibration": "text"}, stage="quantize").validate()
-    assert QuantizeOptions.from_dict({"method": "autoround"}, stage="quantize").calibration == "audio"
+    default = QuantizeOptions.from_dict({"method": "autoround"}, stage="quantize")
+    assert default.calibration == "audio"
+    # the measured defaults (docs/bench/quant_calibrated.md): the audio encoder quantized where it is calibrated
+    # (calibration audio), lm_head float; the other methods never take them
+    assert default.quantize_audio is True and default.quantize_lm_head is False
+    text = QuantizeOptions.from_dict({"method": "autoround", "calibration": "text"}, stage="quantize")
+    assert text.quantize_audio is False
+    assert QuantizeOptions.from_dict({"method": "ct"}, stage="quantize").quantize_audio is False
 
 
 def test_audio_calibration_batches_are_the_models_own_inputs(kit):
@@ -179,7 +186,8 @@ def test_autoround_audio_calibration_runs_the_audio_path_and_stays_packed(kit, a
     logs = []
     out = tmp_path / "ar4-audio"
     opts = {k: v for k, v in FAST.items() if k not in ("seqlen", "calibration")}  # audio: the default
-    extra = run_stage(make_stage("quantize", {**opts, "bits": 4}), kit / "model",
+    # the audio encoder kept float here (its default with audio calibration is quantized), to compare with text's
+    extra = run_stage(make_stage("quantize", {**opts, "bits": 4, "quantize_audio": False}), kit / "model",
                       out, StageContext(log=logs.append, device="cpu", data=[str(kit / "data")]))
     assert seen and all("input_features" in s and s["input_ids"][0] == 2 for s in seen), seen
     assert extra["quantized_linear_layers"] == 28
@@ -227,14 +235,15 @@ def test_autoround_is_refused_for_a_family_it_was_not_measured_on(gemma_kit):
 
 # -- every Linear layer: lm_head (quantize_lm_head), the audio encoder's Linear layers and the projector
 # (quantize_audio), calibrated on audio (the audio encoder's layers only see audio)
-SCOPES = {"all": {"quantize_lm_head": True, "quantize_audio": True}, "lm": {"quantize_lm_head": True},
-          "enc": {"quantize_audio": True}}
+SCOPES = {"all": {"quantize_lm_head": True, "quantize_audio": True},
+          "lm": {"quantize_lm_head": True, "quantize_audio": False}, "enc": {}}  # enc: the defaults
 FAST_AUDIO = {k: v for k, v in FAST.items() if k not in ("seqlen", "calibration")}
 
 
 @pytest.fixture(scope="module")
 def ar_scope_builds(kit, tmp_path_factory):
-    """ar{4,3,2}-all, ar2-lm, ar3-enc on the kit (1 iteration on 2 utterances)."""
+    """ar{4,3,2}-all, ar2-lm, ar3-enc (the defaults with audio calibration) on the kit (1 iteration on 2
+    utterances)."""
     torch.set_num_threads(min(2, torch.get_num_threads()))
     root = tmp_path_factory.mktemp("autoround-scope")
     out = {}
@@ -267,7 +276,7 @@ def test_autoround_scopes_are_sized_exactly_under_every_edition_and_stay_packed(
     opts, extra, logs = builds[name]
     out = root / name
     real, sd = organizers_torch_save(out, tmp_path)
-    lm, enc = opts.get("quantize_lm_head", False), opts.get("quantize_audio", False)
+    lm, enc = opts.get("quantize_lm_head", False), opts.get("quantize_audio", True)
     bits = opts["bits"]
 
     def linear(prefix, rows, cols, is_packed):
@@ -403,7 +412,8 @@ def test_autoround_on_a_trimmed_vocabulary_packs_lm_head_only_when_asked(kit, tm
     assert rows % 32
     for lm in (False, True):
         out = tmp_path / f"ar-lm{int(lm)}"
-        extra = run_stage(make_stage("quantize", {**FAST_AUDIO, "bits": 3, "quantize_lm_head": lm}), trimmed, out, ctx)
+        extra = run_stage(make_stage("quantize", {**FAST_AUDIO, "bits": 3, "quantize_lm_head": lm,
+                                                  "quantize_audio": False}), trimmed, out, ctx)
         assert extra["quantized_linear_layers"] == 28 + lm
         real, sd = organizers_torch_save(out, tmp_path)
         assert ("lm_head.weight_packed" in sd) == lm and ("lm_head.weight" in sd) == (not lm)
