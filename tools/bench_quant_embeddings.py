@@ -85,7 +85,9 @@ def int8_embeddings(src: Path, dst: Path) -> Path:
 
 def organizers_torch_save(model_dir: Path, work: Path) -> tuple[int, dict]:
     """``from_pretrained(dtype="auto")`` (no forward), ``torch.save`` of the state dict to a file named as the
-    organizers' temporary file; its bytes and the embeddings' stored dtypes."""
+    organizers' temporary file, with the storage location tags a model on one GPU writes (``cuda:0``, a new string
+    per storage: the sizer's 2027 figure; tests/quantization/test_quant_packed.py checks the equivalence); its
+    bytes and the embeddings' stored dtypes."""
     import torch
     from transformers import Qwen2AudioForConditionalGeneration
 
@@ -95,7 +97,12 @@ def organizers_torch_save(model_dir: Path, work: Path) -> tuple[int, dict]:
     sd = model.state_dict()
     work.mkdir(parents=True, exist_ok=True)
     path = work / f"{ORGANIZERS_ARCHIVE}.pt"
-    torch.save(sd, path)
+    orig = torch.serialization.location_tag
+    torch.serialization.location_tag = lambda storage: "cuda:" + str(0)
+    try:
+        torch.save(sd, path)
+    finally:
+        torch.serialization.location_tag = orig
     n = path.stat().st_size
     path.unlink()
     return n, {k: str(v.dtype).replace("torch.", "") for k, v in sd.items() if "embed_tokens" in k}
@@ -110,6 +117,8 @@ def main(argv=None) -> int:
     ap.add_argument("--test-limit", type=int, default=100)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--report", type=Path)
+    ap.add_argument("--reference-bytes", type=int, help="also give torch.save bytes as %% of this (e.g. the "
+                    "untrimmed teacher's 2027 figure)")
     ap.add_argument("--lang", default="en-de")
     args = ap.parse_args(argv)
     import compressed_tensors
@@ -141,21 +150,22 @@ def main(argv=None) -> int:
     for name, d, src in rows:
         run = runs / name
         cached = run / "result.json"
+        if src is not None and not (d / "config.json").exists():
+            int8_embeddings(src, d)
+        ts, emb = organizers_torch_save(d, run)  # cheap: measured every run
         if not cached.exists():
-            if src is not None and not (d / "config.json").exists():
-                int8_embeddings(src, d)
             print(f"== {name}", flush=True)
-            ts, emb = organizers_torch_save(d, run)
-            r = {"name": name, "dir": str(d), "torch_save": ts, "embeddings": emb,
+            r = {"name": name, "dir": str(d),
                  "dev_kl": None if name == "teacher" else mixed.dev_kl(d, batches, reference)}
             t = fid.evaluate(d, run, args, test)
             r.update(chrf=t["chrf"], tokens_per_s=round(t["tokens"] / t["decode_seconds"], 1) if t["decode_seconds"]
                      else None)
             atomic_write_json(cached, r)
-        results.append(json.loads(cached.read_text()))
+        results.append({**json.loads(cached.read_text()), "torch_save": ts, "embeddings": emb})
         r = results[-1]
         print(f"   {name}: torch.save {r['torch_save']:,}  dev KL {r['dev_kl']}  chrF++ {r['chrf']:.2f}", flush=True)
     meta = {"date": time.strftime("%Y-%m-%d"), "threads": torch.get_num_threads(), "teacher": str(teacher),
+            "reference_bytes": args.reference_bytes,
             "corpus": str(args.corpus), "dev": len(dev), "test": len(test),
             "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                          "compressed-tensors": compressed_tensors.__version__},
@@ -174,14 +184,18 @@ def markdown(results: list[dict], meta: dict) -> str:
              f"transformers {v['transformers']}, compressed-tensors {v['compressed-tensors']}). Teacher (the KL and "
              f"the % are against it) `{meta['teacher']}`; dev KL on the first {meta['dev']} dev utterances, chrF++ of "
              f"the first {meta['test']} test utterances decoded once (greedy, float32); rows fixed before measuring. "
-             "torch.save: a real `torch.save(model.state_dict())` after `from_pretrained(dtype=\"auto\")`.", "",
-             "| row | embeddings after loading | torch.save bytes | % of teacher | dev KL | chrF++ | % of teacher |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+             "torch.save: a real `torch.save(model.state_dict())` after `from_pretrained(dtype=\"auto\")`, with a GPU "
+             "model's storage tags (the 2027 measure)"
+             + (f"; reference: {meta['reference_bytes']:,} bytes" if meta.get("reference_bytes") else "") + ".", "",
+             "| row | embeddings after loading | torch.save bytes | % of teacher | "
+             + ("% of reference | " if meta.get("reference_bytes") else "") + "dev KL | chrF++ | % of teacher |",
+             "| --- | --- | ---: | ---: | " + ("---: | " if meta.get("reference_bytes") else "") + "---: | ---: | ---: |"]
     for r in results:
         emb = ", ".join(f"{k.rsplit('.', 1)[1]} {d}" for k, d in sorted(r["embeddings"].items()))
         kl = "" if r["dev_kl"] is None else f"{r['dev_kl']:.4f}"
+        ref = f"{100 * r['torch_save'] / meta['reference_bytes']:.1f} | " if meta.get("reference_bytes") else ""
         lines.append(f"| {r['name']} | {emb} | {r['torch_save']:,} | {100 * r['torch_save'] / t['torch_save']:.1f} | "
-                     f"{kl} | {r['chrf']:.2f} | {100 * r['chrf'] / t['chrf']:.1f} |")
+                     f"{ref}{kl} | {r['chrf']:.2f} | {100 * r['chrf'] / t['chrf']:.1f} |")
     return "\n".join(lines) + "\n"
 
 
