@@ -7,10 +7,13 @@ calibrated methods, it is a pure-Python wheel (GPTQ's ``gptqmodel`` is an sdist 
 smoothing can break a speech LLM's audio path), it runs on the CPU, and its ``llm_compressor`` export is a
 checkpoint transformers loads packed (``dequantize: false``: torch.save counts packed bytes).
 
-What it quantizes: the Linear layers of the family's LLM decoder blocks (``to_quant_block_names``), 2, 3 or 4
-bits, symmetric groups of ``group_size`` input weights, scales in the model's float dtype. Token embeddings,
-``lm_head``, the audio encoder and the projector stay as stored (AutoRound tunes block by block; the organizers'
-load keeps packed embeddings float anyway). ``iters`` steps of signed gradient descent per block, on the
+What it quantizes (:func:`quantized_parts`): the Linear layers of the family's LLM decoder blocks
+(``to_quant_block_names``); with ``quantize_audio`` (the default under audio calibration) those of the audio
+encoder's layers too, tuned block by block on the audio they receive, and the projector; with
+``quantize_lm_head``, lm_head (AutoRound tunes Linear layers outside the block stacks one by one on their recorded
+inputs, after the blocks); 2, 3 or 4 bits, symmetric groups of ``group_size`` input weights, scales in the model's
+float dtype. Token embeddings (the organizers' load keeps packed embeddings float anyway) and the audio encoder's
+convolutions and position table stay as stored. ``iters`` steps of signed gradient descent per block, on the
 block inputs of the calibration samples of the stage's data (``--data``, its ``train`` split):
 
 - ``calibration: audio``: the model's real inputs, ``nsamples`` utterances encoded as decoding and the
