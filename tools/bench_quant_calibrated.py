@@ -103,9 +103,7 @@ def main(argv=None) -> int:
     import torch
     import transformers
 
-    from iwslt_mc import modelio
     from iwslt_mc.fsutil import atomic_write_json
-    from iwslt_mc.quantization.sensitivity import _batches, _logprobs
     from iwslt_mc.sizing import sizer
     from iwslt_mc.training import data
 
@@ -115,11 +113,7 @@ def main(argv=None) -> int:
     runs = args.out / "runs"
     runs.mkdir(parents=True, exist_ok=True)
     dev = data.load_examples(str(args.corpus), "dev", lang=args.lang, limit=args.dev_limit)
-    batches = _batches(teacher, dev, args.lang, 8)
-    fmodel = modelio.load_model(teacher, dtype=torch.float32, device="cpu")
-    fmodel.eval()
-    reference = _logprobs(fmodel, batches)
-    del fmodel
+    batches, reference = mixed.dev_reference(teacher, dev, args.lang)
 
     vs = [variant(n) for n in args.variants.split(",") if n]
     for spec in args.reuse:

@@ -125,9 +125,7 @@ def main(argv=None) -> int:
     import torch
     import transformers
 
-    from iwslt_mc import modelio
     from iwslt_mc.fsutil import atomic_write_json
-    from iwslt_mc.quantization.sensitivity import _batches, _logprobs
     from iwslt_mc.training import data
 
     mixed, fid = _tool("bench_quant_mixed"), _tool("bench_fidelity")
@@ -136,11 +134,7 @@ def main(argv=None) -> int:
     runs = args.out / "runs"
     dev = data.load_examples(str(args.corpus), "dev", lang=args.lang, limit=args.dev_limit)
     test = data.load_examples(str(args.corpus), "test", lang=args.lang, limit=args.test_limit)
-    batches = _batches(teacher, dev, args.lang, 8)
-    fmodel = modelio.load_model(teacher, dtype=torch.float32, device="cpu")
-    fmodel.eval()
-    reference = _logprobs(fmodel, batches)
-    del fmodel
+    batches, reference = mixed.dev_reference(teacher, dev, args.lang)
     rows = [("teacher", teacher, None)]
     for spec in args.model:
         name, d = spec.split("=", 1)
