@@ -463,12 +463,14 @@ def spec_for_stages(stages: list[StageEntry], cfg, *, base: str, lang: str, data
                                  "predicted here as uniform symmetric ct8 (a rough figure); the file's 'predicted' is "
                                  "the exact one for the model it was made on (iwslt-mc plan --allocate)")
             per = {}
-            if method == "autoround":  # calibrated: packed symmetric ct in the LLM decoder blocks only
+            if method == "autoround":  # calibrated: packed symmetric ct in the LLM decoder blocks (and as asked)
                 from .floor.sizes import ct_precision
 
                 precision = ct_precision(int(o.get("bits") or 4), int(o.get("group_size", 128)), True)
-                per = {c: fdt for c in fam.components if c != "llm_layers"}
-            for name in o.get("skip", ["lm_head"]) or []:
+                packed = {"llm_layers"} | ({"lm_head"} if o.get("quantize_lm_head") else set()) | (
+                    {"audio_encoder", "projector"} if o.get("quantize_audio") else set())
+                per = {c: fdt for c in fam.components if c not in packed}
+            for name in ([] if method == "autoround" else o.get("skip", ["lm_head"]) or []):  # autoround: its own
                 comp = _SKIP_COMPONENTS.get(str(name).split(".")[-1])
                 if comp is None:
                     notes.append(f"quantize: skip pattern {name!r} not mapped to a component; predicted as quantized")

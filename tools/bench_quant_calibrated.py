@@ -11,8 +11,11 @@ the **dev** split (mean KL of the next-token distributions from the teacher's, t
 of each width and its round-to-nearest control (``--test``). Sizes: the 2027 measure (``torch.save`` of the
 state dict after ``from_pretrained``) by the sizer, 'predicted' by the planner before building.
 
-Choice rule (fixed before the run): per width, the variant with the lowest dev KL; AutoRound "wins" a width when
-that variant is an AutoRound one.
+Choice rule (fixed before the run): per width and scope, the variant with the lowest dev KL; AutoRound "wins"
+a width when that variant is an AutoRound one. Scope (a name's last part): none = the LLM decoder blocks;
+``-lm`` + lm_head (``quantize_lm_head``); ``-enc`` + the audio encoder's Linear layers and the projector
+(``quantize_audio``); ``-all`` both (every Linear layer: the round-to-nearest control is ct symmetric with no
+skip). ``--teacher`` may be a trimmed-vocabulary model: the KL is then to that model's own distributions.
 
     OMP_NUM_THREADS=1 nice -n 19 python tools/bench_quant_calibrated.py --corpus /work/toy/corpus-tiny \\
         --out /tmp/qcal --variants rtn2,ar2-audio,... [--reuse ar2-text=DIR ...] [--test] \\
@@ -38,6 +41,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 DEFAULT_TEACHER = ROOT / "tests" / "fixtures" / "toy" / "teacher"
 G = 128
 SCOPE = ["lm_head", "audio_tower", "multi_modal_projector"]
+# name suffix -> (quantize_lm_head, quantize_audio, ct's skip, words)
+SCOPES = {"": (False, False, SCOPE, "LLM blocks only"),
+          "lm": (True, False, ["audio_tower", "multi_modal_projector"], "LLM blocks and lm_head"),
+          "enc": (False, True, ["lm_head"], "LLM blocks, audio encoder Linear layers and projector"),
+          "all": (True, True, [], "every Linear layer (LLM blocks, lm_head, audio encoder, projector)")}
 
 
 def _tool(name: str):
@@ -48,13 +56,16 @@ def _tool(name: str):
 
 
 def variant(name: str) -> dict:
-    """``rtnB`` | ``arB-text`` | ``arB-audio`` with optional ``-iN`` (iterations) and ``-nN`` (samples)."""
-    if name.startswith("rtn"):
-        b = int(name[3:])
-        return {"name": name, "bits": b, "kind": "rtn",
-                "what": f"ct {b}-bit symmetric packed, groups of {G}, round-to-nearest (scales: auto), LLM blocks only",
-                "options": {"method": "ct", "bits": b, "group_size": G, "symmetric": True, "skip": SCOPE}}
+    """``rtnB`` | ``arB-text`` | ``arB-audio`` with optional ``-iN`` (iterations) and ``-nN`` (samples), then an
+    optional scope (``-lm``, ``-enc``, ``-all``)."""
     parts = name.split("-")
+    scope = parts.pop() if parts[-1] in SCOPES else ""
+    lm, enc, skip, words = SCOPES[scope]
+    if name.startswith("rtn"):
+        b = int(parts[0][3:])
+        return {"name": name, "bits": b, "kind": "rtn", "scope": scope,
+                "what": f"ct {b}-bit symmetric packed, groups of {G}, round-to-nearest (scales: auto), {words}",
+                "options": {"method": "ct", "bits": b, "group_size": G, "symmetric": True, "skip": skip}}
     b, cal = int(parts[0][2:]), parts[1]
     iters, n = 50, 32
     for p in parts[2:]:
@@ -63,13 +74,15 @@ def variant(name: str) -> dict:
         elif p.startswith("n"):
             n = int(p[1:])
     o = {"method": "autoround", "bits": b, "group_size": G, "iters": iters, "nsamples": n, "calibration": cal}
+    o.update(quantize_lm_head=lm, quantize_audio=enc)  # explicit: the stage's defaults changed (audio on)
     if cal == "text":
         o["seqlen"] = 64
         on = f"{n} text samples of 64 tokens"
     else:
         on = f"{n} utterances (audio prompt + reference)"
-    return {"name": name, "bits": b, "kind": f"autoround-{cal}", "options": o,
-            "what": f"AutoRound {b}-bit symmetric packed, groups of {G}, {iters} iterations on {on} of the train split"}
+    return {"name": name, "bits": b, "kind": f"autoround-{cal}", "options": o, "scope": scope,
+            "what": f"AutoRound {b}-bit symmetric packed, groups of {G}, {iters} iterations on {on} of the train split"
+                    + (f"; {words}" if scope else "")}
 
 
 def main(argv=None) -> int:
@@ -90,9 +103,7 @@ def main(argv=None) -> int:
     import torch
     import transformers
 
-    from iwslt_mc import modelio
     from iwslt_mc.fsutil import atomic_write_json
-    from iwslt_mc.quantization.sensitivity import _batches, _logprobs
     from iwslt_mc.sizing import sizer
     from iwslt_mc.training import data
 
@@ -102,11 +113,7 @@ def main(argv=None) -> int:
     runs = args.out / "runs"
     runs.mkdir(parents=True, exist_ok=True)
     dev = data.load_examples(str(args.corpus), "dev", lang=args.lang, limit=args.dev_limit)
-    batches = _batches(teacher, dev, args.lang, 8)
-    fmodel = modelio.load_model(teacher, dtype=torch.float32, device="cpu")
-    fmodel.eval()
-    reference = _logprobs(fmodel, batches)
-    del fmodel
+    batches, reference = mixed.dev_reference(teacher, dev, args.lang)
 
     vs = [variant(n) for n in args.variants.split(",") if n]
     for spec in args.reuse:
@@ -127,6 +134,7 @@ def main(argv=None) -> int:
         t = time.time()
         d = v.get("dir") or mixed.build(teacher, run / "model", v["options"], args.lang, [str(args.corpus)])
         r = {"name": v["name"], "bits": v["bits"], "kind": v["kind"], "what": v["what"], "dir": str(d),
+             "scope": v["scope"],
              "build_seconds": None if v.get("dir") else round(time.time() - t),
              "torch_save": sizer.measure(d, edition="2027").torch_save.bytes,
              "predicted": mixed.planned_torch_save(teacher, v["options"]),
@@ -139,9 +147,9 @@ def main(argv=None) -> int:
     if args.test:
         test = data.load_examples(str(args.corpus), "test", lang=args.lang, limit=args.test_limit)
         todo = [("teacher", str(teacher))]
-        for b, best in sorted(chosen.items()):
+        for key, best in sorted(chosen.items()):
             todo.append((best["name"], best["dir"]))
-            ctl = next((r for r in results if r["name"] == f"rtn{b}"), None)
+            ctl = next((r for r in results if r["name"] == control_name(*key)), None)
             if ctl and ctl is not best:
                 todo.append((ctl["name"], ctl["dir"]))
         for name, d in todo:
@@ -175,14 +183,19 @@ def _version(mod: str) -> str:
         return "?"
 
 
-def choose(results: list[dict]) -> dict[int, dict]:
-    """Per width: the lowest dev KL."""
+def choose(results: list[dict]) -> dict[tuple[int, str], dict]:
+    """Per width and scope: the lowest dev KL."""
     out = {}
     for r in results:
-        b = r["bits"]
-        if b not in out or r["dev_kl"] < out[b]["dev_kl"]:
-            out[b] = r
+        key = (r["bits"], r.get("scope", ""))
+        if key not in out or r["dev_kl"] < out[key]["dev_kl"]:
+            out[key] = r
     return out
+
+
+def control_name(bits: int, scope: str) -> str:
+    """The round-to-nearest control of a width and scope."""
+    return f"rtn{bits}" + (f"-{scope}" if scope else "")
 
 
 def markdown(results: list[dict], chosen: dict, runs: Path, meta: dict) -> str:
@@ -197,29 +210,32 @@ def markdown(results: list[dict], chosen: dict, runs: Path, meta: dict) -> str:
              "token, of the next-token distributions from the teacher's, teacher-forced), and the first "
              f"{meta['test_limit']} **test** utterances are decoded once (greedy, float32), after the choice, for "
              "each width's dev choice and its round-to-nearest control. Bytes: the 2027 measure (torch.save after "
-             "from_pretrained), 'predicted' by the planner before building. Scope of every row: the Linear layers of "
-             "the 6 LLM decoder blocks (lm_head, embeddings, audio encoder and projector as stored).", "",
+             "from_pretrained), 'predicted' by the planner before building. "
+             + ("Scope of every row: the Linear layers of the 6 LLM decoder blocks (lm_head, embeddings, audio "
+                "encoder and projector as stored)." if not any(r.get("scope") for r in results) else
+                "Scope: the LLM decoder blocks' Linear layers, and what each row's last words add (embeddings and "
+                "the audio convolutions and position table are float in every row)."), "",
              "| variant | what | dev KL | torch.save bytes | predicted | build s | test chrF++ | % of teacher | "
              "dev choice |", "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
-    for r in sorted(results, key=lambda r: (-r["bits"], r["name"])):
+    for r in sorted(results, key=lambda r: (-r["bits"], r.get("scope", ""), r["name"])):
         te = tests.get(r["name"])
         pred = "" if r.get("predicted") is None else ("=" if r["predicted"] == r["torch_save"] else f"{r['predicted']:,}")
         built = "reused" if r["build_seconds"] is None else r["build_seconds"]
         test = f"{te['chrf']:.2f} | {100 * te['chrf'] / t['chrf']:.1f}" if te and t else " | "
-        mark = "**yes**" if chosen.get(r["bits"]) is r else ""
+        mark = "**yes**" if chosen.get((r["bits"], r.get("scope", ""))) is r else ""
         lines.append(f"| {r['name']} | {r['what']} | {r['dev_kl']:.4f} | {r['torch_save']:,} | {pred} | {built} | "
                      f"{test} | {mark} |")
     if t:
         lines += ["", f"Teacher on the same test utterances: chrF++ {t['chrf']:.2f}."]
-    lines += ["", "## Choice (dev KL, per width)", ""]
-    for b, best in sorted(chosen.items(), reverse=True):
-        ctl = next((r for r in results if r["name"] == f"rtn{b}"), None)
+    lines += ["", "## Choice (dev KL, per width" + (" and scope" if any(k[1] for k in chosen) else "") + ")", ""]
+    for (b, scope), best in sorted(chosen.items(), key=lambda kv: (-kv[0][0], kv[0][1])):
+        ctl = next((r for r in results if r["name"] == control_name(b, scope)), None)
         won = best["kind"].startswith("autoround")
-        line = f"- {b} bits: **{best['name']}** (dev KL {best['dev_kl']:.4f}"
+        line = f"- {b} bits{', ' + SCOPES[scope][3] if scope else ''}: **{best['name']}** (dev KL {best['dev_kl']:.4f}"
         if ctl is not None and ctl is not best:
             line += f" against round-to-nearest {ctl['dev_kl']:.4f}"
         line += ") -> " + ("AutoRound wins on dev" if won else "round-to-nearest stays")
-        te, tc = tests.get(best["name"]), tests.get(f"rtn{b}")
+        te, tc = tests.get(best["name"]), tests.get(control_name(b, scope))
         if te and tc and tc is not te:
             line += f"; test once: chrF++ {te['chrf']:.2f} against {tc['chrf']:.2f}"
         lines.append(line)

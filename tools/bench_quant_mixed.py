@@ -85,6 +85,20 @@ def calibrated_variants(teacher: Path, iters: int) -> list[dict]:
     return out
 
 
+def dev_reference(teacher: Path, examples, lang: str):
+    """The teacher-forced batches of ``examples`` and the unquantized ``teacher``'s next-token log-probabilities
+    on them (float32), which :func:`dev_kl` compares a quantized model with."""
+    import torch
+
+    from iwslt_mc import modelio
+    from iwslt_mc.quantization.sensitivity import _batches, _logprobs
+
+    batches = _batches(teacher, examples, lang, 8)
+    fmodel = modelio.load_model(teacher, dtype=torch.float32, device="cpu")
+    fmodel.eval()
+    return batches, _logprobs(fmodel, batches)
+
+
 def dev_kl(model_dir: Path, batches, reference) -> float:
     import torch
 
@@ -115,11 +129,9 @@ def main(argv=None) -> int:
     import compressed_tensors
     import transformers
 
-    from iwslt_mc import modelio
     from iwslt_mc.training import data
     from iwslt_mc.fsutil import atomic_write_json
     from iwslt_mc.quantization import allocation as A
-    from iwslt_mc.quantization.sensitivity import _batches, _logprobs
 
     qb = _tool("bench_quantization")
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
@@ -129,11 +141,7 @@ def main(argv=None) -> int:
     dev = data.load_examples(str(args.corpus), args.dev_split, lang=args.lang, limit=args.dev_limit)
     test = data.load_examples(str(args.corpus), "test", lang=args.lang)
     t0 = time.time()
-    batches = _batches(teacher, dev, args.lang, 8)
-    fmodel = modelio.load_model(teacher, dtype=torch.float32, device="cpu")
-    fmodel.eval()
-    reference = _logprobs(fmodel, batches)
-    del fmodel
+    batches, reference = dev_reference(teacher, dev, args.lang)
 
     if args.only_calibrated:
         return _only_calibrated(args, teacher, runs, dev, test, batches, reference, t0)

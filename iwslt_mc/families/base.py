@@ -71,7 +71,8 @@ class Family:
     def find_parts(self, model) -> dict:
         """Qualified module names of the parts of a loaded model: ``llm_layers``, ``embed_tokens``,
         ``per_layer_embeddings``, ``lm_head``, ``lm_head_tied`` (bool), ``audio_encoder``,
-        ``vision_encoder``, ``projector`` (absent parts are None)."""
+        ``vision_encoder``, ``projector`` (absent parts are None); optionally ``audio_layers`` (the audio encoder's
+        layer stack, which quantize's AutoRound tunes block by block with ``quantize_audio``)."""
         raise NotImplementedError
 
     def layout(self, model):

@@ -7,10 +7,13 @@ calibrated methods, it is a pure-Python wheel (GPTQ's ``gptqmodel`` is an sdist 
 smoothing can break a speech LLM's audio path), it runs on the CPU, and its ``llm_compressor`` export is a
 checkpoint transformers loads packed (``dequantize: false``: torch.save counts packed bytes).
 
-What it quantizes: the Linear layers of the family's LLM decoder blocks (``to_quant_block_names``), 2, 3 or 4
-bits, symmetric groups of ``group_size`` input weights, scales in the model's float dtype. Token embeddings,
-``lm_head``, the audio encoder and the projector stay as stored (AutoRound tunes block by block; the organizers'
-load keeps packed embeddings float anyway). ``iters`` steps of signed gradient descent per block, on the
+What it quantizes (:func:`quantized_parts`): the Linear layers of the family's LLM decoder blocks
+(``to_quant_block_names``); with ``quantize_audio`` (the default under audio calibration) those of the audio
+encoder's layers too, tuned block by block on the audio they receive, and the projector; with
+``quantize_lm_head``, lm_head (AutoRound tunes Linear layers outside the block stacks one by one on their recorded
+inputs, after the blocks); 2, 3 or 4 bits, symmetric groups of ``group_size`` input weights, scales in the model's
+float dtype. Token embeddings (the organizers' load keeps packed embeddings float anyway) and the audio encoder's
+convolutions and position table stay as stored. ``iters`` steps of signed gradient descent per block, on the
 block inputs of the calibration samples of the stage's data (``--data``, its ``train`` split):
 
 - ``calibration: audio``: the model's real inputs, ``nsamples`` utterances encoded as decoding and the
@@ -62,29 +65,74 @@ def require_autoround() -> None:
         raise UserError(f"stage quantize: method autoround needs the auto-round library ({AR_PIP})")
 
 
+def quantized_parts(parts: dict, linear: list[str], o, *, where) -> tuple[list[str], list[str]]:
+    """What AutoRound quantizes, from the family's parts of the model (:meth:`Family.find_parts`) and the Linear
+    module names ``linear``: the block stacks it tunes block by block (the LLM decoder layers; with
+    ``quantize_audio`` the audio encoder's layers too) and every quantized Linear layer (those of the blocks;
+    ``lm_head`` with ``quantize_lm_head``; with ``quantize_audio`` every Linear of the audio encoder and the
+    projector, those outside its layer stack tuned one by one, as ``lm_head`` is)."""
+    llm = parts.get("llm_layers")
+    if not llm:
+        raise UserError(f"stage quantize: method autoround: no LLM decoder layers found in {where}")
+    blocks, under = [llm], [llm]
+    if getattr(o, "quantize_audio", False):
+        audio, audio_layers = parts.get("audio_encoder"), parts.get("audio_layers")
+        if not audio or not audio_layers:
+            raise UserError(f"stage quantize: method autoround: quantize_audio: no audio encoder layers found in {where}")
+        blocks.append(audio_layers)
+        under += [audio] + ([parts["projector"]] if parts.get("projector") else [])
+    quantized = [n for n in linear if any(n == u or n.startswith(u + ".") for u in under)]
+    if getattr(o, "quantize_lm_head", False):
+        if parts.get("lm_head_tied"):
+            raise UserError(f"stage quantize: method autoround: quantize_lm_head: lm_head is tied to the token "
+                            f"embeddings in {where} (AutoRound quantizes untied lm_head only)")
+        if parts.get("lm_head") in linear:
+            quantized.append(parts["lm_head"])
+    return blocks, quantized
+
+
+def block_lists(model, blocks: list[str]) -> list[list[str]]:
+    """AutoRound's ``to_quant_block_names`` as full block names, one list per stack (its own name matching finds
+    the text stack only unless it is told to quantize non-text modules, which also forces batches of one)."""
+    mods = dict(model.named_modules())
+    return [[f"{b}.{i}" for i in range(len(mods[b]))] for b in blocks]
+
+
 def ignore_pattern(name: str) -> str:
     """A compressed-tensors ``ignore`` entry for module ``name`` as transformers 5 names it when loading
     (``model.language_model.layers.0.mlp.gate_proj``, ``lm_head``), matched from any prefix."""
     return "re:" + r"(?:.*\.)?" + re.escape(name) + "$"
 
 
-def rewrite_config(cfg: dict, kept_float: list[str]) -> dict:
+def rewrite_config(cfg: dict, kept_float: list[str], source: dict | None = None) -> dict:
     """``config.json`` of an AutoRound ``llm_compressor`` export made loadable packed: ``ignore`` = the Linear
     modules kept float, by their loaded names, as patterns; ``dequantize: false`` (symmetric, no quantized
     embeddings). AutoRound's own list names checkpoint modules (``language_model.model.layers.0...``,
-    ``language_model.lm_head``) that transformers 5.25 does not match against the loaded names."""
+    ``language_model.lm_head``) that transformers 5.25 does not match against the loaded names.
+
+    With ``source`` (the input's config), the float dtype the config names is the input's: when it quantizes
+    layers outside the blocks (lm_head, the projector) AutoRound runs the model in bfloat16 on a CPU and writes
+    ``dtype: bfloat16`` although the tensors it writes keep the input's dtype, so ``from_pretrained(dtype="auto")``
+    (the organizers' load) would cast every float tensor."""
     qc = cfg.get("quantization_config") or {}
     if qc.get("quant_method") != "compressed-tensors":
         raise UserError(f"AutoRound export: expected a compressed-tensors config, got {qc.get('quant_method')!r}")
     qc["ignore"] = [ignore_pattern(n) for n in kept_float]
     qc["dequantize"] = False
+    if source is not None:
+        for key in ("dtype", "torch_dtype"):
+            if key in source:
+                cfg[key] = source[key]
+            else:
+                cfg.pop(key, None)
     return cfg
 
 
 @contextlib.contextmanager
-def _lift_width_rule():
-    """Within the block, AutoRound quantizes Linear layers whose widths are not multiples of 32 (its resolver
-    otherwise pins them at 16 bits, for kernels this export does not use)."""
+def _lift_width_rule(quantized: set[str]):
+    """AutoRound quantizes the Linear layers in ``quantized`` whose widths are not multiples of 32 (its resolver
+    otherwise pins them at 16 bits, for kernels this export does not use); the others stay as it resolves them
+    (a trimmed vocabulary's lm_head, 1,176 rows, stays float unless it is asked for)."""
     from auto_round.compressors import layer_config_resolver as lcr
 
     original = lcr.apply_layer_config_special_cases
@@ -94,12 +142,16 @@ def _lift_width_rule():
         out = original(layer_config, model, default_dict, supported_types, inner_supported_types, *args, **kwargs)
         resolved = out[0]
         for n, m in model.named_modules():
-            if n not in resolved or n in before:
+            if n not in resolved or n not in quantized:
                 continue
             if not (type(m) in supported_types or m.__class__.__name__ in inner_supported_types):
                 continue
             cfg = resolved[n]
             if cfg.get("bits") == 16 and (m.weight.shape[0] % 32 or m.weight.shape[1] % 32):
+                if n in before:  # a layer the stage named (lm_head, the projector): as it was named
+                    if before[n].get("bits", 16) < 16:
+                        resolved[n] = before[n]
+                    continue
                 if default_dict.get("group_size") and m.weight.shape[1] % default_dict["group_size"]:
                     continue
                 keep = {k: cfg[k] for k in ("in_blocks",) if k in cfg}
@@ -197,23 +249,22 @@ def autoround_quantize(in_dir: Path, out_dir: Path, o, texts: list[str] | None =
     model.eval()
     processor = modelio.load_processor(in_dir)
     family = family_for(in_dir)
-    blocks = family.find_parts(model).get("llm_layers")
-    if not blocks:
-        raise UserError(f"stage quantize: method autoround: no LLM decoder layers found in {in_dir}")
     linear = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
-    kept_float = [n for n in linear if not n.startswith(blocks + ".")]
+    blocks, quantized = quantized_parts(family.find_parts(model), linear, o, where=in_dir)
+    kept_float = [n for n in linear if n not in quantized]
     scale_dtype = _FLOAT_NAMES.get(str(next(model.parameters()).dtype).replace("torch.", ""), "fp16")
     tmp = Path(str(out_dir) + ".autoround")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        return _quantize_and_export(model, processor, family, out_dir, tmp, o, texts, blocks, kept_float, linear,
-                                    scale_dtype, device, seed, log, in_dir=Path(in_dir), examples=examples, lang=lang)
+        return _quantize_and_export(model, processor, family, out_dir, tmp, o, texts, blocks, quantized, kept_float,
+                                    linear, scale_dtype, device, seed, log, in_dir=Path(in_dir), examples=examples,
+                                    lang=lang)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _quantize_and_export(model, processor, family, out_dir, tmp, o, texts, blocks, kept_float, linear, scale_dtype,
-                         device, seed, log, *, in_dir: Path, examples: list | None, lang: str) -> dict:
+def _quantize_and_export(model, processor, family, out_dir, tmp, o, texts, blocks, quantized, kept_float, linear,
+                         scale_dtype, device, seed, log, *, in_dir: Path, examples: list | None, lang: str) -> dict:
     import torch
     from auto_round import AutoRound
 
@@ -228,13 +279,18 @@ def _quantize_and_export(model, processor, family, out_dir, tmp, o, texts, block
         samples = calibration_samples(texts, tok, o.seqlen, o.nsamples)
         nsamples, seqlen, batch = len(samples), o.seqlen, min(len(samples), 8)
         what = f"{nsamples} text samples of {seqlen} tokens from {len(texts)} texts"
+    # quantized Linear layers outside the block stacks (lm_head, the projector): AutoRound tunes each on its
+    # recorded inputs after the blocks
+    outside = {n: {"bits": o.bits, "group_size": o.group_size, "sym": True} for n in quantized
+               if not any(n.startswith(b + ".") for b in blocks)}
     torch.manual_seed(seed)
     hook = model.register_forward_pre_hook(_cast_floats, with_kwargs=True) if audio else None
     try:
-        with _lift_width_rule(), _quiet():
+        with _lift_width_rule(set(quantized)), _quiet():
             ar = AutoRound(model, tok, processor=processor, bits=o.bits, group_size=o.group_size, sym=True,
                            iters=o.iters, nsamples=nsamples, seqlen=seqlen, batch_size=batch,
-                           dataset=samples, to_quant_block_names=blocks, scale_dtype=scale_dtype,
+                           dataset=samples, to_quant_block_names=block_lists(model, blocks),
+                           layer_config=outside or None, scale_dtype=scale_dtype,
                            device_map=device, seed=seed, low_gpu_mem_usage=False, enable_torch_compile=False)
             ar.quantize_and_save(str(tmp), format="llm_compressor")
     except SystemExit as e:  # AutoRound exits when no calibration forward succeeded
@@ -250,17 +306,28 @@ def _quantize_and_export(model, processor, family, out_dir, tmp, o, texts, block
             _copy_with_format_metadata(f, out / f.name)
         elif f.name in ("model.safetensors.index.json", "generation_config.json"):
             shutil.copyfile(f, out / f.name)
-    cfg = rewrite_config(json.loads((src / "config.json").read_text(encoding="utf-8")), kept_float)
+    cfg = rewrite_config(json.loads((src / "config.json").read_text(encoding="utf-8")), kept_float,
+                         source=json.loads((in_dir / "config.json").read_text(encoding="utf-8")))
     (out / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     family.save_processor(processor, out)
-    quantized = _count_packed(out)
-    if quantized != len(linear) - len(kept_float):  # AutoRound left some block layer float: the config would lie
+    packed = _count_packed(out)
+    if packed != len(quantized):  # AutoRound left some layer float: the config would lie
         shutil.rmtree(out, ignore_errors=True)
-        raise UserError(f"stage quantize: AutoRound packed {quantized} Linear layers, expected "
-                        f"{len(linear) - len(kept_float)} (every Linear of {blocks})")
+        raise UserError(f"stage quantize: AutoRound packed {packed} Linear layers, expected {len(quantized)} "
+                        f"(every Linear of {', '.join(blocks)}{', ' + ', '.join(outside) if outside else ''})")
     log(f"quantize: AutoRound {o.bits}-bit groups of {o.group_size}, {o.iters} iterations on {what}: "
-        f"{quantized} of {len(linear)} Linear layers packed (LLM decoder blocks)")
-    return {"quantized": quantized, "unquantized": len(kept_float)}
+        f"{packed} of {len(linear)} Linear layers packed ({scope_text(o)})")
+    return {"quantized": packed, "unquantized": len(kept_float)}
+
+
+def scope_text(o) -> str:
+    """What the options quantize, in words."""
+    parts = ["LLM decoder blocks"]
+    if getattr(o, "quantize_lm_head", False):
+        parts.append("lm_head")
+    if getattr(o, "quantize_audio", False):
+        parts.append("audio encoder Linear layers and projector")
+    return ", ".join(parts)
 
 
 def _cast_floats(module, args, kwargs):

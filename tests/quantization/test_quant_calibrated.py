@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 
 import pytest
 import torch
@@ -123,7 +124,14 @@ def test_autoround_options_are_refused_by_the_other_methods():
         QuantizeOptions.from_dict({"method": "ct", "iters": 5}, stage="quantize").validate()
     with pytest.raises(UserError, match="option calibration is for method autoround only"):
         QuantizeOptions.from_dict({"method": "ct", "calibration": "text"}, stage="quantize").validate()
-    assert QuantizeOptions.from_dict({"method": "autoround"}, stage="quantize").calibration == "audio"
+    default = QuantizeOptions.from_dict({"method": "autoround"}, stage="quantize")
+    assert default.calibration == "audio"
+    # the measured defaults (docs/bench/quant_calibrated.md): the audio encoder quantized where it is calibrated
+    # (calibration audio), lm_head float; the other methods never take them
+    assert default.quantize_audio is True and default.quantize_lm_head is False
+    text = QuantizeOptions.from_dict({"method": "autoround", "calibration": "text"}, stage="quantize")
+    assert text.quantize_audio is False
+    assert QuantizeOptions.from_dict({"method": "ct"}, stage="quantize").quantize_audio is False
 
 
 def test_audio_calibration_batches_are_the_models_own_inputs(kit):
@@ -178,7 +186,8 @@ def test_autoround_audio_calibration_runs_the_audio_path_and_stays_packed(kit, a
     logs = []
     out = tmp_path / "ar4-audio"
     opts = {k: v for k, v in FAST.items() if k not in ("seqlen", "calibration")}  # audio: the default
-    extra = run_stage(make_stage("quantize", {**opts, "bits": 4}), kit / "model",
+    # the audio encoder kept float here (its default with audio calibration is quantized), to compare with text's
+    extra = run_stage(make_stage("quantize", {**opts, "bits": 4, "quantize_audio": False}), kit / "model",
                       out, StageContext(log=logs.append, device="cpu", data=[str(kit / "data")]))
     assert seen and all("input_features" in s and s["input_ids"][0] == 2 for s in seen), seen
     assert extra["quantized_linear_layers"] == 28
@@ -222,3 +231,190 @@ def test_autoround_is_refused_for_a_family_it_was_not_measured_on(gemma_kit):
     cfg = json.loads((kit_dir / "model" / "config.json").read_text())
     with pytest.raises(UserError, match="method autoround is not available for Gemma 4"):
         make_stage("quantize", FAST).plan(cfg, StageContext(log=lambda *a: None), "gemma kit")
+
+
+# -- every Linear layer: lm_head (quantize_lm_head), the audio encoder's Linear layers and the projector
+# (quantize_audio), calibrated on audio (the audio encoder's layers only see audio)
+SCOPES = {"all": {"quantize_lm_head": True, "quantize_audio": True},
+          "lm": {"quantize_lm_head": True, "quantize_audio": False}, "enc": {}}  # enc: the defaults
+FAST_AUDIO = {k: v for k, v in FAST.items() if k not in ("seqlen", "calibration")}
+
+
+@pytest.fixture(scope="module")
+def ar_scope_builds(kit, tmp_path_factory):
+    """ar{4,3,2}-all, ar2-lm, ar3-enc (the defaults with audio calibration) on the kit (1 iteration on 2
+    utterances)."""
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    root = tmp_path_factory.mktemp("autoround-scope")
+    out = {}
+    for name, bits, scope in (("ar4-all", 4, "all"), ("ar3-all", 3, "all"), ("ar2-all", 2, "all"),
+                              ("ar2-lm", 2, "lm"), ("ar3-enc", 3, "enc")):
+        opts = {**FAST_AUDIO, "bits": bits, **SCOPES[scope]}
+        logs = []
+        extra = run_stage(make_stage("quantize", opts), kit / "model", root / name,
+                          StageContext(log=logs.append, device="cpu", data=[str(kit / "data")]))
+        out[name] = (opts, extra, logs)
+    return root, out
+
+
+@needs_ar
+@pytest.mark.parametrize("name", ["ar4-all", "ar3-all", "ar2-all", "ar2-lm", "ar3-enc"])
+def test_autoround_scopes_are_sized_exactly_under_every_edition_and_stay_packed(kit, ar_scope_builds, name, tmp_path):
+    """lm_head and the audio encoder's Linear layers (and the projector) packed as asked, the rest as stored (the
+    input's float32: AutoRound's export said bfloat16 once it quantized layers outside the blocks, and the
+    organizers' dtype="auto" load would have cast every float tensor); the planner before building == the
+    sizer == a real torch.save of the organizers' load, under every edition's measure."""
+    from test_quant_packed import organizers_torch_save
+
+    from iwslt_mc.build import spec_for_stages
+    from iwslt_mc.planning import planner
+    from iwslt_mc.recipes import StageEntry
+    from iwslt_mc.sizing import sizer
+    from iwslt_mc.sizing.track import EDITIONS
+
+    root, builds = ar_scope_builds
+    opts, extra, logs = builds[name]
+    out = root / name
+    real, sd = organizers_torch_save(out, tmp_path)
+    lm, enc = opts.get("quantize_lm_head", False), opts.get("quantize_audio", True)
+    bits = opts["bits"]
+
+    def linear(prefix, rows, cols, is_packed):
+        if is_packed:
+            assert prefix + "weight" not in sd, prefix
+            assert sd[prefix + "weight_packed"] == (torch.int32, (rows, -(-cols * bits // 32))), prefix
+            assert sd[prefix + "weight_scale"] == (torch.float32, (rows, cols // 16)), prefix
+        else:
+            stored(prefix, (rows, cols))
+
+    def stored(prefix, shape):
+        assert sd[prefix + "weight"] == (torch.float32, shape), prefix
+
+    linear("model.language_model.layers.3.mlp.down_proj.", 64, 176, True)
+    linear("lm_head.", 1600, 64, lm)
+    for i in range(2):
+        linear(f"model.audio_tower.layers.{i}.fc1.", 128, 64, enc)
+        linear(f"model.audio_tower.layers.{i}.fc2.", 64, 128, enc)
+        linear(f"model.audio_tower.layers.{i}.self_attn.k_proj.", 64, 64, enc)
+    linear("model.multi_modal_projector.linear.", 64, 64, enc)
+    stored("model.audio_tower.conv1.", (64, 128, 3))  # no Linear layer: float in every scope
+    stored("model.audio_tower.embed_positions.", (1500, 64))
+    stored("model.language_model.embed_tokens.", (1600, 64))
+    assert not any(k.endswith("weight_zero_point") for k in sd)
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["dtype"] == "float32"
+    assert extra["quantized_linear_layers"] == 28 + lm + 13 * enc  # 2 audio layers x 6 Linear + the projector
+    assert extra["unquantized_linear_layers"] == (not lm) + 13 * (not enc)
+    assert ("lm_head" in extra["techniques"][0].split(";")[0]) == lm
+    assert any(f"{extra['quantized_linear_layers']} of 42 Linear layers packed" in m for m in logs), logs
+    # every edition's measure: planner == sizer; the torch.save ones == the organizers' real torch.save
+    base = planner.load_base_config(kit / "model")
+    spec, notes = spec_for_stages([StageEntry("q", "quantize", opts)], base, base=str(kit / "model"), lang="en-de",
+                                  data={}, condition="constrained")
+    assert notes == []
+    for ed in EDITIONS:
+        pred, meas = planner.predict(spec, base, ed), sizer.measure(out, edition=ed)
+        assert pred.bytes == meas.bytes, ed
+        assert pred.torch_save is not None and meas.torch_save is not None, ed
+        assert pred.torch_save.bytes_cpu == meas.torch_save.bytes_cpu == real, ed
+
+
+@needs_ar
+def test_autoround_every_layer_reload_packed_and_unpacked_give_the_same_logits(kit, ar_scope_builds, kit_processor,
+                                                                               kit_waves):
+    """Every Linear packed (lm_head, audio encoder, projector too): the packed reload's first forward unpacks
+    them into the same logits and decode as the unpacked reload, and the audio encoder's and lm_head's weights
+    are quantized near the original."""
+    from transformers import CompressedTensorsConfig, Qwen2AudioForConditionalGeneration
+
+    from iwslt_mc.families import prompt_text
+
+    out = ar_scope_builds[0] / "ar4-all"
+    inputs = kit_processor(text=prompt_text(kit_processor, "en-de"), audio=kit_waves["dev"][1][1],
+                           sampling_rate=16000, return_tensors="pt")
+    packed = Qwen2AudioForConditionalGeneration.from_pretrained(str(out)).eval()
+    assert packed.lm_head.weight_packed.dtype == torch.int32
+    assert packed.model.audio_tower.layers[1].fc2.weight_packed.dtype == torch.int32
+    unpacked = Qwen2AudioForConditionalGeneration.from_pretrained(
+        str(out), quantization_config=CompressedTensorsConfig(dequantize=True)).eval()
+    with torch.inference_mode():
+        assert torch.equal(packed(**inputs).logits, unpacked(**inputs).logits)
+        g1 = packed.generate(**inputs, max_new_tokens=6, do_sample=False)
+        g2 = unpacked.generate(**inputs, max_new_tokens=6, do_sample=False)
+    assert torch.equal(g1, g2)
+    base = Qwen2AudioForConditionalGeneration.from_pretrained(str(kit / "model")).eval()
+    for get in (lambda m: m.lm_head.weight, lambda m: m.model.audio_tower.layers[0].fc1.weight,
+                lambda m: m.model.multi_modal_projector.linear.weight):
+        w, w0 = get(unpacked), get(base)
+        assert w.dtype == torch.float32
+        assert not torch.equal(w, w0) and (w - w0).abs().max() < w0.abs().max() / 4  # quantized, near the original
+    assert torch.equal(unpacked.model.audio_tower.conv1.weight, base.model.audio_tower.conv1.weight)
+    assert torch.equal(unpacked.model.language_model.embed_tokens.weight, base.model.language_model.embed_tokens.weight)
+
+
+def test_autoround_scope_is_the_families_parts():
+    """quantized_parts: the blocks AutoRound tunes and the Linear layers it packs, from the family's parts."""
+    from types import SimpleNamespace as O
+
+    from iwslt_mc.quantization.calibrated import quantized_parts
+
+    parts = {"llm_layers": "m.lm.layers", "lm_head": "lm_head", "lm_head_tied": False, "audio_encoder": "m.audio",
+             "audio_layers": "m.audio.layers", "projector": "m.proj"}
+    linear = ["m.audio.layers.0.fc1", "m.audio.extra", "m.proj.linear", "m.lm.layers.0.q", "m.lm.layers.1.q",
+              "lm_head", "m.vision.q"]
+    assert quantized_parts(parts, linear, O(), where="x") == (["m.lm.layers"], ["m.lm.layers.0.q", "m.lm.layers.1.q"])
+    blocks, q = quantized_parts(parts, linear, O(quantize_lm_head=True, quantize_audio=True), where="x")
+    assert blocks == ["m.lm.layers", "m.audio.layers"]
+    assert q == ["m.audio.layers.0.fc1", "m.audio.extra", "m.proj.linear", "m.lm.layers.0.q", "m.lm.layers.1.q",
+                 "lm_head"]
+    with pytest.raises(UserError, match="quantize_lm_head: lm_head is tied to the token embeddings in x"):
+        quantized_parts({**parts, "lm_head_tied": True}, linear, O(quantize_lm_head=True), where="x")
+    with pytest.raises(UserError, match="quantize_audio: no audio encoder layers found in x"):
+        quantized_parts({**parts, "audio_layers": None}, linear, O(quantize_audio=True), where="x")
+
+
+@pytest.mark.parametrize("opts, msg", [
+    ({"method": "ct", "quantize_lm_head": True},
+     "option quantize_lm_head is for method autoround only (method ct: lm_head is quantized unless in skip)"),
+    ({"method": "nf4", "quantize_audio": True}, "option quantize_audio is for method autoround only"),
+    ({"method": "autoround", "quantize_audio": True, "calibration": "text"},
+     "quantize_audio needs calibration: audio"),
+    ({"method": "autoround", "quantize_lm_head": "maybe"}, "quantize_lm_head"),
+])
+def test_bad_scope_options_fail_in_one_line(opts, msg):
+    with pytest.raises(UserError, match=re.escape(msg) if "(" in msg else msg) as e:
+        QuantizeOptions.from_dict(opts, stage="quantize").validate()
+    assert "\n" not in str(e.value)
+
+
+def test_help_options_documents_the_autoround_scope(capsys):
+    from iwslt_mc import cli
+
+    assert cli.main(["stage", "quantize", "--help-options"]) == 0
+    text = capsys.readouterr().out
+    for word in ("quantize_lm_head", "quantize_audio", "calibration", "autoround"):
+        assert word in text
+
+
+@needs_ar
+def test_autoround_on_a_trimmed_vocabulary_packs_lm_head_only_when_asked(kit, tmp_path):
+    """A trimmed vocabulary's lm_head has a row count AutoRound's own rule keeps at 16 bits (not a multiple of 32):
+    a blocks-only build leaves it float (the rule is lifted only for the layers the stage quantizes), and
+    quantize_lm_head packs it; both sized exactly."""
+    from test_quant_packed import organizers_torch_save
+
+    from iwslt_mc.sizing import sizer
+
+    ctx = StageContext(log=lambda *a: None, device="cpu", data=[str(kit / "data")])
+    trimmed = tmp_path / "trim"
+    run_stage(make_stage("trim-vocab", {"use_data": True}), kit / "model", trimmed, ctx)
+    rows = json.loads((trimmed / "config.json").read_text())["text_config"]["vocab_size"]
+    assert rows % 32
+    for lm in (False, True):
+        out = tmp_path / f"ar-lm{int(lm)}"
+        extra = run_stage(make_stage("quantize", {**FAST_AUDIO, "bits": 3, "quantize_lm_head": lm,
+                                                  "quantize_audio": False}), trimmed, out, ctx)
+        assert extra["quantized_linear_layers"] == 28 + lm
+        real, sd = organizers_torch_save(out, tmp_path)
+        assert ("lm_head.weight_packed" in sd) == lm and ("lm_head.weight" in sd) == (not lm)
+        assert sizer.measure(out, edition="2027").torch_save.bytes_cpu == real

@@ -4,6 +4,7 @@ linear-only ct checkpoints stay packed after loading; reloading gives the logits
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import pytest
@@ -240,13 +241,21 @@ def test_the_gpu_figure_of_a_packed_checkpoint_equals_a_save_with_gpu_storage_ta
     assert measured.bytes == (tmp_path / f"{ARCHIVE}.pt").stat().st_size > measured.bytes_cpu
 
 
+_HAVE_AR = importlib.util.find_spec("auto_round") is not None
+# the small rungs end with AutoRound 4-bit (optional auto-round), the large ones with symmetric ct4
+_AR_RUNGS = ("recipe-2027-1gib", "recipe-2027-05gib")
+
+
 @pytest.mark.parametrize("name", ["recipe-2027-4gib", "recipe-2027-2gib", "recipe-2027-1gib", "recipe-2027-05gib"])
 def test_the_2027_ladder_builds_packed_and_measures_what_the_planner_says(kit, tmp_path, name, request):
-    """The 2027 ladder (stated in torch.save GiB after loading) ends with symmetric ct4 of every linear layer and
-    lm_head, saved packed: its --smoke build stays packed after from_pretrained and a real torch.save of it is the
+    """The 2027 ladder (stated in torch.save GiB after loading) ends with 4-bit symmetric groups of every linear
+    layer and lm_head (the two small rungs with AutoRound, the audio encoder's layers too; the two large ones with
+    ct4), saved packed: its --smoke build stays packed after from_pretrained and a real torch.save of it is the
     planner's figure. recipe-2027-05gib has recipe-bin4's stages but the last: it resumes a copy of that build."""
     import shutil
 
+    if name in _AR_RUNGS and not _HAVE_AR:
+        pytest.skip("auto-round is not installed (pip install -e '.[calib]')")
     if name == "recipe-2027-05gib":
         shutil.copytree(request.getfixturevalue("bin4_2027").out_dir, tmp_path / "b")
         res = _smoke_build_2027(kit, name, tmp_path / "b", resume=True)
@@ -263,6 +272,10 @@ def test_the_2027_ladder_builds_packed_and_measures_what_the_planner_says(kit, t
     assert sd["lm_head.weight_packed"][0] == torch.int32 and "lm_head.weight" not in sd
     assert sd["model.language_model.embed_tokens.weight"][0] == torch.float32  # the kit is float32
     assert not any(k.endswith("weight_zero_point") for k in sd) and res.size["bytes"] == res.prediction["bytes"]
+    assert sd["model.audio_tower.layers.0.fc1.weight_packed"][0] == torch.int32  # ct4 packs it too
+    quantize = json.loads((res.model_dir / "provenance.json").read_text())["stages"][-1]
+    assert quantize["options"]["method"] == ("autoround" if name in _AR_RUNGS else "ct")
+    assert quantize["techniques"][0].startswith("AutoRound") == (name in _AR_RUNGS)
 
 
 @pytest.mark.parametrize("precision,unpacks", [("ct4", True), ("ct3-g64", True), ("ct4-sym", False), ("nf4", False)])

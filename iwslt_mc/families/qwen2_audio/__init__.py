@@ -63,7 +63,8 @@ class Qwen2AudioFamily(Family):
         lay = find_layout(model)
         return {"llm_layers": lay.decoder_layers_name, "embed_tokens": lay.embed_tokens_name,
                 "per_layer_embeddings": None, "lm_head": lay.lm_head_name, "lm_head_tied": False,
-                "audio_encoder": lay.audio_tower_name, "vision_encoder": None, "projector": lay.projector_name}
+                "audio_encoder": lay.audio_tower_name, "audio_layers": lay.audio_layers_name, "vision_encoder": None,
+                "projector": lay.projector_name}
 
     def layout(self, model):
         """:func:`iwslt_mc.families.qwen2_audio.layout.find_layout` (a :class:`~.layout.ModelLayout`)."""
