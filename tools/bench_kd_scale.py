@@ -617,6 +617,7 @@ def write_report(args, results: dict, argv) -> None:
     if tts:
         lines += ["", "## Targets in the torch.save measure (2026/2027: % of the teacher's torch.save bytes)", ""]
         lines += targets(rows, tts, tc, key="torch_save", dev_n=whole)
+    lines += methods_table(rows, tc, dev_n=whole)
     lines += steps_table(rows, tc, dev_n=whole)
     plot = args.report.with_suffix(".png")
     plot_png(rows, tb, tc, tts, plot)
@@ -681,6 +682,32 @@ def step_lever(rows, chosen, tc) -> str:
     steps = " -> ".join(str(r["steps"]) for r in same)
     kept = " -> ".join(f"{100 * r['chrf'] / tc:.1f}%" for r in same)
     return f"; steps, measured ({chosen['method']}, s{chosen['size']}): {steps} steps keep {kept}"
+
+
+def methods_table(rows, tc, dev_n: int | None = None) -> list[str]:
+    """The method comparison: for every student size and step budget that two methods or more were trained at, each
+    method's ct4e row (the same student shape, bytes and quantization) as % of the teacher's test chrF++, its dev
+    chrF++ beside it (the whole dev split of ``dev_n`` utterances; None: each row's 'dev_chrf'); '-': not run."""
+    cells: dict = {}
+    for r in rows:
+        if r.get("method") in METHODS and r.get("steps") and r.get("quant") == "ct4e" and not r.get("used_bytes"):
+            cells.setdefault((r["size"], r["steps"]), {})[r["method"]] = r
+    cells = {k: v for k, v in cells.items() if len(v) > 1}
+    if not cells:
+        return []
+    methods = [m for m in METHODS if any(m in v for v in cells.values())]
+    out = ["", "## Methods at the same student size and step budget (ct4e rows: test chrF++ as % of the teacher's; "
+           "dev chrF++ in brackets)", "",
+           "| student | steps | utterances seen | " + " | ".join(methods) + " |",
+           "| --- | ---: | ---: | " + " | ".join("---:" for _ in methods) + " |"]
+    for (size, steps), v in sorted(cells.items(), key=lambda kv: (-float(kv[0][0]), kv[0][1])):
+        row = []
+        for m in methods:
+            r = v.get(m)
+            row.append("-" if r is None else f"{100 * r['chrf'] / tc:.1f} "
+                       f"({_or_dash(dev_score(r, dev_n) if dev_n else r.get('dev_chrf'))})")
+        out.append(f"| s{size} | {steps} | {steps * 8:,} | " + " | ".join(row) + " |")
+    return out
 
 
 def steps_table(rows, tc, dev_n: int | None = None) -> list[str]:

@@ -248,3 +248,14 @@ def test_every_method_has_a_plot_marker_and_a_data_pool(tool):
     assert set(tool.METHODS) <= set(tool.PLOT_MARKERS)
     assert len(set(tool.PLOT_MARKERS.values())) == len(tool.PLOT_MARKERS)  # one marker per kind
     assert set(tool.ON_TRANSLATIONS) < set(tool.METHODS)
+
+
+def test_methods_table_puts_each_method_of_a_size_and_budget_side_by_side(tool):
+    a = {**_row("s25-ft-768-ct4e", "25", 768, 70.0, 71.0, 1, 1), "method": "ft", "quant": "ct4e"}
+    b = {**_row("s25-wordref-768-ct4e", "25", 768, 80.0, 79.0, 1, 1), "method": "wordref", "quant": "ct4e"}
+    alone = {**_row("s10-wordref-4608-ct4e", "10", 4608, 60.0, 61.0, 1, 1), "method": "wordref", "quant": "ct4e"}
+    other_q = {**_row("s25-ft-768-ct3s", "25", 768, 50.0, 51.0, 1, 1), "method": "ft", "quant": "ct3s"}
+    lines = tool.methods_table([a, b, alone, other_q], 100.0)
+    assert lines[3] == "| student | steps | utterances seen | ft | wordref |"
+    assert lines[5:] == ["| s25 | 768 | 6,144 | 70.0 (71.0) | 80.0 (79.0) |"]  # s10 has one method only: no row
+    assert tool.methods_table([alone], 100.0) == []
