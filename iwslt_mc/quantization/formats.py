@@ -153,7 +153,11 @@ def check_ct(in_dir: Path, o) -> None:
 
     require_compressed_tensors()
     model = meta_model(in_dir)
-    shapes = quantized_module_shapes(in_dir, effective_skip(o, tied_output(model)), o.quantize_embeddings, model)
+    tied = tied_output(model)
+    if getattr(o, "int8_embeddings", False) and tied:
+        raise UserError(f"stage quantize: int8_embeddings: {tied} of {in_dir} is tied to the token embeddings (one "
+                        "matrix), which int8 embeddings cannot share; use quantize_embeddings")
+    shapes = quantized_module_shapes(in_dir, effective_skip(o, tied), o.quantize_embeddings, model)
     bad = [(n, s) for n, s in shapes.items() if s[1] % o.group_size]
     if bad:
         n, s = bad[0]
@@ -285,12 +289,43 @@ def ct_quantize(in_dir, o, *, device: str = "cpu", log=print, module_bits: dict[
     # does not match again: keep the patterns the options gave.
     compressor.quantization_config.ignore = list(qcfg.ignore)
     _quiet_tqdm(compressor.compress_model, model)
+    if getattr(o, "int8_embeddings", False):
+        model._iwslt_mc_ct_int8 = int8_rows(model.get_input_embeddings())
+        log("quantize: token embeddings to int8 per row (compressed-tensors int-quantized, symmetric)")
     model._iwslt_mc_ct_compressor = compressor
     model._iwslt_mc_ct_source = (str(in_dir), o, device, module_bits)
     # tied and quantized: the output projection holds a second packed copy of the embedding matrix (the same
     # scales and integers: one matrix, one quantization), which runs in memory and is left out of the save
     model._iwslt_mc_ct_tied = tied if tied and o.quantize_embeddings else None
     return model, compressor
+
+
+INT8_GROUP = "embeddings-int8"
+
+
+def int8_rows_args():
+    from compressed_tensors.quantization import QuantizationArgs
+
+    return QuantizationArgs(num_bits=8, type="int", symmetric=True, strategy="channel")
+
+
+def int8_rows(emb) -> tuple:
+    """Quantize embedding module ``emb`` in place to int8 per row (compressed-tensors' own qparams, quantize and
+    dequantize: symmetric, one scale per row in the weight's dtype); its weight becomes the dequantized table, so
+    the model in memory computes what the saved int8 checkpoint computes after loading. Returns (int8, scale)."""
+    import torch
+    from compressed_tensors.quantization.lifecycle.forward import dequantize, quantize
+    from compressed_tensors.quantization.utils import calculate_qparams
+
+    args = int8_rows_args()
+    with torch.no_grad():
+        w = emb.weight.detach()
+        wf = w.float()
+        scale, zp = calculate_qparams(wf.amin(1, keepdim=True), wf.amax(1, keepdim=True), args)
+        scale = scale.to(w.dtype)
+        q = quantize(wf, scale, zp, args, dtype=torch.int8)
+        emb.weight.data.copy_(dequantize(q, scale, zp, args, dtype=w.dtype))
+    return q, scale
 
 
 def _quiet_tqdm(fn, *args):
@@ -323,19 +358,40 @@ def ct_save(model, processor, out_dir) -> Path:
         in_dir, o, device, module_bits = model._iwslt_mc_ct_source
         model, compressor = ct_quantize(in_dir, o, device=device, log=lambda *a: None, module_bits=module_bits)
     tied = getattr(model, "_iwslt_mc_ct_tied", None)
+    int8 = getattr(model, "_iwslt_mc_ct_int8", None)
     held = {}
     if tied:  # save the shared matrix once: the config keeps tie_word_embeddings, the loader ties it again
         mod = model.get_submodule(tied)
         held = dict(mod._parameters)
         mod._parameters.clear()
+    if int8 is not None:  # int8 embeddings: the int8 table and its scales saved in place of the float table
+        import torch
+
+        emb = model.get_input_embeddings()
+        emb_held = dict(emb._parameters)
+        emb._parameters["weight"] = torch.nn.Parameter(int8[0], requires_grad=False)
+        emb._parameters["weight_scale"] = torch.nn.Parameter(int8[1], requires_grad=False)
     try:
         out = modelio.save_model(model, processor, out_dir)
     finally:
         if tied:
             mod._parameters.update(held)
+        if int8 is not None:
+            emb._parameters.clear()
+            emb._parameters.update(emb_held)
     compressor.update_config(str(out))
     path = Path(out) / "config.json"
     cfg = json.loads(path.read_text(encoding="utf-8"))
+    if int8 is not None:  # a mixed-precision config: the Linear groups packed, the embeddings int-quantized
+        from compressed_tensors.quantization import QuantizationScheme
+
+        qc = cfg["quantization_config"]
+        for g in qc["config_groups"].values():
+            g["format"] = g.get("format") or qc["format"]
+        qc["format"] = "mixed-precision"
+        scheme = QuantizationScheme(targets=[r"re:(?:.*\.)?embed_tokens$"], weights=int8_rows_args(),
+                                    format="int-quantized")
+        qc["config_groups"][INT8_GROUP] = scheme.model_dump(mode="json")
     cfg["quantization_config"]["dequantize"] = not loads_packed(model._iwslt_mc_ct_source[1])
     path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return Path(out)
@@ -376,4 +432,6 @@ def describe(o) -> str:
             f"{'MSE-clipped' if resolved_scales(o) == 'mse' else 'min/max'} round-to-nearest")
     if o.quantize_embeddings:
         what += "; token embeddings quantized"
+    if getattr(o, "int8_embeddings", False):
+        what += "; token embeddings int8 per row (compressed-tensors int-quantized, symmetric; stay int8 after loading)"
     return what + ("; loads packed (dequantize: false)" if loads_packed(o) else "; loads unpacked to floats (dequantize: true)")
