@@ -309,23 +309,45 @@ def int8_rows_args():
     return QuantizationArgs(num_bits=8, type="int", symmetric=True, strategy="channel")
 
 
-def int8_rows(emb) -> tuple:
-    """Quantize embedding module ``emb`` in place to int8 per row (compressed-tensors' own qparams, quantize and
-    dequantize: symmetric, one scale per row in the weight's dtype); its weight becomes the dequantized table, so
-    the model in memory computes what the saved int8 checkpoint computes after loading. Returns (int8, scale)."""
+def int8_rows_tensor(weight) -> tuple:
+    """``weight`` [rows, cols] as compressed-tensors ``int-quantized`` 8-bit per row (its own qparams, quantize and
+    dequantize: symmetric, one scale per row in the weight's dtype): (int8 table, scale [rows, 1], the dequantized
+    table in the weight's dtype, which is what the loaded checkpoint computes with)."""
     import torch
     from compressed_tensors.quantization.lifecycle.forward import dequantize, quantize
     from compressed_tensors.quantization.utils import calculate_qparams
 
     args = int8_rows_args()
     with torch.no_grad():
-        w = emb.weight.detach()
+        w = weight.detach()
         wf = w.float()
         scale, zp = calculate_qparams(wf.amin(1, keepdim=True), wf.amax(1, keepdim=True), args)
         scale = scale.to(w.dtype)
         q = quantize(wf, scale, zp, args, dtype=torch.int8)
-        emb.weight.data.copy_(dequantize(q, scale, zp, args, dtype=w.dtype))
+        return q, scale, dequantize(q, scale, zp, args, dtype=w.dtype)
+
+
+def int8_rows(emb) -> tuple:
+    """Quantize embedding module ``emb`` in place (:func:`int8_rows_tensor`): its weight becomes the dequantized
+    table, so the model in memory computes what the saved int8 checkpoint computes after loading. Returns
+    (int8, scale) for :func:`ct_save`."""
+    q, scale, deq = int8_rows_tensor(emb.weight)
+    emb.weight.data.copy_(deq)
     return q, scale
+
+
+def add_int8_rows_group(qc: dict) -> None:
+    """Turn a saved ``pack-quantized`` ``quantization_config`` (a dict) into the ``mixed-precision`` one of a checkpoint
+    whose token embeddings are ``int-quantized`` 8-bit: every group keeps its own format, the embeddings get
+    group :data:`INT8_GROUP`."""
+    from compressed_tensors.quantization import QuantizationScheme
+
+    for g in qc["config_groups"].values():
+        g["format"] = g.get("format") or qc["format"]
+    qc["format"] = "mixed-precision"
+    scheme = QuantizationScheme(targets=[r"re:(?:.*\.)?embed_tokens$"], weights=int8_rows_args(),
+                                format="int-quantized")
+    qc["config_groups"][INT8_GROUP] = scheme.model_dump(mode="json")
 
 
 def _quiet_tqdm(fn, *args):
@@ -383,15 +405,7 @@ def ct_save(model, processor, out_dir) -> Path:
     path = Path(out) / "config.json"
     cfg = json.loads(path.read_text(encoding="utf-8"))
     if int8 is not None:  # a mixed-precision config: the Linear groups packed, the embeddings int-quantized
-        from compressed_tensors.quantization import QuantizationScheme
-
-        qc = cfg["quantization_config"]
-        for g in qc["config_groups"].values():
-            g["format"] = g.get("format") or qc["format"]
-        qc["format"] = "mixed-precision"
-        scheme = QuantizationScheme(targets=[r"re:(?:.*\.)?embed_tokens$"], weights=int8_rows_args(),
-                                    format="int-quantized")
-        qc["config_groups"][INT8_GROUP] = scheme.model_dump(mode="json")
+        add_int8_rows_group(cfg["quantization_config"])
     cfg["quantization_config"]["dequantize"] = not loads_packed(model._iwslt_mc_ct_source[1])
     path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return Path(out)
