@@ -18,7 +18,8 @@ with the on-disk arithmetic of each format, and the safetensors file is laid out
   default 128, asymmetric unless ``-sym``): int32 ``weight_packed`` (B values per word), a
   ``weight_scale`` per group in the float dtype, an int64 ``weight_shape`` and, if asymmetric, int32
   ``weight_zero_point`` packed along the output rows (:func:`iwslt_mc.floor.sizes.ct_disk_entries`).
-  These quantize embeddings too.
+  These quantize embeddings too. ``ct-int8`` (embed_tokens only; quantize ``int8_embeddings``): an int8
+  ``weight`` of the full shape and a ``weight_scale`` per row in the float dtype.
 - bitsandbytes nf4/fp4: ``weight`` packed two values per byte (uint8 ``[ceil(n/2), 1]``), float32
   ``absmax`` per 64-element block, float32 ``quant_map`` (16 values), and a uint8 ``quant_state``
   tensor holding JSON (shape, dtype, blocksize, ...). With double quantization ("-dq") ``absmax`` is

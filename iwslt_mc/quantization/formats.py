@@ -30,6 +30,12 @@ load) where it cannot (:func:`loads_packed`):
   torch.save bytes are the packed bytes (kit, 4-bit groups of 16: 1,615,023 bytes; lm_head too:
   1,282,867; 2-bit: 1,551,535; float32 kit: 2,412,693). The first forward unpacks the weights into
   floats in memory (compressed-tensors' decompression hook): decoding is the unpacked model's.
+- symmetric with ``int8_embeddings: true``: ``dequantize: false``, the Linear layers packed as above and the
+  token embeddings compressed-tensors ``int-quantized`` 8-bit (an int8 ``weight`` and a float ``weight_scale``
+  per row; a ``mixed-precision`` config, one group per format), which stay int8 after loading (in memory the
+  scale is registered before the weight). transformers 5.25 cannot load such a checkpoint with
+  ``dequantize: true`` (it decompresses the packed groups with the int8 compressor), so only the symmetric,
+  packed case is written; an output projection tied to the embeddings is refused.
 - asymmetric (zero points) or ``quantize_embeddings: true``: ``dequantize: true``. transformers fails
   to load packed zero points (a size mismatch) and packed embeddings (compressed-tensors raises
   AttributeError), so these load as floats and count at **float size** under the torch.save measure;

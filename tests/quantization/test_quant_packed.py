@@ -369,3 +369,22 @@ def test_plan_predicts_int8_embeddings_at_7b_and_refuses_them_elsewhere():
     for bad in ({"precision": "ct-int8"}, {"precision": "ct3-sym", "component_precision": {"lm_head": "ct-int8"}}):
         with pytest.raises(UserError, match="is for embed_tokens only"):
             planner.Spec(**bad)
+
+
+def test_a_plan_with_int8_embeddings_builds_with_the_quantize_option_and_sizes_alike(kit):
+    """plan's build line for embed_tokens=ct-int8 beside ct-sym is quantize int8_embeddings, and that stage is
+    predicted as the plan was; beside asymmetric ct it is refused in one line."""
+    from iwslt_mc.errors import UserError
+    from iwslt_mc.planning.recipe_spec import build_plan
+
+    cfg = planner.load_base_config(kit / "model")
+    spec = planner.Spec(precision="ct3-g16-sym", quantize_embeddings=True, component_precision={"embed_tokens": "ct-int8"},
+                        float_dtype="fp32")
+    (step,) = build_plan(spec, cfg, match_recipe=False).steps
+    assert step.stage == "quantize" and step.options == {"method": "ct", "bits": 3, "group_size": 16, "symmetric": True,
+                                                         "quantize_embeddings": False, "int8_embeddings": True, "skip": []}
+    assert planner.predict(spec, cfg, "2027").torch_save.bytes_cpu == _predicted(kit, step.options).torch_save.bytes_cpu \
+        == _predicted(kit, BUILDS["ct3-sym-e8"]).torch_save.bytes_cpu
+    with pytest.raises(UserError, match="goes with symmetric ct layers"):
+        build_plan(planner.Spec(precision="ct3", quantize_embeddings=True, component_precision={"embed_tokens": "ct-int8"},
+                                float_dtype="fp32"), cfg, match_recipe=False)
