@@ -103,7 +103,7 @@ class QuantizeOptions(StageOptions):
                 "(toy teacher, ct3 symmetric of a trimmed model: 26.0% of its torch.save bytes instead of 29.3%, "
                 "chrF++ 97.6% of it; docs/bench/quant_floor.md). Needs symmetric: true (asymmetric ct saves "
                 "dequantize: true, which transformers cannot load for such a checkpoint); not with "
-                "quantize_embeddings (packed embeddings) nor a tied lm_head"})
+                "quantize_embeddings (packed embeddings), an allocation, nor a tied lm_head"})
 
     calibration: Literal["audio", "text"] = field(default="audio", metadata={
         "help": "autoround: what the blocks are tuned on: audio = the model's real inputs (nsamples utterances of "
@@ -228,6 +228,9 @@ class QuantizeOptions(StageOptions):
         if given:
             raise UserError(f"stage quantize: option {given[0]} does not go with allocation (the file gives every "
                             "module's width; 16 = kept float)")
+        if self.int8_embeddings:
+            raise UserError("stage quantize: option int8_embeddings does not go with allocation (the allocation's "
+                            "budget and predicted bytes count the token embeddings as stored)")
         alloc = read_allocation(self.allocation)
         if self.group_size not in (128, alloc.group_size):
             raise UserError(f"stage quantize: group_size {self.group_size} differs from the allocation's "
