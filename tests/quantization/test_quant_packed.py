@@ -388,3 +388,31 @@ def test_a_plan_with_int8_embeddings_builds_with_the_quantize_option_and_sizes_a
     with pytest.raises(UserError, match="goes with symmetric ct layers"):
         build_plan(planner.Spec(precision="ct3", quantize_embeddings=True, component_precision={"embed_tokens": "ct-int8"},
                                 float_dtype="fp32"), cfg, match_recipe=False)
+
+
+def test_int8_embeddings_on_every_family_kit(family_kit, tmp_path, stage_refuses):
+    """Every family: int8 embeddings stay int8 after the family's organizers-style load and planner == sizer == a real
+    torch.save; a family whose lm_head is the embedding matrix (Gemma 4) is refused in one line before work."""
+    from iwslt_mc.modelio import meta_model
+
+    variant, fam, kit_dir = family_kit
+    opts = {**BUILDS["ct3-sym-e8"]}
+    if quant_formats.tied_output(meta_model(kit_dir / "model")):
+        stage_refuses("quantize", kit_dir / "model", tmp_path / "o", [f"{k}={json.dumps(v)}" for k, v in opts.items()],
+                      "is tied to the token embeddings (one matrix), which int8 embeddings cannot share")
+        return
+    out = tmp_path / "e8"
+    run_stage(make_stage("quantize", opts), kit_dir / "model", out, StageContext(**QUIET))
+    sd = fam.loader_class().from_pretrained(str(out), dtype="auto", device_map="cpu").state_dict()
+    emb = [k for k in sd if k.endswith("embed_tokens.weight")]
+    assert len(emb) == 1 and sd[emb[0]].dtype == torch.int8 and sd[emb[0][: -len("weight")] + "weight_scale"].dtype.is_floating_point
+    path = tmp_path / f"{ARCHIVE}.pt"
+    torch.save(sd, path)
+    measured = sizer.measure(out, edition="2027").torch_save
+    assert measured is not None and measured.bytes_cpu == path.stat().st_size
+    cfg = planner.load_base_config(kit_dir / "model")
+    spec, notes = spec_for_stages([StageEntry("q", "quantize", opts)], cfg, base=str(kit_dir / "model"), lang="en-de",
+                                  data={}, condition="constrained")
+    pred = planner.predict(spec, cfg, "2027")
+    assert pred.torch_save is not None, pred.torch_save_note
+    assert pred.torch_save.bytes_cpu == measured.bytes_cpu and pred.bytes == sizer.measure(out).bytes, variant
