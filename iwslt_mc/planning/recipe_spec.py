@@ -332,10 +332,13 @@ def _quantize_sets(e, want: dict, setv, sets: list) -> None:
     if want["method"] == "ct":
         setv(e, "method", "ct", "nf4")
         setv(e, "bits", want["bits"], None if not have_ct else 4)
-        if not want.get("int8_embeddings"):
+        int8 = bool(want.get("int8_embeddings"))  # off before symmetric may go off, on after it is on
+        if not int8:
             setv(e, "int8_embeddings", False, False)
-        for k in ("group_size", "symmetric", "quantize_embeddings", "int8_embeddings"):
-            setv(e, k, want.get(k, False), _CT_OPTION_DEFAULTS[k])
+        for k in ("group_size", "symmetric", "quantize_embeddings"):
+            setv(e, k, want[k], _CT_OPTION_DEFAULTS[k])
+        if int8:
+            setv(e, "int8_embeddings", True, False)
     else:
         if have_ct:
             for k, default in _CT_OPTION_DEFAULTS.items():
