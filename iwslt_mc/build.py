@@ -456,7 +456,7 @@ def spec_for_stages(stages: list[StageEntry], cfg, *, base: str, lang: str, data
                 from .floor.sizes import ct_precision
 
                 precision = ct_precision(int(o.get("bits") or 4), int(o.get("group_size", 128)), bool(o.get("symmetric", False)))
-                ct_embeddings = bool(o.get("quantize_embeddings", False))
+                ct_embeddings = "int8" if o.get("int8_embeddings") else bool(o.get("quantize_embeddings", False))
                 if o.get("allocation"):  # bits per module: the allocation file holds its own exact figure
                     precision = ct_precision(8, int(o.get("group_size", 128)), True)
                     notes.append(f"quantize: bits per module from {o['allocation']}: not a planner spec, so "
@@ -488,7 +488,11 @@ def spec_for_stages(stages: list[StageEntry], cfg, *, base: str, lang: str, data
     if precision in ("bf16", "fp16", "fp32"):
         precision = fdt
     # embeddings are never quantized by bitsandbytes (nn.Embedding), whatever the default precision
-    if ct_embeddings:
+    if ct_embeddings == "int8":
+        from .floor.sizes import CT_INT8_ROWS
+
+        per["embed_tokens"] = CT_INT8_ROWS  # int-quantized 8-bit, a scale per row (quantize option int8_embeddings)
+    elif ct_embeddings:
         per["embed_tokens"] = precision  # compressed-tensors quantizes nn.Embedding too
     else:
         per.setdefault("embed_tokens", fdt)

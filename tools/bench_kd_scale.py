@@ -177,15 +177,16 @@ def _replaced_block(model: Path) -> list[int] | None:
     return None
 
 
-QUANT_RX = re.compile(r"^(?:ct([2-8])([es])|mix(\d+(?:\.\d+)?))$")
+QUANT_RX = re.compile(r"^(?:ct([2-8])(e|s8?)|mix(\d+(?:\.\d+)?))$")
 
 
 def quant_kind(kind: str) -> tuple[int | None, str | None, float | None]:
-    """``ct4e`` -> (4, "e", None), ``ct3s`` -> (3, "s", None), ``mix25`` -> (None, None, 25.0); else SystemExit."""
+    """``ct4e`` -> (4, "e", None), ``ct3s`` -> (3, "s", None), ``ct3s8`` -> (3, "s8", None), ``mix25`` ->
+    (None, None, 25.0); else SystemExit."""
     m = QUANT_RX.match(kind)
     if not m:
         raise SystemExit(f"--quant {kind!r}: expected ctNe (N-bit, embeddings too), ctNs (N-bit symmetric, float "
-                         "embeddings) or mixP (bits per module within P% of the teacher's torch.save bytes)")
+                         "embeddings), ctNs8 (N-bit symmetric, int8 embeddings) or mixP (bits per module within P% of the teacher's torch.save bytes)")
     return (int(m.group(1)), m.group(2), None) if m.group(1) else (None, None, float(m.group(3)))
 
 
@@ -195,8 +196,9 @@ def quant_options(kind: str, group: int, allocation: Path | None = None) -> dict
         return {"method": "ct", "symmetric": True, "allocation": str(allocation), "group_size": group}
     if how == "e":  # every linear layer, lm_head and embeddings; asymmetric (mse ranges at 4 bits)
         return {"method": "ct", "bits": bits, "group_size": group, "skip": [], "quantize_embeddings": True}
-    # symmetric, float embeddings, lm_head too: the ct checkpoint transformers loads packed
-    return {"method": "ct", "bits": bits, "group_size": group, "skip": [], "symmetric": True}
+    # symmetric, lm_head too: the ct checkpoint transformers loads packed; s8: the embeddings int8 (stay int8)
+    o = {"method": "ct", "bits": bits, "group_size": group, "skip": [], "symmetric": True}
+    return {**o, "int8_embeddings": True} if how == "s8" else o
 
 
 def quant_what(kind: str, group: int, alloc=None) -> str:
@@ -237,7 +239,8 @@ def main(argv=None) -> int:
                     help="also score the unquantized students and the untrained pruned ones (costs decoding time)")
     ap.add_argument("--quant", default="ct4e,ct4s",
                     help="final quantizations of each trained student: ctNe (N-bit ct of every layer and the embeddings, "
-                         "asymmetric), ctNs (N-bit ct symmetric, float embeddings: stays packed after loading), mixP "
+                         "asymmetric), ctNs (N-bit ct symmetric, float embeddings: stays packed after loading), ctNs8 (the same with int8 "
+                         "embeddings: compressed-tensors int-quantized, stay int8 after loading), mixP "
                          "(plan --allocate: bits per Linear module by dev sensitivity within P%% of the teacher's "
                          "torch.save bytes)")
     ap.add_argument("--dev", type=int, default=100, help="dev utterances decoded per candidate row (the first N; the targets choose on the whole split: "
@@ -356,8 +359,9 @@ def run_all(args, results: dict, results_path: Path) -> None:
 
     # the teacher and the no-training row
     (runs / "teacher").mkdir(parents=True, exist_ok=True)
-    if not (runs / "teacher" / "model").exists():
-        (runs / "teacher" / "model").symlink_to(teacher, target_is_directory=True)
+    link = runs / "teacher" / "model"
+    if not link.exists() and not link.is_symlink():  # a link into a removed worktree stays (only a pointer; the
+        link.symlink_to(teacher, target_is_directory=True)  # teacher read is --teacher)
     evaluate("teacher", teacher, with_dev=True, method="teacher", size="100", what="toy teacher (float16)")
     trim_opts = {"corpora": [str(text.resolve())], "use_data": False}
     trimmed, s1, c1 = stage("teacher-trim", "trim-vocab", trim_opts, teacher)

@@ -12,14 +12,16 @@ float8 and run too, but FP8 is 8 bits like int8 with coarser steps; bitsandbytes
 such a mixed checkpoint fail in transformers 5.25 (it decompresses every group with the embeddings' compressor),
 so the checkpoint is only usable packed (which is how the organizers and this tool's decoding load it).
 
-For each ``--model NAME=DIR`` (a packed ct / AutoRound checkpoint, rows fixed before measuring, nothing chosen):
-a copy with int8 embeddings (``NAME-e8``); the torch.save bytes of both after ``from_pretrained(dtype="auto")``
-(a real ``torch.save`` to a file named as the organizers' temporary file; the planner does not lay this format
-out), the dev KL of each to ``--teacher`` (first ``--dev-limit`` dev utterances) and chrF++ of the first
+The quantize stage writes it (method ct, ``symmetric: true``, ``int8_embeddings: true``; the planner and the sizer
+lay it out). For each ``--build NAME=DIR`` (an unquantized model): the stage's ``--build-options`` without and with
+``int8_embeddings`` (rows ``NAME``, ``NAME-e8``); for each ``--model NAME=DIR`` (a packed ct / AutoRound checkpoint
+the stage did not make): a copy with int8 embeddings made with the stage's own functions (``NAME-e8``). Rows fixed
+before measuring, nothing chosen. Of each: the torch.save bytes after ``from_pretrained(dtype="auto")`` (a real
+``torch.save`` to a file named as the organizers' temporary file), the dev KL of each to ``--teacher`` (first ``--dev-limit`` dev utterances) and chrF++ of the first
 ``--test-limit`` test utterances decoded once (greedy, float32).
 
     OMP_NUM_THREADS=1 nice -n 19 python tools/bench_quant_embeddings.py --teacher TRIMMED --corpus /work/toy/corpus-tiny \\
-        --model ar3-all=DIR --model ar2-all=DIR --out /tmp/qemb --report /tmp/qemb.md
+        --build trim-ct3-sym=TRIMMED --model ar3-all=DIR --out /tmp/qemb --report /tmp/qemb.md
 """
 
 from __future__ import annotations
@@ -50,13 +52,14 @@ def _tool(name: str):
 
 
 def int8_embeddings(src: Path, dst: Path) -> Path:
-    """A copy of packed checkpoint ``src`` whose token embeddings are compressed-tensors int-quantized 8-bit
-    (per row, symmetric: compressed-tensors' own qparams and quantize), the Linear groups unchanged."""
-    import torch
-    from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
-    from compressed_tensors.quantization.lifecycle.forward import quantize
-    from compressed_tensors.quantization.utils import calculate_qparams
+    """A copy of packed checkpoint ``src`` whose token embeddings are compressed-tensors int-quantized 8-bit, the
+    Linear groups unchanged: the quantize stage's own int8 rows and mixed-precision config
+    (:func:`iwslt_mc.quantization.formats.int8_rows_tensor`, :func:`~iwslt_mc.quantization.formats.add_int8_rows_group`;
+    the stage writes them itself with ``int8_embeddings: true``), applied to a checkpoint the stage did not make
+    (e.g. AutoRound's)."""
     from safetensors.torch import load_file, save_file
+
+    from iwslt_mc.quantization.formats import add_int8_rows_group, int8_rows_tensor
 
     shutil.rmtree(dst, ignore_errors=True)
     shutil.copytree(src, dst)
@@ -65,22 +68,28 @@ def int8_embeddings(src: Path, dst: Path) -> Path:
         raise SystemExit(f"{src}: expected one safetensors file, found {len(files)}")
     sd = load_file(str(files[0]))
     key = next(k for k in sd if k.endswith("embed_tokens.weight"))
-    w = sd[key]
-    args = QuantizationArgs(num_bits=8, type="int", symmetric=True, strategy="channel")
-    wf = w.float()
-    scale, zp = calculate_qparams(wf.amin(1, keepdim=True), wf.amax(1, keepdim=True), args)
-    sd[key] = quantize(wf, scale, zp, args, dtype=torch.int8)
-    sd[key[: -len("weight")] + "weight_scale"] = scale.to(w.dtype)
+    sd[key], sd[key[: -len("weight")] + "weight_scale"], _ = int8_rows_tensor(sd[key])
     save_file(sd, str(files[0]), metadata={"format": "pt"})
     cfg = json.loads((dst / "config.json").read_text(encoding="utf-8"))
-    qc = cfg["quantization_config"]
-    for g in qc["config_groups"].values():
-        g["format"] = g.get("format") or qc["format"]
-    qc["format"] = "mixed-precision"
-    scheme = QuantizationScheme(targets=["re:.*embed_tokens$"], weights=args, format="int-quantized")
-    qc["config_groups"][GROUP] = scheme.model_dump(mode="json")
+    add_int8_rows_group(cfg["quantization_config"])
     (dst / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return dst
+
+
+def stage_builds(name: str, src: Path, options: dict, runs: Path) -> list[tuple[str, Path]]:
+    """``NAME`` and ``NAME-e8``: the quantize stage's ``options`` applied to the unquantized ``src``, without and with
+    ``int8_embeddings: true`` (made by the stage, not by :func:`int8_embeddings`); built once."""
+    from iwslt_mc.stages import make_stage
+    from iwslt_mc.stages.base import StageContext, run_stage
+
+    out = []
+    for row, extra in ((name, {}), (f"{name}-e8", {"int8_embeddings": True})):
+        d = runs / row / "model"
+        if not (d / "config.json").exists():
+            run_stage(make_stage("quantize", {**options, **extra}), src, d,
+                      StageContext(log=lambda *a: print("   ", *a, flush=True), device="cpu"))
+        out.append((row, d))
+    return out
 
 
 def organizers_torch_save(model_dir: Path, work: Path) -> tuple[int, dict]:
@@ -112,7 +121,14 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--teacher", type=Path, required=True, help="the unquantized model the KL and %% are against")
     ap.add_argument("--corpus", type=Path, required=True)
-    ap.add_argument("--model", action="append", required=True, metavar="NAME=DIR")
+    ap.add_argument("--model", action="append", default=[], metavar="NAME=DIR",
+                    help="a packed checkpoint; row NAME-e8 is a copy with int8 embeddings")
+    ap.add_argument("--build", action="append", default=[], metavar="NAME=DIR",
+                    help="an unquantized model: rows NAME and NAME-e8 are the quantize stage's --build-options "
+                         "without and with int8_embeddings: true")
+    ap.add_argument("--build-options", type=json.loads, default={"method": "ct", "bits": 3, "symmetric": True,
+                                                                   "skip": []},
+                    help="the quantize stage's options for --build (JSON; default ct 3-bit symmetric, lm_head too)")
     ap.add_argument("--dev-limit", type=int, default=50)
     ap.add_argument("--test-limit", type=int, default=100)
     ap.add_argument("--out", type=Path, required=True)
@@ -135,7 +151,12 @@ def main(argv=None) -> int:
     dev = data.load_examples(str(args.corpus), "dev", lang=args.lang, limit=args.dev_limit)
     test = data.load_examples(str(args.corpus), "test", lang=args.lang, limit=args.test_limit)
     batches, reference = mixed.dev_reference(teacher, dev, args.lang)
+    if not args.model and not args.build:
+        ap.error("give --model or --build")
     rows = [("teacher", teacher, None)]
+    for spec in args.build:
+        name, d = spec.split("=", 1)
+        rows += [(row, d, None) for row, d in stage_builds(name, Path(d), args.build_options, runs)]
     for spec in args.model:
         name, d = spec.split("=", 1)
         rows.append((name, Path(d), None))

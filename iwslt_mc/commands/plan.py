@@ -62,7 +62,8 @@ def add_parser(sub):
     p.add_argument("--precision", action="append", default=[], metavar="[COMPONENT=]P",
                    help=("precision of all components (P) or of one (COMPONENT=P); repeatable. P: bf16 fp16 fp32 "
                          "int8 nf4 nf4-dq fp4 fp4-dq, or ctB[-gG][-sym] (compressed-tensors pack-quantized, B = 2-8 bits, "
-                         "groups of G weights, default 128, e.g. ct4 ct3-g64 ct4-sym). Components: audio_encoder projector llm_layers embed_tokens "
+                         "groups of G weights, default 128, e.g. ct4 ct3-g64 ct4-sym); embed_tokens also ct-int8 (quantize "
+                         "int8_embeddings: int8 per row, stays int8 after loading). Components: audio_encoder projector llm_layers embed_tokens "
                          "lm_head other, for Gemma 4 also vision_encoder per_layer_embeddings (aliases audio, llm, "
                          "vision, ple, embeddings = embed_tokens and lm_head). A quantized "
                          "default leaves embed_tokens and lm_head in bf16 unless --quantize-embeddings"))

@@ -22,6 +22,10 @@ FLOAT_BITS = 16  # "kept float" in a per-module bit allocation
 CT_DEFAULT_GROUP = 128
 
 _PRECISION_RX = re.compile(r"^ct([2-8])(?:-g(\d+))?(-sym)?$")
+# compressed-tensors ``int-quantized`` 8-bit token embeddings (quantize option int8_embeddings): one int8 per
+# weight and a float scale per row, symmetric; they stay int8 after from_pretrained next to packed symmetric
+# Linear layers. A precision of embed_tokens only.
+CT_INT8_ROWS = "ct-int8"
 
 
 def ct_precision(bits: int, group_size: int = CT_DEFAULT_GROUP, symmetric: bool = False) -> str:
@@ -63,13 +67,24 @@ def ct_disk_entries(key: str, shape: tuple[int, ...], bits: int, group_size: int
     return entries
 
 
+def ct_int8_rows_entries(key: str, shape: tuple[int, ...], float_dt: str, float_size: int):
+    """The safetensors entries of an ``int-quantized`` 8-bit table ``key`` (:data:`CT_INT8_ROWS`): the int8
+    ``weight`` of the full shape and a ``weight_scale`` [rows, 1] in the float dtype."""
+    if len(shape) != 2:
+        raise UserError(f"{key}: {CT_INT8_ROWS} quantizes 2-D weights only (shape {list(shape)})")
+    out, inp = shape
+    scale = (key[: -len("weight")] if key.endswith("weight") else key + ".") + "weight_scale"
+    return [(key, "I8", (out, inp), out * inp, None), (scale, float_dt, (out, 1), out * float_size, None)]
+
+
 # ----------------------------------------------------------------------------- precisions
 
 FLOAT_PRECISIONS = ("bf16", "fp16", "fp32")
 QUANT_PRECISIONS = ("int8", "nf4", "nf4-dq", "fp4", "fp4-dq")
 PRECISIONS = FLOAT_PRECISIONS + QUANT_PRECISIONS
 # Less to more aggressive; used to order --target tables.
-PRECISION_BITS = {"fp32": 32, "bf16": 16, "fp16": 16, "int8": 8, "nf4": 4, "fp4": 4, "nf4-dq": 4, "fp4-dq": 4}
+PRECISION_BITS = {"fp32": 32, "bf16": 16, "fp16": 16, "int8": 8, "nf4": 4, "fp4": 4, "nf4-dq": 4, "fp4-dq": 4,
+                  CT_INT8_ROWS: 8}
 _FLOAT_DTYPE = {"bf16": ("BF16", 2, "bfloat16"), "fp16": ("F16", 2, "float16"), "fp32": ("F32", 4, "float32")}
 # safetensors writes tensors sorted by dtype (its enum order, descending) and then by name.
 _DTYPE_RANK = {d: i for i, d in enumerate(
@@ -91,15 +106,16 @@ def check_components(spec, components, family_label: str) -> None:
 
 
 def check_precision(p: str) -> str:
-    if p not in PRECISIONS and parse_ct_precision(p) is None:
+    if p not in PRECISIONS and p != CT_INT8_ROWS and parse_ct_precision(p) is None:
         raise UserError(f"unknown precision {p!r} (use one of {', '.join(PRECISIONS)}, "
-                        "or ctB[-gG][-sym]: compressed-tensors B = 2-8 bits, groups of G (default 128), e.g. ct4, ct3-g64)")
+                        "or ctB[-gG][-sym]: compressed-tensors B = 2-8 bits, groups of G (default 128), e.g. ct4, ct3-g64; "
+                        f"embed_tokens also {CT_INT8_ROWS}: int8 per row)")
     return p
 
 
 def is_quant_precision(p: str) -> bool:
     """A quantized precision: bitsandbytes (``QUANT_PRECISIONS``) or compressed-tensors (``ct4``, ``ct3-g64``, ...)."""
-    return p in QUANT_PRECISIONS or _ct_precision(p) is not None
+    return p in QUANT_PRECISIONS or p == CT_INT8_ROWS or _ct_precision(p) is not None
 
 
 # parse_ct_precision, remembered: --target sizes hundreds of specs of hundreds of tensors each
@@ -128,6 +144,10 @@ def disk_tensors(key: str, shape: tuple[int, ...], precision: str, float_dtype: 
         dt, size, _ = _FLOAT_DTYPE[float_dtype]
         entries = ct_disk_entries(key, shape, *ct, dt, size)
         return entries, n, sum(e[3] for e in entries[1:])
+    if precision == CT_INT8_ROWS:
+        dt, size, _ = _FLOAT_DTYPE[float_dtype]
+        entries = ct_int8_rows_entries(key, shape, dt, size)
+        return entries, n, entries[1][3]
     if precision == "int8":
         rows = shape[0] if shape else 1
         mod = key[: -len(".weight")] if key.endswith(".weight") else key

@@ -297,6 +297,15 @@ def ct_loads_packed(config: dict) -> bool:
 CT_KEPT = ("weight_scale", "weight_zero_point", "weight_shape")
 
 
+def int8_rows(by_key, prefix: str) -> bool:
+    """Whether module ``prefix`` holds compressed-tensors ``int-quantized`` 8-bit weights (an int8 ``weight`` and a
+    ``weight_scale`` per row, no bitsandbytes ``SCB``): the quantize option int8_embeddings. In memory after
+    ``from_pretrained`` the module keeps both, the scale registered first (measured: transformers 5.25,
+    compressed-tensors 0.20)."""
+    w = by_key.get(prefix + "weight")
+    return w is not None and w[0] == "I8" and prefix + "weight_scale" in by_key and prefix + "SCB" not in by_key
+
+
 def ct_in_memory(tensors, config: dict, ct_shapes: dict | None = None, *, keeps_params: bool = False):
     """The checkpoint's tensors as transformers holds them after ``from_pretrained(dtype="auto")`` of a
     compressed-tensors ``pack-quantized`` checkpoint.
@@ -414,6 +423,12 @@ def tree_state_dict_layout(tensors: list[tuple[str, str, tuple[int, ...]]], conf
                 add(prefix + s, dtype, shape, quant_state=s in ("weight_packed", "weight_shape"))
                 used.add(prefix + s)
             return
+        if what == "emb" and int8_rows(by_key, prefix):  # int-quantized 8-bit embeddings: the scale, then the weight
+            for s in ("weight_scale", "weight"):
+                dtype, shape = by_key[prefix + s]
+                add(prefix + s, dtype, shape, quant_state=False)
+                used.add(prefix + s)
+            return
         if tuple(base) != params:
             missing = [p for p in params if p not in base]
             if missing:
@@ -505,6 +520,8 @@ def meta_state_dict_layout(tensors: list[tuple[str, str, tuple[int, ...]]], conf
     # keeps_params): after the module's bias, CT_KEPT, then the float weight
     ct_kept = {mk for mk, dk in mem_to_disk.items() if mk.endswith(".weight") and dk in by_disk
                and dk[: -len("weight")] + "weight_shape" in by_disk}
+    # int-quantized 8-bit weights (int8 embeddings): the scale first, then the int8 weight
+    rows8 = {mk for mk, dk in mem_to_disk.items() if mk.endswith(".weight") and int8_rows(by_disk, dk[: -len("weight")])}
     tid_of = {r[0]: r[4] for r in rows}
     last_own: dict[str, str] = {}  # module prefix -> its last own tensor key, where its state follows
     for mk in sd:
@@ -559,9 +576,16 @@ def meta_state_dict_layout(tensors: list[tuple[str, str, tuple[int, ...]]], conf
             continue
         if dk not in by_disk:
             raise NotExact(f"the checkpoint lacks {dk} (transformers would initialize it)")
+        if mk in rows8:
+            sk = dk[: -len("weight")] + "weight_scale"
+            sdtype, sshape = by_disk[sk]
+            used.add(sk)
+            storage_of[("x", mk, "weight_scale")] = len(storage_of)
+            add(prefix + "weight_scale", float_dtype if sdtype in _FLOATS else sdtype, sshape,
+                storage_of[("x", mk, "weight_scale")])
         dtype, shape = by_disk[dk]
         used.add(dk)
-        quantized = prefix in extras
+        quantized = prefix in extras or mk in rows8
         if not quantized and shape != tuple(sd[mk][1]):
             raise NotExact(f"{dk} has shape {list(shape)}, the model built from config.json {list(sd[mk][1])}")
         if dtype in _FLOATS and t_float:
@@ -570,7 +594,7 @@ def meta_state_dict_layout(tensors: list[tuple[str, str, tuple[int, ...]]], conf
             dtype = t_dtype or dtype
         storage_of[tid] = len(storage_of)
         add(mk, dtype, shape, storage_of[tid])
-        if quantized and last_own[prefix] == mk:
+        if prefix in extras and last_own[prefix] == mk:
             _add_extras(mk, prefix)
         if prefix + "weight" in ct_kept and last_own[prefix] == mk:
             _add_kept(prefix + "weight", prefix)

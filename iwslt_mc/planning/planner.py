@@ -18,7 +18,8 @@ with the on-disk arithmetic of each format, and the safetensors file is laid out
   default 128, asymmetric unless ``-sym``): int32 ``weight_packed`` (B values per word), a
   ``weight_scale`` per group in the float dtype, an int64 ``weight_shape`` and, if asymmetric, int32
   ``weight_zero_point`` packed along the output rows (:func:`iwslt_mc.floor.sizes.ct_disk_entries`).
-  These quantize embeddings too.
+  These quantize embeddings too. ``ct-int8`` (embed_tokens only; quantize ``int8_embeddings``): an int8
+  ``weight`` of the full shape and a ``weight_scale`` per row in the float dtype.
 - bitsandbytes nf4/fp4: ``weight`` packed two values per byte (uint8 ``[ceil(n/2), 1]``), float32
   ``absmax`` per 64-element block, float32 ``quant_map`` (16 values), and a uint8 ``quant_state``
   tensor holding JSON (shape, dtype, blocksize, ...). With double quantization ("-dq") ``absmax`` is
@@ -43,7 +44,7 @@ from pathlib import Path
 from .. import __version__
 from ..sizing import torchsave
 from ..errors import InputFileError, UserError
-from ..floor.sizes import (BNB_BLOCKSIZE, FLOAT_PRECISIONS, _FLOAT_DTYPE, Prediction, check_components, check_precision,
+from ..floor.sizes import (BNB_BLOCKSIZE, CT_INT8_ROWS, FLOAT_PRECISIONS, _FLOAT_DTYPE, Prediction, check_components, check_precision,
                            disk_tensors, is_quant_precision, safetensors_header, safetensors_header_bytes)
 from ..quantization.formats import planned_quantization_config, shapes_of_entries
 from ..sizing.track import get_edition, size_bin
@@ -168,6 +169,12 @@ class Spec:
                 per[comp] = check_precision(p)
         self.component_precision = per
         check_precision(self.precision)
+        wrong = [c for c, p in per.items() if p == CT_INT8_ROWS and c != "embed_tokens"] + (
+            ["every component"] if self.precision == CT_INT8_ROWS else [])
+        if wrong:
+            raise UserError(f"precision {CT_INT8_ROWS} (int8 per row, compressed-tensors int-quantized) is for "
+                            f"embed_tokens only, not {wrong[0]} (e.g. --precision ct3-sym --precision "
+                            f"embed_tokens={CT_INT8_ROWS})")
         if self.float_dtype is not None and self.float_dtype not in FLOAT_PRECISIONS:
             raise UserError(f"float dtype {self.float_dtype!r} must be one of {', '.join(FLOAT_PRECISIONS)}")
         for name in ("llm_layers", "audio_layers", "ffn_dim", "audio_ffn_dim", "vocab", "hidden", "heads", "audio_hidden"):

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from ..errors import UserError
 from ..floor.options import set_value_text
-from ..floor.sizes import is_quant_precision, parse_ct_precision
+from ..floor.sizes import CT_INT8_ROWS, is_quant_precision, parse_ct_precision
 from .planner import Spec, base_dims, reference_config, resolve_dims
 
 def dims_after_distillation_stage(stage: str, options: dict, dims: dict) -> dict | None:
@@ -184,6 +184,13 @@ def build_plan(spec: Spec, base_config=None, *, match_recipe: bool = True) -> Bu
                         "no size stage casts a model without quantizing it)")
     comps = list(_BUILD_COMPONENTS)
     quant = {c: spec.precision_of(c) for c in comps if is_quant_precision(spec.precision_of(c))}
+    int8_emb = quant.get("embed_tokens") == CT_INT8_ROWS
+    if int8_emb:  # quantize method ct's int8_embeddings: beside symmetric ct layers only
+        del quant["embed_tokens"]
+        rest = set(quant.values())
+        if len(rest) != 1 or not (parse_ct_precision(next(iter(rest))) or (0, 0, False))[2]:
+            raise UserError(f"not buildable: embed_tokens={CT_INT8_ROWS} goes with symmetric ct layers (ctB-sym, "
+                            f"quantize int8_embeddings), not {', '.join(sorted(rest)) or 'float ones'}")
     if quant.get("embed_tokens") and parse_ct_precision(quant["embed_tokens"]) is None:
         raise UserError("not buildable: 4-bit/8-bit token embeddings (embed_tokens): bitsandbytes quantizes "
                         "Linear layers only, the embedding stays in float; quantize lm_head instead")
@@ -193,7 +200,8 @@ def build_plan(spec: Spec, base_config=None, *, match_recipe: bool = True) -> Bu
                         "the quantize stage applies one")
     if methods:
         (prec,) = methods
-        floats = {c: p for c, p in ((c, spec.precision_of(c)) for c in comps) if c not in quant}
+        floats = {c: p for c, p in ((c, spec.precision_of(c)) for c in comps)
+                  if c not in quant and not (int8_emb and c == "embed_tokens")}
         for c, p in floats.items():
             if p != fdt:
                 raise UserError(f"not buildable: {c} in {p} while the other unquantized weights are {fdt}")
@@ -203,6 +211,8 @@ def build_plan(spec: Spec, base_config=None, *, match_recipe: bool = True) -> Bu
             bits, group, sym = ct
             o = {"method": "ct", "bits": bits, "group_size": group, "symmetric": sym,
                  "quantize_embeddings": "embed_tokens" in quant}
+            if int8_emb:
+                o["int8_embeddings"] = True
         else:
             o = {"method": prec.split("-")[0]}
             if prec != "int8":
@@ -307,7 +317,9 @@ def _overrides_for(recipe, need: dict) -> list[str] | None:
     return sets
 
 
-_CT_OPTION_DEFAULTS = {"group_size": 128, "symmetric": False, "scales": "auto", "quantize_embeddings": False}
+# int8_embeddings first: it is valid only while symmetric is on, so it goes back to its default before symmetric
+_CT_OPTION_DEFAULTS = {"int8_embeddings": False, "group_size": 128, "symmetric": False, "scales": "auto",
+                       "quantize_embeddings": False}
 
 
 def _quantize_sets(e, want: dict, setv, sets: list) -> None:
@@ -320,8 +332,13 @@ def _quantize_sets(e, want: dict, setv, sets: list) -> None:
     if want["method"] == "ct":
         setv(e, "method", "ct", "nf4")
         setv(e, "bits", want["bits"], None if not have_ct else 4)
+        int8 = bool(want.get("int8_embeddings"))  # off before symmetric may go off, on after it is on
+        if not int8:
+            setv(e, "int8_embeddings", False, False)
         for k in ("group_size", "symmetric", "quantize_embeddings"):
             setv(e, k, want[k], _CT_OPTION_DEFAULTS[k])
+        if int8:
+            setv(e, "int8_embeddings", True, False)
     else:
         if have_ct:
             for k, default in _CT_OPTION_DEFAULTS.items():

@@ -30,6 +30,12 @@ load) where it cannot (:func:`loads_packed`):
   torch.save bytes are the packed bytes (kit, 4-bit groups of 16: 1,615,023 bytes; lm_head too:
   1,282,867; 2-bit: 1,551,535; float32 kit: 2,412,693). The first forward unpacks the weights into
   floats in memory (compressed-tensors' decompression hook): decoding is the unpacked model's.
+- symmetric with ``int8_embeddings: true``: ``dequantize: false``, the Linear layers packed as above and the
+  token embeddings compressed-tensors ``int-quantized`` 8-bit (an int8 ``weight`` and a float ``weight_scale``
+  per row; a ``mixed-precision`` config, one group per format), which stay int8 after loading (in memory the
+  scale is registered before the weight). transformers 5.25 cannot load such a checkpoint with
+  ``dequantize: true`` (it decompresses the packed groups with the int8 compressor), so only the symmetric,
+  packed case is written; an output projection tied to the embeddings is refused.
 - asymmetric (zero points) or ``quantize_embeddings: true``: ``dequantize: true``. transformers fails
   to load packed zero points (a size mismatch) and packed embeddings (compressed-tensors raises
   AttributeError), so these load as floats and count at **float size** under the torch.save measure;
@@ -153,7 +159,11 @@ def check_ct(in_dir: Path, o) -> None:
 
     require_compressed_tensors()
     model = meta_model(in_dir)
-    shapes = quantized_module_shapes(in_dir, effective_skip(o, tied_output(model)), o.quantize_embeddings, model)
+    tied = tied_output(model)
+    if getattr(o, "int8_embeddings", False) and tied:
+        raise UserError(f"stage quantize: int8_embeddings: {tied} of {in_dir} is tied to the token embeddings (one "
+                        "matrix), which int8 embeddings cannot share; use quantize_embeddings")
+    shapes = quantized_module_shapes(in_dir, effective_skip(o, tied), o.quantize_embeddings, model)
     bad = [(n, s) for n, s in shapes.items() if s[1] % o.group_size]
     if bad:
         n, s = bad[0]
@@ -285,12 +295,65 @@ def ct_quantize(in_dir, o, *, device: str = "cpu", log=print, module_bits: dict[
     # does not match again: keep the patterns the options gave.
     compressor.quantization_config.ignore = list(qcfg.ignore)
     _quiet_tqdm(compressor.compress_model, model)
+    if getattr(o, "int8_embeddings", False):
+        model._iwslt_mc_ct_int8 = int8_rows(model.get_input_embeddings())
+        log("quantize: token embeddings to int8 per row (compressed-tensors int-quantized, symmetric)")
     model._iwslt_mc_ct_compressor = compressor
     model._iwslt_mc_ct_source = (str(in_dir), o, device, module_bits)
     # tied and quantized: the output projection holds a second packed copy of the embedding matrix (the same
     # scales and integers: one matrix, one quantization), which runs in memory and is left out of the save
     model._iwslt_mc_ct_tied = tied if tied and o.quantize_embeddings else None
     return model, compressor
+
+
+INT8_GROUP = "embeddings-int8"
+
+
+def int8_rows_args():
+    from compressed_tensors.quantization import QuantizationArgs
+
+    return QuantizationArgs(num_bits=8, type="int", symmetric=True, strategy="channel")
+
+
+def int8_rows_tensor(weight) -> tuple:
+    """``weight`` [rows, cols] as compressed-tensors ``int-quantized`` 8-bit per row (its own qparams, quantize and
+    dequantize: symmetric, one scale per row in the weight's dtype): (int8 table, scale [rows, 1], the dequantized
+    table in the weight's dtype, which is what the loaded checkpoint computes with)."""
+    import torch
+    from compressed_tensors.quantization.lifecycle.forward import dequantize, quantize
+    from compressed_tensors.quantization.utils import calculate_qparams
+
+    args = int8_rows_args()
+    with torch.no_grad():
+        w = weight.detach()
+        wf = w.float()
+        scale, zp = calculate_qparams(wf.amin(1, keepdim=True), wf.amax(1, keepdim=True), args)
+        scale = scale.to(w.dtype)
+        q = quantize(wf, scale, zp, args, dtype=torch.int8)
+        return q, scale, dequantize(q, scale, zp, args, dtype=w.dtype)
+
+
+def int8_rows(emb) -> tuple:
+    """Quantize embedding module ``emb`` in place (:func:`int8_rows_tensor`): its weight becomes the dequantized
+    table, so the model in memory computes what the saved int8 checkpoint computes after loading. Returns
+    (int8, scale) for :func:`ct_save`."""
+    q, scale, deq = int8_rows_tensor(emb.weight)
+    emb.weight.data.copy_(deq)
+    return q, scale
+
+
+def add_int8_rows_group(qc: dict) -> None:
+    """Turn a saved ``pack-quantized`` ``quantization_config`` (a dict) into the ``mixed-precision`` one of a checkpoint
+    whose token embeddings are ``int-quantized`` 8-bit: every group keeps its own format, the embeddings get
+    group :data:`INT8_GROUP`."""
+    from compressed_tensors.quantization import QuantizationScheme
+
+    for g in qc["config_groups"].values():
+        g["format"] = g.get("format") or qc["format"]
+    qc["format"] = "mixed-precision"
+    scheme = QuantizationScheme(targets=[r"re:(?:.*\.)?embed_tokens$"], weights=int8_rows_args(),
+                                format="int-quantized")
+    qc["config_groups"][INT8_GROUP] = scheme.model_dump(mode="json")
 
 
 def _quiet_tqdm(fn, *args):
@@ -323,19 +386,32 @@ def ct_save(model, processor, out_dir) -> Path:
         in_dir, o, device, module_bits = model._iwslt_mc_ct_source
         model, compressor = ct_quantize(in_dir, o, device=device, log=lambda *a: None, module_bits=module_bits)
     tied = getattr(model, "_iwslt_mc_ct_tied", None)
+    int8 = getattr(model, "_iwslt_mc_ct_int8", None)
     held = {}
     if tied:  # save the shared matrix once: the config keeps tie_word_embeddings, the loader ties it again
         mod = model.get_submodule(tied)
         held = dict(mod._parameters)
         mod._parameters.clear()
+    if int8 is not None:  # int8 embeddings: the int8 table and its scales saved in place of the float table
+        import torch
+
+        emb = model.get_input_embeddings()
+        emb_held = dict(emb._parameters)
+        emb._parameters["weight"] = torch.nn.Parameter(int8[0], requires_grad=False)
+        emb._parameters["weight_scale"] = torch.nn.Parameter(int8[1], requires_grad=False)
     try:
         out = modelio.save_model(model, processor, out_dir)
     finally:
         if tied:
             mod._parameters.update(held)
+        if int8 is not None:
+            emb._parameters.clear()
+            emb._parameters.update(emb_held)
     compressor.update_config(str(out))
     path = Path(out) / "config.json"
     cfg = json.loads(path.read_text(encoding="utf-8"))
+    if int8 is not None:  # a mixed-precision config: the Linear groups packed, the embeddings int-quantized
+        add_int8_rows_group(cfg["quantization_config"])
     cfg["quantization_config"]["dequantize"] = not loads_packed(model._iwslt_mc_ct_source[1])
     path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return Path(out)
@@ -376,4 +452,6 @@ def describe(o) -> str:
             f"{'MSE-clipped' if resolved_scales(o) == 'mse' else 'min/max'} round-to-nearest")
     if o.quantize_embeddings:
         what += "; token embeddings quantized"
+    if getattr(o, "int8_embeddings", False):
+        what += "; token embeddings int8 per row (compressed-tensors int-quantized, symmetric; stay int8 after loading)"
     return what + ("; loads packed (dequantize: false)" if loads_packed(o) else "; loads unpacked to floats (dequantize: true)")

@@ -222,6 +222,14 @@ def _classify_with(tensors, read_quant_state, warnings, ct_shapes=None):
                         state.add(extra)
                 formats["bnb-int8"] = formats.get("bnb-int8", 0) + 1
     _classify_compressed_tensors(names, read_quant_state, logical, state, formats, warnings, ct_shapes)
+    # compressed-tensors int-quantized 8-bit (int8 embeddings): int8 weight with a float scale per row beside it
+    for t in tensors:
+        if t.name.endswith(".weight_scale") and t.name not in state:
+            base = t.name[: -len("weight_scale")]
+            w = names.get(base + "weight")
+            if w is not None and w.dtype == "I8" and base + "SCB" not in names:
+                state.add(t.name)
+                formats["ct-int8-rows"] = formats.get("ct-int8-rows", 0) + 1
     return logical, state, formats
 
 

@@ -52,12 +52,13 @@ _BIAS_DTYPES_ATTR = "_iwslt_mc_4bit_bias_dtypes"
 class QuantizeOptions(StageOptions):
     method: Literal["nf4", "fp4", "int8", "ct", "autoround"] = field(default="nf4", metadata={
         "help": "nf4 or fp4 (bitsandbytes 4-bit) or int8 (LLM.int8); ct: compressed-tensors pack-quantized integers "
-                "of 2-8 bits (bits, group_size, symmetric, scales, quantize_embeddings), packed in safetensors, "
+                "of 2-8 bits (bits, group_size, symmetric, scales, quantize_embeddings, int8_embeddings), packed in safetensors, "
                 "embeddings too, reloads with from_pretrained alone; vLLM's format (compressed-tensors). How each loads "
                 "and what the torch.save measure (2026/2027) counts: nf4/fp4/int8 stay packed after from_pretrained "
                 "(embeddings always float; lm_head packed unless in skip); ct symmetric with float embeddings stays "
                 "packed (saved with dequantize: false; lm_head packed unless in skip); ct asymmetric or with "
-                "quantize_embeddings is unpacked to floats at load (dequantize: true) and counts at float size; autoround: the "
+                "quantize_embeddings is unpacked to floats at load (dequantize: true) and counts at float size; ct symmetric "
+                "with int8_embeddings stays packed, its embeddings int8; autoround: the "
                 "calibrated method (AutoRound, optional: pip install -e '.[calib]'), 2-4-bit symmetric groups tuned on "
                 "the stage's --data (calibration, iters, nsamples): the Linear layers of the LLM decoder blocks, lm_head "
                 "with quantize_lm_head, the audio encoder's Linear layers and the projector with quantize_audio (token "
@@ -95,6 +96,14 @@ class QuantizeOptions(StageOptions):
         "help": "ct: also quantize the token embeddings (embed_tokens); lm_head is quantized unless in skip. A tied "
                 "lm_head (one matrix with the embeddings, e.g. Gemma 4) follows this option whatever skip says, and "
                 "is stored once (the checkpoint stays tied)"})
+    int8_embeddings: bool = field(default=False, metadata={
+        "help": "ct, symmetric: the token embeddings as compressed-tensors int-quantized 8-bit (one int8 per weight, "
+                "a float scale per row, symmetric) next to the packed Linear layers (a mixed-precision config); they "
+                "stay int8 after from_pretrained, so the torch.save measure counts a quarter of a float32 table "
+                "(toy teacher, ct3 symmetric of a trimmed model: 26.0% of its torch.save bytes instead of 29.3%, "
+                "chrF++ 97.6% of it; docs/bench/quant_floor.md). Needs symmetric: true (asymmetric ct saves "
+                "dequantize: true, which transformers cannot load for such a checkpoint); not with "
+                "quantize_embeddings (packed embeddings), an allocation, nor a tied lm_head"})
 
     calibration: Literal["audio", "text"] = field(default="audio", metadata={
         "help": "autoround: what the blocks are tuned on: audio = the model's real inputs (nsamples utterances of "
@@ -136,16 +145,24 @@ class QuantizeOptions(StageOptions):
                 raise UserError(f"stage quantize: method ct has {CT_BITS[0]}-{CT_BITS[-1]} bits, not bits={self.bits}")
             if self.group_size < 1:
                 raise UserError(f"stage quantize: group_size must be a positive integer, not {self.group_size}")
+            if self.int8_embeddings and self.quantize_embeddings:
+                raise UserError("stage quantize: int8_embeddings and quantize_embeddings both quantize the token "
+                                "embeddings: choose one (int8_embeddings stays int8 after from_pretrained; "
+                                "quantize_embeddings packs them and loads as floats)")
+            if self.int8_embeddings and not self.symmetric:
+                raise UserError("stage quantize: int8_embeddings needs symmetric: true (asymmetric ct is saved with "
+                                "dequantize: true, and transformers cannot unpack a checkpoint with int8 embeddings)")
         else:
             own = 8 if self.method == "int8" else 4
             if self.bits is not None and self.bits != own:
                 raise UserError(f"stage quantize: method {self.method} is {own}-bit only, not bits={self.bits} "
                                 "(method ct has 2-8 bits)")
             ct_only = [k for k, v in (("group_size", self.group_size != 128), ("symmetric", self.symmetric),
-                                      ("scales", self.scales != "auto"), ("quantize_embeddings", self.quantize_embeddings)) if v]
+                                      ("scales", self.scales != "auto"), ("quantize_embeddings", self.quantize_embeddings),
+                                      ("int8_embeddings", self.int8_embeddings)) if v]
             if ct_only:
                 raise UserError(f"stage quantize: option {ct_only[0]} is for method ct only "
-                                f"(bitsandbytes {self.method} {'cannot quantize embeddings' if ct_only[0] == 'quantize_embeddings' else 'has no such setting'})")
+                                f"(bitsandbytes {self.method} {'cannot quantize embeddings' if ct_only[0].endswith('_embeddings') else 'has no such setting'})")
         if self.method != "autoround":
             ar_only = [k for k, v in (("calibration", self.calibration != "audio"), ("iters", self.iters != 50),
                                       ("nsamples", self.nsamples != 32), ("seqlen", self.seqlen != 128),
@@ -188,6 +205,7 @@ class QuantizeOptions(StageOptions):
             raise UserError("stage quantize: option seqlen is for calibration text (calibration audio takes whole "
                             "utterances)")
         other = [k for k, v in (("scales", self.scales != "auto"), ("quantize_embeddings", self.quantize_embeddings),
+                                ("int8_embeddings", self.int8_embeddings),
                                 ("allocation", self.allocation is not None),
                                 ("skip", self.skip not in (["lm_head"], []))) if v]
         if other:
@@ -210,6 +228,9 @@ class QuantizeOptions(StageOptions):
         if given:
             raise UserError(f"stage quantize: option {given[0]} does not go with allocation (the file gives every "
                             "module's width; 16 = kept float)")
+        if self.int8_embeddings:
+            raise UserError("stage quantize: option int8_embeddings does not go with allocation (the allocation's "
+                            "budget and predicted bytes count the token embeddings as stored)")
         alloc = read_allocation(self.allocation)
         if self.group_size not in (128, alloc.group_size):
             raise UserError(f"stage quantize: group_size {self.group_size} differs from the allocation's "

@@ -154,6 +154,7 @@ def test_bad_allocations_fail_in_one_line_before_work(kit, tmp_path, over, messa
     ({"method": "ct"}, "allocation needs symmetric: true"),
     ({"method": "ct", "symmetric": True, "bits": 3}, "option bits does not go with allocation"),
     ({"method": "ct", "symmetric": True, "group_size": 32}, "group_size 32 differs from the allocation's 16"),
+    ({"method": "ct", "symmetric": True, "int8_embeddings": True}, "option int8_embeddings does not go with allocation"),
 ])
 def test_options_that_contradict_an_allocation_fail(tmp_path, opts, message):
     path = _write(tmp_path / "a.json")

@@ -35,8 +35,9 @@ BUILDS = {
     "ct2-sym": {**SYM, "bits": 2},
     "ct4-asym": {"method": "ct", "bits": 4, "group_size": 16},  # zero points: loads unpacked (dequantize: true)
     "ct3-sym-emb": {**SYM, "bits": 3, "quantize_embeddings": True, "skip": []},  # packed embeddings: unpacked too
+    "ct3-sym-e8": {**SYM, "bits": 3, "skip": [], "int8_embeddings": True},  # int8 embeddings: stay int8
 }
-PACKED = ("ct4-sym", "ct4-sym-lm_head", "ct3-sym", "ct2-sym")
+PACKED = ("ct4-sym", "ct4-sym-lm_head", "ct3-sym", "ct2-sym")  # packed Linear layers, float embeddings
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +94,7 @@ def test_what_loads_packed_and_what_counts_at_float_size(kit, builds, tmp_path):
     for name in BUILDS:
         q = json.loads((builds / name / "config.json").read_text())["quantization_config"]
         if name.startswith("ct"):
-            assert q["dequantize"] is (name not in PACKED), name
+            assert q["dequantize"] is (name not in PACKED + ("ct3-sym-e8",)), name
 
 
 @pytest.mark.parametrize("name", PACKED)
@@ -285,3 +286,133 @@ def test_plan_notes_a_precision_that_unpacks_at_load(precision, unpacks, capsys)
     assert main(["plan", "--precision", precision, "--edition", "2027"]) == 0
     err = capsys.readouterr().err
     assert ("unpacks to floats at load, so torch.save counts it at float size" in err) is unpacks
+
+
+def test_int8_embeddings_stay_int8_after_from_pretrained_and_count_a_byte_per_weight(builds, tmp_path):
+    """quantize int8_embeddings: the table int8 with a float scale per row after the organizers' load, beside the
+    packed Linear layers (lm_head too); the torch.save measure counts it at one byte per weight."""
+    size, sd = organizers_torch_save(builds / "ct3-sym-e8", tmp_path)
+    emb = "model.language_model.embed_tokens."
+    assert sd[emb + "weight"] == (torch.int8, (1600, 64)) and sd[emb + "weight_scale"] == (torch.float32, (1600, 1))
+    assert list(sd).index(emb + "weight_scale") + 1 == list(sd).index(emb + "weight")  # the scale first
+    assert sd["lm_head.weight_packed"] == (torch.int32, (1600, 64 * 3 // 32)) and "lm_head.weight" not in sd
+    assert sd["model.language_model.layers.0.mlp.up_proj.weight_packed"][0] == torch.int32
+    q = json.loads((builds / "ct3-sym-e8" / "config.json").read_text())["quantization_config"]
+    assert q["format"] == "mixed-precision" and q["config_groups"]["embeddings-int8"]["format"] == "int-quantized"
+    assert q["config_groups"]["group_0"]["format"] == "pack-quantized"
+    assert size == 938_357  # measured (transformers 5.25, compressed-tensors 0.20.1; CPU storage tags)
+
+
+def test_int8_embeddings_reload_gives_the_logits_of_the_model_before_saving(kit, builds, dev_inputs):
+    """The quantized model in memory (its table replaced by the dequantized int8 table) and the packed reload compute
+    the same logits; against the float table they differ by the int8 rounding only."""
+    from transformers import Qwen2AudioForConditionalGeneration
+
+    before, _ = quant_formats.ct_quantize(kit / "model", QuantizeOptions.from_dict(BUILDS["ct3-sym-e8"]),
+                                          log=lambda *a: None)
+    plain, _ = quant_formats.ct_quantize(kit / "model", QuantizeOptions.from_dict(
+        {k: v for k, v in BUILDS["ct3-sym-e8"].items() if k != "int8_embeddings"}), log=lambda *a: None)
+    packed = Qwen2AudioForConditionalGeneration.from_pretrained(str(builds / "ct3-sym-e8")).eval()
+    assert packed.model.language_model.embed_tokens.weight.dtype == torch.int8
+    with torch.inference_mode():
+        ref = before(**dev_inputs).logits
+        got = packed(**dev_inputs).logits
+        assert torch.equal(got, ref)
+        diff = (plain(**dev_inputs).logits - ref).abs().max()
+        assert 0 < diff < 0.1, diff
+        g = packed.generate(**dev_inputs, max_new_tokens=6, do_sample=False)
+        assert torch.equal(g, before.generate(**dev_inputs, max_new_tokens=6, do_sample=False))
+
+
+def test_decode_command_runs_int8_embeddings_on_cpu(kit, builds, tmp_path):
+    from iwslt_mc import cli
+
+    out = tmp_path / "e8.de"
+    assert cli.main(["decode", str(builds / "ct3-sym-e8"), "--lang", "en-de", "--audio", f"{kit / 'data'}?split=eval",
+                     "--out", str(out), "--max-new-tokens", "4", "--no-progress", "--device", "cpu"]) == 0
+    assert len(out.read_text(encoding="utf-8").splitlines()) == 8
+
+
+@pytest.mark.parametrize("sets,msg", [
+    (["method=ct", "bits=3", "int8_embeddings=true"], "int8_embeddings needs symmetric: true"),
+    (["method=ct", "bits=3", "symmetric=true", "int8_embeddings=true", "quantize_embeddings=true"],
+     "int8_embeddings and quantize_embeddings both quantize"),
+    (["method=nf4", "int8_embeddings=true"], "option int8_embeddings is for method ct only"),
+    (["method=autoround", "int8_embeddings=true"], "option int8_embeddings does not go with method autoround"),
+])
+def test_bad_int8_embedding_options_fail_in_one_line_before_work(kit, tmp_path, stage_refuses, sets, msg):
+    stage_refuses("quantize", kit / "model", tmp_path / "o", sets, msg)
+
+
+def test_int8_embeddings_refuse_a_tied_lm_head_before_work(gemma_kit, tmp_path, stage_refuses):
+    """Gemma 4's lm_head is the embedding matrix (tied): int8 embeddings cannot share it."""
+    kit_dir, _ = gemma_kit
+    stage_refuses("quantize", kit_dir / "model", tmp_path / "o",
+                  ["method=ct", "symmetric=true", "int8_embeddings=true", "group_size=8"],
+                  "is tied to the token embeddings (one matrix), which int8 embeddings cannot share")
+
+
+def test_plan_predicts_int8_embeddings_at_7b_and_refuses_them_elsewhere():
+    from iwslt_mc.errors import UserError
+
+    ts = {}
+    for name, per in (("ct3-sym", {"embed_tokens": "bf16"}), ("ct3-sym-e8", {"embed_tokens": "ct-int8"})):
+        pred = planner.predict(planner.Spec(precision="ct3-sym", quantize_embeddings=True, component_precision=per),
+                               edition="2027")
+        assert pred.torch_save is not None, pred.torch_save_note
+        ts[name] = (pred.torch_save.bytes, pred.bytes)
+    # Qwen2-Audio-7B's table: 156,032 x 4,096 in bf16 -> int8 plus a bf16 scale per row
+    assert pred.dims["vocab"] == 156_032 and pred.dims["hidden"] == 4096
+    saved = 156_032 * 4096 - 156_032 * 2
+    assert 0 < saved - (ts["ct3-sym"][1] - ts["ct3-sym-e8"][1]) < 200  # the scale's safetensors header entry
+    assert 0 < saved - (ts["ct3-sym"][0] - ts["ct3-sym-e8"][0]) < 2_000  # the scale's pickle record
+    for bad in ({"precision": "ct-int8"}, {"precision": "ct3-sym", "component_precision": {"lm_head": "ct-int8"}}):
+        with pytest.raises(UserError, match="is for embed_tokens only"):
+            planner.Spec(**bad)
+
+
+def test_a_plan_with_int8_embeddings_builds_with_the_quantize_option_and_sizes_alike(kit):
+    """plan's build line for embed_tokens=ct-int8 beside ct-sym is quantize int8_embeddings, and that stage is
+    predicted as the plan was; beside asymmetric ct it is refused in one line."""
+    from iwslt_mc.errors import UserError
+    from iwslt_mc.planning.recipe_spec import build_plan
+
+    cfg = planner.load_base_config(kit / "model")
+    spec = planner.Spec(precision="ct3-g16-sym", quantize_embeddings=True, component_precision={"embed_tokens": "ct-int8"},
+                        float_dtype="fp32")
+    (step,) = build_plan(spec, cfg, match_recipe=False).steps
+    assert step.stage == "quantize" and step.options == {"method": "ct", "bits": 3, "group_size": 16, "symmetric": True,
+                                                         "quantize_embeddings": False, "int8_embeddings": True, "skip": []}
+    assert planner.predict(spec, cfg, "2027").torch_save.bytes_cpu == _predicted(kit, step.options).torch_save.bytes_cpu \
+        == _predicted(kit, BUILDS["ct3-sym-e8"]).torch_save.bytes_cpu
+    with pytest.raises(UserError, match="goes with symmetric ct layers"):
+        build_plan(planner.Spec(precision="ct3", quantize_embeddings=True, component_precision={"embed_tokens": "ct-int8"},
+                                float_dtype="fp32"), cfg, match_recipe=False)
+
+
+def test_int8_embeddings_on_every_family_kit(family_kit, tmp_path, stage_refuses):
+    """Every family: int8 embeddings stay int8 after the family's organizers-style load and planner == sizer == a real
+    torch.save; a family whose lm_head is the embedding matrix (Gemma 4) is refused in one line before work."""
+    from iwslt_mc.modelio import meta_model
+
+    variant, fam, kit_dir = family_kit
+    opts = {**BUILDS["ct3-sym-e8"]}
+    if quant_formats.tied_output(meta_model(kit_dir / "model")):
+        stage_refuses("quantize", kit_dir / "model", tmp_path / "o", [f"{k}={json.dumps(v)}" for k, v in opts.items()],
+                      "is tied to the token embeddings (one matrix), which int8 embeddings cannot share")
+        return
+    out = tmp_path / "e8"
+    run_stage(make_stage("quantize", opts), kit_dir / "model", out, StageContext(**QUIET))
+    sd = fam.loader_class().from_pretrained(str(out), dtype="auto", device_map="cpu").state_dict()
+    emb = [k for k in sd if k.endswith("embed_tokens.weight")]
+    assert len(emb) == 1 and sd[emb[0]].dtype == torch.int8 and sd[emb[0][: -len("weight")] + "weight_scale"].dtype.is_floating_point
+    path = tmp_path / f"{ARCHIVE}.pt"
+    torch.save(sd, path)
+    measured = sizer.measure(out, edition="2027").torch_save
+    assert measured is not None and measured.bytes_cpu == path.stat().st_size
+    cfg = planner.load_base_config(kit_dir / "model")
+    spec, notes = spec_for_stages([StageEntry("q", "quantize", opts)], cfg, base=str(kit_dir / "model"), lang="en-de",
+                                  data={}, condition="constrained")
+    pred = planner.predict(spec, cfg, "2027")
+    assert pred.torch_save is not None, pred.torch_save_note
+    assert pred.torch_save.bytes_cpu == measured.bytes_cpu and pred.bytes == sizer.measure(out).bytes, variant

@@ -27,9 +27,12 @@ def test_quant_kinds(tool):
     assert tool.quant_options("ct4e", 128) == {"method": "ct", "bits": 4, "group_size": 128, "skip": [],
                                                "quantize_embeddings": True}
     assert tool.quant_options("ct3s", 64) == {"method": "ct", "bits": 3, "group_size": 64, "skip": [], "symmetric": True}
+    assert tool.quant_kind("ct2s8") == (2, "s8", None)
+    assert tool.quant_options("ct2s8", 16) == {"method": "ct", "bits": 2, "group_size": 16, "skip": [], "symmetric": True,
+                                               "int8_embeddings": True}
     assert tool.quant_options("mix25", 128, Path("/x/a.json")) == {
         "method": "ct", "symmetric": True, "allocation": "/x/a.json", "group_size": 128}
-    for bad in ("ct9s", "ct4", "mix", "nf4"):
+    for bad in ("ct9s", "ct4", "mix", "nf4", "ct4e8", "ct3s4"):
         with pytest.raises(SystemExit, match="--quant"):
             tool.quant_kind(bad)
 
