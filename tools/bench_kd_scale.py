@@ -472,7 +472,9 @@ def _rows_in(parquet: Path) -> int:
 
 # ---------------------------------------------------------------- choosing
 
-CAPS = (("25", 90.0, 25.0), ("10", 75.0, 10.0), ("5", 50.0, 5.0))  # (size, >= % of the teacher's chrF++, <= % bytes)
+# (size, >= % of the teacher's chrF++, <= % bytes): issue 32's targets, and issue 31's toy point (>= 95% at <= 15%
+# of the teacher's torch.save bytes; shown in both measures)
+CAPS = (("25", 90.0, 25.0), ("15", 95.0, 15.0), ("10", 75.0, 10.0), ("5", 50.0, 5.0))
 FIRST_DEV = 50  # the earlier sessions' rule: the first 50 dev utterances (shown beside the whole-split choice)
 
 
