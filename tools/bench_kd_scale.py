@@ -770,10 +770,10 @@ def plot_png(rows, tb, tc, tts, path: Path) -> None:
                 for r, (x, y) in zip(sel, pts):
                     ax.annotate(_step_label(r), (x, y), xytext=off, textcoords="offset points", fontsize=6,
                                 ha=ha, color=ax.collections[-1].get_facecolor()[0])
-        for x, need in ((5, 50), (10, 75), (25, 90)):  # the targets: >= need% at <= x%
+        for _, need, x in CAPS:  # the targets: >= need% at <= x%
             ax.axvline(x, color="grey", lw=0.6, ls=":")
             ax.plot([x / 1.6, x], [need, need], color="grey", lw=1.2)
-            ax.annotate(f">= {need}%", (x / 1.6, need + 0.8), fontsize=6, color="grey")
+            ax.annotate(f">= {need:g}%", (x / 1.6, need + 0.8), fontsize=6, color="grey")
         ax.set_xscale("log")
         ax.set_xlabel(f"% of the teacher's {title}")
         ax.set_title(f"{title}; numbers: training steps (batch 8)", fontsize=10)
