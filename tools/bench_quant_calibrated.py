@@ -25,20 +25,15 @@ skip). ``--teacher`` may be a trimmed-vocabulary model: the KL is then to that m
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-for _var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
-    os.environ.setdefault(_var, "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tools/: the shared toy_bench module
+from toy_bench import DEFAULT_TEACHER, ROOT, finish, tool  # noqa: E402  (puts the repository on sys.path, the hub offline)
 
-DEFAULT_TEACHER = ROOT / "tests" / "fixtures" / "toy" / "teacher"
 G = 128
 SCOPE = ["lm_head", "audio_tower", "multi_modal_projector"]
 # name suffix -> (quantize_lm_head, quantize_audio, ct's skip, words)
@@ -46,13 +41,6 @@ SCOPES = {"": (False, False, SCOPE, "LLM blocks only"),
           "lm": (True, False, ["audio_tower", "multi_modal_projector"], "LLM blocks and lm_head"),
           "enc": (False, True, ["lm_head"], "LLM blocks, audio encoder Linear layers and projector"),
           "all": (True, True, [], "every Linear layer (LLM blocks, lm_head, audio encoder, projector)")}
-
-
-def _tool(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def variant(name: str) -> dict:
@@ -107,7 +95,7 @@ def main(argv=None) -> int:
     from iwslt_mc.sizing import sizer
     from iwslt_mc.training import data
 
-    mixed, fid = _tool("bench_quant_mixed"), _tool("bench_fidelity")
+    mixed, fid = tool("bench_quant_mixed"), tool("bench_fidelity")
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     teacher = args.teacher.resolve()
     runs = args.out / "runs"
@@ -168,10 +156,7 @@ def main(argv=None) -> int:
                          "auto-round": _version("auto_round")},
             "command": "python tools/bench_quant_calibrated.py " + " ".join(argv if argv is not None else sys.argv[1:])}
     text = markdown(results, chosen, runs, meta)
-    if args.report:
-        args.report.write_text(text, encoding="utf-8")
-    print(text)
-    return 0
+    return finish(text, args.report)
 
 
 def _version(mod: str) -> str:

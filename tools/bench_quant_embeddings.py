@@ -27,7 +27,6 @@ before measuring, nothing chosen. Of each: the torch.save bytes after ``from_pre
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import shutil
@@ -35,20 +34,10 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-for _var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
-    os.environ.setdefault(_var, "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tools/: the shared toy_bench module
+from toy_bench import finish, tool  # noqa: E402  (puts the repository on sys.path, the hub offline)
 
 GROUP = "embeddings-int8"
-
-
-def _tool(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def int8_embeddings(src: Path, dst: Path) -> Path:
@@ -144,7 +133,7 @@ def main(argv=None) -> int:
     from iwslt_mc.fsutil import atomic_write_json
     from iwslt_mc.training import data
 
-    mixed, fid = _tool("bench_quant_mixed"), _tool("bench_fidelity")
+    mixed, fid = tool("bench_quant_mixed"), tool("bench_fidelity")
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     teacher = args.teacher.resolve()
     runs = args.out / "runs"
@@ -186,10 +175,7 @@ def main(argv=None) -> int:
                          "compressed-tensors": compressed_tensors.__version__},
             "command": "python tools/bench_quant_embeddings.py " + " ".join(argv if argv is not None else sys.argv[1:])}
     text = markdown(results, meta)
-    if args.report:
-        args.report.write_text(text, encoding="utf-8")
-    print(text)
-    return 0
+    return finish(text, args.report)
 
 
 def markdown(results: list[dict], meta: dict) -> str:

@@ -17,7 +17,6 @@ they load), and chrF++ on the first ``--test-limit`` test utterances decoded onc
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import struct
@@ -25,24 +24,13 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-for _var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
-    os.environ.setdefault(_var, "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tools/: the shared toy_bench module
+from toy_bench import DEFAULT_TEACHER, ROOT, finish, tool  # noqa: E402  (puts the repository on sys.path, the hub offline)
 
-DEFAULT_TEACHER = ROOT / "tests" / "fixtures" / "toy" / "teacher"
 G = 128
 PARTS = ["token embeddings (float16)", "lm_head", "LLM Linear layers", "LLM norms", "audio Linear layers",
          "audio convolutions", "audio position table", "audio norms and biases", "projector", "other"]
 _BYTES = {"F16": 2, "BF16": 2, "F32": 4, "I32": 4, "I64": 8, "I8": 1, "U8": 1}
-
-
-def _tool(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def part_of(name: str) -> str:
@@ -100,7 +88,7 @@ def main(argv=None) -> int:
     from iwslt_mc.sizing import sizer
     from iwslt_mc.training import data
 
-    mixed, fid = _tool("bench_quant_mixed"), _tool("bench_fidelity")
+    mixed, fid = tool("bench_quant_mixed"), tool("bench_fidelity")
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     teacher, trimmed = args.teacher.resolve(), args.trimmed.resolve()
     runs = args.out / "runs"
@@ -134,10 +122,7 @@ def main(argv=None) -> int:
             "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
             "command": "python tools/bench_quant_floor.py " + " ".join(argv if argv is not None else sys.argv[1:])}
     text = markdown(results, meta)
-    if args.report:
-        args.report.write_text(text, encoding="utf-8")
-    print(text)
-    return 0
+    return finish(text, args.report)
 
 
 def markdown(results: list[dict], meta: dict) -> str:

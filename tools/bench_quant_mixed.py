@@ -20,28 +20,16 @@ after the choices. Steps:
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-for _var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
-    os.environ.setdefault(_var, "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tools/: the shared toy_bench module
+from toy_bench import DEFAULT_TEACHER, ROOT, tool  # noqa: E402  (puts the repository on sys.path, the hub offline)
 
-DEFAULT_TEACHER = ROOT / "tests" / "fixtures" / "toy" / "teacher"
 G = 128
-
-
-def _tool(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def build(teacher: Path, out: Path, options: dict, lang: str, data: list[str] | None = None) -> Path:
@@ -133,7 +121,7 @@ def main(argv=None) -> int:
     from iwslt_mc.fsutil import atomic_write_json
     from iwslt_mc.quantization import allocation as A
 
-    qb = _tool("bench_quantization")
+    qb = tool("bench_quantization")
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     teacher = args.teacher.resolve()
     runs = args.out / "runs"
@@ -208,7 +196,7 @@ def run_variant(v: dict, teacher: Path, runs: Path, args, test, batches, referen
     from iwslt_mc.fsutil import atomic_write_json
     from iwslt_mc.sizing import sizer
 
-    fid = _tool("bench_fidelity")
+    fid = tool("bench_fidelity")
     print(f"== {v['name']}: {v['what']}", flush=True)
     t = time.time()
     data = [str(dev_corpus(args))] if v.get("calibrated") else None  # AutoRound calibrates on the dev texts
@@ -253,7 +241,7 @@ def cpu_decode(model_dir: Path, test, lang: str) -> dict:
     from iwslt_mc import modelio
     from iwslt_mc.decoding import core as decoding
 
-    fid = _tool("bench_fidelity")
+    fid = tool("bench_fidelity")
     model = modelio.load_model(model_dir, dtype=torch.float32, device="cpu")
     processor = modelio.load_processor(model_dir)
     waves = [e.waveform() for e in test]

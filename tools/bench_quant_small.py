@@ -32,29 +32,18 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import json
 import os
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-for _var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
-    os.environ.setdefault(_var, "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tools/: the shared toy_bench module
+from toy_bench import tool  # noqa: E402  (puts the repository on sys.path, the hub offline)
 
 VOCAB_7B = 16000
 GROUPS = (128, 64, 32, 16)
 GROUP_7B = {"recipe-bin4": 128, "recipe-bin5": 64}
-
-
-def _tool(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def variants(group: int) -> list[dict]:
@@ -263,7 +252,7 @@ def main(argv=None) -> int:
     from iwslt_mc.stages import make_stage
     from iwslt_mc.stages.base import StageContext, run_stage
 
-    fid, qb = _tool("bench_fidelity"), _tool("bench_quantization")
+    fid, qb = tool("bench_fidelity"), tool("bench_quantization")
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     examples = data.load_examples(str(args.corpus), args.split, limit=args.test_limit, lang=args.lang)
     results, order = [], []

@@ -16,27 +16,15 @@ them. Writes OUT/results.json and the Markdown report.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-for _var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
-    os.environ.setdefault(_var, "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tools/: the shared toy_bench module
+from toy_bench import DEFAULT_TEACHER, ROOT, tool  # noqa: E402  (puts the repository on sys.path, the hub offline)
 
-DEFAULT_TEACHER = ROOT / "tests" / "fixtures" / "toy" / "teacher"
-
-
-def _fidelity():
-    spec = importlib.util.spec_from_file_location("bench_fidelity", ROOT / "tools" / "bench_fidelity.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def variants() -> list[dict]:
@@ -194,7 +182,7 @@ def main(argv=None) -> int:
     from iwslt_mc.stages import make_stage
     from iwslt_mc.stages.base import StageContext, run_stage
 
-    fid = _fidelity()
+    fid = tool("bench_fidelity")
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     args.teacher = args.teacher.resolve()
     examples = data.load_examples(str(args.corpus), "test", lang=args.lang)
